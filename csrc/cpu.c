@@ -1,0 +1,98 @@
+#include "cpu.h"
+
+#if defined(PYNN_X86_64)
+#include <cpuid.h>
+#include <stdint.h>
+
+/* Extended control register 0: which register files the OS saves on a
+ * context switch. A CPU can report AVX-512 while the OS does not preserve
+ * the zmm registers; using them then corrupts state, so both must agree. */
+static uint64_t read_xcr0(void)
+{
+    uint32_t eax, edx;
+    __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+    return ((uint64_t)edx << 32) | eax;
+}
+
+#define XCR0_SSE_AVX 0x06u          /* xmm and ymm upper halves */
+#define XCR0_AVX512 0xE0u           /* opmask, zmm upper halves, zmm16-31 */
+
+static int cpu_has_avx2_fma(void)
+{
+    unsigned int eax, ebx, ecx, edx;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return 0;
+    int osxsave = (ecx >> 27) & 1, avx = (ecx >> 28) & 1, fma = (ecx >> 12) & 1;
+    if (!(osxsave && avx && fma)) return 0;
+    if ((read_xcr0() & XCR0_SSE_AVX) != XCR0_SSE_AVX) return 0;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return 0;
+    return (ebx >> 5) & 1;
+}
+
+static int cpu_has_avx512f(void)
+{
+    unsigned int eax, ebx, ecx, edx;
+    if (!cpu_has_avx2_fma()) return 0;
+    if ((read_xcr0() & (XCR0_SSE_AVX | XCR0_AVX512)) != (XCR0_SSE_AVX | XCR0_AVX512)) return 0;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return 0;
+    return (ebx >> 16) & 1;
+}
+#endif
+
+int pynn_isa_compiled(pynn_isa isa)
+{
+#if defined(PYNN_X86_64)
+    return isa >= PYNN_ISA_GENERIC && isa <= PYNN_ISA_AVX512;
+#else
+    return isa == PYNN_ISA_GENERIC;
+#endif
+}
+
+int pynn_isa_supported(pynn_isa isa)
+{
+    if (!pynn_isa_compiled(isa)) return 0;
+    switch (isa) {
+    case PYNN_ISA_GENERIC: return 1;
+#if defined(PYNN_X86_64)
+    case PYNN_ISA_AVX2: return cpu_has_avx2_fma();
+    case PYNN_ISA_AVX512: return cpu_has_avx512f();
+#endif
+    default: return 0;
+    }
+}
+
+pynn_isa pynn_isa_best(void)
+{
+    for (int isa = PYNN_ISA_COUNT - 1; isa > PYNN_ISA_GENERIC; isa--)
+        if (pynn_isa_supported((pynn_isa)isa)) return (pynn_isa)isa;
+    return PYNN_ISA_GENERIC;
+}
+
+const char *pynn_isa_name(pynn_isa isa)
+{
+    switch (isa) {
+    case PYNN_ISA_GENERIC: return "generic";
+    case PYNN_ISA_AVX2: return "avx2";
+    case PYNN_ISA_AVX512: return "avx512";
+    default: return "unknown";
+    }
+}
+
+const char *pynn_compiler_version(void)
+{
+#if defined(__clang__)
+    return "clang " __clang_version__;
+#elif defined(__GNUC__)
+    return "gcc " __VERSION__;
+#else
+    return "unknown compiler";
+#endif
+}
+
+int pynn_openmp_enabled(void)
+{
+#if defined(_OPENMP)
+    return 1;
+#else
+    return 0;
+#endif
+}

@@ -1,0 +1,14 @@
+"""pynn: a minimal deep-learning runtime for CPUs."""
+try:
+    from pynn._kernels import runtime as _runtime  # noqa: F401
+except ImportError as error:  # pragma: no cover - only without a build
+    raise ImportError(
+        "pynn's compiled kernels are missing or broken; build them with "
+        "`pip install -e .` from the source tree"
+    ) from error
+
+from pynn._version import __version__
+from pynn.config import get_num_threads, set_num_threads, show_config
+from pynn import ops
+
+__all__ = ["__version__", "get_num_threads", "set_num_threads", "show_config", "ops"]

@@ -1,0 +1,106 @@
+"""Input validation shared by every public op, layer and loss.
+
+Conventions (../shared/API.md): float inputs of another dtype and
+non-contiguous arrays are converted with one copy; anything else raises a
+TypeError/ValueError naming the op, the argument, what was expected and what
+was given."""
+import operator
+
+import numpy as np
+
+_FLOAT32 = np.dtype(np.float32)
+
+
+def _as_array(x, where, name):
+    if isinstance(x, np.ndarray):
+        return x
+    if x is None or isinstance(x, (str, bytes, dict, set)):
+        raise TypeError(f"{where}: {name} must be an array, got {type(x).__name__}")
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError) as error:
+        raise TypeError(f"{where}: {name} could not be read as an array ({error})") from None
+
+
+def _shape_text(ndim):
+    return "a scalar (0-D)" if ndim == 0 else f"{ndim}-D"
+
+
+def as_float32(x, where, name, ndim=None):
+    """``x`` as a C-contiguous float32 array, copying only when it must."""
+    x = _as_array(x, where, name)
+    if x.dtype.kind != "f":
+        raise TypeError(
+            f"{where}: {name} must be a floating-point array (float32), got dtype {x.dtype}"
+        )
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(
+            f"{where}: {name} must be {_shape_text(ndim)}, got shape {x.shape}"
+        )
+    if x.dtype != _FLOAT32 or not x.flags.c_contiguous:
+        x = np.asarray(x, dtype=np.float32, order="C")
+    return x
+
+
+def as_indices(x, where, name, ndim=None):
+    """``x`` as a C-contiguous int64 array of indices; bounds are the caller's."""
+    x = _as_array(x, where, name)
+    if x.dtype.kind not in "iu":
+        raise TypeError(f"{where}: {name} must be an integer array (int32 or int64), got dtype {x.dtype}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{where}: {name} must be {_shape_text(ndim)}, got shape {x.shape}")
+    if x.dtype != np.int64 or not x.flags.c_contiguous:
+        if x.dtype.kind == "u" and x.size and x.max() > np.iinfo(np.int64).max:
+            raise IndexError(f"{where}: {name} holds {x.max()}, beyond any valid index")
+        x = np.asarray(x, dtype=np.int64, order="C")
+    return x
+
+
+def check_out(out, shape, where, inputs=(), allow_alias=()):
+    """Validate an ``out=`` array: float32, C-contiguous, writable, of ``shape``.
+
+    It must not overlap any of ``inputs``; an array in ``allow_alias`` may be
+    ``out`` itself (an in-place element-wise op), but not partially overlap."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{where}: out must be a numpy array, got {type(out).__name__}")
+    if out.dtype != _FLOAT32:
+        raise TypeError(f"{where}: out must have dtype float32, got {out.dtype}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{where}: out must have shape {tuple(shape)}, got {out.shape}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{where}: out must be C-contiguous")
+    if not out.flags.writeable:
+        raise ValueError(f"{where}: out must be writable, got a read-only array")
+    for array in inputs:
+        if np.may_share_memory(out, array):
+            raise ValueError(f"{where}: out must not overlap an input")
+    for array in allow_alias:
+        if np.may_share_memory(out, array) and not (
+            out.__array_interface__["data"][0] == array.__array_interface__["data"][0]
+            and out.shape == array.shape
+        ):
+            raise ValueError(f"{where}: out may be the input itself but must not partly overlap it")
+    return out
+
+
+def as_real(value, where, name):
+    """A Python float from a real scalar; bool and non-numbers are refused."""
+    if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes)):
+        raise TypeError(f"{where}: {name} must be a real number, got {type(value).__name__} {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{where}: {name} must be a real number, got {type(value).__name__} {value!r}") from None
+
+
+def as_count(value, where, name, minimum=1):
+    """A Python int >= ``minimum``; bool and floats are refused."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{where}: {name} must be an integer, got bool {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{where}: {name} must be an integer, got {type(value).__name__} {value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{where}: {name} must be >= {minimum}, got {number}")
+    return number

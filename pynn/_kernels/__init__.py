@@ -1,0 +1,1 @@
+"""Compiled kernels (Cython over C). Internal: use pynn.ops and pynn.layers."""

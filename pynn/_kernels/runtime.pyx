@@ -1,0 +1,60 @@
+"""Holds the chosen ISA path and the thread count that every kernel receives.
+
+Validation of user-facing values happens in pynn.config; this module only
+stores what it is given and reports what the build and the CPU offer."""
+
+cdef extern from *:
+    """
+    #ifndef PYNN_BUILD_FLAGS
+    #define PYNN_BUILD_FLAGS "unknown"
+    #endif
+    """
+    const char *PYNN_BUILD_FLAGS
+
+cdef pynn_context _context
+_context.isa = pynn_isa_best()
+_context.num_threads = 1
+
+ISA_NAMES = tuple(pynn_isa_name(<pynn_isa>i).decode() for i in range(PYNN_ISA_COUNT))
+
+
+cdef pynn_context current_context() noexcept nogil:
+    return _context
+
+
+def compiled_isas():
+    return tuple(name for i, name in enumerate(ISA_NAMES) if pynn_isa_compiled(<pynn_isa>i))
+
+
+def supported_isas():
+    return tuple(name for i, name in enumerate(ISA_NAMES) if pynn_isa_supported(<pynn_isa>i))
+
+
+def best_isa():
+    return pynn_isa_name(pynn_isa_best()).decode()
+
+
+def chosen_isa():
+    return pynn_isa_name(_context.isa).decode()
+
+
+def choose_isa(str name):
+    """Select a path by name; the caller has checked it is supported."""
+    cdef int index = ISA_NAMES.index(name)
+    _context.isa = <pynn_isa>index
+
+
+def set_threads(int count):
+    _context.num_threads = count
+
+
+def get_threads():
+    return _context.num_threads
+
+
+def build_info():
+    return {
+        "compiler": pynn_compiler_version().decode(),
+        "flags": PYNN_BUILD_FLAGS.decode(),
+        "openmp": bool(pynn_openmp_enabled()),
+    }

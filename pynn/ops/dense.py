@@ -1,0 +1,31 @@
+"""Matrix products: matmul (and, with the dense-layer kernels, linear)."""
+import numpy as np
+
+from pynn._checks import as_float32, as_real, check_out
+from pynn._kernels import gemm as _gemm
+
+
+def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
+    """``alpha * op(a) @ op(b) + beta * out`` for 2-D float32 arrays.
+
+    ``op(x)`` is ``x.T`` when the matching ``trans_`` flag is set; the
+    transpose is read in place, never copied. With ``beta == 0`` ``out`` is
+    only written (NaN in it does no harm), as in BLAS."""
+    a = as_float32(a, "matmul", "a", ndim=2)
+    b = as_float32(b, "matmul", "b", ndim=2)
+    alpha = as_real(alpha, "matmul", "alpha")
+    beta = as_real(beta, "matmul", "beta")
+    m, k_a = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    k_b, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    if k_a != k_b:
+        raise ValueError(
+            f"matmul: inner dimensions differ: op(a) is {m}x{k_a}, op(b) is {k_b}x{n}"
+        )
+    if out is None:
+        if beta != 0.0:
+            raise ValueError(f"matmul: beta={beta} reads out, but out was not given")
+        out = np.empty((m, n), dtype=np.float32)
+    else:
+        check_out(out, (m, n), "matmul", inputs=(a, b))
+    _gemm.matmul(a, b, out, bool(trans_a), bool(trans_b), alpha, beta)
+    return out

@@ -1,0 +1,103 @@
+"""Build the Cython/C kernels.
+
+Every compiled extension is declared once, in EXTENSIONS below: the Cython
+module and the C files it links. Each ISA's code is compiled with per-function
+target attributes, never with -march, so one wheel runs on any x86-64 CPU and
+chooses its path at import (csrc/cpu.c).
+
+Environment switches for developers:
+  PYNN_CYTHON_DEBUG=1     bounds/wraparound checks on in every Cython module
+  PYNN_SANITIZE=address,undefined   build with those sanitizers
+  PYNN_NO_OPENMP=1        build without OpenMP (single-threaded kernels)
+"""
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+# module name under pynn._kernels -> C sources under csrc/ (cpu.c is always linked)
+EXTENSIONS = {
+    "runtime": [],
+    "gemm": ["gemm.c", "gemm_generic.c", "gemm_avx2.c", "gemm_avx512.c"],
+}
+
+BASE_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fvisibility=hidden"]
+
+
+def sanitizer_flags():
+    kinds = os.environ.get("PYNN_SANITIZE", "").strip()
+    if not kinds:
+        return [], []
+    flags = [f"-fsanitize={kinds}", "-fno-omit-frame-pointer", "-g", "-O1"]
+    return flags, [f"-fsanitize={kinds}"]
+
+
+class BuildExtWithOpenMP(build_ext):
+    """Adds OpenMP flags when the compiler accepts them; builds without otherwise."""
+
+    def openmp_flags(self):
+        if os.environ.get("PYNN_NO_OPENMP"):
+            return None
+        compiler = self.compiler
+        with tempfile.TemporaryDirectory() as tmp:
+            source = os.path.join(tmp, "probe.c")
+            with open(source, "w") as f:
+                f.write("#include <omp.h>\nint main(void){return omp_get_max_threads() < 1;}\n")
+            for flags in (["-fopenmp"], ["-Xpreprocessor", "-fopenmp"]):
+                try:
+                    objects = compiler.compile([source], output_dir=tmp, extra_postargs=flags)
+                    link_flags = flags if flags == ["-fopenmp"] else ["-lomp"]
+                    compiler.link_executable(objects, "probe", output_dir=tmp,
+                                             extra_postargs=link_flags)
+                    return flags, link_flags
+                except Exception:
+                    continue
+        return None
+
+    def build_extensions(self):
+        openmp = self.openmp_flags()
+        sanitize_compile, sanitize_link = sanitizer_flags()
+        compile_flags = list(BASE_FLAGS) + sanitize_compile
+        link_flags = list(sanitize_link)
+        if openmp:
+            compile_flags += openmp[0]
+            link_flags += openmp[1]
+        else:
+            print("pynn: building without OpenMP; kernels run on one thread", file=sys.stderr)
+        build_flags = " ".join(compile_flags)
+        for ext in self.extensions:
+            ext.extra_compile_args = compile_flags + ext.extra_compile_args
+            ext.extra_link_args = link_flags + ext.extra_link_args
+            ext.define_macros.append(("PYNN_BUILD_FLAGS", f'"{build_flags}"'))
+        super().build_extensions()
+
+
+def extensions():
+    debug = bool(os.environ.get("PYNN_CYTHON_DEBUG"))
+    modules = []
+    for name, sources in EXTENSIONS.items():
+        modules.append(Extension(
+            f"pynn._kernels.{name}",
+            sources=[f"pynn/_kernels/{name}.pyx", "csrc/cpu.c"] + [f"csrc/{s}" for s in sources],
+            include_dirs=["csrc", numpy.get_include()],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
+        ))
+    return cythonize(
+        modules,
+        language_level=3,
+        compiler_directives={
+            "boundscheck": debug,
+            "wraparound": debug,
+            "initializedcheck": debug,
+            "cdivision": not debug,
+            "embedsignature": True,
+        },
+    )
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExtWithOpenMP})
