@@ -15,8 +15,16 @@ A layer has three paths:
 """
 import numpy as np
 
+# Layer type name -> class, filled as layer classes are defined; the model file
+# rebuilds architectures from these names, so nothing in a file can name code.
+LAYER_TYPES = {}
+
 
 class Layer:
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        LAYER_TYPES[cls.__name__] = cls
+
     def __init__(self):
         self.params = {}
         self.grads = {}
