@@ -1,0 +1,208 @@
+"""The benchmark harness behind ``python -m pynn bench`` and ``benchmarks/``.
+
+A suite is a module ``pynn.bench.<suite>`` with ``cases(quick, threads)``
+returning a list of :class:`Case`: the same work done by pynn and by each peer
+that imports here (numpy always; PyTorch and ONNX Runtime when installed) on
+the same inputs. The harness pins every library to the same thread count,
+warms up, times each runner and reports the peer/pynn time ratio (> 1 means
+pynn is faster)."""
+import contextlib
+import dataclasses
+import importlib
+import json
+import os
+import pkgutil
+import platform
+import statistics
+import time
+
+import numpy as np
+
+_ORDER = ("gemm", "ops", "train", "infer", "conv")
+
+
+def available_suites():
+    """Suite modules in this package, in a reading order."""
+    found = {module.name for module in pkgutil.iter_modules(__path__)}
+    return tuple(name for name in _ORDER if name in found) + tuple(sorted(found - set(_ORDER)))
+
+
+@dataclasses.dataclass
+class Case:
+    suite: str
+    name: str
+    runners: dict          # peer name -> zero-argument callable; "pynn" first
+    work: float = None     # per call: FLOP (unit "GFLOP/s") or samples (unit "samples/s")
+    unit: str = None
+
+
+def optional_import(name):
+    """The module if it imports here, else None (peers are optional)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+@contextlib.contextmanager
+def pinned_threads(count):
+    """Run pynn, numpy's BLAS and PyTorch on ``count`` threads."""
+    import pynn
+
+    before = pynn.get_num_threads()
+    pynn.set_num_threads(count)
+    torch = optional_import("torch")
+    torch_before = torch.get_num_threads() if torch else None
+    if torch:
+        torch.set_num_threads(count)
+    threadpoolctl = optional_import("threadpoolctl")
+    limits = threadpoolctl.threadpool_limits(count) if threadpoolctl else contextlib.nullcontext()
+    try:
+        with limits:
+            yield
+    finally:
+        pynn.set_num_threads(before)
+        if torch:
+            torch.set_num_threads(torch_before)
+
+
+def time_call(fn, budget):
+    """Median seconds per call of ``fn`` over five rounds filling ``budget`` seconds."""
+    fn()
+    start = time.perf_counter()
+    calls = 0
+    while calls < 3 or time.perf_counter() - start < budget / 10:
+        fn()
+        calls += 1
+    per_call = (time.perf_counter() - start) / calls
+    number = max(1, int(budget / 5 / max(per_call, 1e-9)))
+    rounds = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        rounds.append((time.perf_counter() - start) / number)
+    return statistics.median(rounds)
+
+
+def machine_info():
+    import pynn
+    from pynn._kernels import runtime
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {
+        "cpu": model,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "isa": runtime.chosen_isa(),
+        "pynn": pynn.__version__,
+        "numpy": np.__version__,
+    }
+    for peer in ("torch", "onnxruntime", "threadpoolctl"):
+        module = optional_import(peer)
+        info[peer] = module.__version__ if module else "not installed"
+    return info
+
+
+def load_suite(name):
+    return importlib.import_module(f"pynn.bench.{name}")
+
+
+def run(suite, thread_counts, quick=False, progress=None):
+    """Time every case of ``suite`` at each thread count; returns result records."""
+    budget = 0.05 if quick else 0.4
+    records = []
+    for threads in thread_counts:
+        with pinned_threads(threads):
+            for case in load_suite(suite).cases(quick=quick, threads=threads):
+                times = {peer: time_call(fn, budget) for peer, fn in case.runners.items()}
+                records.append({"suite": suite, "case": case.name, "threads": threads,
+                                "seconds": times, "work": case.work, "unit": case.unit})
+                if progress:
+                    progress(f"  {suite}: {case.name} (threads={threads}) done")
+    return records
+
+
+def _duration(seconds):
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+def _rate(work, unit, seconds):
+    if not work:
+        return ""
+    if unit == "GFLOP/s":
+        return f"{work / seconds / 1e9:.1f} GFLOP/s"
+    return f"{work / seconds:,.0f} {unit}"
+
+
+def table(records):
+    """A markdown table: pynn's time and rate, then each peer's time and peer/pynn ratio."""
+    peers = []
+    for record in records:
+        peers += [peer for peer in record["seconds"] if peer != "pynn" and peer not in peers]
+    columns = ["case", "threads", "pynn", "pynn rate"]
+    for peer in peers:
+        columns += [peer, f"{peer}/pynn"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for record in records:
+        times = record["seconds"]
+        mine = times["pynn"]
+        row = [record["case"], str(record["threads"]), _duration(mine),
+               _rate(record["work"], record["unit"], mine)]
+        for peer in peers:
+            if peer in times:
+                row += [_duration(times[peer]), f"{times[peer] / mine:.2f}"]
+            else:
+                row += ["", ""]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def header():
+    info = machine_info()
+    return "\n".join([
+        f"machine: {info['cpu']}, {info['cores']} cores, kernel path {info['isa']}",
+        f"versions: pynn {info['pynn']}, numpy {info['numpy']}, torch {info['torch']}, "
+        f"onnxruntime {info['onnxruntime']}, threadpoolctl {info['threadpoolctl']}",
+        "peer/pynn is the peer's time over pynn's: above 1 means pynn is faster",
+    ])
+
+
+def main(suites, threads=None, quick=False, json_path=None):
+    """``python -m pynn bench``: run suites, print a table per suite, optionally save JSON."""
+    import sys
+
+    import pynn
+
+    known = available_suites()
+    if not suites or "all" in suites:
+        suites = known
+    unknown = [name for name in suites if name not in known]
+    if unknown:
+        raise ValueError(f"bench: unknown suite {', '.join(unknown)}; available: all, {', '.join(known)}")
+    cores = machine_info()["cores"]
+    thread_counts = [threads] if threads else sorted({1, cores})
+    print(header())
+    if optional_import("threadpoolctl") is None:
+        print("note: threadpoolctl is not installed, so numpy's BLAS threads are not pinned")
+    results = []
+    for suite in suites:
+        records = run(suite, thread_counts, quick=quick,
+                      progress=lambda text: print(text, file=sys.stderr))
+        print(f"\n## {suite}\n\n{table(records)}", flush=True)
+        results += records
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"machine": machine_info(), "config": pynn.config.config(),
+                       "results": results}, f, indent=1)
+    return 0

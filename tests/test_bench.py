@@ -1,0 +1,71 @@
+"""The benchmark harness: timing, tables, the command line."""
+import json
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import pynn
+from pynn import bench
+
+
+def fake_suite():
+    a = np.ones((64, 64), np.float32)
+
+    def cases(quick, threads):
+        return [bench.Case("fake", "square n=64", {"pynn": lambda: pynn.ops.matmul(a, a),
+                                                   "numpy": lambda: a @ a},
+                           work=2 * 64**3, unit="GFLOP/s"),
+                bench.Case("fake", "no work", {"pynn": lambda: None})]
+    return types.SimpleNamespace(cases=cases)
+
+
+def test_time_call_measures_something():
+    seconds = bench.time_call(lambda: sum(range(1000)), budget=0.02)
+    assert 0 < seconds < 0.01
+
+
+def test_run_and_table(monkeypatch):
+    monkeypatch.setattr(bench, "load_suite", lambda name: fake_suite())
+    records = bench.run("fake", [1], quick=True)
+    assert [r["case"] for r in records] == ["square n=64", "no work"]
+    assert set(records[0]["seconds"]) == {"pynn", "numpy"}
+    text = bench.table(records)
+    lines = text.splitlines()
+    assert lines[0] == "| case | threads | pynn | pynn rate | numpy | numpy/pynn |"
+    assert "GFLOP/s" in lines[2] and len(lines) == 4
+    ratio = records[0]["seconds"]["numpy"] / records[0]["seconds"]["pynn"]
+    assert f"{ratio:.2f}" in lines[2]
+
+
+def test_pinned_threads_restores_the_setting():
+    before = pynn.get_num_threads()
+    with bench.pinned_threads(1):
+        assert pynn.get_num_threads() == 1
+    assert pynn.get_num_threads() == before
+
+
+def test_unknown_suite_is_refused():
+    result = subprocess.run([sys.executable, "-m", "pynn", "bench", "nosuch"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "unknown suite nosuch" in result.stderr
+
+
+def test_main_writes_json(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(bench, "load_suite", lambda name: fake_suite())
+    monkeypatch.setattr(bench, "available_suites", lambda: ("fake",))
+    path = tmp_path / "bench.json"
+    assert bench.main(["fake"], threads=1, quick=True, json_path=str(path)) == 0
+    out = capsys.readouterr().out
+    assert "machine:" in out and "## fake" in out
+    saved = json.loads(path.read_text())
+    assert saved["results"][0]["threads"] == 1 and saved["machine"]["numpy"] == np.__version__
+
+
+@pytest.mark.parametrize("argv", [["bench", "--threads", "0"], ["bench", "--threads", "x"]])
+def test_bad_thread_option(argv):
+    result = subprocess.run([sys.executable, "-m", "pynn", *argv], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and "--threads" in result.stderr
