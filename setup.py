@@ -26,7 +26,7 @@ EXTENSIONS = {
     "gemm": ["gemm.c", "gemm_generic.c", "gemm_avx2.c", "gemm_avx512.c"],
 }
 
-BASE_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fvisibility=hidden"]
+BASE_FLAGS = ["-O3", "-g0", "-fno-math-errno", "-fno-trapping-math", "-fvisibility=hidden"]
 
 
 def sanitizer_flags():
