@@ -24,6 +24,7 @@ from setuptools.command.build_ext import build_ext
 EXTENSIONS = {
     "runtime": [],
     "gemm": ["gemm.c", "gemm_generic.c", "gemm_avx2.c", "gemm_avx512.c"],
+    "optim": ["optim.c"],
 }
 
 BASE_FLAGS = ["-O3", "-g0", "-fno-math-errno", "-fno-trapping-math", "-fvisibility=hidden"]

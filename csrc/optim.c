@@ -1,0 +1,147 @@
+/* Fused optimizer updates (formulas in optim.h). One loop body per update,
+ * instantiated for each ISA by inlining it into functions compiled with that
+ * target, so the compiler vectorises the same arithmetic at each width. */
+#include <math.h>
+#include "optim.h"
+
+/* Below this many elements one thread is faster than waking a second one. */
+#define PARALLEL_MIN_ELEMENTS 32768
+#define CHUNK 8192
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+ALWAYS_INLINE void sgd_range(ptrdiff_t n, float *restrict p, const float *restrict g,
+                             float *restrict b, float lr, float mu, float wd,
+                             int nesterov, int first_step)
+{
+    if (mu == 0.0f) {
+        for (ptrdiff_t i = 0; i < n; i++) p[i] -= lr * (g[i] + wd * p[i]);
+    } else if (first_step) {
+        for (ptrdiff_t i = 0; i < n; i++) {
+            float d = g[i] + wd * p[i];
+            b[i] = d;
+            p[i] -= lr * (nesterov ? d + mu * d : d);
+        }
+    } else if (nesterov) {
+        for (ptrdiff_t i = 0; i < n; i++) {
+            float d = g[i] + wd * p[i];
+            float v = mu * b[i] + d;
+            b[i] = v;
+            p[i] -= lr * (d + mu * v);
+        }
+    } else {
+        for (ptrdiff_t i = 0; i < n; i++) {
+            float v = mu * b[i] + (g[i] + wd * p[i]);
+            b[i] = v;
+            p[i] -= lr * v;
+        }
+    }
+}
+
+ALWAYS_INLINE void adam_range(ptrdiff_t n, float *restrict p, const float *restrict g,
+                              float *restrict m, float *restrict v, float decay,
+                              float grad_wd, float b1, float b2, float eps,
+                              float step_size, float bc2_sqrt)
+{
+    const float one_minus_b1 = 1.0f - b1, one_minus_b2 = 1.0f - b2;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        float w = p[i] * decay;
+        float gi = g[i] + grad_wd * w;
+        float mi = m[i] + one_minus_b1 * (gi - m[i]);
+        float vi = b2 * v[i] + one_minus_b2 * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = w - step_size * (mi / (sqrtf(vi) / bc2_sqrt + eps));
+    }
+}
+
+typedef void (*sgd_fn)(ptrdiff_t, float *, const float *, float *, float, float, float, int, int);
+typedef void (*adam_fn)(ptrdiff_t, float *, const float *, float *, float *, float, float,
+                        float, float, float, float, float);
+
+static void sgd_generic(ptrdiff_t n, float *p, const float *g, float *b, float lr, float mu,
+                        float wd, int nesterov, int first_step)
+{ sgd_range(n, p, g, b, lr, mu, wd, nesterov, first_step); }
+
+static void adam_generic(ptrdiff_t n, float *p, const float *g, float *m, float *v, float decay,
+                         float grad_wd, float b1, float b2, float eps,
+                         float step_size, float bc2_sqrt)
+{ adam_range(n, p, g, m, v, decay, grad_wd, b1, b2, eps, step_size, bc2_sqrt); }
+
+#if defined(PYNN_X86_64)
+__attribute__((target("avx2,fma")))
+static void sgd_avx2(ptrdiff_t n, float *p, const float *g, float *b, float lr, float mu,
+                     float wd, int nesterov, int first_step)
+{ sgd_range(n, p, g, b, lr, mu, wd, nesterov, first_step); }
+
+__attribute__((target("avx2,fma")))
+static void adam_avx2(ptrdiff_t n, float *p, const float *g, float *m, float *v, float decay,
+                      float grad_wd, float b1, float b2, float eps,
+                      float step_size, float bc2_sqrt)
+{ adam_range(n, p, g, m, v, decay, grad_wd, b1, b2, eps, step_size, bc2_sqrt); }
+
+__attribute__((target("avx512f")))
+static void sgd_avx512(ptrdiff_t n, float *p, const float *g, float *b, float lr, float mu,
+                       float wd, int nesterov, int first_step)
+{ sgd_range(n, p, g, b, lr, mu, wd, nesterov, first_step); }
+
+__attribute__((target("avx512f")))
+static void adam_avx512(ptrdiff_t n, float *p, const float *g, float *m, float *v, float decay,
+                        float grad_wd, float b1, float b2, float eps,
+                        float step_size, float bc2_sqrt)
+{ adam_range(n, p, g, m, v, decay, grad_wd, b1, b2, eps, step_size, bc2_sqrt); }
+#endif
+
+static sgd_fn choose_sgd(pynn_isa isa)
+{
+#if defined(PYNN_X86_64)
+    if (isa == PYNN_ISA_AVX512) return sgd_avx512;
+    if (isa == PYNN_ISA_AVX2) return sgd_avx2;
+#endif
+    (void)isa;
+    return sgd_generic;
+}
+
+static adam_fn choose_adam(pynn_isa isa)
+{
+#if defined(PYNN_X86_64)
+    if (isa == PYNN_ISA_AVX512) return adam_avx512;
+    if (isa == PYNN_ISA_AVX2) return adam_avx2;
+#endif
+    (void)isa;
+    return adam_generic;
+}
+
+void pynn_sgd_step(const pynn_context *ctx, ptrdiff_t n, float *param, const float *grad,
+                   float *momentum_buffer, float lr, float momentum, float weight_decay,
+                   int nesterov, int first_step)
+{
+    sgd_fn step = choose_sgd(ctx->isa);
+    ptrdiff_t chunks = (n + CHUNK - 1) / CHUNK;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(ctx->num_threads) if(ctx->num_threads > 1 && n >= PARALLEL_MIN_ELEMENTS) schedule(static)
+#endif
+    for (ptrdiff_t c = 0; c < chunks; c++) {
+        ptrdiff_t start = c * CHUNK, count = n - start < CHUNK ? n - start : CHUNK;
+        step(count, param + start, grad + start,
+             momentum_buffer ? momentum_buffer + start : NULL,
+             lr, momentum, weight_decay, nesterov, first_step);
+    }
+}
+
+void pynn_adam_step(const pynn_context *ctx, ptrdiff_t n, float *param, const float *grad,
+                    float *exp_avg, float *exp_avg_sq, float decay, float grad_weight_decay,
+                    float beta1, float beta2, float eps,
+                    float step_size, float bias_correction2_sqrt)
+{
+    adam_fn step = choose_adam(ctx->isa);
+    ptrdiff_t chunks = (n + CHUNK - 1) / CHUNK;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(ctx->num_threads) if(ctx->num_threads > 1 && n >= PARALLEL_MIN_ELEMENTS) schedule(static)
+#endif
+    for (ptrdiff_t c = 0; c < chunks; c++) {
+        ptrdiff_t start = c * CHUNK, count = n - start < CHUNK ? n - start : CHUNK;
+        step(count, param + start, grad + start, exp_avg + start, exp_avg_sq + start,
+             decay, grad_weight_decay, beta1, beta2, eps, step_size, bias_correction2_sqrt);
+    }
+}

@@ -1,0 +1,29 @@
+/* Optimizer updates: one fused pass over a parameter, its gradient and its
+ * state, following torch.optim's single-tensor (foreach=False) formulas.
+ *
+ * SGD (dampening 0):
+ *   d = g + wd p;  b = d on the first step, else b = mu b + d;
+ *   d = nesterov ? d + mu b : b;  p -= lr d      (mu == 0: p -= lr d)
+ * Adam / AdamW (the caller passes decay = 1 - lr wd for AdamW, else 1, and
+ * grad_weight_decay = wd for Adam, else 0):
+ *   p *= decay;  g += grad_weight_decay p
+ *   m += (1 - b1)(g - m);  v = b2 v + (1 - b2) g g
+ *   p -= step_size m / (sqrt(v) / bias_correction2_sqrt + eps)
+ *   with step_size = lr / (1 - b1^t), bias_correction2_sqrt = sqrt(1 - b2^t)
+ * Element-wise, so the result does not depend on the thread count. */
+#ifndef PYNN_OPTIM_H
+#define PYNN_OPTIM_H
+
+#include <stddef.h>
+#include "cpu.h"
+
+void pynn_sgd_step(const pynn_context *ctx, ptrdiff_t n, float *param, const float *grad,
+                   float *momentum_buffer, float lr, float momentum, float weight_decay,
+                   int nesterov, int first_step);
+
+void pynn_adam_step(const pynn_context *ctx, ptrdiff_t n, float *param, const float *grad,
+                    float *exp_avg, float *exp_avg_sq, float decay, float grad_weight_decay,
+                    float beta1, float beta2, float eps,
+                    float step_size, float bias_correction2_sqrt);
+
+#endif
