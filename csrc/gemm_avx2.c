@@ -1,0 +1,211 @@
+/* AVX2 + FMA GEMM kernels: a 6 x 16 micro-kernel and the two GEMV forms.
+ *
+ * Register tile 6 x 16: 12 ymm accumulators (6 rows x 2 vectors of 8
+ * columns), 2 ymm for the B row and 1 for the broadcast of A, of the 16 ymm
+ * registers (the BLIS haswell shape). 12 FMAs per k step against two FMA
+ * pipes of 4-cycle latency need at least 8 chains; 12 cover it.
+ * Partial tiles use maskload/maskstore, so nothing outside the valid mr x nr
+ * part of A, B or C is touched.
+ *
+ * Blocks: KC = 256 puts the 256 x 16 B micro-panel at 16 KiB in L1 beside the
+ * 6 x 256 A micro-panel (6 KiB); MC = 144 makes the packed A block 144 KiB of
+ * the L2; NC = 4080 keeps the packed B panel (4 MiB) in L3. */
+#include "gemm_kernels.h"
+
+#if defined(PYNN_X86_64)
+#include <immintrin.h>
+#include <stdint.h>
+
+#define TARGET __attribute__((target("avx2,fma")))
+enum { MR = 6, NR = 16 };
+
+static const int32_t lane_table[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+
+/* A maskload/maskstore mask selecting the first count lanes (0 to 8). */
+static inline TARGET __m256i first_lanes(ptrdiff_t count)
+{
+    if (count < 0) count = 0;
+    if (count > 8) count = 8;
+    return _mm256_loadu_si256((const __m256i *)(lane_table + 8 - count));
+}
+
+static inline TARGET float horizontal_sum(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline __attribute__((always_inline)) TARGET void
+tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,
+            const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc,
+            ptrdiff_t mr, ptrdiff_t nr, const pynn_tile_update *update, const int packed)
+{
+    const __m256i mask0 = first_lanes(nr), mask1 = first_lanes(nr - 8);
+    __m256 acc[MR][2];
+    ptrdiff_t row[MR];
+    for (int i = 0; i < MR; i++) {
+        acc[i][0] = _mm256_setzero_ps();
+        acc[i][1] = _mm256_setzero_ps();
+        /* Rows past mr repeat the last valid row: always in bounds, never stored. */
+        row[i] = packed ? i : (i < mr ? i : mr - 1) * a_row_step;
+    }
+    if (packed) {
+        a_k_step = MR;
+        b_k_step = NR;
+    }
+    const int full = nr == NR;
+    for (ptrdiff_t p = 0; p < k; p++) {
+        __m256 b0, b1;
+        if (packed || full) {
+            b0 = _mm256_loadu_ps(b);
+            b1 = _mm256_loadu_ps(b + 8);
+        } else {
+            b0 = _mm256_maskload_ps(b, mask0);
+            b1 = _mm256_maskload_ps(b + 8, mask1);
+        }
+        for (int i = 0; i < MR; i++) {
+            const __m256 av = _mm256_broadcast_ss(a + row[i]);
+            acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
+        }
+        a += a_k_step;
+        b += b_k_step;
+    }
+
+    const __m256 alpha = _mm256_set1_ps(update->alpha), beta = _mm256_set1_ps(update->beta);
+    const __m256 zero = _mm256_setzero_ps();
+    const int read_c = update->beta != 0.0f;
+    __m256 col0 = zero, col1 = zero;
+    if (update->col_bias) {
+        col0 = _mm256_maskload_ps(update->col_bias, mask0);
+        col1 = _mm256_maskload_ps(update->col_bias + 8, mask1);
+    }
+    for (int i = 0; i < MR; i++) {
+        if (i >= mr) break;
+        float *ci = c + i * ldc;
+        __m256 r0 = _mm256_mul_ps(acc[i][0], alpha), r1 = _mm256_mul_ps(acc[i][1], alpha);
+        if (read_c) {
+            r0 = _mm256_fmadd_ps(beta, _mm256_maskload_ps(ci, mask0), r0);
+            r1 = _mm256_fmadd_ps(beta, _mm256_maskload_ps(ci + 8, mask1), r1);
+        }
+        if (update->col_bias) {
+            r0 = _mm256_add_ps(r0, col0);
+            r1 = _mm256_add_ps(r1, col1);
+        }
+        if (update->row_bias) {
+            const __m256 bias = _mm256_set1_ps(update->row_bias[i]);
+            r0 = _mm256_add_ps(r0, bias);
+            r1 = _mm256_add_ps(r1, bias);
+        }
+        if (update->relu) {  /* max(0, NaN) keeps the NaN, as PyTorch's relu */
+            r0 = _mm256_max_ps(zero, r0);
+            r1 = _mm256_max_ps(zero, r1);
+        }
+        if (full) {
+            _mm256_storeu_ps(ci, r0);
+            _mm256_storeu_ps(ci + 8, r1);
+        } else {
+            _mm256_maskstore_ps(ci, mask0, r0);
+            _mm256_maskstore_ps(ci + 8, mask1, r1);
+        }
+    }
+}
+
+static TARGET void microkernel_avx2_6x16_packed(
+    ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,
+    const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc,
+    ptrdiff_t mr, ptrdiff_t nr, const pynn_tile_update *update)
+{
+    tile_kernel(k, a, a_row_step, a_k_step, b, b_k_step, c, ldc, mr, nr, update, 1);
+}
+
+static TARGET void microkernel_avx2_6x16_strided(
+    ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,
+    const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc,
+    ptrdiff_t mr, ptrdiff_t nr, const pynn_tile_update *update)
+{
+    tile_kernel(k, a, a_row_step, a_k_step, b, b_k_step, c, ldc, mr, nr, update, 0);
+}
+
+/* Four rows at a time share each load of v; the k tail is a masked load. */
+static TARGET void gemv_dot_avx2(ptrdiff_t rows, ptrdiff_t k, const float *x, ptrdiff_t ldx,
+                                 const float *v, float *sums)
+{
+    const __m256i tail = first_lanes(k % 8);
+    const ptrdiff_t k_full = k - k % 8;
+    const int has_tail = k % 8 != 0;
+    ptrdiff_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        const float *x0 = x + r * ldx, *x1 = x0 + ldx, *x2 = x1 + ldx, *x3 = x2 + ldx;
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+        for (ptrdiff_t p = 0; p < k_full; p += 8) {
+            const __m256 vp = _mm256_loadu_ps(v + p);
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + p), vp, s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + p), vp, s1);
+            s2 = _mm256_fmadd_ps(_mm256_loadu_ps(x2 + p), vp, s2);
+            s3 = _mm256_fmadd_ps(_mm256_loadu_ps(x3 + p), vp, s3);
+        }
+        if (has_tail) {
+            const __m256 vp = _mm256_maskload_ps(v + k_full, tail);
+            s0 = _mm256_fmadd_ps(_mm256_maskload_ps(x0 + k_full, tail), vp, s0);
+            s1 = _mm256_fmadd_ps(_mm256_maskload_ps(x1 + k_full, tail), vp, s1);
+            s2 = _mm256_fmadd_ps(_mm256_maskload_ps(x2 + k_full, tail), vp, s2);
+            s3 = _mm256_fmadd_ps(_mm256_maskload_ps(x3 + k_full, tail), vp, s3);
+        }
+        sums[r] = horizontal_sum(s0);
+        sums[r + 1] = horizontal_sum(s1);
+        sums[r + 2] = horizontal_sum(s2);
+        sums[r + 3] = horizontal_sum(s3);
+    }
+    for (; r < rows; r++) {
+        const float *xr = x + r * ldx;
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+        ptrdiff_t p = 0;
+        for (; p + 16 <= k_full; p += 16) {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + p), _mm256_loadu_ps(v + p), s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + p + 8), _mm256_loadu_ps(v + p + 8), s1);
+        }
+        for (; p < k_full; p += 8)
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + p), _mm256_loadu_ps(v + p), s0);
+        if (has_tail)
+            s1 = _mm256_fmadd_ps(_mm256_maskload_ps(xr + k_full, tail),
+                                 _mm256_maskload_ps(v + k_full, tail), s1);
+        sums[r] = horizontal_sum(_mm256_add_ps(s0, s1));
+    }
+}
+
+/* 32 columns of sums stay in four registers while the k rows of x stream by. */
+static TARGET void gemv_axpy_avx2(ptrdiff_t cols, ptrdiff_t k, const float *x, ptrdiff_t ldx,
+                                  const float *v, ptrdiff_t v_step, float *sums)
+{
+    for (ptrdiff_t j = 0; j < cols; j += 32) {
+        const ptrdiff_t left = cols - j;
+        const __m256i m0 = first_lanes(left), m1 = first_lanes(left - 8),
+                      m2 = first_lanes(left - 16), m3 = first_lanes(left - 24);
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+        const float *xp = x + j;
+        for (ptrdiff_t p = 0; p < k; p++, xp += ldx) {
+            const __m256 vp = _mm256_broadcast_ss(v + p * v_step);
+            s0 = _mm256_fmadd_ps(vp, _mm256_maskload_ps(xp, m0), s0);
+            s1 = _mm256_fmadd_ps(vp, _mm256_maskload_ps(xp + 8, m1), s1);
+            s2 = _mm256_fmadd_ps(vp, _mm256_maskload_ps(xp + 16, m2), s2);
+            s3 = _mm256_fmadd_ps(vp, _mm256_maskload_ps(xp + 24, m3), s3);
+        }
+        _mm256_maskstore_ps(sums + j, m0, s0);
+        _mm256_maskstore_ps(sums + j + 8, m1, s1);
+        _mm256_maskstore_ps(sums + j + 16, m2, s2);
+        _mm256_maskstore_ps(sums + j + 24, m3, s3);
+    }
+}
+
+const pynn_gemm_kernels pynn_gemm_avx2 = {
+    .mr = MR, .nr = NR, .mc = 144, .kc = 256, .nc = 4080,
+    .packed = microkernel_avx2_6x16_packed,
+    .strided = microkernel_avx2_6x16_strided,
+    .dot = gemv_dot_avx2,
+    .axpy = gemv_axpy_avx2,
+};
+
+#endif

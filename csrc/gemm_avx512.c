@@ -1,0 +1,195 @@
+/* AVX-512 GEMM kernels: a 12 x 32 micro-kernel and the two GEMV forms.
+ *
+ * Register tile 12 x 32: 24 zmm accumulators (12 rows x 2 vectors of 16
+ * columns), 2 zmm for the B row and 1 for the broadcast of A, of the 32 zmm
+ * registers. Each k step issues 24 FMAs against 12 broadcasts and 2 loads, so
+ * Zen 4 (one 512-bit FMA per cycle, as two 256-bit halves, 4-cycle latency)
+ * has 24 independent chains to hide the latency and spare load slots.
+ * Partial tiles use masked loads and stores, so nothing outside the valid
+ * mr x nr part of A, B or C is touched, packed or not.
+ *
+ * Blocks: KC = 256 keeps the 256 x 32 B micro-panel (32 KiB) streaming from
+ * L1/L2 while the 12 x 256 A micro-panel (12 KiB) stays in L1; MC = 288
+ * makes the packed A block 288 KiB, a third of the 1 MiB L2, so it survives
+ * the B traffic; NC = 4096 makes the packed B panel 4 MiB, well inside the
+ * 32 MiB L3 with room for both cores. */
+#include "gemm_kernels.h"
+
+#if defined(PYNN_X86_64)
+#include <immintrin.h>
+
+#define TARGET __attribute__((target("avx512f")))
+enum { MR = 12, NR = 32 };
+
+static inline TARGET __mmask16 first_lanes(ptrdiff_t count)
+{
+    if (count <= 0) return 0;
+    if (count >= 16) return 0xFFFF;
+    return (__mmask16)((1u << count) - 1u);
+}
+
+static inline __attribute__((always_inline)) TARGET void
+tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,
+            const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc,
+            ptrdiff_t mr, ptrdiff_t nr, const pynn_tile_update *update, const int packed)
+{
+    const __mmask16 mask0 = first_lanes(nr), mask1 = first_lanes(nr - 16);
+    __m512 acc[MR][2];
+    ptrdiff_t row[MR];
+    for (int i = 0; i < MR; i++) {
+        acc[i][0] = _mm512_setzero_ps();
+        acc[i][1] = _mm512_setzero_ps();
+        /* Rows past mr repeat the last valid row: always in bounds, never stored. */
+        row[i] = packed ? i : (i < mr ? i : mr - 1) * a_row_step;
+    }
+    if (packed) {
+        a_k_step = MR;
+        b_k_step = NR;
+    }
+    for (ptrdiff_t p = 0; p < k; p++) {
+        __m512 b0, b1;
+        if (packed) {
+            b0 = _mm512_loadu_ps(b);
+            b1 = _mm512_loadu_ps(b + 16);
+        } else {
+            b0 = _mm512_maskz_loadu_ps(mask0, b);
+            b1 = _mm512_maskz_loadu_ps(mask1, b + 16);
+        }
+        for (int i = 0; i < MR; i++) {
+            const __m512 av = _mm512_set1_ps(a[row[i]]);
+            acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
+        }
+        a += a_k_step;
+        b += b_k_step;
+    }
+
+    const __m512 alpha = _mm512_set1_ps(update->alpha), beta = _mm512_set1_ps(update->beta);
+    const __m512 zero = _mm512_setzero_ps();
+    const int read_c = update->beta != 0.0f;
+    __m512 col0 = zero, col1 = zero;
+    if (update->col_bias) {
+        col0 = _mm512_maskz_loadu_ps(mask0, update->col_bias);
+        col1 = _mm512_maskz_loadu_ps(mask1, update->col_bias + 16);
+    }
+    for (int i = 0; i < MR; i++) {
+        if (i >= mr) break;
+        float *ci = c + i * ldc;
+        __m512 r0 = _mm512_mul_ps(acc[i][0], alpha), r1 = _mm512_mul_ps(acc[i][1], alpha);
+        if (read_c) {
+            r0 = _mm512_fmadd_ps(beta, _mm512_maskz_loadu_ps(mask0, ci), r0);
+            r1 = _mm512_fmadd_ps(beta, _mm512_maskz_loadu_ps(mask1, ci + 16), r1);
+        }
+        if (update->col_bias) {
+            r0 = _mm512_add_ps(r0, col0);
+            r1 = _mm512_add_ps(r1, col1);
+        }
+        if (update->row_bias) {
+            const __m512 bias = _mm512_set1_ps(update->row_bias[i]);
+            r0 = _mm512_add_ps(r0, bias);
+            r1 = _mm512_add_ps(r1, bias);
+        }
+        if (update->relu) {  /* max(0, NaN) keeps the NaN, as PyTorch's relu */
+            r0 = _mm512_max_ps(zero, r0);
+            r1 = _mm512_max_ps(zero, r1);
+        }
+        _mm512_mask_storeu_ps(ci, mask0, r0);
+        _mm512_mask_storeu_ps(ci + 16, mask1, r1);
+    }
+}
+
+static TARGET void microkernel_avx512_12x32_packed(
+    ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,
+    const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc,
+    ptrdiff_t mr, ptrdiff_t nr, const pynn_tile_update *update)
+{
+    tile_kernel(k, a, a_row_step, a_k_step, b, b_k_step, c, ldc, mr, nr, update, 1);
+}
+
+static TARGET void microkernel_avx512_12x32_strided(
+    ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,
+    const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc,
+    ptrdiff_t mr, ptrdiff_t nr, const pynn_tile_update *update)
+{
+    tile_kernel(k, a, a_row_step, a_k_step, b, b_k_step, c, ldc, mr, nr, update, 0);
+}
+
+/* Four rows at a time share each load of v; the k tail is a masked load. */
+static TARGET void gemv_dot_avx512(ptrdiff_t rows, ptrdiff_t k, const float *x, ptrdiff_t ldx,
+                                   const float *v, float *sums)
+{
+    const __mmask16 tail = first_lanes(k % 16);
+    const ptrdiff_t k_full = k - k % 16;
+    ptrdiff_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        const float *x0 = x + r * ldx, *x1 = x0 + ldx, *x2 = x1 + ldx, *x3 = x2 + ldx;
+        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+        for (ptrdiff_t p = 0; p < k_full; p += 16) {
+            const __m512 vp = _mm512_loadu_ps(v + p);
+            s0 = _mm512_fmadd_ps(_mm512_loadu_ps(x0 + p), vp, s0);
+            s1 = _mm512_fmadd_ps(_mm512_loadu_ps(x1 + p), vp, s1);
+            s2 = _mm512_fmadd_ps(_mm512_loadu_ps(x2 + p), vp, s2);
+            s3 = _mm512_fmadd_ps(_mm512_loadu_ps(x3 + p), vp, s3);
+        }
+        if (tail) {
+            const __m512 vp = _mm512_maskz_loadu_ps(tail, v + k_full);
+            s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, x0 + k_full), vp, s0);
+            s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, x1 + k_full), vp, s1);
+            s2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, x2 + k_full), vp, s2);
+            s3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, x3 + k_full), vp, s3);
+        }
+        sums[r] = _mm512_reduce_add_ps(s0);
+        sums[r + 1] = _mm512_reduce_add_ps(s1);
+        sums[r + 2] = _mm512_reduce_add_ps(s2);
+        sums[r + 3] = _mm512_reduce_add_ps(s3);
+    }
+    for (; r < rows; r++) {
+        const float *xr = x + r * ldx;
+        __m512 s0 = _mm512_setzero_ps(), s1 = s0;
+        ptrdiff_t p = 0;
+        for (; p + 32 <= k_full; p += 32) {
+            s0 = _mm512_fmadd_ps(_mm512_loadu_ps(xr + p), _mm512_loadu_ps(v + p), s0);
+            s1 = _mm512_fmadd_ps(_mm512_loadu_ps(xr + p + 16), _mm512_loadu_ps(v + p + 16), s1);
+        }
+        for (; p < k_full; p += 16)
+            s0 = _mm512_fmadd_ps(_mm512_loadu_ps(xr + p), _mm512_loadu_ps(v + p), s0);
+        if (tail)
+            s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, xr + k_full),
+                                 _mm512_maskz_loadu_ps(tail, v + k_full), s1);
+        sums[r] = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+    }
+}
+
+/* 64 columns of sums stay in four registers while the k rows of x stream by. */
+static TARGET void gemv_axpy_avx512(ptrdiff_t cols, ptrdiff_t k, const float *x, ptrdiff_t ldx,
+                                    const float *v, ptrdiff_t v_step, float *sums)
+{
+    for (ptrdiff_t j = 0; j < cols; j += 64) {
+        const ptrdiff_t left = cols - j;
+        const __mmask16 m0 = first_lanes(left), m1 = first_lanes(left - 16),
+                        m2 = first_lanes(left - 32), m3 = first_lanes(left - 48);
+        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+        const float *xp = x + j;
+        for (ptrdiff_t p = 0; p < k; p++, xp += ldx) {
+            const __m512 vp = _mm512_set1_ps(v[p * v_step]);
+            s0 = _mm512_fmadd_ps(vp, _mm512_maskz_loadu_ps(m0, xp), s0);
+            s1 = _mm512_fmadd_ps(vp, _mm512_maskz_loadu_ps(m1, xp + 16), s1);
+            s2 = _mm512_fmadd_ps(vp, _mm512_maskz_loadu_ps(m2, xp + 32), s2);
+            s3 = _mm512_fmadd_ps(vp, _mm512_maskz_loadu_ps(m3, xp + 48), s3);
+        }
+        _mm512_mask_storeu_ps(sums + j, m0, s0);
+        _mm512_mask_storeu_ps(sums + j + 16, m1, s1);
+        _mm512_mask_storeu_ps(sums + j + 32, m2, s2);
+        _mm512_mask_storeu_ps(sums + j + 48, m3, s3);
+    }
+}
+
+const pynn_gemm_kernels pynn_gemm_avx512 = {
+    .mr = MR, .nr = NR, .mc = 288, .kc = 256, .nc = 4096,
+    .packed = microkernel_avx512_12x32_packed,
+    .strided = microkernel_avx512_12x32_strided,
+    .dot = gemv_dot_avx512,
+    .axpy = gemv_axpy_avx512,
+};
+
+#endif

@@ -1,0 +1,78 @@
+/* Portable GEMM kernels: plain C for any CPU (aarch64 wheels, PYNN_ISA=generic).
+ *
+ * Register tile 4 x 8: 32 accumulators are eight 128-bit vectors when the
+ * compiler vectorises the column loop for the baseline ISA (SSE2 has 16
+ * registers, NEON 32), leaving room for the B row and the broadcast of A.
+ * Blocks: KC = 256 keeps the 8 KiB B micro-panel in L1, MC = 128 the 128 KiB
+ * A block in any L2, NC = 4096 the B panel in a last-level cache. */
+#include <string.h>
+
+#include "gemm_kernels.h"
+
+enum { MR = 4, NR = 8 };
+
+static void microkernel_generic_4x8(ptrdiff_t k,
+                                    const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,
+                                    const float *b, ptrdiff_t b_k_step,
+                                    float *c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr,
+                                    const pynn_tile_update *update)
+{
+    float acc[MR][NR] = {{0.0f}};
+    float b_row[NR] = {0.0f};
+    ptrdiff_t row[MR];
+    for (int i = 0; i < MR; i++)
+        row[i] = (i < mr ? i : mr - 1) * a_row_step;
+    for (ptrdiff_t p = 0; p < k; p++, a += a_k_step, b += b_k_step) {
+        /* Copy so that columns past nr are zeros rather than reads past B. */
+        memcpy(b_row, b, (size_t)nr * sizeof(float));
+        for (int i = 0; i < MR; i++) {
+            const float ai = a[row[i]];
+            for (int j = 0; j < NR; j++)
+                acc[i][j] += ai * b_row[j];
+        }
+    }
+    for (ptrdiff_t i = 0; i < mr; i++) {
+        float *ci = c + i * ldc;
+        for (ptrdiff_t j = 0; j < nr; j++) {
+            float v = update->alpha * acc[i][j];
+            if (update->beta != 0.0f) v += update->beta * ci[j];
+            if (update->col_bias) v += update->col_bias[j];
+            if (update->row_bias) v += update->row_bias[i];
+            if (update->relu && v < 0.0f) v = 0.0f;  /* NaN fails the test and stays */
+            ci[j] = v;
+        }
+    }
+}
+
+static void gemv_dot_generic(ptrdiff_t rows, ptrdiff_t k, const float *x, ptrdiff_t ldx,
+                             const float *v, float *sums)
+{
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const float *xr = x + r * ldx;
+        float s = 0.0f;
+        for (ptrdiff_t p = 0; p < k; p++)
+            s += xr[p] * v[p];
+        sums[r] = s;
+    }
+}
+
+static void gemv_axpy_generic(ptrdiff_t cols, ptrdiff_t k, const float *x, ptrdiff_t ldx,
+                              const float *v, ptrdiff_t v_step, float *sums)
+{
+    for (ptrdiff_t j = 0; j < cols; j++)
+        sums[j] = 0.0f;
+    for (ptrdiff_t p = 0; p < k; p++) {
+        const float vp = v[p * v_step];
+        const float *xp = x + p * ldx;
+        for (ptrdiff_t j = 0; j < cols; j++)
+            sums[j] += vp * xp[j];
+    }
+}
+
+const pynn_gemm_kernels pynn_gemm_generic = {
+    .mr = MR, .nr = NR, .mc = 128, .kc = 256, .nc = 4096,
+    .packed = microkernel_generic_4x8,
+    .strided = microkernel_generic_4x8,
+    .dot = gemv_dot_generic,
+    .axpy = gemv_axpy_generic,
+};

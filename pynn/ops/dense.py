@@ -9,10 +9,18 @@ def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None)
     """``alpha * op(a) @ op(b) + beta * out`` for 2-D float32 arrays.
 
     ``op(x)`` is ``x.T`` when the matching ``trans_`` flag is set; the
-    transpose is read in place, never copied. With ``beta == 0`` ``out`` is
-    only written (NaN in it does no harm), as in BLAS."""
-    a = as_float32(a, "matmul", "a", ndim=2)
-    b = as_float32(b, "matmul", "b", ndim=2)
+    transpose is read in place, never copied, and so are row slices of a
+    larger array (``big[:, :k]``). With ``beta == 0`` ``out`` is only written
+    (NaN in it does no harm), as in BLAS."""
+    # Well-formed float32 operands go straight to the kernel, which declines
+    # (returns None) anything it would have to convert or reject.
+    result = _gemm.matmul(a, b, out, trans_a, trans_b, alpha, beta)
+    if result is not None:
+        return result
+    if not _gemm.is_float32_matrix(a):
+        a = as_float32(a, "matmul", "a", ndim=2)
+    if not _gemm.is_float32_matrix(b):
+        b = as_float32(b, "matmul", "b", ndim=2)
     alpha = as_real(alpha, "matmul", "alpha")
     beta = as_real(beta, "matmul", "beta")
     m, k_a = (a.shape[1], a.shape[0]) if trans_a else a.shape
@@ -24,8 +32,9 @@ def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None)
     if out is None:
         if beta != 0.0:
             raise ValueError(f"matmul: beta={beta} reads out, but out was not given")
-        out = np.empty((m, n), dtype=np.float32)
     else:
         check_out(out, (m, n), "matmul", inputs=(a, b))
-    _gemm.matmul(a, b, out, bool(trans_a), bool(trans_b), alpha, beta)
-    return out
+    result = _gemm.matmul(a, b, out, trans_a, trans_b, alpha, beta)
+    if result is None:  # every refusal of the kernel is reported above
+        raise ValueError("matmul: arguments refused by the kernel")
+    return result

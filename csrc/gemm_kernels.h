@@ -1,0 +1,61 @@
+/* The per-ISA pieces of the GEMM: register-blocked micro-kernels, GEMV
+ * kernels and the block sizes that fit them to the caches. gemm.c owns the
+ * blocking, packing and threading and only ever calls through this table.
+ *
+ * Micro-kernel contract (one MR x NR tile of C, MR/NR fixed per ISA):
+ *   C[i, j] = update(sum_p A(i, p) * B(p, j)) for i < mr <= MR, j < nr <= NR.
+ *   A(i, p) = a[i * a_row_step + p * a_k_step]; rows i >= mr are never read.
+ *   B(p, j) = b[p * b_k_step + j]; columns j >= nr are never read.
+ * A packed A micro-panel is a_row_step = 1, a_k_step = MR; a packed B
+ * micro-panel is b_k_step = NR (zero-padded, so edge tiles need no care).
+ * The same kernel reads unpacked row-major operands directly on the
+ * small-problem path. */
+#ifndef PYNN_GEMM_KERNELS_H
+#define PYNN_GEMM_KERNELS_H
+
+#include <stddef.h>
+#include "gemm.h"
+
+/* How a tile's sum becomes C: c = alpha * sum + beta * c (c unread when
+ * beta == 0), + col_bias[j] + row_bias[i], then ReLU. A later KC block runs
+ * with beta = 1; only the last one carries the biases and the activation. */
+typedef struct {
+    float alpha, beta;
+    const float *col_bias;  /* at the tile's first column, or NULL */
+    const float *row_bias;  /* at the tile's first row, or NULL */
+    int relu;
+} pynn_tile_update;
+
+typedef void (*pynn_microkernel)(ptrdiff_t k,
+                                 const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,
+                                 const float *b, ptrdiff_t b_k_step,
+                                 float *c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr,
+                                 const pynn_tile_update *update);
+
+/* sums[r] = dot(x[r * ldx : r * ldx + k], v) for r < rows (the y = X v GEMV). */
+typedef void (*pynn_gemv_dot)(ptrdiff_t rows, ptrdiff_t k, const float *x, ptrdiff_t ldx,
+                              const float *v, float *sums);
+/* sums[j] = sum_p v[p * v_step] * x[p * ldx + j] for j < cols (the y = v X GEMV). */
+typedef void (*pynn_gemv_axpy)(ptrdiff_t cols, ptrdiff_t k, const float *x, ptrdiff_t ldx,
+                               const float *v, ptrdiff_t v_step, float *sums);
+
+typedef struct {
+    int mr, nr;                /* register tile */
+    ptrdiff_t mc, kc, nc;      /* cache blocks: A is MC x KC in L2, B is KC x NC in L3 */
+    pynn_microkernel packed;   /* A and B packed (a_row_step 1, a_k_step MR, b_k_step NR) */
+    pynn_microkernel strided;  /* any steps: the small path over unpacked operands */
+    pynn_gemv_dot dot;
+    pynn_gemv_axpy axpy;
+} pynn_gemm_kernels;
+
+/* The largest register tile of any ISA (sizes gemm.c's scratch tiles). */
+#define PYNN_GEMM_MAX_MR 16
+#define PYNN_GEMM_MAX_NR 32
+
+extern const pynn_gemm_kernels pynn_gemm_generic;
+#if defined(PYNN_X86_64)
+extern const pynn_gemm_kernels pynn_gemm_avx2;
+extern const pynn_gemm_kernels pynn_gemm_avx512;
+#endif
+
+#endif

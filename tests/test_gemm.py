@@ -1,0 +1,248 @@
+"""pynn.ops.matmul and the sgemm kernel against a float64 numpy reference."""
+import ctypes
+import mmap
+import sys
+
+import numpy as np
+import pytest
+
+import pynn
+from pynn._kernels import gemm, runtime
+from pynn.ops import matmul
+from tests.helpers import EPS32
+
+# Block sizes of every path (csrc/gemm_*.c): shapes below straddle them.
+MR = (4, 6, 12)
+NR = (8, 16, 32)
+KC = 256
+
+
+@pytest.fixture(params=runtime.supported_isas())
+def isa(request):
+    before = runtime.chosen_isa()
+    runtime.choose_isa(request.param)
+    yield request.param
+    runtime.choose_isa(before)
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    before = pynn.get_num_threads()
+    pynn.set_num_threads(request.param)
+    yield request.param
+    pynn.set_num_threads(before)
+
+
+def operands(rng, m, n, k, trans_a, trans_b):
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    return a, b
+
+
+def reference(a, b, trans_a, trans_b, alpha=1.0, beta=0.0, c=None):
+    """alpha op(a) op(b) + beta c in float64, and the error bound of a float32 sum:
+    a few k eps times the same expression over absolute values."""
+    left = a.astype(np.float64).T if trans_a else a.astype(np.float64)
+    right = b.astype(np.float64).T if trans_b else b.astype(np.float64)
+    exact = alpha * (left @ right)
+    size = abs(alpha) * (np.abs(left) @ np.abs(right))
+    if beta != 0.0:
+        exact += beta * c.astype(np.float64)
+        size += abs(beta) * np.abs(c.astype(np.float64))
+    k = left.shape[1]
+    return exact, 2.0 * (k + 2) * EPS32 * size
+
+
+def assert_close(actual, exact, bound):
+    assert actual.dtype == np.float32 and actual.shape == exact.shape
+    error = np.abs(actual.astype(np.float64) - exact)
+    assert np.all(np.isfinite(actual))
+    assert np.all(error <= bound + 1e-30), f"worst error/bound {np.max(error / (bound + 1e-30)):.3g}"
+
+
+SHAPES = [
+    (0, 5, 3), (5, 0, 3), (5, 3, 0), (0, 0, 0), (1, 1, 1), (2, 3, 5), (7, 11, 13),
+    (1, 4097, 5), (4097, 1, 3), (1, 37, 300), (53, 1, 301), (17, 1000, 3),
+    (11, 31, 255), (13, 33, 257), (25, 65, 2 * KC + 1), (97, 89, 83),
+    (145, 129, 31), (289, 97, 64), (150, 130, 257), (5, 300, 200), (300, 5, 200),
+]
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (0, 1), (1, 0), (1, 1)])
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_matches_float64(isa, threads, m, n, k, trans_a, trans_b):
+    rng = np.random.default_rng(m * 10007 + n * 101 + k)
+    a, b = operands(rng, m, n, k, trans_a, trans_b)
+    c = matmul(a, b, trans_a=trans_a, trans_b=trans_b)
+    assert_close(c, *reference(a, b, trans_a, trans_b))
+
+
+@pytest.mark.parametrize("m,n,k", [(m, n, KC + 1) for m in (11, 12, 13) for n in (31, 32, 33)]
+                         + [(m, 17, 40) for m in (5, 6, 7, 143, 145, 287, 289)]
+                         + [(3, 4096 + d, 2) for d in (-1, 0, 1)])
+def test_every_block_edge(isa, m, n, k):
+    rng = np.random.default_rng(m + n + k)
+    for trans_a, trans_b in [(0, 0), (1, 1)]:
+        a, b = operands(rng, m, n, k, trans_a, trans_b)
+        c = matmul(a, b, trans_a=trans_a, trans_b=trans_b)
+        assert_close(c, *reference(a, b, trans_a, trans_b))
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 9, 4), (9, 1, 4), (7, 9, 5), (40, 50, 60), (130, 140, 150)])
+@pytest.mark.parametrize("alpha,beta", [(0.5, -1.5), (-2.0, 1.0), (0.0, 2.0), (1.0, 0.0)])
+def test_alpha_beta(isa, threads, m, n, k, alpha, beta):
+    rng = np.random.default_rng(3)
+    for trans_a, trans_b in [(0, 0), (0, 1), (1, 0), (1, 1)]:
+        a, b = operands(rng, m, n, k, trans_a, trans_b)
+        c = rng.standard_normal((m, n)).astype(np.float32)
+        exact, bound = reference(a, b, trans_a, trans_b, alpha, beta, c)
+        out = matmul(a, b, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, out=c)
+        assert out is c
+        assert_close(c, exact, bound)
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 9, 4), (9, 1, 4), (7, 9, 0), (7, 9, 5), (130, 140, 150)])
+def test_beta_zero_ignores_nan_in_out(isa, threads, m, n, k):
+    rng = np.random.default_rng(4)
+    a, b = operands(rng, m, n, k, 0, 1)
+    out = np.full((m, n), np.nan, dtype=np.float32)
+    matmul(a, b, trans_b=True, out=out)
+    assert_close(out, *reference(a, b, 0, 1))
+
+
+def test_out_is_reused_and_returned(isa):
+    rng = np.random.default_rng(5)
+    out = np.empty((20, 30), np.float32)
+    for _ in range(2):
+        a, b = operands(rng, 20, 30, 40, 0, 0)
+        assert matmul(a, b, out=out) is out
+        assert_close(out, *reference(a, b, 0, 0))
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (0, 1), (1, 0), (1, 1)])
+@pytest.mark.parametrize("m,n,k", [(1, 20, 30), (20, 1, 30), (7, 9, 13), (60, 70, 300)])
+def test_row_slices_are_read_in_place(isa, m, n, k, trans_a, trans_b):
+    rng = np.random.default_rng(6)
+    a, b = operands(rng, m, n, k, trans_a, trans_b)
+    big_a = np.full((a.shape[0], a.shape[1] + 7), np.nan, np.float32)
+    big_b = np.full((b.shape[0], b.shape[1] + 3), np.nan, np.float32)
+    big_a[:, :a.shape[1]] = a
+    big_b[:, :b.shape[1]] = b
+    view_a, view_b = big_a[:, :a.shape[1]], big_b[:, :b.shape[1]]
+    assert gemm.is_float32_matrix(view_a) and gemm.is_float32_matrix(view_b)
+    c = matmul(view_a, view_b, trans_a=trans_a, trans_b=trans_b)
+    assert_close(c, *reference(a, b, trans_a, trans_b))  # the NaN padding was never read
+
+
+def guarded(shape, rng):
+    """A float32 array whose last element sits just before an unreadable page."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    page = mmap.PAGESIZE
+    nbytes = int(np.prod(shape)) * 4
+    pages = -(-nbytes // page) + 1
+    region = mmap.mmap(-1, pages * page)
+    raw = np.frombuffer(region, dtype=np.uint8)
+    guard = raw.ctypes.data + (pages - 1) * page
+    assert libc.mprotect(ctypes.c_void_p(guard), page, 0) == 0  # PROT_NONE
+    start = (pages - 1) * page - nbytes
+    array = raw[start:start + nbytes].view(np.float32).reshape(shape)
+    array[...] = rng.standard_normal(shape)
+    return array, region, raw
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses mprotect")
+@pytest.mark.parametrize("m,n,k", [(1, 4097, 3), (4097, 1, 3), (13, 35, 17), (3, 4097, 5), (37, 41, 300)])
+def test_never_reads_past_the_operands(isa, m, n, k):
+    rng = np.random.default_rng(7)
+    keep = []
+    for trans_a, trans_b in [(0, 0), (0, 1), (1, 0), (1, 1)]:
+        a, *held_a = guarded((k, m) if trans_a else (m, k), rng)
+        b, *held_b = guarded((n, k) if trans_b else (k, n), rng)
+        keep += [held_a, held_b]
+        c = matmul(a, b, trans_a=trans_a, trans_b=trans_b)
+        assert_close(c, *reference(a, b, trans_a, trans_b))
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 40, 30), (40, 1, 30), (7, 9, 13), (5, 6, 0), (70, 90, 300)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_fused_bias_and_relu(isa, threads, m, n, k, relu):
+    rng = np.random.default_rng(8)
+    for trans_a, trans_b in [(0, 0), (0, 1), (1, 0)]:
+        a, b = operands(rng, m, n, k, trans_a, trans_b)
+        col_bias = rng.standard_normal(n).astype(np.float32)
+        row_bias = rng.standard_normal(m).astype(np.float32)
+        c = np.full((m, n), np.nan, np.float32)
+        out = gemm.matmul(a, b, c, trans_a, trans_b, 1.0, 0.0, col_bias, row_bias, relu)
+        assert out is c
+        exact, bound = reference(a, b, trans_a, trans_b)
+        exact = exact + col_bias[None, :] + row_bias[:, None]
+        bound = bound + 2 * EPS32 * (np.abs(exact) + np.abs(col_bias)[None, :] + np.abs(row_bias)[:, None])
+        if relu:
+            exact = np.maximum(exact, 0.0)
+            assert np.all(c >= 0)
+        assert_close(c, exact, bound)
+
+
+def test_relu_epilogue_keeps_nan(isa):
+    a = np.array([[np.nan, 1.0]], np.float32)
+    b = np.ones((2, 3), np.float32)
+    c = gemm.matmul(a, b, None, False, False, 1.0, 0.0, None, None, True)
+    assert np.all(np.isnan(c))
+
+
+def test_same_result_on_one_and_two_threads(isa):
+    rng = np.random.default_rng(9)
+    a, b = operands(rng, 301, 257, 600, 0, 1)
+    before = pynn.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2):
+            pynn.set_num_threads(count)
+            results.append(matmul(a, b, trans_b=True))
+    finally:
+        pynn.set_num_threads(before)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_converts_other_float_inputs():
+    a = np.arange(12, dtype=np.float64).reshape(3, 4)
+    b = np.asfortranarray(np.arange(20, dtype=np.float32).reshape(4, 5))
+    c = matmul(a, b)
+    np.testing.assert_allclose(c, a @ b.astype(np.float64), rtol=1e-6)
+    np.testing.assert_allclose(matmul(a.tolist(), b[::-1][::-1], alpha=2), 2 * (a @ b), rtol=1e-6)
+
+
+def test_bad_inputs():
+    a = np.ones((3, 4), np.float32)
+    b = np.ones((4, 5), np.float32)
+    with pytest.raises(ValueError, match=r"matmul: inner dimensions differ: op\(a\) is 3x4, op\(b\) is 3x4"):
+        matmul(a, b[:3, :4].copy())
+    with pytest.raises(ValueError, match="matmul: inner"):
+        matmul(a, b, trans_a=True)
+    with pytest.raises(ValueError, match="matmul: a must be 2-D, got shape"):
+        matmul(np.ones(4, np.float32), b)
+    with pytest.raises(ValueError, match="matmul: b must be 2-D"):
+        matmul(a, np.ones((1, 4, 5), np.float32))
+    with pytest.raises(TypeError, match="matmul: a must be a floating-point array"):
+        matmul(np.ones((3, 4), np.int32), b)
+    with pytest.raises(ValueError, match=r"matmul: out must have shape \(3, 5\), got \(5, 3\)"):
+        matmul(a, b, out=np.empty((5, 3), np.float32))
+    with pytest.raises(TypeError, match="matmul: out must have dtype float32, got float64"):
+        matmul(a, b, out=np.empty((3, 5)))
+    with pytest.raises(ValueError, match="matmul: out must be C-contiguous"):
+        matmul(a, b, out=np.empty((5, 3), np.float32).T)
+    with pytest.raises(ValueError, match="matmul: out must not overlap an input"):
+        square = np.ones((4, 4), np.float32)
+        matmul(square, square, out=square)
+    with pytest.raises(ValueError, match="matmul: beta=1.0 reads out"):
+        matmul(a, b, beta=1.0)
+    with pytest.raises(TypeError, match="matmul: alpha must be a real number"):
+        matmul(a, b, alpha="2")
+
+
+def test_out_overlapping_part_of_an_input_is_refused():
+    whole = np.ones((8, 4), np.float32)
+    weight = np.ones((4, 4), np.float32)
+    assert matmul(whole[:4], weight, out=whole[4:]) is not None  # disjoint halves are fine
+    with pytest.raises(ValueError, match="matmul: out must not overlap an input"):
+        matmul(whole[2:6], weight, out=whole[4:])
