@@ -293,6 +293,15 @@ void pynn_sgemm(const pynn_context *ctx, int trans_a, int trans_b,
     if (try_gemv(kern, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, &update))
         return;
     const double work = (double)m * (double)n * (double)k;
+    if (work <= SMALL_WORK && trans_b && !trans_a && 2 * n <= kern->nr) {
+        /* A few outputs per row (a classifier head): a tile would be mostly
+         * padding, so each row of C is a GEMV over the rows of B instead. */
+        for (ptrdiff_t i = 0; i < m; i++) {
+            pynn_tile_update row = tile_update(&update, beta, 1, i, 0);
+            gemv(kern, 1, n, k, b, ldb, a + i * lda, 1, c + i * ldc, 1, 1, &row);
+        }
+        return;
+    }
     if (work <= SMALL_WORK) {
         gemm_small(kern, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, &update);
         return;

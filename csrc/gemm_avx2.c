@@ -45,6 +45,7 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
     const __m256i mask0 = first_lanes(nr), mask1 = first_lanes(nr - 8);
     __m256 acc[MR][2];
     ptrdiff_t row[MR];
+    _Pragma("GCC unroll 16")
     for (int i = 0; i < MR; i++) {
         acc[i][0] = _mm256_setzero_ps();
         acc[i][1] = _mm256_setzero_ps();
@@ -65,6 +66,7 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
             b0 = _mm256_maskload_ps(b, mask0);
             b1 = _mm256_maskload_ps(b + 8, mask1);
         }
+        _Pragma("GCC unroll 16")
         for (int i = 0; i < MR; i++) {
             const __m256 av = _mm256_broadcast_ss(a + row[i]);
             acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
@@ -82,6 +84,7 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
         col0 = _mm256_maskload_ps(update->col_bias, mask0);
         col1 = _mm256_maskload_ps(update->col_bias + 8, mask1);
     }
+    _Pragma("GCC unroll 16")
     for (int i = 0; i < MR; i++) {
         if (i >= mr) break;
         float *ci = c + i * ldc;

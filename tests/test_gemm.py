@@ -12,8 +12,7 @@ from pynn.ops import matmul
 from tests.helpers import EPS32
 
 # Block sizes of every path (csrc/gemm_*.c): shapes below straddle them.
-MR = (4, 6, 12)
-NR = (8, 16, 32)
+# MR 4/6/12, NR 8/16/32, MC 128/144/192, KC 256/256/512, NC 4096/4080/4096.
 KC = 256
 
 
@@ -78,9 +77,10 @@ def test_matches_float64(isa, threads, m, n, k, trans_a, trans_b):
 
 
 @pytest.mark.parametrize("m,n,k", [(m, n, KC + 1) for m in (11, 12, 13) for n in (31, 32, 33)]
-                         + [(m, 17, 40) for m in (5, 6, 7, 143, 145, 287, 289)]
-                         + [(3, 4096 + d, 2) for d in (-1, 0, 1)])
-def test_every_block_edge(isa, m, n, k):
+                         + [(m, 17, 40) for m in (3, 4, 5, 6, 7, 127, 129, 143, 145, 191, 193)]
+                         + [(9, 15, k) for k in (2 * KC - 1, 2 * KC, 2 * KC + 1)]
+                         + [(40, n, 9) for n in (4079, 4080, 4081, 4095, 4096, 4097)])
+def test_every_block_edge(isa, threads, m, n, k):
     rng = np.random.default_rng(m + n + k)
     for trans_a, trans_b in [(0, 0), (1, 1)]:
         a, b = operands(rng, m, n, k, trans_a, trans_b)
