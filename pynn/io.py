@@ -1,0 +1,415 @@
+"""The model file: safetensors tensors plus JSON metadata, written atomically,
+read as untrusted input.
+
+Reading never executes anything from the file: the header is JSON, checked
+field by field (sizes, offsets, dtypes, shapes) before the safetensors package
+decodes the tensors, and an architecture names layer types that are looked up
+in ``LAYER_TYPES``, never imported. Every defect raises ``ModelFormatError``."""
+import contextlib
+import json
+import math
+import os
+import tempfile
+
+import numpy as np
+import safetensors
+import safetensors.numpy
+
+from pynn._version import __version__
+
+# safetensors' own ceiling; a longer header is refused before it is read.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+_DTYPES = {
+    "BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "U16": np.uint16,
+    "I32": np.int32, "U32": np.uint32, "I64": np.int64, "U64": np.uint64,
+    "F16": np.float16, "F32": np.float32, "F64": np.float64,
+}
+_TENSOR_FIELDS = {"dtype", "shape", "data_offsets"}
+MODEL_FORMAT = "pynn.Sequential"
+
+
+class ModelFormatError(ValueError):
+    """A model or checkpoint file that is truncated, corrupted, hostile, or
+    disagrees with the model it is loaded into."""
+
+
+# -- writing ------------------------------------------------------------------
+def write_atomic(path, data):
+    """Replace ``path`` by ``data`` so that a crash at any moment leaves either
+    the old file or the new one there, never a mix: write a temporary file in
+    the same folder, flush and fsync it, rename it over ``path`` (atomic on
+    POSIX and Windows), then fsync the folder so the rename itself is durable.
+    A crash may leave a stray ``.<name>.*.tmp`` beside ``path``, never a
+    damaged ``path``."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    if hasattr(os, "O_DIRECTORY"):
+        folder_descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder_descriptor)
+        finally:
+            os.close(folder_descriptor)
+
+
+def save_tensors(path, tensors, metadata):
+    """Write ``tensors`` (name -> array) and ``metadata`` (str -> str) atomically."""
+    arrays = {name: np.asarray(array, order="C") for name, array in tensors.items()}
+    write_atomic(path, safetensors.numpy.save(arrays, metadata=metadata))
+
+
+# -- reading --------------------------------------------------------------------
+def read_tensors(path):
+    """``(tensors, metadata)`` from a safetensors file, validated before use.
+
+    The header length is checked against the file size before the header is
+    read, and every tensor's byte range against the data section before any
+    tensor is decoded, so nothing larger than the file is ever allocated."""
+    path = os.fspath(path)
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        if size < 8:
+            raise ModelFormatError(f"{path}: truncated: {size} bytes, shorter than the 8-byte header length")
+        header_length = int.from_bytes(file.read(8), "little")
+        if header_length > min(MAX_HEADER_BYTES, size - 8):
+            raise ModelFormatError(
+                f"{path}: bad header length {header_length}: the file holds {size - 8} bytes after it "
+                f"(and headers are limited to {MAX_HEADER_BYTES})")
+        header = _parse_header(file.read(header_length), path)
+        metadata = _check_layout(header, size - 8 - header_length, path)
+        file.seek(0)
+        content = file.read(size + 1)
+    if len(content) != size:
+        raise ModelFormatError(f"{path}: the file changed size while it was read")
+    try:
+        tensors = safetensors.numpy.load(content)
+    except Exception as error:  # the package's errors, whatever their class
+        raise ModelFormatError(f"{path}: safetensors rejected the file: {error}") from None
+    for name, array in tensors.items():
+        entry = header.get(name)
+        if entry is None or array.dtype != _DTYPES[entry["dtype"]] or list(array.shape) != entry["shape"]:
+            raise ModelFormatError(f"{path}: tensor {name!r} decoded differently from its header entry")
+    if len(tensors) != len(header) - ("__metadata__" in header):
+        raise ModelFormatError(f"{path}: safetensors decoded {len(tensors)} tensors, the header lists more")
+    return tensors, metadata
+
+
+def _refuse_duplicates(pairs):
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        duplicated = sorted({key for key in keys if keys.count(key) > 1})
+        raise ValueError(f"duplicate keys {duplicated}")
+    return dict(pairs)
+
+
+def parse_json(text, path, what):
+    """JSON from an untrusted file: duplicate keys and deep nesting are defects."""
+    try:
+        return json.loads(text, object_pairs_hook=_refuse_duplicates)
+    except (ValueError, RecursionError) as error:
+        raise ModelFormatError(f"{path}: {what} is not valid JSON: {error}") from None
+
+
+def _parse_header(raw, path):
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ModelFormatError(f"{path}: header is not UTF-8: {error}") from None
+    header = parse_json(text, path, "header")
+    if not isinstance(header, dict):
+        raise ModelFormatError(f"{path}: header must be a JSON object, got {type(header).__name__}")
+    return header
+
+
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_layout(header, data_length, path):
+    """Check every entry and that the tensors tile the data section exactly;
+    return the metadata dict."""
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(
+            isinstance(key, str) and isinstance(value, str) for key, value in metadata.items()):
+        raise ModelFormatError(f"{path}: __metadata__ must map strings to strings")
+    ranges = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(entry, dict) or set(entry) != _TENSOR_FIELDS:
+            raise ModelFormatError(f"{path}: tensor {name!r} must have exactly the fields "
+                                   f"{sorted(_TENSOR_FIELDS)}, got {entry!r:.200}")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
+            raise ModelFormatError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r:.40}; "
+                                   f"expected one of {sorted(_DTYPES)}")
+        if not isinstance(shape, list) or not all(_is_count(extent) for extent in shape):
+            raise ModelFormatError(f"{path}: tensor {name!r} has shape {shape!r:.200}, "
+                                   "expected a list of non-negative integers")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))
+                and offsets[0] <= offsets[1] <= data_length):
+            raise ModelFormatError(f"{path}: tensor {name!r} has data_offsets {offsets!r:.200} outside "
+                                   f"the {data_length}-byte data section")
+        expected = math.prod(shape) * np.dtype(_DTYPES[dtype]).itemsize
+        if offsets[1] - offsets[0] != expected:
+            raise ModelFormatError(
+                f"{path}: tensor {name!r} is {dtype} {shape}, {expected} bytes, but its "
+                f"data_offsets span {offsets[1] - offsets[0]} bytes")
+        ranges.append((offsets[0], offsets[1], name))
+    position = 0
+    for begin, end, name in sorted(ranges):
+        if begin != position:
+            problem = "overlaps the previous tensor" if begin < position else f"leaves a gap at byte {position}"
+            raise ModelFormatError(f"{path}: tensor {name!r} {problem}")
+        position = end
+    if position != data_length:
+        raise ModelFormatError(f"{path}: the tensors cover {position} bytes of a {data_length}-byte "
+                               "data section")
+    return metadata
+
+
+# -- models -------------------------------------------------------------------
+# Constructor arguments that never enlarge a layer's tensors; every other
+# positive integer (features, channels, kernel extents, embeddings) may.
+_NON_SIZING_ARGUMENTS = {"stride", "padding", "dilation", "groups"}
+# Before building an architecture, the tensors it claims are bounded by this
+# many times the values the file holds (plus a floor for small models), so a
+# 1 KiB file cannot make the loader allocate terabytes.
+_CLAIM_FACTOR = 64
+_CLAIM_FLOOR = 1 << 24
+
+
+def architecture_of(model):
+    return [{"type": type(layer).__name__, "config": layer.config()} for layer in model.layers]
+
+
+def model_metadata(model):
+    return {"format": MODEL_FORMAT, "pynn_version": __version__,
+            "architecture": json.dumps(architecture_of(model))}
+
+
+def save_model(model, path):
+    """``model.save(path)``: the state dict as tensors, the architecture as JSON."""
+    save_tensors(path, model.state_dict(), model_metadata(model))
+
+
+def load(path):
+    """Rebuild the ``Sequential`` saved at ``path`` by ``model.save``."""
+    tensors, metadata = read_tensors(path)
+    model = build_model(metadata, tensors, path)
+    _load_state(model, tensors, path, strict=True)
+    return model
+
+
+def _sizing_product(value):
+    """Product of the positive integers in a config value (lists included)."""
+    if isinstance(value, bool):
+        return 1
+    if isinstance(value, int):
+        return value if value > 0 else 1
+    if isinstance(value, list):
+        return math.prod(_sizing_product(item) for item in value)
+    return 1
+
+
+def build_model(metadata, tensors, path):
+    """A fresh ``Sequential`` from the architecture in ``metadata``; only layer
+    types registered in ``LAYER_TYPES`` can be named."""
+    from pynn.layers.base import LAYER_TYPES
+    from pynn.sequential import Sequential
+
+    if metadata.get("format") != MODEL_FORMAT or "architecture" not in metadata:
+        raise ModelFormatError(f"{path}: not a pynn model file (metadata format "
+                               f"{metadata.get('format')!r:.60}); load its weights with "
+                               "model.load_weights instead")
+    architecture = parse_json(metadata["architecture"], path, "the architecture")
+    if not isinstance(architecture, list):
+        raise ModelFormatError(f"{path}: the architecture must be a JSON list of layers")
+    held = sum(array.size for array in tensors.values())
+    claimed = 0
+    for index, entry in enumerate(architecture):
+        if not (isinstance(entry, dict) and set(entry) == {"type", "config"}
+                and isinstance(entry["type"], str) and isinstance(entry["config"], dict)):
+            raise ModelFormatError(f"{path}: layer {index} must be {{\"type\": name, \"config\": "
+                                   f"{{...}}}}, got {entry!r:.200}")
+        if entry["type"] not in LAYER_TYPES:
+            raise ModelFormatError(f"{path}: layer {index} has unknown layer type {entry['type']!r:.60}")
+        claimed += math.prod(_sizing_product(value) for key, value in entry["config"].items()
+                             if key not in _NON_SIZING_ARGUMENTS)
+    if claimed > max(_CLAIM_FLOOR, _CLAIM_FACTOR * held):
+        raise ModelFormatError(f"{path}: the architecture claims tensors of about {claimed} values, "
+                               f"the file holds {held}: refusing to build it")
+    layers = []
+    for index, entry in enumerate(architecture):
+        try:
+            layers.append(LAYER_TYPES[entry["type"]](**entry["config"]))
+        except (TypeError, ValueError, OverflowError, MemoryError) as error:
+            raise ModelFormatError(f"{path}: layer {index} ({entry['type']}) cannot be built "
+                                   f"from {entry['config']!r:.200}: {error}") from None
+    return Sequential(*layers)
+
+
+def _load_state(model, tensors, path, strict):
+    model.load_state_dict(_matching_state(model, tensors, path, strict), strict=False)
+
+
+def _matching_state(model, tensors, path, strict):
+    """The tensors to copy into ``model``, after checking names, shapes and
+    kinds of every one: all disagreements are reported at once."""
+    live = model.state_dict()
+    missing = [key for key in live if key not in tensors]
+    unexpected = [key for key in tensors if key not in live]
+    misfits = []
+    for key, target in live.items():
+        value = tensors.get(key)
+        if value is None:
+            continue
+        if value.shape != target.shape:
+            misfits.append(f"{key} (expected shape {target.shape}, got {value.shape})")
+        elif (target.dtype.kind == "f") != (value.dtype.kind == "f") or value.dtype == np.bool_:
+            misfits.append(f"{key} (expected {target.dtype} values, got {value.dtype})")
+    problems = [f"{label}: {', '.join(keys)}" for label, keys in (
+        ("missing keys", missing if strict else []),
+        ("unexpected keys", unexpected if strict else []),
+        ("mismatched tensors", misfits)) if keys]
+    if problems:
+        raise ModelFormatError(f"{path}: the file does not match the model; " + "; ".join(problems))
+    return {key: tensors[key] for key in live if key in tensors}
+
+
+def load_weights(model, path, strict=True):
+    """``model.load_weights(path)``: tensors by state-dict key from any
+    safetensors file (one written by ``safetensors.torch.save_file(
+    torch_sequential.state_dict(), path)`` included). With ``strict``, missing
+    and unexpected keys are errors; wrong shapes always are. Every problem is
+    listed in one ``ModelFormatError`` and the model is left untouched."""
+    tensors, _ = read_tensors(path)
+    _load_state(model, tensors, path, strict)
+    return model
+
+
+# -- checkpoints ----------------------------------------------------------------
+CHECKPOINT_FORMAT = "pynn.checkpoint"
+
+
+def _layer_generators(model):
+    """``(index, attribute, Generator)`` for every random generator a layer
+    keeps (Dropout's masks): part of the state a resumed run must restore."""
+    for index, layer in enumerate(model.layers):
+        for attribute, value in sorted(vars(layer).items()):
+            if isinstance(value, np.random.Generator):
+                yield index, attribute, value
+
+
+def save_checkpoint(path, model, optimizer, epoch=0, scheduler=None, rng=None):
+    """Write everything a resumed run needs, atomically, as one safetensors
+    file: the model's state dict (``model/<key>``), the optimizer's
+    per-parameter state (``optimizer/<param>/<name>``), and as JSON metadata
+    its hyperparameters, ``epoch``, the scheduler's state and the state of
+    every random generator: the layers' own (Dropout) and ``rng`` if given
+    (a ``numpy.random.Generator`` driving the caller's loop)."""
+    from pynn._checks import as_count
+
+    epoch = as_count(epoch, "save_checkpoint", "epoch", minimum=0)
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise TypeError(f"save_checkpoint: rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    tensors = {f"model/{key}": array for key, array in model.state_dict().items()}
+    optimizer_state = optimizer.state_dict()
+    for name, entry in optimizer_state["state"].items():
+        for key, array in entry.items():
+            tensors[f"optimizer/{name}/{key}"] = np.asarray(array)
+    generators = {f"{index}.{attribute}": generator.bit_generator.state
+                  for index, attribute, generator in _layer_generators(model)}
+    metadata = model_metadata(model)
+    metadata.update({
+        "format": CHECKPOINT_FORMAT,
+        "epoch": str(epoch),
+        "optimizer": json.dumps({"type": type(optimizer).__name__,
+                                 "param_groups": optimizer_state["param_groups"]}),
+        "scheduler": json.dumps(None if scheduler is None else scheduler.state_dict()),
+        "generators": json.dumps(generators),
+        "rng": json.dumps(None if rng is None else rng.bit_generator.state),
+    })
+    save_tensors(path, tensors, metadata)
+
+
+def _checked_generator_state(generator, state, path, name):
+    probe = type(generator.bit_generator)()
+    try:
+        probe.state = state
+    except (TypeError, ValueError, KeyError, OverflowError) as error:
+        raise ModelFormatError(f"{path}: the saved state of generator {name} is invalid: {error}") from None
+    return state
+
+
+def load_checkpoint(path, model, optimizer, scheduler=None, rng=None):
+    """Restore what ``save_checkpoint`` wrote into ``model``, ``optimizer``,
+    ``scheduler`` and ``rng`` (built as for the original run) and return the
+    saved epoch. Everything is checked before anything is changed."""
+    tensors, metadata = read_tensors(path)
+    if metadata.get("format") != CHECKPOINT_FORMAT:
+        raise ModelFormatError(f"{path}: not a pynn checkpoint (metadata format "
+                               f"{metadata.get('format')!r:.60})")
+    try:
+        epoch = int(metadata["epoch"])
+        optimizer_meta = parse_json(metadata["optimizer"], path, "the optimizer state")
+        scheduler_state = parse_json(metadata["scheduler"], path, "the scheduler state")
+        generator_states = parse_json(metadata["generators"], path, "the generator states")
+        rng_state = parse_json(metadata["rng"], path, "the rng state")
+        optimizer_type, param_groups = optimizer_meta["type"], optimizer_meta["param_groups"]
+    except (KeyError, TypeError, ValueError) as error:
+        if isinstance(error, ModelFormatError):
+            raise
+        raise ModelFormatError(f"{path}: checkpoint metadata is incomplete or malformed: {error!r}") from None
+    if scheduler_state is not None and not isinstance(scheduler_state, dict):
+        raise ModelFormatError(f"{path}: the scheduler state must be a JSON object")
+    if optimizer_type != type(optimizer).__name__:
+        raise ModelFormatError(f"{path}: the checkpoint holds {optimizer_type!s:.60} state, "
+                               f"the optimizer is {type(optimizer).__name__}")
+    if (scheduler_state is None) != (scheduler is None) or (rng_state is None) != (rng is None):
+        raise ModelFormatError(f"{path}: pass a scheduler and an rng exactly when the checkpoint "
+                               f"was saved with them (saved: scheduler "
+                               f"{'yes' if scheduler_state is not None else 'no'}, rng "
+                               f"{'yes' if rng_state is not None else 'no'})")
+    model_tensors = {key[len("model/"):]: array for key, array in tensors.items()
+                     if key.startswith("model/")}
+    state = _matching_state(model, model_tensors, path, strict=True)
+    optimizer_state = {}
+    for key, array in tensors.items():
+        if key.startswith("optimizer/"):
+            name, _, slot = key[len("optimizer/"):].rpartition("/")
+            optimizer_state.setdefault(name, {})[slot] = array
+    generators = {f"{index}.{attribute}": generator
+                  for index, attribute, generator in _layer_generators(model)}
+    if not isinstance(generator_states, dict) or set(generator_states) != set(generators):
+        raise ModelFormatError(f"{path}: the checkpoint's random generators "
+                               f"{sorted(generator_states)!s:.200} do not match the model's "
+                               f"{sorted(generators)}")
+    for name, generator in generators.items():
+        _checked_generator_state(generator, generator_states[name], path, name)
+    if rng is not None:
+        _checked_generator_state(rng, rng_state, path, "rng")
+    try:
+        optimizer.load_state_dict({"state": optimizer_state, "param_groups": param_groups})
+        if scheduler is not None:
+            scheduler.load_state_dict(scheduler_state)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelFormatError(f"{path}: the optimizer or scheduler state does not fit: {error}") from None
+    model.load_state_dict(state, strict=False)
+    for name, generator in generators.items():
+        generator.bit_generator.state = generator_states[name]
+    if rng is not None:
+        rng.bit_generator.state = rng_state
+    return epoch

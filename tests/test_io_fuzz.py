@@ -1,0 +1,124 @@
+"""Hostile model files: thousands of mutated and truncated files, each of which
+must either load or raise ModelFormatError -- never another exception, never a
+crash, never a huge allocation."""
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pynn.io import ModelFormatError, read_tensors, save_tensors
+
+EXAMPLES = 2500
+
+
+def valid_file(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    tensors = {"0.weight": rng.normal(size=(4, 3)).astype(np.float32),
+               "0.bias": rng.normal(size=4).astype(np.float32),
+               "1.running_mean": np.zeros(4, np.float32),
+               "1.num_batches_tracked": np.array(5, np.int64),
+               "2.empty": np.zeros((0, 3), np.float16)}
+    architecture = [{"type": "Linear", "config": {"in_features": 3, "out_features": 4, "bias": True}}]
+    metadata = {"format": "pynn.Sequential", "pynn_version": "0", "architecture": json.dumps(architecture)}
+    path = tmp_path_factory.mktemp("fuzz") / "model.safetensors"
+    save_tensors(path, tensors, metadata)
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory):
+    return valid_file(tmp_path_factory)
+
+
+def split(content):
+    length = int.from_bytes(content[:8], "little")
+    return json.loads(content[8:8 + length]), content[8 + length:]
+
+
+def join(header, data, length_delta=0):
+    raw = json.dumps(header).encode()
+    return (len(raw) + length_delta).to_bytes(8, "little", signed=False) + raw + data
+
+
+# Values a hostile header might put anywhere.
+odd_values = st.one_of(
+    st.integers(-2**70, 2**70), st.sampled_from([0, 1, 2**31, 2**32 - 1, 2**63, 2**64 - 1]),
+    st.floats(allow_nan=True), st.booleans(), st.none(), st.text(max_size=8),
+    st.lists(st.integers(-5, 2**40), max_size=5), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.sampled_from(["F32", "F64", "I64", "BF16", "F8_E4M3", "U8", "c64", "O", "<f4"]))
+
+
+@st.composite
+def mutated(draw, original):
+    kind = draw(st.sampled_from(["truncate", "flip", "length", "field", "metadata", "splice"]))
+    content = bytearray(original)
+    if kind == "truncate":
+        return bytes(content[:draw(st.integers(0, len(content) - 1))])
+    if kind == "flip":
+        for _ in range(draw(st.integers(1, 8))):
+            position = draw(st.integers(0, len(content) - 1))
+            content[position] = draw(st.integers(0, 255))
+        return bytes(content)
+    if kind == "length":
+        length = draw(st.one_of(st.integers(0, 2**64 - 1), st.integers(0, len(content) + 8)))
+        return length.to_bytes(8, "little") + bytes(content[8:])
+    header, data = split(original)
+    if kind == "field":
+        name = draw(st.sampled_from(sorted(key for key in header if key != "__metadata__")))
+        field = draw(st.sampled_from(["dtype", "shape", "data_offsets", "extra", "whole"]))
+        if field == "whole":
+            header[name] = draw(odd_values)
+        elif field == "extra":
+            header[name]["extra"] = draw(odd_values)
+        elif draw(st.booleans()):
+            header[name][field] = draw(odd_values)
+        elif field == "dtype":
+            header[name][field] = draw(st.sampled_from(["F16", "F32", "F64", "I8", "I64", "BOOL", "U64"]))
+        else:  # plausible-looking integers, off by a little or by a lot
+            values = header[name][field]
+            index = draw(st.integers(0, max(len(values) - 1, 0)))
+            if values:
+                values[index] = draw(st.integers(-3, 3)) + draw(st.sampled_from([values[index], 2**62, 0]))
+            else:
+                values.append(draw(st.integers(0, 2**40)))
+    elif kind == "metadata":
+        target = draw(st.sampled_from(["value", "architecture", "whole"]))
+        if target == "whole":
+            header["__metadata__"] = draw(odd_values)
+        elif target == "value":
+            header["__metadata__"][draw(st.text(max_size=5))] = draw(odd_values)
+        else:
+            header["__metadata__"]["architecture"] = draw(st.text(max_size=40))
+    else:  # splice: drop or duplicate a slice of the data section
+        begin = draw(st.integers(0, len(data)))
+        end = draw(st.integers(begin, len(data)))
+        data = data[:begin] + (data[begin:end] if draw(st.booleans()) else b"") + data[end:]
+    return join(header, data, length_delta=draw(st.sampled_from([0, 0, 0, -1, 1])))
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.data_too_large])
+@given(data=st.data())
+def test_mutated_files_load_or_raise_model_format_error(original, tmp_path, data):
+    content = data.draw(mutated(original))
+    path = tmp_path / "mutated.safetensors"
+    path.write_bytes(content)
+    try:
+        tensors, metadata = read_tensors(path)
+    except ModelFormatError:
+        return
+    # when it loads, what it returns is self-consistent
+    assert all(isinstance(value, str) for value in metadata.values())
+    assert all(isinstance(array, np.ndarray) for array in tensors.values())
+    assert sum(array.nbytes for array in tensors.values()) <= len(content)
+
+
+def test_every_truncation_is_refused(original, tmp_path):
+    path = tmp_path / "cut.safetensors"
+    for length in range(len(original)):
+        path.write_bytes(original[:length])
+        with pytest.raises(ModelFormatError):
+            read_tensors(path)
