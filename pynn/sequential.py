@@ -1,0 +1,232 @@
+"""``Sequential``: layers applied in order, with PyTorch's state-dict keys.
+
+Inference (``predict``) validates the input once, then calls each layer's
+``infer`` into buffers private to the calling thread, so several threads may
+predict with one model at once. Training goes through ``forward(training=True)``
+and ``backward``, whose buffers the layers own and reuse."""
+import collections
+import threading
+
+import numpy as np
+
+from pynn._checks import as_count
+from pynn.layers.base import Layer
+
+# Input shapes whose shape chains and scratch buffers are kept; beyond this
+# (a caller cycling through many batch sizes) they are dropped and rebuilt.
+_SHAPES_REMEMBERED = 8
+
+LoadResult = collections.namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
+
+
+class Sequential:
+    def __init__(self, *layers):
+        for index, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential: argument {index} must be a pynn layer, "
+                                f"got {type(layer).__name__}")
+        self.layers = list(layers)
+        self._scratch = threading.local()
+        self._shape_chains = {}
+        self._batch_buffers = {}  # fit's gathered mini-batches, reused across calls
+
+    # -- container -------------------------------------------------------------
+    def __len__(self):
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Sequential(*self.layers[index])
+        return self.layers[index]
+
+    def __repr__(self):
+        inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential({inner}\n)" if inner else "Sequential()"
+
+    # -- training path ---------------------------------------------------------
+    def forward(self, x, training=False):
+        for layer in self.layers:
+            x = layer.forward(x, training=training)
+        return x
+
+    __call__ = forward
+
+    def _first_layer_needing_gradients(self):
+        """Layers before it neither hold trainable parameters nor need dL/dx."""
+        for index, layer in enumerate(self.layers):
+            if layer.trainable and layer.params:
+                return index
+        return len(self.layers)
+
+    def backward(self, dy, input_grad=False):
+        """Back-propagate dL/dy of the last ``forward(x, training=True)``, writing
+        every trainable layer's ``grads``. Returns dL/dx with ``input_grad=True``,
+        else None: then leading frozen or parameter-free layers are skipped and
+        the first trainable one computes no input gradient."""
+        stop = 0 if input_grad else self._first_layer_needing_gradients()
+        for index in range(len(self.layers) - 1, stop - 1, -1):
+            wants_dx = input_grad or index > stop
+            dy = self.layers[index].backward(dy, input_grad=wants_dx)
+        return dy if input_grad else None
+
+    # -- inference path --------------------------------------------------------
+    def _shape_chain(self, input_shape):
+        """Every layer's output shape for ``input_shape`` (validates the whole chain)."""
+        chain = self._shape_chains.get(input_shape)
+        if chain is None:
+            shapes, shape = [], input_shape
+            for layer in self.layers:
+                shape = tuple(layer.output_shape(shape))
+                shapes.append(shape)
+            if len(self._shape_chains) >= _SHAPES_REMEMBERED:
+                self._shape_chains.clear()
+            chain = self._shape_chains[input_shape] = tuple(shapes)
+        return chain
+
+    def _thread_buffers(self, input_shape, chain):
+        """This thread's intermediate buffers for ``input_shape``."""
+        buffers = getattr(self._scratch, "buffers", None)
+        if buffers is None:
+            buffers = self._scratch.buffers = {}
+        arrays = buffers.get(input_shape)
+        if arrays is None:
+            if len(buffers) >= _SHAPES_REMEMBERED:
+                buffers.clear()
+            arrays = buffers[input_shape] = [np.empty(shape, dtype=np.float32) for shape in chain[:-1]]
+        return arrays
+
+    def _infer_into(self, x, out):
+        chain = self._shape_chain(x.shape)
+        buffers = self._thread_buffers(x.shape, chain)
+        last = len(self.layers) - 1
+        for index, layer in enumerate(self.layers):
+            x = layer.infer(x, out if index == last else buffers[index])
+        if x is not out:  # the last layer returned a view of its input
+            np.copyto(out, x)
+        return out
+
+    def predict(self, x, batch_size=None):
+        """Inference-mode output for ``x``, freshly allocated; nothing else is
+        allocated once this thread has seen the input shape. ``batch_size``
+        runs the rows in slices of that many (bounded scratch memory)."""
+        if not self.layers:
+            raise ValueError("Sequential.predict: the model has no layers")
+        if batch_size is not None:
+            batch_size = as_count(batch_size, "Sequential.predict", "batch_size")
+        x = self.layers[0].check_input(x)
+        chain = self._shape_chain(x.shape)
+        out = np.empty(chain[-1], dtype=np.float32)
+        rows = x.shape[0] if x.ndim else 0
+        if batch_size is None or rows <= batch_size:
+            if rows or not x.ndim:
+                self._infer_into(x, out)
+            return out
+        for start in range(0, rows, batch_size):
+            stop = min(start + batch_size, rows)
+            self._infer_into(x[start:stop], out[start:stop])
+        return out
+
+    # -- parameters and state ---------------------------------------------------
+    def named_parameters(self):
+        for index, layer in enumerate(self.layers):
+            for name, param in layer.params.items():
+                yield f"{index}.{name}", param
+
+    def parameter_slots(self):
+        """``(name, param, grad, trainable)`` per parameter: what optimizers update."""
+        for index, layer in enumerate(self.layers):
+            for name, param in layer.params.items():
+                yield f"{index}.{name}", param, layer.grads[name], layer.trainable
+
+    def state_dict(self):
+        """Parameters then buffers of each layer, in order, as live arrays (PyTorch's keys)."""
+        state = {}
+        for index, layer in enumerate(self.layers):
+            for name, array in layer.params.items():
+                state[f"{index}.{name}"] = array
+            for name, array in layer.buffers.items():
+                state[f"{index}.{name}"] = array
+        return state
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy ``state_dict`` into the live arrays. Checks everything first: a
+        mis-shaped or wrongly typed entry, or with ``strict`` a missing or
+        unexpected key, raises ValueError/TypeError and changes nothing."""
+        where = "Sequential.load_state_dict"
+        if not isinstance(state_dict, collections.abc.Mapping):
+            raise TypeError(f"{where}: state_dict must be a mapping of names to arrays, "
+                            f"got {type(state_dict).__name__}")
+        live = self.state_dict()
+        missing = [key for key in live if key not in state_dict]
+        unexpected = [key for key in state_dict if key not in live]
+        values, misshaped = {}, []
+        for key, target in live.items():
+            if key not in state_dict:
+                continue
+            value = np.asarray(state_dict[key])
+            if value.shape != target.shape:
+                misshaped.append(f"{key} (expected {target.shape}, got {value.shape})")
+                continue
+            if target.dtype.kind == "f" and value.dtype.kind != "f":
+                raise TypeError(f"{where}: {key} must hold floating-point values, got dtype {value.dtype}")
+            if target.dtype.kind in "iu" and value.dtype.kind not in "iu":
+                raise TypeError(f"{where}: {key} must hold integers, got dtype {value.dtype}")
+            values[key] = value
+        if misshaped or (strict and (missing or unexpected)):
+            problems = []
+            for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                ("mis-shaped", misshaped)):
+                if keys and (strict or label == "mis-shaped"):
+                    problems.append(f"{label} keys: {', '.join(keys)}")
+            raise ValueError(f"{where}: the state does not match the model; " + "; ".join(problems))
+        for key, value in values.items():
+            np.copyto(live[key], value, casting="unsafe")
+        return LoadResult(missing, unexpected)
+
+    def freeze(self, n):
+        """Freeze the first ``n`` layers (no gradients computed, no updates); the rest train."""
+        n = as_count(n, "Sequential.freeze", "n", minimum=0)
+        if n > len(self.layers):
+            raise ValueError(f"Sequential.freeze: n must be <= the {len(self.layers)} layers, got {n}")
+        for index, layer in enumerate(self.layers):
+            layer.trainable = index >= n
+
+    def unfreeze(self):
+        self.freeze(0)
+
+    # -- the model file (pynn.io) -------------------------------------------------
+    def save(self, path):
+        """Write the state dict and the architecture to a safetensors file,
+        atomically; ``pynn.load(path)`` rebuilds the model."""
+        from pynn import io
+
+        io.save_model(self, path)
+
+    def load_weights(self, path, strict=True):
+        """Load tensors by state-dict key from any safetensors file (PyTorch's
+        included); every mismatch is reported at once and nothing changes."""
+        from pynn import io
+
+        return io.load_weights(self, path, strict=strict)
+
+    # -- the training loop (pynn.training) --------------------------------------
+    def fit(self, x, y, *, loss, optimizer, epochs=1, batch_size=32, shuffle=True,
+            validation_data=None, seed=None, callbacks=(), verbose=True):
+        """Train on ``(x, y)`` in shuffled mini-batches; returns a ``History``.
+        The last, partial batch is trained on. See ``pynn.training.fit``."""
+        from pynn import training
+
+        return training.fit(self, x, y, loss=loss, optimizer=optimizer, epochs=epochs,
+                            batch_size=batch_size, shuffle=shuffle,
+                            validation_data=validation_data, seed=seed,
+                            callbacks=callbacks, verbose=verbose)
+
+    def evaluate(self, x, y, *, loss, batch_size=256):
+        """``{"loss": mean loss, "accuracy": ...}`` in inference mode (accuracy for
+        classification losses)."""
+        from pynn import training
+
+        return training.evaluate(self, x, y, loss=loss, batch_size=batch_size)
