@@ -186,6 +186,18 @@ class Sequential:
             np.copyto(live[key], value, casting="unsafe")
         return LoadResult(missing, unexpected)
 
+    def save(self, path):
+        """Write a safetensors model file (see ``pynn.io``); ``pynn.load`` rebuilds it."""
+        from pynn import io
+
+        io.save_model(self, path)
+
+    def load_weights(self, path, strict=True):
+        """Load the tensors of any safetensors file whose keys and shapes match."""
+        from pynn import io
+
+        return io.load_weights(self, path, strict=strict)
+
     def freeze(self, n):
         """Freeze the first ``n`` layers (no gradients computed, no updates); the rest train."""
         n = as_count(n, "Sequential.freeze", "n", minimum=0)
