@@ -209,21 +209,6 @@ class Sequential:
     def unfreeze(self):
         self.freeze(0)
 
-    # -- the model file (pynn.io) -------------------------------------------------
-    def save(self, path):
-        """Write the state dict and the architecture to a safetensors file,
-        atomically; ``pynn.load(path)`` rebuilds the model."""
-        from pynn import io
-
-        io.save_model(self, path)
-
-    def load_weights(self, path, strict=True):
-        """Load tensors by state-dict key from any safetensors file (PyTorch's
-        included); every mismatch is reported at once and nothing changes."""
-        from pynn import io
-
-        return io.load_weights(self, path, strict=strict)
-
     # -- the training loop (pynn.training) --------------------------------------
     def fit(self, x, y, *, loss, optimizer, epochs=1, batch_size=32, shuffle=True,
             validation_data=None, seed=None, callbacks=(), verbose=True):
