@@ -12,22 +12,24 @@
  * add with beta = 1, and only the last adds the biases and the activation, so
  * every element's sum runs over k in the same order whatever the thread count.
  *
- * Two shortcuts skip packing where it would cost more than it saves:
- * GEMV (m == 1 or n == 1) and small problems, where the micro-kernel reads A
- * and B in place (B is packed only when transposed). */
+ * Three shortcuts skip packing where it would cost more than it saves:
+ * GEMV (m == 1 or n == 1), one GEMV per row when a transposed B has only a
+ * few rows, and small to middle problems, where the micro-kernel reads A and
+ * B in place (B is packed only when transposed). */
 #include <stdlib.h>
 #include <string.h>
 
 #include "gemm.h"
 #include "gemm_kernels.h"
 
-/* Below this many multiply-adds (m * n * k) a problem takes the small path:
- * packing A costs a copy of A per column panel, which only pays off when the
- * packed panels are reused across many tiles. Measured on Zen 4, see README. */
-#define SMALL_WORK (96 * 96 * 96)
+/* Up to this many multiply-adds (m * n * k), about 320^3, the operands are
+ * read in place (no packing of A): on Zen 4 packing measured slower below it
+ * (128^3: 74-86 against 101 GFLOP/s) and equal around 256^3 to 320^3. */
+#define IN_PLACE_WORK (1 << 25)
 /* From this many multiply-adds on, the work is split across threads: waking
- * an OpenMP team costs a few microseconds, as much as ~200k multiply-adds. */
-#define PARALLEL_WORK (128 * 128 * 64)
+ * an OpenMP team costs about as much as 100k multiply-adds. Measured on two
+ * Zen 4 cores: 48^3 runs as fast on two threads as on one, 64^3 1.3x faster. */
+#define PARALLEL_WORK (64 * 64 * 64)
 /* GEMV writes its sums to a stack buffer this long before the C update. */
 #define GEMV_CHUNK 256
 
@@ -103,25 +105,21 @@ static void pack_a_block(int mr, int trans_a, const float *a, ptrdiff_t lda,
 }
 
 /* op(B)[p0 : p0 + depth, j0 : j0 + cols] as NR-column micro-panels, each [depth][NR]. */
-static void pack_b_panel(int nr, int trans_b, const float *b, ptrdiff_t ldb,
+static void pack_b_panel(const pynn_gemm_kernels *kern, int trans_b, const float *b, ptrdiff_t ldb,
                          ptrdiff_t p0, ptrdiff_t j0, ptrdiff_t depth, ptrdiff_t cols, float *dst)
 {
+    const int nr = kern->nr;
+    if (trans_b) {  /* a transposing copy: done per ISA with register transposes */
+        kern->pack_b_transposed(nr, b + j0 * ldb + p0, ldb, depth, cols, dst);
+        return;
+    }
     for (ptrdiff_t jr = 0; jr < cols; jr += nr, dst += nr * depth) {
         const ptrdiff_t width = min_size(nr, cols - jr);
-        if (trans_b) {
-            for (ptrdiff_t j = 0; j < width; j++) {
-                const float *src = b + (j0 + jr + j) * ldb + p0;
-                for (ptrdiff_t p = 0; p < depth; p++) dst[p * nr + j] = src[p];
-            }
-            for (ptrdiff_t j = width; j < nr; j++)
-                for (ptrdiff_t p = 0; p < depth; p++) dst[p * nr + j] = 0.0f;
-        } else {
-            for (ptrdiff_t p = 0; p < depth; p++) {
-                const float *src = b + (p0 + p) * ldb + j0 + jr;
-                float *out = dst + p * nr;
-                memcpy(out, src, (size_t)width * sizeof(float));
-                for (ptrdiff_t j = width; j < nr; j++) out[j] = 0.0f;
-            }
+        for (ptrdiff_t p = 0; p < depth; p++) {
+            const float *src = b + (p0 + p) * ldb + j0 + jr;
+            float *out = dst + p * nr;
+            memcpy(out, src, (size_t)width * sizeof(float));
+            for (ptrdiff_t j = width; j < nr; j++) out[j] = 0.0f;
         }
     }
 }
@@ -139,12 +137,11 @@ static pynn_tile_update tile_update(const pynn_tile_update *whole, float beta, i
     return tile;
 }
 
-/* One thread's share of C: the full Goto loop nest over packed panels. */
+/* The full Goto loop nest over packed panels. */
 static void gemm_blocked(const pynn_gemm_kernels *kern, int trans_a, int trans_b,
                          ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                          const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb,
-                         float *c, ptrdiff_t ldc, const pynn_tile_update *update,
-                         ptrdiff_t row0, ptrdiff_t col0)
+                         float *c, ptrdiff_t ldc, const pynn_tile_update *update)
 {
     const int mr = kern->mr, nr = kern->nr;
     const ptrdiff_t mc = min_size(kern->mc, round_up(m, mr));
@@ -155,22 +152,18 @@ static void gemm_blocked(const pynn_gemm_kernels *kern, int trans_a, int trans_b
     if (!a_packed || !b_packed) {
         free(a_packed);
         free(b_packed);
-        pynn_tile_update shifted = tile_update(update, update->beta, 1, row0, col0);
-        const float *a_part = trans_a ? a + row0 : a + row0 * lda;
-        const float *b_part = trans_b ? b + col0 * ldb : b + col0;
-        gemm_unblocked(trans_a, trans_b, m, n, k, a_part, lda, b_part, ldb,
-                       c + row0 * ldc + col0, ldc, &shifted);
+        gemm_unblocked(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, update);
         return;
     }
-    for (ptrdiff_t jc = col0; jc < col0 + n; jc += nc) {
-        const ptrdiff_t cols = min_size(nc, col0 + n - jc);
+    for (ptrdiff_t jc = 0; jc < n; jc += nc) {
+        const ptrdiff_t cols = min_size(nc, n - jc);
         for (ptrdiff_t pc = 0; pc < k; pc += kc) {
             const ptrdiff_t depth = min_size(kc, k - pc);
             const float beta = pc == 0 ? update->beta : 1.0f;
             const int last = pc + depth == k;
-            pack_b_panel(nr, trans_b, b, ldb, pc, jc, depth, cols, b_packed);
-            for (ptrdiff_t ic = row0; ic < row0 + m; ic += mc) {
-                const ptrdiff_t rows = min_size(mc, row0 + m - ic);
+            pack_b_panel(kern, trans_b, b, ldb, pc, jc, depth, cols, b_packed);
+            for (ptrdiff_t ic = 0; ic < m; ic += mc) {
+                const ptrdiff_t rows = min_size(mc, m - ic);
                 pack_a_block(mr, trans_a, a, lda, ic, pc, rows, depth, a_packed);
                 for (ptrdiff_t jr = 0; jr < cols; jr += nr) {
                     const float *b_panel = b_packed + jr * depth;
@@ -188,9 +181,11 @@ static void gemm_blocked(const pynn_gemm_kernels *kern, int trans_a, int trans_b
     free(b_packed);
 }
 
-/* Small problems: the micro-kernel reads A in place over the whole k; B too
- * unless it is transposed, in which case it is packed once (k x n is small). */
-static void gemm_small(const pynn_gemm_kernels *kern, int trans_a, int trans_b,
+/* Small and middle-sized problems: the micro-kernel reads A in place over the
+ * whole k, and B too unless it is transposed, in which case it is packed once.
+ * Up to a few MiB of operands this beats packing A, whose transposing copy
+ * costs more than the cache misses it saves. */
+static void gemm_in_place(const pynn_gemm_kernels *kern, int trans_a, int trans_b,
                        ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                        const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb,
                        float *c, ptrdiff_t ldc, const pynn_tile_update *update)
@@ -204,7 +199,7 @@ static void gemm_small(const pynn_gemm_kernels *kern, int trans_a, int trans_b,
             gemm_unblocked(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, update);
             return;
         }
-        pack_b_panel(nr, 1, b, ldb, 0, 0, k, n, b_packed);
+        pack_b_panel(kern, 1, b, ldb, 0, 0, k, n, b_packed);
     }
     for (ptrdiff_t jr = 0; jr < n; jr += nr) {
         const float *b_panel = trans_b ? b_packed + jr * k : b + jr;
@@ -293,7 +288,7 @@ void pynn_sgemm(const pynn_context *ctx, int trans_a, int trans_b,
     if (try_gemv(kern, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, &update))
         return;
     const double work = (double)m * (double)n * (double)k;
-    if (work <= SMALL_WORK && trans_b && !trans_a && 2 * n <= kern->nr) {
+    if (work <= IN_PLACE_WORK && trans_b && !trans_a && 2 * n <= kern->nr) {
         /* A few outputs per row (a classifier head): a tile would be mostly
          * padding, so each row of C is a GEMV over the rows of B instead. */
         for (ptrdiff_t i = 0; i < m; i++) {
@@ -302,12 +297,10 @@ void pynn_sgemm(const pynn_context *ctx, int trans_a, int trans_b,
         }
         return;
     }
-    if (work <= SMALL_WORK) {
-        gemm_small(kern, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, &update);
-        return;
-    }
+    const int in_place = work <= IN_PLACE_WORK;
     /* Threads take disjoint slabs of C along its longer side, cut at tile
-     * boundaries; each packs its own panels, so no barriers are needed. */
+     * boundaries; each packs its own panels, so no barriers are needed, and
+     * each element's sum is the same whichever thread computes it. */
     const int split_rows = m >= n;
     const ptrdiff_t extent = split_rows ? m : n, tile = split_rows ? kern->mr : kern->nr;
     ptrdiff_t parts = ctx->num_threads > 1 && work >= PARALLEL_WORK ? ctx->num_threads : 1;
@@ -319,11 +312,16 @@ void pynn_sgemm(const pynn_context *ctx, int trans_a, int trans_b,
 #endif
     for (ptrdiff_t part = 0; part < parts; part++) {
         const ptrdiff_t start = part * slab, size = min_size(slab, extent - start);
-        if (split_rows)
-            gemm_blocked(kern, trans_a, trans_b, size, n, k, a, lda, b, ldb, c, ldc, &update,
-                         start, 0);
+        const ptrdiff_t rows = split_rows ? size : m, cols = split_rows ? n : size;
+        const ptrdiff_t i0 = split_rows ? start : 0, j0 = split_rows ? 0 : start;
+        const float *a_part = trans_a ? a + i0 : a + i0 * lda;
+        const float *b_part = trans_b ? b + j0 * ldb : b + j0;
+        pynn_tile_update shifted = tile_update(&update, beta, 1, i0, j0);
+        if (in_place)
+            gemm_in_place(kern, trans_a, trans_b, rows, cols, k, a_part, lda, b_part, ldb,
+                          c + i0 * ldc + j0, ldc, &shifted);
         else
-            gemm_blocked(kern, trans_a, trans_b, m, size, k, a, lda, b, ldb, c, ldc, &update,
-                         0, start);
+            gemm_blocked(kern, trans_a, trans_b, rows, cols, k, a_part, lda, b_part, ldb,
+                         c + i0 * ldc + j0, ldc, &shifted);
     }
 }

@@ -203,12 +203,62 @@ static TARGET void gemv_axpy_avx2(ptrdiff_t cols, ptrdiff_t k, const float *x, p
     }
 }
 
+/* In place: rows[q] holds 8 consecutive k of column j0 + q of op(B); after,
+ * rows[p] holds those 8 columns at k = p, a row of a packed micro-panel. */
+static inline TARGET void transpose_8x8(__m256 rows[8])
+{
+    const __m256 t0 = _mm256_unpacklo_ps(rows[0], rows[1]), t1 = _mm256_unpackhi_ps(rows[0], rows[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(rows[2], rows[3]), t3 = _mm256_unpackhi_ps(rows[2], rows[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(rows[4], rows[5]), t5 = _mm256_unpackhi_ps(rows[4], rows[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(rows[6], rows[7]), t7 = _mm256_unpackhi_ps(rows[6], rows[7]);
+    const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+    rows[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+    rows[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    rows[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+    rows[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    rows[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+    rows[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    rows[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+    rows[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+TARGET void pynn_pack_b_transposed_avx2(int nr, const float *b, ptrdiff_t ldb,
+                                        ptrdiff_t depth, ptrdiff_t cols, float *dst)
+{
+    for (ptrdiff_t jr = 0; jr < cols; jr += nr, dst += nr * depth) {
+        const ptrdiff_t width = cols - jr;
+        for (ptrdiff_t j8 = 0; j8 < nr; j8 += 8) {
+            const float *src = b + (jr + j8) * ldb;
+            ptrdiff_t p = 0;
+            if (j8 + 8 <= width) {
+                for (; p + 8 <= depth; p += 8) {
+                    __m256 rows[8];
+                    for (int q = 0; q < 8; q++) rows[q] = _mm256_loadu_ps(src + q * ldb + p);
+                    transpose_8x8(rows);
+                    for (int q = 0; q < 8; q++) _mm256_storeu_ps(dst + (p + q) * nr + j8, rows[q]);
+                }
+            }
+            for (; p < depth; p++)  /* the k tail, and columns past the edge as zeros */
+                for (ptrdiff_t q = 0; q < 8; q++)
+                    dst[p * nr + j8 + q] = j8 + q < width ? src[q * ldb + p] : 0.0f;
+        }
+    }
+}
+
 const pynn_gemm_kernels pynn_gemm_avx2 = {
     .mr = MR, .nr = NR, .mc = 144, .kc = 256, .nc = 4080,
     .packed = microkernel_avx2_6x16_packed,
     .strided = microkernel_avx2_6x16_strided,
     .dot = gemv_dot_avx2,
     .axpy = gemv_axpy_avx2,
+    .pack_b_transposed = pynn_pack_b_transposed_avx2,
 };
 
 #endif

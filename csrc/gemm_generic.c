@@ -69,10 +69,25 @@ static void gemv_axpy_generic(ptrdiff_t cols, ptrdiff_t k, const float *x, ptrdi
     }
 }
 
+static void pack_b_transposed_generic(int nr, const float *b, ptrdiff_t ldb,
+                                      ptrdiff_t depth, ptrdiff_t cols, float *dst)
+{
+    for (ptrdiff_t jr = 0; jr < cols; jr += nr, dst += nr * depth) {
+        for (ptrdiff_t j = 0; j < nr; j++) {
+            const float *src = b + (jr + j) * ldb;
+            if (jr + j < cols)
+                for (ptrdiff_t p = 0; p < depth; p++) dst[p * nr + j] = src[p];
+            else
+                for (ptrdiff_t p = 0; p < depth; p++) dst[p * nr + j] = 0.0f;
+        }
+    }
+}
+
 const pynn_gemm_kernels pynn_gemm_generic = {
     .mr = MR, .nr = NR, .mc = 128, .kc = 256, .nc = 4096,
     .packed = microkernel_generic_4x8,
     .strided = microkernel_generic_4x8,
     .dot = gemv_dot_generic,
     .axpy = gemv_axpy_generic,
+    .pack_b_transposed = pack_b_transposed_generic,
 };

@@ -39,6 +39,11 @@ typedef void (*pynn_gemv_dot)(ptrdiff_t rows, ptrdiff_t k, const float *x, ptrdi
 typedef void (*pynn_gemv_axpy)(ptrdiff_t cols, ptrdiff_t k, const float *x, ptrdiff_t ldx,
                                const float *v, ptrdiff_t v_step, float *sums);
 
+/* Pack op(B)[0:depth, 0:cols] with op(B)[p, j] = b[j * ldb + p] (B stored
+ * transposed) into NR-column micro-panels [depth][NR], zero-padded. */
+typedef void (*pynn_pack_b_transposed)(int nr, const float *b, ptrdiff_t ldb,
+                                       ptrdiff_t depth, ptrdiff_t cols, float *dst);
+
 typedef struct {
     int mr, nr;                /* register tile */
     ptrdiff_t mc, kc, nc;      /* cache blocks: A is MC x KC in L2, B is KC x NC in L3 */
@@ -46,6 +51,7 @@ typedef struct {
     pynn_microkernel strided;  /* any steps: the small path over unpacked operands */
     pynn_gemv_dot dot;
     pynn_gemv_axpy axpy;
+    pynn_pack_b_transposed pack_b_transposed;
 } pynn_gemm_kernels;
 
 /* The largest register tile of any ISA (sizes gemm.c's scratch tiles). */
@@ -54,6 +60,9 @@ typedef struct {
 
 extern const pynn_gemm_kernels pynn_gemm_generic;
 #if defined(PYNN_X86_64)
+/* 8 x 8 AVX transposes; AVX-512 CPUs run it too (NR 16 and 32 are multiples of 8). */
+void pynn_pack_b_transposed_avx2(int nr, const float *b, ptrdiff_t ldb,
+                                 ptrdiff_t depth, ptrdiff_t cols, float *dst);
 extern const pynn_gemm_kernels pynn_gemm_avx2;
 extern const pynn_gemm_kernels pynn_gemm_avx512;
 #endif

@@ -14,6 +14,8 @@ from tests.helpers import EPS32
 # Block sizes of every path (csrc/gemm_*.c): shapes below straddle them.
 # MR 4/6/12, NR 8/16/32, MC 128/144/192, KC 256/256/512, NC 4096/4080/4096.
 KC = 256
+# Beyond this many multiply-adds A and B are packed (csrc/gemm.c); below, read in place.
+PACKED = 1 << 25
 
 
 @pytest.fixture(params=runtime.supported_isas())
@@ -64,6 +66,7 @@ SHAPES = [
     (1, 4097, 5), (4097, 1, 3), (1, 37, 300), (53, 1, 301), (17, 1000, 3),
     (11, 31, 255), (13, 33, 257), (25, 65, 2 * KC + 1), (97, 89, 83),
     (145, 129, 31), (289, 97, 64), (150, 130, 257), (5, 300, 200), (300, 5, 200),
+    (200, 301, 599),
 ]
 
 
@@ -77,10 +80,11 @@ def test_matches_float64(isa, threads, m, n, k, trans_a, trans_b):
 
 
 @pytest.mark.parametrize("m,n,k", [(m, n, KC + 1) for m in (11, 12, 13) for n in (31, 32, 33)]
-                         + [(m, 17, 40) for m in (3, 4, 5, 6, 7, 127, 129, 143, 145, 191, 193)]
-                         + [(9, 15, k) for k in (2 * KC - 1, 2 * KC, 2 * KC + 1)]
-                         + [(40, n, 9) for n in (4079, 4080, 4081, 4095, 4096, 4097)])
+                         + [(m, 520, 520) for m in (127, 129, 143, 145, 191, 193)]
+                         + [(260, 520, k) for k in (KC - 1, KC + 1, 2 * KC - 1, 2 * KC + 1)]
+                         + [(40, n, 210) for n in (4079, 4080, 4081, 4095, 4096, 4097)])
 def test_every_block_edge(isa, threads, m, n, k):
+    assert m * n * k > PACKED or max(m, n) < 40
     rng = np.random.default_rng(m + n + k)
     for trans_a, trans_b in [(0, 0), (1, 1)]:
         a, b = operands(rng, m, n, k, trans_a, trans_b)
@@ -88,7 +92,7 @@ def test_every_block_edge(isa, threads, m, n, k):
         assert_close(c, *reference(a, b, trans_a, trans_b))
 
 
-@pytest.mark.parametrize("m,n,k", [(1, 9, 4), (9, 1, 4), (7, 9, 5), (40, 50, 60), (130, 140, 150)])
+@pytest.mark.parametrize("m,n,k", [(1, 9, 4), (9, 1, 4), (7, 9, 5), (40, 50, 60), (220, 400, 400)])
 @pytest.mark.parametrize("alpha,beta", [(0.5, -1.5), (-2.0, 1.0), (0.0, 2.0), (1.0, 0.0)])
 def test_alpha_beta(isa, threads, m, n, k, alpha, beta):
     rng = np.random.default_rng(3)
@@ -101,7 +105,8 @@ def test_alpha_beta(isa, threads, m, n, k, alpha, beta):
         assert_close(c, exact, bound)
 
 
-@pytest.mark.parametrize("m,n,k", [(1, 9, 4), (9, 1, 4), (7, 9, 0), (7, 9, 5), (130, 140, 150)])
+@pytest.mark.parametrize("m,n,k", [(1, 9, 4), (9, 1, 4), (7, 9, 0), (7, 9, 5), (130, 140, 150),
+                                   (220, 400, 400)])
 def test_beta_zero_ignores_nan_in_out(isa, threads, m, n, k):
     rng = np.random.default_rng(4)
     a, b = operands(rng, m, n, k, 0, 1)
@@ -163,7 +168,8 @@ def test_never_reads_past_the_operands(isa, m, n, k):
         assert_close(c, *reference(a, b, trans_a, trans_b))
 
 
-@pytest.mark.parametrize("m,n,k", [(1, 40, 30), (40, 1, 30), (7, 9, 13), (5, 6, 0), (70, 90, 300)])
+@pytest.mark.parametrize("m,n,k", [(1, 40, 30), (40, 1, 30), (7, 9, 13), (5, 6, 0), (70, 90, 300),
+                                   (32, 10, 50), (220, 400, 400)])
 @pytest.mark.parametrize("relu", [False, True])
 def test_fused_bias_and_relu(isa, threads, m, n, k, relu):
     rng = np.random.default_rng(8)
