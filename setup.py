@@ -25,6 +25,9 @@ EXTENSIONS = {
     "runtime": [],
     "gemm": ["gemm.c", "gemm_generic.c", "gemm_avx2.c", "gemm_avx512.c"],
     "optim": ["optim.c"],
+    "activations": ["vmath.c", "activations.c"],
+    "loss": ["loss.c"],
+    "dense": ["dense.c"],
 }
 
 BASE_FLAGS = ["-O3", "-g0", "-fno-math-errno", "-fno-trapping-math", "-fvisibility=hidden"]

@@ -1,0 +1,40 @@
+/* Activation functions and their backward passes over contiguous float arrays.
+ *
+ * Element-wise kernels share one signature (vmath.h): y[i] = f(a[i], b[i], p).
+ * Forwards read a = x; backwards read a = dy and b = what PyTorch's backward
+ * takes: the input x (relu, leaky_relu, gelu) or the output y (sigmoid, tanh).
+ * y may be a (in place). */
+#ifndef PYNN_ACTIVATIONS_H
+#define PYNN_ACTIVATIONS_H
+
+#include <stddef.h>
+#include "cpu.h"
+
+#define PYNN_DECLARE_MAP(name) \
+    void pynn_##name(const pynn_context *ctx, ptrdiff_t n, const float *a, const float *b, float *y, float p)
+
+PYNN_DECLARE_MAP(relu);                /* max(x, 0), NaN kept */
+PYNN_DECLARE_MAP(relu_backward);       /* dx = dy [x > 0] */
+PYNN_DECLARE_MAP(leaky_relu);          /* x > 0 ? x : p x */
+PYNN_DECLARE_MAP(leaky_relu_backward); /* dx = x > 0 ? dy : p dy */
+PYNN_DECLARE_MAP(sigmoid);             /* 1 / (1 + e^-x) */
+PYNN_DECLARE_MAP(sigmoid_backward);    /* dx = dy y (1 - y) */
+PYNN_DECLARE_MAP(tanh);
+PYNN_DECLARE_MAP(tanh_backward);       /* dx = dy (1 - y^2) */
+PYNN_DECLARE_MAP(gelu);                /* x Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2 */
+PYNN_DECLARE_MAP(gelu_backward);       /* dx = dy (Phi(x) + x phi(x)) */
+PYNN_DECLARE_MAP(gelu_tanh);           /* x (1 + tanh u) / 2, u = sqrt(2/pi) (x + 0.044715 x^3) */
+PYNN_DECLARE_MAP(gelu_tanh_backward);
+PYNN_DECLARE_MAP(dropout);             /* y = a [b >= p] / (1 - p), b uniform in [0, 1) */
+
+/* softmax / log_softmax of x viewed as [outer, length, inner] along the middle
+ * axis (inner == 1: the contiguous last axis, the fast path). */
+void pynn_softmax(const pynn_context *ctx, ptrdiff_t outer, ptrdiff_t length, ptrdiff_t inner,
+                  const float *x, float *y, int log_domain);
+/* softmax:     dx = y (dy - sum(dy y))
+ * log_softmax: dx = dy - e^y sum(dy)      (y is the forward output) */
+void pynn_softmax_backward(const pynn_context *ctx, ptrdiff_t outer, ptrdiff_t length,
+                           ptrdiff_t inner, const float *dy, const float *y, float *dx,
+                           int log_domain);
+
+#endif

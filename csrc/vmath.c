@@ -1,0 +1,29 @@
+/* Element-wise vector math over float arrays (formulas in vmath.h). */
+#include "vmath.h"
+
+/* Chunks are large enough to amortise scheduling and aligned to 64 floats so
+ * every chunk but the last runs whole vectors. */
+#define CHUNK 16384
+
+void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_t min_parallel,
+                  const float *a, const float *b, float *y, float p)
+{
+    if (n <= 0) return;
+#ifdef _OPENMP
+    if (ctx->num_threads > 1 && n >= min_parallel) {
+        ptrdiff_t chunks = (n + CHUNK - 1) / CHUNK;
+        #pragma omp parallel for num_threads(ctx->num_threads) schedule(static)
+        for (ptrdiff_t c = 0; c < chunks; c++) {
+            ptrdiff_t start = c * CHUNK;
+            ptrdiff_t len = n - start < CHUNK ? n - start : CHUNK;
+            fn(len, a + start, b ? b + start : NULL, y + start, p);
+        }
+        return;
+    }
+#endif
+    fn(n, a, b, y, p);
+}
+
+PYNN_ELEMENTWISE(vexp, 32768, (float)pynn_exp_d(A))
+PYNN_ELEMENTWISE(vtanh, 32768, (float)pynn_tanh_d(A))
+PYNN_ELEMENTWISE(verf, 32768, (float)pynn_erf_d(A))

@@ -1,0 +1,88 @@
+"""Activation kernels over float32 buffers (csrc/activations.c, csrc/vmath.c).
+
+Arrays arrive validated by pynn.ops (C-contiguous float32 of matching sizes);
+the kernels run without the GIL."""
+cimport numpy as cnp
+
+from pynn._kernels.buffers cimport float_input, float_output
+from pynn._kernels.runtime cimport current_context, pynn_context
+
+cnp.import_array()
+
+ctypedef void (*map_kernel)(const pynn_context *ctx, Py_ssize_t n, const float *a,
+                            const float *b, float *y, float p) noexcept nogil
+
+cdef extern from "vmath.h" nogil:
+    void pynn_vexp(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
+    void pynn_vtanh(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
+    void pynn_verf(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
+
+cdef extern from "activations.h" nogil:
+    void pynn_relu(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
+    void pynn_relu_backward(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
+    void pynn_leaky_relu(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
+    void pynn_leaky_relu_backward(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
+    void pynn_sigmoid(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
+    void pynn_sigmoid_backward(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
+    void pynn_tanh(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
+    void pynn_tanh_backward(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
+    void pynn_gelu(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
+    void pynn_gelu_backward(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
+    void pynn_gelu_tanh(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
+    void pynn_gelu_tanh_backward(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
+    void pynn_dropout(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
+    void pynn_softmax(const pynn_context *ctx, Py_ssize_t outer, Py_ssize_t length, Py_ssize_t inner,
+                      const float *x, float *y, int log_domain)
+    void pynn_softmax_backward(const pynn_context *ctx, Py_ssize_t outer, Py_ssize_t length,
+                               Py_ssize_t inner, const float *dy, const float *y, float *dx,
+                               int log_domain)
+
+# Kernel names, in the order of kernel_table
+KERNELS = ("exp", "tanh_math", "erf", "relu", "relu_backward", "leaky_relu",
+           "leaky_relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
+           "gelu", "gelu_backward", "gelu_tanh", "gelu_tanh_backward", "dropout")
+cdef map_kernel[16] kernel_table = [
+    pynn_vexp, pynn_vtanh, pynn_verf, pynn_relu, pynn_relu_backward, pynn_leaky_relu,
+    pynn_leaky_relu_backward, pynn_sigmoid, pynn_sigmoid_backward, pynn_tanh, pynn_tanh_backward,
+    pynn_gelu, pynn_gelu_backward, pynn_gelu_tanh, pynn_gelu_tanh_backward, pynn_dropout]
+cdef dict kernel_index = {name: i for i, name in enumerate(KERNELS)}
+
+
+def elementwise(str name, a, b, out, float p=0.0):
+    """out = name(a[, b], p) element by element; returns out."""
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(a) if cnp.PyArray_Check(a) else 0
+    cdef map_kernel kernel = kernel_table[kernel_index[name]]
+    cdef const float *a_data = float_input(a, -1, "a")
+    cdef const float *b_data = NULL
+    if b is not None:
+        b_data = float_input(b, n, "b")
+    cdef float *y = float_output(out, n, "out")
+    cdef pynn_context ctx = current_context()
+    if (name.endswith("_backward") or name == "dropout") and b_data == NULL:
+        raise ValueError(f"{name} needs its second input")
+    with nogil:
+        kernel(&ctx, n, a_data, b_data, y, p)
+    return out
+
+
+def softmax(x, out, Py_ssize_t outer, Py_ssize_t length, Py_ssize_t inner, bint log_domain):
+    """softmax (or log_softmax) of x viewed as [outer, length, inner] along the middle axis."""
+    cdef Py_ssize_t n = outer * length * inner
+    cdef const float *x_data = float_input(x, n, "x")
+    cdef float *y = float_output(out, n, "out")
+    cdef pynn_context ctx = current_context()
+    with nogil:
+        pynn_softmax(&ctx, outer, length, inner, x_data, y, log_domain)
+    return out
+
+
+def softmax_backward(dy, y, out, Py_ssize_t outer, Py_ssize_t length, Py_ssize_t inner,
+                     bint log_domain):
+    cdef Py_ssize_t n = outer * length * inner
+    cdef const float *dy_data = float_input(dy, n, "dy")
+    cdef const float *y_data = float_input(y, n, "y")
+    cdef float *dx = float_output(out, n, "out")
+    cdef pynn_context ctx = current_context()
+    with nogil:
+        pynn_softmax_backward(&ctx, outer, length, inner, dy_data, y_data, dx, log_domain)
+    return out
