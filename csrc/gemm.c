@@ -31,7 +31,10 @@
  * Zen 4 cores: 48^3 runs as fast on two threads as on one, 64^3 1.3x faster. */
 #define PARALLEL_WORK (64 * 64 * 64)
 /* GEMV writes its sums to a stack buffer this long before the C update. */
-#define GEMV_CHUNK 256
+#define GEMV_CHUNK 1024
+/* A GEMV streams its matrix from memory: two threads pay off once it holds
+ * more than about 128k floats (measured on Zen 4, two cores). */
+#define GEMV_PARALLEL_WORK (1 << 17)
 
 static const pynn_gemm_kernels *kernels_for(pynn_isa isa)
 {
@@ -137,6 +140,12 @@ static pynn_tile_update tile_update(const pynn_tile_update *whole, float beta, i
     return tile;
 }
 
+/* The two ways to compute a slab of C: gemm_blocked and gemm_in_place. */
+typedef void (*gemm_path)(const pynn_gemm_kernels *kern, int trans_a, int trans_b,
+                          ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                          const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb,
+                          float *c, ptrdiff_t ldc, const pynn_tile_update *update);
+
 /* The full Goto loop nest over packed panels. */
 static void gemm_blocked(const pynn_gemm_kernels *kern, int trans_a, int trans_b,
                          ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
@@ -214,29 +223,52 @@ static void gemm_in_place(const pynn_gemm_kernels *kern, int trans_a, int trans_
     free(b_packed);
 }
 
-/* y = X v as dot products (dot_form) or as a sum of rows of X scaled by v,
- * written to C at c[o * c_step] for the count outputs. */
-static void gemv(const pynn_gemm_kernels *kern, int dot_form, ptrdiff_t count, ptrdiff_t k,
-                 const float *x, ptrdiff_t ldx, const float *v, ptrdiff_t v_step,
-                 float *c, ptrdiff_t c_step, int output_is_row, const pynn_tile_update *update)
+/* Outputs o0 to o0 + size of the GEMV below. */
+static void gemv_chunk(const pynn_gemm_kernels *kern, int dot_form, ptrdiff_t o0, ptrdiff_t size,
+                       ptrdiff_t k, const float *x, ptrdiff_t ldx, const float *v, ptrdiff_t v_step,
+                       float *c, ptrdiff_t c_step, int output_is_row,
+                       const pynn_tile_update *update)
 {
     float sums[GEMV_CHUNK];
-    for (ptrdiff_t o0 = 0; o0 < count; o0 += GEMV_CHUNK) {
-        const ptrdiff_t chunk = min_size(GEMV_CHUNK, count - o0);
-        if (dot_form)
-            kern->dot(chunk, k, x + o0 * ldx, ldx, v, sums);
-        else
-            kern->axpy(chunk, k, x + o0, ldx, v, v_step, sums);
-        for (ptrdiff_t o = 0; o < chunk; o++) {
-            const ptrdiff_t index = o0 + o;
-            finish_element(c + index * c_step, sums[o], output_is_row ? 0 : index,
-                           output_is_row ? index : 0, update);
-        }
+    if (dot_form)
+        kern->dot(size, k, x + o0 * ldx, ldx, v, sums);
+    else
+        kern->axpy(size, k, x + o0, ldx, v, v_step, sums);
+    for (ptrdiff_t o = 0; o < size; o++) {
+        const ptrdiff_t out = o0 + o;
+        finish_element(c + out * c_step, sums[o], output_is_row ? 0 : out,
+                       output_is_row ? out : 0, update);
     }
 }
 
+/* y = X v as dot products (dot_form) or as a sum of rows of X scaled by v,
+ * written to C at c[o * c_step] for the count outputs. Threads take chunks of
+ * outputs; chunks start at multiples of 4, so each output's sum is computed
+ * the same way whatever the thread count. */
+static void gemv(const pynn_gemm_kernels *kern, int threads, int dot_form,
+                 ptrdiff_t count, ptrdiff_t k, const float *x, ptrdiff_t ldx,
+                 const float *v, ptrdiff_t v_step,
+                 float *c, ptrdiff_t c_step, int output_is_row, const pynn_tile_update *update)
+{
+    const int parts = threads > 1 && (double)count * (double)k >= GEMV_PARALLEL_WORK ? threads : 1;
+    const ptrdiff_t chunk = min_size(GEMV_CHUNK, round_up((count + parts - 1) / parts, 16));
+    const ptrdiff_t chunks = (count + chunk - 1) / chunk;
+#ifdef _OPENMP
+    if (parts > 1 && chunks > 1) {
+#pragma omp parallel for num_threads(parts) schedule(static)
+        for (ptrdiff_t index = 0; index < chunks; index++)
+            gemv_chunk(kern, dot_form, index * chunk, min_size(chunk, count - index * chunk), k,
+                       x, ldx, v, v_step, c, c_step, output_is_row, update);
+        return;
+    }
+#endif
+    for (ptrdiff_t index = 0; index < chunks; index++)
+        gemv_chunk(kern, dot_form, index * chunk, min_size(chunk, count - index * chunk), k,
+                   x, ldx, v, v_step, c, c_step, output_is_row, update);
+}
+
 /* m == 1 or n == 1 with a unit-step vector where the dot form needs one. */
-static int try_gemv(const pynn_gemm_kernels *kern, int trans_a, int trans_b,
+static int try_gemv(const pynn_gemm_kernels *kern, int threads, int trans_a, int trans_b,
                     ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                     const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb,
                     float *c, ptrdiff_t ldc, const pynn_tile_update *update)
@@ -244,9 +276,9 @@ static int try_gemv(const pynn_gemm_kernels *kern, int trans_a, int trans_b,
     if (m == 1) {  /* c[0, :] = op(A)[0, :] op(B); op(A)[0, p] = a[p * a_step] */
         const ptrdiff_t a_step = trans_a ? lda : 1;
         if (trans_b && a_step == 1)
-            gemv(kern, 1, n, k, b, ldb, a, 1, c, 1, 1, update);
+            gemv(kern, threads, 1, n, k, b, ldb, a, 1, c, 1, 1, update);
         else if (!trans_b)
-            gemv(kern, 0, n, k, b, ldb, a, a_step, c, 1, 1, update);
+            gemv(kern, threads, 0, n, k, b, ldb, a, a_step, c, 1, 1, update);
         else
             return 0;
         return 1;
@@ -254,14 +286,37 @@ static int try_gemv(const pynn_gemm_kernels *kern, int trans_a, int trans_b,
     if (n == 1) {  /* c[:, 0] = op(A) op(B)[:, 0]; op(B)[p, 0] = b[p * b_step] */
         const ptrdiff_t b_step = trans_b ? 1 : ldb;
         if (!trans_a && b_step == 1)
-            gemv(kern, 1, m, k, a, lda, b, 1, c, ldc, 0, update);
+            gemv(kern, threads, 1, m, k, a, lda, b, 1, c, ldc, 0, update);
         else if (trans_a)
-            gemv(kern, 0, m, k, a, lda, b, b_step, c, ldc, 0, update);
+            gemv(kern, threads, 0, m, k, a, lda, b, b_step, c, ldc, 0, update);
         else
             return 0;
         return 1;
     }
     return 0;
+}
+
+/* C = op(A) Bᵀ one row at a time: row i of C is the GEMV B a_i. */
+static void narrow_rows(const pynn_gemm_kernels *kern, int threads,
+                        ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                        const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb,
+                        float *c, ptrdiff_t ldc, const pynn_tile_update *update)
+{
+    (void)threads;  /* without OpenMP */
+#ifdef _OPENMP
+    if (threads > 1) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (ptrdiff_t i = 0; i < m; i++) {
+            pynn_tile_update row = tile_update(update, update->beta, 1, i, 0);
+            gemv(kern, 1, 1, n, k, b, ldb, a + i * lda, 1, c + i * ldc, 1, 1, &row);
+        }
+        return;
+    }
+#endif
+    for (ptrdiff_t i = 0; i < m; i++) {
+        pynn_tile_update row = tile_update(update, update->beta, 1, i, 0);
+        gemv(kern, 1, 1, n, k, b, ldb, a + i * lda, 1, c + i * ldc, 1, 1, &row);
+    }
 }
 
 void pynn_sgemm(const pynn_context *ctx, int trans_a, int trans_b,
@@ -285,19 +340,18 @@ void pynn_sgemm(const pynn_context *ctx, int trans_a, int trans_b,
                 finish_element(c + i * ldc + j, 0.0f, i, j, &update);
         return;
     }
-    if (try_gemv(kern, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, &update))
+    if (try_gemv(kern, ctx->num_threads, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, &update))
         return;
     const double work = (double)m * (double)n * (double)k;
     if (work <= IN_PLACE_WORK && trans_b && !trans_a && 2 * n <= kern->nr) {
         /* A few outputs per row (a classifier head): a tile would be mostly
          * padding, so each row of C is a GEMV over the rows of B instead. */
-        for (ptrdiff_t i = 0; i < m; i++) {
-            pynn_tile_update row = tile_update(&update, beta, 1, i, 0);
-            gemv(kern, 1, n, k, b, ldb, a + i * lda, 1, c + i * ldc, 1, 1, &row);
-        }
+        const int threads = ctx->num_threads > 1 && work >= PARALLEL_WORK ? ctx->num_threads : 1;
+        narrow_rows(kern, threads, m, n, k, a, lda, b, ldb, c, ldc, &update);
         return;
     }
-    const int in_place = work <= IN_PLACE_WORK;
+    /* Operands read in place up to middle sizes, packed beyond. */
+    const gemm_path path = work <= IN_PLACE_WORK ? gemm_in_place : gemm_blocked;
     /* Threads take disjoint slabs of C along its longer side, cut at tile
      * boundaries; each packs its own panels, so no barriers are needed, and
      * each element's sum is the same whichever thread computes it. */
@@ -307,8 +361,12 @@ void pynn_sgemm(const pynn_context *ctx, int trans_a, int trans_b,
     if (parts > (extent + tile - 1) / tile) parts = (extent + tile - 1) / tile;
     const ptrdiff_t slab = round_up((extent + parts - 1) / parts, tile);
     parts = (extent + slab - 1) / slab;
+    if (parts == 1) {  /* no parallel region at all: even an empty one costs ~0.3 us */
+        path(kern, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, &update);
+        return;
+    }
 #ifdef _OPENMP
-#pragma omp parallel for num_threads((int)parts) schedule(static, 1) if (parts > 1)
+#pragma omp parallel for num_threads((int)parts) schedule(static, 1)
 #endif
     for (ptrdiff_t part = 0; part < parts; part++) {
         const ptrdiff_t start = part * slab, size = min_size(slab, extent - start);
@@ -317,11 +375,7 @@ void pynn_sgemm(const pynn_context *ctx, int trans_a, int trans_b,
         const float *a_part = trans_a ? a + i0 : a + i0 * lda;
         const float *b_part = trans_b ? b + j0 * ldb : b + j0;
         pynn_tile_update shifted = tile_update(&update, beta, 1, i0, j0);
-        if (in_place)
-            gemm_in_place(kern, trans_a, trans_b, rows, cols, k, a_part, lda, b_part, ldb,
-                          c + i0 * ldc + j0, ldc, &shifted);
-        else
-            gemm_blocked(kern, trans_a, trans_b, rows, cols, k, a_part, lda, b_part, ldb,
-                         c + i0 * ldc + j0, ldc, &shifted);
+        path(kern, trans_a, trans_b, rows, cols, k, a_part, lda, b_part, ldb,
+             c + i0 * ldc + j0, ldc, &shifted);
     }
 }

@@ -165,27 +165,28 @@ static TARGET void gemv_dot_avx512(ptrdiff_t rows, ptrdiff_t k, const float *x, 
     }
 }
 
-/* 64 columns of sums stay in four registers while the k rows of x stream by. */
+/* 128 columns of sums stay in eight registers while the k rows of x stream by. */
 static TARGET void gemv_axpy_avx512(ptrdiff_t cols, ptrdiff_t k, const float *x, ptrdiff_t ldx,
                                     const float *v, ptrdiff_t v_step, float *sums)
 {
-    for (ptrdiff_t j = 0; j < cols; j += 64) {
-        const ptrdiff_t left = cols - j;
-        const __mmask16 m0 = first_lanes(left), m1 = first_lanes(left - 16),
-                        m2 = first_lanes(left - 32), m3 = first_lanes(left - 48);
-        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    for (ptrdiff_t j = 0; j < cols; j += 128) {
+        __mmask16 mask[8];
+        __m512 s[8];
+        _Pragma("GCC unroll 8")
+        for (int q = 0; q < 8; q++) {
+            mask[q] = first_lanes(cols - j - 16 * q);
+            s[q] = _mm512_setzero_ps();
+        }
         const float *xp = x + j;
         for (ptrdiff_t p = 0; p < k; p++, xp += ldx) {
             const __m512 vp = _mm512_set1_ps(v[p * v_step]);
-            s0 = _mm512_fmadd_ps(vp, _mm512_maskz_loadu_ps(m0, xp), s0);
-            s1 = _mm512_fmadd_ps(vp, _mm512_maskz_loadu_ps(m1, xp + 16), s1);
-            s2 = _mm512_fmadd_ps(vp, _mm512_maskz_loadu_ps(m2, xp + 32), s2);
-            s3 = _mm512_fmadd_ps(vp, _mm512_maskz_loadu_ps(m3, xp + 48), s3);
+            _Pragma("GCC unroll 8")
+            for (int q = 0; q < 8; q++)
+                s[q] = _mm512_fmadd_ps(vp, _mm512_maskz_loadu_ps(mask[q], xp + 16 * q), s[q]);
         }
-        _mm512_mask_storeu_ps(sums + j, m0, s0);
-        _mm512_mask_storeu_ps(sums + j + 16, m1, s1);
-        _mm512_mask_storeu_ps(sums + j + 32, m2, s2);
-        _mm512_mask_storeu_ps(sums + j + 48, m3, s3);
+        _Pragma("GCC unroll 8")
+        for (int q = 0; q < 8; q++)
+            _mm512_mask_storeu_ps(sums + j + 16 * q, mask[q], s[q]);
     }
 }
 
