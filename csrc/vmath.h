@@ -53,13 +53,14 @@ PYNN_INLINE double pynn_exp_d(double x)
 
 /* tanh|x| = (e^{2|x|} - 1) / (e^{2|x|} + 1); below 1e-5 the cancellation in
  * the numerator would cost digits, and |x| - |x|^3/3 is exact to 1e-20 there.
- * Beyond 10 the float result is 1. */
+ * From 10 on exactly 1 (the float result already is, and 1 + tanh(u) in the
+ * tanh form of gelu must then be exactly 0). */
 PYNN_INLINE double pynn_tanh_d(double x)
 {
     double a = x < 0.0 ? -x : x;
     a = a > 10.0 ? 10.0 : a;
     double e = pynn_exp_d(2.0 * a);
-    double t = a < 1e-5 ? a - a * a * a * (1.0 / 3.0) : (e - 1.0) / (e + 1.0);
+    double t = a < 1e-5 ? a - a * a * a * (1.0 / 3.0) : a >= 10.0 ? 1.0 : (e - 1.0) / (e + 1.0);
     return copysign(t, x);
 }
 
@@ -72,7 +73,8 @@ PYNN_INLINE double pynn_sigmoid_d(double x)
 /* erf: below 1 its Maclaurin series (alternating, 14 terms, error < 5e-12);
  * from 1 to 4 as 1 - e^{-x^2} g(x) with g = erfc(x) e^{x^2} fitted by a
  * degree-14 Chebyshev expansion on [1, 4] (relative error < 3e-10, which
- * erfc <= 0.16 shrinks further); beyond 4 the float result is 1. x^2 of a
+ * erfc <= 0.16 shrinks further); from 4 on exactly 1 (the float result
+ * already is, and x (1 + erf) in gelu must then be exactly 0). x^2 of a
  * float is exact in double, so e^{-x^2} loses nothing. */
 PYNN_INLINE double pynn_erf_d(double x)
 {
@@ -111,7 +113,7 @@ PYNN_INLINE double pynn_erf_d(double x)
     g = g * t - 1.11521020749312319e-01;
     g = g * t + 2.10806364054624412e-01;
     double tail = 1.0 - pynn_exp_d(-s) * g;
-    double e = a < 1.0 ? series : tail;
+    double e = a < 1.0 ? series : a >= 4.0 ? 1.0 : tail; /* NaN: tail */
     return copysign(e, x);
 }
 

@@ -1,0 +1,217 @@
+"""pynn.ops activations and their backward passes against float64 references,
+finite differences and (where installed) PyTorch."""
+import math
+
+import numpy as np
+import pytest
+
+import pynn
+from pynn import ops
+from pynn._kernels import runtime
+from tests.helpers import EPS32, check_gradient
+
+SHAPES = [(1,), (7,), (3, 5), (0, 4), (2, 3, 17), (1031,)]
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _phi(x):
+    return 0.5 * (1.0 + _erf(x / math.sqrt(2.0)))
+
+
+def _gelu_tanh_parts(x):
+    u = math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)
+    return np.tanh(u), math.sqrt(2 / math.pi) * (1 + 3 * 0.044715 * x ** 2)
+
+
+# name -> (op, kwargs, forward reference, derivative reference dy/dx as a function of x)
+ELEMENTWISE = {
+    "relu": (ops.relu, ops.relu_backward, {}, lambda x: np.maximum(x, 0), lambda x: (x > 0) * 1.0),
+    "leaky_relu": (ops.leaky_relu, ops.leaky_relu_backward, {"negative_slope": 0.2},
+                   lambda x: np.where(x > 0, x, 0.2 * x), lambda x: np.where(x > 0, 1.0, 0.2)),
+    "sigmoid": (ops.sigmoid, ops.sigmoid_backward, {}, lambda x: 1 / (1 + np.exp(-x)),
+                lambda x: np.exp(-x) / (1 + np.exp(-x)) ** 2),
+    "tanh": (ops.tanh, ops.tanh_backward, {}, np.tanh, lambda x: 1 - np.tanh(x) ** 2),
+    "gelu": (ops.gelu, ops.gelu_backward, {}, lambda x: x * _phi(x),
+             lambda x: _phi(x) + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi)),
+    "gelu_tanh": (ops.gelu, ops.gelu_backward, {"approximate": "tanh"},
+                  lambda x: 0.5 * x * (1 + _gelu_tanh_parts(x)[0]),
+                  lambda x: (0.5 * (1 + _gelu_tanh_parts(x)[0])
+                             + 0.5 * x * (1 - _gelu_tanh_parts(x)[0] ** 2) * _gelu_tanh_parts(x)[1])),
+}
+# backward takes the forward output for these, the input for the rest
+TAKES_OUTPUT = {"sigmoid", "tanh"}
+
+
+@pytest.fixture(params=runtime.supported_isas())
+def isa(request):
+    before = runtime.chosen_isa()
+    runtime.choose_isa(request.param)
+    yield request.param
+    runtime.choose_isa(before)
+
+
+def _inputs(shape, seed=0, scale=3.0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32) * scale
+
+
+@pytest.mark.parametrize("name", sorted(ELEMENTWISE))
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_and_backward_against_float64(isa, name, shape):
+    forward, backward, kwargs, reference, derivative = ELEMENTWISE[name]
+    x = _inputs(shape)
+    x64 = x.astype(np.float64)
+    y = forward(x, **kwargs)
+    assert y.dtype == np.float32 and y.shape == x.shape
+    np.testing.assert_allclose(y, reference(x64), rtol=4 * EPS32, atol=4 * EPS32)
+    dy = _inputs(shape, seed=1, scale=1.0)
+    a = y if name in TAKES_OUTPUT else x
+    dx = backward(dy, a, **kwargs)
+    np.testing.assert_allclose(dx, dy * derivative(x64), rtol=16 * EPS32, atol=16 * EPS32)
+
+
+@pytest.mark.parametrize("name", sorted(ELEMENTWISE))
+def test_backward_matches_finite_differences(name):
+    forward, backward, kwargs, _, _ = ELEMENTWISE[name]
+    x = _inputs((4, 6), seed=3, scale=2.0)
+    x[np.abs(x) < 0.05] = 0.5  # keep ReLU's kink out of the difference
+    weights = _inputs((4, 6), seed=4, scale=1.0)
+    y = forward(x, **kwargs)
+    a = y if name in TAKES_OUTPUT else x
+    analytic = backward(weights, a, **kwargs)
+    check_gradient(lambda v: float(np.sum(forward(v, **kwargs).astype(np.float64) * weights)),
+                   x, analytic, eps=1e-2)
+
+
+@pytest.mark.parametrize("name", sorted(ELEMENTWISE))
+def test_out_and_in_place(name):
+    forward, backward, kwargs, _, _ = ELEMENTWISE[name]
+    x = _inputs((5, 9))
+    expected = forward(x, **kwargs)
+    out = np.full_like(x, np.nan)
+    assert forward(x, out=out, **kwargs) is out
+    np.testing.assert_array_equal(out, expected)
+    forward(x, out=x, **kwargs)
+    np.testing.assert_array_equal(x, expected)
+
+
+def test_special_values():
+    x = np.array([np.nan, np.inf, -np.inf, 0.0, 1e4, -1e4], dtype=np.float32)
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(ops.relu(x), [np.nan, np.inf, 0, 0, 1e4, 0])
+        np.testing.assert_array_equal(ops.sigmoid(x), [np.nan, 1, 0, 0.5, 1, 0])
+        np.testing.assert_array_equal(ops.tanh(x), [np.nan, 1, -1, 0, 1, -1])
+        np.testing.assert_array_equal(ops.gelu(x[[0, 3, 4, 5]]), [np.nan, 0, 1e4, 0])
+        np.testing.assert_array_equal(ops.gelu(x[[0, 3, 4, 5]], approximate="tanh"), [np.nan, 0, 1e4, 0])
+
+
+def _softmax64(x, axis):
+    shifted = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=axis, keepdims=True), shifted - np.log(e.sum(axis=axis, keepdims=True))
+
+
+@pytest.mark.parametrize("shape,axis", [((1, 1), -1), ((3, 7), -1), ((3, 7), 0), ((2, 3, 5), 1),
+                                        ((2, 3, 5), 0), ((4,), 0), ((0, 5), -1), ((1, 1031), 1),
+                                        ((5, 2, 3, 4), -2)])
+def test_softmax_and_log_softmax_any_axis(isa, shape, axis):
+    x = _inputs(shape, scale=5.0)
+    probabilities, log_probabilities = _softmax64(x.astype(np.float64), axis)
+    np.testing.assert_allclose(ops.softmax(x, axis=axis), probabilities, rtol=8 * EPS32, atol=1e-7)
+    y = ops.log_softmax(x, axis=axis)
+    np.testing.assert_allclose(y, log_probabilities, rtol=8 * EPS32, atol=8 * EPS32 * 10)
+    dy = _inputs(shape, seed=2, scale=1.0)
+    p = probabilities
+    expected = p * (dy - (dy * p).sum(axis=axis, keepdims=True))
+    np.testing.assert_allclose(ops.softmax_backward(dy, ops.softmax(x, axis=axis), axis=axis),
+                               expected, rtol=1e-5, atol=1e-6)
+    expected_log = dy - p * dy.sum(axis=axis, keepdims=True)
+    np.testing.assert_allclose(ops.log_softmax_backward(dy, y, axis=axis), expected_log,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_softmax_is_stable_at_extreme_logits():
+    x = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4], [3e38, 0.0, -3e38]], dtype=np.float32)
+    np.testing.assert_allclose(ops.softmax(x), [[1, 0, 0], [1 / 3, 1 / 3, 1 / 3], [1, 0, 0]],
+                               rtol=1e-6)
+    np.testing.assert_allclose(ops.log_softmax(x)[0], [0, -2e4, -1e4], rtol=1e-6)
+    assert np.all(np.isnan(ops.softmax(np.array([[1.0, np.nan]], np.float32))))
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_softmax_gradients_match_finite_differences(axis):
+    x = _inputs((3, 4), seed=5)
+    weights = _inputs((3, 4), seed=6, scale=1.0)
+    for forward, backward in ((ops.softmax, ops.softmax_backward),
+                              (ops.log_softmax, ops.log_softmax_backward)):
+        analytic = backward(weights, forward(x, axis=axis), axis=axis)
+        check_gradient(lambda v: float(np.sum(forward(v, axis=axis).astype(np.float64) * weights)),
+                       x, analytic, eps=1e-2)
+
+
+def test_same_result_on_any_thread_count():
+    x = _inputs((300, 1000), seed=7)
+    before = pynn.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            pynn.set_num_threads(threads)
+            results.append((ops.gelu(x), ops.softmax(x), ops.log_softmax(x, axis=0), ops.relu(x)))
+    finally:
+        pynn.set_num_threads(before)
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
+
+
+def test_torch_parity():
+    torch = pytest.importorskip("torch")
+    x = _inputs((6, 11), seed=8)
+    dy = _inputs((6, 11), seed=9, scale=1.0)
+    cases = [
+        (lambda t: torch.relu(t), ops.relu, ops.relu_backward, {}, False),
+        (lambda t: torch.nn.functional.leaky_relu(t, 0.1), ops.leaky_relu, ops.leaky_relu_backward,
+         {"negative_slope": 0.1}, False),
+        (torch.sigmoid, ops.sigmoid, ops.sigmoid_backward, {}, True),
+        (torch.tanh, ops.tanh, ops.tanh_backward, {}, True),
+        (lambda t: torch.nn.functional.gelu(t), ops.gelu, ops.gelu_backward, {}, False),
+        (lambda t: torch.nn.functional.gelu(t, approximate="tanh"), ops.gelu, ops.gelu_backward,
+         {"approximate": "tanh"}, False),
+        (lambda t: torch.softmax(t, 1), ops.softmax, ops.softmax_backward, {"axis": 1}, True),
+        (lambda t: torch.log_softmax(t, 0), ops.log_softmax, ops.log_softmax_backward, {"axis": 0}, True),
+    ]
+    for torch_fn, forward, backward, kwargs, takes_output in cases:
+        t = torch.tensor(x, requires_grad=True)
+        ty = torch_fn(t)
+        ty.backward(torch.tensor(dy))
+        y = forward(x, **kwargs)
+        np.testing.assert_allclose(y, ty.detach().numpy(), rtol=2e-6, atol=1e-6)
+        dx = backward(dy, y if takes_output else x, **kwargs)
+        np.testing.assert_allclose(dx, t.grad.numpy(), rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad,error", [
+    (np.arange(4), TypeError), (np.ones(3, np.complex64), TypeError),
+    (np.array([object()]), TypeError), ("text", TypeError), (None, TypeError),
+    (np.ones(3, bool), TypeError)])
+def test_bad_inputs_are_refused(bad, error):
+    for op in (ops.relu, ops.sigmoid, ops.tanh, ops.gelu, ops.softmax):
+        with pytest.raises(error, match=op.__name__):
+            op(bad)
+
+
+def test_bad_arguments_are_refused():
+    x = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match="approximate"):
+        ops.gelu(x, approximate="fast")
+    with pytest.raises(ValueError, match="axis 2"):
+        ops.softmax(x, axis=2)
+    with pytest.raises(TypeError, match="axis"):
+        ops.softmax(x, axis=1.0)
+    with pytest.raises(ValueError, match="same shape"):
+        ops.relu_backward(np.ones((2, 3), np.float32), np.ones((3, 2), np.float32))
+    with pytest.raises(ValueError, match=r"shape \(2, 3\)"):
+        ops.relu(x, out=np.empty((3, 2), np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        ops.relu(x, out=np.empty((2, 3), np.float64))
+    with pytest.raises(TypeError, match="negative_slope"):
+        ops.leaky_relu(x, negative_slope="a")
+    assert ops.relu(np.float64(-2.0)).shape == ()
