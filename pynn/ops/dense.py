@@ -2,6 +2,7 @@
 import numpy as np
 
 from pynn._checks import as_float32, as_real, check_out
+from pynn._kernels import dense as _dense
 from pynn._kernels import gemm as _gemm
 
 
@@ -38,3 +39,87 @@ def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None)
     if result is None:  # every refusal of the kernel is reported above
         raise ValueError("matmul: arguments refused by the kernel")
     return result
+
+
+def _rows(x):
+    """A C-contiguous array as the 2-D view [every leading axis, last axis]."""
+    return x.reshape(int(np.prod(x.shape[:-1], dtype=np.int64)), x.shape[-1])
+
+
+def _linear_activation(activation, where):
+    if activation is None or activation == "relu":
+        return activation == "relu"
+    raise ValueError(f'{where}: activation must be None or "relu", got {activation!r}')
+
+
+def _check_linear(x, weight, where):
+    weight = as_float32(weight, where, "weight", ndim=2)
+    x = as_float32(x, where, "x")
+    if x.ndim == 0 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"{where}: x must end in in_features={weight.shape[1]} "
+                         f"(weight {weight.shape}), got shape {x.shape}")
+    return x, weight
+
+
+def linear(x, weight, bias=None, out=None, *, activation=None):
+    """``x @ weight.T + bias`` over the last axis of ``x`` (any leading axes),
+    as one GEMM whose epilogue adds the bias; ``activation="relu"`` applies
+    ReLU in that same epilogue (a Linear followed by a ReLU, fused)."""
+    relu = _linear_activation(activation, "linear")
+    # Well-formed 2-D float32 operands go straight to the kernel, which
+    # declines (returns None) anything it would have to convert or reject.
+    result = _gemm.matmul(x, weight, out, False, True, 1.0, 0.0, bias, None, relu)
+    if result is not None:
+        return result
+    x, weight = _check_linear(x, weight, "linear")
+    out_features = weight.shape[0]
+    if bias is not None:
+        bias = as_float32(bias, "linear", "bias", ndim=1)
+        if bias.shape[0] != out_features:
+            raise ValueError(f"linear: bias must have shape ({out_features},) to match weight "
+                             f"{weight.shape}, got {bias.shape}")
+    shape = x.shape[:-1] + (out_features,)
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    else:
+        check_out(out, shape, "linear", inputs=(x, weight) + ((bias,) if bias is not None else ()))
+    _gemm.matmul(_rows(x), weight, _rows(out), False, True, 1.0, 0.0, bias, None, relu)
+    return out
+
+
+def linear_backward(dy, x, weight, out=None, *, input_grad=True, weight_grad=True):
+    """``(dx, dweight, dbias)`` for ``y = x @ weight.T + bias``:
+    dx = dY W,  dW = dYᵀ X,  db = column sums of dY (rows = every leading axis).
+
+    ``out`` may be a tuple ``(dx, dweight, dbias)`` of arrays to write into
+    (None entries are allocated). ``input_grad=False`` skips dx and
+    ``weight_grad=False`` skips dW and db (None is returned in their place)."""
+    where = "linear_backward"
+    x, weight = _check_linear(x, weight, where)
+    out_features, in_features = weight.shape
+    dy = as_float32(dy, where, "dy")
+    expected = x.shape[:-1] + (out_features,)
+    if dy.shape != expected:
+        raise ValueError(f"{where}: dy must have shape {expected} for x {x.shape} and weight "
+                         f"{weight.shape}, got {dy.shape}")
+    dx, dweight, dbias = (None, None, None) if out is None else out
+    rows_dy, rows_x = _rows(dy), _rows(x)
+    if input_grad:
+        dx = _gradient_buffer(dx, x.shape, where, "dx", (dy, x, weight))
+        _gemm.matmul(rows_dy, weight, _rows(dx), False, False, 1.0, 0.0)
+    else:
+        dx = None
+    if weight_grad:
+        dweight = _gradient_buffer(dweight, weight.shape, where, "dweight", (dy, x, weight))
+        dbias = _gradient_buffer(dbias, (out_features,), where, "dbias", (dy, x, weight))
+        _gemm.matmul(rows_dy, rows_x, dweight, True, False, 1.0, 0.0)
+        _dense.column_sums(rows_dy, dbias)
+    else:
+        dweight = dbias = None
+    return dx, dweight, dbias
+
+
+def _gradient_buffer(array, shape, where, name, inputs):
+    if array is None:
+        return np.empty(shape, dtype=np.float32)
+    return check_out(array, shape, f"{where} ({name})", inputs=inputs)

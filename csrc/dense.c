@@ -1,0 +1,112 @@
+/* Dense-layer reductions and embedding gather/scatter (contracts in dense.h). */
+#include <string.h>
+#include "dense.h"
+#include "vmath.h"
+
+#define PARALLEL_MIN_ELEMENTS 131072
+/* Columns per parallel task: each task owns whole columns, so every sum runs
+ * down its rows in order whatever the thread count. */
+#define COLUMN_BLOCK 256
+
+PYNN_INLINE void column_sums_block(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t first,
+                                   ptrdiff_t last, const float *restrict dy,
+                                   float *restrict db)
+{
+    for (ptrdiff_t j = first; j < last; j++) db[j] = 0.0f;
+    for (ptrdiff_t i = 0; i < rows; i++) {
+        const float *row = dy + i * cols;
+        for (ptrdiff_t j = first; j < last; j++) db[j] += row[j];
+    }
+}
+
+/* dz may be dy: each element is read before it is written. */
+PYNN_INLINE void relu_mask_block(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t first,
+                                 ptrdiff_t last, const float *dy, const float *restrict y,
+                                 float *dz, float *restrict db)
+{
+    if (db)
+        for (ptrdiff_t j = first; j < last; j++) db[j] = 0.0f;
+    for (ptrdiff_t i = 0; i < rows; i++) {
+        const float *dy_row = dy + i * cols, *y_row = y + i * cols;
+        float *dz_row = dz + i * cols;
+        if (db) {
+            #pragma GCC ivdep
+            for (ptrdiff_t j = first; j < last; j++) {
+                float g = y_row[j] > 0.0f ? dy_row[j] : 0.0f;
+                dz_row[j] = g;
+                db[j] += g;
+            }
+        } else {
+            #pragma GCC ivdep
+            for (ptrdiff_t j = first; j < last; j++) dz_row[j] = y_row[j] > 0.0f ? dy_row[j] : 0.0f;
+        }
+    }
+}
+
+#define DENSE_VARIANT(suffix, attribute)                                                    \
+    attribute static void column_sums_##suffix(ptrdiff_t rows, ptrdiff_t cols,               \
+                                               ptrdiff_t first, ptrdiff_t last,              \
+                                               const float *dy, float *db)                   \
+    { column_sums_block(rows, cols, first, last, dy, db); }                                  \
+    attribute static void relu_mask_##suffix(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t first, \
+                                             ptrdiff_t last, const float *dy, const float *y, \
+                                             float *dz, float *db)                           \
+    { relu_mask_block(rows, cols, first, last, dy, y, dz, db); }
+
+DENSE_VARIANT(generic, )
+#if defined(PYNN_X86_64)
+DENSE_VARIANT(avx2, PYNN_TARGET_AVX2)
+DENSE_VARIANT(avx512, PYNN_TARGET_AVX512)
+#endif
+
+void pynn_column_sums(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t cols,
+                      const float *dy, float *db)
+{
+    typeof(&column_sums_generic) fn = PYNN_PICK(ctx->isa, column_sums);
+    ptrdiff_t blocks = (cols + COLUMN_BLOCK - 1) / COLUMN_BLOCK;
+#ifdef _OPENMP
+    #pragma omp parallel for num_threads(ctx->num_threads) if(blocks > 1 && rows * cols >= PARALLEL_MIN_ELEMENTS)
+#endif
+    for (ptrdiff_t b = 0; b < blocks; b++) {
+        ptrdiff_t first = b * COLUMN_BLOCK;
+        fn(rows, cols, first, first + COLUMN_BLOCK < cols ? first + COLUMN_BLOCK : cols, dy, db);
+    }
+}
+
+void pynn_relu_mask_column_sums(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t cols,
+                                const float *dy, const float *y, float *dz, float *db)
+{
+    typeof(&relu_mask_generic) fn = PYNN_PICK(ctx->isa, relu_mask);
+    ptrdiff_t blocks = (cols + COLUMN_BLOCK - 1) / COLUMN_BLOCK;
+#ifdef _OPENMP
+    #pragma omp parallel for num_threads(ctx->num_threads) if(blocks > 1 && rows * cols >= PARALLEL_MIN_ELEMENTS)
+#endif
+    for (ptrdiff_t b = 0; b < blocks; b++) {
+        ptrdiff_t first = b * COLUMN_BLOCK;
+        fn(rows, cols, first, first + COLUMN_BLOCK < cols ? first + COLUMN_BLOCK : cols,
+           dy, y, dz, db);
+    }
+}
+
+void pynn_embedding_gather(const pynn_context *ctx, ptrdiff_t count, ptrdiff_t dim,
+                           const float *weight, const int64_t *index, float *out)
+{
+#ifdef _OPENMP
+    #pragma omp parallel for num_threads(ctx->num_threads) if(count * dim >= PARALLEL_MIN_ELEMENTS)
+#endif
+    for (ptrdiff_t i = 0; i < count; i++)
+        memcpy(out + i * dim, weight + index[i] * dim, (size_t)dim * sizeof(float));
+}
+
+void pynn_embedding_scatter_add(const pynn_context *ctx, ptrdiff_t count, ptrdiff_t dim,
+                                ptrdiff_t num_embeddings, const float *dy,
+                                const int64_t *index, float *dweight)
+{
+    (void)ctx;
+    memset(dweight, 0, (size_t)(num_embeddings * dim) * sizeof(float));
+    for (ptrdiff_t i = 0; i < count; i++) {
+        float *target = dweight + index[i] * dim;
+        const float *source = dy + i * dim;
+        for (ptrdiff_t j = 0; j < dim; j++) target[j] += source[j];
+    }
+}

@@ -1,0 +1,28 @@
+/* The dense layer's reductions and the embedding table's gather/scatter. */
+#ifndef PYNN_DENSE_H
+#define PYNN_DENSE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "cpu.h"
+
+/* db[j] = sum_i dy[i, j] for dy [rows, cols] */
+void pynn_column_sums(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t cols,
+                      const float *dy, float *db);
+
+/* Back through a fused ReLU: dz = dy [y > 0] (y the ReLU output), and, if db
+ * is not NULL, db[j] = sum_i dz[i, j], in one pass. dz may be dy. */
+void pynn_relu_mask_column_sums(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t cols,
+                                const float *dy, const float *y, float *dz, float *db);
+
+/* out[i, :] = weight[index[i], :] for indices already checked in range */
+void pynn_embedding_gather(const pynn_context *ctx, ptrdiff_t count, ptrdiff_t dim,
+                           const float *weight, const int64_t *index, float *out);
+
+/* dweight = 0, then dweight[index[i], :] += dy[i, :] in index order (repeated
+ * indices accumulate, the same way for any thread count). */
+void pynn_embedding_scatter_add(const pynn_context *ctx, ptrdiff_t count, ptrdiff_t dim,
+                                ptrdiff_t num_embeddings, const float *dy,
+                                const int64_t *index, float *dweight);
+
+#endif

@@ -1,0 +1,91 @@
+"""Dense-layer reductions and embedding gather/scatter (csrc/dense.c).
+
+linear's products go through pynn._kernels.gemm; this module holds what is
+left of the dense layer's backward: the bias gradient, fused with the ReLU
+mask when the layer's activation is fused into its GEMM."""
+cimport numpy as cnp
+from libc.stdint cimport int64_t
+
+from pynn._kernels.buffers cimport float_input, float_output, index_input
+from pynn._kernels.runtime cimport current_context, pynn_context
+
+cnp.import_array()
+
+cdef extern from "dense.h" nogil:
+    void pynn_column_sums(const pynn_context *ctx, Py_ssize_t rows, Py_ssize_t cols,
+                          const float *dy, float *db)
+    void pynn_relu_mask_column_sums(const pynn_context *ctx, Py_ssize_t rows, Py_ssize_t cols,
+                                    const float *dy, const float *y, float *dz, float *db)
+    void pynn_embedding_gather(const pynn_context *ctx, Py_ssize_t count, Py_ssize_t dim,
+                               const float *weight, const int64_t *index, float *out)
+    void pynn_embedding_scatter_add(const pynn_context *ctx, Py_ssize_t count, Py_ssize_t dim,
+                                    Py_ssize_t num_embeddings, const float *dy,
+                                    const int64_t *index, float *dweight)
+
+
+def column_sums(dy, db):
+    """db = dy.sum(axis=0) for dy [rows, cols]; returns db."""
+    cdef Py_ssize_t rows = dy.shape[0], cols = dy.shape[1]
+    cdef const float *g = float_input(dy, rows * cols, "dy")
+    cdef float *out = float_output(db, cols, "db")
+    cdef pynn_context ctx = current_context()
+    with nogil:
+        pynn_column_sums(&ctx, rows, cols, g, out)
+    return db
+
+
+def relu_mask_column_sums(dy, y, dz, db):
+    """dz = dy * (y > 0) and, unless db is None, db = dz.sum(axis=0). dz may be dy."""
+    cdef Py_ssize_t rows = dy.shape[0], cols = dy.shape[1]
+    cdef const float *g = float_input(dy, rows * cols, "dy")
+    cdef const float *activated = float_input(y, rows * cols, "y")
+    cdef float *masked = float_output(dz, rows * cols, "dz")
+    cdef float *sums = NULL
+    if db is not None:
+        sums = float_output(db, cols, "db")
+    cdef pynn_context ctx = current_context()
+    with nogil:
+        pynn_relu_mask_column_sums(&ctx, rows, cols, g, activated, masked, sums)
+    return dz
+
+
+cdef int check_indices(const int64_t *index, Py_ssize_t count, Py_ssize_t limit,
+                       str where) except -1:
+    cdef Py_ssize_t i, bad = -1
+    with nogil:
+        for i in range(count):
+            if index[i] < 0 or index[i] >= limit:
+                bad = i
+                break
+    if bad >= 0:
+        raise IndexError(f"{where}: index {index[bad]} is out of range for "
+                         f"{limit} embeddings (valid: 0 to {limit - 1})")
+    return 0
+
+
+def embedding_gather(weight, index, out, str where="Embedding"):
+    """out[i] = weight[index[i]] (index flat int64); out-of-range indices raise IndexError."""
+    cdef Py_ssize_t num = weight.shape[0], dim = weight.shape[1]
+    cdef Py_ssize_t count = cnp.PyArray_SIZE(index)
+    cdef const float *table = float_input(weight, num * dim, "weight")
+    cdef const int64_t *rows = index_input(index, count, "index")
+    cdef float *result = float_output(out, count * dim, "out")
+    check_indices(rows, count, num, where)
+    cdef pynn_context ctx = current_context()
+    with nogil:
+        pynn_embedding_gather(&ctx, count, dim, table, rows, result)
+    return out
+
+
+def embedding_scatter_add(dy, index, dweight, str where="Embedding"):
+    """dweight = 0, then dweight[index[i]] += dy[i] for every i, repeats included."""
+    cdef Py_ssize_t num = dweight.shape[0], dim = dweight.shape[1]
+    cdef Py_ssize_t count = cnp.PyArray_SIZE(index)
+    cdef const float *g = float_input(dy, count * dim, "dy")
+    cdef const int64_t *rows = index_input(index, count, "index")
+    cdef float *table = float_output(dweight, num * dim, "dweight")
+    check_indices(rows, count, num, where)
+    cdef pynn_context ctx = current_context()
+    with nogil:
+        pynn_embedding_scatter_add(&ctx, count, dim, num, g, rows, table)
+    return dweight
