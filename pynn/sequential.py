@@ -10,6 +10,7 @@ import threading
 import numpy as np
 
 from pynn._checks import as_count
+from pynn.layers import Linear, ReLU
 from pynn.layers.base import Layer
 
 # Input shapes whose shape chains and scratch buffers are kept; beyond this
@@ -19,13 +20,34 @@ _SHAPES_REMEMBERED = 8
 LoadResult = collections.namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
 
 
+def _fusion_plan(layers):
+    """The layers to run, and the activation each Linear must carry.
+
+    A ReLU right after a Linear runs inside that Linear's GEMM epilogue (one
+    pass over the output instead of two): it stays in ``layers`` (indices and
+    state-dict keys are PyTorch's) but is not run. ``Linear.activation`` is
+    the model's wiring, so a Linear shared with another model is rewired
+    before each use (``_wire``)."""
+    steps, wiring = [], []
+    for index, layer in enumerate(layers):
+        if type(layer) is Linear:
+            fused = index + 1 < len(layers) and type(layers[index + 1]) is ReLU
+            wiring.append((layer, "relu" if fused else None))
+        if type(layer) is ReLU and index and type(layers[index - 1]) is Linear:
+            continue
+        steps.append(layer)
+    return tuple(steps), tuple(wiring)
+
+
 class Sequential:
     def __init__(self, *layers):
         for index, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"Sequential: argument {index} must be a pynn layer, "
                                 f"got {type(layer).__name__}")
-        self.layers = list(layers)
+        self.layers = tuple(layers)
+        self._steps, self._wiring = _fusion_plan(self.layers)
+        self._wire()
         self._scratch = threading.local()
         self._shape_chains = {}
         self._batch_buffers = {}  # fit's gathered mini-batches, reused across calls
@@ -46,30 +68,35 @@ class Sequential:
         inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
         return f"Sequential({inner}\n)" if inner else "Sequential()"
 
+    def _wire(self):
+        for linear, activation in self._wiring:
+            if linear.activation != activation:
+                linear.activation = activation
+
     # -- training path ---------------------------------------------------------
     def forward(self, x, training=False):
-        for layer in self.layers:
+        self._wire()
+        for layer in self._steps:
             x = layer.forward(x, training=training)
         return x
 
     __call__ = forward
 
-    def _first_layer_needing_gradients(self):
-        """Layers before it neither hold trainable parameters nor need dL/dx."""
-        for index, layer in enumerate(self.layers):
+    def _first_step_needing_gradients(self):
+        """Steps before it neither hold trainable parameters nor need dL/dx."""
+        for index, layer in enumerate(self._steps):
             if layer.trainable and layer.params:
                 return index
-        return len(self.layers)
+        return len(self._steps)
 
     def backward(self, dy, input_grad=False):
         """Back-propagate dL/dy of the last ``forward(x, training=True)``, writing
         every trainable layer's ``grads``. Returns dL/dx with ``input_grad=True``,
         else None: then leading frozen or parameter-free layers are skipped and
         the first trainable one computes no input gradient."""
-        stop = 0 if input_grad else self._first_layer_needing_gradients()
-        for index in range(len(self.layers) - 1, stop - 1, -1):
-            wants_dx = input_grad or index > stop
-            dy = self.layers[index].backward(dy, input_grad=wants_dx)
+        stop = 0 if input_grad else self._first_step_needing_gradients()
+        for index in range(len(self._steps) - 1, stop - 1, -1):
+            dy = self._steps[index].backward(dy, input_grad=input_grad or index > stop)
         return dy if input_grad else None
 
     # -- inference path --------------------------------------------------------
@@ -78,7 +105,7 @@ class Sequential:
         chain = self._shape_chains.get(input_shape)
         if chain is None:
             shapes, shape = [], input_shape
-            for layer in self.layers:
+            for layer in self._steps:
                 shape = tuple(layer.output_shape(shape))
                 shapes.append(shape)
             if len(self._shape_chains) >= _SHAPES_REMEMBERED:
@@ -99,10 +126,11 @@ class Sequential:
         return arrays
 
     def _infer_into(self, x, out):
+        self._wire()
         chain = self._shape_chain(x.shape)
         buffers = self._thread_buffers(x.shape, chain)
-        last = len(self.layers) - 1
-        for index, layer in enumerate(self.layers):
+        last = len(self._steps) - 1
+        for index, layer in enumerate(self._steps):
             x = layer.infer(x, out if index == last else buffers[index])
         if x is not out:  # the last layer returned a view of its input
             np.copyto(out, x)

@@ -1,0 +1,144 @@
+"""Training suite: samples/s of a 784-256-128-10 ReLU MLP with softmax
+cross-entropy and SGD momentum, one shuffled epoch per call, beside PyTorch
+eager and a hand-written numpy implementation of the same step.
+
+All peers start from the same weights and train on the same data; each keeps
+training its own copy across calls (the work per call is identical)."""
+import numpy as np
+
+from pynn.bench import Case, optional_import
+
+SIZES = (784, 256, 128, 10)
+BATCHES = (32, 128, 512)
+LR, MOMENTUM = 0.01, 0.9
+
+
+def build_mlp(seed=0):
+    """The benchmark network in pynn, with PyTorch's default initialisation."""
+    from pynn import Sequential
+    from pynn.layers import Linear, ReLU
+
+    layers = []
+    for fan_in, fan_out in zip(SIZES[:-1], SIZES[1:]):
+        layers += [Linear(fan_in, fan_out), ReLU()]
+    model = Sequential(*layers[:-1])
+    rng = np.random.default_rng(seed)
+    for layer in model.layers[::2]:  # U(±1/√fan_in), seeded here so every run starts alike
+        bound = 1.0 / np.sqrt(layer.params["weight"].shape[1])
+        for param in layer.params.values():
+            param[...] = rng.uniform(-bound, bound, param.shape)
+    return model
+
+
+def build_torch_mlp(model, torch):
+    layers = []
+    for fan_in, fan_out in zip(SIZES[:-1], SIZES[1:]):
+        layers += [torch.nn.Linear(fan_in, fan_out), torch.nn.ReLU()]
+    twin = torch.nn.Sequential(*layers[:-1])
+    twin.load_state_dict({name: torch.from_numpy(array.copy()) for name, array in model.state_dict().items()})
+    return twin
+
+
+def dataset(samples, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((samples, SIZES[0]), dtype=np.float32)
+    y = rng.integers(0, SIZES[-1], samples)
+    return x, y
+
+
+class NumpyMLP:
+    """The same training step written carefully in numpy: products into
+    preallocated buffers, in-place element-wise work, no per-step allocation
+    beyond numpy's own temporaries."""
+
+    def __init__(self, model, batch_size):
+        state = model.state_dict()
+        self.weights = [state[f"{2 * i}.weight"].copy() for i in range(len(SIZES) - 1)]
+        self.biases = [state[f"{2 * i}.bias"].copy() for i in range(len(SIZES) - 1)]
+        self.velocity = [np.zeros_like(p) for p in self.weights + self.biases]
+        self.grads = [np.empty_like(p) for p in self.weights + self.biases]
+        self.batch_size = batch_size
+        self._buffers = {}
+
+    def _activations(self, rows):
+        if rows not in self._buffers:
+            self._buffers[rows] = ([np.empty((rows, n), np.float32) for n in SIZES[1:]],
+                                   [np.empty((rows, n), np.float32) for n in SIZES[1:]],
+                                   np.empty((rows, SIZES[0]), np.float32),
+                                   np.empty(rows, np.int64), np.arange(rows))
+        return self._buffers[rows]
+
+    def step(self, x, y, activations, deltas, rows):
+        layers = len(self.weights)
+        inputs = [x] + activations[:-1]
+        for i in range(layers):  # a_i = relu(a_{i-1} W_iᵀ + b_i), no ReLU on the logits
+            np.matmul(inputs[i], self.weights[i].T, out=activations[i])
+            activations[i] += self.biases[i]
+            if i < layers - 1:
+                np.maximum(activations[i], 0.0, out=activations[i])
+        logits, delta = activations[-1], deltas[-1]
+        np.subtract(logits, logits.max(axis=1, keepdims=True), out=delta)
+        np.exp(delta, out=delta)
+        delta /= delta.sum(axis=1, keepdims=True)
+        delta[rows, y] -= 1.0  # d(mean CE)/d logits = (softmax - onehot) / n
+        delta *= 1.0 / len(y)
+        for i in range(layers - 1, -1, -1):
+            np.matmul(deltas[i].T, inputs[i], out=self.grads[i])          # dW = dYᵀ X
+            deltas[i].sum(axis=0, out=self.grads[layers + i])              # db = Σ dY
+            if i:
+                np.matmul(deltas[i], self.weights[i], out=deltas[i - 1])  # dX = dY W
+                deltas[i - 1] *= activations[i - 1] > 0
+        for param, grad, velocity in zip(self.weights + self.biases, self.grads, self.velocity):
+            velocity *= MOMENTUM
+            velocity += grad
+            param -= LR * velocity
+
+    def epoch(self, x, y, rng):
+        order = rng.permutation(len(x))
+        for start in range(0, len(x), self.batch_size):
+            indices = order[start:start + self.batch_size]
+            activations, deltas, x_batch, y_batch, rows = self._activations(len(indices))
+            np.take(x, indices, axis=0, out=x_batch)
+            np.take(y, indices, out=y_batch)
+            self.step(x_batch, y_batch, activations, deltas, rows)
+
+
+def cases(quick, threads):
+    from pynn import losses, optim
+
+    torch = optional_import("torch")
+    samples = 1024 if quick else 4096
+    x, y = dataset(samples)
+    found = []
+    for batch in (32, 512) if quick else BATCHES:
+        model = build_mlp()
+        optimizer = optim.SGD(model, lr=LR, momentum=MOMENTUM)
+        loss = losses.CrossEntropyLoss()
+        seeds = iter(range(1 << 30))
+        runners = {"pynn": lambda model=model, optimizer=optimizer, loss=loss, batch=batch, seeds=seeds:
+                   model.fit(x, y, loss=loss, optimizer=optimizer, batch_size=batch,
+                             seed=next(seeds), verbose=False)}
+        twin = NumpyMLP(model, batch)
+        numpy_rng = np.random.default_rng(0)
+        runners["numpy"] = lambda twin=twin, rng=numpy_rng: twin.epoch(x, y, rng)
+        if torch is not None:
+            runners["torch"] = _torch_runner(torch, model, x, y, batch)
+        found.append(Case("train", f"784-256-128-10 batch {batch}", runners,
+                          work=samples, unit="samples/s"))
+    return found
+
+
+def _torch_runner(torch, model, x, y, batch):
+    twin = build_torch_mlp(model, torch)
+    optimizer = torch.optim.SGD(twin.parameters(), lr=LR, momentum=MOMENTUM)
+    x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
+    generator = torch.Generator().manual_seed(0)
+
+    def epoch():
+        order = torch.randperm(len(x_t), generator=generator)
+        for start in range(0, len(x_t), batch):
+            indices = order[start:start + batch]
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(twin(x_t[indices]), y_t[indices]).backward()
+            optimizer.step()
+    return epoch
