@@ -30,16 +30,20 @@ static inline TARGET __mmask16 first_lanes(ptrdiff_t count)
     return (__mmask16)((1u << count) - 1u);
 }
 
+/* rows (4, 8 or MR) and vectors (1 or 2 of 16 columns) are constants at every
+ * call, so each combination compiles to its own register-resident loop: a
+ * short or narrow edge tile runs only the FMAs it needs. */
 static inline __attribute__((always_inline)) TARGET void
 tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,
             const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc,
-            ptrdiff_t mr, ptrdiff_t nr, const pynn_tile_update *update, const int packed)
+            ptrdiff_t mr, ptrdiff_t nr, const pynn_tile_update *update, const int packed,
+            const int rows, const int vectors)
 {
     const __mmask16 mask0 = first_lanes(nr), mask1 = first_lanes(nr - 16);
     __m512 acc[MR][2];
     ptrdiff_t row[MR];
     _Pragma("GCC unroll 16")
-    for (int i = 0; i < MR; i++) {
+    for (int i = 0; i < rows; i++) {
         acc[i][0] = _mm512_setzero_ps();
         acc[i][1] = _mm512_setzero_ps();
         /* Rows past mr repeat the last valid row: always in bounds, never stored. */
@@ -50,19 +54,19 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
         b_k_step = NR;
     }
     for (ptrdiff_t p = 0; p < k; p++) {
-        __m512 b0, b1;
+        __m512 b0, b1 = _mm512_setzero_ps();
         if (packed) {
             b0 = _mm512_loadu_ps(b);
-            b1 = _mm512_loadu_ps(b + 16);
+            if (vectors == 2) b1 = _mm512_loadu_ps(b + 16);
         } else {
             b0 = _mm512_maskz_loadu_ps(mask0, b);
-            b1 = _mm512_maskz_loadu_ps(mask1, b + 16);
+            if (vectors == 2) b1 = _mm512_maskz_loadu_ps(mask1, b + 16);
         }
         _Pragma("GCC unroll 16")
-        for (int i = 0; i < MR; i++) {
+        for (int i = 0; i < rows; i++) {
             const __m512 av = _mm512_set1_ps(a[row[i]]);
             acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
+            if (vectors == 2) acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
         }
         a += a_k_step;
         b += b_k_step;
@@ -77,7 +81,7 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
         col1 = _mm512_maskz_loadu_ps(mask1, update->col_bias + 16);
     }
     _Pragma("GCC unroll 16")
-    for (int i = 0; i < MR; i++) {
+    for (int i = 0; i < rows; i++) {
         if (i >= mr) break;
         float *ci = c + i * ldc;
         __m512 r0 = _mm512_mul_ps(acc[i][0], alpha), r1 = _mm512_mul_ps(acc[i][1], alpha);
@@ -99,8 +103,23 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
             r1 = _mm512_max_ps(zero, r1);
         }
         _mm512_mask_storeu_ps(ci, mask0, r0);
-        _mm512_mask_storeu_ps(ci + 16, mask1, r1);
+        if (vectors == 2) _mm512_mask_storeu_ps(ci + 16, mask1, r1);
     }
+}
+
+static inline __attribute__((always_inline)) TARGET void
+tile_by_shape(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,
+              const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc,
+              ptrdiff_t mr, ptrdiff_t nr, const pynn_tile_update *update, const int packed)
+{
+#define TILE(rows, vectors) tile_kernel(k, a, a_row_step, a_k_step, b, b_k_step, c, ldc, \
+                                        mr, nr, update, packed, rows, vectors)
+    if (nr > 16) {
+        if (mr <= 4) TILE(4, 2); else if (mr <= 8) TILE(8, 2); else TILE(MR, 2);
+    } else {
+        if (mr <= 4) TILE(4, 1); else if (mr <= 8) TILE(8, 1); else TILE(MR, 1);
+    }
+#undef TILE
 }
 
 static TARGET void microkernel_avx512_12x32_packed(
@@ -108,7 +127,7 @@ static TARGET void microkernel_avx512_12x32_packed(
     const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc,
     ptrdiff_t mr, ptrdiff_t nr, const pynn_tile_update *update)
 {
-    tile_kernel(k, a, a_row_step, a_k_step, b, b_k_step, c, ldc, mr, nr, update, 1);
+    tile_by_shape(k, a, a_row_step, a_k_step, b, b_k_step, c, ldc, mr, nr, update, 1);
 }
 
 static TARGET void microkernel_avx512_12x32_strided(
@@ -116,7 +135,7 @@ static TARGET void microkernel_avx512_12x32_strided(
     const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc,
     ptrdiff_t mr, ptrdiff_t nr, const pynn_tile_update *update)
 {
-    tile_kernel(k, a, a_row_step, a_k_step, b, b_k_step, c, ldc, mr, nr, update, 0);
+    tile_by_shape(k, a, a_row_step, a_k_step, b, b_k_step, c, ldc, mr, nr, update, 0);
 }
 
 /* Four rows at a time share each load of v; the k tail is a masked load. */
