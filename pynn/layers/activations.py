@@ -1,0 +1,133 @@
+"""Activation layers over pynn.ops' kernels (contract in base.py)."""
+import numpy as np
+
+from pynn._checks import as_float32, as_real
+from pynn._kernels import activations as _kernels
+from pynn.layers.base import Layer
+from pynn.ops.activations import _axis_split, _gelu_kernel
+
+
+class _Activation(Layer):
+    """An element-wise activation; backward reads the saved input or output
+    (whichever the derivative needs, ``_saves``)."""
+    _kernel = None
+    _saves = "y"
+
+    def _parameter(self):
+        return 0.0
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def check_input(self, x):
+        return as_float32(x, type(self).__name__, "x")
+
+    def infer(self, x, out):
+        return _kernels.elementwise(self._kernel, x, None, out, self._parameter())
+
+    def forward(self, x, training=False):
+        x = self.check_input(x)
+        if not training:
+            return self.infer(x, np.empty(x.shape, dtype=np.float32))
+        y = self.infer(x, self.workspace("y", x.shape))
+        self._saved = x if self._saves == "x" else y
+        return y
+
+    def backward(self, dy, input_grad=True):
+        saved = getattr(self, "_saved", None)
+        name = type(self).__name__
+        if saved is None:
+            raise RuntimeError(f"{name}.backward: call forward(x, training=True) first")
+        dy = as_float32(dy, f"{name}.backward", "dy")
+        if dy.shape != saved.shape:
+            raise ValueError(f"{name}.backward: dy must have the forward output's shape "
+                             f"{saved.shape}, got {dy.shape}")
+        if not input_grad:
+            return None
+        return _kernels.elementwise(self._kernel + "_backward", dy, saved,
+                                    self.workspace("dx", dy.shape), self._parameter())
+
+
+class ReLU(_Activation):
+    """max(x, 0); backward masks by y > 0, which is x > 0."""
+    _kernel = "relu"
+
+
+class LeakyReLU(_Activation):
+    _kernel = "leaky_relu"
+    _saves = "x"
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = as_real(negative_slope, "LeakyReLU", "negative_slope")
+
+    def _parameter(self):
+        return self.negative_slope
+
+    def config(self):
+        return {"negative_slope": self.negative_slope}
+
+
+class Sigmoid(_Activation):
+    _kernel = "sigmoid"
+
+
+class Tanh(_Activation):
+    _kernel = "tanh"
+
+
+class GELU(_Activation):
+    _saves = "x"
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        self._kernel = _gelu_kernel(approximate, "GELU")
+        self.approximate = approximate
+
+    def config(self):
+        return {"approximate": self.approximate}
+
+
+class Softmax(Layer):
+    """softmax along ``axis``; backward dx = y (dy - Σ dy y)."""
+
+    def __init__(self, axis=-1):
+        super().__init__()
+        if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+            raise TypeError(f"Softmax: axis must be an integer, got {type(axis).__name__} {axis!r}")
+        self.axis = int(axis)
+        self._y = None
+
+    def config(self):
+        return {"axis": self.axis}
+
+    def output_shape(self, input_shape):
+        _axis_split(tuple(input_shape), self.axis, "Softmax")
+        return tuple(input_shape)
+
+    def check_input(self, x):
+        x = as_float32(x, "Softmax", "x")
+        self.output_shape(x.shape)
+        return x
+
+    def infer(self, x, out):
+        return _kernels.softmax(x, out, *_axis_split(x.shape, self.axis, "Softmax"), False)
+
+    def forward(self, x, training=False):
+        x = self.check_input(x)
+        if not training:
+            return self.infer(x, np.empty(x.shape, dtype=np.float32))
+        self._y = self.infer(x, self.workspace("y", x.shape))
+        return self._y
+
+    def backward(self, dy, input_grad=True):
+        if self._y is None:
+            raise RuntimeError("Softmax.backward: call forward(x, training=True) first")
+        dy = as_float32(dy, "Softmax.backward", "dy")
+        if dy.shape != self._y.shape:
+            raise ValueError(f"Softmax.backward: dy must have the forward output's shape "
+                             f"{self._y.shape}, got {dy.shape}")
+        if not input_grad:
+            return None
+        return _kernels.softmax_backward(dy, self._y, self.workspace("dx", dy.shape),
+                                         *_axis_split(dy.shape, self.axis, "Softmax"), False)

@@ -1,0 +1,258 @@
+"""Dense layers: Linear, Flatten, Dropout, Embedding (contract in base.py)."""
+import math
+
+import numpy as np
+
+from pynn import init
+from pynn._checks import as_count, as_float32, as_indices, as_real
+from pynn._kernels import activations as _activations
+from pynn._kernels import dense as _dense
+from pynn._kernels import gemm as _gemm
+from pynn.layers.base import Layer
+
+
+def _rows(x):
+    """A C-contiguous array as the 2-D view [every leading axis, last axis]."""
+    return x.reshape(int(np.prod(x.shape[:-1], dtype=np.int64)), x.shape[-1])
+
+
+def _saved(layer, name):
+    value = getattr(layer, name)
+    if value is None:
+        raise RuntimeError(f"{type(layer).__name__}.backward: call forward(x, training=True) first")
+    return value
+
+
+def _check_dy(layer, dy, shape):
+    dy = as_float32(dy, f"{type(layer).__name__}.backward", "dy")
+    if dy.shape != shape:
+        raise ValueError(f"{type(layer).__name__}.backward: dy must have the forward output's "
+                         f"shape {shape}, got {dy.shape}")
+    return dy
+
+
+class Linear(Layer):
+    """y = x Wᵀ + b over the last axis; weight [out_features, in_features].
+
+    ``activation`` (None or "relu") fuses a following ReLU into the GEMM's
+    epilogue: forward then returns relu(x Wᵀ + b) and backward expects
+    dL/d(that). A model sets it when it drops the ReLU layer that follows."""
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__()
+        self.in_features = as_count(in_features, "Linear", "in_features")
+        self.out_features = as_count(out_features, "Linear", "out_features")
+        if not isinstance(bias, (bool, np.bool_)):
+            raise TypeError(f"Linear: bias must be True or False, got {type(bias).__name__} {bias!r}")
+        self.activation = None
+        weight = np.empty((self.out_features, self.in_features), dtype=np.float32)
+        # PyTorch's default: kaiming_uniform(a=√5), i.e. U(±1/√fan_in), for both tensors
+        init.kaiming_uniform_(weight, a=math.sqrt(5))
+        self.params["weight"] = weight
+        self.grads["weight"] = np.zeros_like(weight)
+        if bias:
+            bound = 1.0 / math.sqrt(self.in_features)
+            self.params["bias"] = init.uniform_(np.empty(self.out_features, np.float32),
+                                                -bound, bound)
+            self.grads["bias"] = np.zeros(self.out_features, dtype=np.float32)
+        self._x = self._y = None
+
+    def config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": "bias" in self.params}
+
+    def output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        if not input_shape or input_shape[-1] != self.in_features:
+            raise ValueError(f"Linear: input must end in in_features={self.in_features}, "
+                             f"got shape {input_shape}")
+        return input_shape[:-1] + (self.out_features,)
+
+    def check_input(self, x):
+        x = as_float32(x, "Linear", "x")
+        self.output_shape(x.shape)
+        return x
+
+    def infer(self, x, out):
+        _gemm.matmul(_rows(x), self.params["weight"], _rows(out), False, True, 1.0, 0.0,
+                     self.params.get("bias"), None, self.activation == "relu")
+        return out
+
+    def forward(self, x, training=False):
+        x = self.check_input(x)
+        shape = self.output_shape(x.shape)
+        if not training:
+            return self.infer(x, np.empty(shape, dtype=np.float32))
+        self._x = x
+        self._y = self.infer(x, self.workspace("y", shape))
+        return self._y
+
+    def backward(self, dy, input_grad=True):
+        """dZ = dY (masked by y > 0 with a fused ReLU),  dW = dZᵀ X,  db = Σ_rows dZ,  dX = dZ W."""
+        x, y = _saved(self, "_x"), _saved(self, "_y")
+        dz = _rows(_check_dy(self, dy, y.shape))
+        dbias = self.grads.get("bias") if self.trainable else None
+        if self.activation == "relu":
+            dz = _dense.relu_mask_column_sums(dz, _rows(y), self.workspace("dz", dz.shape), dbias)
+        elif dbias is not None:
+            _dense.column_sums(dz, dbias)
+        weight = self.params["weight"]
+        if self.trainable:
+            _gemm.matmul(dz, _rows(x), self.grads["weight"], True, False, 1.0, 0.0)
+        if not input_grad:
+            return None
+        dx = self.workspace("dx", x.shape)
+        _gemm.matmul(dz, weight, _rows(dx), False, False, 1.0, 0.0)
+        return dx
+
+
+class Flatten(Layer):
+    """Merges axes start_dim..end_dim into one (a view, no copy)."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        for name, value in (("start_dim", start_dim), ("end_dim", end_dim)):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"Flatten: {name} must be an integer, got {type(value).__name__} {value!r}")
+        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
+        self._input_shape = None
+
+    def config(self):
+        return {"start_dim": self.start_dim, "end_dim": self.end_dim}
+
+    def output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        ndim = max(len(input_shape), 1)
+        start = self.start_dim + ndim if self.start_dim < 0 else self.start_dim
+        end = self.end_dim + ndim if self.end_dim < 0 else self.end_dim
+        if not (0 <= start < ndim and 0 <= end < ndim) or start > end:
+            raise ValueError(f"Flatten: start_dim={self.start_dim}, end_dim={self.end_dim} do not "
+                             f"fit an input of shape {input_shape}")
+        if not input_shape:
+            return (1,)
+        merged = int(np.prod(input_shape[start:end + 1], dtype=np.int64))
+        return input_shape[:start] + (merged,) + input_shape[end + 1:]
+
+    def check_input(self, x):
+        x = as_float32(x, "Flatten", "x")
+        self.output_shape(x.shape)
+        return x
+
+    def infer(self, x, out):
+        return x.reshape(out.shape)
+
+    def forward(self, x, training=False):
+        x = self.check_input(x)
+        if training:
+            self._input_shape = x.shape
+        return x.reshape(self.output_shape(x.shape))
+
+    def backward(self, dy, input_grad=True):
+        shape = _saved(self, "_input_shape")
+        dy = as_float32(dy, "Flatten.backward", "dy")
+        expected = self.output_shape(shape)
+        if dy.shape != expected:
+            raise ValueError(f"Flatten.backward: dy must have shape {expected}, got {dy.shape}")
+        return dy.reshape(shape) if input_grad else None
+
+
+def _generator_from(seed, where):
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is None:  # drawn from pynn.init's generator, so manual_seed fixes it
+        return np.random.default_rng(init.default_generator().integers(2 ** 63))
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise TypeError(f"{where}: seed must be a non-negative int or a numpy.random.Generator, "
+                        f"got {type(seed).__name__} {seed!r}")
+    return np.random.default_rng(int(seed))
+
+
+class Dropout(Layer):
+    """Zeroes each element with probability p in training and scales the
+    survivors by 1 / (1 - p) (inverted dropout); the identity at inference."""
+
+    def __init__(self, p=0.5, seed=None):
+        super().__init__()
+        p = as_real(p, "Dropout", "p")
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        self.p = p
+        self.seed = seed if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) else None
+        self.generator = _generator_from(seed, "Dropout")
+        self._draws = None
+
+    def reseed(self, seed):
+        """Restart the mask stream from ``seed`` (an int or a Generator)."""
+        self.generator = _generator_from(seed, "Dropout.reseed")
+
+    def config(self):
+        return {"p": self.p} if self.seed is None else {"p": self.p, "seed": int(self.seed)}
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def check_input(self, x):
+        return as_float32(x, "Dropout", "x")
+
+    def infer(self, x, out):
+        return x
+
+    def forward(self, x, training=False):
+        x = self.check_input(x)
+        if not training:
+            return x
+        draws = self.workspace("draws", x.shape)
+        self.generator.random(dtype=np.float32, out=draws)
+        self._draws = draws
+        return _activations.elementwise("dropout", x, draws, self.workspace("y", x.shape), self.p)
+
+    def backward(self, dy, input_grad=True):
+        """dx = dy [draw >= p] / (1 - p): the forward's mask."""
+        draws = _saved(self, "_draws")
+        dy = _check_dy(self, dy, draws.shape)
+        if not input_grad:
+            return None
+        return _activations.elementwise("dropout", dy, draws, self.workspace("dx", dy.shape), self.p)
+
+
+class Embedding(Layer):
+    """Rows of a [num_embeddings, embedding_dim] table picked by integer
+    indices of any shape: output indices.shape + (embedding_dim,)."""
+
+    def __init__(self, num_embeddings, embedding_dim):
+        super().__init__()
+        self.num_embeddings = as_count(num_embeddings, "Embedding", "num_embeddings")
+        self.embedding_dim = as_count(embedding_dim, "Embedding", "embedding_dim")
+        weight = np.empty((self.num_embeddings, self.embedding_dim), dtype=np.float32)
+        self.params["weight"] = init.normal_(weight)  # PyTorch's default: N(0, 1)
+        self.grads["weight"] = np.zeros_like(weight)
+        self._indices = None
+
+    def config(self):
+        return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim}
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape) + (self.embedding_dim,)
+
+    def check_input(self, x):
+        return as_indices(x, "Embedding", "indices")
+
+    def infer(self, x, out):
+        return _dense.embedding_gather(self.params["weight"], x, out)
+
+    def forward(self, x, training=False):
+        indices = self.check_input(x)
+        shape = self.output_shape(indices.shape)
+        out = self.workspace("y", shape) if training else np.empty(shape, dtype=np.float32)
+        self.infer(indices, out)
+        if training:
+            self._indices = indices
+        return out
+
+    def backward(self, dy, input_grad=True):
+        """dW[i] = Σ of dy over the positions holding index i; indices get no gradient."""
+        indices = _saved(self, "_indices")
+        dy = _check_dy(self, dy, self.output_shape(indices.shape))
+        if self.trainable:
+            _dense.embedding_scatter_add(dy, indices, self.grads["weight"])
+        return None
