@@ -1,8 +1,8 @@
 /* Portable GEMM kernels: plain C for any CPU (aarch64 wheels, PYNN_ISA=generic).
  *
- * Register tile 4 x 8: 32 accumulators are eight 128-bit vectors when the
- * compiler vectorises the column loop for the baseline ISA (SSE2 has 16
- * registers, NEON 32), leaving room for the B row and the broadcast of A.
+ * Register tile 4 x 8: the 32 accumulators are eight 4-float vectors (GCC/Clang
+ * vector extensions, so SSE2 or NEON without intrinsics), which with the B
+ * row and the broadcast of A fit the 16 registers of SSE2 (NEON has 32).
  * Blocks: KC = 256 keeps the 8 KiB B micro-panel in L1, MC = 128 the 128 KiB
  * A block in any L2, NC = 4096 the B panel in a last-level cache. */
 #include <string.h>
@@ -11,30 +11,49 @@
 
 enum { MR = 4, NR = 8 };
 
+/* Four floats as one value: GCC and Clang map it to SSE or NEON registers. */
+typedef float float4 __attribute__((vector_size(16)));
+
+static float4 load4(const float *p)
+{
+    float4 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
 static void microkernel_generic_4x8(ptrdiff_t k,
                                     const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,
                                     const float *b, ptrdiff_t b_k_step,
                                     float *c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr,
                                     const pynn_tile_update *update)
 {
-    float acc[MR][NR] = {{0.0f}};
+    float4 acc[MR][2];
     float b_row[NR] = {0.0f};
     ptrdiff_t row[MR];
-    for (int i = 0; i < MR; i++)
+    for (int i = 0; i < MR; i++) {
+        acc[i][0] = acc[i][1] = (float4){0.0f, 0.0f, 0.0f, 0.0f};
         row[i] = (i < mr ? i : mr - 1) * a_row_step;
+    }
     for (ptrdiff_t p = 0; p < k; p++, a += a_k_step, b += b_k_step) {
-        /* Copy so that columns past nr are zeros rather than reads past B. */
-        memcpy(b_row, b, (size_t)nr * sizeof(float));
+        const float *b_use = b;
+        if (nr < NR) {  /* a copy whose columns past nr are zeros, not reads past B */
+            for (ptrdiff_t j = 0; j < nr; j++) b_row[j] = b[j];
+            b_use = b_row;
+        }
+        const float4 b0 = load4(b_use), b1 = load4(b_use + 4);
         for (int i = 0; i < MR; i++) {
             const float ai = a[row[i]];
-            for (int j = 0; j < NR; j++)
-                acc[i][j] += ai * b_row[j];
+            const float4 av = {ai, ai, ai, ai};
+            acc[i][0] += av * b0;
+            acc[i][1] += av * b1;
         }
     }
     for (ptrdiff_t i = 0; i < mr; i++) {
         float *ci = c + i * ldc;
+        float sums[NR];
+        memcpy(sums, acc[i], sizeof sums);
         for (ptrdiff_t j = 0; j < nr; j++) {
-            float v = update->alpha * acc[i][j];
+            float v = update->alpha * sums[j];
             if (update->beta != 0.0f) v += update->beta * ci[j];
             if (update->col_bias) v += update->col_bias[j];
             if (update->row_bias) v += update->row_bias[i];
