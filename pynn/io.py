@@ -5,6 +5,7 @@ Reading never executes anything from the file: the header is JSON, checked
 field by field (sizes, offsets, dtypes, shapes) before the safetensors package
 decodes the tensors, and an architecture names layer types that are looked up
 in ``LAYER_TYPES``, never imported. Every defect raises ``ModelFormatError``."""
+import collections
 import contextlib
 import json
 import math
@@ -26,6 +27,7 @@ _DTYPES = {
 }
 _TENSOR_FIELDS = {"dtype", "shape", "data_offsets"}
 MODEL_FORMAT = "pynn.Sequential"
+LoadResult = collections.namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
 
 
 class ModelFormatError(ValueError):
@@ -183,7 +185,7 @@ def _check_layout(header, data_length, path):
 # -- models -------------------------------------------------------------------
 # Constructor arguments that never enlarge a layer's tensors; every other
 # positive integer (features, channels, kernel extents, embeddings) may.
-_NON_SIZING_ARGUMENTS = {"stride", "padding", "dilation", "groups"}
+_NON_SIZING_ARGUMENTS = {"stride", "padding", "dilation", "groups", "seed"}
 # Before building an architecture, the tensors it claims are bounded by this
 # many times the values the file holds (plus a floor for small models), so a
 # 1 KiB file cannot make the loader allocate terabytes.
@@ -213,15 +215,15 @@ def load(path):
     return model
 
 
+def _is_size(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def _sizing_product(value):
-    """Product of the positive integers in a config value (lists included)."""
-    if isinstance(value, bool):
-        return 1
-    if isinstance(value, int):
-        return value if value > 0 else 1
+    """Product of the positive integers in a config value, an (h, w) pair included."""
     if isinstance(value, list):
-        return math.prod(_sizing_product(item) for item in value)
-    return 1
+        return math.prod(item for item in value if _is_size(item))
+    return value if _is_size(value) else 1
 
 
 def build_model(metadata, tensors, path):
@@ -244,7 +246,7 @@ def build_model(metadata, tensors, path):
                 and isinstance(entry["type"], str) and isinstance(entry["config"], dict)):
             raise ModelFormatError(f"{path}: layer {index} must be {{\"type\": name, \"config\": "
                                    f"{{...}}}}, got {entry!r:.200}")
-        if entry["type"] not in LAYER_TYPES:
+        if entry["type"] not in LAYER_TYPES or entry["type"].startswith("_"):
             raise ModelFormatError(f"{path}: layer {index} has unknown layer type {entry['type']!r:.60}")
         claimed += math.prod(_sizing_product(value) for key, value in entry["config"].items()
                              if key not in _NON_SIZING_ARGUMENTS)
@@ -255,14 +257,18 @@ def build_model(metadata, tensors, path):
     for index, entry in enumerate(architecture):
         try:
             layers.append(LAYER_TYPES[entry["type"]](**entry["config"]))
-        except (TypeError, ValueError, OverflowError, MemoryError) as error:
+        except Exception as error:  # trusted constructors, hostile arguments
             raise ModelFormatError(f"{path}: layer {index} ({entry['type']}) cannot be built "
                                    f"from {entry['config']!r:.200}: {error}") from None
     return Sequential(*layers)
 
 
 def _load_state(model, tensors, path, strict):
-    model.load_state_dict(_matching_state(model, tensors, path, strict), strict=False)
+    state = _matching_state(model, tensors, path, strict)
+    model.load_state_dict(state, strict=False)
+    live = model.state_dict()
+    return LoadResult([key for key in live if key not in tensors],
+                      sorted(key for key in tensors if key not in live))
 
 
 def _matching_state(model, tensors, path, strict):
@@ -270,7 +276,7 @@ def _matching_state(model, tensors, path, strict):
     kinds of every one: all disagreements are reported at once."""
     live = model.state_dict()
     missing = [key for key in live if key not in tensors]
-    unexpected = [key for key in tensors if key not in live]
+    unexpected = sorted(key for key in tensors if key not in live)
     misfits = []
     for key, target in live.items():
         value = tensors.get(key)
@@ -294,10 +300,10 @@ def load_weights(model, path, strict=True):
     safetensors file (one written by ``safetensors.torch.save_file(
     torch_sequential.state_dict(), path)`` included). With ``strict``, missing
     and unexpected keys are errors; wrong shapes always are. Every problem is
-    listed in one ``ModelFormatError`` and the model is left untouched."""
+    listed in one ``ModelFormatError`` and the model is left untouched.
+    Returns ``(missing_keys, unexpected_keys)``, as PyTorch's load_state_dict."""
     tensors, _ = read_tensors(path)
-    _load_state(model, tensors, path, strict)
-    return model
+    return _load_state(model, tensors, path, strict)
 
 
 # -- checkpoints ----------------------------------------------------------------

@@ -103,45 +103,249 @@ def test_short_and_missing_files(tmp_path):
 
 
 # -- a crash while saving never leaves a damaged file -----------------------------------
+# One helper process imports pynn once, then forks a saver per round that
+# writes two versions of different sizes in a loop (a torn write could pass
+# for neither); the test SIGKILLs each saver at a random moment.
 SAVER = textwrap.dedent("""
-    import sys
+    import os, sys
     import numpy as np
     from pynn.io import save_tensors
 
     path = sys.argv[1]
-    # two versions of different sizes, so a torn write could not pass for either
     versions = [{"w": np.full(n, value, np.float32)} for n, value in ((150_000, 1.0), (90_000, 2.0))]
-    count = 0
-    while True:
-        save_tensors(path, versions[count % 2], {"version": str(count % 2)})
-        count += 1
-        if count == 1:
-            print("saving", flush=True)
+    for _ in sys.stdin:
+        pid = os.fork()
+        if pid == 0:
+            count = 0
+            while True:
+                save_tensors(path, versions[count % 2], {"version": str(count % 2)})
+                count += 1
+                if count == 1:
+                    print("saving", flush=True)
+        print(pid, flush=True)
+        os.waitpid(pid, 0)
 """)
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_sigkill_while_saving_never_leaves_an_unreadable_file(tmp_path):
     path = tmp_path / "model.safetensors"
     save_tensors(path, {"w": np.zeros(3, np.float32)}, {"version": "initial"})
     rng = np.random.default_rng(0)
     expected = {"initial": (3, 0.0), "0": (150_000, 1.0), "1": (90_000, 2.0)}
     seen = set()
-    for _ in range(50):
-        child = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], stdout=subprocess.PIPE)
-        try:
-            assert child.stdout.readline() == b"saving\n"
+    helper = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        for _ in range(50):
+            helper.stdin.write("go\n")
+            helper.stdin.flush()
+            saver = int(helper.stdout.readline())
+            assert helper.stdout.readline() == "saving\n"
             time.sleep(rng.uniform(0.0, 0.02))
-        finally:
-            child.send_signal(signal.SIGKILL)
-            child.wait()
-            child.stdout.close()
-        tensors, metadata = read_tensors(path)
-        size, value = expected[metadata["version"]]
-        assert tensors["w"].shape == (size,) and np.all(tensors["w"] == value)
-        seen.add(metadata["version"])
+            os.kill(saver, signal.SIGKILL)
+            tensors, metadata = read_tensors(path)
+            size, value = expected[metadata["version"]]
+            assert tensors["w"].shape == (size,) and np.all(tensors["w"] == value)
+            seen.add(metadata["version"])
+    finally:
+        helper.kill()
+        helper.wait()
     assert seen >= {"0", "1"}  # both versions were caught as the last complete save
+    # kills landed inside writes: their temporary files are the only debris
+    debris = [name for name in os.listdir(tmp_path) if name != "model.safetensors"]
+    assert debris and all(name.startswith(".model.safetensors.") and name.endswith(".tmp") for name in debris)
 
 
 def test_public_names():
     assert pynn.ModelFormatError is ModelFormatError and issubclass(ModelFormatError, ValueError)
     assert callable(pynn.load) and callable(pynn.save_checkpoint) and callable(pynn.load_checkpoint)
+
+
+# -- models -------------------------------------------------------------------------
+def small_model(seed=0):
+    from pynn import Sequential
+    from pynn.layers import Dropout, Linear, ReLU, Tanh
+
+    model = Sequential(Linear(64, 32), Tanh(), Dropout(0.25, seed=3), Linear(32, 16, bias=False),
+                       ReLU(), Linear(16, 10))
+    rng = np.random.default_rng(seed)
+    for array in model.state_dict().values():
+        array[...] = rng.uniform(-1.0, 1.0, array.shape)
+    return model
+
+
+def test_model_round_trip_is_bit_identical(tmp_path):
+    model = small_model()
+    path = tmp_path / "model.safetensors"
+    model.save(path)
+    loaded = pynn.load(path)
+    assert [type(layer) for layer in loaded] == [type(layer) for layer in model]
+    assert [layer.config() for layer in loaded] == [layer.config() for layer in model]
+    assert list(loaded.state_dict()) == list(model.state_dict())
+    for key, array in model.state_dict().items():
+        assert loaded.state_dict()[key].dtype == array.dtype
+        assert loaded.state_dict()[key].tobytes() == array.tobytes(), key
+    x = pynn.datasets.load_digits()[0][:50]
+    assert loaded.predict(x).tobytes() == model.predict(x).tobytes()
+    _, metadata = read_tensors(path)
+    assert metadata["pynn_version"] == pynn.__version__ and metadata["format"] == "pynn.Sequential"
+    assert json.loads(metadata["architecture"])[2] == {"type": "Dropout", "config": {"p": 0.25, "seed": 3}}
+    assert os.listdir(tmp_path) == ["model.safetensors"]
+
+
+def test_buffers_round_trip_with_their_dtype(tmp_path):
+    layers = pytest.importorskip("pynn.layers")
+    if not hasattr(layers, "BatchNorm1d"):
+        pytest.skip("pynn.layers.BatchNorm1d is not built yet")
+    model = pynn.Sequential(layers.Linear(8, 4), layers.BatchNorm1d(4))
+    model.forward(np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32), training=True)
+    path = tmp_path / "bn.safetensors"
+    model.save(path)
+    loaded = pynn.load(path)
+    for key, array in model.state_dict().items():
+        assert loaded.state_dict()[key].dtype == array.dtype, key
+        assert loaded.state_dict()[key].tobytes() == array.tobytes(), key
+    assert loaded.state_dict()["1.num_batches_tracked"].dtype == np.int64
+
+
+def test_save_overwrites_atomically_and_loads_latest(tmp_path):
+    path = tmp_path / "model.safetensors"
+    small_model(seed=1).save(path)
+    second = small_model(seed=2)
+    second.save(path)
+    assert pynn.load(path).state_dict()["0.weight"].tobytes() == second.state_dict()["0.weight"].tobytes()
+    assert os.listdir(tmp_path) == ["model.safetensors"]
+
+
+def test_load_weights_reports_every_mismatch_and_changes_nothing(tmp_path):
+    from pynn import Sequential
+    from pynn.layers import Linear, ReLU
+
+    path = tmp_path / "model.safetensors"
+    small_model().save(path)
+    other = Sequential(Linear(64, 16), ReLU(), Linear(16, 10, bias=False))
+    before = {key: array.copy() for key, array in other.state_dict().items()}
+    with pytest.raises(ModelFormatError) as caught:
+        other.load_weights(path)
+    message = str(caught.value)
+    for fragment in ("missing keys: 2.weight;", "unexpected keys: 3.weight, 5.bias, 5.weight;",
+                     "0.weight (expected shape (16, 64), got (32, 64))",
+                     "0.bias (expected shape (16,), got (32,))", str(path)):
+        assert fragment in message, (fragment, message)
+    for key, array in other.state_dict().items():
+        assert array.tobytes() == before[key].tobytes()
+
+
+def test_load_weights_non_strict_loads_the_matching_keys(tmp_path):
+    from pynn import Sequential
+    from pynn.layers import Linear
+
+    path = tmp_path / "w.safetensors"
+    save_tensors(path, {"0.weight": np.ones((3, 2), np.float64), "9.extra": np.zeros(1, np.float32)}, {})
+    model = Sequential(Linear(2, 3))
+    result = model.load_weights(path, strict=False)
+    assert result.missing_keys == ["0.bias"] and result.unexpected_keys == ["9.extra"]
+    assert model[0].params["weight"].dtype == np.float32 and np.all(model[0].params["weight"] == 1.0)
+    with pytest.raises(ModelFormatError, match="missing keys: 0.bias; unexpected keys: 9.extra"):
+        model.load_weights(path)
+    save_tensors(path, {"0.weight": np.ones((3, 2), np.int32), "0.bias": np.ones(3, np.float32)}, {})
+    with pytest.raises(ModelFormatError, match=r"0.weight \(expected float32 values, got int32\)"):
+        model.load_weights(path)
+
+
+def tampered(tmp_path, change):
+    """A saved model file whose architecture JSON went through ``change``."""
+    path = tmp_path / "model.safetensors"
+    small_model().save(path)
+    tensors, metadata = read_tensors(path)
+    metadata["architecture"] = change(json.loads(metadata["architecture"]))
+    save_tensors(path, tensors, metadata)
+    return path
+
+
+def replace_layer(index, entry):
+    def change(architecture):
+        architecture[index] = entry
+        return json.dumps(architecture)
+    return change
+
+
+@pytest.mark.parametrize("change,message", [
+    (replace_layer(1, {"type": "os.system", "config": {}}), "layer 1 has unknown layer type 'os.system'"),
+    (replace_layer(1, {"type": "Layer", "config": {}}), "unknown layer type 'Layer'"),
+    (replace_layer(1, {"type": "_Activation", "config": {}}), "unknown layer type '_Activation'"),
+    (replace_layer(1, ["Tanh"]), "layer 1 must be"),
+    (replace_layer(0, {"type": "Linear", "config": {"in_features": 64, "out_features": 32, "x": 1}}),
+     r"layer 0 \(Linear\) cannot be built"),
+    (replace_layer(0, {"type": "Linear", "config": {"in_features": -64, "out_features": 32}}),
+     r"layer 0 \(Linear\) cannot be built"),
+    (replace_layer(0, {"type": "Linear", "config": {"in_features": 2**40, "out_features": 2**40}}),
+     "claims tensors of about"),
+    (replace_layer(0, {"type": "Linear", "config": {"in_features": 64, "out_features": 33}}),
+     r"0.weight \(expected shape \(33, 64\), got \(32, 64\)\)"),
+    (replace_layer(3, {"type": "Linear", "config": {"in_features": 32, "out_features": 16}}),
+     "missing keys: 3.bias"),
+    (lambda architecture: json.dumps(architecture[:-1]), "unexpected keys: 5.bias, 5.weight"),
+    (lambda architecture: "[{", "the architecture is not valid JSON"),
+    (lambda architecture: json.dumps({"layers": architecture}), "must be a JSON list"),
+])
+def test_load_refuses_bad_architectures(tmp_path, change, message):
+    path = tampered(tmp_path, change)
+    with pytest.raises(ModelFormatError, match=message):
+        pynn.load(path)
+
+
+def test_load_refuses_files_that_are_not_pynn_models(tmp_path):
+    path = tmp_path / "plain.safetensors"
+    save_tensors(path, {"0.weight": np.zeros((2, 2), np.float32)}, {"format": "pt"})
+    with pytest.raises(ModelFormatError, match="not a pynn model file.*load_weights"):
+        pynn.load(path)
+
+
+def torch_pair():
+    torch = pytest.importorskip("torch")
+    from pynn import Sequential
+    from pynn.layers import Linear, ReLU, Tanh
+
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 16),
+                                    torch.nn.ReLU(), torch.nn.Linear(16, 10)).eval()
+    model = Sequential(Linear(64, 32), Tanh(), Linear(32, 16), ReLU(), Linear(16, 10))
+    return torch, reference, model
+
+
+def test_load_weights_from_a_pytorch_safetensors_file(tmp_path):
+    torch, reference, model = torch_pair()
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "torch.safetensors"
+    save_file(reference.state_dict(), str(path))
+    model.load_weights(path)
+    for key, tensor in reference.state_dict().items():
+        assert model.state_dict()[key].tobytes() == tensor.numpy().tobytes(), key
+    x = pynn.datasets.load_digits()[0][:200]
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(x)).numpy()
+    actual = model.predict(x)
+    np.testing.assert_array_equal(np.argmax(actual, axis=1), np.argmax(expected, axis=1))
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+    # and back: PyTorch reads pynn's file by the same keys
+    model.save(tmp_path / "pynn.safetensors")
+    reference.load_state_dict(load_file(str(tmp_path / "pynn.safetensors")))
+
+
+def test_pytorch_file_with_another_architecture_is_refused_whole(tmp_path):
+    torch, reference, _ = torch_pair()
+    from safetensors.torch import save_file
+    from pynn import Sequential
+    from pynn.layers import Linear, ReLU
+
+    path = tmp_path / "torch.safetensors"
+    save_file(reference.state_dict(), str(path))
+    model = Sequential(Linear(64, 32), ReLU(), Linear(32, 10))
+    before = model[0].params["weight"].copy()
+    with pytest.raises(ModelFormatError, match=r"unexpected keys: 4.bias, 4.weight; mismatched tensors: "
+                                               r"2.weight \(expected shape \(10, 32\), got \(16, 32\)\)"):
+        model.load_weights(path)
+    assert model[0].params["weight"].tobytes() == before.tobytes()

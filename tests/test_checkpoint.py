@@ -1,0 +1,105 @@
+"""A run resumed from a checkpoint ends bit-identical to an uninterrupted one."""
+import numpy as np
+import pytest
+
+import pynn
+from pynn import ModelFormatError, Sequential
+from pynn.layers import Dropout, Linear, ReLU
+from pynn.losses import CrossEntropyLoss
+from pynn.optim import SGD, Adam
+from pynn.optim.lr_scheduler import StepLR
+
+EPOCHS, SPLIT = 6, 3
+
+
+def data():
+    x, y = pynn.datasets.load_digits()
+    return x[:300], y[:300]
+
+
+def build(init_seed):
+    """The same architecture; ``init_seed`` sets the starting weights, so a
+    resumed run must get everything from the checkpoint."""
+    rng = np.random.default_rng(init_seed)
+    model = Sequential(Linear(64, 32), ReLU(), Dropout(0.2, seed=0), Linear(32, 10))
+    for name, array in model.state_dict().items():
+        array[...] = rng.uniform(-0.3, 0.3, array.shape)
+    optimizer = Adam(model, lr=3e-3)
+    return model, optimizer, StepLR(optimizer, step_size=2, gamma=0.5)
+
+
+def run_epochs(model, optimizer, scheduler, rng, first, last):
+    """One epoch = our own shuffle (rng) + fit without reseeding, so the
+    Dropout generator carries on from where it was."""
+    x, y = data()
+    for _ in range(first, last):
+        order = rng.permutation(len(x))
+        model.fit(x[order], y[order], loss=CrossEntropyLoss(), optimizer=optimizer,
+                  epochs=1, batch_size=64, shuffle=False, verbose=False)
+        scheduler.step()
+
+
+def test_resumed_run_is_bit_identical(tmp_path):
+    model, optimizer, scheduler = build(init_seed=1)
+    rng = np.random.default_rng(42)
+    run_epochs(model, optimizer, scheduler, rng, 0, EPOCHS)
+
+    first, first_optimizer, first_scheduler = build(init_seed=1)
+    first_rng = np.random.default_rng(42)
+    run_epochs(first, first_optimizer, first_scheduler, first_rng, 0, SPLIT)
+    path = tmp_path / "checkpoint.safetensors"
+    pynn.save_checkpoint(path, first, first_optimizer, epoch=SPLIT, scheduler=first_scheduler, rng=first_rng)
+
+    resumed, resumed_optimizer, resumed_scheduler = build(init_seed=2)
+    resumed_rng = np.random.default_rng(0)
+    epoch = pynn.load_checkpoint(path, resumed, resumed_optimizer, scheduler=resumed_scheduler, rng=resumed_rng)
+    assert epoch == SPLIT
+    run_epochs(resumed, resumed_optimizer, resumed_scheduler, resumed_rng, epoch, EPOCHS)
+
+    for key, array in model.state_dict().items():
+        assert resumed.state_dict()[key].tobytes() == array.tobytes(), key
+    assert resumed_optimizer.lr == optimizer.lr
+    for name, entry in optimizer.state.items():
+        for slot, value in entry.items():
+            assert np.asarray(resumed_optimizer.state[name][slot]).tobytes() == np.asarray(value).tobytes()
+    # and the resumed run really needed the checkpoint: without it the weights differ
+    stale, stale_optimizer, stale_scheduler = build(init_seed=2)
+    run_epochs(stale, stale_optimizer, stale_scheduler, np.random.default_rng(0), SPLIT, EPOCHS)
+    assert stale.state_dict()["0.weight"].tobytes() != model.state_dict()["0.weight"].tobytes()
+
+
+def test_sgd_momentum_checkpoint_round_trip(tmp_path):
+    model = Sequential(Linear(64, 10))
+    optimizer = SGD(model, lr=0.05, momentum=0.9, nesterov=True)
+    x, y = data()
+    model.fit(x, y, loss=CrossEntropyLoss(), optimizer=optimizer, epochs=1, seed=3, verbose=False)
+    path = tmp_path / "sgd.safetensors"
+    pynn.save_checkpoint(path, model, optimizer, epoch=1)
+    other = Sequential(Linear(64, 10))
+    other_optimizer = SGD(other, lr=0.5)
+    assert pynn.load_checkpoint(path, other, other_optimizer) == 1
+    assert other_optimizer.momentum == 0.9 and other_optimizer.nesterov is True and other_optimizer.lr == 0.05
+    model.fit(x, y, loss=CrossEntropyLoss(), optimizer=optimizer, epochs=1, seed=4, verbose=False)
+    other.fit(x, y, loss=CrossEntropyLoss(), optimizer=other_optimizer, epochs=1, seed=4, verbose=False)
+    assert other.state_dict()["0.weight"].tobytes() == model.state_dict()["0.weight"].tobytes()
+
+
+def test_mismatched_checkpoints_change_nothing(tmp_path):
+    model, optimizer, scheduler = build(init_seed=1)
+    path = tmp_path / "c.safetensors"
+    pynn.save_checkpoint(path, model, optimizer, epoch=0, scheduler=scheduler)
+    other = Sequential(Linear(64, 16), ReLU(), Dropout(0.2, seed=0), Linear(16, 10))
+    other_optimizer = Adam(other)
+    before = {key: array.copy() for key, array in other.state_dict().items()}
+    with pytest.raises(ModelFormatError, match="0.weight.*expected shape"):
+        pynn.load_checkpoint(path, other, other_optimizer, scheduler=StepLR(other_optimizer, 2))
+    for key, array in other.state_dict().items():
+        assert array.tobytes() == before[key].tobytes()
+    same, same_optimizer, _ = build(init_seed=2)
+    with pytest.raises(ModelFormatError, match="scheduler"):
+        pynn.load_checkpoint(path, same, same_optimizer)  # saved with a scheduler
+    with pytest.raises(ModelFormatError, match="holds Adam state, the optimizer is SGD"):
+        pynn.load_checkpoint(path, same, SGD(same, lr=0.1), scheduler=scheduler)
+    model.save(tmp_path / "model.safetensors")
+    with pytest.raises(ModelFormatError, match="not a pynn checkpoint"):
+        pynn.load_checkpoint(tmp_path / "model.safetensors", same, same_optimizer)
