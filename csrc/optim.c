@@ -11,17 +11,10 @@
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
 ALWAYS_INLINE void sgd_range(ptrdiff_t n, float *restrict p, const float *restrict g,
-                             float *restrict b, float lr, float mu, float wd,
-                             int nesterov, int first_step)
+                             float *restrict b, float lr, float mu, float wd, int nesterov)
 {
     if (mu == 0.0f) {
         for (ptrdiff_t i = 0; i < n; i++) p[i] -= lr * (g[i] + wd * p[i]);
-    } else if (first_step) {
-        for (ptrdiff_t i = 0; i < n; i++) {
-            float d = g[i] + wd * p[i];
-            b[i] = d;
-            p[i] -= lr * (nesterov ? d + mu * d : d);
-        }
     } else if (nesterov) {
         for (ptrdiff_t i = 0; i < n; i++) {
             float d = g[i] + wd * p[i];
@@ -55,13 +48,13 @@ ALWAYS_INLINE void adam_range(ptrdiff_t n, float *restrict p, const float *restr
     }
 }
 
-typedef void (*sgd_fn)(ptrdiff_t, float *, const float *, float *, float, float, float, int, int);
+typedef void (*sgd_fn)(ptrdiff_t, float *, const float *, float *, float, float, float, int);
 typedef void (*adam_fn)(ptrdiff_t, float *, const float *, float *, float *, float, float,
                         float, float, float, float, float);
 
 static void sgd_generic(ptrdiff_t n, float *p, const float *g, float *b, float lr, float mu,
-                        float wd, int nesterov, int first_step)
-{ sgd_range(n, p, g, b, lr, mu, wd, nesterov, first_step); }
+                        float wd, int nesterov)
+{ sgd_range(n, p, g, b, lr, mu, wd, nesterov); }
 
 static void adam_generic(ptrdiff_t n, float *p, const float *g, float *m, float *v, float decay,
                          float grad_wd, float b1, float b2, float eps,
@@ -71,8 +64,8 @@ static void adam_generic(ptrdiff_t n, float *p, const float *g, float *m, float 
 #if defined(PYNN_X86_64)
 __attribute__((target("avx2,fma")))
 static void sgd_avx2(ptrdiff_t n, float *p, const float *g, float *b, float lr, float mu,
-                     float wd, int nesterov, int first_step)
-{ sgd_range(n, p, g, b, lr, mu, wd, nesterov, first_step); }
+                     float wd, int nesterov)
+{ sgd_range(n, p, g, b, lr, mu, wd, nesterov); }
 
 __attribute__((target("avx2,fma")))
 static void adam_avx2(ptrdiff_t n, float *p, const float *g, float *m, float *v, float decay,
@@ -82,8 +75,8 @@ static void adam_avx2(ptrdiff_t n, float *p, const float *g, float *m, float *v,
 
 __attribute__((target("avx512f")))
 static void sgd_avx512(ptrdiff_t n, float *p, const float *g, float *b, float lr, float mu,
-                       float wd, int nesterov, int first_step)
-{ sgd_range(n, p, g, b, lr, mu, wd, nesterov, first_step); }
+                       float wd, int nesterov)
+{ sgd_range(n, p, g, b, lr, mu, wd, nesterov); }
 
 __attribute__((target("avx512f")))
 static void adam_avx512(ptrdiff_t n, float *p, const float *g, float *m, float *v, float decay,
@@ -114,7 +107,7 @@ static adam_fn choose_adam(pynn_isa isa)
 
 void pynn_sgd_step(const pynn_context *ctx, ptrdiff_t n, float *param, const float *grad,
                    float *momentum_buffer, float lr, float momentum, float weight_decay,
-                   int nesterov, int first_step)
+                   int nesterov)
 {
     sgd_fn step = choose_sgd(ctx->isa);
     ptrdiff_t chunks = (n + CHUNK - 1) / CHUNK;
@@ -125,7 +118,7 @@ void pynn_sgd_step(const pynn_context *ctx, ptrdiff_t n, float *param, const flo
         ptrdiff_t start = c * CHUNK, count = n - start < CHUNK ? n - start : CHUNK;
         step(count, param + start, grad + start,
              momentum_buffer ? momentum_buffer + start : NULL,
-             lr, momentum, weight_decay, nesterov, first_step);
+             lr, momentum, weight_decay, nesterov);
     }
 }
 

@@ -1,8 +1,9 @@
 /* Optimizer updates: one fused pass over a parameter, its gradient and its
  * state, following torch.optim's single-tensor (foreach=False) formulas.
  *
- * SGD (dampening 0):
- *   d = g + wd p;  b = d on the first step, else b = mu b + d;
+ * SGD (dampening 0; b starts at zero, so the first step gives b = d exactly,
+ * PyTorch's first-step rule):
+ *   d = g + wd p;  b = mu b + d;
  *   d = nesterov ? d + mu b : b;  p -= lr d      (mu == 0: p -= lr d)
  * Adam / AdamW (the caller passes decay = 1 - lr wd for AdamW, else 1, and
  * grad_weight_decay = wd for Adam, else 0):
@@ -19,7 +20,7 @@
 
 void pynn_sgd_step(const pynn_context *ctx, ptrdiff_t n, float *param, const float *grad,
                    float *momentum_buffer, float lr, float momentum, float weight_decay,
-                   int nesterov, int first_step);
+                   int nesterov);
 
 void pynn_adam_step(const pynn_context *ctx, ptrdiff_t n, float *param, const float *grad,
                     float *exp_avg, float *exp_avg_sq, float decay, float grad_weight_decay,

@@ -163,11 +163,9 @@ class Sequential:
             for name, param in layer.params.items():
                 yield f"{index}.{name}", param
 
-    def parameter_slots(self):
-        """``(name, param, grad, trainable)`` per parameter: what optimizers update."""
-        for index, layer in enumerate(self.layers):
-            for name, param in layer.params.items():
-                yield f"{index}.{name}", param, layer.grads[name], layer.trainable
+    def parameter_owners(self):
+        """``("<index>.", layer)`` for each layer with parameters: what optimizers update."""
+        return [(f"{index}.", layer) for index, layer in enumerate(self.layers) if layer.params]
 
     def state_dict(self):
         """Parameters then buffers of each layer, in order, as live arrays (PyTorch's keys)."""

@@ -9,8 +9,8 @@ from pynn.optim.lr_scheduler import CosineAnnealingLR, StepLR
 
 
 class Holder:
-    def parameter_slots(self):
-        return iter(())
+    def parameter_owners(self):
+        return []
 
 
 def rates(scheduler, epochs):

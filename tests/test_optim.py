@@ -12,19 +12,27 @@ from pynn._kernels import runtime
 SHAPES = [(1,), (7, 3), (257,), (40001,)]  # the last one takes the threaded path
 
 
+class Owner:
+    """What an optimizer updates: one tensor ``w`` with its gradient."""
+
+    def __init__(self, param):
+        self.params = {"w": param}
+        self.grads = {"w": np.zeros_like(param)}
+        self.trainable = True
+
+
 class Holder:
-    """The optimizer protocol without layers: named parameters with gradients."""
+    """The optimizer protocol without layers: owners named p0., p1., ..."""
 
     def __init__(self, seed=0, shapes=SHAPES):
         rng = np.random.default_rng(seed)
-        self.params = {f"p{i}": rng.standard_normal(shape).astype(np.float32)
+        self.owners = {f"p{i}.w": Owner(rng.standard_normal(shape).astype(np.float32))
                        for i, shape in enumerate(shapes)}
-        self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
-        self.trainable = {name: True for name in self.params}
+        self.params = {name: owner.params["w"] for name, owner in self.owners.items()}
+        self.grads = {name: owner.grads["w"] for name, owner in self.owners.items()}
 
-    def parameter_slots(self):
-        for name, param in self.params.items():
-            yield name, param, self.grads[name], self.trainable[name]
+    def parameter_owners(self):
+        return [(name[:-1], owner) for name, owner in self.owners.items()]
 
 
 def gradient_sequence(holder, steps, seed=1):
@@ -145,21 +153,26 @@ def test_adam_matches_torch(name, kwargs):
 
 def test_frozen_parameters_are_not_updated():
     holder = Holder()
-    holder.trainable["p1"] = False
-    frozen = holder.params["p1"].copy()
-    run(holder, optim.Adam(holder, lr=0.1), gradient_sequence(holder, 2))
-    np.testing.assert_array_equal(holder.params["p1"], frozen)
-    assert not np.array_equal(holder.params["p0"], Holder().params["p0"])
+    holder.owners["p1.w"].trainable = False
+    frozen = holder.params["p1.w"].copy()
+    optimizer = optim.Adam(holder, lr=0.1)
+    run(holder, optimizer, gradient_sequence(holder, 2))
+    np.testing.assert_array_equal(holder.params["p1.w"], frozen)
+    assert not np.array_equal(holder.params["p0.w"], Holder().params["p0.w"])
+    holder.owners["p1.w"].trainable = True  # unfrozen: it starts its own step count
+    run(holder, optimizer, gradient_sequence(holder, 1))
+    assert int(optimizer.state["p1.w"]["step"]) == 1 and int(optimizer.state["p0.w"]["step"]) == 3
+    assert not np.array_equal(holder.params["p1.w"], frozen)
 
 
 def test_lr_is_settable_and_used():
     holder = Holder(shapes=[(4,)])
     optimizer = optim.SGD(holder, lr=1.0)
     optimizer.lr = 0.5
-    before = holder.params["p0"].copy()
-    holder.grads["p0"][...] = 2.0
+    before = holder.params["p0.w"].copy()
+    holder.grads["p0.w"][...] = 2.0
     optimizer.step()
-    np.testing.assert_allclose(holder.params["p0"], before - 1.0, rtol=1e-6)
+    np.testing.assert_allclose(holder.params["p0.w"], before - 1.0, rtol=1e-6)
 
 
 @pytest.mark.parametrize("make", [lambda h: optim.SGD(h, lr=0.1, momentum=0.9),
@@ -189,8 +202,8 @@ def test_load_state_dict_refuses_mismatches():
     optimizer = optim.Adam(holder)
     with pytest.raises(ValueError, match="unknown parameter 'nope'"):
         optimizer.load_state_dict({"state": {"nope": {}}, "param_groups": [{"lr": 0.1}]})
-    with pytest.raises(ValueError, match=r"p1.exp_avg has shape \(2,\)"):
-        optimizer.load_state_dict({"state": {"p1": {"exp_avg": np.zeros(2)}},
+    with pytest.raises(ValueError, match=r"p1.w.exp_avg has shape \(2,\)"):
+        optimizer.load_state_dict({"state": {"p1.w": {"exp_avg": np.zeros(2)}},
                                    "param_groups": [{"lr": 0.1}]})
     with pytest.raises(ValueError, match="param_groups"):
         optimizer.load_state_dict({"state": {}})
@@ -212,6 +225,6 @@ def test_bad_arguments_name_themselves():
 
 def test_wrong_gradient_dtype_is_refused():
     holder = Holder(shapes=[(3,)])
-    holder.grads["p0"] = np.zeros(3, dtype=np.float64)
+    holder.owners["p0.w"].grads["w"] = np.zeros(3, dtype=np.float64)
     with pytest.raises(TypeError, match="gradient must be a writable C-contiguous float32"):
         optim.SGD(holder, lr=0.1).step()

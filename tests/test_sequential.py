@@ -111,6 +111,10 @@ def test_predict_allocates_only_its_result_once_warm():
     assert peak < 16 * 256 * 4
 
 
+def named_gradients(model):
+    return {f"{i}.{key}": grad.copy() for i, layer in enumerate(model) for key, grad in layer.grads.items()}
+
+
 def loss_of(model, x, target):
     """0.5 Σ (model(x) - target)², whose gradient w.r.t. the output is the residual."""
     out = model.forward(x, training=True).astype(np.float64)
@@ -124,7 +128,7 @@ def test_backward_gradients_match_finite_differences():
     target = rng.standard_normal((5, 3))
     out = model.forward(x, training=True)
     dx = model.backward((out - target).astype(np.float32), input_grad=True)
-    grads = {name: grad.copy() for name, _, grad, _ in model.parameter_slots()}
+    grads = named_gradients(model)
     check_gradient(lambda x_: loss_of(model, x_, target), x, dx)
     for name, param in model.named_parameters():
         def as_function(value, param=param):
@@ -143,10 +147,10 @@ def test_backward_without_input_gradient_returns_none_and_same_grads():
     dy = np.ones((9, 3), np.float32)
     model.forward(x, training=True)
     model.backward(dy, input_grad=True)
-    full = {name: grad.copy() for name, _, grad, _ in model.parameter_slots()}
+    full = named_gradients(model)
     model.forward(x, training=True)
     assert model.backward(dy) is None
-    for name, _, grad, _ in model.parameter_slots():
+    for name, grad in named_gradients(model).items():
         np.testing.assert_array_equal(grad, full[name])
 
 

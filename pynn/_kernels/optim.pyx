@@ -1,9 +1,11 @@
 """Fused optimizer steps over many parameters at once (csrc/optim.c).
 
 A ParameterTable holds raw pointers to every parameter, its gradient and its
-optimizer state, so one call updates them all without touching Python objects
-per tensor; it keeps references to the arrays so the pointers stay valid."""
+optimizer state, so one call updates them all without touching a Python
+object per tensor; it keeps references to the arrays so the pointers stay
+valid, and allocates nothing per step."""
 from libc.math cimport pow, sqrt
+from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free
 
 import numpy as np
@@ -13,11 +15,14 @@ from pynn._kernels.runtime cimport current_context, pynn_context
 cdef extern from "optim.h" nogil:
     void pynn_sgd_step(const pynn_context *ctx, Py_ssize_t n, float *param, const float *grad,
                        float *momentum_buffer, float lr, float momentum, float weight_decay,
-                       int nesterov, int first_step)
+                       int nesterov)
     void pynn_adam_step(const pynn_context *ctx, Py_ssize_t n, float *param, const float *grad,
                         float *exp_avg, float *exp_avg_sq, float decay, float grad_weight_decay,
                         float beta1, float beta2, float eps,
                         float step_size, float bias_correction2_sqrt)
+
+# stands in for the data pointer of an empty array: the kernels loop zero times
+cdef float empty_array_data = 0.0
 
 
 cdef float *float_pointer(object array, str role, Py_ssize_t size) except NULL:
@@ -26,14 +31,15 @@ cdef float *float_pointer(object array, str role, Py_ssize_t size) except NULL:
         raise TypeError(f"optimizer: {role} must be a writable C-contiguous float32 array")
     if array.size != size:
         raise ValueError(f"optimizer: {role} has {array.size} elements, the parameter {size}")
-    cdef float[::1] view = array.reshape(-1)
     if size == 0:
-        return <float *>1  # never dereferenced: the kernels loop zero times
+        return &empty_array_data
+    cdef float[::1] view = array.reshape(-1)
     return &view[0]
 
 
 cdef class ParameterTable:
-    """Parameters, gradients and up to two state arrays per parameter."""
+    """Parameters, gradients, up to two state arrays per parameter (None: no
+    state, the slot is never read) and optionally an int64 array of step counts."""
     cdef readonly Py_ssize_t count
     cdef list keep_alive
     cdef float **param
@@ -41,13 +47,15 @@ cdef class ParameterTable:
     cdef float **first
     cdef float **second
     cdef Py_ssize_t *size
+    cdef int64_t *steps
 
-    def __cinit__(self, list params, list grads, list first_state, list second_state=None):
+    def __cinit__(self, list params, list grads, list first_state, list second_state=None,
+                  steps=None):
         self.count = len(params)
         if len(grads) != self.count or len(first_state) != self.count or \
                 (second_state is not None and len(second_state) != self.count):
             raise ValueError("optimizer: parameter, gradient and state lists differ in length")
-        self.keep_alive = [params, grads, first_state, second_state]
+        self.keep_alive = [params, grads, first_state, second_state, steps]
         n = max(self.count, 1)
         self.param = <float **>calloc(n, sizeof(float *))
         self.grad = <float **>calloc(n, sizeof(float *))
@@ -61,11 +69,18 @@ cdef class ParameterTable:
             self.size[i] = params[i].size
             self.param[i] = float_pointer(params[i], "parameter", self.size[i])
             self.grad[i] = float_pointer(grads[i], "gradient", self.size[i])
-            # SGD without momentum has no state: its slot stays NULL, never read
             if first_state[i] is not None:
                 self.first[i] = float_pointer(first_state[i], "state", self.size[i])
             if second_state is not None:
                 self.second[i] = float_pointer(second_state[i], "state", self.size[i])
+        cdef int64_t[::1] step_view
+        if steps is not None:
+            if not isinstance(steps, np.ndarray) or steps.dtype != np.int64 \
+                    or steps.shape != (self.count,) or not steps.flags.c_contiguous:
+                raise TypeError("optimizer: steps must be a contiguous int64 array, one per parameter")
+            if self.count:
+                step_view = steps
+                self.steps = &step_view[0]
 
     def __dealloc__(self):
         free(self.param)
@@ -74,45 +89,36 @@ cdef class ParameterTable:
         free(self.second)
         free(self.size)
 
-    def sgd(self, float lr, float momentum, float weight_decay, bint nesterov, list first_step):
-        """One SGD step for every parameter; ``first_step[i]`` starts its momentum buffer."""
+    def sgd(self, float lr, float momentum, float weight_decay, bint nesterov):
+        """One SGD step for every parameter (momentum buffers start at zero,
+        which reproduces PyTorch's first step exactly: 0 * momentum + d = d)."""
         cdef pynn_context ctx = current_context()
         cdef Py_ssize_t i
-        cdef char *starting = <char *>calloc(max(self.count, 1), 1)
-        if not starting:
-            raise MemoryError()
         for i in range(self.count):
-            starting[i] = bool(first_step[i])
+            if momentum != 0.0 and self.first[i] == NULL:
+                raise ValueError("optimizer: SGD with momentum needs a buffer per parameter")
         with nogil:
             for i in range(self.count):
                 pynn_sgd_step(&ctx, self.size[i], self.param[i], self.grad[i], self.first[i],
-                              lr, momentum, weight_decay, nesterov, starting[i])
-        free(starting)
+                              lr, momentum, weight_decay, nesterov)
 
     def adam(self, double lr, double beta1, double beta2, double eps, double weight_decay,
-             bint decoupled, list steps):
-        """One Adam(W) step for every parameter; ``steps[i]`` is its step count after this one.
-        The bias corrections are computed in double precision, as torch.optim does."""
-        if self.second[0] == NULL and self.count:
-            raise ValueError("optimizer: Adam needs two state arrays per parameter")
-        cdef pynn_context ctx = current_context()
+             bint decoupled):
+        """One Adam(W) step for every parameter, counting it in ``steps``. The
+        bias corrections are computed in double precision, as torch.optim does."""
         cdef Py_ssize_t i
+        if self.count and (self.steps == NULL or self.second[0] == NULL or self.first[0] == NULL):
+            raise ValueError("optimizer: Adam needs two state arrays and a step count per parameter")
+        cdef pynn_context ctx = current_context()
         cdef float decay = <float>(1.0 - lr * weight_decay) if decoupled else 1.0
         cdef float grad_weight_decay = 0.0 if decoupled else <float>weight_decay
-        cdef double *step_size = <double *>calloc(max(self.count, 1), sizeof(double))
-        cdef double *bias_correction2_sqrt = <double *>calloc(max(self.count, 1), sizeof(double))
-        if not (step_size and bias_correction2_sqrt):
-            free(step_size)
-            free(bias_correction2_sqrt)
-            raise MemoryError()
-        for i in range(self.count):
-            step_size[i] = lr / (1.0 - pow(beta1, <double>steps[i]))
-            bias_correction2_sqrt[i] = sqrt(1.0 - pow(beta2, <double>steps[i]))
+        cdef double step
         with nogil:
             for i in range(self.count):
+                self.steps[i] += 1
+                step = <double>self.steps[i]
                 pynn_adam_step(&ctx, self.size[i], self.param[i], self.grad[i], self.first[i],
                                self.second[i], decay, grad_weight_decay, <float>beta1,
-                               <float>beta2, <float>eps, <float>step_size[i],
-                               <float>bias_correction2_sqrt[i])
-        free(step_size)
-        free(bias_correction2_sqrt)
+                               <float>beta2, <float>eps,
+                               <float>(lr / (1.0 - pow(beta1, step))),
+                               <float>sqrt(1.0 - pow(beta2, step)))

@@ -11,30 +11,31 @@ from pynn._kernels.optim import ParameterTable
 from pynn.layers.base import Layer
 
 
-def parameter_slots(model, where):
-    """``(name, param, grad, trainable)`` for every parameter of ``model``."""
+def parameter_owners(model, where):
+    """``(name prefix, owner)`` for every object holding ``params``, ``grads``
+    and ``trainable``: the layers of a ``Sequential``, or a single layer."""
     if isinstance(model, Layer):
-        return [(name, param, model.grads[name], model.trainable)
-                for name, param in model.params.items()]
-    slots = getattr(model, "parameter_slots", None)
-    if slots is None:
+        return [("", model)]
+    owners = getattr(model, "parameter_owners", None)
+    if owners is None:
         raise TypeError(f"{where}: model must be a pynn Sequential or layer, got {type(model).__name__}")
-    return list(slots())
+    return list(owners())
 
 
 class Optimizer:
     _hyperparameters = ()
+    _state_names = ()
 
     def __init__(self, model, lr, **hyperparameters):
-        where = type(self).__name__
         self._model = model
-        parameter_slots(model, where)  # refuses a wrong model now, not at the first step
+        self._owners = parameter_owners(model, type(self).__name__)
         self.lr = lr
         for name, value in hyperparameters.items():
             setattr(self, name, value)
         self.state = {}
+        self._bound = None      # [(owner, key, param, grad, name)] of the trainable parameters
+        self._trainable = None  # each owner's trainable flag when bound
         self._table = None
-        self._table_key = None
 
     @property
     def lr(self):
@@ -47,20 +48,23 @@ class Optimizer:
             raise ValueError(f"{type(self).__name__}: lr must be >= 0, got {value}")
         self._lr = value
 
-    def _active_slots(self):
-        return [(name, param, grad) for name, param, grad, trainable
-                in parameter_slots(self._model, type(self).__name__) if trainable]
-
-    def _bind(self, active, state_names):
-        """The kernel's pointer table, rebuilt only when the arrays behind it change."""
-        key = [(param, grad) + tuple(self.state.get(name, {}).get(s) for s in state_names)
-               for name, param, grad in active]
-        if self._table_key is None or len(key) != len(self._table_key) or any(
-                a is not b for new, old in zip(key, self._table_key) for a, b in zip(new, old)):
-            columns = list(zip(*key)) if key else [()] * (2 + len(state_names))
-            self._table = ParameterTable(*[list(column) for column in columns])
-            self._table_key = key
+    def _kernel_table(self):
+        """The kernel's pointer table, rebuilt only when freezing changed or an
+        array behind it was replaced; otherwise a few identity checks."""
+        trainable = [owner.trainable for _, owner in self._owners]
+        if (self._table is not None and trainable == self._trainable and all(
+                owner.params[key] is param and owner.grads[key] is grad
+                for owner, key, param, grad, _ in self._bound)):
+            return self._table
+        self._trainable = trainable
+        self._bound = [(owner, key, param, owner.grads[key], prefix + key)
+                       for prefix, owner in self._owners if owner.trainable
+                       for key, param in owner.params.items()]
+        self._table = self._build_table([(name, param, grad) for _, _, param, grad, name in self._bound])
         return self._table
+
+    def _build_table(self, active):
+        raise NotImplementedError
 
     # -- persistence, as torch.optim: hyperparameters plus per-parameter state --
     def state_dict(self):
@@ -77,7 +81,8 @@ class Optimizer:
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"{where}: expected a dict with 'state' and one entry in "
                              f"'param_groups', as state_dict() returns") from None
-        shapes = {name: param.shape for name, param, _, _ in parameter_slots(self._model, where)}
+        shapes = {prefix + key: param.shape for prefix, owner in self._owners
+                  for key, param in owner.params.items()}
         new_state = {}
         for name, entry in entries.items():
             if name not in shapes:
@@ -94,7 +99,7 @@ class Optimizer:
             if name in group:
                 setattr(self, name, group[name])
         self.state = new_state
-        self._table_key = None
+        self._table = None
 
 
 class SGD(Optimizer):
@@ -114,17 +119,16 @@ class SGD(Optimizer):
         super().__init__(model, lr, momentum=momentum, nesterov=bool(nesterov),
                          weight_decay=weight_decay)
 
+    def _build_table(self, active):
+        buffers = []
+        for name, param, grad in active:
+            if self.momentum != 0.0 and "momentum_buffer" not in self.state.get(name, {}):
+                self.state.setdefault(name, {})["momentum_buffer"] = np.zeros_like(param)
+            buffers.append(self.state.get(name, {}).get("momentum_buffer"))
+        return ParameterTable([p for _, p, _ in active], [g for _, _, g in active], buffers)
+
     def step(self):
-        active = self._active_slots()
-        first_step = [False] * len(active)
-        if self.momentum != 0.0:
-            for i, (name, param, _) in enumerate(active):
-                entry = self.state.setdefault(name, {})
-                if "momentum_buffer" not in entry:
-                    entry["momentum_buffer"] = np.empty_like(param)
-                    first_step[i] = True
-        self._bind(active, ("momentum_buffer",)).sgd(
-            self.lr, self.momentum, self.weight_decay, self.nesterov, first_step)
+        self._kernel_table().sgd(self.lr, self.momentum, self.weight_decay, self.nesterov)
 
 
 class Adam(Optimizer):
@@ -150,20 +154,23 @@ class Adam(Optimizer):
             raise ValueError(f"{where}: weight_decay must be >= 0, got {weight_decay}")
         super().__init__(model, lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
+    def _build_table(self, active):
+        """State per parameter; each entry's ``step`` is a view into one int64
+        array that the kernel increments for all parameters at once."""
+        steps = np.zeros(len(active), dtype=np.int64)
+        for index, (name, param, _) in enumerate(active):
+            entry = self.state.setdefault(name, {})
+            steps[index] = entry.get("step", 0)
+            entry["step"] = steps[index:index + 1].reshape(())
+            entry.setdefault("exp_avg", np.zeros_like(param))
+            entry.setdefault("exp_avg_sq", np.zeros_like(param))
+        return ParameterTable([p for _, p, _ in active], [g for _, _, g in active],
+                              [self.state[name]["exp_avg"] for name, _, _ in active],
+                              [self.state[name]["exp_avg_sq"] for name, _, _ in active], steps)
+
     def step(self):
-        active = self._active_slots()
-        steps = []
-        for name, param, _ in active:
-            entry = self.state.get(name)
-            if entry is None:
-                entry = self.state[name] = {"step": np.zeros((), dtype=np.int64),
-                                            "exp_avg": np.zeros_like(param),
-                                            "exp_avg_sq": np.zeros_like(param)}
-            entry["step"] += 1
-            steps.append(int(entry["step"]))
-        table = self._bind(active, ("exp_avg", "exp_avg_sq"))
-        table.adam(self.lr, self.betas[0], self.betas[1], self.eps, self.weight_decay,
-                   self._decoupled, steps)
+        self._kernel_table().adam(self.lr, self.betas[0], self.betas[1], self.eps,
+                                  self.weight_decay, self._decoupled)
 
 
 class AdamW(Adam):
