@@ -28,6 +28,9 @@ EXTENSIONS = {
     "activations": ["vmath.c", "activations.c"],
     "loss": ["loss.c"],
     "dense": ["dense.c"],
+    "conv": ["conv.c", "gemm.c", "gemm_generic.c", "gemm_avx2.c", "gemm_avx512.c"],
+    "pool": ["pool.c"],
+    "batchnorm": ["batchnorm.c"],
 }
 
 BASE_FLAGS = ["-O3", "-g0", "-fno-math-errno", "-fno-trapping-math", "-fvisibility=hidden"]

@@ -7,9 +7,15 @@ from pynn.ops.activations import (
     tanh_backward,
 )
 from pynn.ops.losses import binary_cross_entropy_with_logits, cross_entropy, mse
+from pynn.ops.conv import (
+    avg_pool2d, avg_pool2d_backward, conv2d, conv2d_backward, global_avg_pool2d,
+    global_avg_pool2d_backward, max_pool2d, max_pool2d_backward,
+)
 
 __all__ = ["matmul"]
 __all__ += ["linear", "linear_backward", "relu", "relu_backward", "leaky_relu",
             "leaky_relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
             "gelu", "gelu_backward", "softmax", "softmax_backward", "log_softmax",
             "log_softmax_backward", "cross_entropy", "mse", "binary_cross_entropy_with_logits"]
+__all__ += ["conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
+            "avg_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward"]

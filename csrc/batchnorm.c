@@ -1,0 +1,108 @@
+/* Batch normalisation (contracts in batchnorm.h). Channels are independent:
+ * threads split them, and each channel's sums run in one fixed order, so the
+ * results do not depend on the thread count. Sums are kept in double. */
+#include <math.h>
+#include "batchnorm.h"
+
+#define PARALLEL_MIN_FLOATS 65536
+
+void pynn_batchnorm_train_forward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_t c,
+                                  ptrdiff_t s, const float *x, const float *weight,
+                                  const float *bias, float eps, float factor,
+                                  float *running_mean, float *running_var,
+                                  float *mean, float *invstd, float *y)
+{
+    const ptrdiff_t count = n * s;
+    (void)ctx;
+#ifdef _OPENMP
+    #pragma omp parallel for num_threads(ctx->num_threads) if(c > 1 && count * c >= PARALLEL_MIN_FLOATS)
+#endif
+    for (ptrdiff_t j = 0; j < c; j++) {
+        double sum = 0.0, squares = 0.0;
+        for (ptrdiff_t i = 0; i < n; i++) {
+            const float *row = x + (i * c + j) * s;
+            for (ptrdiff_t k = 0; k < s; k++) sum += row[k];
+        }
+        const double average = count ? sum / (double)count : 0.0;
+        for (ptrdiff_t i = 0; i < n; i++) {
+            const float *row = x + (i * c + j) * s;
+            for (ptrdiff_t k = 0; k < s; k++) {
+                double centred = row[k] - average;
+                squares += centred * centred;
+            }
+        }
+        const double variance = count ? squares / (double)count : 0.0;
+        const double inverse = 1.0 / sqrt(variance + (double)eps);
+        mean[j] = (float)average;
+        invstd[j] = (float)inverse;
+        if (running_mean) {
+            double unbiased = count > 1 ? squares / (double)(count - 1) : variance;
+            running_mean[j] = (float)((1.0 - factor) * running_mean[j] + factor * average);
+            running_var[j] = (float)((1.0 - factor) * running_var[j] + factor * unbiased);
+        }
+        const float scale = (float)(inverse * weight[j]);
+        const float shift = (float)(bias[j] - average * inverse * weight[j]);
+        for (ptrdiff_t i = 0; i < n; i++) {
+            const float *row = x + (i * c + j) * s;
+            float *out = y + (i * c + j) * s;
+            for (ptrdiff_t k = 0; k < s; k++) out[k] = row[k] * scale + shift;
+        }
+    }
+}
+
+void pynn_batchnorm_eval_forward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_t c,
+                                 ptrdiff_t s, const float *x, const float *weight,
+                                 const float *bias, float eps, const float *running_mean,
+                                 const float *running_var, float *y)
+{
+    (void)ctx;
+#ifdef _OPENMP
+    #pragma omp parallel for num_threads(ctx->num_threads) if(c > 1 && n * s * c >= PARALLEL_MIN_FLOATS)
+#endif
+    for (ptrdiff_t j = 0; j < c; j++) {
+        const double inverse = 1.0 / sqrt((double)running_var[j] + (double)eps);
+        const float scale = (float)(inverse * weight[j]);
+        const float shift = (float)(bias[j] - running_mean[j] * inverse * weight[j]);
+        for (ptrdiff_t i = 0; i < n; i++) {
+            const float *row = x + (i * c + j) * s;
+            float *out = y + (i * c + j) * s;
+            for (ptrdiff_t k = 0; k < s; k++) out[k] = row[k] * scale + shift;
+        }
+    }
+}
+
+void pynn_batchnorm_backward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_t c, ptrdiff_t s,
+                             const float *dy, const float *x, const float *weight,
+                             const float *mean, const float *invstd,
+                             float *dx, float *dweight, float *dbias)
+{
+    const ptrdiff_t count = n * s;
+    (void)ctx;
+#ifdef _OPENMP
+    #pragma omp parallel for num_threads(ctx->num_threads) if(c > 1 && count * c >= PARALLEL_MIN_FLOATS)
+#endif
+    for (ptrdiff_t j = 0; j < c; j++) {
+        double grad_sum = 0.0, grad_dot = 0.0;
+        const double centre = mean[j], inverse = invstd[j];
+        for (ptrdiff_t i = 0; i < n; i++) {
+            const float *g = dy + (i * c + j) * s, *row = x + (i * c + j) * s;
+            for (ptrdiff_t k = 0; k < s; k++) {
+                grad_sum += g[k];
+                grad_dot += g[k] * ((row[k] - centre) * inverse);
+            }
+        }
+        if (dbias) dbias[j] = (float)grad_sum;
+        if (dweight) dweight[j] = (float)grad_dot;
+        if (!dx || !count) continue;
+        const float scale = (float)(weight[j] * inverse);
+        const float mean_grad = (float)(grad_sum / (double)count);
+        const float slope = (float)(grad_dot / (double)count * inverse);
+        const float centre_f = (float)centre;
+        for (ptrdiff_t i = 0; i < n; i++) {
+            const float *g = dy + (i * c + j) * s, *row = x + (i * c + j) * s;
+            float *out = dx + (i * c + j) * s;
+            for (ptrdiff_t k = 0; k < s; k++)
+                out[k] = scale * (g[k] - mean_grad - (row[k] - centre_f) * slope);
+        }
+    }
+}

@@ -1,0 +1,268 @@
+/* Convolution as im2col + GEMM (contracts in conv.h). */
+#include <stdlib.h>
+#include <string.h>
+#include "conv.h"
+
+/* Columns one GEMM should span: enough to keep the micro-kernel busy across
+ * many images of a small layer, and an upper bound on the unfolded chunk. */
+#define TARGET_COLUMNS 8192
+#define MAX_CHUNK_FLOATS ((ptrdiff_t)1 << 22)
+#define PARALLEL_MIN_FLOATS 32768
+
+static ptrdiff_t plane(const pynn_conv_shape *s) { return s->out_h * s->out_w; }
+static ptrdiff_t unfolded_rows(const pynn_conv_shape *s)
+{
+    return s->in_channels * s->kernel_h * s->kernel_w;
+}
+
+/* Images per GEMM: a function of the shapes alone. */
+static ptrdiff_t chunk_images(const pynn_conv_shape *s)
+{
+    ptrdiff_t p = plane(s) > 0 ? plane(s) : 1, rows = unfolded_rows(s) > 0 ? unfolded_rows(s) : 1;
+    ptrdiff_t images = (TARGET_COLUMNS + p - 1) / p;
+    ptrdiff_t by_memory = MAX_CHUNK_FLOATS / (rows * p);
+    if (images > by_memory) images = by_memory;
+    if (images > s->batch) images = s->batch;
+    return images > 1 ? images : 1;
+}
+
+/* A 1x1 kernel with stride 1 and no padding reads the image as it is. */
+static int unfold_is_identity(const pynn_conv_shape *s, ptrdiff_t images)
+{
+    return images == 1 && s->kernel_h == 1 && s->kernel_w == 1 && s->stride_h == 1 &&
+           s->stride_w == 1 && s->pad_h == 0 && s->pad_w == 0;
+}
+
+size_t pynn_conv2d_workspace_size(const pynn_conv_shape *s)
+{
+    ptrdiff_t images = chunk_images(s), columns = images * plane(s);
+    size_t col = unfold_is_identity(s, images) ? 0 : (size_t)(unfolded_rows(s) * columns);
+    size_t staged = images > 1 ? (size_t)(s->out_channels * columns) : 0;
+    return col + staged;
+}
+
+/* The [first, last) outputs along one axis whose input index o*stride - pad + offset
+ * falls inside [0, size). */
+static void valid_range(ptrdiff_t outputs, ptrdiff_t stride, ptrdiff_t start, ptrdiff_t size,
+                        ptrdiff_t *first, ptrdiff_t *last)
+{
+    ptrdiff_t lo = start >= 0 ? 0 : (-start + stride - 1) / stride;
+    ptrdiff_t hi = start >= size ? 0 : (size - start + stride - 1) / stride;
+    if (hi > outputs) hi = outputs;
+    if (lo > hi) lo = hi;
+    *first = lo;
+    *last = hi;
+}
+
+/* col rows (c, kh, kw) for channel c of one image: col[row, oh OW + ow] = x[c, ih, iw],
+ * zero where (ih, iw) is padding; ld is col's row stride. */
+static void unfold_channel(const pynn_conv_shape *s, const float *restrict image,
+                           float *restrict col, ptrdiff_t ld)
+{
+    const ptrdiff_t ow_count = s->out_w, sw = s->stride_w;
+    for (ptrdiff_t kh = 0; kh < s->kernel_h; kh++) {
+        ptrdiff_t oh_first, oh_last, h_start = kh * s->dilation_h - s->pad_h;
+        valid_range(s->out_h, s->stride_h, h_start, s->height, &oh_first, &oh_last);
+        for (ptrdiff_t kw = 0; kw < s->kernel_w; kw++, col += ld) {
+            ptrdiff_t ow_first, ow_last, w_start = kw * s->dilation_w - s->pad_w;
+            valid_range(ow_count, sw, w_start, s->width, &ow_first, &ow_last);
+            memset(col, 0, (size_t)(oh_first * ow_count) * sizeof(float));
+            for (ptrdiff_t oh = oh_first; oh < oh_last; oh++) {
+                float *out = col + oh * ow_count;
+                const float *in = image + (oh * s->stride_h + h_start) * s->width + w_start;
+                for (ptrdiff_t ow = 0; ow < ow_first; ow++) out[ow] = 0.0f;
+                if (sw == 1)
+                    memcpy(out + ow_first, in + ow_first, (size_t)(ow_last - ow_first) * sizeof(float));
+                else
+                    for (ptrdiff_t ow = ow_first; ow < ow_last; ow++) out[ow] = in[ow * sw];
+                for (ptrdiff_t ow = ow_last; ow < ow_count; ow++) out[ow] = 0.0f;
+            }
+            memset(col + oh_last * ow_count, 0,
+                   (size_t)((s->out_h - oh_last) * ow_count) * sizeof(float));
+        }
+    }
+}
+
+/* The adjoint of unfold_channel: dx[c] = Σ over its rows of dcol scattered back
+ * (dx[c] is overwritten; the sum runs in a fixed order). */
+static void fold_channel(const pynn_conv_shape *s, const float *restrict col, ptrdiff_t ld,
+                         float *restrict image)
+{
+    const ptrdiff_t ow_count = s->out_w, sw = s->stride_w;
+    memset(image, 0, (size_t)(s->height * s->width) * sizeof(float));
+    for (ptrdiff_t kh = 0; kh < s->kernel_h; kh++) {
+        ptrdiff_t oh_first, oh_last, h_start = kh * s->dilation_h - s->pad_h;
+        valid_range(s->out_h, s->stride_h, h_start, s->height, &oh_first, &oh_last);
+        for (ptrdiff_t kw = 0; kw < s->kernel_w; kw++, col += ld) {
+            ptrdiff_t ow_first, ow_last, w_start = kw * s->dilation_w - s->pad_w;
+            valid_range(ow_count, sw, w_start, s->width, &ow_first, &ow_last);
+            for (ptrdiff_t oh = oh_first; oh < oh_last; oh++) {
+                const float *in = col + oh * ow_count;
+                float *out = image + (oh * s->stride_h + h_start) * s->width + w_start;
+                for (ptrdiff_t ow = ow_first; ow < ow_last; ow++) out[ow * sw] += in[ow];
+            }
+        }
+    }
+}
+
+/* col [C KH KW, images P] from images [first, first + images) of x. */
+static void unfold(const pynn_context *ctx, const pynn_conv_shape *s, const float *x,
+                   ptrdiff_t first, ptrdiff_t images, float *col)
+{
+    const ptrdiff_t p = plane(s), ld = images * p, hw = s->height * s->width;
+    const ptrdiff_t channels = s->in_channels, kernel = s->kernel_h * s->kernel_w;
+    const ptrdiff_t tasks = images * channels;
+    (void)ctx;
+#ifdef _OPENMP
+    #pragma omp parallel for num_threads(ctx->num_threads) if(tasks > 1 && ld * kernel * channels >= PARALLEL_MIN_FLOATS)
+#endif
+    for (ptrdiff_t t = 0; t < tasks; t++) {
+        ptrdiff_t b = t / channels, c = t % channels;
+        unfold_channel(s, x + ((first + b) * channels + c) * hw, col + c * kernel * ld + b * p, ld);
+    }
+}
+
+static void fold(const pynn_context *ctx, const pynn_conv_shape *s, const float *col,
+                 ptrdiff_t first, ptrdiff_t images, float *dx)
+{
+    const ptrdiff_t p = plane(s), ld = images * p, hw = s->height * s->width;
+    const ptrdiff_t channels = s->in_channels, kernel = s->kernel_h * s->kernel_w;
+    const ptrdiff_t tasks = images * channels;
+    (void)ctx;
+#ifdef _OPENMP
+    #pragma omp parallel for num_threads(ctx->num_threads) if(tasks > 1 && ld * kernel * channels >= PARALLEL_MIN_FLOATS)
+#endif
+    for (ptrdiff_t t = 0; t < tasks; t++) {
+        ptrdiff_t b = t / channels, c = t % channels;
+        fold_channel(s, col + c * kernel * ld + b * p, ld, dx + ((first + b) * channels + c) * hw);
+    }
+}
+
+/* Between staged [OC, images P] (one GEMM's output or input) and NCHW images. */
+static void unstage(const pynn_context *ctx, const float *staged, ptrdiff_t channels,
+                    ptrdiff_t p, ptrdiff_t images, float *y, int to_images)
+{
+    const ptrdiff_t tasks = images * channels, ld = images * p;
+    (void)ctx;
+#ifdef _OPENMP
+    #pragma omp parallel for num_threads(ctx->num_threads) if(tasks * p >= 4 * PARALLEL_MIN_FLOATS)
+#endif
+    for (ptrdiff_t t = 0; t < tasks; t++) {
+        ptrdiff_t b = t / channels, c = t % channels;
+        float *image = y + t * p;
+        float *row = (float *)staged + c * ld + b * p;
+        if (to_images)
+            memcpy(image, row, (size_t)p * sizeof(float));
+        else
+            memcpy(row, image, (size_t)p * sizeof(float));
+    }
+}
+
+static float *scratch(const pynn_conv_shape *s, float *workspace, float **owned)
+{
+    *owned = NULL;
+    if (workspace) return workspace;
+    size_t size = pynn_conv2d_workspace_size(s);
+    *owned = malloc((size ? size : 1) * sizeof(float));
+    return *owned;
+}
+
+int pynn_conv2d_forward(const pynn_context *ctx, const pynn_conv_shape *s, const float *x,
+                        const float *weight, const float *bias, pynn_activation activation,
+                        float *y, float *workspace)
+{
+    float *owned, *col = scratch(s, workspace, &owned);
+    if (!col) return -1;
+    const ptrdiff_t images = chunk_images(s), p = plane(s), oc = s->out_channels;
+    const ptrdiff_t groups = s->groups, oc_group = oc / groups;
+    const ptrdiff_t rows_group = unfolded_rows(s) / groups;
+    const int identity = unfold_is_identity(s, images);
+    float *staged = col + (identity ? 0 : unfolded_rows(s) * images * p);
+    for (ptrdiff_t first = 0; first < s->batch; first += images) {
+        ptrdiff_t count = s->batch - first < images ? s->batch - first : images;
+        ptrdiff_t ld = count * p;
+        const float *unfolded = col;
+        if (identity)
+            unfolded = x + first * s->in_channels * s->height * s->width;
+        else
+            unfold(ctx, s, x, first, count, col);
+        float *out = count > 1 ? staged : y + first * oc * p;
+        for (ptrdiff_t g = 0; g < groups; g++) {
+            pynn_epilogue epilogue = {NULL, bias ? bias + g * oc_group : NULL, activation};
+            pynn_sgemm(ctx, 0, 0, oc_group, ld, rows_group, 1.0f,
+                       weight + g * oc_group * rows_group, rows_group,
+                       unfolded + g * rows_group * ld, ld, 0.0f, out + g * oc_group * ld, ld,
+                       &epilogue);
+        }
+        if (count > 1) unstage(ctx, staged, oc, p, count, y + first * oc * p, 1);
+    }
+    free(owned);
+    return 0;
+}
+
+/* db[o] = Σ_{n,p} dy[n, o, p]: each channel summed in one fixed order. */
+static void bias_gradient(const pynn_context *ctx, const pynn_conv_shape *s, const float *dy,
+                          float *dbias)
+{
+    const ptrdiff_t p = plane(s), oc = s->out_channels;
+    (void)ctx;
+#ifdef _OPENMP
+    #pragma omp parallel for num_threads(ctx->num_threads) if(oc > 1 && s->batch * oc * p >= 4 * PARALLEL_MIN_FLOATS)
+#endif
+    for (ptrdiff_t o = 0; o < oc; o++) {
+        double total = 0.0;
+        for (ptrdiff_t n = 0; n < s->batch; n++) {
+            const float *row = dy + (n * oc + o) * p;
+            float sum = 0.0f;
+            for (ptrdiff_t i = 0; i < p; i++) sum += row[i];
+            total += sum;
+        }
+        dbias[o] = (float)total;
+    }
+}
+
+int pynn_conv2d_backward(const pynn_context *ctx, const pynn_conv_shape *s, const float *dy,
+                         const float *x, const float *weight, float *dx, float *dweight,
+                         float *dbias, float *workspace)
+{
+    const ptrdiff_t images = chunk_images(s), p = plane(s), oc = s->out_channels;
+    const ptrdiff_t groups = s->groups, oc_group = oc / groups;
+    const ptrdiff_t rows_group = unfolded_rows(s) / groups;
+    const int identity = unfold_is_identity(s, images);
+    if (dbias) bias_gradient(ctx, s, dy, dbias);
+    if (dweight && s->batch == 0)
+        memset(dweight, 0, (size_t)(oc * rows_group) * sizeof(float));
+    if (!dx && !dweight) return 0;
+    float *owned, *col = scratch(s, workspace, &owned);
+    if (!col) return -1;
+    float *staged = col + (identity ? 0 : unfolded_rows(s) * images * p);
+    for (ptrdiff_t first = 0; first < s->batch; first += images) {
+        ptrdiff_t count = s->batch - first < images ? s->batch - first : images;
+        ptrdiff_t ld = count * p;
+        const float *grad = dy + first * oc * p;
+        if (count > 1) {
+            unstage(ctx, staged, oc, p, count, (float *)grad, 0);
+            grad = staged;
+        }
+        float *input_grad = dx ? dx + first * s->in_channels * s->height * s->width : NULL;
+        const float *unfolded = identity ? x + first * s->in_channels * s->height * s->width : col;
+        if (dweight && !identity) unfold(ctx, s, x, first, count, col);
+        /* dcol_g overwrites col_g once dW_g has read it; with the identity unfold
+         * dcol is dx itself. */
+        float *dcol = identity ? input_grad : col;
+        for (ptrdiff_t g = 0; g < groups; g++) {
+            if (dweight)  /* dW_g (+)= dY_g X̂_gᵀ */
+                pynn_sgemm(ctx, 0, 1, oc_group, rows_group, ld, 1.0f, grad + g * oc_group * ld, ld,
+                           unfolded + g * rows_group * ld, ld, first ? 1.0f : 0.0f,
+                           dweight + g * oc_group * rows_group, rows_group, NULL);
+            if (dx)       /* dX̂_g = W_gᵀ dY_g */
+                pynn_sgemm(ctx, 1, 0, rows_group, ld, oc_group, 1.0f,
+                           weight + g * oc_group * rows_group, rows_group,
+                           grad + g * oc_group * ld, ld, 0.0f, dcol + g * rows_group * ld, ld,
+                           NULL);
+        }
+        if (dx && !identity) fold(ctx, s, col, first, count, dx);
+    }
+    free(owned);
+    return 0;
+}

@@ -1,0 +1,169 @@
+/* Pooling kernels (contracts in pool.h). Planes are independent, so threads
+ * split them and every output is computed the same way for any thread count. */
+#include <math.h>
+#include <string.h>
+#include "pool.h"
+
+#define PARALLEL_MIN_FLOATS 65536
+
+/* The flat index of the window's maximum, or -1 for a window wholly in padding. */
+static inline ptrdiff_t window_argmax(const pynn_pool_shape *s, const float *restrict image,
+                                      ptrdiff_t oh, ptrdiff_t ow)
+{
+    ptrdiff_t h0 = oh * s->stride_h - s->pad_h, w0 = ow * s->stride_w - s->pad_w;
+    ptrdiff_t best = -1;
+    float best_value = -INFINITY;
+    for (ptrdiff_t kh = 0; kh < s->kernel_h; kh++) {
+        ptrdiff_t ih = h0 + kh * s->dilation_h;
+        if (ih < 0 || ih >= s->height) continue;
+        for (ptrdiff_t kw = 0; kw < s->kernel_w; kw++) {
+            ptrdiff_t iw = w0 + kw * s->dilation_w;
+            if (iw < 0 || iw >= s->width) continue;
+            ptrdiff_t index = ih * s->width + iw;
+            float value = image[index];
+            if (best < 0) best = index;  /* PyTorch starts from the first position, at -inf */
+            if (value > best_value || isnan(value)) {
+                best = index;
+                best_value = value;
+            }
+        }
+    }
+    return best;
+}
+
+void pynn_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
+                             const float *x, float *y)
+{
+    const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
+    (void)ctx;
+#ifdef _OPENMP
+    #pragma omp parallel for num_threads(ctx->num_threads) if(s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS)
+#endif
+    for (ptrdiff_t p = 0; p < s->planes; p++) {
+        const float *image = x + p * in_plane;
+        float *out = y + p * out_plane;
+        for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
+            for (ptrdiff_t ow = 0; ow < s->out_w; ow++) {
+                ptrdiff_t best = window_argmax(s, image, oh, ow);
+                out[oh * s->out_w + ow] = best >= 0 ? image[best] : -INFINITY;
+            }
+    }
+}
+
+void pynn_max_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
+                              const float *dy, const float *x, float *dx)
+{
+    const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
+    (void)ctx;
+#ifdef _OPENMP
+    #pragma omp parallel for num_threads(ctx->num_threads) if(s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS)
+#endif
+    for (ptrdiff_t p = 0; p < s->planes; p++) {
+        const float *image = x + p * in_plane, *grad = dy + p * out_plane;
+        float *out = dx + p * in_plane;
+        memset(out, 0, (size_t)in_plane * sizeof(float));
+        for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
+            for (ptrdiff_t ow = 0; ow < s->out_w; ow++) {
+                ptrdiff_t best = window_argmax(s, image, oh, ow);
+                if (best >= 0) out[best] += grad[oh * s->out_w + ow];
+            }
+    }
+}
+
+/* The window of (oh, ow) clipped to the input, and its divisor. */
+typedef struct {
+    ptrdiff_t h0, h1, w0, w1;
+    float scale;
+} avg_window;
+
+static inline avg_window average_window(const pynn_pool_shape *s, int count_include_pad,
+                                        ptrdiff_t oh, ptrdiff_t ow)
+{
+    avg_window w;
+    w.h0 = oh * s->stride_h - s->pad_h;
+    w.w0 = ow * s->stride_w - s->pad_w;
+    w.h1 = w.h0 + s->kernel_h < s->height + s->pad_h ? w.h0 + s->kernel_h : s->height + s->pad_h;
+    w.w1 = w.w0 + s->kernel_w < s->width + s->pad_w ? w.w0 + s->kernel_w : s->width + s->pad_w;
+    ptrdiff_t padded = (w.h1 - w.h0) * (w.w1 - w.w0);
+    if (w.h0 < 0) w.h0 = 0;
+    if (w.w0 < 0) w.w0 = 0;
+    if (w.h1 > s->height) w.h1 = s->height;
+    if (w.w1 > s->width) w.w1 = s->width;
+    ptrdiff_t inside = (w.h1 - w.h0) * (w.w1 - w.w0);
+    ptrdiff_t divisor = count_include_pad ? padded : inside;
+    w.scale = w.h0 < w.h1 && w.w0 < w.w1 ? 1.0f / (float)divisor : 0.0f;
+    return w;
+}
+
+void pynn_avg_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
+                             int count_include_pad, const float *x, float *y)
+{
+    const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
+    (void)ctx;
+#ifdef _OPENMP
+    #pragma omp parallel for num_threads(ctx->num_threads) if(s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS)
+#endif
+    for (ptrdiff_t p = 0; p < s->planes; p++) {
+        const float *image = x + p * in_plane;
+        float *out = y + p * out_plane;
+        for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
+            for (ptrdiff_t ow = 0; ow < s->out_w; ow++) {
+                avg_window w = average_window(s, count_include_pad, oh, ow);
+                float sum = 0.0f;
+                for (ptrdiff_t ih = w.h0; ih < w.h1; ih++)
+                    for (ptrdiff_t iw = w.w0; iw < w.w1; iw++) sum += image[ih * s->width + iw];
+                out[oh * s->out_w + ow] = sum * w.scale;
+            }
+    }
+}
+
+void pynn_avg_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
+                              int count_include_pad, const float *dy, float *dx)
+{
+    const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
+    (void)ctx;
+#ifdef _OPENMP
+    #pragma omp parallel for num_threads(ctx->num_threads) if(s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS)
+#endif
+    for (ptrdiff_t p = 0; p < s->planes; p++) {
+        const float *grad = dy + p * out_plane;
+        float *out = dx + p * in_plane;
+        memset(out, 0, (size_t)in_plane * sizeof(float));
+        for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
+            for (ptrdiff_t ow = 0; ow < s->out_w; ow++) {
+                avg_window w = average_window(s, count_include_pad, oh, ow);
+                float share = grad[oh * s->out_w + ow] * w.scale;
+                for (ptrdiff_t ih = w.h0; ih < w.h1; ih++)
+                    for (ptrdiff_t iw = w.w0; iw < w.w1; iw++) out[ih * s->width + iw] += share;
+            }
+    }
+}
+
+void pynn_global_avg_pool2d_forward(const pynn_context *ctx, ptrdiff_t planes, ptrdiff_t size,
+                                    const float *x, float *y)
+{
+    (void)ctx;
+#ifdef _OPENMP
+    #pragma omp parallel for num_threads(ctx->num_threads) if(planes > 1 && planes * size >= PARALLEL_MIN_FLOATS)
+#endif
+    for (ptrdiff_t p = 0; p < planes; p++) {
+        const float *image = x + p * size;
+        float sum = 0.0f;
+        for (ptrdiff_t i = 0; i < size; i++) sum += image[i];
+        y[p] = sum / (float)size;
+    }
+}
+
+void pynn_global_avg_pool2d_backward(const pynn_context *ctx, ptrdiff_t planes, ptrdiff_t size,
+                                     const float *dy, float *dx)
+{
+    (void)ctx;
+#ifdef _OPENMP
+    #pragma omp parallel for num_threads(ctx->num_threads) if(planes > 1 && planes * size >= PARALLEL_MIN_FLOATS)
+#endif
+    for (ptrdiff_t p = 0; p < planes; p++) {
+        float share = dy[p] / (float)size;
+        float *out = dx + p * size;
+        for (ptrdiff_t i = 0; i < size; i++) out[i] = share;
+    }
+}

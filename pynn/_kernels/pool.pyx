@@ -1,0 +1,114 @@
+"""Pooling kernels (csrc/pool.c): max, average and global average, each with
+its backward. Geometry is validated by pynn.ops.conv; the checks here only
+keep a careless caller in bounds."""
+cimport numpy as cnp
+
+from pynn._kernels.buffers cimport float_input, float_output
+from pynn._kernels.runtime cimport current_context, pynn_context
+
+cnp.import_array()
+
+cdef extern from "pool.h" nogil:
+    ctypedef struct pynn_pool_shape:
+        Py_ssize_t planes, height, width, out_h, out_w
+        Py_ssize_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w
+    void pynn_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
+                                 const float *x, float *y)
+    void pynn_max_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
+                                  const float *dy, const float *x, float *dx)
+    void pynn_avg_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
+                                 int count_include_pad, const float *x, float *y)
+    void pynn_avg_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
+                                  int count_include_pad, const float *dy, float *dx)
+    void pynn_global_avg_pool2d_forward(const pynn_context *ctx, Py_ssize_t planes,
+                                        Py_ssize_t size, const float *x, float *y)
+    void pynn_global_avg_pool2d_backward(const pynn_context *ctx, Py_ssize_t planes,
+                                         Py_ssize_t size, const float *dy, float *dx)
+
+
+cdef pynn_pool_shape geometry(tuple x_shape, tuple out_hw, tuple kernel, tuple stride,
+                              tuple padding, tuple dilation) except *:
+    cdef pynn_pool_shape s
+    if len(x_shape) != 4:
+        raise ValueError(f"pool2d: x must be 4-D, got {x_shape}")
+    s.planes = x_shape[0] * x_shape[1]
+    s.height, s.width = x_shape[2], x_shape[3]
+    s.out_h, s.out_w = out_hw
+    s.kernel_h, s.kernel_w = kernel
+    s.stride_h, s.stride_w = stride
+    s.pad_h, s.pad_w = padding
+    s.dilation_h, s.dilation_w = dilation
+    if (s.kernel_h < 1 or s.kernel_w < 1 or s.stride_h < 1 or s.stride_w < 1 or s.pad_h < 0
+            or s.pad_w < 0 or s.dilation_h < 1 or s.dilation_w < 1 or s.out_h < 1 or s.out_w < 1
+            or (s.out_h - 1) * s.stride_h - s.pad_h >= s.height
+            or (s.out_w - 1) * s.stride_w - s.pad_w >= s.width):
+        raise ValueError(f"pool2d: inconsistent geometry x {x_shape}, output {out_hw}, "
+                         f"kernel {kernel}, stride {stride}, padding {padding}")
+    return s
+
+
+def max_pool2d_forward(x, y, tuple kernel, tuple stride, tuple padding, tuple dilation):
+    cdef pynn_pool_shape s = geometry(x.shape, y.shape[2:], kernel, stride, padding, dilation)
+    cdef const float *input = float_input(x, x.size, "x")
+    cdef float *output = float_output(y, s.planes * s.out_h * s.out_w, "y")
+    cdef pynn_context ctx = current_context()
+    with nogil:
+        pynn_max_pool2d_forward(&ctx, &s, input, output)
+    return y
+
+
+def max_pool2d_backward(dy, x, dx, tuple kernel, tuple stride, tuple padding, tuple dilation):
+    cdef pynn_pool_shape s = geometry(x.shape, dy.shape[2:], kernel, stride, padding, dilation)
+    cdef const float *grad = float_input(dy, s.planes * s.out_h * s.out_w, "dy")
+    cdef const float *input = float_input(x, x.size, "x")
+    cdef float *output = float_output(dx, x.size, "dx")
+    cdef pynn_context ctx = current_context()
+    with nogil:
+        pynn_max_pool2d_backward(&ctx, &s, grad, input, output)
+    return dx
+
+
+def avg_pool2d_forward(x, y, tuple kernel, tuple stride, tuple padding, bint count_include_pad):
+    cdef pynn_pool_shape s = geometry(x.shape, y.shape[2:], kernel, stride, padding, (1, 1))
+    cdef const float *input = float_input(x, x.size, "x")
+    cdef float *output = float_output(y, s.planes * s.out_h * s.out_w, "y")
+    cdef pynn_context ctx = current_context()
+    with nogil:
+        pynn_avg_pool2d_forward(&ctx, &s, count_include_pad, input, output)
+    return y
+
+
+def avg_pool2d_backward(dy, dx, tuple kernel, tuple stride, tuple padding,
+                        bint count_include_pad):
+    cdef pynn_pool_shape s = geometry(dx.shape, dy.shape[2:], kernel, stride, padding, (1, 1))
+    cdef const float *grad = float_input(dy, s.planes * s.out_h * s.out_w, "dy")
+    cdef float *output = float_output(dx, dx.size, "dx")
+    cdef pynn_context ctx = current_context()
+    with nogil:
+        pynn_avg_pool2d_backward(&ctx, &s, count_include_pad, grad, output)
+    return dx
+
+
+def global_avg_pool2d_forward(x, y):
+    """y [N, C] = the mean of each [H, W] plane of x [N, C, H, W]."""
+    cdef Py_ssize_t planes = x.shape[0] * x.shape[1], size = x.shape[2] * x.shape[3]
+    if size < 1:
+        raise ValueError(f"global_avg_pool2d: empty planes in x {x.shape}")
+    cdef const float *input = float_input(x, planes * size, "x")
+    cdef float *output = float_output(y, planes, "y")
+    cdef pynn_context ctx = current_context()
+    with nogil:
+        pynn_global_avg_pool2d_forward(&ctx, planes, size, input, output)
+    return y
+
+
+def global_avg_pool2d_backward(dy, dx):
+    cdef Py_ssize_t planes = dx.shape[0] * dx.shape[1], size = dx.shape[2] * dx.shape[3]
+    if size < 1:
+        raise ValueError(f"global_avg_pool2d_backward: empty planes in dx {dx.shape}")
+    cdef const float *grad = float_input(dy, planes, "dy")
+    cdef float *output = float_output(dx, planes * size, "dx")
+    cdef pynn_context ctx = current_context()
+    with nogil:
+        pynn_global_avg_pool2d_backward(&ctx, planes, size, grad, output)
+    return dx

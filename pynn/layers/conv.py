@@ -1,0 +1,238 @@
+"""Convolution and pooling layers over NCHW images (contract in base.py)."""
+import math
+
+import numpy as np
+
+from pynn import init
+from pynn._checks import as_count, as_float32
+from pynn._kernels import activations as _activations
+from pynn._kernels import conv as _conv
+from pynn._kernels import pool as _pool
+from pynn.layers.base import Layer
+from pynn.ops.conv import (_flag, conv_output_shape, pair, pool_geometry,
+                           pool_output_shape)
+
+
+def _saved(layer, value):
+    if value is None:
+        raise RuntimeError(f"{type(layer).__name__}.backward: call forward(x, training=True) first")
+    return value
+
+
+def _check_dy(layer, dy, shape):
+    dy = as_float32(dy, f"{type(layer).__name__}.backward", "dy")
+    if dy.shape != shape:
+        raise ValueError(f"{type(layer).__name__}.backward: dy must have the forward output's "
+                         f"shape {shape}, got {dy.shape}")
+    return dy
+
+
+class Conv2d(Layer):
+    """y = weight ⋆ x + bias over NCHW; weight [out_channels, in_channels / groups, kh, kw].
+
+    ``activation`` (None or "relu") fuses a following ReLU into the GEMM's
+    epilogue, as ``Linear.activation``: backward then expects dL/d(relu output)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True):
+        super().__init__()
+        self.in_channels = as_count(in_channels, "Conv2d", "in_channels")
+        self.out_channels = as_count(out_channels, "Conv2d", "out_channels")
+        self.kernel_size = pair(kernel_size, "Conv2d", "kernel_size", 1)
+        self.stride = pair(stride, "Conv2d", "stride", 1)
+        self.padding = pair(padding, "Conv2d", "padding", 0)
+        self.dilation = pair(dilation, "Conv2d", "dilation", 1)
+        self.groups = as_count(groups, "Conv2d", "groups")
+        for name, channels in (("in_channels", self.in_channels),
+                               ("out_channels", self.out_channels)):
+            if channels % self.groups:
+                raise ValueError(f"Conv2d: groups={self.groups} must divide {name}={channels}")
+        _flag(bias, "Conv2d", "bias")
+        self.activation = None
+        weight = np.empty((self.out_channels, self.in_channels // self.groups) + self.kernel_size,
+                          dtype=np.float32)
+        # PyTorch's default: kaiming_uniform(a=√5), i.e. U(±1/√fan_in), for both tensors
+        init.kaiming_uniform_(weight, a=math.sqrt(5))
+        self.params["weight"] = weight
+        self.grads["weight"] = np.zeros_like(weight)
+        if bias:
+            bound = 1.0 / math.sqrt(weight[0].size)
+            self.params["bias"] = init.uniform_(np.empty(self.out_channels, np.float32),
+                                                -bound, bound)
+            self.grads["bias"] = np.zeros(self.out_channels, dtype=np.float32)
+        self._geometry = (self.stride, self.padding, self.dilation, self.groups)
+        self._x = self._y = None
+
+    def config(self):
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": list(self.padding), "dilation": list(self.dilation),
+                "groups": self.groups, "bias": "bias" in self.params}
+
+    def output_shape(self, input_shape):
+        return conv_output_shape("Conv2d", input_shape, self.in_channels, self.out_channels,
+                                 self.kernel_size, self.stride, self.padding, self.dilation,
+                                 self.groups)
+
+    def check_input(self, x):
+        x = as_float32(x, "Conv2d", "x")
+        self.output_shape(x.shape)
+        return x
+
+    def infer(self, x, out):
+        # no workspace: the kernel allocates its own scratch, so threads never share one
+        return _conv.conv2d_forward(x, self.params["weight"], self.params.get("bias"), out,
+                                    *self._geometry, self.activation == "relu")
+
+    def _scratch(self, x):
+        size = _conv.workspace_size(x.shape, self.params["weight"].shape, *self._geometry)
+        return self.workspace("unfolded", (size,))
+
+    def forward(self, x, training=False):
+        x = self.check_input(x)
+        shape = self.output_shape(x.shape)
+        if not training:
+            return self.infer(x, np.empty(shape, dtype=np.float32))
+        self._x = x
+        self._y = _conv.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
+                                       self.workspace("y", shape), *self._geometry,
+                                       self.activation == "relu", self._scratch(x))
+        return self._y
+
+    def backward(self, dy, input_grad=True):
+        """dZ = dY (masked by y > 0 with a fused ReLU),  dW_g = Σ_n dZ_g X̂_gᵀ,
+        db = Σ_{n,h,w} dZ,  dX = col2im(W_gᵀ dZ_g)."""
+        x, y = _saved(self, self._x), _saved(self, self._y)
+        dy = _check_dy(self, dy, y.shape)
+        if self.activation == "relu":
+            dy = _activations.elementwise("relu_backward", dy, y, self.workspace("dz", y.shape))
+        trainable = self.trainable
+        dweight = self.grads["weight"] if trainable else None
+        dbias = self.grads.get("bias") if trainable else None
+        dx = self.workspace("dx", x.shape) if input_grad else None
+        if dx is not None or dweight is not None or dbias is not None:
+            _conv.conv2d_backward(dy, x, self.params["weight"], dx, dweight, dbias,
+                                  *self._geometry, self._scratch(x))
+        return dx
+
+
+class _Pool2d(Layer):
+    """Shared by the window pools: geometry, validation, the training buffers."""
+
+    def __init__(self, kernel_size, stride, padding, dilation, ceil_mode):
+        super().__init__()
+        name = type(self).__name__
+        self.kernel_size, self.stride, self.padding, self.dilation = pool_geometry(
+            name, kernel_size, stride, padding, dilation)
+        self.ceil_mode = _flag(ceil_mode, name, "ceil_mode")
+        for axis in range(2):
+            if self.padding[axis] > self.kernel_size[axis] // 2:
+                raise ValueError(f"{name}: padding {self.padding} must be at most half the "
+                                 f"kernel size {self.kernel_size}")
+        self._x = None
+
+    def output_shape(self, input_shape):
+        return pool_output_shape(type(self).__name__, input_shape, self.kernel_size, self.stride,
+                                 self.padding, self.dilation, self.ceil_mode)
+
+    def check_input(self, x):
+        x = as_float32(x, type(self).__name__, "x")
+        self.output_shape(x.shape)
+        return x
+
+    def forward(self, x, training=False):
+        x = self.check_input(x)
+        shape = self.output_shape(x.shape)
+        if not training:
+            return self.infer(x, np.empty(shape, dtype=np.float32))
+        self._x = x
+        return self.infer(x, self.workspace("y", shape))
+
+    def _gradient_arguments(self, dy):
+        x = _saved(self, self._x)
+        return _check_dy(self, dy, self.output_shape(x.shape)), x, self.workspace("dx", x.shape)
+
+
+class MaxPool2d(_Pool2d):
+    """The maximum of each window; backward routes dy to the first maximum."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+        super().__init__(kernel_size, stride, padding, dilation, ceil_mode)
+
+    def config(self):
+        return {"kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": list(self.padding), "dilation": list(self.dilation),
+                "ceil_mode": self.ceil_mode}
+
+    def infer(self, x, out):
+        return _pool.max_pool2d_forward(x, out, self.kernel_size, self.stride, self.padding,
+                                        self.dilation)
+
+    def backward(self, dy, input_grad=True):
+        dy, x, dx = self._gradient_arguments(dy)
+        if not input_grad:
+            return None
+        return _pool.max_pool2d_backward(dy, x, dx, self.kernel_size, self.stride, self.padding,
+                                         self.dilation)
+
+
+class AvgPool2d(_Pool2d):
+    """The mean of each window (the divisor counts padding when count_include_pad)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True):
+        super().__init__(kernel_size, stride, padding, 1, ceil_mode)
+        self.count_include_pad = _flag(count_include_pad, "AvgPool2d", "count_include_pad")
+
+    def config(self):
+        return {"kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": list(self.padding), "ceil_mode": self.ceil_mode,
+                "count_include_pad": self.count_include_pad}
+
+    def infer(self, x, out):
+        return _pool.avg_pool2d_forward(x, out, self.kernel_size, self.stride, self.padding,
+                                        self.count_include_pad)
+
+    def backward(self, dy, input_grad=True):
+        dy, x, dx = self._gradient_arguments(dy)
+        if not input_grad:
+            return None
+        return _pool.avg_pool2d_backward(dy, dx, self.kernel_size, self.stride, self.padding,
+                                         self.count_include_pad)
+
+
+class GlobalAvgPool2d(Layer):
+    """[N, C, H, W] → [N, C], the mean of every plane (ready for a Linear)."""
+
+    def __init__(self):
+        super().__init__()
+        self._input_shape = None
+
+    def output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 4 or 0 in input_shape[2:]:
+            raise ValueError(f"GlobalAvgPool2d: x must be 4-D [N, C, H, W] with H, W >= 1, "
+                             f"got shape {input_shape}")
+        return input_shape[:2]
+
+    def check_input(self, x):
+        x = as_float32(x, "GlobalAvgPool2d", "x")
+        self.output_shape(x.shape)
+        return x
+
+    def infer(self, x, out):
+        return _pool.global_avg_pool2d_forward(x, out)
+
+    def forward(self, x, training=False):
+        x = self.check_input(x)
+        if not training:
+            return self.infer(x, np.empty(x.shape[:2], dtype=np.float32))
+        self._input_shape = x.shape
+        return self.infer(x, self.workspace("y", x.shape[:2]))
+
+    def backward(self, dy, input_grad=True):
+        shape = _saved(self, self._input_shape)
+        dy = _check_dy(self, dy, shape[:2])
+        if not input_grad:
+            return None
+        return _pool.global_avg_pool2d_backward(dy, self.workspace("dx", shape))

@@ -1,0 +1,104 @@
+"""Batch normalisation layers (contract in base.py), as torch.nn.BatchNorm1d/2d."""
+import numpy as np
+
+from pynn._checks import as_count, as_float32, as_real
+from pynn._kernels import batchnorm as _kernels
+from pynn.layers.base import Layer
+
+
+class _BatchNorm(Layer):
+    """Normalises over every axis but axis 1 (the channels).
+
+    Training: y = (x - mean_B) / √(var_B + eps) · weight + bias with the batch's
+    mean and biased variance; the running statistics move by ``momentum``
+    (r = (1 - momentum) r + momentum s, the unbiased variance for
+    running_var; momentum None: the cumulative average, as PyTorch).
+    Inference uses the running statistics."""
+    _ranks = ()
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        super().__init__()
+        name = type(self).__name__
+        self.num_features = as_count(num_features, name, "num_features")
+        self.eps = as_real(eps, name, "eps")
+        if not self.eps > 0.0:
+            raise ValueError(f"{name}: eps must be > 0, got {self.eps}")
+        self.momentum = None if momentum is None else as_real(momentum, name, "momentum")
+        if self.momentum is not None and not 0.0 <= self.momentum <= 1.0:
+            raise ValueError(f"{name}: momentum must be in [0, 1] or None, got {self.momentum}")
+        c = self.num_features
+        self.params["weight"] = np.ones(c, dtype=np.float32)
+        self.params["bias"] = np.zeros(c, dtype=np.float32)
+        self.grads["weight"] = np.zeros(c, dtype=np.float32)
+        self.grads["bias"] = np.zeros(c, dtype=np.float32)
+        self.buffers["running_mean"] = np.zeros(c, dtype=np.float32)
+        self.buffers["running_var"] = np.ones(c, dtype=np.float32)
+        self.buffers["num_batches_tracked"] = np.zeros((), dtype=np.int64)
+        self._x = None
+
+    def config(self):
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}
+
+    def output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) not in self._ranks or input_shape[1] != self.num_features:
+            ranks = " or ".join(f"{rank}-D" for rank in self._ranks)
+            raise ValueError(f"{type(self).__name__}: x must be {ranks} with num_features="
+                             f"{self.num_features} channels on axis 1, got shape {input_shape}")
+        return input_shape
+
+    def check_input(self, x):
+        x = as_float32(x, type(self).__name__, "x")
+        self.output_shape(x.shape)
+        return x
+
+    def infer(self, x, out):
+        return _kernels.eval_forward(x, self.params["weight"], self.params["bias"], self.eps,
+                                     self.buffers["running_mean"], self.buffers["running_var"],
+                                     out)
+
+    def forward(self, x, training=False):
+        x = self.check_input(x)
+        if not training:
+            return self.infer(x, np.empty(x.shape, dtype=np.float32))
+        if x.size // self.num_features <= 1:
+            raise ValueError(f"{type(self).__name__}: training needs more than 1 value per "
+                             f"channel, got input shape {x.shape}")
+        tracked = self.buffers["num_batches_tracked"]
+        tracked += 1
+        factor = 1.0 / float(tracked) if self.momentum is None else self.momentum
+        c = self.num_features
+        self._mean = self.workspace("mean", (c,))
+        self._invstd = self.workspace("invstd", (c,))
+        self._x = x
+        return _kernels.train_forward(x, self.params["weight"], self.params["bias"], self.eps,
+                                      factor, self.buffers["running_mean"],
+                                      self.buffers["running_var"], self._mean, self._invstd,
+                                      self.workspace("y", x.shape))
+
+    def backward(self, dy, input_grad=True):
+        """dbias = Σ dy,  dweight = Σ dy x̂,  dx = weight/σ (dy - mean(dy) - x̂ mean(dy x̂))."""
+        x = self._x
+        name = type(self).__name__
+        if x is None:
+            raise RuntimeError(f"{name}.backward: call forward(x, training=True) first")
+        dy = as_float32(dy, f"{name}.backward", "dy")
+        if dy.shape != x.shape:
+            raise ValueError(f"{name}.backward: dy must have the forward output's shape "
+                             f"{x.shape}, got {dy.shape}")
+        dx = self.workspace("dx", x.shape) if input_grad else None
+        trainable = self.trainable
+        _kernels.backward(dy, x, self.params["weight"], self._mean, self._invstd, dx,
+                          self.grads["weight"] if trainable else None,
+                          self.grads["bias"] if trainable else None)
+        return dx
+
+
+class BatchNorm1d(_BatchNorm):
+    """Over [N, C] or [N, C, L]."""
+    _ranks = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Over [N, C, H, W]."""
+    _ranks = (4,)
