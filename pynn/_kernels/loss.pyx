@@ -59,8 +59,11 @@ cdef int check_finite_target(const float *t, Py_ssize_t count, str where) except
     return 0
 
 
-def mse(pred, target, grad, str where="mse"):
-    """Mean squared error; writes its gradient into grad unless None. NaN targets are refused."""
+ctypedef double (*elementwise_loss)(const pynn_context *ctx, Py_ssize_t count, const float *pred,
+                                    const float *target, float *grad) noexcept nogil
+
+
+cdef double mean_elementwise_loss(elementwise_loss kernel, pred, target, grad, str where) except? -1:
     cdef Py_ssize_t count = cnp.PyArray_SIZE(pred)
     cdef const float *p = float_input(pred, count, "pred")
     cdef const float *t = float_input(target, count, "target")
@@ -69,19 +72,15 @@ def mse(pred, target, grad, str where="mse"):
     cdef pynn_context ctx = current_context()
     cdef double loss
     with nogil:
-        loss = pynn_mse(&ctx, count, p, t, g)
+        loss = kernel(&ctx, count, p, t, g)
     return loss
+
+
+def mse(pred, target, grad, str where="mse"):
+    """Mean squared error; writes its gradient into grad unless None. NaN targets are refused."""
+    return mean_elementwise_loss(pynn_mse, pred, target, grad, where)
 
 
 def bce_with_logits(logits, target, grad, str where="binary_cross_entropy_with_logits"):
-    """Mean binary cross-entropy of logits against targets in [0, 1]."""
-    cdef Py_ssize_t count = cnp.PyArray_SIZE(logits)
-    cdef const float *x = float_input(logits, count, "logits")
-    cdef const float *t = float_input(target, count, "target")
-    cdef float *g = optional_output(grad, count)
-    check_finite_target(t, count, where)
-    cdef pynn_context ctx = current_context()
-    cdef double loss
-    with nogil:
-        loss = pynn_bce_with_logits(&ctx, count, x, t, g)
-    return loss
+    """Mean binary cross-entropy of logits against targets in [0, 1]; NaN targets are refused."""
+    return mean_elementwise_loss(pynn_bce_with_logits, logits, target, grad, where)

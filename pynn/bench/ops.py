@@ -1,0 +1,134 @@
+"""Ops suite: each activation forward and backward at 1e6 elements, softmax
+cross-entropy, and linear (+ReLU) forward and backward at MLP shapes, beside
+the numpy expression a user would write (and PyTorch where installed).
+
+pynn and PyTorch write into preallocated outputs (both APIs offer ``out``);
+numpy runs its natural expression, temporaries included. Work is elements
+(unit "samples/s" reads as elements per second) or FLOP for linear."""
+import numpy as np
+
+from pynn import ops
+from pynn.bench import Case, optional_import
+
+ELEMENTS = 1_000_000
+BATCHES = (32, 128, 512)
+LAYERS = ((784, 256), (256, 128), (128, 10))
+
+
+def _activation_cases(rng, torch, scipy_special):
+    x = rng.standard_normal(ELEMENTS, dtype=np.float32) * 3
+    dy = rng.standard_normal(ELEMENTS, dtype=np.float32)
+    out = np.empty_like(x)
+    sigmoid_y, tanh_y = ops.sigmoid(x), ops.tanh(x)
+    erf = scipy_special.erf if scipy_special else None  # numpy has no erf
+    # name -> (pynn, numpy expression, torch expression on tensors x, dy, y, out)
+    table = {
+        "relu": (lambda: ops.relu(x, out=out), lambda: np.maximum(x, 0),
+                 lambda t: torch.clamp_min(t["x"], 0, out=t["out"])),
+        "relu_backward": (lambda: ops.relu_backward(dy, x, out=out), lambda: dy * (x > 0),
+                          lambda t: torch.ops.aten.threshold_backward(t["dy"], t["x"], 0)),
+        "leaky_relu": (lambda: ops.leaky_relu(x, out=out), lambda: np.where(x > 0, x, 0.01 * x),
+                       lambda t: torch.nn.functional.leaky_relu(t["x"], 0.01)),
+        "leaky_relu_backward": (lambda: ops.leaky_relu_backward(dy, x, out=out),
+                                lambda: np.where(x > 0, dy, 0.01 * dy),
+                                lambda t: torch.ops.aten.leaky_relu_backward(t["dy"], t["x"], 0.01, False)),
+        "sigmoid": (lambda: ops.sigmoid(x, out=out), lambda: 1 / (1 + np.exp(-x)),
+                    lambda t: torch.sigmoid(t["x"], out=t["out"])),
+        "sigmoid_backward": (lambda: ops.sigmoid_backward(dy, sigmoid_y, out=out),
+                             lambda: dy * sigmoid_y * (1 - sigmoid_y),
+                             lambda t: torch.ops.aten.sigmoid_backward(t["dy"], t["sigmoid_y"])),
+        "tanh": (lambda: ops.tanh(x, out=out), lambda: np.tanh(x),
+                 lambda t: torch.tanh(t["x"], out=t["out"])),
+        "tanh_backward": (lambda: ops.tanh_backward(dy, tanh_y, out=out), lambda: dy * (1 - tanh_y * tanh_y),
+                          lambda t: torch.ops.aten.tanh_backward(t["dy"], t["tanh_y"])),
+        "gelu(tanh)": (lambda: ops.gelu(x, approximate="tanh", out=out),
+                       lambda: 0.5 * x * (1 + np.tanh(0.7978845608 * (x + 0.044715 * x ** 3))),
+                       lambda t: torch.nn.functional.gelu(t["x"], approximate="tanh")),
+        "gelu(tanh)_backward": (lambda: ops.gelu_backward(dy, x, approximate="tanh", out=out), None,
+                                lambda t: torch.ops.aten.gelu_backward(t["dy"], t["x"], approximate="tanh")),
+        "gelu": (lambda: ops.gelu(x, out=out),
+                 (lambda: 0.5 * x * (1 + erf(x * np.float32(0.70710678)))) if erf else None,
+                 lambda t: torch.nn.functional.gelu(t["x"])),
+        "gelu_backward": (lambda: ops.gelu_backward(dy, x, out=out), None,
+                          lambda t: torch.ops.aten.gelu_backward(t["dy"], t["x"])),
+    }
+    tensors = None
+    if torch is not None:
+        tensors = {name: torch.from_numpy(array) for name, array in
+                   (("x", x), ("dy", dy), ("sigmoid_y", sigmoid_y), ("tanh_y", tanh_y))}
+        tensors["out"] = torch.empty(ELEMENTS)
+    found = []
+    for name, (mine, numpy_expression, torch_expression) in table.items():
+        runners = {"pynn": mine}
+        if numpy_expression is not None:
+            runners["scipy" if name == "gelu" else "numpy"] = numpy_expression
+        if torch is not None:
+            runners["torch"] = lambda f=torch_expression: f(tensors)
+        found.append(Case("ops", f"{name} 1e6", runners, work=ELEMENTS, unit="samples/s"))
+    return found
+
+
+def _cross_entropy_numpy(logits, target):
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    rows = np.arange(len(target))
+    loss = -log_p[rows, target].mean()
+    grad = np.exp(log_p)
+    grad[rows, target] -= 1
+    grad /= len(target)
+    return loss, grad
+
+
+def _cross_entropy_cases(rng, torch, batches):
+    found = []
+    for batch, classes in [(b, 10) for b in batches] + [(128, 1000)]:
+        logits = rng.standard_normal((batch, classes), dtype=np.float32) * 3
+        target = rng.integers(0, classes, batch)
+        grad = np.empty_like(logits)
+        runners = {"pynn": lambda l=logits, t=target, g=grad: ops.cross_entropy(l, t, out=g),
+                   "numpy": lambda l=logits, t=target: _cross_entropy_numpy(l, t)}
+        if torch is not None:
+            t_logits = torch.from_numpy(logits).requires_grad_()
+            t_target = torch.from_numpy(target)
+
+            def torch_step(l=t_logits, t=t_target):
+                l.grad = None
+                torch.nn.functional.cross_entropy(l, t).backward()
+            runners["torch"] = torch_step
+        found.append(Case("ops", f"softmax_cross_entropy {batch}x{classes}", runners,
+                          work=batch, unit="samples/s"))
+    return found
+
+
+def _linear_cases(rng, torch, batches):
+    found = []
+    for batch in batches:
+        for fan_in, fan_out in LAYERS:
+            x = rng.standard_normal((batch, fan_in), dtype=np.float32)
+            w = rng.standard_normal((fan_out, fan_in), dtype=np.float32) / np.float32(np.sqrt(fan_in))
+            b = rng.standard_normal(fan_out, dtype=np.float32)
+            dy = rng.standard_normal((batch, fan_out), dtype=np.float32)
+            y = np.empty((batch, fan_out), np.float32)
+            grads = (np.empty_like(x), np.empty_like(w), np.empty_like(b))
+            shape = f"{batch}x{fan_in}->{fan_out}"
+            forward = {"pynn": lambda x=x, w=w, b=b, y=y: ops.linear(x, w, b, out=y, activation="relu"),
+                       "numpy": lambda x=x, w=w, b=b: np.maximum(x @ w.T + b, 0)}
+            backward = {"pynn": lambda dy=dy, x=x, w=w, g=grads: ops.linear_backward(dy, x, w, out=g),
+                        "numpy": lambda dy=dy, x=x, w=w: (dy @ w, dy.T @ x, dy.sum(axis=0))}
+            if torch is not None:
+                tx, tw, tb, tdy = (torch.from_numpy(a) for a in (x, w, b, dy))
+                forward["torch"] = lambda tx=tx, tw=tw, tb=tb: torch.relu(torch.nn.functional.linear(tx, tw, tb))
+                backward["torch"] = lambda tx=tx, tw=tw, tdy=tdy: (tdy @ tw, tdy.T @ tx, tdy.sum(0))
+            flops = 2.0 * batch * fan_in * fan_out
+            found.append(Case("ops", f"linear+relu {shape}", forward, work=flops, unit="GFLOP/s"))
+            found.append(Case("ops", f"linear_backward {shape}", backward, work=2 * flops, unit="GFLOP/s"))
+    return found
+
+
+def cases(quick, threads):
+    rng = np.random.default_rng(0)
+    torch = optional_import("torch")
+    scipy_special = optional_import("scipy.special")
+    batches = (128,) if quick else BATCHES
+    return (_activation_cases(rng, torch, scipy_special) + _cross_entropy_cases(rng, torch, batches)
+            + _linear_cases(rng, torch, batches))
