@@ -257,3 +257,23 @@ def test_a_linear_shared_with_another_model_keeps_both_correct():
     body = Sequential(model[0])  # the Linear without its ReLU
     np.testing.assert_allclose(body.predict(x), reference_forward(body, x), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(model.predict(x), reference_forward(model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_state_dict_with_buffers_matches_torch_keys_and_values():
+    torch = pytest.importorskip("torch")
+    layers = pytest.importorskip("pynn.layers")
+    if not hasattr(layers, "BatchNorm1d"):
+        pytest.skip("BatchNorm1d is not built yet")
+    model = Sequential(Linear(4, 6), layers.BatchNorm1d(6), ReLU(), Linear(6, 2))
+    twin = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU(),
+                               torch.nn.Linear(6, 2))
+    assert list(model.state_dict()) == list(twin.state_dict())
+    x = np.random.default_rng(10).standard_normal((16, 4)).astype(np.float32)
+    twin.train()
+    twin(torch.from_numpy(x))  # moves the running statistics
+    model.load_state_dict(twin.state_dict())
+    assert int(model[1].buffers["num_batches_tracked"]) == 1
+    twin.eval()
+    with torch.no_grad():
+        expected = twin(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model.predict(x), expected, rtol=1e-5, atol=1e-5)
