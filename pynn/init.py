@@ -45,7 +45,7 @@ def _fans(tensor, where):
     if tensor.ndim < 2:
         raise ValueError(f"{where}: fan in and fan out need a tensor of at least 2 dimensions, "
                          f"got shape {tensor.shape}")
-    receptive = int(np.prod(tensor.shape[2:], dtype=np.int64))
+    receptive = math.prod(tensor.shape[2:])
     return tensor.shape[1] * receptive, tensor.shape[0] * receptive
 
 

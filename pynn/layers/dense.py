@@ -9,11 +9,7 @@ from pynn._kernels import activations as _activations
 from pynn._kernels import dense as _dense
 from pynn._kernels import gemm as _gemm
 from pynn.layers.base import Layer
-
-
-def _rows(x):
-    """A C-contiguous array as the 2-D view [every leading axis, last axis]."""
-    return x.reshape(int(np.prod(x.shape[:-1], dtype=np.int64)), x.shape[-1])
+from pynn.ops.dense import _rows
 
 
 def _saved(layer, name):
@@ -130,7 +126,7 @@ class Flatten(Layer):
                              f"fit an input of shape {input_shape}")
         if not input_shape:
             return (1,)
-        merged = int(np.prod(input_shape[start:end + 1], dtype=np.int64))
+        merged = math.prod(input_shape[start:end + 1])
         return input_shape[:start] + (merged,) + input_shape[end + 1:]
 
     def check_input(self, x):

@@ -4,6 +4,8 @@ Element-wise ops take any rank; ``out`` may be the input itself (in place).
 Each ``<name>_backward(dy, a, ...)`` takes what PyTorch's backward takes: the
 forward input ``x`` for relu, leaky_relu and gelu, the forward output ``y``
 for sigmoid, tanh, softmax and log_softmax."""
+import math
+
 import numpy as np
 
 from pynn._checks import as_float32, as_real, check_out
@@ -108,8 +110,8 @@ def _axis_split(shape, axis, where):
     if not shape:
         return 1, 1, 1
     axis %= ndim
-    return (int(np.prod(shape[:axis], dtype=np.int64)), shape[axis],
-            int(np.prod(shape[axis + 1:], dtype=np.int64)))
+    return (math.prod(shape[:axis]), shape[axis],
+            math.prod(shape[axis + 1:]))
 
 
 def _softmax(where, x, axis, out, log_domain):

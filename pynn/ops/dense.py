@@ -1,4 +1,6 @@
 """Matrix products: matmul (and, with the dense-layer kernels, linear)."""
+import math
+
 import numpy as np
 
 from pynn._checks import as_float32, as_real, check_out
@@ -43,7 +45,7 @@ def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None)
 
 def _rows(x):
     """A C-contiguous array as the 2-D view [every leading axis, last axis]."""
-    return x.reshape(int(np.prod(x.shape[:-1], dtype=np.int64)), x.shape[-1])
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
 
 
 def _linear_activation(activation, where):
