@@ -14,6 +14,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m pynn", description="pynn command line")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="version, compiler, kernel paths and threads")
+    demo = commands.add_parser("demo", help="train a baseline, an MLP and a CNN on the bundled digits")
+    demo.add_argument("--epochs", type=_positive_int, default=30)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--threads", type=_positive_int, default=None)
+    demo.add_argument("--out", default="pynn-demo", help="folder for the model and plots")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     bench = commands.add_parser("bench", help="time pynn beside numpy, PyTorch and ONNX Runtime")
     bench.add_argument("suites", nargs="*", default=["all"],
                        help="suites to run: all (default), gemm, ops, train, infer, conv")
@@ -26,6 +32,16 @@ def main(argv=None):
 
     if args.command == "info":
         pynn.show_config()
+        return 0
+    if args.command == "demo":
+        from pynn import demo
+
+        try:
+            demo.run(epochs=args.epochs, seed=args.seed, threads=args.threads,
+                     out_dir=args.out, quiet=args.quiet)
+        except Exception as error:
+            print(f"pynn demo failed: {type(error).__name__}: {error}", file=sys.stderr)
+            return 1
         return 0
     from pynn import bench as harness
 
