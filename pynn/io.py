@@ -11,6 +11,7 @@ import json
 import math
 import os
 import tempfile
+from io import BytesIO
 
 import numpy as np
 import safetensors
@@ -68,43 +69,54 @@ def write_atomic(path, data):
 
 def save_tensors(path, tensors, metadata):
     """Write ``tensors`` (name -> array) and ``metadata`` (str -> str) atomically."""
+    write_atomic(path, tensors_to_bytes(tensors, metadata))
+
+
+def tensors_to_bytes(tensors, metadata):
     arrays = {name: np.asarray(array, order="C") for name, array in tensors.items()}
-    write_atomic(path, safetensors.numpy.save(arrays, metadata=metadata))
+    return safetensors.numpy.save(arrays, metadata=metadata)
 
 
 # -- reading --------------------------------------------------------------------
 def read_tensors(path):
-    """``(tensors, metadata)`` from a safetensors file, validated before use.
-
-    The header length is checked against the file size before the header is
-    read, and every tensor's byte range against the data section before any
-    tensor is decoded, so nothing larger than the file is ever allocated."""
+    """``(tensors, metadata)`` from a safetensors file, validated before use."""
     path = os.fspath(path)
     with open(path, "rb") as file:
-        size = os.fstat(file.fileno()).st_size
-        if size < 8:
-            raise ModelFormatError(f"{path}: truncated: {size} bytes, shorter than the 8-byte header length")
-        header_length = int.from_bytes(file.read(8), "little")
-        if header_length > min(MAX_HEADER_BYTES, size - 8):
-            raise ModelFormatError(
-                f"{path}: bad header length {header_length}: the file holds {size - 8} bytes after it "
-                f"(and headers are limited to {MAX_HEADER_BYTES})")
-        header = _parse_header(file.read(header_length), path)
-        metadata = _check_layout(header, size - 8 - header_length, path)
-        file.seek(0)
-        content = file.read(size + 1)
+        return _read_validated(file, os.fstat(file.fileno()).st_size, path)
+
+
+def tensors_from_bytes(data, where="<bytes>"):
+    """``read_tensors`` for the content of a file held in memory."""
+    return _read_validated(BytesIO(data), len(data), where)
+
+
+def _read_validated(file, size, where):
+    """The header length is checked against the size before the header is
+    read, and every tensor's byte range against the data section before any
+    tensor is decoded, so nothing larger than the file is ever allocated."""
+    if size < 8:
+        raise ModelFormatError(f"{where}: truncated: {size} bytes, shorter than the 8-byte header length")
+    header_length = int.from_bytes(file.read(8), "little")
+    if header_length > min(MAX_HEADER_BYTES, size - 8):
+        raise ModelFormatError(
+            f"{where}: bad header length {header_length}: the file holds {size - 8} bytes after it "
+            f"(and headers are limited to {MAX_HEADER_BYTES})")
+    header = _parse_header(file.read(header_length), where)
+    metadata = _check_layout(header, size - 8 - header_length, where)
+    file.seek(0)
+    content = file.read(size + 1)
     if len(content) != size:
-        raise ModelFormatError(f"{path}: the file changed size while it was read")
+        raise ModelFormatError(f"{where}: the file changed size while it was read")
     try:
         tensors = safetensors.numpy.load(content)
     except Exception as error:  # the package's errors, whatever their class
-        raise ModelFormatError(f"{path}: safetensors rejected the file: {error}") from None
+        raise ModelFormatError(f"{where}: safetensors rejected the file: {error}") from None
     for name, array in tensors.items():
         entry = header.get(name)
         if entry is None or array.dtype != _DTYPES[entry["dtype"]] or list(array.shape) != entry["shape"]:
-            raise ModelFormatError(f"{path}: tensor {name!r} decoded differently from its header entry")
+            raise ModelFormatError(f"{where}: tensor {name!r} decoded differently from its header entry")
     if len(tensors) != len(header) - ("__metadata__" in header):
-        raise ModelFormatError(f"{path}: safetensors decoded {len(tensors)} tensors, the header lists more")
+        raise ModelFormatError(f"{where}: safetensors decoded {len(tensors)} tensors, the header lists more")
     return tensors, metadata
 
 
@@ -202,16 +214,30 @@ def model_metadata(model):
             "architecture": json.dumps(architecture_of(model))}
 
 
+def model_to_bytes(model):
+    """The bytes ``model.save`` writes: the state dict as tensors, the
+    architecture as JSON (what a model can pickle to, with no code inside)."""
+    return tensors_to_bytes(model.state_dict(), model_metadata(model))
+
+
 def save_model(model, path):
-    """``model.save(path)``: the state dict as tensors, the architecture as JSON."""
-    save_tensors(path, model.state_dict(), model_metadata(model))
+    write_atomic(path, model_to_bytes(model))
 
 
 def load(path):
     """Rebuild the ``Sequential`` saved at ``path`` by ``model.save``."""
-    tensors, metadata = read_tensors(path)
-    model = build_model(metadata, tensors, path)
-    _load_state(model, tensors, path, strict=True)
+    return _rebuild(*read_tensors(path), os.fspath(path))
+
+
+def model_from_bytes(data):
+    """Rebuild a ``Sequential`` from ``model_to_bytes`` output, as untrusted input."""
+    where = "<model bytes>"
+    return _rebuild(*tensors_from_bytes(data, where), where)
+
+
+def _rebuild(tensors, metadata, where):
+    model = build_model(metadata, tensors, where)
+    _load_state(model, tensors, where, strict=True)
     return model
 
 
@@ -341,7 +367,7 @@ def save_checkpoint(path, model, optimizer, epoch=0, scheduler=None, rng=None):
     metadata = model_metadata(model)
     metadata.update({
         "format": CHECKPOINT_FORMAT,
-        "epoch": str(epoch),
+        "epoch": json.dumps(epoch),
         "optimizer": json.dumps({"type": type(optimizer).__name__,
                                  "param_groups": optimizer_state["param_groups"]}),
         "scheduler": json.dumps(None if scheduler is None else scheduler.state_dict()),
@@ -355,9 +381,37 @@ def _checked_generator_state(generator, state, path, name):
     probe = type(generator.bit_generator)()
     try:
         probe.state = state
-    except (TypeError, ValueError, KeyError, OverflowError) as error:
+    except Exception as error:  # numpy's checks of a hostile dict, whatever they raise
         raise ModelFormatError(f"{path}: the saved state of generator {name} is invalid: {error}") from None
     return state
+
+
+def _checked_hyperparameters(optimizer, model, param_groups, path):
+    """The saved hyperparameters, validated by building a throwaway optimizer
+    of the same type from them (its constructor checks every value)."""
+    if not (isinstance(param_groups, list) and len(param_groups) == 1 and isinstance(param_groups[0], dict)):
+        raise ModelFormatError(f"{path}: the optimizer state must hold one parameter group")
+    try:
+        type(optimizer)(model, **param_groups[0])
+    except Exception as error:
+        raise ModelFormatError(f"{path}: the saved {type(optimizer).__name__} hyperparameters "
+                               f"{param_groups[0]!r:.200} are invalid: {error}") from None
+
+
+def _checked_scheduler_state(scheduler, state, path):
+    """The same fields as the scheduler's own state, each a number where it holds one."""
+    current = scheduler.state_dict()
+    if not isinstance(state, dict) or set(state) != set(current) or any(
+            isinstance(state[key], bool) or (isinstance(value, (int, float)) and not isinstance(state[key], (int, float)))
+            for key, value in current.items()):
+        raise ModelFormatError(f"{path}: the saved scheduler state {state!r:.200} does not fit "
+                               f"{type(scheduler).__name__} (fields {sorted(current)})")
+
+
+def _metadata_field(metadata, key, path):
+    if key not in metadata:
+        raise ModelFormatError(f"{path}: checkpoint metadata lacks {key!r}")
+    return parse_json(metadata[key], path, f"the checkpoint's {key}")
 
 
 def load_checkpoint(path, model, optimizer, scheduler=None, rng=None):
@@ -368,27 +422,26 @@ def load_checkpoint(path, model, optimizer, scheduler=None, rng=None):
     if metadata.get("format") != CHECKPOINT_FORMAT:
         raise ModelFormatError(f"{path}: not a pynn checkpoint (metadata format "
                                f"{metadata.get('format')!r:.60})")
-    try:
-        epoch = int(metadata["epoch"])
-        optimizer_meta = parse_json(metadata["optimizer"], path, "the optimizer state")
-        scheduler_state = parse_json(metadata["scheduler"], path, "the scheduler state")
-        generator_states = parse_json(metadata["generators"], path, "the generator states")
-        rng_state = parse_json(metadata["rng"], path, "the rng state")
-        optimizer_type, param_groups = optimizer_meta["type"], optimizer_meta["param_groups"]
-    except (KeyError, TypeError, ValueError) as error:
-        if isinstance(error, ModelFormatError):
-            raise
-        raise ModelFormatError(f"{path}: checkpoint metadata is incomplete or malformed: {error!r}") from None
-    if scheduler_state is not None and not isinstance(scheduler_state, dict):
-        raise ModelFormatError(f"{path}: the scheduler state must be a JSON object")
-    if optimizer_type != type(optimizer).__name__:
-        raise ModelFormatError(f"{path}: the checkpoint holds {optimizer_type!s:.60} state, "
+    epoch = _metadata_field(metadata, "epoch", path)
+    optimizer_meta = _metadata_field(metadata, "optimizer", path)
+    scheduler_state = _metadata_field(metadata, "scheduler", path)
+    generator_states = _metadata_field(metadata, "generators", path)
+    rng_state = _metadata_field(metadata, "rng", path)
+    if not _is_count(epoch):
+        raise ModelFormatError(f"{path}: the epoch must be a non-negative integer, got {epoch!r:.60}")
+    if not (isinstance(optimizer_meta, dict) and set(optimizer_meta) == {"type", "param_groups"}):
+        raise ModelFormatError(f"{path}: the optimizer metadata must hold its type and param_groups")
+    if optimizer_meta["type"] != type(optimizer).__name__:
+        raise ModelFormatError(f"{path}: the checkpoint holds {optimizer_meta['type']!s:.60} state, "
                                f"the optimizer is {type(optimizer).__name__}")
     if (scheduler_state is None) != (scheduler is None) or (rng_state is None) != (rng is None):
         raise ModelFormatError(f"{path}: pass a scheduler and an rng exactly when the checkpoint "
                                f"was saved with them (saved: scheduler "
                                f"{'yes' if scheduler_state is not None else 'no'}, rng "
                                f"{'yes' if rng_state is not None else 'no'})")
+    _checked_hyperparameters(optimizer, model, optimizer_meta["param_groups"], path)
+    if scheduler is not None:
+        _checked_scheduler_state(scheduler, scheduler_state, path)
     model_tensors = {key[len("model/"):]: array for key, array in tensors.items()
                      if key.startswith("model/")}
     state = _matching_state(model, model_tensors, path, strict=True)
@@ -401,18 +454,17 @@ def load_checkpoint(path, model, optimizer, scheduler=None, rng=None):
                   for index, attribute, generator in _layer_generators(model)}
     if not isinstance(generator_states, dict) or set(generator_states) != set(generators):
         raise ModelFormatError(f"{path}: the checkpoint's random generators "
-                               f"{sorted(generator_states)!s:.200} do not match the model's "
-                               f"{sorted(generators)}")
+                               f"{generator_states!r:.200} do not match the model's {sorted(generators)}")
     for name, generator in generators.items():
         _checked_generator_state(generator, generator_states[name], path, name)
     if rng is not None:
         _checked_generator_state(rng, rng_state, path, "rng")
     try:
-        optimizer.load_state_dict({"state": optimizer_state, "param_groups": param_groups})
-        if scheduler is not None:
-            scheduler.load_state_dict(scheduler_state)
+        optimizer.load_state_dict({"state": optimizer_state, "param_groups": optimizer_meta["param_groups"]})
     except (KeyError, TypeError, ValueError) as error:
-        raise ModelFormatError(f"{path}: the optimizer or scheduler state does not fit: {error}") from None
+        raise ModelFormatError(f"{path}: the optimizer state does not fit: {error}") from None
+    if scheduler is not None:
+        scheduler.load_state_dict(scheduler_state)
     model.load_state_dict(state, strict=False)
     for name, generator in generators.items():
         generator.bit_generator.state = generator_states[name]

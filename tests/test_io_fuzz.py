@@ -16,9 +16,9 @@ EXAMPLES = 2500
 
 def valid_file(tmp_path_factory):
     from pynn import Sequential
-    from pynn.layers import Dropout, Linear, ReLU
+    from pynn.layers import BatchNorm1d, Dropout, Linear, ReLU
 
-    model = Sequential(Linear(3, 4), ReLU(), Dropout(0.1, seed=2), Linear(4, 2, bias=False))
+    model = Sequential(Linear(3, 4), BatchNorm1d(4), ReLU(), Dropout(0.1, seed=2), Linear(4, 2, bias=False))
     path = tmp_path_factory.mktemp("fuzz") / "model.safetensors"
     model.save(path)
     return path.read_bytes()
@@ -132,3 +132,52 @@ def test_every_truncation_is_refused(original, tmp_path):
         path.write_bytes(original[:length])
         with pytest.raises(ModelFormatError):
             pynn.load(path)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from pynn import Sequential
+    from pynn.layers import Dropout, Linear
+    from pynn.optim import Adam
+    from pynn.optim.lr_scheduler import StepLR
+
+    model = Sequential(Linear(3, 2), Dropout(0.5, seed=1))
+    optimizer = Adam(model)
+    model.forward(np.ones((4, 3), np.float32), training=True)
+    model.backward(np.ones((4, 2), np.float32))
+    optimizer.step()
+    path = tmp_path_factory.mktemp("checkpoint") / "checkpoint.safetensors"
+    pynn.save_checkpoint(path, model, optimizer, epoch=3, scheduler=StepLR(optimizer, 2),
+                         rng=np.random.default_rng(0))
+    header, data = split(path.read_bytes())
+    return header, data
+
+
+@settings(max_examples=600, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_mutated_checkpoint_metadata_loads_or_raises(checkpoint, tmp_path, data):
+    from pynn import Sequential
+    from pynn.layers import Dropout, Linear
+    from pynn.optim import Adam
+    from pynn.optim.lr_scheduler import StepLR
+
+    header, tensor_bytes = json.loads(json.dumps(checkpoint[0])), checkpoint[1]
+    metadata = header["__metadata__"]
+    key = data.draw(st.sampled_from(["epoch", "optimizer", "scheduler", "generators", "rng", "format"]))
+    value = json.loads(metadata[key]) if key != "format" else metadata[key]
+    if isinstance(value, dict) and value and data.draw(st.booleans()):
+        inner = data.draw(st.sampled_from(sorted(value)))
+        value[inner] = data.draw(odd_values)
+    else:
+        value = data.draw(odd_values)
+    metadata[key] = json.dumps(value) if key != "format" or not isinstance(value, str) else value
+    path = tmp_path / "mutated.safetensors"
+    path.write_bytes(join(header, tensor_bytes))
+    model = Sequential(Linear(3, 2), Dropout(0.5, seed=1))
+    optimizer = Adam(model)
+    before = model.state_dict()["0.weight"].copy()
+    try:
+        pynn.load_checkpoint(path, model, optimizer, scheduler=StepLR(optimizer, 2), rng=np.random.default_rng(5))
+    except ModelFormatError:
+        assert model.state_dict()["0.weight"].tobytes() == before.tobytes()
