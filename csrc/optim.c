@@ -105,36 +105,65 @@ static adam_fn choose_adam(pynn_isa isa)
     return adam_generic;
 }
 
-void pynn_sgd_step(const pynn_context *ctx, ptrdiff_t n, float *param, const float *grad,
-                   float *momentum_buffer, float lr, float momentum, float weight_decay,
-                   int nesterov)
+static ptrdiff_t total_size(ptrdiff_t count, const ptrdiff_t *sizes)
+{
+    ptrdiff_t total = 0;
+    for (ptrdiff_t i = 0; i < count; i++) total += sizes[i];
+    return total;
+}
+
+/* One parallel region for all tensors: each thread takes its share of every
+ * tensor's chunks and moves on without waiting (nowait), so a step costs one
+ * fork/join however many tensors the model has. */
+void pynn_sgd_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *sizes,
+                   float *const *params, const float *const *grads,
+                   float *const *momentum_buffers, float lr, float momentum,
+                   float weight_decay, int nesterov)
 {
     sgd_fn step = choose_sgd(ctx->isa);
-    ptrdiff_t chunks = (n + CHUNK - 1) / CHUNK;
+    int threads = ctx->num_threads > 1 && total_size(count, sizes) >= PARALLEL_MIN_ELEMENTS
+                  ? ctx->num_threads : 1;
+    (void)threads;
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) if(ctx->num_threads > 1 && n >= PARALLEL_MIN_ELEMENTS) schedule(static)
+#pragma omp parallel num_threads(threads) if(threads > 1)
 #endif
-    for (ptrdiff_t c = 0; c < chunks; c++) {
-        ptrdiff_t start = c * CHUNK, count = n - start < CHUNK ? n - start : CHUNK;
-        step(count, param + start, grad + start,
-             momentum_buffer ? momentum_buffer + start : NULL,
-             lr, momentum, weight_decay, nesterov);
+    for (ptrdiff_t i = 0; i < count; i++) {
+        ptrdiff_t n = sizes[i], chunks = (n + CHUNK - 1) / CHUNK;
+#ifdef _OPENMP
+#pragma omp for schedule(static) nowait
+#endif
+        for (ptrdiff_t c = 0; c < chunks; c++) {
+            ptrdiff_t start = c * CHUNK, length = n - start < CHUNK ? n - start : CHUNK;
+            step(length, params[i] + start, grads[i] + start,
+                 momentum_buffers[i] ? momentum_buffers[i] + start : NULL,
+                 lr, momentum, weight_decay, nesterov);
+        }
     }
 }
 
-void pynn_adam_step(const pynn_context *ctx, ptrdiff_t n, float *param, const float *grad,
-                    float *exp_avg, float *exp_avg_sq, float decay, float grad_weight_decay,
-                    float beta1, float beta2, float eps,
-                    float step_size, float bias_correction2_sqrt)
+void pynn_adam_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *sizes,
+                    float *const *params, const float *const *grads, float *const *exp_avgs,
+                    float *const *exp_avg_sqs, const float *step_sizes,
+                    const float *bias_corrections2_sqrt, float decay, float grad_weight_decay,
+                    float beta1, float beta2, float eps)
 {
     adam_fn step = choose_adam(ctx->isa);
-    ptrdiff_t chunks = (n + CHUNK - 1) / CHUNK;
+    int threads = ctx->num_threads > 1 && total_size(count, sizes) >= PARALLEL_MIN_ELEMENTS
+                  ? ctx->num_threads : 1;
+    (void)threads;
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(ctx->num_threads) if(ctx->num_threads > 1 && n >= PARALLEL_MIN_ELEMENTS) schedule(static)
+#pragma omp parallel num_threads(threads) if(threads > 1)
 #endif
-    for (ptrdiff_t c = 0; c < chunks; c++) {
-        ptrdiff_t start = c * CHUNK, count = n - start < CHUNK ? n - start : CHUNK;
-        step(count, param + start, grad + start, exp_avg + start, exp_avg_sq + start,
-             decay, grad_weight_decay, beta1, beta2, eps, step_size, bias_correction2_sqrt);
+    for (ptrdiff_t i = 0; i < count; i++) {
+        ptrdiff_t n = sizes[i], chunks = (n + CHUNK - 1) / CHUNK;
+#ifdef _OPENMP
+#pragma omp for schedule(static) nowait
+#endif
+        for (ptrdiff_t c = 0; c < chunks; c++) {
+            ptrdiff_t start = c * CHUNK, length = n - start < CHUNK ? n - start : CHUNK;
+            step(length, params[i] + start, grads[i] + start, exp_avgs[i] + start,
+                 exp_avg_sqs[i] + start, decay, grad_weight_decay, beta1, beta2, eps,
+                 step_sizes[i], bias_corrections2_sqrt[i]);
+        }
     }
 }

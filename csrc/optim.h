@@ -18,13 +18,17 @@
 #include <stddef.h>
 #include "cpu.h"
 
-void pynn_sgd_step(const pynn_context *ctx, ptrdiff_t n, float *param, const float *grad,
-                   float *momentum_buffer, float lr, float momentum, float weight_decay,
-                   int nesterov);
+/* Each updates ``count`` tensors (sizes[i] elements each) in one call. A NULL
+ * momentum buffer is allowed when momentum == 0. */
+void pynn_sgd_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *sizes,
+                   float *const *params, const float *const *grads,
+                   float *const *momentum_buffers, float lr, float momentum,
+                   float weight_decay, int nesterov);
 
-void pynn_adam_step(const pynn_context *ctx, ptrdiff_t n, float *param, const float *grad,
-                    float *exp_avg, float *exp_avg_sq, float decay, float grad_weight_decay,
-                    float beta1, float beta2, float eps,
-                    float step_size, float bias_correction2_sqrt);
+void pynn_adam_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *sizes,
+                    float *const *params, const float *const *grads, float *const *exp_avgs,
+                    float *const *exp_avg_sqs, const float *step_sizes,
+                    const float *bias_corrections2_sqrt, float decay, float grad_weight_decay,
+                    float beta1, float beta2, float eps);
 
 #endif

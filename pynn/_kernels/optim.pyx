@@ -13,13 +13,13 @@ import numpy as np
 from pynn._kernels.runtime cimport current_context, pynn_context
 
 cdef extern from "optim.h" nogil:
-    void pynn_sgd_step(const pynn_context *ctx, Py_ssize_t n, float *param, const float *grad,
-                       float *momentum_buffer, float lr, float momentum, float weight_decay,
-                       int nesterov)
-    void pynn_adam_step(const pynn_context *ctx, Py_ssize_t n, float *param, const float *grad,
-                        float *exp_avg, float *exp_avg_sq, float decay, float grad_weight_decay,
-                        float beta1, float beta2, float eps,
-                        float step_size, float bias_correction2_sqrt)
+    void pynn_sgd_step(const pynn_context *ctx, Py_ssize_t count, const Py_ssize_t *sizes,
+                       float **params, const float **grads, float **momentum_buffers,
+                       float lr, float momentum, float weight_decay, int nesterov)
+    void pynn_adam_step(const pynn_context *ctx, Py_ssize_t count, const Py_ssize_t *sizes,
+                        float **params, const float **grads, float **exp_avgs, float **exp_avg_sqs,
+                        const float *step_sizes, const float *bias_corrections2_sqrt,
+                        float decay, float grad_weight_decay, float beta1, float beta2, float eps)
 
 # stands in for the data pointer of an empty array: the kernels loop zero times
 cdef float empty_array_data = 0.0
@@ -43,11 +43,13 @@ cdef class ParameterTable:
     cdef readonly Py_ssize_t count
     cdef list keep_alive
     cdef float **param
-    cdef float **grad
+    cdef const float **grad
     cdef float **first
     cdef float **second
     cdef Py_ssize_t *size
     cdef int64_t *steps
+    cdef float *step_size
+    cdef float *bias_correction2_sqrt
 
     def __cinit__(self, list params, list grads, list first_state, list second_state=None,
                   steps=None):
@@ -58,11 +60,14 @@ cdef class ParameterTable:
         self.keep_alive = [params, grads, first_state, second_state, steps]
         n = max(self.count, 1)
         self.param = <float **>calloc(n, sizeof(float *))
-        self.grad = <float **>calloc(n, sizeof(float *))
+        self.grad = <const float **>calloc(n, sizeof(float *))
         self.first = <float **>calloc(n, sizeof(float *))
         self.second = <float **>calloc(n, sizeof(float *))
         self.size = <Py_ssize_t *>calloc(n, sizeof(Py_ssize_t))
-        if not (self.param and self.grad and self.first and self.second and self.size):
+        self.step_size = <float *>calloc(n, sizeof(float))
+        self.bias_correction2_sqrt = <float *>calloc(n, sizeof(float))
+        if not (self.param and self.grad and self.first and self.second and self.size
+                and self.step_size and self.bias_correction2_sqrt):
             raise MemoryError()
         cdef Py_ssize_t i
         for i in range(self.count):
@@ -84,10 +89,12 @@ cdef class ParameterTable:
 
     def __dealloc__(self):
         free(self.param)
-        free(self.grad)
+        free(<void *>self.grad)
         free(self.first)
         free(self.second)
         free(self.size)
+        free(self.step_size)
+        free(self.bias_correction2_sqrt)
 
     def sgd(self, float lr, float momentum, float weight_decay, bint nesterov):
         """One SGD step for every parameter (momentum buffers start at zero,
@@ -98,9 +105,8 @@ cdef class ParameterTable:
             if momentum != 0.0 and self.first[i] == NULL:
                 raise ValueError("optimizer: SGD with momentum needs a buffer per parameter")
         with nogil:
-            for i in range(self.count):
-                pynn_sgd_step(&ctx, self.size[i], self.param[i], self.grad[i], self.first[i],
-                              lr, momentum, weight_decay, nesterov)
+            pynn_sgd_step(&ctx, self.count, self.size, self.param, self.grad, self.first,
+                          lr, momentum, weight_decay, nesterov)
 
     def adam(self, double lr, double beta1, double beta2, double eps, double weight_decay,
              bint decoupled):
@@ -117,8 +123,8 @@ cdef class ParameterTable:
             for i in range(self.count):
                 self.steps[i] += 1
                 step = <double>self.steps[i]
-                pynn_adam_step(&ctx, self.size[i], self.param[i], self.grad[i], self.first[i],
-                               self.second[i], decay, grad_weight_decay, <float>beta1,
-                               <float>beta2, <float>eps,
-                               <float>(lr / (1.0 - pow(beta1, step))),
-                               <float>sqrt(1.0 - pow(beta2, step)))
+                self.step_size[i] = <float>(lr / (1.0 - pow(beta1, step)))
+                self.bias_correction2_sqrt[i] = <float>sqrt(1.0 - pow(beta2, step))
+            pynn_adam_step(&ctx, self.count, self.size, self.param, self.grad, self.first,
+                           self.second, self.step_size, self.bias_correction2_sqrt, decay,
+                           grad_weight_decay, <float>beta1, <float>beta2, <float>eps)
