@@ -37,16 +37,19 @@ static inline TARGET float horizontal_sum(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
+/* rows (2, 4 or MR) and vectors (1 or 2 of 8 columns) are constants at every
+ * call, so a short or narrow edge tile runs only the FMAs it needs. */
 static inline __attribute__((always_inline)) TARGET void
 tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,
             const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc,
-            ptrdiff_t mr, ptrdiff_t nr, const pynn_tile_update *update, const int packed)
+            ptrdiff_t mr, ptrdiff_t nr, const pynn_tile_update *update, const int packed,
+            const int rows, const int vectors)
 {
     const __m256i mask0 = first_lanes(nr), mask1 = first_lanes(nr - 8);
     __m256 acc[MR][2];
     ptrdiff_t row[MR];
     _Pragma("GCC unroll 16")
-    for (int i = 0; i < MR; i++) {
+    for (int i = 0; i < rows; i++) {
         acc[i][0] = _mm256_setzero_ps();
         acc[i][1] = _mm256_setzero_ps();
         /* Rows past mr repeat the last valid row: always in bounds, never stored. */
@@ -58,19 +61,19 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
     }
     const int full = nr == NR;
     for (ptrdiff_t p = 0; p < k; p++) {
-        __m256 b0, b1;
+        __m256 b0, b1 = _mm256_setzero_ps();
         if (packed || full) {
             b0 = _mm256_loadu_ps(b);
-            b1 = _mm256_loadu_ps(b + 8);
+            if (vectors == 2) b1 = _mm256_loadu_ps(b + 8);
         } else {
             b0 = _mm256_maskload_ps(b, mask0);
-            b1 = _mm256_maskload_ps(b + 8, mask1);
+            if (vectors == 2) b1 = _mm256_maskload_ps(b + 8, mask1);
         }
         _Pragma("GCC unroll 16")
-        for (int i = 0; i < MR; i++) {
+        for (int i = 0; i < rows; i++) {
             const __m256 av = _mm256_broadcast_ss(a + row[i]);
             acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
-            acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
+            if (vectors == 2) acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
         }
         a += a_k_step;
         b += b_k_step;
@@ -85,7 +88,7 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
         col1 = _mm256_maskload_ps(update->col_bias + 8, mask1);
     }
     _Pragma("GCC unroll 16")
-    for (int i = 0; i < MR; i++) {
+    for (int i = 0; i < rows; i++) {
         if (i >= mr) break;
         float *ci = c + i * ldc;
         __m256 r0 = _mm256_mul_ps(acc[i][0], alpha), r1 = _mm256_mul_ps(acc[i][1], alpha);
@@ -111,9 +114,24 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
             _mm256_storeu_ps(ci + 8, r1);
         } else {
             _mm256_maskstore_ps(ci, mask0, r0);
-            _mm256_maskstore_ps(ci + 8, mask1, r1);
+            if (vectors == 2) _mm256_maskstore_ps(ci + 8, mask1, r1);
         }
     }
+}
+
+static inline __attribute__((always_inline)) TARGET void
+tile_by_shape(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,
+              const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc,
+              ptrdiff_t mr, ptrdiff_t nr, const pynn_tile_update *update, const int packed)
+{
+#define TILE(rows, vectors) tile_kernel(k, a, a_row_step, a_k_step, b, b_k_step, c, ldc, \
+                                        mr, nr, update, packed, rows, vectors)
+    if (nr > 8) {
+        if (mr <= 2) TILE(2, 2); else if (mr <= 4) TILE(4, 2); else TILE(MR, 2);
+    } else {
+        if (mr <= 2) TILE(2, 1); else if (mr <= 4) TILE(4, 1); else TILE(MR, 1);
+    }
+#undef TILE
 }
 
 static TARGET void microkernel_avx2_6x16_packed(
@@ -121,7 +139,7 @@ static TARGET void microkernel_avx2_6x16_packed(
     const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc,
     ptrdiff_t mr, ptrdiff_t nr, const pynn_tile_update *update)
 {
-    tile_kernel(k, a, a_row_step, a_k_step, b, b_k_step, c, ldc, mr, nr, update, 1);
+    tile_by_shape(k, a, a_row_step, a_k_step, b, b_k_step, c, ldc, mr, nr, update, 1);
 }
 
 static TARGET void microkernel_avx2_6x16_strided(
@@ -129,7 +147,7 @@ static TARGET void microkernel_avx2_6x16_strided(
     const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc,
     ptrdiff_t mr, ptrdiff_t nr, const pynn_tile_update *update)
 {
-    tile_kernel(k, a, a_row_step, a_k_step, b, b_k_step, c, ldc, mr, nr, update, 0);
+    tile_by_shape(k, a, a_row_step, a_k_step, b, b_k_step, c, ldc, mr, nr, update, 0);
 }
 
 /* Four rows at a time share each load of v; the k tail is a masked load. */
