@@ -5,12 +5,12 @@ Reading never executes anything from the file: the header is JSON, checked
 field by field (sizes, offsets, dtypes, shapes) before the safetensors package
 decodes the tensors, and an architecture names layer types that are looked up
 in ``LAYER_TYPES``, never imported. Every defect raises ``ModelFormatError``."""
-import collections
 import contextlib
 import json
 import math
 import os
-import tempfile
+import secrets
+import stat
 from io import BytesIO
 
 import numpy as np
@@ -18,6 +18,7 @@ import safetensors
 import safetensors.numpy
 
 from pynn._version import __version__
+from pynn.sequential import LoadResult
 
 # safetensors' own ceiling; a longer header is refused before it is read.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -28,7 +29,6 @@ _DTYPES = {
 }
 _TENSOR_FIELDS = {"dtype", "shape", "data_offsets"}
 MODEL_FORMAT = "pynn.Sequential"
-LoadResult = collections.namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
 
 
 class ModelFormatError(ValueError):
@@ -46,14 +46,16 @@ def write_atomic(path, data):
     damaged ``path``."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    temporary = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    # 0o666 through the umask, as a plain open() would create it
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(descriptor, "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
+        with contextlib.suppress(FileNotFoundError):  # a replaced file keeps its permissions
+            os.chmod(temporary, stat.S_IMODE(os.stat(path).st_mode))
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -404,3 +404,16 @@ def test_pytorch_cnn_with_batch_norm_buffers(tmp_path):
     model.save(tmp_path / "pynn.safetensors")
     loaded = pynn.load(tmp_path / "pynn.safetensors")
     assert loaded.predict(x).tobytes() == actual.tobytes()
+
+
+def test_write_atomic_permissions(tmp_path):
+    path = tmp_path / "file"
+    umask = os.umask(0o022)
+    try:
+        write_atomic(path, b"x")
+        assert os.stat(path).st_mode & 0o777 == 0o644  # as open() would create it
+        os.chmod(path, 0o600)
+        write_atomic(path, b"y")
+        assert os.stat(path).st_mode & 0o777 == 0o600  # a replaced file keeps its mode
+    finally:
+        os.umask(umask)
