@@ -195,9 +195,9 @@ static void gemm_blocked(const pynn_gemm_kernels *kern, int trans_a, int trans_b
  * Up to a few MiB of operands this beats packing A, whose transposing copy
  * costs more than the cache misses it saves. */
 static void gemm_in_place(const pynn_gemm_kernels *kern, int trans_a, int trans_b,
-                       ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
-                       const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb,
-                       float *c, ptrdiff_t ldc, const pynn_tile_update *update)
+                          ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                          const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb,
+                          float *c, ptrdiff_t ldc, const pynn_tile_update *update)
 {
     const int mr = kern->mr, nr = kern->nr;
     const ptrdiff_t a_row_step = trans_a ? 1 : lda, a_k_step = trans_a ? lda : 1;

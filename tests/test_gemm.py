@@ -213,6 +213,19 @@ def test_same_result_on_one_and_two_threads(isa, m, n, k, trans_a, trans_b):
     np.testing.assert_array_equal(results[0], results[1])
 
 
+def test_concurrent_calls_match_serial_ones():
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(10)
+    shapes = [(1, 300, 200), (40, 50, 60), (150, 130, 257), (301, 257, 600), (300, 10, 100)] * 3
+    problems = [operands(rng, m, n, k, 0, 1) for m, n, k in shapes]
+    serial = [matmul(a, b, trans_b=True) for a, b in problems]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        concurrent = list(pool.map(lambda ab: matmul(*ab, trans_b=True), problems))
+    for one, other in zip(serial, concurrent):
+        np.testing.assert_array_equal(one, other)
+
+
 def test_converts_other_float_inputs():
     a = np.arange(12, dtype=np.float64).reshape(3, 4)
     b = np.asfortranarray(np.arange(20, dtype=np.float32).reshape(4, 5))
