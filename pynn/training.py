@@ -29,6 +29,8 @@ def _check_loss(loss, where):
 
 
 def _check_data(model, x, y, loss, where, x_name, y_name):
+    if not model.layers:
+        raise ValueError(f"{where}: the model has no layers")
     x = model.layers[0].check_input(x)
     from pynn import losses
 
