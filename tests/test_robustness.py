@@ -1,0 +1,375 @@
+"""Generated good and bad inputs thrown at every public op, layer, loss and
+optimizer: good ones agree with a float64 reference, bad ones raise
+ValueError/TypeError/IndexError naming the op. Nothing may crash the process.
+
+PYNN_FUZZ_EXAMPLES sets the examples per test (default 600; CI runs the
+default, which makes over 5,000 cases in all)."""
+import math
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import pynn
+from pynn import layers, ops
+from helpers import assert_matmul_close
+
+EXAMPLES = int(os.environ.get("PYNN_FUZZ_EXAMPLES", "600"))
+fuzz = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+REFUSALS = (ValueError, TypeError, IndexError)
+
+FLOAT_KINDS = ["float32", "float64", "float16", "fortran", "negative_stride", "readonly", "list"]
+BAD_KINDS = ["int32", "int64", "bool", "complex64", "object", "string", "none"]
+
+
+@st.composite
+def shapes(draw, min_rank=0, max_rank=4, max_side=5):
+    rank = draw(st.integers(min_rank, max_rank))
+    return tuple(draw(st.integers(0, max_side)) for _ in range(rank))
+
+
+@st.composite
+def values(draw, shape, specials=True):
+    """float64 values of ``shape``: ordinary numbers, with NaN/Inf sometimes."""
+    size = math.prod(shape)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    data = rng.normal(scale=draw(st.sampled_from([0.1, 1.0, 30.0])), size=size)
+    if specials and size and draw(st.booleans()):
+        picks = rng.integers(0, size, size=draw(st.integers(1, 3)))
+        data[picks] = rng.choice([np.nan, np.inf, -np.inf], size=len(picks))
+    return data.reshape(shape)
+
+
+def make_input(kind, data):
+    """``data`` (float64) dressed as ``kind``: a float layout pynn must accept,
+    or a type it must refuse."""
+    if kind in ("float32", "float64", "float16"):
+        return data.astype(kind)
+    if kind == "fortran":
+        array = data.astype(np.float32)
+        return np.asfortranarray(array) if array.ndim else array
+    if kind == "negative_stride":
+        if data.ndim == 0:
+            return data.astype(np.float32)
+        return np.ascontiguousarray(data[::-1], dtype=np.float32)[::-1]
+    if kind == "readonly":
+        array = data.astype(np.float32)
+        array.flags.writeable = False
+        return array
+    if kind == "list":
+        # a list cannot hold an empty multi-axis shape ([] reads back as (0,))
+        return data.tolist() if data.size or data.ndim < 2 else data
+    if kind == "string":
+        return "not an array"
+    if kind == "none":
+        return None
+    if kind == "object":
+        return data.astype(object)
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num(data).astype(kind)
+
+
+def as_reference(kind, data):
+    """What the op computes on: the input rounded to float32, in float64."""
+    source = data.astype(np.float16) if kind == "float16" else data
+    return source.astype(np.float32).astype(np.float64)
+
+
+def expect_refusal(call, where):
+    with pytest.raises(REFUSALS) as caught:
+        call()
+    assert where in str(caught.value), f"message does not name {where}: {caught.value}"
+
+
+def assert_elementwise(result, reference, rtol=3e-6, atol=1e-6):
+    assert result.dtype == np.float32 and result.shape == reference.shape
+    with np.errstate(invalid="ignore", over="ignore"):
+        np.testing.assert_allclose(result.astype(np.float64), reference, rtol=rtol, atol=atol,
+                                   equal_nan=True)
+
+
+def _erf(x):
+    return np.vectorize(math.erf, otypes=[np.float64])(x) if x.size else x
+
+
+ELEMENTWISE = {
+    "relu": (ops.relu, lambda x: np.where(np.isnan(x), x, np.maximum(x, 0))),
+    "leaky_relu": (lambda x: ops.leaky_relu(x, negative_slope=0.2),
+                   lambda x: np.where(x > 0, x, 0.2 * x)),
+    "sigmoid": (ops.sigmoid, lambda x: 0.5 * (1 + np.tanh(x / 2))),
+    "tanh": (ops.tanh, np.tanh),
+    # the plain formula, as numpy evaluates it: gelu(-inf) = -inf * 0 = NaN
+    "gelu": (ops.gelu, lambda x: 0.5 * x * (1 + _erf(x / np.sqrt(2)))),
+}
+
+
+@fuzz
+@given(st.sampled_from(sorted(ELEMENTWISE)), st.sampled_from(FLOAT_KINDS + BAD_KINDS),
+       shapes(), st.data())
+def test_elementwise_ops(name, kind, shape, data):
+    op, reference = ELEMENTWISE[name]
+    x = data.draw(values(shape))
+    if kind in BAD_KINDS:
+        expect_refusal(lambda: op(make_input(kind, x)), name)
+        return
+    with np.errstate(all="ignore"):
+        assert_elementwise(op(make_input(kind, x)), reference(as_reference(kind, x)))
+
+
+@fuzz
+@given(st.sampled_from(["softmax", "log_softmax"]), st.sampled_from(FLOAT_KINDS + BAD_KINDS),
+       shapes(min_rank=1), st.integers(-5, 4), st.data())
+def test_softmax_family(name, kind, shape, axis, data):
+    op = getattr(ops, name)
+    x = data.draw(values(shape, specials=False))
+    if kind in BAD_KINDS or not -len(shape) <= axis < len(shape):
+        expect_refusal(lambda: op(make_input(kind, x), axis=axis), name)
+        return
+    x64 = as_reference(kind, x)
+    shifted = x64 - (np.max(x64, axis=axis, keepdims=True) if x64.size else 0)
+    log_sum = np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+    expected = shifted - log_sum if name == "log_softmax" else np.exp(shifted - log_sum)
+    assert_elementwise(op(make_input(kind, x), axis=axis), expected, rtol=2e-5, atol=2e-6)
+
+
+@fuzz
+@given(st.sampled_from(FLOAT_KINDS[:3] + BAD_KINDS), shapes(0, 3, 6), shapes(0, 3, 6),
+       st.booleans(), st.booleans(), st.data())
+def test_matmul(kind, shape_a, shape_b, trans_a, trans_b, data):
+    a = data.draw(values(shape_a, specials=False))
+    b = data.draw(values(shape_b, specials=False))
+    call = lambda: ops.matmul(make_input(kind, a), make_input(kind, b),  # noqa: E731
+                              trans_a=trans_a, trans_b=trans_b)
+    good = kind not in BAD_KINDS and len(shape_a) == 2 and len(shape_b) == 2
+    a64 = as_reference(kind, a).T if trans_a and good else as_reference(kind, a)
+    b64 = as_reference(kind, b).T if trans_b and good else as_reference(kind, b)
+    if not good or a64.shape[1] != b64.shape[0]:
+        expect_refusal(call, "matmul")
+        return
+    assert_matmul_close(call(), a64, b64, a64 @ b64, a64.shape[1])
+
+
+@fuzz
+@given(st.sampled_from(FLOAT_KINDS[:3] + BAD_KINDS), shapes(0, 3, 5), st.integers(0, 5),
+       st.integers(0, 5), st.sampled_from([None, "good", "short"]), st.data())
+def test_linear(kind, x_shape, in_features, out_features, bias_kind, data):
+    x = data.draw(values(x_shape, specials=False))
+    weight = data.draw(values((out_features, in_features), specials=False))
+    bias = None if bias_kind is None else data.draw(
+        values((out_features + (bias_kind == "short"),), specials=False))
+    args = [make_input(kind, x), weight.astype(np.float32),
+            None if bias is None else bias.astype(np.float32)]
+    good = (kind not in BAD_KINDS and len(x_shape) >= 1 and x_shape[-1] == in_features
+            and bias_kind != "short")
+    if not good:
+        expect_refusal(lambda: ops.linear(*args), "linear")
+        return
+    x64, w64 = as_reference(kind, x), weight.astype(np.float32).astype(np.float64)
+    expected = x64 @ w64.T + (0 if bias is None else bias.astype(np.float32))
+    count = math.prod(x_shape[:-1])
+    assert_matmul_close(ops.linear(*args).reshape(count, out_features),
+                        x64.reshape(count, in_features), w64.T,
+                        expected.reshape(count, out_features), in_features)
+
+
+@fuzz
+@given(st.integers(0, 6), st.integers(1, 6), st.sampled_from(["int64", "int32", "float32", "bool"]),
+       st.integers(-3, 3), st.data())
+def test_cross_entropy(rows, classes, target_dtype, target_shift, data):
+    logits = data.draw(values((rows, classes), specials=False)).astype(np.float32)
+    rng = np.random.default_rng(rows * 7 + classes)
+    target = rng.integers(0, classes, size=rows) + (target_shift if rows else 0)
+    target = target.astype(target_dtype)
+    if target_dtype in ("float32", "bool"):
+        expect_refusal(lambda: ops.cross_entropy(logits, target), "cross_entropy")
+        return
+    if rows and (target.min() < 0 or target.max() >= classes):
+        with pytest.raises(IndexError, match=str(int(target[(target < 0) | (target >= classes)][0]))):
+            ops.cross_entropy(logits, target)
+        return
+    loss, grad = ops.cross_entropy(logits, target)
+    if rows == 0:
+        assert math.isnan(loss) and grad.shape == (0, classes)
+        return
+    z = logits.astype(np.float64)
+    log_probs = z - z.max(1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(1, keepdims=True))
+    expected = -log_probs[np.arange(rows), target].mean()
+    assert loss == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    onehot = np.eye(classes)[target]
+    assert_elementwise(grad, (np.exp(log_probs) - onehot) / rows, rtol=1e-4, atol=1e-6)
+
+
+@fuzz
+@given(st.sampled_from(FLOAT_KINDS[:3] + BAD_KINDS), shapes(1, 3), st.booleans(), st.data())
+def test_mse(kind, shape, mismatched, data):
+    pred = data.draw(values(shape, specials=False))
+    target = data.draw(values(shape[:-1] + (shape[-1] + mismatched,), specials=False))
+    if kind in BAD_KINDS or mismatched:
+        expect_refusal(lambda: ops.mse(make_input(kind, pred), target.astype(np.float32)), "mse")
+        return
+    loss, grad = ops.mse(make_input(kind, pred), target.astype(np.float32))
+    difference = as_reference(kind, pred) - target.astype(np.float32)
+    if pred.size == 0:
+        assert math.isnan(loss)
+        return
+    assert loss == pytest.approx(np.mean(difference**2), rel=1e-5, abs=1e-6)
+    assert_elementwise(grad, 2 * difference / pred.size, rtol=1e-5, atol=1e-7)
+
+
+def conv2d_reference(x, weight, bias, stride, padding, dilation, groups):
+    n, c, h, w = x.shape
+    out_c, c_per_group, kh, kw = weight.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    oh = (h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
+    ow = (w + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+    y = np.zeros((n, out_c, oh, ow))
+    per_group = out_c // groups
+    for o in range(out_c):
+        g = o // per_group
+        for i in range(kh):
+            for j in range(kw):
+                window = padded[:, g * c_per_group:(g + 1) * c_per_group,
+                                i * dilation:i * dilation + stride * (oh - 1) + 1:stride,
+                                j * dilation:j * dilation + stride * (ow - 1) + 1:stride]
+                y[:, o] += np.einsum("nchw,c->nhw", window, weight[o, :, i, j])
+        if bias is not None:
+            y[:, o] += bias[o]
+    return y
+
+
+@fuzz
+@given(st.integers(0, 2), st.sampled_from([1, 2, 3, 4]), st.integers(1, 7), st.integers(1, 7),
+       st.sampled_from([1, 2, 4]), st.integers(1, 4), st.integers(0, 3), st.integers(0, 3),
+       st.integers(0, 2), st.sampled_from([1, 2]), st.booleans(), st.data())
+def test_conv2d(batch, channels, height, width, out_channels, kernel, stride, padding, dilation,
+                groups, with_bias, data):
+    x = data.draw(values((batch, channels, height, width), specials=False)).astype(np.float32)
+    in_per_group = max(channels // groups, 1)
+    weight = data.draw(values((out_channels, in_per_group, kernel, kernel), specials=False))
+    weight = weight.astype(np.float32)
+    bias = np.linspace(-1, 1, out_channels, dtype=np.float32) if with_bias else None
+    call = lambda: ops.conv2d(x, weight, bias, stride=stride, padding=padding,  # noqa: E731
+                              dilation=dilation, groups=groups)
+    span = dilation * (kernel - 1) + 1
+    good = (stride >= 1 and dilation >= 1 and channels % groups == 0
+            and out_channels % groups == 0 and channels // groups == in_per_group
+            and height + 2 * padding >= span and width + 2 * padding >= span)
+    if not good:
+        expect_refusal(call, "conv2d")
+        return
+    expected = conv2d_reference(x.astype(np.float64), weight.astype(np.float64), bias, stride,
+                                padding, dilation, groups)
+    result = call()
+    assert result.shape == expected.shape
+    scale = np.abs(x).max(initial=0) * np.abs(weight).sum(axis=(1, 2, 3)).max() + 1.0
+    np.testing.assert_allclose(result, expected, atol=1e-5 * scale, rtol=0)
+
+
+@fuzz
+@given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 7), st.integers(1, 7),
+       st.integers(0, 4), st.sampled_from([None, 1, 2, 3, 0]), st.integers(0, 2),
+       st.booleans(), st.sampled_from(["max", "avg"]), st.data())
+def test_pooling(batch, channels, height, width, kernel, stride, padding, ceil_mode, kind, data):
+    x = data.draw(values((batch, channels, height, width), specials=False)).astype(np.float32)
+    op = ops.max_pool2d if kind == "max" else ops.avg_pool2d
+    where = f"{kind}_pool2d"
+    call = lambda: op(x, kernel, stride=stride, padding=padding, ceil_mode=ceil_mode)  # noqa: E731
+    step = kernel if stride is None else stride
+
+    def out_size(size):
+        """PyTorch's rule: in ceil mode the last window must start inside the
+        input or its left padding."""
+        span = size + 2 * padding - kernel
+        count = (-(-span // step) if ceil_mode else span // step) + 1
+        if ceil_mode and (count - 1) * step >= size + padding:
+            count -= 1
+        return count
+
+    if kernel < 1 or step < 1 or 2 * padding > kernel or out_size(height) < 1 \
+            or out_size(width) < 1:
+        expect_refusal(call, where)
+        return
+    oh, ow = out_size(height), out_size(width)
+    fill = -np.inf if kind == "max" else 0.0
+    padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (padding, padding + kernel),
+                                           (padding, padding + kernel)), constant_values=fill)
+    expected = np.empty((batch, channels, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            window = padded[:, :, i * step:i * step + kernel, j * step:j * step + kernel]
+            if kind == "max":
+                expected[:, :, i, j] = window.max(axis=(2, 3))
+            else:
+                # count_include_pad: padding counts, the ceil-mode overhang does not
+                rows = min(i * step + kernel, height + 2 * padding) - i * step
+                cols = min(j * step + kernel, width + 2 * padding) - j * step
+                expected[:, :, i, j] = window.sum(axis=(2, 3)) / (rows * cols)
+    result = call()
+    assert result.shape == expected.shape
+    np.testing.assert_allclose(result, expected, rtol=2e-6, atol=1e-6)
+
+
+LAYERS = [
+    lambda: layers.Linear(4, 3), lambda: layers.ReLU(), lambda: layers.Tanh(),
+    lambda: layers.Softmax(), lambda: layers.Flatten(), lambda: layers.Dropout(0.3, seed=0),
+    lambda: layers.BatchNorm1d(4), lambda: layers.Conv2d(4, 2, 3, padding=1),
+    lambda: layers.MaxPool2d(2), lambda: layers.GlobalAvgPool2d(), lambda: layers.Embedding(5, 3),
+]
+
+
+@fuzz
+@given(st.integers(0, len(LAYERS) - 1), st.sampled_from(FLOAT_KINDS[:3] + BAD_KINDS + ["int64"]),
+       shapes(0, 4, 5), st.booleans(), st.data())
+def test_layers_answer_or_refuse(index, kind, shape, training, data):
+    """Any input: a result of the documented shape, or a clear refusal naming the layer."""
+    layer = LAYERS[index]()
+    x = make_input(kind, data.draw(values(shape, specials=False)))
+    if isinstance(layer, layers.Embedding) and isinstance(x, np.ndarray) and x.dtype.kind == "i":
+        x = x % 7  # some in range, some (5, 6) out of range
+    name = type(layer).__name__
+    try:
+        y = layer.forward(x, training=training)
+    except REFUSALS as error:
+        assert name in str(error), f"message does not name {name}: {error}"
+        return
+    assert isinstance(y, np.ndarray) and y.dtype == np.float32
+    assert y.shape == layer.output_shape(np.shape(x))
+    if training:
+        dx = layer.backward(np.ones_like(y))
+        assert dx is None or dx.shape == np.shape(x)
+
+
+HYPERPARAMETERS = st.sampled_from([0.1, 0.0, -0.1, float("nan"), float("inf"), "0.1", None, True])
+
+
+@fuzz
+@given(st.sampled_from(["SGD", "Adam", "AdamW"]), HYPERPARAMETERS, HYPERPARAMETERS,
+       st.sampled_from([(0.9, 0.999), (0.9,), (1.0, 0.5), (-0.1, 0.9), "ab"]))
+def test_optimizer_hyperparameters(name, lr, second, betas):
+    model = pynn.Sequential(layers.Linear(3, 2))
+    cls = getattr(pynn.optim, name)
+    keywords = {"momentum": second} if name == "SGD" else {"eps": second, "betas": betas}
+
+    def valid_number(value, allow_zero=True):
+        return isinstance(value, float) and (value > 0 or (allow_zero and value == 0))
+
+    if float("inf") in (lr, second):
+        return  # PyTorch accepts infinite hyperparameters; either answer is defensible
+    good = valid_number(lr) and valid_number(second)  # PyTorch: momentum, eps >= 0
+    if name != "SGD":
+        good = good and isinstance(betas, tuple) and len(betas) == 2 and all(0 <= b < 1 for b in betas)
+    if not good:
+        with pytest.raises(REFUSALS) as caught:
+            cls(model, lr=lr, **keywords)
+        assert name in str(caught.value)
+        return
+    optimizer = cls(model, lr=lr, **keywords)
+    x = np.ones((2, 3), np.float32)
+    model.forward(x, training=True)
+    model.backward(np.ones((2, 2), np.float32))
+    optimizer.step()
+    assert all(np.isfinite(p).all() for _, p in model.named_parameters())
