@@ -1,8 +1,12 @@
 import gzip
 import os
+import pathlib
+import tempfile
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pynn.datasets import load_digits, load_mnist
 
@@ -174,3 +178,27 @@ def test_corrupt_gzip_names_the_file(tmp_path):
     (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
     with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz"):
         load_mnist(tmp_path)
+
+
+# -- hostile idx files: every outcome is data or a ValueError naming the file --------
+@settings(max_examples=400, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_idx_files(tmp_path, data):
+    arrays = synthetic(rows=4, columns=3)
+    name = data.draw(st.sampled_from(NAMES))
+    content = bytearray(idx_bytes(arrays[NAMES.index(name)]))
+    for _ in range(data.draw(st.integers(1, 4))):
+        position = data.draw(st.integers(0, len(content) - 1))
+        content[position] = data.draw(st.sampled_from([0, 1, 3, 8, 0x7F, 0xFF]))
+    content = bytes(content[:data.draw(st.integers(0, len(content)))])
+    compress = data.draw(st.booleans())
+    folder = pathlib.Path(tempfile.mkdtemp(dir=tmp_path))
+    write_idx_folder(folder, arrays, compress, {name: content})
+    try:
+        (x_train, y_train), (x_test, y_test) = load_mnist(folder)
+    except ValueError as error:
+        assert name in str(error)
+        return
+    assert x_train.shape[0] == y_train.shape[0] and x_test.shape[0] == y_test.shape[0]
+    assert x_train.dtype == np.float32 and 0.0 <= x_train.min() and x_train.max() <= 1.0
