@@ -1,4 +1,5 @@
 /* Convolution as im2col + GEMM (contracts in conv.h). */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include "conv.h"
@@ -41,73 +42,143 @@ size_t pynn_conv2d_workspace_size(const pynn_conv_shape *s)
     return col + staged;
 }
 
-/* The [first, last) outputs along one axis whose input index o*stride - pad + offset
- * falls inside [0, size). */
-static void valid_range(ptrdiff_t outputs, ptrdiff_t stride, ptrdiff_t start, ptrdiff_t size,
-                        ptrdiff_t *first, ptrdiff_t *last)
+/* For one kernel tap along one axis: the outputs [first, last) whose input
+ * index o stride + start (start = tap dilation - pad) falls inside the image. */
+typedef struct {
+    ptrdiff_t start, first, last;
+} tap_span;
+
+static tap_span span_of(ptrdiff_t outputs, ptrdiff_t stride, ptrdiff_t start, ptrdiff_t size)
 {
-    ptrdiff_t lo = start >= 0 ? 0 : (-start + stride - 1) / stride;
-    ptrdiff_t hi = start >= size ? 0 : (size - start + stride - 1) / stride;
-    if (hi > outputs) hi = outputs;
-    if (lo > hi) lo = hi;
-    *first = lo;
-    *last = hi;
+    tap_span span = {start, start >= 0 ? 0 : (-start + stride - 1) / stride,
+                     start >= size ? 0 : (size - start + stride - 1) / stride};
+    if (span.last > outputs) span.last = outputs;
+    if (span.first > span.last) span.first = span.last;
+    return span;
 }
+
+/* How to unfold one image, computed once per call from the shapes alone: the
+ * spans of every tap (rows then columns; the divisions would otherwise dominate
+ * small images) and, for narrow outputs, where each unfolded element comes
+ * from (its flat input index, -1 in the padding), so a tap is one gather loop
+ * instead of many rows of a few floats. */
+#define GATHER_MAX_WIDTH 32
+#define GATHER_MAX_ENTRIES ((ptrdiff_t)1 << 20)
+
+typedef struct {
+    tap_span *spans;
+    int32_t *source;  /* [KH KW, P], or NULL: copy row by row */
+} unfold_plan;
+
+static void plan_free(unfold_plan *plan)
+{
+    free(plan->spans);
+    free(plan->source);
+}
+
+static int plan_make(const pynn_conv_shape *s, unfold_plan *plan)
+{
+    const ptrdiff_t taps = s->kernel_h * s->kernel_w, p = plane(s);
+    plan->spans = malloc((size_t)(s->kernel_h + s->kernel_w) * sizeof(tap_span));
+    plan->source = NULL;
+    if (!plan->spans) return -1;
+    for (ptrdiff_t kh = 0; kh < s->kernel_h; kh++)
+        plan->spans[kh] = span_of(s->out_h, s->stride_h, kh * s->dilation_h - s->pad_h, s->height);
+    for (ptrdiff_t kw = 0; kw < s->kernel_w; kw++)
+        plan->spans[s->kernel_h + kw] = span_of(s->out_w, s->stride_w,
+                                                kw * s->dilation_w - s->pad_w, s->width);
+    if (s->out_w >= GATHER_MAX_WIDTH || taps * p > GATHER_MAX_ENTRIES ||
+        s->height * s->width > INT32_MAX)
+        return 0;
+    plan->source = malloc((size_t)(taps * p) * sizeof(int32_t));
+    if (!plan->source) return 0;  /* the row-by-row copy needs no table */
+    for (ptrdiff_t kh = 0; kh < s->kernel_h; kh++)
+        for (ptrdiff_t kw = 0; kw < s->kernel_w; kw++) {
+            int32_t *row = plan->source + (kh * s->kernel_w + kw) * p;
+            for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
+                for (ptrdiff_t ow = 0; ow < s->out_w; ow++) {
+                    ptrdiff_t ih = oh * s->stride_h + plan->spans[kh].start;
+                    ptrdiff_t iw = ow * s->stride_w + plan->spans[s->kernel_h + kw].start;
+                    int inside = ih >= 0 && ih < s->height && iw >= 0 && iw < s->width;
+                    row[oh * s->out_w + ow] = inside ? (int32_t)(ih * s->width + iw) : -1;
+                }
+        }
+    return 0;
+}
+
+/* Rows are often a handful of floats: inline loops beat memcpy/memset calls. */
+#define INLINE_COPIES __attribute__((optimize("no-tree-loop-distribute-patterns")))
 
 /* col rows (c, kh, kw) for channel c of one image: col[row, oh OW + ow] = x[c, ih, iw],
  * zero where (ih, iw) is padding; ld is col's row stride. */
-static void unfold_channel(const pynn_conv_shape *s, const float *restrict image,
-                           float *restrict col, ptrdiff_t ld)
+INLINE_COPIES static void unfold_channel(const pynn_conv_shape *s, const unfold_plan *plan,
+                                        const float *restrict image, float *restrict col,
+                                        ptrdiff_t ld)
 {
-    const ptrdiff_t ow_count = s->out_w, sw = s->stride_w;
-    for (ptrdiff_t kh = 0; kh < s->kernel_h; kh++) {
-        ptrdiff_t oh_first, oh_last, h_start = kh * s->dilation_h - s->pad_h;
-        valid_range(s->out_h, s->stride_h, h_start, s->height, &oh_first, &oh_last);
-        for (ptrdiff_t kw = 0; kw < s->kernel_w; kw++, col += ld) {
-            ptrdiff_t ow_first, ow_last, w_start = kw * s->dilation_w - s->pad_w;
-            valid_range(ow_count, sw, w_start, s->width, &ow_first, &ow_last);
-            memset(col, 0, (size_t)(oh_first * ow_count) * sizeof(float));
-            for (ptrdiff_t oh = oh_first; oh < oh_last; oh++) {
-                float *out = col + oh * ow_count;
-                const float *in = image + (oh * s->stride_h + h_start) * s->width + w_start;
-                for (ptrdiff_t ow = 0; ow < ow_first; ow++) out[ow] = 0.0f;
-                if (sw == 1)
-                    memcpy(out + ow_first, in + ow_first, (size_t)(ow_last - ow_first) * sizeof(float));
-                else
-                    for (ptrdiff_t ow = ow_first; ow < ow_last; ow++) out[ow] = in[ow * sw];
-                for (ptrdiff_t ow = ow_last; ow < ow_count; ow++) out[ow] = 0.0f;
+    const ptrdiff_t ow_count = s->out_w, sw = s->stride_w, p = plane(s);
+    if (plan->source) {
+        for (ptrdiff_t t = 0; t < s->kernel_h * s->kernel_w; t++, col += ld) {
+            const int32_t *restrict source = plan->source + t * p;
+            for (ptrdiff_t i = 0; i < p; i++) {
+                int32_t index = source[i];
+                float value = image[index >= 0 ? index : 0];
+                col[i] = index >= 0 ? value : 0.0f;
             }
-            memset(col + oh_last * ow_count, 0,
-                   (size_t)((s->out_h - oh_last) * ow_count) * sizeof(float));
+        }
+        return;
+    }
+    for (ptrdiff_t kh = 0; kh < s->kernel_h; kh++) {
+        const tap_span row = plan->spans[kh];
+        for (ptrdiff_t kw = 0; kw < s->kernel_w; kw++, col += ld) {
+            const tap_span column = plan->spans[s->kernel_h + kw];
+            for (ptrdiff_t i = 0; i < row.first * ow_count; i++) col[i] = 0.0f;
+            for (ptrdiff_t oh = row.first; oh < row.last; oh++) {
+                float *restrict out = col + oh * ow_count;
+                const float *restrict in = image + (oh * s->stride_h + row.start) * s->width + column.start;
+                for (ptrdiff_t ow = 0; ow < column.first; ow++) out[ow] = 0.0f;
+                if (sw == 1)
+                    for (ptrdiff_t ow = column.first; ow < column.last; ow++) out[ow] = in[ow];
+                else
+                    for (ptrdiff_t ow = column.first; ow < column.last; ow++) out[ow] = in[ow * sw];
+                for (ptrdiff_t ow = column.last; ow < ow_count; ow++) out[ow] = 0.0f;
+            }
+            for (ptrdiff_t i = row.last * ow_count; i < p; i++) col[i] = 0.0f;
         }
     }
 }
 
 /* The adjoint of unfold_channel: dx[c] = Σ over its rows of dcol scattered back
  * (dx[c] is overwritten; the sum runs in a fixed order). */
-static void fold_channel(const pynn_conv_shape *s, const float *restrict col, ptrdiff_t ld,
-                         float *restrict image)
+INLINE_COPIES static void fold_channel(const pynn_conv_shape *s, const unfold_plan *plan,
+                                      const float *restrict col, ptrdiff_t ld,
+                                      float *restrict image)
 {
-    const ptrdiff_t ow_count = s->out_w, sw = s->stride_w;
-    memset(image, 0, (size_t)(s->height * s->width) * sizeof(float));
+    const ptrdiff_t ow_count = s->out_w, sw = s->stride_w, p = plane(s);
+    for (ptrdiff_t i = 0; i < s->height * s->width; i++) image[i] = 0.0f;
+    if (plan->source) {
+        for (ptrdiff_t t = 0; t < s->kernel_h * s->kernel_w; t++, col += ld) {
+            const int32_t *restrict source = plan->source + t * p;
+            for (ptrdiff_t i = 0; i < p; i++)
+                if (source[i] >= 0) image[source[i]] += col[i];
+        }
+        return;
+    }
     for (ptrdiff_t kh = 0; kh < s->kernel_h; kh++) {
-        ptrdiff_t oh_first, oh_last, h_start = kh * s->dilation_h - s->pad_h;
-        valid_range(s->out_h, s->stride_h, h_start, s->height, &oh_first, &oh_last);
+        const tap_span row = plan->spans[kh];
         for (ptrdiff_t kw = 0; kw < s->kernel_w; kw++, col += ld) {
-            ptrdiff_t ow_first, ow_last, w_start = kw * s->dilation_w - s->pad_w;
-            valid_range(ow_count, sw, w_start, s->width, &ow_first, &ow_last);
-            for (ptrdiff_t oh = oh_first; oh < oh_last; oh++) {
+            const tap_span column = plan->spans[s->kernel_h + kw];
+            for (ptrdiff_t oh = row.first; oh < row.last; oh++) {
                 const float *in = col + oh * ow_count;
-                float *out = image + (oh * s->stride_h + h_start) * s->width + w_start;
-                for (ptrdiff_t ow = ow_first; ow < ow_last; ow++) out[ow * sw] += in[ow];
+                float *out = image + (oh * s->stride_h + row.start) * s->width + column.start;
+                for (ptrdiff_t ow = column.first; ow < column.last; ow++) out[ow * sw] += in[ow];
             }
         }
     }
 }
 
 /* col [C KH KW, images P] from images [first, first + images) of x. */
-static void unfold(const pynn_context *ctx, const pynn_conv_shape *s, const float *x,
-                   ptrdiff_t first, ptrdiff_t images, float *col)
+static void unfold(const pynn_context *ctx, const pynn_conv_shape *s, const unfold_plan *plan,
+                   const float *x, ptrdiff_t first, ptrdiff_t images, float *col)
 {
     const ptrdiff_t p = plane(s), ld = images * p, hw = s->height * s->width;
     const ptrdiff_t channels = s->in_channels, kernel = s->kernel_h * s->kernel_w;
@@ -118,12 +189,13 @@ static void unfold(const pynn_context *ctx, const pynn_conv_shape *s, const floa
 #endif
     for (ptrdiff_t t = 0; t < tasks; t++) {
         ptrdiff_t b = t / channels, c = t % channels;
-        unfold_channel(s, x + ((first + b) * channels + c) * hw, col + c * kernel * ld + b * p, ld);
+        unfold_channel(s, plan, x + ((first + b) * channels + c) * hw,
+                       col + c * kernel * ld + b * p, ld);
     }
 }
 
-static void fold(const pynn_context *ctx, const pynn_conv_shape *s, const float *col,
-                 ptrdiff_t first, ptrdiff_t images, float *dx)
+static void fold(const pynn_context *ctx, const pynn_conv_shape *s, const unfold_plan *plan,
+                 const float *col, ptrdiff_t first, ptrdiff_t images, float *dx)
 {
     const ptrdiff_t p = plane(s), ld = images * p, hw = s->height * s->width;
     const ptrdiff_t channels = s->in_channels, kernel = s->kernel_h * s->kernel_w;
@@ -134,7 +206,8 @@ static void fold(const pynn_context *ctx, const pynn_conv_shape *s, const float 
 #endif
     for (ptrdiff_t t = 0; t < tasks; t++) {
         ptrdiff_t b = t / channels, c = t % channels;
-        fold_channel(s, col + c * kernel * ld + b * p, ld, dx + ((first + b) * channels + c) * hw);
+        fold_channel(s, plan, col + c * kernel * ld + b * p, ld,
+                     dx + ((first + b) * channels + c) * hw);
     }
 }
 
@@ -172,7 +245,12 @@ int pynn_conv2d_forward(const pynn_context *ctx, const pynn_conv_shape *s, const
                         float *y, float *workspace)
 {
     float *owned, *col = scratch(s, workspace, &owned);
-    if (!col) return -1;
+    unfold_plan plan = {NULL, NULL};
+    if (!col || plan_make(s, &plan)) {
+        free(owned);
+        plan_free(&plan);
+        return -1;
+    }
     const ptrdiff_t images = chunk_images(s), p = plane(s), oc = s->out_channels;
     const ptrdiff_t groups = s->groups, oc_group = oc / groups;
     const ptrdiff_t rows_group = unfolded_rows(s) / groups;
@@ -185,7 +263,7 @@ int pynn_conv2d_forward(const pynn_context *ctx, const pynn_conv_shape *s, const
         if (identity)
             unfolded = x + first * s->in_channels * s->height * s->width;
         else
-            unfold(ctx, s, x, first, count, col);
+            unfold(ctx, s, &plan, x, first, count, col);
         float *out = count > 1 ? staged : y + first * oc * p;
         for (ptrdiff_t g = 0; g < groups; g++) {
             pynn_epilogue epilogue = {NULL, bias ? bias + g * oc_group : NULL, activation};
@@ -197,6 +275,7 @@ int pynn_conv2d_forward(const pynn_context *ctx, const pynn_conv_shape *s, const
         if (count > 1) unstage(ctx, staged, oc, p, count, y + first * oc * p, 1);
     }
     free(owned);
+    plan_free(&plan);
     return 0;
 }
 
@@ -234,7 +313,12 @@ int pynn_conv2d_backward(const pynn_context *ctx, const pynn_conv_shape *s, cons
         memset(dweight, 0, (size_t)(oc * rows_group) * sizeof(float));
     if (!dx && !dweight) return 0;
     float *owned, *col = scratch(s, workspace, &owned);
-    if (!col) return -1;
+    unfold_plan plan = {NULL, NULL};
+    if (!col || plan_make(s, &plan)) {
+        free(owned);
+        plan_free(&plan);
+        return -1;
+    }
     float *staged = col + (identity ? 0 : unfolded_rows(s) * images * p);
     for (ptrdiff_t first = 0; first < s->batch; first += images) {
         ptrdiff_t count = s->batch - first < images ? s->batch - first : images;
@@ -246,7 +330,7 @@ int pynn_conv2d_backward(const pynn_context *ctx, const pynn_conv_shape *s, cons
         }
         float *input_grad = dx ? dx + first * s->in_channels * s->height * s->width : NULL;
         const float *unfolded = identity ? x + first * s->in_channels * s->height * s->width : col;
-        if (dweight && !identity) unfold(ctx, s, x, first, count, col);
+        if (dweight && !identity) unfold(ctx, s, &plan, x, first, count, col);
         /* dcol_g overwrites col_g once dW_g has read it; with the identity unfold
          * dcol is dx itself. */
         float *dcol = identity ? input_grad : col;
@@ -261,8 +345,9 @@ int pynn_conv2d_backward(const pynn_context *ctx, const pynn_conv_shape *s, cons
                            grad + g * oc_group * ld, ld, 0.0f, dcol + g * rows_group * ld, ld,
                            NULL);
         }
-        if (dx && !identity) fold(ctx, s, col, first, count, dx);
+        if (dx && !identity) fold(ctx, s, &plan, col, first, count, dx);
     }
     free(owned);
+    plan_free(&plan);
     return 0;
 }
