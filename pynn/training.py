@@ -137,6 +137,8 @@ def fit(model, x, y, *, loss, optimizer, epochs=1, batch_size=32, shuffle=True,
         validation_data = _check_data(model, *validation_data, loss, where,
                                       "validation_data[0]", "validation_data[1]")
 
+    if seed is not None:
+        seed = as_count(seed, where, "seed", minimum=0)
     shuffle_seed, dropout_seed = np.random.SeedSequence(seed).spawn(2)
     if seed is not None:
         _reseed_dropout(model, dropout_seed.spawn(len(model.layers)))

@@ -222,6 +222,8 @@ def test_errors_name_the_offending_argument():
         model.fit(x, y, loss=ce, optimizer=opt, callbacks=[print], verbose=False)
     with pytest.raises(IndexError):
         model.fit(x, np.full(12, 3), loss=ce, optimizer=opt, verbose=False)
+    with pytest.raises(TypeError, match="fit: seed must be an integer"):
+        model.fit(x, y, loss=ce, optimizer=opt, seed="abc", verbose=False)
     empty = Sequential()
     with pytest.raises(ValueError, match="fit: the model has no layers"):
         empty.fit(x, y, loss=ce, optimizer=optim.SGD(empty, lr=0.1), verbose=False)
