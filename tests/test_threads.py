@@ -1,0 +1,99 @@
+"""Safety under threads and over long runs: concurrent predict equals serial
+predict, and neither inference nor training grows the process's memory."""
+import os
+import threading
+
+import numpy as np
+import pytest
+
+import pynn
+from pynn import layers
+from pynn.losses import CrossEntropyLoss
+from pynn.optim import SGD
+
+
+def mlp():
+    pynn.init.manual_seed(0)
+    return pynn.Sequential(layers.Linear(64, 128), layers.ReLU(), layers.Linear(128, 64),
+                           layers.Tanh(), layers.Linear(64, 10), layers.Softmax())
+
+
+def cnn():
+    pynn.init.manual_seed(0)
+    return pynn.Sequential(layers.Conv2d(1, 8, 3, padding=1), layers.ReLU(), layers.MaxPool2d(2),
+                           layers.Conv2d(8, 16, 3), layers.ReLU(), layers.GlobalAvgPool2d(),
+                           layers.Linear(16, 10))
+
+
+@pytest.mark.parametrize("build,shape", [(mlp, (64,)), (cnn, (1, 8, 8))])
+@pytest.mark.parametrize("kernel_threads", [1, 2])
+def test_eight_threads_predicting_match_serial(build, shape, kernel_threads):
+    model = build()
+    rng = np.random.default_rng(1)
+    inputs = [rng.standard_normal((batch,) + shape).astype(np.float32) for batch in (1, 2, 7, 33)]
+    before = pynn.get_num_threads()
+    pynn.set_num_threads(kernel_threads)
+    try:
+        expected = [model.predict(x) for x in inputs]
+        mismatches = []
+        start = threading.Barrier(8)
+
+        def worker(offset):
+            start.wait()
+            for round_ in range(40):
+                index = (offset + round_) % len(inputs)
+                if not np.array_equal(model.predict(inputs[index]), expected[index]):
+                    mismatches.append((offset, index))
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        pynn.set_num_threads(before)
+    assert not mismatches
+
+
+def resident_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+linux_only = pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads /proc/self/statm")
+
+
+@linux_only
+def test_100k_predict_calls_do_not_grow_memory():
+    model = mlp()
+    x = np.random.default_rng(2).standard_normal((4, 64)).astype(np.float32)
+    for _ in range(1000):
+        model.predict(x)
+    before = resident_bytes()
+    for _ in range(100_000):
+        model.predict(x)
+    assert resident_bytes() - before < 2 * 2**20
+
+
+@linux_only
+def test_10k_training_steps_do_not_grow_memory():
+    model = pynn.Sequential(layers.Linear(64, 32), layers.ReLU(),
+                            layers.Dropout(0.2, seed=0),
+                            layers.Linear(32, 10))
+    loss = CrossEntropyLoss()
+    optimizer = SGD(model, lr=0.01, momentum=0.9)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((16, 64)).astype(np.float32)
+    y = rng.integers(0, 10, 16)
+
+    def step():
+        loss(model.forward(x, training=True), y)
+        model.backward(loss.backward())
+        optimizer.step()
+
+    for _ in range(500):
+        step()
+    before = resident_bytes()
+    for _ in range(10_000):
+        step()
+    assert resident_bytes() - before < 2 * 2**20
