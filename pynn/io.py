@@ -353,7 +353,12 @@ def save_checkpoint(path, model, optimizer, epoch=0, scheduler=None, rng=None):
     per-parameter state (``optimizer/<param>/<name>``), and as JSON metadata
     its hyperparameters, ``epoch``, the scheduler's state and the state of
     every random generator: the layers' own (Dropout) and ``rng`` if given
-    (a ``numpy.random.Generator`` driving the caller's loop)."""
+    (a ``numpy.random.Generator`` driving the caller's loop).
+
+    ``fit(seed=s)`` restarts its shuffling (and reseeds Dropout) from ``s`` at
+    every call, so a resumable loop calls ``fit(epochs=1, seed=s + epoch)``
+    once per epoch, or shuffles with its own ``rng`` and calls ``fit(
+    shuffle=False)``; either way the resumed run is bit-identical."""
     from pynn._checks import as_count
 
     epoch = as_count(epoch, "save_checkpoint", "epoch", minimum=0)

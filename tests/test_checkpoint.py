@@ -103,3 +103,23 @@ def test_mismatched_checkpoints_change_nothing(tmp_path):
     model.save(tmp_path / "model.safetensors")
     with pytest.raises(ModelFormatError, match="not a pynn checkpoint"):
         pynn.load_checkpoint(tmp_path / "model.safetensors", same, same_optimizer)
+
+
+def test_resume_with_fit_seeded_per_epoch(tmp_path):
+    x, y = data()
+
+    def train(model, optimizer, first, last):
+        for epoch in range(first, last):
+            model.fit(x, y, loss=CrossEntropyLoss(), optimizer=optimizer, epochs=1, batch_size=50,
+                      seed=100 + epoch, verbose=False)
+
+    model, optimizer, _ = build(init_seed=1)
+    train(model, optimizer, 0, 4)
+    first, first_optimizer, _ = build(init_seed=1)
+    train(first, first_optimizer, 0, 2)
+    pynn.save_checkpoint(tmp_path / "c.safetensors", first, first_optimizer, epoch=2)
+    resumed, resumed_optimizer, _ = build(init_seed=3)
+    train(resumed, resumed_optimizer, pynn.load_checkpoint(tmp_path / "c.safetensors", resumed,
+                                                           resumed_optimizer), 4)
+    for key, array in model.state_dict().items():
+        assert resumed.state_dict()[key].tobytes() == array.tobytes(), key
