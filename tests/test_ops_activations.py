@@ -215,3 +215,17 @@ def test_bad_arguments_are_refused():
     with pytest.raises(TypeError, match="negative_slope"):
         ops.leaky_relu(x, negative_slope="a")
     assert ops.relu(np.float64(-2.0)).shape == ()
+
+
+def test_sigmoid_over_the_float32_range(isa):
+    """Float arithmetic (16 lanes) within 2e-7 relative, subnormal results within a step."""
+    patterns = np.arange(0, 2 ** 32, 4093, dtype=np.uint64).astype(np.uint32)
+    x = patterns.view(np.float32)
+    x = x[np.isfinite(x)]
+    with np.errstate(over="ignore"):
+        expected = 1 / (1 + np.exp(-x.astype(np.float64)))
+    actual = ops.sigmoid(x).astype(np.float64)
+    normal = expected >= np.finfo(np.float32).tiny
+    relative = np.abs(actual[normal] - expected[normal]) / expected[normal]
+    assert relative.max() <= 2e-7
+    assert np.all(np.abs(actual[~normal] - expected[~normal]) <= 2.0 ** -149)
