@@ -77,7 +77,7 @@ class LinearRegression:
         if not hasattr(self, "coef_"):
             raise ValueError("LinearRegression.predict: the model is not fitted; call fit first")
         x = _check_features(x, "LinearRegression.predict", self.n_features_in_)
-        coef = self.coef_.reshape(-1, self.n_features_in_)
+        coef = self.coef_ if self.coef_.ndim == 2 else self.coef_[None, :]
         out = np.empty((x.shape[0], coef.shape[0]), dtype=np.float32)
         out[...] = self.intercept_
         matmul(x, coef, trans_b=True, beta=1.0, out=out)

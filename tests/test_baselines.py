@@ -85,6 +85,12 @@ def test_more_features_than_samples_interpolates():
     np.testing.assert_allclose(model.predict(x), y, atol=1e-3)
 
 
+def test_no_features_predicts_the_mean():
+    model = LinearRegression().fit(np.zeros((5, 0), np.float32), np.arange(5.0))
+    assert model.coef_.shape == (0,) and model.intercept_ == 2.0
+    np.testing.assert_array_equal(model.predict(np.zeros((2, 0), np.float32)), [2.0, 2.0])
+
+
 def test_linear_regression_bad_input():
     x, y = regression_problem(10, 3, 1)
     with pytest.raises(ValueError, match="LinearRegression.fit: y must be .*got shape"):
