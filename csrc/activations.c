@@ -1,8 +1,6 @@
 /* Activation kernels (formulas in activations.h). Transcendentals are taken in
  * double precision (vmath.h) and rounded once. */
 #include <math.h>
-#include <stdint.h>
-#include <string.h>
 #include "activations.h"
 #include "vmath.h"
 
@@ -15,39 +13,11 @@
 #define GELU_TANH_SCALE 0.79788456080286536 /* sqrt(2 / pi) */
 #define GELU_TANH_CUBIC 0.044715
 
-PYNN_INLINE float bits_to_float(int32_t bits) { float f; memcpy(&f, &bits, 4); return f; }
-PYNN_INLINE int32_t float_to_bits(float f) { int32_t b; memcpy(&b, &f, 4); return b; }
-
-/* e^x for x <= 0 in float arithmetic, twice the lanes of pynn_exp_d and
- * within about one ulp: 2^n e^r with Cody-Waite reduction (ln2 split so n
- * ln2_hi is exact), e^r by its Taylor polynomial to degree 7 (truncation
- * 5e-9), and 2^n applied in two halves so subnormal results round once. */
-PYNN_INLINE float exp_nonpositive_f(float x)
-{
-    const float round_magic = 12582912.0f; /* 1.5 * 2^23 */
-    x = x < -104.0f ? -104.0f : x;
-    float shifted = x * 1.44269504f + round_magic;
-    float n = shifted - round_magic;
-    int32_t n_int = float_to_bits(shifted) - float_to_bits(round_magic);
-    float r = x - n * 0.693359375f;
-    r = r + n * 2.12194440e-4f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    int32_t half = n_int >> 1;
-    return p * bits_to_float((half + 127) << 23) * bits_to_float((n_int - half + 127) << 23);
-}
-
 /* 1 / (1 + e^-x) as e^-|x| / (1 + e^-|x|) for negative x, so the exponential
  * never exceeds 1 and tiny results keep their precision (within 3 ulp). */
 PYNN_INLINE float sigmoid_f(float x)
 {
-    float e = exp_nonpositive_f(x < 0.0f ? x : -x);
+    float e = pynn_exp_nonpositive_f(x < 0.0f ? x : -x);
     float r = 1.0f / (1.0f + e);
     return x < 0.0f ? e * r : r;
 }
@@ -78,7 +48,7 @@ PYNN_ELEMENTWISE(leaky_relu, CHEAP_PARALLEL, A > 0.0f ? A : A * p)
 PYNN_ELEMENTWISE(leaky_relu_backward, CHEAP_PARALLEL, B > 0.0f ? A : A * p)
 PYNN_ELEMENTWISE(sigmoid, COSTLY_PARALLEL, sigmoid_f(A))
 PYNN_ELEMENTWISE(sigmoid_backward, CHEAP_PARALLEL, A * (B * (1.0f - B)))
-PYNN_ELEMENTWISE(tanh, COSTLY_PARALLEL, (float)pynn_tanh_d(A))
+PYNN_ELEMENTWISE(tanh, COSTLY_PARALLEL, pynn_tanh_f(A))
 PYNN_ELEMENTWISE(tanh_backward, CHEAP_PARALLEL, A * (1.0f - B * B))
 PYNN_ELEMENTWISE(gelu, COSTLY_PARALLEL, (float)(0.5 * A * (1.0 + pynn_erf_d(A * SQRT_HALF))))
 PYNN_ELEMENTWISE(gelu_backward, COSTLY_PARALLEL, (float)(A * gelu_derivative_d(B)))

@@ -25,5 +25,5 @@ void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_
 }
 
 PYNN_ELEMENTWISE(vexp, 32768, (float)pynn_exp_d(A))
-PYNN_ELEMENTWISE(vtanh, 32768, (float)pynn_tanh_d(A))
+PYNN_ELEMENTWISE(vtanh, 32768, pynn_tanh_f(A))
 PYNN_ELEMENTWISE(verf, 32768, (float)pynn_erf_d(A))
