@@ -6,7 +6,7 @@
 
 /* Columns one GEMM should span: enough to keep the micro-kernel busy across
  * many images of a small layer, and an upper bound on the unfolded chunk. */
-#define TARGET_COLUMNS 8192
+#define TARGET_COLUMNS 2048
 #define MAX_CHUNK_FLOATS ((ptrdiff_t)1 << 22)
 #define PARALLEL_MIN_FLOATS 32768
 
@@ -62,7 +62,7 @@ static tap_span span_of(ptrdiff_t outputs, ptrdiff_t stride, ptrdiff_t start, pt
  * small images) and, for narrow outputs, where each unfolded element comes
  * from (its flat input index, -1 in the padding), so a tap is one gather loop
  * instead of many rows of a few floats. */
-#define GATHER_MAX_WIDTH 32
+#define GATHER_MAX_WIDTH 8
 #define GATHER_MAX_ENTRIES ((ptrdiff_t)1 << 20)
 
 typedef struct {

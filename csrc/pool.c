@@ -31,8 +31,73 @@ static inline ptrdiff_t window_argmax(const pynn_pool_shape *s, const float *res
     return best;
 }
 
+/* No padding and every window inside the image (the usual 2x2 stride 2):
+ * taps run outermost so the loop over a row of outputs has no bounds checks
+ * and vectorises. The first maximum is kept (strictly greater replaces it),
+ * a NaN always replaces it: PyTorch's rule. */
+static int windows_inside(const pynn_pool_shape *s)
+{
+    return s->pad_h == 0 && s->pad_w == 0 &&
+           (s->out_h - 1) * s->stride_h + (s->kernel_h - 1) * s->dilation_h < s->height &&
+           (s->out_w - 1) * s->stride_w + (s->kernel_w - 1) * s->dilation_w < s->width;
+}
+
+#define ROW_CHUNK 64
+
+static void generic_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
+                                       const float *x, float *y);
+
+/* The maxima (and, if where is not NULL, their flat indices) of outputs
+ * [ow0, ow0 + count) of output row oh. */
+static inline void inside_row_max(const pynn_pool_shape *s, const float *restrict image,
+                                  ptrdiff_t oh, ptrdiff_t ow0, ptrdiff_t count,
+                                  float *restrict best, ptrdiff_t *restrict where)
+{
+    const ptrdiff_t sw = s->stride_w, row0 = oh * s->stride_h * s->width + ow0 * sw;
+    for (ptrdiff_t i = 0; i < count; i++) best[i] = image[row0 + i * sw];
+    if (where)
+        for (ptrdiff_t i = 0; i < count; i++) where[i] = row0 + i * sw;
+    for (ptrdiff_t kh = 0; kh < s->kernel_h; kh++)
+        for (ptrdiff_t kw = kh ? 0 : 1; kw < s->kernel_w; kw++) {
+            const ptrdiff_t offset = row0 + kh * s->dilation_h * s->width + kw * s->dilation_w;
+            const float *restrict in = image + offset;
+            if (where)
+                for (ptrdiff_t i = 0; i < count; i++) {
+                    float value = in[i * sw];
+                    int take = value > best[i] || value != value;
+                    best[i] = take ? value : best[i];
+                    where[i] = take ? offset + i * sw : where[i];
+                }
+            else
+                for (ptrdiff_t i = 0; i < count; i++) {
+                    float value = in[i * sw];
+                    best[i] = value > best[i] || value != value ? value : best[i];
+                }
+        }
+}
+
 void pynn_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
                              const float *x, float *y)
+{
+    if (windows_inside(s)) {
+        const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
+        (void)ctx;
+#ifdef _OPENMP
+        #pragma omp parallel for num_threads(ctx->num_threads) if(s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS)
+#endif
+        for (ptrdiff_t p = 0; p < s->planes; p++)
+            for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
+                for (ptrdiff_t ow = 0; ow < s->out_w; ow += ROW_CHUNK)
+                    inside_row_max(s, x + p * in_plane, oh, ow,
+                                   s->out_w - ow < ROW_CHUNK ? s->out_w - ow : ROW_CHUNK,
+                                   y + p * out_plane + oh * s->out_w + ow, NULL);
+        return;
+    }
+    generic_max_pool2d_forward(ctx, s, x, y);
+}
+
+static void generic_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
+                                       const float *x, float *y)
 {
     const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
     (void)ctx;
@@ -54,6 +119,7 @@ void pynn_max_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
                               const float *dy, const float *x, float *dx)
 {
     const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
+    const int inside = windows_inside(s);
     (void)ctx;
 #ifdef _OPENMP
     #pragma omp parallel for num_threads(ctx->num_threads) if(s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS)
@@ -62,6 +128,17 @@ void pynn_max_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
         const float *image = x + p * in_plane, *grad = dy + p * out_plane;
         float *out = dx + p * in_plane;
         memset(out, 0, (size_t)in_plane * sizeof(float));
+        if (inside) {
+            float best[ROW_CHUNK];
+            ptrdiff_t where[ROW_CHUNK];
+            for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
+                for (ptrdiff_t ow = 0; ow < s->out_w; ow += ROW_CHUNK) {
+                    ptrdiff_t count = s->out_w - ow < ROW_CHUNK ? s->out_w - ow : ROW_CHUNK;
+                    inside_row_max(s, image, oh, ow, count, best, where);
+                    for (ptrdiff_t i = 0; i < count; i++) out[where[i]] += grad[oh * s->out_w + ow + i];
+                }
+            continue;
+        }
         for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
             for (ptrdiff_t ow = 0; ow < s->out_w; ow++) {
                 ptrdiff_t best = window_argmax(s, image, oh, ow);

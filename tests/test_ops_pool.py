@@ -95,6 +95,8 @@ MAX_CASES = [  # (shape, kernel, stride, padding, dilation, ceil_mode)
     ((1, 2, 11, 13), (3, 2), (2, 3), (1, 1), (2, 1), True),
     ((3, 2, 5, 5), 5, 1, 2, 1, False),
     ((0, 3, 6, 6), 2, None, 0, 1, False),
+    ((2, 2, 9, 10), (3, 2), (2, 3), 0, (2, 1), False),
+    ((1, 2, 7, 150), 3, 1, 0, 1, True),
 ]
 
 

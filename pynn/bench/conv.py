@@ -1,0 +1,120 @@
+"""Convolution suite: a LeNet-5-like network (training samples/s at batch 64,
+inference latency at batch 1 and throughput at batch 256) and a single
+ResNet-like 3x3 convolution (64→64 channels, 56x56, batch 8), forward and
+backward, beside PyTorch eager on the same weights and inputs."""
+import numpy as np
+
+from pynn.bench import Case, optional_import
+
+LR, MOMENTUM = 0.01, 0.9
+
+
+def build_lenet(seed=0):
+    """conv 6@5x5 pad 2, ReLU, maxpool 2; conv 16@5x5, ReLU, maxpool 2; Linear 120, 84, 10."""
+    from pynn import Sequential, init
+    from pynn.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU
+
+    init.manual_seed(seed)
+    return Sequential(Conv2d(1, 6, 5, padding=2), ReLU(), MaxPool2d(2),
+                      Conv2d(6, 16, 5), ReLU(), MaxPool2d(2), Flatten(),
+                      Linear(16 * 5 * 5, 120), ReLU(), Linear(120, 84), ReLU(), Linear(84, 10))
+
+
+def build_torch_lenet(model, torch):
+    nn = torch.nn
+    twin = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                         nn.Linear(84, 10))
+    twin.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in model.state_dict().items()})
+    return twin
+
+
+def _training_cases(torch, quick):
+    from pynn import losses, optim
+
+    samples, batch = (512 if quick else 2048), 64
+    rng = np.random.default_rng(0)
+    x = rng.random((samples, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, samples)
+    model = build_lenet()
+    optimizer = optim.SGD(model, lr=LR, momentum=MOMENTUM)
+    loss = losses.CrossEntropyLoss()
+    seeds = iter(range(1 << 30))
+    runners = {"pynn": lambda: model.fit(x, y, loss=loss, optimizer=optimizer, batch_size=batch,
+                                         seed=next(seeds), verbose=False)}
+    if torch is not None:
+        twin = build_torch_lenet(model, torch)
+        torch_optimizer = torch.optim.SGD(twin.parameters(), lr=LR, momentum=MOMENTUM)
+        x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
+        generator = torch.Generator().manual_seed(0)
+
+        def epoch():
+            order = torch.randperm(samples, generator=generator)
+            for start in range(0, samples, batch):
+                indices = order[start:start + batch]
+                torch_optimizer.zero_grad()
+                torch.nn.functional.cross_entropy(twin(x_t[indices]), y_t[indices]).backward()
+                torch_optimizer.step()
+        runners["torch"] = epoch
+    return [Case("conv", f"LeNet-5 training batch {batch}", runners, work=samples,
+                 unit="samples/s")]
+
+
+def _inference_cases(torch, quick):
+    model = build_lenet()
+    twin = build_torch_lenet(model, torch).eval() if torch is not None else None
+    rng = np.random.default_rng(1)
+    found = []
+    for batch in (1, 256):
+        x = rng.random((batch, 1, 28, 28), dtype=np.float32)
+        runners = {"pynn": lambda x=x: model.predict(x)}
+        if twin is not None:
+            def torch_predict(x=torch.from_numpy(x)):
+                with torch.inference_mode():
+                    return twin(x)
+            runners["torch"] = torch_predict
+        kind = "latency" if batch == 1 else "throughput"
+        found.append(Case("conv", f"LeNet-5 inference batch {batch} ({kind})", runners,
+                          work=batch, unit="samples/s"))
+    return found
+
+
+def _layer_cases(torch, quick):
+    from pynn import ops
+
+    batch, channels, size = (2 if quick else 8), 64, 56
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((batch, channels, size, size), dtype=np.float32)
+    weight = (rng.standard_normal((channels, channels, 3, 3), dtype=np.float32) / 24)
+    bias = rng.standard_normal(channels, dtype=np.float32)
+    y = np.empty_like(x)
+    dy = rng.standard_normal(x.shape, dtype=np.float32)
+    flop = 2.0 * batch * channels * channels * 9 * size * size
+    name = f"conv 3x3 {channels}->{channels} {size}x{size} batch {batch}"
+    forward = {"pynn": lambda: ops.conv2d(x, weight, bias, padding=1, out=y)}
+    def pynn_step():
+        ops.conv2d(x, weight, bias, padding=1, out=y)
+        return ops.conv2d_backward(dy, x, weight, padding=1)
+    step = {"pynn": pynn_step}
+    if torch is not None:
+        x_t, w_t, b_t, dy_t = (torch.from_numpy(a) for a in (x, weight, bias, dy))
+
+        def torch_forward():
+            with torch.inference_mode():
+                return torch.nn.functional.conv2d(x_t, w_t, b_t, padding=1)
+
+        x_g, w_g, b_g = (t.clone().requires_grad_() for t in (x_t, w_t, b_t))
+
+        def torch_step():
+            out = torch.nn.functional.conv2d(x_g, w_g, b_g, padding=1)
+            return torch.autograd.grad(out, (x_g, w_g, b_g), dy_t)
+        forward["torch"] = torch_forward
+        step["torch"] = torch_step
+    return [Case("conv", f"{name} forward", forward, work=flop, unit="GFLOP/s"),
+            Case("conv", f"{name} forward+backward", step, work=3 * flop, unit="GFLOP/s")]
+
+
+def cases(quick, threads):
+    torch = optional_import("torch")
+    return _training_cases(torch, quick) + _inference_cases(torch, quick) + _layer_cases(torch, quick)
