@@ -66,6 +66,8 @@ def test_one_hidden_layer_fits_a_squiggly_function():
     slopes = rng.choice([-1.0, 1.0], hidden) * rng.uniform(4.0, 16.0, hidden)
     model[0].params["weight"][:, 0] = slopes
     model[0].params["bias"][...] = -slopes * np.linspace(-np.pi, np.pi, hidden)
+    for param in model[2].params.values():
+        param[...] = rng.uniform(-1.0, 1.0, param.shape) / np.sqrt(hidden)
     optimizer = optim.Adam(model, lr=0.01)
     schedule = optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=300)
 
