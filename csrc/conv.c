@@ -3,6 +3,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include "conv.h"
+#include "vmath.h"
+
+/* Unfolded rows are often a handful of floats: inline loops beat calls to
+ * memcpy/memset, which GCC would otherwise substitute for them. */
+#pragma GCC optimize("no-tree-loop-distribute-patterns")
 
 /* Columns one GEMM should span: enough to keep the micro-kernel busy across
  * many images of a small layer, and an upper bound on the unfolded chunk. */
@@ -106,12 +111,9 @@ static int plan_make(const pynn_conv_shape *s, unfold_plan *plan)
     return 0;
 }
 
-/* Rows are often a handful of floats: inline loops beat memcpy/memset calls. */
-#define INLINE_COPIES __attribute__((optimize("no-tree-loop-distribute-patterns")))
-
 /* col rows (c, kh, kw) for channel c of one image: col[row, oh OW + ow] = x[c, ih, iw],
  * zero where (ih, iw) is padding; ld is col's row stride. */
-INLINE_COPIES static void unfold_channel(const pynn_conv_shape *s, const unfold_plan *plan,
+PYNN_INLINE void unfold_channel(const pynn_conv_shape *s, const unfold_plan *plan,
                                         const float *restrict image, float *restrict col,
                                         ptrdiff_t ld)
 {
@@ -149,7 +151,7 @@ INLINE_COPIES static void unfold_channel(const pynn_conv_shape *s, const unfold_
 
 /* The adjoint of unfold_channel: dx[c] = Σ over its rows of dcol scattered back
  * (dx[c] is overwritten; the sum runs in a fixed order). */
-INLINE_COPIES static void fold_channel(const pynn_conv_shape *s, const unfold_plan *plan,
+PYNN_INLINE void fold_channel(const pynn_conv_shape *s, const unfold_plan *plan,
                                       const float *restrict col, ptrdiff_t ld,
                                       float *restrict image)
 {
@@ -176,6 +178,23 @@ INLINE_COPIES static void fold_channel(const pynn_conv_shape *s, const unfold_pl
     }
 }
 
+/* One copy of the channel loops per ISA, so the copies use its vector width. */
+#define CHANNEL_VARIANT(suffix, attribute)                                                   \
+    attribute static void unfold_channel_##suffix(const pynn_conv_shape *s,                  \
+                                                  const unfold_plan *plan, const float *image, \
+                                                  float *col, ptrdiff_t ld)                  \
+    { unfold_channel(s, plan, image, col, ld); }                                             \
+    attribute static void fold_channel_##suffix(const pynn_conv_shape *s,                    \
+                                                const unfold_plan *plan, const float *col,   \
+                                                ptrdiff_t ld, float *image)                  \
+    { fold_channel(s, plan, col, ld, image); }
+
+CHANNEL_VARIANT(generic, )
+#if defined(PYNN_X86_64)
+CHANNEL_VARIANT(avx2, PYNN_TARGET_AVX2)
+CHANNEL_VARIANT(avx512, PYNN_TARGET_AVX512)
+#endif
+
 /* col [C KH KW, images P] from images [first, first + images) of x. */
 static void unfold(const pynn_context *ctx, const pynn_conv_shape *s, const unfold_plan *plan,
                    const float *x, ptrdiff_t first, ptrdiff_t images, float *col)
@@ -183,14 +202,14 @@ static void unfold(const pynn_context *ctx, const pynn_conv_shape *s, const unfo
     const ptrdiff_t p = plane(s), ld = images * p, hw = s->height * s->width;
     const ptrdiff_t channels = s->in_channels, kernel = s->kernel_h * s->kernel_w;
     const ptrdiff_t tasks = images * channels;
-    (void)ctx;
+    typeof(&unfold_channel_generic) unfold_one = PYNN_PICK(ctx->isa, unfold_channel);
 #ifdef _OPENMP
     #pragma omp parallel for num_threads(ctx->num_threads) if(tasks > 1 && ld * kernel * channels >= PARALLEL_MIN_FLOATS)
 #endif
     for (ptrdiff_t t = 0; t < tasks; t++) {
         ptrdiff_t b = t / channels, c = t % channels;
-        unfold_channel(s, plan, x + ((first + b) * channels + c) * hw,
-                       col + c * kernel * ld + b * p, ld);
+        unfold_one(s, plan, x + ((first + b) * channels + c) * hw, col + c * kernel * ld + b * p,
+                   ld);
     }
 }
 
@@ -200,14 +219,13 @@ static void fold(const pynn_context *ctx, const pynn_conv_shape *s, const unfold
     const ptrdiff_t p = plane(s), ld = images * p, hw = s->height * s->width;
     const ptrdiff_t channels = s->in_channels, kernel = s->kernel_h * s->kernel_w;
     const ptrdiff_t tasks = images * channels;
-    (void)ctx;
+    typeof(&fold_channel_generic) fold_one = PYNN_PICK(ctx->isa, fold_channel);
 #ifdef _OPENMP
     #pragma omp parallel for num_threads(ctx->num_threads) if(tasks > 1 && ld * kernel * channels >= PARALLEL_MIN_FLOATS)
 #endif
     for (ptrdiff_t t = 0; t < tasks; t++) {
         ptrdiff_t b = t / channels, c = t % channels;
-        fold_channel(s, plan, col + c * kernel * ld + b * p, ld,
-                     dx + ((first + b) * channels + c) * hw);
+        fold_one(s, plan, col + c * kernel * ld + b * p, ld, dx + ((first + b) * channels + c) * hw);
     }
 }
 

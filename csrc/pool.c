@@ -3,6 +3,7 @@
 #include <math.h>
 #include <string.h>
 #include "pool.h"
+#include "vmath.h"
 
 #define PARALLEL_MIN_FLOATS 65536
 
@@ -49,11 +50,11 @@ static void generic_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_
 
 /* The maxima (and, if where is not NULL, their flat indices) of outputs
  * [ow0, ow0 + count) of output row oh. */
-static inline void inside_row_max(const pynn_pool_shape *s, const float *restrict image,
-                                  ptrdiff_t oh, ptrdiff_t ow0, ptrdiff_t count,
-                                  float *restrict best, ptrdiff_t *restrict where)
+PYNN_INLINE void inside_row_max(const pynn_pool_shape *s, const float *restrict image,
+                                ptrdiff_t oh, ptrdiff_t ow0, ptrdiff_t count, ptrdiff_t sw,
+                                float *restrict best, ptrdiff_t *restrict where)
 {
-    const ptrdiff_t sw = s->stride_w, row0 = oh * s->stride_h * s->width + ow0 * sw;
+    const ptrdiff_t row0 = oh * s->stride_h * s->width + ow0 * sw;
     for (ptrdiff_t i = 0; i < count; i++) best[i] = image[row0 + i * sw];
     if (where)
         for (ptrdiff_t i = 0; i < count; i++) where[i] = row0 + i * sw;
@@ -76,10 +77,29 @@ static inline void inside_row_max(const pynn_pool_shape *s, const float *restric
         }
 }
 
+/* One copy per ISA; stride 2 (the usual pool) compiled with the stride known. */
+#define ROW_MAX_VARIANT(suffix, attribute)                                                  \
+    attribute static void row_max_##suffix(const pynn_pool_shape *s, const float *image,    \
+                                           ptrdiff_t oh, ptrdiff_t ow0, ptrdiff_t count,    \
+                                           float *best, ptrdiff_t *where)                   \
+    {                                                                                       \
+        if (s->stride_w == 2)                                                               \
+            inside_row_max(s, image, oh, ow0, count, 2, best, where);                       \
+        else                                                                                \
+            inside_row_max(s, image, oh, ow0, count, s->stride_w, best, where);             \
+    }
+
+ROW_MAX_VARIANT(generic, )
+#if defined(PYNN_X86_64)
+ROW_MAX_VARIANT(avx2, PYNN_TARGET_AVX2)
+ROW_MAX_VARIANT(avx512, PYNN_TARGET_AVX512)
+#endif
+
 void pynn_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
                              const float *x, float *y)
 {
     if (windows_inside(s)) {
+        typeof(&row_max_generic) row_max = PYNN_PICK(ctx->isa, row_max);
         const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
         (void)ctx;
 #ifdef _OPENMP
@@ -88,7 +108,7 @@ void pynn_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
         for (ptrdiff_t p = 0; p < s->planes; p++)
             for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
                 for (ptrdiff_t ow = 0; ow < s->out_w; ow += ROW_CHUNK)
-                    inside_row_max(s, x + p * in_plane, oh, ow,
+                    row_max(s, x + p * in_plane, oh, ow,
                                    s->out_w - ow < ROW_CHUNK ? s->out_w - ow : ROW_CHUNK,
                                    y + p * out_plane + oh * s->out_w + ow, NULL);
         return;
@@ -120,7 +140,7 @@ void pynn_max_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
 {
     const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
     const int inside = windows_inside(s);
-    (void)ctx;
+    typeof(&row_max_generic) row_max = PYNN_PICK(ctx->isa, row_max);
 #ifdef _OPENMP
     #pragma omp parallel for num_threads(ctx->num_threads) if(s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS)
 #endif
@@ -134,7 +154,7 @@ void pynn_max_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
             for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
                 for (ptrdiff_t ow = 0; ow < s->out_w; ow += ROW_CHUNK) {
                     ptrdiff_t count = s->out_w - ow < ROW_CHUNK ? s->out_w - ow : ROW_CHUNK;
-                    inside_row_max(s, image, oh, ow, count, best, where);
+                    row_max(s, image, oh, ow, count, best, where);
                     for (ptrdiff_t i = 0; i < count; i++) out[where[i]] += grad[oh * s->out_w + ow + i];
                 }
             continue;
