@@ -24,7 +24,6 @@ def parameter_owners(model, where):
 
 class Optimizer:
     _hyperparameters = ()
-    _state_names = ()
 
     def __init__(self, model, lr, **hyperparameters):
         self._model = model
