@@ -60,43 +60,82 @@ PYNN_ELEMENTWISE(dropout, CHEAP_PARALLEL, B >= p ? A * (1.0f / (1.0f - p)) : 0.0
 
 /* One softmax row of `length` elements `stride` apart. The exponentials are
  * written to y first, then scaled: one exp per element. A NaN anywhere, or an
- * infinite maximum, makes the whole row NaN, as in PyTorch. */
-PYNN_INLINE void softmax_row(ptrdiff_t length, ptrdiff_t stride, const float *restrict x,
-                             float *restrict y, int log_domain)
+ * infinite maximum, makes the whole row NaN, as in PyTorch. The body is a
+ * macro so the contiguous copy (stride the literal 1) is compiled apart from
+ * the strided one and vectorises. */
+#define SOFTMAX_ROW_BODY(stride, max_expression, sum_of)                                     \
+    float max = (max_expression);                                                            \
+    for (ptrdiff_t i = 0; i < length; i++)                                                   \
+        y[i * (stride)] = pynn_exp_nonpositive_f(x[i * (stride)] - max);                     \
+    double sum = sum_of(y);                                                                  \
+    if (log_domain) {                                                                        \
+        double shift = (double)max + log(sum);                                               \
+        for (ptrdiff_t i = 0; i < length; i++)                                               \
+            y[i * (stride)] = (float)((double)x[i * (stride)] - shift);                      \
+    } else {                                                                                 \
+        float scale = (float)(1.0 / sum);                                                    \
+        for (ptrdiff_t i = 0; i < length; i++) y[i * (stride)] *= scale;                     \
+    }
+
+/* softmax:     dx = y (dy - sum(dy y));  log_softmax: dx = dy - e^y sum(dy) */
+#define SOFTMAX_BACKWARD_ROW_BODY(stride, sum_of)                                            \
+    if (log_domain) {                                                                        \
+        float total = (float)sum_of(dy, NULL);                                               \
+        for (ptrdiff_t i = 0; i < length; i++)                                               \
+            dx[i * (stride)] = dy[i * (stride)]                                              \
+                               - pynn_exp_nonpositive_f(y[i * (stride)]) * total;            \
+    } else {                                                                                 \
+        float dot = (float)sum_of(dy, y);                                                    \
+        for (ptrdiff_t i = 0; i < length; i++)                                               \
+            dx[i * (stride)] = y[i * (stride)] * (dy[i * (stride)] - dot);                   \
+    }
+
+PYNN_INLINE double strided_sum(const float *a, const float *b, ptrdiff_t length, ptrdiff_t stride)
+{
+    double sum = 0.0;
+    for (ptrdiff_t i = 0; i < length; i++)
+        sum += b ? (double)a[i * stride] * b[i * stride] : (double)a[i * stride];
+    return sum;
+}
+
+PYNN_INLINE float strided_max(const float *x, ptrdiff_t length, ptrdiff_t stride)
 {
     float max = x[0];
     for (ptrdiff_t i = 1; i < length; i++) max = x[i * stride] > max ? x[i * stride] : max;
-    double sum = 0.0;
-    if (stride == 1) {
-        for (ptrdiff_t i = 0; i < length; i++) y[i] = (float)pynn_exp_d((double)x[i] - max);
-    } else {
-        for (ptrdiff_t i = 0; i < length; i++)
-            y[i * stride] = (float)pynn_exp_d((double)x[i * stride] - max);
-    }
-    for (ptrdiff_t i = 0; i < length; i++) sum += y[i * stride];
-    if (log_domain) {
-        double shift = (double)max + log(sum);
-        for (ptrdiff_t i = 0; i < length; i++) y[i * stride] = (float)((double)x[i * stride] - shift);
-    } else {
-        float scale = (float)(1.0 / sum);
-        for (ptrdiff_t i = 0; i < length; i++) y[i * stride] *= scale;
-    }
+    return max;
 }
 
-PYNN_INLINE void softmax_backward_row(ptrdiff_t length, ptrdiff_t stride,
-                                      const float *restrict dy, const float *restrict y,
-                                      float *restrict dx, int log_domain)
+PYNN_INLINE void softmax_row(ptrdiff_t length, const float *restrict x, float *restrict y,
+                             int log_domain)
 {
-    double dot = 0.0;
-    if (log_domain) {
-        for (ptrdiff_t i = 0; i < length; i++) dot += dy[i * stride];
-        for (ptrdiff_t i = 0; i < length; i++)
-            dx[i * stride] = (float)(dy[i * stride] - pynn_exp_d(y[i * stride]) * dot);
-    } else {
-        for (ptrdiff_t i = 0; i < length; i++) dot += (double)dy[i * stride] * y[i * stride];
-        for (ptrdiff_t i = 0; i < length; i++)
-            dx[i * stride] = (float)(y[i * stride] * (dy[i * stride] - dot));
-    }
+#define CONTIGUOUS_SUM(a) pynn_row_sum(a, NULL, length)
+    SOFTMAX_ROW_BODY(1, pynn_row_max(x, length), CONTIGUOUS_SUM)
+#undef CONTIGUOUS_SUM
+}
+
+PYNN_INLINE void softmax_row_strided(ptrdiff_t length, ptrdiff_t stride, const float *restrict x,
+                                     float *restrict y, int log_domain)
+{
+#define STRIDED_SUM(a) strided_sum(a, NULL, length, stride)
+    SOFTMAX_ROW_BODY(stride, strided_max(x, length, stride), STRIDED_SUM)
+#undef STRIDED_SUM
+}
+
+PYNN_INLINE void softmax_backward_row(ptrdiff_t length, const float *restrict dy,
+                                      const float *restrict y, float *restrict dx, int log_domain)
+{
+#define CONTIGUOUS_SUM(a, b) pynn_row_sum(a, b, length)
+    SOFTMAX_BACKWARD_ROW_BODY(1, CONTIGUOUS_SUM)
+#undef CONTIGUOUS_SUM
+}
+
+PYNN_INLINE void softmax_backward_row_strided(ptrdiff_t length, ptrdiff_t stride,
+                                              const float *restrict dy, const float *restrict y,
+                                              float *restrict dx, int log_domain)
+{
+#define STRIDED_SUM(a, b) strided_sum(a, b, length, stride)
+    SOFTMAX_BACKWARD_ROW_BODY(stride, STRIDED_SUM)
+#undef STRIDED_SUM
 }
 
 /* Rows are independent, so threads split them and results do not depend on
@@ -109,7 +148,8 @@ PYNN_INLINE void softmax_backward_row(ptrdiff_t length, ptrdiff_t stride,
     {                                                                                        \
         for (ptrdiff_t r = first; r < last; r++) {                                           \
             ptrdiff_t start = (r / inner) * length * inner + r % inner;                      \
-            softmax_row(length, inner, x + start, y + start, log_domain);                    \
+            if (inner == 1) softmax_row(length, x + start, y + start, log_domain);           \
+            else softmax_row_strided(length, inner, x + start, y + start, log_domain);       \
         }                                                                                    \
     }                                                                                        \
     attribute static void softmax_backward_rows_##suffix(                                    \
@@ -118,8 +158,11 @@ PYNN_INLINE void softmax_backward_row(ptrdiff_t length, ptrdiff_t stride,
     {                                                                                        \
         for (ptrdiff_t r = first; r < last; r++) {                                           \
             ptrdiff_t start = (r / inner) * length * inner + r % inner;                      \
-            softmax_backward_row(length, inner, dy + start, y + start, dx + start,           \
-                                 log_domain);                                                \
+            if (inner == 1)                                                                  \
+                softmax_backward_row(length, dy + start, y + start, dx + start, log_domain); \
+            else                                                                             \
+                softmax_backward_row_strided(length, inner, dy + start, y + start,           \
+                                             dx + start, log_domain);                        \
         }                                                                                    \
     }
 

@@ -12,17 +12,16 @@
 PYNN_INLINE double cross_entropy_row(ptrdiff_t classes, const float *restrict x, int64_t target,
                                      float *restrict grad, double inv_n)
 {
-    float max = x[0];
-    for (ptrdiff_t j = 1; j < classes; j++) max = x[j] > max ? x[j] : max;
+    float max = pynn_row_max(x, classes);
     double sum = 0.0;
     if (grad) {
-        for (ptrdiff_t j = 0; j < classes; j++) grad[j] = (float)pynn_exp_d((double)x[j] - max);
-        for (ptrdiff_t j = 0; j < classes; j++) sum += grad[j];
+        for (ptrdiff_t j = 0; j < classes; j++) grad[j] = pynn_exp_nonpositive_f(x[j] - max);
+        sum = pynn_row_sum(grad, NULL, classes);
         float scale = (float)(inv_n / sum);
         for (ptrdiff_t j = 0; j < classes; j++) grad[j] *= scale;
         grad[target] -= (float)inv_n;
     } else {
-        for (ptrdiff_t j = 0; j < classes; j++) sum += pynn_exp_d((double)x[j] - max);
+        for (ptrdiff_t j = 0; j < classes; j++) sum += pynn_exp_nonpositive_f(x[j] - max);
     }
     return ((double)max - x[target]) + log(sum);
 }

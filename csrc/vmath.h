@@ -162,6 +162,39 @@ PYNN_INLINE float pynn_tanh_f(float x)
     return copysignf(a < 0.9f ? small : large, x);
 }
 
+/* Row reductions with 16 independent partial results, so they vectorise
+ * and are not bound by the latency of one long dependency chain; the
+ * partials combine in a fixed order (the result depends only on n). */
+#define PYNN_LANES 16
+
+PYNN_INLINE float pynn_row_max(const float *restrict x, ptrdiff_t n)
+{
+    float partial[PYNN_LANES];
+    for (int k = 0; k < PYNN_LANES; k++) partial[k] = x[0];
+    ptrdiff_t i = 0;
+    for (; i + PYNN_LANES <= n; i += PYNN_LANES)
+        for (int k = 0; k < PYNN_LANES; k++)
+            partial[k] = x[i + k] > partial[k] ? x[i + k] : partial[k];
+    float max = partial[0];
+    for (int k = 1; k < PYNN_LANES; k++) max = partial[k] > max ? partial[k] : max;
+    for (; i < n; i++) max = x[i] > max ? x[i] : max;
+    return max;
+}
+
+/* sum of x[i] (b == NULL) or of x[i] b[i], in double */
+PYNN_INLINE double pynn_row_sum(const float *restrict x, const float *restrict b, ptrdiff_t n)
+{
+    double partial[PYNN_LANES] = {0.0};
+    ptrdiff_t i = 0;
+    for (; i + PYNN_LANES <= n; i += PYNN_LANES)
+        for (int k = 0; k < PYNN_LANES; k++)
+            partial[k] += b ? (double)x[i + k] * b[i + k] : (double)x[i + k];
+    double sum = 0.0;
+    for (int k = 0; k < PYNN_LANES; k++) sum += partial[k];
+    for (; i < n; i++) sum += b ? (double)x[i] * b[i] : (double)x[i];
+    return sum;
+}
+
 /* An element-wise kernel over up to two float inputs a, b, one output y and
  * one float parameter p (y may be a itself: each element is read before it is
  * written). */
