@@ -1,12 +1,8 @@
-/* Activation kernels (formulas in activations.h). Transcendentals are taken in
- * double precision (vmath.h) and rounded once. */
+/* Activation kernels (formulas in activations.h). tanh and sigmoid run in
+ * float arithmetic, gelu in double, each rounded once (vmath.h). */
 #include <math.h>
 #include "activations.h"
 #include "vmath.h"
-
-/* Cheap kernels are memory-bound: a second thread only pays off on large arrays. */
-#define CHEAP_PARALLEL 262144
-#define COSTLY_PARALLEL 32768
 
 #define SQRT_HALF 0.70710678118654752
 #define INV_SQRT_2PI 0.39894228040143268
@@ -42,21 +38,21 @@ PYNN_INLINE double gelu_derivative_d(double x)
     return cdf + x * INV_SQRT_2PI * pynn_exp_d(-0.5 * x * x);
 }
 
-PYNN_ELEMENTWISE(relu, CHEAP_PARALLEL, A < 0.0f ? 0.0f : A)
-PYNN_ELEMENTWISE(relu_backward, CHEAP_PARALLEL, B > 0.0f ? A : 0.0f)
-PYNN_ELEMENTWISE(leaky_relu, CHEAP_PARALLEL, A > 0.0f ? A : A * p)
-PYNN_ELEMENTWISE(leaky_relu_backward, CHEAP_PARALLEL, B > 0.0f ? A : A * p)
-PYNN_ELEMENTWISE(sigmoid, COSTLY_PARALLEL, sigmoid_f(A))
-PYNN_ELEMENTWISE(sigmoid_backward, CHEAP_PARALLEL, A * (B * (1.0f - B)))
-PYNN_ELEMENTWISE(tanh, COSTLY_PARALLEL, pynn_tanh_f(A))
-PYNN_ELEMENTWISE(tanh_backward, CHEAP_PARALLEL, A * (1.0f - B * B))
-PYNN_ELEMENTWISE(gelu, COSTLY_PARALLEL, (float)(0.5 * A * (1.0 + pynn_erf_d(A * SQRT_HALF))))
-PYNN_ELEMENTWISE(gelu_backward, COSTLY_PARALLEL, (float)(A * gelu_derivative_d(B)))
-PYNN_ELEMENTWISE(gelu_tanh, COSTLY_PARALLEL, (float)gelu_tanh_d(A))
-PYNN_ELEMENTWISE(gelu_tanh_backward, COSTLY_PARALLEL, (float)(A * gelu_tanh_derivative_d(B)))
+PYNN_ELEMENTWISE(relu, PYNN_CHEAP_PARALLEL, A < 0.0f ? 0.0f : A)
+PYNN_ELEMENTWISE(relu_backward, PYNN_CHEAP_PARALLEL, B > 0.0f ? A : 0.0f)
+PYNN_ELEMENTWISE(leaky_relu, PYNN_CHEAP_PARALLEL, A > 0.0f ? A : A * p)
+PYNN_ELEMENTWISE(leaky_relu_backward, PYNN_CHEAP_PARALLEL, B > 0.0f ? A : A * p)
+PYNN_ELEMENTWISE(sigmoid, PYNN_COSTLY_PARALLEL, sigmoid_f(A))
+PYNN_ELEMENTWISE(sigmoid_backward, PYNN_CHEAP_PARALLEL, A * (B * (1.0f - B)))
+PYNN_ELEMENTWISE(tanh, PYNN_COSTLY_PARALLEL, pynn_tanh_f(A))
+PYNN_ELEMENTWISE(tanh_backward, PYNN_CHEAP_PARALLEL, A * (1.0f - B * B))
+PYNN_ELEMENTWISE(gelu, PYNN_COSTLY_PARALLEL, (float)(0.5 * A * (1.0 + pynn_erf_d(A * SQRT_HALF))))
+PYNN_ELEMENTWISE(gelu_backward, PYNN_COSTLY_PARALLEL, (float)(A * gelu_derivative_d(B)))
+PYNN_ELEMENTWISE(gelu_tanh, PYNN_COSTLY_PARALLEL, (float)gelu_tanh_d(A))
+PYNN_ELEMENTWISE(gelu_tanh_backward, PYNN_COSTLY_PARALLEL, (float)(A * gelu_tanh_derivative_d(B)))
 /* Inverted dropout, forward and backward alike: B holds uniform draws in
  * [0, 1), an element is kept when its draw is >= p and scaled by 1 / (1 - p). */
-PYNN_ELEMENTWISE(dropout, CHEAP_PARALLEL, B >= p ? A * (1.0f / (1.0f - p)) : 0.0f)
+PYNN_ELEMENTWISE(dropout, PYNN_CHEAP_PARALLEL, B >= p ? A * (1.0f / (1.0f - p)) : 0.0f)
 
 /* One softmax row of `length` elements `stride` apart. The exponentials are
  * written to y first, then scaled: one exp per element. A NaN anywhere, or an
@@ -180,7 +176,7 @@ typedef void (*softmax_backward_rows_fn)(ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdif
 /* Rows per parallel task: enough elements to amortise waking a thread. */
 static ptrdiff_t rows_per_task(ptrdiff_t length)
 {
-    ptrdiff_t rows = COSTLY_PARALLEL / 4 / (length > 0 ? length : 1);
+    ptrdiff_t rows = PYNN_COSTLY_PARALLEL / 4 / (length > 0 ? length : 1);
     return rows > 0 ? rows : 1;
 }
 
@@ -193,7 +189,7 @@ void pynn_softmax(const pynn_context *ctx, ptrdiff_t outer, ptrdiff_t length, pt
     ptrdiff_t step = rows_per_task(length);
     ptrdiff_t tasks = (rows + step - 1) / step;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(ctx->num_threads) if(tasks > 1 && rows * length >= COSTLY_PARALLEL)
+    #pragma omp parallel for num_threads(ctx->num_threads) if(tasks > 1 && rows * length >= PYNN_COSTLY_PARALLEL)
 #endif
     for (ptrdiff_t t = 0; t < tasks; t++) {
         ptrdiff_t first = t * step, last = first + step < rows ? first + step : rows;
@@ -211,7 +207,7 @@ void pynn_softmax_backward(const pynn_context *ctx, ptrdiff_t outer, ptrdiff_t l
     ptrdiff_t step = rows_per_task(length);
     ptrdiff_t tasks = (rows + step - 1) / step;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(ctx->num_threads) if(tasks > 1 && rows * length >= COSTLY_PARALLEL)
+    #pragma omp parallel for num_threads(ctx->num_threads) if(tasks > 1 && rows * length >= PYNN_COSTLY_PARALLEL)
 #endif
     for (ptrdiff_t t = 0; t < tasks; t++) {
         ptrdiff_t first = t * step, last = first + step < rows ? first + step : rows;

@@ -1,9 +1,10 @@
 /* Element-wise vector math over float arrays (formulas in vmath.h). */
 #include "vmath.h"
 
-/* Chunks are large enough to amortise scheduling and aligned to 64 floats so
- * every chunk but the last runs whole vectors. */
-#define CHUNK 16384
+/* Chunks are large enough to amortise scheduling, small enough that two
+ * threads share 8192 elements, and a multiple of 64 floats so every chunk
+ * but the last runs whole vectors. */
+#define CHUNK 4096
 
 void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_t min_parallel,
                   const float *a, const float *b, float *y, float p)
@@ -24,6 +25,6 @@ void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_
     fn(n, a, b, y, p);
 }
 
-PYNN_ELEMENTWISE(vexp, 32768, (float)pynn_exp_d(A))
-PYNN_ELEMENTWISE(vtanh, 32768, pynn_tanh_f(A))
-PYNN_ELEMENTWISE(verf, 32768, (float)pynn_erf_d(A))
+PYNN_ELEMENTWISE(vexp, PYNN_COSTLY_PARALLEL, (float)pynn_exp_d(A))
+PYNN_ELEMENTWISE(vtanh, PYNN_COSTLY_PARALLEL, pynn_tanh_f(A))
+PYNN_ELEMENTWISE(verf, PYNN_COSTLY_PARALLEL, (float)pynn_erf_d(A))
