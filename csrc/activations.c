@@ -54,111 +54,130 @@ PYNN_ELEMENTWISE(gelu_tanh_backward, PYNN_COSTLY_PARALLEL, (float)(A * gelu_tanh
  * [0, 1), an element is kept when its draw is >= p and scaled by 1 / (1 - p). */
 PYNN_ELEMENTWISE(dropout, PYNN_CHEAP_PARALLEL, B >= p ? A * (1.0f / (1.0f - p)) : 0.0f)
 
-/* One softmax row of `length` elements `stride` apart. The exponentials are
- * written to y first, then scaled: one exp per element. A NaN anywhere, or an
- * infinite maximum, makes the whole row NaN, as in PyTorch. The body is a
- * macro so the contiguous copy (stride the literal 1) is compiled apart from
- * the strided one and vectorises. */
-#define SOFTMAX_ROW_BODY(stride, max_expression, sum_of)                                     \
-    float max = (max_expression);                                                            \
-    for (ptrdiff_t i = 0; i < length; i++)                                                   \
-        y[i * (stride)] = pynn_exp_nonpositive_f(x[i * (stride)] - max);                     \
-    double sum = sum_of(y);                                                                  \
-    if (log_domain) {                                                                        \
-        double shift = (double)max + log(sum);                                               \
-        for (ptrdiff_t i = 0; i < length; i++)                                               \
-            y[i * (stride)] = (float)((double)x[i * (stride)] - shift);                      \
-    } else {                                                                                 \
-        float scale = (float)(1.0 / sum);                                                    \
-        for (ptrdiff_t i = 0; i < length; i++) y[i * (stride)] *= scale;                     \
-    }
-
-/* softmax:     dx = y (dy - sum(dy y));  log_softmax: dx = dy - e^y sum(dy) */
-#define SOFTMAX_BACKWARD_ROW_BODY(stride, sum_of)                                            \
-    if (log_domain) {                                                                        \
-        float total = (float)sum_of(dy, NULL);                                               \
-        for (ptrdiff_t i = 0; i < length; i++)                                               \
-            dx[i * (stride)] = dy[i * (stride)]                                              \
-                               - pynn_exp_nonpositive_f(y[i * (stride)]) * total;            \
-    } else {                                                                                 \
-        float dot = (float)sum_of(dy, y);                                                    \
-        for (ptrdiff_t i = 0; i < length; i++)                                               \
-            dx[i * (stride)] = y[i * (stride)] * (dy[i * (stride)] - dot);                   \
-    }
-
-PYNN_INLINE double strided_sum(const float *a, const float *b, ptrdiff_t length, ptrdiff_t stride)
-{
-    double sum = 0.0;
-    for (ptrdiff_t i = 0; i < length; i++)
-        sum += b ? (double)a[i * stride] * b[i * stride] : (double)a[i * stride];
-    return sum;
-}
-
-PYNN_INLINE float strided_max(const float *x, ptrdiff_t length, ptrdiff_t stride)
-{
-    float max = x[0];
-    for (ptrdiff_t i = 1; i < length; i++) max = x[i * stride] > max ? x[i * stride] : max;
-    return max;
-}
-
+/* softmax along a contiguous row: the exponentials are written to y first,
+ * then scaled (one exp per element). A NaN anywhere, or an infinite maximum,
+ * makes the whole row NaN, as in PyTorch. */
 PYNN_INLINE void softmax_row(ptrdiff_t length, const float *restrict x, float *restrict y,
                              int log_domain)
 {
-#define CONTIGUOUS_SUM(a) pynn_row_sum(a, NULL, length)
-    SOFTMAX_ROW_BODY(1, pynn_row_max(x, length), CONTIGUOUS_SUM)
-#undef CONTIGUOUS_SUM
+    float max = pynn_row_max(x, length);
+    for (ptrdiff_t i = 0; i < length; i++) y[i] = pynn_exp_nonpositive_f(x[i] - max);
+    double sum = pynn_row_sum(y, NULL, length);
+    if (log_domain) {
+        double shift = (double)max + log(sum);
+        for (ptrdiff_t i = 0; i < length; i++) y[i] = (float)((double)x[i] - shift);
+    } else {
+        float scale = (float)(1.0 / sum);
+        for (ptrdiff_t i = 0; i < length; i++) y[i] *= scale;
+    }
 }
 
-PYNN_INLINE void softmax_row_strided(ptrdiff_t length, ptrdiff_t stride, const float *restrict x,
-                                     float *restrict y, int log_domain)
-{
-#define STRIDED_SUM(a) strided_sum(a, NULL, length, stride)
-    SOFTMAX_ROW_BODY(stride, strided_max(x, length, stride), STRIDED_SUM)
-#undef STRIDED_SUM
-}
-
+/* softmax:     dx = y (dy - sum(dy y));  log_softmax: dx = dy - e^y sum(dy) */
 PYNN_INLINE void softmax_backward_row(ptrdiff_t length, const float *restrict dy,
                                       const float *restrict y, float *restrict dx, int log_domain)
 {
-#define CONTIGUOUS_SUM(a, b) pynn_row_sum(a, b, length)
-    SOFTMAX_BACKWARD_ROW_BODY(1, CONTIGUOUS_SUM)
-#undef CONTIGUOUS_SUM
+    if (log_domain) {
+        float total = (float)pynn_row_sum(dy, NULL, length);
+        for (ptrdiff_t i = 0; i < length; i++)
+            dx[i] = dy[i] - pynn_exp_nonpositive_f(y[i]) * total;
+    } else {
+        float dot = (float)pynn_row_sum(dy, y, length);
+        for (ptrdiff_t i = 0; i < length; i++) dx[i] = y[i] * (dy[i] - dot);
+    }
 }
 
-PYNN_INLINE void softmax_backward_row_strided(ptrdiff_t length, ptrdiff_t stride,
-                                              const float *restrict dy, const float *restrict y,
-                                              float *restrict dx, int log_domain)
+/* Along a non-last axis ([length, inner] with inner > 1) the same steps run
+ * on a tile of up to TILE adjacent columns at once, each column keeping its
+ * own maximum and sum: the loops over a tile's columns are contiguous and
+ * vectorise, with no transpose. */
+#define TILE 64
+
+PYNN_INLINE void softmax_tile(ptrdiff_t length, ptrdiff_t inner, ptrdiff_t width,
+                              const float *restrict x, float *restrict y, int log_domain)
 {
-#define STRIDED_SUM(a, b) strided_sum(a, b, length, stride)
-    SOFTMAX_BACKWARD_ROW_BODY(stride, STRIDED_SUM)
-#undef STRIDED_SUM
+    float max[TILE];
+    double sum[TILE];
+    for (ptrdiff_t k = 0; k < width; k++) max[k] = x[k];
+    for (ptrdiff_t l = 1; l < length; l++)
+        for (ptrdiff_t k = 0; k < width; k++)
+            max[k] = x[l * inner + k] > max[k] ? x[l * inner + k] : max[k];
+    for (ptrdiff_t k = 0; k < width; k++) sum[k] = 0.0;
+    for (ptrdiff_t l = 0; l < length; l++)
+        for (ptrdiff_t k = 0; k < width; k++) {
+            float e = pynn_exp_nonpositive_f(x[l * inner + k] - max[k]);
+            y[l * inner + k] = e;
+            sum[k] += e;
+        }
+    if (log_domain) {
+        for (ptrdiff_t k = 0; k < width; k++) sum[k] = (double)max[k] + log(sum[k]);
+        for (ptrdiff_t l = 0; l < length; l++)
+            for (ptrdiff_t k = 0; k < width; k++)
+                y[l * inner + k] = (float)((double)x[l * inner + k] - sum[k]);
+    } else {
+        for (ptrdiff_t k = 0; k < width; k++) max[k] = (float)(1.0 / sum[k]);
+        for (ptrdiff_t l = 0; l < length; l++)
+            for (ptrdiff_t k = 0; k < width; k++) y[l * inner + k] *= max[k];
+    }
 }
 
-/* Rows are independent, so threads split them and results do not depend on
- * the thread count. A row of a non-last axis is strided: row r of [outer,
- * length, inner] starts at (r / inner) length inner + r % inner. */
+PYNN_INLINE void softmax_backward_tile(ptrdiff_t length, ptrdiff_t inner, ptrdiff_t width,
+                                       const float *restrict dy, const float *restrict y,
+                                       float *restrict dx, int log_domain)
+{
+    double acc[TILE];
+    float reduced[TILE];
+    for (ptrdiff_t k = 0; k < width; k++) acc[k] = 0.0;
+    for (ptrdiff_t l = 0; l < length; l++)
+        for (ptrdiff_t k = 0; k < width; k++)
+            acc[k] += log_domain ? (double)dy[l * inner + k]
+                                 : (double)dy[l * inner + k] * y[l * inner + k];
+    for (ptrdiff_t k = 0; k < width; k++) reduced[k] = (float)acc[k];
+    for (ptrdiff_t l = 0; l < length; l++)
+        for (ptrdiff_t k = 0; k < width; k++) {
+            ptrdiff_t i = l * inner + k;
+            dx[i] = log_domain ? dy[i] - pynn_exp_nonpositive_f(y[i]) * reduced[k]
+                               : y[i] * (dy[i] - reduced[k]);
+        }
+}
+
+/* Work units: a row when inner == 1, else a tile of one [length, inner]
+ * slice. Units are independent, so threads split them and results do not
+ * depend on the thread count. */
+PYNN_INLINE ptrdiff_t tiles_per_slice(ptrdiff_t inner)
+{
+    return inner == 1 ? 1 : (inner + TILE - 1) / TILE;
+}
+
 #define SOFTMAX_VARIANT(suffix, attribute)                                                   \
-    attribute static void softmax_rows_##suffix(ptrdiff_t first, ptrdiff_t last,             \
-                                                ptrdiff_t length, ptrdiff_t inner,           \
-                                                const float *x, float *y, int log_domain)    \
+    attribute static void softmax_units_##suffix(ptrdiff_t first, ptrdiff_t last,            \
+                                                 ptrdiff_t length, ptrdiff_t inner,          \
+                                                 const float *x, float *y, int log_domain)   \
     {                                                                                        \
-        for (ptrdiff_t r = first; r < last; r++) {                                           \
-            ptrdiff_t start = (r / inner) * length * inner + r % inner;                      \
-            if (inner == 1) softmax_row(length, x + start, y + start, log_domain);           \
-            else softmax_row_strided(length, inner, x + start, y + start, log_domain);       \
+        ptrdiff_t tiles = tiles_per_slice(inner);                                            \
+        for (ptrdiff_t u = first; u < last; u++) {                                           \
+            ptrdiff_t column = (u % tiles) * TILE;                                           \
+            ptrdiff_t start = (u / tiles) * length * inner + column;                         \
+            if (inner == 1)                                                                  \
+                softmax_row(length, x + start, y + start, log_domain);                       \
+            else                                                                             \
+                softmax_tile(length, inner, inner - column < TILE ? inner - column : TILE,   \
+                             x + start, y + start, log_domain);                              \
         }                                                                                    \
     }                                                                                        \
-    attribute static void softmax_backward_rows_##suffix(                                    \
+    attribute static void softmax_backward_units_##suffix(                                   \
         ptrdiff_t first, ptrdiff_t last, ptrdiff_t length, ptrdiff_t inner, const float *dy, \
         const float *y, float *dx, int log_domain)                                           \
     {                                                                                        \
-        for (ptrdiff_t r = first; r < last; r++) {                                           \
-            ptrdiff_t start = (r / inner) * length * inner + r % inner;                      \
+        ptrdiff_t tiles = tiles_per_slice(inner);                                            \
+        for (ptrdiff_t u = first; u < last; u++) {                                           \
+            ptrdiff_t column = (u % tiles) * TILE;                                           \
+            ptrdiff_t start = (u / tiles) * length * inner + column;                         \
             if (inner == 1)                                                                  \
                 softmax_backward_row(length, dy + start, y + start, dx + start, log_domain); \
             else                                                                             \
-                softmax_backward_row_strided(length, inner, dy + start, y + start,           \
-                                             dx + start, log_domain);                        \
+                softmax_backward_tile(length, inner,                                         \
+                                      inner - column < TILE ? inner - column : TILE,         \
+                                      dy + start, y + start, dx + start, log_domain);        \
         }                                                                                    \
     }
 
@@ -168,32 +187,33 @@ SOFTMAX_VARIANT(avx2, PYNN_TARGET_AVX2)
 SOFTMAX_VARIANT(avx512, PYNN_TARGET_AVX512)
 #endif
 
-typedef void (*softmax_rows_fn)(ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, const float *,
-                                float *, int);
-typedef void (*softmax_backward_rows_fn)(ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
-                                         const float *, const float *, float *, int);
+typedef void (*softmax_units_fn)(ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, const float *,
+                                 float *, int);
+typedef void (*softmax_backward_units_fn)(ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                                          const float *, const float *, float *, int);
 
-/* Rows per parallel task: enough elements to amortise waking a thread. */
-static ptrdiff_t rows_per_task(ptrdiff_t length)
+/* Units per parallel task: enough elements to amortise waking a thread. */
+static ptrdiff_t units_per_task(ptrdiff_t length, ptrdiff_t inner)
 {
-    ptrdiff_t rows = PYNN_COSTLY_PARALLEL / 4 / (length > 0 ? length : 1);
-    return rows > 0 ? rows : 1;
+    ptrdiff_t unit_size = length * (inner == 1 ? 1 : TILE);
+    ptrdiff_t units = PYNN_COSTLY_PARALLEL / 4 / (unit_size > 0 ? unit_size : 1);
+    return units > 0 ? units : 1;
 }
 
 void pynn_softmax(const pynn_context *ctx, ptrdiff_t outer, ptrdiff_t length, ptrdiff_t inner,
                   const float *x, float *y, int log_domain)
 {
-    softmax_rows_fn rows_fn = PYNN_PICK(ctx->isa, softmax_rows);
-    ptrdiff_t rows = outer * inner;
-    if (rows == 0 || length == 0) return;
-    ptrdiff_t step = rows_per_task(length);
-    ptrdiff_t tasks = (rows + step - 1) / step;
+    softmax_units_fn units_fn = PYNN_PICK(ctx->isa, softmax_units);
+    ptrdiff_t units = outer * tiles_per_slice(inner);
+    if (units == 0 || length == 0 || inner == 0) return;
+    ptrdiff_t step = units_per_task(length, inner);
+    ptrdiff_t tasks = (units + step - 1) / step;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(ctx->num_threads) if(tasks > 1 && rows * length >= PYNN_COSTLY_PARALLEL)
+    #pragma omp parallel for num_threads(ctx->num_threads) if(tasks > 1 && outer * length * inner >= PYNN_COSTLY_PARALLEL)
 #endif
     for (ptrdiff_t t = 0; t < tasks; t++) {
-        ptrdiff_t first = t * step, last = first + step < rows ? first + step : rows;
-        rows_fn(first, last, length, inner, x, y, log_domain);
+        ptrdiff_t first = t * step, last = first + step < units ? first + step : units;
+        units_fn(first, last, length, inner, x, y, log_domain);
     }
 }
 
@@ -201,16 +221,16 @@ void pynn_softmax_backward(const pynn_context *ctx, ptrdiff_t outer, ptrdiff_t l
                            ptrdiff_t inner, const float *dy, const float *y, float *dx,
                            int log_domain)
 {
-    softmax_backward_rows_fn rows_fn = PYNN_PICK(ctx->isa, softmax_backward_rows);
-    ptrdiff_t rows = outer * inner;
-    if (rows == 0 || length == 0) return;
-    ptrdiff_t step = rows_per_task(length);
-    ptrdiff_t tasks = (rows + step - 1) / step;
+    softmax_backward_units_fn units_fn = PYNN_PICK(ctx->isa, softmax_backward_units);
+    ptrdiff_t units = outer * tiles_per_slice(inner);
+    if (units == 0 || length == 0 || inner == 0) return;
+    ptrdiff_t step = units_per_task(length, inner);
+    ptrdiff_t tasks = (units + step - 1) / step;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(ctx->num_threads) if(tasks > 1 && rows * length >= PYNN_COSTLY_PARALLEL)
+    #pragma omp parallel for num_threads(ctx->num_threads) if(tasks > 1 && outer * length * inner >= PYNN_COSTLY_PARALLEL)
 #endif
     for (ptrdiff_t t = 0; t < tasks; t++) {
-        ptrdiff_t first = t * step, last = first + step < rows ? first + step : rows;
-        rows_fn(first, last, length, inner, dy, y, dx, log_domain);
+        ptrdiff_t first = t * step, last = first + step < units ? first + step : units;
+        units_fn(first, last, length, inner, dy, y, dx, log_domain);
     }
 }

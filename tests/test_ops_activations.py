@@ -112,7 +112,7 @@ def _softmax64(x, axis):
 
 @pytest.mark.parametrize("shape,axis", [((1, 1), -1), ((3, 7), -1), ((3, 7), 0), ((2, 3, 5), 1),
                                         ((2, 3, 5), 0), ((4,), 0), ((0, 5), -1), ((1, 1031), 1),
-                                        ((5, 2, 3, 4), -2)])
+                                        ((5, 2, 3, 4), -2), ((3, 5, 131), 1), ((7, 200), 0)])
 def test_softmax_and_log_softmax_any_axis(isa, shape, axis):
     x = _inputs(shape, scale=5.0)
     probabilities, log_probabilities = _softmax64(x.astype(np.float64), axis)
