@@ -4,6 +4,9 @@
 #include <string.h>
 #include "conv.h"
 #include "vmath.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* Unfolded rows are often a handful of floats: inline loops beat calls to
  * memcpy/memset, which GCC would otherwise substitute for them. */
@@ -14,6 +17,7 @@
 #define TARGET_COLUMNS 2048
 #define MAX_CHUNK_FLOATS ((ptrdiff_t)1 << 22)
 #define PARALLEL_MIN_FLOATS 32768
+#define PARALLEL_MIN_PRODUCTS (1 << 21)
 
 static ptrdiff_t plane(const pynn_conv_shape *s) { return s->out_h * s->out_w; }
 static ptrdiff_t unfolded_rows(const pynn_conv_shape *s)
@@ -39,12 +43,45 @@ static int unfold_is_identity(const pynn_conv_shape *s, ptrdiff_t images)
            s->stride_w == 1 && s->pad_h == 0 && s->pad_w == 0;
 }
 
-size_t pynn_conv2d_workspace_size(const pynn_conv_shape *s)
+static ptrdiff_t chunk_count(const pynn_conv_shape *s)
+{
+    ptrdiff_t images = chunk_images(s);
+    return (s->batch + images - 1) / images;
+}
+
+/* Scratch of one chunk: its unfolded input, and its GEMM output when it spans
+ * several images (staged before it is scattered to NCHW). */
+static ptrdiff_t chunk_floats(const pynn_conv_shape *s)
 {
     ptrdiff_t images = chunk_images(s), columns = images * plane(s);
-    size_t col = unfold_is_identity(s, images) ? 0 : (size_t)(unfolded_rows(s) * columns);
-    size_t staged = images > 1 ? (size_t)(s->out_channels * columns) : 0;
-    return col + staged;
+    ptrdiff_t col = unfold_is_identity(s, images) ? 0 : unfolded_rows(s) * columns;
+    return col + (images > 1 ? s->out_channels * columns : 0);
+}
+
+/* Chunks run in parallel, one thread each, when there are enough of them and
+ * enough work; otherwise they run in turn and each GEMM uses the threads. */
+static int chunk_slots(const pynn_conv_shape *s, int threads)
+{
+    ptrdiff_t chunks = chunk_count(s);
+    double products = (double)s->batch * s->out_channels * plane(s) *
+                      (double)(unfolded_rows(s) / s->groups);
+    if (threads > 1 && chunks >= threads && products >= PARALLEL_MIN_PRODUCTS)
+        return threads;
+    return 1;
+}
+
+static ptrdiff_t weight_size(const pynn_conv_shape *s)
+{
+    return s->out_channels * (unfolded_rows(s) / s->groups);
+}
+
+size_t pynn_conv2d_workspace_size(const pynn_conv_shape *s, int threads)
+{
+    /* per slot a chunk's scratch; per chunk a partial weight gradient, summed
+     * in chunk order so dW is the same for any thread count */
+    ptrdiff_t chunks = chunk_count(s);
+    ptrdiff_t partials = chunks > 1 ? chunks * weight_size(s) : 0;
+    return (size_t)(chunk_slots(s, threads) * chunk_floats(s) + partials);
 }
 
 /* For one kernel tap along one axis: the outputs [first, last) whose input
@@ -249,48 +286,111 @@ static void unstage(const pynn_context *ctx, const float *staged, ptrdiff_t chan
     }
 }
 
-static float *scratch(const pynn_conv_shape *s, float *workspace, float **owned)
+static float *scratch(const pynn_conv_shape *s, int threads, float *workspace, float **owned)
 {
     *owned = NULL;
     if (workspace) return workspace;
-    size_t size = pynn_conv2d_workspace_size(s);
+    size_t size = pynn_conv2d_workspace_size(s, threads);
     *owned = malloc((size ? size : 1) * sizeof(float));
     return *owned;
+}
+
+static int slot(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* y for images [first, first + count): unfold, one GEMM per group (bias and
+ * activation in its epilogue), scatter to NCHW. */
+static void forward_chunk(const pynn_context *ctx, const pynn_conv_shape *s,
+                          const unfold_plan *plan, const float *x, const float *weight,
+                          const float *bias, pynn_activation activation, float *y,
+                          ptrdiff_t first, ptrdiff_t count, float *col)
+{
+    const ptrdiff_t p = plane(s), oc = s->out_channels, ld = count * p;
+    const ptrdiff_t oc_group = oc / s->groups, rows_group = unfolded_rows(s) / s->groups;
+    const int identity = unfold_is_identity(s, count);
+    const float *unfolded = col;
+    if (identity)
+        unfolded = x + first * s->in_channels * s->height * s->width;
+    else
+        unfold(ctx, s, plan, x, first, count, col);
+    float *staged = col + (identity ? 0 : unfolded_rows(s) * ld);
+    float *out = count > 1 ? staged : y + first * oc * p;
+    for (ptrdiff_t g = 0; g < s->groups; g++) {
+        pynn_epilogue epilogue = {NULL, bias ? bias + g * oc_group : NULL, activation};
+        pynn_sgemm(ctx, 0, 0, oc_group, ld, rows_group, 1.0f, weight + g * oc_group * rows_group,
+                   rows_group, unfolded + g * rows_group * ld, ld, 0.0f, out + g * oc_group * ld,
+                   ld, &epilogue);
+    }
+    if (count > 1) unstage(ctx, staged, oc, p, count, y + first * oc * p, 1);
+}
+
+/* dx for images [first, first + count) and, if dweight is not NULL, their
+ * share of dW written (not added) there. */
+static void backward_chunk(const pynn_context *ctx, const pynn_conv_shape *s,
+                           const unfold_plan *plan, const float *dy, const float *x,
+                           const float *weight, float *dx, float *dweight, ptrdiff_t first,
+                           ptrdiff_t count, float *col)
+{
+    const ptrdiff_t p = plane(s), oc = s->out_channels, ld = count * p;
+    const ptrdiff_t oc_group = oc / s->groups, rows_group = unfolded_rows(s) / s->groups;
+    const ptrdiff_t image_size = s->in_channels * s->height * s->width;
+    const int identity = unfold_is_identity(s, count);
+    float *staged = col + (identity ? 0 : unfolded_rows(s) * ld);
+    const float *grad = dy + first * oc * p;
+    if (count > 1) {
+        unstage(ctx, staged, oc, p, count, (float *)grad, 0);
+        grad = staged;
+    }
+    float *input_grad = dx ? dx + first * image_size : NULL;
+    const float *unfolded = identity ? x + first * image_size : col;
+    if (dweight && !identity) unfold(ctx, s, plan, x, first, count, col);
+    /* dcol_g overwrites col_g once dW_g has read it; with the identity unfold
+     * dcol is dx itself. */
+    float *dcol = identity ? input_grad : col;
+    for (ptrdiff_t g = 0; g < s->groups; g++) {
+        if (dweight)  /* dW_g = dY_g X̂_gᵀ */
+            pynn_sgemm(ctx, 0, 1, oc_group, rows_group, ld, 1.0f, grad + g * oc_group * ld, ld,
+                       unfolded + g * rows_group * ld, ld, 0.0f,
+                       dweight + g * oc_group * rows_group, rows_group, NULL);
+        if (dx)       /* dX̂_g = W_gᵀ dY_g */
+            pynn_sgemm(ctx, 1, 0, rows_group, ld, oc_group, 1.0f,
+                       weight + g * oc_group * rows_group, rows_group, grad + g * oc_group * ld,
+                       ld, 0.0f, dcol + g * rows_group * ld, ld, NULL);
+    }
+    if (dx && !identity) fold(ctx, s, plan, col, first, count, dx);
 }
 
 int pynn_conv2d_forward(const pynn_context *ctx, const pynn_conv_shape *s, const float *x,
                         const float *weight, const float *bias, pynn_activation activation,
                         float *y, float *workspace)
 {
-    float *owned, *col = scratch(s, workspace, &owned);
+    float *owned, *scratch_space = scratch(s, ctx->num_threads, workspace, &owned);
     unfold_plan plan = {NULL, NULL};
-    if (!col || plan_make(s, &plan)) {
+    if (!scratch_space || plan_make(s, &plan)) {
         free(owned);
         plan_free(&plan);
         return -1;
     }
-    const ptrdiff_t images = chunk_images(s), p = plane(s), oc = s->out_channels;
-    const ptrdiff_t groups = s->groups, oc_group = oc / groups;
-    const ptrdiff_t rows_group = unfolded_rows(s) / groups;
-    const int identity = unfold_is_identity(s, images);
-    float *staged = col + (identity ? 0 : unfolded_rows(s) * images * p);
-    for (ptrdiff_t first = 0; first < s->batch; first += images) {
+    const ptrdiff_t images = chunk_images(s), chunks = chunk_count(s);
+    const int slots = chunk_slots(s, ctx->num_threads);
+    const ptrdiff_t per_slot = chunk_floats(s);
+    pynn_context single = *ctx;
+    single.num_threads = 1;
+    const pynn_context *inner = slots > 1 ? &single : ctx;
+#ifdef _OPENMP
+    #pragma omp parallel for num_threads(slots) schedule(static) if(slots > 1)
+#endif
+    for (ptrdiff_t c = 0; c < chunks; c++) {
+        ptrdiff_t first = c * images;
         ptrdiff_t count = s->batch - first < images ? s->batch - first : images;
-        ptrdiff_t ld = count * p;
-        const float *unfolded = col;
-        if (identity)
-            unfolded = x + first * s->in_channels * s->height * s->width;
-        else
-            unfold(ctx, s, &plan, x, first, count, col);
-        float *out = count > 1 ? staged : y + first * oc * p;
-        for (ptrdiff_t g = 0; g < groups; g++) {
-            pynn_epilogue epilogue = {NULL, bias ? bias + g * oc_group : NULL, activation};
-            pynn_sgemm(ctx, 0, 0, oc_group, ld, rows_group, 1.0f,
-                       weight + g * oc_group * rows_group, rows_group,
-                       unfolded + g * rows_group * ld, ld, 0.0f, out + g * oc_group * ld, ld,
-                       &epilogue);
-        }
-        if (count > 1) unstage(ctx, staged, oc, p, count, y + first * oc * p, 1);
+        forward_chunk(inner, s, &plan, x, weight, bias, activation, y, first, count,
+                      scratch_space + (slots > 1 ? slot() : 0) * per_slot);
     }
     free(owned);
     plan_free(&plan);
@@ -322,48 +422,44 @@ int pynn_conv2d_backward(const pynn_context *ctx, const pynn_conv_shape *s, cons
                          const float *x, const float *weight, float *dx, float *dweight,
                          float *dbias, float *workspace)
 {
-    const ptrdiff_t images = chunk_images(s), p = plane(s), oc = s->out_channels;
-    const ptrdiff_t groups = s->groups, oc_group = oc / groups;
-    const ptrdiff_t rows_group = unfolded_rows(s) / groups;
-    const int identity = unfold_is_identity(s, images);
     if (dbias) bias_gradient(ctx, s, dy, dbias);
     if (dweight && s->batch == 0)
-        memset(dweight, 0, (size_t)(oc * rows_group) * sizeof(float));
+        memset(dweight, 0, (size_t)weight_size(s) * sizeof(float));
     if (!dx && !dweight) return 0;
-    float *owned, *col = scratch(s, workspace, &owned);
+    float *owned, *scratch_space = scratch(s, ctx->num_threads, workspace, &owned);
     unfold_plan plan = {NULL, NULL};
-    if (!col || plan_make(s, &plan)) {
+    if (!scratch_space || plan_make(s, &plan)) {
         free(owned);
         plan_free(&plan);
         return -1;
     }
-    float *staged = col + (identity ? 0 : unfolded_rows(s) * images * p);
-    for (ptrdiff_t first = 0; first < s->batch; first += images) {
+    const ptrdiff_t images = chunk_images(s), chunks = chunk_count(s), wsize = weight_size(s);
+    const int slots = chunk_slots(s, ctx->num_threads);
+    const ptrdiff_t per_slot = chunk_floats(s);
+    float *partials = scratch_space + slots * per_slot;
+    pynn_context single = *ctx;
+    single.num_threads = 1;
+    const pynn_context *inner = slots > 1 ? &single : ctx;
+#ifdef _OPENMP
+    #pragma omp parallel for num_threads(slots) schedule(static) if(slots > 1)
+#endif
+    for (ptrdiff_t c = 0; c < chunks; c++) {
+        ptrdiff_t first = c * images;
         ptrdiff_t count = s->batch - first < images ? s->batch - first : images;
-        ptrdiff_t ld = count * p;
-        const float *grad = dy + first * oc * p;
-        if (count > 1) {
-            unstage(ctx, staged, oc, p, count, (float *)grad, 0);
-            grad = staged;
+        float *share = !dweight ? NULL : chunks > 1 ? partials + c * wsize : dweight;
+        backward_chunk(inner, s, &plan, dy, x, weight, dx, share, first, count,
+                       scratch_space + (slots > 1 ? slot() : 0) * per_slot);
+    }
+    if (dweight && chunks > 1) {
+        /* dW = Σ over chunks in chunk order, whatever thread computed each */
+#ifdef _OPENMP
+        #pragma omp parallel for num_threads(ctx->num_threads) if(wsize * chunks >= 4 * PARALLEL_MIN_FLOATS)
+#endif
+        for (ptrdiff_t i = 0; i < wsize; i++) {
+            float sum = partials[i];
+            for (ptrdiff_t c = 1; c < chunks; c++) sum += partials[c * wsize + i];
+            dweight[i] = sum;
         }
-        float *input_grad = dx ? dx + first * s->in_channels * s->height * s->width : NULL;
-        const float *unfolded = identity ? x + first * s->in_channels * s->height * s->width : col;
-        if (dweight && !identity) unfold(ctx, s, &plan, x, first, count, col);
-        /* dcol_g overwrites col_g once dW_g has read it; with the identity unfold
-         * dcol is dx itself. */
-        float *dcol = identity ? input_grad : col;
-        for (ptrdiff_t g = 0; g < groups; g++) {
-            if (dweight)  /* dW_g (+)= dY_g X̂_gᵀ */
-                pynn_sgemm(ctx, 0, 1, oc_group, rows_group, ld, 1.0f, grad + g * oc_group * ld, ld,
-                           unfolded + g * rows_group * ld, ld, first ? 1.0f : 0.0f,
-                           dweight + g * oc_group * rows_group, rows_group, NULL);
-            if (dx)       /* dX̂_g = W_gᵀ dY_g */
-                pynn_sgemm(ctx, 1, 0, rows_group, ld, oc_group, 1.0f,
-                           weight + g * oc_group * rows_group, rows_group,
-                           grad + g * oc_group * ld, ld, 0.0f, dcol + g * rows_group * ld, ld,
-                           NULL);
-        }
-        if (dx && !identity) fold(ctx, s, &plan, col, first, count, dx);
     }
     free(owned);
     plan_free(&plan);

@@ -4,7 +4,8 @@
  * OH = (H + 2 pad_h - dilation_h (KH - 1) - 1) / stride_h + 1, likewise OW.
  * Images are unfolded (im2col) a chunk at a time into col [C KH KW, B OH OW]
  * so one GEMM per group spans B images; the chunk size B depends on the
- * shapes only, never on the thread count, so results do not either. */
+ * shapes only, never on the thread count, so results do not either. With
+ * enough chunks, threads take whole chunks; otherwise the GEMMs use them. */
 #ifndef PYNN_CONV_H
 #define PYNN_CONV_H
 
@@ -19,9 +20,9 @@ typedef struct {
     ptrdiff_t out_h, out_w;
 } pynn_conv_shape;
 
-/* Floats of scratch the forward and backward need (pass NULL to have them
- * allocate it themselves). */
-size_t pynn_conv2d_workspace_size(const pynn_conv_shape *s);
+/* Floats of scratch the forward and backward need with this many threads
+ * (pass NULL to have them allocate it themselves). */
+size_t pynn_conv2d_workspace_size(const pynn_conv_shape *s, int threads);
 
 /* y = activation(weight * x + bias[oc]); bias may be NULL.
  * Returns 0, or -1 when scratch could not be allocated. */

@@ -20,7 +20,7 @@ def test_small_cnn_learns_the_digits():
     pynn.set_num_threads(1)  # batches of 32 tiny images: threads only add start-up cost
     try:
         model.fit(x[train], y[train], loss=losses.CrossEntropyLoss(),
-                  optimizer=optim.Adam(model, lr=0.01), epochs=15, batch_size=32, seed=0,
+                  optimizer=optim.Adam(model, lr=0.003), epochs=20, batch_size=32, seed=0,
                   verbose=False)
     finally:
         pynn.set_num_threads(threads)

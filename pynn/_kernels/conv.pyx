@@ -17,7 +17,7 @@ cdef extern from "conv.h" nogil:
         Py_ssize_t out_channels, kernel_h, kernel_w
         Py_ssize_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups
         Py_ssize_t out_h, out_w
-    size_t pynn_conv2d_workspace_size(const pynn_conv_shape *s)
+    size_t pynn_conv2d_workspace_size(const pynn_conv_shape *s, int threads)
     int pynn_conv2d_forward(const pynn_context *ctx, const pynn_conv_shape *s, const float *x,
                             const float *weight, const float *bias, pynn_activation activation,
                             float *y, float *workspace)
@@ -53,7 +53,7 @@ cdef pynn_conv_shape geometry(tuple x_shape, tuple weight_shape, tuple stride, t
 cdef float *workspace_pointer(object workspace, const pynn_conv_shape *s) except? NULL:
     if workspace is None:
         return NULL
-    cdef Py_ssize_t needed = pynn_conv2d_workspace_size(s)
+    cdef Py_ssize_t needed = pynn_conv2d_workspace_size(s, current_context().num_threads)
     cdef cnp.ndarray array = <cnp.ndarray?>workspace
     if cnp.PyArray_TYPE(array) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(array) \
             or cnp.PyArray_SIZE(array) < needed or not cnp.PyArray_ISWRITEABLE(array):
@@ -71,9 +71,10 @@ def output_size(tuple x_shape, tuple weight_shape, tuple stride, tuple padding, 
 
 def workspace_size(tuple x_shape, tuple weight_shape, tuple stride, tuple padding,
                    tuple dilation, Py_ssize_t groups):
-    """Floats of scratch conv2d_forward/backward use for these shapes."""
+    """Floats of scratch conv2d_forward/backward use for these shapes at the
+    current thread count."""
     cdef pynn_conv_shape s = geometry(x_shape, weight_shape, stride, padding, dilation, groups)
-    return max(<Py_ssize_t>pynn_conv2d_workspace_size(&s), 1)
+    return max(<Py_ssize_t>pynn_conv2d_workspace_size(&s, current_context().num_threads), 1)
 
 
 def conv2d_forward(x, weight, bias, y, tuple stride, tuple padding, tuple dilation,
