@@ -218,6 +218,13 @@ class Sequential:
 
         io.save_model(self, path)
 
+    def __reduce__(self):
+        """Pickle as the bytes ``save`` writes (no code inside): unpickling is
+        ``pynn.io.model_from_bytes``, which checks them as untrusted input."""
+        from pynn import io
+
+        return io.model_from_bytes, (io.model_to_bytes(self),)
+
     def load_weights(self, path, strict=True):
         """Load the tensors of any safetensors file whose keys and shapes match."""
         from pynn import io
@@ -237,15 +244,24 @@ class Sequential:
 
     # -- the training loop (pynn.training) --------------------------------------
     def fit(self, x, y, *, loss, optimizer, epochs=1, batch_size=32, shuffle=True,
-            validation_data=None, seed=None, callbacks=(), verbose=True):
+            validation_data=None, seed=None, callbacks=(), verbose=True, comm=None):
         """Train on ``(x, y)`` in shuffled mini-batches; returns a ``History``.
-        The last, partial batch is trained on. See ``pynn.training.fit``."""
+        The last, partial batch is trained on. See ``pynn.training.fit``; with an
+        mpi4py ``comm``, data-parallel over its ranks (``pynn.distributed``)."""
+        import contextlib
+
         from pynn import training
 
-        return training.fit(self, x, y, loss=loss, optimizer=optimizer, epochs=epochs,
-                            batch_size=batch_size, shuffle=shuffle,
-                            validation_data=validation_data, seed=seed,
-                            callbacks=callbacks, verbose=verbose)
+        guard = contextlib.nullcontext()
+        if comm is not None:
+            from pynn.distributed import abort_on_error
+
+            guard = abort_on_error(comm, "Sequential.fit")
+        with guard:
+            return training.fit(self, x, y, loss=loss, optimizer=optimizer, epochs=epochs,
+                                batch_size=batch_size, shuffle=shuffle,
+                                validation_data=validation_data, seed=seed,
+                                callbacks=callbacks, verbose=verbose, comm=comm)
 
     def evaluate(self, x, y, *, loss, batch_size=256):
         """``{"loss": mean loss, "accuracy": ...}`` in inference mode (accuracy for

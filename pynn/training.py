@@ -110,7 +110,7 @@ def _reseed_dropout(model, seeds):
 
 
 def fit(model, x, y, *, loss, optimizer, epochs=1, batch_size=32, shuffle=True,
-        validation_data=None, seed=None, callbacks=(), verbose=True):
+        validation_data=None, seed=None, callbacks=(), verbose=True, comm=None):
     from pynn.optim import Optimizer
 
     where = "Sequential.fit"
@@ -139,6 +139,13 @@ def fit(model, x, y, *, loss, optimizer, epochs=1, batch_size=32, shuffle=True,
 
     if seed is not None:
         seed = as_count(seed, where, "seed", minimum=0)
+    parallel = None
+    if comm is not None:  # each rank trains on its own shard; see pynn.distributed
+        from pynn.distributed import DataParallel
+
+        parallel = DataParallel(model, optimizer, comm)
+        parallel.plan_epoch(x.shape[0], batch_size, where)
+        verbose = verbose and parallel.rank == 0
     shuffle_seed, dropout_seed = np.random.SeedSequence(seed).spawn(2)
     if seed is not None:
         _reseed_dropout(model, dropout_seed.spawn(len(model.layers)))
@@ -161,11 +168,14 @@ def fit(model, x, y, *, loss, optimizer, epochs=1, batch_size=32, shuffle=True,
         shown = time.monotonic()
         loss_sum, correct, counted = 0.0, 0, 0
         order = rng.permutation(samples) if shuffle else None
-        for x_batch, y_batch in batches(order):
+        for step, (x_batch, y_batch) in enumerate(batches(order)):
             pred = model.forward(x_batch, training=True)
             loss_sum += loss(pred, y_batch) * len(x_batch)
-            model.backward(loss.backward())
-            optimizer.step()
+            if parallel is None:
+                model.backward(loss.backward())
+                optimizer.step()
+            else:
+                parallel.step(loss.backward(), parallel.share(step, len(x_batch)))
             if classification:
                 hits, total = accuracy.count(pred, y_batch)
                 correct += hits
@@ -175,7 +185,10 @@ def fit(model, x, y, *, loss, optimizer, epochs=1, batch_size=32, shuffle=True,
                 if time.monotonic() - shown >= _POSTFIX_INTERVAL:
                     shown = time.monotonic()
                     bar.set_postfix(loss=f"{loss_sum / bar.n:.4f}", refresh=False)
-        logs = {"loss": loss_sum / samples}
+        seen = samples
+        if parallel is not None:
+            loss_sum, correct, counted, seen = parallel.sum_over_ranks(loss_sum, correct, counted, seen)
+        logs = {"loss": loss_sum / seen}
         if classification:
             logs["accuracy"] = correct / counted
         if validation_data is not None:
@@ -185,7 +198,10 @@ def fit(model, x, y, *, loss, optimizer, epochs=1, batch_size=32, shuffle=True,
             bar.set_postfix({name: f"{value:.4f}" for name, value in logs.items()})
             bar.close()
         stops = [bool(callback.on_epoch_end(epoch, logs)) for callback in everyone]
-        if any(stops):
+        stop = any(stops)
+        if parallel is not None:  # the same decision on every rank
+            stop = parallel.any_rank(stop)
+        if stop:
             break
     for callback in everyone:
         callback.on_train_end()

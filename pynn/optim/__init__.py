@@ -100,6 +100,12 @@ class Optimizer:
         self.state = new_state
         self._table = None
 
+    def __reduce__(self):
+        """Pickle as the model plus safetensors bytes of this optimizer's state."""
+        from pynn import distributed
+
+        return distributed.optimizer_from_bytes, (self._model, distributed.optimizer_to_bytes(self))
+
 
 class SGD(Optimizer):
     """``p -= lr * d`` with ``d = g + weight_decay * p``, through a momentum buffer

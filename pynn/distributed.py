@@ -1,0 +1,246 @@
+"""Scaling out on the engines clusters already run: batch scoring on Dask,
+synchronous data-parallel training over MPI (extras ``dask`` and ``mpi``).
+
+pynn adds only glue. Models and optimizers travel by value as the bytes the
+model file holds (``Sequential.__reduce__``, ``Optimizer.__reduce__``): no
+code is pickled, and unpickling goes through pynn's own checked loader.
+
+Data-parallel training (``DataParallel``, ``Sequential.fit(comm=...)``): every
+rank holds the same weights (rank 0's, broadcast at start), computes the
+gradient of its own shard of each global batch into one contiguous float32
+arena that every trainable layer's ``grads`` are views of, and one in-place
+``Allreduce`` per step sums the arenas. Each rank scales its loss gradient by
+its share of the global batch (n_rank / n_global) first, so the sum is the
+gradient of the global batch's mean loss, and the optimizer step that follows
+is the same on every rank. A rank that raises aborts the whole job
+(``comm.Abort``) after printing its traceback: the others would otherwise wait
+in a collective forever."""
+import contextlib
+import json
+import math
+import sys
+import threading
+import traceback
+
+import numpy as np
+
+from pynn import io
+from pynn._checks import as_count
+
+OPTIMIZER_FORMAT = "pynn.optimizer"
+# Gradient slots in the arena start on 64-byte boundaries (whole SIMD rows).
+_ARENA_ALIGN = 16
+# Rows per chunk when dask_predict chunks a numpy array: at most this many
+# bytes of input per chunk, and at least two chunks per worker.
+_CHUNK_BYTES = 32 << 20
+
+
+def _require(module, extra):
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError:
+        raise ImportError(f"pynn.distributed needs {module}: pip install 'pynn-runtime[{extra}]'") from None
+
+
+# -- optimizers by value --------------------------------------------------------
+def optimizer_to_bytes(optimizer):
+    """Safetensors bytes of the per-parameter state, hyperparameters as JSON."""
+    state = optimizer.state_dict()
+    tensors = {f"{name}/{slot}": np.asarray(array)
+               for name, entry in state["state"].items() for slot, array in entry.items()}
+    metadata = {"format": OPTIMIZER_FORMAT, "type": type(optimizer).__name__,
+                "param_groups": json.dumps(state["param_groups"])}
+    return io.tensors_to_bytes(tensors, metadata)
+
+
+def optimizer_from_bytes(model, data):
+    """An optimizer for ``model`` rebuilt from ``optimizer_to_bytes`` output,
+    read as untrusted input: defects raise ``ModelFormatError``."""
+    from pynn import optim
+
+    where = "<optimizer bytes>"
+    tensors, metadata = io.tensors_from_bytes(data, where)
+    if metadata.get("format") != OPTIMIZER_FORMAT:
+        raise io.ModelFormatError(f"{where}: not pynn optimizer state (metadata format "
+                                  f"{metadata.get('format')!r:.60})")
+    kinds = {cls.__name__: cls for cls in (optim.SGD, optim.Adam, optim.AdamW)}
+    kind = kinds.get(metadata.get("type"))
+    if kind is None:
+        raise io.ModelFormatError(f"{where}: unknown optimizer type {metadata.get('type')!r:.60}, "
+                                  f"expected one of {sorted(kinds)}")
+    groups = io.parse_json(metadata.get("param_groups", ""), where, "the optimizer's param_groups")
+    state = {}
+    for key, array in tensors.items():
+        name, _, slot = key.rpartition("/")
+        state.setdefault(name, {})[slot] = array
+    try:
+        optimizer = kind(model, **groups[0])
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (KeyError, IndexError, TypeError, ValueError) as error:
+        raise io.ModelFormatError(f"{where}: the {kind.__name__} state does not fit the model: "
+                                  f"{error}") from None
+    return optimizer
+
+
+# -- Dask: batch scoring --------------------------------------------------------
+_PREDICT_LOCK = threading.Lock()
+
+
+def _predict_block(block, model, batch_size):
+    """One chunk on a worker: one predict at a time per worker process, on as
+    many pynn threads as the worker has threads, so cores are never shared
+    between a worker's tasks and pynn's own threads."""
+    import pynn
+    from distributed import get_worker
+
+    with _PREDICT_LOCK:
+        threads = get_worker().state.nthreads
+        if pynn.get_num_threads() != threads:
+            pynn.set_num_threads(threads)
+        return model.predict(block, batch_size=batch_size)
+
+
+def dask_predict(model, X, batch_size=None):
+    """``model.predict`` over a row-chunked ``dask.array`` (a numpy array is
+    chunked here), lazily, on the current ``distributed.Client``. The model is
+    scattered to every worker once; tasks refer to it, never embed it."""
+    from pynn.sequential import Sequential
+
+    da = _require("dask.array", "dask")
+    distributed = _require("distributed", "dask")
+    where = "dask_predict"
+    if not isinstance(model, Sequential):
+        raise TypeError(f"{where}: model must be a pynn Sequential, got {type(model).__name__}")
+    if batch_size is not None:
+        batch_size = as_count(batch_size, where, "batch_size")
+    try:
+        client = distributed.default_client()
+    except ValueError:
+        raise ValueError(f"{where}: no distributed.Client is running; create one first "
+                         f"(e.g. Client(LocalCluster()))") from None
+    if not isinstance(X, da.Array):
+        X = np.asarray(X)
+        if X.ndim == 0:
+            raise ValueError(f"{where}: X must have a row axis, got a scalar")
+        workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+        row_bytes = max(1, X[:1].nbytes)
+        rows = max(1, min(math.ceil(len(X) / (2 * workers)), _CHUNK_BYTES // row_bytes))
+        X = da.from_array(X, chunks=(rows,) + X.shape[1:])
+    if X.ndim == 0:
+        raise ValueError(f"{where}: X must have a row axis, got a scalar")
+    if X.dtype.kind not in "fiub":
+        raise TypeError(f"{where}: X must hold numbers, got dtype {X.dtype}")
+    out_shape = model._shape_chain((1,) + X.shape[1:])[-1]  # checks the features, naming the layer
+    X = X.rechunk({axis: -1 for axis in range(1, X.ndim)})
+    extra = {}
+    if X.ndim > len(out_shape):
+        extra["drop_axis"] = list(range(len(out_shape), X.ndim))
+    elif X.ndim < len(out_shape):
+        extra["new_axis"] = list(range(X.ndim, len(out_shape)))
+    scattered = client.scatter(model, broadcast=True, hash=False)
+    return X.map_blocks(_predict_block, scattered, batch_size, dtype=np.float32,
+                        chunks=(X.chunks[0],) + tuple((n,) for n in out_shape[1:]),
+                        meta=np.empty((0,) * len(out_shape), dtype=np.float32),
+                        name="pynn-predict", **extra)
+
+
+# -- MPI: data-parallel training ------------------------------------------------
+@contextlib.contextmanager
+def abort_on_error(comm, where):
+    """Inside, an exception on any rank prints its traceback and aborts every
+    rank (with more than one): the others may be waiting in a collective."""
+    try:
+        yield
+    except BaseException:
+        if comm.Get_size() > 1:
+            sys.stderr.write(f"{where}: rank {comm.Get_rank()} of {comm.Get_size()} failed, "
+                             f"aborting the job:\n{traceback.format_exc()}")
+            sys.stderr.flush()
+            comm.Abort(1)
+        raise
+
+
+class DataParallel:
+    """Synchronous data parallelism for ``model`` and its ``optimizer`` over an
+    mpi4py communicator (``COMM_WORLD`` by default). Construction is collective:
+    every rank checks it holds the same architecture and receives rank 0's
+    weights. Then each step is ``step(dy)`` on every rank after its own forward
+    and loss."""
+
+    def __init__(self, model, optimizer, comm=None):
+        from pynn.optim import Optimizer
+        from pynn.sequential import Sequential
+
+        self._mpi = _require("mpi4py.MPI", "mpi")
+        comm = self._mpi.COMM_WORLD if comm is None else comm
+        if not isinstance(comm, self._mpi.Comm):
+            raise TypeError(f"DataParallel: comm must be an mpi4py communicator, got {type(comm).__name__}")
+        self.comm, self.rank, self.size = comm, comm.Get_rank(), comm.Get_size()
+        with abort_on_error(comm, "DataParallel"):
+            if not isinstance(model, Sequential):
+                raise TypeError(f"DataParallel: model must be a pynn Sequential, got {type(model).__name__}")
+            if not isinstance(optimizer, Optimizer) or optimizer._model is not model:
+                raise ValueError("DataParallel: optimizer must be a pynn.optim optimizer built for this model")
+            self.model, self.optimizer = model, optimizer
+            architectures = comm.allgather(json.dumps(io.architecture_of(model)))
+            for rank, architecture in enumerate(architectures):
+                if architecture != architectures[0]:
+                    raise ValueError(f"DataParallel: rank {rank}'s model differs from rank 0's: "
+                                     f"{architecture:.200} vs {architectures[0]:.200}")
+            for array in model.state_dict().values():
+                comm.Bcast(array, root=0)
+        self._trainable = None
+        self._global_batches = None
+        self._lay_out_arena()
+
+    def _lay_out_arena(self):
+        """Rebind every trainable gradient to a view of one float32 buffer, the
+        one ``Allreduce`` sends; frozen layers keep their own and stay out."""
+        owners = [layer for _, layer in self.model.parameter_owners()]
+        self._trainable = [layer.trainable for layer in owners]
+        slots, size = [], 0
+        for layer in owners:
+            if layer.trainable:
+                for key, grad in layer.grads.items():
+                    slots.append((layer, key, grad.shape, size))
+                    size += -(-grad.size // _ARENA_ALIGN) * _ARENA_ALIGN
+        self.arena = np.zeros(size, dtype=np.float32)
+        for layer, key, shape, offset in slots:
+            layer.grads[key] = self.arena[offset:offset + math.prod(shape)].reshape(shape)
+
+    def step(self, dy, share=None):
+        """Back-propagate this rank's loss gradient ``dy`` scaled by ``share``
+        (its rows / the global batch's; 1/size for equal shards), sum the
+        gradients over ranks, then run the optimizer step."""
+        with abort_on_error(self.comm, "DataParallel.step"):
+            share = 1.0 / self.size if share is None else share
+            if [layer.trainable for _, layer in self.model.parameter_owners()] != self._trainable:
+                self._lay_out_arena()  # frozen or unfrozen since the last step (as on every rank)
+            if share != 1.0:
+                np.multiply(dy, np.float32(share), out=dy)  # batch x outputs: small beside the arena
+            self.model.backward(dy)
+            self.comm.Allreduce(self._mpi.IN_PLACE, self.arena, op=self._mpi.SUM)
+            self.optimizer.step()
+
+    # -- what fit needs beyond the step --------------------------------------
+    def plan_epoch(self, samples, batch_size, where):
+        """Agree on the global batches of an epoch: every rank must make as
+        many batches of its own shard (else some would wait forever)."""
+        counts = self.comm.allgather(samples)
+        batches = [-(-count // batch_size) for count in counts]
+        if len(set(batches)) != 1:
+            raise ValueError(f"{where}: every rank must make the same number of batches of batch_size "
+                             f"{batch_size}; the ranks hold {counts} samples, making {batches}")
+        self._global_batches = [sum(min(batch_size, count - k * batch_size) for count in counts)
+                                for k in range(batches[0])]
+
+    def share(self, step, rows):
+        return rows / self._global_batches[step]
+
+    def sum_over_ranks(self, *values):
+        totals = np.array(values, dtype=np.float64)
+        self.comm.Allreduce(self._mpi.IN_PLACE, totals, op=self._mpi.SUM)
+        return tuple(totals.tolist())
+
+    def any_rank(self, flag):
+        return bool(self.comm.allreduce(bool(flag), op=self._mpi.LOR))
