@@ -139,3 +139,12 @@ def test_column_sums_and_relu_mask(rows, cols):
     finally:
         pynn.set_num_threads(before)
     np.testing.assert_array_equal(sums[0], sums[1])
+
+
+def test_linear_backward_refuses_outputs_overlapping_inputs():
+    x, w, dy = _random((4, 5), 29), _random((3, 5), 30), _random((4, 3), 31)
+    for out in [(x, None, None), (None, w, None), (None, None, dy[0])]:
+        with pytest.raises(ValueError, match="overlap"):
+            ops.linear_backward(dy, x, w, out=out)
+    with pytest.raises(TypeError, match=r"linear_backward \(dweight\): out must have dtype float32"):
+        ops.linear_backward(dy, x, w, out=(None, np.empty((3, 5)), None))

@@ -106,22 +106,40 @@ def linear_backward(dy, x, weight, out=None, *, input_grad=True, weight_grad=Tru
                          f"{weight.shape}, got {dy.shape}")
     dx, dweight, dbias = (None, None, None) if out is None else out
     rows_dy, rows_x = _rows(dy), _rows(x)
+    inputs = (dy, x, weight)
     if input_grad:
-        dx = _gradient_buffer(dx, x.shape, where, "dx", (dy, x, weight))
-        _gemm.matmul(rows_dy, weight, _rows(dx), False, False, 1.0, 0.0)
+        dx = _gradient_buffer(dx, x.shape, where, "dx")
+        # x is read after dx is written (by dW = dYᵀ X), so it may not overlap either
+        if np.may_share_memory(dx, x) or \
+                _gemm.matmul(rows_dy, weight, _rows(dx), False, False, 1.0, 0.0) is None:
+            _refuse_overlap(dx, x.shape, where, "dx", inputs)
     else:
         dx = None
     if weight_grad:
-        dweight = _gradient_buffer(dweight, weight.shape, where, "dweight", (dy, x, weight))
-        dbias = _gradient_buffer(dbias, (out_features,), where, "dbias", (dy, x, weight))
-        _gemm.matmul(rows_dy, rows_x, dweight, True, False, 1.0, 0.0)
+        dweight = _gradient_buffer(dweight, weight.shape, where, "dweight")
+        dbias = _gradient_buffer(dbias, (out_features,), where, "dbias")
+        if np.may_share_memory(dweight, weight) or \
+                _gemm.matmul(rows_dy, rows_x, dweight, True, False, 1.0, 0.0) is None:
+            _refuse_overlap(dweight, weight.shape, where, "dweight", inputs)
+        if np.may_share_memory(dbias, dy) or np.may_share_memory(dbias, x):
+            _refuse_overlap(dbias, dbias.shape, where, "dbias", inputs)
         _dense.column_sums(rows_dy, dbias)
     else:
         dweight = dbias = None
     return dx, dweight, dbias
 
 
-def _gradient_buffer(array, shape, where, name, inputs):
+def _gradient_buffer(array, shape, where, name):
+    """A new float32 array of ``shape``, or ``array`` when it is a writable
+    C-contiguous one (the GEMM itself refuses one that overlaps an input)."""
     if array is None:
         return np.empty(shape, dtype=np.float32)
-    return check_out(array, shape, f"{where} ({name})", inputs=inputs)
+    if (type(array) is np.ndarray and array.dtype == np.float32 and array.shape == shape
+            and array.flags.c_contiguous and array.flags.writeable):
+        return array
+    return check_out(array, shape, f"{where} ({name})")
+
+
+def _refuse_overlap(array, shape, where, name, inputs):
+    check_out(array, shape, f"{where} ({name})", inputs=inputs)
+    raise ValueError(f"{where} ({name}): arguments refused by the kernel")
