@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import pynn
 from pynn import layers, ops
-from helpers import assert_matmul_close
+from tests.helpers import assert_matmul_close
 
 EXAMPLES = int(os.environ.get("PYNN_FUZZ_EXAMPLES", "600"))
 fuzz = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
