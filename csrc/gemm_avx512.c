@@ -184,28 +184,34 @@ static TARGET void gemv_dot_avx512(ptrdiff_t rows, ptrdiff_t k, const float *x, 
     }
 }
 
-/* 128 columns of sums stay in eight registers while the k rows of x stream by. */
+/* Rows of x stream through whole, four at a time, into sums kept in L1 (at
+ * most GEMV_CHUNK floats): contiguous reads the prefetcher follows, where a
+ * register-blocked column strip would hop between rows. Each sum still adds
+ * its k terms in order. */
 static TARGET void gemv_axpy_avx512(ptrdiff_t cols, ptrdiff_t k, const float *x, ptrdiff_t ldx,
                                     const float *v, ptrdiff_t v_step, float *sums)
 {
-    for (ptrdiff_t j = 0; j < cols; j += 128) {
-        __mmask16 mask[8];
-        __m512 s[8];
-        _Pragma("GCC unroll 8")
-        for (int q = 0; q < 8; q++) {
-            mask[q] = first_lanes(cols - j - 16 * q);
-            s[q] = _mm512_setzero_ps();
+    const __m512 zero = _mm512_setzero_ps();
+    for (ptrdiff_t p = 0; p < k; p += 4) {
+        const int terms = k - p < 4 ? (int)(k - p) : 4;
+        const float *x0 = x + p * ldx;
+        __m512 vp[4];
+        for (int t = 0; t < 4; t++)
+            vp[t] = t < terms ? _mm512_set1_ps(v[(p + t) * v_step]) : zero;
+        for (ptrdiff_t j = 0; j < cols; j += 16) {
+            const __mmask16 mask = first_lanes(cols - j);
+            __m512 s = p == 0 ? zero : _mm512_maskz_loadu_ps(mask, sums + j);
+            s = _mm512_fmadd_ps(vp[0], _mm512_maskz_loadu_ps(mask, x0 + j), s);
+            if (terms == 4) {
+                s = _mm512_fmadd_ps(vp[1], _mm512_maskz_loadu_ps(mask, x0 + ldx + j), s);
+                s = _mm512_fmadd_ps(vp[2], _mm512_maskz_loadu_ps(mask, x0 + 2 * ldx + j), s);
+                s = _mm512_fmadd_ps(vp[3], _mm512_maskz_loadu_ps(mask, x0 + 3 * ldx + j), s);
+            } else {  /* the last one to three rows: never read past row k - 1 */
+                for (int t = 1; t < terms; t++)
+                    s = _mm512_fmadd_ps(vp[t], _mm512_maskz_loadu_ps(mask, x0 + t * ldx + j), s);
+            }
+            _mm512_mask_storeu_ps(sums + j, mask, s);
         }
-        const float *xp = x + j;
-        for (ptrdiff_t p = 0; p < k; p++, xp += ldx) {
-            const __m512 vp = _mm512_set1_ps(v[p * v_step]);
-            _Pragma("GCC unroll 8")
-            for (int q = 0; q < 8; q++)
-                s[q] = _mm512_fmadd_ps(vp, _mm512_maskz_loadu_ps(mask[q], xp + 16 * q), s[q]);
-        }
-        _Pragma("GCC unroll 8")
-        for (int q = 0; q < 8; q++)
-            _mm512_mask_storeu_ps(sums + j + 16 * q, mask[q], s[q]);
     }
 }
 
