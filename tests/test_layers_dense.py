@@ -190,6 +190,8 @@ def test_dropout_bad_arguments():
         Dropout("half")
     with pytest.raises(TypeError, match="Dropout: seed"):
         Dropout(0.5, seed="x")
+    with pytest.raises(ValueError, match="Dropout: seed must be a non-negative int, got -1"):
+        Dropout(0.5, seed=-1)
 
 
 def test_embedding_gather_and_scatter_add_with_repeats():

@@ -157,9 +157,11 @@ def _generator_from(seed, where):
         return seed
     if seed is None:  # drawn from pynn.init's generator, so manual_seed fixes it
         return np.random.default_rng(init.default_generator().integers(2 ** 63))
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"{where}: seed must be a non-negative int or a numpy.random.Generator, "
                         f"got {type(seed).__name__} {seed!r}")
+    if seed < 0:
+        raise ValueError(f"{where}: seed must be a non-negative int, got {seed}")
     return np.random.default_rng(int(seed))
 
 
