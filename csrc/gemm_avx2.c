@@ -197,27 +197,40 @@ static TARGET void gemv_dot_avx2(ptrdiff_t rows, ptrdiff_t k, const float *x, pt
     }
 }
 
-/* 32 columns of sums stay in four registers while the k rows of x stream by. */
+/* Rows of x stream through whole, four at a time, into sums kept in L1 (at
+ * most GEMV_CHUNK floats): contiguous reads the prefetcher follows. Each sum
+ * still adds its k terms in order. */
 static TARGET void gemv_axpy_avx2(ptrdiff_t cols, ptrdiff_t k, const float *x, ptrdiff_t ldx,
                                   const float *v, ptrdiff_t v_step, float *sums)
 {
-    for (ptrdiff_t j = 0; j < cols; j += 32) {
-        const ptrdiff_t left = cols - j;
-        const __m256i m0 = first_lanes(left), m1 = first_lanes(left - 8),
-                      m2 = first_lanes(left - 16), m3 = first_lanes(left - 24);
-        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-        const float *xp = x + j;
-        for (ptrdiff_t p = 0; p < k; p++, xp += ldx) {
-            const __m256 vp = _mm256_broadcast_ss(v + p * v_step);
-            s0 = _mm256_fmadd_ps(vp, _mm256_maskload_ps(xp, m0), s0);
-            s1 = _mm256_fmadd_ps(vp, _mm256_maskload_ps(xp + 8, m1), s1);
-            s2 = _mm256_fmadd_ps(vp, _mm256_maskload_ps(xp + 16, m2), s2);
-            s3 = _mm256_fmadd_ps(vp, _mm256_maskload_ps(xp + 24, m3), s3);
+    const __m256 zero = _mm256_setzero_ps();
+    for (ptrdiff_t p = 0; p < k; p += 4) {
+        const int terms = k - p < 4 ? (int)(k - p) : 4;
+        const float *x0 = x + p * ldx;
+        __m256 vp[4];
+        for (int t = 0; t < 4; t++)
+            vp[t] = t < terms ? _mm256_set1_ps(v[(p + t) * v_step]) : zero;
+        ptrdiff_t j = 0;
+        for (; j + 8 <= cols; j += 8) {  /* plain moves: AMD microcodes masked stores */
+            __m256 s = p == 0 ? zero : _mm256_loadu_ps(sums + j);
+            s = _mm256_fmadd_ps(vp[0], _mm256_loadu_ps(x0 + j), s);
+            if (terms == 4) {
+                s = _mm256_fmadd_ps(vp[1], _mm256_loadu_ps(x0 + ldx + j), s);
+                s = _mm256_fmadd_ps(vp[2], _mm256_loadu_ps(x0 + 2 * ldx + j), s);
+                s = _mm256_fmadd_ps(vp[3], _mm256_loadu_ps(x0 + 3 * ldx + j), s);
+            } else {  /* the last one to three rows: never read past row k - 1 */
+                for (int t = 1; t < terms; t++)
+                    s = _mm256_fmadd_ps(vp[t], _mm256_loadu_ps(x0 + t * ldx + j), s);
+            }
+            _mm256_storeu_ps(sums + j, s);
         }
-        _mm256_maskstore_ps(sums + j, m0, s0);
-        _mm256_maskstore_ps(sums + j + 8, m1, s1);
-        _mm256_maskstore_ps(sums + j + 16, m2, s2);
-        _mm256_maskstore_ps(sums + j + 24, m3, s3);
+        if (j < cols) {
+            const __m256i mask = first_lanes(cols - j);
+            __m256 s = p == 0 ? zero : _mm256_maskload_ps(sums + j, mask);
+            for (int t = 0; t < terms; t++)
+                s = _mm256_fmadd_ps(vp[t], _mm256_maskload_ps(x0 + t * ldx + j, mask), s);
+            _mm256_maskstore_ps(sums + j, mask, s);
+        }
     }
 }
 
