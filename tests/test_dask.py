@@ -1,0 +1,128 @@
+"""dask_predict on a real two-process LocalCluster."""
+import pickle
+
+import numpy as np
+import pytest
+
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+
+import pynn  # noqa: E402
+from pynn.distributed import dask_predict  # noqa: E402
+from pynn.layers import Conv2d, Flatten, Linear, ReLU  # noqa: E402
+
+
+def mlp(features=37, seed=0):
+    rng = np.random.default_rng(seed)
+    model = pynn.Sequential(Linear(features, 29), ReLU(), Linear(29, 3))
+    for _, param in model.named_parameters():
+        param[...] = rng.standard_normal(param.shape)
+    return model
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, worker_dashboard_address=None)
+    client = distributed.Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def count_model_loads(client):
+    """Wrap every worker's model loader (what unpickling a model calls) in a
+    counter; returns a function reading the counts and one undoing the wrap."""
+    def install(dask_worker):
+        import pynn.io
+
+        loader = dask_worker.pynn_loader = pynn.io.model_from_bytes
+        dask_worker.pynn_model_loads = 0
+
+        def counting(data):
+            dask_worker.pynn_model_loads += 1
+            return loader(data)
+        # a worker re-pickles the model to copy it to another: keep the name resolvable
+        counting.__module__, counting.__qualname__ = "pynn.io", "model_from_bytes"
+        pynn.io.model_from_bytes = counting
+
+    def undo(dask_worker):
+        import pynn.io
+
+        pynn.io.model_from_bytes = dask_worker.pynn_loader
+
+    client.run(install)
+    return (lambda: client.run(lambda dask_worker: dask_worker.pynn_model_loads)), (lambda: client.run(undo))
+
+
+def test_matches_predict_on_the_whole_array(client):
+    model = mlp()
+    x = np.random.default_rng(1).standard_normal((1009, 37)).astype(np.float32)
+    lazy = dask_predict(model, da.from_array(x, chunks=101))
+    assert isinstance(lazy, da.Array)
+    assert lazy.shape == (1009, 3) and lazy.dtype == np.float32
+    assert lazy.chunks[0] == da.from_array(x, chunks=101).chunks[0]
+    out = lazy.compute()
+    assert out.dtype == np.float32 and out.tobytes() == model.predict(x).tobytes()
+
+
+def test_numpy_input_is_chunked_and_batch_size_is_passed(client):
+    model = mlp()
+    x = np.random.default_rng(2).standard_normal((257, 37)).astype(np.float32)
+    lazy = dask_predict(model, x, batch_size=7)
+    assert lazy.numblocks[0] >= 2
+    np.testing.assert_array_equal(lazy.compute(), model.predict(x))
+
+
+def test_images_drop_their_feature_axes(client):
+    model = pynn.Sequential(Conv2d(1, 2, 3), ReLU(), Flatten(), Linear(2 * 5 * 5, 4))
+    x = np.random.default_rng(3).standard_normal((23, 1, 7, 7)).astype(np.float32)
+    lazy = dask_predict(model, da.from_array(x, chunks=(5, 1, 4, 7)))  # feature axes chunked too
+    assert lazy.shape == (23, 4) and lazy.chunks[1] == (4,)
+    np.testing.assert_array_equal(lazy.compute(), model.predict(x))
+
+
+def test_the_model_travels_once_per_worker_and_not_inside_tasks(client):
+    model = pynn.Sequential(Linear(300, 200), ReLU(), Linear(200, 10))  # 240 KiB of weights
+    loads, restore = count_model_loads(client)
+    try:
+        x = da.random.default_rng(4).standard_normal((4000, 300), chunks=250).astype(np.float32)
+        lazy = dask_predict(model, x)
+        graph_bytes = len(pickle.dumps(dict(lazy.__dask_graph__()), protocol=5))
+        assert graph_bytes < len(pynn.io.model_to_bytes(model)) / 4, graph_bytes  # a reference, not the model
+        result = lazy.compute()
+        assert list(loads().values()) == [1, 1], "each worker must unpickle the model exactly once"
+        assert result.shape == (4000, 10) and np.isfinite(result).all()
+    finally:
+        restore()
+
+
+def test_workers_predict_on_their_own_thread_count(client):
+    model = mlp()
+    dask_predict(model, np.ones((8, 37), np.float32)).compute()
+    assert set(client.run(lambda: pynn.get_num_threads()).values()) == {1}
+
+
+def test_bad_inputs_are_refused_by_name(client):
+    model = mlp()
+    with pytest.raises(ValueError, match="Linear"):
+        dask_predict(model, da.ones((10, 36), chunks=5, dtype=np.float32))
+    with pytest.raises(TypeError, match="dask_predict: model"):
+        dask_predict("model", np.ones((2, 37), np.float32))
+    with pytest.raises(ValueError, match="dask_predict: batch_size"):
+        dask_predict(model, np.ones((2, 37), np.float32), batch_size=0)
+    with pytest.raises(TypeError, match="dtype"):
+        dask_predict(model, np.array([["a"] * 37]))
+
+
+def test_without_a_client_the_error_says_what_to_do():
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, pynn\nfrom pynn.distributed import dask_predict\n"
+            "from pynn.layers import Linear\n"
+            "dask_predict(pynn.Sequential(Linear(2, 1)), np.ones((3, 2), np.float32))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "no distributed.Client is running" in run.stderr
