@@ -101,7 +101,6 @@ void pynn_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
     if (windows_inside(s)) {
         typeof(&row_max_generic) row_max = PYNN_PICK(ctx->isa, row_max);
         const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
-        (void)ctx;
 #ifdef _OPENMP
         #pragma omp parallel for num_threads(ctx->num_threads) if(s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS)
 #endif
@@ -109,8 +108,8 @@ void pynn_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
             for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
                 for (ptrdiff_t ow = 0; ow < s->out_w; ow += ROW_CHUNK)
                     row_max(s, x + p * in_plane, oh, ow,
-                                   s->out_w - ow < ROW_CHUNK ? s->out_w - ow : ROW_CHUNK,
-                                   y + p * out_plane + oh * s->out_w + ow, NULL);
+                            s->out_w - ow < ROW_CHUNK ? s->out_w - ow : ROW_CHUNK,
+                            y + p * out_plane + oh * s->out_w + ow, NULL);
         return;
     }
     generic_max_pool2d_forward(ctx, s, x, y);

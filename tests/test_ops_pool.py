@@ -15,7 +15,7 @@ def output_size(size, kernel, stride, padding, dilation, ceil_mode):
     return count
 
 
-def window_positions(size, out, kernel, stride, padding, dilation, index):
+def window_positions(size, kernel, stride, padding, dilation, index):
     start = index * stride - padding
     return [start + k * dilation for k in range(kernel)
             if 0 <= start + k * dilation < size]
@@ -29,9 +29,9 @@ def reference_max_pool(x, kernel, stride, padding, dilation, ceil_mode):
     y = np.empty((n, c, oh, ow))
     argmax = np.empty((n, c, oh, ow, 2), dtype=np.int64)
     for i in range(oh):
-        rows = window_positions(h, oh, kernel[0], stride[0], padding[0], dilation[0], i)
+        rows = window_positions(h, kernel[0], stride[0], padding[0], dilation[0], i)
         for j in range(ow):
-            cols = window_positions(w, ow, kernel[1], stride[1], padding[1], dilation[1], j)
+            cols = window_positions(w, kernel[1], stride[1], padding[1], dilation[1], j)
             for a in range(n):
                 for b in range(c):
                     best = None
@@ -157,7 +157,6 @@ def test_global_avg_pool_matches_reference(shape):
 def test_gradients_match_finite_differences():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 2, 7, 6)).astype(np.float32)  # distinct values: max is smooth
-    probe = None
     for forward, backward, keywords in (
             (ops.max_pool2d, ops.max_pool2d_backward, dict(stride=2, padding=1, ceil_mode=True)),
             (ops.avg_pool2d, ops.avg_pool2d_backward, dict(stride=2, padding=1, ceil_mode=True,

@@ -43,14 +43,6 @@ def conv_output_shape(where, input_shape, in_channels, out_channels, kernel, str
     return (input_shape[0], out_channels, size[0], size[1])
 
 
-def _check_groups(where, in_channels, out_channels, groups):
-    groups = as_count(groups, where, "groups")
-    for name, channels in (("in_channels", in_channels), ("out_channels", out_channels)):
-        if channels % groups:
-            raise ValueError(f"{where}: groups={groups} must divide {name}={channels}")
-    return groups
-
-
 def _conv_arguments(where, x, weight, stride, padding, dilation, groups):
     weight = as_float32(weight, where, "weight", ndim=4)
     x = as_float32(x, where, "x")
