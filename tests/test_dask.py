@@ -1,5 +1,8 @@
 """dask_predict on a real two-process LocalCluster."""
+import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -118,11 +121,18 @@ def test_bad_inputs_are_refused_by_name(client):
 
 
 def test_without_a_client_the_error_says_what_to_do():
-    import subprocess
-    import sys
-
     code = ("import numpy as np, pynn\nfrom pynn.distributed import dask_predict\n"
             "from pynn.layers import Linear\n"
             "dask_predict(pynn.Sequential(Linear(2, 1)), np.ones((3, 2), np.float32))\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and "no distributed.Client is running" in run.stderr
+
+
+def test_the_example_runs_as_written(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, os.path.join(root, "examples", "dask_predict.py"),
+                          "--rows", "20000", "--chunk-rows", "5000"],
+                         capture_output=True, text=True, timeout=180, cwd=tmp_path,
+                         env=dict(os.environ, PYTHONPATH=root))
+    assert run.returncode == 0, run.stderr
+    assert "20000 rows in" in run.stdout and "on 2 workers" in run.stdout

@@ -190,3 +190,12 @@ def test_bad_arguments_are_refused_by_name():
         DataParallel(model, optimizer("sgd", build()), MPI.COMM_SELF)
     with pytest.raises(TypeError, match="DataParallel: model"):
         DataParallel(Linear(2, 2), optimizer("sgd", model), MPI.COMM_SELF)
+
+
+def test_the_example_runs_as_written(tmp_path):
+    example = os.path.join(ROOT, "examples", "train_mpi.py")
+    script = f"import runpy, sys\nsys.argv = ['train_mpi.py', '--epochs', '5']\nrunpy.run_path({example!r}, run_name='__main__')\n"
+    returncode, out, err = run_ranks(tmp_path, script)
+    assert returncode == 0, err
+    assert out.count("held-out accuracy") == 1 and "2 ranks x batch 32" in out  # rank 0 only
+    assert pynn.load(tmp_path / "digits_mlp.safetensors").predict(np.zeros((1, 64), np.float32)).shape == (1, 10)
