@@ -6,6 +6,20 @@
 
 #define PARALLEL_MIN_FLOATS 65536
 
+/* y = (x - centre) inverse weight + bias over channel j, as one multiply-add. */
+static inline void normalise_channel(ptrdiff_t n, ptrdiff_t c, ptrdiff_t s, ptrdiff_t j,
+                                     const float *x, double centre, double inverse,
+                                     float weight, float bias, float *y)
+{
+    const float scale = (float)(inverse * weight);
+    const float shift = (float)(bias - centre * inverse * weight);
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const float *row = x + (i * c + j) * s;
+        float *out = y + (i * c + j) * s;
+        for (ptrdiff_t k = 0; k < s; k++) out[k] = row[k] * scale + shift;
+    }
+}
+
 void pynn_batchnorm_train_forward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_t c,
                                   ptrdiff_t s, const float *x, const float *weight,
                                   const float *bias, float eps, float factor,
@@ -40,13 +54,7 @@ void pynn_batchnorm_train_forward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_
             running_mean[j] = (float)((1.0 - factor) * running_mean[j] + factor * average);
             running_var[j] = (float)((1.0 - factor) * running_var[j] + factor * unbiased);
         }
-        const float scale = (float)(inverse * weight[j]);
-        const float shift = (float)(bias[j] - average * inverse * weight[j]);
-        for (ptrdiff_t i = 0; i < n; i++) {
-            const float *row = x + (i * c + j) * s;
-            float *out = y + (i * c + j) * s;
-            for (ptrdiff_t k = 0; k < s; k++) out[k] = row[k] * scale + shift;
-        }
+        normalise_channel(n, c, s, j, x, average, inverse, weight[j], bias[j], y);
     }
 }
 
@@ -61,13 +69,7 @@ void pynn_batchnorm_eval_forward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_t
 #endif
     for (ptrdiff_t j = 0; j < c; j++) {
         const double inverse = 1.0 / sqrt((double)running_var[j] + (double)eps);
-        const float scale = (float)(inverse * weight[j]);
-        const float shift = (float)(bias[j] - running_mean[j] * inverse * weight[j]);
-        for (ptrdiff_t i = 0; i < n; i++) {
-            const float *row = x + (i * c + j) * s;
-            float *out = y + (i * c + j) * s;
-            for (ptrdiff_t k = 0; k < s; k++) out[k] = row[k] * scale + shift;
-        }
+        normalise_channel(n, c, s, j, x, running_mean[j], inverse, weight[j], bias[j], y);
     }
 }
 

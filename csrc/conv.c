@@ -286,13 +286,24 @@ static void unstage(const pynn_context *ctx, const float *staged, ptrdiff_t chan
     }
 }
 
-static float *scratch(const pynn_conv_shape *s, int threads, float *workspace, float **owned)
+/* The scratch (workspace, or allocated into *owned) and the unfold plan; NULL
+ * with nothing left to free if memory runs out. */
+static float *prepare(const pynn_conv_shape *s, int threads, float *workspace, float **owned,
+                      unfold_plan *plan)
 {
     *owned = NULL;
-    if (workspace) return workspace;
-    size_t size = pynn_conv2d_workspace_size(s, threads);
-    *owned = malloc((size ? size : 1) * sizeof(float));
-    return *owned;
+    plan->spans = NULL;
+    plan->source = NULL;
+    if (!workspace) {
+        size_t size = pynn_conv2d_workspace_size(s, threads);
+        workspace = *owned = malloc((size ? size : 1) * sizeof(float));
+    }
+    if (!workspace || plan_make(s, plan)) {
+        free(*owned);
+        plan_free(plan);
+        return NULL;
+    }
+    return workspace;
 }
 
 static int slot(void)
@@ -370,13 +381,10 @@ int pynn_conv2d_forward(const pynn_context *ctx, const pynn_conv_shape *s, const
                         const float *weight, const float *bias, pynn_activation activation,
                         float *y, float *workspace)
 {
-    float *owned, *scratch_space = scratch(s, ctx->num_threads, workspace, &owned);
-    unfold_plan plan = {NULL, NULL};
-    if (!scratch_space || plan_make(s, &plan)) {
-        free(owned);
-        plan_free(&plan);
-        return -1;
-    }
+    float *owned;
+    unfold_plan plan;
+    float *scratch_space = prepare(s, ctx->num_threads, workspace, &owned, &plan);
+    if (!scratch_space) return -1;
     const ptrdiff_t images = chunk_images(s), chunks = chunk_count(s);
     const int slots = chunk_slots(s, ctx->num_threads);
     const ptrdiff_t per_slot = chunk_floats(s);
@@ -426,13 +434,10 @@ int pynn_conv2d_backward(const pynn_context *ctx, const pynn_conv_shape *s, cons
     if (dweight && s->batch == 0)
         memset(dweight, 0, (size_t)weight_size(s) * sizeof(float));
     if (!dx && !dweight) return 0;
-    float *owned, *scratch_space = scratch(s, ctx->num_threads, workspace, &owned);
-    unfold_plan plan = {NULL, NULL};
-    if (!scratch_space || plan_make(s, &plan)) {
-        free(owned);
-        plan_free(&plan);
-        return -1;
-    }
+    float *owned;
+    unfold_plan plan;
+    float *scratch_space = prepare(s, ctx->num_threads, workspace, &owned, &plan);
+    if (!scratch_space) return -1;
     const ptrdiff_t images = chunk_images(s), chunks = chunk_count(s), wsize = weight_size(s);
     const int slots = chunk_slots(s, ctx->num_threads);
     const ptrdiff_t per_slot = chunk_floats(s);

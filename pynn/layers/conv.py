@@ -9,22 +9,9 @@ from pynn._kernels import activations as _activations
 from pynn._kernels import conv as _conv
 from pynn._kernels import pool as _pool
 from pynn.layers.base import Layer
+from pynn.layers.dense import _check_dy, _saved
 from pynn.ops.conv import (_flag, conv_output_shape, pair, pool_geometry,
                            pool_output_shape)
-
-
-def _saved(layer, value):
-    if value is None:
-        raise RuntimeError(f"{type(layer).__name__}.backward: call forward(x, training=True) first")
-    return value
-
-
-def _check_dy(layer, dy, shape):
-    dy = as_float32(dy, f"{type(layer).__name__}.backward", "dy")
-    if dy.shape != shape:
-        raise ValueError(f"{type(layer).__name__}.backward: dy must have the forward output's "
-                         f"shape {shape}, got {dy.shape}")
-    return dy
 
 
 class Conv2d(Layer):
@@ -102,7 +89,7 @@ class Conv2d(Layer):
     def backward(self, dy, input_grad=True):
         """dZ = dY (masked by y > 0 with a fused ReLU),  dW_g = Σ_n dZ_g X̂_gᵀ,
         db = Σ_{n,h,w} dZ,  dX = col2im(W_gᵀ dZ_g)."""
-        x, y = _saved(self, self._x), _saved(self, self._y)
+        x, y = _saved(self, "_x"), _saved(self, "_y")
         dy = _check_dy(self, dy, y.shape)
         if self.activation == "relu":
             dy = _activations.elementwise("relu_backward", dy, y, self.workspace("dz", y.shape))
@@ -149,7 +136,7 @@ class _Pool2d(Layer):
         return self.infer(x, self.workspace("y", shape))
 
     def _gradient_arguments(self, dy):
-        x = _saved(self, self._x)
+        x = _saved(self, "_x")
         return _check_dy(self, dy, self.output_shape(x.shape)), x, self.workspace("dx", x.shape)
 
 
@@ -231,7 +218,7 @@ class GlobalAvgPool2d(Layer):
         return self.infer(x, self.workspace("y", x.shape[:2]))
 
     def backward(self, dy, input_grad=True):
-        shape = _saved(self, self._input_shape)
+        shape = _saved(self, "_input_shape")
         dy = _check_dy(self, dy, shape[:2])
         if not input_grad:
             return None
