@@ -195,6 +195,7 @@ def test_torch_parity(case):
     (dict(x=np.zeros((1, 3, 5, 5), np.int32)), TypeError, ["x", "int32"]),
     (dict(bias=np.zeros(4, np.float32)), ValueError, ["bias", "(5,)", "(4,)"]),
     (dict(stride=1.5), TypeError, ["stride", "1.5"]),
+    (dict(x=np.zeros((1, 3, 0, 5), np.float32), padding=2), ValueError, ["non-empty", "(1, 3, 0, 5)"]),
 ])
 def test_bad_input_is_refused_with_a_clear_message(arguments, error, words):
     call = dict(x=np.zeros((1, 3, 5, 5), np.float32), weight=np.zeros((5, 3, 3, 3), np.float32),

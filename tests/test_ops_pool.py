@@ -214,6 +214,8 @@ def test_nan_propagates_through_max_pool():
      ["max_pool2d", "stride", "0"]),
     (lambda: ops.avg_pool2d(np.zeros((1, 1, 5, 5), np.int64), 2), TypeError,
      ["avg_pool2d", "int64"]),
+    (lambda: ops.max_pool2d(np.zeros((1, 1, 5, 0), np.float32), 2, padding=1), ValueError,
+     ["max_pool2d", "non-empty", "(1, 1, 5, 0)"]),
     (lambda: ops.global_avg_pool2d(np.zeros((1, 1, 0, 5), np.float32)), ValueError,
      ["global_avg_pool2d", "(1, 1, 0, 5)"]),
     (lambda: ops.max_pool2d_backward(np.zeros((1, 1, 3, 3), np.float32),

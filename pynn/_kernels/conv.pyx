@@ -40,7 +40,7 @@ cdef pynn_conv_shape geometry(tuple x_shape, tuple weight_shape, tuple stride, t
     if (groups < 1 or s.in_channels % groups or s.out_channels % groups
             or weight_shape[1] * groups != s.in_channels or s.stride_h < 1 or s.stride_w < 1
             or s.dilation_h < 1 or s.dilation_w < 1 or s.pad_h < 0 or s.pad_w < 0
-            or s.kernel_h < 1 or s.kernel_w < 1):
+            or s.kernel_h < 1 or s.kernel_w < 1 or s.height < 1 or s.width < 1):
         raise ValueError(f"conv2d: inconsistent geometry x {x_shape}, weight {weight_shape}, "
                          f"stride {stride}, padding {padding}, dilation {dilation}, groups {groups}")
     s.out_h = (s.height + 2 * s.pad_h - s.dilation_h * (s.kernel_h - 1) - 1) // s.stride_h + 1

@@ -38,7 +38,7 @@ cdef pynn_pool_shape geometry(tuple x_shape, tuple out_hw, tuple kernel, tuple s
     s.stride_h, s.stride_w = stride
     s.pad_h, s.pad_w = padding
     s.dilation_h, s.dilation_w = dilation
-    if (s.kernel_h < 1 or s.kernel_w < 1 or s.stride_h < 1 or s.stride_w < 1 or s.pad_h < 0
+    if (s.height < 1 or s.width < 1 or s.kernel_h < 1 or s.kernel_w < 1 or s.stride_h < 1 or s.stride_w < 1 or s.pad_h < 0
             or s.pad_w < 0 or s.dilation_h < 1 or s.dilation_w < 1 or s.out_h < 1 or s.out_w < 1
             or (s.out_h - 1) * s.stride_h - s.pad_h >= s.height
             or (s.out_w - 1) * s.stride_w - s.pad_w >= s.width):

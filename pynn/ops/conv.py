@@ -30,6 +30,8 @@ def conv_output_shape(where, input_shape, in_channels, out_channels, kernel, str
     if input_shape[1] != in_channels:
         raise ValueError(f"{where}: x must have in_channels={in_channels} channels (axis 1), "
                          f"got shape {input_shape}")
+    if 0 in input_shape[2:]:
+        raise ValueError(f"{where}: x must have non-empty H and W, got shape {input_shape}")
     size = []
     for axis, extent in enumerate(input_shape[2:]):
         padded = extent + 2 * padding[axis]
@@ -99,6 +101,8 @@ def pool_output_shape(where, input_shape, kernel, stride, padding, dilation, cei
     input_shape = tuple(input_shape)
     if len(input_shape) != 4:
         raise ValueError(f"{where}: x must be 4-D [N, C, H, W], got shape {input_shape}")
+    if 0 in input_shape[2:]:
+        raise ValueError(f"{where}: x must have non-empty H and W, got shape {input_shape}")
     size = []
     for axis, extent in enumerate(input_shape[2:]):
         if padding[axis] > kernel[axis] // 2:
