@@ -45,8 +45,6 @@ static int windows_inside(const pynn_pool_shape *s)
 
 #define ROW_CHUNK 64
 
-static void generic_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
-                                       const float *x, float *y);
 
 /* The maxima (and, if where is not NULL, their flat indices) of outputs
  * [ow0, ow0 + count) of output row oh. */
@@ -96,27 +94,41 @@ ROW_MAX_VARIANT(avx512, PYNN_TARGET_AVX512)
 #endif
 
 void pynn_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
-                             const float *x, float *y)
+                             const float *x, float *y, int64_t *argmax)
 {
-    if (windows_inside(s)) {
-        typeof(&row_max_generic) row_max = PYNN_PICK(ctx->isa, row_max);
-        const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
+    const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
+    const int inside = windows_inside(s);
+    typeof(&row_max_generic) row_max = PYNN_PICK(ctx->isa, row_max);
 #ifdef _OPENMP
-        #pragma omp parallel for num_threads(ctx->num_threads) if(s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS)
+    #pragma omp parallel for num_threads(ctx->num_threads) if(s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS)
 #endif
-        for (ptrdiff_t p = 0; p < s->planes; p++)
+    for (ptrdiff_t p = 0; p < s->planes; p++) {
+        const float *image = x + p * in_plane;
+        float *out = y + p * out_plane;
+        int64_t *index = argmax ? argmax + p * out_plane : NULL;
+        if (inside) {
+            ptrdiff_t where[ROW_CHUNK];
             for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
-                for (ptrdiff_t ow = 0; ow < s->out_w; ow += ROW_CHUNK)
-                    row_max(s, x + p * in_plane, oh, ow,
-                            s->out_w - ow < ROW_CHUNK ? s->out_w - ow : ROW_CHUNK,
-                            y + p * out_plane + oh * s->out_w + ow, NULL);
-        return;
+                for (ptrdiff_t ow = 0; ow < s->out_w; ow += ROW_CHUNK) {
+                    ptrdiff_t count = s->out_w - ow < ROW_CHUNK ? s->out_w - ow : ROW_CHUNK;
+                    ptrdiff_t at = oh * s->out_w + ow;
+                    row_max(s, image, oh, ow, count, out + at, index ? where : NULL);
+                    if (index)
+                        for (ptrdiff_t i = 0; i < count; i++) index[at + i] = where[i];
+                }
+            continue;
+        }
+        for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
+            for (ptrdiff_t ow = 0; ow < s->out_w; ow++) {
+                ptrdiff_t best = window_argmax(s, image, oh, ow);
+                out[oh * s->out_w + ow] = best >= 0 ? image[best] : -INFINITY;
+                if (index) index[oh * s->out_w + ow] = best;
+            }
     }
-    generic_max_pool2d_forward(ctx, s, x, y);
 }
 
-static void generic_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
-                                       const float *x, float *y)
+void pynn_max_pool2d_scatter(const pynn_context *ctx, const pynn_pool_shape *s,
+                             const float *dy, const int64_t *argmax, float *dx)
 {
     const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
     (void)ctx;
@@ -124,13 +136,12 @@ static void generic_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_
     #pragma omp parallel for num_threads(ctx->num_threads) if(s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS)
 #endif
     for (ptrdiff_t p = 0; p < s->planes; p++) {
-        const float *image = x + p * in_plane;
-        float *out = y + p * out_plane;
-        for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
-            for (ptrdiff_t ow = 0; ow < s->out_w; ow++) {
-                ptrdiff_t best = window_argmax(s, image, oh, ow);
-                out[oh * s->out_w + ow] = best >= 0 ? image[best] : -INFINITY;
-            }
+        const float *grad = dy + p * out_plane;
+        const int64_t *index = argmax + p * out_plane;
+        float *out = dx + p * in_plane;
+        memset(out, 0, (size_t)in_plane * sizeof(float));
+        for (ptrdiff_t i = 0; i < out_plane; i++)
+            if (index[i] >= 0) out[index[i]] += grad[i];
     }
 }
 

@@ -7,6 +7,7 @@
 #define PYNN_POOL_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include "cpu.h"
 
 typedef struct {
@@ -14,9 +15,14 @@ typedef struct {
     ptrdiff_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
 } pynn_pool_shape;
 
-/* y = the window's maximum (NaN if it holds one). */
+/* y = the window's maximum (NaN if it holds one); argmax, if not NULL, gets
+ * its flat index within the plane (the arg-max rule below), for a backward
+ * that need not search again. */
 void pynn_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
-                             const float *x, float *y);
+                             const float *x, float *y, int64_t *argmax);
+/* dx = 0, then dx[argmax] += dy, plane by plane. */
+void pynn_max_pool2d_scatter(const pynn_context *ctx, const pynn_pool_shape *s,
+                             const float *dy, const int64_t *argmax, float *dx);
 /* dx = 0, then dx[argmax of window] += dy[window]; the arg-max is the first
  * maximum in the window (the last NaN, if any), as PyTorch on CPU. */
 void pynn_max_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,

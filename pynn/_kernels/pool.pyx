@@ -3,7 +3,9 @@ its backward. Geometry is validated by pynn.ops.conv; the checks here only
 keep a careless caller in bounds."""
 cimport numpy as cnp
 
-from pynn._kernels.buffers cimport float_input, float_output
+from libc.stdint cimport int64_t
+
+from pynn._kernels.buffers cimport checked, float_input, float_output, index_input
 from pynn._kernels.runtime cimport current_context, pynn_context
 
 cnp.import_array()
@@ -13,7 +15,9 @@ cdef extern from "pool.h" nogil:
         Py_ssize_t planes, height, width, out_h, out_w
         Py_ssize_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w
     void pynn_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
-                                 const float *x, float *y)
+                                 const float *x, float *y, int64_t *argmax)
+    void pynn_max_pool2d_scatter(const pynn_context *ctx, const pynn_pool_shape *s,
+                                 const float *dy, const int64_t *argmax, float *dx)
     void pynn_max_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
                                   const float *dy, const float *x, float *dx)
     void pynn_avg_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
@@ -47,14 +51,36 @@ cdef pynn_pool_shape geometry(tuple x_shape, tuple out_hw, tuple kernel, tuple s
     return s
 
 
-def max_pool2d_forward(x, y, tuple kernel, tuple stride, tuple padding, tuple dilation):
+def max_pool2d_forward(x, y, tuple kernel, tuple stride, tuple padding, tuple dilation,
+                       argmax=None):
+    """y = window maxima; argmax (int64, y's shape), if given, gets their
+    flat indices within each plane for max_pool2d_scatter."""
     cdef pynn_pool_shape s = geometry(x.shape, y.shape[2:], kernel, stride, padding, dilation)
     cdef const float *input = float_input(x, x.size, "x")
     cdef float *output = float_output(y, s.planes * s.out_h * s.out_w, "y")
+    cdef int64_t *where = NULL
+    if argmax is not None:
+        where = <int64_t *>cnp.PyArray_DATA(checked(argmax, cnp.NPY_INT64,
+                                                    s.planes * s.out_h * s.out_w, "argmax"))
     cdef pynn_context ctx = current_context()
     with nogil:
-        pynn_max_pool2d_forward(&ctx, &s, input, output)
+        pynn_max_pool2d_forward(&ctx, &s, input, output, where)
     return y
+
+
+def max_pool2d_scatter(dy, argmax, dx, tuple kernel, tuple stride, tuple padding,
+                       tuple dilation):
+    """dx = 0, then dx[argmax] += dy, with argmax from max_pool2d_forward on
+    these shapes (its indices are trusted to lie in the plane)."""
+    cdef pynn_pool_shape s = geometry(dx.shape, dy.shape[2:], kernel, stride, padding, dilation)
+    cdef Py_ssize_t outputs = s.planes * s.out_h * s.out_w
+    cdef const float *grad = float_input(dy, outputs, "dy")
+    cdef const int64_t *where = index_input(argmax, outputs, "argmax")
+    cdef float *output = float_output(dx, dx.size, "dx")
+    cdef pynn_context ctx = current_context()
+    with nogil:
+        pynn_max_pool2d_scatter(&ctx, &s, grad, where, output)
+    return dx
 
 
 def max_pool2d_backward(dy, x, dx, tuple kernel, tuple stride, tuple padding, tuple dilation):

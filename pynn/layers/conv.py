@@ -155,12 +155,23 @@ class MaxPool2d(_Pool2d):
         return _pool.max_pool2d_forward(x, out, self.kernel_size, self.stride, self.padding,
                                         self.dilation)
 
+    def forward(self, x, training=False):
+        if not training:
+            return super().forward(x)
+        x = self.check_input(x)
+        shape = self.output_shape(x.shape)
+        self._x = x
+        self._argmax = self.workspace("argmax", shape, np.int64)
+        return _pool.max_pool2d_forward(x, self.workspace("y", shape), self.kernel_size,
+                                        self.stride, self.padding, self.dilation, self._argmax)
+
     def backward(self, dy, input_grad=True):
+        """dx[argmax of each window] += dy, from the arg-maxima the forward saved."""
         dy, x, dx = self._gradient_arguments(dy)
         if not input_grad:
             return None
-        return _pool.max_pool2d_backward(dy, x, dx, self.kernel_size, self.stride, self.padding,
-                                         self.dilation)
+        return _pool.max_pool2d_scatter(dy, self._argmax, dx, self.kernel_size, self.stride,
+                                        self.padding, self.dilation)
 
 
 class AvgPool2d(_Pool2d):
