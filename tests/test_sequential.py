@@ -277,3 +277,14 @@ def test_state_dict_with_buffers_matches_torch_keys_and_values():
     with torch.no_grad():
         expected = twin(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(model.predict(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_predict_through_layers_that_return_views():
+    from pynn.layers import Dropout, Flatten
+
+    linear = Linear(12, 3)
+    model = Sequential(Flatten(), linear, Dropout(0.5))  # Flatten and Dropout infer as views
+    x = np.random.default_rng(11).standard_normal((5, 3, 4)).astype(np.float32)
+    expected = x.reshape(5, 12).astype(np.float64) @ linear.params["weight"].T + linear.params["bias"]
+    np.testing.assert_allclose(model.predict(x), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.predict(x, batch_size=2), expected, rtol=1e-5, atol=1e-6)
