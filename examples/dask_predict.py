@@ -37,8 +37,8 @@ def main():
             client = stack.enter_context(Client(args.scheduler))
         else:
             cluster = stack.enter_context(LocalCluster(
-                n_workers=args.workers, threads_per_worker=args.threads_per_worker,
-                processes=True, dashboard_address=None))
+                n_workers=args.workers, threads_per_worker=args.threads_per_worker, processes=True,
+                dashboard_address=None, worker_dashboard_address=None))
             client = stack.enter_context(Client(cluster))
         x = da.random.default_rng(0).random((args.rows, 784), dtype=np.float32,
                                             chunks=(args.chunk_rows, 784))

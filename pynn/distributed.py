@@ -180,7 +180,8 @@ class DataParallel:
             if not isinstance(model, Sequential):
                 raise TypeError(f"DataParallel: model must be a pynn Sequential, got {type(model).__name__}")
             if not isinstance(optimizer, Optimizer) or optimizer._model is not model:
-                raise ValueError("DataParallel: optimizer must be a pynn.optim optimizer built for this model")
+                raise ValueError("DataParallel: optimizer must be a pynn.optim optimizer built for "
+                                 "this model")
             self.model, self.optimizer = model, optimizer
             architectures = comm.allgather(json.dumps(io.architecture_of(model)))
             for rank, architecture in enumerate(architectures):

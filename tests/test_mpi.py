@@ -14,7 +14,7 @@ MPI = pytest.importorskip("mpi4py.MPI")
 
 import pynn  # noqa: E402
 from pynn.distributed import DataParallel  # noqa: E402
-from pynn.layers import Linear, ReLU  # noqa: E402
+from pynn.layers import Linear  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, RANK_BATCH, FEATURES, CLASSES = 20, 64, 11, 5
@@ -49,7 +49,8 @@ RANK_SCRIPT = COMMON + textwrap.dedent("""
     from mpi4py import MPI
 
     pynn.set_num_threads(1)
-    kind, freeze, rows0, rows1, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    kind, out = sys.argv[1], sys.argv[5]
+    freeze, rows0, rows1 = map(int, sys.argv[2:5])
     comm = MPI.COMM_WORLD
     model = build(seed=comm.rank)  # rank 1 starts elsewhere: rank 0's weights must reach it
     model.freeze(freeze)
@@ -194,8 +195,10 @@ def test_bad_arguments_are_refused_by_name():
 
 def test_the_example_runs_as_written(tmp_path):
     example = os.path.join(ROOT, "examples", "train_mpi.py")
-    script = f"import runpy, sys\nsys.argv = ['train_mpi.py', '--epochs', '5']\nrunpy.run_path({example!r}, run_name='__main__')\n"
+    script = (f"import runpy, sys\nsys.argv = ['train_mpi.py', '--epochs', '5']\n"
+              f"runpy.run_path({example!r}, run_name='__main__')\n")
     returncode, out, err = run_ranks(tmp_path, script)
     assert returncode == 0, err
     assert out.count("held-out accuracy") == 1 and "2 ranks x batch 32" in out  # rank 0 only
-    assert pynn.load(tmp_path / "digits_mlp.safetensors").predict(np.zeros((1, 64), np.float32)).shape == (1, 10)
+    saved = pynn.load(tmp_path / "digits_mlp.safetensors")
+    assert saved.predict(np.zeros((1, 64), np.float32)).shape == (1, 10)

@@ -58,8 +58,8 @@ def _scoring(rows, threads):
     from pynn.distributed import dask_predict
 
     for workers, per_worker in ((1, threads), (threads, 1)):
-        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=per_worker,
-                                           processes=True, dashboard_address=None)
+        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=per_worker, processes=True,
+                                           dashboard_address=None, worker_dashboard_address=None)
         client = distributed.Client(cluster, set_as_default=False)
         atexit.register(cluster.close)
         atexit.register(client.close)
