@@ -3,7 +3,7 @@ import numpy as np
 
 from pynn._checks import as_float32, as_real
 from pynn._kernels import activations as _kernels
-from pynn.layers.base import LAYER_TYPES, Layer
+from pynn.layers.base import Layer
 from pynn.ops.activations import _axis_split, _gelu_kernel
 
 
@@ -49,7 +49,6 @@ class _Activation(Layer):
 
 
 # a shared implementation, not a layer a model file may name
-del LAYER_TYPES["_Activation"]
 
 
 class ReLU(_Activation):

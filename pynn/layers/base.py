@@ -23,7 +23,8 @@ LAYER_TYPES = {}
 class Layer:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        LAYER_TYPES[cls.__name__] = cls
+        if not cls.__name__.startswith("_"):  # private bases are not layers of a model
+            LAYER_TYPES[cls.__name__] = cls
 
     def __init__(self):
         self.params = {}
