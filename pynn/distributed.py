@@ -219,7 +219,7 @@ class DataParallel:
                 self._lay_out_arena()  # frozen or unfrozen since the last step (as on every rank)
             if share != 1.0:
                 np.multiply(dy, np.float32(share), out=dy)  # batch x outputs: small beside the arena
-            self.model.backward(dy)
+            self.model.backward(dy, input_grad=False)
             self.comm.Allreduce(self._mpi.IN_PLACE, self.arena, op=self._mpi.SUM)
             self.optimizer.step()
 

@@ -172,7 +172,7 @@ def fit(model, x, y, *, loss, optimizer, epochs=1, batch_size=32, shuffle=True,
             pred = model.forward(x_batch, training=True)
             loss_sum += loss(pred, y_batch) * len(x_batch)
             if parallel is None:
-                model.backward(loss.backward())
+                model.backward(loss.backward(), input_grad=False)
                 optimizer.step()
             else:
                 parallel.step(loss.backward(), parallel.share(step, len(x_batch)))

@@ -146,10 +146,10 @@ def test_backward_without_input_gradient_returns_none_and_same_grads():
     x = np.random.default_rng(5).standard_normal((9, 5)).astype(np.float32)
     dy = np.ones((9, 3), np.float32)
     model.forward(x, training=True)
-    model.backward(dy, input_grad=True)
+    assert model.backward(dy).shape == x.shape  # the API's default: dL/dx returned
     full = named_gradients(model)
     model.forward(x, training=True)
-    assert model.backward(dy) is None
+    assert model.backward(dy, input_grad=False) is None
     for name, grad in named_gradients(model).items():
         np.testing.assert_array_equal(grad, full[name])
 
