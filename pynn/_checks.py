@@ -37,8 +37,10 @@ def as_float32(x, where, name, ndim=None):
         raise ValueError(
             f"{where}: {name} must be {_shape_text(ndim)}, got shape {x.shape}"
         )
-    if x.dtype != _FLOAT32 or not x.flags.c_contiguous:
-        x = np.asarray(x, dtype=np.float32, order="C")
+    if x.dtype != _FLOAT32 or not x.flags.c_contiguous or not x.flags.aligned:
+        # views into byte buffers (pickles, model files) may be unaligned: the
+        # kernels read whole floats, so those are copied too
+        x = np.require(x, dtype=np.float32, requirements=("C", "A"))
     return x
 
 
@@ -49,10 +51,10 @@ def as_indices(x, where, name, ndim=None):
         raise TypeError(f"{where}: {name} must be an integer array (int32 or int64), got dtype {x.dtype}")
     if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{where}: {name} must be {_shape_text(ndim)}, got shape {x.shape}")
-    if x.dtype != np.int64 or not x.flags.c_contiguous:
+    if x.dtype != np.int64 or not x.flags.c_contiguous or not x.flags.aligned:
         if x.dtype.kind == "u" and x.size and x.max() > np.iinfo(np.int64).max:
             raise IndexError(f"{where}: {name} holds {x.max()}, beyond any valid index")
-        x = np.asarray(x, dtype=np.int64, order="C")
+        x = np.require(x, dtype=np.int64, requirements=("C", "A"))
     return x
 
 
@@ -67,8 +69,8 @@ def check_out(out, shape, where, inputs=(), allow_alias=()):
         raise TypeError(f"{where}: out must have dtype float32, got {out.dtype}")
     if out.shape != tuple(shape):
         raise ValueError(f"{where}: out must have shape {tuple(shape)}, got {out.shape}")
-    if not out.flags.c_contiguous:
-        raise ValueError(f"{where}: out must be C-contiguous")
+    if not out.flags.c_contiguous or not out.flags.aligned:
+        raise ValueError(f"{where}: out must be C-contiguous and aligned")
     if not out.flags.writeable:
         raise ValueError(f"{where}: out must be writable, got a read-only array")
     for array in inputs:

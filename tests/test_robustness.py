@@ -373,3 +373,24 @@ def test_optimizer_hyperparameters(name, lr, second, betas):
     model.backward(np.ones((2, 2), np.float32))
     optimizer.step()
     assert all(np.isfinite(p).all() for _, p in model.named_parameters())
+
+
+def unaligned_float32(shape, seed=0):
+    """A float32 array at an odd address, as a view into a byte buffer can be."""
+    values = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    raw = np.zeros(values.nbytes + 1, np.uint8)
+    array = raw[1:].view(np.float32).reshape(shape)
+    array[...] = values
+    assert not array.flags.aligned
+    return array
+
+
+def test_unaligned_inputs_are_copied_and_unaligned_out_refused():
+    a, b = unaligned_float32((7, 5)), unaligned_float32((5, 3), seed=1)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    assert_matmul_close(ops.matmul(a, b), a64, b64, a64 @ b64, 5)
+    assert_elementwise(ops.tanh(a), np.tanh(a64))
+    model = pynn.Sequential(layers.Linear(5, 3), layers.ReLU())
+    np.testing.assert_array_equal(model.predict(a), model.predict(np.ascontiguousarray(a)))
+    with pytest.raises(ValueError, match="aligned"):
+        ops.matmul(a64.astype(np.float32), b64.astype(np.float32), out=unaligned_float32((7, 3)))

@@ -9,9 +9,10 @@ cdef inline cnp.ndarray checked(object array, int type_num, Py_ssize_t size, str
     if not cnp.PyArray_Check(array):
         raise TypeError(f"{role} must be a numpy array, got {type(array).__name__}")
     cdef cnp.ndarray a = <cnp.ndarray>array
-    if cnp.PyArray_TYPE(a) != type_num or not cnp.PyArray_IS_C_CONTIGUOUS(a):
-        raise TypeError(f"{role} must be a C-contiguous {cnp.PyArray_DescrFromType(type_num)} array, "
-                        f"got {a.dtype}")
+    if cnp.PyArray_TYPE(a) != type_num or not cnp.PyArray_IS_C_CONTIGUOUS(a) \
+            or not cnp.PyArray_ISALIGNED(a):
+        raise TypeError(f"{role} must be an aligned, C-contiguous "
+                        f"{cnp.PyArray_DescrFromType(type_num)} array, got {a.dtype}")
     if size >= 0 and cnp.PyArray_SIZE(a) != size:
         raise ValueError(f"{role} must have {size} elements, got {cnp.PyArray_SIZE(a)}")
     return a

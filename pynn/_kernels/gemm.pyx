@@ -29,7 +29,8 @@ cdef inline bint float32_rows(object x, int ndim):
     if not cnp.PyArray_Check(x):
         return False
     cdef cnp.ndarray array = <cnp.ndarray>x
-    if cnp.PyArray_TYPE(array) != cnp.NPY_FLOAT32 or cnp.PyArray_NDIM(array) != ndim:
+    if cnp.PyArray_TYPE(array) != cnp.NPY_FLOAT32 or cnp.PyArray_NDIM(array) != ndim \
+            or not cnp.PyArray_ISALIGNED(array):
         return False
     if cnp.PyArray_IS_C_CONTIGUOUS(array):
         return True

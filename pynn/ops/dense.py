@@ -135,7 +135,7 @@ def _gradient_buffer(array, shape, where, name):
     if array is None:
         return np.empty(shape, dtype=np.float32)
     if (type(array) is np.ndarray and array.dtype == np.float32 and array.shape == shape
-            and array.flags.c_contiguous and array.flags.writeable):
+            and array.flags.c_contiguous and array.flags.aligned and array.flags.writeable):
         return array
     return check_out(array, shape, f"{where} ({name})")
 
