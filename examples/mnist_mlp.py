@@ -8,7 +8,6 @@ x_train/y_train/x_test/y_test; nothing is downloaded.
 import argparse
 import time
 
-import numpy as np
 
 import pynn
 from pynn import layers

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import pynn
-from pynn._kernels import gemm, runtime
+from pynn._kernels import gemm
 from pynn.ops import matmul
 from tests.helpers import EPS32
 
@@ -16,14 +16,6 @@ from tests.helpers import EPS32
 KC = 256
 # Beyond this many multiply-adds A and B are packed (csrc/gemm.c); below, read in place.
 PACKED = 1 << 25
-
-
-@pytest.fixture(params=runtime.supported_isas())
-def isa(request):
-    before = runtime.chosen_isa()
-    runtime.choose_isa(request.param)
-    yield request.param
-    runtime.choose_isa(before)
 
 
 @pytest.fixture(params=[1, 2])

@@ -241,3 +241,10 @@ def test_layers_in_a_model_predict_like_forward():
     model = pynn.Sequential(Flatten(), Linear(12, 8), ReLU(), Dropout(0.5), Linear(8, 3))
     x = _random((5, 3, 4), 16)
     np.testing.assert_allclose(model.predict(x), model.forward(x), rtol=1e-6)
+
+
+def test_linear_with_a_replaced_parameter_of_another_dtype_raises_instead_of_skipping():
+    layer = pynn.layers.Linear(4, 3)
+    layer.params["weight"] = layer.params["weight"].astype(np.float64)
+    with pytest.raises(ValueError, match="Linear"):
+        layer.forward(np.ones((2, 4), np.float32))

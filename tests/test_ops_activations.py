@@ -7,7 +7,6 @@ import pytest
 
 import pynn
 from pynn import ops
-from pynn._kernels import runtime
 from tests.helpers import EPS32, check_gradient
 
 SHAPES = [(1,), (7,), (3, 5), (0, 4), (2, 3, 17), (1031,)]
@@ -40,14 +39,6 @@ ELEMENTWISE = {
 }
 # backward takes the forward output for these, the input for the rest
 TAKES_OUTPUT = {"sigmoid", "tanh"}
-
-
-@pytest.fixture(params=runtime.supported_isas())
-def isa(request):
-    before = runtime.chosen_isa()
-    runtime.choose_isa(request.param)
-    yield request.param
-    runtime.choose_isa(before)
 
 
 def _inputs(shape, seed=0, scale=3.0):

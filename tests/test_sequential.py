@@ -6,7 +6,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from helpers import check_gradient
+from tests.helpers import check_gradient
 from pynn import Sequential, optim
 from pynn.layers import Linear, ReLU, Tanh
 

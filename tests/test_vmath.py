@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import pynn
-from pynn._kernels import activations, runtime
+from pynn._kernels import activations
 
 TINY = np.finfo(np.float32).tiny
 HUGE = float(np.finfo(np.float32).max)
@@ -15,14 +15,6 @@ REFERENCES = {
     "tanh_math": np.tanh,
     "erf": np.frompyfunc(math.erf, 1, 1),
 }
-
-
-@pytest.fixture(params=runtime.supported_isas())
-def isa(request):
-    before = runtime.chosen_isa()
-    runtime.choose_isa(request.param)
-    yield request.param
-    runtime.choose_isa(before)
 
 
 def float32_sweep(step=4093):

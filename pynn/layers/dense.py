@@ -7,9 +7,8 @@ from pynn import init
 from pynn._checks import as_count, as_float32, as_indices, as_real
 from pynn._kernels import activations as _activations
 from pynn._kernels import dense as _dense
-from pynn._kernels import gemm as _gemm
 from pynn.layers.base import Layer
-from pynn.ops.dense import _rows
+from pynn.ops.dense import _rows, gemm_into
 
 
 def _saved(layer, name):
@@ -70,8 +69,8 @@ class Linear(Layer):
         return x
 
     def infer(self, x, out):
-        _gemm.matmul(_rows(x), self.params["weight"], _rows(out), False, True, 1.0, 0.0,
-                     self.params.get("bias"), None, self.activation == "relu")
+        gemm_into("Linear", _rows(x), self.params["weight"], _rows(out), False, True, 1.0, 0.0,
+                  self.params.get("bias"), None, self.activation == "relu")
         return out
 
     def forward(self, x, training=False):
@@ -94,11 +93,11 @@ class Linear(Layer):
             _dense.column_sums(dz, dbias)
         weight = self.params["weight"]
         if self.trainable:
-            _gemm.matmul(dz, _rows(x), self.grads["weight"], True, False, 1.0, 0.0)
+            gemm_into("Linear.backward", dz, _rows(x), self.grads["weight"], True, False, 1.0, 0.0)
         if not input_grad:
             return None
         dx = self.workspace("dx", x.shape)
-        _gemm.matmul(dz, weight, _rows(dx), False, False, 1.0, 0.0)
+        gemm_into("Linear.backward", dz, weight, _rows(dx), False, False, 1.0, 0.0)
         return dx
 
 

@@ -43,6 +43,18 @@ def matmul(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None)
     return result
 
 
+def gemm_into(where, *arguments):
+    """The GEMM kernel on arrays the caller has already validated; a refusal
+    (a parameter replaced by one of another dtype or layout, say) raises
+    rather than leaving the output unwritten."""
+    result = _gemm.matmul(*arguments)
+    if result is None:
+        shapes = ", ".join(f"{a.dtype}{a.shape}" for a in arguments[:3] if isinstance(a, np.ndarray))
+        raise ValueError(f"{where}: operands must be float32 with contiguous rows, "
+                         f"C-contiguous output; got {shapes}")
+    return result
+
+
 def _rows(x):
     """A C-contiguous array as the 2-D view [every leading axis, last axis]."""
     return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
@@ -85,7 +97,7 @@ def linear(x, weight, bias=None, out=None, *, activation=None):
         out = np.empty(shape, dtype=np.float32)
     else:
         check_out(out, shape, "linear", inputs=(x, weight) + ((bias,) if bias is not None else ()))
-    _gemm.matmul(_rows(x), weight, _rows(out), False, True, 1.0, 0.0, bias, None, relu)
+    gemm_into("linear", _rows(x), weight, _rows(out), False, True, 1.0, 0.0, bias, None, relu)
     return out
 
 
