@@ -4,7 +4,7 @@ the numpy expression a user would write (and PyTorch where installed).
 
 pynn and PyTorch write into preallocated outputs (both APIs offer ``out``);
 numpy runs its natural expression, temporaries included. Work is elements
-(unit "samples/s" reads as elements per second) or FLOP for linear."""
+(unit "elements/s") or FLOP for linear."""
 import numpy as np
 
 from pynn import ops
@@ -64,7 +64,7 @@ def _activation_cases(rng, torch, scipy_special):
             runners["scipy" if name == "gelu" else "numpy"] = numpy_expression
         if torch is not None:
             runners["torch"] = lambda f=torch_expression: f(tensors)
-        found.append(Case("ops", f"{name} 1e6", runners, work=ELEMENTS, unit="samples/s"))
+        found.append(Case("ops", f"{name} 1e6", runners, work=ELEMENTS, unit="elements/s"))
     return found
 
 
