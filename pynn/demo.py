@@ -37,8 +37,8 @@ def build_models():
         "CNN": (pynn.Sequential(layers.Conv2d(1, 16, 3, padding=1), layers.ReLU(),
                                 layers.MaxPool2d(2),
                                 layers.Conv2d(16, 32, 3, padding=1), layers.ReLU(),
-                                layers.GlobalAvgPool2d(), layers.Linear(32, 10)),
-                as_images, 0.01),
+                                layers.MaxPool2d(2), layers.Flatten(), layers.Linear(32 * 2 * 2, 10)),
+                as_images, 0.003),
     }
 
 
