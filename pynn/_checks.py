@@ -4,7 +4,9 @@ Conventions (../shared/API.md): float inputs of another dtype and
 non-contiguous arrays are converted with one copy; anything else raises a
 TypeError/ValueError naming the op, the argument, what was expected and what
 was given."""
+import math
 import operator
+import sys
 
 import numpy as np
 
@@ -106,3 +108,12 @@ def as_count(value, where, name, minimum=1):
     if number < minimum:
         raise ValueError(f"{where}: {name} must be >= {minimum}, got {number}")
     return number
+
+
+def empty_float32(shape, where, what):
+    """``np.empty(shape, float32)``, refusing first, by name, a size no address
+    space can hold (numpy's own message would not say which layer asked)."""
+    if math.prod(shape) > sys.maxsize // 4:
+        raise ValueError(f"{where}: {what} of shape {tuple(shape)} would need "
+                         f"{math.prod(shape) * 4:.3g} bytes, more than any address space holds")
+    return np.empty(shape, dtype=np.float32)

@@ -394,3 +394,15 @@ def test_unaligned_inputs_are_copied_and_unaligned_out_refused():
     np.testing.assert_array_equal(model.predict(a), model.predict(np.ascontiguousarray(a)))
     with pytest.raises(ValueError, match="aligned"):
         ops.matmul(a64.astype(np.float32), b64.astype(np.float32), out=unaligned_float32((7, 3)))
+
+
+@pytest.mark.parametrize("build,name", [
+    (lambda: layers.Linear(2**40, 2**40), "Linear"),
+    (lambda: layers.Embedding(2**50, 2**20), "Embedding"),
+    (lambda: layers.Conv2d(2**30, 2**30, 3), "Conv2d"),
+    (lambda: ops.conv2d(np.ones((1, 1, 3, 3), np.float32), np.ones((1, 1, 1, 1), np.float32),
+                        padding=2**40), "conv2d"),
+])
+def test_sizes_beyond_any_address_space_are_refused_by_name(build, name):
+    with pytest.raises(ValueError, match=f"{name}.*address space"):
+        build()

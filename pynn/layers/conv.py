@@ -4,7 +4,7 @@ import math
 import numpy as np
 
 from pynn import init
-from pynn._checks import as_count, as_float32
+from pynn._checks import as_count, as_float32, empty_float32
 from pynn._kernels import activations as _activations
 from pynn._kernels import conv as _conv
 from pynn._kernels import pool as _pool
@@ -36,8 +36,8 @@ class Conv2d(Layer):
                 raise ValueError(f"Conv2d: groups={self.groups} must divide {name}={channels}")
         _flag(bias, "Conv2d", "bias")
         self.activation = None
-        weight = np.empty((self.out_channels, self.in_channels // self.groups) + self.kernel_size,
-                          dtype=np.float32)
+        weight = empty_float32((self.out_channels, self.in_channels // self.groups)
+                               + self.kernel_size, "Conv2d", "weight")
         # PyTorch's default: kaiming_uniform(a=√5), i.e. U(±1/√fan_in), for both tensors
         init.kaiming_uniform_(weight, a=math.sqrt(5))
         self.params["weight"] = weight

@@ -4,7 +4,7 @@ import math
 import numpy as np
 
 from pynn import init
-from pynn._checks import as_count, as_float32, as_indices, as_real
+from pynn._checks import as_count, as_float32, as_indices, as_real, empty_float32
 from pynn._kernels import activations as _activations
 from pynn._kernels import dense as _dense
 from pynn.layers.base import Layer
@@ -40,7 +40,7 @@ class Linear(Layer):
         if not isinstance(bias, (bool, np.bool_)):
             raise TypeError(f"Linear: bias must be True or False, got {type(bias).__name__} {bias!r}")
         self.activation = None
-        weight = np.empty((self.out_features, self.in_features), dtype=np.float32)
+        weight = empty_float32((self.out_features, self.in_features), "Linear", "weight")
         # PyTorch's default: kaiming_uniform(a=√5), i.e. U(±1/√fan_in), for both tensors
         init.kaiming_uniform_(weight, a=math.sqrt(5))
         self.params["weight"] = weight
@@ -220,7 +220,7 @@ class Embedding(Layer):
         super().__init__()
         self.num_embeddings = as_count(num_embeddings, "Embedding", "num_embeddings")
         self.embedding_dim = as_count(embedding_dim, "Embedding", "embedding_dim")
-        weight = np.empty((self.num_embeddings, self.embedding_dim), dtype=np.float32)
+        weight = empty_float32((self.num_embeddings, self.embedding_dim), "Embedding", "weight")
         self.params["weight"] = init.normal_(weight)  # PyTorch's default: N(0, 1)
         self.grads["weight"] = np.zeros_like(weight)
         self._indices = None

@@ -3,6 +3,9 @@
 Each forward has its backward beside it. Geometry arguments take an int or an
 ``(h, w)`` pair; the shape helpers here are shared with pynn.layers.conv so a
 layer validates once and calls one kernel."""
+import math
+import sys
+
 import numpy as np
 
 from pynn._checks import as_count, as_float32, check_out
@@ -42,7 +45,11 @@ def conv_output_shape(where, input_shape, in_channels, out_channels, kernel, str
                              f"{'HW'[axis]}, more than the padded input's {padded} "
                              f"(x shape {input_shape}, padding {padding})")
         size.append((padded - reach) // stride[axis] + 1)
-    return (input_shape[0], out_channels, size[0], size[1])
+    shape = (input_shape[0], out_channels, size[0], size[1])
+    if math.prod(shape) > sys.maxsize // 4:
+        raise ValueError(f"{where}: the output would have shape {shape}, more than any "
+                         f"address space holds (x shape {input_shape}, padding {padding})")
+    return shape
 
 
 def _conv_arguments(where, x, weight, stride, padding, dilation, groups):
