@@ -45,3 +45,25 @@ def test_embed_inference_answers_from_a_saved_model(tmp_path):
     out = run_example("embed_inference.py", str(path), cwd=tmp_path, stdin=rows)
     expected = np.argmax(model.predict(x[:20]), axis=1)
     assert [int(v) for v in out.split()] == expected.tolist()
+
+
+def write_idx(path, array, magic):
+    with open(path, "wb") as f:
+        f.write(magic.to_bytes(4, "big"))
+        for extent in array.shape:
+            f.write(extent.to_bytes(4, "big"))
+        f.write(array.astype(np.uint8).tobytes())
+
+
+def test_mnist_examples_run_on_a_folder_of_idx_files(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 300), ("t10k", 60)):
+        labels = rng.integers(0, 10, count)
+        images = rng.integers(0, 40, (count, 28, 28))
+        for i, label in enumerate(labels):
+            images[i, 2 * label:2 * label + 6, 4:24] = 250  # a bar whose height is the class
+        write_idx(tmp_path / f"{split}-images-idx3-ubyte", images, 0x803)
+        write_idx(tmp_path / f"{split}-labels-idx1-ubyte", labels, 0x801)
+    for script in ("mnist_mlp.py", "mnist_cnn.py"):
+        out = run_example(script, str(tmp_path), "--epochs", "1", "--threads", "1", cwd=tmp_path)
+        assert out.startswith("epoch 1: test accuracy ")
