@@ -10,7 +10,7 @@ import threading
 import numpy as np
 
 from pynn._checks import as_count
-from pynn.layers import Linear, ReLU
+from pynn.layers import Conv2d, Linear, ReLU
 from pynn.layers.base import Layer
 
 # Input shapes whose shape chains and scratch buffers are kept; beyond this
@@ -20,20 +20,24 @@ _SHAPES_REMEMBERED = 8
 LoadResult = collections.namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
 
 
-def _fusion_plan(layers):
-    """The layers to run, and the activation each Linear must carry.
+# layers whose GEMM epilogue can apply a following ReLU
+_FUSES_RELU = (Linear, Conv2d)
 
-    A ReLU right after a Linear runs inside that Linear's GEMM epilogue (one
-    pass over the output instead of two): it stays in ``layers`` (indices and
-    state-dict keys are PyTorch's) but is not run. ``Linear.activation`` is
-    the model's wiring, so a Linear shared with another model is rewired
-    before each use (``_wire``)."""
+
+def _fusion_plan(layers):
+    """The layers to run, and the activation each Linear or Conv2d must carry.
+
+    A ReLU right after a Linear or Conv2d runs inside that layer's GEMM
+    epilogue (one pass over the output instead of two): it stays in
+    ``layers`` (indices and state-dict keys are PyTorch's) but is not run.
+    ``activation`` is the model's wiring, so a layer shared with another
+    model is rewired before each use (``_wire``)."""
     steps, wiring = [], []
     for index, layer in enumerate(layers):
-        if type(layer) is Linear:
+        if type(layer) in _FUSES_RELU:
             fused = index + 1 < len(layers) and type(layers[index + 1]) is ReLU
             wiring.append((layer, "relu" if fused else None))
-        if type(layer) is ReLU and index and type(layers[index - 1]) is Linear:
+        if type(layer) is ReLU and index and type(layers[index - 1]) in _FUSES_RELU:
             continue
         steps.append(layer)
     return tuple(steps), tuple(wiring)

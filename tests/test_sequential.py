@@ -251,6 +251,32 @@ def test_fused_linear_relu_equals_the_layers_run_one_by_one():
     np.testing.assert_array_equal(model.predict(x), out)  # predict rewires the fusion
 
 
+def test_fused_conv_relu_equals_the_layers_run_one_by_one():
+    from pynn.layers import Conv2d, Flatten, MaxPool2d
+
+    model = Sequential(Conv2d(2, 4, 3, padding=1), ReLU(), MaxPool2d(2), Conv2d(4, 3, 3), ReLU(),
+                       Flatten(), Linear(3, 2))
+    assert model[0].activation == "relu" and model[3].activation == "relu"
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((5, 2, 6, 6)).astype(np.float32)
+    dy = rng.standard_normal((5, 2)).astype(np.float32)
+    out = model.forward(x, training=True).copy()
+    dx = model.backward(dy).copy()
+    grads = named_gradients(model)
+    model[0].activation = model[3].activation = None
+    h = x
+    for layer in model.layers:
+        h = layer.forward(h, training=True)
+    np.testing.assert_array_equal(h, out)
+    grad = dy
+    for layer in reversed(model.layers):
+        grad = layer.backward(grad)
+    np.testing.assert_allclose(grad, dx, rtol=1e-6, atol=1e-6)
+    for name, value in named_gradients(model).items():
+        np.testing.assert_allclose(value, grads[name], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(model.predict(x), out)
+
+
 def test_a_linear_shared_with_another_model_keeps_both_correct():
     model = mlp()
     x = np.random.default_rng(9).standard_normal((6, 5)).astype(np.float32)
