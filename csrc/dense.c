@@ -73,6 +73,12 @@ void pynn_column_sums(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t cols,
     }
 }
 
+void pynn_scale(ptrdiff_t count, float factor, float *x)
+{
+    for (ptrdiff_t i = 0; i < count; i++)
+        x[i] *= factor;
+}
+
 void pynn_relu_mask_column_sums(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t cols,
                                 const float *dy, const float *y, float *dz, float *db)
 {

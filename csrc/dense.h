@@ -15,6 +15,10 @@ void pynn_column_sums(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t cols,
 void pynn_relu_mask_column_sums(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t cols,
                                 const float *dy, const float *y, float *dz, float *db);
 
+/* x[i] *= factor: a loss gradient weighted by this process's share of a
+ * global batch (data-parallel training), small enough for one thread */
+void pynn_scale(ptrdiff_t count, float factor, float *x);
+
 /* out[i, :] = weight[index[i], :] for indices already checked in range */
 void pynn_embedding_gather(const pynn_context *ctx, ptrdiff_t count, ptrdiff_t dim,
                            const float *weight, const int64_t *index, float *out);

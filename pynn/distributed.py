@@ -25,7 +25,8 @@ import traceback
 import numpy as np
 
 from pynn import io
-from pynn._checks import as_count
+from pynn._checks import as_count, as_float32
+from pynn._kernels import dense as _dense
 
 OPTIMIZER_FORMAT = "pynn.optimizer"
 # Gradient slots in the arena start on 64-byte boundaries (whole SIMD rows).
@@ -218,7 +219,8 @@ class DataParallel:
             if [layer.trainable for _, layer in self.model.parameter_owners()] != self._trainable:
                 self._lay_out_arena()  # frozen or unfrozen since the last step (as on every rank)
             if share != 1.0:
-                np.multiply(dy, np.float32(share), out=dy)  # batch x outputs: small beside the arena
+                dy = np.require(as_float32(dy, "DataParallel.step", "dy"), requirements="W")
+                _dense.scale(dy, share)
             self.model.backward(dy, input_grad=False)
             self.comm.Allreduce(self._mpi.IN_PLACE, self.arena, op=self._mpi.SUM)
             self.optimizer.step()

@@ -148,3 +148,15 @@ def test_linear_backward_refuses_outputs_overlapping_inputs():
             ops.linear_backward(dy, x, w, out=out)
     with pytest.raises(TypeError, match=r"linear_backward \(dweight\): out must have dtype float32"):
         ops.linear_backward(dy, x, w, out=(None, np.empty((3, 5)), None))
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 1000])
+def test_scale_in_place_matches_float64(count):
+    from pynn._kernels import dense
+
+    x = np.random.default_rng(count).standard_normal(count).astype(np.float32)
+    expected = x.astype(np.float64) * np.float32(0.37)
+    assert dense.scale(x, 0.37) is x
+    np.testing.assert_allclose(x, expected, rtol=1e-7, atol=0)
+    with pytest.raises(TypeError, match="x must be"):
+        dense.scale(x.astype(np.float64), 2.0)

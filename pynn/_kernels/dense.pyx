@@ -16,6 +16,7 @@ cdef extern from "dense.h" nogil:
                           const float *dy, float *db)
     void pynn_relu_mask_column_sums(const pynn_context *ctx, Py_ssize_t rows, Py_ssize_t cols,
                                     const float *dy, const float *y, float *dz, float *db)
+    void pynn_scale(Py_ssize_t count, float factor, float *x)
     void pynn_embedding_gather(const pynn_context *ctx, Py_ssize_t count, Py_ssize_t dim,
                                const float *weight, const int64_t *index, float *out)
     void pynn_embedding_scatter_add(const pynn_context *ctx, Py_ssize_t count, Py_ssize_t dim,
@@ -32,6 +33,15 @@ def column_sums(dy, db):
     with nogil:
         pynn_column_sums(&ctx, rows, cols, g, out)
     return db
+
+
+def scale(x, float factor):
+    """x *= factor in place, for a C-contiguous float32 x; returns x."""
+    cdef Py_ssize_t count = x.size
+    cdef float *data = float_output(x, count, "x")
+    with nogil:
+        pynn_scale(count, factor, data)
+    return x
 
 
 def relu_mask_column_sums(dy, y, dz, db):
