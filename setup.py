@@ -23,12 +23,12 @@ from setuptools.command.build_ext import build_ext
 # module name under pynn._kernels -> C sources under csrc/ (cpu.c is always linked)
 EXTENSIONS = {
     "runtime": [],
-    "gemm": ["gemm.c", "gemm_generic.c", "gemm_avx2.c", "gemm_avx512.c"],
+    "gemm": ["gemm.c", "scratch.c", "gemm_generic.c", "gemm_avx2.c", "gemm_avx512.c"],
     "optim": ["optim.c"],
     "activations": ["vmath.c", "activations.c"],
     "loss": ["loss.c"],
     "dense": ["dense.c"],
-    "conv": ["conv.c", "gemm.c", "gemm_generic.c", "gemm_avx2.c", "gemm_avx512.c"],
+    "conv": ["conv.c", "gemm.c", "scratch.c", "gemm_generic.c", "gemm_avx2.c", "gemm_avx512.c"],
     "pool": ["pool.c"],
     "batchnorm": ["batchnorm.c"],
 }

@@ -16,16 +16,19 @@
  * GEMV (m == 1 or n == 1), one GEMV per row when a transposed B has only a
  * few rows, and small to middle problems, where the micro-kernel reads A and
  * B in place (B is packed only when transposed). */
-#include <stdlib.h>
 #include <string.h>
 
 #include "gemm.h"
 #include "gemm_kernels.h"
+#include "scratch.h"
 
 /* Up to this many multiply-adds (m * n * k), about 320^3, the operands are
  * read in place (no packing of A): on Zen 4 packing measured slower below it
  * (128^3: 74-86 against 101 GFLOP/s) and equal around 256^3 to 320^3. */
 #define IN_PLACE_WORK (1 << 25)
+/* The in-place path packs a transposed B whole; beyond this many floats
+ * (4 MiB) the blocked path's KC x NC panels keep the retained scratch small. */
+#define IN_PLACE_PACKED_B (1 << 20)
 /* From this many multiply-adds on, the work is split across threads: waking
  * an OpenMP team costs about as much as 100k multiply-adds. Measured on two
  * Zen 4 cores: 48^3 runs as fast on two threads as on one, 64^3 1.3x faster. */
@@ -48,12 +51,6 @@ static const pynn_gemm_kernels *kernels_for(pynn_isa isa)
 
 static ptrdiff_t min_size(ptrdiff_t x, ptrdiff_t y) { return x < y ? x : y; }
 static ptrdiff_t round_up(ptrdiff_t x, ptrdiff_t step) { return (x + step - 1) / step * step; }
-
-static float *alloc_floats(ptrdiff_t count)
-{
-    size_t bytes = (size_t)round_up(count > 0 ? count : 1, 16) * sizeof(float);
-    return aligned_alloc(64, bytes);
-}
 
 /* c = alpha * sum + beta * c (c unread when beta == 0), biases, activation:
  * the finish of the GEMV and k == 0 paths, one element at a time. */
@@ -156,11 +153,9 @@ static void gemm_blocked(const pynn_gemm_kernels *kern, int trans_a, int trans_b
     const ptrdiff_t mc = min_size(kern->mc, round_up(m, mr));
     const ptrdiff_t kc = min_size(kern->kc, k);
     const ptrdiff_t nc = min_size(kern->nc, round_up(n, nr));
-    float *a_packed = alloc_floats(mc * kc);
-    float *b_packed = alloc_floats(kc * nc);
+    float *a_packed = pynn_scratch(PYNN_SCRATCH_PACK_A, mc * kc);
+    float *b_packed = pynn_scratch(PYNN_SCRATCH_PACK_B, kc * nc);
     if (!a_packed || !b_packed) {
-        free(a_packed);
-        free(b_packed);
         gemm_unblocked(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, update);
         return;
     }
@@ -186,8 +181,6 @@ static void gemm_blocked(const pynn_gemm_kernels *kern, int trans_a, int trans_b
             }
         }
     }
-    free(a_packed);
-    free(b_packed);
 }
 
 /* Small and middle-sized problems: the micro-kernel reads A in place over the
@@ -203,7 +196,7 @@ static void gemm_in_place(const pynn_gemm_kernels *kern, int trans_a, int trans_
     const ptrdiff_t a_row_step = trans_a ? 1 : lda, a_k_step = trans_a ? lda : 1;
     float *b_packed = NULL;
     if (trans_b) {
-        b_packed = alloc_floats(k * round_up(n, nr));
+        b_packed = pynn_scratch(PYNN_SCRATCH_PACK_B, k * round_up(n, nr));
         if (!b_packed) {
             gemm_unblocked(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, update);
             return;
@@ -220,7 +213,6 @@ static void gemm_in_place(const pynn_gemm_kernels *kern, int trans_a, int trans_
                           &tile);
         }
     }
-    free(b_packed);
 }
 
 /* Outputs o0 to o0 + size of the GEMV below. */
@@ -351,7 +343,9 @@ void pynn_sgemm(const pynn_context *ctx, int trans_a, int trans_b,
         return;
     }
     /* Operands read in place up to middle sizes, packed beyond. */
-    const gemm_path path = work <= IN_PLACE_WORK ? gemm_in_place : gemm_blocked;
+    const int in_place = work <= IN_PLACE_WORK
+                         && (!trans_b || (double)k * (double)n <= IN_PLACE_PACKED_B);
+    const gemm_path path = in_place ? gemm_in_place : gemm_blocked;
     /* Threads take disjoint slabs of C along its longer side, cut at tile
      * boundaries; each packs its own panels, so no barriers are needed, and
      * each element's sum is the same whichever thread computes it. */
