@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import time
 import types
 
 import numpy as np
@@ -22,9 +23,16 @@ def fake_suite():
     return types.SimpleNamespace(cases=cases)
 
 
-def test_time_call_measures_something():
-    seconds = bench.time_call(lambda: sum(range(1000)), budget=0.02)
-    assert 0 < seconds < 0.01
+def test_time_calls_times_each_runner_in_interleaved_rounds():
+    order = []
+    runners = {"fast": lambda: order.append("fast"),
+               "slow": lambda: (order.append("slow"), time.sleep(0.002))}
+    seconds = bench.time_calls(runners, budget=0.05)
+    assert set(seconds) == {"fast", "slow"}
+    assert 0 < seconds["fast"] < 0.001 < 0.002 <= seconds["slow"] < 0.05
+    # the rounds alternate: the slow runner's calls are not all in one run
+    runs = sum(1 for a, b in zip(order, order[1:]) if a != b)
+    assert runs >= 2 * bench.ROUNDS - 1
 
 
 def test_run_and_table(monkeypatch):

@@ -66,8 +66,11 @@ def pinned_threads(count):
             torch.set_num_threads(torch_before)
 
 
-def time_call(fn, budget):
-    """Median seconds per call of ``fn`` over five rounds filling ``budget`` seconds."""
+ROUNDS = 7
+
+
+def _calls_per_round(fn, budget):
+    """How many back-to-back calls of ``fn`` fill one round of ``budget``."""
     fn()
     start = time.perf_counter()
     calls = 0
@@ -75,14 +78,24 @@ def time_call(fn, budget):
         fn()
         calls += 1
     per_call = (time.perf_counter() - start) / calls
-    number = max(1, int(budget / 5 / max(per_call, 1e-9)))
-    rounds = []
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        rounds.append((time.perf_counter() - start) / number)
-    return statistics.median(rounds)
+    return max(1, int(budget / ROUNDS / max(per_call, 1e-9)))
+
+
+def time_calls(runners, budget):
+    """Seconds per call of each of ``runners`` (name -> function), ``budget``
+    seconds each. The rounds alternate between the runners, so a machine that
+    speeds up or slows down during the case (a shared host) moves them all
+    alike, and each keeps its fastest round: slower rounds measure other
+    processes, not the code."""
+    numbers = {name: _calls_per_round(fn, budget) for name, fn in runners.items()}
+    best = dict.fromkeys(runners, float("inf"))
+    for _ in range(ROUNDS):
+        for name, fn in runners.items():
+            start = time.perf_counter()
+            for _ in range(numbers[name]):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - start) / numbers[name])
+    return best
 
 
 def machine_info():
@@ -122,7 +135,7 @@ def run(suite, thread_counts, quick=False, progress=None):
     for threads in thread_counts:
         with pinned_threads(threads):
             for case in load_suite(suite).cases(quick=quick, threads=threads):
-                times = {peer: time_call(fn, budget) for peer, fn in case.runners.items()}
+                times = time_calls(case.runners, budget)
                 records.append({"suite": suite, "case": case.name, "threads": threads,
                                 "seconds": times, "work": case.work, "unit": case.unit})
                 if progress:
