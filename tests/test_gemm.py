@@ -170,7 +170,7 @@ def test_fused_bias_and_relu(isa, threads, m, n, k, relu):
         col_bias = rng.standard_normal(n).astype(np.float32)
         row_bias = rng.standard_normal(m).astype(np.float32)
         c = np.full((m, n), np.nan, np.float32)
-        out = gemm.matmul(a, b, c, trans_a, trans_b, 1.0, 0.0, col_bias, row_bias, relu)
+        out = gemm.gemm(a, b, c, trans_a, trans_b, 1.0, 0.0, col_bias, row_bias, relu)
         assert out is c
         exact, bound = reference(a, b, trans_a, trans_b)
         exact = exact + col_bias[None, :] + row_bias[:, None]
@@ -184,7 +184,7 @@ def test_fused_bias_and_relu(isa, threads, m, n, k, relu):
 def test_relu_epilogue_keeps_nan(isa):
     a = np.array([[np.nan, 1.0]], np.float32)
     b = np.ones((2, 3), np.float32)
-    c = gemm.matmul(a, b, None, False, False, 1.0, 0.0, None, None, True)
+    c = gemm.gemm(a, b, None, False, False, 1.0, 0.0, None, None, True)
     assert np.all(np.isnan(c))
 
 

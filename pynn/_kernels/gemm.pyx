@@ -64,8 +64,25 @@ cdef inline bint overlaps(cnp.ndarray x, cnp.ndarray y) noexcept:
         <uintptr_t>cnp.PyArray_DATA(y) < last_byte(x)
 
 
-def matmul(a, b, out, bint trans_a, bint trans_b, alpha, beta,
-           col_bias=None, row_bias=None, bint relu=False):
+def matmul(a, b, *, bint trans_a=False, bint trans_b=False, alpha=1.0, beta=0.0, out=None):
+    """``alpha * op(a) @ op(b) + beta * out`` for 2-D float32 arrays.
+
+    ``op(x)`` is ``x.T`` when the matching ``trans_`` flag is set; the
+    transpose is read in place, never copied, and so are row slices of a
+    larger array (``big[:, :k]``). With ``beta == 0`` ``out`` is only written
+    (NaN in it does no harm), as in BLAS."""
+    # Well-formed float32 operands go straight to the kernel from here, a
+    # Python call saved on batch-1 sizes; anything else is converted or
+    # reported by pynn.ops.dense.
+    result = run_gemm(a, b, out, trans_a, trans_b, alpha, beta, None, None, False)
+    if result is not None:
+        return result
+    from pynn.ops.dense import validated_matmul
+    return validated_matmul(a, b, trans_a, trans_b, alpha, beta, out)
+
+
+def gemm(a, b, out, bint trans_a, bint trans_b, alpha, beta,
+         col_bias=None, row_bias=None, bint relu=False):
     """out = alpha * op(a) @ op(b) + beta * out, then + col_bias[j] + row_bias[i]
     and ReLU; returns out (allocated when None, with beta == 0).
 
@@ -73,6 +90,11 @@ def matmul(a, b, out, bint trans_a, bint trans_b, alpha, beta,
     array work in place), out is C-contiguous. Returns None, computing
     nothing, when any argument is not exactly that, so the caller (pynn.ops)
     converts or reports it: this path costs well under a microsecond."""
+    return run_gemm(a, b, out, trans_a, trans_b, alpha, beta, col_bias, row_bias, relu)
+
+
+cdef object run_gemm(object a, object b, object out, bint trans_a, bint trans_b,
+                     object alpha, object beta, object col_bias, object row_bias, bint relu):
     if not (float32_rows(a, 2) and float32_rows(b, 2)):
         return None
     if type(alpha) is not float or type(beta) is not float:
