@@ -53,6 +53,15 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
         a_k_step = MR;
         b_k_step = NR;
     }
+    /* The tile of C is read only after the k loop; ask for it now, so a C
+     * far out in L3 or memory (large n, ldc a multiple of 4 KiB) arrives
+     * while the FMAs run. */
+    _Pragma("GCC unroll 16")
+    for (int i = 0; i < rows; i++) {
+        if (i >= mr) break;
+        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+        if (vectors == 2) _mm_prefetch((const char *)(c + i * ldc + 16), _MM_HINT_T0);
+    }
     for (ptrdiff_t p = 0; p < k; p++) {
         __m512 b0, b1 = _mm512_setzero_ps();
         if (packed) {
