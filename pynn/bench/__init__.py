@@ -67,6 +67,8 @@ def pinned_threads(count):
 
 
 ROUNDS = 7
+# Long enough for libgomp's default spin (300,000 pause loops) to end.
+SETTLE = 0.03
 
 
 def _calls_per_round(fn, budget):
@@ -81,16 +83,20 @@ def _calls_per_round(fn, budget):
     return max(1, int(budget / ROUNDS / max(per_call, 1e-9)))
 
 
-def time_calls(runners, budget):
+def time_calls(runners, budget, settle=0.0):
     """Seconds per call of each of ``runners`` (name -> function), ``budget``
     seconds each. The rounds alternate between the runners, so a machine that
     speeds up or slows down during the case (a shared host) moves them all
     alike, and each keeps its fastest round: slower rounds measure other
-    processes, not the code."""
+    processes, not the code. ``settle`` seconds of sleep before each round
+    let the previous runner's idle worker threads stop spinning (OpenMP
+    runtimes spin for milliseconds after a parallel region, on the cores the
+    next runner needs)."""
     numbers = {name: _calls_per_round(fn, budget) for name, fn in runners.items()}
     best = dict.fromkeys(runners, float("inf"))
     for _ in range(ROUNDS):
         for name, fn in runners.items():
+            time.sleep(settle)
             start = time.perf_counter()
             for _ in range(numbers[name]):
                 fn()
@@ -135,7 +141,7 @@ def run(suite, thread_counts, quick=False, progress=None):
     for threads in thread_counts:
         with pinned_threads(threads):
             for case in load_suite(suite).cases(quick=quick, threads=threads):
-                times = time_calls(case.runners, budget)
+                times = time_calls(case.runners, budget, settle=SETTLE if threads > 1 else 0.0)
                 records.append({"suite": suite, "case": case.name, "threads": threads,
                                 "seconds": times, "work": case.work, "unit": case.unit})
                 if progress:
