@@ -66,9 +66,7 @@ def pinned_threads(count):
             torch.set_num_threads(torch_before)
 
 
-ROUNDS = 7
-# Long enough for libgomp's default spin (300,000 pause loops) to end.
-SETTLE = 0.03
+PASSES, ROUNDS = 2, 4
 
 
 def _calls_per_round(fn, budget):
@@ -80,27 +78,28 @@ def _calls_per_round(fn, budget):
         fn()
         calls += 1
     per_call = (time.perf_counter() - start) / calls
-    return max(1, int(budget / ROUNDS / max(per_call, 1e-9)))
+    return max(1, int(budget / (PASSES * ROUNDS) / max(per_call, 1e-9)))
 
 
-def time_calls(runners, budget, settle=0.0):
+def time_calls(runners, budget):
     """Seconds per call of each of ``runners`` (name -> function), ``budget``
-    seconds each. The rounds alternate between the runners, so a machine that
-    speeds up or slows down during the case (a shared host) moves them all
-    alike, and each keeps its fastest round: slower rounds measure other
-    processes, not the code. ``settle`` seconds of sleep before each round
-    let the previous runner's idle worker threads stop spinning (OpenMP
-    runtimes spin for milliseconds after a parallel region, on the cores the
-    next runner needs)."""
+    seconds each, as the fastest of its rounds: slower rounds measure other
+    processes, not the code. Each runner's rounds run back to back, so only
+    its first round shares the cores with the previous runner's idle worker
+    threads (OpenMP and ONNX Runtime pools spin for milliseconds after their
+    work); and the runners go twice, the second time in reverse order, so a
+    shared host that speeds up or slows down moves them alike."""
     numbers = {name: _calls_per_round(fn, budget) for name, fn in runners.items()}
     best = dict.fromkeys(runners, float("inf"))
-    for _ in range(ROUNDS):
-        for name, fn in runners.items():
-            time.sleep(settle)
-            start = time.perf_counter()
-            for _ in range(numbers[name]):
-                fn()
-            best[name] = min(best[name], (time.perf_counter() - start) / numbers[name])
+    names = list(runners)
+    for index in range(PASSES):
+        for name in names if index % 2 == 0 else names[::-1]:
+            fn, number = runners[name], numbers[name]
+            for _ in range(ROUNDS):
+                start = time.perf_counter()
+                for _ in range(number):
+                    fn()
+                best[name] = min(best[name], (time.perf_counter() - start) / number)
     return best
 
 
@@ -141,7 +140,7 @@ def run(suite, thread_counts, quick=False, progress=None):
     for threads in thread_counts:
         with pinned_threads(threads):
             for case in load_suite(suite).cases(quick=quick, threads=threads):
-                times = time_calls(case.runners, budget, settle=SETTLE if threads > 1 else 0.0)
+                times = time_calls(case.runners, budget)
                 records.append({"suite": suite, "case": case.name, "threads": threads,
                                 "seconds": times, "work": case.work, "unit": case.unit})
                 if progress:
