@@ -50,6 +50,8 @@ def gemm_into(where, *arguments):
 
 def _rows(x):
     """A C-contiguous array as the 2-D view [every leading axis, last axis]."""
+    if x.ndim == 2:  # the usual case, and a reshape costs as much as a batch-1 GEMV
+        return x
     return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
 
 
