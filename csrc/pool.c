@@ -75,6 +75,38 @@ PYNN_INLINE void inside_row_max(const pynn_pool_shape *s, const float *restrict 
         }
 }
 
+/* The usual pool, 2 x 2 windows at stride 2 inside the image, a whole plane
+ * at a time: the four taps of each window in scan order under the same rule,
+ * where the general row loop above pays for short rows and an index array
+ * per tap (it was a tenth of a LeNet training step). */
+PYNN_INLINE void plane_max_2x2(const pynn_pool_shape *s, const float *restrict image,
+                               float *restrict out, int64_t *restrict index)
+{
+    const ptrdiff_t w = s->width, out_w = s->out_w;
+    for (ptrdiff_t oh = 0; oh < s->out_h; oh++) {
+        const float *restrict top = image + 2 * oh * w, *restrict bottom = top + w;
+        float *restrict row = out + oh * out_w;
+        for (ptrdiff_t ow = 0; ow < out_w; ow++) {
+            const ptrdiff_t at = 2 * oh * w + 2 * ow;
+            float best = top[2 * ow], value = top[2 * ow + 1];
+            ptrdiff_t where = at;
+            int take = value > best || value != value;
+            best = take ? value : best;
+            where = take ? at + 1 : where;
+            value = bottom[2 * ow];
+            take = value > best || value != value;
+            best = take ? value : best;
+            where = take ? at + w : where;
+            value = bottom[2 * ow + 1];
+            take = value > best || value != value;
+            best = take ? value : best;
+            where = take ? at + w + 1 : where;
+            row[ow] = best;
+            if (index) index[oh * out_w + ow] = where;
+        }
+    }
+}
+
 /* One copy per ISA; stride 2 (the usual pool) compiled with the stride known. */
 #define ROW_MAX_VARIANT(suffix, attribute)                                                  \
     attribute static void row_max_##suffix(const pynn_pool_shape *s, const float *image,    \
@@ -85,7 +117,10 @@ PYNN_INLINE void inside_row_max(const pynn_pool_shape *s, const float *restrict 
             inside_row_max(s, image, oh, ow0, count, 2, best, where);                       \
         else                                                                                \
             inside_row_max(s, image, oh, ow0, count, s->stride_w, best, where);             \
-    }
+    }                                                                                       \
+    attribute static void plane_max_2x2_##suffix(const pynn_pool_shape *s, const float *image, \
+                                                 float *out, int64_t *index)                \
+    { plane_max_2x2(s, image, out, index); }
 
 ROW_MAX_VARIANT(generic, )
 #if defined(PYNN_X86_64)
@@ -98,7 +133,10 @@ void pynn_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
 {
     const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
     const int inside = windows_inside(s);
+    const int two_by_two = inside && s->kernel_h == 2 && s->kernel_w == 2 && s->stride_h == 2 &&
+                           s->stride_w == 2 && s->dilation_h == 1 && s->dilation_w == 1;
     typeof(&row_max_generic) row_max = PYNN_PICK(ctx->isa, row_max);
+    typeof(&plane_max_2x2_generic) plane_max = PYNN_PICK(ctx->isa, plane_max_2x2);
 #ifdef _OPENMP
     #pragma omp parallel for num_threads(ctx->num_threads) if(s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS)
 #endif
@@ -106,6 +144,10 @@ void pynn_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
         const float *image = x + p * in_plane;
         float *out = y + p * out_plane;
         int64_t *index = argmax ? argmax + p * out_plane : NULL;
+        if (two_by_two) {
+            plane_max(s, image, out, index);
+            continue;
+        }
         if (inside) {
             ptrdiff_t where[ROW_CHUNK];
             for (ptrdiff_t oh = 0; oh < s->out_h; oh++)

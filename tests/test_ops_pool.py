@@ -22,7 +22,8 @@ def window_positions(size, kernel, stride, padding, dilation, index):
 
 
 def reference_max_pool(x, kernel, stride, padding, dilation, ceil_mode):
-    """(y, dx-routing) by plain loops: the first maximum in row-major window order wins."""
+    """(y, dx-routing) by plain loops: the first maximum in row-major window
+    order wins, and any NaN replaces it (so the last NaN wins), as PyTorch."""
     n, c, h, w = x.shape
     oh = output_size(h, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
     ow = output_size(w, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
@@ -37,7 +38,8 @@ def reference_max_pool(x, kernel, stride, padding, dilation, ceil_mode):
                     best = None
                     for r in rows:
                         for q in cols:
-                            if best is None or x[a, b, r, q] > x[a, b, best[0], best[1]]:
+                            value = x[a, b, r, q]
+                            if best is None or value > x[a, b, best[0], best[1]] or np.isnan(value):
                                 best = (r, q)
                     y[a, b, i, j] = x[a, b, best[0], best[1]]
                     argmax[a, b, i, j] = best
@@ -227,3 +229,20 @@ def test_bad_input_is_refused_with_a_clear_message(call, error, words):
         call()
     for word in words:
         assert word in str(raised.value)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 2, 7, 9), (3, 1, 2, 2)])
+def test_max_pool_layer_2x2_routes_ties_and_nans_as_the_reference(shape):
+    """MaxPool2d(2) keeps the arg-max of its forward for the backward: the
+    2 x 2 stride-2 path must pick the same tap as the reference."""
+    from pynn.layers import MaxPool2d
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(-2, 3, shape).astype(np.float32)  # ties in most windows
+    x[rng.random(shape) < 0.05] = np.nan
+    layer = MaxPool2d(2)
+    y = layer.forward(x, training=True)
+    expected, argmax = reference_max_pool(x, *pairs(2, 2, 0, 1), False)
+    np.testing.assert_array_equal(y, expected)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    np.testing.assert_array_equal(layer.backward(dy), reference_max_pool_backward(dy, x, argmax))
