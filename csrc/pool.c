@@ -7,6 +7,14 @@
 
 #define PARALLEL_MIN_FLOATS 65536
 
+/* PyTorch's max-pool rule, tap by tap in scan order: a strictly greater
+ * value replaces the running maximum (ties keep the first), and so does any
+ * NaN (the last NaN wins). */
+PYNN_INLINE int replaces_max(float value, float best)
+{
+    return value > best || value != value;
+}
+
 /* The flat index of the window's maximum, or -1 for a window wholly in padding. */
 static inline ptrdiff_t window_argmax(const pynn_pool_shape *s, const float *restrict image,
                                       ptrdiff_t oh, ptrdiff_t ow)
@@ -23,7 +31,7 @@ static inline ptrdiff_t window_argmax(const pynn_pool_shape *s, const float *res
             ptrdiff_t index = ih * s->width + iw;
             float value = image[index];
             if (best < 0) best = index;  /* PyTorch starts from the first position, at -inf */
-            if (value > best_value || isnan(value)) {
+            if (replaces_max(value, best_value)) {
                 best = index;
                 best_value = value;
             }
@@ -63,48 +71,40 @@ PYNN_INLINE void inside_row_max(const pynn_pool_shape *s, const float *restrict 
             if (where)
                 for (ptrdiff_t i = 0; i < count; i++) {
                     float value = in[i * sw];
-                    int take = value > best[i] || value != value;
+                    int take = replaces_max(value, best[i]);
                     best[i] = take ? value : best[i];
                     where[i] = take ? offset + i * sw : where[i];
                 }
             else
                 for (ptrdiff_t i = 0; i < count; i++) {
                     float value = in[i * sw];
-                    best[i] = value > best[i] || value != value ? value : best[i];
+                    best[i] = replaces_max(value, best[i]) ? value : best[i];
                 }
         }
 }
 
 /* The usual pool, 2 x 2 windows at stride 2 inside the image, a whole plane
- * at a time: the four taps of each window in scan order under the same rule,
- * where the general row loop above pays for short rows and an index array
- * per tap (it was a tenth of a LeNet training step). */
+ * at a time, where the general row loop above pays for short rows and an
+ * index array per tap (it was a tenth of a LeNet training step). */
 PYNN_INLINE void plane_max_2x2(const pynn_pool_shape *s, const float *restrict image,
                                float *restrict out, int64_t *restrict index)
 {
     const ptrdiff_t w = s->width, out_w = s->out_w;
-    for (ptrdiff_t oh = 0; oh < s->out_h; oh++) {
-        const float *restrict top = image + 2 * oh * w, *restrict bottom = top + w;
-        float *restrict row = out + oh * out_w;
+    const ptrdiff_t offsets[3] = {1, w, w + 1};  /* the taps after the first, in scan order */
+    for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
         for (ptrdiff_t ow = 0; ow < out_w; ow++) {
             const ptrdiff_t at = 2 * oh * w + 2 * ow;
-            float best = top[2 * ow], value = top[2 * ow + 1];
+            float best = image[at];
             ptrdiff_t where = at;
-            int take = value > best || value != value;
-            best = take ? value : best;
-            where = take ? at + 1 : where;
-            value = bottom[2 * ow];
-            take = value > best || value != value;
-            best = take ? value : best;
-            where = take ? at + w : where;
-            value = bottom[2 * ow + 1];
-            take = value > best || value != value;
-            best = take ? value : best;
-            where = take ? at + w + 1 : where;
-            row[ow] = best;
+            for (int t = 0; t < 3; t++) {
+                const float value = image[at + offsets[t]];
+                const int take = replaces_max(value, best);
+                best = take ? value : best;
+                where = take ? at + offsets[t] : where;
+            }
+            out[oh * out_w + ow] = best;
             if (index) index[oh * out_w + ow] = where;
         }
-    }
 }
 
 /* One copy per ISA; stride 2 (the usual pool) compiled with the stride known. */

@@ -115,6 +115,32 @@ def _layer_cases(torch, quick):
             Case("conv", f"{name} forward+backward", step, work=3 * flop, unit="GFLOP/s")]
 
 
+def _pool_cases(torch, quick):
+    """LeNet's first pool: MaxPool2d(2) forward (keeping the arg-max) and backward."""
+    from pynn.layers import MaxPool2d
+
+    shape = (16 if quick else 64, 6, 28, 28)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    dy = rng.standard_normal((shape[0], shape[1], 14, 14), dtype=np.float32)
+    layer = MaxPool2d(2)
+
+    def pynn_step():
+        layer.forward(x, training=True)
+        return layer.backward(dy)
+    runners = {"pynn": pynn_step}
+    if torch is not None:
+        x_g, dy_t = torch.from_numpy(x).clone().requires_grad_(), torch.from_numpy(dy)
+
+        def torch_step():
+            out = torch.nn.functional.max_pool2d(x_g, 2)
+            return torch.autograd.grad(out, x_g, dy_t)
+        runners["torch"] = torch_step
+    return [Case("conv", f"max_pool2d 2x2 {'x'.join(map(str, shape))} forward+backward", runners,
+                 work=x.size, unit="elements/s")]
+
+
 def cases(quick, threads):
     torch = optional_import("torch")
-    return _training_cases(torch, quick) + _inference_cases(torch, quick) + _layer_cases(torch, quick)
+    return (_training_cases(torch, quick) + _inference_cases(torch, quick)
+            + _layer_cases(torch, quick) + _pool_cases(torch, quick))
