@@ -19,8 +19,8 @@ import contextlib
 import json
 import math
 import sys
-import time
 import threading
+import time
 import traceback
 
 import numpy as np

@@ -13,7 +13,6 @@ import json
 import os
 import pkgutil
 import platform
-import statistics
 import time
 
 import numpy as np
