@@ -22,13 +22,19 @@
 #include "gemm_kernels.h"
 #include "scratch.h"
 
-/* Up to this many multiply-adds (m * n * k), about 320^3, the operands are
- * read in place (no packing of A): on Zen 4 packing measured slower below it
- * (128^3: 74-86 against 101 GFLOP/s) and equal around 256^3 to 320^3. */
-#define IN_PLACE_WORK (1 << 25)
+/* Up to this many multiply-adds (m * n * k), about 128^3, the operands are
+ * read in place (no packing of A). Measured on an AVX-512 Xeon once A's
+ * packing used register transposes: packing is 4-29% faster from 192^3 and
+ * at MLP shapes (64 x 784 x 256: 119 against 100 GFLOP/s), even at 128^3 to
+ * 160^3, and slower below (96^3: 132 against 146; 32 x 128 x 256: 108
+ * against 139), where the packing is not repaid. */
+#define IN_PLACE_WORK (1 << 21)
 /* The in-place path packs a transposed B whole; beyond this many floats
  * (4 MiB) the blocked path's KC x NC panels keep the retained scratch small. */
 #define IN_PLACE_PACKED_B (1 << 20)
+/* The one-GEMV-per-row path keeps its few rows of B (this many floats,
+ * 32 KiB) in L1 across all rows of C. */
+#define NARROW_B (1 << 13)
 /* From this many multiply-adds on, the work is split across threads: waking
  * an OpenMP team costs about as much as 100k multiply-adds. Measured on two
  * Zen 4 cores: 48^3 runs as fast on two threads as on one, 64^3 1.3x faster. */
@@ -81,25 +87,21 @@ static void gemm_unblocked(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, p
 }
 
 /* op(A)[i0 : i0 + rows, p0 : p0 + depth] as MR-row micro-panels, each [depth][MR]. */
-static void pack_a_block(int mr, int trans_a, const float *a, ptrdiff_t lda,
+static void pack_a_block(const pynn_gemm_kernels *kern, int trans_a, const float *a, ptrdiff_t lda,
                          ptrdiff_t i0, ptrdiff_t p0, ptrdiff_t rows, ptrdiff_t depth, float *dst)
 {
+    const int mr = kern->mr;
+    if (!trans_a) {  /* a transposing copy: done per ISA with register transposes */
+        kern->pack_transposed(mr, a + i0 * lda + p0, lda, depth, rows, dst);
+        return;
+    }
     for (ptrdiff_t ir = 0; ir < rows; ir += mr, dst += mr * depth) {
         const ptrdiff_t height = min_size(mr, rows - ir);
-        if (trans_a) {
-            for (ptrdiff_t p = 0; p < depth; p++) {
-                const float *src = a + (p0 + p) * lda + i0 + ir;
-                float *out = dst + p * mr;
-                for (ptrdiff_t i = 0; i < height; i++) out[i] = src[i];
-                for (ptrdiff_t i = height; i < mr; i++) out[i] = 0.0f;
-            }
-        } else {
-            for (ptrdiff_t i = 0; i < height; i++) {
-                const float *src = a + (i0 + ir + i) * lda + p0;
-                for (ptrdiff_t p = 0; p < depth; p++) dst[p * mr + i] = src[p];
-            }
-            for (ptrdiff_t i = height; i < mr; i++)
-                for (ptrdiff_t p = 0; p < depth; p++) dst[p * mr + i] = 0.0f;
+        for (ptrdiff_t p = 0; p < depth; p++) {
+            const float *src = a + (p0 + p) * lda + i0 + ir;
+            float *out = dst + p * mr;
+            for (ptrdiff_t i = 0; i < height; i++) out[i] = src[i];
+            for (ptrdiff_t i = height; i < mr; i++) out[i] = 0.0f;
         }
     }
 }
@@ -110,7 +112,7 @@ static void pack_b_panel(const pynn_gemm_kernels *kern, int trans_b, const float
 {
     const int nr = kern->nr;
     if (trans_b) {  /* a transposing copy: done per ISA with register transposes */
-        kern->pack_b_transposed(nr, b + j0 * ldb + p0, ldb, depth, cols, dst);
+        kern->pack_transposed(nr, b + j0 * ldb + p0, ldb, depth, cols, dst);
         return;
     }
     for (ptrdiff_t jr = 0; jr < cols; jr += nr, dst += nr * depth) {
@@ -168,7 +170,7 @@ static void gemm_blocked(const pynn_gemm_kernels *kern, int trans_a, int trans_b
             pack_b_panel(kern, trans_b, b, ldb, pc, jc, depth, cols, b_packed);
             for (ptrdiff_t ic = 0; ic < m; ic += mc) {
                 const ptrdiff_t rows = min_size(mc, m - ic);
-                pack_a_block(mr, trans_a, a, lda, ic, pc, rows, depth, a_packed);
+                pack_a_block(kern, trans_a, a, lda, ic, pc, rows, depth, a_packed);
                 for (ptrdiff_t jr = 0; jr < cols; jr += nr) {
                     const float *b_panel = b_packed + jr * depth;
                     for (ptrdiff_t ir = 0; ir < rows; ir += mr) {
@@ -335,9 +337,10 @@ void pynn_sgemm(const pynn_context *ctx, int trans_a, int trans_b,
     if (try_gemv(kern, ctx->num_threads, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, &update))
         return;
     const double work = (double)m * (double)n * (double)k;
-    if (work <= IN_PLACE_WORK && trans_b && !trans_a && 2 * n <= kern->nr) {
+    if (trans_b && !trans_a && 2 * n <= kern->nr && (double)n * (double)k <= NARROW_B) {
         /* A few outputs per row (a classifier head): a tile would be mostly
-         * padding, so each row of C is a GEMV over the rows of B instead. */
+         * padding, so each row of C is a GEMV over the rows of B instead,
+         * which stay in L1 for every row. */
         const int threads = ctx->num_threads > 1 && work >= PARALLEL_WORK ? ctx->num_threads : 1;
         narrow_rows(kern, threads, m, n, k, a, lda, b, ldb, c, ldc, &update);
         return;

@@ -234,8 +234,8 @@ static TARGET void gemv_axpy_avx2(ptrdiff_t cols, ptrdiff_t k, const float *x, p
     }
 }
 
-/* In place: rows[q] holds 8 consecutive k of column j0 + q of op(B); after,
- * rows[p] holds those 8 columns at k = p, a row of a packed micro-panel. */
+/* In place: rows[q] holds 8 consecutive k of source row q; after, rows[p]
+ * holds the 8 rows' values at k = p, a row of a packed micro-panel. */
 static inline TARGET void transpose_8x8(__m256 rows[8])
 {
     const __m256 t0 = _mm256_unpacklo_ps(rows[0], rows[1]), t1 = _mm256_unpackhi_ps(rows[0], rows[1]);
@@ -260,26 +260,64 @@ static inline TARGET void transpose_8x8(__m256 rows[8])
     rows[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
 
-TARGET void pynn_pack_b_transposed_avx2(int nr, const float *b, ptrdiff_t ldb,
-                                        ptrdiff_t depth, ptrdiff_t cols, float *dst)
+/* rows[q] holds 8 consecutive k of source row q (q < 4); quads[p] gets the
+ * 4 rows' values at k = p. */
+static inline TARGET void transpose_4x8(const __m256 rows[4], __m128 quads[8])
 {
-    for (ptrdiff_t jr = 0; jr < cols; jr += nr, dst += nr * depth) {
-        const ptrdiff_t width = cols - jr;
-        for (ptrdiff_t j8 = 0; j8 < nr; j8 += 8) {
-            const float *src = b + (jr + j8) * ldb;
-            ptrdiff_t p = 0;
-            if (j8 + 8 <= width) {
-                for (; p + 8 <= depth; p += 8) {
-                    __m256 rows[8];
-                    for (int q = 0; q < 8; q++) rows[q] = _mm256_loadu_ps(src + q * ldb + p);
-                    transpose_8x8(rows);
-                    for (int q = 0; q < 8; q++) _mm256_storeu_ps(dst + (p + q) * nr + j8, rows[q]);
-                }
-            }
-            for (; p < depth; p++)  /* the k tail, and columns past the edge as zeros */
-                for (ptrdiff_t q = 0; q < 8; q++)
-                    dst[p * nr + j8 + q] = j8 + q < width ? src[q * ldb + p] : 0.0f;
+    const __m256 t0 = _mm256_unpacklo_ps(rows[0], rows[1]), t1 = _mm256_unpackhi_ps(rows[0], rows[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(rows[2], rows[3]), t3 = _mm256_unpackhi_ps(rows[2], rows[3]);
+    const __m256 s[4] = {_mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)),   /* k 0 | k 4 */
+                         _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2)),   /* k 1 | k 5 */
+                         _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)),   /* k 2 | k 6 */
+                         _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2))};  /* k 3 | k 7 */
+    for (int q = 0; q < 4; q++) {
+        quads[q] = _mm256_castps256_ps128(s[q]);
+        quads[q + 4] = _mm256_extractf128_ps(s[q], 1);
+    }
+}
+
+/* Columns [q0, q0 + group) of one panel: source rows q0 + q at src + q * ld,
+ * of which the first `present` exist (the others pack as zeros). Groups of 8
+ * and 4 whole rows go through register transposes 8 k at a time. */
+static inline __attribute__((always_inline)) TARGET void
+pack_group(const int group, int width, const float *src, ptrdiff_t ld, ptrdiff_t depth,
+           ptrdiff_t present, float *dst)
+{
+    ptrdiff_t p = 0;
+    if (group == 8 && present >= 8) {
+        for (; p + 8 <= depth; p += 8) {
+            __m256 rows[8];
+            for (int q = 0; q < 8; q++) rows[q] = _mm256_loadu_ps(src + q * ld + p);
+            transpose_8x8(rows);
+            for (int q = 0; q < 8; q++) _mm256_storeu_ps(dst + (p + q) * width, rows[q]);
         }
+    } else if (group == 4 && present >= 4) {
+        for (; p + 8 <= depth; p += 8) {
+            __m256 rows[4];
+            __m128 quads[8];
+            for (int q = 0; q < 4; q++) rows[q] = _mm256_loadu_ps(src + q * ld + p);
+            transpose_4x8(rows, quads);
+            for (int q = 0; q < 8; q++) _mm_storeu_ps(dst + (p + q) * width, quads[q]);
+        }
+    }
+    for (; p < depth; p++)  /* the k tail, and rows past the edge as zeros */
+        for (ptrdiff_t q = 0; q < group; q++)
+            dst[p * width + q] = q < present ? src[q * ld + p] : 0.0f;
+}
+
+TARGET void pynn_pack_transposed_avx2(int width, const float *src, ptrdiff_t ld,
+                                      ptrdiff_t depth, ptrdiff_t count, float *dst)
+{
+    for (ptrdiff_t r0 = 0; r0 < count; r0 += width, dst += width * depth) {
+        const float *panel = src + r0 * ld;
+        const ptrdiff_t present = count - r0;
+        int q0 = 0;
+        for (; q0 + 8 <= width; q0 += 8)
+            pack_group(8, width, panel + q0 * ld, ld, depth, present - q0, dst + q0);
+        for (; q0 + 4 <= width; q0 += 4)
+            pack_group(4, width, panel + q0 * ld, ld, depth, present - q0, dst + q0);
+        for (; q0 < width; q0++)
+            pack_group(1, width, panel + q0 * ld, ld, depth, present - q0, dst + q0);
     }
 }
 
@@ -289,7 +327,7 @@ const pynn_gemm_kernels pynn_gemm_avx2 = {
     .strided = microkernel_avx2_6x16_strided,
     .dot = gemv_dot_avx2,
     .axpy = gemv_axpy_avx2,
-    .pack_b_transposed = pynn_pack_b_transposed_avx2,
+    .pack_transposed = pynn_pack_transposed_avx2,
 };
 
 #endif

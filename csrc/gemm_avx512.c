@@ -230,7 +230,7 @@ const pynn_gemm_kernels pynn_gemm_avx512 = {
     .strided = microkernel_avx512_12x32_strided,
     .dot = gemv_dot_avx512,
     .axpy = gemv_axpy_avx512,
-    .pack_b_transposed = pynn_pack_b_transposed_avx2,
+    .pack_transposed = pynn_pack_transposed_avx2,
 };
 
 #endif

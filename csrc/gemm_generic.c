@@ -88,16 +88,16 @@ static void gemv_axpy_generic(ptrdiff_t cols, ptrdiff_t k, const float *x, ptrdi
     }
 }
 
-static void pack_b_transposed_generic(int nr, const float *b, ptrdiff_t ldb,
-                                      ptrdiff_t depth, ptrdiff_t cols, float *dst)
+static void pack_transposed_generic(int width, const float *src, ptrdiff_t ld,
+                                   ptrdiff_t depth, ptrdiff_t count, float *dst)
 {
-    for (ptrdiff_t jr = 0; jr < cols; jr += nr, dst += nr * depth) {
-        for (ptrdiff_t j = 0; j < nr; j++) {
-            const float *src = b + (jr + j) * ldb;
-            if (jr + j < cols)
-                for (ptrdiff_t p = 0; p < depth; p++) dst[p * nr + j] = src[p];
+    for (ptrdiff_t r0 = 0; r0 < count; r0 += width, dst += width * depth) {
+        for (ptrdiff_t q = 0; q < width; q++) {
+            const float *row = src + (r0 + q) * ld;
+            if (r0 + q < count)
+                for (ptrdiff_t p = 0; p < depth; p++) dst[p * width + q] = row[p];
             else
-                for (ptrdiff_t p = 0; p < depth; p++) dst[p * nr + j] = 0.0f;
+                for (ptrdiff_t p = 0; p < depth; p++) dst[p * width + q] = 0.0f;
         }
     }
 }
@@ -108,5 +108,5 @@ const pynn_gemm_kernels pynn_gemm_generic = {
     .strided = microkernel_generic_4x8,
     .dot = gemv_dot_generic,
     .axpy = gemv_axpy_generic,
-    .pack_b_transposed = pack_b_transposed_generic,
+    .pack_transposed = pack_transposed_generic,
 };

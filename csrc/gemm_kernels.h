@@ -39,10 +39,13 @@ typedef void (*pynn_gemv_dot)(ptrdiff_t rows, ptrdiff_t k, const float *x, ptrdi
 typedef void (*pynn_gemv_axpy)(ptrdiff_t cols, ptrdiff_t k, const float *x, ptrdiff_t ldx,
                                const float *v, ptrdiff_t v_step, float *sums);
 
-/* Pack op(B)[0:depth, 0:cols] with op(B)[p, j] = b[j * ldb + p] (B stored
- * transposed) into NR-column micro-panels [depth][NR], zero-padded. */
-typedef void (*pynn_pack_b_transposed)(int nr, const float *b, ptrdiff_t ldb,
-                                       ptrdiff_t depth, ptrdiff_t cols, float *dst);
+/* The transposing copy into micro-panels: `count` rows of a row-major matrix
+ * (row r at src + r * ld, its first `depth` floats) become panels of `width`
+ * rows each, stored [depth][width], with element (p, q) of panel t = row
+ * t * width + q at column p and rows past count as zeros. It packs A stored
+ * untransposed (width MR) and B stored transposed (width NR). */
+typedef void (*pynn_pack_transposed)(int width, const float *src, ptrdiff_t ld,
+                                     ptrdiff_t depth, ptrdiff_t count, float *dst);
 
 typedef struct {
     int mr, nr;                /* register tile */
@@ -51,7 +54,7 @@ typedef struct {
     pynn_microkernel strided;  /* any steps: the small path over unpacked operands */
     pynn_gemv_dot dot;
     pynn_gemv_axpy axpy;
-    pynn_pack_b_transposed pack_b_transposed;
+    pynn_pack_transposed pack_transposed;
 } pynn_gemm_kernels;
 
 /* The largest register tile of any ISA (sizes gemm.c's scratch tiles). */
@@ -60,9 +63,9 @@ typedef struct {
 
 extern const pynn_gemm_kernels pynn_gemm_generic;
 #if defined(PYNN_X86_64)
-/* 8 x 8 AVX transposes; AVX-512 CPUs run it too (NR 16 and 32 are multiples of 8). */
-void pynn_pack_b_transposed_avx2(int nr, const float *b, ptrdiff_t ldb,
-                                 ptrdiff_t depth, ptrdiff_t cols, float *dst);
+/* 8 x 8 and 4 x 8 AVX transposes; AVX-512 CPUs run it too. */
+void pynn_pack_transposed_avx2(int width, const float *src, ptrdiff_t ld,
+                               ptrdiff_t depth, ptrdiff_t count, float *dst);
 extern const pynn_gemm_kernels pynn_gemm_avx2;
 extern const pynn_gemm_kernels pynn_gemm_avx512;
 #endif
