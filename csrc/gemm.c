@@ -16,7 +16,6 @@
  * GEMV (m == 1 or n == 1), one GEMV per row when a transposed B has only a
  * few rows, and small to middle problems, where the micro-kernel reads A and
  * B in place (B is packed only when transposed). */
-#include <string.h>
 
 #include "gemm.h"
 #include "gemm_kernels.h"
@@ -86,44 +85,26 @@ static void gemm_unblocked(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, p
         }
 }
 
-/* op(A)[i0 : i0 + rows, p0 : p0 + depth] as MR-row micro-panels, each [depth][MR]. */
+/* op(A)[i0 : i0 + rows, p0 : p0 + depth] as MR-row micro-panels, each [depth][MR]:
+ * a transposing copy unless A is stored transposed. */
 static void pack_a_block(const pynn_gemm_kernels *kern, int trans_a, const float *a, ptrdiff_t lda,
                          ptrdiff_t i0, ptrdiff_t p0, ptrdiff_t rows, ptrdiff_t depth, float *dst)
 {
-    const int mr = kern->mr;
-    if (!trans_a) {  /* a transposing copy: done per ISA with register transposes */
-        kern->pack_transposed(mr, a + i0 * lda + p0, lda, depth, rows, dst);
-        return;
-    }
-    for (ptrdiff_t ir = 0; ir < rows; ir += mr, dst += mr * depth) {
-        const ptrdiff_t height = min_size(mr, rows - ir);
-        for (ptrdiff_t p = 0; p < depth; p++) {
-            const float *src = a + (p0 + p) * lda + i0 + ir;
-            float *out = dst + p * mr;
-            for (ptrdiff_t i = 0; i < height; i++) out[i] = src[i];
-            for (ptrdiff_t i = height; i < mr; i++) out[i] = 0.0f;
-        }
-    }
+    if (trans_a)
+        kern->pack_straight(kern->mr, a + p0 * lda + i0, lda, depth, rows, dst);
+    else
+        kern->pack_transposed(kern->mr, a + i0 * lda + p0, lda, depth, rows, dst);
 }
 
-/* op(B)[p0 : p0 + depth, j0 : j0 + cols] as NR-column micro-panels, each [depth][NR]. */
+/* op(B)[p0 : p0 + depth, j0 : j0 + cols] as NR-column micro-panels, each [depth][NR]:
+ * a transposing copy if B is stored transposed. */
 static void pack_b_panel(const pynn_gemm_kernels *kern, int trans_b, const float *b, ptrdiff_t ldb,
                          ptrdiff_t p0, ptrdiff_t j0, ptrdiff_t depth, ptrdiff_t cols, float *dst)
 {
-    const int nr = kern->nr;
-    if (trans_b) {  /* a transposing copy: done per ISA with register transposes */
-        kern->pack_transposed(nr, b + j0 * ldb + p0, ldb, depth, cols, dst);
-        return;
-    }
-    for (ptrdiff_t jr = 0; jr < cols; jr += nr, dst += nr * depth) {
-        const ptrdiff_t width = min_size(nr, cols - jr);
-        for (ptrdiff_t p = 0; p < depth; p++) {
-            const float *src = b + (p0 + p) * ldb + j0 + jr;
-            float *out = dst + p * nr;
-            memcpy(out, src, (size_t)width * sizeof(float));
-            for (ptrdiff_t j = width; j < nr; j++) out[j] = 0.0f;
-        }
-    }
+    if (trans_b)
+        kern->pack_transposed(kern->nr, b + j0 * ldb + p0, ldb, depth, cols, dst);
+    else
+        kern->pack_straight(kern->nr, b + p0 * ldb + j0, ldb, depth, cols, dst);
 }
 
 /* The update a tile at (i, j) receives: biases shifted to it, the epilogue

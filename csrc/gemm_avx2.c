@@ -328,6 +328,7 @@ const pynn_gemm_kernels pynn_gemm_avx2 = {
     .dot = gemv_dot_avx2,
     .axpy = gemv_axpy_avx2,
     .pack_transposed = pynn_pack_transposed_avx2,
+    .pack_straight = pynn_pack_straight_generic,
 };
 
 #endif

@@ -102,6 +102,20 @@ static void pack_transposed_generic(int width, const float *src, ptrdiff_t ld,
     }
 }
 
+void pynn_pack_straight_generic(int width, const float *src, ptrdiff_t ld,
+                                ptrdiff_t depth, ptrdiff_t count, float *dst)
+{
+    for (ptrdiff_t c0 = 0; c0 < count; c0 += width, dst += width * depth) {
+        const ptrdiff_t present = count - c0 < width ? count - c0 : width;
+        for (ptrdiff_t p = 0; p < depth; p++) {
+            const float *row = src + p * ld + c0;
+            float *out = dst + p * width;
+            for (ptrdiff_t q = 0; q < present; q++) out[q] = row[q];
+            for (ptrdiff_t q = present; q < width; q++) out[q] = 0.0f;
+        }
+    }
+}
+
 const pynn_gemm_kernels pynn_gemm_generic = {
     .mr = MR, .nr = NR, .mc = 128, .kc = 256, .nc = 4096,
     .packed = microkernel_generic_4x8,
@@ -109,4 +123,5 @@ const pynn_gemm_kernels pynn_gemm_generic = {
     .dot = gemv_dot_generic,
     .axpy = gemv_axpy_generic,
     .pack_transposed = pack_transposed_generic,
+    .pack_straight = pynn_pack_straight_generic,
 };

@@ -47,6 +47,13 @@ typedef void (*pynn_gemv_axpy)(ptrdiff_t cols, ptrdiff_t k, const float *x, ptrd
 typedef void (*pynn_pack_transposed)(int width, const float *src, ptrdiff_t ld,
                                      ptrdiff_t depth, ptrdiff_t count, float *dst);
 
+/* The straight copy into micro-panels: columns [0, count) of `depth` rows
+ * (row p at src + p * ld) become panels of `width` columns each, stored
+ * [depth][width], columns past count as zeros. It packs A stored transposed
+ * (width MR) and B stored untransposed (width NR). */
+typedef void (*pynn_pack_straight)(int width, const float *src, ptrdiff_t ld,
+                                   ptrdiff_t depth, ptrdiff_t count, float *dst);
+
 typedef struct {
     int mr, nr;                /* register tile */
     ptrdiff_t mc, kc, nc;      /* cache blocks: A is MC x KC in L2, B is KC x NC in L3 */
@@ -55,6 +62,7 @@ typedef struct {
     pynn_gemv_dot dot;
     pynn_gemv_axpy axpy;
     pynn_pack_transposed pack_transposed;
+    pynn_pack_straight pack_straight;
 } pynn_gemm_kernels;
 
 /* The largest register tile of any ISA (sizes gemm.c's scratch tiles). */
@@ -62,6 +70,9 @@ typedef struct {
 #define PYNN_GEMM_MAX_NR 32
 
 extern const pynn_gemm_kernels pynn_gemm_generic;
+/* A loop the compiler vectorises for any ISA; AVX-512 has its own, masked. */
+void pynn_pack_straight_generic(int width, const float *src, ptrdiff_t ld,
+                                ptrdiff_t depth, ptrdiff_t count, float *dst);
 #if defined(PYNN_X86_64)
 /* 8 x 8 and 4 x 8 AVX transposes; AVX-512 CPUs run it too. */
 void pynn_pack_transposed_avx2(int width, const float *src, ptrdiff_t ld,
