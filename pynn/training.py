@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from pynn._checks import as_count, as_float32, as_indices
+from pynn._kernels.dense import embedding_gather
 from pynn.callbacks import Callback, History
 
 # Seconds between progress-bar metric refreshes: formatting them every batch
@@ -91,7 +92,12 @@ class _Batches:
             if len(self._buffers) >= 8:  # a caller cycling through many shapes
                 self._buffers.clear()
             buffer = self._buffers[key] = np.empty(shape, dtype=source.dtype)
-        np.take(source, indices, axis=0, out=buffer)
+        if source.dtype == np.float32 and source.ndim > 1:
+            # the threaded row gather: np.take copies rows one by one on one core
+            embedding_gather(source.reshape(len(source), -1), indices,
+                             buffer.reshape(len(indices), -1), where="fit")
+        else:
+            np.take(source, indices, axis=0, out=buffer)
         return buffer
 
     def __call__(self, order):
