@@ -117,15 +117,79 @@ PYNN_INLINE void plane_max_2x2(const pynn_pool_shape *s, const float *restrict i
             inside_row_max(s, image, oh, ow0, count, 2, best, where);                       \
         else                                                                                \
             inside_row_max(s, image, oh, ow0, count, s->stride_w, best, where);             \
-    }                                                                                       \
-    attribute static void plane_max_2x2_##suffix(const pynn_pool_shape *s, const float *image, \
-                                                 float *out, int64_t *index)                \
-    { plane_max_2x2(s, image, out, index); }
+    }
 
 ROW_MAX_VARIANT(generic, )
+static void plane_max_2x2_generic(const pynn_pool_shape *s, const float *image, float *out,
+                                  int64_t *index)
+{
+    plane_max_2x2(s, image, out, index);
+}
 #if defined(PYNN_X86_64)
+#include <immintrin.h>
+
 ROW_MAX_VARIANT(avx2, PYNN_TARGET_AVX2)
+PYNN_TARGET_AVX2 static void plane_max_2x2_avx2(const pynn_pool_shape *s, const float *image,
+                                                float *out, int64_t *index)
+{
+    plane_max_2x2(s, image, out, index);
+}
+
 ROW_MAX_VARIANT(avx512, PYNN_TARGET_AVX512)
+PYNN_TARGET_AVX512 static __mmask16 first_lanes(ptrdiff_t count)
+{
+    return count <= 0 ? 0 : count >= 16 ? 0xFFFF : (__mmask16)((1u << count) - 1u);
+}
+
+/* plane_max_2x2 sixteen outputs at a time: two permutes split each input row
+ * into its even and odd columns (the left and right taps), and
+ * replaces_max's rule becomes a mask per tap, in the same scan order. */
+PYNN_TARGET_AVX512 static void plane_max_2x2_avx512(const pynn_pool_shape *s, const float *image,
+                                                    float *out, int64_t *index)
+{
+    const ptrdiff_t w = s->width, out_w = s->out_w;
+    if (index && s->height * w > INT32_MAX) {  /* flat indices past int32 lanes */
+        plane_max_2x2(s, image, out, index);
+        return;
+    }
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const int32_t offsets[4] = {0, 1, (int32_t)w, (int32_t)w + 1};  /* the taps in scan order */
+    for (ptrdiff_t oh = 0; oh < s->out_h; oh++) {
+        const float *top = image + 2 * oh * w, *bottom = top + w;
+        for (ptrdiff_t ow = 0; ow < out_w; ow += 16) {
+            const ptrdiff_t count = out_w - ow < 16 ? out_w - ow : 16;
+            const __mmask16 first = first_lanes(2 * count), second = first_lanes(2 * count - 16);
+            const __mmask16 outputs = first_lanes(count);
+            const __m512 top0 = _mm512_maskz_loadu_ps(first, top + 2 * ow);
+            const __m512 top1 = _mm512_maskz_loadu_ps(second, top + 2 * ow + 16);
+            const __m512 bottom0 = _mm512_maskz_loadu_ps(first, bottom + 2 * ow);
+            const __m512 bottom1 = _mm512_maskz_loadu_ps(second, bottom + 2 * ow + 16);
+            const __m512 taps[4] = {_mm512_permutex2var_ps(top0, even, top1),
+                                    _mm512_permutex2var_ps(top0, odd, top1),
+                                    _mm512_permutex2var_ps(bottom0, even, bottom1),
+                                    _mm512_permutex2var_ps(bottom0, odd, bottom1)};
+            const __m512i corner = _mm512_add_epi32(_mm512_set1_epi32((int32_t)(2 * oh * w + 2 * ow)), even);
+            __m512 best = taps[0];
+            __m512i where = corner;
+            for (int t = 1; t < 4; t++) {
+                const __mmask16 take = _mm512_cmp_ps_mask(taps[t], best, _CMP_GT_OQ) |
+                                       _mm512_cmp_ps_mask(taps[t], taps[t], _CMP_UNORD_Q);
+                best = _mm512_mask_blend_ps(take, best, taps[t]);
+                where = _mm512_mask_blend_epi32(take, where,
+                                                _mm512_add_epi32(corner, _mm512_set1_epi32(offsets[t])));
+            }
+            _mm512_mask_storeu_ps(out + oh * out_w + ow, outputs, best);
+            if (index) {
+                int64_t *at = index + oh * out_w + ow;
+                _mm512_mask_storeu_epi64(at, (__mmask8)outputs,
+                                         _mm512_cvtepi32_epi64(_mm512_castsi512_si256(where)));
+                _mm512_mask_storeu_epi64(at + 8, (__mmask8)(outputs >> 8),
+                                         _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(where, 1)));
+            }
+        }
+    }
+}
 #endif
 
 void pynn_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
