@@ -148,11 +148,30 @@ static int plan_make(const pynn_conv_shape *s, unfold_plan *plan)
     return 0;
 }
 
+#if defined(PYNN_X86_64)
+#include <immintrin.h>
+
+/* out[ow] = in[ow] for ow in [first, last), 0 elsewhere in [0, count): sixteen
+ * floats per masked load and store. Lanes outside [first, last) are masked
+ * off, so they are never read even where in + ow lies in the padding. */
+static inline PYNN_TARGET_AVX512 void
+masked_row_copy(float *out, const float *in, ptrdiff_t first, ptrdiff_t last, ptrdiff_t count)
+{
+    for (ptrdiff_t ow = 0; ow < count; ow += 16) {
+        const ptrdiff_t lanes = count - ow < 16 ? count - ow : 16;
+        const ptrdiff_t lo = first - ow > 0 ? first - ow : 0, hi = last - ow < lanes ? last - ow : lanes;
+        const __mmask16 valid = hi > lo ? (__mmask16)(((1u << hi) - 1u) & ~((1u << lo) - 1u)) : 0;
+        _mm512_mask_storeu_ps(out + ow, (__mmask16)((1u << lanes) - 1u),
+                              _mm512_maskz_loadu_ps(valid, in + ow));
+    }
+}
+#endif
+
 /* col rows (c, kh, kw) for channel c of one image: col[row, oh OW + ow] = x[c, ih, iw],
  * zero where (ih, iw) is padding; ld is col's row stride. */
 PYNN_INLINE void unfold_channel(const pynn_conv_shape *s, const unfold_plan *plan,
                                         const float *restrict image, float *restrict col,
-                                        ptrdiff_t ld)
+                                        ptrdiff_t ld, const int masked)
 {
     const ptrdiff_t ow_count = s->out_w, sw = s->stride_w, p = plane(s);
     if (plan->source) {
@@ -174,6 +193,12 @@ PYNN_INLINE void unfold_channel(const pynn_conv_shape *s, const unfold_plan *pla
             for (ptrdiff_t oh = row.first; oh < row.last; oh++) {
                 float *restrict out = col + oh * ow_count;
                 const float *restrict in = image + (oh * s->stride_h + row.start) * s->width + column.start;
+#if defined(PYNN_X86_64)
+                if (masked && sw == 1) {
+                    masked_row_copy(out, in, column.first, column.last, ow_count);
+                    continue;
+                }
+#endif
                 for (ptrdiff_t ow = 0; ow < column.first; ow++) out[ow] = 0.0f;
                 if (sw == 1)
                     for (ptrdiff_t ow = column.first; ow < column.last; ow++) out[ow] = in[ow];
@@ -216,20 +241,20 @@ PYNN_INLINE void fold_channel(const pynn_conv_shape *s, const unfold_plan *plan,
 }
 
 /* One copy of the channel loops per ISA, so the copies use its vector width. */
-#define CHANNEL_VARIANT(suffix, attribute)                                                   \
+#define CHANNEL_VARIANT(suffix, attribute, masked)                                           \
     attribute static void unfold_channel_##suffix(const pynn_conv_shape *s,                  \
                                                   const unfold_plan *plan, const float *image, \
                                                   float *col, ptrdiff_t ld)                  \
-    { unfold_channel(s, plan, image, col, ld); }                                             \
+    { unfold_channel(s, plan, image, col, ld, masked); }                                     \
     attribute static void fold_channel_##suffix(const pynn_conv_shape *s,                    \
                                                 const unfold_plan *plan, const float *col,   \
                                                 ptrdiff_t ld, float *image)                  \
     { fold_channel(s, plan, col, ld, image); }
 
-CHANNEL_VARIANT(generic, )
+CHANNEL_VARIANT(generic, , 0)
 #if defined(PYNN_X86_64)
-CHANNEL_VARIANT(avx2, PYNN_TARGET_AVX2)
-CHANNEL_VARIANT(avx512, PYNN_TARGET_AVX512)
+CHANNEL_VARIANT(avx2, PYNN_TARGET_AVX2, 0)
+CHANNEL_VARIANT(avx512, PYNN_TARGET_AVX512, 1)
 #endif
 
 /* col [C KH KW, images P] from images [first, first + images) of x. */

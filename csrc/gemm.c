@@ -326,8 +326,12 @@ void pynn_sgemm(const pynn_context *ctx, int trans_a, int trans_b,
         narrow_rows(kern, threads, m, n, k, a, lda, b, ldb, c, ldc, &update);
         return;
     }
-    /* Operands read in place up to middle sizes, packed beyond. */
-    const int in_place = work <= IN_PLACE_WORK
+    /* Operands read in place up to middle sizes, and for a few rows of A over
+     * a wide B (a convolution's GEMM), whose strips so few row tiles read that
+     * packing them is not repaid (16 x 2100 x 150: 104 against 64 GFLOP/s;
+     * even at 48 rows); packed beyond, and for a long k, which needs KC blocks. */
+    const int few_rows = m < 4 * kern->mr && !trans_b && k <= 2 * kern->kc;
+    const int in_place = (work <= IN_PLACE_WORK || few_rows)
                          && (!trans_b || (double)k * (double)n <= IN_PLACE_PACKED_B);
     const gemm_path path = in_place ? gemm_in_place : gemm_blocked;
     /* Threads take disjoint slabs of C along its longer side, cut at tile

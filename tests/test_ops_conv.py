@@ -91,7 +91,7 @@ def assert_close_sum(actual, expected, magnitude, terms):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_forward_matches_float64_reference(case):
+def test_forward_matches_float64_reference(isa, case):
     x, weight, bias, geometry = make(case)
     expected = reference_conv(x, weight, bias, **geometry)
     magnitude = reference_conv(np.abs(x), np.abs(weight), np.abs(bias), **geometry)
@@ -101,7 +101,7 @@ def test_forward_matches_float64_reference(case):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_backward_matches_float64_reference(case):
+def test_backward_matches_float64_reference(isa, case):
     x, weight, _, geometry = make(case)
     y = ops.conv2d(x, weight, None, **geometry)
     dy = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
