@@ -149,8 +149,6 @@ static int plan_make(const pynn_conv_shape *s, unfold_plan *plan)
 }
 
 #if defined(PYNN_X86_64)
-#include <immintrin.h>
-
 /* out[ow] = in[ow] for ow in [first, last), 0 elsewhere in [0, count): sixteen
  * floats per masked load and store. Lanes outside [first, last) are masked
  * off, so they are never read even where in + ow lies in the padding. */
@@ -158,11 +156,9 @@ static inline PYNN_TARGET_AVX512 void
 masked_row_copy(float *out, const float *in, ptrdiff_t first, ptrdiff_t last, ptrdiff_t count)
 {
     for (ptrdiff_t ow = 0; ow < count; ow += 16) {
-        const ptrdiff_t lanes = count - ow < 16 ? count - ow : 16;
-        const ptrdiff_t lo = first - ow > 0 ? first - ow : 0, hi = last - ow < lanes ? last - ow : lanes;
-        const __mmask16 valid = hi > lo ? (__mmask16)(((1u << hi) - 1u) & ~((1u << lo) - 1u)) : 0;
-        _mm512_mask_storeu_ps(out + ow, (__mmask16)((1u << lanes) - 1u),
-                              _mm512_maskz_loadu_ps(valid, in + ow));
+        const __mmask16 lanes = pynn_first_lanes16(count - ow);
+        const __mmask16 valid = lanes & pynn_first_lanes16(last - ow) & ~pynn_first_lanes16(first - ow);
+        _mm512_mask_storeu_ps(out + ow, lanes, _mm512_maskz_loadu_ps(valid, in + ow));
     }
 }
 #endif

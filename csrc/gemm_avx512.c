@@ -16,6 +16,7 @@
  * of the 1 MiB L2, so it survives the B traffic; NC = 4096 makes the packed
  * B panel 8 MiB, inside the 32 MiB L3 with room for both cores' panels. */
 #include "gemm_kernels.h"
+#include "vmath.h"
 
 #if defined(PYNN_X86_64)
 #include <immintrin.h>
@@ -23,12 +24,6 @@
 #define TARGET __attribute__((target("avx512f")))
 enum { MR = 12, NR = 32 };
 
-static inline TARGET __mmask16 first_lanes(ptrdiff_t count)
-{
-    if (count <= 0) return 0;
-    if (count >= 16) return 0xFFFF;
-    return (__mmask16)((1u << count) - 1u);
-}
 
 /* rows (4, 8 or MR) and vectors (1 or 2 of 16 columns) are constants at every
  * call, so each combination compiles to its own register-resident loop: a
@@ -39,7 +34,7 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
             ptrdiff_t mr, ptrdiff_t nr, const pynn_tile_update *update, const int packed,
             const int rows, const int vectors)
 {
-    const __mmask16 mask0 = first_lanes(nr), mask1 = first_lanes(nr - 16);
+    const __mmask16 mask0 = pynn_first_lanes16(nr), mask1 = pynn_first_lanes16(nr - 16);
     __m512 acc[MR][2];
     ptrdiff_t row[MR];
     _Pragma("GCC unroll 16")
@@ -151,7 +146,7 @@ static TARGET void microkernel_avx512_12x32_strided(
 static TARGET void gemv_dot_avx512(ptrdiff_t rows, ptrdiff_t k, const float *x, ptrdiff_t ldx,
                                    const float *v, float *sums)
 {
-    const __mmask16 tail = first_lanes(k % 16);
+    const __mmask16 tail = pynn_first_lanes16(k % 16);
     const ptrdiff_t k_full = k - k % 16;
     ptrdiff_t r = 0;
     for (; r + 4 <= rows; r += 4) {
@@ -208,7 +203,7 @@ static TARGET void gemv_axpy_avx512(ptrdiff_t cols, ptrdiff_t k, const float *x,
         for (int t = 0; t < 4; t++)
             vp[t] = t < terms ? _mm512_set1_ps(v[(p + t) * v_step]) : zero;
         for (ptrdiff_t j = 0; j < cols; j += 16) {
-            const __mmask16 mask = first_lanes(cols - j);
+            const __mmask16 mask = pynn_first_lanes16(cols - j);
             __m512 s = p == 0 ? zero : _mm512_maskz_loadu_ps(mask, sums + j);
             s = _mm512_fmadd_ps(vp[0], _mm512_maskz_loadu_ps(mask, x0 + j), s);
             if (terms == 4) {
@@ -232,7 +227,7 @@ static TARGET void pack_straight_avx512(int width, const float *src, ptrdiff_t l
     for (ptrdiff_t c0 = 0; c0 < count; c0 += width, dst += width * depth) {
         const ptrdiff_t present = count - c0;
         for (int q0 = 0; q0 < width; q0 += 16) {
-            const __mmask16 load = first_lanes(present - q0), store = first_lanes(width - q0);
+            const __mmask16 load = pynn_first_lanes16(present - q0), store = pynn_first_lanes16(width - q0);
             const float *row = src + c0 + q0;
             float *out = dst + q0;
             for (ptrdiff_t p = 0; p < depth; p++, row += ld, out += width)

@@ -126,8 +126,6 @@ static void plane_max_2x2_generic(const pynn_pool_shape *s, const float *image, 
     plane_max_2x2(s, image, out, index);
 }
 #if defined(PYNN_X86_64)
-#include <immintrin.h>
-
 ROW_MAX_VARIANT(avx2, PYNN_TARGET_AVX2)
 PYNN_TARGET_AVX2 static void plane_max_2x2_avx2(const pynn_pool_shape *s, const float *image,
                                                 float *out, int64_t *index)
@@ -136,11 +134,6 @@ PYNN_TARGET_AVX2 static void plane_max_2x2_avx2(const pynn_pool_shape *s, const 
 }
 
 ROW_MAX_VARIANT(avx512, PYNN_TARGET_AVX512)
-PYNN_TARGET_AVX512 static __mmask16 first_lanes(ptrdiff_t count)
-{
-    return count <= 0 ? 0 : count >= 16 ? 0xFFFF : (__mmask16)((1u << count) - 1u);
-}
-
 /* plane_max_2x2 sixteen outputs at a time: two permutes split each input row
  * into its even and odd columns (the left and right taps), and
  * replaces_max's rule becomes a mask per tap, in the same scan order. */
@@ -159,8 +152,8 @@ PYNN_TARGET_AVX512 static void plane_max_2x2_avx512(const pynn_pool_shape *s, co
         const float *top = image + 2 * oh * w, *bottom = top + w;
         for (ptrdiff_t ow = 0; ow < out_w; ow += 16) {
             const ptrdiff_t count = out_w - ow < 16 ? out_w - ow : 16;
-            const __mmask16 first = first_lanes(2 * count), second = first_lanes(2 * count - 16);
-            const __mmask16 outputs = first_lanes(count);
+            const __mmask16 first = pynn_first_lanes16(2 * count), second = pynn_first_lanes16(2 * count - 16);
+            const __mmask16 outputs = pynn_first_lanes16(count);
             const __m512 top0 = _mm512_maskz_loadu_ps(first, top + 2 * ow);
             const __m512 top1 = _mm512_maskz_loadu_ps(second, top + 2 * ow + 16);
             const __m512 bottom0 = _mm512_maskz_loadu_ps(first, bottom + 2 * ow);

@@ -22,8 +22,18 @@
 #define PYNN_INLINE static inline __attribute__((always_inline))
 
 #if defined(PYNN_X86_64)
+#include <immintrin.h>
 #define PYNN_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #define PYNN_TARGET_AVX512 __attribute__((target("avx512f")))
+
+/* The mask of the first `count` of sixteen lanes: none for count <= 0, all
+ * from 16 on (the tails of AVX-512 loops). */
+static inline PYNN_TARGET_AVX512 __mmask16 pynn_first_lanes16(ptrdiff_t count)
+{
+    if (count <= 0) return 0;
+    if (count >= 16) return 0xFFFF;
+    return (__mmask16)((1u << count) - 1u);
+}
 #endif
 
 PYNN_INLINE double pynn_bits_to_double(int64_t bits) { double d; memcpy(&d, &bits, 8); return d; }
