@@ -85,6 +85,33 @@ def test_out_and_in_place(name):
     np.testing.assert_array_equal(x, expected)
 
 
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("offset", [0, 1, 15])
+def test_outputs_past_the_cache_at_any_alignment(isa, threads, offset):
+    """Outputs of several MiB take the streaming-store path on AVX-512, which
+    writes the elements before the first 64-byte boundary separately; every
+    element must still come out as on a small array, in place too."""
+    before = pynn.get_num_threads()
+    pynn.set_num_threads(threads)
+    try:
+        n = (1 << 21) + 37
+        storage = np.empty(n + 16, dtype=np.float32)
+        x = _inputs(n, seed=5)
+        dy = _inputs(n, seed=6, scale=1.0)
+        out = storage[offset:offset + n]
+        for name in ("relu", "leaky_relu"):
+            forward, backward, kwargs, _, _ = ELEMENTWISE[name]
+            expected = np.concatenate([forward(x[i:i + 4096], **kwargs) for i in range(0, n, 4096)])
+            np.testing.assert_array_equal(forward(x, out=out, **kwargs), expected)
+            expected_dx = np.concatenate([backward(dy[i:i + 4096], x[i:i + 4096], **kwargs)
+                                          for i in range(0, n, 4096)])
+            np.testing.assert_array_equal(backward(dy, x, out=out, **kwargs), expected_dx)
+            in_place = x.copy()
+            np.testing.assert_array_equal(forward(in_place, out=in_place, **kwargs), expected)
+    finally:
+        pynn.set_num_threads(before)
+
 def test_special_values():
     x = np.array([np.nan, np.inf, -np.inf, 0.0, 1e4, -1e4], dtype=np.float32)
     with np.errstate(all="ignore"):
