@@ -7,16 +7,14 @@
 #define CHUNK 4096
 
 void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_t min_parallel,
-                  const float *a, const float *b, float *y, float p)
+                  int may_stream, const float *a, const float *b, float *y, float p)
 {
     if (n <= 0) return;
     int threads = 1;
 #ifdef _OPENMP
     if (ctx->num_threads > 1 && n >= min_parallel) threads = ctx->num_threads;
 #endif
-    /* only memory-bound kernels stream: tanh and sigmoid on 1e6 floats were
-     * 15-30% slower with streaming stores than without */
-    int stream = min_parallel >= PYNN_CHEAP_PARALLEL && (uintptr_t)y % sizeof(float) == 0 &&
+    int stream = may_stream && (uintptr_t)y % sizeof(float) == 0 &&
                  n / threads * (ptrdiff_t)sizeof(float) >= PYNN_STREAM_BYTES_PER_THREAD;
 #ifdef _OPENMP
     if (threads > 1) {
