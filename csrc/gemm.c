@@ -21,13 +21,6 @@
 #include "gemm_kernels.h"
 #include "scratch.h"
 
-/* Up to this many multiply-adds (m * n * k), about 128^3, the operands are
- * read in place (no packing of A). Measured on an AVX-512 Xeon once A's
- * packing used register transposes: packing is 4-29% faster from 192^3 and
- * at MLP shapes (64 x 784 x 256: 119 against 100 GFLOP/s), even at 128^3 to
- * 160^3, and slower below (96^3: 132 against 146; 32 x 128 x 256: 108
- * against 139), where the packing is not repaid. */
-#define IN_PLACE_WORK (1 << 21)
 /* The in-place path packs a transposed B whole; beyond this many floats
  * (4 MiB) the blocked path's KC x NC panels keep the retained scratch small. */
 #define IN_PLACE_PACKED_B (1 << 20)
@@ -134,7 +127,10 @@ static void gemm_blocked(const pynn_gemm_kernels *kern, int trans_a, int trans_b
 {
     const int mr = kern->mr, nr = kern->nr;
     const ptrdiff_t mc = min_size(kern->mc, round_up(m, mr));
-    const ptrdiff_t kc = min_size(kern->kc, k);
+    /* k splits into equal KC blocks (784 = 3 x 264, not 3 x 256 + 16): a thin
+     * last block would pay a whole pass over C for a few terms. */
+    const ptrdiff_t k_blocks = (k + kern->kc - 1) / kern->kc;
+    const ptrdiff_t kc = min_size(round_up((k + k_blocks - 1) / k_blocks, 8), k);
     const ptrdiff_t nc = min_size(kern->nc, round_up(n, nr));
     float *a_packed = pynn_scratch(PYNN_SCRATCH_PACK_A, mc * kc);
     float *b_packed = pynn_scratch(PYNN_SCRATCH_PACK_B, kc * nc);
@@ -331,7 +327,7 @@ void pynn_sgemm(const pynn_context *ctx, int trans_a, int trans_b,
      * packing them is not repaid (16 x 2100 x 150: 104 against 64 GFLOP/s;
      * even at 48 rows); packed beyond, and for a long k, which needs KC blocks. */
     const int few_rows = m < 4 * kern->mr && !trans_b && k <= 2 * kern->kc;
-    const int in_place = (work <= IN_PLACE_WORK || few_rows)
+    const int in_place = (work <= kern->in_place_work || few_rows)
                          && (!trans_b || (double)k * (double)n <= IN_PLACE_PACKED_B);
     const gemm_path path = in_place ? gemm_in_place : gemm_blocked;
     /* Threads take disjoint slabs of C along its longer side, cut at tile

@@ -9,7 +9,12 @@
  *
  * Blocks: KC = 256 puts the 256 x 16 B micro-panel at 16 KiB in L1 beside the
  * 6 x 256 A micro-panel (6 KiB); MC = 144 makes the packed A block 144 KiB of
- * the L2; NC = 4080 keeps the packed B panel (4 MiB) in L3. */
+ * the L2; NC = 4080 keeps the packed B panel (4 MiB) in L3.
+ * Up to 2^25 multiply-adds (about 320^3) the operands are read in place:
+ * measured on Zen 3, the in-place path is 5-10% faster at 192^3 and at MLP
+ * shapes (128 x 256 x 784 with B transposed: 91.5 against 84.9 GFLOP/s;
+ * 256 x 128 x 128: 90.5 against 85.7), even at 256^3, and packing wins from
+ * 384^3 (89 against 83). */
 #include "gemm_kernels.h"
 
 #if defined(PYNN_X86_64)
@@ -58,6 +63,15 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
     if (packed) {
         a_k_step = MR;
         b_k_step = NR;
+    }
+    /* C is first touched after the k loop; fetching its rows now hides the
+     * miss behind the loop (at 2048^3, where C is in L3 or memory, the wait
+     * for C was a fifth of the micro-kernel's samples). */
+    _Pragma("GCC unroll 16")
+    for (int i = 0; i < rows; i++) {
+        if (i >= mr) break;
+        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + i * ldc + nr - 1), _MM_HINT_T0);
     }
     const int full = nr == NR;
     for (ptrdiff_t p = 0; p < k; p++) {
@@ -322,7 +336,7 @@ TARGET void pynn_pack_transposed_avx2(int width, const float *src, ptrdiff_t ld,
 }
 
 const pynn_gemm_kernels pynn_gemm_avx2 = {
-    .mr = MR, .nr = NR, .mc = 144, .kc = 256, .nc = 4080,
+    .mr = MR, .nr = NR, .mc = 144, .kc = 256, .nc = 4080, .in_place_work = 1 << 25,
     .packed = microkernel_avx2_6x16_packed,
     .strided = microkernel_avx2_6x16_strided,
     .dot = gemv_dot_avx2,

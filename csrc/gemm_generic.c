@@ -4,7 +4,9 @@
  * vector extensions, so SSE2 or NEON without intrinsics), which with the B
  * row and the broadcast of A fit the 16 registers of SSE2 (NEON has 32).
  * Blocks: KC = 256 keeps the 8 KiB B micro-panel in L1, MC = 128 the 128 KiB
- * A block in any L2, NC = 4096 the B panel in a last-level cache. */
+ * A block in any L2, NC = 4096 the B panel in a last-level cache. Operands
+ * are read in place up to 2^21 multiply-adds, the AVX-512 value (not tuned
+ * for this path separately). */
 #include <string.h>
 
 #include "gemm_kernels.h"
@@ -117,7 +119,7 @@ void pynn_pack_straight_generic(int width, const float *src, ptrdiff_t ld,
 }
 
 const pynn_gemm_kernels pynn_gemm_generic = {
-    .mr = MR, .nr = NR, .mc = 128, .kc = 256, .nc = 4096,
+    .mr = MR, .nr = NR, .mc = 128, .kc = 256, .nc = 4096, .in_place_work = 1 << 21,
     .packed = microkernel_generic_4x8,
     .strided = microkernel_generic_4x8,
     .dot = gemv_dot_generic,
