@@ -18,6 +18,8 @@
 #define MAX_CHUNK_FLOATS ((ptrdiff_t)1 << 22)
 #define PARALLEL_MIN_FLOATS 32768
 #define PARALLEL_MIN_PRODUCTS (1 << 21)
+/* A band of one image's unfolded input: 256 KiB, half of a Zen 3 L2. */
+#define COL_BAND_FLOATS ((ptrdiff_t)1 << 16)
 
 static ptrdiff_t plane(const pynn_conv_shape *s) { return s->out_h * s->out_w; }
 static ptrdiff_t unfolded_rows(const pynn_conv_shape *s)
@@ -163,17 +165,19 @@ masked_row_copy(float *out, const float *in, ptrdiff_t first, ptrdiff_t last, pt
 }
 #endif
 
-/* col rows (c, kh, kw) for channel c of one image: col[row, oh OW + ow] = x[c, ih, iw],
- * zero where (ih, iw) is padding; ld is col's row stride. */
+/* col rows (c, kh, kw) for channel c of one image and the output rows
+ * [oh0, oh1): col[row, (oh - oh0) OW + ow] = x[c, ih, iw], zero where (ih, iw)
+ * is padding; ld is col's row stride. */
 PYNN_INLINE void unfold_channel(const pynn_conv_shape *s, const unfold_plan *plan,
                                         const float *restrict image, float *restrict col,
-                                        ptrdiff_t ld, const int masked)
+                                        ptrdiff_t ld, ptrdiff_t oh0, ptrdiff_t oh1, const int masked)
 {
     const ptrdiff_t ow_count = s->out_w, sw = s->stride_w, p = plane(s);
+    const ptrdiff_t band = (oh1 - oh0) * ow_count;
     if (plan->source) {
         for (ptrdiff_t t = 0; t < s->kernel_h * s->kernel_w; t++, col += ld) {
-            const int32_t *restrict source = plan->source + t * p;
-            for (ptrdiff_t i = 0; i < p; i++) {
+            const int32_t *restrict source = plan->source + t * p + oh0 * ow_count;
+            for (ptrdiff_t i = 0; i < band; i++) {
                 int32_t index = source[i];
                 float value = image[index >= 0 ? index : 0];
                 col[i] = index >= 0 ? value : 0.0f;
@@ -185,9 +189,12 @@ PYNN_INLINE void unfold_channel(const pynn_conv_shape *s, const unfold_plan *pla
         const tap_span row = plan->spans[kh];
         for (ptrdiff_t kw = 0; kw < s->kernel_w; kw++, col += ld) {
             const tap_span column = plan->spans[s->kernel_h + kw];
-            for (ptrdiff_t i = 0; i < row.first * ow_count; i++) col[i] = 0.0f;
-            for (ptrdiff_t oh = row.first; oh < row.last; oh++) {
-                float *restrict out = col + oh * ow_count;
+            /* the tap's valid output rows, within the band */
+            const ptrdiff_t top = row.first < oh0 ? oh0 : row.first > oh1 ? oh1 : row.first;
+            const ptrdiff_t bottom = row.last < top ? top : row.last > oh1 ? oh1 : row.last;
+            for (ptrdiff_t i = 0; i < (top - oh0) * ow_count; i++) col[i] = 0.0f;
+            for (ptrdiff_t oh = top; oh < bottom; oh++) {
+                float *restrict out = col + (oh - oh0) * ow_count;
                 const float *restrict in = image + (oh * s->stride_h + row.start) * s->width + column.start;
 #if defined(PYNN_X86_64)
                 if (masked && sw == 1) {
@@ -202,7 +209,7 @@ PYNN_INLINE void unfold_channel(const pynn_conv_shape *s, const unfold_plan *pla
                     for (ptrdiff_t ow = column.first; ow < column.last; ow++) out[ow] = in[ow * sw];
                 for (ptrdiff_t ow = column.last; ow < ow_count; ow++) out[ow] = 0.0f;
             }
-            for (ptrdiff_t i = row.last * ow_count; i < p; i++) col[i] = 0.0f;
+            for (ptrdiff_t i = (bottom - oh0) * ow_count; i < band; i++) col[i] = 0.0f;
         }
     }
 }
@@ -240,8 +247,9 @@ PYNN_INLINE void fold_channel(const pynn_conv_shape *s, const unfold_plan *plan,
 #define CHANNEL_VARIANT(suffix, attribute, masked)                                           \
     attribute static void unfold_channel_##suffix(const pynn_conv_shape *s,                  \
                                                   const unfold_plan *plan, const float *image, \
-                                                  float *col, ptrdiff_t ld)                  \
-    { unfold_channel(s, plan, image, col, ld, masked); }                                     \
+                                                  float *col, ptrdiff_t ld, ptrdiff_t oh0,   \
+                                                  ptrdiff_t oh1)                             \
+    { unfold_channel(s, plan, image, col, ld, oh0, oh1, masked); }                           \
     attribute static void fold_channel_##suffix(const pynn_conv_shape *s,                    \
                                                 const unfold_plan *plan, const float *col,   \
                                                 ptrdiff_t ld, float *image)                  \
@@ -253,11 +261,13 @@ CHANNEL_VARIANT(avx2, PYNN_TARGET_AVX2, 0)
 CHANNEL_VARIANT(avx512, PYNN_TARGET_AVX512, 1)
 #endif
 
-/* col [C KH KW, images P] from images [first, first + images) of x. */
+/* col [C KH KW, images band] from the output rows [oh0, oh1) (a band of
+ * (oh1 - oh0) OW columns per image) of images [first, first + images) of x. */
 static void unfold(const pynn_context *ctx, const pynn_conv_shape *s, const unfold_plan *plan,
-                   const float *x, ptrdiff_t first, ptrdiff_t images, float *col)
+                   const float *x, ptrdiff_t first, ptrdiff_t images, ptrdiff_t oh0,
+                   ptrdiff_t oh1, float *col)
 {
-    const ptrdiff_t p = plane(s), ld = images * p, hw = s->height * s->width;
+    const ptrdiff_t p = (oh1 - oh0) * s->out_w, ld = images * p, hw = s->height * s->width;
     const ptrdiff_t channels = s->in_channels, kernel = s->kernel_h * s->kernel_w;
     const ptrdiff_t tasks = images * channels;
     typeof(&unfold_channel_generic) unfold_one = PYNN_PICK(ctx->isa, unfold_channel);
@@ -267,7 +277,7 @@ static void unfold(const pynn_context *ctx, const pynn_conv_shape *s, const unfo
     for (ptrdiff_t t = 0; t < tasks; t++) {
         ptrdiff_t b = t / channels, c = t % channels;
         unfold_one(s, plan, x + ((first + b) * channels + c) * hw, col + c * kernel * ld + b * p,
-                   ld);
+                   ld, oh0, oh1);
     }
 }
 
@@ -336,8 +346,40 @@ static int slot(void)
 #endif
 }
 
+/* Output rows per band when one image's unfolded input is too big for L2:
+ * a function of the shapes alone. */
+static ptrdiff_t band_rows(const pynn_conv_shape *s)
+{
+    const ptrdiff_t row_floats = unfolded_rows(s) * (s->out_w > 0 ? s->out_w : 1);
+    const ptrdiff_t rows = COL_BAND_FLOATS / (row_floats > 0 ? row_floats : 1);
+    return rows > 1 ? rows : 1;
+}
+
+/* One GEMM per group of the unfolded columns [oh0 OW, oh1 OW) of one image,
+ * written straight into y's planes (row stride OH OW). */
+static void forward_band(const pynn_context *ctx, const pynn_conv_shape *s,
+                         const unfold_plan *plan, const float *x, const float *weight,
+                         const float *bias, pynn_activation activation, float *y,
+                         ptrdiff_t image, ptrdiff_t oh0, ptrdiff_t oh1, float *col)
+{
+    const ptrdiff_t p = plane(s), columns = (oh1 - oh0) * s->out_w;
+    const ptrdiff_t oc_group = s->out_channels / s->groups;
+    const ptrdiff_t rows_group = unfolded_rows(s) / s->groups;
+    unfold(ctx, s, plan, x, image, 1, oh0, oh1, col);
+    float *out = y + image * s->out_channels * p + oh0 * s->out_w;
+    for (ptrdiff_t g = 0; g < s->groups; g++) {
+        pynn_epilogue epilogue = {NULL, bias ? bias + g * oc_group : NULL, activation};
+        pynn_sgemm(ctx, 0, 0, oc_group, columns, rows_group, 1.0f,
+                   weight + g * oc_group * rows_group, rows_group, col + g * rows_group * columns,
+                   columns, 0.0f, out + g * oc_group * p, p, &epilogue);
+    }
+}
+
 /* y for images [first, first + count): unfold, one GEMM per group (bias and
- * activation in its epilogue), scatter to NCHW. */
+ * activation in its epilogue), scatter to NCHW. A single large image goes in
+ * bands of output rows, so its unfolded input is still in L2 when the GEMM
+ * reads it (3x3, 64 channels, 56 x 56: one 7 MiB unfold made the GEMM pack
+ * from memory). */
 static void forward_chunk(const pynn_context *ctx, const pynn_conv_shape *s,
                           const unfold_plan *plan, const float *x, const float *weight,
                           const float *bias, pynn_activation activation, float *y,
@@ -346,11 +388,18 @@ static void forward_chunk(const pynn_context *ctx, const pynn_conv_shape *s,
     const ptrdiff_t p = plane(s), oc = s->out_channels, ld = count * p;
     const ptrdiff_t oc_group = oc / s->groups, rows_group = unfolded_rows(s) / s->groups;
     const int identity = unfold_is_identity(s, count);
+    if (count == 1 && !identity) {
+        const ptrdiff_t step = band_rows(s);
+        for (ptrdiff_t oh0 = 0; oh0 < s->out_h; oh0 += step)
+            forward_band(ctx, s, plan, x, weight, bias, activation, y, first, oh0,
+                         oh0 + step < s->out_h ? oh0 + step : s->out_h, col);
+        return;
+    }
     const float *unfolded = col;
     if (identity)
         unfolded = x + first * s->in_channels * s->height * s->width;
     else
-        unfold(ctx, s, plan, x, first, count, col);
+        unfold(ctx, s, plan, x, first, count, 0, s->out_h, col);
     float *staged = col + (identity ? 0 : unfolded_rows(s) * ld);
     float *out = count > 1 ? staged : y + first * oc * p;
     for (ptrdiff_t g = 0; g < s->groups; g++) {
@@ -381,7 +430,7 @@ static void backward_chunk(const pynn_context *ctx, const pynn_conv_shape *s,
     }
     float *input_grad = dx ? dx + first * image_size : NULL;
     const float *unfolded = identity ? x + first * image_size : col;
-    if (dweight && !identity) unfold(ctx, s, plan, x, first, count, col);
+    if (dweight && !identity) unfold(ctx, s, plan, x, first, count, 0, s->out_h, col);
     /* dcol_g overwrites col_g once dW_g has read it; with the identity unfold
      * dcol is dx itself. */
     float *dcol = identity ? input_grad : col;
