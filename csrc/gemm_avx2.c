@@ -248,6 +248,59 @@ static TARGET void gemv_axpy_avx2(ptrdiff_t cols, ptrdiff_t k, const float *x, p
     }
 }
 
+/* One step of 8 k (the first `tail` lanes of them when masked) for rows x cols
+ * dot products; rows and cols are constants at every call. */
+static inline __attribute__((always_inline)) TARGET void
+dots_step(const int rows, const int cols, const float *a, ptrdiff_t lda, const float *b,
+          ptrdiff_t ldb, const int masked, __m256i tail, __m256 acc[4][2])
+{
+    __m256 bj[2];
+    for (int j = 0; j < cols; j++)
+        bj[j] = masked ? _mm256_maskload_ps(b + j * ldb, tail) : _mm256_loadu_ps(b + j * ldb);
+    for (int i = 0; i < rows; i++) {
+        const __m256 ai = masked ? _mm256_maskload_ps(a + i * lda, tail)
+                                 : _mm256_loadu_ps(a + i * lda);
+        for (int j = 0; j < cols; j++) acc[i][j] = _mm256_fmadd_ps(ai, bj[j], acc[i][j]);
+    }
+}
+
+static inline __attribute__((always_inline)) TARGET void
+dots_tile(const int rows, const int cols, ptrdiff_t k, const float *a, ptrdiff_t lda,
+          const float *b, ptrdiff_t ldb, float *sums, ptrdiff_t ld_sums)
+{
+    const __m256i tail = first_lanes(k % 8);
+    const ptrdiff_t k_full = k - k % 8;
+    __m256 acc[4][2];
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j++) acc[i][j] = _mm256_setzero_ps();
+    for (ptrdiff_t p = 0; p < k_full; p += 8)
+        dots_step(rows, cols, a + p, lda, b + p, ldb, 0, tail, acc);
+    if (k_full < k) dots_step(rows, cols, a + k_full, lda, b + k_full, ldb, 1, tail, acc);
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j++) sums[i * ld_sums + j] = horizontal_sum(acc[i][j]);
+}
+
+/* Four rows of A by two of B per pass: 6 loads feed 8 FMAs, so the FMA
+ * pipes, not the loads, set the pace, and B streams through once per four
+ * rows of A (once in all for batch-4 inference). */
+TARGET void pynn_gemm_dots_avx2(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a,
+                                ptrdiff_t lda, const float *b, ptrdiff_t ldb, float *sums)
+{
+    for (ptrdiff_t j = 0; j < n; j += 2) {
+        const float *bj = b + j * ldb;
+        for (ptrdiff_t i = 0; i < m; i += 4) {
+            const float *ai = a + i * lda;
+            float *out = sums + i * n + j;
+            const ptrdiff_t rows = m - i < 4 ? m - i : 4;
+#define DOTS(r) (n - j >= 2 ? dots_tile(r, 2, k, ai, lda, bj, ldb, out, n) \
+                            : dots_tile(r, 1, k, ai, lda, bj, ldb, out, n))
+            if (rows == 4) DOTS(4); else if (rows == 3) DOTS(3); else if (rows == 2) DOTS(2);
+            else DOTS(1);
+#undef DOTS
+        }
+    }
+}
+
 /* In place: rows[q] holds 8 consecutive k of source row q; after, rows[p]
  * holds the 8 rows' values at k = p, a row of a packed micro-panel. */
 static inline TARGET void transpose_8x8(__m256 rows[8])
@@ -341,6 +394,7 @@ const pynn_gemm_kernels pynn_gemm_avx2 = {
     .strided = microkernel_avx2_6x16_strided,
     .dot = gemv_dot_avx2,
     .axpy = gemv_axpy_avx2,
+    .dots = pynn_gemm_dots_avx2,
     .pack_transposed = pynn_pack_transposed_avx2,
     .pack_straight = pynn_pack_straight_generic,
 };

@@ -246,6 +246,7 @@ const pynn_gemm_kernels pynn_gemm_avx512 = {
     .strided = microkernel_avx512_12x32_strided,
     .dot = gemv_dot_avx512,
     .axpy = gemv_axpy_avx512,
+    .dots = pynn_gemm_dots_avx2,
     .pack_transposed = pynn_pack_transposed_avx2,
     .pack_straight = pack_straight_avx512,
 };

@@ -90,6 +90,19 @@ static void gemv_axpy_generic(ptrdiff_t cols, ptrdiff_t k, const float *x, ptrdi
     }
 }
 
+static void gemm_dots_generic(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a,
+                              ptrdiff_t lda, const float *b, ptrdiff_t ldb, float *sums)
+{
+    for (ptrdiff_t i = 0; i < m; i++)
+        for (ptrdiff_t j = 0; j < n; j++) {
+            const float *ai = a + i * lda, *bj = b + j * ldb;
+            float s = 0.0f;
+            for (ptrdiff_t p = 0; p < k; p++)
+                s += ai[p] * bj[p];
+            sums[i * n + j] = s;
+        }
+}
+
 static void pack_transposed_generic(int width, const float *src, ptrdiff_t ld,
                                    ptrdiff_t depth, ptrdiff_t count, float *dst)
 {
@@ -124,6 +137,7 @@ const pynn_gemm_kernels pynn_gemm_generic = {
     .strided = microkernel_generic_4x8,
     .dot = gemv_dot_generic,
     .axpy = gemv_axpy_generic,
+    .dots = gemm_dots_generic,
     .pack_transposed = pack_transposed_generic,
     .pack_straight = pynn_pack_straight_generic,
 };

@@ -39,6 +39,11 @@ typedef void (*pynn_gemv_dot)(ptrdiff_t rows, ptrdiff_t k, const float *x, ptrdi
 typedef void (*pynn_gemv_axpy)(ptrdiff_t cols, ptrdiff_t k, const float *x, ptrdiff_t ldx,
                                const float *v, ptrdiff_t v_step, float *sums);
 
+/* sums[i * n + j] = dot(a[i * lda : i * lda + k], b[j * ldb : j * ldb + k]) for
+ * i < m, j < n: C = A Bᵀ for a few rows of A, each row of B read once. */
+typedef void (*pynn_gemm_dots)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a,
+                               ptrdiff_t lda, const float *b, ptrdiff_t ldb, float *sums);
+
 /* The transposing copy into micro-panels: `count` rows of a row-major matrix
  * (row r at src + r * ld, its first `depth` floats) become panels of `width`
  * rows each, stored [depth][width], with element (p, q) of panel t = row
@@ -62,6 +67,7 @@ typedef struct {
     pynn_microkernel strided;  /* any steps: the small path over unpacked operands */
     pynn_gemv_dot dot;
     pynn_gemv_axpy axpy;
+    pynn_gemm_dots dots;
     pynn_pack_transposed pack_transposed;
     pynn_pack_straight pack_straight;
 } pynn_gemm_kernels;
@@ -78,6 +84,9 @@ void pynn_pack_straight_generic(int width, const float *src, ptrdiff_t ld,
 /* 8 x 8 and 4 x 8 AVX transposes; AVX-512 CPUs run it too. */
 void pynn_pack_transposed_avx2(int width, const float *src, ptrdiff_t ld,
                                ptrdiff_t depth, ptrdiff_t count, float *dst);
+/* 4 rows of A by 2 of B per pass; AVX-512 CPUs run it too (untuned there). */
+void pynn_gemm_dots_avx2(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a, ptrdiff_t lda,
+                         const float *b, ptrdiff_t ldb, float *sums);
 extern const pynn_gemm_kernels pynn_gemm_avx2;
 extern const pynn_gemm_kernels pynn_gemm_avx512;
 #endif
