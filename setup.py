@@ -28,7 +28,7 @@ EXTENSIONS = {
     "activations": ["vmath.c", "activations.c"],
     "loss": ["loss.c"],
     "dense": ["dense.c"],
-    "conv": ["conv.c", "gemm.c", "scratch.c", "gemm_generic.c", "gemm_avx2.c", "gemm_avx512.c"],
+    "conv": ["conv.c"],  # its GEMM is pynn._kernels.gemm's (gemm.pxd)
     "pool": ["pool.c"],
     "batchnorm": ["batchnorm.c"],
 }

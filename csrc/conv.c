@@ -21,6 +21,10 @@
 /* A band of one image's unfolded input: 256 KiB, half of a Zen 3 L2. */
 #define COL_BAND_FLOATS ((ptrdiff_t)1 << 16)
 
+static pynn_sgemm_fn gemm;
+
+void pynn_conv_use_gemm(pynn_sgemm_fn kernel) { gemm = kernel; }
+
 static ptrdiff_t plane(const pynn_conv_shape *s) { return s->out_h * s->out_w; }
 static ptrdiff_t unfolded_rows(const pynn_conv_shape *s)
 {
@@ -369,9 +373,9 @@ static void forward_band(const pynn_context *ctx, const pynn_conv_shape *s,
     float *out = y + image * s->out_channels * p + oh0 * s->out_w;
     for (ptrdiff_t g = 0; g < s->groups; g++) {
         pynn_epilogue epilogue = {NULL, bias ? bias + g * oc_group : NULL, activation};
-        pynn_sgemm(ctx, 0, 0, oc_group, columns, rows_group, 1.0f,
-                   weight + g * oc_group * rows_group, rows_group, col + g * rows_group * columns,
-                   columns, 0.0f, out + g * oc_group * p, p, &epilogue);
+        gemm(ctx, 0, 0, oc_group, columns, rows_group, 1.0f,
+             weight + g * oc_group * rows_group, rows_group, col + g * rows_group * columns,
+             columns, 0.0f, out + g * oc_group * p, p, &epilogue);
     }
 }
 
@@ -404,9 +408,9 @@ static void forward_chunk(const pynn_context *ctx, const pynn_conv_shape *s,
     float *out = count > 1 ? staged : y + first * oc * p;
     for (ptrdiff_t g = 0; g < s->groups; g++) {
         pynn_epilogue epilogue = {NULL, bias ? bias + g * oc_group : NULL, activation};
-        pynn_sgemm(ctx, 0, 0, oc_group, ld, rows_group, 1.0f, weight + g * oc_group * rows_group,
-                   rows_group, unfolded + g * rows_group * ld, ld, 0.0f, out + g * oc_group * ld,
-                   ld, &epilogue);
+        gemm(ctx, 0, 0, oc_group, ld, rows_group, 1.0f, weight + g * oc_group * rows_group,
+             rows_group, unfolded + g * rows_group * ld, ld, 0.0f, out + g * oc_group * ld,
+             ld, &epilogue);
     }
     if (count > 1) unstage(ctx, staged, oc, p, count, y + first * oc * p, 1);
 }
@@ -436,13 +440,13 @@ static void backward_chunk(const pynn_context *ctx, const pynn_conv_shape *s,
     float *dcol = identity ? input_grad : col;
     for (ptrdiff_t g = 0; g < s->groups; g++) {
         if (dweight)  /* dW_g = dY_g X̂_gᵀ */
-            pynn_sgemm(ctx, 0, 1, oc_group, rows_group, ld, 1.0f, grad + g * oc_group * ld, ld,
-                       unfolded + g * rows_group * ld, ld, 0.0f,
-                       dweight + g * oc_group * rows_group, rows_group, NULL);
+            gemm(ctx, 0, 1, oc_group, rows_group, ld, 1.0f, grad + g * oc_group * ld, ld,
+                 unfolded + g * rows_group * ld, ld, 0.0f,
+                 dweight + g * oc_group * rows_group, rows_group, NULL);
         if (dx)       /* dX̂_g = W_gᵀ dY_g */
-            pynn_sgemm(ctx, 1, 0, rows_group, ld, oc_group, 1.0f,
-                       weight + g * oc_group * rows_group, rows_group, grad + g * oc_group * ld,
-                       ld, 0.0f, dcol + g * rows_group * ld, ld, NULL);
+            gemm(ctx, 1, 0, rows_group, ld, oc_group, 1.0f,
+                 weight + g * oc_group * rows_group, rows_group, grad + g * oc_group * ld,
+                 ld, 0.0f, dcol + g * rows_group * ld, ld, NULL);
     }
     if (dx && !identity) fold(ctx, s, plan, col, first, count, dx);
 }

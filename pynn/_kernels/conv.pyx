@@ -6,7 +6,8 @@ reading or writing out of bounds."""
 cimport numpy as cnp
 
 from pynn._kernels.buffers cimport float_input, float_output
-from pynn._kernels.gemm cimport pynn_activation, PYNN_ACTIVATION_NONE, PYNN_ACTIVATION_RELU
+from pynn._kernels.gemm cimport (pynn_activation, PYNN_ACTIVATION_NONE, PYNN_ACTIVATION_RELU,
+                                  pynn_sgemm_fn, sgemm_kernel)
 from pynn._kernels.runtime cimport current_context, pynn_context
 
 cnp.import_array()
@@ -24,6 +25,9 @@ cdef extern from "conv.h" nogil:
     int pynn_conv2d_backward(const pynn_context *ctx, const pynn_conv_shape *s, const float *dy,
                              const float *x, const float *weight, float *dx, float *dweight,
                              float *dbias, float *workspace)
+    void pynn_conv_use_gemm(pynn_sgemm_fn gemm)
+
+pynn_conv_use_gemm(sgemm_kernel())
 
 
 cdef pynn_conv_shape geometry(tuple x_shape, tuple weight_shape, tuple stride, tuple padding,

@@ -1,5 +1,6 @@
 # The GEMM kernel, shared with every kernel module that multiplies matrices
-# (dense layers, convolution): cimport sgemm from here.
+# (convolution): they take sgemm_kernel()'s pointer rather than compiling
+# csrc/gemm*.c again.
 from pynn._kernels.runtime cimport pynn_context
 
 cdef extern from "gemm.h" nogil:
@@ -10,10 +11,11 @@ cdef extern from "gemm.h" nogil:
         const float *col_bias
         const float *row_bias
         pynn_activation activation
+    ctypedef void (*pynn_sgemm_fn)(const pynn_context *ctx, int trans_a, int trans_b,
+                                   Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                                   float alpha, const float *a, Py_ssize_t lda,
+                                   const float *b, Py_ssize_t ldb,
+                                   float beta, float *c, Py_ssize_t ldc,
+                                   const pynn_epilogue *epilogue)
 
-cdef void sgemm(const pynn_context *ctx, bint trans_a, bint trans_b,
-                Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                float alpha, const float *a, Py_ssize_t lda,
-                const float *b, Py_ssize_t ldb,
-                float beta, float *c, Py_ssize_t ldc,
-                const pynn_epilogue *epilogue) noexcept nogil
+cdef pynn_sgemm_fn sgemm_kernel() noexcept nogil

@@ -15,13 +15,8 @@ cdef extern from "gemm.h" nogil:
                     const pynn_epilogue *epilogue)
 
 
-cdef void sgemm(const pynn_context *ctx, bint trans_a, bint trans_b,
-                Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                float alpha, const float *a, Py_ssize_t lda,
-                const float *b, Py_ssize_t ldb,
-                float beta, float *c, Py_ssize_t ldc,
-                const pynn_epilogue *epilogue) noexcept nogil:
-    pynn_sgemm(ctx, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, epilogue)
+cdef pynn_sgemm_fn sgemm_kernel() noexcept nogil:
+    return pynn_sgemm
 
 
 cdef inline bint float32_rows(object x, int ndim):
