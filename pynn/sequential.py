@@ -9,7 +9,7 @@ import threading
 
 import numpy as np
 
-from pynn._checks import as_count
+from pynn._checks import aligned_empty, as_count
 from pynn.layers import Conv2d, Linear, ReLU
 from pynn.layers.base import Layer
 
@@ -127,7 +127,7 @@ class Sequential:
         if arrays is None:
             if len(buffers) >= _SHAPES_REMEMBERED:
                 buffers.clear()
-            arrays = buffers[input_shape] = [np.empty(shape, dtype=np.float32) for shape in chain[:-1]]
+            arrays = buffers[input_shape] = [aligned_empty(shape) for shape in chain[:-1]]
         return arrays
 
     def _infer_into(self, x, out):

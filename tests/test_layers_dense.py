@@ -7,7 +7,7 @@ import pytest
 
 import pynn
 from pynn import init
-from pynn.layers import Dropout, Embedding, Flatten, Linear, ReLU
+from pynn.layers import Conv2d, Dropout, Embedding, Flatten, Linear, ReLU
 from tests.helpers import check_gradient
 
 
@@ -248,3 +248,17 @@ def test_linear_with_a_replaced_parameter_of_another_dtype_raises_instead_of_ski
     layer.params["weight"] = layer.params["weight"].astype(np.float64)
     with pytest.raises(ValueError, match="Linear"):
         layer.forward(np.ones((2, 4), np.float32))
+
+
+def test_weights_and_buffers_start_on_a_cache_line():
+    model = pynn.Sequential(Linear(13, 7), ReLU(), Linear(7, 3))
+    weights = [layer.params["weight"] for layer in model.layers if layer.params]
+    weights += [Conv2d(3, 5, 3).params["weight"], Embedding(11, 6).params["weight"]]
+    x = np.ones((5, 13), np.float32)
+    model.predict(x)
+    model.forward(x, training=True)
+    buffers = model._thread_buffers(x.shape, model._shape_chain(x.shape))
+    workspaces = list(model.layers[0]._workspace.values())
+    assert workspaces and buffers
+    for array in weights + buffers + workspaces:
+        assert array.ctypes.data % 64 == 0 and array.flags.c_contiguous and array.flags.writeable

@@ -15,6 +15,8 @@ A layer has three paths:
 """
 import numpy as np
 
+from pynn._checks import aligned_empty
+
 # Layer type name -> class, filled as layer classes are defined; the model file
 # rebuilds architectures from these names, so nothing in a file can name code.
 LAYER_TYPES = {}
@@ -64,7 +66,7 @@ class Layer:
         """A layer-owned array reused while ``shape`` is unchanged (training path only)."""
         array = self._workspace.get(name)
         if array is None or array.shape != shape or array.dtype != dtype:
-            array = np.empty(shape, dtype=dtype)
+            array = aligned_empty(shape, dtype)
             self._workspace[name] = array
         return array
 
