@@ -31,7 +31,9 @@ static ptrdiff_t unfolded_rows(const pynn_conv_shape *s)
     return s->in_channels * s->kernel_h * s->kernel_w;
 }
 
-/* Images per GEMM: a function of the shapes alone. */
+/* Images per GEMM: a function of the shapes alone. The batch splits into
+ * chunks of equal size (64 images of a 10 x 10 plane: 4 x 16, not 3 x 21 + 1,
+ * which left one of two threads 42 images and the other 22). */
 static ptrdiff_t chunk_images(const pynn_conv_shape *s)
 {
     ptrdiff_t p = plane(s) > 0 ? plane(s) : 1, rows = unfolded_rows(s) > 0 ? unfolded_rows(s) : 1;
@@ -39,7 +41,9 @@ static ptrdiff_t chunk_images(const pynn_conv_shape *s)
     ptrdiff_t by_memory = MAX_CHUNK_FLOATS / (rows * p);
     if (images > by_memory) images = by_memory;
     if (images > s->batch) images = s->batch;
-    return images > 1 ? images : 1;
+    if (images <= 1) return 1;
+    const ptrdiff_t chunks = (s->batch + images - 1) / images;
+    return (s->batch + chunks - 1) / chunks;
 }
 
 /* A 1x1 kernel with stride 1 and no padding reads the image as it is. */
