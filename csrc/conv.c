@@ -171,6 +171,23 @@ masked_row_copy(float *out, const float *in, ptrdiff_t first, ptrdiff_t last, pt
         _mm512_mask_storeu_ps(out + ow, lanes, _mm512_maskz_loadu_ps(valid, in + ow));
     }
 }
+
+/* The same with eight-float moves, the last of a row overlapping the one
+ * before it instead of a scalar tail of up to seven (plain stores: AMD
+ * microcodes AVX2's masked ones). */
+static inline PYNN_TARGET_AVX2 void
+vector_row_copy(float *out, const float *in, ptrdiff_t first, ptrdiff_t last, ptrdiff_t count)
+{
+    for (ptrdiff_t ow = 0; ow < first; ow++) out[ow] = 0.0f;
+    if (last - first >= 8) {
+        ptrdiff_t ow = first;
+        for (; ow + 8 <= last; ow += 8) _mm256_storeu_ps(out + ow, _mm256_loadu_ps(in + ow));
+        if (ow < last) _mm256_storeu_ps(out + last - 8, _mm256_loadu_ps(in + last - 8));
+    } else {
+        for (ptrdiff_t ow = first; ow < last; ow++) out[ow] = in[ow];
+    }
+    for (ptrdiff_t ow = last; ow < count; ow++) out[ow] = 0.0f;
+}
 #endif
 
 /* col rows (c, kh, kw) for channel c of one image and the output rows
@@ -178,7 +195,7 @@ masked_row_copy(float *out, const float *in, ptrdiff_t first, ptrdiff_t last, pt
  * is padding; ld is col's row stride. */
 PYNN_INLINE void unfold_channel(const pynn_conv_shape *s, const unfold_plan *plan,
                                         const float *restrict image, float *restrict col,
-                                        ptrdiff_t ld, ptrdiff_t oh0, ptrdiff_t oh1, const int masked)
+                                        ptrdiff_t ld, ptrdiff_t oh0, ptrdiff_t oh1, const pynn_isa isa)
 {
     const ptrdiff_t ow_count = s->out_w, sw = s->stride_w, p = plane(s);
     const ptrdiff_t band = (oh1 - oh0) * ow_count;
@@ -205,8 +222,12 @@ PYNN_INLINE void unfold_channel(const pynn_conv_shape *s, const unfold_plan *pla
                 float *restrict out = col + (oh - oh0) * ow_count;
                 const float *restrict in = image + (oh * s->stride_h + row.start) * s->width + column.start;
 #if defined(PYNN_X86_64)
-                if (masked && sw == 1) {
+                if (isa == PYNN_ISA_AVX512 && sw == 1) {
                     masked_row_copy(out, in, column.first, column.last, ow_count);
+                    continue;
+                }
+                if (isa == PYNN_ISA_AVX2 && sw == 1) {
+                    vector_row_copy(out, in, column.first, column.last, ow_count);
                     continue;
                 }
 #endif
@@ -252,21 +273,21 @@ PYNN_INLINE void fold_channel(const pynn_conv_shape *s, const unfold_plan *plan,
 }
 
 /* One copy of the channel loops per ISA, so the copies use its vector width. */
-#define CHANNEL_VARIANT(suffix, attribute, masked)                                           \
+#define CHANNEL_VARIANT(suffix, attribute, isa)                                              \
     attribute static void unfold_channel_##suffix(const pynn_conv_shape *s,                  \
                                                   const unfold_plan *plan, const float *image, \
                                                   float *col, ptrdiff_t ld, ptrdiff_t oh0,   \
                                                   ptrdiff_t oh1)                             \
-    { unfold_channel(s, plan, image, col, ld, oh0, oh1, masked); }                           \
+    { unfold_channel(s, plan, image, col, ld, oh0, oh1, isa); }                              \
     attribute static void fold_channel_##suffix(const pynn_conv_shape *s,                    \
                                                 const unfold_plan *plan, const float *col,   \
                                                 ptrdiff_t ld, float *image)                  \
     { fold_channel(s, plan, col, ld, image); }
 
-CHANNEL_VARIANT(generic, , 0)
+CHANNEL_VARIANT(generic, , PYNN_ISA_GENERIC)
 #if defined(PYNN_X86_64)
-CHANNEL_VARIANT(avx2, PYNN_TARGET_AVX2, 0)
-CHANNEL_VARIANT(avx512, PYNN_TARGET_AVX512, 1)
+CHANNEL_VARIANT(avx2, PYNN_TARGET_AVX2, PYNN_ISA_AVX2)
+CHANNEL_VARIANT(avx512, PYNN_TARGET_AVX512, PYNN_ISA_AVX512)
 #endif
 
 /* col [C KH KW, images band] from the output rows [oh0, oh1) (a band of
