@@ -83,17 +83,20 @@ def _calls_per_round(fn, budget):
 def time_calls(runners, budget):
     """Seconds per call of each of ``runners`` (name -> function), ``budget``
     seconds each, as the fastest of its rounds: slower rounds measure other
-    processes, not the code. Each runner's rounds run back to back, so only
-    its first round shares the cores with the previous runner's idle worker
-    threads (OpenMP and ONNX Runtime pools spin for milliseconds after their
-    work); and the runners go twice, the second time in reverse order, so a
-    shared host that speeds up or slows down moves them alike."""
+    processes, not the code. Each runner's rounds run back to back after a
+    pause of a quarter of the budget, so they do not share the cores with the
+    previous runner's idle worker threads (OpenBLAS's spin for about 60 ms
+    after their work, and halved pynn's GEMM rate on two threads meanwhile;
+    OpenMP and ONNX Runtime pools spin too); and the runners go twice, the
+    second time in reverse order, so a shared host that speeds up or slows
+    down moves them alike."""
     numbers = {name: _calls_per_round(fn, budget) for name, fn in runners.items()}
     best = dict.fromkeys(runners, float("inf"))
     names = list(runners)
     for index in range(PASSES):
         for name in names if index % 2 == 0 else names[::-1]:
             fn, number = runners[name], numbers[name]
+            time.sleep(budget / 4)
             for _ in range(ROUNDS):
                 start = time.perf_counter()
                 for _ in range(number):
