@@ -185,3 +185,17 @@ def test_bad_input_is_refused_naming_the_layer(layer, x, words):
 def test_backward_before_forward_is_an_error():
     with pytest.raises(RuntimeError, match="Conv2d.backward"):
         Conv2d(1, 1, 1).backward(np.zeros((1, 1, 1, 1), np.float32))
+
+
+def test_single_channel_conv_with_fused_relu_keeps_nan():
+    """One input channel at stride 1 takes the direct kernel; its fused ReLU
+    matches relu(conv) and, as PyTorch's, keeps NaN."""
+    rng = np.random.default_rng(8)
+    layer = Conv2d(1, 7, (3, 5), padding=(2, 1))
+    layer.activation = "relu"
+    x = rng.standard_normal((2, 1, 11, 19)).astype(np.float32)
+    x[1, 0, 5, 9] = np.nan
+    y = layer.forward(x)
+    plain = ops.conv2d(x, layer.params["weight"], layer.params["bias"], padding=(2, 1))
+    np.testing.assert_array_equal(y, np.where(np.isnan(plain), plain, np.maximum(plain, 0)))
+    assert np.isnan(y[1]).any() and not np.isnan(y[0]).any()
