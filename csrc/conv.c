@@ -481,7 +481,9 @@ static void backward_chunk(const pynn_context *ctx, const pynn_conv_shape *s,
  * shifted rows of a zero-padded copy of the image (L1-resident), six output
  * channels at a time, so one load of the shifted row feeds six FMAs. The
  * unfold wrote 25 floats per output and the GEMM's k of 25 left its tiles
- * epilogue-bound (LeNet's first layer at batch 256: 24 GFLOP/s). */
+ * epilogue-bound (LeNet's first layer at batch 256: 24 GFLOP/s). AVX2 code,
+ * run on AVX-512 CPUs too; the portable path keeps the unfold. */
+#if defined(PYNN_X86_64)
 #define DIRECT_CHANNELS 6
 #define DIRECT_MAX_FLOATS 8192
 #define DIRECT_MAX_TAPS 64
@@ -501,7 +503,6 @@ static int direct_applies(const pynn_context *ctx, const pynn_conv_shape *s)
            direct_row_floats(s) * (s->height + 2 * s->pad_h) <= DIRECT_MAX_FLOATS;
 }
 
-#if defined(PYNN_X86_64)
 /* Six output channels of one image from its padded copy (row stride ld);
  * weights [6][KH KW], biases [6]; only the first `count` are stored. Per
  * shifted row, 7 loads feed 6 FMAs. */
@@ -569,13 +570,11 @@ static PYNN_TARGET_AVX2 void direct_image(const pynn_conv_shape *s, const float 
         direct_channels(s, padded, ld, weights, biases, relu, y + o0 * plane(s), count);
     }
 }
-#endif
 
 static void direct_forward(const pynn_context *ctx, const pynn_conv_shape *s, const float *x,
                            const float *weight, const float *bias, pynn_activation activation,
                            float *y)
 {
-#if defined(PYNN_X86_64)
     const ptrdiff_t image_size = s->height * s->width, out_size = s->out_channels * plane(s);
     const int relu = activation == PYNN_ACTIVATION_RELU;
     (void)ctx;
@@ -584,19 +583,19 @@ static void direct_forward(const pynn_context *ctx, const pynn_conv_shape *s, co
 #endif
     for (ptrdiff_t n = 0; n < s->batch; n++)
         direct_image(s, x + n * image_size, weight, bias, relu, y + n * out_size);
-#else
-    (void)ctx; (void)s; (void)x; (void)weight; (void)bias; (void)activation; (void)y;
-#endif
 }
+#endif
 
 int pynn_conv2d_forward(const pynn_context *ctx, const pynn_conv_shape *s, const float *x,
                         const float *weight, const float *bias, pynn_activation activation,
                         float *y, float *workspace)
 {
+#if defined(PYNN_X86_64)
     if (direct_applies(ctx, s)) {
         direct_forward(ctx, s, x, weight, bias, activation, y);
         return 0;
     }
+#endif
     float *owned;
     unfold_plan plan;
     float *scratch_space = prepare(s, ctx->num_threads, workspace, &owned, &plan);
