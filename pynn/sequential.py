@@ -1,19 +1,22 @@
 """``Sequential``: layers applied in order, with PyTorch's state-dict keys.
 
-Inference (``predict``) validates the input once, then calls each layer's
-``infer`` into buffers private to the calling thread, so several threads may
-predict with one model at once. Training goes through ``forward(training=True)``
+Inference (``predict``) validates the input once, then runs an inference
+plan private to the calling thread and input shape (pynn/_kernels/plan.pyx):
+the layers' kernels back to back into buffers the plan owns, so several
+threads may predict with one model at once, and a repeated call goes from
+``predict`` to the kernels without any Python in between. Training goes through ``forward(training=True)``
 and ``backward``, whose buffers the layers own and reuse."""
 import collections
 import threading
 
 import numpy as np
 
-from pynn._checks import aligned_empty, as_count
+from pynn._checks import as_count
+from pynn._kernels import plan as _plan
 from pynn.layers import Conv2d, Linear, ReLU
 from pynn.layers.base import Layer
 
-# Input shapes whose shape chains and scratch buffers are kept; beyond this
+# Input shapes whose shape chains and inference plans are kept; beyond this
 # (a caller cycling through many batch sizes) they are dropped and rebuilt.
 _SHAPES_REMEMBERED = 8
 
@@ -118,33 +121,33 @@ class Sequential:
             chain = self._shape_chains[input_shape] = tuple(shapes)
         return chain
 
-    def _thread_buffers(self, input_shape, chain):
-        """This thread's intermediate buffers for ``input_shape``."""
-        buffers = getattr(self._scratch, "buffers", None)
-        if buffers is None:
-            buffers = self._scratch.buffers = {}
-        arrays = buffers.get(input_shape)
-        if arrays is None:
-            if len(buffers) >= _SHAPES_REMEMBERED:
-                buffers.clear()
-            arrays = buffers[input_shape] = [aligned_empty(shape) for shape in chain[:-1]]
-        return arrays
+    def _thread_plan(self, input_shape):
+        """This thread's inference plan for ``input_shape``, rebuilt when a
+        layer's arrays or wiring changed since it was made."""
+        plans = getattr(self._scratch, "plans", None)
+        if plans is None:
+            plans = self._scratch.plans = {}
+        plan = plans.get(input_shape)
+        if plan is None or not plan.current():
+            self._wire()
+            if len(plans) >= _SHAPES_REMEMBERED:
+                plans.clear()
+            plan = plans[input_shape] = _plan.InferencePlan(
+                self._steps, [layer for layer, _ in self._wiring], input_shape,
+                self._shape_chain(input_shape))
+        return plan
 
     def _infer_into(self, x, out):
-        self._wire()
-        chain = self._shape_chain(x.shape)
-        buffers = self._thread_buffers(x.shape, chain)
-        last = len(self._steps) - 1
-        for index, layer in enumerate(self._steps):
-            x = layer.infer(x, out if index == last else buffers[index])
-        if x is not out:  # the last layer returned a view of its input
-            np.copyto(out, x)
-        return out
+        return self._thread_plan(x.shape).run(x, out)
 
     def predict(self, x, batch_size=None):
         """Inference-mode output for ``x``, freshly allocated; nothing else is
         allocated once this thread has seen the input shape. ``batch_size``
         runs the rows in slices of that many (bounded scratch memory)."""
+        if batch_size is None:
+            out = _plan.predict_cached(self._scratch, x)
+            if out is not None:
+                return out
         if not self.layers:
             raise ValueError("Sequential.predict: the model has no layers")
         if batch_size is not None:

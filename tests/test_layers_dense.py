@@ -257,7 +257,7 @@ def test_weights_and_buffers_start_on_a_cache_line():
     x = np.ones((5, 13), np.float32)
     model.predict(x)
     model.forward(x, training=True)
-    buffers = model._thread_buffers(x.shape, model._shape_chain(x.shape))
+    buffers = model._thread_plan(x.shape).buffers
     workspaces = list(model.layers[0]._workspace.values())
     assert workspaces and buffers
     for array in weights + buffers + workspaces:

@@ -9,9 +9,6 @@ from pynn._kernels.runtime cimport current_context, pynn_context
 
 cnp.import_array()
 
-ctypedef void (*map_kernel)(const pynn_context *ctx, Py_ssize_t n, const float *a,
-                            const float *b, float *y, float p) noexcept nogil
-
 cdef extern from "vmath.h" nogil:
     void pynn_vexp(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
     void pynn_vtanh(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
@@ -48,10 +45,18 @@ cdef map_kernel[16] kernel_table = [
 cdef dict kernel_index = {name: i for i, name in enumerate(KERNELS)}
 
 
+cdef map_kernel map_kernel_named(str name) except NULL:
+    return kernel_table[kernel_index[name]]
+
+
+cdef softmax_fn softmax_kernel() noexcept nogil:
+    return pynn_softmax
+
+
 def elementwise(str name, a, b, out, float p=0.0):
     """out = name(a[, b], p) element by element; returns out."""
     cdef Py_ssize_t n = cnp.PyArray_SIZE(a) if cnp.PyArray_Check(a) else 0
-    cdef map_kernel kernel = kernel_table[kernel_index[name]]
+    cdef map_kernel kernel = map_kernel_named(name)
     cdef const float *a_data = float_input(a, -1, "a")
     cdef const float *b_data = NULL
     if b is not None:

@@ -12,9 +12,10 @@ class _Activation(Layer):
     (whichever the derivative needs, ``_saves``)."""
     _kernel = None
     _saves = "y"
+    _parameter_name = None  # the attribute holding the kernel's parameter, if any
 
     def _parameter(self):
-        return 0.0
+        return getattr(self, self._parameter_name) if self._parameter_name else 0.0
 
     def output_shape(self, input_shape):
         return tuple(input_shape)
@@ -24,6 +25,12 @@ class _Activation(Layer):
 
     def infer(self, x, out):
         return _kernels.elementwise(self._kernel, x, None, out, self._parameter())
+
+    def kernel_step(self, input_shape):
+        watched = [(vars(self), "_kernel")]
+        if self._parameter_name:
+            watched.append((vars(self), self._parameter_name))
+        return "map", (self._kernel, self._parameter()), watched
 
     def forward(self, x, training=False):
         x = self.check_input(x)
@@ -59,13 +66,11 @@ class ReLU(_Activation):
 class LeakyReLU(_Activation):
     _kernel = "leaky_relu"
     _saves = "x"
+    _parameter_name = "negative_slope"
 
     def __init__(self, negative_slope=0.01):
         super().__init__()
         self.negative_slope = as_real(negative_slope, "LeakyReLU", "negative_slope")
-
-    def _parameter(self):
-        return self.negative_slope
 
     def config(self):
         return {"negative_slope": self.negative_slope}
@@ -115,6 +120,9 @@ class Softmax(Layer):
 
     def infer(self, x, out):
         return _kernels.softmax(x, out, *_axis_split(x.shape, self.axis, "Softmax"), False)
+
+    def kernel_step(self, input_shape):
+        return "softmax", _axis_split(input_shape, self.axis, "Softmax"), ((vars(self), "axis"),)
 
     def forward(self, x, training=False):
         x = self.check_input(x)

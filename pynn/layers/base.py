@@ -4,8 +4,10 @@ A layer has three paths:
 - ``infer(x, out)``: inference on an already validated float32 array. It reads
   only parameters and buffers and writes only ``out`` (or returns a view of
   ``x``), so several threads may run it on one layer at once. It does no
-  validation: ``Sequential.predict`` validates once, then calls ``infer`` per
-  layer with per-thread buffers.
+  validation: ``Sequential.predict`` validates once, then runs the layers with
+  per-thread buffers. ``kernel_step(input_shape)`` may describe the same work
+  as one C kernel call, which the model's inference plan then makes without
+  calling back into Python (pynn/_kernels/plan.pyx).
 - ``forward(x, training=False)``: the checked entry point. In training mode it
   saves what ``backward`` needs and writes into buffers the layer owns and
   reuses while the batch shape is unchanged (steady state allocates nothing).
@@ -47,6 +49,15 @@ class Layer:
 
     def infer(self, x, out):
         raise NotImplementedError
+
+    def kernel_step(self, input_shape):
+        """``infer`` as ``(kind, arguments, watched)`` for an inference plan, or
+        None to have the plan call ``infer``. Kinds: ``("view", (), ())`` (the
+        output is the input, reshaped), ``("gemm", (weight, bias, relu), ...)``,
+        ``("map", (kernel name, parameter), ...)`` and ``("softmax", (outer,
+        length, inner), ...)``. ``watched`` lists the ``(dict, key)`` entries
+        read here: replacing one makes the plan rebuild."""
+        return None
 
     def forward(self, x, training=False):
         raise NotImplementedError

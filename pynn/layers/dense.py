@@ -73,6 +73,10 @@ class Linear(Layer):
                   self.params.get("bias"), None, self.activation == "relu")
         return out
 
+    def kernel_step(self, input_shape):
+        return ("gemm", (self.params["weight"], self.params.get("bias"), self.activation == "relu"),
+                ((self.params, "weight"), (self.params, "bias")))
+
     def forward(self, x, training=False):
         x = self.check_input(x)
         shape = self.output_shape(x.shape)
@@ -136,6 +140,9 @@ class Flatten(Layer):
     def infer(self, x, out):
         return x.reshape(out.shape)
 
+    def kernel_step(self, input_shape):
+        return "view", (), ()
+
     def forward(self, x, training=False):
         x = self.check_input(x)
         if training:
@@ -193,6 +200,9 @@ class Dropout(Layer):
 
     def infer(self, x, out):
         return x
+
+    def kernel_step(self, input_shape):
+        return "view", (), ()
 
     def forward(self, x, training=False):
         x = self.check_input(x)

@@ -1,0 +1,262 @@
+"""Inference plans: a model's layers for one input shape, run as one loop.
+
+pynn.Sequential builds a plan per thread and input shape and keeps it. Layers
+whose ``kernel_step`` names a C kernel (Linear's GEMM, the element-wise
+activations, softmax) become C steps, and consecutive C steps run in one call
+without the GIL; views (Flatten, Dropout at inference) become nothing; every
+other layer is a Python step that calls its ``infer``. Intermediates land in
+buffers the plan owns, so threads never share one.
+
+A C step holds raw pointers into its layer's arrays. The plan therefore
+remembers every object it read (its ``watched`` entries: a dict, a key, the
+object found), and ``current()`` turns false as soon as one is replaced:
+a new weight array, another activation wiring. The model then builds a fresh
+plan, so a plan never reads an array the layer no longer holds."""
+cimport numpy as cnp
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject
+from libc.stdlib cimport calloc, free
+
+import math
+
+import numpy as np
+
+from pynn._checks import aligned_empty
+from pynn._kernels.activations cimport map_kernel, map_kernel_named, softmax_fn, softmax_kernel
+from pynn._kernels.gemm cimport (PYNN_ACTIVATION_NONE, PYNN_ACTIVATION_RELU, pynn_epilogue,
+                                 pynn_sgemm_fn, sgemm_kernel)
+from pynn._kernels.runtime cimport current_context, pynn_context
+
+cnp.import_array()
+
+cdef enum step_kind:
+    STEP_PYTHON
+    STEP_GEMM      # y[m, n] = x[m, k] weight[n, k]ᵀ + bias, ReLU
+    STEP_MAP       # y = map(x, parameter), n elements
+    STEP_SOFTMAX   # softmax of x seen as [m, n, k] along n
+
+cdef struct step:
+    step_kind kind
+    Py_ssize_t m, n, k
+    const float *weight
+    pynn_epilogue epilogue
+    map_kernel map
+    float parameter
+
+cdef pynn_sgemm_fn sgemm = sgemm_kernel()
+cdef softmax_fn softmax = softmax_kernel()
+
+
+cdef void run_steps(const pynn_context *ctx, const step *steps, Py_ssize_t count,
+                    const float *x, float **outputs) noexcept nogil:
+    """C steps back to back: each reads the previous one's output."""
+    cdef const step *s
+    cdef float *y
+    for i in range(count):
+        s = &steps[i]
+        y = outputs[i]
+        if s.kind == STEP_GEMM:
+            if s.m * s.n > 0:
+                sgemm(ctx, 0, 1, s.m, s.n, s.k, 1.0, x, s.k, s.weight, s.k, 0.0, y, s.n,
+                      &s.epilogue)
+        elif s.kind == STEP_MAP:
+            s.map(ctx, s.n, x, NULL, y, s.parameter)
+        elif s.m * s.n * s.k > 0:
+            softmax(ctx, s.m, s.n, s.k, x, y, 0)
+        x = y
+
+
+cdef bint is_float32_buffer(object x, Py_ssize_t size):
+    """x is an aligned, C-contiguous float32 array of ``size`` elements."""
+    if not cnp.PyArray_Check(x):
+        return False
+    cdef cnp.ndarray array = <cnp.ndarray>x
+    return (cnp.PyArray_TYPE(array) == cnp.NPY_FLOAT32 and cnp.PyArray_IS_C_CONTIGUOUS(array)
+            and cnp.PyArray_ISALIGNED(array) and cnp.PyArray_SIZE(array) == size)
+
+
+cdef const float *gemm_operand(object array, tuple shape) except? NULL:
+    """The data of ``array`` if a GEMM step can read it in place, else NULL."""
+    if not is_float32_buffer(array, math.prod(shape)) or array.shape != shape:
+        return NULL
+    return <const float *>cnp.PyArray_DATA(<cnp.ndarray>array)
+
+
+cdef class InferencePlan:
+    cdef step *steps
+    cdef float **outputs           # where each step writes; the last is the caller's out
+    cdef Py_ssize_t count
+    cdef list layers               # per step: the layer (Python steps call its infer)
+    cdef list input_shapes         # per step: the shape its layer reads (views folded in)
+    cdef list targets              # per step but the last: its output buffer
+    cdef list watched              # (dict, key, object found or None) triples
+    cdef Py_ssize_t input_size, output_size
+    cdef readonly tuple input_shape, output_shape
+
+    def __cinit__(self):
+        self.steps = NULL
+        self.outputs = NULL
+
+    def __dealloc__(self):
+        free(self.steps)
+        free(self.outputs)
+
+    def __init__(self, layers, wired, tuple input_shape, tuple chain):
+        """``layers`` are the model's steps, ``chain`` their output shapes for
+        ``input_shape``, ``wired`` the layers whose ``activation`` the model sets."""
+        self.input_shape, self.output_shape = input_shape, chain[len(chain) - 1]
+        self.input_size, self.output_size = math.prod(input_shape), math.prod(self.output_shape)
+        self.watched = []
+        for layer in wired:
+            self.watch(vars(layer), "activation")
+        self.layers, self.input_shapes, shapes, kernels = [], [], [], []
+        shape = input_shape
+        for layer, output_shape in zip(layers, chain):
+            described = layer.kernel_step(shape)
+            if described is not None and described[0] == "view":
+                shape = output_shape
+                continue
+            self.layers.append(layer)
+            self.input_shapes.append(shape)
+            shapes.append(output_shape)
+            kernels.append(described)
+            shape = output_shape
+        self.count = len(self.layers)
+        self.steps = <step *>calloc(max(self.count, 1), sizeof(step))
+        self.outputs = <float **>calloc(max(self.count, 1), sizeof(float *))
+        if self.steps == NULL or self.outputs == NULL:
+            raise MemoryError()
+        self.targets = [aligned_empty(shape) for shape in shapes[:len(shapes) - 1]]
+        for index in range(self.count):
+            self.describe(index, kernels[index])
+            if index < self.count - 1:
+                self.outputs[index] = <float *>cnp.PyArray_DATA(<cnp.ndarray>self.targets[index])
+        for index in range(self.count):
+            # a Python step reads an array of its layer's input shape
+            source_shape = input_shape if index == 0 else shapes[index - 1]
+            if self.steps[index].kind != STEP_PYTHON or source_shape == self.input_shapes[index]:
+                self.input_shapes[index] = None
+
+    cdef watch(self, dict mapping, str key):
+        self.watched.append((mapping, key, mapping.get(key)))
+
+    cdef describe(self, Py_ssize_t index, described):
+        """Fill steps[index] from the layer's kernel_step; a step whose arrays
+        the kernels cannot read in place stays a Python step."""
+        cdef step *s = &self.steps[index]
+        cdef const float *bias
+        s.kind = STEP_PYTHON
+        if described is None:
+            return
+        kind, arguments, watched = described
+        shape = self.input_shapes[index]
+        if kind == "gemm":
+            weight, bias_array, relu = arguments
+            if not shape:
+                return
+            s.k = shape[len(shape) - 1]
+            s.m = math.prod(shape[:len(shape) - 1])
+            s.n = weight.shape[0] if isinstance(weight, np.ndarray) and weight.ndim == 2 else 0
+            s.weight = gemm_operand(weight, (s.n, s.k))
+            bias = gemm_operand(bias_array, (s.n,)) if bias_array is not None else NULL
+            if s.weight == NULL or (bias_array is not None and bias == NULL):
+                return
+            s.epilogue.col_bias = bias
+            s.epilogue.row_bias = NULL
+            s.epilogue.activation = PYNN_ACTIVATION_RELU if relu else PYNN_ACTIVATION_NONE
+            s.kind = STEP_GEMM
+        elif kind == "map":
+            name, parameter = arguments
+            s.map = map_kernel_named(name)
+            s.n = math.prod(shape)
+            s.parameter = parameter
+            s.kind = STEP_MAP
+        elif kind == "softmax":
+            s.m, s.n, s.k = arguments
+            s.kind = STEP_SOFTMAX
+        else:
+            raise ValueError(f"{type(self.layers[index]).__name__}.kernel_step: unknown kind {kind!r}")
+        for mapping, key in watched:
+            self.watch(mapping, key)
+
+    @property
+    def buffers(self):
+        """The intermediate arrays this plan writes."""
+        return list(self.targets)
+
+    cpdef bint current(self):
+        """Every object the plan read is still the one its layer holds."""
+        cdef PyObject *found
+        for mapping, key, expected in self.watched:
+            found = PyDict_GetItem(mapping, key)
+            if found == NULL:
+                if expected is not None:
+                    return False
+            elif found != <PyObject *>expected:
+                return False
+        return True
+
+    cpdef run(self, x, out):
+        """Write the model's output for ``x`` (of the planned shape) into ``out``."""
+        if not is_float32_buffer(out, self.output_size):
+            raise TypeError(f"InferencePlan.run: out must be a C-contiguous float32 array of "
+                            f"{self.output_size} elements")
+        if self.count == 0:
+            np.copyto(out, np.reshape(x, out.shape))
+            return out
+        if self.steps[0].kind != STEP_PYTHON and not is_float32_buffer(x, self.input_size):
+            raise TypeError(f"InferencePlan.run: x must be a C-contiguous float32 array of "
+                            f"{self.input_size} elements")
+        cdef pynn_context ctx = current_context()
+        cdef Py_ssize_t index = 0, stop
+        cdef const float *data
+        self.outputs[self.count - 1] = <float *>cnp.PyArray_DATA(<cnp.ndarray>out)
+        source = x
+        while index < self.count:
+            if self.steps[index].kind == STEP_PYTHON:
+                target = self.targets[index] if index < self.count - 1 else out
+                if index == self.count - 1 and out.shape != self.output_shape:
+                    target = out.reshape(self.output_shape)
+                shape = self.input_shapes[index]
+                result = self.layers[index].infer(source if shape is None else source.reshape(shape),
+                                                  target)
+                if result is not target:
+                    np.copyto(target, result)
+                source = target
+                index += 1
+                continue
+            stop = index + 1
+            while stop < self.count and self.steps[stop].kind != STEP_PYTHON:
+                stop += 1
+            data = <const float *>cnp.PyArray_DATA(<cnp.ndarray>source)
+            with nogil:
+                run_steps(&ctx, self.steps + index, stop - index, data, self.outputs + index)
+            source = self.targets[stop - 1] if stop < self.count else out
+            index = stop
+        return out
+
+
+def predict_cached(scratch, x):
+    """A new array holding the model's output for ``x``, when ``x`` is an
+    aligned, C-contiguous float32 array and this thread's ``scratch`` holds
+    a current plan for its shape; None otherwise (the caller validates ``x``
+    and builds the plan). This is batch-1 inference's whole Python cost."""
+    if not cnp.PyArray_Check(x):
+        return None
+    cdef cnp.ndarray array = <cnp.ndarray>x
+    if cnp.PyArray_TYPE(array) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(array) \
+            or not cnp.PyArray_ISALIGNED(array):
+        return None
+    plans = getattr(scratch, "plans", None)
+    if plans is None:
+        return None
+    found = (<dict>plans).get(x.shape)
+    if found is None:
+        return None
+    cdef InferencePlan plan = <InferencePlan>found
+    if not plan.current():
+        return None
+    cdef cnp.npy_intp dims[64]  # numpy 2 allows at most 64 axes
+    for axis, extent in enumerate(plan.output_shape):
+        dims[axis] = extent
+    return plan.run(x, cnp.PyArray_EMPTY(len(plan.output_shape), dims, cnp.NPY_FLOAT32, 0))

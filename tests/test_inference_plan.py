@@ -1,0 +1,126 @@
+"""Sequential's inference plans (pynn/_kernels/plan.pyx): kernel steps and
+Python steps mixed in one chain, and a plan rebuilt whenever a layer's arrays,
+settings or wiring change after it was made."""
+import numpy as np
+import pytest
+
+from pynn import Sequential
+from pynn.layers import (BatchNorm1d, Conv2d, Dropout, Embedding, Flatten, LeakyReLU, Linear,
+                         MaxPool2d, ReLU, Softmax, Tanh)
+
+
+def layer_by_layer(model, x):
+    """The model's output through each layer's own checked forward."""
+    for layer in model.layers:
+        x = layer.forward(x, training=False)
+    return x
+
+
+def random_input(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def float64_linear(x, layer):
+    return x.astype(np.float64) @ layer.params["weight"].T.astype(np.float64) + layer.params["bias"]
+
+
+@pytest.mark.parametrize("build, shape", [
+    (lambda: Sequential(Flatten(), Linear(12, 9), ReLU(), BatchNorm1d(9), Tanh(), Linear(9, 4),
+                        Softmax()), (5, 3, 4)),
+    (lambda: Sequential(Conv2d(2, 3, 3, padding=1), ReLU(), MaxPool2d(2), Flatten(), Linear(12, 5),
+                        LeakyReLU(0.2), Dropout(0.3)), (3, 2, 4, 4)),
+    (lambda: Sequential(Linear(6, 4), Flatten(start_dim=0)), (1, 6)),
+    (lambda: Sequential(Linear(6, 5), Softmax(axis=0), Linear(5, 2)), (7, 6)),
+    (lambda: Sequential(Flatten()), (4, 2, 3)),
+    (lambda: Sequential(Dropout(0.5), Linear(6, 3)), (0, 6)),
+])
+def test_plans_mixing_kernel_and_python_steps_match_the_layers(build, shape):
+    model = build()
+    x = random_input(shape)
+    expected = layer_by_layer(model, x)
+    for _ in range(2):  # building the plan, then reusing it
+        np.testing.assert_allclose(model.predict(x), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_embedding_models_take_integer_input_through_the_plan():
+    model = Sequential(Embedding(10, 4), Flatten(), Linear(12, 2))
+    indices = np.array([[1, 9, 3], [0, 0, 7]])
+    expected = layer_by_layer(model, indices)
+    for _ in range(2):
+        np.testing.assert_allclose(model.predict(indices), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_dense_layers_run_as_kernel_steps_without_calling_infer():
+    model = Sequential(Linear(5, 8), ReLU(), Linear(8, 3), Tanh())
+    x = random_input((2, 5))
+    expected = layer_by_layer(model, x)
+
+    def python_step(*args):
+        raise AssertionError("a dense layer ran as a Python step")
+
+    for layer in model.layers:
+        layer.infer = python_step
+    np.testing.assert_allclose(model.predict(x), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_a_replaced_weight_array_is_used_by_the_next_predict():
+    model = Sequential(Linear(5, 4), ReLU(), Linear(4, 3))
+    x = random_input((2, 5))
+    model.predict(x)
+    last = model[2]
+    last.params["weight"] = random_input((3, 4), seed=1)
+    last.params["bias"] = random_input(3, seed=2)
+    hidden = np.maximum(float64_linear(x, model[0]), 0.0)
+    np.testing.assert_allclose(model.predict(x), float64_linear(hidden, last), rtol=1e-5, atol=1e-5)
+    del last.params["bias"]
+    expected = hidden @ last.params["weight"].T.astype(np.float64)
+    np.testing.assert_allclose(model.predict(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_weight_replaced_by_one_the_kernel_cannot_read_raises():
+    model = Sequential(Linear(5, 4))
+    x = random_input((2, 5))
+    model.predict(x)
+    model[0].params["weight"] = np.ones((4, 5))  # float64
+    with pytest.raises(ValueError, match="Linear"):
+        model.predict(x)
+
+
+def test_changed_activation_settings_are_used_by_the_next_predict():
+    leaky, softmax = LeakyReLU(0.1), Softmax(axis=1)
+    model = Sequential(leaky, softmax)
+    x = random_input((3, 4))
+    model.predict(x)
+    leaky.negative_slope = 0.5
+    h = np.exp(np.where(x > 0, x, 0.5 * x).astype(np.float64))
+    np.testing.assert_allclose(model.predict(x), h / h.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+    softmax.axis = 0
+    np.testing.assert_allclose(model.predict(x), h / h.sum(axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_a_layer_shared_by_two_models_follows_each_models_wiring():
+    conv = Conv2d(2, 3, 3)  # a Python step, reading the wiring from the layer
+    with_relu, without = Sequential(conv, ReLU(), Flatten()), Sequential(conv, Flatten())
+    x = random_input((2, 2, 3, 3))
+    plain = conv.forward(x).reshape(2, 3)
+    for _ in range(3):
+        np.testing.assert_allclose(with_relu.predict(x), np.maximum(plain, 0), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(without.predict(x), plain, rtol=1e-6, atol=1e-6)
+
+
+def test_strided_and_float64_inputs_after_a_plan_is_built():
+    model = Sequential(Linear(3, 2))
+    wide = random_input((4, 6))
+    model.predict(np.ascontiguousarray(wide[:, ::2]))
+    for x in (wide[:, ::2], wide[:, ::2].astype(np.float64)):
+        np.testing.assert_allclose(model.predict(x), float64_linear(wide[:, ::2], model[0]),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_a_plan_refuses_buffers_of_the_wrong_size():
+    model = Sequential(Linear(3, 2))
+    plan = model._thread_plan((4, 3))
+    with pytest.raises(TypeError, match="x must be"):
+        plan.run(np.ones((2, 3), np.float32), np.empty((4, 2), np.float32))
+    with pytest.raises(TypeError, match="out must be"):
+        plan.run(np.ones((4, 3), np.float32), np.empty((4, 2), np.float64))
