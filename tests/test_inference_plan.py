@@ -4,6 +4,7 @@ settings or wiring change after it was made."""
 import numpy as np
 import pytest
 
+import pynn
 from pynn import Sequential
 from pynn.layers import (BatchNorm1d, Conv2d, Dropout, Embedding, Flatten, LeakyReLU, Linear,
                          MaxPool2d, ReLU, Softmax, Tanh)
@@ -124,3 +125,23 @@ def test_a_plan_refuses_buffers_of_the_wrong_size():
         plan.run(np.ones((2, 3), np.float32), np.empty((4, 2), np.float32))
     with pytest.raises(TypeError, match="out must be"):
         plan.run(np.ones((4, 3), np.float32), np.empty((4, 2), np.float64))
+
+
+@pytest.mark.parametrize("batch", [1, 3, 16, 17])
+def test_small_batches_shared_among_threads_equal_one_thread_bit_for_bit(batch):
+    # at batch <= 16 with two threads the plan's steps are split by output
+    # columns (and the map by elements) inside one team; the cuts must not
+    # change any output's sum
+    model = Sequential(Linear(517, 300), ReLU(), Linear(300, 8200), Tanh(), Linear(8200, 37),
+                       Softmax())
+    x = random_input((batch, 517))
+    before = pynn.get_num_threads()
+    try:
+        pynn.set_num_threads(1)
+        alone = model.predict(x)
+        pynn.set_num_threads(2)
+        shared = model.predict(x)
+    finally:
+        pynn.set_num_threads(before)
+    np.testing.assert_array_equal(shared, alone)
+    np.testing.assert_allclose(alone, layer_by_layer(model, x), rtol=1e-5, atol=1e-7)

@@ -29,41 +29,23 @@ from pynn._kernels.runtime cimport current_context, pynn_context
 
 cnp.import_array()
 
-cdef enum step_kind:
-    STEP_PYTHON
-    STEP_GEMM      # y[m, n] = x[m, k] weight[n, k]ᵀ + bias, ReLU
-    STEP_MAP       # y = map(x, parameter), n elements
-    STEP_SOFTMAX   # softmax of x seen as [m, n, k] along n
+cdef extern from "plan.h" nogil:
+    ctypedef enum pynn_step_kind:
+        PYNN_STEP_GEMM
+        PYNN_STEP_MAP
+        PYNN_STEP_SOFTMAX
+    ctypedef struct pynn_plan_step:
+        pynn_step_kind kind
+        Py_ssize_t m, n, k
+        const float *weight
+        pynn_epilogue epilogue
+        map_kernel map
+        float parameter
+    void pynn_plan_use_kernels(pynn_sgemm_fn gemm, softmax_fn softmax)
+    void pynn_plan_run(const pynn_context *ctx, const pynn_plan_step *steps, Py_ssize_t count,
+                       const float *x, float **outputs)
 
-cdef struct step:
-    step_kind kind
-    Py_ssize_t m, n, k
-    const float *weight
-    pynn_epilogue epilogue
-    map_kernel map
-    float parameter
-
-cdef pynn_sgemm_fn sgemm = sgemm_kernel()
-cdef softmax_fn softmax = softmax_kernel()
-
-
-cdef void run_steps(const pynn_context *ctx, const step *steps, Py_ssize_t count,
-                    const float *x, float **outputs) noexcept nogil:
-    """C steps back to back: each reads the previous one's output."""
-    cdef const step *s
-    cdef float *y
-    for i in range(count):
-        s = &steps[i]
-        y = outputs[i]
-        if s.kind == STEP_GEMM:
-            if s.m * s.n > 0:
-                sgemm(ctx, 0, 1, s.m, s.n, s.k, 1.0, x, s.k, s.weight, s.k, 0.0, y, s.n,
-                      &s.epilogue)
-        elif s.kind == STEP_MAP:
-            s.map(ctx, s.n, x, NULL, y, s.parameter)
-        elif s.m * s.n * s.k > 0:
-            softmax(ctx, s.m, s.n, s.k, x, y, 0)
-        x = y
+pynn_plan_use_kernels(sgemm_kernel(), softmax_kernel())
 
 
 cdef bint is_float32_buffer(object x, Py_ssize_t size):
@@ -83,10 +65,10 @@ cdef const float *gemm_operand(object array, tuple shape) except? NULL:
 
 
 cdef class InferencePlan:
-    cdef step *steps
+    cdef pynn_plan_step *steps     # the kernel steps' descriptions (Python steps' unused)
     cdef float **outputs           # where each step writes; the last is the caller's out
     cdef Py_ssize_t count
-    cdef list layers               # per step: the layer (Python steps call its infer)
+    cdef list layers               # per step: the layer of a Python step, None for a kernel step
     cdef list input_shapes         # per step: the shape its layer reads (views folded in)
     cdef list targets              # per step but the last: its output buffer
     cdef list watched              # (dict, key, object found or None) triples
@@ -122,62 +104,63 @@ cdef class InferencePlan:
             kernels.append(described)
             shape = output_shape
         self.count = len(self.layers)
-        self.steps = <step *>calloc(max(self.count, 1), sizeof(step))
+        self.steps = <pynn_plan_step *>calloc(max(self.count, 1), sizeof(pynn_plan_step))
         self.outputs = <float **>calloc(max(self.count, 1), sizeof(float *))
         if self.steps == NULL or self.outputs == NULL:
             raise MemoryError()
         self.targets = [aligned_empty(shape) for shape in shapes[:len(shapes) - 1]]
         for index in range(self.count):
-            self.describe(index, kernels[index])
+            if self.describe(index, kernels[index]):
+                self.layers[index] = None
             if index < self.count - 1:
                 self.outputs[index] = <float *>cnp.PyArray_DATA(<cnp.ndarray>self.targets[index])
         for index in range(self.count):
             # a Python step reads an array of its layer's input shape
             source_shape = input_shape if index == 0 else shapes[index - 1]
-            if self.steps[index].kind != STEP_PYTHON or source_shape == self.input_shapes[index]:
+            if self.layers[index] is None or source_shape == self.input_shapes[index]:
                 self.input_shapes[index] = None
 
     cdef watch(self, dict mapping, str key):
         self.watched.append((mapping, key, mapping.get(key)))
 
-    cdef describe(self, Py_ssize_t index, described):
-        """Fill steps[index] from the layer's kernel_step; a step whose arrays
-        the kernels cannot read in place stays a Python step."""
-        cdef step *s = &self.steps[index]
+    cdef bint describe(self, Py_ssize_t index, described) except -1:
+        """Fill steps[index] from the layer's kernel_step; False keeps it a
+        Python step (no kernel step, or arrays the kernel cannot read in place)."""
+        cdef pynn_plan_step *s = &self.steps[index]
         cdef const float *bias
-        s.kind = STEP_PYTHON
         if described is None:
-            return
+            return False
         kind, arguments, watched = described
         shape = self.input_shapes[index]
         if kind == "gemm":
             weight, bias_array, relu = arguments
             if not shape:
-                return
+                return False
             s.k = shape[len(shape) - 1]
             s.m = math.prod(shape[:len(shape) - 1])
             s.n = weight.shape[0] if isinstance(weight, np.ndarray) and weight.ndim == 2 else 0
             s.weight = gemm_operand(weight, (s.n, s.k))
             bias = gemm_operand(bias_array, (s.n,)) if bias_array is not None else NULL
             if s.weight == NULL or (bias_array is not None and bias == NULL):
-                return
+                return False
             s.epilogue.col_bias = bias
             s.epilogue.row_bias = NULL
             s.epilogue.activation = PYNN_ACTIVATION_RELU if relu else PYNN_ACTIVATION_NONE
-            s.kind = STEP_GEMM
+            s.kind = PYNN_STEP_GEMM
         elif kind == "map":
             name, parameter = arguments
             s.map = map_kernel_named(name)
             s.n = math.prod(shape)
             s.parameter = parameter
-            s.kind = STEP_MAP
+            s.kind = PYNN_STEP_MAP
         elif kind == "softmax":
             s.m, s.n, s.k = arguments
-            s.kind = STEP_SOFTMAX
+            s.kind = PYNN_STEP_SOFTMAX
         else:
             raise ValueError(f"{type(self.layers[index]).__name__}.kernel_step: unknown kind {kind!r}")
         for mapping, key in watched:
             self.watch(mapping, key)
+        return True
 
     @property
     def buffers(self):
@@ -204,7 +187,7 @@ cdef class InferencePlan:
         if self.count == 0:
             np.copyto(out, np.reshape(x, out.shape))
             return out
-        if self.steps[0].kind != STEP_PYTHON and not is_float32_buffer(x, self.input_size):
+        if self.layers[0] is None and not is_float32_buffer(x, self.input_size):
             raise TypeError(f"InferencePlan.run: x must be a C-contiguous float32 array of "
                             f"{self.input_size} elements")
         cdef pynn_context ctx = current_context()
@@ -213,7 +196,7 @@ cdef class InferencePlan:
         self.outputs[self.count - 1] = <float *>cnp.PyArray_DATA(<cnp.ndarray>out)
         source = x
         while index < self.count:
-            if self.steps[index].kind == STEP_PYTHON:
+            if self.layers[index] is not None:
                 target = self.targets[index] if index < self.count - 1 else out
                 if index == self.count - 1 and out.shape != self.output_shape:
                     target = out.reshape(self.output_shape)
@@ -226,11 +209,11 @@ cdef class InferencePlan:
                 index += 1
                 continue
             stop = index + 1
-            while stop < self.count and self.steps[stop].kind != STEP_PYTHON:
+            while stop < self.count and self.layers[stop] is None:
                 stop += 1
             data = <const float *>cnp.PyArray_DATA(<cnp.ndarray>source)
             with nogil:
-                run_steps(&ctx, self.steps + index, stop - index, data, self.outputs + index)
+                pynn_plan_run(&ctx, self.steps + index, stop - index, data, self.outputs + index)
             source = self.targets[stop - 1] if stop < self.count else out
             index = stop
         return out

@@ -1,0 +1,44 @@
+/* Running an inference plan's kernel steps: pynn._kernels.plan builds the
+ * steps from a model's layers, each step reading the previous one's output.
+ *
+ * A small batch spends its time streaming the weights. With several threads,
+ * each thread then takes a share of every step's outputs inside one parallel
+ * region (a barrier between steps), so each core streams only its share of
+ * the weights, and keeps it in its own L2 from call to call. */
+#ifndef PYNN_PLAN_H
+#define PYNN_PLAN_H
+
+#include <stddef.h>
+#include "cpu.h"
+#include "gemm.h"
+
+typedef enum {
+    PYNN_STEP_GEMM,     /* y[m, n] = x[m, k] weight[n, k]ᵀ with the epilogue */
+    PYNN_STEP_MAP,      /* y[i] = map(x[i], parameter) for the n elements */
+    PYNN_STEP_SOFTMAX,  /* softmax of x seen as [m, n, k], along n */
+} pynn_step_kind;
+
+/* The element-wise kernels' signature (activations.h). */
+typedef void (*pynn_map_fn)(const pynn_context *ctx, ptrdiff_t n, const float *a,
+                            const float *b, float *y, float p);
+typedef void (*pynn_softmax_fn)(const pynn_context *ctx, ptrdiff_t outer, ptrdiff_t length,
+                                ptrdiff_t inner, const float *x, float *y, int log_domain);
+
+typedef struct {
+    pynn_step_kind kind;
+    ptrdiff_t m, n, k;
+    const float *weight;
+    pynn_epilogue epilogue;
+    pynn_map_fn map;
+    float parameter;
+} pynn_plan_step;
+
+/* The GEMM and softmax the steps run: pynn._kernels.gemm's and
+ * pynn._kernels.activations', set once when pynn._kernels.plan is imported. */
+void pynn_plan_use_kernels(pynn_sgemm_fn gemm, pynn_softmax_fn softmax);
+
+/* Runs steps[0 .. count) on x; step i writes outputs[i]. */
+void pynn_plan_run(const pynn_context *ctx, const pynn_plan_step *steps, ptrdiff_t count,
+                   const float *x, float *const *outputs);
+
+#endif
