@@ -388,6 +388,32 @@ TARGET void pynn_pack_transposed_avx2(int width, const float *src, ptrdiff_t ld,
     }
 }
 
+/* A panel row is one or two 8-float vectors (MR = 6, NR = 16), loaded
+ * masked where the source ends (zeros past count, nothing read beyond). A
+ * 6-float row is stored as 8 floats whose spill the next row overwrites; only
+ * a panel's last row is stored masked, so nothing lands past the panel. The
+ * generic loop this replaces took 7% of a 2-thread training step at batch 512. */
+static TARGET void pack_straight_avx2(int width, const float *src, ptrdiff_t ld,
+                                      ptrdiff_t depth, ptrdiff_t count, float *dst)
+{
+    for (ptrdiff_t c0 = 0; c0 < count; c0 += width, dst += width * depth) {
+        const ptrdiff_t present = count - c0;
+        for (int q0 = 0; q0 < width; q0 += 8) {
+            const __m256i load = first_lanes(present - q0), store = first_lanes(width - q0);
+            const int whole_load = present - q0 >= 8, whole_store = width - q0 >= 8;
+            const float *row = src + c0 + q0;
+            float *out = dst + q0;
+            for (ptrdiff_t p = 0; p < depth; p++, row += ld, out += width) {
+                const __m256 v = whole_load ? _mm256_loadu_ps(row) : _mm256_maskload_ps(row, load);
+                if (whole_store || p + 1 < depth)
+                    _mm256_storeu_ps(out, v);
+                else
+                    _mm256_maskstore_ps(out, store, v);
+            }
+        }
+    }
+}
+
 const pynn_gemm_kernels pynn_gemm_avx2 = {
     .mr = MR, .nr = NR, .mc = 144, .kc = 256, .nc = 4080, .in_place_work = 1 << 25,
     .packed = microkernel_avx2_6x16_packed,
@@ -396,7 +422,7 @@ const pynn_gemm_kernels pynn_gemm_avx2 = {
     .axpy = gemv_axpy_avx2,
     .dots = pynn_gemm_dots_avx2,
     .pack_transposed = pynn_pack_transposed_avx2,
-    .pack_straight = pynn_pack_straight_generic,
+    .pack_straight = pack_straight_avx2,
 };
 
 #endif

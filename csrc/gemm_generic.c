@@ -117,8 +117,8 @@ static void pack_transposed_generic(int width, const float *src, ptrdiff_t ld,
     }
 }
 
-void pynn_pack_straight_generic(int width, const float *src, ptrdiff_t ld,
-                                ptrdiff_t depth, ptrdiff_t count, float *dst)
+static void pack_straight_generic(int width, const float *src, ptrdiff_t ld,
+                                  ptrdiff_t depth, ptrdiff_t count, float *dst)
 {
     for (ptrdiff_t c0 = 0; c0 < count; c0 += width, dst += width * depth) {
         const ptrdiff_t present = count - c0 < width ? count - c0 : width;
@@ -139,5 +139,5 @@ const pynn_gemm_kernels pynn_gemm_generic = {
     .axpy = gemv_axpy_generic,
     .dots = gemm_dots_generic,
     .pack_transposed = pack_transposed_generic,
-    .pack_straight = pynn_pack_straight_generic,
+    .pack_straight = pack_straight_generic,
 };

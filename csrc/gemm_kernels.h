@@ -77,9 +77,6 @@ typedef struct {
 #define PYNN_GEMM_MAX_NR 32
 
 extern const pynn_gemm_kernels pynn_gemm_generic;
-/* A loop the compiler vectorises for any ISA; AVX-512 has its own, masked. */
-void pynn_pack_straight_generic(int width, const float *src, ptrdiff_t ld,
-                                ptrdiff_t depth, ptrdiff_t count, float *dst);
 #if defined(PYNN_X86_64)
 /* 8 x 8 and 4 x 8 AVX transposes; AVX-512 CPUs run it too. */
 void pynn_pack_transposed_avx2(int width, const float *src, ptrdiff_t ld,
