@@ -69,7 +69,7 @@ cdef class InferencePlan:
     cdef float **outputs           # where each step writes; the last is the caller's out
     cdef Py_ssize_t count
     cdef list layers               # per step: the layer of a Python step, None for a kernel step
-    cdef list input_shapes         # per step: the shape its layer reads (views folded in)
+    cdef list input_shapes         # per Python step: the shape its layer reads, if its source differs
     cdef list targets              # per step but the last: its output buffer
     cdef list watched              # (dict, key, object found or None) triples
     cdef Py_ssize_t input_size, output_size
@@ -104,6 +104,8 @@ cdef class InferencePlan:
             kernels.append(described)
             shape = output_shape
         self.count = len(self.layers)
+        free(self.steps)  # __init__ may run twice
+        free(self.outputs)
         self.steps = <pynn_plan_step *>calloc(max(self.count, 1), sizeof(pynn_plan_step))
         self.outputs = <float **>calloc(max(self.count, 1), sizeof(float *))
         if self.steps == NULL or self.outputs == NULL:
