@@ -35,6 +35,12 @@
  * Measured on Zen 3 against the tiled path, which packs all of B: 8 x 256 x
  * 784 70 against 46 GFLOP/s, 12 rows 69 against 62; even at 16, behind at 24. */
 #define FEW_ROWS 12
+/* Read in place, an A stored transposed (a weight gradient, dW = dYᵀ X)
+ * gives the micro-kernel six floats per line, a new line at every k. Beyond
+ * this many multiply-adds packing it pays, measured on Zen 3 (p25 of paired
+ * runs, 1 thread): 128 x 256 x 512 67 against 56 GFLOP/s, 256 x 784 x 128
+ * 78 against 75; even at 128 x 128 x 32 and 128 x 256 x 32 (2^20). */
+#define TRANSPOSED_A_IN_PLACE_WORK (1 << 20)
 /* GEMV writes its sums to a stack buffer this long before the C update. */
 #define GEMV_CHUNK 1024
 /* A GEMV streams its matrix from memory: two threads pay off once it holds
@@ -361,7 +367,8 @@ void pynn_sgemm(const pynn_context *ctx, int trans_a, int trans_b,
      * packing them is not repaid (16 x 2100 x 150: 104 against 64 GFLOP/s;
      * even at 48 rows); packed beyond, and for a long k, which needs KC blocks. */
     const int few_rows = m < 4 * kern->mr && !trans_b && k <= 2 * kern->kc;
-    const int in_place = (work <= kern->in_place_work || few_rows)
+    const int in_place = (few_rows || (work <= kern->in_place_work
+                                       && !(trans_a && work > TRANSPOSED_A_IN_PLACE_WORK)))
                          && (!trans_b || (double)k * (double)n <= IN_PLACE_PACKED_B);
     const gemm_path path = in_place ? gemm_in_place : gemm_blocked;
     /* Threads take disjoint slabs of C along its longer side, cut at tile
