@@ -21,7 +21,8 @@
 #include "gemm_kernels.h"
 #include "scratch.h"
 
-/* The in-place path packs a transposed B whole; beyond this many floats
+/* The in-place path packs a transposed B whole (an untransposed one only
+ * where its rows collide in L1, within in_place_work); beyond this many floats
  * (4 MiB) the blocked path's KC x NC panels keep the retained scratch small. */
 #define IN_PLACE_PACKED_B (1 << 20)
 /* The one-GEMV-per-row path keeps its few rows of B (this many floats,
@@ -41,6 +42,15 @@
  * runs, 1 thread): 128 x 256 x 512 67 against 56 GFLOP/s, 256 x 784 x 128
  * 78 against 75; even at 128 x 128 x 32 and 128 x 256 x 32 (2^20). */
 #define TRANSPOSED_A_IN_PLACE_WORK (1 << 20)
+/* L1d geometry (32 KiB, 8 ways of 64 sets of 64-byte lines: Zen 3 and 4,
+ * and most x86 cores since), for telling when rows read in place collide. */
+#define L1_SETS 64
+#define L1_WAYS 8
+/* The in-place path packs an untransposed B whose rows collide in L1 from
+ * this many rows of A on: only then is its micro-panel reused often enough.
+ * Measured on Zen 3 (p25 of paired runs, B rows 256 floats apart): 512 x 256
+ * x 128 77 -> 81 GFLOP/s packed; even at 128 rows; at 32 rows 69 -> 52. */
+#define COLLIDING_B_MIN_ROWS 256
 /* GEMV writes its sums to a stack buffer this long before the C update. */
 #define GEMV_CHUNK 1024
 /* A GEMV streams its matrix from memory: two threads pay off once it holds
@@ -172,8 +182,25 @@ static void gemm_blocked(const pynn_gemm_kernels *kern, int trans_a, int trans_b
     }
 }
 
+/* A micro-panel read in place takes one line from each of `rows` rows `ld`
+ * floats apart, and stays in L1 across its reuses only if those lines spread
+ * over enough sets. A power-of-two stride does not: at 256 floats every row
+ * falls in one of 4 sets (32 lines), so a 128-deep panel is evicted by itself. */
+static int rows_collide(ptrdiff_t ld, ptrdiff_t rows)
+{
+    if (ld % 16)  /* rows start at drifting offsets within their lines */
+        return 0;
+    ptrdiff_t lines = ld / 16, sets = L1_SETS;
+    while (lines % 2 == 0 && sets > 1) {
+        lines /= 2;
+        sets /= 2;
+    }
+    return rows > sets * L1_WAYS;
+}
+
 /* Small and middle-sized problems: the micro-kernel reads A in place over the
- * whole k, and B too unless it is transposed, in which case it is packed once.
+ * whole k, and B too unless it is transposed or its rows collide in L1 over
+ * many rows of A, in which cases it is packed once.
  * Up to a few MiB of operands this beats packing A, whose transposing copy
  * costs more than the cache misses it saves. */
 static void gemm_in_place(const pynn_gemm_kernels *kern, int trans_a, int trans_b,
@@ -184,17 +211,17 @@ static void gemm_in_place(const pynn_gemm_kernels *kern, int trans_a, int trans_
     const int mr = kern->mr, nr = kern->nr;
     const ptrdiff_t a_row_step = trans_a ? 1 : lda, a_k_step = trans_a ? lda : 1;
     float *b_packed = NULL;
-    if (trans_b) {
+    if (trans_b || (m >= COLLIDING_B_MIN_ROWS && rows_collide(ldb, k))) {
         b_packed = pynn_scratch(PYNN_SCRATCH_PACK_B, k * round_up(n, nr));
         if (!b_packed) {
             gemm_unblocked(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, update);
             return;
         }
-        pack_b_panel(kern, 1, b, ldb, 0, 0, k, n, b_packed);
+        pack_b_panel(kern, trans_b, b, ldb, 0, 0, k, n, b_packed);
     }
     for (ptrdiff_t jr = 0; jr < n; jr += nr) {
-        const float *b_panel = trans_b ? b_packed + jr * k : b + jr;
-        const ptrdiff_t b_k_step = trans_b ? nr : ldb;
+        const float *b_panel = b_packed ? b_packed + jr * k : b + jr;
+        const ptrdiff_t b_k_step = b_packed ? nr : ldb;
         for (ptrdiff_t ir = 0; ir < m; ir += mr) {
             pynn_tile_update tile = tile_update(update, update->beta, 1, ir, jr);
             kern->strided(k, a + ir * a_row_step, a_row_step, a_k_step, b_panel, b_k_step,

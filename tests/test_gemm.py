@@ -85,6 +85,22 @@ def test_every_block_edge(isa, threads, m, n, k):
         assert_close(c, *reference(a, b, trans_a, trans_b))
 
 
+@pytest.mark.parametrize("width,ld", [(256, 256), (200, 512), (250, 256)])
+def test_b_rows_colliding_in_l1_are_packed_first(isa, width, ld):
+    # B rows a power of two of floats apart fall in few L1 sets: with many
+    # rows of A the in-place path packs such a B (csrc/gemm.c, rows_collide),
+    # partial micro-panels included
+    rng = np.random.default_rng(width + ld)
+    a = rng.standard_normal((300, 40)).astype(np.float32)
+    b = rng.standard_normal((40, ld)).astype(np.float32)[:, :width]
+    before = pynn.get_num_threads()
+    pynn.set_num_threads(1)  # two threads would take 150 rows each, too few to pack
+    try:
+        assert_close(matmul(a, b), *reference(a, b, 0, 0))
+    finally:
+        pynn.set_num_threads(before)
+
+
 @pytest.mark.parametrize("m,n,k", [(1, 9, 4), (9, 1, 4), (7, 9, 5), (40, 50, 60), (220, 400, 400)])
 @pytest.mark.parametrize("alpha,beta", [(0.5, -1.5), (0.0, 2.0), (1.0, 0.0)])
 def test_alpha_beta(isa, threads, m, n, k, alpha, beta):
