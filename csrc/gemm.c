@@ -21,9 +21,9 @@
 #include "gemm_kernels.h"
 #include "scratch.h"
 
-/* The in-place path packs a transposed B whole (an untransposed one only
- * where its rows collide in L1, within in_place_work); beyond this many floats
- * (4 MiB) the blocked path's KC x NC panels keep the retained scratch small. */
+/* The in-place path packs a transposed B whole, and an untransposed one whose
+ * rows collide in L1; beyond this many floats (4 MiB) the blocked path's
+ * KC x NC panels keep the retained scratch small. */
 #define IN_PLACE_PACKED_B (1 << 20)
 /* The one-GEMV-per-row path keeps its few rows of B (this many floats,
  * 32 KiB) in L1 across all rows of C. */
@@ -198,6 +198,13 @@ static int rows_collide(ptrdiff_t ld, ptrdiff_t rows)
     return rows > sets * L1_WAYS;
 }
 
+/* The in-place path packs B whole when it is transposed, or when its rows
+ * collide in L1 and `rows` rows of A reuse it. */
+static int in_place_packs_b(int trans_b, ptrdiff_t ldb, ptrdiff_t k, ptrdiff_t rows)
+{
+    return trans_b || (rows >= COLLIDING_B_MIN_ROWS && rows_collide(ldb, k));
+}
+
 /* Small and middle-sized problems: the micro-kernel reads A in place over the
  * whole k, and B too unless it is transposed or its rows collide in L1 over
  * many rows of A, in which cases it is packed once.
@@ -211,7 +218,7 @@ static void gemm_in_place(const pynn_gemm_kernels *kern, int trans_a, int trans_
     const int mr = kern->mr, nr = kern->nr;
     const ptrdiff_t a_row_step = trans_a ? 1 : lda, a_k_step = trans_a ? lda : 1;
     float *b_packed = NULL;
-    if (trans_b || (m >= COLLIDING_B_MIN_ROWS && rows_collide(ldb, k))) {
+    if (in_place_packs_b(trans_b, ldb, k, m)) {
         b_packed = pynn_scratch(PYNN_SCRATCH_PACK_B, k * round_up(n, nr));
         if (!b_packed) {
             gemm_unblocked(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, update);
@@ -389,15 +396,6 @@ void pynn_sgemm(const pynn_context *ctx, int trans_a, int trans_b,
         few_rows_dots(kern, threads, m, n, k, a, lda, b, ldb, c, ldc, &update);
         return;
     }
-    /* Operands read in place up to middle sizes, and for a few rows of A over
-     * a wide B (a convolution's GEMM), whose strips so few row tiles read that
-     * packing them is not repaid (16 x 2100 x 150: 104 against 64 GFLOP/s;
-     * even at 48 rows); packed beyond, and for a long k, which needs KC blocks. */
-    const int few_rows = m < 4 * kern->mr && !trans_b && k <= 2 * kern->kc;
-    const int in_place = (few_rows || (work <= kern->in_place_work
-                                       && !(trans_a && work > TRANSPOSED_A_IN_PLACE_WORK)))
-                         && (!trans_b || (double)k * (double)n <= IN_PLACE_PACKED_B);
-    const gemm_path path = in_place ? gemm_in_place : gemm_blocked;
     /* Threads take disjoint slabs of C along its longer side, cut at tile
      * boundaries; each packs its own panels, so no barriers are needed, and
      * each element's sum is the same whichever thread computes it. */
@@ -407,6 +405,18 @@ void pynn_sgemm(const pynn_context *ctx, int trans_a, int trans_b,
     if (parts > (extent + tile - 1) / tile) parts = (extent + tile - 1) / tile;
     const ptrdiff_t slab = round_up((extent + parts - 1) / parts, tile);
     parts = (extent + slab - 1) / slab;
+    /* Operands read in place up to middle sizes (further for a transposed B,
+     * packed whole and then streamed from L2 over the whole k), and for a few
+     * rows of A over a wide B (a convolution's GEMM), whose strips so few row
+     * tiles read that packing them is not repaid (16 x 2100 x 150: 104
+     * against 64 GFLOP/s; even at 48 rows); packed beyond. */
+    const int few_rows = m < 4 * kern->mr && !trans_b && k <= 2 * kern->kc;
+    const int b_packed = in_place_packs_b(trans_b, ldb, k, split_rows ? slab : m);
+    const double limit = trans_b ? kern->in_place_trans_b_work : kern->in_place_work;
+    const int in_place = (few_rows || (work <= limit
+                                       && !(trans_a && work > TRANSPOSED_A_IN_PLACE_WORK)))
+                         && (!b_packed || (double)k * (double)n <= IN_PLACE_PACKED_B);
+    const gemm_path path = in_place ? gemm_in_place : gemm_blocked;
     if (parts == 1) {  /* no parallel region at all: even an empty one costs ~0.3 us */
         path(kern, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, &update);
         return;

@@ -14,7 +14,13 @@
  * measured on Zen 3, the in-place path is 5-10% faster at 192^3 and at MLP
  * shapes (128 x 256 x 784 with B transposed: 91.5 against 84.9 GFLOP/s;
  * 256 x 128 x 128: 90.5 against 85.7), even at 256^3, and packing wins from
- * 384^3 (89 against 83). */
+ * 384^3 (89 against 83). A transposed B (every Linear layer's weight) is
+ * packed whole there and only A is read in place, which wins up to 2^29:
+ * p25 of paired runs on Zen 3, 512 x 256 x 784 69 -> 78 GFLOP/s on one
+ * thread and 123 -> 155 on two, 2048 x 256 x 784 115-123 -> 144-150 on two,
+ * 256 x 256 x 784 65 -> 72. Untransposed, B read in place loses there (700 x
+ * 900 x 800: 82 -> 68), and packed whole by each thread (rows colliding in
+ * L1) so does 512^3 on two threads, so those stay at 2^25. */
 #include "gemm_kernels.h"
 
 #if defined(PYNN_X86_64)
@@ -416,6 +422,7 @@ static TARGET void pack_straight_avx2(int width, const float *src, ptrdiff_t ld,
 
 const pynn_gemm_kernels pynn_gemm_avx2 = {
     .mr = MR, .nr = NR, .mc = 144, .kc = 256, .nc = 4080, .in_place_work = 1 << 25,
+    .in_place_trans_b_work = 1 << 29,
     .packed = microkernel_avx2_6x16_packed,
     .strided = microkernel_avx2_6x16_strided,
     .dot = gemv_dot_avx2,

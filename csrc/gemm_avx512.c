@@ -242,6 +242,7 @@ static TARGET void pack_straight_avx512(int width, const float *src, ptrdiff_t l
 
 const pynn_gemm_kernels pynn_gemm_avx512 = {
     .mr = MR, .nr = NR, .mc = 192, .kc = 512, .nc = 4096, .in_place_work = 1 << 21,
+    .in_place_trans_b_work = 1 << 21,
     .packed = microkernel_avx512_12x32_packed,
     .strided = microkernel_avx512_12x32_strided,
     .dot = gemv_dot_avx512,

@@ -133,6 +133,7 @@ static void pack_straight_generic(int width, const float *src, ptrdiff_t ld,
 
 const pynn_gemm_kernels pynn_gemm_generic = {
     .mr = MR, .nr = NR, .mc = 128, .kc = 256, .nc = 4096, .in_place_work = 1 << 21,
+    .in_place_trans_b_work = 1 << 21,
     .packed = microkernel_generic_4x8,
     .strided = microkernel_generic_4x8,
     .dot = gemv_dot_generic,

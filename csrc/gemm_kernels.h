@@ -63,6 +63,7 @@ typedef struct {
     int mr, nr;                /* register tile */
     ptrdiff_t mc, kc, nc;      /* cache blocks: A is MC x KC in L2, B is KC x NC in L3 */
     double in_place_work;      /* up to this m * n * k the operands are read unpacked */
+    double in_place_trans_b_work;  /* the same for a transposed B, packed whole */
     pynn_microkernel packed;   /* A and B packed (a_row_step 1, a_k_step MR, b_k_step NR) */
     pynn_microkernel strided;  /* any steps: the small path over unpacked operands */
     pynn_gemv_dot dot;

@@ -14,8 +14,11 @@ from tests.helpers import EPS32
 # Block sizes of every path (csrc/gemm_*.c): shapes below straddle them.
 # MR 4/6/12, NR 8/16/32, MC 128/144/192, KC 256/256/512, NC 4096/4080/4096.
 KC = 256
-# Beyond this many multiply-adds every ISA packs A and B (in_place_work in
-# csrc/gemm_*.c: 2^21 generic and AVX-512, 2^25 AVX2); below, read in place.
+# Beyond this many multiply-adds every ISA packs A and B when B would be read
+# in place and A is not transposed (in_place_work in csrc/gemm_*.c: 2^21
+# generic and AVX-512, 2^25 AVX2); below, read in place. (AVX2 reads A in
+# place up to 2^29 when it packs B whole; an A stored transposed is packed
+# from 2^20 on: test_every_block_edge's two cases stay on the blocked path.)
 PACKED = 1 << 25
 
 
