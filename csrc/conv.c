@@ -384,44 +384,42 @@ static ptrdiff_t band_rows(const pynn_conv_shape *s)
     return rows > 1 ? rows : 1;
 }
 
-/* One GEMM per group of the unfolded columns [oh0 OW, oh1 OW) of one image,
- * written straight into y's planes (row stride OH OW). */
-static void forward_band(const pynn_context *ctx, const pynn_conv_shape *s,
-                         const unfold_plan *plan, const float *x, const float *weight,
-                         const float *bias, pynn_activation activation, float *y,
-                         ptrdiff_t image, ptrdiff_t oh0, ptrdiff_t oh1, float *col)
+/* out_g = W_g X̂_g for every group g, bias and activation in the epilogue:
+ * X̂ (the unfolded input) has `columns` columns, out's rows are ldc apart. */
+static void grouped_gemms(const pynn_context *ctx, const pynn_conv_shape *s, const float *weight,
+                          const float *bias, pynn_activation activation, const float *unfolded,
+                          ptrdiff_t columns, float *out, ptrdiff_t ldc)
 {
-    const ptrdiff_t p = plane(s), columns = (oh1 - oh0) * s->out_w;
     const ptrdiff_t oc_group = s->out_channels / s->groups;
     const ptrdiff_t rows_group = unfolded_rows(s) / s->groups;
-    unfold(ctx, s, plan, x, image, 1, oh0, oh1, col);
-    float *out = y + image * s->out_channels * p + oh0 * s->out_w;
     for (ptrdiff_t g = 0; g < s->groups; g++) {
         pynn_epilogue epilogue = {NULL, bias ? bias + g * oc_group : NULL, activation};
-        gemm(ctx, 0, 0, oc_group, columns, rows_group, 1.0f,
-             weight + g * oc_group * rows_group, rows_group, col + g * rows_group * columns,
-             columns, 0.0f, out + g * oc_group * p, p, &epilogue);
+        gemm(ctx, 0, 0, oc_group, columns, rows_group, 1.0f, weight + g * oc_group * rows_group,
+             rows_group, unfolded + g * rows_group * columns, columns, 0.0f,
+             out + g * oc_group * ldc, ldc, &epilogue);
     }
 }
 
 /* y for images [first, first + count): unfold, one GEMM per group (bias and
  * activation in its epilogue), scatter to NCHW. A single large image goes in
- * bands of output rows, so its unfolded input is still in L2 when the GEMM
- * reads it (3x3, 64 channels, 56 x 56: one 7 MiB unfold made the GEMM pack
- * from memory). */
+ * bands of output rows, each written straight into y's planes, so its
+ * unfolded input is still in L2 when the GEMM reads it (3x3, 64 channels,
+ * 56 x 56: one 7 MiB unfold made the GEMM pack from memory). */
 static void forward_chunk(const pynn_context *ctx, const pynn_conv_shape *s,
                           const unfold_plan *plan, const float *x, const float *weight,
                           const float *bias, pynn_activation activation, float *y,
                           ptrdiff_t first, ptrdiff_t count, float *col)
 {
     const ptrdiff_t p = plane(s), oc = s->out_channels, ld = count * p;
-    const ptrdiff_t oc_group = oc / s->groups, rows_group = unfolded_rows(s) / s->groups;
     const int identity = unfold_is_identity(s, count);
     if (count == 1 && !identity) {
         const ptrdiff_t step = band_rows(s);
-        for (ptrdiff_t oh0 = 0; oh0 < s->out_h; oh0 += step)
-            forward_band(ctx, s, plan, x, weight, bias, activation, y, first, oh0,
-                         oh0 + step < s->out_h ? oh0 + step : s->out_h, col);
+        for (ptrdiff_t oh0 = 0; oh0 < s->out_h; oh0 += step) {
+            const ptrdiff_t oh1 = oh0 + step < s->out_h ? oh0 + step : s->out_h;
+            unfold(ctx, s, plan, x, first, 1, oh0, oh1, col);
+            grouped_gemms(ctx, s, weight, bias, activation, col, (oh1 - oh0) * s->out_w,
+                          y + first * oc * p + oh0 * s->out_w, p);
+        }
         return;
     }
     const float *unfolded = col;
@@ -431,12 +429,7 @@ static void forward_chunk(const pynn_context *ctx, const pynn_conv_shape *s,
         unfold(ctx, s, plan, x, first, count, 0, s->out_h, col);
     float *staged = col + (identity ? 0 : unfolded_rows(s) * ld);
     float *out = count > 1 ? staged : y + first * oc * p;
-    for (ptrdiff_t g = 0; g < s->groups; g++) {
-        pynn_epilogue epilogue = {NULL, bias ? bias + g * oc_group : NULL, activation};
-        gemm(ctx, 0, 0, oc_group, ld, rows_group, 1.0f, weight + g * oc_group * rows_group,
-             rows_group, unfolded + g * rows_group * ld, ld, 0.0f, out + g * oc_group * ld,
-             ld, &epilogue);
-    }
+    grouped_gemms(ctx, s, weight, bias, activation, unfolded, ld, out, ld);
     if (count > 1) unstage(ctx, staged, oc, p, count, y + first * oc * p, 1);
 }
 
