@@ -226,11 +226,7 @@ def predict_cached(scratch, x):
     aligned, C-contiguous float32 array and this thread's ``scratch`` holds
     a current plan for its shape; None otherwise (the caller validates ``x``
     and builds the plan). This is batch-1 inference's whole Python cost."""
-    if not cnp.PyArray_Check(x):
-        return None
-    cdef cnp.ndarray array = <cnp.ndarray>x
-    if cnp.PyArray_TYPE(array) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(array) \
-            or not cnp.PyArray_ISALIGNED(array):
+    if not (cnp.PyArray_Check(x) and is_float32_buffer(x, cnp.PyArray_SIZE(<cnp.ndarray>x))):
         return None
     plans = getattr(scratch, "plans", None)
     if plans is None:
