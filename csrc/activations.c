@@ -208,13 +208,16 @@ void pynn_softmax(const pynn_context *ctx, ptrdiff_t outer, ptrdiff_t length, pt
     if (units == 0 || length == 0 || inner == 0) return;
     ptrdiff_t step = units_per_task(length, inner);
     ptrdiff_t tasks = (units + step - 1) / step;
+    const int team = tasks > 1 && outer * length * inner >= PYNN_COSTLY_PARALLEL
+                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(ctx->num_threads) if(tasks > 1 && outer * length * inner >= PYNN_COSTLY_PARALLEL)
+    #pragma omp parallel for num_threads(team) if(team > 1)
 #endif
     for (ptrdiff_t t = 0; t < tasks; t++) {
         ptrdiff_t first = t * step, last = first + step < units ? first + step : units;
         units_fn(first, last, length, inner, x, y, log_domain);
     }
+    pynn_team_end(ctx, team);
 }
 
 void pynn_softmax_backward(const pynn_context *ctx, ptrdiff_t outer, ptrdiff_t length,
@@ -226,11 +229,14 @@ void pynn_softmax_backward(const pynn_context *ctx, ptrdiff_t outer, ptrdiff_t l
     if (units == 0 || length == 0 || inner == 0) return;
     ptrdiff_t step = units_per_task(length, inner);
     ptrdiff_t tasks = (units + step - 1) / step;
+    const int team = tasks > 1 && outer * length * inner >= PYNN_COSTLY_PARALLEL
+                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(ctx->num_threads) if(tasks > 1 && outer * length * inner >= PYNN_COSTLY_PARALLEL)
+    #pragma omp parallel for num_threads(team) if(team > 1)
 #endif
     for (ptrdiff_t t = 0; t < tasks; t++) {
         ptrdiff_t first = t * step, last = first + step < units ? first + step : units;
         units_fn(first, last, length, inner, dy, y, dx, log_domain);
     }
+    pynn_team_end(ctx, team);
 }

@@ -6,6 +6,8 @@
 #ifndef PYNN_CPU_H
 #define PYNN_CPU_H
 
+#include <stdatomic.h>
+
 typedef enum {
     PYNN_ISA_GENERIC = 0,  /* portable C, any CPU */
     PYNN_ISA_AVX2 = 1,     /* x86-64 AVX2 + FMA */
@@ -17,7 +19,29 @@ typedef enum {
 typedef struct {
     pynn_isa isa;
     int num_threads;
+    /* Nonzero while a kernel's parallel team runs: one flag for the whole
+     * process, owned by the runtime module (NULL: no such guard). */
+    atomic_int *team_busy;
 } pynn_context;
+
+/* The threads a parallel region may start for `wanted`: all of them when no
+ * other call's team is running, the region then holding the cores until
+ * pynn_team_end; else 1. A concurrent call (another Python thread
+ * predicting) so runs alone on its own thread instead of starting a second
+ * team on the same cores, whose barriers would spin against the first's. The
+ * kernels predict runs on dense models take this path (the GEMM, the
+ * element-wise maps, softmax, the inference plan); each gives the same bits on
+ * any thread count, so a call's result never depends on what runs beside it. */
+static inline int pynn_team_begin(const pynn_context *ctx, int wanted)
+{
+    if (wanted <= 1 || !ctx->team_busy) return wanted;
+    return atomic_exchange_explicit(ctx->team_busy, 1, memory_order_acquire) ? 1 : wanted;
+}
+
+static inline void pynn_team_end(const pynn_context *ctx, int team)
+{
+    if (team > 1 && ctx->team_busy) atomic_store_explicit(ctx->team_busy, 0, memory_order_release);
+}
 
 /* Is the path compiled into this build (x86-64 builds carry all three). */
 int pynn_isa_compiled(pynn_isa isa);

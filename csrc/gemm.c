@@ -359,14 +359,13 @@ static void narrow_rows(const pynn_gemm_kernels *kern, int threads,
     }
 }
 
-void pynn_sgemm(const pynn_context *ctx, int trans_a, int trans_b,
-                ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
-                float alpha, const float *a, ptrdiff_t lda,
-                const float *b, ptrdiff_t ldb,
-                float beta, float *c, ptrdiff_t ldc,
-                const pynn_epilogue *epilogue)
+static void sgemm_on(const pynn_context *ctx, int trans_a, int trans_b,
+                     ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                     float alpha, const float *a, ptrdiff_t lda,
+                     const float *b, ptrdiff_t ldb,
+                     float beta, float *c, ptrdiff_t ldc,
+                     const pynn_epilogue *epilogue)
 {
-    if (m <= 0 || n <= 0) return;
     const pynn_gemm_kernels *kern = kernels_for(ctx->isa);
     pynn_tile_update update = {alpha, beta, NULL, NULL, 0};
     if (epilogue) {
@@ -434,4 +433,21 @@ void pynn_sgemm(const pynn_context *ctx, int trans_a, int trans_b,
         path(kern, trans_a, trans_b, rows, cols, k, a_part, lda, b_part, ldb,
              c + i0 * ldc + j0, ldc, &shifted);
     }
+}
+
+void pynn_sgemm(const pynn_context *ctx, int trans_a, int trans_b,
+                ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                float alpha, const float *a, ptrdiff_t lda,
+                const float *b, ptrdiff_t ldb,
+                float beta, float *c, ptrdiff_t ldc,
+                const pynn_epilogue *epilogue)
+{
+    if (m <= 0 || n <= 0) return;
+    /* Below the lowest threshold of any path (GEMV_PARALLEL_WORK) no team
+     * starts, so the cores are claimed only for work that may use them. */
+    pynn_context call = *ctx;
+    const int may_split = (double)m * (double)n * (double)k >= GEMV_PARALLEL_WORK;
+    call.num_threads = may_split ? pynn_team_begin(ctx, ctx->num_threads) : 1;
+    sgemm_on(&call, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, epilogue);
+    pynn_team_end(ctx, call.num_threads);
 }

@@ -3,7 +3,6 @@
 
 #ifdef _OPENMP
 #include <omp.h>
-#include <stdatomic.h>
 #endif
 
 /* A step shared among threads is cut at multiples of these many outputs, so
@@ -25,14 +24,6 @@
 
 static pynn_sgemm_fn gemm;
 static pynn_softmax_fn softmax;
-#ifdef _OPENMP
-/* Set while a plan's team runs. A concurrent call (another Python thread
- * predicting) then runs on its own thread alone rather than start a second
- * team on the same cores, whose barriers would spin against the first's. Two
- * Python threads predicting at batch 1 on two Zen 3 cores, two kernel threads:
- * 20-36k predictions/s with a team each, 39-50k so (one kernel thread: 64-82k). */
-static atomic_flag team_running = ATOMIC_FLAG_INIT;
-#endif
 
 void pynn_plan_use_kernels(pynn_sgemm_fn gemm_kernel, pynn_softmax_fn softmax_kernel)
 {
@@ -123,9 +114,13 @@ void pynn_plan_run(const pynn_context *ctx, const pynn_plan_step *steps, ptrdiff
     alone.num_threads = 1;
 #ifdef _OPENMP
     if (team_pays_off(ctx, steps, count)) {
-        if (!atomic_flag_test_and_set_explicit(&team_running, memory_order_acquire)) {
+        /* Two Python threads predicting at batch 1 on two Zen 3 cores, two
+         * kernel threads: 20-36k predictions/s with a team each, 39-50k with
+         * this guard (one kernel thread: 64-82k). */
+        const int team = pynn_team_begin(ctx, ctx->num_threads);
+        if (team > 1) {
             run_in_team(ctx, &alone, steps, count, x, outputs);
-            atomic_flag_clear_explicit(&team_running, memory_order_release);
+            pynn_team_end(ctx, team);
             return;
         }
         ctx = &alone;  /* another call's team has the cores */

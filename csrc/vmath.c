@@ -12,7 +12,7 @@ void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_
     if (n <= 0) return;
     int threads = 1;
 #ifdef _OPENMP
-    if (ctx->num_threads > 1 && n >= min_parallel) threads = ctx->num_threads;
+    if (ctx->num_threads > 1 && n >= min_parallel) threads = pynn_team_begin(ctx, ctx->num_threads);
 #endif
     int stream = may_stream && (uintptr_t)y % sizeof(float) == 0 &&
                  n / threads * (ptrdiff_t)sizeof(float) >= PYNN_STREAM_BYTES_PER_THREAD;
@@ -29,6 +29,7 @@ void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_
             }
             if (stream) pynn_stream_fence();
         }
+        pynn_team_end(ctx, threads);
         return;
     }
 #endif

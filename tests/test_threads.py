@@ -1,5 +1,6 @@
 """Safety under threads and over long runs: concurrent predict equals serial
-predict, and neither inference nor training grows the process's memory."""
+predict, every kernel team gives the cores back, and neither inference nor
+training grows the process's memory."""
 import os
 import threading
 
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 
 import pynn
-from pynn import layers
+from pynn import layers, ops
+from pynn._kernels import runtime
 from pynn.losses import CrossEntropyLoss
 from pynn.optim import SGD
 
@@ -99,3 +101,63 @@ def test_10k_training_steps_do_not_grow_memory():
     for _ in range(10_000):
         step()
     assert resident_bytes() - before < 2 * 2**20
+
+
+needs_openmp = pytest.mark.skipif(not runtime.build_info()["openmp"],
+                                  reason="built without OpenMP: no kernel teams")
+
+
+def _team_calls():
+    """Calls each big enough to start a team on two threads, by kernel."""
+    rng = np.random.default_rng(2)
+    square = rng.standard_normal((256, 256), dtype=np.float32)
+    wide = rng.standard_normal((1, 4096), dtype=np.float32)
+    tall = rng.standard_normal((4096, 64), dtype=np.float32)
+    floats = rng.standard_normal(1 << 20, dtype=np.float32)
+    logits = rng.standard_normal((512, 1000), dtype=np.float32)
+    pynn.init.manual_seed(0)
+    batch_one = pynn.Sequential(layers.Linear(784, 256), layers.ReLU(), layers.Linear(256, 10))
+    image = rng.standard_normal((1, 784), dtype=np.float32)
+    return {
+        "gemm": lambda: ops.matmul(square, square),
+        "gemv": lambda: ops.matmul(wide, tall),
+        "map": lambda: ops.tanh(floats),
+        "softmax": lambda: ops.softmax(logits),
+        "softmax backward": lambda: ops.softmax_backward(logits, ops.softmax(logits)),
+        "plan": lambda: batch_one.predict(image),
+    }
+
+
+@needs_openmp
+@pytest.mark.parametrize("kind", list(_team_calls()))
+def test_every_kernel_team_releases_the_cores(kind):
+    call = _team_calls()[kind]
+    before = pynn.get_num_threads()
+    pynn.set_num_threads(2)
+    try:
+        call()
+        call()
+    finally:
+        pynn.set_num_threads(before)
+    assert not runtime.team_running()
+
+
+@needs_openmp
+def test_a_running_team_is_seen_by_other_threads():
+    # A long two-thread GEMM holds the cores; a call from another Python thread
+    # meanwhile runs alone (and gives the same result, checked above).
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((1536, 1536), dtype=np.float32)
+    before = pynn.get_num_threads()
+    pynn.set_num_threads(2)
+    seen = []
+    try:
+        worker = threading.Thread(target=lambda: [ops.matmul(a, a) for _ in range(4)])
+        worker.start()
+        while worker.is_alive():
+            seen.append(runtime.team_running())
+        worker.join()
+    finally:
+        pynn.set_num_threads(before)
+    assert any(seen)
+    assert not runtime.team_running()

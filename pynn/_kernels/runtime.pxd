@@ -7,9 +7,11 @@ cdef extern from "cpu.h" nogil:
         PYNN_ISA_AVX2
         PYNN_ISA_AVX512
     int PYNN_ISA_COUNT
+    ctypedef int atomic_int
     ctypedef struct pynn_context:
         pynn_isa isa
         int num_threads
+        atomic_int *team_busy
     int pynn_isa_compiled(pynn_isa isa)
     int pynn_isa_supported(pynn_isa isa)
     pynn_isa pynn_isa_best()

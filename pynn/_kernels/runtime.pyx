@@ -11,9 +11,17 @@ cdef extern from *:
     """
     const char *PYNN_BUILD_FLAGS
 
+cdef extern from *:
+    """
+    /* The process's one "a kernel team is running" flag (cpu.h). */
+    static atomic_int pynn_team_busy;
+    """
+    atomic_int pynn_team_busy
+
 cdef pynn_context _context
 _context.isa = pynn_isa_best()
 _context.num_threads = 1
+_context.team_busy = &pynn_team_busy
 
 ISA_NAMES = tuple(pynn_isa_name(<pynn_isa>i).decode() for i in range(PYNN_ISA_COUNT))
 
@@ -50,6 +58,12 @@ def set_threads(int count):
 
 def get_threads():
     return _context.num_threads
+
+
+def team_running():
+    """Whether a kernel's parallel team holds the cores (cpu.h); between calls
+    it never should."""
+    return pynn_team_busy != 0
 
 
 def build_info():
