@@ -98,15 +98,15 @@ static void gemm_unblocked(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, p
         }
 }
 
-/* op(A)[i0 : i0 + rows, p0 : p0 + depth] as MR-row micro-panels, each [depth][MR]:
- * a transposing copy unless A is stored transposed. */
+/* op(A)[i0 : i0 + rows, p0 : p0 + depth] as MR-row micro-panels, each
+ * [depth][a_stride]: a transposing copy unless A is stored transposed. */
 static void pack_a_block(const pynn_gemm_kernels *kern, int trans_a, const float *a, ptrdiff_t lda,
                          ptrdiff_t i0, ptrdiff_t p0, ptrdiff_t rows, ptrdiff_t depth, float *dst)
 {
     if (trans_a)
-        kern->pack_straight(kern->mr, a + p0 * lda + i0, lda, depth, rows, dst);
+        kern->pack_straight(kern->mr, kern->a_stride, a + p0 * lda + i0, lda, depth, rows, dst);
     else
-        kern->pack_transposed(kern->mr, a + i0 * lda + p0, lda, depth, rows, dst);
+        kern->pack_transposed(kern->mr, kern->a_stride, a + i0 * lda + p0, lda, depth, rows, dst);
 }
 
 /* op(B)[p0 : p0 + depth, j0 : j0 + cols] as NR-column micro-panels, each [depth][NR]:
@@ -115,9 +115,9 @@ static void pack_b_panel(const pynn_gemm_kernels *kern, int trans_b, const float
                          ptrdiff_t p0, ptrdiff_t j0, ptrdiff_t depth, ptrdiff_t cols, float *dst)
 {
     if (trans_b)
-        kern->pack_transposed(kern->nr, b + j0 * ldb + p0, ldb, depth, cols, dst);
+        kern->pack_transposed(kern->nr, kern->nr, b + j0 * ldb + p0, ldb, depth, cols, dst);
     else
-        kern->pack_straight(kern->nr, b + p0 * ldb + j0, ldb, depth, cols, dst);
+        kern->pack_straight(kern->nr, kern->nr, b + p0 * ldb + j0, ldb, depth, cols, dst);
 }
 
 /* The update a tile at (i, j) receives: biases shifted to it, the epilogue
@@ -152,7 +152,7 @@ static void gemm_blocked(const pynn_gemm_kernels *kern, int trans_a, int trans_b
     const ptrdiff_t k_blocks = (k + kern->kc - 1) / kern->kc;
     const ptrdiff_t kc = min_size(round_up((k + k_blocks - 1) / k_blocks, 8), k);
     const ptrdiff_t nc = min_size(kern->nc, round_up(n, nr));
-    float *a_packed = pynn_scratch(PYNN_SCRATCH_PACK_A, mc * kc);
+    float *a_packed = pynn_scratch(PYNN_SCRATCH_PACK_A, mc / mr * kern->a_stride * kc);
     float *b_packed = pynn_scratch(PYNN_SCRATCH_PACK_B, kc * nc);
     if (!a_packed || !b_packed) {
         gemm_unblocked(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, update);
@@ -172,7 +172,8 @@ static void gemm_blocked(const pynn_gemm_kernels *kern, int trans_a, int trans_b
                     const float *b_panel = b_packed + jr * depth;
                     for (ptrdiff_t ir = 0; ir < rows; ir += mr) {
                         pynn_tile_update tile = tile_update(update, beta, last, ic + ir, jc + jr);
-                        kern->packed(depth, a_packed + ir * depth, 1, mr, b_panel, nr,
+                        kern->packed(depth, a_packed + ir / mr * kern->a_stride * depth, 1,
+                                     kern->a_stride, b_panel, nr,
                                      c + (ic + ir) * ldc + jc + jr, ldc,
                                      min_size(mr, rows - ir), min_size(nr, cols - jr), &tile);
                     }

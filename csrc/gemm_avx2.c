@@ -8,8 +8,8 @@
  * part of A, B or C is touched.
  *
  * Blocks: KC = 256 puts the 256 x 16 B micro-panel at 16 KiB in L1 beside the
- * 6 x 256 A micro-panel (6 KiB); MC = 144 makes the packed A block 144 KiB of
- * the L2; NC = 4080 keeps the packed B panel (4 MiB) in L3.
+ * 256-step A micro-panel (8 KiB, A_STRIDE below); MC = 144 makes the packed A
+ * block 192 KiB of the L2; NC = 4080 keeps the packed B panel (4 MiB) in L3.
  * Up to 2^25 multiply-adds (about 320^3) the operands are read in place:
  * measured on Zen 3, the in-place path is 5-10% faster at 192^3 and at MLP
  * shapes (128 x 256 x 784 with B transposed: 91.5 against 84.9 GFLOP/s;
@@ -28,7 +28,15 @@
 #include <stdint.h>
 
 #define TARGET __attribute__((target("avx2,fma")))
-enum { MR = 6, NR = 16 };
+/* A packed A micro-panel holds 8 floats per k step, 6 of them A's: then the
+ * k loop steps A and B (16 floats) with one index register, A's address
+ * scaled by 4 and B's by 8, and adds one register per k step besides its 20
+ * loads and FMAs, not three. Two Zen 3 cores shared with other tenants' threads
+ * dispatch only about three instructions per cycle to each of their threads
+ * for long stretches, and there the k loop is bound by its instruction count:
+ * 24 per k step took 8 cycles for 6 cycles of FMAs (70 of 99 GFLOP/s, A and
+ * B in L1), 22 took 7.3 (77). */
+enum { MR = 6, NR = 16, A_STRIDE = 8 };
 
 static const int32_t lane_table[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
 
@@ -64,11 +72,7 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
         acc[i][0] = _mm256_setzero_ps();
         acc[i][1] = _mm256_setzero_ps();
         /* Rows past mr repeat the last valid row: always in bounds, never stored. */
-        row[i] = packed ? i : (i < mr ? i : mr - 1) * a_row_step;
-    }
-    if (packed) {
-        a_k_step = MR;
-        b_k_step = NR;
+        row[i] = (i < mr ? i : mr - 1) * a_row_step;  /* the strided loop's */
     }
     /* C is first touched after the k loop; fetching its rows now hides the
      * miss behind the loop (at 2048^3, where C is in L3 or memory, the wait
@@ -80,23 +84,34 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
         _mm_prefetch((const char *)(c + i * ldc + nr - 1), _MM_HINT_T0);
     }
     const int full = nr == NR;
-    for (ptrdiff_t p = 0; p < k; p++) {
-        __m256 b0, b1 = _mm256_setzero_ps();
-        if (packed || full) {
-            b0 = _mm256_loadu_ps(b);
-            if (vectors == 2) b1 = _mm256_loadu_ps(b + 8);
-        } else {
-            b0 = _mm256_maskload_ps(b, mask0);
-            if (vectors == 2) b1 = _mm256_maskload_ps(b + 8, mask1);
+    if (packed) {  /* one index for A (A_STRIDE floats a k step) and B (NR = 2 A_STRIDE) */
+        for (ptrdiff_t off = 0, end = k * A_STRIDE; off != end; off += A_STRIDE) {
+            const __m256 b0 = _mm256_loadu_ps(b + 2 * off);
+            const __m256 b1 = vectors == 2 ? _mm256_loadu_ps(b + 2 * off + 8) : _mm256_setzero_ps();
+            _Pragma("GCC unroll 16")
+            for (int i = 0; i < rows; i++) {
+                const __m256 av = _mm256_broadcast_ss(a + off + i);
+                acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
+                if (vectors == 2) acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
+            }
         }
-        _Pragma("GCC unroll 16")
-        for (int i = 0; i < rows; i++) {
-            const __m256 av = _mm256_broadcast_ss(a + row[i]);
-            acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
-            if (vectors == 2) acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
+    } else {  /* A's end as the bound: no counter to step beside a and b */
+        for (const float *a_end = a + k * a_k_step; a != a_end; a += a_k_step, b += b_k_step) {
+            __m256 b0, b1 = _mm256_setzero_ps();
+            if (full) {
+                b0 = _mm256_loadu_ps(b);
+                if (vectors == 2) b1 = _mm256_loadu_ps(b + 8);
+            } else {
+                b0 = _mm256_maskload_ps(b, mask0);
+                if (vectors == 2) b1 = _mm256_maskload_ps(b + 8, mask1);
+            }
+            _Pragma("GCC unroll 16")
+            for (int i = 0; i < rows; i++) {
+                const __m256 av = _mm256_broadcast_ss(a + row[i]);
+                acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
+                if (vectors == 2) acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
+            }
         }
-        a += a_k_step;
-        b += b_k_step;
     }
 
     const __m256 alpha = _mm256_set1_ps(update->alpha), beta = _mm256_set1_ps(update->beta);
@@ -154,7 +169,9 @@ tile_by_shape(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_s
 #undef TILE
 }
 
-static TARGET void microkernel_avx2_6x16_packed(
+/* GCC's induction-variable pass would give A its own pointer again (two
+ * more adds per k step); without it the loop keeps the one index. */
+static TARGET __attribute__((optimize("no-ivopts"))) void microkernel_avx2_6x16_packed(
     ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,
     const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc,
     ptrdiff_t mr, ptrdiff_t nr, const pynn_tile_update *update)
@@ -350,66 +367,69 @@ static inline TARGET void transpose_4x8(const __m256 rows[4], __m128 quads[8])
 }
 
 /* Columns [q0, q0 + group) of one panel: source rows q0 + q at src + q * ld,
- * of which the first `present` exist (the others pack as zeros). Groups of 8
- * and 4 whole rows go through register transposes 8 k at a time. */
+ * of which the first `present` exist (the others pack as zeros, and are not
+ * read). Groups of 8 and 4 go through register transposes 8 k at a time. */
 static inline __attribute__((always_inline)) TARGET void
-pack_group(const int group, int width, const float *src, ptrdiff_t ld, ptrdiff_t depth,
+pack_group(const int group, int stride, const float *src, ptrdiff_t ld, ptrdiff_t depth,
            ptrdiff_t present, float *dst)
 {
     ptrdiff_t p = 0;
-    if (group == 8 && present >= 8) {
+    if (group == 8 && present > 0) {
         for (; p + 8 <= depth; p += 8) {
             __m256 rows[8];
-            for (int q = 0; q < 8; q++) rows[q] = _mm256_loadu_ps(src + q * ld + p);
+            for (int q = 0; q < 8; q++)
+                rows[q] = q < present ? _mm256_loadu_ps(src + q * ld + p) : _mm256_setzero_ps();
             transpose_8x8(rows);
-            for (int q = 0; q < 8; q++) _mm256_storeu_ps(dst + (p + q) * width, rows[q]);
+            for (int q = 0; q < 8; q++) _mm256_storeu_ps(dst + (p + q) * stride, rows[q]);
         }
-    } else if (group == 4 && present >= 4) {
+    } else if (group == 4 && present > 0) {
         for (; p + 8 <= depth; p += 8) {
             __m256 rows[4];
             __m128 quads[8];
-            for (int q = 0; q < 4; q++) rows[q] = _mm256_loadu_ps(src + q * ld + p);
+            for (int q = 0; q < 4; q++)
+                rows[q] = q < present ? _mm256_loadu_ps(src + q * ld + p) : _mm256_setzero_ps();
             transpose_4x8(rows, quads);
-            for (int q = 0; q < 8; q++) _mm_storeu_ps(dst + (p + q) * width, quads[q]);
+            for (int q = 0; q < 8; q++) _mm_storeu_ps(dst + (p + q) * stride, quads[q]);
         }
     }
     for (; p < depth; p++)  /* the k tail, and rows past the edge as zeros */
         for (ptrdiff_t q = 0; q < group; q++)
-            dst[p * width + q] = q < present ? src[q * ld + p] : 0.0f;
+            dst[p * stride + q] = q < present ? src[q * ld + p] : 0.0f;
 }
 
-TARGET void pynn_pack_transposed_avx2(int width, const float *src, ptrdiff_t ld,
+TARGET void pynn_pack_transposed_avx2(int width, int stride, const float *src, ptrdiff_t ld,
                                       ptrdiff_t depth, ptrdiff_t count, float *dst)
 {
-    for (ptrdiff_t r0 = 0; r0 < count; r0 += width, dst += width * depth) {
+    for (ptrdiff_t r0 = 0; r0 < count; r0 += width, dst += stride * depth) {
         const float *panel = src + r0 * ld;
-        const ptrdiff_t present = count - r0;
+        const ptrdiff_t present = count - r0 < width ? count - r0 : width;
         int q0 = 0;
-        for (; q0 + 8 <= width; q0 += 8)
-            pack_group(8, width, panel + q0 * ld, ld, depth, present - q0, dst + q0);
-        for (; q0 + 4 <= width; q0 += 4)
-            pack_group(4, width, panel + q0 * ld, ld, depth, present - q0, dst + q0);
-        for (; q0 < width; q0++)
-            pack_group(1, width, panel + q0 * ld, ld, depth, present - q0, dst + q0);
+        for (; q0 + 8 <= stride; q0 += 8)
+            pack_group(8, stride, panel + q0 * ld, ld, depth, present - q0, dst + q0);
+        for (; q0 + 4 <= stride; q0 += 4)
+            pack_group(4, stride, panel + q0 * ld, ld, depth, present - q0, dst + q0);
+        for (; q0 < stride; q0++)
+            pack_group(1, stride, panel + q0 * ld, ld, depth, present - q0, dst + q0);
     }
 }
 
-/* A panel row is one or two 8-float vectors (MR = 6, NR = 16), loaded
- * masked where the source ends (zeros past count, nothing read beyond). A
- * 6-float row is stored as 8 floats whose spill the next row overwrites; only
- * a panel's last row is stored masked, so nothing lands past the panel. The
- * generic loop this replaces took 7% of a 2-thread training step at batch 512. */
-static TARGET void pack_straight_avx2(int width, const float *src, ptrdiff_t ld,
+/* A panel row is one or two 8-float vectors (strides 8 and 16), loaded
+ * masked where the panel or the source ends (zeros there, nothing read
+ * beyond). A row narrower than 8 floats (another ISA's stride) is stored as 8
+ * whose spill the next row overwrites; only a panel's last row is stored
+ * masked, so nothing lands past the panel. The generic loop this replaces
+ * took 7% of a 2-thread training step at batch 512. */
+static TARGET void pack_straight_avx2(int width, int stride, const float *src, ptrdiff_t ld,
                                       ptrdiff_t depth, ptrdiff_t count, float *dst)
 {
-    for (ptrdiff_t c0 = 0; c0 < count; c0 += width, dst += width * depth) {
-        const ptrdiff_t present = count - c0;
-        for (int q0 = 0; q0 < width; q0 += 8) {
-            const __m256i load = first_lanes(present - q0), store = first_lanes(width - q0);
-            const int whole_load = present - q0 >= 8, whole_store = width - q0 >= 8;
+    for (ptrdiff_t c0 = 0; c0 < count; c0 += width, dst += stride * depth) {
+        const ptrdiff_t present = count - c0 < width ? count - c0 : width;
+        for (int q0 = 0; q0 < stride; q0 += 8) {
+            const __m256i load = first_lanes(present - q0), store = first_lanes(stride - q0);
+            const int whole_load = present - q0 >= 8, whole_store = stride - q0 >= 8;
             const float *row = src + c0 + q0;
             float *out = dst + q0;
-            for (ptrdiff_t p = 0; p < depth; p++, row += ld, out += width) {
+            for (ptrdiff_t p = 0; p < depth; p++, row += ld, out += stride) {
                 const __m256 v = whole_load ? _mm256_loadu_ps(row) : _mm256_maskload_ps(row, load);
                 if (whole_store || p + 1 < depth)
                     _mm256_storeu_ps(out, v);
@@ -421,7 +441,7 @@ static TARGET void pack_straight_avx2(int width, const float *src, ptrdiff_t ld,
 }
 
 const pynn_gemm_kernels pynn_gemm_avx2 = {
-    .mr = MR, .nr = NR, .mc = 144, .kc = 256, .nc = 4080, .in_place_work = 1 << 25,
+    .mr = MR, .nr = NR, .a_stride = A_STRIDE, .mc = 144, .kc = 256, .nc = 4080, .in_place_work = 1 << 25,
     .in_place_trans_b_work = 1 << 29,
     .packed = microkernel_avx2_6x16_packed,
     .strided = microkernel_avx2_6x16_strided,

@@ -223,25 +223,25 @@ static TARGET void gemv_axpy_avx512(ptrdiff_t cols, ptrdiff_t k, const float *x,
     }
 }
 
-/* A panel row is one or two masked vectors (width 12 or 32): a row of the
+/* A panel row is one or two masked vectors (stride 12 or 32): a row of the
  * source lands in one load and one store, zeros past count included. */
-static TARGET void pack_straight_avx512(int width, const float *src, ptrdiff_t ld,
+static TARGET void pack_straight_avx512(int width, int stride, const float *src, ptrdiff_t ld,
                                         ptrdiff_t depth, ptrdiff_t count, float *dst)
 {
-    for (ptrdiff_t c0 = 0; c0 < count; c0 += width, dst += width * depth) {
-        const ptrdiff_t present = count - c0;
-        for (int q0 = 0; q0 < width; q0 += 16) {
-            const __mmask16 load = pynn_first_lanes16(present - q0), store = pynn_first_lanes16(width - q0);
+    for (ptrdiff_t c0 = 0; c0 < count; c0 += width, dst += stride * depth) {
+        const ptrdiff_t present = count - c0 < width ? count - c0 : width;
+        for (int q0 = 0; q0 < stride; q0 += 16) {
+            const __mmask16 load = pynn_first_lanes16(present - q0), store = pynn_first_lanes16(stride - q0);
             const float *row = src + c0 + q0;
             float *out = dst + q0;
-            for (ptrdiff_t p = 0; p < depth; p++, row += ld, out += width)
+            for (ptrdiff_t p = 0; p < depth; p++, row += ld, out += stride)
                 _mm512_mask_storeu_ps(out, store, _mm512_maskz_loadu_ps(load, row));
         }
     }
 }
 
 const pynn_gemm_kernels pynn_gemm_avx512 = {
-    .mr = MR, .nr = NR, .mc = 192, .kc = 512, .nc = 4096, .in_place_work = 1 << 21,
+    .mr = MR, .nr = NR, .a_stride = MR, .mc = 192, .kc = 512, .nc = 4096, .in_place_work = 1 << 21,
     .in_place_trans_b_work = 1 << 21,
     .packed = microkernel_avx512_12x32_packed,
     .strided = microkernel_avx512_12x32_strided,

@@ -103,36 +103,37 @@ static void gemm_dots_generic(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float
         }
 }
 
-static void pack_transposed_generic(int width, const float *src, ptrdiff_t ld,
-                                   ptrdiff_t depth, ptrdiff_t count, float *dst)
+static void pack_transposed_generic(int width, int stride, const float *src, ptrdiff_t ld,
+                                    ptrdiff_t depth, ptrdiff_t count, float *dst)
 {
-    for (ptrdiff_t r0 = 0; r0 < count; r0 += width, dst += width * depth) {
-        for (ptrdiff_t q = 0; q < width; q++) {
-            const float *row = src + (r0 + q) * ld;
-            if (r0 + q < count)
-                for (ptrdiff_t p = 0; p < depth; p++) dst[p * width + q] = row[p];
-            else
-                for (ptrdiff_t p = 0; p < depth; p++) dst[p * width + q] = 0.0f;
+    for (ptrdiff_t r0 = 0; r0 < count; r0 += width, dst += stride * depth) {
+        for (ptrdiff_t q = 0; q < stride; q++) {
+            if (q < width && r0 + q < count) {
+                const float *row = src + (r0 + q) * ld;
+                for (ptrdiff_t p = 0; p < depth; p++) dst[p * stride + q] = row[p];
+            } else {
+                for (ptrdiff_t p = 0; p < depth; p++) dst[p * stride + q] = 0.0f;
+            }
         }
     }
 }
 
-static void pack_straight_generic(int width, const float *src, ptrdiff_t ld,
+static void pack_straight_generic(int width, int stride, const float *src, ptrdiff_t ld,
                                   ptrdiff_t depth, ptrdiff_t count, float *dst)
 {
-    for (ptrdiff_t c0 = 0; c0 < count; c0 += width, dst += width * depth) {
+    for (ptrdiff_t c0 = 0; c0 < count; c0 += width, dst += stride * depth) {
         const ptrdiff_t present = count - c0 < width ? count - c0 : width;
         for (ptrdiff_t p = 0; p < depth; p++) {
             const float *row = src + p * ld + c0;
-            float *out = dst + p * width;
+            float *out = dst + p * stride;
             for (ptrdiff_t q = 0; q < present; q++) out[q] = row[q];
-            for (ptrdiff_t q = present; q < width; q++) out[q] = 0.0f;
+            for (ptrdiff_t q = present; q < stride; q++) out[q] = 0.0f;
         }
     }
 }
 
 const pynn_gemm_kernels pynn_gemm_generic = {
-    .mr = MR, .nr = NR, .mc = 128, .kc = 256, .nc = 4096, .in_place_work = 1 << 21,
+    .mr = MR, .nr = NR, .a_stride = MR, .mc = 128, .kc = 256, .nc = 4096, .in_place_work = 1 << 21,
     .in_place_trans_b_work = 1 << 21,
     .packed = microkernel_generic_4x8,
     .strided = microkernel_generic_4x8,

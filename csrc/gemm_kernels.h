@@ -6,8 +6,9 @@
  *   C[i, j] = update(sum_p A(i, p) * B(p, j)) for i < mr <= MR, j < nr <= NR.
  *   A(i, p) = a[i * a_row_step + p * a_k_step]; rows i >= mr are never read.
  *   B(p, j) = b[p * b_k_step + j]; columns j >= nr are never read.
- * A packed A micro-panel is a_row_step = 1, a_k_step = MR; a packed B
- * micro-panel is b_k_step = NR (zero-padded, so edge tiles need no care).
+ * A packed A micro-panel is a_row_step = 1, a_k_step = the ISA's a_stride
+ * (MR, or more); a packed B micro-panel is b_k_step = NR (both zero-padded, so
+ * edge tiles need no care).
  * The same kernel reads unpacked row-major operands directly on the
  * small-problem path. */
 #ifndef PYNN_GEMM_KERNELS_H
@@ -46,21 +47,24 @@ typedef void (*pynn_gemm_dots)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const floa
 
 /* The transposing copy into micro-panels: `count` rows of a row-major matrix
  * (row r at src + r * ld, its first `depth` floats) become panels of `width`
- * rows each, stored [depth][width], with element (p, q) of panel t = row
- * t * width + q at column p and rows past count as zeros. It packs A stored
- * untransposed (width MR) and B stored transposed (width NR). */
-typedef void (*pynn_pack_transposed)(int width, const float *src, ptrdiff_t ld,
+ * rows each, stored [depth][stride] (stride >= width), with element (p, q) of
+ * panel t = row t * width + q at column p; rows past count and the padding
+ * columns from width to stride are zeros. It packs A stored untransposed
+ * (width MR, stride a_stride) and B stored transposed (width and stride NR). */
+typedef void (*pynn_pack_transposed)(int width, int stride, const float *src, ptrdiff_t ld,
                                      ptrdiff_t depth, ptrdiff_t count, float *dst);
 
 /* The straight copy into micro-panels: columns [0, count) of `depth` rows
  * (row p at src + p * ld) become panels of `width` columns each, stored
- * [depth][width], columns past count as zeros. It packs A stored transposed
- * (width MR) and B stored untransposed (width NR). */
-typedef void (*pynn_pack_straight)(int width, const float *src, ptrdiff_t ld,
+ * [depth][stride], columns past count and the padding as zeros. It packs A
+ * stored transposed (width MR, stride a_stride) and B stored untransposed
+ * (width and stride NR). */
+typedef void (*pynn_pack_straight)(int width, int stride, const float *src, ptrdiff_t ld,
                                    ptrdiff_t depth, ptrdiff_t count, float *dst);
 
 typedef struct {
     int mr, nr;                /* register tile */
+    int a_stride;              /* floats per k step of a packed A micro-panel (>= mr) */
     ptrdiff_t mc, kc, nc;      /* cache blocks: A is MC x KC in L2, B is KC x NC in L3 */
     double in_place_work;      /* up to this m * n * k the operands are read unpacked */
     double in_place_trans_b_work;  /* the same for a transposed B, packed whole */
@@ -80,7 +84,7 @@ typedef struct {
 extern const pynn_gemm_kernels pynn_gemm_generic;
 #if defined(PYNN_X86_64)
 /* 8 x 8 and 4 x 8 AVX transposes; AVX-512 CPUs run it too. */
-void pynn_pack_transposed_avx2(int width, const float *src, ptrdiff_t ld,
+void pynn_pack_transposed_avx2(int width, int stride, const float *src, ptrdiff_t ld,
                                ptrdiff_t depth, ptrdiff_t count, float *dst);
 /* 4 rows of A by 2 of B per pass; AVX-512 CPUs run it too (untuned there). */
 void pynn_gemm_dots_avx2(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a, ptrdiff_t lda,
