@@ -31,11 +31,11 @@
 /* A packed A micro-panel holds 8 floats per k step, 6 of them A's: then the
  * k loop steps A and B (16 floats) with one index register, A's address
  * scaled by 4 and B's by 8, and adds one register per k step besides its 20
- * loads and FMAs, not three. Two Zen 3 cores shared with other tenants' threads
- * dispatch only about three instructions per cycle to each of their threads
- * for long stretches, and there the k loop is bound by its instruction count:
- * 24 per k step took 8 cycles for 6 cycles of FMAs (70 of 99 GFLOP/s, A and
- * B in L1), 22 took 7.3 (77). */
+ * loads and FMAs, not three. On the shared Zen 3 cores this was measured on,
+ * for long stretches a loop issues only about three instructions per cycle
+ * (a loop of 12 FMAs and a branch keeps its peak; with 8 loads and 3 adds
+ * more it loses 40%), and there the k loop is bound by its instruction count:
+ * with A and B in L1, 24 per k step ran at 70 of 99 GFLOP/s, 22 at 74-80. */
 enum { MR = 6, NR = 16, A_STRIDE = 8 };
 
 static const int32_t lane_table[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
