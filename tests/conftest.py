@@ -1,6 +1,7 @@
 """Fixtures shared by the test modules."""
 import pytest
 
+import pynn
 from pynn._kernels import runtime
 
 
@@ -11,3 +12,11 @@ def isa(request):
     runtime.choose_isa(request.param)
     yield request.param
     runtime.choose_isa(before)
+
+
+@pytest.fixture
+def set_threads():
+    """pynn.set_num_threads for one test; the count before it is restored after."""
+    before = pynn.get_num_threads()
+    yield pynn.set_num_threads
+    pynn.set_num_threads(before)

@@ -68,15 +68,11 @@ def test_unsupported_isa_is_refused_at_import():
     assert result.returncode != 0 and "not available" in result.stderr
 
 
-def test_threads_round_trip():
-    before = pynn.get_num_threads()
-    try:
-        pynn.set_num_threads(1)
-        assert pynn.get_num_threads() == 1
-        pynn.set_num_threads(3)
-        assert pynn.get_num_threads() == 3
-    finally:
-        pynn.set_num_threads(before)
+def test_threads_round_trip(set_threads):
+    pynn.set_num_threads(1)
+    assert pynn.get_num_threads() == 1
+    pynn.set_num_threads(3)
+    assert pynn.get_num_threads() == 3
 
 
 @pytest.mark.parametrize("bad,error", [(0, ValueError), (-2, ValueError), (2.0, TypeError),

@@ -90,12 +90,8 @@ def train_once(threads, seed):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_same_seed_and_threads_give_bit_identical_weights(threads):
-    before = pynn.get_num_threads()
-    try:
-        first, second, other = train_once(threads, 7), train_once(threads, 7), train_once(threads, 8)
-    finally:
-        pynn.set_num_threads(before)
+def test_same_seed_and_threads_give_bit_identical_weights(threads, set_threads):
+    first, second, other = train_once(threads, 7), train_once(threads, 7), train_once(threads, 8)
     for key in first:
         np.testing.assert_array_equal(first[key], second[key])
     assert any(not np.array_equal(first[key], other[key]) for key in first)

@@ -6,7 +6,6 @@ import sys
 import numpy as np
 import pytest
 
-import pynn
 from pynn._kernels import gemm
 from pynn.ops import matmul
 from tests.helpers import EPS32
@@ -23,11 +22,9 @@ PACKED = 1 << 25
 
 
 @pytest.fixture(params=[1, 2])
-def threads(request):
-    before = pynn.get_num_threads()
-    pynn.set_num_threads(request.param)
-    yield request.param
-    pynn.set_num_threads(before)
+def threads(request, set_threads):
+    set_threads(request.param)
+    return request.param
 
 
 def operands(rng, m, n, k, trans_a, trans_b):
@@ -89,19 +86,15 @@ def test_every_block_edge(isa, threads, m, n, k):
 
 
 @pytest.mark.parametrize("width,ld", [(256, 256), (200, 512), (250, 256)])
-def test_b_rows_colliding_in_l1_are_packed_first(isa, width, ld):
+def test_b_rows_colliding_in_l1_are_packed_first(isa, width, ld, set_threads):
     # B rows a power of two of floats apart fall in few L1 sets: with many
     # rows of A the in-place path packs such a B (csrc/gemm.c, rows_collide),
     # partial micro-panels included
     rng = np.random.default_rng(width + ld)
     a = rng.standard_normal((300, 40)).astype(np.float32)
     b = rng.standard_normal((40, ld)).astype(np.float32)[:, :width]
-    before = pynn.get_num_threads()
-    pynn.set_num_threads(1)  # two threads would take 150 rows each, too few to pack
-    try:
-        assert_close(matmul(a, b), *reference(a, b, 0, 0))
-    finally:
-        pynn.set_num_threads(before)
+    set_threads(1)  # two threads would take 150 rows each, too few to pack
+    assert_close(matmul(a, b), *reference(a, b, 0, 0))
 
 
 @pytest.mark.parametrize("m,n,k", [(1, 9, 4), (9, 1, 4), (7, 9, 5), (40, 50, 60), (220, 400, 400)])
@@ -211,17 +204,13 @@ def test_relu_epilogue_keeps_nan(isa):
 @pytest.mark.parametrize("m,n,k,trans_a,trans_b", [
     (301, 257, 600, 0, 1), (150, 130, 257, 1, 0), (1, 700, 300, 0, 1), (1, 700, 300, 0, 0),
     (700, 1, 300, 1, 0), (700, 1, 300, 0, 0), (300, 10, 100, 0, 1)])
-def test_same_result_on_one_and_two_threads(isa, m, n, k, trans_a, trans_b):
+def test_same_result_on_one_and_two_threads(isa, m, n, k, trans_a, trans_b, set_threads):
     rng = np.random.default_rng(9)
     a, b = operands(rng, m, n, k, trans_a, trans_b)
-    before = pynn.get_num_threads()
-    try:
-        results = []
-        for count in (1, 2):
-            pynn.set_num_threads(count)
-            results.append(matmul(a, b, trans_a=trans_a, trans_b=trans_b))
-    finally:
-        pynn.set_num_threads(before)
+    results = []
+    for count in (1, 2):
+        set_threads(count)
+        results.append(matmul(a, b, trans_a=trans_a, trans_b=trans_b))
     np.testing.assert_array_equal(results[0], results[1])
 
 

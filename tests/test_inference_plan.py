@@ -4,7 +4,6 @@ settings or wiring change after it was made."""
 import numpy as np
 import pytest
 
-import pynn
 from pynn import Sequential
 from pynn.layers import (BatchNorm1d, Conv2d, Dropout, Embedding, Flatten, LeakyReLU, Linear,
                          MaxPool2d, ReLU, Softmax, Tanh)
@@ -128,20 +127,16 @@ def test_a_plan_refuses_buffers_of_the_wrong_size():
 
 
 @pytest.mark.parametrize("batch", [1, 3, 16, 17])
-def test_small_batches_shared_among_threads_equal_one_thread_bit_for_bit(batch):
+def test_small_batches_shared_among_threads_equal_one_thread_bit_for_bit(batch, set_threads):
     # at batch <= 16 with two threads the plan's steps are split by output
     # columns (and the map by elements) inside one team; the cuts must not
     # change any output's sum
     model = Sequential(Linear(517, 300), ReLU(), Linear(300, 8200), Tanh(), Linear(8200, 37),
                        Softmax())
     x = random_input((batch, 517))
-    before = pynn.get_num_threads()
-    try:
-        pynn.set_num_threads(1)
-        alone = model.predict(x)
-        pynn.set_num_threads(2)
-        shared = model.predict(x)
-    finally:
-        pynn.set_num_threads(before)
+    set_threads(1)
+    alone = model.predict(x)
+    set_threads(2)
+    shared = model.predict(x)
     np.testing.assert_array_equal(shared, alone)
     np.testing.assert_allclose(alone, layer_by_layer(model, x), rtol=1e-5, atol=1e-7)

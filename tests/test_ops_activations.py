@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 
-import pynn
 from pynn import ops
 from tests.helpers import EPS32, check_gradient
 
@@ -88,32 +87,28 @@ def test_out_and_in_place(name):
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("offset", [0, 1, 15])
-def test_outputs_past_the_cache_at_any_alignment(isa, threads, offset):
+def test_outputs_past_the_cache_at_any_alignment(isa, threads, offset, set_threads):
     """Outputs of several MiB take the streaming-store path on AVX-512, which
     writes the elements before the first 64-byte boundary separately; every
     element must still come out as on a small array, in place too."""
-    before = pynn.get_num_threads()
-    pynn.set_num_threads(threads)
-    try:
-        n = (1 << 21) + 37
-        storage = np.empty(n + 16, dtype=np.float32)
-        x = _inputs(n, seed=5)
-        dy = _inputs(n, seed=6, scale=1.0)
-        out = storage[offset:offset + n]
-        for name in ("relu", "leaky_relu", "tanh"):
-            forward, backward, kwargs, _, _ = ELEMENTWISE[name]
-            expected = np.concatenate([forward(x[i:i + 4096], **kwargs) for i in range(0, n, 4096)])
-            np.testing.assert_array_equal(forward(x, out=out, **kwargs), expected)
-            expected_dx = np.concatenate([backward(dy[i:i + 4096], x[i:i + 4096], **kwargs)
-                                          for i in range(0, n, 4096)])
-            # (a vectorised loop's scalar remainder may contract a * b + c into
-            # one FMA differently from its vector body: 1 - y^2 in tanh's)
-            np.testing.assert_allclose(backward(dy, x, out=out, **kwargs), expected_dx,
-                                       rtol=4 * EPS32, atol=4 * EPS32)
-            in_place = x.copy()
-            np.testing.assert_array_equal(forward(in_place, out=in_place, **kwargs), expected)
-    finally:
-        pynn.set_num_threads(before)
+    set_threads(threads)
+    n = (1 << 21) + 37
+    storage = np.empty(n + 16, dtype=np.float32)
+    x = _inputs(n, seed=5)
+    dy = _inputs(n, seed=6, scale=1.0)
+    out = storage[offset:offset + n]
+    for name in ("relu", "leaky_relu", "tanh"):
+        forward, backward, kwargs, _, _ = ELEMENTWISE[name]
+        expected = np.concatenate([forward(x[i:i + 4096], **kwargs) for i in range(0, n, 4096)])
+        np.testing.assert_array_equal(forward(x, out=out, **kwargs), expected)
+        expected_dx = np.concatenate([backward(dy[i:i + 4096], x[i:i + 4096], **kwargs)
+                                      for i in range(0, n, 4096)])
+        # (a vectorised loop's scalar remainder may contract a * b + c into
+        # one FMA differently from its vector body: 1 - y^2 in tanh's)
+        np.testing.assert_allclose(backward(dy, x, out=out, **kwargs), expected_dx,
+                                   rtol=4 * EPS32, atol=4 * EPS32)
+        in_place = x.copy()
+        np.testing.assert_array_equal(forward(in_place, out=in_place, **kwargs), expected)
 
 def test_special_values():
     x = np.array([np.nan, np.inf, -np.inf, 0.0, 1e4, -1e4], dtype=np.float32)
@@ -169,16 +164,12 @@ def test_softmax_gradients_match_finite_differences(axis):
                        x, analytic, eps=1e-2)
 
 
-def test_same_result_on_any_thread_count():
+def test_same_result_on_any_thread_count(set_threads):
     x = _inputs((300, 1000), seed=7)
-    before = pynn.get_num_threads()
-    try:
-        results = []
-        for threads in (1, 2):
-            pynn.set_num_threads(threads)
-            results.append((ops.gelu(x), ops.softmax(x), ops.log_softmax(x, axis=0), ops.relu(x)))
-    finally:
-        pynn.set_num_threads(before)
+    results = []
+    for threads in (1, 2):
+        set_threads(threads)
+        results.append((ops.gelu(x), ops.softmax(x), ops.log_softmax(x, axis=0), ops.relu(x)))
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)
 

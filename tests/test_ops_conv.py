@@ -159,18 +159,13 @@ def test_out_argument_and_conversion():
     np.testing.assert_array_equal(converted, out)
 
 
-def test_thread_count_does_not_change_results():
-    import pynn
+def test_thread_count_does_not_change_results(set_threads):
     x, weight, bias, geometry = make((6, 8, 30, 30, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1))
-    before = pynn.get_num_threads()
     results = []
-    try:
-        for threads in (1, 2):
-            pynn.set_num_threads(threads)
-            y = ops.conv2d(x, weight, bias, **geometry)
-            results.append((y,) + ops.conv2d_backward(y, x, weight, **geometry))
-    finally:
-        pynn.set_num_threads(before)
+    for threads in (1, 2):
+        set_threads(threads)
+        y = ops.conv2d(x, weight, bias, **geometry)
+        results.append((y,) + ops.conv2d_backward(y, x, weight, **geometry))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
 

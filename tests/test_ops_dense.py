@@ -3,7 +3,6 @@ differences and PyTorch; the bias-gradient kernels on their own."""
 import numpy as np
 import pytest
 
-import pynn
 from pynn import ops
 from pynn._kernels import dense
 from tests.helpers import EPS32, assert_matmul_close, check_gradient
@@ -120,7 +119,7 @@ def test_linear_bad_inputs():
 
 
 @pytest.mark.parametrize("rows,cols", [(1, 1), (5, 3), (129, 300), (0, 7), (400, 600)])
-def test_column_sums_and_relu_mask(rows, cols):
+def test_column_sums_and_relu_mask(rows, cols, set_threads):
     dy, y = _random((rows, cols), 27), np.maximum(_random((rows, cols), 28), 0)
     db = np.full(cols, np.nan, np.float32)
     dense.column_sums(dy, db)
@@ -130,14 +129,10 @@ def test_column_sums_and_relu_mask(rows, cols):
     masked = np.where(y > 0, dy, 0)
     np.testing.assert_array_equal(dz, masked)
     np.testing.assert_allclose(db, masked.astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-4)
-    before = pynn.get_num_threads()
-    try:
-        sums = []
-        for threads in (1, 2):
-            pynn.set_num_threads(threads)
-            sums.append(dense.column_sums(dy, np.empty(cols, np.float32)).copy())
-    finally:
-        pynn.set_num_threads(before)
+    sums = []
+    for threads in (1, 2):
+        set_threads(threads)
+        sums.append(dense.column_sums(dy, np.empty(cols, np.float32)).copy())
     np.testing.assert_array_equal(sums[0], sums[1])
 
 

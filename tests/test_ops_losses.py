@@ -3,7 +3,6 @@ values and gradients against float64 references, finite differences and PyTorch.
 import numpy as np
 import pytest
 
-import pynn
 from pynn import ops
 from tests.helpers import check_gradient
 
@@ -61,17 +60,13 @@ def test_cross_entropy_out_and_empty_batch():
     assert np.isnan(loss) and grad.shape == (0, 5)
 
 
-def test_cross_entropy_same_on_any_thread_count():
+def test_cross_entropy_same_on_any_thread_count(set_threads):
     logits = _logits((2000, 40), seed=3)
     target = np.random.default_rng(4).integers(0, 40, 2000)
-    before = pynn.get_num_threads()
-    try:
-        results = []
-        for threads in (1, 2):
-            pynn.set_num_threads(threads)
-            results.append(ops.cross_entropy(logits, target))
-    finally:
-        pynn.set_num_threads(before)
+    results = []
+    for threads in (1, 2):
+        set_threads(threads)
+        results.append(ops.cross_entropy(logits, target))
     assert results[0][0] == results[1][0]
     np.testing.assert_array_equal(results[0][1], results[1][1])
 

@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 
-import pynn
 from pynn import optim
 from pynn._kernels import runtime
 
@@ -84,15 +83,14 @@ ADAM_CASES = [dict(), dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.
 
 @pytest.fixture(params=[(isa, threads) for isa in runtime.supported_isas() for threads in (1, 2)],
                 ids=lambda p: f"{p[0]}-t{p[1]}")
-def kernel_path(request):
+def kernel_path(request, set_threads):
     """Every ISA path this CPU runs, on one and two threads."""
     isa, threads = request.param
-    isa_before, threads_before = runtime.chosen_isa(), pynn.get_num_threads()
+    isa_before = runtime.chosen_isa()
     runtime.choose_isa(isa)
-    pynn.set_num_threads(threads)
+    set_threads(threads)
     yield
     runtime.choose_isa(isa_before)
-    pynn.set_num_threads(threads_before)
 
 
 @pytest.mark.parametrize("kwargs", SGD_CASES)

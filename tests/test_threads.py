@@ -29,31 +29,27 @@ def cnn():
 
 @pytest.mark.parametrize("build,shape", [(mlp, (64,)), (cnn, (1, 8, 8))])
 @pytest.mark.parametrize("kernel_threads", [1, 2])
-def test_eight_threads_predicting_match_serial(build, shape, kernel_threads):
+def test_eight_threads_predicting_match_serial(build, shape, kernel_threads, set_threads):
     model = build()
     rng = np.random.default_rng(1)
     inputs = [rng.standard_normal((batch,) + shape).astype(np.float32) for batch in (1, 2, 7, 33)]
-    before = pynn.get_num_threads()
-    pynn.set_num_threads(kernel_threads)
-    try:
-        expected = [model.predict(x) for x in inputs]
-        mismatches = []
-        start = threading.Barrier(8)
+    set_threads(kernel_threads)
+    expected = [model.predict(x) for x in inputs]
+    mismatches = []
+    start = threading.Barrier(8)
 
-        def worker(offset):
-            start.wait()
-            for round_ in range(40):
-                index = (offset + round_) % len(inputs)
-                if not np.array_equal(model.predict(inputs[index]), expected[index]):
-                    mismatches.append((offset, index))
+    def worker(offset):
+        start.wait()
+        for round_ in range(40):
+            index = (offset + round_) % len(inputs)
+            if not np.array_equal(model.predict(inputs[index]), expected[index]):
+                mismatches.append((offset, index))
 
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        pynn.set_num_threads(before)
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     assert not mismatches
 
 
@@ -130,34 +126,26 @@ def _team_calls():
 
 @needs_openmp
 @pytest.mark.parametrize("kind", list(_team_calls()))
-def test_every_kernel_team_releases_the_cores(kind):
+def test_every_kernel_team_releases_the_cores(kind, set_threads):
     call = _team_calls()[kind]
-    before = pynn.get_num_threads()
-    pynn.set_num_threads(2)
-    try:
-        call()
-        call()
-    finally:
-        pynn.set_num_threads(before)
+    set_threads(2)
+    call()
+    call()
     assert not runtime.team_running()
 
 
 @needs_openmp
-def test_a_running_team_is_seen_by_other_threads():
+def test_a_running_team_is_seen_by_other_threads(set_threads):
     # A long two-thread GEMM holds the cores; a call from another Python thread
     # meanwhile runs alone (and gives the same result, checked above).
     rng = np.random.default_rng(3)
     a = rng.standard_normal((1536, 1536), dtype=np.float32)
-    before = pynn.get_num_threads()
-    pynn.set_num_threads(2)
+    set_threads(2)
     seen = []
-    try:
-        worker = threading.Thread(target=lambda: [ops.matmul(a, a) for _ in range(4)])
-        worker.start()
-        while worker.is_alive():
-            seen.append(runtime.team_running())
-        worker.join()
-    finally:
-        pynn.set_num_threads(before)
+    worker = threading.Thread(target=lambda: [ops.matmul(a, a) for _ in range(4)])
+    worker.start()
+    while worker.is_alive():
+        seen.append(runtime.team_running())
+    worker.join()
     assert any(seen)
     assert not runtime.team_running()

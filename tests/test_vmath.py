@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 
-import pynn
 from pynn._kernels import activations
 
 TINY = np.finfo(np.float32).tiny
@@ -84,14 +83,10 @@ def test_every_length_and_in_place(isa, size):
     np.testing.assert_allclose(copy, expected, rtol=2e-7, atol=0)
 
 
-def test_same_result_on_any_thread_count():
+def test_same_result_on_any_thread_count(set_threads):
     x = np.random.default_rng(1).standard_normal(300_001, dtype=np.float32) * 10
-    before = pynn.get_num_threads()
-    try:
-        results = []
-        for threads in (1, 2):
-            pynn.set_num_threads(threads)
-            results.append(run("erf", x))
-    finally:
-        pynn.set_num_threads(before)
+    results = []
+    for threads in (1, 2):
+        set_threads(threads)
+        results.append(run("erf", x))
     np.testing.assert_array_equal(results[0], results[1])
