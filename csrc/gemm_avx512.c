@@ -248,6 +248,7 @@ const pynn_gemm_kernels pynn_gemm_avx512 = {
     .dot = gemv_dot_avx512,
     .axpy = gemv_axpy_avx512,
     .dots = pynn_gemm_dots_avx2,
+    .rank_update = pynn_gemm_rank_update_avx2,
     .pack_transposed = pynn_pack_transposed_avx2,
     .pack_straight = pack_straight_avx512,
 };

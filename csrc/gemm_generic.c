@@ -23,6 +23,17 @@ static float4 load4(const float *p)
     return v;
 }
 
+/* C[i, j] (at c) from its sum, per the tile update. */
+static void finish(float *c, float sum, ptrdiff_t i, ptrdiff_t j, const pynn_tile_update *update)
+{
+    float v = update->alpha * sum;
+    if (update->beta != 0.0f) v += update->beta * *c;
+    if (update->col_bias) v += update->col_bias[j];
+    if (update->row_bias) v += update->row_bias[i];
+    if (update->relu && v < 0.0f) v = 0.0f;  /* NaN fails the test and stays */
+    *c = v;
+}
+
 static void microkernel_generic_4x8(ptrdiff_t k,
                                     const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,
                                     const float *b, ptrdiff_t b_k_step,
@@ -54,14 +65,8 @@ static void microkernel_generic_4x8(ptrdiff_t k,
         float *ci = c + i * ldc;
         float sums[NR];
         memcpy(sums, acc[i], sizeof sums);
-        for (ptrdiff_t j = 0; j < nr; j++) {
-            float v = update->alpha * sums[j];
-            if (update->beta != 0.0f) v += update->beta * ci[j];
-            if (update->col_bias) v += update->col_bias[j];
-            if (update->row_bias) v += update->row_bias[i];
-            if (update->relu && v < 0.0f) v = 0.0f;  /* NaN fails the test and stays */
-            ci[j] = v;
-        }
+        for (ptrdiff_t j = 0; j < nr; j++)
+            finish(ci + j, sums[j], i, j, update);
     }
 }
 
@@ -103,6 +108,20 @@ static void gemm_dots_generic(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float
         }
 }
 
+static void rank_update_generic(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a,
+                                ptrdiff_t a_row_step, ptrdiff_t a_k_step,
+                                const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
+                                const pynn_tile_update *update)
+{
+    for (ptrdiff_t i = 0; i < m; i++)
+        for (ptrdiff_t j = 0; j < n; j++) {
+            float s = 0.0f;
+            for (ptrdiff_t p = 0; p < k; p++)
+                s += a[i * a_row_step + p * a_k_step] * b[p * ldb + j];
+            finish(c + i * ldc + j, s, i, j, update);
+        }
+}
+
 static void pack_transposed_generic(int width, int stride, const float *src, ptrdiff_t ld,
                                     ptrdiff_t depth, ptrdiff_t count, float *dst)
 {
@@ -140,6 +159,7 @@ const pynn_gemm_kernels pynn_gemm_generic = {
     .dot = gemv_dot_generic,
     .axpy = gemv_axpy_generic,
     .dots = gemm_dots_generic,
+    .rank_update = rank_update_generic,
     .pack_transposed = pack_transposed_generic,
     .pack_straight = pack_straight_generic,
 };

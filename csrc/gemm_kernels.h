@@ -45,6 +45,17 @@ typedef void (*pynn_gemv_axpy)(ptrdiff_t cols, ptrdiff_t k, const float *x, ptrd
 typedef void (*pynn_gemm_dots)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a,
                                ptrdiff_t lda, const float *b, ptrdiff_t ldb, float *sums);
 
+/* C[i, j] = update(sum_p A(i, p) * B(p, j)) for i < m, j < n and k <= 4, with
+ * A(i, p) = a[i * a_row_step + p * a_k_step] and B(p, j) = b[p * ldb + j]:
+ * the rank-k update (a batch-1 weight gradient is k = 1), written one row of
+ * C at a time. */
+typedef void (*pynn_gemm_rank_update)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a,
+                                      ptrdiff_t a_row_step, ptrdiff_t a_k_step,
+                                      const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
+                                      const pynn_tile_update *update);
+/* The largest k a rank_update kernel takes. */
+#define PYNN_RANK_UPDATE_MAX_K 4
+
 /* The transposing copy into micro-panels: `count` rows of a row-major matrix
  * (row r at src + r * ld, its first `depth` floats) become panels of `width`
  * rows each, stored [depth][stride] (stride >= width), with element (p, q) of
@@ -73,6 +84,7 @@ typedef struct {
     pynn_gemv_dot dot;
     pynn_gemv_axpy axpy;
     pynn_gemm_dots dots;
+    pynn_gemm_rank_update rank_update;
     pynn_pack_transposed pack_transposed;
     pynn_pack_straight pack_straight;
 } pynn_gemm_kernels;
@@ -89,6 +101,11 @@ void pynn_pack_transposed_avx2(int width, int stride, const float *src, ptrdiff_
 /* 4 rows of A by 2 of B per pass; AVX-512 CPUs run it too (untuned there). */
 void pynn_gemm_dots_avx2(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a, ptrdiff_t lda,
                          const float *b, ptrdiff_t ldb, float *sums);
+/* Bound by writing C, not by its arithmetic: AVX-512 CPUs run it too. */
+void pynn_gemm_rank_update_avx2(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a,
+                                ptrdiff_t a_row_step, ptrdiff_t a_k_step,
+                                const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
+                                const pynn_tile_update *update);
 extern const pynn_gemm_kernels pynn_gemm_avx2;
 extern const pynn_gemm_kernels pynn_gemm_avx512;
 #endif

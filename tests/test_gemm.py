@@ -60,6 +60,8 @@ SHAPES = [
     (11, 31, 255), (13, 33, 257), (25, 65, 2 * KC + 1), (97, 89, 83),
     (145, 129, 31), (289, 97, 64), (150, 130, 257), (5, 300, 200), (300, 5, 200),
     (200, 301, 599), (1, 700, 300), (700, 1, 300), (300, 10, 100),
+    # k <= 4: the rank-k update, row by row (on two threads from 2^16 elements)
+    (256, 784, 1), (70, 13, 1), (9, 17, 4), (13, 70, 3), (300, 301, 2), (300, 230, 4),
 ]
 
 
@@ -97,7 +99,8 @@ def test_b_rows_colliding_in_l1_are_packed_first(isa, width, ld, set_threads):
     assert_close(matmul(a, b), *reference(a, b, 0, 0))
 
 
-@pytest.mark.parametrize("m,n,k", [(1, 9, 4), (9, 1, 4), (7, 9, 5), (40, 50, 60), (220, 400, 400)])
+@pytest.mark.parametrize("m,n,k", [(1, 9, 4), (9, 1, 4), (7, 9, 5), (40, 50, 60), (220, 400, 400),
+                                   (40, 50, 2), (300, 230, 2)])
 @pytest.mark.parametrize("alpha,beta", [(0.5, -1.5), (0.0, 2.0), (1.0, 0.0)])
 def test_alpha_beta(isa, threads, m, n, k, alpha, beta):
     rng = np.random.default_rng(3)
@@ -111,7 +114,7 @@ def test_alpha_beta(isa, threads, m, n, k, alpha, beta):
 
 
 @pytest.mark.parametrize("m,n,k", [(1, 9, 4), (9, 1, 4), (7, 9, 0), (7, 9, 5), (130, 140, 150),
-                                   (220, 400, 400)])
+                                   (220, 400, 400), (130, 140, 1), (300, 230, 2)])
 def test_beta_zero_ignores_nan_in_out(isa, threads, m, n, k):
     rng = np.random.default_rng(4)
     a, b = operands(rng, m, n, k, 0, 1)
@@ -130,7 +133,7 @@ def test_out_is_reused_and_returned(isa):
 
 
 @pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (0, 1), (1, 0), (1, 1)])
-@pytest.mark.parametrize("m,n,k", [(1, 20, 30), (20, 1, 30), (7, 9, 13), (60, 70, 300)])
+@pytest.mark.parametrize("m,n,k", [(1, 20, 30), (20, 1, 30), (7, 9, 13), (60, 70, 300), (60, 70, 3)])
 def test_row_slices_are_read_in_place(isa, m, n, k, trans_a, trans_b):
     rng = np.random.default_rng(6)
     a, b = operands(rng, m, n, k, trans_a, trans_b)
@@ -161,7 +164,8 @@ def guarded(shape, rng):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses mprotect")
-@pytest.mark.parametrize("m,n,k", [(1, 4097, 3), (4097, 1, 3), (13, 35, 17), (3, 4097, 5), (37, 41, 300)])
+@pytest.mark.parametrize("m,n,k", [(1, 4097, 3), (4097, 1, 3), (13, 35, 17), (3, 4097, 5), (37, 41, 300),
+                                   (37, 41, 2), (5, 4097, 1)])
 def test_never_reads_past_the_operands(isa, m, n, k):
     rng = np.random.default_rng(7)
     keep = []
@@ -174,7 +178,7 @@ def test_never_reads_past_the_operands(isa, m, n, k):
 
 
 @pytest.mark.parametrize("m,n,k", [(1, 40, 30), (40, 1, 30), (7, 9, 13), (5, 6, 0), (70, 90, 300),
-                                   (32, 10, 50), (220, 400, 400)])
+                                   (32, 10, 50), (220, 400, 400), (13, 70, 3), (300, 230, 2)])
 @pytest.mark.parametrize("relu", [False, True])
 def test_fused_bias_and_relu(isa, threads, m, n, k, relu):
     rng = np.random.default_rng(8)
@@ -203,7 +207,8 @@ def test_relu_epilogue_keeps_nan(isa):
 
 @pytest.mark.parametrize("m,n,k,trans_a,trans_b", [
     (301, 257, 600, 0, 1), (150, 130, 257, 1, 0), (1, 700, 300, 0, 1), (1, 700, 300, 0, 0),
-    (700, 1, 300, 1, 0), (700, 1, 300, 0, 0), (300, 10, 100, 0, 1)])
+    (700, 1, 300, 1, 0), (700, 1, 300, 0, 0), (300, 10, 100, 0, 1), (256, 784, 1, 1, 0),
+    (300, 230, 4, 0, 0)])
 def test_same_result_on_one_and_two_threads(isa, m, n, k, trans_a, trans_b, set_threads):
     rng = np.random.default_rng(9)
     a, b = operands(rng, m, n, k, trans_a, trans_b)
