@@ -116,11 +116,13 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
 
     const __m256 alpha = _mm256_set1_ps(update->alpha), beta = _mm256_set1_ps(update->beta);
     const __m256 zero = _mm256_setzero_ps();
-    const int read_c = update->beta != 0.0f;
+    /* read once: C's stores may alias *update, which would be reloaded per row */
+    const int read_c = update->beta != 0.0f, relu = update->relu;
+    const float *col_bias = update->col_bias, *row_bias = update->row_bias;
     __m256 col0 = zero, col1 = zero;
-    if (update->col_bias) {
-        col0 = _mm256_maskload_ps(update->col_bias, mask0);
-        col1 = _mm256_maskload_ps(update->col_bias + 8, mask1);
+    if (col_bias) {
+        col0 = _mm256_maskload_ps(col_bias, mask0);
+        col1 = _mm256_maskload_ps(col_bias + 8, mask1);
     }
     _Pragma("GCC unroll 16")
     for (int i = 0; i < rows; i++) {
@@ -131,16 +133,16 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
             r0 = _mm256_fmadd_ps(beta, _mm256_maskload_ps(ci, mask0), r0);
             r1 = _mm256_fmadd_ps(beta, _mm256_maskload_ps(ci + 8, mask1), r1);
         }
-        if (update->col_bias) {
+        if (col_bias) {
             r0 = _mm256_add_ps(r0, col0);
             r1 = _mm256_add_ps(r1, col1);
         }
-        if (update->row_bias) {
-            const __m256 bias = _mm256_set1_ps(update->row_bias[i]);
+        if (row_bias) {
+            const __m256 bias = _mm256_set1_ps(row_bias[i]);
             r0 = _mm256_add_ps(r0, bias);
             r1 = _mm256_add_ps(r1, bias);
         }
-        if (update->relu) {  /* max(0, NaN) keeps the NaN, as PyTorch's relu */
+        if (relu) {  /* max(0, NaN) keeps the NaN, as PyTorch's relu */
             r0 = _mm256_max_ps(zero, r0);
             r1 = _mm256_max_ps(zero, r1);
         }
