@@ -352,7 +352,6 @@ static void rank_update(const pynn_gemm_kernels *kern, int threads, int trans_a,
 {
     const ptrdiff_t a_row_step = trans_a ? 1 : lda, a_k_step = trans_a ? lda : 1;
     const ptrdiff_t slab = (m + threads - 1) / threads;
-    (void)threads;  /* without OpenMP */
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1)
 #endif
