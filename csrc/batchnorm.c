@@ -27,9 +27,10 @@ void pynn_batchnorm_train_forward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_
                                   float *mean, float *invstd, float *y)
 {
     const ptrdiff_t count = n * s;
-    (void)ctx;
+    const int team = c > 1 && count * c >= PARALLEL_MIN_FLOATS
+                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(ctx->num_threads) if(c > 1 && count * c >= PARALLEL_MIN_FLOATS)
+    #pragma omp parallel for num_threads(team) if(team > 1)
 #endif
     for (ptrdiff_t j = 0; j < c; j++) {
         double sum = 0.0, squares = 0.0;
@@ -56,6 +57,7 @@ void pynn_batchnorm_train_forward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_
         }
         normalise_channel(n, c, s, j, x, average, inverse, weight[j], bias[j], y);
     }
+    pynn_team_end(ctx, team);
 }
 
 void pynn_batchnorm_eval_forward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_t c,
@@ -63,14 +65,16 @@ void pynn_batchnorm_eval_forward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_t
                                  const float *bias, float eps, const float *running_mean,
                                  const float *running_var, float *y)
 {
-    (void)ctx;
+    const int team = c > 1 && n * s * c >= PARALLEL_MIN_FLOATS
+                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(ctx->num_threads) if(c > 1 && n * s * c >= PARALLEL_MIN_FLOATS)
+    #pragma omp parallel for num_threads(team) if(team > 1)
 #endif
     for (ptrdiff_t j = 0; j < c; j++) {
         const double inverse = 1.0 / sqrt((double)running_var[j] + (double)eps);
         normalise_channel(n, c, s, j, x, running_mean[j], inverse, weight[j], bias[j], y);
     }
+    pynn_team_end(ctx, team);
 }
 
 void pynn_batchnorm_backward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_t c, ptrdiff_t s,
@@ -79,9 +83,10 @@ void pynn_batchnorm_backward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_t c, 
                              float *dx, float *dweight, float *dbias)
 {
     const ptrdiff_t count = n * s;
-    (void)ctx;
+    const int team = c > 1 && count * c >= PARALLEL_MIN_FLOATS
+                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(ctx->num_threads) if(c > 1 && count * c >= PARALLEL_MIN_FLOATS)
+    #pragma omp parallel for num_threads(team) if(team > 1)
 #endif
     for (ptrdiff_t j = 0; j < c; j++) {
         double grad_sum = 0.0, grad_dot = 0.0;
@@ -107,4 +112,5 @@ void pynn_batchnorm_backward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_t c, 
                 out[k] = scale * (g[k] - mean_grad - (row[k] - centre_f) * slope);
         }
     }
+    pynn_team_end(ctx, team);
 }

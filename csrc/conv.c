@@ -300,14 +300,17 @@ static void unfold(const pynn_context *ctx, const pynn_conv_shape *s, const unfo
     const ptrdiff_t channels = s->in_channels, kernel = s->kernel_h * s->kernel_w;
     const ptrdiff_t tasks = images * channels;
     typeof(&unfold_channel_generic) unfold_one = PYNN_PICK(ctx->isa, unfold_channel);
+    const int team = tasks > 1 && ld * kernel * channels >= PARALLEL_MIN_FLOATS
+                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(ctx->num_threads) if(tasks > 1 && ld * kernel * channels >= PARALLEL_MIN_FLOATS)
+    #pragma omp parallel for num_threads(team) if(team > 1)
 #endif
     for (ptrdiff_t t = 0; t < tasks; t++) {
         ptrdiff_t b = t / channels, c = t % channels;
         unfold_one(s, plan, x + ((first + b) * channels + c) * hw, col + c * kernel * ld + b * p,
                    ld, oh0, oh1);
     }
+    pynn_team_end(ctx, team);
 }
 
 static void fold(const pynn_context *ctx, const pynn_conv_shape *s, const unfold_plan *plan,
@@ -317,13 +320,16 @@ static void fold(const pynn_context *ctx, const pynn_conv_shape *s, const unfold
     const ptrdiff_t channels = s->in_channels, kernel = s->kernel_h * s->kernel_w;
     const ptrdiff_t tasks = images * channels;
     typeof(&fold_channel_generic) fold_one = PYNN_PICK(ctx->isa, fold_channel);
+    const int team = tasks > 1 && ld * kernel * channels >= PARALLEL_MIN_FLOATS
+                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(ctx->num_threads) if(tasks > 1 && ld * kernel * channels >= PARALLEL_MIN_FLOATS)
+    #pragma omp parallel for num_threads(team) if(team > 1)
 #endif
     for (ptrdiff_t t = 0; t < tasks; t++) {
         ptrdiff_t b = t / channels, c = t % channels;
         fold_one(s, plan, col + c * kernel * ld + b * p, ld, dx + ((first + b) * channels + c) * hw);
     }
+    pynn_team_end(ctx, team);
 }
 
 /* Between staged [OC, images P] (one GEMM's output or input) and NCHW images. */
@@ -331,9 +337,10 @@ static void unstage(const pynn_context *ctx, const float *staged, ptrdiff_t chan
                     ptrdiff_t p, ptrdiff_t images, float *y, int to_images)
 {
     const ptrdiff_t tasks = images * channels, ld = images * p;
-    (void)ctx;
+    const int team = tasks * p >= 4 * PARALLEL_MIN_FLOATS
+                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(ctx->num_threads) if(tasks * p >= 4 * PARALLEL_MIN_FLOATS)
+    #pragma omp parallel for num_threads(team) if(team > 1)
 #endif
     for (ptrdiff_t t = 0; t < tasks; t++) {
         ptrdiff_t b = t / channels, c = t % channels;
@@ -344,6 +351,7 @@ static void unstage(const pynn_context *ctx, const float *staged, ptrdiff_t chan
         else
             memcpy(row, image, (size_t)p * sizeof(float));
     }
+    pynn_team_end(ctx, team);
 }
 
 /* The scratch (workspace, or allocated into *owned) and the unfold plan; NULL
@@ -570,12 +578,14 @@ static void direct_forward(const pynn_context *ctx, const pynn_conv_shape *s, co
 {
     const ptrdiff_t image_size = s->height * s->width, out_size = s->out_channels * plane(s);
     const int relu = activation == PYNN_ACTIVATION_RELU;
-    (void)ctx;
+    const int team = s->batch > 1 && s->batch * out_size >= PARALLEL_MIN_FLOATS
+                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(ctx->num_threads) if(s->batch > 1 && s->batch * out_size >= PARALLEL_MIN_FLOATS)
+    #pragma omp parallel for num_threads(team) if(team > 1)
 #endif
     for (ptrdiff_t n = 0; n < s->batch; n++)
         direct_image(s, x + n * image_size, weight, bias, relu, y + n * out_size);
+    pynn_team_end(ctx, team);
 }
 #endif
 
@@ -599,15 +609,19 @@ int pynn_conv2d_forward(const pynn_context *ctx, const pynn_conv_shape *s, const
     pynn_context single = *ctx;
     single.num_threads = 1;
     const pynn_context *inner = slots > 1 ? &single : ctx;
+    /* Without the team (another call holds it) the chunks run in turn here,
+     * in slot 0's scratch; each chunk's outputs are the same either way. */
+    const int team = slots > 1 ? pynn_team_begin(ctx, slots) : 1;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(slots) schedule(static) if(slots > 1)
+    #pragma omp parallel for num_threads(team) schedule(static) if(team > 1)
 #endif
     for (ptrdiff_t c = 0; c < chunks; c++) {
         ptrdiff_t first = c * images;
         ptrdiff_t count = s->batch - first < images ? s->batch - first : images;
         forward_chunk(inner, s, &plan, x, weight, bias, activation, y, first, count,
-                      scratch_space + (slots > 1 ? slot() : 0) * per_slot);
+                      scratch_space + (team > 1 ? slot() : 0) * per_slot);
     }
+    pynn_team_end(ctx, team);
     free(owned);
     plan_free(&plan);
     return 0;
@@ -618,9 +632,10 @@ static void bias_gradient(const pynn_context *ctx, const pynn_conv_shape *s, con
                           float *dbias)
 {
     const ptrdiff_t p = plane(s), oc = s->out_channels;
-    (void)ctx;
+    const int team = oc > 1 && s->batch * oc * p >= 4 * PARALLEL_MIN_FLOATS
+                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(ctx->num_threads) if(oc > 1 && s->batch * oc * p >= 4 * PARALLEL_MIN_FLOATS)
+    #pragma omp parallel for num_threads(team) if(team > 1)
 #endif
     for (ptrdiff_t o = 0; o < oc; o++) {
         double total = 0.0;
@@ -632,6 +647,7 @@ static void bias_gradient(const pynn_context *ctx, const pynn_conv_shape *s, con
         }
         dbias[o] = (float)total;
     }
+    pynn_team_end(ctx, team);
 }
 
 int pynn_conv2d_backward(const pynn_context *ctx, const pynn_conv_shape *s, const float *dy,
@@ -653,26 +669,32 @@ int pynn_conv2d_backward(const pynn_context *ctx, const pynn_conv_shape *s, cons
     pynn_context single = *ctx;
     single.num_threads = 1;
     const pynn_context *inner = slots > 1 ? &single : ctx;
+    /* As in the forward pass: without the team the chunks run in turn here. */
+    const int team = slots > 1 ? pynn_team_begin(ctx, slots) : 1;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(slots) schedule(static) if(slots > 1)
+    #pragma omp parallel for num_threads(team) schedule(static) if(team > 1)
 #endif
     for (ptrdiff_t c = 0; c < chunks; c++) {
         ptrdiff_t first = c * images;
         ptrdiff_t count = s->batch - first < images ? s->batch - first : images;
         float *share = !dweight ? NULL : chunks > 1 ? partials + c * wsize : dweight;
         backward_chunk(inner, s, &plan, dy, x, weight, dx, share, first, count,
-                       scratch_space + (slots > 1 ? slot() : 0) * per_slot);
+                       scratch_space + (team > 1 ? slot() : 0) * per_slot);
     }
+    pynn_team_end(ctx, team);
     if (dweight && chunks > 1) {
         /* dW = Σ over chunks in chunk order, whatever thread computed each */
+        const int merge_team = wsize * chunks >= 4 * PARALLEL_MIN_FLOATS
+                               ? pynn_team_begin(ctx, ctx->num_threads) : 1;
 #ifdef _OPENMP
-        #pragma omp parallel for num_threads(ctx->num_threads) if(wsize * chunks >= 4 * PARALLEL_MIN_FLOATS)
+        #pragma omp parallel for num_threads(merge_team) if(merge_team > 1)
 #endif
         for (ptrdiff_t i = 0; i < wsize; i++) {
             float sum = partials[i];
             for (ptrdiff_t c = 1; c < chunks; c++) sum += partials[c * wsize + i];
             dweight[i] = sum;
         }
+        pynn_team_end(ctx, merge_team);
     }
     free(owned);
     plan_free(&plan);

@@ -27,11 +27,12 @@ typedef struct {
 /* The threads a parallel region may start for `wanted`: all of them when no
  * other call's team is running, the region then holding the cores until
  * pynn_team_end; else 1. A concurrent call (another Python thread
- * predicting) so runs alone on its own thread instead of starting a second
- * team on the same cores, whose barriers would spin against the first's. The
- * kernels predict runs on dense models take this path (the GEMM, the
- * element-wise maps, softmax, the inference plan); each gives the same bits on
- * any thread count, so a call's result never depends on what runs beside it. */
+ * predicting or training) so runs alone on its own thread instead of starting
+ * a second team on the same cores, whose barriers would spin against the
+ * first's. Every kernel's parallel region takes this path, and each gives
+ * the same bits on any thread count (a convolution refused the team runs its
+ * chunk slots in turn), so a call's result never depends on what runs beside
+ * it. */
 static inline int pynn_team_begin(const pynn_context *ctx, int wanted)
 {
     if (wanted <= 1 || !ctx->team_busy) return wanted;

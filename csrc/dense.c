@@ -64,13 +64,16 @@ void pynn_column_sums(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t cols,
 {
     typeof(&column_sums_generic) fn = PYNN_PICK(ctx->isa, column_sums);
     ptrdiff_t blocks = (cols + COLUMN_BLOCK - 1) / COLUMN_BLOCK;
+    const int team = blocks > 1 && rows * cols >= PARALLEL_MIN_ELEMENTS
+                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(ctx->num_threads) if(blocks > 1 && rows * cols >= PARALLEL_MIN_ELEMENTS)
+    #pragma omp parallel for num_threads(team) if(team > 1)
 #endif
     for (ptrdiff_t b = 0; b < blocks; b++) {
         ptrdiff_t first = b * COLUMN_BLOCK;
         fn(rows, cols, first, first + COLUMN_BLOCK < cols ? first + COLUMN_BLOCK : cols, dy, db);
     }
+    pynn_team_end(ctx, team);
 }
 
 void pynn_scale(ptrdiff_t count, float factor, float *x)
@@ -84,24 +87,30 @@ void pynn_relu_mask_column_sums(const pynn_context *ctx, ptrdiff_t rows, ptrdiff
 {
     typeof(&relu_mask_generic) fn = PYNN_PICK(ctx->isa, relu_mask);
     ptrdiff_t blocks = (cols + COLUMN_BLOCK - 1) / COLUMN_BLOCK;
+    const int team = blocks > 1 && rows * cols >= PARALLEL_MIN_ELEMENTS
+                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(ctx->num_threads) if(blocks > 1 && rows * cols >= PARALLEL_MIN_ELEMENTS)
+    #pragma omp parallel for num_threads(team) if(team > 1)
 #endif
     for (ptrdiff_t b = 0; b < blocks; b++) {
         ptrdiff_t first = b * COLUMN_BLOCK;
         fn(rows, cols, first, first + COLUMN_BLOCK < cols ? first + COLUMN_BLOCK : cols,
            dy, y, dz, db);
     }
+    pynn_team_end(ctx, team);
 }
 
 void pynn_embedding_gather(const pynn_context *ctx, ptrdiff_t count, ptrdiff_t dim,
                            const float *weight, const int64_t *index, float *out)
 {
+    const int team = count * dim >= PARALLEL_MIN_ELEMENTS
+                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(ctx->num_threads) if(count * dim >= PARALLEL_MIN_ELEMENTS)
+    #pragma omp parallel for num_threads(team) if(team > 1)
 #endif
     for (ptrdiff_t i = 0; i < count; i++)
         memcpy(out + i * dim, weight + index[i] * dim, (size_t)dim * sizeof(float));
+    pynn_team_end(ctx, team);
 }
 
 void pynn_embedding_scatter_add(const pynn_context *ctx, ptrdiff_t count, ptrdiff_t dim,

@@ -121,11 +121,10 @@ void pynn_sgd_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *si
                    float weight_decay, int nesterov)
 {
     sgd_fn step = choose_sgd(ctx->isa);
-    int threads = ctx->num_threads > 1 && total_size(count, sizes) >= PARALLEL_MIN_ELEMENTS
-                  ? ctx->num_threads : 1;
-    (void)threads;
+    const int team = total_size(count, sizes) >= PARALLEL_MIN_ELEMENTS
+                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
 #ifdef _OPENMP
-#pragma omp parallel num_threads(threads) if(threads > 1)
+#pragma omp parallel num_threads(team) if(team > 1)
 #endif
     for (ptrdiff_t i = 0; i < count; i++) {
         ptrdiff_t n = sizes[i], chunks = (n + CHUNK - 1) / CHUNK;
@@ -139,6 +138,7 @@ void pynn_sgd_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *si
                  lr, momentum, weight_decay, nesterov);
         }
     }
+    pynn_team_end(ctx, team);
 }
 
 void pynn_adam_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *sizes,
@@ -148,11 +148,10 @@ void pynn_adam_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *s
                     float beta1, float beta2, float eps)
 {
     adam_fn step = choose_adam(ctx->isa);
-    int threads = ctx->num_threads > 1 && total_size(count, sizes) >= PARALLEL_MIN_ELEMENTS
-                  ? ctx->num_threads : 1;
-    (void)threads;
+    const int team = total_size(count, sizes) >= PARALLEL_MIN_ELEMENTS
+                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
 #ifdef _OPENMP
-#pragma omp parallel num_threads(threads) if(threads > 1)
+#pragma omp parallel num_threads(team) if(team > 1)
 #endif
     for (ptrdiff_t i = 0; i < count; i++) {
         ptrdiff_t n = sizes[i], chunks = (n + CHUNK - 1) / CHUNK;
@@ -166,4 +165,5 @@ void pynn_adam_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *s
                  step_sizes[i], bias_corrections2_sqrt[i]);
         }
     }
+    pynn_team_end(ctx, team);
 }

@@ -194,8 +194,10 @@ void pynn_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
                            s->stride_w == 2 && s->dilation_h == 1 && s->dilation_w == 1;
     typeof(&row_max_generic) row_max = PYNN_PICK(ctx->isa, row_max);
     typeof(&plane_max_2x2_generic) plane_max = PYNN_PICK(ctx->isa, plane_max_2x2);
+    const int team = s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS
+                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(ctx->num_threads) if(s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS)
+    #pragma omp parallel for num_threads(team) if(team > 1)
 #endif
     for (ptrdiff_t p = 0; p < s->planes; p++) {
         const float *image = x + p * in_plane;
@@ -224,15 +226,17 @@ void pynn_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
                 if (index) index[oh * s->out_w + ow] = best;
             }
     }
+    pynn_team_end(ctx, team);
 }
 
 void pynn_max_pool2d_scatter(const pynn_context *ctx, const pynn_pool_shape *s,
                              const float *dy, const int64_t *argmax, float *dx)
 {
     const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
-    (void)ctx;
+    const int team = s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS
+                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(ctx->num_threads) if(s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS)
+    #pragma omp parallel for num_threads(team) if(team > 1)
 #endif
     for (ptrdiff_t p = 0; p < s->planes; p++) {
         const float *grad = dy + p * out_plane;
@@ -242,6 +246,7 @@ void pynn_max_pool2d_scatter(const pynn_context *ctx, const pynn_pool_shape *s,
         for (ptrdiff_t i = 0; i < out_plane; i++)
             if (index[i] >= 0) out[index[i]] += grad[i];
     }
+    pynn_team_end(ctx, team);
 }
 
 void pynn_max_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
@@ -250,8 +255,10 @@ void pynn_max_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
     const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
     const int inside = windows_inside(s);
     typeof(&row_max_generic) row_max = PYNN_PICK(ctx->isa, row_max);
+    const int team = s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS
+                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(ctx->num_threads) if(s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS)
+    #pragma omp parallel for num_threads(team) if(team > 1)
 #endif
     for (ptrdiff_t p = 0; p < s->planes; p++) {
         const float *image = x + p * in_plane, *grad = dy + p * out_plane;
@@ -274,6 +281,7 @@ void pynn_max_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
                 if (best >= 0) out[best] += grad[oh * s->out_w + ow];
             }
     }
+    pynn_team_end(ctx, team);
 }
 
 /* The window of (oh, ow) clipped to the input, and its divisor. */
@@ -305,9 +313,10 @@ void pynn_avg_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
                              int count_include_pad, const float *x, float *y)
 {
     const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
-    (void)ctx;
+    const int team = s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS
+                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(ctx->num_threads) if(s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS)
+    #pragma omp parallel for num_threads(team) if(team > 1)
 #endif
     for (ptrdiff_t p = 0; p < s->planes; p++) {
         const float *image = x + p * in_plane;
@@ -321,15 +330,17 @@ void pynn_avg_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
                 out[oh * s->out_w + ow] = sum * w.scale;
             }
     }
+    pynn_team_end(ctx, team);
 }
 
 void pynn_avg_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
                               int count_include_pad, const float *dy, float *dx)
 {
     const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
-    (void)ctx;
+    const int team = s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS
+                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(ctx->num_threads) if(s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS)
+    #pragma omp parallel for num_threads(team) if(team > 1)
 #endif
     for (ptrdiff_t p = 0; p < s->planes; p++) {
         const float *grad = dy + p * out_plane;
@@ -343,14 +354,16 @@ void pynn_avg_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
                     for (ptrdiff_t iw = w.w0; iw < w.w1; iw++) out[ih * s->width + iw] += share;
             }
     }
+    pynn_team_end(ctx, team);
 }
 
 void pynn_global_avg_pool2d_forward(const pynn_context *ctx, ptrdiff_t planes, ptrdiff_t size,
                                     const float *x, float *y)
 {
-    (void)ctx;
+    const int team = planes > 1 && planes * size >= PARALLEL_MIN_FLOATS
+                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(ctx->num_threads) if(planes > 1 && planes * size >= PARALLEL_MIN_FLOATS)
+    #pragma omp parallel for num_threads(team) if(team > 1)
 #endif
     for (ptrdiff_t p = 0; p < planes; p++) {
         const float *image = x + p * size;
@@ -358,18 +371,21 @@ void pynn_global_avg_pool2d_forward(const pynn_context *ctx, ptrdiff_t planes, p
         for (ptrdiff_t i = 0; i < size; i++) sum += image[i];
         y[p] = sum / (float)size;
     }
+    pynn_team_end(ctx, team);
 }
 
 void pynn_global_avg_pool2d_backward(const pynn_context *ctx, ptrdiff_t planes, ptrdiff_t size,
                                      const float *dy, float *dx)
 {
-    (void)ctx;
+    const int team = planes > 1 && planes * size >= PARALLEL_MIN_FLOATS
+                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
 #ifdef _OPENMP
-    #pragma omp parallel for num_threads(ctx->num_threads) if(planes > 1 && planes * size >= PARALLEL_MIN_FLOATS)
+    #pragma omp parallel for num_threads(team) if(team > 1)
 #endif
     for (ptrdiff_t p = 0; p < planes; p++) {
         float share = dy[p] / (float)size;
         float *out = dx + p * size;
         for (ptrdiff_t i = 0; i < size; i++) out[i] = share;
     }
+    pynn_team_end(ctx, team);
 }
