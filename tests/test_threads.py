@@ -1,6 +1,6 @@
 """Safety under threads and over long runs: concurrent predict equals serial
-predict, every kernel team gives the cores back, and neither inference nor
-training grows the process's memory."""
+predict, every kernel team gives the cores back, a call refused the team gives
+the same bits, and neither inference nor training grows the process's memory."""
 import os
 import threading
 
@@ -9,9 +9,9 @@ import pytest
 
 import pynn
 from pynn import layers, ops
-from pynn._kernels import runtime
+from pynn._kernels import dense as dense_kernels, runtime
 from pynn.losses import CrossEntropyLoss
-from pynn.optim import SGD
+from pynn.optim import SGD, Adam
 
 
 def mlp():
@@ -103,17 +103,54 @@ needs_openmp = pytest.mark.skipif(not runtime.build_info()["openmp"],
                                   reason="built without OpenMP: no kernel teams")
 
 
+def _train_step(layer, x, dy):
+    """A layer's training forward and backward: y, dx and its gradients."""
+    y = layer.forward(x, training=True).copy()
+    dx = layer.backward(dy).copy()
+    return (y, dx) + tuple(grad.copy() for grad in layer.grads.values())
+
+
+def _optimizer_step(optimizer):
+    """One step of ``optimizer`` on a fresh 512 x 512 layer: its new parameters."""
+    pynn.init.manual_seed(0)
+    layer = layers.Linear(512, 512)
+    rng = np.random.default_rng(4)
+    for grad in layer.grads.values():
+        grad[...] = rng.standard_normal(grad.shape)
+    optimizer(pynn.Sequential(layer)).step()
+    return tuple(param.copy() for param in layer.params.values())
+
+
 def _team_calls():
-    """Calls each big enough to start a team on two threads, by kernel."""
+    """Calls each big enough to start a team on two threads, by kernel; each
+    returns its results, the same on every call."""
     rng = np.random.default_rng(2)
-    square = rng.standard_normal((256, 256), dtype=np.float32)
-    wide = rng.standard_normal((1, 4096), dtype=np.float32)
-    tall = rng.standard_normal((4096, 64), dtype=np.float32)
-    floats = rng.standard_normal(1 << 20, dtype=np.float32)
-    logits = rng.standard_normal((512, 1000), dtype=np.float32)
+
+    def normal(*shape):
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    square = normal(256, 256)
+    wide = normal(1, 4096)
+    tall = normal(4096, 64)
+    floats = normal(1 << 20)
+    logits = normal(512, 1000)
     pynn.init.manual_seed(0)
     batch_one = pynn.Sequential(layers.Linear(784, 256), layers.ReLU(), layers.Linear(256, 10))
-    image = rng.standard_normal((1, 784), dtype=np.float32)
+    image = normal(1, 784)
+    # 8 chunks of 8 images: two slots, and a team merges their weight gradients
+    batch, kernels, batch_dy = normal(64, 32, 16, 16), normal(64, 32, 3, 3), normal(64, 64, 16, 16)
+    # one chunk of 8 images: its unfold, fold and unstage each start a team
+    chunk, chunk_kernels = normal(8, 16, 16, 16), normal(64, 16, 3, 3)
+    chunk_dy = normal(8, 64, 16, 16)
+    grey, grey_kernels = normal(64, 1, 28, 28), normal(8, 1, 5, 5)
+    planes, pooled, averages = normal(32, 16, 32, 32), normal(32, 16, 16, 16), normal(32, 16)
+    pool = layers.MaxPool2d(2)
+    batchnorm = layers.BatchNorm2d(16)
+    rows, relu_rows, weight = normal(512, 512), np.maximum(normal(512, 512), 0), normal(512, 512)
+    targets = rng.integers(0, 1000, 512)
+    pynn.init.manual_seed(0)
+    embedding = layers.Embedding(1000, 256)
+    indices = rng.integers(0, 1000, 1024)
     return {
         "gemm": lambda: ops.matmul(square, square),
         "gemv": lambda: ops.matmul(wide, tall),
@@ -121,6 +158,27 @@ def _team_calls():
         "softmax": lambda: ops.softmax(logits),
         "softmax backward": lambda: ops.softmax_backward(logits, ops.softmax(logits)),
         "plan": lambda: batch_one.predict(image),
+        "conv2d": lambda: ops.conv2d(batch, kernels, padding=1),
+        "conv2d backward": lambda: ops.conv2d_backward(batch_dy, batch, kernels, padding=1),
+        "conv2d one chunk": lambda: (
+            ops.conv2d(chunk, chunk_kernels, padding=1),
+            *ops.conv2d_backward(chunk_dy, chunk, chunk_kernels, padding=1)),
+        "conv2d one channel": lambda: ops.conv2d(grey, grey_kernels, padding=2),
+        "max pool": lambda: _train_step(pool, planes, pooled),
+        "max pool backward": lambda: ops.max_pool2d_backward(pooled, planes, 2),
+        "avg pool": lambda: ops.avg_pool2d(planes, 2),
+        "avg pool backward": lambda: ops.avg_pool2d_backward(pooled, planes, 2),
+        "global avg pool": lambda: (ops.global_avg_pool2d(planes),
+                                    ops.global_avg_pool2d_backward(averages, planes)),
+        "batchnorm": lambda: _train_step(batchnorm, planes, planes[::-1]),
+        "batchnorm eval": lambda: batchnorm.forward(planes),
+        "linear backward": lambda: ops.linear_backward(rows, rows, weight),
+        "relu mask column sums": lambda: dense_kernels.relu_mask_column_sums(
+            rows, relu_rows, np.empty_like(rows), np.empty(512, np.float32)),
+        "embedding": lambda: embedding.forward(indices),
+        "cross entropy": lambda: ops.cross_entropy(logits, targets),
+        "sgd": lambda: _optimizer_step(lambda model: SGD(model, lr=0.1, momentum=0.9)),
+        "adam": lambda: _optimizer_step(lambda model: Adam(model, lr=0.1)),
     }
 
 
@@ -131,7 +189,35 @@ def test_every_kernel_team_releases_the_cores(kind, set_threads):
     set_threads(2)
     call()
     call()
-    assert not runtime.team_running()
+    released = not runtime.team_running()
+    runtime.hold_team(False)  # so a leak fails this kernel's test alone
+    assert released
+
+
+def _arrays(result):
+    """A call's result as a flat list of arrays."""
+    if isinstance(result, tuple):
+        return [array for part in result for array in _arrays(part)]
+    return [np.asarray(result)]
+
+
+@needs_openmp
+@pytest.mark.parametrize("kind", list(_team_calls()))
+def test_a_call_refused_the_team_gives_the_same_bits(kind, set_threads):
+    # While another call holds the team, a call runs its region on one thread:
+    # a convolution its two chunk slots in turn, the rest their loops. Its bits
+    # must not change, and the holder's flag must stay set.
+    call = _team_calls()[kind]
+    set_threads(2)
+    with_team = _arrays(call())
+    runtime.hold_team(True)
+    try:
+        alone = _arrays(call())
+        assert runtime.team_running()
+    finally:
+        runtime.hold_team(False)
+    assert [(a.shape, a.dtype, a.tobytes()) for a in alone] == \
+           [(a.shape, a.dtype, a.tobytes()) for a in with_team]
 
 
 @needs_openmp
