@@ -130,6 +130,7 @@ def _team_calls():
         return rng.standard_normal(shape, dtype=np.float32)
 
     square = normal(256, 256)
+    thin = normal(2, 512)  # k = 2: C written row by row, 256 rows a thread
     wide = normal(1, 4096)
     tall = normal(4096, 64)
     floats = normal(1 << 20)
@@ -154,6 +155,7 @@ def _team_calls():
     return {
         "gemm": lambda: ops.matmul(square, square),
         "gemv": lambda: ops.matmul(wide, tall),
+        "rank update": lambda: ops.matmul(thin, thin, trans_a=True),
         "map": lambda: ops.tanh(floats),
         "softmax": lambda: ops.softmax(logits),
         "softmax backward": lambda: ops.softmax_backward(logits, ops.softmax(logits)),
