@@ -408,7 +408,8 @@ static void sgemm_on(const pynn_context *ctx, int trans_a, int trans_b,
     if (try_gemv(kern, ctx->num_threads, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, &update))
         return;
     const double work = (double)m * (double)n * (double)k;
-    if (k <= PYNN_RANK_UPDATE_MAX_K && (!trans_b || ldb == 1)) {  /* B(p, j) = b[p * ldb + j] */
+    /* B(p, j) = b[p * ldb + j]: B untransposed, or one column stored contiguously */
+    if (k <= PYNN_RANK_UPDATE_MAX_K && (!trans_b || (k == 1 && ldb == 1))) {
         const int threads = ctx->num_threads > 1 && (double)m * (double)n >= RANK_UPDATE_PARALLEL
                             ? ctx->num_threads : 1;
         rank_update(kern, threads, trans_a, m, n, k, a, lda, b, ldb, c, ldc, &update);
