@@ -76,19 +76,6 @@ static const pynn_gemm_kernels *kernels_for(pynn_isa isa)
 static ptrdiff_t min_size(ptrdiff_t x, ptrdiff_t y) { return x < y ? x : y; }
 static ptrdiff_t round_up(ptrdiff_t x, ptrdiff_t step) { return (x + step - 1) / step * step; }
 
-/* c = alpha * sum + beta * c (c unread when beta == 0), biases, activation:
- * the finish of the GEMV and k == 0 paths, one element at a time. */
-static void finish_element(float *c, float sum, ptrdiff_t i, ptrdiff_t j,
-                           const pynn_tile_update *update)
-{
-    float v = update->alpha * sum;
-    if (update->beta != 0.0f) v += update->beta * *c;
-    if (update->col_bias) v += update->col_bias[j];
-    if (update->row_bias) v += update->row_bias[i];
-    if (update->relu && v < 0.0f) v = 0.0f;
-    *c = v;
-}
-
 /* The plain triple loop: used only if the packing buffers cannot be allocated. */
 static void gemm_unblocked(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                            const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb,
@@ -100,7 +87,7 @@ static void gemm_unblocked(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, p
             for (ptrdiff_t p = 0; p < k; p++)
                 sum += (trans_a ? a[p * lda + i] : a[i * lda + p])
                      * (trans_b ? b[j * ldb + p] : b[p * ldb + j]);
-            finish_element(c + i * ldc + j, sum, i, j, update);
+            pynn_finish_element(c + i * ldc + j, sum, i, j, update);
         }
 }
 
@@ -263,7 +250,7 @@ static void gemv_chunk(const pynn_gemm_kernels *kern, int dot_form, ptrdiff_t o0
         kern->axpy(size, k, x + o0, ldx, v, v_step, sums);
     for (ptrdiff_t o = 0; o < size; o++) {
         const ptrdiff_t out = o0 + o;
-        finish_element(c + out * c_step, sums[o], output_is_row ? 0 : out,
+        pynn_finish_element(c + out * c_step, sums[o], output_is_row ? 0 : out,
                        output_is_row ? out : 0, update);
     }
 }
@@ -344,7 +331,7 @@ static void few_rows_dots(const pynn_gemm_kernels *kern, int threads,
         kern->dots(m, cols, k, a, lda, b + j0 * ldb, ldb, sums);
         for (ptrdiff_t i = 0; i < m; i++)
             for (ptrdiff_t j = 0; j < cols; j++)
-                finish_element(c + i * ldc + j0 + j, sums[i * cols + j], i, j0 + j, update);
+                pynn_finish_element(c + i * ldc + j0 + j, sums[i * cols + j], i, j0 + j, update);
     }
 }
 
@@ -407,7 +394,7 @@ static void sgemm_on(const pynn_context *ctx, int trans_a, int trans_b,
     if (k <= 0) {  /* an empty sum: only beta * C and the epilogue remain */
         for (ptrdiff_t i = 0; i < m; i++)
             for (ptrdiff_t j = 0; j < n; j++)
-                finish_element(c + i * ldc + j, 0.0f, i, j, &update);
+                pynn_finish_element(c + i * ldc + j, 0.0f, i, j, &update);
         return;
     }
     if (try_gemv(kern, ctx->num_threads, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, &update))

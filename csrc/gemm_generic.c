@@ -23,17 +23,6 @@ static float4 load4(const float *p)
     return v;
 }
 
-/* C[i, j] (at c) from its sum, per the tile update. */
-static void finish(float *c, float sum, ptrdiff_t i, ptrdiff_t j, const pynn_tile_update *update)
-{
-    float v = update->alpha * sum;
-    if (update->beta != 0.0f) v += update->beta * *c;
-    if (update->col_bias) v += update->col_bias[j];
-    if (update->row_bias) v += update->row_bias[i];
-    if (update->relu && v < 0.0f) v = 0.0f;  /* NaN fails the test and stays */
-    *c = v;
-}
-
 static void microkernel_generic_4x8(ptrdiff_t k,
                                     const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,
                                     const float *b, ptrdiff_t b_k_step,
@@ -66,7 +55,7 @@ static void microkernel_generic_4x8(ptrdiff_t k,
         float sums[NR];
         memcpy(sums, acc[i], sizeof sums);
         for (ptrdiff_t j = 0; j < nr; j++)
-            finish(ci + j, sums[j], i, j, update);
+            pynn_finish_element(ci + j, sums[j], i, j, update);
     }
 }
 
@@ -118,7 +107,7 @@ static void rank_update_generic(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const flo
             float s = 0.0f;
             for (ptrdiff_t p = 0; p < k; p++)
                 s += a[i * a_row_step + p * a_k_step] * b[p * ldb + j];
-            finish(c + i * ldc + j, s, i, j, update);
+            pynn_finish_element(c + i * ldc + j, s, i, j, update);
         }
 }
 

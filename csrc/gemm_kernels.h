@@ -27,6 +27,19 @@ typedef struct {
     int relu;
 } pynn_tile_update;
 
+/* C[i, j] (at c) from its sum, per the update, one element at a time: the
+ * portable micro-kernel's epilogue, and the GEMV and k == 0 paths'. */
+static inline void pynn_finish_element(float *c, float sum, ptrdiff_t i, ptrdiff_t j,
+                                       const pynn_tile_update *update)
+{
+    float v = update->alpha * sum;
+    if (update->beta != 0.0f) v += update->beta * *c;
+    if (update->col_bias) v += update->col_bias[j];
+    if (update->row_bias) v += update->row_bias[i];
+    if (update->relu && v < 0.0f) v = 0.0f;  /* NaN fails the test and stays */
+    *c = v;
+}
+
 typedef void (*pynn_microkernel)(ptrdiff_t k,
                                  const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,
                                  const float *b, ptrdiff_t b_k_step,
