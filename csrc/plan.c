@@ -84,8 +84,11 @@ static int team_pays_off(const pynn_context *ctx, const pynn_plan_step *steps, p
     return work >= TEAM_MIN_WORK;
 }
 
+static int step_is_shared(const pynn_plan_step *s) { return step_work(s) >= SHARED_STEP_WORK; }
+
 #ifdef _OPENMP
-/* The whole plan in one team: each thread runs its share of every step. */
+/* Steps [0, count) in one team: each thread runs its share of every step,
+ * with a barrier between steps. */
 static void run_in_team(const pynn_context *ctx, const pynn_context *alone,
                         const pynn_plan_step *steps, ptrdiff_t count, const float *x,
                         float *const *outputs)
@@ -95,7 +98,7 @@ static void run_in_team(const pynn_context *ctx, const pynn_context *alone,
         const int part = omp_get_thread_num(), parts = omp_get_num_threads();
         const float *in = x;
         for (ptrdiff_t i = 0; i < count; i++) {
-            const int shares = step_work(&steps[i]) >= SHARED_STEP_WORK ? parts : 1;
+            const int shares = step_is_shared(&steps[i]) ? parts : 1;
             if (part < shares)
                 run_share(alone, &steps[i], in, outputs[i], part, shares);
             in = outputs[i];
@@ -112,6 +115,7 @@ void pynn_plan_run(const pynn_context *ctx, const pynn_plan_step *steps, ptrdiff
 {
     pynn_context alone = *ctx;
     alone.num_threads = 1;
+    ptrdiff_t done = 0;
 #ifdef _OPENMP
     if (team_pays_off(ctx, steps, count)) {
         /* Two Python threads predicting at batch 1 on two Zen 3 cores, two
@@ -119,15 +123,20 @@ void pynn_plan_run(const pynn_context *ctx, const pynn_plan_step *steps, ptrdiff
          * this guard (one kernel thread: 64-82k). */
         const int team = pynn_team_begin(ctx, ctx->num_threads);
         if (team > 1) {
-            run_in_team(ctx, &alone, steps, count, x, outputs);
+            /* Steps after the last shared one (a classifier head) run on this
+             * thread once the team has ended: the team's end is the barrier
+             * they need, one fewer. */
+            ptrdiff_t in_team = count;
+            while (in_team > 1 && !step_is_shared(&steps[in_team - 1]))
+                in_team--;
+            run_in_team(ctx, &alone, steps, in_team, x, outputs);
             pynn_team_end(ctx, team);
-            return;
+            done = in_team;
         }
-        ctx = &alone;  /* another call's team has the cores */
+        ctx = &alone;  /* the team has ended, or another call's team has the cores */
     }
 #endif
-    for (ptrdiff_t i = 0; i < count; i++) {
-        run_share(ctx, &steps[i], x, outputs[i], 0, 1);
-        x = outputs[i];
+    for (ptrdiff_t i = done; i < count; i++) {
+        run_share(ctx, &steps[i], i ? outputs[i - 1] : x, outputs[i], 0, 1);
     }
 }
