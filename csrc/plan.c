@@ -4,6 +4,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(PYNN_X86_64)
+#include <immintrin.h>
+#endif
 
 /* A step shared among threads is cut at multiples of these many outputs, so
  * each output is computed exactly as by one thread: GEMV and dot kernels
@@ -87,24 +90,42 @@ static int team_pays_off(const pynn_context *ctx, const pynn_plan_step *steps, p
 static int step_is_shared(const pynn_plan_step *s) { return step_work(s) >= SHARED_STEP_WORK; }
 
 #ifdef _OPENMP
+/* The barrier between a team's steps. Every thread of the team is running,
+ * so a spin on one shared counter does: arrivals only grow, and a thread's
+ * n-th barrier waits for n x parts of them. It costs a cache line passed
+ * between the cores, about 0.15 us on two Zen 3 cores, where an OpenMP
+ * barrier took 0.45. The release/acquire pair makes each thread's outputs
+ * visible to the others before they read them. */
+static void team_barrier(atomic_int *arrived, int parts, int *passed)
+{
+    const int target = ++*passed * parts;
+    atomic_fetch_add_explicit(arrived, 1, memory_order_acq_rel);
+    while (atomic_load_explicit(arrived, memory_order_acquire) < target) {
+#if defined(PYNN_X86_64)
+        _mm_pause();
+#endif
+    }
+}
+
 /* Steps [0, count) in one team: each thread runs its share of every step,
  * with a barrier between steps. */
 static void run_in_team(const pynn_context *ctx, const pynn_context *alone,
                         const pynn_plan_step *steps, ptrdiff_t count, const float *x,
                         float *const *outputs)
 {
+    atomic_int arrived = 0;
 #pragma omp parallel num_threads(ctx->num_threads)
     {
         const int part = omp_get_thread_num(), parts = omp_get_num_threads();
+        int passed = 0;
         const float *in = x;
         for (ptrdiff_t i = 0; i < count; i++) {
             const int shares = step_is_shared(&steps[i]) ? parts : 1;
             if (part < shares)
                 run_share(alone, &steps[i], in, outputs[i], part, shares);
             in = outputs[i];
-            if (i + 1 < count) {
-#pragma omp barrier
-            }
+            if (i + 1 < count)
+                team_barrier(&arrived, parts, &passed);
         }
     }
 }
