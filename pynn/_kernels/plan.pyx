@@ -13,7 +13,6 @@ object found), and ``current()`` turns false as soon as one is replaced:
 a new weight array, another activation wiring. The model then builds a fresh
 plan, so a plan never reads an array the layer no longer holds."""
 cimport numpy as cnp
-from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 from libc.stdlib cimport calloc, free
 
@@ -28,6 +27,10 @@ from pynn._kernels.gemm cimport (PYNN_ACTIVATION_NONE, PYNN_ACTIVATION_RELU, pyn
 from pynn._kernels.runtime cimport current_context, pynn_context
 
 cnp.import_array()
+
+cdef extern from "Python.h":
+    # PyDict_GetItem on borrowed pointers: no reference counting in current()
+    PyObject *dict_get_borrowed "PyDict_GetItem"(PyObject *mapping, PyObject *key)
 
 cdef extern from "plan.h" nogil:
     ctypedef enum pynn_step_kind:
@@ -72,16 +75,22 @@ cdef class InferencePlan:
     cdef list input_shapes         # per Python step: the shape its layer reads, if its source differs
     cdef list targets              # per step but the last: its output buffer
     cdef list watched              # (dict, key, object found or None) triples
+    cdef PyObject **watch_table    # the same triples' objects, flat, for current()
+    cdef Py_ssize_t watch_count
+    cdef int output_ndim
+    cdef cnp.npy_intp output_dims[64]  # output_shape (numpy allows at most 64 axes)
     cdef Py_ssize_t input_size, output_size
     cdef readonly tuple input_shape, output_shape
 
     def __cinit__(self):
         self.steps = NULL
         self.outputs = NULL
+        self.watch_table = NULL
 
     def __dealloc__(self):
         free(self.steps)
         free(self.outputs)
+        free(self.watch_table)
 
     def __init__(self, layers, wired, tuple input_shape, tuple chain):
         """``layers`` are the model's steps, ``chain`` their output shapes for
@@ -89,6 +98,7 @@ cdef class InferencePlan:
         self.input_shape, self.output_shape = input_shape, chain[len(chain) - 1]
         self.input_size, self.output_size = math.prod(input_shape), math.prod(self.output_shape)
         self.watched = []
+        self.watch_count = 0
         for layer in wired:
             self.watch(vars(layer), "activation")
         self.layers, self.input_shapes, shapes, kernels = [], [], [], []
@@ -106,6 +116,8 @@ cdef class InferencePlan:
         self.count = len(self.layers)
         free(self.steps)  # __init__ may run twice
         free(self.outputs)
+        free(self.watch_table)
+        self.watch_table = NULL
         self.steps = <pynn_plan_step *>calloc(max(self.count, 1), sizeof(pynn_plan_step))
         self.outputs = <float **>calloc(max(self.count, 1), sizeof(float *))
         if self.steps == NULL or self.outputs == NULL:
@@ -121,6 +133,17 @@ cdef class InferencePlan:
             source_shape = input_shape if index == 0 else shapes[index - 1]
             if self.layers[index] is None or source_shape == self.input_shapes[index]:
                 self.input_shapes[index] = None
+        self.output_ndim = len(self.output_shape)
+        for axis, extent in enumerate(self.output_shape):
+            self.output_dims[axis] = extent
+        # current() reads the triples as borrowed pointers: self.watched holds them
+        self.watch_table = <PyObject **>calloc(max(3 * len(self.watched), 1), sizeof(PyObject *))
+        if self.watch_table == NULL:
+            raise MemoryError()
+        for index, entry in enumerate(self.watched):
+            for part in range(3):
+                self.watch_table[3 * index + part] = <PyObject *>entry[part]
+        self.watch_count = len(self.watched)
 
     cdef watch(self, dict mapping, str key):
         self.watched.append((mapping, key, mapping.get(key)))
@@ -171,13 +194,13 @@ cdef class InferencePlan:
 
     cpdef bint current(self):
         """Every object the plan read is still the one its layer holds."""
+        cdef PyObject **entry
         cdef PyObject *found
-        for mapping, key, expected in self.watched:
-            found = PyDict_GetItem(mapping, key)
-            if found == NULL:
-                if expected is not None:
-                    return False
-            elif found != <PyObject *>expected:
+        cdef Py_ssize_t index
+        for index in range(self.watch_count):
+            entry = self.watch_table + 3 * index
+            found = dict_get_borrowed(entry[0], entry[1])
+            if found != entry[2] and not (found == NULL and entry[2] == <PyObject *>None):
                 return False
         return True
 
@@ -237,7 +260,4 @@ def predict_cached(scratch, x):
     cdef InferencePlan plan = <InferencePlan>found
     if not plan.current():
         return None
-    cdef cnp.npy_intp dims[64]  # numpy 2 allows at most 64 axes
-    for axis, extent in enumerate(plan.output_shape):
-        dims[axis] = extent
-    return plan.run(x, cnp.PyArray_EMPTY(len(plan.output_shape), dims, cnp.NPY_FLOAT32, 0))
+    return plan.run(x, cnp.PyArray_EMPTY(plan.output_ndim, plan.output_dims, cnp.NPY_FLOAT32, 0))
