@@ -33,10 +33,16 @@
  * an OpenMP team costs about as much as 100k multiply-adds. Measured on two
  * Zen 4 cores: 48^3 runs as fast on two threads as on one, 64^3 1.3x faster. */
 #define PARALLEL_WORK (64 * 64 * 64)
-/* Up to this many rows, C = A Bᵀ is computed as dot products (few_rows_dots).
- * Measured on Zen 3 against the tiled path, which packs all of B: 8 x 256 x
- * 784 70 against 46 GFLOP/s, 12 rows 69 against 62; even at 16, behind at 24. */
+/* Up to this many rows, C = A Bᵀ is computed as dot products (few_rows_dots),
+ * and up to FEW_ROWS_DEEP when k is at least DEEP_K. Measured on Zen 3
+ * against the tiled path, which packs all of B (medians of paired runs, one
+ * thread): 12 x 256 x 784 82 against 65 GFLOP/s, 16 x 256 x 784 65 against
+ * 51 (two threads: 119 against 96), 20 x 256 x 784 65 against 52; but 16 x
+ * 256 x 128 45 against 47, 20 x 64 x 64 29 against 45, and within 5% at
+ * k = 256. */
 #define FEW_ROWS 12
+#define FEW_ROWS_DEEP 20
+#define DEEP_K 512
 /* Read in place, an A stored transposed (a weight gradient, dW = dYᵀ X)
  * gives the micro-kernel six floats per line, a new line at every k. Beyond
  * this many multiply-adds packing it pays, measured on Zen 3 (p25 of paired
@@ -415,7 +421,7 @@ static void sgemm_on(const pynn_context *ctx, int trans_a, int trans_b,
         narrow_rows(kern, threads, m, n, k, a, lda, b, ldb, c, ldc, &update);
         return;
     }
-    if (trans_b && !trans_a && m <= FEW_ROWS) {
+    if (trans_b && !trans_a && (m <= FEW_ROWS || (m <= FEW_ROWS_DEEP && k >= DEEP_K))) {
         const int threads = ctx->num_threads > 1 && work >= PARALLEL_WORK ? ctx->num_threads : 1;
         few_rows_dots(kern, threads, m, n, k, a, lda, b, ldb, c, ldc, &update);
         return;

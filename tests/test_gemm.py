@@ -87,6 +87,17 @@ def test_every_block_edge(isa, threads, m, n, k):
         assert_close(c, *reference(a, b, trans_a, trans_b))
 
 
+# C = A Bᵀ with a few rows of A is computed as dot products (up to FEW_ROWS =
+# 12 rows, or FEW_ROWS_DEEP = 20 from DEEP_K = 512 on, in csrc/gemm.c), in
+# tiles of up to 4 x 3: shapes on both sides of each bound, and odd widths.
+@pytest.mark.parametrize("m,n,k", [(m, n, k) for m in (12, 13, 20, 21) for n in (10, 37)
+                                   for k in (511, 512)])
+def test_few_rows_against_a_transposed_b(isa, threads, m, n, k):
+    rng = np.random.default_rng(m * n + k)
+    a, b = operands(rng, m, n, k, 0, 1)
+    assert_close(matmul(a, b, trans_b=True), *reference(a, b, 0, 1))
+
+
 @pytest.mark.parametrize("width,ld", [(256, 256), (200, 512), (250, 256)])
 def test_b_rows_colliding_in_l1_are_packed_first(isa, width, ld, set_threads):
     # B rows a power of two of floats apart fall in few L1 sets: with many
