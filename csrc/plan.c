@@ -9,8 +9,9 @@
 #endif
 
 /* A step shared among threads is cut at multiples of these many outputs, so
- * each output is computed exactly as by one thread: GEMV and dot kernels
- * group outputs by 4 and 2, element-wise kernels run 16-float vectors. */
+ * each output is computed exactly as by one thread: GEMV kernels group
+ * outputs by 4 (the dot kernels' grouping never changes a sum), element-wise
+ * kernels run 16-float vectors. */
 #define GEMM_GRAIN 16
 #define MAP_GRAIN 64
 /* One parallel region for the whole plan pays off only for small batches
