@@ -36,9 +36,9 @@
 /* Up to this many rows, C = A Bᵀ is computed as dot products (few_rows_dots),
  * and up to FEW_ROWS_DEEP when k is at least DEEP_K. Measured on Zen 3
  * against the tiled path, which packs all of B (medians of paired runs, one
- * thread): 12 x 256 x 784 82 against 65 GFLOP/s, 16 x 256 x 784 65 against
- * 51 (two threads: 119 against 96), 20 x 256 x 784 65 against 52; but 16 x
- * 256 x 128 45 against 47, 20 x 64 x 64 29 against 45, and within 5% at
+ * thread, two runs): 16 x 256 x 784 84 and 65 against 66 and 51 GFLOP/s (two
+ * threads: 119 against 96), 20 x 256 x 784 84 and 65 against 64 and 52; but
+ * 16 x 256 x 128 45 against 47, 20 x 64 x 64 29 against 45, and within 6% at
  * k = 256. */
 #define FEW_ROWS 12
 #define FEW_ROWS_DEEP 20
