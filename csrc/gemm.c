@@ -316,33 +316,59 @@ static int try_gemv(const pynn_gemm_kernels *kern, int threads, int trans_a, int
     return 0;
 }
 
+/* Columns j0 to j0 + cols of few_rows_dots below. */
+static void dots_chunk(const pynn_gemm_kernels *kern, ptrdiff_t j0, ptrdiff_t cols,
+                       ptrdiff_t m, ptrdiff_t k, const float *a, ptrdiff_t lda, const float *b,
+                       ptrdiff_t ldb, float *c, ptrdiff_t ldc, const pynn_tile_update *update)
+{
+    float sums[GEMV_CHUNK];
+    kern->dots(m, cols, k, a, lda, b + j0 * ldb, ldb, sums);
+    for (ptrdiff_t i = 0; i < m; i++)
+        for (ptrdiff_t j = 0; j < cols; j++)
+            pynn_finish_element(c + i * ldc + j0 + j, sums[i * cols + j], i, j0 + j, update);
+}
+
 /* C = A Bᵀ for a few rows of A as dot products of their rows with B's (batch-8
  * inference): B is read once, where a tile would first pack all of it.
- * Threads take chunks of B's rows; each sum is the same for any count. */
+ * Threads take chunks of B's rows, multiples of the AVX2 kernel's 3 columns;
+ * each sum is the same for any count. As in gemv, one thread opens no
+ * parallel region: even one its if clause keeps on one thread costs ~0.45 us. */
 static void few_rows_dots(const pynn_gemm_kernels *kern, int threads,
                           ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                           const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb,
                           float *c, ptrdiff_t ldc, const pynn_tile_update *update)
 {
     const ptrdiff_t per_part = (n + threads - 1) / threads;
-    const ptrdiff_t chunk = min_size(GEMV_CHUNK / m / 2 * 2, round_up(per_part, 2));
+    const ptrdiff_t chunk = min_size(GEMV_CHUNK / m / 3 * 3, round_up(per_part, 3));
     const ptrdiff_t chunks = (n + chunk - 1) / chunk;
-    (void)threads;  /* without OpenMP */
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1)
-#endif
-    for (ptrdiff_t index = 0; index < chunks; index++) {
-        float sums[GEMV_CHUNK];
-        const ptrdiff_t j0 = index * chunk, cols = min_size(chunk, n - j0);
-        kern->dots(m, cols, k, a, lda, b + j0 * ldb, ldb, sums);
-        for (ptrdiff_t i = 0; i < m; i++)
-            for (ptrdiff_t j = 0; j < cols; j++)
-                pynn_finish_element(c + i * ldc + j0 + j, sums[i * cols + j], i, j0 + j, update);
+    if (threads > 1 && chunks > 1) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (ptrdiff_t index = 0; index < chunks; index++)
+            dots_chunk(kern, index * chunk, min_size(chunk, n - index * chunk), m, k, a, lda, b,
+                       ldb, c, ldc, update);
+        return;
     }
+#endif
+    for (ptrdiff_t index = 0; index < chunks; index++)
+        dots_chunk(kern, index * chunk, min_size(chunk, n - index * chunk), m, k, a, lda, b, ldb,
+                   c, ldc, update);
+}
+
+/* Rows i0 to i0 + rows of rank_update below. */
+static void rank_update_slab(const pynn_gemm_kernels *kern, ptrdiff_t i0, ptrdiff_t rows,
+                             ptrdiff_t n, ptrdiff_t k, const float *a, ptrdiff_t a_row_step,
+                             ptrdiff_t a_k_step, const float *b, ptrdiff_t ldb, float *c,
+                             ptrdiff_t ldc, const pynn_tile_update *update)
+{
+    pynn_tile_update slab = tile_update(update, update->beta, 1, i0, 0);
+    kern->rank_update(rows, n, k, a + i0 * a_row_step, a_row_step, a_k_step, b, ldb,
+                      c + i0 * ldc, ldc, &slab);
 }
 
 /* C = op(A) B for k <= PYNN_RANK_UPDATE_MAX_K, B's rows contiguous: the cost
- * is writing C, so it goes row by row. Threads take slabs of rows. */
+ * is writing C, so it goes row by row. Threads take slabs of rows; one thread
+ * opens no parallel region, as in gemv. */
 static void rank_update(const pynn_gemm_kernels *kern, int threads, int trans_a,
                         ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                         const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb,
@@ -351,13 +377,15 @@ static void rank_update(const pynn_gemm_kernels *kern, int threads, int trans_a,
     const ptrdiff_t a_row_step = trans_a ? 1 : lda, a_k_step = trans_a ? lda : 1;
     const ptrdiff_t slab = (m + threads - 1) / threads;
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1)
-#endif
-    for (ptrdiff_t i0 = 0; i0 < m; i0 += slab) {
-        pynn_tile_update rows = tile_update(update, update->beta, 1, i0, 0);
-        kern->rank_update(min_size(slab, m - i0), n, k, a + i0 * a_row_step, a_row_step, a_k_step,
-                          b, ldb, c + i0 * ldc, ldc, &rows);
+    if (threads > 1 && slab < m) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (ptrdiff_t i0 = 0; i0 < m; i0 += slab)
+            rank_update_slab(kern, i0, min_size(slab, m - i0), n, k, a, a_row_step, a_k_step, b,
+                             ldb, c, ldc, update);
+        return;
     }
+#endif
+    rank_update_slab(kern, 0, m, n, k, a, a_row_step, a_k_step, b, ldb, c, ldc, update);
 }
 
 /* C = op(A) Bᵀ one row at a time: row i of C is the GEMV B a_i. */

@@ -111,7 +111,7 @@ extern const pynn_gemm_kernels pynn_gemm_generic;
 /* 8 x 8 and 4 x 8 AVX transposes; AVX-512 CPUs run it too. */
 void pynn_pack_transposed_avx2(int width, int stride, const float *src, ptrdiff_t ld,
                                ptrdiff_t depth, ptrdiff_t count, float *dst);
-/* 4 rows of A by 2 of B per pass; AVX-512 CPUs run it too (untuned there). */
+/* 4 rows of A by 3 of B per pass; AVX-512 CPUs run it too (untuned there). */
 void pynn_gemm_dots_avx2(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a, ptrdiff_t lda,
                          const float *b, ptrdiff_t ldb, float *sums);
 /* Bound by writing C, not by its arithmetic: AVX-512 CPUs run it too. */
