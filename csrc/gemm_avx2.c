@@ -281,8 +281,10 @@ typedef struct {
     int read_c, row_bias, relu;
 } row_update;
 
-/* alpha * s + beta * C + biases, ReLU: the tile kernel's epilogue on 8 columns
- * of a row; the first `lanes` only (C unread past them) when masked. */
+/* alpha * s + beta * C + biases, ReLU on 8 columns of a row of the rank-k
+ * update; the first `lanes` only (C unread past them) when masked. The same
+ * arithmetic as the tile kernel's epilogue, which keeps its own inline copy:
+ * calling this one from there cost 9% at 1024^3 on Zen 3. */
 static inline __attribute__((always_inline)) TARGET __m256
 finish_row_vector(__m256 s, const float *c, ptrdiff_t j, __m256 row_bias, const row_update *u,
                   const int masked, __m256i lanes)
