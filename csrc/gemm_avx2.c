@@ -91,18 +91,65 @@ packed_sums(ptrdiff_t k, const float *a, const float *b, __m256 acc[MR][2],
     for (; off != end; off += A_STRIDE) packed_k_step(a + off, b + 2 * off, acc, rows, vectors);
 }
 
-/* The full tile's sums in a function of their own: inlined into the tile
- * kernel beside its setup and epilogue, GCC's register allocator kept two
- * of the twelve accumulators on the stack (57-63 GFLOP/s at 512^3 to
- * 2048^3, against 88-90); here all twelve stay in registers, for 24 moves
- * through memory per tile of 256 k steps. */
-static __attribute__((noinline)) TARGET void
+/* acc[i][v] += the k steps of unpacked operands: A(i, p) at a[row[i] + p *
+ * a_k_step], B(p, j) at b[p * b_k_step + j], masked to nr columns unless
+ * the tile is full. A's end is the bound: no counter to step beside a and b. */
+static inline __attribute__((always_inline)) TARGET void
+strided_sums(ptrdiff_t k, const float *a, const ptrdiff_t row[MR], ptrdiff_t a_k_step,
+             const float *b, ptrdiff_t b_k_step, ptrdiff_t nr, __m256 acc[MR][2],
+             const int rows, const int vectors, const int full)
+{
+    const __m256i mask0 = first_lanes(nr), mask1 = first_lanes(nr - 8);
+    for (const float *a_end = a + k * a_k_step; a != a_end; a += a_k_step, b += b_k_step) {
+        __m256 b0, b1 = _mm256_setzero_ps();
+        if (full) {
+            b0 = _mm256_loadu_ps(b);
+            if (vectors == 2) b1 = _mm256_loadu_ps(b + 8);
+        } else {
+            b0 = _mm256_maskload_ps(b, mask0);
+            if (vectors == 2) b1 = _mm256_maskload_ps(b + 8, mask1);
+        }
+        _Pragma("GCC unroll 16")
+        for (int i = 0; i < rows; i++) {
+            const __m256 av = _mm256_broadcast_ss(a + row[i]);
+            acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
+            if (vectors == 2) acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
+        }
+    }
+}
+
+/* The full 6 x 16 tile's sums, packed or not, each in a function of its own
+ * whose loops start on a 64-byte boundary. Inlined into the tile kernel
+ * beside its setup and epilogue, the packed loop lost two of its twelve
+ * accumulators to the stack (GCC's register allocation; 57-63 GFLOP/s at
+ * 512^3 to 2048^3 against 88-90). And where the in-place loop starts
+ * matters on the shared Zen 3 cores: one thread, alternating calls, medians
+ * at 256^3 69-70 GFLOP/s when it began 16, 24 or 32 bytes past a 64-byte
+ * boundary against 74-75 on one, and 128 x 256 x 784 (B transposed) 66-70
+ * against 73-75; inlined, its place moved with any change to the code
+ * around it. The sums go through memory: 24 moves a tile. */
+static __attribute__((noinline, aligned(64), optimize("align-loops=64"))) TARGET void
 full_tile_sums(ptrdiff_t k, const float *a, const float *b, __m256 sums[MR][2])
 {
     __m256 acc[MR][2];
     _Pragma("GCC unroll 16")
     for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
     packed_sums(k, a, b, acc, MR, 2);
+    _Pragma("GCC unroll 16")
+    for (int i = 0; i < MR; i++) {
+        sums[i][0] = acc[i][0];
+        sums[i][1] = acc[i][1];
+    }
+}
+
+static __attribute__((noinline, aligned(64), optimize("align-loops=64"))) TARGET void
+full_tile_sums_in_place(ptrdiff_t k, const float *a, const ptrdiff_t row[MR], ptrdiff_t a_k_step,
+                        const float *b, ptrdiff_t b_k_step, __m256 sums[MR][2])
+{
+    __m256 acc[MR][2];
+    _Pragma("GCC unroll 16")
+    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    strided_sums(k, a, row, a_k_step, b, b_k_step, NR, acc, MR, 2, 1);
     _Pragma("GCC unroll 16")
     for (int i = 0; i < MR; i++) {
         sums[i][0] = acc[i][0];
@@ -140,24 +187,10 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
     if (packed) {
         if (rows == MR && vectors == 2) full_tile_sums(k, a, b, acc);
         else packed_sums(k, a, b, acc, rows, vectors);
-    } else {  /* A's end as the bound: no counter to step beside a and b */
-        const __m256i mask0 = first_lanes(nr), mask1 = first_lanes(nr - 8);
-        for (const float *a_end = a + k * a_k_step; a != a_end; a += a_k_step, b += b_k_step) {
-            __m256 b0, b1 = _mm256_setzero_ps();
-            if (full) {
-                b0 = _mm256_loadu_ps(b);
-                if (vectors == 2) b1 = _mm256_loadu_ps(b + 8);
-            } else {
-                b0 = _mm256_maskload_ps(b, mask0);
-                if (vectors == 2) b1 = _mm256_maskload_ps(b + 8, mask1);
-            }
-            _Pragma("GCC unroll 16")
-            for (int i = 0; i < rows; i++) {
-                const __m256 av = _mm256_broadcast_ss(a + row[i]);
-                acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
-                if (vectors == 2) acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
-            }
-        }
+    } else if (rows == MR && vectors == 2 && full) {
+        full_tile_sums_in_place(k, a, row, a_k_step, b, b_k_step, acc);
+    } else {
+        strided_sums(k, a, row, a_k_step, b, b_k_step, nr, acc, rows, vectors, full);
     }
 
     /* made after the k loop, which has no register to spare for them */
