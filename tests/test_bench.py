@@ -23,16 +23,34 @@ def fake_suite():
     return types.SimpleNamespace(cases=cases)
 
 
-def test_time_calls_times_each_runner_in_two_passes():
-    order = []
+def _blocks(order):
+    """The runs of equal names in ``order``, one entry each."""
+    return [name for i, name in enumerate(order) if i == 0 or order[i - 1] != name]
+
+
+def test_time_calls_takes_turns_and_reverses_every_other_pass(monkeypatch):
+    order, pauses = [], []
+    monkeypatch.setattr(bench.time, "sleep", lambda seconds: pauses.append(seconds))
     runners = {"fast": lambda: order.append("fast"),
-               "slow": lambda: (order.append("slow"), time.sleep(0.002))}
+               "slow": lambda: (order.append("slow"), _busy_wait(0.002))}
     seconds = bench.time_calls(runners, budget=0.05)
     assert set(seconds) == {"fast", "slow"}
     assert 0 < seconds["fast"] < 0.001 < 0.002 <= seconds["slow"] < 0.05
-    # calibration of each, then fast, slow and (the second pass reversed) slow, fast
-    blocks = [name for i, name in enumerate(order) if i == 0 or order[i - 1] != name]
-    assert blocks == ["fast", "slow", "fast", "slow", "fast"]
+    # calibration of each, then per pass fast, slow or (reversed) slow, fast
+    passes = [["fast", "slow"] if index % 2 == 0 else ["slow", "fast"]
+              for index in range(bench.PASSES)]
+    assert _blocks(order) == _blocks(["fast", "slow"] + sum(passes, []))
+    assert pauses == []  # one thread: no worker threads to wait out
+
+    bench.time_calls(runners, budget=0.05, threads=2)
+    assert pauses == [0.05 / 4] * (2 * bench.PASSES)
+
+
+def _busy_wait(seconds):
+    """time.sleep without it: the test replaces time.sleep to count the pauses."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 
 
 def test_run_and_table(monkeypatch):

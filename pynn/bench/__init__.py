@@ -65,7 +65,7 @@ def pinned_threads(count):
             torch.set_num_threads(torch_before)
 
 
-PASSES, ROUNDS = 2, 4
+PASSES = 8
 
 
 def _calls_per_round(fn, budget):
@@ -77,31 +77,34 @@ def _calls_per_round(fn, budget):
         fn()
         calls += 1
     per_call = (time.perf_counter() - start) / calls
-    return max(1, int(budget / (PASSES * ROUNDS) / max(per_call, 1e-9)))
+    return max(1, int(budget / PASSES / max(per_call, 1e-9)))
 
 
-def time_calls(runners, budget):
+def time_calls(runners, budget, threads=1):
     """Seconds per call of each of ``runners`` (name -> function), ``budget``
     seconds each, as the fastest of its rounds: slower rounds measure other
-    processes, not the code. Each runner's rounds run back to back after a
-    pause of a quarter of the budget, so they do not share the cores with the
-    previous runner's idle worker threads (OpenBLAS's spin for about 60 ms
-    after their work, and halved pynn's GEMM rate on two threads meanwhile;
-    OpenMP and ONNX Runtime pools spin too); and the runners go twice, the
-    second time in reverse order, so a shared host that speeds up or slows
-    down moves them alike."""
+    processes, not the code. The runners take turns, one round each per pass,
+    the order reversed every other pass, so that a shared host that slows
+    down for a second or two slows them alike rather than one alone (with
+    each runner's four rounds back to back, pynn's one-thread 1024^3 product
+    once came out a sixth slower than in the runs before and after, numpy's
+    not). On more
+    than one thread each round waits a quarter of the budget first, so it
+    does not share the cores with the previous runner's idle worker threads
+    (OpenBLAS's spin for about 60 ms after their work, and halved pynn's GEMM
+    rate on two threads meanwhile; OpenMP and ONNX Runtime pools spin too)."""
     numbers = {name: _calls_per_round(fn, budget) for name, fn in runners.items()}
     best = dict.fromkeys(runners, float("inf"))
     names = list(runners)
     for index in range(PASSES):
         for name in names if index % 2 == 0 else names[::-1]:
             fn, number = runners[name], numbers[name]
-            time.sleep(budget / 4)
-            for _ in range(ROUNDS):
-                start = time.perf_counter()
-                for _ in range(number):
-                    fn()
-                best[name] = min(best[name], (time.perf_counter() - start) / number)
+            if threads > 1:
+                time.sleep(budget / 4)
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - start) / number)
     return best
 
 
@@ -142,7 +145,7 @@ def run(suite, thread_counts, quick=False, progress=None):
     for threads in thread_counts:
         with pinned_threads(threads):
             for case in load_suite(suite).cases(quick=quick, threads=threads):
-                times = time_calls(case.runners, budget)
+                times = time_calls(case.runners, budget, threads)
                 records.append({"suite": suite, "case": case.name, "threads": threads,
                                 "seconds": times, "work": case.work, "unit": case.unit})
                 if progress:
