@@ -56,8 +56,10 @@
 /* The in-place path packs an untransposed B whose rows collide in L1 from
  * this many rows of A on: only then is its micro-panel reused often enough.
  * Measured on Zen 3 (p25 of paired runs, B rows 256 floats apart): 512 x 256
- * x 128 77 -> 81 GFLOP/s packed; even at 128 rows; at 32 rows 69 -> 52. */
-#define COLLIDING_B_MIN_ROWS 256
+ * x 128 77 -> 81 GFLOP/s packed; at 32 rows 69 -> 52. From 128 rows, a
+ * thread's slab of 256^3 on two threads (medians 124-131 -> 124-140) and
+ * 160 x 256 x 256 on one (72 -> 79); 128 x 128 x 256 even. */
+#define COLLIDING_B_MIN_ROWS 128
 /* GEMV writes its sums to a stack buffer this long before the C update. */
 #define GEMV_CHUNK 1024
 /* A GEMV streams its matrix from memory: two threads pay off once it holds
