@@ -88,11 +88,11 @@ def time_calls(runners, budget, threads=1):
     down for a second or two slows them alike rather than one alone (with
     each runner's four rounds back to back, pynn's one-thread 1024^3 product
     once came out a sixth slower than in the runs before and after, numpy's
-    not). On more
-    than one thread each round waits a quarter of the budget first, so it
-    does not share the cores with the previous runner's idle worker threads
-    (OpenBLAS's spin for about 60 ms after their work, and halved pynn's GEMM
-    rate on two threads meanwhile; OpenMP and ONNX Runtime pools spin too)."""
+    not). On more than one thread each round waits a quarter of the budget
+    first, so it does not share the cores with the previous runner's idle
+    worker threads (OpenBLAS's spin for about 60 ms after their work, and
+    halved pynn's GEMM rate on two threads meanwhile; OpenMP and ONNX Runtime
+    pools spin too)."""
     numbers = {name: _calls_per_round(fn, budget) for name, fn in runners.items()}
     best = dict.fromkeys(runners, float("inf"))
     names = list(runners)
