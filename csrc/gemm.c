@@ -18,6 +18,8 @@
  * few rows of A against a transposed B; and small to middle problems, where
  * the micro-kernel reads A and B in place (B packed whole when transposed). */
 
+#include <stdint.h>
+
 #include "gemm.h"
 #include "gemm_kernels.h"
 #include "scratch.h"
@@ -49,6 +51,17 @@
  * runs, 1 thread): 128 x 256 x 512 67 against 56 GFLOP/s, 256 x 784 x 128
  * 78 against 75; even at 128 x 128 x 32 and 128 x 256 x 32 (2^20). */
 #define TRANSPOSED_A_IN_PLACE_WORK (1 << 20)
+/* An untransposed B read in place whose rows are not 32-byte aligned has
+ * half its 8-float loads straddle two cache lines (numpy's arrays often
+ * start 16 bytes past a 32-byte boundary), and one whose width is not a
+ * multiple of NR has its last column tile's loads masked; beyond this many
+ * multiply-adds it goes to the blocked path, which packs and pads it.
+ * Medians of alternating calls on Zen 3, GFLOP/s, one thread: 300^3 58 ->
+ * 72 (OpenBLAS 76), 200 x 204 x 200 56 -> 72, 300 x 302 x 150 62 -> 76,
+ * 784 x 100 x 300 60 -> 65, 128 x 784 x 256 with B 16 bytes off 81 -> 87;
+ * two threads: 300^3 115 -> 136, that 128 x 784 x 256 124 -> 147. Not
+ * below: 100^3 (2^20) 63 -> 61. */
+#define RAGGED_B_IN_PLACE_WORK (1 << 21)
 /* L1d geometry (32 KiB, 8 ways of 64 sets of 64-byte lines: Zen 3 and 4,
  * and most x86 cores since), for telling when rows read in place collide. */
 #define L1_SETS 64
@@ -472,8 +485,10 @@ static void sgemm_on(const pynn_context *ctx, int trans_a, int trans_b,
      * against 64 GFLOP/s; even at 48 rows); packed beyond. */
     const int few_rows = m < 4 * kern->mr && !trans_b && k <= 2 * kern->kc;
     const int b_packed = in_place_packs_b(trans_b, ldb, k, split_rows ? slab : m);
+    const int ragged_b = !trans_b && !b_packed && work > RAGGED_B_IN_PLACE_WORK
+                         && (ldb % 8 || (uintptr_t)b % 32 || n % kern->nr);
     const double limit = trans_b ? kern->in_place_trans_b_work : kern->in_place_work;
-    const int in_place = (few_rows || (work <= limit
+    const int in_place = (few_rows || (work <= limit && !ragged_b
                                        && !(trans_a && work > TRANSPOSED_A_IN_PLACE_WORK)))
                          && (!b_packed || (double)k * (double)n <= IN_PLACE_PACKED_B);
     const gemm_path path = in_place ? gemm_in_place : gemm_blocked;
