@@ -35,7 +35,9 @@
  * for long stretches a loop issues only about three instructions per cycle
  * (a loop of 12 FMAs and a branch keeps its peak; with 8 loads and 3 adds
  * more it loses 40%), and there the k loop is bound by its instruction count:
- * with A and B in L1, 24 per k step ran at 70 of 99 GFLOP/s, 22 at 74-80. */
+ * with A and B in L1, 24 per k step ran at 70 of 99 GFLOP/s, 22 at 74-80.
+ * (The full tile's loop, four k steps a pass, has fewer to save: GCC steps
+ * A, B and a counter there, three adds per 80 loads and FMAs.) */
 enum { MR = 6, NR = 16, A_STRIDE = 8 };
 
 static const int32_t lane_table[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
