@@ -15,7 +15,8 @@ from tests.helpers import EPS32
 KC = 256
 # Beyond this many multiply-adds every ISA packs A and B when B would be read
 # in place and A is not transposed (in_place_work in csrc/gemm_*.c: 2^21
-# generic and AVX-512, 2^25 AVX2); below, read in place. (AVX2 reads A in
+# generic and AVX-512, 2^25 AVX2, 2^21 for a B with rows off 32-byte alignment
+# or a ragged width); below, read in place. (AVX2 reads A in
 # place up to 2^29 when it packs B whole; an A stored transposed is packed
 # from 2^20 on: test_every_block_edge's two cases stay on the blocked path.)
 PACKED = 1 << 25
@@ -107,6 +108,29 @@ def test_b_rows_colliding_in_l1_are_packed_first(isa, width, ld, set_threads):
     a = rng.standard_normal((300, 40)).astype(np.float32)
     b = rng.standard_normal((40, ld)).astype(np.float32)[:, :width]
     set_threads(1)  # two threads would take 150 rows each, too few to pack
+    assert_close(matmul(a, b), *reference(a, b, 0, 0))
+
+
+def aligned_matrix(rows, ld, rng, offset=0):
+    """A [rows, ld] float32 matrix whose data starts `offset` floats past a
+    64-byte boundary (numpy's own arrays start wherever malloc put them)."""
+    buffer = np.empty(rows * ld + offset + 16, np.float32)
+    start = (-(buffer.ctypes.data // 4)) % 16 + offset
+    matrix = buffer[start:start + rows * ld].reshape(rows, ld)
+    matrix[...] = rng.standard_normal((rows, ld))
+    return matrix
+
+
+@pytest.mark.parametrize("offset,n,ld", [(0, 256, 272), (4, 256, 272), (0, 256, 268), (0, 250, 272)])
+def test_b_in_place_or_packed_by_alignment_and_width(isa, threads, offset, n, ld):
+    # csrc/gemm.c sends an untransposed B whose rows are off 32-byte alignment
+    # (offset, ld) or whose width is not a multiple of NR to the blocked path
+    # from 2^21 multiply-adds (RAGGED_B_IN_PLACE_WORK); aligned, it is read in
+    # place. 100 x n x 96 is between that bound and PACKED.
+    rng = np.random.default_rng(offset + n + ld)
+    a = rng.standard_normal((100, 96)).astype(np.float32)
+    b = aligned_matrix(96, ld, rng, offset)[:, :n]
+    assert gemm.is_float32_matrix(b) and (1 << 21) < 100 * n * 96 < PACKED
     assert_close(matmul(a, b), *reference(a, b, 0, 0))
 
 
