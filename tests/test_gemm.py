@@ -100,14 +100,14 @@ def test_few_rows_against_a_transposed_b(isa, threads, m, n, k):
 
 
 @pytest.mark.parametrize("width,ld", [(256, 256), (200, 512), (250, 256)])
-def test_b_rows_colliding_in_l1_are_packed_first(isa, width, ld, set_threads):
+def test_b_rows_colliding_in_l1_are_packed_first(isa, threads, width, ld):
     # B rows a power of two of floats apart fall in few L1 sets: with many
     # rows of A the in-place path packs such a B (csrc/gemm.c, rows_collide),
-    # partial micro-panels included
+    # partial micro-panels included; from COLLIDING_B_MIN_ROWS = 128 rows, so
+    # two threads' 150 rows each pack it too
     rng = np.random.default_rng(width + ld)
     a = rng.standard_normal((300, 40)).astype(np.float32)
     b = rng.standard_normal((40, ld)).astype(np.float32)[:, :width]
-    set_threads(1)  # two threads would take 150 rows each, too few to pack
     assert_close(matmul(a, b), *reference(a, b, 0, 0))
 
 
