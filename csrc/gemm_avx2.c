@@ -120,6 +120,17 @@ strided_sums(ptrdiff_t k, const float *a, const ptrdiff_t row[MR], ptrdiff_t a_k
     }
 }
 
+/* to = from, for a whole tile's sums. */
+static inline __attribute__((always_inline)) TARGET void
+copy_tile(__m256 from[MR][2], __m256 to[MR][2])
+{
+    _Pragma("GCC unroll 16")
+    for (int i = 0; i < MR; i++) {
+        to[i][0] = from[i][0];
+        to[i][1] = from[i][1];
+    }
+}
+
 /* The full 6 x 16 tile's sums, packed or not, each in a function of its own
  * whose loops start on a 64-byte boundary. Inlined into the tile kernel
  * beside its setup and epilogue, the packed loop lost two of its twelve
@@ -133,30 +144,18 @@ strided_sums(ptrdiff_t k, const float *a, const ptrdiff_t row[MR], ptrdiff_t a_k
 static __attribute__((noinline, aligned(64), optimize("align-loops=64"))) TARGET void
 full_tile_sums(ptrdiff_t k, const float *a, const float *b, __m256 sums[MR][2])
 {
-    __m256 acc[MR][2];
-    _Pragma("GCC unroll 16")
-    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    __m256 acc[MR][2] = {{_mm256_setzero_ps()}};
     packed_sums(k, a, b, acc, MR, 2);
-    _Pragma("GCC unroll 16")
-    for (int i = 0; i < MR; i++) {
-        sums[i][0] = acc[i][0];
-        sums[i][1] = acc[i][1];
-    }
+    copy_tile(acc, sums);
 }
 
 static __attribute__((noinline, aligned(64), optimize("align-loops=64"))) TARGET void
 full_tile_sums_in_place(ptrdiff_t k, const float *a, const ptrdiff_t row[MR], ptrdiff_t a_k_step,
                         const float *b, ptrdiff_t b_k_step, __m256 sums[MR][2])
 {
-    __m256 acc[MR][2];
-    _Pragma("GCC unroll 16")
-    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    __m256 acc[MR][2] = {{_mm256_setzero_ps()}};
     strided_sums(k, a, row, a_k_step, b, b_k_step, NR, acc, MR, 2, 1);
-    _Pragma("GCC unroll 16")
-    for (int i = 0; i < MR; i++) {
-        sums[i][0] = acc[i][0];
-        sums[i][1] = acc[i][1];
-    }
+    copy_tile(acc, sums);
 }
 
 /* rows (2, 4 or MR) and vectors (1 or 2 of 8 columns) are constants at every
@@ -193,11 +192,7 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
         __m256 sums[MR][2];
         if (packed) full_tile_sums(k, a, b, sums);
         else full_tile_sums_in_place(k, a, row, a_k_step, b, b_k_step, sums);
-        _Pragma("GCC unroll 16")
-        for (int i = 0; i < MR; i++) {
-            acc[i][0] = sums[i][0];
-            acc[i][1] = sums[i][1];
-        }
+        copy_tile(sums, acc);
     } else if (packed) {
         packed_sums(k, a, b, acc, rows, vectors);
     } else {
