@@ -7,6 +7,9 @@
  *           for ir in MC by MR:        ... while the A micro-panels stream past it
  *             micro-kernel: C[MR x NR] tile, alpha/beta and epilogue fused in its store
  *
+ * Up to 2 MC rows of A are one block, and the two outer loops swap: A is
+ * packed once per KC block, B a small chunk at a time, right before use.
+ *
  * Transposes are absorbed by the packing routines; partial panels are zero-padded.
  * The first KC block applies beta (never reading C when beta == 0), later ones
  * add with beta = 1, and only the last adds the biases and the activation, so
@@ -73,6 +76,10 @@
  * thread's slab of 256^3 on two threads (medians 124-131 -> 124-140) and
  * 160 x 256 x 256 on one (72 -> 79); 128 x 128 x 256 even. */
 #define COLLIDING_B_MIN_ROWS 128
+/* A B chunk of gemm_blocked's one-A-block loop order: 96 KiB, which stays in
+ * a 512 KiB L2 beside an A block of up to 2 MC x KC (AVX2: 384 KiB). Twice
+ * that ran as fast. */
+#define B_CHUNK_FLOATS (24 * 1024)
 /* GEMV writes its sums to a stack buffer this long before the C update. */
 #define GEMV_CHUNK 1024
 /* A GEMV streams its matrix from memory: two threads pay off once it holds
@@ -153,28 +160,79 @@ typedef void (*gemm_path)(const pynn_gemm_kernels *kern, int trans_a, int trans_
                           const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb,
                           float *c, ptrdiff_t ldc, const pynn_tile_update *update);
 
-/* The full Goto loop nest over packed panels. */
+/* The macro-kernel: C[i0 : i0 + rows, j0 : j0 + cols] (c points at its
+ * first element) from a packed A block and B panel of `depth` k steps, each B
+ * micro-panel kept in L1 while the A micro-panels stream past it. */
+static void macro_kernel(const pynn_gemm_kernels *kern, ptrdiff_t rows, ptrdiff_t cols,
+                         ptrdiff_t depth, const float *a_packed, const float *b_packed,
+                         float *c, ptrdiff_t ldc, const pynn_tile_update *update, float beta,
+                         int last, ptrdiff_t i0, ptrdiff_t j0)
+{
+    const int mr = kern->mr, nr = kern->nr;
+    for (ptrdiff_t jr = 0; jr < cols; jr += nr) {
+        const float *b_panel = b_packed + jr * depth;
+        for (ptrdiff_t ir = 0; ir < rows; ir += mr) {
+            pynn_tile_update tile = tile_update(update, beta, last, i0 + ir, j0 + jr);
+            kern->packed(depth, a_packed + ir / mr * kern->a_stride * depth, 1, kern->a_stride,
+                         b_panel, nr, c + ir * ldc + jr, ldc, min_size(mr, rows - ir),
+                         min_size(nr, cols - jr), &tile);
+        }
+    }
+}
+
+/* The Goto loop nest over packed panels, or for up to 2 MC rows the order
+ * below it. */
 static void gemm_blocked(const pynn_gemm_kernels *kern, int trans_a, int trans_b,
                          ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                          const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb,
                          float *c, ptrdiff_t ldc, const pynn_tile_update *update)
 {
     const int mr = kern->mr, nr = kern->nr;
-    /* m splits into equal MC blocks (a thread's 1024 rows into 7 x 132 + 100,
-     * not 7 x 144 + 16): a last block of a few rows reuses each B micro-panel
-     * it loads too little. Paired runs on Zen 3, median GFLOP/s: 2048^3 on two
-     * threads 131-136 -> 141-145, 1024^3 on one 67-78 -> 73-80. */
-    const ptrdiff_t m_blocks = (m + kern->mc - 1) / kern->mc;
+    /* Up to 2 MC rows make one A block; more split into equal MC blocks (a
+     * thread's 1024 rows into 7 x 132 + 100, not 7 x 144 + 16): a last block
+     * of a few rows reuses each B micro-panel it loads too little. Paired runs
+     * on Zen 3, median GFLOP/s: 2048^3 on two threads 131-136 -> 141-145,
+     * 1024^3 on one 67-78 -> 73-80. */
+    const ptrdiff_t m_blocks = m <= 2 * kern->mc ? 1 : (m + kern->mc - 1) / kern->mc;
     const ptrdiff_t mc = min_size(round_up((m + m_blocks - 1) / m_blocks, mr), round_up(m, mr));
     /* k splits into equal KC blocks (784 = 3 x 264, not 3 x 256 + 16): a thin
      * last block would pay a whole pass over C for a few terms. */
     const ptrdiff_t k_blocks = (k + kern->kc - 1) / kern->kc;
     const ptrdiff_t kc = min_size(round_up((k + k_blocks - 1) / k_blocks, 8), k);
-    const ptrdiff_t nc = min_size(kern->nc, round_up(n, nr));
+    /* with one A block, B is packed B_CHUNK_FLOATS at a time (below) */
+    const ptrdiff_t chunk = round_up(B_CHUNK_FLOATS / kc, nr);
+    const ptrdiff_t nc = min_size(m_blocks == 1 ? chunk : kern->nc, round_up(n, nr));
     float *a_packed = pynn_scratch(PYNN_SCRATCH_PACK_A, mc / mr * kern->a_stride * kc);
     float *b_packed = pynn_scratch(PYNN_SCRATCH_PACK_B, kc * nc);
     if (!a_packed || !b_packed) {
         gemm_unblocked(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, update);
+        return;
+    }
+    if (m_blocks == 1) {
+        /* A whole B panel (KC x NC, up to 4 MiB) would serve this one A block
+         * only, and by the time the macro-kernel reached most of it, it would
+         * have left L2 for L3. So A is packed once per KC block and B a chunk
+         * at a time, read from L2 right after its packing. Each tile's sums
+         * are the same as in the loop nest below. Medians of alternating
+         * calls on Zen 3, one thread, GFLOP/s (OpenBLAS in brackets):
+         * 64 x 3136 x 576 65 -> 70 (76), 144 x 4096 x 1024 72 -> 79 (82),
+         * 32 x 4096 x 2048 43 -> 49 (55), 96 x 2048 x 2048 75 -> 77 (80);
+         * as two MC blocks in the nest below, 256 x 3136 x 576 68 -> 71 (70)
+         * and 288 x 2048 x 2048 73 -> 75 (71). Two threads: 128 x 4096 x
+         * 1024 117 -> 128; 512^3 and 300^3 as before. Packing B once per MC
+         * block instead, beyond 2 MC rows, lost: 1024^3 85 -> 79. */
+        for (ptrdiff_t pc = 0; pc < k; pc += kc) {
+            const ptrdiff_t depth = min_size(kc, k - pc);
+            const float beta = pc == 0 ? update->beta : 1.0f;
+            const int last = pc + depth == k;
+            pack_a_block(kern, trans_a, a, lda, 0, pc, m, depth, a_packed);
+            for (ptrdiff_t jc = 0; jc < n; jc += nc) {
+                const ptrdiff_t cols = min_size(nc, n - jc);
+                pack_b_panel(kern, trans_b, b, ldb, pc, jc, depth, cols, b_packed);
+                macro_kernel(kern, m, cols, depth, a_packed, b_packed, c + jc, ldc, update,
+                             beta, last, 0, jc);
+            }
+        }
         return;
     }
     for (ptrdiff_t jc = 0; jc < n; jc += nc) {
@@ -187,16 +245,8 @@ static void gemm_blocked(const pynn_gemm_kernels *kern, int trans_a, int trans_b
             for (ptrdiff_t ic = 0; ic < m; ic += mc) {
                 const ptrdiff_t rows = min_size(mc, m - ic);
                 pack_a_block(kern, trans_a, a, lda, ic, pc, rows, depth, a_packed);
-                for (ptrdiff_t jr = 0; jr < cols; jr += nr) {
-                    const float *b_panel = b_packed + jr * depth;
-                    for (ptrdiff_t ir = 0; ir < rows; ir += mr) {
-                        pynn_tile_update tile = tile_update(update, beta, last, ic + ir, jc + jr);
-                        kern->packed(depth, a_packed + ir / mr * kern->a_stride * depth, 1,
-                                     kern->a_stride, b_panel, nr,
-                                     c + (ic + ir) * ldc + jc + jr, ldc,
-                                     min_size(mr, rows - ir), min_size(nr, cols - jr), &tile);
-                    }
-                }
+                macro_kernel(kern, rows, cols, depth, a_packed, b_packed, c + ic * ldc + jc, ldc,
+                             update, beta, last, ic, jc);
             }
         }
     }

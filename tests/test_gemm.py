@@ -212,8 +212,13 @@ def test_never_reads_past_the_operands(isa, m, n, k):
         assert_close(c, *reference(a, b, trans_a, trans_b))
 
 
+# 60 x 700 x 300 and 200 x 700 x 300 take the blocked path with all of m in
+# one A block (up to 2 MC rows), which packs B a chunk of columns at a time
+# (csrc/gemm.c, B_CHUNK_FLOATS): several chunks on every ISA and thread count,
+# each with its share of the biases.
 @pytest.mark.parametrize("m,n,k", [(1, 40, 30), (40, 1, 30), (7, 9, 13), (5, 6, 0), (70, 90, 300),
-                                   (32, 10, 50), (220, 400, 400), (13, 70, 3), (300, 230, 2)])
+                                   (32, 10, 50), (220, 400, 400), (13, 70, 3), (300, 230, 2),
+                                   (60, 700, 300), (200, 700, 300)])
 @pytest.mark.parametrize("relu", [False, True])
 def test_fused_bias_and_relu(isa, threads, m, n, k, relu):
     rng = np.random.default_rng(8)
