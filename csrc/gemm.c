@@ -16,7 +16,7 @@
  * every element's sum runs over k in the same order whatever the thread count.
  *
  * Shortcuts skip packing where it would cost more than it saves: GEMV
- * (m == 1 or n == 1); the rank-k update for k <= 4, written row by row; one
+ * (m == 1 or n == 1); the rank-k update for k <= 10, written row by row; one
  * GEMV per row when a transposed B has only a few rows; dot products for a
  * few rows of A against a transposed B; and small to middle problems, where
  * the micro-kernel reads A and B in place (B packed whole when transposed). */

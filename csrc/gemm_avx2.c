@@ -428,7 +428,13 @@ TARGET void pynn_gemm_rank_update_avx2(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, co
         case 1: rank_update_row(1, n, ai, a_k_step, b, ldb, ci, bias, &u); break;
         case 2: rank_update_row(2, n, ai, a_k_step, b, ldb, ci, bias, &u); break;
         case 3: rank_update_row(3, n, ai, a_k_step, b, ldb, ci, bias, &u); break;
-        default: rank_update_row(4, n, ai, a_k_step, b, ldb, ci, bias, &u); break;
+        case 4: rank_update_row(4, n, ai, a_k_step, b, ldb, ci, bias, &u); break;
+        case 5: rank_update_row(5, n, ai, a_k_step, b, ldb, ci, bias, &u); break;
+        case 6: rank_update_row(6, n, ai, a_k_step, b, ldb, ci, bias, &u); break;
+        case 7: rank_update_row(7, n, ai, a_k_step, b, ldb, ci, bias, &u); break;
+        case 8: rank_update_row(8, n, ai, a_k_step, b, ldb, ci, bias, &u); break;
+        case 9: rank_update_row(9, n, ai, a_k_step, b, ldb, ci, bias, &u); break;
+        default: rank_update_row(10, n, ai, a_k_step, b, ldb, ci, bias, &u); break;
         }
     }
 }

@@ -58,7 +58,7 @@ typedef void (*pynn_gemv_axpy)(ptrdiff_t cols, ptrdiff_t k, const float *x, ptrd
 typedef void (*pynn_gemm_dots)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a,
                                ptrdiff_t lda, const float *b, ptrdiff_t ldb, float *sums);
 
-/* C[i, j] = update(sum_p A(i, p) * B(p, j)) for i < m, j < n and k <= 4, with
+/* C[i, j] = update(sum_p A(i, p) * B(p, j)) for i < m, j < n and k <= 10, with
  * A(i, p) = a[i * a_row_step + p * a_k_step] and B(p, j) = b[p * ldb + j]:
  * the rank-k update (a batch-1 weight gradient is k = 1), written one row of
  * C at a time. */
@@ -66,8 +66,13 @@ typedef void (*pynn_gemm_rank_update)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, con
                                       ptrdiff_t a_row_step, ptrdiff_t a_k_step,
                                       const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
                                       const pynn_tile_update *update);
-/* The largest k a rank_update kernel takes. */
-#define PYNN_RANK_UPDATE_MAX_K 4
+/* The largest k a rank_update kernel takes. Row by row, one load of B feeds
+ * one FMA, where a 6 x 16 tile's k loop of a few steps is dwarfed by its setup
+ * and epilogue. Measured on Zen 3 against the tiles (AVX2, one thread, best
+ * and p25 of alternating calls, GFLOP/s): 128 x 128 x 10 46/45 -> 60/58,
+ * 512 x 784 x 10 47/46 -> 60/60, 128 x 784 x 8 40/39 -> 58/58; at k = 12
+ * mixed (128 x 784 50 -> 51, 1000 x 64 50 -> 49). */
+#define PYNN_RANK_UPDATE_MAX_K 10
 
 /* The transposing copy into micro-panels: `count` rows of a row-major matrix
  * (row r at src + r * ld, its first `depth` floats) become panels of `width`

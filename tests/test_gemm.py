@@ -61,7 +61,7 @@ SHAPES = [
     (11, 31, 255), (13, 33, 257), (25, 65, 2 * KC + 1), (97, 89, 83),
     (145, 129, 31), (289, 97, 64), (150, 130, 257), (5, 300, 200), (300, 5, 200),
     (200, 301, 599), (1, 700, 300), (700, 1, 300), (300, 10, 100),
-    # k <= 4: the rank-k update, row by row (on two threads from 2^16 elements)
+    # k <= 10: the rank-k update, row by row (on two threads from 2^16 elements)
     (256, 784, 1), (70, 13, 1), (9, 17, 4), (13, 70, 3), (300, 301, 2), (300, 230, 4),
 ]
 
@@ -236,6 +236,24 @@ def test_fused_bias_and_relu(isa, threads, m, n, k, relu):
             exact = np.maximum(exact, 0.0)
             assert np.all(c >= 0)
         assert_close(c, exact, bound)
+
+
+@pytest.mark.parametrize("k", range(1, 12))
+def test_rank_update_for_every_k(isa, threads, k):
+    # An untransposed B with k <= 10 rows goes row by row, one unrolled kernel
+    # per k (csrc/gemm_avx2.c); k = 11 is the tiles' again. 250 columns end in
+    # a masked vector; from k = 2, 300 x 250 is split across two threads.
+    rng = np.random.default_rng(k)
+    for trans_a in (0, 1):
+        a, b = operands(rng, 300, 250, k, trans_a, 0)
+        c = rng.standard_normal((300, 250)).astype(np.float32)
+        col_bias = rng.standard_normal(250).astype(np.float32)
+        row_bias = rng.standard_normal(300).astype(np.float32)
+        exact, bound = reference(a, b, trans_a, 0, 0.5, -1.5, c)
+        exact = exact + col_bias[None, :] + row_bias[:, None]
+        bound = bound + 2 * EPS32 * (np.abs(exact) + np.abs(col_bias)[None, :] + np.abs(row_bias)[:, None])
+        assert gemm.gemm(a, b, c, trans_a, False, 0.5, -1.5, col_bias, row_bias, True) is c
+        assert_close(c, np.maximum(exact, 0.0), bound)
 
 
 def test_relu_epilogue_keeps_nan(isa):
