@@ -52,8 +52,10 @@
  * gives the micro-kernel six floats per line, a new line at every k. Beyond
  * this many multiply-adds packing it pays, measured on Zen 3 (p25 of paired
  * runs, 1 thread): 128 x 256 x 512 67 against 56 GFLOP/s, 256 x 784 x 128
- * 78 against 75; even at 128 x 128 x 32 and 128 x 256 x 32 (2^20). */
-#define TRANSPOSED_A_IN_PLACE_WORK (1 << 20)
+ * 78 against 75; since B is packed in chunks for a single A block
+ * (gemm_blocked), also 128 x 256 x 32 (2^20) 70 -> 73 and 128 x 128 x 32
+ * 70 -> 72; even at 64 x 128 x 32 (2^18), 2-5% slower at 2^17. */
+#define TRANSPOSED_A_IN_PLACE_WORK (1 << 18)
 /* An untransposed B read in place whose rows are not 32-byte aligned has
  * half its 8-float loads straddle two cache lines (numpy's arrays often
  * start 16 bytes past a 32-byte boundary), and one whose width is not a

@@ -11,14 +11,15 @@ from pynn.ops import matmul
 from tests.helpers import EPS32
 
 # Block sizes of every path (csrc/gemm_*.c): shapes below straddle them.
-# MR 4/6/12, NR 8/16/32, MC 128/144/192, KC 256/256/512, NC 4096/4080/4096.
+# MR 4/6/12, NR 8/16/32, MC 128/144/192, KC 256/256/512, NC 4096/4080/4096;
+# up to 2 MC rows are one A block, with B packed in chunks (B_CHUNK_FLOATS).
 KC = 256
 # Beyond this many multiply-adds every ISA packs A and B when B would be read
 # in place and A is not transposed (in_place_work in csrc/gemm_*.c: 2^21
 # generic and AVX-512, 2^25 AVX2, 2^21 for a B with rows off 32-byte alignment
 # or a ragged width); below, read in place. (AVX2 reads A in
 # place up to 2^29 when it packs B whole; an A stored transposed is packed
-# from 2^20 on: test_every_block_edge's two cases stay on the blocked path.)
+# beyond 2^18: test_every_block_edge's two cases stay on the blocked path.)
 PACKED = 1 << 25
 
 
@@ -76,7 +77,8 @@ def test_matches_float64(isa, threads, m, n, k, trans_a, trans_b):
 
 
 @pytest.mark.parametrize("m,n,k", [(m, n, KC + 1) for m in (11, 12, 13) for n in (31, 32, 33)]
-                         + [(m, 520, 520) for m in (127, 129, 143, 145, 191, 193)]
+                         + [(m, 520, 520) for m in (127, 129, 143, 145, 191, 193,
+                                                    255, 257, 287, 289, 383, 385)]
                          + [(260, 520, k) for k in (KC - 1, KC + 1, 2 * KC - 1, 2 * KC + 1)]
                          + [(40, n, 210) for n in (4079, 4080, 4081, 4095, 4096, 4097)])
 def test_every_block_edge(isa, threads, m, n, k):
