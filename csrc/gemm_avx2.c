@@ -131,16 +131,19 @@ copy_tile(__m256 from[MR][2], __m256 to[MR][2])
     }
 }
 
-/* The full 6 x 16 tile's sums, packed or not, each in a function of its own
- * whose loops start on a 64-byte boundary. Inlined into the tile kernel
- * beside its setup and epilogue, the packed loop lost two of its twelve
- * accumulators to the stack (GCC's register allocation; 57-63 GFLOP/s at
- * 512^3 to 2048^3 against 88-90). And where the in-place loop starts
- * matters on the shared Zen 3 cores: one thread, alternating calls, medians
- * at 256^3 69-70 GFLOP/s when it began 16, 24 or 32 bytes past a 64-byte
- * boundary against 74-75 on one, and 128 x 256 x 784 (B transposed) 66-70
- * against 73-75; inlined, its place moved with any change to the code
- * around it. The sums go through memory: 24 moves a tile. */
+/* The 6 x 16 tile's k loop runs in a function of its own whose loops start
+ * on a 64-byte boundary. Inlined into the tile kernel beside the other
+ * shapes, the packed loop lost two of its twelve accumulators to the stack
+ * (GCC's register allocation; 57-63 GFLOP/s at 512^3 to 2048^3 against
+ * 88-90). And where the in-place loop starts matters on the shared Zen 3
+ * cores: one thread, alternating calls, medians at 256^3 69-70 GFLOP/s when
+ * it began 16, 24 or 32 bytes past a 64-byte boundary against 74-75 on one,
+ * and 128 x 256 x 784 (B transposed) 66-70 against 73-75; inlined, its place
+ * moved with any change to the code around it.
+ * A whole tile with alpha = 1 (whole_tile below) is stored from that
+ * function too. Any other 6-row tile (alpha != 1, or a packed one of 5 rows
+ * or 9 to 15 columns) returns its sums through memory, 24 moves, to the
+ * tile kernel's epilogue: */
 static __attribute__((noinline, aligned(64), optimize("align-loops=64"))) TARGET void
 full_tile_sums(ptrdiff_t k, const float *a, const float *b, __m256 sums[MR][2])
 {
@@ -156,6 +159,73 @@ full_tile_sums_in_place(ptrdiff_t k, const float *a, const ptrdiff_t row[MR], pt
     __m256 acc[MR][2] = {{_mm256_setzero_ps()}};
     strided_sums(k, a, row, a_k_step, b, b_k_step, NR, acc, MR, 2, 1);
     copy_tile(acc, sums);
+}
+
+/* C = acc + beta * C (C unread when beta == 0) + the biases, then ReLU: the
+ * epilogue of a whole 6 x 16 tile with alpha = 1, the same arithmetic as the
+ * tile kernel's, on sums still in registers. Against the sums returned
+ * through memory, medians of alternating calls on Zen 3, one thread, GFLOP/s:
+ * 32^3 64 -> 72, 64^3 84 -> 89, 512^3 76 -> 80, 2048^3 78 -> 82, 128 x 784 x
+ * 256 90 -> 92; a Linear layer's 128 x 256 x 784 with bias and ReLU even. */
+static inline __attribute__((always_inline)) TARGET void
+store_whole_tile(__m256 acc[MR][2], float *c, ptrdiff_t ldc, float beta, const float *col_bias,
+                 const float *row_bias, int relu)
+{
+    if (beta != 0.0f) {
+        const __m256 keep = _mm256_set1_ps(beta);
+        _Pragma("GCC unroll 16")
+        for (int i = 0; i < MR; i++) {
+            acc[i][0] = _mm256_fmadd_ps(keep, _mm256_loadu_ps(c + i * ldc), acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(keep, _mm256_loadu_ps(c + i * ldc + 8), acc[i][1]);
+        }
+    }
+    if (col_bias) {
+        const __m256 col0 = _mm256_loadu_ps(col_bias), col1 = _mm256_loadu_ps(col_bias + 8);
+        _Pragma("GCC unroll 16")
+        for (int i = 0; i < MR; i++) {
+            acc[i][0] = _mm256_add_ps(acc[i][0], col0);
+            acc[i][1] = _mm256_add_ps(acc[i][1], col1);
+        }
+    }
+    if (row_bias) {
+        _Pragma("GCC unroll 16")
+        for (int i = 0; i < MR; i++) {
+            const __m256 bias = _mm256_set1_ps(row_bias[i]);
+            acc[i][0] = _mm256_add_ps(acc[i][0], bias);
+            acc[i][1] = _mm256_add_ps(acc[i][1], bias);
+        }
+    }
+    if (relu) {  /* max(0, NaN) keeps the NaN, as PyTorch's relu */
+        _Pragma("GCC unroll 16")
+        for (int i = 0; i < MR; i++) {
+            acc[i][0] = _mm256_max_ps(_mm256_setzero_ps(), acc[i][0]);
+            acc[i][1] = _mm256_max_ps(_mm256_setzero_ps(), acc[i][1]);
+        }
+    }
+    _Pragma("GCC unroll 16")
+    for (int i = 0; i < MR; i++) {
+        _mm256_storeu_ps(c + i * ldc, acc[i][0]);
+        _mm256_storeu_ps(c + i * ldc + 8, acc[i][1]);
+    }
+}
+
+static __attribute__((noinline, aligned(64), optimize("align-loops=64"))) TARGET void
+whole_tile(ptrdiff_t k, const float *a, const float *b, float *c, ptrdiff_t ldc, float beta,
+           const float *col_bias, const float *row_bias, int relu)
+{
+    __m256 acc[MR][2] = {{_mm256_setzero_ps()}};
+    packed_sums(k, a, b, acc, MR, 2);
+    store_whole_tile(acc, c, ldc, beta, col_bias, row_bias, relu);
+}
+
+static __attribute__((noinline, aligned(64), optimize("align-loops=64"))) TARGET void
+whole_tile_in_place(ptrdiff_t k, const float *a, const ptrdiff_t row[MR], ptrdiff_t a_k_step,
+                    const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc, float beta,
+                    const float *col_bias, const float *row_bias, int relu)
+{
+    __m256 acc[MR][2] = {{_mm256_setzero_ps()}};
+    strided_sums(k, a, row, a_k_step, b, b_k_step, NR, acc, MR, 2, 1);
+    store_whole_tile(acc, c, ldc, beta, col_bias, row_bias, relu);
 }
 
 /* rows (2, 4 or MR) and vectors (1 or 2 of 8 columns) are constants at every
@@ -185,6 +255,15 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
         _mm_prefetch((const char *)(c + i * ldc + nr - 1), _MM_HINT_T0);
     }
     const int full = nr == NR;
+    if (rows == MR && vectors == 2 && mr == MR && full && update->alpha == 1.0f) {
+        if (packed)
+            whole_tile(k, a, b, c, ldc, update->beta, update->col_bias, update->row_bias,
+                       update->relu);
+        else
+            whole_tile_in_place(k, a, row, a_k_step, b, b_k_step, c, ldc, update->beta,
+                                update->col_bias, update->row_bias, update->relu);
+        return;
+    }
     if (rows == MR && vectors == 2 && (packed || full)) {
         /* acc's own address must not reach the call: GCC would then keep
          * every tile shape's accumulators in memory, storing them at each
