@@ -166,7 +166,12 @@ full_tile_sums_in_place(ptrdiff_t k, const float *a, const ptrdiff_t row[MR], pt
  * tile kernel's, on sums still in registers. Against the sums returned
  * through memory, medians of alternating calls on Zen 3, one thread, GFLOP/s:
  * 32^3 64 -> 72, 64^3 84 -> 89, 512^3 76 -> 80, 2048^3 78 -> 82, 128 x 784 x
- * 256 90 -> 92; a Linear layer's 128 x 256 x 784 with bias and ReLU even. */
+ * 256 90 -> 92; a Linear layer's 128 x 256 x 784 with bias and ReLU even.
+ * A copy of that epilogue, not a call to it: the tile kernel's general one
+ * (alpha, masks, fewer rows), inlined here with constant arguments, or
+ * rewritten step by step over the rows as this one is, still made GCC keep
+ * two of the twelve accumulators on the stack in the packed k loop above it
+ * (checked in the disassembly). */
 static inline __attribute__((always_inline)) TARGET void
 store_whole_tile(__m256 acc[MR][2], float *c, ptrdiff_t ldc, float beta, const float *col_bias,
                  const float *row_bias, int relu)
