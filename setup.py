@@ -9,6 +9,9 @@ Environment switches for developers:
   PYNN_CYTHON_DEBUG=1     bounds/wraparound checks on in every Cython module
   PYNN_SANITIZE=address,undefined   build with those sanitizers
   PYNN_NO_OPENMP=1        build without OpenMP (single-threaded kernels)
+  PYNN_EMULATE_AVX512=1   run the AVX-512 paths on an AVX2 CPU, their intrinsics
+                          emulated (tools/avx512_emulation.h): for testing them
+                          where the CPU has no AVX-512, never for a release
 """
 import os
 import shutil
@@ -35,6 +38,14 @@ EXTENSIONS = {
 }
 
 BASE_FLAGS = ["-O3", "-g0", "-fno-math-errno", "-fno-trapping-math", "-fvisibility=hidden"]
+
+
+def emulation_flags():
+    if not os.environ.get("PYNN_EMULATE_AVX512"):
+        return []
+    header = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tools", "avx512_emulation.h")
+    # -Wno-psabi: the emulated 512-bit vectors pass between inlined functions only
+    return ["-DPYNN_EMULATE_AVX512", "-include", header, "-Wno-psabi"]
 
 
 def sanitizer_flags():
@@ -70,7 +81,7 @@ class BuildExtWithOpenMP(build_ext):
     def build_extensions(self):
         openmp = self.openmp_flags()
         sanitize_compile, sanitize_link = sanitizer_flags()
-        compile_flags = list(BASE_FLAGS) + sanitize_compile
+        compile_flags = list(BASE_FLAGS) + sanitize_compile + emulation_flags()
         link_flags = list(sanitize_link)
         if openmp:
             compile_flags += openmp[0]

@@ -30,11 +30,15 @@ static int cpu_has_avx2_fma(void)
 
 static int cpu_has_avx512f(void)
 {
+#if defined(PYNN_EMULATE_AVX512)
+    return cpu_has_avx2_fma();  /* the emulation runs on AVX2 (cpu.h) */
+#else
     unsigned int eax, ebx, ecx, edx;
     if (!cpu_has_avx2_fma()) return 0;
     if ((read_xcr0() & (XCR0_SSE_AVX | XCR0_AVX512)) != (XCR0_SSE_AVX | XCR0_AVX512)) return 0;
     if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return 0;
     return (ebx >> 16) & 1;
+#endif
 }
 #endif
 

@@ -60,4 +60,16 @@ int pynn_openmp_enabled(void);
 #define PYNN_X86_64 1
 #endif
 
+/* The target attribute of each ISA's functions (never -march: one build
+ * serves every x86-64 CPU). A PYNN_EMULATE_AVX512 build (setup.py) compiles
+ * the AVX-512 functions for AVX2 instead, their intrinsics coming from
+ * tools/avx512_emulation.h, so the AVX-512 paths run, and are tested, on a
+ * CPU without AVX-512. */
+#define PYNN_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#if defined(PYNN_EMULATE_AVX512)
+#define PYNN_TARGET_AVX512 PYNN_TARGET_AVX2
+#else
+#define PYNN_TARGET_AVX512 __attribute__((target("avx512f")))
+#endif
+
 #endif

@@ -27,7 +27,7 @@
 #include <immintrin.h>
 #include <stdint.h>
 
-#define TARGET __attribute__((target("avx2,fma")))
+#define TARGET PYNN_TARGET_AVX2
 /* A packed A micro-panel holds 8 floats per k step, 6 of them A's: then the
  * k loop steps A and B (16 floats) with one index register, A's address
  * scaled by 4 and B's by 8, and adds one register per k step besides its 20

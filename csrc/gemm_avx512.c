@@ -25,7 +25,7 @@
 #if defined(PYNN_X86_64)
 #include <immintrin.h>
 
-#define TARGET __attribute__((target("avx512f")))
+#define TARGET PYNN_TARGET_AVX512
 enum { MR = 12, NR = 32 };
 
 

@@ -62,23 +62,23 @@ static void adam_generic(ptrdiff_t n, float *p, const float *g, float *m, float 
 { adam_range(n, p, g, m, v, decay, grad_wd, b1, b2, eps, step_size, bc2_sqrt); }
 
 #if defined(PYNN_X86_64)
-__attribute__((target("avx2,fma")))
+PYNN_TARGET_AVX2
 static void sgd_avx2(ptrdiff_t n, float *p, const float *g, float *b, float lr, float mu,
                      float wd, int nesterov)
 { sgd_range(n, p, g, b, lr, mu, wd, nesterov); }
 
-__attribute__((target("avx2,fma")))
+PYNN_TARGET_AVX2
 static void adam_avx2(ptrdiff_t n, float *p, const float *g, float *m, float *v, float decay,
                       float grad_wd, float b1, float b2, float eps,
                       float step_size, float bc2_sqrt)
 { adam_range(n, p, g, m, v, decay, grad_wd, b1, b2, eps, step_size, bc2_sqrt); }
 
-__attribute__((target("avx512f")))
+PYNN_TARGET_AVX512
 static void sgd_avx512(ptrdiff_t n, float *p, const float *g, float *b, float lr, float mu,
                        float wd, int nesterov)
 { sgd_range(n, p, g, b, lr, mu, wd, nesterov); }
 
-__attribute__((target("avx512f")))
+PYNN_TARGET_AVX512
 static void adam_avx512(ptrdiff_t n, float *p, const float *g, float *m, float *v, float decay,
                         float grad_wd, float b1, float b2, float eps,
                         float step_size, float bc2_sqrt)

@@ -24,8 +24,6 @@
 
 #if defined(PYNN_X86_64)
 #include <immintrin.h>
-#define PYNN_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#define PYNN_TARGET_AVX512 __attribute__((target("avx512f")))
 
 /* The mask of the first `count` of sixteen lanes: none for count <= 0, all
  * from 16 on (the tails of AVX-512 loops). */
