@@ -210,13 +210,10 @@ void pynn_softmax(const pynn_context *ctx, ptrdiff_t outer, ptrdiff_t length, pt
     ptrdiff_t tasks = (units + step - 1) / step;
     const int team = tasks > 1 && outer * length * inner >= PYNN_COSTLY_PARALLEL
                      ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-#ifdef _OPENMP
-    #pragma omp parallel for num_threads(team) if(team > 1)
-#endif
-    for (ptrdiff_t t = 0; t < tasks; t++) {
+    PYNN_PARALLEL_FOR(team, t, tasks, {
         ptrdiff_t first = t * step, last = first + step < units ? first + step : units;
         units_fn(first, last, length, inner, x, y, log_domain);
-    }
+    });
     pynn_team_end(ctx, team);
 }
 
@@ -231,12 +228,9 @@ void pynn_softmax_backward(const pynn_context *ctx, ptrdiff_t outer, ptrdiff_t l
     ptrdiff_t tasks = (units + step - 1) / step;
     const int team = tasks > 1 && outer * length * inner >= PYNN_COSTLY_PARALLEL
                      ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-#ifdef _OPENMP
-    #pragma omp parallel for num_threads(team) if(team > 1)
-#endif
-    for (ptrdiff_t t = 0; t < tasks; t++) {
+    PYNN_PARALLEL_FOR(team, t, tasks, {
         ptrdiff_t first = t * step, last = first + step < units ? first + step : units;
         units_fn(first, last, length, inner, dy, y, dx, log_domain);
-    }
+    });
     pynn_team_end(ctx, team);
 }

@@ -29,10 +29,7 @@ void pynn_batchnorm_train_forward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_
     const ptrdiff_t count = n * s;
     const int team = c > 1 && count * c >= PARALLEL_MIN_FLOATS
                      ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-#ifdef _OPENMP
-    #pragma omp parallel for num_threads(team) if(team > 1)
-#endif
-    for (ptrdiff_t j = 0; j < c; j++) {
+    PYNN_PARALLEL_FOR(team, j, c, {
         double sum = 0.0, squares = 0.0;
         for (ptrdiff_t i = 0; i < n; i++) {
             const float *row = x + (i * c + j) * s;
@@ -56,7 +53,7 @@ void pynn_batchnorm_train_forward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_
             running_var[j] = (float)((1.0 - factor) * running_var[j] + factor * unbiased);
         }
         normalise_channel(n, c, s, j, x, average, inverse, weight[j], bias[j], y);
-    }
+    });
     pynn_team_end(ctx, team);
 }
 
@@ -67,13 +64,10 @@ void pynn_batchnorm_eval_forward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_t
 {
     const int team = c > 1 && n * s * c >= PARALLEL_MIN_FLOATS
                      ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-#ifdef _OPENMP
-    #pragma omp parallel for num_threads(team) if(team > 1)
-#endif
-    for (ptrdiff_t j = 0; j < c; j++) {
+    PYNN_PARALLEL_FOR(team, j, c, {
         const double inverse = 1.0 / sqrt((double)running_var[j] + (double)eps);
         normalise_channel(n, c, s, j, x, running_mean[j], inverse, weight[j], bias[j], y);
-    }
+    });
     pynn_team_end(ctx, team);
 }
 
@@ -85,10 +79,7 @@ void pynn_batchnorm_backward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_t c, 
     const ptrdiff_t count = n * s;
     const int team = c > 1 && count * c >= PARALLEL_MIN_FLOATS
                      ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-#ifdef _OPENMP
-    #pragma omp parallel for num_threads(team) if(team > 1)
-#endif
-    for (ptrdiff_t j = 0; j < c; j++) {
+    PYNN_PARALLEL_FOR(team, j, c, {
         double grad_sum = 0.0, grad_dot = 0.0;
         const double centre = mean[j], inverse = invstd[j];
         for (ptrdiff_t i = 0; i < n; i++) {
@@ -111,6 +102,6 @@ void pynn_batchnorm_backward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_t c, 
             for (ptrdiff_t k = 0; k < s; k++)
                 out[k] = scale * (g[k] - mean_grad - (row[k] - centre_f) * slope);
         }
-    }
+    });
     pynn_team_end(ctx, team);
 }

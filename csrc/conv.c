@@ -437,14 +437,11 @@ static void unfold(const pynn_context *ctx, const pynn_conv_shape *s, const unfo
     typeof(&unfold_channel_generic) unfold_one = PYNN_PICK(ctx->isa, unfold_channel);
     const int team = tasks > 1 && ld * kernel * channels >= PARALLEL_MIN_FLOATS
                      ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-#ifdef _OPENMP
-    #pragma omp parallel for num_threads(team) if(team > 1)
-#endif
-    for (ptrdiff_t t = 0; t < tasks; t++) {
+    PYNN_PARALLEL_FOR(team, t, tasks, {
         ptrdiff_t b = t / channels, c = t % channels;
         unfold_one(s, plan, x + ((first + b) * channels + c) * hw, col + c * kernel * ld + b * p,
                    ld, oh0, oh1);
-    }
+    });
     pynn_team_end(ctx, team);
 }
 
@@ -457,13 +454,10 @@ static void fold(const pynn_context *ctx, const pynn_conv_shape *s, const unfold
     typeof(&fold_channel_generic) fold_one = PYNN_PICK(ctx->isa, fold_channel);
     const int team = tasks > 1 && ld * kernel * channels >= PARALLEL_MIN_FLOATS
                      ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-#ifdef _OPENMP
-    #pragma omp parallel for num_threads(team) if(team > 1)
-#endif
-    for (ptrdiff_t t = 0; t < tasks; t++) {
+    PYNN_PARALLEL_FOR(team, t, tasks, {
         ptrdiff_t b = t / channels, c = t % channels;
         fold_one(s, plan, col + c * kernel * ld + b * p, ld, dx + ((first + b) * channels + c) * hw);
-    }
+    });
     pynn_team_end(ctx, team);
 }
 
@@ -474,10 +468,7 @@ static void unstage(const pynn_context *ctx, const float *staged, ptrdiff_t chan
     const ptrdiff_t tasks = images * channels, ld = images * p;
     const int team = tasks * p >= 4 * PARALLEL_MIN_FLOATS
                      ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-#ifdef _OPENMP
-    #pragma omp parallel for num_threads(team) if(team > 1)
-#endif
-    for (ptrdiff_t t = 0; t < tasks; t++) {
+    PYNN_PARALLEL_FOR(team, t, tasks, {
         ptrdiff_t b = t / channels, c = t % channels;
         float *image = y + t * p;
         float *row = (float *)staged + c * ld + b * p;
@@ -485,7 +476,7 @@ static void unstage(const pynn_context *ctx, const float *staged, ptrdiff_t chan
             memcpy(image, row, (size_t)p * sizeof(float));
         else
             memcpy(row, image, (size_t)p * sizeof(float));
-    }
+    });
     pynn_team_end(ctx, team);
 }
 
@@ -715,11 +706,9 @@ static void direct_forward(const pynn_context *ctx, const pynn_conv_shape *s, co
     const int relu = activation == PYNN_ACTIVATION_RELU;
     const int team = s->batch > 1 && s->batch * out_size >= PARALLEL_MIN_FLOATS
                      ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-#ifdef _OPENMP
-    #pragma omp parallel for num_threads(team) if(team > 1)
-#endif
-    for (ptrdiff_t n = 0; n < s->batch; n++)
+    PYNN_PARALLEL_FOR(team, n, s->batch, {
         direct_image(s, x + n * image_size, weight, bias, relu, y + n * out_size);
+    });
     pynn_team_end(ctx, team);
 }
 #endif
@@ -747,15 +736,12 @@ int pynn_conv2d_forward(const pynn_context *ctx, const pynn_conv_shape *s, const
     /* Without the team (another call holds it) the chunks run in turn here,
      * in slot 0's scratch; each chunk's outputs are the same either way. */
     const int team = slots > 1 ? pynn_team_begin(ctx, slots) : 1;
-#ifdef _OPENMP
-    #pragma omp parallel for num_threads(team) schedule(static) if(team > 1)
-#endif
-    for (ptrdiff_t c = 0; c < chunks; c++) {
+    PYNN_PARALLEL_FOR(team, c, chunks, {
         ptrdiff_t first = c * images;
         ptrdiff_t count = s->batch - first < images ? s->batch - first : images;
         forward_chunk(inner, s, &plan, x, weight, bias, activation, y, first, count,
                       scratch_space + (team > 1 ? slot() : 0) * per_slot);
-    }
+    });
     pynn_team_end(ctx, team);
     free(owned);
     plan_free(&plan);
@@ -769,10 +755,7 @@ static void bias_gradient(const pynn_context *ctx, const pynn_conv_shape *s, con
     const ptrdiff_t p = plane(s), oc = s->out_channels;
     const int team = oc > 1 && s->batch * oc * p >= 4 * PARALLEL_MIN_FLOATS
                      ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-#ifdef _OPENMP
-    #pragma omp parallel for num_threads(team) if(team > 1)
-#endif
-    for (ptrdiff_t o = 0; o < oc; o++) {
+    PYNN_PARALLEL_FOR(team, o, oc, {
         double total = 0.0;
         for (ptrdiff_t n = 0; n < s->batch; n++) {
             const float *row = dy + (n * oc + o) * p;
@@ -781,7 +764,7 @@ static void bias_gradient(const pynn_context *ctx, const pynn_conv_shape *s, con
             total += sum;
         }
         dbias[o] = (float)total;
-    }
+    });
     pynn_team_end(ctx, team);
 }
 
@@ -806,29 +789,23 @@ int pynn_conv2d_backward(const pynn_context *ctx, const pynn_conv_shape *s, cons
     const pynn_context *inner = slots > 1 ? &single : ctx;
     /* As in the forward pass: without the team the chunks run in turn here. */
     const int team = slots > 1 ? pynn_team_begin(ctx, slots) : 1;
-#ifdef _OPENMP
-    #pragma omp parallel for num_threads(team) schedule(static) if(team > 1)
-#endif
-    for (ptrdiff_t c = 0; c < chunks; c++) {
+    PYNN_PARALLEL_FOR(team, c, chunks, {
         ptrdiff_t first = c * images;
         ptrdiff_t count = s->batch - first < images ? s->batch - first : images;
         float *share = !dweight ? NULL : chunks > 1 ? partials + c * wsize : dweight;
         backward_chunk(inner, s, &plan, dy, x, weight, dx, share, first, count,
                        scratch_space + (team > 1 ? slot() : 0) * per_slot);
-    }
+    });
     pynn_team_end(ctx, team);
     if (dweight && chunks > 1) {
         /* dW = Σ over chunks in chunk order, whatever thread computed each */
         const int merge_team = wsize * chunks >= 4 * PARALLEL_MIN_FLOATS
                                ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-#ifdef _OPENMP
-        #pragma omp parallel for num_threads(merge_team) if(merge_team > 1)
-#endif
-        for (ptrdiff_t i = 0; i < wsize; i++) {
+        PYNN_PARALLEL_FOR(merge_team, i, wsize, {
             float sum = partials[i];
             for (ptrdiff_t c = 1; c < chunks; c++) sum += partials[c * wsize + i];
             dweight[i] = sum;
-        }
+        });
         pynn_team_end(ctx, merge_team);
     }
     free(owned);

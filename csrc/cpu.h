@@ -44,6 +44,40 @@ static inline void pynn_team_end(const pynn_context *ctx, int team)
     if (team > 1 && ctx->team_busy) atomic_store_explicit(ctx->team_busy, 0, memory_order_release);
 }
 
+/* Parallel regions that cost nothing when they would run on one thread: a
+ * region that an if clause keeps on one thread still costs 0.4-0.5 us on
+ * Zen 3, as long as a small call's whole work. Each body is a
+ * { compound statement }.
+ * PYNN_PARALLEL_FOR: for (ptrdiff_t index = 0; index < count; index++) body,
+ * the iterations shared statically among `team` threads (a
+ * pynn_team_begin's), or a plain loop when the team is one thread.
+ * PYNN_PARALLEL: body run by each of `team` threads, or once by this one. */
+#ifdef _OPENMP
+#define PYNN_PRAGMA(text) _Pragma(#text)
+#define PYNN_PARALLEL_FOR(team, index, count, ...)                                  \
+    do {                                                                             \
+        if ((team) > 1) {                                                            \
+            PYNN_PRAGMA(omp parallel for num_threads(team) schedule(static))         \
+            for (ptrdiff_t index = 0; index < (count); index++) __VA_ARGS__          \
+        } else {                                                                     \
+            for (ptrdiff_t index = 0; index < (count); index++) __VA_ARGS__          \
+        }                                                                            \
+    } while (0)
+#define PYNN_PARALLEL(team, ...)                                                     \
+    do {                                                                             \
+        if ((team) > 1) {                                                            \
+            PYNN_PRAGMA(omp parallel num_threads(team))                              \
+            __VA_ARGS__                                                              \
+        } else {                                                                     \
+            __VA_ARGS__                                                              \
+        }                                                                            \
+    } while (0)
+#else
+#define PYNN_PARALLEL_FOR(team, index, count, ...) \
+    do { (void)(team); for (ptrdiff_t index = 0; index < (count); index++) __VA_ARGS__ } while (0)
+#define PYNN_PARALLEL(team, ...) do { (void)(team); __VA_ARGS__ } while (0)
+#endif
+
 /* Is the path compiled into this build (x86-64 builds carry all three). */
 int pynn_isa_compiled(pynn_isa isa);
 /* Does this CPU and its OS support the path (CPUID and XGETBV both agree). */

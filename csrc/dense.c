@@ -66,13 +66,10 @@ void pynn_column_sums(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t cols,
     ptrdiff_t blocks = (cols + COLUMN_BLOCK - 1) / COLUMN_BLOCK;
     const int team = blocks > 1 && rows * cols >= PARALLEL_MIN_ELEMENTS
                      ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-#ifdef _OPENMP
-    #pragma omp parallel for num_threads(team) if(team > 1)
-#endif
-    for (ptrdiff_t b = 0; b < blocks; b++) {
+    PYNN_PARALLEL_FOR(team, b, blocks, {
         ptrdiff_t first = b * COLUMN_BLOCK;
         fn(rows, cols, first, first + COLUMN_BLOCK < cols ? first + COLUMN_BLOCK : cols, dy, db);
-    }
+    });
     pynn_team_end(ctx, team);
 }
 
@@ -89,14 +86,11 @@ void pynn_relu_mask_column_sums(const pynn_context *ctx, ptrdiff_t rows, ptrdiff
     ptrdiff_t blocks = (cols + COLUMN_BLOCK - 1) / COLUMN_BLOCK;
     const int team = blocks > 1 && rows * cols >= PARALLEL_MIN_ELEMENTS
                      ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-#ifdef _OPENMP
-    #pragma omp parallel for num_threads(team) if(team > 1)
-#endif
-    for (ptrdiff_t b = 0; b < blocks; b++) {
+    PYNN_PARALLEL_FOR(team, b, blocks, {
         ptrdiff_t first = b * COLUMN_BLOCK;
         fn(rows, cols, first, first + COLUMN_BLOCK < cols ? first + COLUMN_BLOCK : cols,
            dy, y, dz, db);
-    }
+    });
     pynn_team_end(ctx, team);
 }
 
@@ -105,11 +99,9 @@ void pynn_embedding_gather(const pynn_context *ctx, ptrdiff_t count, ptrdiff_t d
 {
     const int team = count * dim >= PARALLEL_MIN_ELEMENTS
                      ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-#ifdef _OPENMP
-    #pragma omp parallel for num_threads(team) if(team > 1)
-#endif
-    for (ptrdiff_t i = 0; i < count; i++)
+    PYNN_PARALLEL_FOR(team, i, count, {
         memcpy(out + i * dim, weight + index[i] * dim, (size_t)dim * sizeof(float));
+    });
     pynn_team_end(ctx, team);
 }
 

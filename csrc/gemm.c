@@ -340,18 +340,10 @@ static void gemv(const pynn_gemm_kernels *kern, int threads, int dot_form,
     const int parts = threads > 1 && (double)count * (double)k >= GEMV_PARALLEL_WORK ? threads : 1;
     const ptrdiff_t chunk = min_size(GEMV_CHUNK, round_up((count + parts - 1) / parts, 16));
     const ptrdiff_t chunks = (count + chunk - 1) / chunk;
-#ifdef _OPENMP
-    if (parts > 1 && chunks > 1) {
-#pragma omp parallel for num_threads(parts) schedule(static)
-        for (ptrdiff_t index = 0; index < chunks; index++)
-            gemv_chunk(kern, dot_form, index * chunk, min_size(chunk, count - index * chunk), k,
-                       x, ldx, v, v_step, c, c_step, output_is_row, update);
-        return;
-    }
-#endif
-    for (ptrdiff_t index = 0; index < chunks; index++)
+    PYNN_PARALLEL_FOR(chunks > 1 ? parts : 1, index, chunks, {
         gemv_chunk(kern, dot_form, index * chunk, min_size(chunk, count - index * chunk), k,
                    x, ldx, v, v_step, c, c_step, output_is_row, update);
+    });
 }
 
 /* m == 1 or n == 1 with a unit-step vector where the dot form needs one. */
@@ -398,8 +390,7 @@ static void dots_chunk(const pynn_gemm_kernels *kern, ptrdiff_t j0, ptrdiff_t co
 /* C = A Bᵀ for a few rows of A as dot products of their rows with B's (batch-8
  * inference): B is read once, where a tile would first pack all of it.
  * Threads take chunks of B's rows, multiples of the AVX2 kernel's 3 columns;
- * each sum is the same for any count. As in gemv, one thread opens no
- * parallel region: even one its if clause keeps on one thread costs ~0.45 us. */
+ * each sum is the same for any count. */
 static void few_rows_dots(const pynn_gemm_kernels *kern, int threads,
                           ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                           const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb,
@@ -408,18 +399,10 @@ static void few_rows_dots(const pynn_gemm_kernels *kern, int threads,
     const ptrdiff_t per_part = (n + threads - 1) / threads;
     const ptrdiff_t chunk = min_size(GEMV_CHUNK / m / 3 * 3, round_up(per_part, 3));
     const ptrdiff_t chunks = (n + chunk - 1) / chunk;
-#ifdef _OPENMP
-    if (threads > 1 && chunks > 1) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-        for (ptrdiff_t index = 0; index < chunks; index++)
-            dots_chunk(kern, index * chunk, min_size(chunk, n - index * chunk), m, k, a, lda, b,
-                       ldb, c, ldc, update);
-        return;
-    }
-#endif
-    for (ptrdiff_t index = 0; index < chunks; index++)
+    PYNN_PARALLEL_FOR(chunks > 1 ? threads : 1, index, chunks, {
         dots_chunk(kern, index * chunk, min_size(chunk, n - index * chunk), m, k, a, lda, b, ldb,
                    c, ldc, update);
+    });
 }
 
 /* Rows i0 to i0 + rows of rank_update below. */
@@ -434,25 +417,18 @@ static void rank_update_slab(const pynn_gemm_kernels *kern, ptrdiff_t i0, ptrdif
 }
 
 /* C = op(A) B for k <= PYNN_RANK_UPDATE_MAX_K, B's rows contiguous: the cost
- * is writing C, so it goes row by row. Threads take slabs of rows; one thread
- * opens no parallel region, as in gemv. */
+ * is writing C, so it goes row by row. Threads take slabs of rows. */
 static void rank_update(const pynn_gemm_kernels *kern, int threads, int trans_a,
                         ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                         const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb,
                         float *c, ptrdiff_t ldc, const pynn_tile_update *update)
 {
     const ptrdiff_t a_row_step = trans_a ? 1 : lda, a_k_step = trans_a ? lda : 1;
-    const ptrdiff_t slab = (m + threads - 1) / threads;
-#ifdef _OPENMP
-    if (threads > 1 && slab < m) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-        for (ptrdiff_t i0 = 0; i0 < m; i0 += slab)
-            rank_update_slab(kern, i0, min_size(slab, m - i0), n, k, a, a_row_step, a_k_step, b,
-                             ldb, c, ldc, update);
-        return;
-    }
-#endif
-    rank_update_slab(kern, 0, m, n, k, a, a_row_step, a_k_step, b, ldb, c, ldc, update);
+    const ptrdiff_t slab = (m + threads - 1) / threads, slabs = (m + slab - 1) / slab;
+    PYNN_PARALLEL_FOR(slabs > 1 ? threads : 1, index, slabs, {
+        rank_update_slab(kern, index * slab, min_size(slab, m - index * slab), n, k, a,
+                         a_row_step, a_k_step, b, ldb, c, ldc, update);
+    });
 }
 
 /* C = op(A) Bᵀ one row at a time: row i of C is the GEMV B a_i. */
@@ -461,21 +437,10 @@ static void narrow_rows(const pynn_gemm_kernels *kern, int threads,
                         const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb,
                         float *c, ptrdiff_t ldc, const pynn_tile_update *update)
 {
-    (void)threads;  /* without OpenMP */
-#ifdef _OPENMP
-    if (threads > 1) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-        for (ptrdiff_t i = 0; i < m; i++) {
-            pynn_tile_update row = tile_update(update, update->beta, 1, i, 0);
-            gemv(kern, 1, 1, n, k, b, ldb, a + i * lda, 1, c + i * ldc, 1, 1, &row);
-        }
-        return;
-    }
-#endif
-    for (ptrdiff_t i = 0; i < m; i++) {
+    PYNN_PARALLEL_FOR(threads, i, m, {
         pynn_tile_update row = tile_update(update, update->beta, 1, i, 0);
         gemv(kern, 1, 1, n, k, b, ldb, a + i * lda, 1, c + i * ldc, 1, 1, &row);
-    }
+    });
 }
 
 static void sgemm_on(const pynn_context *ctx, int trans_a, int trans_b,

@@ -59,14 +59,11 @@ int pynn_cross_entropy(const pynn_context *ctx, ptrdiff_t n, ptrdiff_t classes,
     ptrdiff_t blocks = (n + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
     const int team = blocks > 1 && n * classes >= PARALLEL_MIN_ELEMENTS
                      ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-#ifdef _OPENMP
-    #pragma omp parallel for num_threads(team) if(team > 1)
-#endif
-    for (ptrdiff_t b = 0; b < blocks; b++) {
+    PYNN_PARALLEL_FOR(team, b, blocks, {
         ptrdiff_t first = b * ROWS_PER_BLOCK;
         ptrdiff_t last = first + ROWS_PER_BLOCK < n ? first + ROWS_PER_BLOCK : n;
         rows_fn(first, last, classes, logits, target, grad, inv_n, row_loss + first);
-    }
+    });
     pynn_team_end(ctx, team);
     double total = 0.0;
     for (ptrdiff_t i = 0; i < n; i++) total += row_loss[i];

@@ -112,20 +112,15 @@ static ptrdiff_t total_size(ptrdiff_t count, const ptrdiff_t *sizes)
     return total;
 }
 
-/* One parallel region for all tensors: each thread takes its share of every
- * tensor's chunks and moves on without waiting (nowait), so a step costs one
- * fork/join however many tensors the model has. */
-void pynn_sgd_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *sizes,
-                   float *const *params, const float *const *grads,
-                   float *const *momentum_buffers, float lr, float momentum,
-                   float weight_decay, int nesterov)
+/* Every tensor's chunks, run by each thread of a team: each thread takes its
+ * share of every tensor's chunks and moves on without waiting (nowait), so a
+ * step costs one fork/join however many tensors the model has. Outside a
+ * parallel region the one thread runs every chunk. */
+static void sgd_tensors(sgd_fn step, ptrdiff_t count, const ptrdiff_t *sizes,
+                        float *const *params, const float *const *grads,
+                        float *const *momentum_buffers, float lr, float momentum,
+                        float weight_decay, int nesterov)
 {
-    sgd_fn step = choose_sgd(ctx->isa);
-    const int team = total_size(count, sizes) >= PARALLEL_MIN_ELEMENTS
-                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(team) if(team > 1)
-#endif
     for (ptrdiff_t i = 0; i < count; i++) {
         ptrdiff_t n = sizes[i], chunks = (n + CHUNK - 1) / CHUNK;
 #ifdef _OPENMP
@@ -138,21 +133,31 @@ void pynn_sgd_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *si
                  lr, momentum, weight_decay, nesterov);
         }
     }
+}
+
+void pynn_sgd_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *sizes,
+                   float *const *params, const float *const *grads,
+                   float *const *momentum_buffers, float lr, float momentum,
+                   float weight_decay, int nesterov)
+{
+    sgd_fn step = choose_sgd(ctx->isa);
+    const int team = total_size(count, sizes) >= PARALLEL_MIN_ELEMENTS
+                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
+    PYNN_PARALLEL(team, {
+        sgd_tensors(step, count, sizes, params, grads, momentum_buffers, lr, momentum,
+                    weight_decay, nesterov);
+    });
     pynn_team_end(ctx, team);
 }
 
-void pynn_adam_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *sizes,
-                    float *const *params, const float *const *grads, float *const *exp_avgs,
-                    float *const *exp_avg_sqs, const float *step_sizes,
-                    const float *bias_corrections2_sqrt, float decay, float grad_weight_decay,
-                    float beta1, float beta2, float eps)
+/* As sgd_tensors. */
+static void adam_tensors(adam_fn step, ptrdiff_t count, const ptrdiff_t *sizes,
+                         float *const *params, const float *const *grads,
+                         float *const *exp_avgs, float *const *exp_avg_sqs,
+                         const float *step_sizes, const float *bias_corrections2_sqrt,
+                         float decay, float grad_weight_decay, float beta1, float beta2,
+                         float eps)
 {
-    adam_fn step = choose_adam(ctx->isa);
-    const int team = total_size(count, sizes) >= PARALLEL_MIN_ELEMENTS
-                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(team) if(team > 1)
-#endif
     for (ptrdiff_t i = 0; i < count; i++) {
         ptrdiff_t n = sizes[i], chunks = (n + CHUNK - 1) / CHUNK;
 #ifdef _OPENMP
@@ -165,5 +170,20 @@ void pynn_adam_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *s
                  step_sizes[i], bias_corrections2_sqrt[i]);
         }
     }
+}
+
+void pynn_adam_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *sizes,
+                    float *const *params, const float *const *grads, float *const *exp_avgs,
+                    float *const *exp_avg_sqs, const float *step_sizes,
+                    const float *bias_corrections2_sqrt, float decay, float grad_weight_decay,
+                    float beta1, float beta2, float eps)
+{
+    adam_fn step = choose_adam(ctx->isa);
+    const int team = total_size(count, sizes) >= PARALLEL_MIN_ELEMENTS
+                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
+    PYNN_PARALLEL(team, {
+        adam_tensors(step, count, sizes, params, grads, exp_avgs, exp_avg_sqs, step_sizes,
+                     bias_corrections2_sqrt, decay, grad_weight_decay, beta1, beta2, eps);
+    });
     pynn_team_end(ctx, team);
 }

@@ -196,10 +196,7 @@ void pynn_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
     typeof(&plane_max_2x2_generic) plane_max = PYNN_PICK(ctx->isa, plane_max_2x2);
     const int team = s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS
                      ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-#ifdef _OPENMP
-    #pragma omp parallel for num_threads(team) if(team > 1)
-#endif
-    for (ptrdiff_t p = 0; p < s->planes; p++) {
+    PYNN_PARALLEL_FOR(team, p, s->planes, {
         const float *image = x + p * in_plane;
         float *out = y + p * out_plane;
         int64_t *index = argmax ? argmax + p * out_plane : NULL;
@@ -225,7 +222,7 @@ void pynn_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
                 out[oh * s->out_w + ow] = best >= 0 ? image[best] : -INFINITY;
                 if (index) index[oh * s->out_w + ow] = best;
             }
-    }
+    });
     pynn_team_end(ctx, team);
 }
 
@@ -235,17 +232,14 @@ void pynn_max_pool2d_scatter(const pynn_context *ctx, const pynn_pool_shape *s,
     const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
     const int team = s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS
                      ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-#ifdef _OPENMP
-    #pragma omp parallel for num_threads(team) if(team > 1)
-#endif
-    for (ptrdiff_t p = 0; p < s->planes; p++) {
+    PYNN_PARALLEL_FOR(team, p, s->planes, {
         const float *grad = dy + p * out_plane;
         const int64_t *index = argmax + p * out_plane;
         float *out = dx + p * in_plane;
         memset(out, 0, (size_t)in_plane * sizeof(float));
         for (ptrdiff_t i = 0; i < out_plane; i++)
             if (index[i] >= 0) out[index[i]] += grad[i];
-    }
+    });
     pynn_team_end(ctx, team);
 }
 
@@ -257,10 +251,7 @@ void pynn_max_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
     typeof(&row_max_generic) row_max = PYNN_PICK(ctx->isa, row_max);
     const int team = s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS
                      ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-#ifdef _OPENMP
-    #pragma omp parallel for num_threads(team) if(team > 1)
-#endif
-    for (ptrdiff_t p = 0; p < s->planes; p++) {
+    PYNN_PARALLEL_FOR(team, p, s->planes, {
         const float *image = x + p * in_plane, *grad = dy + p * out_plane;
         float *out = dx + p * in_plane;
         memset(out, 0, (size_t)in_plane * sizeof(float));
@@ -280,7 +271,7 @@ void pynn_max_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
                 ptrdiff_t best = window_argmax(s, image, oh, ow);
                 if (best >= 0) out[best] += grad[oh * s->out_w + ow];
             }
-    }
+    });
     pynn_team_end(ctx, team);
 }
 
@@ -315,10 +306,7 @@ void pynn_avg_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
     const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
     const int team = s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS
                      ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-#ifdef _OPENMP
-    #pragma omp parallel for num_threads(team) if(team > 1)
-#endif
-    for (ptrdiff_t p = 0; p < s->planes; p++) {
+    PYNN_PARALLEL_FOR(team, p, s->planes, {
         const float *image = x + p * in_plane;
         float *out = y + p * out_plane;
         for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
@@ -329,7 +317,7 @@ void pynn_avg_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
                     for (ptrdiff_t iw = w.w0; iw < w.w1; iw++) sum += image[ih * s->width + iw];
                 out[oh * s->out_w + ow] = sum * w.scale;
             }
-    }
+    });
     pynn_team_end(ctx, team);
 }
 
@@ -339,10 +327,7 @@ void pynn_avg_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
     const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
     const int team = s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS
                      ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-#ifdef _OPENMP
-    #pragma omp parallel for num_threads(team) if(team > 1)
-#endif
-    for (ptrdiff_t p = 0; p < s->planes; p++) {
+    PYNN_PARALLEL_FOR(team, p, s->planes, {
         const float *grad = dy + p * out_plane;
         float *out = dx + p * in_plane;
         memset(out, 0, (size_t)in_plane * sizeof(float));
@@ -353,7 +338,7 @@ void pynn_avg_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
                 for (ptrdiff_t ih = w.h0; ih < w.h1; ih++)
                     for (ptrdiff_t iw = w.w0; iw < w.w1; iw++) out[ih * s->width + iw] += share;
             }
-    }
+    });
     pynn_team_end(ctx, team);
 }
 
@@ -362,15 +347,12 @@ void pynn_global_avg_pool2d_forward(const pynn_context *ctx, ptrdiff_t planes, p
 {
     const int team = planes > 1 && planes * size >= PARALLEL_MIN_FLOATS
                      ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-#ifdef _OPENMP
-    #pragma omp parallel for num_threads(team) if(team > 1)
-#endif
-    for (ptrdiff_t p = 0; p < planes; p++) {
+    PYNN_PARALLEL_FOR(team, p, planes, {
         const float *image = x + p * size;
         float sum = 0.0f;
         for (ptrdiff_t i = 0; i < size; i++) sum += image[i];
         y[p] = sum / (float)size;
-    }
+    });
     pynn_team_end(ctx, team);
 }
 
@@ -379,13 +361,10 @@ void pynn_global_avg_pool2d_backward(const pynn_context *ctx, ptrdiff_t planes, 
 {
     const int team = planes > 1 && planes * size >= PARALLEL_MIN_FLOATS
                      ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-#ifdef _OPENMP
-    #pragma omp parallel for num_threads(team) if(team > 1)
-#endif
-    for (ptrdiff_t p = 0; p < planes; p++) {
+    PYNN_PARALLEL_FOR(team, p, planes, {
         float share = dy[p] / (float)size;
         float *out = dx + p * size;
         for (ptrdiff_t i = 0; i < size; i++) out[i] = share;
-    }
+    });
     pynn_team_end(ctx, team);
 }
