@@ -5,8 +5,9 @@
 
 The 784-256-128-10 MLP scores a row-chunked dask.array generated on the
 workers (10 million rows are 31 GB of float32: they never exist in one
-place). The model is scattered to every worker once; each worker predicts on
-as many pynn threads as it has Dask threads. Without --scheduler a
+place). The model is scattered once, and each worker fetches it when a task
+there first needs it; each worker predicts on as many pynn threads as it has
+Dask threads. Without --scheduler a
 LocalCluster of processes is started and shut down here.
 """
 import argparse

@@ -105,7 +105,8 @@ def _predict_block(block, model, batch_size):
 def dask_predict(model, X, batch_size=None):
     """``model.predict`` over a row-chunked ``dask.array`` (a numpy array is
     chunked here), lazily, on the current ``distributed.Client``. The model is
-    scattered to every worker once; tasks refer to it, never embed it."""
+    scattered once and tasks refer to it, never embed it: a worker fetches it
+    when a task there first needs it."""
     from pynn.sequential import Sequential
 
     da = _require("dask.array", "dask")
@@ -139,7 +140,10 @@ def dask_predict(model, X, batch_size=None):
         extra["drop_axis"] = list(range(len(out_shape), X.ndim))
     elif X.ndim < len(out_shape):
         extra["new_axis"] = list(range(X.ndim, len(out_shape)))
-    scattered = client.scatter(model, broadcast=True, hash=False)
+    # Not broadcast: Dask's Active Memory Manager (on by default) drops replicas
+    # no task is waiting for yet, so a copy on every worker would be fetched
+    # again anyway once the graph runs.
+    scattered = client.scatter(model, hash=False)
     return X.map_blocks(_predict_block, scattered, batch_size, dtype=np.float32,
                         chunks=(X.chunks[0],) + tuple((n,) for n in out_shape[1:]),
                         meta=np.empty((0,) * len(out_shape), dtype=np.float32),
