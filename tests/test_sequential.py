@@ -111,6 +111,18 @@ def test_predict_allocates_only_its_result_once_warm():
     assert peak < 16 * 256 * 4
 
 
+def layer_by_layer(model, x, dy):
+    """Output and input gradient with the model's layers driven by hand, one
+    at a time: what Sequential computes when it fuses nothing."""
+    h = x
+    for layer in model.layers:
+        h = layer.forward(h, training=True)
+    grad = dy
+    for layer in reversed(model.layers):
+        grad = layer.backward(grad)
+    return h, grad
+
+
 def named_gradients(model):
     return {f"{i}.{key}": grad.copy() for i, layer in enumerate(model) for key, grad in layer.grads.items()}
 
@@ -238,15 +250,9 @@ def test_fused_linear_relu_equals_the_layers_run_one_by_one():
     dy = rng.standard_normal((23, 4)).astype(np.float32)
     out = model.forward(x, training=True).copy()
     dx = model.backward(dy, input_grad=True).copy()
-    # the same layers unfused, driven by hand
     model[0].activation = model[2].activation = None
-    h = x
-    for layer in model.layers:
-        h = layer.forward(h, training=True)
+    h, grad = layer_by_layer(model, x, dy)
     np.testing.assert_array_equal(h, out)
-    grad = dy
-    for layer in reversed(model.layers):
-        grad = layer.backward(grad)
     np.testing.assert_allclose(grad, dx, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(model.predict(x), out)  # predict rewires the fusion
 
@@ -264,13 +270,8 @@ def test_fused_conv_relu_equals_the_layers_run_one_by_one():
     dx = model.backward(dy).copy()
     grads = named_gradients(model)
     model[0].activation = model[3].activation = None
-    h = x
-    for layer in model.layers:
-        h = layer.forward(h, training=True)
+    h, grad = layer_by_layer(model, x, dy)
     np.testing.assert_array_equal(h, out)
-    grad = dy
-    for layer in reversed(model.layers):
-        grad = layer.backward(grad)
     np.testing.assert_allclose(grad, dx, rtol=1e-6, atol=1e-6)
     for name, value in named_gradients(model).items():
         np.testing.assert_allclose(value, grads[name], rtol=1e-6, atol=1e-6)
