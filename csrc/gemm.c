@@ -516,14 +516,7 @@ static void sgemm_on(const pynn_context *ctx, int trans_a, int trans_b,
                                        && !(trans_a && work > TRANSPOSED_A_IN_PLACE_WORK)))
                          && (!b_packed || (double)k * (double)n <= IN_PLACE_PACKED_B);
     const gemm_path path = in_place ? gemm_in_place : gemm_blocked;
-    if (parts == 1) {  /* no parallel region at all: even an empty one costs ~0.3 us */
-        path(kern, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, &update);
-        return;
-    }
-#ifdef _OPENMP
-#pragma omp parallel for num_threads((int)parts) schedule(static, 1)
-#endif
-    for (ptrdiff_t part = 0; part < parts; part++) {
+    PYNN_PARALLEL_FOR((int)parts, part, parts, {  /* one slab per thread */
         const ptrdiff_t start = part * slab, size = min_size(slab, extent - start);
         const ptrdiff_t rows = split_rows ? size : m, cols = split_rows ? n : size;
         const ptrdiff_t i0 = split_rows ? start : 0, j0 = split_rows ? 0 : start;
@@ -532,7 +525,7 @@ static void sgemm_on(const pynn_context *ctx, int trans_a, int trans_b,
         pynn_tile_update shifted = tile_update(&update, beta, 1, i0, j0);
         path(kern, trans_a, trans_b, rows, cols, k, a_part, lda, b_part, ldb,
              c + i0 * ldc + j0, ldc, &shifted);
-    }
+    });
 }
 
 void pynn_sgemm(const pynn_context *ctx, int trans_a, int trans_b,
