@@ -134,13 +134,52 @@ static void pack_a_block(const pynn_gemm_kernels *kern, int trans_a, const float
 
 /* op(B)[p0 : p0 + depth, j0 : j0 + cols] as NR-column micro-panels, each [depth][NR]:
  * a transposing copy if B is stored transposed. */
-static void pack_b_panel(const pynn_gemm_kernels *kern, int trans_b, const float *b, ptrdiff_t ldb,
-                         ptrdiff_t p0, ptrdiff_t j0, ptrdiff_t depth, ptrdiff_t cols, float *dst)
+static void pack_b_columns(const pynn_gemm_kernels *kern, int trans_b, const float *b, ptrdiff_t ldb,
+                           ptrdiff_t p0, ptrdiff_t j0, ptrdiff_t depth, ptrdiff_t cols, float *dst)
 {
     if (trans_b)
         kern->pack_transposed(kern->nr, kern->nr, b + j0 * ldb + p0, ldb, depth, cols, dst);
     else
         kern->pack_straight(kern->nr, kern->nr, b + p0 * ldb + j0, ldb, depth, cols, dst);
+}
+
+/* The same, its first micro-panel `lead` columns wide (zero-padded) when
+ * lead > 0, so that the others match C's cache lines (see line_lead). */
+static void pack_b_panel(const pynn_gemm_kernels *kern, int trans_b, const float *b, ptrdiff_t ldb,
+                         ptrdiff_t p0, ptrdiff_t j0, ptrdiff_t depth, ptrdiff_t cols,
+                         ptrdiff_t lead, float *dst)
+{
+    if (lead > 0 && lead < cols) {
+        pack_b_columns(kern, trans_b, b, ldb, p0, j0, depth, lead, dst);
+        pack_b_columns(kern, trans_b, b, ldb, p0, j0 + lead, depth, cols - lead,
+                       dst + kern->nr * depth);
+    } else {
+        pack_b_columns(kern, trans_b, b, ldb, p0, j0, depth, cols, dst);
+    }
+}
+
+/* Columns of C before its rows reach a 64-byte line, modulo NR, when every
+ * row starts at the same place in its line (ldc a multiple of 16 floats);
+ * 0 otherwise. Tiles from there on cover whole lines: numpy's large arrays
+ * start 16 bytes past one, where every 16-column tile of C spanned two lines
+ * and the blocked path lost to OpenBLAS. Alternating calls on Zen 3, one
+ * thread, all operands 16 bytes off, p25 GFLOP/s: 2048^3 87.0 -> 90.7
+ * (OpenBLAS 91.6), 1024^3 87.9 -> 89.4 (90.4); aligned, and on two
+ * threads, no change beyond noise. */
+static ptrdiff_t line_lead(const pynn_gemm_kernels *kern, const float *c, ptrdiff_t ldc)
+{
+    const uintptr_t offset = (uintptr_t)c % 64;
+    if (ldc % 16 || offset % sizeof(float))
+        return 0;
+    return (ptrdiff_t)((64 - offset) % 64 / sizeof(float)) % kern->nr;
+}
+
+/* The end of the column chunk from jc: chunks are nc wide, but the first one
+ * also takes the `lead` columns before the line (its B panel has room for
+ * one more micro-panel). */
+static ptrdiff_t chunk_end(ptrdiff_t jc, ptrdiff_t nc, ptrdiff_t lead, ptrdiff_t n)
+{
+    return min_size(n, (jc == 0 ? lead : jc) + nc);
 }
 
 /* The update a tile at (i, j) receives: biases shifted to it, the epilogue
@@ -166,18 +205,20 @@ typedef void (*gemm_path)(const pynn_gemm_kernels *kern, int trans_a, int trans_
  * first element) from a packed A block and B panel of `depth` k steps, each B
  * micro-panel kept in L1 while the A micro-panels stream past it. */
 static void macro_kernel(const pynn_gemm_kernels *kern, ptrdiff_t rows, ptrdiff_t cols,
-                         ptrdiff_t depth, const float *a_packed, const float *b_packed,
-                         float *c, ptrdiff_t ldc, const pynn_tile_update *update, float beta,
-                         int last, ptrdiff_t i0, ptrdiff_t j0)
+                         ptrdiff_t depth, ptrdiff_t lead, const float *a_packed,
+                         const float *b_packed, float *c, ptrdiff_t ldc,
+                         const pynn_tile_update *update, float beta, int last, ptrdiff_t i0,
+                         ptrdiff_t j0)
 {
     const int mr = kern->mr, nr = kern->nr;
-    for (ptrdiff_t jr = 0; jr < cols; jr += nr) {
-        const float *b_panel = b_packed + jr * depth;
+    ptrdiff_t width = lead > 0 ? lead : nr;  /* the first micro-panel's columns */
+    for (ptrdiff_t jr = 0, panel = 0; jr < cols; jr += width, width = nr, panel++) {
+        const float *b_panel = b_packed + panel * nr * depth;
         for (ptrdiff_t ir = 0; ir < rows; ir += mr) {
             pynn_tile_update tile = tile_update(update, beta, last, i0 + ir, j0 + jr);
             kern->packed(depth, a_packed + ir / mr * kern->a_stride * depth, 1, kern->a_stride,
                          b_panel, nr, c + ir * ldc + jr, ldc, min_size(mr, rows - ir),
-                         min_size(nr, cols - jr), &tile);
+                         min_size(width, cols - jr), &tile);
         }
     }
 }
@@ -205,7 +246,8 @@ static void gemm_blocked(const pynn_gemm_kernels *kern, int trans_a, int trans_b
     const ptrdiff_t chunk = round_up(B_CHUNK_FLOATS / kc, nr);
     const ptrdiff_t nc = min_size(m_blocks == 1 ? chunk : kern->nc, round_up(n, nr));
     float *a_packed = pynn_scratch(PYNN_SCRATCH_PACK_A, mc / mr * kern->a_stride * kc);
-    float *b_packed = pynn_scratch(PYNN_SCRATCH_PACK_B, kc * nc);
+    const ptrdiff_t lead = line_lead(kern, c, ldc);
+    float *b_packed = pynn_scratch(PYNN_SCRATCH_PACK_B, kc * (nc + nr));
     if (!a_packed || !b_packed) {
         gemm_unblocked(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, update);
         return;
@@ -228,27 +270,29 @@ static void gemm_blocked(const pynn_gemm_kernels *kern, int trans_a, int trans_b
             const float beta = pc == 0 ? update->beta : 1.0f;
             const int last = pc + depth == k;
             pack_a_block(kern, trans_a, a, lda, 0, pc, m, depth, a_packed);
-            for (ptrdiff_t jc = 0; jc < n; jc += nc) {
-                const ptrdiff_t cols = min_size(nc, n - jc);
-                pack_b_panel(kern, trans_b, b, ldb, pc, jc, depth, cols, b_packed);
-                macro_kernel(kern, m, cols, depth, a_packed, b_packed, c + jc, ldc, update,
-                             beta, last, 0, jc);
+            for (ptrdiff_t jc = 0, end; jc < n; jc = end) {
+                end = chunk_end(jc, nc, lead, n);
+                const ptrdiff_t cols = end - jc, first = jc == 0 ? lead : 0;
+                pack_b_panel(kern, trans_b, b, ldb, pc, jc, depth, cols, first, b_packed);
+                macro_kernel(kern, m, cols, depth, first, a_packed, b_packed, c + jc, ldc,
+                             update, beta, last, 0, jc);
             }
         }
         return;
     }
-    for (ptrdiff_t jc = 0; jc < n; jc += nc) {
-        const ptrdiff_t cols = min_size(nc, n - jc);
+    for (ptrdiff_t jc = 0, end; jc < n; jc = end) {
+        end = chunk_end(jc, nc, lead, n);
+        const ptrdiff_t cols = end - jc, first = jc == 0 ? lead : 0;
         for (ptrdiff_t pc = 0; pc < k; pc += kc) {
             const ptrdiff_t depth = min_size(kc, k - pc);
             const float beta = pc == 0 ? update->beta : 1.0f;
             const int last = pc + depth == k;
-            pack_b_panel(kern, trans_b, b, ldb, pc, jc, depth, cols, b_packed);
+            pack_b_panel(kern, trans_b, b, ldb, pc, jc, depth, cols, first, b_packed);
             for (ptrdiff_t ic = 0; ic < m; ic += mc) {
                 const ptrdiff_t rows = min_size(mc, m - ic);
                 pack_a_block(kern, trans_a, a, lda, ic, pc, rows, depth, a_packed);
-                macro_kernel(kern, rows, cols, depth, a_packed, b_packed, c + ic * ldc + jc, ldc,
-                             update, beta, last, ic, jc);
+                macro_kernel(kern, rows, cols, depth, first, a_packed, b_packed,
+                             c + ic * ldc + jc, ldc, update, beta, last, ic, jc);
             }
         }
     }
@@ -296,7 +340,7 @@ static void gemm_in_place(const pynn_gemm_kernels *kern, int trans_a, int trans_
             gemm_unblocked(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, update);
             return;
         }
-        pack_b_panel(kern, trans_b, b, ldb, 0, 0, k, n, b_packed);
+        pack_b_panel(kern, trans_b, b, ldb, 0, 0, k, n, 0, b_packed);
     }
     for (ptrdiff_t jr = 0; jr < n; jr += nr) {
         const float *b_panel = b_packed ? b_packed + jr * k : b + jr;

@@ -240,6 +240,31 @@ def test_fused_bias_and_relu(isa, threads, m, n, k, relu):
         assert_close(c, exact, bound)
 
 
+# The blocked path starts its column tiles where C's rows reach a cache line
+# (csrc/gemm.c, line_lead): a first micro-panel 1 to 15 columns wide, also
+# in the first chunk of columns (NC, or B_CHUNK_FLOATS with one A block).
+# Rows of a multiple of 16 floats all start at C's own offset in its line.
+@pytest.mark.parametrize("offset", [0, 1, 4, 12, 15])
+@pytest.mark.parametrize("m,n,k", [(300, 4112, 28), (100, 704, 480)])
+def test_c_rows_starting_inside_a_cache_line(isa, threads, offset, m, n, k):
+    assert m * n * k > PACKED
+    rng = np.random.default_rng(offset + m)
+    a, b = operands(rng, m, n, k, 0, 1)
+    col_bias = rng.standard_normal(n).astype(np.float32)
+    row_bias = rng.standard_normal(m).astype(np.float32)
+    buffer = np.full(m * n + 48, np.nan, np.float32)
+    start = (-(buffer.ctypes.data // 4)) % 16 + 16 + offset
+    c = buffer[start:start + m * n].reshape(m, n)
+    c[...] = rng.standard_normal((m, n))
+    exact, bound = reference(a, b, 0, 1, 1.0, 0.5, c.copy())
+    assert gemm.gemm(a, b, c, 0, 1, 1.0, 0.5, col_bias, row_bias, True) is c
+    exact = exact + col_bias[None, :] + row_bias[:, None]
+    bound = bound + 2 * EPS32 * (np.abs(exact) + np.abs(col_bias)[None, :] + np.abs(row_bias)[:, None])
+    assert_close(c, np.maximum(exact, 0.0), bound)
+    # nothing around C was written
+    assert np.all(np.isnan(buffer[:start])) and np.all(np.isnan(buffer[start + m * n:]))
+
+
 @pytest.mark.parametrize("k", range(1, 12))
 def test_rank_update_for_every_k(isa, threads, k):
     # An untransposed B with k <= 10 rows goes row by row, one unrolled kernel
