@@ -56,16 +56,21 @@
  * (gemm_blocked), also 128 x 256 x 32 (2^20) 70 -> 73 and 128 x 128 x 32
  * 70 -> 72; even at 64 x 128 x 32 (2^18), 2-5% slower at 2^17. */
 #define TRANSPOSED_A_IN_PLACE_WORK (1 << 18)
-/* An untransposed B read in place whose rows are not 32-byte aligned has
- * half its 8-float loads straddle two cache lines (numpy's arrays often
- * start 16 bytes past a 32-byte boundary), and one whose width is not a
- * multiple of NR has its last column tile's loads masked; beyond this many
- * multiply-adds it goes to the blocked path, which packs and pads it.
- * Medians of alternating calls on Zen 3, GFLOP/s, one thread: 300^3 58 ->
- * 72 (OpenBLAS 76), 200 x 204 x 200 56 -> 72, 300 x 302 x 150 62 -> 76,
- * 784 x 100 x 300 60 -> 65, 128 x 784 x 256 with B 16 bytes off 81 -> 87;
- * two threads: 300^3 115 -> 136, that 128 x 784 x 256 124 -> 147. Not
- * below: 100^3 (2^20) 63 -> 61. */
+/* An untransposed B read in place whose rows do not start on a 64-byte line
+ * has each 16-column strip of a row span two lines: twice the lines in L1
+ * per micro-panel and, 16 bytes off (where numpy's arrays often start), half
+ * its 8-float loads straddling two of them. One whose width is not a multiple
+ * of NR has its last column tile's loads masked. Beyond this many
+ * multiply-adds such a B goes to the blocked path, which packs and pads it.
+ * 32 bytes off, p25 of alternating calls on Zen 3 (all operands off alike):
+ * 128 x 784 x 256 (a Linear layer's dX at batch 128) 69 -> 83 GFLOP/s on one
+ * thread and 131 -> 152 on two, 64 x 256 x 256 66 -> 74, 200 x 208 x 200
+ * 75 -> 80; 32 x 784 x 256 even.
+ * 16 bytes off or ragged, medians of alternating calls, one thread: 300^3
+ * 58 -> 72 (OpenBLAS 76), 200 x 204 x 200 56 -> 72, 300 x 302 x 150 62 ->
+ * 76, 784 x 100 x 300 60 -> 65, 128 x 784 x 256 81 -> 87; two threads:
+ * 300^3 115 -> 136, that 128 x 784 x 256 124 -> 147. Not below: 100^3
+ * (2^20) 63 -> 61. */
 #define RAGGED_B_IN_PLACE_WORK (1 << 21)
 /* L1d geometry (32 KiB, 8 ways of 64 sets of 64-byte lines: Zen 3 and 4,
  * and most x86 cores since), for telling when rows read in place collide. */
@@ -554,7 +559,7 @@ static void sgemm_on(const pynn_context *ctx, int trans_a, int trans_b,
     const int few_rows = m < 4 * kern->mr && !trans_b && k <= 2 * kern->kc;
     const int b_packed = in_place_packs_b(trans_b, ldb, k, split_rows ? slab : m);
     const int ragged_b = !trans_b && !b_packed && work > RAGGED_B_IN_PLACE_WORK
-                         && (ldb % 8 || (uintptr_t)b % 32 || n % kern->nr);
+                         && (ldb % 16 || (uintptr_t)b % 64 || n % kern->nr);
     const double limit = trans_b ? kern->in_place_trans_b_work : kern->in_place_work;
     const int in_place = (few_rows || (work <= limit && !ragged_b
                                        && !(trans_a && work > TRANSPOSED_A_IN_PLACE_WORK)))

@@ -123,9 +123,10 @@ def aligned_matrix(rows, ld, rng, offset=0):
     return matrix
 
 
-@pytest.mark.parametrize("offset,n,ld", [(0, 256, 272), (4, 256, 272), (0, 256, 268), (0, 250, 272)])
+@pytest.mark.parametrize("offset,n,ld", [(0, 256, 272), (4, 256, 272), (8, 256, 272),
+                                         (0, 256, 268), (0, 256, 264), (0, 250, 272)])
 def test_b_in_place_or_packed_by_alignment_and_width(isa, threads, offset, n, ld):
-    # csrc/gemm.c sends an untransposed B whose rows are off 32-byte alignment
+    # csrc/gemm.c sends an untransposed B whose rows are off 64-byte alignment
     # (offset, ld) or whose width is not a multiple of NR to the blocked path
     # from 2^21 multiply-adds (RAGGED_B_IN_PLACE_WORK); aligned, it is read in
     # place. 100 x n x 96 is between that bound and PACKED.
