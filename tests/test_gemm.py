@@ -56,6 +56,12 @@ def assert_close(actual, exact, bound):
     assert np.all(error <= bound + 1e-30), f"worst error/bound {np.max(error / (bound + 1e-30)):.3g}"
 
 
+def with_biases(exact, bound, col_bias, row_bias):
+    """The reference and its bound after the epilogue adds the biases (two more roundings)."""
+    exact = exact + col_bias[None, :] + row_bias[:, None]
+    return exact, bound + 2 * EPS32 * (np.abs(exact) + np.abs(col_bias)[None, :] + np.abs(row_bias)[:, None])
+
+
 SHAPES = [
     (0, 5, 3), (5, 0, 3), (5, 3, 0), (0, 0, 0), (1, 1, 1), (2, 3, 5), (7, 11, 13),
     (1, 4097, 5), (4097, 1, 3), (1, 37, 300), (53, 1, 301), (17, 1000, 3),
@@ -232,9 +238,7 @@ def test_fused_bias_and_relu(isa, threads, m, n, k, relu):
         c = np.full((m, n), np.nan, np.float32)
         out = gemm.gemm(a, b, c, trans_a, trans_b, 1.0, 0.0, col_bias, row_bias, relu)
         assert out is c
-        exact, bound = reference(a, b, trans_a, trans_b)
-        exact = exact + col_bias[None, :] + row_bias[:, None]
-        bound = bound + 2 * EPS32 * (np.abs(exact) + np.abs(col_bias)[None, :] + np.abs(row_bias)[:, None])
+        exact, bound = with_biases(*reference(a, b, trans_a, trans_b), col_bias, row_bias)
         if relu:
             exact = np.maximum(exact, 0.0)
             assert np.all(c >= 0)
@@ -257,10 +261,8 @@ def test_c_rows_starting_inside_a_cache_line(isa, threads, offset, m, n, k):
     start = (-(buffer.ctypes.data // 4)) % 16 + 16 + offset
     c = buffer[start:start + m * n].reshape(m, n)
     c[...] = rng.standard_normal((m, n))
-    exact, bound = reference(a, b, 0, 1, 1.0, 0.5, c.copy())
+    exact, bound = with_biases(*reference(a, b, 0, 1, 1.0, 0.5, c.copy()), col_bias, row_bias)
     assert gemm.gemm(a, b, c, 0, 1, 1.0, 0.5, col_bias, row_bias, True) is c
-    exact = exact + col_bias[None, :] + row_bias[:, None]
-    bound = bound + 2 * EPS32 * (np.abs(exact) + np.abs(col_bias)[None, :] + np.abs(row_bias)[:, None])
     assert_close(c, np.maximum(exact, 0.0), bound)
     # nothing around C was written
     assert np.all(np.isnan(buffer[:start])) and np.all(np.isnan(buffer[start + m * n:]))
@@ -277,9 +279,7 @@ def test_rank_update_for_every_k(isa, threads, k):
         c = rng.standard_normal((300, 250)).astype(np.float32)
         col_bias = rng.standard_normal(250).astype(np.float32)
         row_bias = rng.standard_normal(300).astype(np.float32)
-        exact, bound = reference(a, b, trans_a, 0, 0.5, -1.5, c)
-        exact = exact + col_bias[None, :] + row_bias[:, None]
-        bound = bound + 2 * EPS32 * (np.abs(exact) + np.abs(col_bias)[None, :] + np.abs(row_bias)[:, None])
+        exact, bound = with_biases(*reference(a, b, trans_a, 0, 0.5, -1.5, c), col_bias, row_bias)
         assert gemm.gemm(a, b, c, trans_a, False, 0.5, -1.5, col_bias, row_bias, True) is c
         assert_close(c, np.maximum(exact, 0.0), bound)
 
