@@ -11,6 +11,9 @@
  * packed once per KC block, B a small chunk at a time, right before use.
  *
  * Transposes are absorbed by the packing routines; partial panels are zero-padded.
+ * In the blocked path, when C's rows start inside a cache line, the first B
+ * micro-panel is only as wide as the columns before the line, so the other
+ * tiles store whole lines.
  * The first KC block applies beta (never reading C when beta == 0), later ones
  * add with beta = 1, and only the last adds the biases and the activation, so
  * every element's sum runs over k in the same order whatever the thread count.
