@@ -76,9 +76,11 @@
  * (2^20) 63 -> 61. */
 #define RAGGED_B_IN_PLACE_WORK (1 << 21)
 /* L1d geometry (32 KiB, 8 ways of 64 sets of 64-byte lines: Zen 3 and 4,
- * and most x86 cores since), for telling when rows read in place collide. */
+ * and most x86 cores since), for telling when rows read in place collide
+ * and where rows start within their lines. */
 #define L1_SETS 64
 #define L1_WAYS 8
+#define LINE_FLOATS 16
 /* The in-place path packs an untransposed B whose rows collide in L1 from
  * this many rows of A on: only then is its micro-panel reused often enough.
  * Measured on Zen 3 (p25 of paired runs, B rows 256 floats apart): 512 x 256
@@ -166,20 +168,28 @@ static void pack_b_panel(const pynn_gemm_kernels *kern, int trans_b, const float
     }
 }
 
-/* Columns of C before its rows reach a 64-byte line, modulo NR, when every
- * row starts at the same place in its line (ldc a multiple of 16 floats);
- * 0 otherwise. Tiles from there on cover whole lines: numpy's large arrays
- * start 16 bytes past one, where every 16-column tile of C spanned two lines
- * and the blocked path lost to OpenBLAS. Alternating calls on Zen 3, one
- * thread, all operands 16 bytes off, p25 GFLOP/s: 2048^3 87.0 -> 90.7
- * (OpenBLAS 91.6), 1024^3 87.9 -> 89.4 (90.4); aligned, and on two
- * threads, no change beyond noise. */
+/* Where every row of a matrix `ld` floats apart starts within its cache
+ * line, in floats; -1 when the rows drift (ld not a multiple of a line) or
+ * the data is not float-aligned. */
+static ptrdiff_t line_offset(const float *data, ptrdiff_t ld)
+{
+    const uintptr_t bytes = (uintptr_t)data % (LINE_FLOATS * sizeof(float));
+    if (ld % LINE_FLOATS || bytes % sizeof(float))
+        return -1;
+    return (ptrdiff_t)(bytes / sizeof(float));
+}
+
+/* Columns of C before its rows reach a cache line, modulo NR, when every row
+ * starts at the same place in its line; 0 otherwise. Tiles from there on
+ * cover whole lines: numpy's large arrays start 16 bytes past one, where
+ * every 16-column tile of C spanned two lines and the blocked path lost to
+ * OpenBLAS. Alternating calls on Zen 3, one thread, all operands 16 bytes
+ * off, p25 GFLOP/s: 2048^3 87.0 -> 90.7 (OpenBLAS 91.6), 1024^3 87.9 ->
+ * 89.4 (90.4); aligned, and on two threads, no change beyond noise. */
 static ptrdiff_t line_lead(const pynn_gemm_kernels *kern, const float *c, ptrdiff_t ldc)
 {
-    const uintptr_t offset = (uintptr_t)c % 64;
-    if (ldc % 16 || offset % sizeof(float))
-        return 0;
-    return (ptrdiff_t)((64 - offset) % 64 / sizeof(float)) % kern->nr;
+    const ptrdiff_t offset = line_offset(c, ldc);
+    return offset < 0 ? 0 : (LINE_FLOATS - offset) % LINE_FLOATS % kern->nr;
 }
 
 /* The end of the column chunk from jc: chunks are nc wide, but the first one
@@ -312,9 +322,9 @@ static void gemm_blocked(const pynn_gemm_kernels *kern, int trans_a, int trans_b
  * falls in one of 4 sets (32 lines), so a 128-deep panel is evicted by itself. */
 static int rows_collide(ptrdiff_t ld, ptrdiff_t rows)
 {
-    if (ld % 16)  /* rows start at drifting offsets within their lines */
+    if (ld % LINE_FLOATS)  /* rows start at drifting offsets within their lines */
         return 0;
-    ptrdiff_t lines = ld / 16, sets = L1_SETS;
+    ptrdiff_t lines = ld / LINE_FLOATS, sets = L1_SETS;
     while (lines % 2 == 0 && sets > 1) {
         lines /= 2;
         sets /= 2;
@@ -562,7 +572,7 @@ static void sgemm_on(const pynn_context *ctx, int trans_a, int trans_b,
     const int few_rows = m < 4 * kern->mr && !trans_b && k <= 2 * kern->kc;
     const int b_packed = in_place_packs_b(trans_b, ldb, k, split_rows ? slab : m);
     const int ragged_b = !trans_b && !b_packed && work > RAGGED_B_IN_PLACE_WORK
-                         && (ldb % 16 || (uintptr_t)b % 64 || n % kern->nr);
+                         && (line_offset(b, ldb) != 0 || n % kern->nr);
     const double limit = trans_b ? kern->in_place_trans_b_work : kern->in_place_work;
     const int in_place = (few_rows || (work <= limit && !ragged_b
                                        && !(trans_a && work > TRANSPOSED_A_IN_PLACE_WORK)))
