@@ -34,7 +34,7 @@ EXTENSIONS = {
     "conv": ["conv.c"],  # its GEMM is pynn._kernels.gemm's (gemm.pxd)
     "pool": ["pool.c"],
     "batchnorm": ["batchnorm.c"],
-    "plan": ["plan.c"],  # its GEMM and activations are the other modules' (*.pxd)
+    "plan": ["plan.c", "helpers.c"],  # its GEMM and activations are the other modules' (*.pxd)
 }
 
 BASE_FLAGS = ["-O3", "-g0", "-fno-math-errno", "-fno-trapping-math", "-fvisibility=hidden"]

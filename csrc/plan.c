@@ -1,9 +1,8 @@
 /* Running an inference plan's kernel steps (contract in plan.h). */
 #include "plan.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "helpers.h"
+
 #if defined(PYNN_X86_64)
 #include <immintrin.h>
 #endif
@@ -14,12 +13,14 @@
  * kernels run 16-float vectors. */
 #define GEMM_GRAIN 16
 #define MAP_GRAIN 64
-/* One parallel region for the whole plan pays off only for small batches
- * (at most this many rows per GEMM; larger ones are split by the GEMM itself,
- * over rows) with at least this many multiply-adds. Measured on two Zen 3
- * cores, where starting a team costs about 0.8 us: predict of a 784-256-128-10
- * MLP (234k multiply-adds) at batch 1 took 13.0 us with a team per GEMV
- * against 10.0-10.4 us with one team, 50-60 against 45-54 us at batch 8. */
+/* One team for the whole plan (this thread and helper threads, helpers.h)
+ * pays off only for small batches (at most this many rows per GEMM; larger
+ * ones are split by the GEMM itself, over rows) with at least this many
+ * multiply-adds. Measured on two Zen 3 cores: predict of a 784-256-128-10 MLP
+ * (234k multiply-adds) at batch 1 took 13.0 us with an OpenMP team per GEMV
+ * against 10.0-10.4 us with one for the plan, 50-60 against 45-54 us at
+ * batch 8; helpers instead of that one OpenMP team saved a further 1.5-3 us
+ * at batch 1 (its start and end). */
 #define TEAM_MAX_ROWS 16
 #define TEAM_MIN_WORK (1 << 16)
 /* Steps smaller than this many multiply-adds or elements run on one thread
@@ -90,6 +91,7 @@ static int team_pays_off(const pynn_context *ctx, const pynn_plan_step *steps, p
 
 static int step_is_shared(const pynn_plan_step *s) { return step_work(s) >= SHARED_STEP_WORK; }
 
+/* Builds without OpenMP run every kernel on one thread, plans included. */
 #ifdef _OPENMP
 /* The barrier between a team's steps. Every thread of the team is running,
  * so a spin on one shared counter does: arrivals only grow, and a thread's
@@ -108,26 +110,30 @@ static void team_barrier(atomic_int *arrived, int parts, int *passed)
     }
 }
 
-/* Steps [0, count) in one team: each thread runs its share of every step,
- * with a barrier between steps. */
-static void run_in_team(const pynn_context *ctx, const pynn_context *alone,
-                        const pynn_plan_step *steps, ptrdiff_t count, const float *x,
-                        float *const *outputs)
+/* Steps [0, count) shared by a team of helper threads (helpers.h). */
+typedef struct {
+    const pynn_context *alone;
+    const pynn_plan_step *steps;
+    ptrdiff_t count;
+    const float *x;
+    float *const *outputs;
+    atomic_int arrived;
+} team_call;
+
+/* One thread's share of every step, with a barrier between steps. */
+static void run_part(void *arg, int part, int parts)
 {
-    atomic_int arrived = 0;
-#pragma omp parallel num_threads(ctx->num_threads)
-    {
-        const int part = omp_get_thread_num(), parts = omp_get_num_threads();
-        int passed = 0;
-        const float *in = x;
-        for (ptrdiff_t i = 0; i < count; i++) {
-            const int shares = step_is_shared(&steps[i]) ? parts : 1;
-            if (part < shares)
-                run_share(alone, &steps[i], in, outputs[i], part, shares);
-            in = outputs[i];
-            if (i + 1 < count)
-                team_barrier(&arrived, parts, &passed);
-        }
+    team_call *call = arg;
+    int passed = 0;
+    const float *in = call->x;
+    for (ptrdiff_t i = 0; i < call->count; i++) {
+        const pynn_plan_step *s = &call->steps[i];
+        const int shares = step_is_shared(s) ? parts : 1;
+        if (part < shares)
+            run_share(call->alone, s, in, call->outputs[i], part, shares);
+        in = call->outputs[i];
+        if (i + 1 < call->count)
+            team_barrier(&call->arrived, parts, &passed);
     }
 }
 #endif
@@ -143,7 +149,8 @@ void pynn_plan_run(const pynn_context *ctx, const pynn_plan_step *steps, ptrdiff
         /* Two Python threads predicting at batch 1 on two Zen 3 cores, two
          * kernel threads: 20-36k predictions/s with a team each, 39-50k with
          * this guard (one kernel thread: 64-82k). */
-        const int team = pynn_team_begin(ctx, ctx->num_threads);
+        const int team = pynn_team_begin(ctx, ctx->num_threads < PYNN_HELPERS_MAX_PARTS
+                                                  ? ctx->num_threads : PYNN_HELPERS_MAX_PARTS);
         if (team > 1) {
             /* Steps after the last shared one (a classifier head) run on this
              * thread once the team has ended: the team's end is the barrier
@@ -151,9 +158,10 @@ void pynn_plan_run(const pynn_context *ctx, const pynn_plan_step *steps, ptrdiff
             ptrdiff_t in_team = count;
             while (in_team > 1 && !step_is_shared(&steps[in_team - 1]))
                 in_team--;
-            run_in_team(ctx, &alone, steps, in_team, x, outputs);
+            team_call call = {&alone, steps, in_team, x, outputs, 0};
+            if (pynn_helpers_run(team, run_part, &call))
+                done = in_team;
             pynn_team_end(ctx, team);
-            done = in_team;
         }
         ctx = &alone;  /* the team has ended, or another call's team has the cores */
     }

@@ -2,10 +2,10 @@
  * steps from a model's layers, each step reading the previous one's output.
  *
  * A small batch spends its time streaming the weights. With several threads,
- * each thread then takes a share of every step's outputs inside one parallel
- * region (a barrier between steps; small steps after the last shared one run
- * on the calling thread after it), so each core streams only its share of
- * the weights, and keeps it in its own L2 from call to call. */
+ * the calling thread and helper threads (helpers.h) then each take a share of
+ * every step's outputs (a barrier between steps; small steps after the last
+ * shared one run on the calling thread afterwards), so each core streams only
+ * its share of the weights, and keeps it in its own L2 from call to call. */
 #ifndef PYNN_PLAN_H
 #define PYNN_PLAN_H
 

@@ -1,7 +1,10 @@
 """Safety under threads and over long runs: concurrent predict equals serial
 predict, every kernel team gives the cores back, a call refused the team gives
 the same bits, and neither inference nor training grows the process's memory."""
+import multiprocessing
 import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -20,6 +23,13 @@ def mlp():
                            layers.Tanh(), layers.Linear(64, 10), layers.Softmax())
 
 
+def batch_one_mlp():
+    """Big enough at batch 1 for the plan's team of helper threads."""
+    pynn.init.manual_seed(0)
+    return pynn.Sequential(layers.Linear(784, 256), layers.ReLU(), layers.Linear(256, 128),
+                           layers.ReLU(), layers.Linear(128, 10))
+
+
 def cnn():
     pynn.init.manual_seed(0)
     return pynn.Sequential(layers.Conv2d(1, 8, 3, padding=1), layers.ReLU(), layers.MaxPool2d(2),
@@ -27,7 +37,7 @@ def cnn():
                            layers.Linear(16, 10))
 
 
-@pytest.mark.parametrize("build,shape", [(mlp, (64,)), (cnn, (1, 8, 8))])
+@pytest.mark.parametrize("build,shape", [(mlp, (64,)), (cnn, (1, 8, 8)), (batch_one_mlp, (784,))])
 @pytest.mark.parametrize("kernel_threads", [1, 2])
 def test_eight_threads_predicting_match_serial(build, shape, kernel_threads, set_threads):
     model = build()
@@ -237,3 +247,67 @@ def test_a_running_team_is_seen_by_other_threads(set_threads):
     worker.join()
     assert any(seen)
     assert not runtime.team_running()
+
+
+# -- the helper threads that share a small batch's plan (csrc/helpers.c) --------
+
+@needs_openmp
+def test_helpers_grown_and_left_idle_give_the_same_bits(set_threads):
+    # three threads start a second helper, two then leave it without a share
+    model = batch_one_mlp()
+    x = np.random.default_rng(5).standard_normal((1, 784), dtype=np.float32)
+    set_threads(1)
+    alone = model.predict(x)
+    for threads in (2, 3, 2, 3):
+        set_threads(threads)
+        for _ in range(20):
+            assert model.predict(x).tobytes() == alone.tobytes()
+
+
+@needs_openmp
+def test_sleeping_helpers_wake_for_the_next_predict():
+    # A helper sleeps 0.2 ms after its last call. A post racing with its
+    # sleep must still reach it: a lost wake-up hangs, so a child runs it.
+    code = (
+        "import time, numpy as np, pynn\n"
+        "from pynn import layers\n"
+        "pynn.init.manual_seed(0)\n"
+        "model = pynn.Sequential(layers.Linear(784, 256), layers.ReLU(), layers.Linear(256, 128),\n"
+        "                        layers.ReLU(), layers.Linear(128, 10))\n"
+        "x = np.random.default_rng(5).standard_normal((1, 784), dtype=np.float32)\n"
+        "pynn.set_num_threads(1)\n"
+        "alone = model.predict(x)\n"
+        "pynn.set_num_threads(2)\n"
+        "for pause in [0.0002 * i for i in range(60)] + [0.02] * 5:\n"
+        "    assert model.predict(x).tobytes() == alone.tobytes()\n"
+        "    time.sleep(pause)\n"
+        "print('woken')\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "woken"
+
+
+def _predict_in_child(model, x, results):
+    pynn.set_num_threads(2)
+    results.put(model.predict(x).tobytes())
+
+
+@needs_openmp
+def test_a_forked_child_starts_its_own_helpers(set_threads):
+    # the parent's helper threads do not exist in a forked child: waiting
+    # for them would hang its first two-thread predict
+    model = batch_one_mlp()
+    x = np.random.default_rng(5).standard_normal((1, 784), dtype=np.float32)
+    set_threads(2)
+    expected = model.predict(x).tobytes()
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_predict_in_child, args=(model, x, results))
+    child.start()
+    try:
+        assert results.get(timeout=60) == expected
+    finally:
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
