@@ -31,8 +31,10 @@ typedef struct {
 } helper;
 
 static helper helpers[PYNN_HELPERS_MAX_PARTS - 1];
-/* Helpers running. Only a caller holding the cores reads or grows it, so
- * callers see each other's updates through the cores flag's acquire/release. */
+/* Set while a call uses the helpers: a second caller meanwhile runs alone. */
+static atomic_int in_use;
+/* Helpers running: read and grown only by the caller that set in_use, so
+ * callers see each other's updates through its acquire/release. */
 static int started;
 static pthread_once_t fork_handler_once = PTHREAD_ONCE_INIT;
 
@@ -91,6 +93,7 @@ static void forget_helpers_in_child(void)
 {
     memset(helpers, 0, sizeof helpers);
     started = 0;
+    atomic_store(&in_use, 0);
 }
 
 static void register_fork_handler(void) { pthread_atfork(NULL, NULL, forget_helpers_in_child); }
@@ -135,16 +138,21 @@ static void post(helper *to, pynn_helpers_body body, void *arg, int part, int pa
 
 int pynn_helpers_run(int parts, pynn_helpers_body body, void *arg)
 {
-    if (parts < 2 || parts > PYNN_HELPERS_MAX_PARTS || !start_helpers(parts - 1))
+    if (parts < 2 || parts > PYNN_HELPERS_MAX_PARTS
+        || atomic_exchange_explicit(&in_use, 1, memory_order_acquire))
         return 0;
-    for (int part = 1; part < parts; part++)
-        post(&helpers[part - 1], body, arg, part, parts);
-    body(arg, 0, parts);
-    for (int part = 1; part < parts; part++) {
-        helper *from = &helpers[part - 1];
-        const int posted = atomic_load_explicit(&from->posted, memory_order_relaxed);
-        while (atomic_load_explicit(&from->finished, memory_order_acquire) != posted)
-            relax();
+    const int ready = start_helpers(parts - 1);
+    if (ready) {
+        for (int part = 1; part < parts; part++)
+            post(&helpers[part - 1], body, arg, part, parts);
+        body(arg, 0, parts);
+        for (int part = 1; part < parts; part++) {
+            helper *from = &helpers[part - 1];
+            const int posted = atomic_load_explicit(&from->posted, memory_order_relaxed);
+            while (atomic_load_explicit(&from->finished, memory_order_acquire) != posted)
+                relax();
+        }
     }
-    return 1;
+    atomic_store_explicit(&in_use, 0, memory_order_release);
+    return ready;
 }
