@@ -31,7 +31,9 @@ typedef struct {
 } helper;
 
 static helper helpers[PYNN_HELPERS_MAX_PARTS - 1];
-/* Set while a call uses the helpers: a second caller meanwhile runs alone. */
+/* Set while a call uses the helpers: a second caller meanwhile runs alone.
+ * The cores flag (cpu.h) keeps a second team off the cores, but a context
+ * may come without one; this flag keeps the mailboxes whole regardless. */
 static atomic_int in_use;
 /* Helpers running: read and grown only by the caller that set in_use, so
  * callers see each other's updates through its acquire/release. */
@@ -155,4 +157,12 @@ int pynn_helpers_run(int parts, pynn_helpers_body body, void *arg)
     }
     atomic_store_explicit(&in_use, 0, memory_order_release);
     return ready;
+}
+
+void pynn_helpers_barrier(atomic_int *arrived, int parts, int *passed)
+{
+    const int target = ++*passed * parts;
+    atomic_fetch_add_explicit(arrived, 1, memory_order_acq_rel);
+    while (atomic_load_explicit(arrived, memory_order_acquire) < target)
+        relax();
 }

@@ -3,10 +3,6 @@
 
 #include "helpers.h"
 
-#if defined(PYNN_X86_64)
-#include <immintrin.h>
-#endif
-
 /* A step shared among threads is cut at multiples of these many outputs, so
  * each output is computed exactly as by one thread: GEMV kernels group
  * outputs by 4 (the dot kernels' grouping never changes a sum), element-wise
@@ -93,23 +89,6 @@ static int step_is_shared(const pynn_plan_step *s) { return step_work(s) >= SHAR
 
 /* Builds without OpenMP run every kernel on one thread, plans included. */
 #ifdef _OPENMP
-/* The barrier between a team's steps. Every thread of the team is running,
- * so a spin on one shared counter does: arrivals only grow, and a thread's
- * n-th barrier waits for n x parts of them. It costs a cache line passed
- * between the cores, about 0.15 us on two Zen 3 cores, where an OpenMP
- * barrier took 0.45. The release/acquire pair makes each thread's outputs
- * visible to the others before they read them. */
-static void team_barrier(atomic_int *arrived, int parts, int *passed)
-{
-    const int target = ++*passed * parts;
-    atomic_fetch_add_explicit(arrived, 1, memory_order_acq_rel);
-    while (atomic_load_explicit(arrived, memory_order_acquire) < target) {
-#if defined(PYNN_X86_64)
-        _mm_pause();
-#endif
-    }
-}
-
 /* Steps [0, count) shared by a team of helper threads (helpers.h). */
 typedef struct {
     const pynn_context *alone;
@@ -133,7 +112,7 @@ static void run_part(void *arg, int part, int parts)
             run_share(call->alone, s, in, call->outputs[i], part, shares);
         in = call->outputs[i];
         if (i + 1 < call->count)
-            team_barrier(&call->arrived, parts, &passed);
+            pynn_helpers_barrier(&call->arrived, parts, &passed);
     }
 }
 #endif
