@@ -1,7 +1,7 @@
 """Build the Cython/C kernels.
 
-Every compiled extension is declared once, in EXTENSIONS below: the Cython
-module and the C files it links. Each ISA's code is compiled with per-function
+One compiled extension, pynn._kernels.core: the Cython layer and all of
+csrc/ in one shared object. Each ISA's code is compiled with per-function
 target attributes, never with -march, so one wheel runs on any x86-64 CPU and
 chooses its path at import (csrc/cpu.c).
 
@@ -13,6 +13,7 @@ Environment switches for developers:
                           emulated (tools/avx512_emulation.h): for testing them
                           where the CPU has no AVX-512, never for a release
 """
+import glob
 import os
 import shutil
 import sys
@@ -23,19 +24,9 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-# module name under pynn._kernels -> C sources under csrc/ (cpu.c is always linked)
-EXTENSIONS = {
-    "runtime": [],
-    "gemm": ["gemm.c", "scratch.c", "gemm_generic.c", "gemm_avx2.c", "gemm_avx512.c"],
-    "optim": ["optim.c"],
-    "activations": ["vmath.c", "activations.c"],
-    "loss": ["loss.c"],
-    "dense": ["dense.c"],
-    "conv": ["conv.c"],  # its GEMM is pynn._kernels.gemm's (gemm.pxd)
-    "pool": ["pool.c"],
-    "batchnorm": ["batchnorm.c"],
-    "plan": ["plan.c", "helpers.c"],  # its GEMM and activations are the other modules' (*.pxd)
-}
+# The one extension: pynn/_kernels/core.pyx (which includes the other .pxi
+# files there) over every C file of csrc/.
+C_SOURCES = sorted(glob.glob("csrc/*.c"))
 
 BASE_FLAGS = ["-O3", "-g0", "-fno-math-errno", "-fno-trapping-math", "-fvisibility=hidden"]
 
@@ -98,14 +89,13 @@ class BuildExtWithOpenMP(build_ext):
 
 def extensions():
     debug = bool(os.environ.get("PYNN_CYTHON_DEBUG"))
-    modules = []
-    for name, sources in EXTENSIONS.items():
-        modules.append(Extension(
-            f"pynn._kernels.{name}",
-            sources=[f"pynn/_kernels/{name}.pyx", "csrc/cpu.c"] + [f"csrc/{s}" for s in sources],
-            include_dirs=["csrc", numpy.get_include()],
-            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
-        ))
+    modules = [Extension(
+        "pynn._kernels.core",
+        sources=["pynn/_kernels/core.pyx"] + C_SOURCES,
+        include_dirs=["csrc", numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
+        depends=sorted(glob.glob("pynn/_kernels/*.pxi") + glob.glob("csrc/*.h")),
+    )]
     return cythonize(
         modules,
         language_level=3,

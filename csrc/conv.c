@@ -21,10 +21,6 @@
 /* A band of one image's unfolded input: 256 KiB, half of a Zen 3 L2. */
 #define COL_BAND_FLOATS ((ptrdiff_t)1 << 16)
 
-static pynn_sgemm_fn gemm;
-
-void pynn_conv_use_gemm(pynn_sgemm_fn kernel) { gemm = kernel; }
-
 static ptrdiff_t plane(const pynn_conv_shape *s) { return s->out_h * s->out_w; }
 static ptrdiff_t unfolded_rows(const pynn_conv_shape *s)
 {
@@ -528,7 +524,7 @@ static void grouped_gemms(const pynn_context *ctx, const pynn_conv_shape *s, con
     const ptrdiff_t rows_group = unfolded_rows(s) / s->groups;
     for (ptrdiff_t g = 0; g < s->groups; g++) {
         pynn_epilogue epilogue = {NULL, bias ? bias + g * oc_group : NULL, activation};
-        gemm(ctx, 0, 0, oc_group, columns, rows_group, 1.0f, weight + g * oc_group * rows_group,
+        pynn_sgemm(ctx, 0, 0, oc_group, columns, rows_group, 1.0f, weight + g * oc_group * rows_group,
              rows_group, unfolded + g * rows_group * columns, columns, 0.0f,
              out + g * oc_group * ldc, ldc, &epilogue);
     }
@@ -592,11 +588,11 @@ static void backward_chunk(const pynn_context *ctx, const pynn_conv_shape *s,
     float *dcol = identity ? input_grad : col;
     for (ptrdiff_t g = 0; g < s->groups; g++) {
         if (dweight)  /* dW_g = dY_g X̂_gᵀ */
-            gemm(ctx, 0, 1, oc_group, rows_group, ld, 1.0f, grad + g * oc_group * ld, ld,
+            pynn_sgemm(ctx, 0, 1, oc_group, rows_group, ld, 1.0f, grad + g * oc_group * ld, ld,
                  unfolded + g * rows_group * ld, ld, 0.0f,
                  dweight + g * oc_group * rows_group, rows_group, NULL);
         if (dx)       /* dX̂_g = W_gᵀ dY_g */
-            gemm(ctx, 1, 0, rows_group, ld, oc_group, 1.0f,
+            pynn_sgemm(ctx, 1, 0, rows_group, ld, oc_group, 1.0f,
                  weight + g * oc_group * rows_group, rows_group, grad + g * oc_group * ld,
                  ld, 0.0f, dcol + g * rows_group * ld, ld, NULL);
     }

@@ -20,10 +20,6 @@ typedef struct {
     ptrdiff_t out_h, out_w;
 } pynn_conv_shape;
 
-/* The GEMM every convolution runs through: pynn._kernels.gemm's, set once
- * when pynn._kernels.conv is imported, before any call below. */
-void pynn_conv_use_gemm(pynn_sgemm_fn gemm);
-
 /* Floats of scratch the forward and backward need with this many threads
  * (pass NULL to have them allocate it themselves). */
 size_t pynn_conv2d_workspace_size(const pynn_conv_shape *s, int threads);

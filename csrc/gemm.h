@@ -32,13 +32,5 @@ void pynn_sgemm(const pynn_context *ctx, int trans_a, int trans_b,
                 float beta, float *c, ptrdiff_t ldc,
                 const pynn_epilogue *epilogue);
 
-/* pynn_sgemm's type: other kernel modules are handed the one compiled into
- * pynn._kernels.gemm (gemm.pxd) rather than compiling a copy of their own. */
-typedef void (*pynn_sgemm_fn)(const pynn_context *ctx, int trans_a, int trans_b,
-                              ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
-                              float alpha, const float *a, ptrdiff_t lda,
-                              const float *b, ptrdiff_t ldb,
-                              float beta, float *c, ptrdiff_t ldc,
-                              const pynn_epilogue *epilogue);
 
 #endif

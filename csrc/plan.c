@@ -1,5 +1,6 @@
 /* Running an inference plan's kernel steps (contract in plan.h). */
 #include "plan.h"
+#include "activations.h"
 
 #include "helpers.h"
 
@@ -22,15 +23,6 @@
 /* Steps smaller than this many multiply-adds or elements run on one thread
  * of the team while the others wait at the barrier. */
 #define SHARED_STEP_WORK (1 << 13)
-
-static pynn_sgemm_fn gemm;
-static pynn_softmax_fn softmax;
-
-void pynn_plan_use_kernels(pynn_sgemm_fn gemm_kernel, pynn_softmax_fn softmax_kernel)
-{
-    gemm = gemm_kernel;
-    softmax = softmax_kernel;
-}
 
 static ptrdiff_t min_size(ptrdiff_t x, ptrdiff_t y) { return x < y ? x : y; }
 
@@ -58,14 +50,14 @@ static void run_share(const pynn_context *ctx, const pynn_plan_step *s, const fl
         pynn_epilogue epilogue = s->epilogue;
         if (epilogue.col_bias)
             epilogue.col_bias += first;
-        gemm(ctx, 0, 1, s->m, size, s->k, 1.0f, x, s->k, s->weight + first * s->k, s->k,
+        pynn_sgemm(ctx, 0, 1, s->m, size, s->k, 1.0f, x, s->k, s->weight + first * s->k, s->k,
              0.0f, y + first, s->n, &epilogue);
     } else if (s->kind == PYNN_STEP_MAP) {
         s->map(ctx, size, x + first, NULL, y + first, s->parameter);
     } else {
         const ptrdiff_t row = s->n * s->k;
         if (row > 0)
-            softmax(ctx, size, s->n, s->k, x + first * row, y + first * row, 0);
+            pynn_softmax(ctx, size, s->n, s->k, x + first * row, y + first * row, 0);
     }
 }
 

@@ -20,23 +20,17 @@ typedef enum {
 } pynn_step_kind;
 
 /* The element-wise kernels' signature (activations.h). */
-typedef void (*pynn_map_fn)(const pynn_context *ctx, ptrdiff_t n, const float *a,
+typedef void (*pynn_elementwise_fn)(const pynn_context *ctx, ptrdiff_t n, const float *a,
                             const float *b, float *y, float p);
-typedef void (*pynn_softmax_fn)(const pynn_context *ctx, ptrdiff_t outer, ptrdiff_t length,
-                                ptrdiff_t inner, const float *x, float *y, int log_domain);
 
 typedef struct {
     pynn_step_kind kind;
     ptrdiff_t m, n, k;
     const float *weight;
     pynn_epilogue epilogue;
-    pynn_map_fn map;
+    pynn_elementwise_fn map;
     float parameter;
 } pynn_plan_step;
-
-/* The GEMM and softmax the steps run: pynn._kernels.gemm's and
- * pynn._kernels.activations', set once when pynn._kernels.plan is imported. */
-void pynn_plan_use_kernels(pynn_sgemm_fn gemm, pynn_softmax_fn softmax);
 
 /* Runs steps[0 .. count) on x; step i writes outputs[i]. */
 void pynn_plan_run(const pynn_context *ctx, const pynn_plan_step *steps, ptrdiff_t count,

@@ -1,6 +1,6 @@
 """pynn: a minimal deep-learning runtime for CPUs."""
 try:
-    from pynn._kernels import runtime as _runtime  # noqa: F401
+    from pynn._kernels import core as _kernels  # noqa: F401
 except ImportError as error:  # pragma: no cover - only without a build
     raise ImportError(
         "pynn's compiled kernels are missing or broken; build them with "

@@ -10,7 +10,7 @@ import sys
 
 import numpy
 
-from pynn._kernels import runtime
+from pynn._kernels import core as kernels
 from pynn._version import __version__
 
 _MAX_THREADS = 1024
@@ -38,12 +38,12 @@ def _thread_count(value, source):
 
 def set_num_threads(n):
     """Set how many threads the kernels may use (1 to 1024)."""
-    runtime.set_threads(_thread_count(n, "set_num_threads: n"))
+    kernels.set_threads(_thread_count(n, "set_num_threads: n"))
 
 
 def get_num_threads():
     """The number of threads the kernels may use."""
-    return runtime.get_threads()
+    return kernels.get_threads()
 
 
 def _threads_from_environment():
@@ -61,18 +61,18 @@ def _threads_from_environment():
 
 def _isa_from_environment():
     requested = os.environ.get("PYNN_ISA", "").strip().lower()
-    supported = runtime.supported_isas()
+    supported = kernels.supported_isas()
     if not requested:
-        return runtime.best_isa()
-    if requested not in runtime.ISA_NAMES:
+        return kernels.best_isa()
+    if requested not in kernels.ISA_NAMES:
         raise ValueError(
             f"PYNN_ISA={requested!r} is not a kernel path; "
-            f"known paths: {', '.join(runtime.ISA_NAMES)}; this CPU offers: {', '.join(supported)}"
+            f"known paths: {', '.join(kernels.ISA_NAMES)}; this CPU offers: {', '.join(supported)}"
         )
     if requested not in supported:
         raise ValueError(
             f"PYNN_ISA={requested!r} is not available here "
-            f"(compiled in: {', '.join(runtime.compiled_isas())}; "
+            f"(compiled in: {', '.join(kernels.compiled_isas())}; "
             f"this CPU offers: {', '.join(supported)})"
         )
     return requested
@@ -80,7 +80,7 @@ def _isa_from_environment():
 
 def config():
     """The build and runtime facts that show_config prints, as a dict."""
-    build = runtime.build_info()
+    build = kernels.build_info()
     return {
         "pynn": __version__,
         "python": sys.version.split()[0],
@@ -89,9 +89,9 @@ def config():
         "compiler": build["compiler"],
         "flags": build["flags"],
         "openmp": build["openmp"],
-        "isa_compiled": runtime.compiled_isas(),
-        "isa_supported": runtime.supported_isas(),
-        "isa_chosen": runtime.chosen_isa(),
+        "isa_compiled": kernels.compiled_isas(),
+        "isa_supported": kernels.supported_isas(),
+        "isa_chosen": kernels.chosen_isa(),
         "num_threads": get_num_threads(),
     }
 
@@ -116,5 +116,5 @@ def show_config():
     print("\n".join(lines))
 
 
-runtime.choose_isa(_isa_from_environment())
-runtime.set_threads(_threads_from_environment())
+kernels.choose_isa(_isa_from_environment())
+kernels.set_threads(_threads_from_environment())

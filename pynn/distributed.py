@@ -27,7 +27,7 @@ import numpy as np
 
 from pynn import io
 from pynn._checks import as_count, as_float32
-from pynn._kernels import dense as _dense
+from pynn._kernels import core as kernels
 
 OPTIMIZER_FORMAT = "pynn.optimizer"
 # Gradient slots in the arena start on 64-byte boundaries (whole SIMD rows).
@@ -228,7 +228,7 @@ class DataParallel:
                 self._lay_out_arena()  # frozen or unfrozen since the last step (as on every rank)
             if share != 1.0:
                 dy = np.require(as_float32(dy, "DataParallel.step", "dy"), requirements="W")
-                _dense.scale(dy, share)
+                kernels.scale(dy, share)
             self.model.backward(dy, input_grad=False)
             self.comm.Allreduce(self._mpi.IN_PLACE, self.arena, op=self._mpi.SUM)
             self.optimizer.step()

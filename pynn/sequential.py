@@ -1,7 +1,7 @@
 """``Sequential``: layers applied in order, with PyTorch's state-dict keys.
 
 Inference (``predict``) validates the input once, then runs an inference
-plan private to the calling thread and input shape (pynn/_kernels/plan.pyx):
+plan private to the calling thread and input shape (pynn/_kernels/plan.pxi):
 the layers' kernels back to back into buffers the plan owns, so several
 threads may predict with one model at once, and a repeated call goes from
 ``predict`` to the kernels without any Python in between. Training goes through ``forward(training=True)``
@@ -12,7 +12,7 @@ import threading
 import numpy as np
 
 from pynn._checks import as_count
-from pynn._kernels import plan as _plan
+from pynn._kernels import core as kernels
 from pynn.layers import Conv2d, Linear, ReLU
 from pynn.layers.base import Layer
 
@@ -132,7 +132,7 @@ class Sequential:
             self._wire()
             if len(plans) >= _SHAPES_REMEMBERED:
                 plans.clear()
-            plan = plans[input_shape] = _plan.InferencePlan(
+            plan = plans[input_shape] = kernels.InferencePlan(
                 self._steps, [layer for layer, _ in self._wiring], input_shape,
                 self._shape_chain(input_shape))
         return plan
@@ -145,7 +145,7 @@ class Sequential:
         allocated once this thread has seen the input shape. ``batch_size``
         runs the rows in slices of that many (bounded scratch memory)."""
         if batch_size is None:
-            out = _plan.predict_cached(self._scratch, x)
+            out = kernels.predict_cached(self._scratch, x)
             if out is not None:
                 return out
         if not self.layers:

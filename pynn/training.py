@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from pynn._checks import as_count, as_float32, as_indices
-from pynn._kernels.dense import embedding_gather
+from pynn._kernels.core import embedding_gather
 from pynn.callbacks import Callback, History
 
 # Seconds between progress-bar metric refreshes: formatting them every batch

@@ -2,16 +2,16 @@
 import pytest
 
 import pynn
-from pynn._kernels import runtime
+from pynn._kernels import core as kernels
 
 
-@pytest.fixture(params=runtime.supported_isas())
+@pytest.fixture(params=kernels.supported_isas())
 def isa(request):
     """Run the test once on every kernel path this CPU supports."""
-    before = runtime.chosen_isa()
-    runtime.choose_isa(request.param)
+    before = kernels.chosen_isa()
+    kernels.choose_isa(request.param)
     yield request.param
-    runtime.choose_isa(before)
+    kernels.choose_isa(before)
 
 
 @pytest.fixture

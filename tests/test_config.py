@@ -6,7 +6,7 @@ import sys
 import pytest
 
 import pynn
-from pynn._kernels import runtime
+from pynn._kernels import core as kernels
 
 
 def run_python(code, **env):
@@ -29,27 +29,27 @@ def cpuinfo_flags():
 @pytest.mark.skipif(cpuinfo_flags() is None, reason="needs /proc/cpuinfo (Linux)")
 def test_detection_agrees_with_proc_cpuinfo():
     flags = cpuinfo_flags()
-    supported = runtime.supported_isas()
+    supported = kernels.supported_isas()
     assert "generic" in supported
     if "x86_64" in os.uname().machine:
         assert ("avx2" in supported) == ({"avx2", "fma"} <= flags)
         # an emulating build (setup.py's PYNN_EMULATE_AVX512) runs AVX-512 on AVX2
-        emulated = "-DPYNN_EMULATE_AVX512" in runtime.build_info()["flags"]
+        emulated = "-DPYNN_EMULATE_AVX512" in kernels.build_info()["flags"]
         assert ("avx512" in supported) == ("avx512f" in flags or (emulated and "avx2" in supported))
     else:
         assert supported == ("generic",)
 
 
 def test_default_is_best_path():
-    result = run_python("from pynn._kernels import runtime; import pynn; print(runtime.chosen_isa())",
+    result = run_python("from pynn._kernels import core as kernels; import pynn; print(kernels.chosen_isa())",
                         PYNN_ISA="")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == runtime.best_isa() == runtime.supported_isas()[-1]
+    assert result.stdout.strip() == kernels.best_isa() == kernels.supported_isas()[-1]
 
 
-@pytest.mark.parametrize("isa", runtime.supported_isas())
+@pytest.mark.parametrize("isa", kernels.supported_isas())
 def test_each_supported_path_can_be_forced(isa):
-    result = run_python("import pynn; from pynn._kernels import runtime; print(runtime.chosen_isa())",
+    result = run_python("import pynn; from pynn._kernels import core as kernels; print(kernels.chosen_isa())",
                         PYNN_ISA=isa.upper())
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == isa
@@ -63,7 +63,7 @@ def test_unknown_isa_is_refused_at_import(value):
 
 
 def test_unsupported_isa_is_refused_at_import():
-    missing = [name for name in runtime.ISA_NAMES if name not in runtime.supported_isas()]
+    missing = [name for name in kernels.ISA_NAMES if name not in kernels.supported_isas()]
     if not missing:
         pytest.skip("this CPU supports every path")
     result = run_python("import pynn", PYNN_ISA=missing[0])
@@ -105,7 +105,7 @@ def test_default_threads_are_usable_cores():
 def test_show_config_and_info_command(capsys):
     pynn.show_config()
     text = capsys.readouterr().out
-    for word in ("pynn", "compiler", "openmp", "isa chosen", "threads", runtime.chosen_isa()):
+    for word in ("pynn", "compiler", "openmp", "isa chosen", "threads", kernels.chosen_isa()):
         assert word in text
     result = subprocess.run([sys.executable, "-m", "pynn", "info"], capture_output=True,
                             text=True, timeout=120)

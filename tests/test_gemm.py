@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from pynn._kernels import gemm
+from pynn._kernels import core as kernels
 from pynn.ops import matmul
 from tests.helpers import EPS32
 
@@ -97,7 +97,7 @@ def test_every_block_edge(isa, threads, m, n, k):
 
 
 # C = A Bᵀ with a few rows of A is computed as dot products (up to FEW_ROWS =
-# 12 rows, or FEW_ROWS_DEEP = 20 from DEEP_K = 512 on, in csrc/gemm.c), in
+# 12 rows, or FEW_ROWS_DEEP = 20 from DEEP_K = 512 on, in csrc/kernels.c), in
 # tiles of up to 4 x 3: shapes on both sides of each bound, and odd widths.
 @pytest.mark.parametrize("m,n,k", [(m, n, k) for m in (12, 13, 20, 21) for n in (10, 37)
                                    for k in (511, 512)])
@@ -110,7 +110,7 @@ def test_few_rows_against_a_transposed_b(isa, threads, m, n, k):
 @pytest.mark.parametrize("width,ld", [(256, 256), (200, 512), (250, 256)])
 def test_b_rows_colliding_in_l1_are_packed_first(isa, threads, width, ld):
     # B rows a power of two of floats apart fall in few L1 sets: with many
-    # rows of A the in-place path packs such a B (csrc/gemm.c, rows_collide),
+    # rows of A the in-place path packs such a B (csrc/kernels.c, rows_collide),
     # partial micro-panels included; from COLLIDING_B_MIN_ROWS = 128 rows, so
     # two threads' 150 rows each pack it too
     rng = np.random.default_rng(width + ld)
@@ -132,14 +132,14 @@ def aligned_matrix(rows, ld, rng, offset=0):
 @pytest.mark.parametrize("offset,n,ld", [(0, 256, 272), (4, 256, 272), (8, 256, 272),
                                          (0, 256, 268), (0, 256, 264), (0, 250, 272)])
 def test_b_in_place_or_packed_by_alignment_and_width(isa, threads, offset, n, ld):
-    # csrc/gemm.c sends an untransposed B whose rows are off 64-byte alignment
+    # csrc/kernels.c sends an untransposed B whose rows are off 64-byte alignment
     # (offset, ld) or whose width is not a multiple of NR to the blocked path
     # from 2^21 multiply-adds (RAGGED_B_IN_PLACE_WORK); aligned, it is read in
     # place. 100 x n x 96 is between that bound and PACKED.
     rng = np.random.default_rng(offset + n + ld)
     a = rng.standard_normal((100, 96)).astype(np.float32)
     b = aligned_matrix(96, ld, rng, offset)[:, :n]
-    assert gemm.is_float32_matrix(b) and (1 << 21) < 100 * n * 96 < PACKED
+    assert kernels.is_float32_matrix(b) and (1 << 21) < 100 * n * 96 < PACKED
     assert_close(matmul(a, b), *reference(a, b, 0, 0))
 
 
@@ -186,7 +186,7 @@ def test_row_slices_are_read_in_place(isa, m, n, k, trans_a, trans_b):
     big_a[:, :a.shape[1]] = a
     big_b[:, :b.shape[1]] = b
     view_a, view_b = big_a[:, :a.shape[1]], big_b[:, :b.shape[1]]
-    assert gemm.is_float32_matrix(view_a) and gemm.is_float32_matrix(view_b)
+    assert kernels.is_float32_matrix(view_a) and kernels.is_float32_matrix(view_b)
     c = matmul(view_a, view_b, trans_a=trans_a, trans_b=trans_b)
     assert_close(c, *reference(a, b, trans_a, trans_b))  # the NaN padding was never read
 
@@ -223,7 +223,7 @@ def test_never_reads_past_the_operands(isa, m, n, k):
 
 # 60 x 700 x 300 and 200 x 700 x 300 take the blocked path with all of m in
 # one A block (up to 2 MC rows), which packs B a chunk of columns at a time
-# (csrc/gemm.c, B_CHUNK_FLOATS): several chunks on every ISA and thread count,
+# (csrc/kernels.c, B_CHUNK_FLOATS): several chunks on every ISA and thread count,
 # each with its share of the biases.
 @pytest.mark.parametrize("m,n,k", [(1, 40, 30), (40, 1, 30), (7, 9, 13), (5, 6, 0), (70, 90, 300),
                                    (32, 10, 50), (220, 400, 400), (13, 70, 3), (300, 230, 2),
@@ -236,7 +236,7 @@ def test_fused_bias_and_relu(isa, threads, m, n, k, relu):
         col_bias = rng.standard_normal(n).astype(np.float32)
         row_bias = rng.standard_normal(m).astype(np.float32)
         c = np.full((m, n), np.nan, np.float32)
-        out = gemm.gemm(a, b, c, trans_a, trans_b, 1.0, 0.0, col_bias, row_bias, relu)
+        out = kernels.gemm(a, b, c, trans_a, trans_b, 1.0, 0.0, col_bias, row_bias, relu)
         assert out is c
         exact, bound = with_biases(*reference(a, b, trans_a, trans_b), col_bias, row_bias)
         if relu:
@@ -246,7 +246,7 @@ def test_fused_bias_and_relu(isa, threads, m, n, k, relu):
 
 
 # The blocked path starts its column tiles where C's rows reach a cache line
-# (csrc/gemm.c, line_lead): a first micro-panel 1 to 15 columns wide, also
+# (csrc/kernels.c, line_lead): a first micro-panel 1 to 15 columns wide, also
 # in the first chunk of columns (NC, or B_CHUNK_FLOATS with one A block).
 # Rows of a multiple of 16 floats all start at C's own offset in its line.
 @pytest.mark.parametrize("offset", [0, 1, 4, 12, 15])
@@ -262,7 +262,7 @@ def test_c_rows_starting_inside_a_cache_line(isa, threads, offset, m, n, k):
     c = buffer[start:start + m * n].reshape(m, n)
     c[...] = rng.standard_normal((m, n))
     exact, bound = with_biases(*reference(a, b, 0, 1, 1.0, 0.5, c.copy()), col_bias, row_bias)
-    assert gemm.gemm(a, b, c, 0, 1, 1.0, 0.5, col_bias, row_bias, True) is c
+    assert kernels.gemm(a, b, c, 0, 1, 1.0, 0.5, col_bias, row_bias, True) is c
     assert_close(c, np.maximum(exact, 0.0), bound)
     # nothing around C was written
     assert np.all(np.isnan(buffer[:start])) and np.all(np.isnan(buffer[start + m * n:]))
@@ -280,14 +280,14 @@ def test_rank_update_for_every_k(isa, threads, k):
         col_bias = rng.standard_normal(250).astype(np.float32)
         row_bias = rng.standard_normal(300).astype(np.float32)
         exact, bound = with_biases(*reference(a, b, trans_a, 0, 0.5, -1.5, c), col_bias, row_bias)
-        assert gemm.gemm(a, b, c, trans_a, False, 0.5, -1.5, col_bias, row_bias, True) is c
+        assert kernels.gemm(a, b, c, trans_a, False, 0.5, -1.5, col_bias, row_bias, True) is c
         assert_close(c, np.maximum(exact, 0.0), bound)
 
 
 def test_relu_epilogue_keeps_nan(isa):
     a = np.array([[np.nan, 1.0]], np.float32)
     b = np.ones((2, 3), np.float32)
-    c = gemm.gemm(a, b, None, False, False, 1.0, 0.0, None, None, True)
+    c = kernels.gemm(a, b, None, False, False, 1.0, 0.0, None, None, True)
     assert np.all(np.isnan(c))
 
 

@@ -1,4 +1,4 @@
-"""Sequential's inference plans (pynn/_kernels/plan.pyx): kernel steps and
+"""Sequential's inference plans (pynn/_kernels/plan.pxi): kernel steps and
 Python steps mixed in one chain, and a plan rebuilt whenever a layer's arrays,
 settings or wiring change after it was made."""
 import numpy as np

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pynn import ops
-from pynn._kernels import dense
+from pynn._kernels import core as kernels
 from tests.helpers import EPS32, assert_matmul_close, check_gradient
 
 
@@ -122,17 +122,17 @@ def test_linear_bad_inputs():
 def test_column_sums_and_relu_mask(rows, cols, set_threads):
     dy, y = _random((rows, cols), 27), np.maximum(_random((rows, cols), 28), 0)
     db = np.full(cols, np.nan, np.float32)
-    dense.column_sums(dy, db)
+    kernels.column_sums(dy, db)
     np.testing.assert_allclose(db, dy.astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-4)
     dz = np.empty_like(dy)
-    dense.relu_mask_column_sums(dy, y, dz, db)
+    kernels.relu_mask_column_sums(dy, y, dz, db)
     masked = np.where(y > 0, dy, 0)
     np.testing.assert_array_equal(dz, masked)
     np.testing.assert_allclose(db, masked.astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-4)
     sums = []
     for threads in (1, 2):
         set_threads(threads)
-        sums.append(dense.column_sums(dy, np.empty(cols, np.float32)).copy())
+        sums.append(kernels.column_sums(dy, np.empty(cols, np.float32)).copy())
     np.testing.assert_array_equal(sums[0], sums[1])
 
 
@@ -147,11 +147,11 @@ def test_linear_backward_refuses_outputs_overlapping_inputs():
 
 @pytest.mark.parametrize("count", [0, 1, 7, 1000])
 def test_scale_in_place_matches_float64(count):
-    from pynn._kernels import dense
+    from pynn._kernels import core as kernels
 
     x = np.random.default_rng(count).standard_normal(count).astype(np.float32)
     expected = x.astype(np.float64) * np.float32(0.37)
-    assert dense.scale(x, 0.37) is x
+    assert kernels.scale(x, 0.37) is x
     np.testing.assert_allclose(x, expected, rtol=1e-7, atol=0)
     with pytest.raises(TypeError, match="x must be"):
-        dense.scale(x.astype(np.float64), 2.0)
+        kernels.scale(x.astype(np.float64), 2.0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pynn import optim
-from pynn._kernels import runtime
+from pynn._kernels import core as kernels
 
 SHAPES = [(1,), (7, 3), (257,), (40001,)]  # the last one takes the threaded path
 
@@ -81,16 +81,16 @@ SGD_CASES = [dict(lr=0.1), dict(lr=0.05, momentum=0.9), dict(lr=0.05, momentum=0
 ADAM_CASES = [dict(), dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05)]
 
 
-@pytest.fixture(params=[(isa, threads) for isa in runtime.supported_isas() for threads in (1, 2)],
+@pytest.fixture(params=[(isa, threads) for isa in kernels.supported_isas() for threads in (1, 2)],
                 ids=lambda p: f"{p[0]}-t{p[1]}")
 def kernel_path(request, set_threads):
     """Every ISA path this CPU runs, on one and two threads."""
     isa, threads = request.param
-    isa_before = runtime.chosen_isa()
-    runtime.choose_isa(isa)
+    isa_before = kernels.chosen_isa()
+    kernels.choose_isa(isa)
     set_threads(threads)
     yield
-    runtime.choose_isa(isa_before)
+    kernels.choose_isa(isa_before)
 
 
 @pytest.mark.parametrize("kwargs", SGD_CASES)

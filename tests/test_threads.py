@@ -12,7 +12,7 @@ import pytest
 
 import pynn
 from pynn import layers, ops
-from pynn._kernels import dense as dense_kernels, runtime
+from pynn._kernels import core as kernels
 from pynn.losses import CrossEntropyLoss
 from pynn.optim import SGD, Adam
 
@@ -109,7 +109,7 @@ def test_10k_training_steps_do_not_grow_memory():
     assert resident_bytes() - before < 2 * 2**20
 
 
-needs_openmp = pytest.mark.skipif(not runtime.build_info()["openmp"],
+needs_openmp = pytest.mark.skipif(not kernels.build_info()["openmp"],
                                   reason="built without OpenMP: no kernel teams")
 
 
@@ -149,7 +149,7 @@ def _team_calls():
     batch_one = pynn.Sequential(layers.Linear(784, 256), layers.ReLU(), layers.Linear(256, 10))
     image = normal(1, 784)
     # 8 chunks of 8 images: two slots, and a team merges their weight gradients
-    batch, kernels, batch_dy = normal(64, 32, 16, 16), normal(64, 32, 3, 3), normal(64, 64, 16, 16)
+    batch, weights, batch_dy = normal(64, 32, 16, 16), normal(64, 32, 3, 3), normal(64, 64, 16, 16)
     # one chunk of 8 images: its unfold, fold and unstage each start a team
     chunk, chunk_kernels = normal(8, 16, 16, 16), normal(64, 16, 3, 3)
     chunk_dy = normal(8, 64, 16, 16)
@@ -170,8 +170,8 @@ def _team_calls():
         "softmax": lambda: ops.softmax(logits),
         "softmax backward": lambda: ops.softmax_backward(logits, ops.softmax(logits)),
         "plan": lambda: batch_one.predict(image),
-        "conv2d": lambda: ops.conv2d(batch, kernels, padding=1),
-        "conv2d backward": lambda: ops.conv2d_backward(batch_dy, batch, kernels, padding=1),
+        "conv2d": lambda: ops.conv2d(batch, weights, padding=1),
+        "conv2d backward": lambda: ops.conv2d_backward(batch_dy, batch, weights, padding=1),
         "conv2d one chunk": lambda: (
             ops.conv2d(chunk, chunk_kernels, padding=1),
             *ops.conv2d_backward(chunk_dy, chunk, chunk_kernels, padding=1)),
@@ -185,7 +185,7 @@ def _team_calls():
         "batchnorm": lambda: _train_step(batchnorm, planes, planes[::-1]),
         "batchnorm eval": lambda: batchnorm.forward(planes),
         "linear backward": lambda: ops.linear_backward(rows, rows, weight),
-        "relu mask column sums": lambda: dense_kernels.relu_mask_column_sums(
+        "relu mask column sums": lambda: kernels.relu_mask_column_sums(
             rows, relu_rows, np.empty_like(rows), np.empty(512, np.float32)),
         "embedding": lambda: embedding.forward(indices),
         "cross entropy": lambda: ops.cross_entropy(logits, targets),
@@ -201,8 +201,8 @@ def test_every_kernel_team_releases_the_cores(kind, set_threads):
     set_threads(2)
     call()
     call()
-    released = not runtime.team_running()
-    runtime.hold_team(False)  # so a leak fails this kernel's test alone
+    released = not kernels.team_running()
+    kernels.hold_team(False)  # so a leak fails this kernel's test alone
     assert released
 
 
@@ -222,12 +222,12 @@ def test_a_call_refused_the_team_gives_the_same_bits(kind, set_threads):
     call = _team_calls()[kind]
     set_threads(2)
     with_team = _arrays(call())
-    runtime.hold_team(True)
+    kernels.hold_team(True)
     try:
         alone = _arrays(call())
-        assert runtime.team_running()
+        assert kernels.team_running()
     finally:
-        runtime.hold_team(False)
+        kernels.hold_team(False)
     assert [(a.shape, a.dtype, a.tobytes()) for a in alone] == \
            [(a.shape, a.dtype, a.tobytes()) for a in with_team]
 
@@ -243,10 +243,10 @@ def test_a_running_team_is_seen_by_other_threads(set_threads):
     worker = threading.Thread(target=lambda: [ops.matmul(a, a) for _ in range(4)])
     worker.start()
     while worker.is_alive():
-        seen.append(runtime.team_running())
+        seen.append(kernels.team_running())
     worker.join()
     assert any(seen)
-    assert not runtime.team_running()
+    assert not kernels.team_running()
 
 
 # -- the helper threads that share a small batch's plan (csrc/helpers.c) --------

@@ -110,7 +110,7 @@ def time_calls(runners, budget, threads=1):
 
 def machine_info():
     import pynn
-    from pynn._kernels import runtime
+    from pynn._kernels import core as kernels
 
     model = platform.processor() or platform.machine()
     try:
@@ -124,7 +124,7 @@ def machine_info():
     info = {
         "cpu": model,
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "isa": runtime.chosen_isa(),
+        "isa": kernels.chosen_isa(),
         "pynn": pynn.__version__,
         "numpy": np.__version__,
     }

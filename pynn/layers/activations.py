@@ -2,7 +2,7 @@
 import numpy as np
 
 from pynn._checks import as_float32, as_real
-from pynn._kernels import activations as _kernels
+from pynn._kernels import core as kernels
 from pynn.layers.base import Layer
 from pynn.ops.activations import _axis_split, _gelu_kernel
 
@@ -24,7 +24,7 @@ class _Activation(Layer):
         return as_float32(x, type(self).__name__, "x")
 
     def infer(self, x, out):
-        return _kernels.elementwise(self._kernel, x, None, out, self._parameter())
+        return kernels.elementwise(self._kernel, x, None, out, self._parameter())
 
     def kernel_step(self, input_shape):
         watched = [(vars(self), "_kernel")]
@@ -51,7 +51,7 @@ class _Activation(Layer):
                              f"{saved.shape}, got {dy.shape}")
         if not input_grad:
             return None
-        return _kernels.elementwise(self._kernel + "_backward", dy, saved,
+        return kernels.elementwise(self._kernel + "_backward", dy, saved,
                                     self.workspace("dx", dy.shape), self._parameter())
 
 
@@ -119,7 +119,7 @@ class Softmax(Layer):
         return x
 
     def infer(self, x, out):
-        return _kernels.softmax(x, out, *_axis_split(x.shape, self.axis, "Softmax"), False)
+        return kernels.softmax(x, out, *_axis_split(x.shape, self.axis, "Softmax"), False)
 
     def kernel_step(self, input_shape):
         return "softmax", _axis_split(input_shape, self.axis, "Softmax"), ((vars(self), "axis"),)
@@ -140,5 +140,5 @@ class Softmax(Layer):
                              f"{self._y.shape}, got {dy.shape}")
         if not input_grad:
             return None
-        return _kernels.softmax_backward(dy, self._y, self.workspace("dx", dy.shape),
+        return kernels.softmax_backward(dy, self._y, self.workspace("dx", dy.shape),
                                          *_axis_split(dy.shape, self.axis, "Softmax"), False)

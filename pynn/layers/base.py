@@ -7,7 +7,7 @@ A layer has three paths:
   validation: ``Sequential.predict`` validates once, then runs the layers with
   per-thread buffers. ``kernel_step(input_shape)`` may describe the same work
   as one C kernel call, which the model's inference plan then makes without
-  calling back into Python (pynn/_kernels/plan.pyx).
+  calling back into Python (pynn/_kernels/plan.pxi).
 - ``forward(x, training=False)``: the checked entry point. In training mode it
   saves what ``backward`` needs and writes into buffers the layer owns and
   reuses while the batch shape is unchanged (steady state allocates nothing).

@@ -5,9 +5,7 @@ import numpy as np
 
 from pynn import init
 from pynn._checks import as_count, as_float32, empty_float32
-from pynn._kernels import activations as _activations
-from pynn._kernels import conv as _conv
-from pynn._kernels import pool as _pool
+from pynn._kernels import core as kernels
 from pynn.layers.base import Layer
 from pynn.layers.dense import _check_dy, _saved
 from pynn.ops.conv import (_flag, conv_output_shape, pair, pool_geometry,
@@ -68,11 +66,11 @@ class Conv2d(Layer):
 
     def infer(self, x, out):
         # no workspace: the kernel allocates its own scratch, so threads never share one
-        return _conv.conv2d_forward(x, self.params["weight"], self.params.get("bias"), out,
+        return kernels.conv2d_forward(x, self.params["weight"], self.params.get("bias"), out,
                                     *self._geometry, self.activation == "relu")
 
     def _scratch(self, x):
-        size = _conv.workspace_size(x.shape, self.params["weight"].shape, *self._geometry)
+        size = kernels.conv2d_workspace_size(x.shape, self.params["weight"].shape, *self._geometry)
         return self.workspace("unfolded", (size,))
 
     def forward(self, x, training=False):
@@ -81,7 +79,7 @@ class Conv2d(Layer):
         if not training:
             return self.infer(x, np.empty(shape, dtype=np.float32))
         self._x = x
-        self._y = _conv.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
+        self._y = kernels.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
                                        self.workspace("y", shape), *self._geometry,
                                        self.activation == "relu", self._scratch(x))
         return self._y
@@ -92,13 +90,13 @@ class Conv2d(Layer):
         x, y = _saved(self, "_x"), _saved(self, "_y")
         dy = _check_dy(self, dy, y.shape)
         if self.activation == "relu":
-            dy = _activations.elementwise("relu_backward", dy, y, self.workspace("dz", y.shape))
+            dy = kernels.elementwise("relu_backward", dy, y, self.workspace("dz", y.shape))
         trainable = self.trainable
         dweight = self.grads["weight"] if trainable else None
         dbias = self.grads.get("bias") if trainable else None
         dx = self.workspace("dx", x.shape) if input_grad else None
         if dx is not None or dweight is not None or dbias is not None:
-            _conv.conv2d_backward(dy, x, self.params["weight"], dx, dweight, dbias,
+            kernels.conv2d_backward(dy, x, self.params["weight"], dx, dweight, dbias,
                                   *self._geometry, self._scratch(x))
         return dx
 
@@ -152,7 +150,7 @@ class MaxPool2d(_Pool2d):
                 "ceil_mode": self.ceil_mode}
 
     def infer(self, x, out):
-        return _pool.max_pool2d_forward(x, out, self.kernel_size, self.stride, self.padding,
+        return kernels.max_pool2d_forward(x, out, self.kernel_size, self.stride, self.padding,
                                         self.dilation)
 
     def forward(self, x, training=False):
@@ -162,7 +160,7 @@ class MaxPool2d(_Pool2d):
         shape = self.output_shape(x.shape)
         self._x = x
         self._argmax = self.workspace("argmax", shape, np.int64)
-        return _pool.max_pool2d_forward(x, self.workspace("y", shape), self.kernel_size,
+        return kernels.max_pool2d_forward(x, self.workspace("y", shape), self.kernel_size,
                                         self.stride, self.padding, self.dilation, self._argmax)
 
     def backward(self, dy, input_grad=True):
@@ -170,7 +168,7 @@ class MaxPool2d(_Pool2d):
         dy, x, dx = self._gradient_arguments(dy)
         if not input_grad:
             return None
-        return _pool.max_pool2d_scatter(dy, self._argmax, dx, self.kernel_size, self.stride,
+        return kernels.max_pool2d_scatter(dy, self._argmax, dx, self.kernel_size, self.stride,
                                         self.padding, self.dilation)
 
 
@@ -188,14 +186,14 @@ class AvgPool2d(_Pool2d):
                 "count_include_pad": self.count_include_pad}
 
     def infer(self, x, out):
-        return _pool.avg_pool2d_forward(x, out, self.kernel_size, self.stride, self.padding,
+        return kernels.avg_pool2d_forward(x, out, self.kernel_size, self.stride, self.padding,
                                         self.count_include_pad)
 
     def backward(self, dy, input_grad=True):
         dy, x, dx = self._gradient_arguments(dy)
         if not input_grad:
             return None
-        return _pool.avg_pool2d_backward(dy, dx, self.kernel_size, self.stride, self.padding,
+        return kernels.avg_pool2d_backward(dy, dx, self.kernel_size, self.stride, self.padding,
                                          self.count_include_pad)
 
 
@@ -219,7 +217,7 @@ class GlobalAvgPool2d(Layer):
         return x
 
     def infer(self, x, out):
-        return _pool.global_avg_pool2d_forward(x, out)
+        return kernels.global_avg_pool2d_forward(x, out)
 
     def forward(self, x, training=False):
         x = self.check_input(x)
@@ -233,4 +231,4 @@ class GlobalAvgPool2d(Layer):
         dy = _check_dy(self, dy, shape[:2])
         if not input_grad:
             return None
-        return _pool.global_avg_pool2d_backward(dy, self.workspace("dx", shape))
+        return kernels.global_avg_pool2d_backward(dy, self.workspace("dx", shape))

@@ -5,8 +5,7 @@ import numpy as np
 
 from pynn import init
 from pynn._checks import as_count, as_float32, as_indices, as_real, empty_float32
-from pynn._kernels import activations as _activations
-from pynn._kernels import dense as _dense
+from pynn._kernels import core as kernels
 from pynn.layers.base import Layer
 from pynn.ops.dense import _rows, gemm_into
 
@@ -92,9 +91,9 @@ class Linear(Layer):
         dz = _rows(_check_dy(self, dy, y.shape))
         dbias = self.grads.get("bias") if self.trainable else None
         if self.activation == "relu":
-            dz = _dense.relu_mask_column_sums(dz, _rows(y), self.workspace("dz", dz.shape), dbias)
+            dz = kernels.relu_mask_column_sums(dz, _rows(y), self.workspace("dz", dz.shape), dbias)
         elif dbias is not None:
-            _dense.column_sums(dz, dbias)
+            kernels.column_sums(dz, dbias)
         weight = self.params["weight"]
         if self.trainable:
             gemm_into("Linear.backward", dz, _rows(x), self.grads["weight"], True, False, 1.0, 0.0)
@@ -211,7 +210,7 @@ class Dropout(Layer):
         draws = self.workspace("draws", x.shape)
         self.generator.random(dtype=np.float32, out=draws)
         self._draws = draws
-        return _activations.elementwise("dropout", x, draws, self.workspace("y", x.shape), self.p)
+        return kernels.elementwise("dropout", x, draws, self.workspace("y", x.shape), self.p)
 
     def backward(self, dy, input_grad=True):
         """dx = dy [draw >= p] / (1 - p): the forward's mask."""
@@ -219,7 +218,7 @@ class Dropout(Layer):
         dy = _check_dy(self, dy, draws.shape)
         if not input_grad:
             return None
-        return _activations.elementwise("dropout", dy, draws, self.workspace("dx", dy.shape), self.p)
+        return kernels.elementwise("dropout", dy, draws, self.workspace("dx", dy.shape), self.p)
 
 
 class Embedding(Layer):
@@ -245,7 +244,7 @@ class Embedding(Layer):
         return as_indices(x, "Embedding", "indices")
 
     def infer(self, x, out):
-        return _dense.embedding_gather(self.params["weight"], x, out)
+        return kernels.embedding_gather(self.params["weight"], x, out)
 
     def forward(self, x, training=False):
         indices = self.check_input(x)
@@ -261,5 +260,5 @@ class Embedding(Layer):
         indices = _saved(self, "_indices")
         dy = _check_dy(self, dy, self.output_shape(indices.shape))
         if self.trainable:
-            _dense.embedding_scatter_add(dy, indices, self.grads["weight"])
+            kernels.embedding_scatter_add(dy, indices, self.grads["weight"])
         return None

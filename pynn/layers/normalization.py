@@ -2,7 +2,7 @@
 import numpy as np
 
 from pynn._checks import as_count, as_float32, as_real
-from pynn._kernels import batchnorm as _kernels
+from pynn._kernels import core as kernels
 from pynn.layers.base import Layer
 
 
@@ -53,7 +53,7 @@ class _BatchNorm(Layer):
         return x
 
     def infer(self, x, out):
-        return _kernels.eval_forward(x, self.params["weight"], self.params["bias"], self.eps,
+        return kernels.batchnorm_eval_forward(x, self.params["weight"], self.params["bias"], self.eps,
                                      self.buffers["running_mean"], self.buffers["running_var"],
                                      out)
 
@@ -71,7 +71,7 @@ class _BatchNorm(Layer):
         self._mean = self.workspace("mean", (c,))
         self._invstd = self.workspace("invstd", (c,))
         self._x = x
-        return _kernels.train_forward(x, self.params["weight"], self.params["bias"], self.eps,
+        return kernels.batchnorm_train_forward(x, self.params["weight"], self.params["bias"], self.eps,
                                       factor, self.buffers["running_mean"],
                                       self.buffers["running_var"], self._mean, self._invstd,
                                       self.workspace("y", x.shape))
@@ -88,7 +88,7 @@ class _BatchNorm(Layer):
                              f"{x.shape}, got {dy.shape}")
         dx = self.workspace("dx", x.shape) if input_grad else None
         trainable = self.trainable
-        _kernels.backward(dy, x, self.params["weight"], self._mean, self._invstd, dx,
+        kernels.batchnorm_backward(dy, x, self.params["weight"], self._mean, self._invstd, dx,
                           self.grads["weight"] if trainable else None,
                           self.grads["bias"] if trainable else None)
         return dx

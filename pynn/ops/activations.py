@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from pynn._checks import as_float32, as_real, check_out
-from pynn._kernels import activations as _kernels
+from pynn._kernels import core as kernels
 
 
 def _output(out, shape, where, inputs, alias):
@@ -21,7 +21,7 @@ def _output(out, shape, where, inputs, alias):
 def _forward(kernel, where, x, out, parameter=0.0):
     x = as_float32(x, where, "x")
     out = _output(out, x.shape, where, (), (x,))
-    return _kernels.elementwise(kernel, x, None, out, parameter)
+    return kernels.elementwise(kernel, x, None, out, parameter)
 
 
 def _backward(kernel, where, dy, a, a_name, out, parameter=0.0):
@@ -31,7 +31,7 @@ def _backward(kernel, where, dy, a, a_name, out, parameter=0.0):
         raise ValueError(f"{where}: dy and {a_name} must have the same shape, "
                          f"got {dy.shape} and {a.shape}")
     out = _output(out, dy.shape, where, (a,), (dy,))
-    return _kernels.elementwise(kernel, dy, a, out, parameter)
+    return kernels.elementwise(kernel, dy, a, out, parameter)
 
 
 def relu(x, out=None):
@@ -118,7 +118,7 @@ def _softmax(where, x, axis, out, log_domain):
     x = as_float32(x, where, "x")
     outer, length, inner = _axis_split(x.shape, axis, where)
     out = _output(out, x.shape, where, (), (x,))
-    return _kernels.softmax(x, out, outer, length, inner, log_domain)
+    return kernels.softmax(x, out, outer, length, inner, log_domain)
 
 
 def _softmax_backward(where, dy, y, axis, out, log_domain):
@@ -128,7 +128,7 @@ def _softmax_backward(where, dy, y, axis, out, log_domain):
         raise ValueError(f"{where}: dy and y must have the same shape, got {dy.shape} and {y.shape}")
     outer, length, inner = _axis_split(dy.shape, axis, where)
     out = _output(out, dy.shape, where, (y,), (dy,))
-    return _kernels.softmax_backward(dy, y, out, outer, length, inner, log_domain)
+    return kernels.softmax_backward(dy, y, out, outer, length, inner, log_domain)
 
 
 def softmax(x, axis=-1, out=None):

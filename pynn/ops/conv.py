@@ -9,8 +9,7 @@ import sys
 import numpy as np
 
 from pynn._checks import as_count, as_float32, check_out
-from pynn._kernels import conv as _conv
-from pynn._kernels import pool as _pool
+from pynn._kernels import core as kernels
 
 
 def pair(value, where, name, minimum):
@@ -85,7 +84,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, out=
         out = np.empty(shape, dtype=np.float32)
     else:
         check_out(out, shape, "conv2d", inputs=(x, weight) + ((bias,) if bias is not None else ()))
-    return _conv.conv2d_forward(x, weight, bias, out, *geometry)
+    return kernels.conv2d_forward(x, weight, bias, out, *geometry)
 
 
 def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1):
@@ -98,7 +97,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1):
     dx = np.empty(x.shape, dtype=np.float32)
     dweight = np.empty(weight.shape, dtype=np.float32)
     dbias = np.empty(weight.shape[0], dtype=np.float32)
-    _conv.conv2d_backward(dy, x, weight, dx, dweight, dbias, *geometry)
+    kernels.conv2d_backward(dy, x, weight, dx, dweight, dbias, *geometry)
     return dx, dweight, dbias
 
 
@@ -166,7 +165,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     """The maximum of each window (padding counts as -inf)."""
     x, geometry, shape = _pool_arguments("max_pool2d", x, kernel_size, stride, padding, dilation,
                                          ceil_mode)
-    return _pool.max_pool2d_forward(x, _pool_out("max_pool2d", out, shape, x), *geometry)
+    return kernels.max_pool2d_forward(x, _pool_out("max_pool2d", out, shape, x), *geometry)
 
 
 def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
@@ -176,7 +175,7 @@ def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, dilation=1, 
     x, geometry, shape = _pool_arguments(where, x, kernel_size, stride, padding, dilation,
                                          ceil_mode)
     dy, dx = _pool_gradient(where, dy, x, shape, out)
-    return _pool.max_pool2d_backward(dy, x, dx, *geometry)
+    return kernels.max_pool2d_backward(dy, x, dx, *geometry)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
@@ -185,7 +184,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     x, geometry, shape = _pool_arguments("avg_pool2d", x, kernel_size, stride, padding, 1,
                                          ceil_mode)
     include = _flag(count_include_pad, "avg_pool2d", "count_include_pad")
-    return _pool.avg_pool2d_forward(x, _pool_out("avg_pool2d", out, shape, x), *geometry[:3],
+    return kernels.avg_pool2d_forward(x, _pool_out("avg_pool2d", out, shape, x), *geometry[:3],
                                     include)
 
 
@@ -196,7 +195,7 @@ def avg_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, ceil_mode=Fa
     x, geometry, shape = _pool_arguments(where, x, kernel_size, stride, padding, 1, ceil_mode)
     include = _flag(count_include_pad, where, "count_include_pad")
     dy, dx = _pool_gradient(where, dy, x, shape, out)
-    return _pool.avg_pool2d_backward(dy, dx, *geometry[:3], include)
+    return kernels.avg_pool2d_backward(dy, dx, *geometry[:3], include)
 
 
 def _global_shape(where, x):
@@ -209,7 +208,7 @@ def _global_shape(where, x):
 def global_avg_pool2d(x, out=None):
     """[N, C, H, W] → [N, C]: the mean of every plane."""
     x = _global_shape("global_avg_pool2d", x)
-    return _pool.global_avg_pool2d_forward(x, _pool_out("global_avg_pool2d", out, x.shape[:2], x))
+    return kernels.global_avg_pool2d_forward(x, _pool_out("global_avg_pool2d", out, x.shape[:2], x))
 
 
 def global_avg_pool2d_backward(dy, x, out=None):
@@ -217,4 +216,4 @@ def global_avg_pool2d_backward(dy, x, out=None):
     where = "global_avg_pool2d_backward"
     x = _global_shape(where, x)
     dy, dx = _pool_gradient(where, dy, x, x.shape[:2], out)
-    return _pool.global_avg_pool2d_backward(dy, dx)
+    return kernels.global_avg_pool2d_backward(dy, dx)

@@ -4,18 +4,17 @@ import math
 import numpy as np
 
 from pynn._checks import as_float32, as_real, check_out
-from pynn._kernels import dense as _dense
-from pynn._kernels import gemm as _gemm
+from pynn._kernels import core as kernels
 
 
-matmul = _gemm.matmul  # in Cython: batch-1 sizes take one call from Python to C
+matmul = kernels.matmul  # in Cython: batch-1 sizes take one call from Python to C
 
 
 def validated_matmul(a, b, trans_a, trans_b, alpha, beta, out):
     """matmul for arguments the kernel declined: converted, or reported."""
-    if not _gemm.is_float32_matrix(a):
+    if not kernels.is_float32_matrix(a):
         a = as_float32(a, "matmul", "a", ndim=2)
-    if not _gemm.is_float32_matrix(b):
+    if not kernels.is_float32_matrix(b):
         b = as_float32(b, "matmul", "b", ndim=2)
     alpha = as_real(alpha, "matmul", "alpha")
     beta = as_real(beta, "matmul", "beta")
@@ -30,17 +29,20 @@ def validated_matmul(a, b, trans_a, trans_b, alpha, beta, out):
             raise ValueError(f"matmul: beta={beta} reads out, but out was not given")
     else:
         check_out(out, (m, n), "matmul", inputs=(a, b))
-    result = _gemm.gemm(a, b, out, trans_a, trans_b, alpha, beta)
+    result = kernels.gemm(a, b, out, trans_a, trans_b, alpha, beta)
     if result is None:  # every refusal of the kernel is reported above
         raise ValueError("matmul: arguments refused by the kernel")
     return result
+
+
+kernels.use_matmul_fallback(validated_matmul)
 
 
 def gemm_into(where, *arguments):
     """The GEMM kernel on arrays the caller has already validated; a refusal
     (a parameter replaced by one of another dtype or layout, say) raises
     rather than leaving the output unwritten."""
-    result = _gemm.gemm(*arguments)
+    result = kernels.gemm(*arguments)
     if result is None:
         shapes = ", ".join(f"{a.dtype}{a.shape}" for a in arguments[:3] if isinstance(a, np.ndarray))
         raise ValueError(f"{where}: operands must be float32 with contiguous rows, "
@@ -77,7 +79,7 @@ def linear(x, weight, bias=None, out=None, *, activation=None):
     relu = _linear_activation(activation, "linear")
     # Well-formed 2-D float32 operands go straight to the kernel, which
     # declines (returns None) anything it would have to convert or reject.
-    result = _gemm.gemm(x, weight, out, False, True, 1.0, 0.0, bias, None, relu)
+    result = kernels.gemm(x, weight, out, False, True, 1.0, 0.0, bias, None, relu)
     if result is not None:
         return result
     x, weight = _check_linear(x, weight, "linear")
@@ -118,7 +120,7 @@ def linear_backward(dy, x, weight, out=None, *, input_grad=True, weight_grad=Tru
         dx = _gradient_buffer(dx, x.shape, where, "dx")
         # x is read after dx is written (by dW = dYᵀ X), so it may not overlap either
         if np.may_share_memory(dx, x) or \
-                _gemm.gemm(rows_dy, weight, _rows(dx), False, False, 1.0, 0.0) is None:
+                kernels.gemm(rows_dy, weight, _rows(dx), False, False, 1.0, 0.0) is None:
             _refuse_overlap(dx, x.shape, where, "dx", inputs)
     else:
         dx = None
@@ -126,11 +128,11 @@ def linear_backward(dy, x, weight, out=None, *, input_grad=True, weight_grad=Tru
         dweight = _gradient_buffer(dweight, weight.shape, where, "dweight")
         dbias = _gradient_buffer(dbias, (out_features,), where, "dbias")
         if np.may_share_memory(dweight, weight) or \
-                _gemm.gemm(rows_dy, rows_x, dweight, True, False, 1.0, 0.0) is None:
+                kernels.gemm(rows_dy, rows_x, dweight, True, False, 1.0, 0.0) is None:
             _refuse_overlap(dweight, weight.shape, where, "dweight", inputs)
         if np.may_share_memory(dbias, dy) or np.may_share_memory(dbias, x):
             _refuse_overlap(dbias, dbias.shape, where, "dbias", inputs)
-        _dense.column_sums(rows_dy, dbias)
+        kernels.column_sums(rows_dy, dbias)
     else:
         dweight = dbias = None
     return dx, dweight, dbias

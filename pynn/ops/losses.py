@@ -5,7 +5,7 @@ NaN loss and an empty gradient, as PyTorch's mean reduction."""
 import numpy as np
 
 from pynn._checks import as_float32, as_indices, check_out
-from pynn._kernels import loss as _kernels
+from pynn._kernels import core as kernels
 
 
 def _gradient(out, shape, where, inputs):
@@ -26,7 +26,7 @@ def cross_entropy(logits, target, out=None):
         raise ValueError(f"{where}: target must have one class index per row of logits "
                          f"{logits.shape}, got shape {target.shape}")
     grad = _gradient(out, logits.shape, where, (logits,))
-    return _kernels.cross_entropy(logits, target, grad, where), grad
+    return kernels.cross_entropy(logits, target, grad, where), grad
 
 
 def _same_shape(pred, target, where, pred_name):
@@ -42,7 +42,7 @@ def mse(pred, target, out=None):
     target = as_float32(target, where, "target")
     _same_shape(pred, target, where, "pred")
     grad = _gradient(out, pred.shape, where, (pred, target))
-    return _kernels.mse(pred, target, grad, where), grad
+    return kernels.mse(pred, target, grad, where), grad
 
 
 def binary_cross_entropy_with_logits(logits, target, out=None):
@@ -54,4 +54,4 @@ def binary_cross_entropy_with_logits(logits, target, out=None):
     target = as_float32(target, where, "target")
     _same_shape(logits, target, where, "logits")
     grad = _gradient(out, logits.shape, where, (logits, target))
-    return _kernels.bce_with_logits(logits, target, grad, where), grad
+    return kernels.bce_with_logits(logits, target, grad, where), grad

@@ -7,7 +7,7 @@ takes the model (a ``Sequential`` or a single layer), reads the gradients its
 import numpy as np
 
 from pynn._checks import as_real
-from pynn._kernels.optim import ParameterTable
+from pynn._kernels.core import ParameterTable
 from pynn.layers.base import Layer
 
 

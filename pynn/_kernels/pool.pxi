@@ -1,14 +1,9 @@
-"""Pooling kernels (csrc/pool.c): max, average and global average, each with
-its backward. Geometry is validated by pynn.ops.conv; the checks here only
-keep a careless caller in bounds."""
-cimport numpy as cnp
+# Pooling kernels (csrc/pool.c): max, average and global average, each with
+# its backward. Geometry is validated by pynn.ops.conv; the checks here only
+# keep a careless caller in bounds.
 
 from libc.stdint cimport int64_t
 
-from pynn._kernels.buffers cimport checked, float_input, float_output, index_input
-from pynn._kernels.runtime cimport current_context, pynn_context
-
-cnp.import_array()
 
 cdef extern from "pool.h" nogil:
     ctypedef struct pynn_pool_shape:
@@ -30,7 +25,7 @@ cdef extern from "pool.h" nogil:
                                          Py_ssize_t size, const float *dy, float *dx)
 
 
-cdef pynn_pool_shape geometry(tuple x_shape, tuple out_hw, tuple kernel, tuple stride,
+cdef pynn_pool_shape pool_geometry(tuple x_shape, tuple out_hw, tuple kernel, tuple stride,
                               tuple padding, tuple dilation) except *:
     cdef pynn_pool_shape s
     if len(x_shape) != 4:
@@ -55,7 +50,7 @@ def max_pool2d_forward(x, y, tuple kernel, tuple stride, tuple padding, tuple di
                        argmax=None):
     """y = window maxima; argmax (int64, y's shape), if given, gets their
     flat indices within each plane for max_pool2d_scatter."""
-    cdef pynn_pool_shape s = geometry(x.shape, y.shape[2:], kernel, stride, padding, dilation)
+    cdef pynn_pool_shape s = pool_geometry(x.shape, y.shape[2:], kernel, stride, padding, dilation)
     cdef const float *input = float_input(x, x.size, "x")
     cdef float *output = float_output(y, s.planes * s.out_h * s.out_w, "y")
     cdef int64_t *where = NULL
@@ -72,7 +67,7 @@ def max_pool2d_scatter(dy, argmax, dx, tuple kernel, tuple stride, tuple padding
                        tuple dilation):
     """dx = 0, then dx[argmax] += dy, with argmax from max_pool2d_forward on
     these shapes (its indices are trusted to lie in the plane)."""
-    cdef pynn_pool_shape s = geometry(dx.shape, dy.shape[2:], kernel, stride, padding, dilation)
+    cdef pynn_pool_shape s = pool_geometry(dx.shape, dy.shape[2:], kernel, stride, padding, dilation)
     cdef Py_ssize_t outputs = s.planes * s.out_h * s.out_w
     cdef const float *grad = float_input(dy, outputs, "dy")
     cdef const int64_t *where = index_input(argmax, outputs, "argmax")
@@ -84,7 +79,7 @@ def max_pool2d_scatter(dy, argmax, dx, tuple kernel, tuple stride, tuple padding
 
 
 def max_pool2d_backward(dy, x, dx, tuple kernel, tuple stride, tuple padding, tuple dilation):
-    cdef pynn_pool_shape s = geometry(x.shape, dy.shape[2:], kernel, stride, padding, dilation)
+    cdef pynn_pool_shape s = pool_geometry(x.shape, dy.shape[2:], kernel, stride, padding, dilation)
     cdef const float *grad = float_input(dy, s.planes * s.out_h * s.out_w, "dy")
     cdef const float *input = float_input(x, x.size, "x")
     cdef float *output = float_output(dx, x.size, "dx")
@@ -95,7 +90,7 @@ def max_pool2d_backward(dy, x, dx, tuple kernel, tuple stride, tuple padding, tu
 
 
 def avg_pool2d_forward(x, y, tuple kernel, tuple stride, tuple padding, bint count_include_pad):
-    cdef pynn_pool_shape s = geometry(x.shape, y.shape[2:], kernel, stride, padding, (1, 1))
+    cdef pynn_pool_shape s = pool_geometry(x.shape, y.shape[2:], kernel, stride, padding, (1, 1))
     cdef const float *input = float_input(x, x.size, "x")
     cdef float *output = float_output(y, s.planes * s.out_h * s.out_w, "y")
     cdef pynn_context ctx = current_context()
@@ -106,7 +101,7 @@ def avg_pool2d_forward(x, y, tuple kernel, tuple stride, tuple padding, bint cou
 
 def avg_pool2d_backward(dy, dx, tuple kernel, tuple stride, tuple padding,
                         bint count_include_pad):
-    cdef pynn_pool_shape s = geometry(dx.shape, dy.shape[2:], kernel, stride, padding, (1, 1))
+    cdef pynn_pool_shape s = pool_geometry(dx.shape, dy.shape[2:], kernel, stride, padding, (1, 1))
     cdef const float *grad = float_input(dy, s.planes * s.out_h * s.out_w, "dy")
     cdef float *output = float_output(dx, dx.size, "dx")
     cdef pynn_context ctx = current_context()

@@ -1,7 +1,6 @@
 # Raw pointers into arrays the Python layer has already validated. These
 # checks are the last line of defence against a crash if a caller skips that
 # validation: a wrong array raises instead of being read out of bounds.
-cimport numpy as cnp
 from libc.stdint cimport int64_t
 
 

@@ -1,10 +1,5 @@
-"""Batch normalisation kernels (csrc/batchnorm.c) over x viewed as [N, C, S]."""
-cimport numpy as cnp
+# Batch normalisation kernels (csrc/batchnorm.c) over x viewed as [N, C, S].
 
-from pynn._kernels.buffers cimport float_input, float_output
-from pynn._kernels.runtime cimport current_context, pynn_context
-
-cnp.import_array()
 
 cdef extern from "batchnorm.h" nogil:
     void pynn_batchnorm_train_forward(const pynn_context *ctx, Py_ssize_t n, Py_ssize_t c,
@@ -29,7 +24,7 @@ cdef inline Py_ssize_t spatial(tuple shape):
     return size
 
 
-def train_forward(x, weight, bias, float eps, float factor, running_mean, running_var,
+def batchnorm_train_forward(x, weight, bias, float eps, float factor, running_mean, running_var,
                   mean, invstd, y):
     """Normalise with batch statistics (saved into mean, invstd); running
     statistics move by factor unless running_mean is None."""
@@ -52,7 +47,7 @@ def train_forward(x, weight, bias, float eps, float factor, running_mean, runnin
     return y
 
 
-def eval_forward(x, weight, bias, float eps, running_mean, running_var, y):
+def batchnorm_eval_forward(x, weight, bias, float eps, running_mean, running_var, y):
     cdef Py_ssize_t n = x.shape[0], c = x.shape[1], s = spatial(x.shape), total = x.size
     cdef const float *input = float_input(x, total, "x")
     cdef const float *scale = float_input(weight, c, "weight")
@@ -67,7 +62,7 @@ def eval_forward(x, weight, bias, float eps, running_mean, running_var, y):
     return y
 
 
-def backward(dy, x, weight, mean, invstd, dx, dweight, dbias):
+def batchnorm_backward(dy, x, weight, mean, invstd, dx, dweight, dbias):
     """Writes dx, dweight, dbias (each skipped when None)."""
     cdef Py_ssize_t n = x.shape[0], c = x.shape[1], s = spatial(x.shape), total = x.size
     cdef const float *grad = float_input(dy, total, "dy")

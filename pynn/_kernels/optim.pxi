@@ -1,16 +1,15 @@
-"""Fused optimizer steps over many parameters at once (csrc/optim.c).
-
-A ParameterTable holds raw pointers to every parameter, its gradient and its
-optimizer state, so one call updates them all without touching a Python
-object per tensor; it keeps references to the arrays so the pointers stay
-valid, and allocates nothing per step."""
+# Fused optimizer steps over many parameters at once (csrc/optim.c).
+#
+# A ParameterTable holds raw pointers to every parameter, its gradient and its
+# optimizer state, so one call updates them all without touching a Python
+# object per tensor; it keeps references to the arrays so the pointers stay
+# valid, and allocates nothing per step.
 from libc.math cimport pow, sqrt
 from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free
 
 import numpy as np
 
-from pynn._kernels.runtime cimport current_context, pynn_context
 
 cdef extern from "optim.h" nogil:
     void pynn_sgd_step(const pynn_context *ctx, Py_ssize_t count, const Py_ssize_t *sizes,

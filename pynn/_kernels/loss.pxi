@@ -1,12 +1,7 @@
-"""Fused losses over float32 buffers (csrc/loss.c)."""
-cimport numpy as cnp
+# Fused losses over float32 buffers (csrc/loss.c).
 from libc.math cimport isnan
 from libc.stdint cimport int64_t
 
-from pynn._kernels.buffers cimport float_input, float_output, index_input
-from pynn._kernels.runtime cimport current_context, pynn_context
-
-cnp.import_array()
 
 cdef extern from "loss.h" nogil:
     int pynn_cross_entropy(const pynn_context *ctx, Py_ssize_t n, Py_ssize_t classes,

@@ -1,16 +1,9 @@
-"""Convolution kernels (csrc/conv.c): im2col + GEMM, forward and backward.
+# Convolution kernels (csrc/conv.c): im2col + GEMM, forward and backward.
+#
+# Geometry arrives as (stride, padding, dilation) pairs and groups, already
+# validated by pynn.ops.conv; the checks here only keep a careless caller from
+# reading or writing out of bounds.
 
-Geometry arrives as (stride, padding, dilation) pairs and groups, already
-validated by pynn.ops.conv; the checks here only keep a careless caller from
-reading or writing out of bounds."""
-cimport numpy as cnp
-
-from pynn._kernels.buffers cimport float_input, float_output
-from pynn._kernels.gemm cimport (pynn_activation, PYNN_ACTIVATION_NONE, PYNN_ACTIVATION_RELU,
-                                  pynn_sgemm_fn, sgemm_kernel)
-from pynn._kernels.runtime cimport current_context, pynn_context
-
-cnp.import_array()
 
 cdef extern from "conv.h" nogil:
     ctypedef struct pynn_conv_shape:
@@ -25,12 +18,10 @@ cdef extern from "conv.h" nogil:
     int pynn_conv2d_backward(const pynn_context *ctx, const pynn_conv_shape *s, const float *dy,
                              const float *x, const float *weight, float *dx, float *dweight,
                              float *dbias, float *workspace)
-    void pynn_conv_use_gemm(pynn_sgemm_fn gemm)
-
-pynn_conv_use_gemm(sgemm_kernel())
 
 
-cdef pynn_conv_shape geometry(tuple x_shape, tuple weight_shape, tuple stride, tuple padding,
+
+cdef pynn_conv_shape conv_geometry(tuple x_shape, tuple weight_shape, tuple stride, tuple padding,
                               tuple dilation, Py_ssize_t groups) except *:
     cdef pynn_conv_shape s
     if len(x_shape) != 4 or len(weight_shape) != 4:
@@ -66,18 +57,18 @@ cdef float *workspace_pointer(object workspace, const pynn_conv_shape *s) except
     return <float *>cnp.PyArray_DATA(array)
 
 
-def output_size(tuple x_shape, tuple weight_shape, tuple stride, tuple padding, tuple dilation,
+def conv2d_output_size(tuple x_shape, tuple weight_shape, tuple stride, tuple padding, tuple dilation,
                 Py_ssize_t groups):
     """(OH, OW) of the convolution."""
-    cdef pynn_conv_shape s = geometry(x_shape, weight_shape, stride, padding, dilation, groups)
+    cdef pynn_conv_shape s = conv_geometry(x_shape, weight_shape, stride, padding, dilation, groups)
     return s.out_h, s.out_w
 
 
-def workspace_size(tuple x_shape, tuple weight_shape, tuple stride, tuple padding,
+def conv2d_workspace_size(tuple x_shape, tuple weight_shape, tuple stride, tuple padding,
                    tuple dilation, Py_ssize_t groups):
     """Floats of scratch conv2d_forward/backward use for these shapes at the
     current thread count."""
-    cdef pynn_conv_shape s = geometry(x_shape, weight_shape, stride, padding, dilation, groups)
+    cdef pynn_conv_shape s = conv_geometry(x_shape, weight_shape, stride, padding, dilation, groups)
     return max(<Py_ssize_t>pynn_conv2d_workspace_size(&s, current_context().num_threads), 1)
 
 
@@ -85,7 +76,7 @@ def conv2d_forward(x, weight, bias, y, tuple stride, tuple padding, tuple dilati
                    Py_ssize_t groups, bint relu=False, workspace=None):
     """y = weight ⋆ x + bias (then ReLU if relu); returns y. workspace: optional
     float32 scratch of workspace_size() elements, else allocated per call."""
-    cdef pynn_conv_shape s = geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    cdef pynn_conv_shape s = conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     cdef const float *input = float_input(x, s.batch * s.in_channels * s.height * s.width, "x")
     cdef const float *kernel = float_input(weight, weight.size, "weight")
     cdef const float *shift = NULL
@@ -106,7 +97,7 @@ def conv2d_forward(x, weight, bias, y, tuple stride, tuple padding, tuple dilati
 def conv2d_backward(dy, x, weight, dx, dweight, dbias, tuple stride, tuple padding,
                     tuple dilation, Py_ssize_t groups, workspace=None):
     """Writes dx, dweight, dbias (each skipped when None)."""
-    cdef pynn_conv_shape s = geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    cdef pynn_conv_shape s = conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     cdef Py_ssize_t input_size = s.batch * s.in_channels * s.height * s.width
     cdef const float *grad = float_input(dy, s.batch * s.out_channels * s.out_h * s.out_w, "dy")
     cdef const float *input = float_input(x, input_size, "x")

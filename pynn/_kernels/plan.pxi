@@ -1,18 +1,17 @@
-"""Inference plans: a model's layers for one input shape, run as one loop.
-
-pynn.Sequential builds a plan per thread and input shape and keeps it. Layers
-whose ``kernel_step`` names a C kernel (Linear's GEMM, the element-wise
-activations, softmax) become C steps, and consecutive C steps run in one call
-without the GIL; views (Flatten, Dropout at inference) become nothing; every
-other layer is a Python step that calls its ``infer``. Intermediates land in
-buffers the plan owns, so threads never share one.
-
-A C step holds raw pointers into its layer's arrays. The plan therefore
-remembers every object it read (its ``watched`` entries: a dict, a key, the
-object found), and ``current()`` turns false as soon as one is replaced:
-a new weight array, another activation wiring. The model then builds a fresh
-plan, so a plan never reads an array the layer no longer holds."""
-cimport numpy as cnp
+# Inference plans: a model's layers for one input shape, run as one loop.
+#
+# pynn.Sequential builds a plan per thread and input shape and keeps it. Layers
+# whose ``kernel_step`` names a C kernel (Linear's GEMM, the element-wise
+# activations, softmax) become C steps, and consecutive C steps run in one call
+# without the GIL; views (Flatten, Dropout at inference) become nothing; every
+# other layer is a Python step that calls its ``infer``. Intermediates land in
+# buffers the plan owns, so threads never share one.
+#
+# A C step holds raw pointers into its layer's arrays. The plan therefore
+# remembers every object it read (its ``watched`` entries: a dict, a key, the
+# object found), and ``current()`` turns false as soon as one is replaced:
+# a new weight array, another activation wiring. The model then builds a fresh
+# plan, so a plan never reads an array the layer no longer holds.
 from cpython.object cimport PyObject
 from libc.stdlib cimport calloc, free
 
@@ -21,12 +20,7 @@ import math
 import numpy as np
 
 from pynn._checks import aligned_empty
-from pynn._kernels.activations cimport map_kernel, map_kernel_named, softmax_fn, softmax_kernel
-from pynn._kernels.gemm cimport (PYNN_ACTIVATION_NONE, PYNN_ACTIVATION_RELU, pynn_epilogue,
-                                 pynn_sgemm_fn, sgemm_kernel)
-from pynn._kernels.runtime cimport current_context, pynn_context
 
-cnp.import_array()
 
 cdef extern from "Python.h":
     # PyDict_GetItem on borrowed pointers: no reference counting in current()
@@ -44,11 +38,9 @@ cdef extern from "plan.h" nogil:
         pynn_epilogue epilogue
         map_kernel map
         float parameter
-    void pynn_plan_use_kernels(pynn_sgemm_fn gemm, softmax_fn softmax)
     void pynn_plan_run(const pynn_context *ctx, const pynn_plan_step *steps, Py_ssize_t count,
                        const float *x, float **outputs)
 
-pynn_plan_use_kernels(sgemm_kernel(), softmax_kernel())
 
 
 cdef bint is_float32_buffer(object x, Py_ssize_t size):

@@ -1,13 +1,11 @@
-"""Activation kernels over float32 buffers (csrc/activations.c, csrc/vmath.c).
+# Activation kernels over float32 buffers (csrc/activations.c, csrc/vmath.c).
+#
+# Arrays arrive validated by pynn.ops (C-contiguous float32 of matching sizes);
+# the kernels run without the GIL.
 
-Arrays arrive validated by pynn.ops (C-contiguous float32 of matching sizes);
-the kernels run without the GIL."""
-cimport numpy as cnp
 
-from pynn._kernels.buffers cimport float_input, float_output
-from pynn._kernels.runtime cimport current_context, pynn_context
-
-cnp.import_array()
+ctypedef void (*map_kernel)(const pynn_context *ctx, Py_ssize_t n, const float *a,
+                            const float *b, float *y, float p) noexcept nogil
 
 cdef extern from "vmath.h" nogil:
     void pynn_vexp(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
@@ -48,9 +46,6 @@ cdef dict kernel_index = {name: i for i, name in enumerate(KERNELS)}
 cdef map_kernel map_kernel_named(str name) except NULL:
     return kernel_table[kernel_index[name]]
 
-
-cdef softmax_fn softmax_kernel() noexcept nogil:
-    return pynn_softmax
 
 
 def elementwise(str name, a, b, out, float p=0.0):

@@ -1,12 +1,15 @@
-"""Matrix multiplication over float32 buffers (csrc/gemm.c)."""
-cimport numpy as cnp
+# Matrix multiplication over float32 buffers (csrc/gemm.c).
 from libc.stdint cimport uintptr_t
 
-from pynn._kernels.runtime cimport current_context, pynn_context
-
-cnp.import_array()
 
 cdef extern from "gemm.h" nogil:
+    ctypedef enum pynn_activation:
+        PYNN_ACTIVATION_NONE
+        PYNN_ACTIVATION_RELU
+    ctypedef struct pynn_epilogue:
+        const float *col_bias
+        const float *row_bias
+        pynn_activation activation
     void pynn_sgemm(const pynn_context *ctx, int trans_a, int trans_b,
                     Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                     float alpha, const float *a, Py_ssize_t lda,
@@ -14,9 +17,6 @@ cdef extern from "gemm.h" nogil:
                     float beta, float *c, Py_ssize_t ldc,
                     const pynn_epilogue *epilogue)
 
-
-cdef pynn_sgemm_fn sgemm_kernel() noexcept nogil:
-    return pynn_sgemm
 
 
 cdef inline bint float32_rows(object x, int ndim):
@@ -72,8 +72,19 @@ def matmul(a, b, *, bint trans_a=False, bint trans_b=False, alpha=1.0, beta=0.0,
     result = run_gemm(a, b, out, trans_a, trans_b, alpha, beta, None, None, False)
     if result is not None:
         return result
-    from pynn.ops.dense import validated_matmul
-    return validated_matmul(a, b, trans_a, trans_b, alpha, beta, out)
+    return matmul_fallback(a, b, trans_a, trans_b, alpha, beta, out)
+
+
+# The hook through which pynn.ops.dense hands matmul its converting,
+# error-reporting path (the kernels import nothing above them).
+cdef object matmul_fallback = None
+
+
+def use_matmul_fallback(fallback):
+    """matmul passes arguments it cannot take as they are to ``fallback(a, b,
+    trans_a, trans_b, alpha, beta, out)``."""
+    global matmul_fallback
+    matmul_fallback = fallback
 
 
 def gemm(a, b, out, bint trans_a, bint trans_b, alpha, beta,

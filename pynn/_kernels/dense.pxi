@@ -1,15 +1,10 @@
-"""Dense-layer reductions and embedding gather/scatter (csrc/dense.c).
-
-linear's products go through pynn._kernels.gemm; this module holds what is
-left of the dense layer's backward: the bias gradient, fused with the ReLU
-mask when the layer's activation is fused into its GEMM."""
-cimport numpy as cnp
+# Dense-layer reductions and embedding gather/scatter (csrc/dense.c).
+#
+# linear's products go through pynn._kernels.gemm; this module holds what is
+# left of the dense layer's backward: the bias gradient, fused with the ReLU
+# mask when the layer's activation is fused into its GEMM.
 from libc.stdint cimport int64_t
 
-from pynn._kernels.buffers cimport float_input, float_output, index_input
-from pynn._kernels.runtime cimport current_context, pynn_context
-
-cnp.import_array()
 
 cdef extern from "dense.h" nogil:
     void pynn_column_sums(const pynn_context *ctx, Py_ssize_t rows, Py_ssize_t cols,
