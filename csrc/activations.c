@@ -38,6 +38,21 @@ PYNN_INLINE double gelu_derivative_d(double x)
     return cdf + x * INV_SQRT_2PI * pynn_exp_d(-0.5 * x * x);
 }
 
+/* One table per path: every map below, and the softmax work units. */
+struct pynn_activation_kernels {
+    pynn_map_fn vexp, vtanh, verf, relu, relu_backward, leaky_relu, leaky_relu_backward,
+        sigmoid, sigmoid_backward, tanh, tanh_backward, gelu, gelu_backward, gelu_tanh,
+        gelu_tanh_backward, dropout;
+    void (*softmax_units)(ptrdiff_t first, ptrdiff_t last, ptrdiff_t length, ptrdiff_t inner,
+                          const float *x, float *y, int log_domain);
+    void (*softmax_backward_units)(ptrdiff_t first, ptrdiff_t last, ptrdiff_t length,
+                                   ptrdiff_t inner, const float *dy, const float *y, float *dx,
+                                   int log_domain);
+};
+
+PYNN_ELEMENTWISE(vexp, PYNN_COSTLY_PARALLEL, (float)pynn_exp_d(A))
+PYNN_ELEMENTWISE_VECTOR(vtanh, PYNN_COSTLY_PARALLEL, pynn_tanh_f(A), pynn_tanh16(lanes_a))
+PYNN_ELEMENTWISE(verf, PYNN_COSTLY_PARALLEL, (float)pynn_erf_d(A))
 PYNN_ELEMENTWISE(relu, PYNN_CHEAP_PARALLEL, A < 0.0f ? 0.0f : A)
 PYNN_ELEMENTWISE(relu_backward, PYNN_CHEAP_PARALLEL, B > 0.0f ? A : 0.0f)
 PYNN_ELEMENTWISE(leaky_relu, PYNN_CHEAP_PARALLEL, A > 0.0f ? A : A * p)
@@ -181,16 +196,16 @@ PYNN_INLINE ptrdiff_t tiles_per_slice(ptrdiff_t inner)
         }                                                                                    \
     }
 
-SOFTMAX_VARIANT(generic, )
-#if defined(PYNN_X86_64)
-SOFTMAX_VARIANT(avx2, PYNN_TARGET_AVX2)
-SOFTMAX_VARIANT(avx512, PYNN_TARGET_AVX512)
-#endif
+#define ACTIVATION_TABLE(suffix, attribute)                                                  \
+    SOFTMAX_VARIANT(suffix, attribute)                                                       \
+    const struct pynn_activation_kernels pynn_activation_##suffix = {                       \
+        vexp_##suffix, vtanh_##suffix, verf_##suffix, relu_##suffix, relu_backward_##suffix, \
+        leaky_relu_##suffix, leaky_relu_backward_##suffix, sigmoid_##suffix,                 \
+        sigmoid_backward_##suffix, tanh_##suffix, tanh_backward_##suffix, gelu_##suffix,     \
+        gelu_backward_##suffix, gelu_tanh_##suffix, gelu_tanh_backward_##suffix,             \
+        dropout_##suffix, softmax_units_##suffix, softmax_backward_units_##suffix};
 
-typedef void (*softmax_units_fn)(ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, const float *,
-                                 float *, int);
-typedef void (*softmax_backward_units_fn)(ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t,
-                                          const float *, const float *, float *, int);
+PYNN_EACH_ISA(ACTIVATION_TABLE)
 
 /* Units per parallel task: enough elements to amortise waking a thread. */
 static ptrdiff_t units_per_task(ptrdiff_t length, ptrdiff_t inner)
@@ -203,34 +218,32 @@ static ptrdiff_t units_per_task(ptrdiff_t length, ptrdiff_t inner)
 void pynn_softmax(const pynn_context *ctx, ptrdiff_t outer, ptrdiff_t length, ptrdiff_t inner,
                   const float *x, float *y, int log_domain)
 {
-    softmax_units_fn units_fn = PYNN_PICK(ctx->isa, softmax_units);
+    const struct pynn_activation_kernels *kernels = ctx->kernels->activations;
     ptrdiff_t units = outer * tiles_per_slice(inner);
     if (units == 0 || length == 0 || inner == 0) return;
     ptrdiff_t step = units_per_task(length, inner);
     ptrdiff_t tasks = (units + step - 1) / step;
-    const int team = tasks > 1 && outer * length * inner >= PYNN_COSTLY_PARALLEL
-                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-    PYNN_PARALLEL_FOR(team, t, tasks, {
+    const int wanted = tasks > 1 && outer * length * inner >= PYNN_COSTLY_PARALLEL
+                       ? ctx->num_threads : 1;
+    PYNN_TEAM_FOR(ctx, wanted, t, tasks, {
         ptrdiff_t first = t * step, last = first + step < units ? first + step : units;
-        units_fn(first, last, length, inner, x, y, log_domain);
+        kernels->softmax_units(first, last, length, inner, x, y, log_domain);
     });
-    pynn_team_end(ctx, team);
 }
 
 void pynn_softmax_backward(const pynn_context *ctx, ptrdiff_t outer, ptrdiff_t length,
                            ptrdiff_t inner, const float *dy, const float *y, float *dx,
                            int log_domain)
 {
-    softmax_backward_units_fn units_fn = PYNN_PICK(ctx->isa, softmax_backward_units);
+    const struct pynn_activation_kernels *kernels = ctx->kernels->activations;
     ptrdiff_t units = outer * tiles_per_slice(inner);
     if (units == 0 || length == 0 || inner == 0) return;
     ptrdiff_t step = units_per_task(length, inner);
     ptrdiff_t tasks = (units + step - 1) / step;
-    const int team = tasks > 1 && outer * length * inner >= PYNN_COSTLY_PARALLEL
-                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-    PYNN_PARALLEL_FOR(team, t, tasks, {
+    const int wanted = tasks > 1 && outer * length * inner >= PYNN_COSTLY_PARALLEL
+                       ? ctx->num_threads : 1;
+    PYNN_TEAM_FOR(ctx, wanted, t, tasks, {
         ptrdiff_t first = t * step, last = first + step < units ? first + step : units;
-        units_fn(first, last, length, inner, dy, y, dx, log_domain);
+        kernels->softmax_backward_units(first, last, length, inner, dy, y, dx, log_domain);
     });
-    pynn_team_end(ctx, team);
 }

@@ -13,6 +13,9 @@
 #define PYNN_DECLARE_MAP(name) \
     void pynn_##name(const pynn_context *ctx, ptrdiff_t n, const float *a, const float *b, float *y, float p)
 
+PYNN_DECLARE_MAP(vexp);                /* e^x, the vector math on its own (vmath.h) */
+PYNN_DECLARE_MAP(vtanh);
+PYNN_DECLARE_MAP(verf);
 PYNN_DECLARE_MAP(relu);                /* max(x, 0), NaN kept */
 PYNN_DECLARE_MAP(relu_backward);       /* dx = dy [x > 0] */
 PYNN_DECLARE_MAP(leaky_relu);          /* x > 0 ? x : p x */

@@ -27,9 +27,7 @@ void pynn_batchnorm_train_forward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_
                                   float *mean, float *invstd, float *y)
 {
     const ptrdiff_t count = n * s;
-    const int team = c > 1 && count * c >= PARALLEL_MIN_FLOATS
-                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-    PYNN_PARALLEL_FOR(team, j, c, {
+    PYNN_TEAM_FOR(ctx, c > 1 && count * c >= PARALLEL_MIN_FLOATS ? ctx->num_threads : 1, j, c, {
         double sum = 0.0, squares = 0.0;
         for (ptrdiff_t i = 0; i < n; i++) {
             const float *row = x + (i * c + j) * s;
@@ -54,7 +52,6 @@ void pynn_batchnorm_train_forward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_
         }
         normalise_channel(n, c, s, j, x, average, inverse, weight[j], bias[j], y);
     });
-    pynn_team_end(ctx, team);
 }
 
 void pynn_batchnorm_eval_forward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_t c,
@@ -62,13 +59,10 @@ void pynn_batchnorm_eval_forward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_t
                                  const float *bias, float eps, const float *running_mean,
                                  const float *running_var, float *y)
 {
-    const int team = c > 1 && n * s * c >= PARALLEL_MIN_FLOATS
-                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-    PYNN_PARALLEL_FOR(team, j, c, {
+    PYNN_TEAM_FOR(ctx, c > 1 && n * s * c >= PARALLEL_MIN_FLOATS ? ctx->num_threads : 1, j, c, {
         const double inverse = 1.0 / sqrt((double)running_var[j] + (double)eps);
         normalise_channel(n, c, s, j, x, running_mean[j], inverse, weight[j], bias[j], y);
     });
-    pynn_team_end(ctx, team);
 }
 
 void pynn_batchnorm_backward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_t c, ptrdiff_t s,
@@ -77,9 +71,7 @@ void pynn_batchnorm_backward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_t c, 
                              float *dx, float *dweight, float *dbias)
 {
     const ptrdiff_t count = n * s;
-    const int team = c > 1 && count * c >= PARALLEL_MIN_FLOATS
-                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-    PYNN_PARALLEL_FOR(team, j, c, {
+    PYNN_TEAM_FOR(ctx, c > 1 && count * c >= PARALLEL_MIN_FLOATS ? ctx->num_threads : 1, j, c, {
         double grad_sum = 0.0, grad_dot = 0.0;
         const double centre = mean[j], inverse = invstd[j];
         for (ptrdiff_t i = 0; i < n; i++) {
@@ -103,5 +95,4 @@ void pynn_batchnorm_backward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_t c, 
                 out[k] = scale * (g[k] - mean_grad - (row[k] - centre_f) * slope);
         }
     });
-    pynn_team_end(ctx, team);
 }

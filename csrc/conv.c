@@ -307,12 +307,21 @@ fold_rows_gathered(const pynn_conv_shape *s, const tap_span *spans, const float 
 }
 #endif
 
+/* How unfold and fold move a tap's rows: a constant argument of each ISA's
+ * copy of them (CHANNEL_VARIANT), so each keeps only its own instructions. */
+typedef enum {
+    ROWS_SCALAR,         /* plain loops, vectorised by the compiler */
+    ROWS_AVX2_GATHERED,  /* whole taps by 8-float permutes (tap_rows_copy, fold_rows_gathered) */
+    ROWS_AVX512_MASKED,  /* each row by masked 16-float loads and stores */
+} row_moves;
+
 /* col rows (c, kh, kw) for channel c of one image and the output rows
  * [oh0, oh1): col[row, (oh - oh0) OW + ow] = x[c, ih, iw], zero where (ih, iw)
  * is padding; ld is col's row stride. */
 PYNN_INLINE void unfold_channel(const pynn_conv_shape *s, const unfold_plan *plan,
                                         const float *restrict image, float *restrict col,
-                                        ptrdiff_t ld, ptrdiff_t oh0, ptrdiff_t oh1, const pynn_isa isa)
+                                        ptrdiff_t ld, ptrdiff_t oh0, ptrdiff_t oh1,
+                                        const row_moves moves)
 {
     const ptrdiff_t ow_count = s->out_w, sw = s->stride_w, p = plane(s);
     const ptrdiff_t band = (oh1 - oh0) * ow_count;
@@ -336,7 +345,7 @@ PYNN_INLINE void unfold_channel(const pynn_conv_shape *s, const unfold_plan *pla
             const ptrdiff_t bottom = row.last < top ? top : row.last > oh1 ? oh1 : row.last;
             for (ptrdiff_t i = 0; i < (top - oh0) * ow_count; i++) col[i] = 0.0f;
 #if defined(PYNN_X86_64)
-            if (isa == PYNN_ISA_AVX2 && sw == 1 && ow_count >= 8) {
+            if (moves == ROWS_AVX2_GATHERED && sw == 1 && ow_count >= 8) {
                 tap_rows_copy(col + (top - oh0) * ow_count,
                               image + (top * s->stride_h + row.start) * s->width + column.start,
                               s->stride_h * s->width, bottom - top, ow_count, column.first,
@@ -349,7 +358,7 @@ PYNN_INLINE void unfold_channel(const pynn_conv_shape *s, const unfold_plan *pla
                 float *restrict out = col + (oh - oh0) * ow_count;
                 const float *restrict in = image + (oh * s->stride_h + row.start) * s->width + column.start;
 #if defined(PYNN_X86_64)
-                if (isa == PYNN_ISA_AVX512 && sw == 1) {
+                if (moves == ROWS_AVX512_MASKED && sw == 1) {
                     masked_row_copy(out, in, column.first, column.last, ow_count);
                     continue;
                 }
@@ -370,17 +379,16 @@ PYNN_INLINE void unfold_channel(const pynn_conv_shape *s, const unfold_plan *pla
  * (dx[c] is overwritten; the sum runs in a fixed order). */
 PYNN_INLINE void fold_channel(const pynn_conv_shape *s, const unfold_plan *plan,
                                       const float *restrict col, ptrdiff_t ld,
-                                      float *restrict image, const pynn_isa isa)
+                                      float *restrict image, const row_moves moves)
 {
     const ptrdiff_t ow_count = s->out_w, sw = s->stride_w, p = plane(s);
 #if defined(PYNN_X86_64)
-    if (isa == PYNN_ISA_AVX2 && !plan->source && sw == 1 && s->stride_h == 1 &&
+    if (moves == ROWS_AVX2_GATHERED && !plan->source && sw == 1 && s->stride_h == 1 &&
         s->kernel_w <= FOLD_ROW_MAX_KW) {
         fold_rows_gathered(s, plan->spans, col, ld, image);
         return;
     }
 #endif
-    (void)isa;
     for (ptrdiff_t i = 0; i < s->height * s->width; i++) image[i] = 0.0f;
     if (plan->source) {
         for (ptrdiff_t t = 0; t < s->kernel_h * s->kernel_w; t++, col += ld) {
@@ -403,22 +411,34 @@ PYNN_INLINE void fold_channel(const pynn_conv_shape *s, const unfold_plan *plan,
     }
 }
 
-/* One copy of the channel loops per ISA, so the copies use its vector width. */
-#define CHANNEL_VARIANT(suffix, attribute, isa)                                              \
+/* One copy of the channel loops per ISA, so the copies use its vector width;
+ * the direct convolution of single-channel images is AVX2 code, which the
+ * AVX-512 path runs too (NULL: the path has none). */
+struct pynn_conv_kernels {
+    void (*unfold_channel)(const pynn_conv_shape *s, const unfold_plan *plan,
+                           const float *image, float *col, ptrdiff_t ld, ptrdiff_t oh0,
+                           ptrdiff_t oh1);
+    void (*fold_channel)(const pynn_conv_shape *s, const unfold_plan *plan, const float *col,
+                         ptrdiff_t ld, float *image);
+    void (*direct_image)(const pynn_conv_shape *s, const float *image, const float *weight,
+                         const float *bias, int relu, float *y);
+};
+
+#define CHANNEL_VARIANT(suffix, attribute, moves)                                            \
     attribute static void unfold_channel_##suffix(const pynn_conv_shape *s,                  \
                                                   const unfold_plan *plan, const float *image, \
                                                   float *col, ptrdiff_t ld, ptrdiff_t oh0,   \
                                                   ptrdiff_t oh1)                             \
-    { unfold_channel(s, plan, image, col, ld, oh0, oh1, isa); }                              \
+    { unfold_channel(s, plan, image, col, ld, oh0, oh1, moves); }                            \
     attribute static void fold_channel_##suffix(const pynn_conv_shape *s,                    \
                                                 const unfold_plan *plan, const float *col,   \
                                                 ptrdiff_t ld, float *image)                  \
-    { fold_channel(s, plan, col, ld, image, isa); }
+    { fold_channel(s, plan, col, ld, image, moves); }
 
-CHANNEL_VARIANT(generic, , PYNN_ISA_GENERIC)
+CHANNEL_VARIANT(generic, , ROWS_SCALAR)
 #if defined(PYNN_X86_64)
-CHANNEL_VARIANT(avx2, PYNN_TARGET_AVX2, PYNN_ISA_AVX2)
-CHANNEL_VARIANT(avx512, PYNN_TARGET_AVX512, PYNN_ISA_AVX512)
+CHANNEL_VARIANT(avx2, PYNN_TARGET_AVX2, ROWS_AVX2_GATHERED)
+CHANNEL_VARIANT(avx512, PYNN_TARGET_AVX512, ROWS_AVX512_MASKED)
 #endif
 
 /* col [C KH KW, images band] from the output rows [oh0, oh1) (a band of
@@ -430,15 +450,14 @@ static void unfold(const pynn_context *ctx, const pynn_conv_shape *s, const unfo
     const ptrdiff_t p = (oh1 - oh0) * s->out_w, ld = images * p, hw = s->height * s->width;
     const ptrdiff_t channels = s->in_channels, kernel = s->kernel_h * s->kernel_w;
     const ptrdiff_t tasks = images * channels;
-    typeof(&unfold_channel_generic) unfold_one = PYNN_PICK(ctx->isa, unfold_channel);
-    const int team = tasks > 1 && ld * kernel * channels >= PARALLEL_MIN_FLOATS
-                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-    PYNN_PARALLEL_FOR(team, t, tasks, {
+    const struct pynn_conv_kernels *kernels = ctx->kernels->conv;
+    const int wanted = tasks > 1 && ld * kernel * channels >= PARALLEL_MIN_FLOATS
+                       ? ctx->num_threads : 1;
+    PYNN_TEAM_FOR(ctx, wanted, t, tasks, {
         ptrdiff_t b = t / channels, c = t % channels;
-        unfold_one(s, plan, x + ((first + b) * channels + c) * hw, col + c * kernel * ld + b * p,
-                   ld, oh0, oh1);
+        kernels->unfold_channel(s, plan, x + ((first + b) * channels + c) * hw,
+                                col + c * kernel * ld + b * p, ld, oh0, oh1);
     });
-    pynn_team_end(ctx, team);
 }
 
 static void fold(const pynn_context *ctx, const pynn_conv_shape *s, const unfold_plan *plan,
@@ -447,14 +466,14 @@ static void fold(const pynn_context *ctx, const pynn_conv_shape *s, const unfold
     const ptrdiff_t p = plane(s), ld = images * p, hw = s->height * s->width;
     const ptrdiff_t channels = s->in_channels, kernel = s->kernel_h * s->kernel_w;
     const ptrdiff_t tasks = images * channels;
-    typeof(&fold_channel_generic) fold_one = PYNN_PICK(ctx->isa, fold_channel);
-    const int team = tasks > 1 && ld * kernel * channels >= PARALLEL_MIN_FLOATS
-                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-    PYNN_PARALLEL_FOR(team, t, tasks, {
+    const struct pynn_conv_kernels *kernels = ctx->kernels->conv;
+    const int wanted = tasks > 1 && ld * kernel * channels >= PARALLEL_MIN_FLOATS
+                       ? ctx->num_threads : 1;
+    PYNN_TEAM_FOR(ctx, wanted, t, tasks, {
         ptrdiff_t b = t / channels, c = t % channels;
-        fold_one(s, plan, col + c * kernel * ld + b * p, ld, dx + ((first + b) * channels + c) * hw);
+        kernels->fold_channel(s, plan, col + c * kernel * ld + b * p, ld,
+                              dx + ((first + b) * channels + c) * hw);
     });
-    pynn_team_end(ctx, team);
 }
 
 /* Between staged [OC, images P] (one GEMM's output or input) and NCHW images. */
@@ -462,9 +481,7 @@ static void unstage(const pynn_context *ctx, const float *staged, ptrdiff_t chan
                     ptrdiff_t p, ptrdiff_t images, float *y, int to_images)
 {
     const ptrdiff_t tasks = images * channels, ld = images * p;
-    const int team = tasks * p >= 4 * PARALLEL_MIN_FLOATS
-                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-    PYNN_PARALLEL_FOR(team, t, tasks, {
+    PYNN_TEAM_FOR(ctx, tasks * p >= 4 * PARALLEL_MIN_FLOATS ? ctx->num_threads : 1, t, tasks, {
         ptrdiff_t b = t / channels, c = t % channels;
         float *image = y + t * p;
         float *row = (float *)staged + c * ld + b * p;
@@ -473,7 +490,6 @@ static void unstage(const pynn_context *ctx, const float *staged, ptrdiff_t chan
         else
             memcpy(row, image, (size_t)p * sizeof(float));
     });
-    pynn_team_end(ctx, team);
 }
 
 /* The scratch (workspace, or allocated into *owned) and the unfold plan; NULL
@@ -620,7 +636,7 @@ static ptrdiff_t direct_row_floats(const pynn_conv_shape *s)
 
 static int direct_applies(const pynn_context *ctx, const pynn_conv_shape *s)
 {
-    return ctx->isa != PYNN_ISA_GENERIC && s->in_channels == 1 && s->groups == 1 &&
+    return ctx->kernels->conv->direct_image && s->in_channels == 1 && s->groups == 1 &&
            s->stride_h == 1 && s->stride_w == 1 && s->dilation_h == 1 && s->dilation_w == 1 &&
            s->out_w >= 8 && s->kernel_h * s->kernel_w <= DIRECT_MAX_TAPS &&
            direct_row_floats(s) * (s->height + 2 * s->pad_h) <= DIRECT_MAX_FLOATS;
@@ -700,13 +716,22 @@ static void direct_forward(const pynn_context *ctx, const pynn_conv_shape *s, co
 {
     const ptrdiff_t image_size = s->height * s->width, out_size = s->out_channels * plane(s);
     const int relu = activation == PYNN_ACTIVATION_RELU;
-    const int team = s->batch > 1 && s->batch * out_size >= PARALLEL_MIN_FLOATS
-                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-    PYNN_PARALLEL_FOR(team, n, s->batch, {
-        direct_image(s, x + n * image_size, weight, bias, relu, y + n * out_size);
+    const int wanted = s->batch > 1 && s->batch * out_size >= PARALLEL_MIN_FLOATS
+                       ? ctx->num_threads : 1;
+    PYNN_TEAM_FOR(ctx, wanted, n, s->batch, {
+        ctx->kernels->conv->direct_image(s, x + n * image_size, weight, bias, relu,
+                                         y + n * out_size);
     });
-    pynn_team_end(ctx, team);
 }
+#endif
+
+#define CONV_TABLE(suffix, direct)                                                           \
+    const struct pynn_conv_kernels pynn_conv_##suffix = {unfold_channel_##suffix,            \
+                                                         fold_channel_##suffix, direct};
+CONV_TABLE(generic, NULL)
+#if defined(PYNN_X86_64)
+CONV_TABLE(avx2, direct_image)
+CONV_TABLE(avx512, direct_image)
 #endif
 
 int pynn_conv2d_forward(const pynn_context *ctx, const pynn_conv_shape *s, const float *x,
@@ -731,14 +756,12 @@ int pynn_conv2d_forward(const pynn_context *ctx, const pynn_conv_shape *s, const
     const pynn_context *inner = slots > 1 ? &single : ctx;
     /* Without the team (another call holds it) the chunks run in turn here,
      * in slot 0's scratch; each chunk's outputs are the same either way. */
-    const int team = slots > 1 ? pynn_team_begin(ctx, slots) : 1;
-    PYNN_PARALLEL_FOR(team, c, chunks, {
+    PYNN_TEAM_FOR(ctx, slots, c, chunks, {
         ptrdiff_t first = c * images;
         ptrdiff_t count = s->batch - first < images ? s->batch - first : images;
         forward_chunk(inner, s, &plan, x, weight, bias, activation, y, first, count,
                       scratch_space + (team > 1 ? slot() : 0) * per_slot);
     });
-    pynn_team_end(ctx, team);
     free(owned);
     plan_free(&plan);
     return 0;
@@ -749,9 +772,9 @@ static void bias_gradient(const pynn_context *ctx, const pynn_conv_shape *s, con
                           float *dbias)
 {
     const ptrdiff_t p = plane(s), oc = s->out_channels;
-    const int team = oc > 1 && s->batch * oc * p >= 4 * PARALLEL_MIN_FLOATS
-                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-    PYNN_PARALLEL_FOR(team, o, oc, {
+    const int wanted = oc > 1 && s->batch * oc * p >= 4 * PARALLEL_MIN_FLOATS
+                       ? ctx->num_threads : 1;
+    PYNN_TEAM_FOR(ctx, wanted, o, oc, {
         double total = 0.0;
         for (ptrdiff_t n = 0; n < s->batch; n++) {
             const float *row = dy + (n * oc + o) * p;
@@ -761,7 +784,6 @@ static void bias_gradient(const pynn_context *ctx, const pynn_conv_shape *s, con
         }
         dbias[o] = (float)total;
     });
-    pynn_team_end(ctx, team);
 }
 
 int pynn_conv2d_backward(const pynn_context *ctx, const pynn_conv_shape *s, const float *dy,
@@ -784,25 +806,21 @@ int pynn_conv2d_backward(const pynn_context *ctx, const pynn_conv_shape *s, cons
     single.num_threads = 1;
     const pynn_context *inner = slots > 1 ? &single : ctx;
     /* As in the forward pass: without the team the chunks run in turn here. */
-    const int team = slots > 1 ? pynn_team_begin(ctx, slots) : 1;
-    PYNN_PARALLEL_FOR(team, c, chunks, {
+    PYNN_TEAM_FOR(ctx, slots, c, chunks, {
         ptrdiff_t first = c * images;
         ptrdiff_t count = s->batch - first < images ? s->batch - first : images;
         float *share = !dweight ? NULL : chunks > 1 ? partials + c * wsize : dweight;
         backward_chunk(inner, s, &plan, dy, x, weight, dx, share, first, count,
                        scratch_space + (team > 1 ? slot() : 0) * per_slot);
     });
-    pynn_team_end(ctx, team);
     if (dweight && chunks > 1) {
         /* dW = Σ over chunks in chunk order, whatever thread computed each */
-        const int merge_team = wsize * chunks >= 4 * PARALLEL_MIN_FLOATS
-                               ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-        PYNN_PARALLEL_FOR(merge_team, i, wsize, {
+        const int wanted = wsize * chunks >= 4 * PARALLEL_MIN_FLOATS ? ctx->num_threads : 1;
+        PYNN_TEAM_FOR(ctx, wanted, i, wsize, {
             float sum = partials[i];
             for (ptrdiff_t c = 1; c < chunks; c++) sum += partials[c * wsize + i];
             dweight[i] = sum;
         });
-        pynn_team_end(ctx, merge_team);
     }
     free(owned);
     plan_free(&plan);

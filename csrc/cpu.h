@@ -16,67 +16,82 @@ typedef enum {
 
 #define PYNN_ISA_COUNT 3
 
+/* Each ISA's kernels and its per-CPU thresholds, one table per path
+ * (kernels.h); a kernel chooses its code only through the one it is given. */
+typedef struct pynn_kernels pynn_kernels;
+
 typedef struct {
-    pynn_isa isa;
+    const pynn_kernels *kernels;
     int num_threads;
-    /* Nonzero while a kernel's parallel team runs: one flag for the whole
-     * process, owned by the runtime module (NULL: no such guard). */
+    /* Nonzero while a parallel team runs: one flag for the whole process,
+     * owned by whoever made the context (the Python runtime keeps one). */
     atomic_int *team_busy;
 } pynn_context;
 
-/* The threads a parallel region may start for `wanted`: all of them when no
- * other call's team is running, the region then holding the cores until
+/* The threads a parallel team may use for `wanted`: all of them when no
+ * other call's team is running, the team then holding the cores until
  * pynn_team_end; else 1. A concurrent call (another Python thread
  * predicting or training) so runs alone on its own thread instead of starting
  * a second team on the same cores, whose barriers would spin against the
- * first's. Every kernel's parallel region takes this path, and each gives
- * the same bits on any thread count (a convolution refused the team runs its
- * chunk slots in turn), so a call's result never depends on what runs beside
- * it. */
+ * first's. Every team (an OpenMP region or the plan's helper threads) takes
+ * this path, and each gives the same bits on any thread count, so a call's
+ * result never depends on what runs beside it. */
 static inline int pynn_team_begin(const pynn_context *ctx, int wanted)
 {
-    if (wanted <= 1 || !ctx->team_busy) return wanted;
+    if (wanted <= 1) return 1;
     return atomic_exchange_explicit(ctx->team_busy, 1, memory_order_acquire) ? 1 : wanted;
 }
 
 static inline void pynn_team_end(const pynn_context *ctx, int team)
 {
-    if (team > 1 && ctx->team_busy) atomic_store_explicit(ctx->team_busy, 0, memory_order_release);
+    if (team > 1) atomic_store_explicit(ctx->team_busy, 0, memory_order_release);
 }
 
-/* Parallel regions that cost nothing when they would run on one thread: a
- * region that an if clause keeps on one thread still costs 0.4-0.5 us on
- * Zen 3, as long as a small call's whole work. Each body is a
+/* Parallel loops that cost nothing when they would run on one thread: an
+ * OpenMP region that an if clause keeps on one thread still costs about half
+ * a microsecond, as long as a small call's whole work. Each body is a
  * { compound statement }.
  * PYNN_PARALLEL_FOR: for (ptrdiff_t index = 0; index < count; index++) body,
- * the iterations shared statically among `team` threads (a
- * pynn_team_begin's), or a plain loop when the team is one thread.
- * PYNN_PARALLEL: body run by each of `team` threads, or once by this one. */
+ * the iterations shared statically among `threads` threads of a team the
+ * caller holds, or a plain loop when that is one thread.
+ * PYNN_TEAM_FOR: the same loop as one whole team call: the team (up to
+ * `wanted` threads, pynn_team_begin's answer, its variable `team` visible to
+ * the body) is taken before the loop and given back after it.
+ * PYNN_TEAM: body run by each thread of such a team, or once by this one. */
 #ifdef _OPENMP
 #define PYNN_PRAGMA(text) _Pragma(#text)
-#define PYNN_PARALLEL_FOR(team, index, count, ...)                                  \
+#define PYNN_PARALLEL_FOR(threads, index, count, ...)                               \
     do {                                                                             \
-        if ((team) > 1) {                                                            \
-            PYNN_PRAGMA(omp parallel for num_threads(team) schedule(static))         \
+        if ((threads) > 1) {                                                         \
+            PYNN_PRAGMA(omp parallel for num_threads(threads) schedule(static))      \
             for (ptrdiff_t index = 0; index < (count); index++) __VA_ARGS__          \
         } else {                                                                     \
             for (ptrdiff_t index = 0; index < (count); index++) __VA_ARGS__          \
         }                                                                            \
     } while (0)
-#define PYNN_PARALLEL(team, ...)                                                     \
+#define PYNN_TEAM(ctx, wanted, ...)                                                  \
     do {                                                                             \
-        if ((team) > 1) {                                                            \
+        const int team = pynn_team_begin((ctx), (wanted));                           \
+        if (team > 1) {                                                              \
             PYNN_PRAGMA(omp parallel num_threads(team))                              \
             __VA_ARGS__                                                              \
         } else {                                                                     \
             __VA_ARGS__                                                              \
         }                                                                            \
+        pynn_team_end((ctx), team);                                                  \
     } while (0)
 #else
-#define PYNN_PARALLEL_FOR(team, index, count, ...) \
-    do { (void)(team); for (ptrdiff_t index = 0; index < (count); index++) __VA_ARGS__ } while (0)
-#define PYNN_PARALLEL(team, ...) do { (void)(team); __VA_ARGS__ } while (0)
+#define PYNN_PARALLEL_FOR(threads, index, count, ...) \
+    do { (void)(threads); for (ptrdiff_t index = 0; index < (count); index++) __VA_ARGS__ } while (0)
+#define PYNN_TEAM(ctx, wanted, ...) \
+    do { (void)(ctx); (void)(wanted); const int team = 1; (void)team; __VA_ARGS__ } while (0)
 #endif
+#define PYNN_TEAM_FOR(ctx, wanted, index, count, ...)                                 \
+    do {                                                                             \
+        const int team = pynn_team_begin((ctx), (wanted));                           \
+        PYNN_PARALLEL_FOR(team, index, count, __VA_ARGS__);                          \
+        pynn_team_end((ctx), team);                                                  \
+    } while (0)
 
 /* Is the path compiled into this build (x86-64 builds carry all three). */
 int pynn_isa_compiled(pynn_isa isa);

@@ -43,6 +43,13 @@ PYNN_INLINE void relu_mask_block(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t first
     }
 }
 
+struct pynn_dense_kernels {
+    void (*column_sums)(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t first, ptrdiff_t last,
+                        const float *dy, float *db);
+    void (*relu_mask)(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t first, ptrdiff_t last,
+                      const float *dy, const float *y, float *dz, float *db);
+};
+
 #define DENSE_VARIANT(suffix, attribute)                                                    \
     attribute static void column_sums_##suffix(ptrdiff_t rows, ptrdiff_t cols,               \
                                                ptrdiff_t first, ptrdiff_t last,              \
@@ -51,26 +58,22 @@ PYNN_INLINE void relu_mask_block(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t first
     attribute static void relu_mask_##suffix(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t first, \
                                              ptrdiff_t last, const float *dy, const float *y, \
                                              float *dz, float *db)                           \
-    { relu_mask_block(rows, cols, first, last, dy, y, dz, db); }
+    { relu_mask_block(rows, cols, first, last, dy, y, dz, db); }                             \
+    const struct pynn_dense_kernels pynn_dense_##suffix = {column_sums_##suffix, relu_mask_##suffix};
 
-DENSE_VARIANT(generic, )
-#if defined(PYNN_X86_64)
-DENSE_VARIANT(avx2, PYNN_TARGET_AVX2)
-DENSE_VARIANT(avx512, PYNN_TARGET_AVX512)
-#endif
+PYNN_EACH_ISA(DENSE_VARIANT)
 
 void pynn_column_sums(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t cols,
                       const float *dy, float *db)
 {
-    typeof(&column_sums_generic) fn = PYNN_PICK(ctx->isa, column_sums);
+    const struct pynn_dense_kernels *kernels = ctx->kernels->dense;
     ptrdiff_t blocks = (cols + COLUMN_BLOCK - 1) / COLUMN_BLOCK;
-    const int team = blocks > 1 && rows * cols >= PARALLEL_MIN_ELEMENTS
-                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-    PYNN_PARALLEL_FOR(team, b, blocks, {
+    const int wanted = blocks > 1 && rows * cols >= PARALLEL_MIN_ELEMENTS ? ctx->num_threads : 1;
+    PYNN_TEAM_FOR(ctx, wanted, b, blocks, {
         ptrdiff_t first = b * COLUMN_BLOCK;
-        fn(rows, cols, first, first + COLUMN_BLOCK < cols ? first + COLUMN_BLOCK : cols, dy, db);
+        kernels->column_sums(rows, cols, first,
+                             first + COLUMN_BLOCK < cols ? first + COLUMN_BLOCK : cols, dy, db);
     });
-    pynn_team_end(ctx, team);
 }
 
 void pynn_scale(ptrdiff_t count, float factor, float *x)
@@ -82,27 +85,23 @@ void pynn_scale(ptrdiff_t count, float factor, float *x)
 void pynn_relu_mask_column_sums(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t cols,
                                 const float *dy, const float *y, float *dz, float *db)
 {
-    typeof(&relu_mask_generic) fn = PYNN_PICK(ctx->isa, relu_mask);
+    const struct pynn_dense_kernels *kernels = ctx->kernels->dense;
     ptrdiff_t blocks = (cols + COLUMN_BLOCK - 1) / COLUMN_BLOCK;
-    const int team = blocks > 1 && rows * cols >= PARALLEL_MIN_ELEMENTS
-                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-    PYNN_PARALLEL_FOR(team, b, blocks, {
+    const int wanted = blocks > 1 && rows * cols >= PARALLEL_MIN_ELEMENTS ? ctx->num_threads : 1;
+    PYNN_TEAM_FOR(ctx, wanted, b, blocks, {
         ptrdiff_t first = b * COLUMN_BLOCK;
-        fn(rows, cols, first, first + COLUMN_BLOCK < cols ? first + COLUMN_BLOCK : cols,
-           dy, y, dz, db);
+        kernels->relu_mask(rows, cols, first,
+                           first + COLUMN_BLOCK < cols ? first + COLUMN_BLOCK : cols, dy, y, dz, db);
     });
-    pynn_team_end(ctx, team);
 }
 
 void pynn_embedding_gather(const pynn_context *ctx, ptrdiff_t count, ptrdiff_t dim,
                            const float *weight, const int64_t *index, float *out)
 {
-    const int team = count * dim >= PARALLEL_MIN_ELEMENTS
-                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-    PYNN_PARALLEL_FOR(team, i, count, {
+    const int wanted = count * dim >= PARALLEL_MIN_ELEMENTS ? ctx->num_threads : 1;
+    PYNN_TEAM_FOR(ctx, wanted, i, count, {
         memcpy(out + i * dim, weight + index[i] * dim, (size_t)dim * sizeof(float));
     });
-    pynn_team_end(ctx, team);
 }
 
 void pynn_embedding_scatter_add(const pynn_context *ctx, ptrdiff_t count, ptrdiff_t dim,

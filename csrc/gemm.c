@@ -30,88 +30,12 @@
 #include "gemm_kernels.h"
 #include "scratch.h"
 
-/* The in-place path packs a transposed B whole, and an untransposed one whose
- * rows collide in L1; beyond this many floats (4 MiB) the blocked path's
- * KC x NC panels keep the retained scratch small. */
-#define IN_PLACE_PACKED_B (1 << 20)
-/* The one-GEMV-per-row path keeps its few rows of B (this many floats,
- * 32 KiB) in L1 across all rows of C. */
-#define NARROW_B (1 << 13)
-/* From this many multiply-adds on, the work is split across threads: waking
- * an OpenMP team costs about as much as 100k multiply-adds. Measured on two
- * Zen 4 cores: 48^3 runs as fast on two threads as on one, 64^3 1.3x faster. */
-#define PARALLEL_WORK (64 * 64 * 64)
-/* Up to this many rows, C = A Bᵀ is computed as dot products (few_rows_dots),
- * and up to FEW_ROWS_DEEP when k is at least DEEP_K. Measured on Zen 3
- * against the tiled path, which packs all of B (medians of paired runs, one
- * thread, two runs): 16 x 256 x 784 84 and 65 against 66 and 51 GFLOP/s (two
- * threads: 119 against 96), 20 x 256 x 784 84 and 65 against 64 and 52; but
- * 16 x 256 x 128 45 against 47, 20 x 64 x 64 29 against 45, and within 6% at
- * k = 256. */
-#define FEW_ROWS 12
-#define FEW_ROWS_DEEP 20
-#define DEEP_K 512
-/* Read in place, an A stored transposed (a weight gradient, dW = dYᵀ X)
- * gives the micro-kernel six floats per line, a new line at every k. Beyond
- * this many multiply-adds packing it pays, measured on Zen 3 (p25 of paired
- * runs, 1 thread): 128 x 256 x 512 67 against 56 GFLOP/s, 256 x 784 x 128
- * 78 against 75; since B is packed in chunks for a single A block
- * (gemm_blocked), also 128 x 256 x 32 (2^20) 70 -> 73 and 128 x 128 x 32
- * 70 -> 72; even at 64 x 128 x 32 (2^18), 2-5% slower at 2^17. */
-#define TRANSPOSED_A_IN_PLACE_WORK (1 << 18)
-/* An untransposed B read in place whose rows do not start on a 64-byte line
- * has each 16-column strip of a row span two lines: twice the lines in L1
- * per micro-panel and, 16 bytes off (where numpy's arrays often start), half
- * its 8-float loads straddling two of them. One whose width is not a multiple
- * of NR has its last column tile's loads masked. Beyond this many
- * multiply-adds such a B goes to the blocked path, which packs and pads it.
- * 32 bytes off, p25 of alternating calls on Zen 3 (all operands off alike):
- * 128 x 784 x 256 (a Linear layer's dX at batch 128) 69 -> 83 GFLOP/s on one
- * thread and 131 -> 152 on two, 64 x 256 x 256 66 -> 74, 200 x 208 x 200
- * 75 -> 80; 32 x 784 x 256 even.
- * 16 bytes off or ragged, medians of alternating calls, one thread: 300^3
- * 58 -> 72 (OpenBLAS 76), 200 x 204 x 200 56 -> 72, 300 x 302 x 150 62 ->
- * 76, 784 x 100 x 300 60 -> 65, 128 x 784 x 256 81 -> 87; two threads:
- * 300^3 115 -> 136, that 128 x 784 x 256 124 -> 147. Not below: 100^3
- * (2^20) 63 -> 61. */
-#define RAGGED_B_IN_PLACE_WORK (1 << 21)
-/* L1d geometry (32 KiB, 8 ways of 64 sets of 64-byte lines: Zen 3 and 4,
- * and most x86 cores since), for telling when rows read in place collide
- * and where rows start within their lines. */
-#define L1_SETS 64
-#define L1_WAYS 8
+/* 64-byte cache lines: where rows start within them decides how a strip of
+ * 16 floats is read. */
 #define LINE_FLOATS 16
-/* The in-place path packs an untransposed B whose rows collide in L1 from
- * this many rows of A on: only then is its micro-panel reused often enough.
- * Measured on Zen 3 (p25 of paired runs, B rows 256 floats apart): 512 x 256
- * x 128 77 -> 81 GFLOP/s packed; at 32 rows 69 -> 52. From 128 rows, a
- * thread's slab of 256^3 on two threads (medians 124-131 -> 124-140) and
- * 160 x 256 x 256 on one (72 -> 79); 128 x 128 x 256 even. */
-#define COLLIDING_B_MIN_ROWS 128
-/* A B chunk of gemm_blocked's one-A-block loop order: 96 KiB, which stays in
- * a 512 KiB L2 beside an A block of up to 2 MC x KC (AVX2: 384 KiB). Twice
- * that ran as fast. */
-#define B_CHUNK_FLOATS (24 * 1024)
-/* GEMV writes its sums to a stack buffer this long before the C update. */
+/* GEMV and dot products write their sums to a stack buffer this long before
+ * the C update. */
 #define GEMV_CHUNK 1024
-/* A GEMV streams its matrix from memory: two threads pay off once it holds
- * more than about 128k floats (measured on Zen 4, two cores). */
-#define GEMV_PARALLEL_WORK (1 << 17)
-/* From this many elements of C on, a rank-k update is split across threads
- * (when it also has the GEMV_PARALLEL_WORK multiply-adds every team needs).
- * Measured on Zen 3: 128 x 256 runs no faster on two threads, 256 x 512 1.5x,
- * 256 x 784 at k = 1 2x (20 against 10.6 us). */
-#define RANK_UPDATE_PARALLEL (1 << 16)
-
-static const pynn_gemm_kernels *kernels_for(pynn_isa isa)
-{
-#if defined(PYNN_X86_64)
-    if (isa == PYNN_ISA_AVX512) return &pynn_gemm_avx512;
-    if (isa == PYNN_ISA_AVX2) return &pynn_gemm_avx2;
-#endif
-    (void)isa;
-    return &pynn_gemm_generic;
-}
 
 static ptrdiff_t min_size(ptrdiff_t x, ptrdiff_t y) { return x < y ? x : y; }
 static ptrdiff_t round_up(ptrdiff_t x, ptrdiff_t step) { return (x + step - 1) / step * step; }
@@ -260,8 +184,8 @@ static void gemm_blocked(const pynn_gemm_kernels *kern, int trans_a, int trans_b
      * last block would pay a whole pass over C for a few terms. */
     const ptrdiff_t k_blocks = (k + kern->kc - 1) / kern->kc;
     const ptrdiff_t kc = min_size(round_up((k + k_blocks - 1) / k_blocks, 8), k);
-    /* with one A block, B is packed B_CHUNK_FLOATS at a time (below) */
-    const ptrdiff_t chunk = round_up(B_CHUNK_FLOATS / kc, nr);
+    /* with one A block, B is packed kern->b_chunk_floats at a time (below) */
+    const ptrdiff_t chunk = round_up(kern->b_chunk_floats / kc, nr);
     const ptrdiff_t nc = min_size(m_blocks == 1 ? chunk : kern->nc, round_up(n, nr));
     float *a_packed = pynn_scratch(PYNN_SCRATCH_PACK_A, mc / mr * kern->a_stride * kc);
     const ptrdiff_t lead = line_lead(kern, c, ldc);
@@ -320,23 +244,23 @@ static void gemm_blocked(const pynn_gemm_kernels *kern, int trans_a, int trans_b
  * floats apart, and stays in L1 across its reuses only if those lines spread
  * over enough sets. A power-of-two stride does not: at 256 floats every row
  * falls in one of 4 sets (32 lines), so a 128-deep panel is evicted by itself. */
-static int rows_collide(ptrdiff_t ld, ptrdiff_t rows)
+static int rows_collide(const pynn_gemm_kernels *kern, ptrdiff_t ld, ptrdiff_t rows)
 {
     if (ld % LINE_FLOATS)  /* rows start at drifting offsets within their lines */
         return 0;
-    ptrdiff_t lines = ld / LINE_FLOATS, sets = L1_SETS;
+    ptrdiff_t lines = ld / LINE_FLOATS, sets = kern->l1_sets;
     while (lines % 2 == 0 && sets > 1) {
         lines /= 2;
         sets /= 2;
     }
-    return rows > sets * L1_WAYS;
+    return rows > sets * kern->l1_ways;
 }
 
 /* The in-place path packs B whole when it is transposed, or when its rows
  * collide in L1 and `rows` rows of A reuse it. */
-static int in_place_packs_b(int trans_b, ptrdiff_t ldb, ptrdiff_t k, ptrdiff_t rows)
+static int in_place_packs_b(const pynn_gemm_kernels *kern, int trans_b, ptrdiff_t ldb, ptrdiff_t k, ptrdiff_t rows)
 {
-    return trans_b || (rows >= COLLIDING_B_MIN_ROWS && rows_collide(ldb, k));
+    return trans_b || (rows >= kern->colliding_b_min_rows && rows_collide(kern, ldb, k));
 }
 
 /* Small and middle-sized problems: the micro-kernel reads A in place over the
@@ -352,7 +276,7 @@ static void gemm_in_place(const pynn_gemm_kernels *kern, int trans_a, int trans_
     const int mr = kern->mr, nr = kern->nr;
     const ptrdiff_t a_row_step = trans_a ? 1 : lda, a_k_step = trans_a ? lda : 1;
     float *b_packed = NULL;
-    if (in_place_packs_b(trans_b, ldb, k, m)) {
+    if (in_place_packs_b(kern, trans_b, ldb, k, m)) {
         b_packed = pynn_scratch(PYNN_SCRATCH_PACK_B, k * round_up(n, nr));
         if (!b_packed) {
             gemm_unblocked(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, update);
@@ -399,7 +323,7 @@ static void gemv(const pynn_gemm_kernels *kern, int threads, int dot_form,
                  const float *v, ptrdiff_t v_step,
                  float *c, ptrdiff_t c_step, int output_is_row, const pynn_tile_update *update)
 {
-    const int parts = threads > 1 && (double)count * (double)k >= GEMV_PARALLEL_WORK ? threads : 1;
+    const int parts = threads > 1 && (double)count * (double)k >= kern->gemv_parallel_work ? threads : 1;
     const ptrdiff_t chunk = min_size(GEMV_CHUNK, round_up((count + parts - 1) / parts, 16));
     const ptrdiff_t chunks = (count + chunk - 1) / chunk;
     PYNN_PARALLEL_FOR(chunks > 1 ? parts : 1, index, chunks, {
@@ -512,7 +436,7 @@ static void sgemm_on(const pynn_context *ctx, int trans_a, int trans_b,
                      float beta, float *c, ptrdiff_t ldc,
                      const pynn_epilogue *epilogue)
 {
-    const pynn_gemm_kernels *kern = kernels_for(ctx->isa);
+    const pynn_gemm_kernels *kern = ctx->kernels->gemm;
     pynn_tile_update update = {alpha, beta, NULL, NULL, 0};
     if (epilogue) {
         update.col_bias = epilogue->col_bias;
@@ -530,21 +454,21 @@ static void sgemm_on(const pynn_context *ctx, int trans_a, int trans_b,
     const double work = (double)m * (double)n * (double)k;
     /* B(p, j) = b[p * ldb + j]: B untransposed, or one column stored contiguously */
     if (k <= PYNN_RANK_UPDATE_MAX_K && (!trans_b || (k == 1 && ldb == 1))) {
-        const int threads = ctx->num_threads > 1 && (double)m * (double)n >= RANK_UPDATE_PARALLEL
+        const int threads = ctx->num_threads > 1 && (double)m * (double)n >= kern->rank_update_parallel
                             ? ctx->num_threads : 1;
         rank_update(kern, threads, trans_a, m, n, k, a, lda, b, ldb, c, ldc, &update);
         return;
     }
-    if (trans_b && !trans_a && 2 * n <= kern->nr && (double)n * (double)k <= NARROW_B) {
+    if (trans_b && !trans_a && 2 * n <= kern->nr && (double)n * (double)k <= kern->narrow_b) {
         /* A few outputs per row (a classifier head): a tile would be mostly
          * padding, so each row of C is a GEMV over the rows of B instead,
          * which stay in L1 for every row. */
-        const int threads = ctx->num_threads > 1 && work >= PARALLEL_WORK ? ctx->num_threads : 1;
+        const int threads = ctx->num_threads > 1 && work >= kern->parallel_work ? ctx->num_threads : 1;
         narrow_rows(kern, threads, m, n, k, a, lda, b, ldb, c, ldc, &update);
         return;
     }
-    if (trans_b && !trans_a && (m <= FEW_ROWS || (m <= FEW_ROWS_DEEP && k >= DEEP_K))) {
-        const int threads = ctx->num_threads > 1 && work >= PARALLEL_WORK ? ctx->num_threads : 1;
+    if (trans_b && !trans_a && (m <= kern->few_rows || (m <= kern->few_rows_deep && k >= kern->deep_k))) {
+        const int threads = ctx->num_threads > 1 && work >= kern->parallel_work ? ctx->num_threads : 1;
         few_rows_dots(kern, threads, m, n, k, a, lda, b, ldb, c, ldc, &update);
         return;
     }
@@ -557,10 +481,10 @@ static void sgemm_on(const pynn_context *ctx, int trans_a, int trans_b,
      * their own columns. Two threads on Zen 3, medians of alternating calls,
      * GFLOP/s: 256^3 133-138 -> 142-148, 128 x 128 x 512 172 -> 180, 512 x
      * 128 x 256 137 -> 141; 192 x 256 x 256 and 256 x 256 x 128 even. */
-    const int split_rows = !trans_b && work <= kern->in_place_work && rows_collide(ldb, k)
+    const int split_rows = !trans_b && work <= kern->in_place_work && rows_collide(kern, ldb, k)
                            ? 0 : m >= n;
     const ptrdiff_t extent = split_rows ? m : n, tile = split_rows ? kern->mr : kern->nr;
-    ptrdiff_t parts = ctx->num_threads > 1 && work >= PARALLEL_WORK ? ctx->num_threads : 1;
+    ptrdiff_t parts = ctx->num_threads > 1 && work >= kern->parallel_work ? ctx->num_threads : 1;
     if (parts > (extent + tile - 1) / tile) parts = (extent + tile - 1) / tile;
     const ptrdiff_t slab = round_up((extent + parts - 1) / parts, tile);
     parts = (extent + slab - 1) / slab;
@@ -570,13 +494,13 @@ static void sgemm_on(const pynn_context *ctx, int trans_a, int trans_b,
      * tiles read that packing them is not repaid (16 x 2100 x 150: 104
      * against 64 GFLOP/s; even at 48 rows); packed beyond. */
     const int few_rows = m < 4 * kern->mr && !trans_b && k <= 2 * kern->kc;
-    const int b_packed = in_place_packs_b(trans_b, ldb, k, split_rows ? slab : m);
-    const int ragged_b = !trans_b && !b_packed && work > RAGGED_B_IN_PLACE_WORK
+    const int b_packed = in_place_packs_b(kern, trans_b, ldb, k, split_rows ? slab : m);
+    const int ragged_b = !trans_b && !b_packed && work > kern->ragged_b_in_place_work
                          && (line_offset(b, ldb) != 0 || n % kern->nr);
     const double limit = trans_b ? kern->in_place_trans_b_work : kern->in_place_work;
     const int in_place = (few_rows || (work <= limit && !ragged_b
-                                       && !(trans_a && work > TRANSPOSED_A_IN_PLACE_WORK)))
-                         && (!b_packed || (double)k * (double)n <= IN_PLACE_PACKED_B);
+                                       && !(trans_a && work > kern->transposed_a_in_place_work)))
+                         && (!b_packed || (double)k * (double)n <= kern->in_place_packed_b);
     const gemm_path path = in_place ? gemm_in_place : gemm_blocked;
     PYNN_PARALLEL_FOR((int)parts, part, parts, {  /* one slab per thread */
         const ptrdiff_t start = part * slab, size = min_size(slab, extent - start);
@@ -598,10 +522,11 @@ void pynn_sgemm(const pynn_context *ctx, int trans_a, int trans_b,
                 const pynn_epilogue *epilogue)
 {
     if (m <= 0 || n <= 0) return;
-    /* Below the lowest threshold of any path (GEMV_PARALLEL_WORK) no team
+    /* Below the lowest threshold of any path (gemv_parallel_work) no team
      * starts, so the cores are claimed only for work that may use them. */
     pynn_context call = *ctx;
-    const int may_split = (double)m * (double)n * (double)k >= GEMV_PARALLEL_WORK;
+    const double work = (double)m * (double)n * (double)k;
+    const int may_split = work >= ctx->kernels->gemm->gemv_parallel_work;
     call.num_threads = may_split ? pynn_team_begin(ctx, ctx->num_threads) : 1;
     sgemm_on(&call, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, epilogue);
     pynn_team_end(ctx, call.num_threads);

@@ -240,9 +240,10 @@ static TARGET void pack_straight_avx512(int width, int stride, const float *src,
     }
 }
 
-const pynn_gemm_kernels pynn_gemm_avx512 = {
+const struct pynn_gemm_kernels pynn_gemm_avx512 = {
     .mr = MR, .nr = NR, .a_stride = MR, .mc = 192, .kc = 512, .nc = 4096, .in_place_work = 1 << 21,
     .in_place_trans_b_work = 1 << 21,
+    PYNN_GEMM_THRESHOLDS,
     .packed = microkernel_avx512_12x32_packed,
     .strided = microkernel_avx512_12x32_strided,
     .dot = gemv_dot_avx512,

@@ -16,6 +16,7 @@
 
 #include <stddef.h>
 #include "gemm.h"
+#include "kernels.h"
 
 /* How a tile's sum becomes C: c = alpha * sum + beta * c (c unread when
  * beta == 0), + col_bias[j] + row_bias[i], then ReLU. A later KC block runs
@@ -66,12 +67,9 @@ typedef void (*pynn_gemm_rank_update)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, con
                                       ptrdiff_t a_row_step, ptrdiff_t a_k_step,
                                       const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
                                       const pynn_tile_update *update);
-/* The largest k a rank_update kernel takes. Row by row, one load of B feeds
- * one FMA, where a 6 x 16 tile's k loop of a few steps is dwarfed by its setup
- * and epilogue. Measured on Zen 3 against the tiles (AVX2, one thread, best
- * and p25 of alternating calls, GFLOP/s): 128 x 128 x 10 46/45 -> 60/58,
- * 512 x 784 x 10 47/46 -> 60/60, 128 x 784 x 8 40/39 -> 58/58; at k = 12
- * mixed (128 x 784 50 -> 51, 1000 x 64 50 -> 49). */
+/* The largest k a rank_update kernel takes: row by row, one load of B feeds
+ * one FMA, where a tile's k loop of a few steps is dwarfed by its setup and
+ * epilogue; from k = 12 on the tiles are as fast. */
 #define PYNN_RANK_UPDATE_MAX_K 10
 
 /* The transposing copy into micro-panels: `count` rows of a row-major matrix
@@ -91,12 +89,26 @@ typedef void (*pynn_pack_transposed)(int width, int stride, const float *src, pt
 typedef void (*pynn_pack_straight)(int width, int stride, const float *src, ptrdiff_t ld,
                                    ptrdiff_t depth, ptrdiff_t count, float *dst);
 
-typedef struct {
+typedef struct pynn_gemm_kernels {
     int mr, nr;                /* register tile */
     int a_stride;              /* floats per k step of a packed A micro-panel (>= mr) */
     ptrdiff_t mc, kc, nc;      /* cache blocks: A is MC x KC in L2, B is KC x NC in L3 */
     double in_place_work;      /* up to this m * n * k the operands are read unpacked */
     double in_place_trans_b_work;  /* the same for a transposed B, packed whole */
+    /* Where the shortcuts take over (work = m * n * k multiply-adds). */
+    double parallel_work;      /* from here the tiled paths split work across threads */
+    double gemv_parallel_work; /* a GEMV's team pays off from here; no team starts below */
+    double rank_update_parallel;   /* elements of C from which a rank-k update is split */
+    double narrow_b;           /* floats of a thin transposed B kept in L1 by one GEMV per row */
+    int few_rows;              /* C = A Bᵀ as dot products up to this many rows of A, */
+    int few_rows_deep;         /* ... and up to this many when k >= deep_k */
+    ptrdiff_t deep_k;
+    double transposed_a_in_place_work;  /* beyond it an A stored transposed is packed */
+    double ragged_b_in_place_work;  /* beyond it a B off its cache lines takes the blocked path */
+    double in_place_packed_b;  /* the most floats of B the in-place path packs whole */
+    ptrdiff_t colliding_b_min_rows;  /* rows of A from which a B colliding in L1 is packed */
+    ptrdiff_t b_chunk_floats;  /* B packed this many floats at a time beside one A block in L2 */
+    int l1_sets, l1_ways;      /* L1d geometry, for telling when rows collide */
     pynn_microkernel packed;   /* A and B packed (a_row_step 1, a_k_step MR, b_k_step NR) */
     pynn_microkernel strided;  /* any steps: the small path over unpacked operands */
     pynn_gemv_dot dot;
@@ -107,11 +119,21 @@ typedef struct {
     pynn_pack_straight pack_straight;
 } pynn_gemm_kernels;
 
+/* The thresholds every path uses unless its table says otherwise; each was
+ * measured on Zen 3 and Zen 4 (see the commit that set it). The L1d is 8 ways
+ * of 64 sets of 64-byte lines on those and most x86 cores since; a B chunk
+ * of 96 KiB stays in a 512 KiB L2 beside an AVX2 A block of 2 MC x KC. */
+#define PYNN_GEMM_THRESHOLDS                                                          \
+    .parallel_work = 64 * 64 * 64, .gemv_parallel_work = 1 << 17,                     \
+    .rank_update_parallel = 1 << 16, .narrow_b = 1 << 13, .few_rows = 12,             \
+    .few_rows_deep = 20, .deep_k = 512, .transposed_a_in_place_work = 1 << 18,        \
+    .ragged_b_in_place_work = 1 << 21, .in_place_packed_b = 1 << 20,                  \
+    .colliding_b_min_rows = 128, .b_chunk_floats = 24 * 1024, .l1_sets = 64, .l1_ways = 8
+
 /* The largest register tile of any ISA (sizes gemm.c's scratch tiles). */
 #define PYNN_GEMM_MAX_MR 16
 #define PYNN_GEMM_MAX_NR 32
 
-extern const pynn_gemm_kernels pynn_gemm_generic;
 #if defined(PYNN_X86_64)
 /* 8 x 8 and 4 x 8 AVX transposes; AVX-512 CPUs run it too. */
 void pynn_pack_transposed_avx2(int width, int stride, const float *src, ptrdiff_t ld,
@@ -124,8 +146,6 @@ void pynn_gemm_rank_update_avx2(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const flo
                                 ptrdiff_t a_row_step, ptrdiff_t a_k_step,
                                 const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
                                 const pynn_tile_update *update);
-extern const pynn_gemm_kernels pynn_gemm_avx2;
-extern const pynn_gemm_kernels pynn_gemm_avx512;
 #endif
 
 #endif

@@ -31,12 +31,9 @@ typedef struct {
 } helper;
 
 static helper helpers[PYNN_HELPERS_MAX_PARTS - 1];
-/* Set while a call uses the helpers: a second caller meanwhile runs alone.
- * The cores flag (cpu.h) keeps a second team off the cores, but a context
- * may come without one; this flag keeps the mailboxes whole regardless. */
-static atomic_int in_use;
-/* Helpers running: read and grown only by the caller that set in_use, so
- * callers see each other's updates through its acquire/release. */
+/* Helpers running: read and grown only by the caller holding the team
+ * (helpers.h), so callers see each other's updates through the team flag's
+ * acquire/release. */
 static int started;
 static pthread_once_t fork_handler_once = PTHREAD_ONCE_INIT;
 
@@ -95,7 +92,6 @@ static void forget_helpers_in_child(void)
 {
     memset(helpers, 0, sizeof helpers);
     started = 0;
-    atomic_store(&in_use, 0);
 }
 
 static void register_fork_handler(void) { pthread_atfork(NULL, NULL, forget_helpers_in_child); }
@@ -140,8 +136,7 @@ static void post(helper *to, pynn_helpers_body body, void *arg, int part, int pa
 
 int pynn_helpers_run(int parts, pynn_helpers_body body, void *arg)
 {
-    if (parts < 2 || parts > PYNN_HELPERS_MAX_PARTS
-        || atomic_exchange_explicit(&in_use, 1, memory_order_acquire))
+    if (parts < 2 || parts > PYNN_HELPERS_MAX_PARTS)
         return 0;
     const int ready = start_helpers(parts - 1);
     if (ready) {
@@ -155,7 +150,6 @@ int pynn_helpers_run(int parts, pynn_helpers_body body, void *arg)
                 relax();
         }
     }
-    atomic_store_explicit(&in_use, 0, memory_order_release);
     return ready;
 }
 

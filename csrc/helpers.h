@@ -16,10 +16,11 @@
 typedef void (*pynn_helpers_body)(void *arg, int part, int parts);
 
 /* Runs body(arg, part, parts) for every part in [0, parts): part 0 on this
- * thread, the others on helpers, and returns once all have returned. One
+ * thread, the others on helpers, and returns once all have returned. The
+ * caller holds the team (pynn_team_begin answered `parts`, cpu.h), so one
  * call at a time has the helpers. Returns 0, having run nothing, when parts
- * is out of [2, MAX_PARTS], another call has them, or a helper thread cannot
- * be started; the caller then runs alone. */
+ * is out of [2, MAX_PARTS] or a helper thread cannot be started; the caller
+ * then runs alone. */
 int pynn_helpers_run(int parts, pynn_helpers_body body, void *arg);
 
 /* A barrier among the `parts` threads of one pynn_helpers_run, all running,

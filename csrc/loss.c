@@ -26,6 +26,12 @@ PYNN_INLINE double cross_entropy_row(ptrdiff_t classes, const float *restrict x,
     return ((double)max - x[target]) + log(sum);
 }
 
+struct pynn_loss_kernels {
+    void (*cross_entropy_rows)(ptrdiff_t first, ptrdiff_t last, ptrdiff_t classes,
+                               const float *logits, const int64_t *target, float *grad,
+                               double inv_n, double *row_loss);
+};
+
 #define CROSS_ENTROPY_VARIANT(suffix, attribute)                                            \
     attribute static void cross_entropy_rows_##suffix(                                      \
         ptrdiff_t first, ptrdiff_t last, ptrdiff_t classes, const float *logits,            \
@@ -35,13 +41,10 @@ PYNN_INLINE double cross_entropy_row(ptrdiff_t classes, const float *restrict x,
             row_loss[i - first] = cross_entropy_row(classes, logits + i * classes,          \
                                                     target[i],                              \
                                                     grad ? grad + i * classes : NULL, inv_n); \
-    }
+    }                                                                                       \
+    const struct pynn_loss_kernels pynn_loss_##suffix = {cross_entropy_rows_##suffix};
 
-CROSS_ENTROPY_VARIANT(generic, )
-#if defined(PYNN_X86_64)
-CROSS_ENTROPY_VARIANT(avx2, PYNN_TARGET_AVX2)
-CROSS_ENTROPY_VARIANT(avx512, PYNN_TARGET_AVX512)
-#endif
+PYNN_EACH_ISA(CROSS_ENTROPY_VARIANT)
 
 #define ROWS_PER_BLOCK 256
 
@@ -50,21 +53,19 @@ int pynn_cross_entropy(const pynn_context *ctx, ptrdiff_t n, ptrdiff_t classes,
 {
     *loss = NAN;
     if (n == 0) return 0;
-    typeof(&cross_entropy_rows_generic) rows_fn = PYNN_PICK(ctx->isa, cross_entropy_rows);
+    const struct pynn_loss_kernels *kernels = ctx->kernels->loss;
     double inv_n = 1.0 / (double)n;
     /* Per-row losses are summed afterwards in row order, so the total does
      * not depend on how rows were shared among threads. */
     double *row_loss = malloc((size_t)n * sizeof(double));
     if (!row_loss) return -1;
     ptrdiff_t blocks = (n + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
-    const int team = blocks > 1 && n * classes >= PARALLEL_MIN_ELEMENTS
-                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-    PYNN_PARALLEL_FOR(team, b, blocks, {
+    const int wanted = blocks > 1 && n * classes >= PARALLEL_MIN_ELEMENTS ? ctx->num_threads : 1;
+    PYNN_TEAM_FOR(ctx, wanted, b, blocks, {
         ptrdiff_t first = b * ROWS_PER_BLOCK;
         ptrdiff_t last = first + ROWS_PER_BLOCK < n ? first + ROWS_PER_BLOCK : n;
-        rows_fn(first, last, classes, logits, target, grad, inv_n, row_loss + first);
+        kernels->cross_entropy_rows(first, last, classes, logits, target, grad, inv_n, row_loss + first);
     });
-    pynn_team_end(ctx, team);
     double total = 0.0;
     for (ptrdiff_t i = 0; i < n; i++) total += row_loss[i];
     free(row_loss);

@@ -3,6 +3,7 @@
  * target, so the compiler vectorises the same arithmetic at each width. */
 #include <math.h>
 #include "optim.h"
+#include "kernels.h"
 
 /* Below this many elements one thread is faster than waking a second one. */
 #define PARALLEL_MIN_ELEMENTS 32768
@@ -52,58 +53,23 @@ typedef void (*sgd_fn)(ptrdiff_t, float *, const float *, float *, float, float,
 typedef void (*adam_fn)(ptrdiff_t, float *, const float *, float *, float *, float, float,
                         float, float, float, float, float);
 
-static void sgd_generic(ptrdiff_t n, float *p, const float *g, float *b, float lr, float mu,
-                        float wd, int nesterov)
-{ sgd_range(n, p, g, b, lr, mu, wd, nesterov); }
+struct pynn_optim_kernels {
+    sgd_fn sgd;
+    adam_fn adam;
+};
 
-static void adam_generic(ptrdiff_t n, float *p, const float *g, float *m, float *v, float decay,
-                         float grad_wd, float b1, float b2, float eps,
-                         float step_size, float bc2_sqrt)
-{ adam_range(n, p, g, m, v, decay, grad_wd, b1, b2, eps, step_size, bc2_sqrt); }
+#define OPTIM_VARIANT(suffix, attribute)                                                    \
+    attribute static void sgd_##suffix(ptrdiff_t n, float *p, const float *g, float *b,     \
+                                       float lr, float mu, float wd, int nesterov)          \
+    { sgd_range(n, p, g, b, lr, mu, wd, nesterov); }                                        \
+    attribute static void adam_##suffix(ptrdiff_t n, float *p, const float *g, float *m,    \
+                                        float *v, float decay, float grad_wd, float b1,     \
+                                        float b2, float eps, float step_size,               \
+                                        float bc2_sqrt)                                     \
+    { adam_range(n, p, g, m, v, decay, grad_wd, b1, b2, eps, step_size, bc2_sqrt); }        \
+    const struct pynn_optim_kernels pynn_optim_##suffix = {sgd_##suffix, adam_##suffix};
 
-#if defined(PYNN_X86_64)
-PYNN_TARGET_AVX2
-static void sgd_avx2(ptrdiff_t n, float *p, const float *g, float *b, float lr, float mu,
-                     float wd, int nesterov)
-{ sgd_range(n, p, g, b, lr, mu, wd, nesterov); }
-
-PYNN_TARGET_AVX2
-static void adam_avx2(ptrdiff_t n, float *p, const float *g, float *m, float *v, float decay,
-                      float grad_wd, float b1, float b2, float eps,
-                      float step_size, float bc2_sqrt)
-{ adam_range(n, p, g, m, v, decay, grad_wd, b1, b2, eps, step_size, bc2_sqrt); }
-
-PYNN_TARGET_AVX512
-static void sgd_avx512(ptrdiff_t n, float *p, const float *g, float *b, float lr, float mu,
-                       float wd, int nesterov)
-{ sgd_range(n, p, g, b, lr, mu, wd, nesterov); }
-
-PYNN_TARGET_AVX512
-static void adam_avx512(ptrdiff_t n, float *p, const float *g, float *m, float *v, float decay,
-                        float grad_wd, float b1, float b2, float eps,
-                        float step_size, float bc2_sqrt)
-{ adam_range(n, p, g, m, v, decay, grad_wd, b1, b2, eps, step_size, bc2_sqrt); }
-#endif
-
-static sgd_fn choose_sgd(pynn_isa isa)
-{
-#if defined(PYNN_X86_64)
-    if (isa == PYNN_ISA_AVX512) return sgd_avx512;
-    if (isa == PYNN_ISA_AVX2) return sgd_avx2;
-#endif
-    (void)isa;
-    return sgd_generic;
-}
-
-static adam_fn choose_adam(pynn_isa isa)
-{
-#if defined(PYNN_X86_64)
-    if (isa == PYNN_ISA_AVX512) return adam_avx512;
-    if (isa == PYNN_ISA_AVX2) return adam_avx2;
-#endif
-    (void)isa;
-    return adam_generic;
-}
+PYNN_EACH_ISA(OPTIM_VARIANT)
 
 static ptrdiff_t total_size(ptrdiff_t count, const ptrdiff_t *sizes)
 {
@@ -140,14 +106,11 @@ void pynn_sgd_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *si
                    float *const *momentum_buffers, float lr, float momentum,
                    float weight_decay, int nesterov)
 {
-    sgd_fn step = choose_sgd(ctx->isa);
-    const int team = total_size(count, sizes) >= PARALLEL_MIN_ELEMENTS
-                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-    PYNN_PARALLEL(team, {
+    sgd_fn step = ctx->kernels->optim->sgd;
+    PYNN_TEAM(ctx, total_size(count, sizes) >= PARALLEL_MIN_ELEMENTS ? ctx->num_threads : 1, {
         sgd_tensors(step, count, sizes, params, grads, momentum_buffers, lr, momentum,
                     weight_decay, nesterov);
     });
-    pynn_team_end(ctx, team);
 }
 
 /* As sgd_tensors. */
@@ -178,12 +141,9 @@ void pynn_adam_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *s
                     const float *bias_corrections2_sqrt, float decay, float grad_weight_decay,
                     float beta1, float beta2, float eps)
 {
-    adam_fn step = choose_adam(ctx->isa);
-    const int team = total_size(count, sizes) >= PARALLEL_MIN_ELEMENTS
-                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-    PYNN_PARALLEL(team, {
+    adam_fn step = ctx->kernels->optim->adam;
+    PYNN_TEAM(ctx, total_size(count, sizes) >= PARALLEL_MIN_ELEMENTS ? ctx->num_threads : 1, {
         adam_tensors(step, count, sizes, params, grads, exp_avgs, exp_avg_sqs, step_sizes,
                      bias_corrections2_sqrt, decay, grad_weight_decay, beta1, beta2, eps);
     });
-    pynn_team_end(ctx, team);
 }

@@ -107,6 +107,13 @@ PYNN_INLINE void plane_max_2x2(const pynn_pool_shape *s, const float *restrict i
         }
 }
 
+struct pynn_pool_kernels {
+    void (*row_max)(const pynn_pool_shape *s, const float *image, ptrdiff_t oh, ptrdiff_t ow0,
+                    ptrdiff_t count, float *best, ptrdiff_t *where);
+    void (*plane_max_2x2)(const pynn_pool_shape *s, const float *image, float *out,
+                          int64_t *index);
+};
+
 /* One copy per ISA; stride 2 (the usual pool) compiled with the stride known. */
 #define ROW_MAX_VARIANT(suffix, attribute)                                                  \
     attribute static void row_max_##suffix(const pynn_pool_shape *s, const float *image,    \
@@ -119,21 +126,20 @@ PYNN_INLINE void plane_max_2x2(const pynn_pool_shape *s, const float *restrict i
             inside_row_max(s, image, oh, ow0, count, s->stride_w, best, where);             \
     }
 
-ROW_MAX_VARIANT(generic, )
+PYNN_EACH_ISA(ROW_MAX_VARIANT)
+
 static void plane_max_2x2_generic(const pynn_pool_shape *s, const float *image, float *out,
                                   int64_t *index)
 {
     plane_max_2x2(s, image, out, index);
 }
 #if defined(PYNN_X86_64)
-ROW_MAX_VARIANT(avx2, PYNN_TARGET_AVX2)
 PYNN_TARGET_AVX2 static void plane_max_2x2_avx2(const pynn_pool_shape *s, const float *image,
                                                 float *out, int64_t *index)
 {
     plane_max_2x2(s, image, out, index);
 }
 
-ROW_MAX_VARIANT(avx512, PYNN_TARGET_AVX512)
 /* plane_max_2x2 sixteen outputs at a time: two permutes split each input row
  * into its even and odd columns (the left and right taps), and
  * replaces_max's rule becomes a mask per tap, in the same scan order. */
@@ -185,6 +191,10 @@ PYNN_TARGET_AVX512 static void plane_max_2x2_avx512(const pynn_pool_shape *s, co
 }
 #endif
 
+#define POOL_TABLE(suffix, attribute) \
+    const struct pynn_pool_kernels pynn_pool_##suffix = {row_max_##suffix, plane_max_2x2_##suffix};
+PYNN_EACH_ISA(POOL_TABLE)
+
 void pynn_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
                              const float *x, float *y, int64_t *argmax)
 {
@@ -192,16 +202,15 @@ void pynn_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
     const int inside = windows_inside(s);
     const int two_by_two = inside && s->kernel_h == 2 && s->kernel_w == 2 && s->stride_h == 2 &&
                            s->stride_w == 2 && s->dilation_h == 1 && s->dilation_w == 1;
-    typeof(&row_max_generic) row_max = PYNN_PICK(ctx->isa, row_max);
-    typeof(&plane_max_2x2_generic) plane_max = PYNN_PICK(ctx->isa, plane_max_2x2);
-    const int team = s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS
-                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-    PYNN_PARALLEL_FOR(team, p, s->planes, {
+    const struct pynn_pool_kernels *kernels = ctx->kernels->pool;
+    const int wanted = s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS
+                       ? ctx->num_threads : 1;
+    PYNN_TEAM_FOR(ctx, wanted, p, s->planes, {
         const float *image = x + p * in_plane;
         float *out = y + p * out_plane;
         int64_t *index = argmax ? argmax + p * out_plane : NULL;
         if (two_by_two) {
-            plane_max(s, image, out, index);
+            kernels->plane_max_2x2(s, image, out, index);
             continue;
         }
         if (inside) {
@@ -210,7 +219,7 @@ void pynn_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
                 for (ptrdiff_t ow = 0; ow < s->out_w; ow += ROW_CHUNK) {
                     ptrdiff_t count = s->out_w - ow < ROW_CHUNK ? s->out_w - ow : ROW_CHUNK;
                     ptrdiff_t at = oh * s->out_w + ow;
-                    row_max(s, image, oh, ow, count, out + at, index ? where : NULL);
+                    kernels->row_max(s, image, oh, ow, count, out + at, index ? where : NULL);
                     if (index)
                         for (ptrdiff_t i = 0; i < count; i++) index[at + i] = where[i];
                 }
@@ -223,16 +232,15 @@ void pynn_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
                 if (index) index[oh * s->out_w + ow] = best;
             }
     });
-    pynn_team_end(ctx, team);
 }
 
 void pynn_max_pool2d_scatter(const pynn_context *ctx, const pynn_pool_shape *s,
                              const float *dy, const int64_t *argmax, float *dx)
 {
     const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
-    const int team = s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS
-                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-    PYNN_PARALLEL_FOR(team, p, s->planes, {
+    const int wanted = s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS
+                       ? ctx->num_threads : 1;
+    PYNN_TEAM_FOR(ctx, wanted, p, s->planes, {
         const float *grad = dy + p * out_plane;
         const int64_t *index = argmax + p * out_plane;
         float *out = dx + p * in_plane;
@@ -240,7 +248,6 @@ void pynn_max_pool2d_scatter(const pynn_context *ctx, const pynn_pool_shape *s,
         for (ptrdiff_t i = 0; i < out_plane; i++)
             if (index[i] >= 0) out[index[i]] += grad[i];
     });
-    pynn_team_end(ctx, team);
 }
 
 void pynn_max_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
@@ -248,10 +255,10 @@ void pynn_max_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
 {
     const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
     const int inside = windows_inside(s);
-    typeof(&row_max_generic) row_max = PYNN_PICK(ctx->isa, row_max);
-    const int team = s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS
-                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-    PYNN_PARALLEL_FOR(team, p, s->planes, {
+    const struct pynn_pool_kernels *kernels = ctx->kernels->pool;
+    const int wanted = s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS
+                       ? ctx->num_threads : 1;
+    PYNN_TEAM_FOR(ctx, wanted, p, s->planes, {
         const float *image = x + p * in_plane, *grad = dy + p * out_plane;
         float *out = dx + p * in_plane;
         memset(out, 0, (size_t)in_plane * sizeof(float));
@@ -261,7 +268,7 @@ void pynn_max_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
             for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
                 for (ptrdiff_t ow = 0; ow < s->out_w; ow += ROW_CHUNK) {
                     ptrdiff_t count = s->out_w - ow < ROW_CHUNK ? s->out_w - ow : ROW_CHUNK;
-                    row_max(s, image, oh, ow, count, best, where);
+                    kernels->row_max(s, image, oh, ow, count, best, where);
                     for (ptrdiff_t i = 0; i < count; i++) out[where[i]] += grad[oh * s->out_w + ow + i];
                 }
             continue;
@@ -272,7 +279,6 @@ void pynn_max_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
                 if (best >= 0) out[best] += grad[oh * s->out_w + ow];
             }
     });
-    pynn_team_end(ctx, team);
 }
 
 /* The window of (oh, ow) clipped to the input, and its divisor. */
@@ -304,9 +310,9 @@ void pynn_avg_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
                              int count_include_pad, const float *x, float *y)
 {
     const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
-    const int team = s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS
-                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-    PYNN_PARALLEL_FOR(team, p, s->planes, {
+    const int wanted = s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS
+                       ? ctx->num_threads : 1;
+    PYNN_TEAM_FOR(ctx, wanted, p, s->planes, {
         const float *image = x + p * in_plane;
         float *out = y + p * out_plane;
         for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
@@ -318,16 +324,15 @@ void pynn_avg_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
                 out[oh * s->out_w + ow] = sum * w.scale;
             }
     });
-    pynn_team_end(ctx, team);
 }
 
 void pynn_avg_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
                               int count_include_pad, const float *dy, float *dx)
 {
     const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
-    const int team = s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS
-                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-    PYNN_PARALLEL_FOR(team, p, s->planes, {
+    const int wanted = s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS
+                       ? ctx->num_threads : 1;
+    PYNN_TEAM_FOR(ctx, wanted, p, s->planes, {
         const float *grad = dy + p * out_plane;
         float *out = dx + p * in_plane;
         memset(out, 0, (size_t)in_plane * sizeof(float));
@@ -339,32 +344,27 @@ void pynn_avg_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
                     for (ptrdiff_t iw = w.w0; iw < w.w1; iw++) out[ih * s->width + iw] += share;
             }
     });
-    pynn_team_end(ctx, team);
 }
 
 void pynn_global_avg_pool2d_forward(const pynn_context *ctx, ptrdiff_t planes, ptrdiff_t size,
                                     const float *x, float *y)
 {
-    const int team = planes > 1 && planes * size >= PARALLEL_MIN_FLOATS
-                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-    PYNN_PARALLEL_FOR(team, p, planes, {
+    const int wanted = planes > 1 && planes * size >= PARALLEL_MIN_FLOATS ? ctx->num_threads : 1;
+    PYNN_TEAM_FOR(ctx, wanted, p, planes, {
         const float *image = x + p * size;
         float sum = 0.0f;
         for (ptrdiff_t i = 0; i < size; i++) sum += image[i];
         y[p] = sum / (float)size;
     });
-    pynn_team_end(ctx, team);
 }
 
 void pynn_global_avg_pool2d_backward(const pynn_context *ctx, ptrdiff_t planes, ptrdiff_t size,
                                      const float *dy, float *dx)
 {
-    const int team = planes > 1 && planes * size >= PARALLEL_MIN_FLOATS
-                     ? pynn_team_begin(ctx, ctx->num_threads) : 1;
-    PYNN_PARALLEL_FOR(team, p, planes, {
+    const int wanted = planes > 1 && planes * size >= PARALLEL_MIN_FLOATS ? ctx->num_threads : 1;
+    PYNN_TEAM_FOR(ctx, wanted, p, planes, {
         float share = dy[p] / (float)size;
         float *out = dx + p * size;
         for (ptrdiff_t i = 0; i < size; i++) out[i] = share;
     });
-    pynn_team_end(ctx, team);
 }

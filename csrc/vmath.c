@@ -1,4 +1,4 @@
-/* Element-wise vector math over float arrays (formulas in vmath.h). */
+/* The runner of every element-wise kernel (vmath.h). */
 #include "vmath.h"
 
 /* Chunks are large enough to amortise scheduling, small enough that two
@@ -36,7 +36,3 @@ void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_
     fn(n, a, b, y, p, stream);
     if (stream) pynn_stream_fence();
 }
-
-PYNN_ELEMENTWISE(vexp, PYNN_COSTLY_PARALLEL, (float)pynn_exp_d(A))
-PYNN_ELEMENTWISE_VECTOR(vtanh, PYNN_COSTLY_PARALLEL, pynn_tanh_f(A), pynn_tanh16(lanes_a))
-PYNN_ELEMENTWISE(verf, PYNN_COSTLY_PARALLEL, (float)pynn_erf_d(A))

@@ -19,6 +19,7 @@
 #include <stdint.h>
 #include <string.h>
 #include "cpu.h"
+#include "kernels.h"
 
 #define PYNN_INLINE static inline __attribute__((always_inline))
 
@@ -335,7 +336,8 @@ void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_
  *   void pynn_<name>(const pynn_context *ctx, ptrdiff_t n,
  *                    const float *a, const float *b, float *y, float p)
  * computing y[i] = expression (of A = a[i], B = b[i] and p) with one copy of
- * the loop per ISA, chosen by ctx->isa. PYNN_ELEMENTWISE_VECTOR also gives
+ * the loop per ISA (`name`_generic, _avx2, _avx512), run through the context's
+ * table (ctx->kernels->activations->name). PYNN_ELEMENTWISE_VECTOR also gives
  * the AVX-512 copy an intrinsics expression of the __m512 lanes_a, lanes_b
  * and p, for functions the compiler cannot vectorise well (table lookups).
  * Large outputs are streamed (PYNN_STREAM_BYTES_PER_THREAD) by vectorised
@@ -428,9 +430,7 @@ void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_
     { (void)stream; name##_loop(n, a, b, y, p); }                                          \
     void pynn_##name(const pynn_context *ctx, ptrdiff_t n, const float *a, const float *b, \
                      float *y, float p)                                                    \
-    { pynn_map_run(ctx, PYNN_PICK(ctx->isa, name), n, (min_parallel), (may_stream), a, b, y, p); }
-#define PYNN_PICK(isa, name) \
-    ((isa) == PYNN_ISA_AVX512 ? name##_avx512 : (isa) == PYNN_ISA_AVX2 ? name##_avx2 : name##_generic)
+    { pynn_map_run(ctx, ctx->kernels->activations->name, n, (min_parallel), (may_stream), a, b, y, p); }
 #else
 #define PYNN_AVX512_FROM_SCALAR(name)
 #define PYNN_AVX512_FROM_VECTOR(name, vector_expression)
@@ -440,15 +440,10 @@ void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_
     { (void)stream; name##_loop(n, a, b, y, p); }                                          \
     void pynn_##name(const pynn_context *ctx, ptrdiff_t n, const float *a, const float *b, \
                      float *y, float p)                                                    \
-    { pynn_map_run(ctx, PYNN_PICK(ctx->isa, name), n, (min_parallel), (may_stream), a, b, y, p); }
-#define PYNN_PICK(isa, name) name##_generic
+    { pynn_map_run(ctx, ctx->kernels->activations->name, n, (min_parallel), (may_stream), a, b, y, p); }
 #endif
 
 #define B (b[i])
 
-/* The vector math on float arrays (y may be x). */
-void pynn_vexp(const pynn_context *ctx, ptrdiff_t n, const float *a, const float *b, float *y, float p);
-void pynn_vtanh(const pynn_context *ctx, ptrdiff_t n, const float *a, const float *b, float *y, float p);
-void pynn_verf(const pynn_context *ctx, ptrdiff_t n, const float *a, const float *b, float *y, float p);
 
 #endif

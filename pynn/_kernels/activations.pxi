@@ -7,7 +7,7 @@
 ctypedef void (*map_kernel)(const pynn_context *ctx, Py_ssize_t n, const float *a,
                             const float *b, float *y, float p) noexcept nogil
 
-cdef extern from "vmath.h" nogil:
+cdef extern from "activations.h" nogil:
     void pynn_vexp(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
     void pynn_vtanh(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
     void pynn_verf(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)

@@ -10,8 +10,10 @@ cdef extern from "cpu.h" nogil:
         PYNN_ISA_AVX512
     int PYNN_ISA_COUNT
     ctypedef int atomic_int
-    ctypedef struct pynn_context:
+    ctypedef struct pynn_kernels:
         pynn_isa isa
+    ctypedef struct pynn_context:
+        const pynn_kernels *kernels
         int num_threads
         atomic_int *team_busy
     int pynn_isa_compiled(pynn_isa isa)
@@ -36,8 +38,11 @@ cdef extern from *:
     """
     atomic_int pynn_team_busy
 
+cdef extern from "kernels.h" nogil:
+    const pynn_kernels *pynn_kernels_for(pynn_isa isa)
+
 cdef pynn_context _context
-_context.isa = pynn_isa_best()
+_context.kernels = pynn_kernels_for(pynn_isa_best())
 _context.num_threads = 1
 _context.team_busy = &pynn_team_busy
 
@@ -61,13 +66,13 @@ def best_isa():
 
 
 def chosen_isa():
-    return pynn_isa_name(_context.isa).decode()
+    return pynn_isa_name(_context.kernels.isa).decode()
 
 
 def choose_isa(str name):
     """Select a path by name; the caller has checked it is supported."""
     cdef int index = ISA_NAMES.index(name)
-    _context.isa = <pynn_isa>index
+    _context.kernels = pynn_kernels_for(<pynn_isa>index)
 
 
 def set_threads(int count):
