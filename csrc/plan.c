@@ -61,6 +61,8 @@ static void run_share(const pynn_context *ctx, const pynn_plan_step *s, const fl
     }
 }
 
+/* Builds without OpenMP run every kernel on one thread, plans included. */
+#ifdef _OPENMP
 /* One team for the whole plan: small batches with enough work. */
 static int team_pays_off(const pynn_context *ctx, const pynn_plan_step *steps, ptrdiff_t count)
 {
@@ -79,8 +81,6 @@ static int team_pays_off(const pynn_context *ctx, const pynn_plan_step *steps, p
 
 static int step_is_shared(const pynn_plan_step *s) { return step_work(s) >= SHARED_STEP_WORK; }
 
-/* Builds without OpenMP run every kernel on one thread, plans included. */
-#ifdef _OPENMP
 /* Steps [0, count) shared by a team of helper threads (helpers.h). */
 typedef struct {
     const pynn_context *alone;
@@ -112,14 +112,12 @@ static void run_part(void *arg, int part, int parts)
 void pynn_plan_run(const pynn_context *ctx, const pynn_plan_step *steps, ptrdiff_t count,
                    const float *x, float *const *outputs)
 {
-    pynn_context alone = *ctx;
-    alone.num_threads = 1;
     ptrdiff_t done = 0;
 #ifdef _OPENMP
+    pynn_context alone = *ctx;
+    alone.num_threads = 1;
     if (team_pays_off(ctx, steps, count)) {
-        /* Two Python threads predicting at batch 1 on two Zen 3 cores, two
-         * kernel threads: 20-36k predictions/s with a team each, 39-50k with
-         * this guard (one kernel thread: 64-82k). */
+        /* A second Python thread predicting meanwhile runs alone (cpu.h) */
         const int team = pynn_team_begin(ctx, ctx->num_threads < PYNN_HELPERS_MAX_PARTS
                                                   ? ctx->num_threads : PYNN_HELPERS_MAX_PARTS);
         if (team > 1) {
