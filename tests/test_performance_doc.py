@@ -197,7 +197,9 @@ def test_a_case_measured_twice_on_one_machine_is_refused(tmp_path, readme):
 def test_json_with_newer_fields_is_read(tmp_path, readme):
     source = write_json(tmp_path / "bench.json", command="bench all", date="2026-12-07")
     document, _ = generate(tmp_path, readme, source, commit="abc1234")
-    assert "2026-12-07" in document
+    assert "2026-12-07" in document and "| shapes |" not in document  # not recorded: not said
+    document, _ = generate(tmp_path, readme, write_json(tmp_path / "q.json", quick=True))
+    assert "| shapes | the quick shapes (`--quick`) |" in document
 
 
 def corrupt(data, path, value):
@@ -232,6 +234,7 @@ BAD = [
     (("results", 4, "work"), "lots", r"results\[4\]\.work: expected null or a non-negative number"),
     (("results", 4, "unit"), None, r"results\[4\]\.unit: expected a unit for the work given"),
     (("date",), 20261207, r"date: expected a string when present, got 20261207"),
+    (("quick",), "yes", r"quick: expected true or false when present, got yes"),
 ]
 
 

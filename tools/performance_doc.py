@@ -112,6 +112,8 @@ def load(path):
     for key in ("date", "commit"):
         _expect(data.get(key) is None or isinstance(data.get(key), str), f"{path}: {key}",
                 "a string when present", data.get(key))
+    _expect(data.get("quick") is None or isinstance(data.get("quick"), bool), f"{path}: quick",
+            "true or false when present", data.get("quick"))
     return data
 
 
@@ -141,11 +143,13 @@ def runs(paths, date=None, commit=None):
         run = next((r for r in found if r["key"] == key), None)
         if run is None:
             run = {"key": key, "machine": data["machine"], "config": data["config"],
-                   "dates": [], "commits": [], "sources": [], "records": [], "seen": {}}
+                   "dates": [], "commits": [], "sources": [], "records": [], "seen": {},
+                   "quick": set()}
             found.append(run)
         run["dates"].append(date or data.get("date") or _file_date(path))
         run["commits"].append(commit or data.get("commit") or None)
         run["sources"].append(os.path.basename(path))
+        run["quick"].add(data.get("quick"))
         for index, record in enumerate(data["results"]):
             case = (record["suite"], record["case"], record["threads"])
             if case in run["seen"]:
@@ -164,6 +168,9 @@ def runs(paths, date=None, commit=None):
             head = head or _git_commit()
             commits = [head if c is None else c for c in commits]
         run["commit"] = ", ".join(dict.fromkeys(commits))
+        quick = run.pop("quick")
+        run["shapes"] = (None if None in quick else "the quick shapes (`--quick`)" if quick == {True}
+                         else "the full shapes" if quick == {False} else "full and quick shapes")
         del run["key"], run["seen"]
     return found
 
@@ -440,6 +447,10 @@ def performance_markdown(all_runs, regenerate=REGENERATE):
             ("date", run["date"]),
             ("commit", run["commit"]),
             ("from", ", ".join(f"`{name}`" for name in run["sources"])),
+        ]
+        if run["shapes"]:
+            facts.append(("shapes", run["shapes"]))
+        facts += [
             ("CPU", f"{machine['cpu']}, {machine['cores']} cores available"),
             ("kernel path", f"`{machine['isa']}`"
              + (f" (the CPU offers {', '.join(config['isa_supported'])})"
