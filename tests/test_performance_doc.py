@@ -198,8 +198,9 @@ def test_json_with_newer_fields_is_read(tmp_path, readme):
     source = write_json(tmp_path / "bench.json", command="bench all", date="2026-12-07")
     document, _ = generate(tmp_path, readme, source, commit="abc1234")
     assert "2026-12-07" in document and "| shapes |" not in document  # not recorded: not said
-    document, _ = generate(tmp_path, readme, write_json(tmp_path / "q.json", quick=True))
+    document, text = generate(tmp_path, readme, write_json(tmp_path / "q.json", quick=True))
     assert "| shapes | the quick shapes (`--quick`) |" in document
+    assert "; the quick shapes (`--quick`)." in text  # the README's headline says so too
 
 
 def corrupt(data, path, value):

@@ -322,7 +322,8 @@ def headline_table(records):
 def headline_block(run):
     return "\n".join([
         BEGIN,
-        f"Measured on {run['date']} at commit {run['commit']}: {machine_line(run)}.",
+        f"Measured on {run['date']} at commit {run['commit']}: {machine_line(run)}"
+        + (f"; {run['shapes']}." if run["shapes"] else "."),
         "Ratios are the peer's time over pynn's on the same inputs and thread count "
         "(above 1: pynn is faster); every case is in [docs/performance.md](docs/performance.md).",
         "",
