@@ -376,6 +376,10 @@ cases run under pytest-benchmark (see [building.md](building.md#benchmarks)).
 - On more than one thread each round starts after a pause: OpenBLAS, OpenMP
   and ONNX Runtime workers spin for a while after their work, and would
   otherwise share the cores with the next runner.
+- Spinning thread teams (pynn's helpers and OpenMP workers, OpenBLAS, ONNX
+  Runtime) assume each thread has a core. On a host where other processes
+  take the cores, multi-thread rows, the small-batch ones most, measure the
+  host rather than the code; so does a `--quick` run, whose pauses are short.
 - A ratio is the peer's time over pynn's: above 1, pynn is faster. On a
   shared or virtual host a ratio can move noticeably between runs; compare
   figures within one run, not across runs.
