@@ -174,6 +174,19 @@ def test_date_and_commit_come_from_the_json_or_the_options(tmp_path, readme):
     assert "| date | 2026-01-02 |" in document
 
 
+def test_without_a_recorded_commit_the_checkout_is_named(tmp_path, readme, monkeypatch):
+    answers = {"rev-parse": "abc1234", "status": ""}
+    monkeypatch.setattr(performance_doc, "_git", lambda command, *rest: answers[command])
+    source = write_json(tmp_path / "bench.json", date="2026-12-07")
+    assert "| commit | abc1234 |" in generate(tmp_path, readme, source)[0]
+    answers["status"] = " M csrc/gemm.c"
+    document, text = generate(tmp_path, readme, source)
+    assert "| commit | abc1234 with uncommitted changes to the code |" in document
+    assert "at commit abc1234 with uncommitted changes to the code:" in text
+    answers["rev-parse"] = None  # not a git checkout
+    assert "| commit | unknown |" in generate(tmp_path, readme, source)[0]
+
+
 def test_files_from_one_machine_merge_and_other_machines_get_their_own_run(tmp_path, readme):
     everything = sample_results()
     first = write_json(tmp_path / "a.json", results=everything[:10], date="2026-12-07")

@@ -122,13 +122,24 @@ def _file_date(path):
     return datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc).strftime("%Y-%m-%d")
 
 
-def _git_commit():
+def _git(*arguments):
     try:
-        result = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, timeout=10)
+        result = subprocess.run(["git", "-C", ROOT, *arguments], capture_output=True, text=True,
+                                timeout=10)
     except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def _git_commit():
+    """The checkout's commit, marked when the code differs from it (the
+    benchmark then measured code that no commit holds)."""
+    head = _git("rev-parse", "--short", "HEAD")
+    if not head:
         return "unknown"
-    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else "unknown"
+    changed = _git("status", "--porcelain", "--untracked-files=no", "--",
+                   "pynn", "csrc", "setup.py", "pyproject.toml")
+    return f"{head} with uncommitted changes to the code" if changed else head
 
 
 def runs(paths, date=None, commit=None):
@@ -163,7 +174,7 @@ def runs(paths, date=None, commit=None):
     for run in found:
         dates = sorted(set(run.pop("dates")))
         run["date"] = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
-        commits = [c for c in dict.fromkeys(run.pop("commits"))]
+        commits = list(dict.fromkeys(run.pop("commits")))
         if None in commits:
             head = head or _git_commit()
             commits = [head if c is None else c for c in commits]
