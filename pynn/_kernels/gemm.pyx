@@ -59,6 +59,19 @@ cdef inline bint overlaps(cnp.ndarray x, cnp.ndarray y) noexcept:
         <uintptr_t>cnp.PyArray_DATA(y) < last_byte(x)
 
 
+# What matmul does with operands the kernel declines: pynn.ops.dense installs
+# its converting, reporting matmul here when it is imported (imports run from
+# ops down to the kernels, never up).
+_declined_matmul = None
+
+
+def set_declined_matmul(handler):
+    """Install ``handler(a, b, trans_a, trans_b, alpha, beta, out)``, called by
+    ``matmul`` for anything that is not already well-formed float32."""
+    global _declined_matmul
+    _declined_matmul = handler
+
+
 def matmul(a, b, *, bint trans_a=False, bint trans_b=False, alpha=1.0, beta=0.0, out=None):
     """``alpha * op(a) @ op(b) + beta * out`` for 2-D float32 arrays.
 
@@ -72,8 +85,9 @@ def matmul(a, b, *, bint trans_a=False, bint trans_b=False, alpha=1.0, beta=0.0,
     result = run_gemm(a, b, out, trans_a, trans_b, alpha, beta, None, None, False)
     if result is not None:
         return result
-    from pynn.ops.dense import validated_matmul
-    return validated_matmul(a, b, trans_a, trans_b, alpha, beta, out)
+    if _declined_matmul is None:
+        raise RuntimeError("matmul: import pynn.ops (it converts and checks the operands)")
+    return _declined_matmul(a, b, trans_a, trans_b, alpha, beta, out)
 
 
 def gemm(a, b, out, bint trans_a, bint trans_b, alpha, beta,

@@ -36,6 +36,9 @@ def validated_matmul(a, b, trans_a, trans_b, alpha, beta, out):
     return result
 
 
+_gemm.set_declined_matmul(validated_matmul)
+
+
 def gemm_into(where, *arguments):
     """The GEMM kernel on arrays the caller has already validated; a refusal
     (a parameter replaced by one of another dtype or layout, say) raises
