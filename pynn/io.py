@@ -220,8 +220,14 @@ def architecture_json(model):
 
 
 def model_metadata(model):
+    """The model file's metadata. ``input_shape`` is one sample's shape (a JSON
+    list, or null when the model does not know it); files written before it
+    was recorded lack it, and load as models whose ``input_shape`` is what
+    their first layer implies (``(in_features,)`` after a Linear) or None."""
+    shape = model.input_shape
     return {"format": MODEL_FORMAT, "pynn_version": __version__,
-            "architecture": architecture_json(model)}
+            "architecture": architecture_json(model),
+            "input_shape": json.dumps(None if shape is None else list(shape))}
 
 
 def model_to_bytes(model):
@@ -248,6 +254,16 @@ def model_from_bytes(data):
 def _rebuild(tensors, metadata, where):
     model = build_model(metadata, tensors, where)
     _load_state(model, tensors, where, strict=True)
+    if "input_shape" in metadata:
+        shape = parse_json(metadata["input_shape"], where, "the input_shape")
+        if shape is not None and not isinstance(shape, list):
+            raise ModelFormatError(f"{where}: input_shape must be a JSON list of sizes or null, "
+                                   f"got {shape!r:.60}")
+        try:
+            model.input_shape = shape
+        except (TypeError, ValueError) as error:
+            raise ModelFormatError(f"{where}: input_shape {shape!r:.60} does not fit the "
+                                   f"architecture: {error}") from None
     return model
 
 

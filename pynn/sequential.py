@@ -58,6 +58,7 @@ class Sequential:
         self._wire()
         self._scratch = threading.local()
         self._shape_chains = {}
+        self._input_shape = None
 
     # -- container -------------------------------------------------------------
     def __len__(self):
@@ -127,6 +128,30 @@ class Sequential:
         if not self.layers:
             raise ValueError("Sequential.output_shape: the model has no layers")
         return self._shape_chain(tuple(input_shape))[-1]
+
+    @property
+    def input_shape(self):
+        """The shape of one sample (no batch axis) this model takes: the one
+        ``fit`` last trained on, or one assigned, and what a model file records.
+        Without either it is ``(in_features,)`` for a model that starts with a
+        ``Linear``, and None (unknown) otherwise."""
+        if self._input_shape is None and self.layers and type(self.layers[0]) is Linear:
+            return (self.layers[0].in_features,)
+        return self._input_shape
+
+    @input_shape.setter
+    def input_shape(self, shape):
+        if shape is None:
+            self._input_shape = None
+            return
+        where = "Sequential.input_shape"
+        if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+            raise TypeError(f"{where} must be a tuple of sizes (one sample's shape) or None, "
+                            f"got {type(shape).__name__} {shape!r:.60}")
+        shape = tuple(as_count(extent, where, f"extent {axis}", minimum=0)
+                      for axis, extent in enumerate(shape))
+        self.output_shape((1,) + shape)  # the layers must accept it
+        self._input_shape = shape
 
     def _thread_plan(self, input_shape):
         """This thread's inference plan for ``input_shape``, rebuilt when a

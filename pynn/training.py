@@ -156,6 +156,7 @@ def _fit(model, x, y, loss, optimizer, epochs, batch_size, shuffle, validation_d
     x, y = _check_data(model, x, y, loss, where, "x", "y")
     if x.shape[0] == 0:
         raise ValueError(f"{where}: x has no samples (shape {x.shape})")
+    model.input_shape = x.shape[1:]
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise TypeError(f"{where}: validation_data must be a pair (x_val, y_val), "
