@@ -6,16 +6,12 @@ field by field (sizes, offsets, dtypes, shapes) before the safetensors package
 decodes the tensors, and an architecture names layer types that are looked up
 in ``LAYER_TYPES``, never imported. Every defect raises ``ModelFormatError``."""
 import contextlib
-import json
 import math
 import os
-import secrets
 import stat
 from io import BytesIO
 
 import numpy as np
-import safetensors
-import safetensors.numpy
 
 from pynn import _hooks, optim
 from pynn._checks import as_count
@@ -47,6 +43,8 @@ def write_atomic(path, data):
     POSIX and Windows), then fsync the folder so the rename itself is durable.
     A crash may leave a stray ``.<name>.*.tmp`` beside ``path``, never a
     damaged ``path``."""
+    import secrets
+
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     temporary = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
@@ -78,6 +76,8 @@ def save_tensors(path, tensors, metadata):
 
 
 def tensors_to_bytes(tensors, metadata):
+    import safetensors.numpy
+
     arrays = {name: np.asarray(array, order="C") for name, array in tensors.items()}
     return safetensors.numpy.save(arrays, metadata=metadata)
 
@@ -108,6 +108,8 @@ def _read_validated(file, size, where):
             f"(and headers are limited to {MAX_HEADER_BYTES})")
     header = _parse_header(file.read(header_length), where)
     metadata = _check_layout(header, size - 8 - header_length, where)
+    import safetensors.numpy
+
     file.seek(0)
     content = file.read(size + 1)
     if len(content) != size:
@@ -133,8 +135,18 @@ def _refuse_duplicates(pairs):
     return dict(pairs)
 
 
+def _to_json(value):
+    # json, like safetensors and secrets, is imported where it is used: none is
+    # needed to import pynn, and each adds to every program's start-up.
+    import json
+
+    return json.dumps(value)
+
+
 def parse_json(text, path, what):
     """JSON from an untrusted file: duplicate keys and deep nesting are defects."""
+    import json
+
     try:
         return json.loads(text, object_pairs_hook=_refuse_duplicates)
     except (ValueError, RecursionError) as error:
@@ -216,7 +228,7 @@ def architecture_of(model):
 
 def architecture_json(model):
     """The architecture as the model file stores it (also how ranks compare models)."""
-    return json.dumps(architecture_of(model))
+    return _to_json(architecture_of(model))
 
 
 def model_metadata(model):
@@ -227,7 +239,7 @@ def model_metadata(model):
     shape = model.input_shape
     return {"format": MODEL_FORMAT, "pynn_version": __version__,
             "architecture": architecture_json(model),
-            "input_shape": json.dumps(None if shape is None else list(shape))}
+            "input_shape": _to_json(None if shape is None else list(shape))}
 
 
 def model_to_bytes(model):
@@ -396,7 +408,7 @@ def optimizer_to_bytes(optimizer):
     """Safetensors bytes of the per-parameter state, hyperparameters as JSON."""
     state = optimizer.state_dict()
     metadata = {"format": OPTIMIZER_FORMAT, "type": type(optimizer).__name__,
-                "param_groups": json.dumps(state["param_groups"])}
+                "param_groups": _to_json(state["param_groups"])}
     return tensors_to_bytes(_optimizer_tensors(state, ""), metadata)
 
 
@@ -458,12 +470,12 @@ def save_checkpoint(path, model, optimizer, epoch=0, scheduler=None, rng=None):
     metadata = model_metadata(model)
     metadata.update({
         "format": CHECKPOINT_FORMAT,
-        "epoch": json.dumps(epoch),
-        "optimizer": json.dumps({"type": type(optimizer).__name__,
+        "epoch": _to_json(epoch),
+        "optimizer": _to_json({"type": type(optimizer).__name__,
                                  "param_groups": optimizer_state["param_groups"]}),
-        "scheduler": json.dumps(None if scheduler is None else scheduler.state_dict()),
-        "generators": json.dumps(generators),
-        "rng": json.dumps(None if rng is None else rng.bit_generator.state),
+        "scheduler": _to_json(None if scheduler is None else scheduler.state_dict()),
+        "generators": _to_json(generators),
+        "rng": _to_json(None if rng is None else rng.bit_generator.state),
     })
     save_tensors(path, tensors, metadata)
 
