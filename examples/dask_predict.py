@@ -12,25 +12,36 @@ LocalCluster of processes is started and shut down here.
 """
 import argparse
 import contextlib
+import sys
 import time
 
-import dask.array as da
 import numpy as np
-from distributed import Client, LocalCluster
 
 import pynn
 from pynn.distributed import dask_predict
 from pynn.layers import Linear, ReLU
 
 
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=10_000_000)
-    parser.add_argument("--chunk-rows", type=int, default=50_000)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads-per-worker", type=int, default=1)
+    parser.add_argument("--rows", type=positive_int, default=10_000_000)
+    parser.add_argument("--chunk-rows", type=positive_int, default=50_000)
+    parser.add_argument("--workers", type=positive_int, default=2)
+    parser.add_argument("--threads-per-worker", type=positive_int, default=1)
     parser.add_argument("--scheduler", default=None, help="address of a running scheduler")
     args = parser.parse_args()
+    try:
+        import dask.array as da
+        from distributed import Client, LocalCluster
+    except ImportError:
+        sys.exit("dask_predict.py needs Dask: pip install 'pynn-runtime[dask]'")
 
     model = pynn.Sequential(Linear(784, 256), ReLU(), Linear(256, 128), ReLU(), Linear(128, 10))
     with contextlib.ExitStack() as stack:

@@ -4,7 +4,7 @@
 """
 import argparse
 
-from mnist_mlp import EpochReport  # the script's folder is on sys.path
+from mnist_mlp import EpochReport, positive_int  # the script's folder is on sys.path
 
 import pynn
 from pynn import layers
@@ -14,13 +14,16 @@ from pynn.optim import Adam
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("path")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("path", help="folder with the MNIST idx files or an npz")
+    parser.add_argument("--epochs", type=positive_int, default=3)
+    parser.add_argument("--threads", type=positive_int, default=None)
     args = parser.parse_args()
     if args.threads:
         pynn.set_num_threads(args.threads)
-    (x_train, y_train), (x_test, y_test) = pynn.datasets.load_mnist(args.path)
+    try:
+        (x_train, y_train), (x_test, y_test) = pynn.datasets.load_mnist(args.path)
+    except (OSError, ValueError) as error:
+        parser.error(f"cannot read MNIST from {args.path}: {error}")
     x_train = x_train.reshape(-1, 1, 28, 28)
     x_test = x_test.reshape(-1, 1, 28, 28)
     model = pynn.Sequential(

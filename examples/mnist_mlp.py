@@ -8,12 +8,18 @@ x_train/y_train/x_test/y_test; nothing is downloaded.
 import argparse
 import time
 
-
 import pynn
 from pynn import layers
 from pynn.callbacks import Callback
 from pynn.losses import CrossEntropyLoss
 from pynn.optim import SGD
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 class EpochReport(Callback):
@@ -31,13 +37,16 @@ class EpochReport(Callback):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("path")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("path", help="folder with the MNIST idx files or an npz")
+    parser.add_argument("--epochs", type=positive_int, default=5)
+    parser.add_argument("--threads", type=positive_int, default=None)
     args = parser.parse_args()
     if args.threads:
         pynn.set_num_threads(args.threads)
-    (x_train, y_train), (x_test, y_test) = pynn.datasets.load_mnist(args.path)
+    try:
+        (x_train, y_train), (x_test, y_test) = pynn.datasets.load_mnist(args.path)
+    except (OSError, ValueError) as error:
+        parser.error(f"cannot read MNIST from {args.path}: {error}")
     x_train = x_train.reshape(len(x_train), -1)
     x_test = x_test.reshape(len(x_test), -1)
     model = pynn.Sequential(layers.Linear(784, 256), layers.ReLU(),

@@ -8,8 +8,7 @@ per rank, so n ranks of 32 train like one process with batches of 32 n. Rank
 gradients, and only rank 0 prints and saves the model.
 """
 import argparse
-
-from mpi4py import MPI
+import sys
 
 import pynn
 from pynn import Sequential, optim
@@ -17,12 +16,23 @@ from pynn.layers import Linear, ReLU
 from pynn.losses import CrossEntropyLoss
 
 
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=32, help="per rank")
+    parser.add_argument("--epochs", type=positive_int, default=30)
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="per rank")
     parser.add_argument("--out", default="digits_mlp.safetensors")
     args = parser.parse_args()
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        sys.exit("train_mpi.py needs mpi4py and an MPI library: pip install 'pynn-runtime[mpi]'")
     comm = MPI.COMM_WORLD
     pynn.set_num_threads(1)  # one core per rank
 

@@ -4,7 +4,7 @@ Fits y = sin(3x) + 0.3 sin(17x) on [-pi, pi] with growing hidden sizes and
 prints the mean squared error of each; with matplotlib installed it also
 writes universal_approximation.png beside the current directory.
 
-    python examples/universal_approximation.py [--epochs 300]
+    python examples/universal_approximation.py [--epochs 300] [--sizes 2 8 32 128]
 """
 import argparse
 
@@ -48,10 +48,18 @@ def fit_curve(hidden, x, y, epochs, seed=0):
     return prediction, float(np.mean((prediction - y) ** 2))
 
 
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=300)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2, 8, 32, 128])
+    parser.add_argument("--epochs", type=positive_int, default=300)
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=[2, 8, 32, 128],
+                        help="hidden layer sizes to fit, one model each")
     args = parser.parse_args()
     x = np.linspace(-np.pi, np.pi, 1000, dtype=np.float32).reshape(-1, 1)
     y = target(x).astype(np.float32)

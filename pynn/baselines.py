@@ -3,7 +3,11 @@ multinomial logistic regression, with scikit-learn's attribute names."""
 import numpy as np
 
 from pynn._checks import as_count, as_float32, as_indices, as_real
-from pynn.ops import matmul
+from pynn.layers import Linear
+from pynn.losses import CrossEntropyLoss
+from pynn.ops import matmul, softmax
+from pynn.optim import SGD
+from pynn.sequential import Sequential
 
 _EPS32 = float(np.finfo(np.float32).eps)
 
@@ -106,11 +110,6 @@ class LogisticRegression:
         self.seed = seed
 
     def fit(self, x, y):
-        from pynn.layers import Linear
-        from pynn.losses import CrossEntropyLoss
-        from pynn.optim import SGD
-        from pynn.sequential import Sequential
-
         where = "LogisticRegression.fit"
         x = _check_features(x, where)
         y = as_indices(y, where, "y", ndim=1)
@@ -149,8 +148,6 @@ class LogisticRegression:
 
     def predict_proba(self, x):
         """Class probabilities (softmax of the logits), columns in ``classes_`` order."""
-        from pynn.ops import softmax
-
         return softmax(self.decision_function(x), axis=1)
 
     def predict(self, x):

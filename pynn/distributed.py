@@ -2,8 +2,9 @@
 synchronous data-parallel training over MPI (extras ``dask`` and ``mpi``).
 
 pynn adds only glue. Models and optimizers travel by value as the bytes the
-model file holds (``Sequential.__reduce__``, ``Optimizer.__reduce__``): no
-code is pickled, and unpickling goes through pynn's own checked loader.
+model file holds (``Sequential.__reduce__``, ``Optimizer.__reduce__``, both
+implemented in ``pynn.io``): no code is pickled, and unpickling goes through
+pynn's own checked loader.
 
 Data-parallel training (``DataParallel``, ``Sequential.fit(comm=...)``): every
 rank holds the same weights (rank 0's, broadcast at start), computes the
@@ -14,22 +15,26 @@ its share of the global batch (n_rank / n_global) first, so the sum is the
 gradient of the global batch's mean loss, and the optimizer step that follows
 is the same on every rank. A rank that raises aborts the whole job
 (``comm.Abort``) after printing its traceback: the others would otherwise wait
-in a collective forever."""
+in a collective forever. ``fit(comm=...)`` reaches ``DataParallel`` through
+the ``data_parallel`` hook (``pynn._hooks``), installed here."""
 import contextlib
-import json
 import math
 import sys
 import threading
-import time
-import traceback
 
 import numpy as np
 
-from pynn import io
+from pynn import _hooks, config, io
 from pynn._checks import as_count, as_float32
 from pynn._kernels import core as kernels
+from pynn.optim import Optimizer
+from pynn.sequential import Sequential
 
-OPTIMIZER_FORMAT = "pynn.optimizer"
+# Optimizer serialisation is file-format code and lives in pynn.io; these names
+# stay here because optimizers pickled by earlier versions refer to them.
+OPTIMIZER_FORMAT = io.OPTIMIZER_FORMAT
+optimizer_to_bytes = io.optimizer_to_bytes
+optimizer_from_bytes = io.optimizer_from_bytes
 # Gradient slots in the arena start on 64-byte boundaries (whole SIMD rows).
 _ARENA_ALIGN = 16
 # Rows per chunk when dask_predict chunks a numpy array: at most this many
@@ -44,46 +49,6 @@ def _require(module, extra):
         raise ImportError(f"pynn.distributed needs {module}: pip install 'pynn-runtime[{extra}]'") from None
 
 
-# -- optimizers by value --------------------------------------------------------
-def optimizer_to_bytes(optimizer):
-    """Safetensors bytes of the per-parameter state, hyperparameters as JSON."""
-    state = optimizer.state_dict()
-    tensors = {f"{name}/{slot}": np.asarray(array)
-               for name, entry in state["state"].items() for slot, array in entry.items()}
-    metadata = {"format": OPTIMIZER_FORMAT, "type": type(optimizer).__name__,
-                "param_groups": json.dumps(state["param_groups"])}
-    return io.tensors_to_bytes(tensors, metadata)
-
-
-def optimizer_from_bytes(model, data):
-    """An optimizer for ``model`` rebuilt from ``optimizer_to_bytes`` output,
-    read as untrusted input: defects raise ``ModelFormatError``."""
-    from pynn import optim
-
-    where = "<optimizer bytes>"
-    tensors, metadata = io.tensors_from_bytes(data, where)
-    if metadata.get("format") != OPTIMIZER_FORMAT:
-        raise io.ModelFormatError(f"{where}: not pynn optimizer state (metadata format "
-                                  f"{metadata.get('format')!r:.60})")
-    kinds = {cls.__name__: cls for cls in (optim.SGD, optim.Adam, optim.AdamW)}
-    kind = kinds.get(metadata.get("type"))
-    if kind is None:
-        raise io.ModelFormatError(f"{where}: unknown optimizer type {metadata.get('type')!r:.60}, "
-                                  f"expected one of {sorted(kinds)}")
-    groups = io.parse_json(metadata.get("param_groups", ""), where, "the optimizer's param_groups")
-    state = {}
-    for key, array in tensors.items():
-        name, _, slot = key.rpartition("/")
-        state.setdefault(name, {})[slot] = array
-    try:
-        optimizer = kind(model, **groups[0])
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
-    except (KeyError, IndexError, TypeError, ValueError) as error:
-        raise io.ModelFormatError(f"{where}: the {kind.__name__} state does not fit the model: "
-                                  f"{error}") from None
-    return optimizer
-
-
 # -- Dask: batch scoring --------------------------------------------------------
 _PREDICT_LOCK = threading.Lock()
 
@@ -92,13 +57,12 @@ def _predict_block(block, model, batch_size):
     """One chunk on a worker: one predict at a time per worker process, on as
     many pynn threads as the worker has threads, so cores are never shared
     between a worker's tasks and pynn's own threads."""
-    import pynn
     from distributed import get_worker
 
     with _PREDICT_LOCK:
         threads = get_worker().state.nthreads
-        if pynn.get_num_threads() != threads:
-            pynn.set_num_threads(threads)
+        if config.get_num_threads() != threads:
+            config.set_num_threads(threads)
         return model.predict(block, batch_size=batch_size)
 
 
@@ -107,8 +71,6 @@ def dask_predict(model, X, batch_size=None):
     chunked here), lazily, on the current ``distributed.Client``. The model is
     scattered once and tasks refer to it, never embed it: a worker fetches it
     when a task there first needs it."""
-    from pynn.sequential import Sequential
-
     da = _require("dask.array", "dask")
     distributed = _require("distributed", "dask")
     where = "dask_predict"
@@ -133,7 +95,7 @@ def dask_predict(model, X, batch_size=None):
         raise ValueError(f"{where}: X must have a row axis, got a scalar")
     if X.dtype.kind not in "fiub":
         raise TypeError(f"{where}: X must hold numbers, got dtype {X.dtype}")
-    out_shape = model._shape_chain((1,) + X.shape[1:])[-1]  # checks the features, naming the layer
+    out_shape = model.output_shape((1,) + X.shape[1:])  # checks the features, naming the layer
     X = X.rechunk({axis: -1 for axis in range(1, X.ndim)})
     extra = {}
     if X.ndim > len(out_shape):
@@ -159,6 +121,9 @@ def abort_on_error(comm, where):
         yield
     except BaseException:
         if comm.Get_size() > 1:
+            import time
+            import traceback
+
             sys.stderr.write(f"{where}: rank {comm.Get_rank()} of {comm.Get_size()} failed, "
                              f"aborting the job:\n{traceback.format_exc()}")
             sys.stderr.flush()
@@ -176,10 +141,9 @@ class DataParallel:
     weights. Then each step is ``step(dy)`` on every rank after its own forward
     and loss."""
 
-    def __init__(self, model, optimizer, comm=None):
-        from pynn.optim import Optimizer
-        from pynn.sequential import Sequential
+    guard = staticmethod(abort_on_error)
 
+    def __init__(self, model, optimizer, comm=None):
         self._mpi = _require("mpi4py.MPI", "mpi")
         comm = self._mpi.COMM_WORLD if comm is None else comm
         if not isinstance(comm, self._mpi.Comm):
@@ -188,11 +152,11 @@ class DataParallel:
         with abort_on_error(comm, "DataParallel"):
             if not isinstance(model, Sequential):
                 raise TypeError(f"DataParallel: model must be a pynn Sequential, got {type(model).__name__}")
-            if not isinstance(optimizer, Optimizer) or optimizer._model is not model:
+            if not isinstance(optimizer, Optimizer) or optimizer.model is not model:
                 raise ValueError("DataParallel: optimizer must be a pynn.optim optimizer built for "
                                  "this model")
             self.model, self.optimizer = model, optimizer
-            architectures = comm.allgather(json.dumps(io.architecture_of(model)))
+            architectures = comm.allgather(io.architecture_json(model))
             for rank, architecture in enumerate(architectures):
                 if architecture != architectures[0]:
                     raise ValueError(f"DataParallel: rank {rank}'s model differs from rank 0's: "
@@ -255,3 +219,6 @@ class DataParallel:
 
     def any_rank(self, flag):
         return bool(self.comm.allreduce(bool(flag), op=self._mpi.LOR))
+
+
+_hooks.install("data_parallel", DataParallel)

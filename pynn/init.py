@@ -9,7 +9,9 @@ import math
 
 import numpy as np
 
-_generator = np.random.default_rng()
+# Made on first use: importing numpy.random costs more than the rest of pynn's
+# Python, and a process that only loads a model and predicts never draws.
+_generator = None
 
 
 def manual_seed(seed):
@@ -19,6 +21,9 @@ def manual_seed(seed):
 
 
 def default_generator():
+    global _generator
+    if _generator is None:
+        _generator = np.random.default_rng()
     return _generator
 
 
@@ -33,7 +38,7 @@ def _target(tensor, where):
 
 def _generator_for(generator, where):
     if generator is None:
-        return _generator
+        return default_generator()
     if not isinstance(generator, np.random.Generator):
         raise TypeError(f"{where}: generator must be a numpy.random.Generator, "
                         f"got {type(generator).__name__}")

@@ -6,19 +6,18 @@ field by field (sizes, offsets, dtypes, shapes) before the safetensors package
 decodes the tensors, and an architecture names layer types that are looked up
 in ``LAYER_TYPES``, never imported. Every defect raises ``ModelFormatError``."""
 import contextlib
-import json
 import math
 import os
-import secrets
 import stat
 from io import BytesIO
 
 import numpy as np
-import safetensors
-import safetensors.numpy
 
+from pynn import _hooks, optim
+from pynn._checks import as_count
 from pynn._version import __version__
-from pynn.sequential import LoadResult
+from pynn.layers.base import LAYER_TYPES
+from pynn.sequential import LoadResult, Sequential
 
 # safetensors' own ceiling; a longer header is refused before it is read.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -44,6 +43,8 @@ def write_atomic(path, data):
     POSIX and Windows), then fsync the folder so the rename itself is durable.
     A crash may leave a stray ``.<name>.*.tmp`` beside ``path``, never a
     damaged ``path``."""
+    import secrets
+
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     temporary = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
@@ -75,6 +76,8 @@ def save_tensors(path, tensors, metadata):
 
 
 def tensors_to_bytes(tensors, metadata):
+    import safetensors.numpy
+
     arrays = {name: np.asarray(array, order="C") for name, array in tensors.items()}
     return safetensors.numpy.save(arrays, metadata=metadata)
 
@@ -105,6 +108,8 @@ def _read_validated(file, size, where):
             f"(and headers are limited to {MAX_HEADER_BYTES})")
     header = _parse_header(file.read(header_length), where)
     metadata = _check_layout(header, size - 8 - header_length, where)
+    import safetensors.numpy
+
     file.seek(0)
     content = file.read(size + 1)
     if len(content) != size:
@@ -130,8 +135,18 @@ def _refuse_duplicates(pairs):
     return dict(pairs)
 
 
+def _to_json(value):
+    # json, like safetensors and secrets, is imported where it is used: none is
+    # needed to import pynn, and each adds to every program's start-up.
+    import json
+
+    return json.dumps(value)
+
+
 def parse_json(text, path, what):
     """JSON from an untrusted file: duplicate keys and deep nesting are defects."""
+    import json
+
     try:
         return json.loads(text, object_pairs_hook=_refuse_duplicates)
     except (ValueError, RecursionError) as error:
@@ -211,9 +226,20 @@ def architecture_of(model):
     return [{"type": type(layer).__name__, "config": layer.config()} for layer in model.layers]
 
 
+def architecture_json(model):
+    """The architecture as the model file stores it (also how ranks compare models)."""
+    return _to_json(architecture_of(model))
+
+
 def model_metadata(model):
+    """The model file's metadata. ``input_shape`` is one sample's shape (a JSON
+    list, or null when the model does not know it); files written before it
+    was recorded lack it, and load as models whose ``input_shape`` is what
+    their first layer implies (``(in_features,)`` after a Linear) or None."""
+    shape = model.input_shape
     return {"format": MODEL_FORMAT, "pynn_version": __version__,
-            "architecture": json.dumps(architecture_of(model))}
+            "architecture": architecture_json(model),
+            "input_shape": _to_json(None if shape is None else list(shape))}
 
 
 def model_to_bytes(model):
@@ -240,6 +266,16 @@ def model_from_bytes(data):
 def _rebuild(tensors, metadata, where):
     model = build_model(metadata, tensors, where)
     _load_state(model, tensors, where, strict=True)
+    if "input_shape" in metadata:
+        shape = parse_json(metadata["input_shape"], where, "the input_shape")
+        if shape is not None and not isinstance(shape, list):
+            raise ModelFormatError(f"{where}: input_shape must be a JSON list of sizes or null, "
+                                   f"got {shape!r:.60}")
+        try:
+            model.input_shape = shape
+        except (TypeError, ValueError) as error:
+            raise ModelFormatError(f"{where}: input_shape {shape!r:.60} does not fit the "
+                                   f"architecture: {error}") from None
     return model
 
 
@@ -257,9 +293,6 @@ def _sizing_product(value):
 def build_model(metadata, tensors, path):
     """A fresh ``Sequential`` from the architecture in ``metadata``; only layer
     types registered in ``LAYER_TYPES`` can be named."""
-    from pynn.layers.base import LAYER_TYPES
-    from pynn.sequential import Sequential
-
     if metadata.get("format") != MODEL_FORMAT or "architecture" not in metadata:
         raise ModelFormatError(f"{path}: not a pynn model file (metadata format "
                                f"{metadata.get('format')!r:.60}); load its weights with "
@@ -334,6 +367,73 @@ def load_weights(model, path, strict=True):
     return _load_state(model, tensors, path, strict)
 
 
+# -- optimizers -----------------------------------------------------------------
+# An optimizer's state is stored the same way alone (pickling, ``optimizer_to_bytes``)
+# and inside a checkpoint: one tensor ``<prefix><parameter>/<slot>`` per
+# per-parameter array, and the type and ``param_groups`` as JSON metadata.
+OPTIMIZER_FORMAT = "pynn.optimizer"
+_OPTIMIZER_TYPES = {cls.__name__: cls for cls in (optim.SGD, optim.Adam, optim.AdamW)}
+
+
+def _optimizer_tensors(state, prefix):
+    """``optimizer.state_dict()``'s per-parameter arrays as flat tensors."""
+    return {f"{prefix}{name}/{slot}": np.asarray(array)
+            for name, entry in state["state"].items() for slot, array in entry.items()}
+
+
+def _optimizer_state(tensors, prefix):
+    """The inverse of ``_optimizer_tensors``: ``{parameter: {slot: array}}``
+    from the tensors whose names start with ``prefix``."""
+    state = {}
+    for key, array in tensors.items():
+        if key.startswith(prefix):
+            name, _, slot = key[len(prefix):].rpartition("/")
+            state.setdefault(name, {})[slot] = array
+    return state
+
+
+def _optimizer_like(kind, model, param_groups, where):
+    """A fresh ``kind`` optimizer for ``model`` built from saved ``param_groups``:
+    its constructor checks every hyperparameter, so a hostile value is refused."""
+    if not (isinstance(param_groups, list) and len(param_groups) == 1 and isinstance(param_groups[0], dict)):
+        raise ModelFormatError(f"{where}: the optimizer state must hold one parameter group")
+    try:
+        return kind(model, **param_groups[0])
+    except Exception as error:
+        raise ModelFormatError(f"{where}: the saved {kind.__name__} hyperparameters "
+                               f"{param_groups[0]!r:.200} are invalid: {error}") from None
+
+
+def optimizer_to_bytes(optimizer):
+    """Safetensors bytes of the per-parameter state, hyperparameters as JSON."""
+    state = optimizer.state_dict()
+    metadata = {"format": OPTIMIZER_FORMAT, "type": type(optimizer).__name__,
+                "param_groups": _to_json(state["param_groups"])}
+    return tensors_to_bytes(_optimizer_tensors(state, ""), metadata)
+
+
+def optimizer_from_bytes(model, data):
+    """An optimizer for ``model`` rebuilt from ``optimizer_to_bytes`` output,
+    read as untrusted input: defects raise ``ModelFormatError``."""
+    where = "<optimizer bytes>"
+    tensors, metadata = tensors_from_bytes(data, where)
+    if metadata.get("format") != OPTIMIZER_FORMAT:
+        raise ModelFormatError(f"{where}: not pynn optimizer state (metadata format "
+                               f"{metadata.get('format')!r:.60})")
+    kind = _OPTIMIZER_TYPES.get(metadata.get("type"))
+    if kind is None:
+        raise ModelFormatError(f"{where}: unknown optimizer type {metadata.get('type')!r:.60}, "
+                               f"expected one of {sorted(_OPTIMIZER_TYPES)}")
+    groups = parse_json(metadata.get("param_groups", ""), where, "the optimizer's param_groups")
+    optimizer = _optimizer_like(kind, model, groups, where)
+    try:
+        optimizer.load_state_dict({"state": _optimizer_state(tensors, ""), "param_groups": groups})
+    except (KeyError, IndexError, TypeError, ValueError) as error:
+        raise ModelFormatError(f"{where}: the {kind.__name__} state does not fit the model: "
+                               f"{error}") from None
+    return optimizer
+
+
 # -- checkpoints ----------------------------------------------------------------
 CHECKPOINT_FORMAT = "pynn.checkpoint"
 
@@ -359,27 +459,23 @@ def save_checkpoint(path, model, optimizer, epoch=0, scheduler=None, rng=None):
     every call, so a resumable loop calls ``fit(epochs=1, seed=s + epoch)``
     once per epoch, or shuffles with its own ``rng`` and calls ``fit(
     shuffle=False)``; either way the resumed run is bit-identical."""
-    from pynn._checks import as_count
-
     epoch = as_count(epoch, "save_checkpoint", "epoch", minimum=0)
     if rng is not None and not isinstance(rng, np.random.Generator):
         raise TypeError(f"save_checkpoint: rng must be a numpy.random.Generator, got {type(rng).__name__}")
     tensors = {f"model/{key}": array for key, array in model.state_dict().items()}
     optimizer_state = optimizer.state_dict()
-    for name, entry in optimizer_state["state"].items():
-        for key, array in entry.items():
-            tensors[f"optimizer/{name}/{key}"] = np.asarray(array)
+    tensors.update(_optimizer_tensors(optimizer_state, "optimizer/"))
     generators = {f"{index}.{attribute}": generator.bit_generator.state
                   for index, attribute, generator in _layer_generators(model)}
     metadata = model_metadata(model)
     metadata.update({
         "format": CHECKPOINT_FORMAT,
-        "epoch": json.dumps(epoch),
-        "optimizer": json.dumps({"type": type(optimizer).__name__,
+        "epoch": _to_json(epoch),
+        "optimizer": _to_json({"type": type(optimizer).__name__,
                                  "param_groups": optimizer_state["param_groups"]}),
-        "scheduler": json.dumps(None if scheduler is None else scheduler.state_dict()),
-        "generators": json.dumps(generators),
-        "rng": json.dumps(None if rng is None else rng.bit_generator.state),
+        "scheduler": _to_json(None if scheduler is None else scheduler.state_dict()),
+        "generators": _to_json(generators),
+        "rng": _to_json(None if rng is None else rng.bit_generator.state),
     })
     save_tensors(path, tensors, metadata)
 
@@ -393,16 +489,6 @@ def _checked_generator_state(generator, state, path, name):
     return state
 
 
-def _checked_hyperparameters(optimizer, model, param_groups, path):
-    """The saved hyperparameters, validated by building a throwaway optimizer
-    of the same type from them (its constructor checks every value)."""
-    if not (isinstance(param_groups, list) and len(param_groups) == 1 and isinstance(param_groups[0], dict)):
-        raise ModelFormatError(f"{path}: the optimizer state must hold one parameter group")
-    try:
-        type(optimizer)(model, **param_groups[0])
-    except Exception as error:
-        raise ModelFormatError(f"{path}: the saved {type(optimizer).__name__} hyperparameters "
-                               f"{param_groups[0]!r:.200} are invalid: {error}") from None
 
 
 def _checked_scheduler_state(scheduler, state, path):
@@ -446,17 +532,13 @@ def load_checkpoint(path, model, optimizer, scheduler=None, rng=None):
                                f"was saved with them (saved: scheduler "
                                f"{'yes' if scheduler_state is not None else 'no'}, rng "
                                f"{'yes' if rng_state is not None else 'no'})")
-    _checked_hyperparameters(optimizer, model, optimizer_meta["param_groups"], path)
+    _optimizer_like(type(optimizer), model, optimizer_meta["param_groups"], path)
     if scheduler is not None:
         _checked_scheduler_state(scheduler, scheduler_state, path)
     model_tensors = {key[len("model/"):]: array for key, array in tensors.items()
                      if key.startswith("model/")}
     state = _matching_state(model, model_tensors, path, strict=True)
-    optimizer_state = {}
-    for key, array in tensors.items():
-        if key.startswith("optimizer/"):
-            name, _, slot = key[len("optimizer/"):].rpartition("/")
-            optimizer_state.setdefault(name, {})[slot] = array
+    optimizer_state = _optimizer_state(tensors, "optimizer/")
     generators = {f"{index}.{attribute}": generator
                   for index, attribute, generator in _layer_generators(model)}
     if not isinstance(generator_states, dict) or set(generator_states) != set(generators):
@@ -478,3 +560,17 @@ def load_checkpoint(path, model, optimizer, scheduler=None, rng=None):
     if rng is not None:
         rng.bit_generator.state = rng_state
     return epoch
+
+
+def _reduce_model(model):
+    return model_from_bytes, (model_to_bytes(model),)
+
+
+def _reduce_optimizer(optimizer):
+    return optimizer_from_bytes, (optimizer.model, optimizer_to_bytes(optimizer))
+
+
+_hooks.install("save_model", save_model)
+_hooks.install("load_weights", load_weights)
+_hooks.install("reduce_model", _reduce_model)
+_hooks.install("reduce_optimizer", _reduce_optimizer)

@@ -11,6 +11,7 @@ import threading
 
 import numpy as np
 
+from pynn import _hooks
 from pynn._checks import as_count
 from pynn._kernels import core as kernels
 from pynn.layers import Conv2d, Linear, ReLU
@@ -57,7 +58,7 @@ class Sequential:
         self._wire()
         self._scratch = threading.local()
         self._shape_chains = {}
-        self._batch_buffers = {}  # fit's gathered mini-batches, reused across calls
+        self._input_shape = None
 
     # -- container -------------------------------------------------------------
     def __len__(self):
@@ -120,6 +121,37 @@ class Sequential:
                 self._shape_chains.clear()
             chain = self._shape_chains[input_shape] = tuple(shapes)
         return chain
+
+    def output_shape(self, input_shape):
+        """The output's shape for an input of ``input_shape``, as a layer's
+        ``output_shape``: ValueError naming the first layer that refuses it."""
+        if not self.layers:
+            raise ValueError("Sequential.output_shape: the model has no layers")
+        return self._shape_chain(tuple(input_shape))[-1]
+
+    @property
+    def input_shape(self):
+        """The shape of one sample (no batch axis) this model takes: the one
+        ``fit`` last trained on, or one assigned, and what a model file records.
+        Without either it is ``(in_features,)`` for a model that starts with a
+        ``Linear``, and None (unknown) otherwise."""
+        if self._input_shape is None and self.layers and type(self.layers[0]) is Linear:
+            return (self.layers[0].in_features,)
+        return self._input_shape
+
+    @input_shape.setter
+    def input_shape(self, shape):
+        if shape is None:
+            self._input_shape = None
+            return
+        where = "Sequential.input_shape"
+        if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+            raise TypeError(f"{where} must be a tuple of sizes (one sample's shape) or None, "
+                            f"got {type(shape).__name__} {shape!r:.60}")
+        shape = tuple(as_count(extent, where, f"extent {axis}", minimum=0)
+                      for axis, extent in enumerate(shape))
+        self.output_shape((1,) + shape)  # the layers must accept it
+        self._input_shape = shape
 
     def _thread_plan(self, input_shape):
         """This thread's inference plan for ``input_shape``, rebuilt when a
@@ -220,24 +252,19 @@ class Sequential:
             np.copyto(live[key], value, casting="unsafe")
         return LoadResult(missing, unexpected)
 
+    # -- persistence (pynn.io, through pynn._hooks) -----------------------------
     def save(self, path):
         """Write a safetensors model file (see ``pynn.io``); ``pynn.load`` rebuilds it."""
-        from pynn import io
-
-        io.save_model(self, path)
+        _hooks.get("save_model", "Sequential.save")(self, path)
 
     def __reduce__(self):
         """Pickle as the bytes ``save`` writes (no code inside): unpickling is
         ``pynn.io.model_from_bytes``, which checks them as untrusted input."""
-        from pynn import io
-
-        return io.model_from_bytes, (io.model_to_bytes(self),)
+        return _hooks.get("reduce_model", "pickling a Sequential")(self)
 
     def load_weights(self, path, strict=True):
         """Load the tensors of any safetensors file whose keys and shapes match."""
-        from pynn import io
-
-        return io.load_weights(self, path, strict=strict)
+        return _hooks.get("load_weights", "Sequential.load_weights")(self, path, strict=strict)
 
     def freeze(self, n):
         """Freeze the first ``n`` layers (no gradients computed, no updates); the rest train."""
@@ -250,30 +277,19 @@ class Sequential:
     def unfreeze(self):
         self.freeze(0)
 
-    # -- the training loop (pynn.training) --------------------------------------
+    # -- the training loop (pynn.training, through pynn._hooks) ----------------
     def fit(self, x, y, *, loss, optimizer, epochs=1, batch_size=32, shuffle=True,
             validation_data=None, seed=None, callbacks=(), verbose=True, comm=None):
         """Train on ``(x, y)`` in shuffled mini-batches; returns a ``History``.
         The last, partial batch is trained on. See ``pynn.training.fit``; with an
         mpi4py ``comm``, data-parallel over its ranks (``pynn.distributed``)."""
-        import contextlib
-
-        from pynn import training
-
-        guard = contextlib.nullcontext()
-        if comm is not None:
-            from pynn.distributed import abort_on_error
-
-            guard = abort_on_error(comm, "Sequential.fit")
-        with guard:
-            return training.fit(self, x, y, loss=loss, optimizer=optimizer, epochs=epochs,
-                                batch_size=batch_size, shuffle=shuffle,
-                                validation_data=validation_data, seed=seed,
-                                callbacks=callbacks, verbose=verbose, comm=comm)
+        return _hooks.get("fit", "Sequential.fit")(
+            self, x, y, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
+            shuffle=shuffle, validation_data=validation_data, seed=seed, callbacks=callbacks,
+            verbose=verbose, comm=comm)
 
     def evaluate(self, x, y, *, loss, batch_size=256):
         """``{"loss": mean loss, "accuracy": ...}`` in inference mode (accuracy for
         classification losses)."""
-        from pynn import training
-
-        return training.evaluate(self, x, y, loss=loss, batch_size=batch_size)
+        return _hooks.get("evaluate", "Sequential.evaluate")(self, x, y, loss=loss,
+                                                             batch_size=batch_size)

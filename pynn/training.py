@@ -3,23 +3,34 @@
 One step is forward, loss, backward, optimizer step, on a mini-batch gathered
 into buffers reused for the whole run, so after the first batch of a shape a
 step allocates nothing beyond small Python objects. The same seed and thread
-count give bit-identical weights."""
+count give bit-identical weights.
+
+``Sequential.fit`` and ``Sequential.evaluate`` reach ``fit`` and ``evaluate``
+through the hooks of the same names (``pynn._hooks``), installed here; with a
+``comm``, ``fit`` trains through the ``DataParallel`` class that
+``pynn.distributed`` installs as the ``data_parallel`` hook."""
+import contextlib
 import time
+import weakref
 
 import numpy as np
 
+from pynn import _hooks, losses
 from pynn._checks import as_count, as_float32, as_indices
 from pynn._kernels.core import embedding_gather
 from pynn.callbacks import Callback, History
+from pynn.optim import Optimizer
 
 # Seconds between progress-bar metric refreshes: formatting them every batch
 # would cost more than a small training step.
 _POSTFIX_INTERVAL = 0.2
 
+# Each model's gathered mini-batches, kept as long as the model lives so that
+# later calls to fit reuse them.
+_BATCH_BUFFERS = weakref.WeakKeyDictionary()
+
 
 def _is_classification(loss):
-    from pynn import losses
-
     return isinstance(loss, (losses.CrossEntropyLoss, losses.BCEWithLogitsLoss))
 
 
@@ -33,8 +44,6 @@ def _check_data(model, x, y, loss, where, x_name, y_name):
     if not model.layers:
         raise ValueError(f"{where}: the model has no layers")
     x = model.layers[0].check_input(x)
-    from pynn import losses
-
     if isinstance(loss, losses.CrossEntropyLoss):
         y = as_indices(y, where, y_name, ndim=1)
     else:
@@ -49,8 +58,6 @@ class _Accuracy:
     """Counts correct predictions into reused buffers (no per-batch allocation)."""
 
     def __init__(self, loss):
-        from pynn import losses
-
         self.binary = isinstance(loss, losses.BCEWithLogitsLoss)
         self._buffers = {}
 
@@ -117,14 +124,27 @@ def _reseed_dropout(model, seeds):
 
 def fit(model, x, y, *, loss, optimizer, epochs=1, batch_size=32, shuffle=True,
         validation_data=None, seed=None, callbacks=(), verbose=True, comm=None):
-    from pynn.optim import Optimizer
+    """``Sequential.fit``. With a ``comm``, every rank runs this on its own
+    shard through ``DataParallel``, and an exception anywhere in it (argument
+    checks included) aborts the whole job rather than leaving ranks waiting."""
+    data_parallel = None
+    guard = contextlib.nullcontext()
+    if comm is not None:
+        data_parallel = _hooks.get("data_parallel", "Sequential.fit(comm=...)")
+        guard = data_parallel.guard(comm, "Sequential.fit")
+    with guard:
+        return _fit(model, x, y, loss, optimizer, epochs, batch_size, shuffle, validation_data,
+                    seed, callbacks, verbose, comm, data_parallel)
 
+
+def _fit(model, x, y, loss, optimizer, epochs, batch_size, shuffle, validation_data, seed,
+         callbacks, verbose, comm, data_parallel):
     where = "Sequential.fit"
     _check_loss(loss, where)
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"{where}: optimizer must be a pynn.optim optimizer such as "
                         f"SGD(model, lr=0.1), got {type(optimizer).__name__}")
-    if optimizer._model is not model:
+    if optimizer.model is not model:
         raise ValueError(f"{where}: optimizer was built for another model; build it with this one")
     epochs = as_count(epochs, where, "epochs")
     batch_size = as_count(batch_size, where, "batch_size")
@@ -136,6 +156,7 @@ def fit(model, x, y, *, loss, optimizer, epochs=1, batch_size=32, shuffle=True,
     x, y = _check_data(model, x, y, loss, where, "x", "y")
     if x.shape[0] == 0:
         raise ValueError(f"{where}: x has no samples (shape {x.shape})")
+    model.input_shape = x.shape[1:]
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise TypeError(f"{where}: validation_data must be a pair (x_val, y_val), "
@@ -147,9 +168,7 @@ def fit(model, x, y, *, loss, optimizer, epochs=1, batch_size=32, shuffle=True,
         seed = as_count(seed, where, "seed", minimum=0)
     parallel = None
     if comm is not None:  # each rank trains on its own shard; see pynn.distributed
-        from pynn.distributed import DataParallel
-
-        parallel = DataParallel(model, optimizer, comm)
+        parallel = data_parallel(model, optimizer, comm)
         parallel.plan_epoch(x.shape[0], batch_size, where)
         verbose = verbose and parallel.rank == 0
     shuffle_seed, dropout_seed = np.random.SeedSequence(seed).spawn(2)
@@ -158,7 +177,7 @@ def fit(model, x, y, *, loss, optimizer, epochs=1, batch_size=32, shuffle=True,
     rng = np.random.default_rng(shuffle_seed)
     classification = _is_classification(loss)
     accuracy = _Accuracy(loss) if classification else None
-    batches = _Batches(x, y, batch_size, model._batch_buffers)
+    batches = _Batches(x, y, batch_size, _BATCH_BUFFERS.setdefault(model, {}))
     history = History()
     everyone = [history] + callbacks
     for callback in everyone:
@@ -228,8 +247,7 @@ def evaluate(model, x, y, *, loss, batch_size=256, checked=False):
     loss_sum, correct, counted = 0.0, 0, 0
     for start in range(0, samples, batch_size):
         x_batch, y_batch = x[start:start + batch_size], y[start:start + batch_size]
-        pred = model._infer_into(x_batch, np.empty(model._shape_chain(x_batch.shape)[-1],
-                                                   dtype=np.float32))
+        pred = model.predict(x_batch)
         loss_sum += loss(pred, y_batch) * len(x_batch)
         if accuracy is not None:
             hits, total = accuracy.count(pred, y_batch)
@@ -239,3 +257,7 @@ def evaluate(model, x, y, *, loss, batch_size=256, checked=False):
     if accuracy is not None:
         scores["accuracy"] = correct / counted
     return scores
+
+
+_hooks.install("fit", fit)
+_hooks.install("evaluate", evaluate)

@@ -1,23 +1,53 @@
-"""The examples that need no external data run as written."""
+"""The examples that need no external data run as written, and every example
+answers a wrong command line with its usage, not a traceback."""
+import glob
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import pynn
-from pynn import layers
+from pynn import demo, layers
+from pynn.io import read_tensors, save_tensors
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
 # The subprocess imports the same pynn as these tests, installed or built in place.
 ENVIRONMENT = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(pynn.__file__)))
 
 
-def run_example(name, *args, cwd, stdin=None):
+def run_example(name, *args, cwd, stdin=None, returncode=0):
     result = subprocess.run([sys.executable, os.path.join(EXAMPLES, name), *args], cwd=cwd,
                             input=stdin, env=ENVIRONMENT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == returncode, result.stderr
+    if returncode:
+        assert "Traceback" not in result.stderr, result.stderr
+        return result.stderr
     return result.stdout
+
+
+ALL_EXAMPLES = sorted(os.path.basename(path) for path in glob.glob(os.path.join(EXAMPLES, "*.py")))
+# examples with a required argument, so that running them bare is a mistake
+NEED_ARGUMENTS = {"embed_inference.py", "mnist_cnn.py", "mnist_mlp.py"}
+
+
+@pytest.mark.parametrize("name", ALL_EXAMPLES)
+def test_a_wrong_command_line_prints_usage(name, tmp_path):
+    positional = ["somewhere"] if name in NEED_ARGUMENTS else []
+    message = run_example(name, *positional, "--no-such-option", cwd=tmp_path, returncode=2)
+    assert message.startswith(f"usage: {name}") and "unrecognized arguments" in message
+    if name in NEED_ARGUMENTS:
+        message = run_example(name, cwd=tmp_path, returncode=2)
+        assert message.startswith(f"usage: {name}") and "required" in message
+    if name != "embed_inference.py":
+        option = "--rows" if name == "dask_predict.py" else "--epochs"
+        message = run_example(name, *positional, option, "0", cwd=tmp_path, returncode=2)
+        assert "must be a positive integer, got 0" in message
+
+
+def test_every_example_is_listed_for_its_usage_test():
+    assert len(ALL_EXAMPLES) >= 7 and NEED_ARGUMENTS <= set(ALL_EXAMPLES)
 
 
 def test_universal_approximation_improves_with_width(tmp_path):
@@ -45,6 +75,72 @@ def test_embed_inference_answers_from_a_saved_model(tmp_path):
     out = run_example("embed_inference.py", str(path), cwd=tmp_path, stdin=rows)
     expected = np.argmax(model.predict(x[:20]), axis=1)
     assert [int(v) for v in out.split()] == expected.tolist()
+
+
+def demo_rows(count=30):
+    _, _, x_test, y_test = demo.digits_split()
+    return x_test[:count], y_test[:count], "\n".join(",".join(f"{v:.6f}" for v in row)
+                                                     for row in x_test[:count])
+
+
+@pytest.mark.parametrize("name", ["MLP 64-128-10", "CNN"])
+def test_embed_inference_answers_from_the_demos_best_model(name, tmp_path):
+    """The demo saves whichever model wins; both kinds must work from CSV rows."""
+    x_train, y_train, x_test, y_test = demo.digits_split()
+    model, shape, lr = demo.build_models()[name]
+    model.fit(shape(x_train), y_train, loss=pynn.losses.CrossEntropyLoss(),
+              optimizer=pynn.optim.Adam(model, lr=lr), epochs=2, seed=0, verbose=False)
+    results = {name: {"model": model, "shape": shape, "accuracy": 1.0}}
+    saved_name, path = demo.save_and_reload(results, x_test, str(tmp_path))
+    assert saved_name == name
+    x, _, rows = demo_rows()
+    out = run_example("embed_inference.py", path, cwd=tmp_path, stdin=rows)
+    expected = np.argmax(model.predict(shape(x)), axis=1)
+    assert [int(v) for v in out.split()] == expected.tolist()
+
+
+def test_embed_inference_after_the_demo_command(tmp_path):
+    """The README's two lines, whichever model the demo finds best."""
+    subprocess.run([sys.executable, "-m", "pynn", "demo", "--out", str(tmp_path / "demo"),
+                    "--epochs", "2", "--quiet"], check=True, env=ENVIRONMENT, cwd=tmp_path,
+                   capture_output=True, timeout=600)
+    path = str(tmp_path / "demo" / "best_model.safetensors")
+    x, y, rows = demo_rows(100)
+    out = run_example("embed_inference.py", path, cwd=tmp_path, stdin=rows)
+    model = pynn.load(path)
+    expected = np.argmax(model.predict(x.reshape((len(x),) + model.input_shape)), axis=1)
+    assert [int(v) for v in out.split()] == expected.tolist()
+    assert np.mean(expected == y) > 0.5
+
+
+def test_embed_inference_explains_what_it_cannot_do(tmp_path):
+    model = pynn.Sequential(layers.Conv2d(1, 2, 3), layers.Flatten(), layers.Linear(2 * 6 * 6, 3))
+    path = str(tmp_path / "cnn.safetensors")
+    model.save(path)  # never fitted: the file records no input shape
+    x, _, rows = demo_rows(5)
+    message = run_example("embed_inference.py", path, cwd=tmp_path, stdin=rows, returncode=2)
+    assert "does not record the model's input shape" in message and "--input-shape" in message
+    out = run_example("embed_inference.py", path, "--input-shape", "1,8,8", cwd=tmp_path,
+                      stdin=rows)
+    assert [int(v) for v in out.split()] == np.argmax(
+        model.predict(x.reshape(-1, 1, 8, 8)), axis=1).tolist()
+    message = run_example("embed_inference.py", path, "--input-shape", "1,4,16", cwd=tmp_path,
+                          stdin=rows, returncode=2)
+    assert "the model refuses input shape (1, 4, 16)" in message
+    message = run_example("embed_inference.py", path, "--input-shape", "1,8", cwd=tmp_path,
+                          stdin=rows, returncode=2)
+    assert "each row must hold 8 values" in message
+    message = run_example("embed_inference.py", path, "--input-shape", "1,8,8", cwd=tmp_path,
+                          stdin="1,2,x\n", returncode=2)
+    assert "comma-separated numbers" in message
+    message = run_example("embed_inference.py", str(tmp_path / "missing.safetensors"),
+                          cwd=tmp_path, returncode=2)
+    assert "cannot load the model" in message
+    tensors, metadata = read_tensors(path)  # a file from before input shapes were recorded
+    del metadata["input_shape"]
+    save_tensors(path, tensors, metadata)
+    message = run_example("embed_inference.py", path, cwd=tmp_path, stdin=rows, returncode=2)
+    assert "--input-shape" in message
 
 
 def write_idx(path, array, magic):

@@ -1,5 +1,6 @@
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 import pynn
+from pynn import layers
 from pynn.io import MAX_HEADER_BYTES, ModelFormatError, read_tensors, save_tensors, write_atomic
 
 
@@ -424,3 +426,73 @@ def test_write_atomic_permissions(tmp_path):
         assert os.stat(path).st_mode & 0o777 == 0o600  # a replaced file keeps its mode
     finally:
         os.umask(umask)
+
+
+def cnn():
+    return pynn.Sequential(layers.Conv2d(1, 2, 3, padding=1), layers.ReLU(), layers.MaxPool2d(2),
+                           layers.Flatten(), layers.Linear(2 * 4 * 4, 3))
+
+
+def test_a_saved_model_records_one_samples_input_shape(tmp_path):
+    model = cnn()
+    assert model.input_shape is None
+    model.fit(np.zeros((4, 1, 8, 8), np.float32), np.array([0, 1, 2, 0]),
+              loss=pynn.losses.CrossEntropyLoss(), optimizer=pynn.optim.SGD(model, lr=0.1),
+              verbose=False)
+    assert model.input_shape == (1, 8, 8)
+    path = tmp_path / "cnn.safetensors"
+    model.save(path)
+    assert json.loads(read_tensors(path)[1]["input_shape"]) == [1, 8, 8]
+    assert pynn.load(path).input_shape == (1, 8, 8)
+    assert pickle.loads(pickle.dumps(model)).input_shape == (1, 8, 8)
+    unknown = cnn()
+    unknown.save(path)
+    assert json.loads(read_tensors(path)[1]["input_shape"]) is None
+    assert pynn.load(path).input_shape is None
+    mlp = pynn.Sequential(layers.Linear(5, 2))
+    assert mlp.input_shape == (5,)  # what a first Linear implies, without any fit
+    mlp.save(path)
+    assert pynn.load(path).input_shape == (5,)
+
+
+def test_input_shape_is_checked_when_assigned():
+    model = cnn()
+    model.input_shape = [1, 8, 8]
+    assert model.input_shape == (1, 8, 8)
+    with pytest.raises(ValueError, match="Linear: input must end in in_features=32"):
+        model.input_shape = (1, 6, 6)
+    with pytest.raises(TypeError, match="Sequential.input_shape must be a tuple of sizes"):
+        model.input_shape = 8
+    with pytest.raises(TypeError, match="extent 1 must be an integer"):
+        model.input_shape = (1, 8.0, 8)
+    assert model.input_shape == (1, 8, 8)
+    model.input_shape = None
+    assert model.input_shape is None
+
+
+def test_older_files_without_an_input_shape_still_load(tmp_path):
+    path = tmp_path / "old.safetensors"
+    for model, implied in ((cnn(), None), (pynn.Sequential(layers.Linear(6, 2)), (6,))):
+        model.input_shape = (1, 8, 8) if implied is None else (6,)
+        model.save(path)
+        tensors, metadata = read_tensors(path)
+        del metadata["input_shape"]
+        save_tensors(path, tensors, metadata)
+        assert pynn.load(path).input_shape == implied
+
+
+@pytest.mark.parametrize("value, message", [
+    ("[1, 6, 6]", "does not fit the architecture"),
+    ("7", "must be a JSON list of sizes or null"),
+    ("[1, -8, 8]", "must be >= 0"),
+    ("[1, true, 8]", "must be an integer"),
+    ("[1, 8", "not valid JSON"),
+])
+def test_a_hostile_input_shape_raises_model_format_error(tmp_path, value, message):
+    path = tmp_path / "bad.safetensors"
+    cnn().save(path)
+    tensors, metadata = read_tensors(path)
+    metadata["input_shape"] = value
+    save_tensors(path, tensors, metadata)
+    with pytest.raises(ModelFormatError, match=message):
+        pynn.load(path)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import check_gradient
+import pynn
 from pynn import Sequential, optim
 from pynn.layers import Linear, ReLU, Tanh
 
@@ -315,3 +316,15 @@ def test_predict_through_layers_that_return_views():
     expected = x.reshape(5, 12).astype(np.float64) @ linear.params["weight"].T + linear.params["bias"]
     np.testing.assert_allclose(model.predict(x), expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(model.predict(x, batch_size=2), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_output_shape_follows_the_chain_and_names_the_layer_that_refuses():
+    model = pynn.Sequential(pynn.layers.Conv2d(1, 4, 3, padding=1), pynn.layers.ReLU(),
+                            pynn.layers.MaxPool2d(2), pynn.layers.Flatten(),
+                            pynn.layers.Linear(4 * 4 * 4, 3))
+    assert model.output_shape((5, 1, 8, 8)) == (5, 3)
+    assert model.output_shape([2, 1, 8, 8]) == (2, 3)
+    with pytest.raises(ValueError, match="Linear: input must end in in_features=64"):
+        model.output_shape((5, 1, 10, 10))
+    with pytest.raises(ValueError, match="the model has no layers"):
+        pynn.Sequential().output_shape((1, 2))

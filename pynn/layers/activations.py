@@ -8,7 +8,7 @@ from pynn.ops.activations import _axis_split, _gelu_kernel
 
 
 class _Activation(Layer):
-    """An element-wise activation; backward reads the saved input or output
+    """An element-wise activation; backward reads the kept input or output
     (whichever the derivative needs, ``_saves``)."""
     _kernel = None
     _saves = "y"
@@ -32,23 +32,9 @@ class _Activation(Layer):
             watched.append((vars(self), self._parameter_name))
         return "map", (self._kernel, self._parameter()), watched
 
-    def forward(self, x, training=False):
-        x = self.check_input(x)
-        if not training:
-            return self.infer(x, np.empty(x.shape, dtype=np.float32))
-        y = self.infer(x, self.workspace("y", x.shape))
-        self._saved = x if self._saves == "x" else y
-        return y
-
     def backward(self, dy, input_grad=True):
-        saved = getattr(self, "_saved", None)
-        name = type(self).__name__
-        if saved is None:
-            raise RuntimeError(f"{name}.backward: call forward(x, training=True) first")
-        dy = as_float32(dy, f"{name}.backward", "dy")
-        if dy.shape != saved.shape:
-            raise ValueError(f"{name}.backward: dy must have the forward output's shape "
-                             f"{saved.shape}, got {dy.shape}")
+        saved = self._kept("_x" if self._saves == "x" else "_y")
+        dy = self._checked_dy(dy, saved.shape)
         if not input_grad:
             return None
         return kernels.elementwise(self._kernel + "_backward", dy, saved,
@@ -124,21 +110,10 @@ class Softmax(Layer):
     def kernel_step(self, input_shape):
         return "softmax", _axis_split(input_shape, self.axis, "Softmax"), ((vars(self), "axis"),)
 
-    def forward(self, x, training=False):
-        x = self.check_input(x)
-        if not training:
-            return self.infer(x, np.empty(x.shape, dtype=np.float32))
-        self._y = self.infer(x, self.workspace("y", x.shape))
-        return self._y
-
     def backward(self, dy, input_grad=True):
-        if self._y is None:
-            raise RuntimeError("Softmax.backward: call forward(x, training=True) first")
-        dy = as_float32(dy, "Softmax.backward", "dy")
-        if dy.shape != self._y.shape:
-            raise ValueError(f"Softmax.backward: dy must have the forward output's shape "
-                             f"{self._y.shape}, got {dy.shape}")
+        y = self._kept("_y")
+        dy = self._checked_dy(dy, y.shape)
         if not input_grad:
             return None
-        return kernels.softmax_backward(dy, self._y, self.workspace("dx", dy.shape),
+        return kernels.softmax_backward(dy, y, self.workspace("dx", dy.shape),
                                          *_axis_split(dy.shape, self.axis, "Softmax"), False)

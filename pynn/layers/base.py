@@ -8,16 +8,22 @@ A layer has three paths:
   per-thread buffers. ``kernel_step(input_shape)`` may describe the same work
   as one C kernel call, which the model's inference plan then makes without
   calling back into Python (pynn/_kernels/plan.pxi).
-- ``forward(x, training=False)``: the checked entry point. In training mode it
-  saves what ``backward`` needs and writes into buffers the layer owns and
-  reuses while the batch shape is unchanged (steady state allocates nothing).
+- ``forward(x, training=False)``: the checked entry point, written once here
+  (the forward template): ``check_input`` validates ``x``; at inference
+  ``infer`` writes a fresh array; in training ``_forward_training`` writes the
+  layer's own ``"y"`` buffer, reused while the batch shape is unchanged (steady
+  state allocates nothing), and keeps what ``backward`` needs (by default the
+  input ``_x`` and the output ``_y``).
 - ``backward(dy, input_grad=True)``: overwrites ``grads`` (unless frozen) and
   returns dL/dx; with ``input_grad=False`` (the first layer of a model) the
-  input gradient is not computed and None is returned.
+  input gradient is not computed and None is returned. It reads what forward
+  kept through ``_kept`` and checks ``dy`` with ``_checked_dy``, so every layer
+  refuses a backward before a training forward, and a mis-shaped ``dy``, with
+  the same words.
 """
 import numpy as np
 
-from pynn._checks import aligned_empty
+from pynn._checks import aligned_empty, as_float32
 
 # Layer type name -> class, filled as layer classes are defined; the model file
 # rebuilds architectures from these names, so nothing in a file can name code.
@@ -60,7 +66,19 @@ class Layer:
         return None
 
     def forward(self, x, training=False):
-        raise NotImplementedError
+        x = self.check_input(x)
+        shape = self.output_shape(x.shape)
+        if not training:
+            return self.infer(x, np.empty(shape, dtype=np.float32))
+        return self._forward_training(x, self.workspace("y", shape))
+
+    def _forward_training(self, x, out):
+        """The training forward of a validated ``x`` into ``out`` (the layer's
+        reused output buffer); keeps what ``backward`` needs. By default that is
+        the input and the output, as ``_x`` and ``_y``."""
+        self._x = x
+        self._y = self.infer(x, out)
+        return self._y
 
     def backward(self, dy, input_grad=True):
         raise NotImplementedError
@@ -72,6 +90,22 @@ class Layer:
     # -- shared machinery ---------------------------------------------------
     def __call__(self, x, training=False):
         return self.forward(x, training=training)
+
+    def _kept(self, name):
+        """What the last ``forward(x, training=True)`` kept in attribute ``name``."""
+        value = getattr(self, name, None)
+        if value is None:
+            raise RuntimeError(f"{type(self).__name__}.backward: call forward(x, training=True) first")
+        return value
+
+    def _checked_dy(self, dy, shape):
+        """``dy`` as float32, which must have the forward output's ``shape``."""
+        where = f"{type(self).__name__}.backward"
+        dy = as_float32(dy, where, "dy")
+        if dy.shape != shape:
+            raise ValueError(f"{where}: dy must have the forward output's shape {shape}, "
+                             f"got {dy.shape}")
+        return dy
 
     def workspace(self, name, shape, dtype=np.float32):
         """A layer-owned array reused while ``shape`` is unchanged (training path only)."""

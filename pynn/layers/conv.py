@@ -7,7 +7,6 @@ from pynn import init
 from pynn._checks import as_count, as_float32, empty_float32
 from pynn._kernels import core as kernels
 from pynn.layers.base import Layer
-from pynn.layers.dense import _check_dy, _saved
 from pynn.ops.conv import (_flag, conv_output_shape, pair, pool_geometry,
                            pool_output_shape)
 
@@ -73,22 +72,19 @@ class Conv2d(Layer):
         size = kernels.conv2d_workspace_size(x.shape, self.params["weight"].shape, *self._geometry)
         return self.workspace("unfolded", (size,))
 
-    def forward(self, x, training=False):
-        x = self.check_input(x)
-        shape = self.output_shape(x.shape)
-        if not training:
-            return self.infer(x, np.empty(shape, dtype=np.float32))
+    def _forward_training(self, x, out):
+        """As ``infer``, with the unfolded input in a layer-owned workspace."""
         self._x = x
-        self._y = kernels.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
-                                       self.workspace("y", shape), *self._geometry,
-                                       self.activation == "relu", self._scratch(x))
+        self._y = kernels.conv2d_forward(x, self.params["weight"], self.params.get("bias"), out,
+                                       *self._geometry, self.activation == "relu",
+                                       self._scratch(x))
         return self._y
 
     def backward(self, dy, input_grad=True):
         """dZ = dY (masked by y > 0 with a fused ReLU),  dW_g = Σ_n dZ_g X̂_gᵀ,
         db = Σ_{n,h,w} dZ,  dX = col2im(W_gᵀ dZ_g)."""
-        x, y = _saved(self, "_x"), _saved(self, "_y")
-        dy = _check_dy(self, dy, y.shape)
+        x, y = self._kept("_x"), self._kept("_y")
+        dy = self._checked_dy(dy, y.shape)
         if self.activation == "relu":
             dy = kernels.elementwise("relu_backward", dy, y, self.workspace("dz", y.shape))
         trainable = self.trainable
@@ -125,17 +121,9 @@ class _Pool2d(Layer):
         self.output_shape(x.shape)
         return x
 
-    def forward(self, x, training=False):
-        x = self.check_input(x)
-        shape = self.output_shape(x.shape)
-        if not training:
-            return self.infer(x, np.empty(shape, dtype=np.float32))
-        self._x = x
-        return self.infer(x, self.workspace("y", shape))
-
     def _gradient_arguments(self, dy):
-        x = _saved(self, "_x")
-        return _check_dy(self, dy, self.output_shape(x.shape)), x, self.workspace("dx", x.shape)
+        x = self._kept("_x")
+        return self._checked_dy(dy, self.output_shape(x.shape)), x, self.workspace("dx", x.shape)
 
 
 class MaxPool2d(_Pool2d):
@@ -153,15 +141,12 @@ class MaxPool2d(_Pool2d):
         return kernels.max_pool2d_forward(x, out, self.kernel_size, self.stride, self.padding,
                                         self.dilation)
 
-    def forward(self, x, training=False):
-        if not training:
-            return super().forward(x)
-        x = self.check_input(x)
-        shape = self.output_shape(x.shape)
+    def _forward_training(self, x, out):
+        """As ``infer``, also writing each window's arg-max for backward."""
         self._x = x
-        self._argmax = self.workspace("argmax", shape, np.int64)
-        return kernels.max_pool2d_forward(x, self.workspace("y", shape), self.kernel_size,
-                                        self.stride, self.padding, self.dilation, self._argmax)
+        self._argmax = self.workspace("argmax", out.shape, np.int64)
+        return kernels.max_pool2d_forward(x, out, self.kernel_size, self.stride, self.padding,
+                                        self.dilation, self._argmax)
 
     def backward(self, dy, input_grad=True):
         """dx[argmax of each window] += dy, from the arg-maxima the forward saved."""
@@ -219,16 +204,13 @@ class GlobalAvgPool2d(Layer):
     def infer(self, x, out):
         return kernels.global_avg_pool2d_forward(x, out)
 
-    def forward(self, x, training=False):
-        x = self.check_input(x)
-        if not training:
-            return self.infer(x, np.empty(x.shape[:2], dtype=np.float32))
+    def _forward_training(self, x, out):
         self._input_shape = x.shape
-        return self.infer(x, self.workspace("y", x.shape[:2]))
+        return self.infer(x, out)
 
     def backward(self, dy, input_grad=True):
-        shape = _saved(self, "_input_shape")
-        dy = _check_dy(self, dy, shape[:2])
+        shape = self._kept("_input_shape")
+        dy = self._checked_dy(dy, shape[:2])
         if not input_grad:
             return None
         return kernels.global_avg_pool2d_backward(dy, self.workspace("dx", shape))

@@ -10,21 +10,6 @@ from pynn.layers.base import Layer
 from pynn.ops.dense import _rows, gemm_into
 
 
-def _saved(layer, name):
-    value = getattr(layer, name)
-    if value is None:
-        raise RuntimeError(f"{type(layer).__name__}.backward: call forward(x, training=True) first")
-    return value
-
-
-def _check_dy(layer, dy, shape):
-    dy = as_float32(dy, f"{type(layer).__name__}.backward", "dy")
-    if dy.shape != shape:
-        raise ValueError(f"{type(layer).__name__}.backward: dy must have the forward output's "
-                         f"shape {shape}, got {dy.shape}")
-    return dy
-
-
 class Linear(Layer):
     """y = x Wᵀ + b over the last axis; weight [out_features, in_features].
 
@@ -76,19 +61,10 @@ class Linear(Layer):
         return ("gemm", (self.params["weight"], self.params.get("bias"), self.activation == "relu"),
                 ((self.params, "weight"), (self.params, "bias")))
 
-    def forward(self, x, training=False):
-        x = self.check_input(x)
-        shape = self.output_shape(x.shape)
-        if not training:
-            return self.infer(x, np.empty(shape, dtype=np.float32))
-        self._x = x
-        self._y = self.infer(x, self.workspace("y", shape))
-        return self._y
-
     def backward(self, dy, input_grad=True):
         """dZ = dY (masked by y > 0 with a fused ReLU),  dW = dZᵀ X,  db = Σ_rows dZ,  dX = dZ W."""
-        x, y = _saved(self, "_x"), _saved(self, "_y")
-        dz = _rows(_check_dy(self, dy, y.shape))
+        x, y = self._kept("_x"), self._kept("_y")
+        dz = _rows(self._checked_dy(dy, y.shape))
         dbias = self.grads.get("bias") if self.trainable else None
         if self.activation == "relu":
             dz = kernels.relu_mask_column_sums(dz, _rows(y), self.workspace("dz", dz.shape), dbias)
@@ -143,17 +119,15 @@ class Flatten(Layer):
         return "view", (), ()
 
     def forward(self, x, training=False):
+        """A view of ``x``, not the template's output buffer: nothing is copied."""
         x = self.check_input(x)
         if training:
             self._input_shape = x.shape
         return x.reshape(self.output_shape(x.shape))
 
     def backward(self, dy, input_grad=True):
-        shape = _saved(self, "_input_shape")
-        dy = as_float32(dy, "Flatten.backward", "dy")
-        expected = self.output_shape(shape)
-        if dy.shape != expected:
-            raise ValueError(f"Flatten.backward: dy must have shape {expected}, got {dy.shape}")
+        shape = self._kept("_input_shape")
+        dy = self._checked_dy(dy, self.output_shape(shape))
         return dy.reshape(shape) if input_grad else None
 
 
@@ -204,18 +178,19 @@ class Dropout(Layer):
         return "view", (), ()
 
     def forward(self, x, training=False):
-        x = self.check_input(x)
-        if not training:
-            return x
+        """The template, except that inference returns ``x`` itself (no copy)."""
+        return super().forward(x, training) if training else self.check_input(x)
+
+    def _forward_training(self, x, out):
         draws = self.workspace("draws", x.shape)
         self.generator.random(dtype=np.float32, out=draws)
         self._draws = draws
-        return kernels.elementwise("dropout", x, draws, self.workspace("y", x.shape), self.p)
+        return kernels.elementwise("dropout", x, draws, out, self.p)
 
     def backward(self, dy, input_grad=True):
         """dx = dy [draw >= p] / (1 - p): the forward's mask."""
-        draws = _saved(self, "_draws")
-        dy = _check_dy(self, dy, draws.shape)
+        draws = self._kept("_draws")
+        dy = self._checked_dy(dy, draws.shape)
         if not input_grad:
             return None
         return kernels.elementwise("dropout", dy, draws, self.workspace("dx", dy.shape), self.p)
@@ -246,19 +221,15 @@ class Embedding(Layer):
     def infer(self, x, out):
         return kernels.embedding_gather(self.params["weight"], x, out)
 
-    def forward(self, x, training=False):
-        indices = self.check_input(x)
-        shape = self.output_shape(indices.shape)
-        out = self.workspace("y", shape) if training else np.empty(shape, dtype=np.float32)
-        self.infer(indices, out)
-        if training:
-            self._indices = indices
+    def _forward_training(self, indices, out):
+        self.infer(indices, out)  # checks every index before any is kept
+        self._indices = indices
         return out
 
     def backward(self, dy, input_grad=True):
         """dW[i] = Σ of dy over the positions holding index i; indices get no gradient."""
-        indices = _saved(self, "_indices")
-        dy = _check_dy(self, dy, self.output_shape(indices.shape))
+        indices = self._kept("_indices")
+        dy = self._checked_dy(dy, self.output_shape(indices.shape))
         if self.trainable:
             kernels.embedding_scatter_add(dy, indices, self.grads["weight"])
         return None

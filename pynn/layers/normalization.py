@@ -57,10 +57,8 @@ class _BatchNorm(Layer):
                                      self.buffers["running_mean"], self.buffers["running_var"],
                                      out)
 
-    def forward(self, x, training=False):
-        x = self.check_input(x)
-        if not training:
-            return self.infer(x, np.empty(x.shape, dtype=np.float32))
+    def _forward_training(self, x, out):
+        """Normalise by the batch's statistics and move the running ones."""
         if x.size // self.num_features <= 1:
             raise ValueError(f"{type(self).__name__}: training needs more than 1 value per "
                              f"channel, got input shape {x.shape}")
@@ -73,19 +71,12 @@ class _BatchNorm(Layer):
         self._x = x
         return kernels.batchnorm_train_forward(x, self.params["weight"], self.params["bias"], self.eps,
                                       factor, self.buffers["running_mean"],
-                                      self.buffers["running_var"], self._mean, self._invstd,
-                                      self.workspace("y", x.shape))
+                                      self.buffers["running_var"], self._mean, self._invstd, out)
 
     def backward(self, dy, input_grad=True):
         """dbias = Σ dy,  dweight = Σ dy x̂,  dx = weight/σ (dy - mean(dy) - x̂ mean(dy x̂))."""
-        x = self._x
-        name = type(self).__name__
-        if x is None:
-            raise RuntimeError(f"{name}.backward: call forward(x, training=True) first")
-        dy = as_float32(dy, f"{name}.backward", "dy")
-        if dy.shape != x.shape:
-            raise ValueError(f"{name}.backward: dy must have the forward output's shape "
-                             f"{x.shape}, got {dy.shape}")
+        x = self._kept("_x")
+        dy = self._checked_dy(dy, x.shape)
         dx = self.workspace("dx", x.shape) if input_grad else None
         trainable = self.trainable
         kernels.batchnorm_backward(dy, x, self.params["weight"], self._mean, self._invstd, dx,

@@ -5,12 +5,11 @@ PyTorch's to the last bit, past ``T_max`` included."""
 import math
 
 from pynn._checks import as_count, as_real
+from pynn.optim.optimizer import Optimizer
 
 
 class LRScheduler:
     def __init__(self, optimizer):
-        from pynn.optim import Optimizer
-
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{type(self).__name__}: optimizer must be a pynn.optim optimizer, "
                             f"got {type(optimizer).__name__}")

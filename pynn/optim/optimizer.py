@@ -1,0 +1,191 @@
+"""Optimizers: SGD, Adam, AdamW with torch.optim's update rules.
+
+Each ``step()`` is one fused kernel pass over every trainable parameter
+(csrc/optim.c); frozen layers (``trainable=False``) are skipped. An optimizer
+takes the model (a ``Sequential`` or a single layer), reads the gradients its
+``backward`` wrote and updates the parameters in place."""
+import numpy as np
+
+from pynn import _hooks
+from pynn._checks import as_real
+from pynn._kernels.core import ParameterTable
+from pynn.layers.base import Layer
+
+
+def parameter_owners(model, where):
+    """``(name prefix, owner)`` for every object holding ``params``, ``grads``
+    and ``trainable``: the layers of a ``Sequential``, or a single layer."""
+    if isinstance(model, Layer):
+        return [("", model)]
+    owners = getattr(model, "parameter_owners", None)
+    if owners is None:
+        raise TypeError(f"{where}: model must be a pynn Sequential or layer, got {type(model).__name__}")
+    return list(owners())
+
+
+class Optimizer:
+    _hyperparameters = ()
+
+    def __init__(self, model, lr, **hyperparameters):
+        self._model = model
+        self._owners = parameter_owners(model, type(self).__name__)
+        self.lr = lr
+        for name, value in hyperparameters.items():
+            setattr(self, name, value)
+        self.state = {}
+        self._bound = None      # [(owner, key, param, grad, name)] of the trainable parameters
+        self._trainable = None  # each owner's trainable flag when bound
+        self._table = None
+
+    @property
+    def model(self):
+        """The model (or single layer) this optimizer was built for and updates."""
+        return self._model
+
+    @property
+    def lr(self):
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        value = as_real(value, type(self).__name__, "lr")
+        if not value >= 0.0:
+            raise ValueError(f"{type(self).__name__}: lr must be >= 0, got {value}")
+        self._lr = value
+
+    def _kernel_table(self):
+        """The kernel's pointer table, rebuilt only when freezing changed or an
+        array behind it was replaced; otherwise a few identity checks."""
+        trainable = [owner.trainable for _, owner in self._owners]
+        if (self._table is not None and trainable == self._trainable and all(
+                owner.params[key] is param and owner.grads[key] is grad
+                for owner, key, param, grad, _ in self._bound)):
+            return self._table
+        self._trainable = trainable
+        self._bound = [(owner, key, param, owner.grads[key], prefix + key)
+                       for prefix, owner in self._owners if owner.trainable
+                       for key, param in owner.params.items()]
+        self._table = self._build_table([(name, param, grad) for _, _, param, grad, name in self._bound])
+        return self._table
+
+    def _build_table(self, active):
+        raise NotImplementedError
+
+    # -- persistence, as torch.optim: hyperparameters plus per-parameter state --
+    def state_dict(self):
+        group = {"lr": self.lr}
+        group.update({name: getattr(self, name) for name in self._hyperparameters})
+        return {"state": {name: dict(entry) for name, entry in self.state.items()},
+                "param_groups": [group]}
+
+    def load_state_dict(self, state_dict):
+        where = f"{type(self).__name__}.load_state_dict"
+        try:
+            group, = state_dict["param_groups"]
+            entries = state_dict["state"]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{where}: expected a dict with 'state' and one entry in "
+                             f"'param_groups', as state_dict() returns") from None
+        shapes = {prefix + key: param.shape for prefix, owner in self._owners
+                  for key, param in owner.params.items()}
+        new_state = {}
+        for name, entry in entries.items():
+            if name not in shapes:
+                raise ValueError(f"{where}: state for unknown parameter {name!r}")
+            new_state[name] = {}
+            for key, value in entry.items():
+                value = np.array(value, dtype=np.int64 if key == "step" else np.float32)
+                if key != "step" and value.shape != shapes[name]:
+                    raise ValueError(f"{where}: {name}.{key} has shape {value.shape}, "
+                                     f"the parameter {shapes[name]}")
+                new_state[name][key] = value
+        self.lr = group["lr"]
+        for name in self._hyperparameters:
+            if name in group:
+                setattr(self, name, group[name])
+        self.state = new_state
+        self._table = None
+
+    def __reduce__(self):
+        """Pickle as the model plus safetensors bytes of this optimizer's state
+        (``pynn.io.optimizer_to_bytes``): no code inside."""
+        return _hooks.get("reduce_optimizer", f"pickling a {type(self).__name__}")(self)
+
+
+class SGD(Optimizer):
+    """``p -= lr * d`` with ``d = g + weight_decay * p``, through a momentum buffer
+    ``b = momentum * b + d`` (Nesterov: ``d + momentum * b``), as torch.optim.SGD."""
+    _hyperparameters = ("momentum", "nesterov", "weight_decay")
+
+    def __init__(self, model, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+        momentum = as_real(momentum, "SGD", "momentum")
+        weight_decay = as_real(weight_decay, "SGD", "weight_decay")
+        if not 0.0 <= momentum:
+            raise ValueError(f"SGD: momentum must be >= 0, got {momentum}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"SGD: weight_decay must be >= 0, got {weight_decay}")
+        if nesterov and momentum == 0.0:
+            raise ValueError("SGD: nesterov=True needs a momentum > 0")
+        super().__init__(model, lr, momentum=momentum, nesterov=bool(nesterov),
+                         weight_decay=weight_decay)
+
+    def _build_table(self, active):
+        buffers = []
+        for name, param, grad in active:
+            if self.momentum != 0.0 and "momentum_buffer" not in self.state.get(name, {}):
+                self.state.setdefault(name, {})["momentum_buffer"] = np.zeros_like(param)
+            buffers.append(self.state.get(name, {}).get("momentum_buffer"))
+        return ParameterTable([p for _, p, _ in active], [g for _, _, g in active], buffers)
+
+    def step(self):
+        self._kernel_table().sgd(self.lr, self.momentum, self.weight_decay, self.nesterov)
+
+
+class Adam(Optimizer):
+    """Adam as torch.optim.Adam: ``weight_decay`` is added to the gradient (L2)."""
+    _hyperparameters = ("betas", "eps", "weight_decay")
+    _decoupled = False
+
+    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        where = type(self).__name__
+        try:
+            beta1, beta2 = betas
+        except (TypeError, ValueError):
+            raise TypeError(f"{where}: betas must be a pair of numbers, got {betas!r}") from None
+        betas = (as_real(beta1, where, "betas[0]"), as_real(beta2, where, "betas[1]"))
+        for index, beta in enumerate(betas):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"{where}: betas[{index}] must be in [0, 1), got {beta}")
+        eps = as_real(eps, where, "eps")
+        weight_decay = as_real(weight_decay, where, "weight_decay")
+        if not eps >= 0.0:
+            raise ValueError(f"{where}: eps must be >= 0, got {eps}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"{where}: weight_decay must be >= 0, got {weight_decay}")
+        super().__init__(model, lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    def _build_table(self, active):
+        """State per parameter; each entry's ``step`` is a view into one int64
+        array that the kernel increments for all parameters at once."""
+        steps = np.zeros(len(active), dtype=np.int64)
+        for index, (name, param, _) in enumerate(active):
+            entry = self.state.setdefault(name, {})
+            steps[index] = entry.get("step", 0)
+            entry["step"] = steps[index:index + 1].reshape(())
+            entry.setdefault("exp_avg", np.zeros_like(param))
+            entry.setdefault("exp_avg_sq", np.zeros_like(param))
+        return ParameterTable([p for _, p, _ in active], [g for _, _, g in active],
+                              [self.state[name]["exp_avg"] for name, _, _ in active],
+                              [self.state[name]["exp_avg_sq"] for name, _, _ in active], steps)
+
+    def step(self):
+        self._kernel_table().adam(self.lr, self.betas[0], self.betas[1], self.eps,
+                                  self.weight_decay, self._decoupled)
+
+
+class AdamW(Adam):
+    """AdamW as torch.optim.AdamW: decoupled decay ``p *= 1 - lr * weight_decay``."""
+    _decoupled = True
+
+    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(model, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)

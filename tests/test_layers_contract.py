@@ -1,0 +1,78 @@
+"""The layer contract written once in pynn/layers/base.py: the forward
+template, the check that backward follows a training forward, and the dy check,
+the same for every layer a model file may name."""
+import re
+
+import numpy as np
+import pytest
+
+from pynn import layers
+from pynn.layers.base import LAYER_TYPES
+
+rng = np.random.default_rng(0)
+IMAGES = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+ROWS = rng.standard_normal((4, 3)).astype(np.float32)
+CASES = {
+    "Linear": (lambda: layers.Linear(3, 5), ROWS),
+    "Flatten": (layers.Flatten, IMAGES),
+    "Dropout": (lambda: layers.Dropout(0.3, seed=1), ROWS),
+    "Embedding": (lambda: layers.Embedding(7, 2), np.array([[1, 6], [0, 3]])),
+    "ReLU": (layers.ReLU, ROWS),
+    "LeakyReLU": (layers.LeakyReLU, ROWS),
+    "Sigmoid": (layers.Sigmoid, ROWS),
+    "Tanh": (layers.Tanh, ROWS),
+    "GELU": (layers.GELU, ROWS),
+    "Softmax": (layers.Softmax, ROWS),
+    "Conv2d": (lambda: layers.Conv2d(3, 4, 3, padding=1), IMAGES),
+    "MaxPool2d": (lambda: layers.MaxPool2d(2), IMAGES),
+    "AvgPool2d": (lambda: layers.AvgPool2d(2), IMAGES),
+    "GlobalAvgPool2d": (layers.GlobalAvgPool2d, IMAGES),
+    "BatchNorm1d": (lambda: layers.BatchNorm1d(3), ROWS),
+    "BatchNorm2d": (lambda: layers.BatchNorm2d(3), IMAGES),
+}
+# layers whose output is a view of the input, not an output buffer of their own
+VIEWS = {"Flatten"}
+
+
+def test_every_layer_type_is_covered():
+    assert set(CASES) == set(LAYER_TYPES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_backward_before_a_training_forward_is_refused(name):
+    make, x = CASES[name]
+    layer = make()
+    message = rf"{name}.backward: call forward\(x, training=True\) first"
+    with pytest.raises(RuntimeError, match=message):
+        layer.backward(np.ones(layer.output_shape(x.shape), np.float32))
+    layer.forward(x)  # an inference forward keeps nothing for backward
+    with pytest.raises(RuntimeError, match=message):
+        layer.backward(np.ones(layer.output_shape(x.shape), np.float32))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_misshaped_dy_is_refused_with_both_shapes(name):
+    make, x = CASES[name]
+    layer = make()
+    y = layer.forward(x, training=True)
+    wrong = np.ones(y.shape[:-1] + (y.shape[-1] + 1,), np.float32)
+    expected = (f"{name}.backward: dy must have the forward output's shape {y.shape}, "
+                f"got {wrong.shape}")
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        layer.backward(wrong)
+    with pytest.raises(TypeError, match=rf"{name}.backward"):
+        layer.backward(np.ones(y.shape, dtype=np.complex64))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_forward_template_reuses_training_buffers_and_not_inference_ones(name):
+    make, x = CASES[name]
+    layer = make()
+    first = layer.forward(x, training=True)
+    second = layer.forward(x, training=True)
+    assert first.shape == layer.output_shape(x.shape) and first.dtype == np.float32
+    if name not in VIEWS:
+        assert second is first  # the layer's own buffer, reused
+        inference = layer.forward(x)
+        assert not np.shares_memory(inference, first)
+    layer.backward(np.ones(first.shape, np.float32))
