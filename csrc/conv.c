@@ -195,8 +195,7 @@ padded_chunk(const float *in, ptrdiff_t ow, ptrdiff_t first, ptrdiff_t last)
  * the one before it (plain stores: AMD microcodes AVX2's masked ones). One
  * call per tap: through a call per row, a 5x5 tap over a 14 x 14 image spent
  * more on each 10-float row's branches than on its moves; and a tap wholly
- * inside the image skips even the padding test per move (10.0-12.2 against
- * 14.5-20.8 us for that whole convolution). */
+ * inside the image skips even the padding test per move. */
 static inline PYNN_TARGET_AVX2 void
 tap_rows_copy(float *out, const float *in, ptrdiff_t in_step, ptrdiff_t rows, ptrdiff_t width,
               ptrdiff_t first, ptrdiff_t last)
@@ -272,8 +271,8 @@ fold_row_chunks(const pynn_conv_shape *s, const tap_span *spans, const float *co
 
 /* The fold at stride 1, an image row at a time: each element is stored once,
  * where the scalar fold adds a tap's row into the image per tap, each add
- * waiting on the store of the tap before it, a float away (LeNet's second
- * convolution, dx at batch 64: the fold was 40% of the time). Columns go 32
+ * waiting on the store of the tap before it, a float away, which made the
+ * fold a large share of a small convolution's input gradient. Columns go 32
  * at a time, their lane masks computed once for all rows; rows of up to 16
  * floats go two at a time, for four chains of adds. */
 static inline PYNN_TARGET_AVX2 void
@@ -620,8 +619,8 @@ static void backward_chunk(const pynn_context *ctx, const pynn_conv_shape *s,
  * shifted rows of a zero-padded copy of the image (L1-resident), six output
  * channels at a time, so one load of the shifted row feeds six FMAs. The
  * unfold wrote 25 floats per output and the GEMM's k of 25 left its tiles
- * epilogue-bound (LeNet's first layer at batch 256: 24 GFLOP/s). AVX2 code,
- * run on AVX-512 CPUs too; the portable path keeps the unfold. */
+ * epilogue-bound. AVX2 code, run on AVX-512 CPUs too; the portable path
+ * keeps the unfold. */
 #if defined(PYNN_X86_64)
 #define DIRECT_CHANNELS 6
 #define DIRECT_MAX_FLOATS 8192
