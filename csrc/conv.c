@@ -16,7 +16,12 @@
  * many images of a small layer, and an upper bound on the unfolded chunk. */
 #define TARGET_COLUMNS 2048
 #define MAX_CHUNK_FLOATS ((ptrdiff_t)1 << 22)
+/* A pass over the unfolded input or the output asks for a team from this
+ * many of its floats; the passes that only copy or add (unstaging, the bias
+ * gradient, the sum of the chunks' dW) from four times as many. */
 #define PARALLEL_MIN_FLOATS 32768
+/* Chunks run on a thread each only from this many multiply-adds in all
+ * (chunk_slots); below it the chunks' GEMMs share the threads instead. */
 #define PARALLEL_MIN_PRODUCTS (1 << 21)
 /* A band of one image's unfolded input: 256 KiB, half of a Zen 3 L2. */
 #define COL_BAND_FLOATS ((ptrdiff_t)1 << 16)
@@ -623,6 +628,8 @@ static void backward_chunk(const pynn_context *ctx, const pynn_conv_shape *s,
  * keeps the unfold. */
 #if defined(PYNN_X86_64)
 #define DIRECT_CHANNELS 6
+/* The padded image copy and the weights live on the stack: images and
+ * kernels larger than these bounds take the unfold. */
 #define DIRECT_MAX_FLOATS 8192
 #define DIRECT_MAX_TAPS 64
 
