@@ -4,6 +4,7 @@
 #include <math.h>
 #include "batchnorm.h"
 
+/* A pass over x splits its channels across threads from this many floats. */
 #define PARALLEL_MIN_FLOATS 65536
 
 /* y = (x - centre) inverse weight + bias over channel j, as one multiply-add. */

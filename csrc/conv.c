@@ -16,7 +16,12 @@
  * many images of a small layer, and an upper bound on the unfolded chunk. */
 #define TARGET_COLUMNS 2048
 #define MAX_CHUNK_FLOATS ((ptrdiff_t)1 << 22)
+/* A pass over the unfolded input or the output asks for a team from this
+ * many of its floats; the passes that only copy or add (unstaging, the bias
+ * gradient, the sum of the chunks' dW) from four times as many. */
 #define PARALLEL_MIN_FLOATS 32768
+/* Chunks run on a thread each only from this many multiply-adds in all
+ * (chunk_slots); below it the chunks' GEMMs share the threads instead. */
 #define PARALLEL_MIN_PRODUCTS (1 << 21)
 /* A band of one image's unfolded input: 256 KiB, half of a Zen 3 L2. */
 #define COL_BAND_FLOATS ((ptrdiff_t)1 << 16)
@@ -195,8 +200,7 @@ padded_chunk(const float *in, ptrdiff_t ow, ptrdiff_t first, ptrdiff_t last)
  * the one before it (plain stores: AMD microcodes AVX2's masked ones). One
  * call per tap: through a call per row, a 5x5 tap over a 14 x 14 image spent
  * more on each 10-float row's branches than on its moves; and a tap wholly
- * inside the image skips even the padding test per move (10.0-12.2 against
- * 14.5-20.8 us for that whole convolution). */
+ * inside the image skips even the padding test per move. */
 static inline PYNN_TARGET_AVX2 void
 tap_rows_copy(float *out, const float *in, ptrdiff_t in_step, ptrdiff_t rows, ptrdiff_t width,
               ptrdiff_t first, ptrdiff_t last)
@@ -272,8 +276,8 @@ fold_row_chunks(const pynn_conv_shape *s, const tap_span *spans, const float *co
 
 /* The fold at stride 1, an image row at a time: each element is stored once,
  * where the scalar fold adds a tap's row into the image per tap, each add
- * waiting on the store of the tap before it, a float away (LeNet's second
- * convolution, dx at batch 64: the fold was 40% of the time). Columns go 32
+ * waiting on the store of the tap before it, a float away, which made the
+ * fold a large share of a small convolution's input gradient. Columns go 32
  * at a time, their lane masks computed once for all rows; rows of up to 16
  * floats go two at a time, for four chains of adds. */
 static inline PYNN_TARGET_AVX2 void
@@ -620,10 +624,12 @@ static void backward_chunk(const pynn_context *ctx, const pynn_conv_shape *s,
  * shifted rows of a zero-padded copy of the image (L1-resident), six output
  * channels at a time, so one load of the shifted row feeds six FMAs. The
  * unfold wrote 25 floats per output and the GEMM's k of 25 left its tiles
- * epilogue-bound (LeNet's first layer at batch 256: 24 GFLOP/s). AVX2 code,
- * run on AVX-512 CPUs too; the portable path keeps the unfold. */
+ * epilogue-bound. AVX2 code, run on AVX-512 CPUs too; the portable path
+ * keeps the unfold. */
 #if defined(PYNN_X86_64)
 #define DIRECT_CHANNELS 6
+/* The padded image copy and the weights live on the stack: images and
+ * kernels larger than these bounds take the unfold. */
 #define DIRECT_MAX_FLOATS 8192
 #define DIRECT_MAX_TAPS 64
 

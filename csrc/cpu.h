@@ -1,8 +1,9 @@
 /* Runtime CPU feature detection and the context every kernel receives.
  *
- * Kernels never read global state: the Cython runtime module owns one
- * pynn_context (chosen ISA, thread count) and passes it down, so a kernel's
- * behaviour is fixed by its arguments alone. */
+ * Kernels never read global state: the Cython layer (runtime.pxi) owns one
+ * pynn_context (the chosen path's kernel tables, the thread count, the team
+ * flag) and passes it down, so a kernel's behaviour is fixed by its
+ * arguments alone. */
 #ifndef PYNN_CPU_H
 #define PYNN_CPU_H
 
@@ -48,9 +49,9 @@ static inline void pynn_team_end(const pynn_context *ctx, int team)
 }
 
 /* Parallel loops that cost nothing when they would run on one thread: an
- * OpenMP region that an if clause keeps on one thread still costs about half
- * a microsecond, as long as a small call's whole work. Each body is a
- * { compound statement }.
+ * OpenMP region that an if clause keeps on one thread still pays the
+ * region's entry and exit, as much as a small call's whole work. Each body
+ * is a { compound statement }.
  * PYNN_PARALLEL_FOR: for (ptrdiff_t index = 0; index < count; index++) body,
  * the iterations shared statically among `threads` threads of a team the
  * caller holds, or a plain loop when that is one thread.

@@ -3,6 +3,8 @@
 #include "dense.h"
 #include "vmath.h"
 
+/* The column reductions and the embedding gather split across threads from
+ * this many elements. */
 #define PARALLEL_MIN_ELEMENTS 131072
 /* Columns per parallel task: each task owns whole columns, so every sum runs
  * down its rows in order whatever the thread count. */

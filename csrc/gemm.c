@@ -106,10 +106,8 @@ static ptrdiff_t line_offset(const float *data, ptrdiff_t ld)
 /* Columns of C before its rows reach a cache line, modulo NR, when every row
  * starts at the same place in its line; 0 otherwise. Tiles from there on
  * cover whole lines: numpy's large arrays start 16 bytes past one, where
- * every 16-column tile of C spanned two lines and the blocked path lost to
- * OpenBLAS. Alternating calls on Zen 3, one thread, all operands 16 bytes
- * off, p25 GFLOP/s: 2048^3 87.0 -> 90.7 (OpenBLAS 91.6), 1024^3 87.9 ->
- * 89.4 (90.4); aligned, and on two threads, no change beyond noise. */
+ * every 16-column tile of C would span two lines and each store would touch
+ * both. Aligned C gets lead 0 and the usual tiles. */
 static ptrdiff_t line_lead(const pynn_gemm_kernels *kern, const float *c, ptrdiff_t ldc)
 {
     const ptrdiff_t offset = line_offset(c, ldc);
@@ -175,9 +173,7 @@ static void gemm_blocked(const pynn_gemm_kernels *kern, int trans_a, int trans_b
     const int mr = kern->mr, nr = kern->nr;
     /* Up to 2 MC rows make one A block; more split into equal MC blocks (a
      * thread's 1024 rows into 7 x 132 + 100, not 7 x 144 + 16): a last block
-     * of a few rows reuses each B micro-panel it loads too little. Paired runs
-     * on Zen 3, median GFLOP/s: 2048^3 on two threads 131-136 -> 141-145,
-     * 1024^3 on one 67-78 -> 73-80. */
+     * of a few rows reuses each B micro-panel it loads too little. */
     const ptrdiff_t m_blocks = m <= 2 * kern->mc ? 1 : (m + kern->mc - 1) / kern->mc;
     const ptrdiff_t mc = min_size(round_up((m + m_blocks - 1) / m_blocks, mr), round_up(m, mr));
     /* k splits into equal KC blocks (784 = 3 x 264, not 3 x 256 + 16): a thin
@@ -199,14 +195,9 @@ static void gemm_blocked(const pynn_gemm_kernels *kern, int trans_a, int trans_b
          * only, and by the time the macro-kernel reached most of it, it would
          * have left L2 for L3. So A is packed once per KC block and B a chunk
          * at a time, read from L2 right after its packing. Each tile's sums
-         * are the same as in the loop nest below. Medians of alternating
-         * calls on Zen 3, one thread, GFLOP/s (OpenBLAS in brackets):
-         * 64 x 3136 x 576 65 -> 70 (76), 144 x 4096 x 1024 72 -> 79 (82),
-         * 32 x 4096 x 2048 43 -> 49 (55), 96 x 2048 x 2048 75 -> 77 (80);
-         * as two MC blocks in the nest below, 256 x 3136 x 576 68 -> 71 (70)
-         * and 288 x 2048 x 2048 73 -> 75 (71). Two threads: 128 x 4096 x
-         * 1024 117 -> 128; 512^3 and 300^3 as before. Packing B once per MC
-         * block instead, beyond 2 MC rows, lost: 1024^3 85 -> 79. */
+         * are the same as in the loop nest below. Beyond 2 MC rows the nest
+         * below packs each B panel once for all its A blocks; packing B a
+         * chunk at a time there would repeat that packing per A block. */
         for (ptrdiff_t pc = 0; pc < k; pc += kc) {
             const ptrdiff_t depth = min_size(kc, k - pc);
             const float beta = pc == 0 ? update->beta : 1.0f;
@@ -478,9 +469,7 @@ static void sgemm_on(const pynn_context *ctx, int trans_a, int trans_b,
      * untransposed B read in place whose rows collide in L1 is cut into
      * column slabs whatever the shape: row slabs would each pack all of it
      * (or read it colliding, when too short to pack), column slabs pack only
-     * their own columns. Two threads on Zen 3, medians of alternating calls,
-     * GFLOP/s: 256^3 133-138 -> 142-148, 128 x 128 x 512 172 -> 180, 512 x
-     * 128 x 256 137 -> 141; 192 x 256 x 256 and 256 x 256 x 128 even. */
+     * their own columns. */
     const int split_rows = !trans_b && work <= kern->in_place_work && rows_collide(kern, ldb, k)
                            ? 0 : m >= n;
     const ptrdiff_t extent = split_rows ? m : n, tile = split_rows ? kern->mr : kern->nr;
@@ -490,9 +479,9 @@ static void sgemm_on(const pynn_context *ctx, int trans_a, int trans_b,
     parts = (extent + slab - 1) / slab;
     /* Operands read in place up to middle sizes (further for a transposed B,
      * packed whole and then streamed from L2 over the whole k), and for a few
-     * rows of A over a wide B (a convolution's GEMM), whose strips so few row
-     * tiles read that packing them is not repaid (16 x 2100 x 150: 104
-     * against 64 GFLOP/s; even at 48 rows); packed beyond. */
+     * rows of A over a wide B (a convolution's GEMM: fewer than 4 MR rows),
+     * whose strips so few row tiles read that packing them is not repaid;
+     * packed beyond. */
     const int few_rows = m < 4 * kern->mr && !trans_b && k <= 2 * kern->kc;
     const int b_packed = in_place_packs_b(kern, trans_b, ldb, k, split_rows ? slab : m);
     const int ragged_b = !trans_b && !b_packed && work > kern->ragged_b_in_place_work

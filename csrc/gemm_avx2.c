@@ -11,16 +11,13 @@
  * 256-step A micro-panel (8 KiB, A_STRIDE below); MC = 144 makes the packed A
  * block 192 KiB of the L2; NC = 4080 keeps the packed B panel (4 MiB) in L3.
  * Up to 2^25 multiply-adds (about 320^3) the operands are read in place:
- * measured on Zen 3, the in-place path is 5-10% faster at 192^3 and at MLP
- * shapes (128 x 256 x 784 with B transposed: 91.5 against 84.9 GFLOP/s;
- * 256 x 128 x 128: 90.5 against 85.7), even at 256^3, and packing wins from
- * 384^3 (89 against 83). A transposed B (every Linear layer's weight) is
- * packed whole there and only A is read in place, which wins up to 2^29:
- * p25 of paired runs on Zen 3, 512 x 256 x 784 69 -> 78 GFLOP/s on one
- * thread and 123 -> 155 on two, 2048 x 256 x 784 115-123 -> 144-150 on two,
- * 256 x 256 x 784 65 -> 72. Untransposed, B read in place loses there (700 x
- * 900 x 800: 82 -> 68), and packed whole by each thread (rows colliding in
- * L1) so does 512^3 on two threads, so those stay at 2^25. */
+ * there packing A costs more than the cache misses it saves, so MLP shapes
+ * and anything up to 256^3 run faster unpacked; from about 384^3 on, packing
+ * is repaid. A transposed B (every Linear layer's weight) is packed whole on
+ * that path and only A is read in place, which stays ahead up to 2^29. An
+ * untransposed B read in place, or packed whole by each thread when its rows
+ * collide in L1, falls behind the blocked path beyond 2^25, so that limit
+ * stays there. */
 #include "gemm_kernels.h"
 
 #if defined(PYNN_X86_64)
@@ -31,13 +28,11 @@
 /* A packed A micro-panel holds 8 floats per k step, 6 of them A's: then the
  * k loop steps A and B (16 floats) with one index register, A's address
  * scaled by 4 and B's by 8, and adds one register per k step besides its 20
- * loads and FMAs, not three. On the shared Zen 3 cores this was measured on,
- * for long stretches a loop issues only about three instructions per cycle
- * (a loop of 12 FMAs and a branch keeps its peak; with 8 loads and 3 adds
- * more it loses 40%), and there the k loop is bound by its instruction count:
- * with A and B in L1, 24 per k step ran at 70 of 99 GFLOP/s, 22 at 74-80.
- * (The full tile's loop, four k steps a pass, has fewer to save: GCC steps
- * A, B and a counter there, three adds per 80 loads and FMAs.) */
+ * loads and FMAs, not three. On a core shared with another thread the k loop
+ * is bound by how many instructions it issues, not by its FMAs, so every
+ * instruction taken out of it counts. (The full tile's loop, four k steps a
+ * pass, has fewer to save: GCC steps A, B and a counter there, three adds
+ * per 80 loads and FMAs.) */
 enum { MR = 6, NR = 16, A_STRIDE = 8 };
 
 static const int32_t lane_table[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
@@ -74,10 +69,8 @@ packed_k_step(const float *a, const float *b, __m256 acc[MR][2], const int rows,
 
 /* acc[i][v] += the k steps of packed panels (A_STRIDE floats of A and NR of
  * B a step), four per pass: the loop's adds, compare and branch come once
- * per 80 instructions of loads and FMAs, not per 20.
- * In a loop over panels in L1 on the shared Zen 3 cores, interleaved, the
- * median went from 78-81 to 91-96 GFLOP/s (the best stays at 102-103): when
- * a core is shared, the loop is bound by how many instructions it issues. */
+ * per 80 instructions of loads and FMAs, not per 20: when a core is shared,
+ * the loop is bound by how many instructions it issues. */
 static inline __attribute__((always_inline)) TARGET void
 packed_sums(ptrdiff_t k, const float *a, const float *b, __m256 acc[MR][2],
             const int rows, const int vectors)
@@ -134,12 +127,9 @@ copy_tile(__m256 from[MR][2], __m256 to[MR][2])
 /* The 6 x 16 tile's k loop runs in a function of its own whose loops start
  * on a 64-byte boundary. Inlined into the tile kernel beside the other
  * shapes, the packed loop lost two of its twelve accumulators to the stack
- * (GCC's register allocation; 57-63 GFLOP/s at 512^3 to 2048^3 against
- * 88-90). And where the in-place loop starts matters on the shared Zen 3
- * cores: one thread, alternating calls, medians at 256^3 69-70 GFLOP/s when
- * it began 16, 24 or 32 bytes past a 64-byte boundary against 74-75 on one,
- * and 128 x 256 x 784 (B transposed) 66-70 against 73-75; inlined, its place
- * moved with any change to the code around it.
+ * (GCC's register allocation). And the in-place loop runs measurably slower
+ * when it starts partway into a 64-byte line; inlined, its place moved with
+ * any change to the code around it.
  * A whole tile with alpha = 1 (whole_tile below) is stored from that
  * function too. Any other 6-row tile (alpha != 1, or a packed one of 5 rows
  * or 9 to 15 columns) returns its sums through memory, 24 moves, to the
@@ -163,12 +153,10 @@ full_tile_sums_in_place(ptrdiff_t k, const float *a, const ptrdiff_t row[MR], pt
 
 /* C = acc + beta * C (C unread when beta == 0) + the biases, then ReLU: the
  * epilogue of a whole 6 x 16 tile with alpha = 1, the same arithmetic as the
- * tile kernel's, on sums still in registers. Against the sums returned
- * through memory, medians of alternating calls on Zen 3, one thread, GFLOP/s:
- * 32^3 64 -> 72, 64^3 84 -> 89, 512^3 76 -> 80, 2048^3 78 -> 82, 128 x 784 x
- * 256 90 -> 92; a Linear layer's 128 x 256 x 784 with bias and ReLU even.
- * A copy of that epilogue, not a call to it: the tile kernel's general one
- * (alpha, masks, fewer rows), inlined here with constant arguments, or
+ * tile kernel's, on sums still in registers: it saves the 24 moves that
+ * return the sums through memory, which matter most on small GEMMs whose k
+ * loops are short. A copy of that epilogue, not a call to it: the tile
+ * kernel's general one (alpha, masks, fewer rows), inlined here with constant arguments, or
  * rewritten step by step over the rows as this one is, still made GCC keep
  * two of the twelve accumulators on the stack in the packed k loop above it
  * (checked in the disassembly). */
@@ -251,8 +239,8 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
         row[i] = (i < mr ? i : mr - 1) * a_row_step;  /* the strided loop's */
     }
     /* C is first touched after the k loop; fetching its rows now hides the
-     * miss behind the loop (at 2048^3, where C is in L3 or memory, the wait
-     * for C was a fifth of the micro-kernel's samples). */
+     * miss behind the loop (on large problems, where C is in L3 or memory,
+     * the wait for it would otherwise be a large share of the tile's time). */
     _Pragma("GCC unroll 16")
     for (int i = 0; i < rows; i++) {
         if (i >= mr) break;
@@ -272,7 +260,7 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
     if (rows == MR && vectors == 2 && (packed || full)) {
         /* acc's own address must not reach the call: GCC would then keep
          * every tile shape's accumulators in memory, storing them at each
-         * k step (edge tiles ran at 17 GFLOP/s against 41) */
+         * k step, edge tiles included */
         __m256 sums[MR][2];
         if (packed) full_tile_sums(k, a, b, sums);
         else full_tile_sums_in_place(k, a, row, a_k_step, b, b_k_step, sums);
@@ -455,7 +443,7 @@ typedef struct {
 /* alpha * s + beta * C + biases, ReLU on 8 columns of a row of the rank-k
  * update; the first `lanes` only (C unread past them) when masked. The same
  * arithmetic as the tile kernel's epilogue, which keeps its own inline copy:
- * calling this one from there cost 9% at 1024^3 on Zen 3. */
+ * called from there, this one slowed the large GEMMs' tiles. */
 static inline __attribute__((always_inline)) TARGET __m256
 finish_row_vector(__m256 s, const float *c, ptrdiff_t j, __m256 row_bias, const row_update *u,
                   const int masked, __m256i lanes)
@@ -493,9 +481,9 @@ rank_update_row(const int k, ptrdiff_t n, const float *a, ptrdiff_t a_k_step, co
     }
 }
 
-/* Row by row, C is written in whole lines, front to back. A 6 x 16 tile per
- * k = 1 step wrote 6 lines 3 KiB apart and went at a quarter of the speed
- * (256 x 784 outer product on Zen 3: 58-100 against 18-22 us). */
+/* Row by row, C is written in whole lines, front to back, where a 6 x 16
+ * tile per k = 1 step writes 6 partial lines a whole row of C apart: the
+ * update's cost is writing C, so its order decides the speed. */
 TARGET void pynn_gemm_rank_update_avx2(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a,
                                        ptrdiff_t a_row_step, ptrdiff_t a_k_step,
                                        const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
@@ -556,9 +544,8 @@ dots_tile(const int rows, const int cols, ptrdiff_t k, const float *a, ptrdiff_t
 }
 
 /* Four rows of A by three of B per pass: 7 loads feed 12 FMAs, whose twelve
- * independent sums cover the FMA pipes' latency (with 4 x 2, 8 sums and 6
- * loads per 8 FMAs: 8 x 256 x 784 on one Zen 3 core, median of paired runs,
- * 53 -> 63 GFLOP/s, 4 x 256 x 784 65 -> 83). B streams through once per four
+ * independent sums cover the FMA pipes' latency (4 x 2, with 8 sums and 6
+ * loads per 8 FMAs, does not cover it). B streams through once per four
  * rows of A (once in all for batch-4 inference). Each sum runs over k alike
  * in any tile shape, so the grouping never changes a result. */
 TARGET void pynn_gemm_dots_avx2(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a,
@@ -673,8 +660,8 @@ TARGET void pynn_pack_transposed_avx2(int width, int stride, const float *src, p
  * loaded masked where the panel or the source ends (zeros there, nothing read
  * beyond). Both vectors of a row are copied together: B's rows are often a
  * power of two apart, so its lines share a few L1 sets, and a second pass down
- * the panel for its right half found them evicted. The generic loop this
- * replaces took 7% of a 2-thread training step at batch 512. */
+ * the panel for its right half found them evicted. The copy is a visible
+ * share of a large training step, so it moves whole vectors. */
 static TARGET void pack_straight_avx2(int width, int stride, const float *src, ptrdiff_t ld,
                                       ptrdiff_t depth, ptrdiff_t count, float *dst)
 {

@@ -11,14 +11,13 @@
  * Blocks: KC = 512 keeps the 12 x 512 A micro-panel (24 KiB) in L1 while
  * the 512 x 32 B micro-panel (64 KiB) streams from L2 at 176 bytes per
  * 24-cycle k step, far below what L2 delivers; the long KC halves the
- * read-modify-write passes over C. It measured 2-7% faster than KC = 256 at
- * n = 512 to 1024. MC = 192 makes the packed A block 384 KiB, under half
- * of the 1 MiB L2, so it survives the B traffic; NC = 4096 makes the packed
- * B panel 8 MiB, inside the 32 MiB L3 with room for both cores' panels.
- * Up to 2^21 multiply-adds (about 128^3) the operands are read in place:
- * measured on an AVX-512 Xeon, packing is 4-29% faster from 192^3 and at
- * MLP shapes (64 x 784 x 256: 119 against 100 GFLOP/s), even at 128^3 to
- * 160^3, and slower below (96^3: 132 against 146), where it is not repaid. */
+ * read-modify-write passes over C. MC = 192 makes the packed A block
+ * 384 KiB, under half of the 1 MiB L2, so it survives the B traffic;
+ * NC = 4096 makes the packed B panel 8 MiB, inside the 32 MiB L3 with room
+ * for both cores' panels.
+ * Up to 2^21 multiply-adds (about 128^3) the operands are read in place,
+ * where packing is not repaid; from there on packing is, MLP shapes
+ * included, so this limit sits far below the AVX2 path's 2^25. */
 #include "gemm_kernels.h"
 #include "vmath.h"
 

@@ -120,9 +120,32 @@ typedef struct pynn_gemm_kernels {
 } pynn_gemm_kernels;
 
 /* The thresholds every path uses unless its table says otherwise; each was
- * measured on Zen 3 and Zen 4 (see the commit that set it). The L1d is 8 ways
- * of 64 sets of 64-byte lines on those and most x86 cores since; a B chunk
- * of 96 KiB stays in a 512 KiB L2 beside an AVX2 A block of 2 MC x KC. */
+ * measured on Zen 3 and Zen 4 (the commit that set it records the figures).
+ * - parallel_work: waking a team costs about as much as a small product's
+ *   whole work; from here a second thread pays for it.
+ * - gemv_parallel_work: a GEMV streams its matrix from memory, and a second
+ *   thread pays off only once that matrix is large.
+ * - rank_update_parallel: a rank-k update is bound by writing C, and a
+ *   second thread pays off only once C is large.
+ * - narrow_b: 32 KiB of B, the rows one GEMV per row of C keeps in L1.
+ * - few_rows, few_rows_deep, deep_k: dot products read B once where a tile
+ *   would pack all of it, which pays for a few rows of A, and for a few more
+ *   when k is deep; for shallow k or more rows the tiles win.
+ * - transposed_a_in_place_work: packing an A stored transposed (a weight
+ *   gradient, dW = dYᵀ X) pays from 2^18 multiply-adds: read in place it
+ *   gives the micro-kernel six floats per line, a new line at every k.
+ * - ragged_b_in_place_work: a B whose rows start off a 64-byte line spans
+ *   twice the lines in L1 per strip, with half its loads split across two
+ *   lines, and a width not a multiple of NR masks its last tile's loads;
+ *   beyond this the blocked path, which packs and pads it, wins.
+ * - in_place_packed_b: beyond 4 MiB of B, the blocked path's KC x NC panels
+ *   keep the retained scratch small.
+ * - colliding_b_min_rows: packing a B whose rows collide in L1 pays only
+ *   when this many rows of A reuse each micro-panel.
+ * - b_chunk_floats: 96 KiB of B stays in a 512 KiB L2 beside an AVX2 A
+ *   block of 2 MC x KC; larger chunks gain nothing.
+ * - l1_sets, l1_ways: the L1d is 8 ways of 64 sets of 64-byte lines on
+ *   Zen 3 and 4 and most x86 cores since. */
 #define PYNN_GEMM_THRESHOLDS                                                          \
     .parallel_work = 64 * 64 * 64, .gemv_parallel_work = 1 << 17,                     \
     .rank_update_parallel = 1 << 16, .narrow_b = 1 << 13, .few_rows = 12,             \

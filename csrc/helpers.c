@@ -12,8 +12,8 @@
 #endif
 
 /* A helper spins this long after its last call, then sleeps. A loop of calls
- * (a Python predict loop spends about 1 us between them) finds it awake; an
- * idle process stops burning the core soon, like an OpenMP worker. */
+ * (a Python predict loop, whose gaps between calls are far shorter) finds it
+ * awake; an idle process stops burning the core soon, like an OpenMP worker. */
 #define SPIN_NANOSECONDS 200000
 
 /* One helper's mailbox. The caller writes the call's fields, then `posted`;

@@ -1,10 +1,10 @@
 /* Helper threads for parallel calls too short for an OpenMP region.
  *
- * Starting and ending an OpenMP region costs about 1.5 us on two Zen 3 cores
- * (libgomp's team set-up and a futex wake on each side), a sixth of a batch-1
- * predict of a 784-256-128-10 MLP. These helpers stay awake after a call,
- * spinning on a line of their own, so the next call reaches them in a cache
- * line transfer; they sleep once no call has come for a while. */
+ * Starting and ending an OpenMP region (libgomp's team set-up and a futex
+ * wake on each side) costs a sizeable share of a batch-1 predict of a small
+ * MLP. These helpers stay awake after a call, spinning on a line of their
+ * own, so the next call reaches them in a cache line transfer; they sleep
+ * once no call has come for a while. */
 #ifndef PYNN_HELPERS_H
 #define PYNN_HELPERS_H
 
@@ -26,10 +26,10 @@ int pynn_helpers_run(int parts, pynn_helpers_body body, void *arg);
 /* A barrier among the `parts` threads of one pynn_helpers_run, all running,
  * so a spin on one shared counter does: arrivals only grow, and a thread's
  * n-th barrier (*passed counts them, from 0) waits for n x parts of them.
- * `arrived` starts at 0 for each run. It costs a cache line passed between
- * the cores, about 0.15 us on two Zen 3 cores, where an OpenMP barrier took
- * 0.45. Its release/acquire pair makes each thread's writes before it
- * visible to the others after it. */
+ * `arrived` starts at 0 for each run. It costs one cache line passed
+ * between the cores, a fraction of an OpenMP barrier. Its release/acquire
+ * pair makes each thread's writes before it visible to the others after
+ * it. */
 void pynn_helpers_barrier(atomic_int *arrived, int parts, int *passed);
 
 #endif

@@ -13,11 +13,10 @@
 /* One team for the whole plan (this thread and helper threads, helpers.h)
  * pays off only for small batches (at most this many rows per GEMM; larger
  * ones are split by the GEMM itself, over rows) with at least this many
- * multiply-adds. Measured on two Zen 3 cores: predict of a 784-256-128-10 MLP
- * (234k multiply-adds) at batch 1 took 13.0 us with an OpenMP team per GEMV
- * against 10.0-10.4 us with one for the plan, 50-60 against 45-54 us at
- * batch 8; helpers instead of that one OpenMP team saved a further 1.5-3 us
- * at batch 1 (its start and end). */
+ * multiply-adds: there a team per GEMM would start and end once per layer,
+ * at a cost comparable to the layer's own work, where one team for the plan
+ * pays that once, and helper threads, unlike an OpenMP team, pay it in a
+ * cache line transfer. */
 #define TEAM_MAX_ROWS 16
 #define TEAM_MIN_WORK (1 << 16)
 /* Steps smaller than this many multiply-adds or elements run on one thread

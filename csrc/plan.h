@@ -1,4 +1,4 @@
-/* Running an inference plan's kernel steps: pynn._kernels.plan builds the
+/* Running an inference plan's kernel steps: plan.pxi builds the
  * steps from a model's layers, each step reading the previous one's output.
  *
  * A small batch spends its time streaming the weights. With several threads,

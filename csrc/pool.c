@@ -85,7 +85,7 @@ PYNN_INLINE void inside_row_max(const pynn_pool_shape *s, const float *restrict 
 
 /* The usual pool, 2 x 2 windows at stride 2 inside the image, a whole plane
  * at a time, where the general row loop above pays for short rows and an
- * index array per tap (it was a tenth of a LeNet training step). */
+ * index array per tap (a large share of a small CNN's training step). */
 PYNN_INLINE void plane_max_2x2(const pynn_pool_shape *s, const float *restrict image,
                                float *restrict out, int64_t *restrict index)
 {

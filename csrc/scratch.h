@@ -2,9 +2,9 @@
  *
  * A fresh multi-MiB buffer per GEMM call costs a page fault per 4 KiB page
  * the first time it is touched (glibc hands such sizes out with mmap and
- * returns them with munmap), and under a hypervisor each fault costs over a
- * microsecond: packing a 256 x 256 B measured 90 us in fresh memory against
- * under 10 us in a reused buffer. So each thread keeps its buffers, grown to
+ * returns them with munmap), and under a hypervisor each fault costs more
+ * than packing the page's floats: a fresh buffer made packing several times
+ * slower than a reused one. So each thread keeps its buffers, grown to
  * the largest size it has needed, and frees them when it exits. */
 #ifndef PYNN_SCRATCH_H
 #define PYNN_SCRATCH_H

@@ -181,9 +181,9 @@ PYNN_INLINE float pynn_tanh_f(float x)
  * its left end is |x| with the other mantissa bits cleared, so t is exact.
  * Tables have 32 entries (the last two repeat [8, 9]) so that AVX-512 reads a
  * coefficient for 16 lanes with one two-register permute. Over every float
- * in [0, 9.5] the worst error is 1.05e-7; on 1e6 floats it takes 0.8x the
- * time of the division form above, which the AVX2 and portable paths keep
- * (there the table reads become gathers, 3.5x slower than the division). */
+ * in [0, 9.5] the worst error is 1.05e-7. It is faster than the division
+ * form above only where the permute exists: the AVX2 and portable paths keep
+ * the division, since there the table reads become gathers, slower than it. */
 #if defined(PYNN_X86_64)
 #define PYNN_TANH_DEGREE 5
 #define PYNN_TANH_LAST_INTERVAL 29
@@ -297,23 +297,23 @@ PYNN_INLINE double pynn_row_sum(const float *restrict x, const float *restrict b
     return sum;
 }
 
-/* Sizes from which element-wise kernels use the second core (measured on
- * Zen 4, 2 threads against 1): transcendental kernels gain 1.2x at 8192
- * elements and 1.8x at 65536; memory-bound ones nothing below 131072
- * (1.7x there). */
+/* Sizes from which element-wise kernels use a second core: from here a
+ * second thread repays its start. A transcendental kernel's arithmetic
+ * repays it early; a memory-bound one gains nothing until its data outgrows
+ * one core's caches. */
 #define PYNN_COSTLY_PARALLEL 8192
 #define PYNN_CHEAP_PARALLEL 131072
 
 /* From this many bytes of output per thread, the AVX-512 loops store with
  * non-temporal stores: input and output no longer fit in the core's 2 MiB L2,
- * and skipping the read-for-ownership of the output lines makes relu on 1e6
- * floats 1.3x faster on one core and 1.4x on two (measured on the Xeon; below
- * this size ordinary stores win, 2x at 128k floats). */
+ * so skipping the read-for-ownership of the output lines saves memory
+ * traffic; below this size the output would still be in cache for its
+ * reader, and ordinary stores win. */
 #define PYNN_STREAM_BYTES_PER_THREAD (3 << 19)
 
 /* Orders a thread's streaming stores before anything it does next (once per
- * thread at the end of a kernel, not per chunk: a fence per 16 KiB chunk cost
- * a quarter of relu's time on two threads). */
+ * thread at the end of a kernel, not per chunk: each fence waits for the
+ * write-combining buffers to drain, a wait that per 16 KiB chunk adds up). */
 PYNN_INLINE void pynn_stream_fence(void)
 {
 #if defined(PYNN_X86_64)
@@ -342,8 +342,9 @@ void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_
  * and p, for functions the compiler cannot vectorise well (table lookups).
  * Large outputs are streamed (PYNN_STREAM_BYTES_PER_THREAD) by vectorised
  * expressions and by the memory-bound scalar ones (parallel from
- * PYNN_CHEAP_PARALLEL); the costly scalar ones, sigmoid and gelu, were 15-30%
- * slower on 1e6 floats through the stage than with ordinary stores. */
+ * PYNN_CHEAP_PARALLEL); the costly scalar ones, sigmoid and gelu, store
+ * normally, as their arithmetic, not memory, bounds them and the stage only
+ * adds a copy. */
 #define PYNN_ELEMENTWISE(name, min_parallel, expression)                                  \
     PYNN_SCALAR_LOOP(name, expression)                                                     \
     PYNN_AVX512_FROM_SCALAR(name)                                                          \

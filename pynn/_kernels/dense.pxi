@@ -1,6 +1,6 @@
 # Dense-layer reductions and embedding gather/scatter (csrc/dense.c).
 #
-# linear's products go through pynn._kernels.gemm; this module holds what is
+# linear's products go through gemm.pxi; this file holds what is
 # left of the dense layer's backward: the bias gradient, fused with the ReLU
 # mask when the layer's activation is fused into its GEMM.
 from libc.stdint cimport int64_t

@@ -1,6 +1,7 @@
-# Holds the chosen ISA path and the thread count that every kernel receives.
+# Holds the context every kernel receives: the chosen ISA path's kernel
+# tables, the thread count and the team flag.
 #
-# Validation of user-facing values happens in pynn.config; this module only
+# Validation of user-facing values happens in pynn.config; this file only
 # stores what it is given and reports what the build and the CPU offer.
 
 cdef extern from "cpu.h" nogil:
