@@ -177,13 +177,7 @@ masked_row_copy(float *out, const float *in, ptrdiff_t first, ptrdiff_t last, pt
 static inline PYNN_TARGET_AVX2 __m256i
 chunk_lanes(ptrdiff_t ow, ptrdiff_t first, ptrdiff_t last)
 {
-    static const int32_t lanes[24] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1, -1, -1,
-                                      0, 0, 0, 0, 0, 0, 0, 0};
-    const ptrdiff_t from = first - ow < 0 ? 0 : first - ow > 8 ? 8 : first - ow;
-    const ptrdiff_t to = last - ow < from ? from : last - ow > 8 ? 8 : last - ow;
-    const __m256i upto = _mm256_loadu_si256((const __m256i *)(lanes + 16 - to));
-    const __m256i below = _mm256_loadu_si256((const __m256i *)(lanes + 16 - from));
-    return _mm256_andnot_si256(below, upto);
+    return _mm256_andnot_si256(pynn_first_lanes8(first - ow), pynn_first_lanes8(last - ow));
 }
 
 /* Eight floats of a row from in + ow, the lanes outside [first, last) (the

@@ -19,6 +19,7 @@
  * collide in L1, falls behind the blocked path beyond 2^25, so that limit
  * stays there. */
 #include "gemm_kernels.h"
+#include "vmath.h"
 
 #if defined(PYNN_X86_64)
 #include <immintrin.h>
@@ -34,16 +35,6 @@
  * pass, has fewer to save: GCC steps A, B and a counter there, three adds
  * per 80 loads and FMAs.) */
 enum { MR = 6, NR = 16, A_STRIDE = 8 };
-
-static const int32_t lane_table[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
-
-/* A maskload/maskstore mask selecting the first count lanes (0 to 8). */
-static inline TARGET __m256i first_lanes(ptrdiff_t count)
-{
-    if (count < 0) count = 0;
-    if (count > 8) count = 8;
-    return _mm256_loadu_si256((const __m256i *)(lane_table + 8 - count));
-}
 
 static inline TARGET float horizontal_sum(__m256 v)
 {
@@ -94,7 +85,7 @@ strided_sums(ptrdiff_t k, const float *a, const ptrdiff_t row[MR], ptrdiff_t a_k
              const float *b, ptrdiff_t b_k_step, ptrdiff_t nr, __m256 acc[MR][2],
              const int rows, const int vectors, const int full)
 {
-    const __m256i mask0 = first_lanes(nr), mask1 = first_lanes(nr - 8);
+    const __m256i mask0 = pynn_first_lanes8(nr), mask1 = pynn_first_lanes8(nr - 8);
     for (const float *a_end = a + k * a_k_step; a != a_end; a += a_k_step, b += b_k_step) {
         __m256 b0, b1 = _mm256_setzero_ps();
         if (full) {
@@ -272,7 +263,7 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
     }
 
     /* made after the k loop, which has no register to spare for them */
-    const __m256i mask0 = first_lanes(nr), mask1 = first_lanes(nr - 8);
+    const __m256i mask0 = pynn_first_lanes8(nr), mask1 = pynn_first_lanes8(nr - 8);
     const __m256 alpha = _mm256_set1_ps(update->alpha), beta = _mm256_set1_ps(update->beta);
     const __m256 zero = _mm256_setzero_ps();
     /* read once: C's stores may alias *update, which would be reloaded per row */
@@ -315,44 +306,16 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
     }
 }
 
-static inline __attribute__((always_inline)) TARGET void
-tile_by_shape(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,
-              const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc,
-              ptrdiff_t mr, ptrdiff_t nr, const pynn_tile_update *update, const int packed)
-{
-#define TILE(rows, vectors) tile_kernel(k, a, a_row_step, a_k_step, b, b_k_step, c, ldc, \
-                                        mr, nr, update, packed, rows, vectors)
-    if (nr > 8) {
-        if (mr <= 2) TILE(2, 2); else if (mr <= 4) TILE(4, 2); else TILE(MR, 2);
-    } else {
-        if (mr <= 2) TILE(2, 1); else if (mr <= 4) TILE(4, 1); else TILE(MR, 1);
-    }
-#undef TILE
-}
-
-/* GCC's induction-variable pass would give A its own pointer again (two
- * more adds per k step); without it the loop keeps the one index. */
-static TARGET __attribute__((optimize("no-ivopts"))) void microkernel_avx2_6x16_packed(
-    ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,
-    const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc,
-    ptrdiff_t mr, ptrdiff_t nr, const pynn_tile_update *update)
-{
-    tile_by_shape(k, a, a_row_step, a_k_step, b, b_k_step, c, ldc, mr, nr, update, 1);
-}
-
-static TARGET void microkernel_avx2_6x16_strided(
-    ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,
-    const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc,
-    ptrdiff_t mr, ptrdiff_t nr, const pynn_tile_update *update)
-{
-    tile_by_shape(k, a, a_row_step, a_k_step, b, b_k_step, c, ldc, mr, nr, update, 0);
-}
+/* GCC's induction-variable pass would give A its own pointer again in the
+ * packed kernel (two more adds per k step); without it the loop keeps the
+ * one index. */
+PYNN_MICROKERNELS(microkernel_avx2_6x16, __attribute__((optimize("no-ivopts"))))
 
 /* Four rows at a time share each load of v; the k tail is a masked load. */
 static TARGET void gemv_dot_avx2(ptrdiff_t rows, ptrdiff_t k, const float *x, ptrdiff_t ldx,
                                  const float *v, float *sums)
 {
-    const __m256i tail = first_lanes(k % 8);
+    const __m256i tail = pynn_first_lanes8(k % 8);
     const ptrdiff_t k_full = k - k % 8;
     const int has_tail = k % 8 != 0;
     ptrdiff_t r = 0;
@@ -423,7 +386,7 @@ static TARGET void gemv_axpy_avx2(ptrdiff_t cols, ptrdiff_t k, const float *x, p
             _mm256_storeu_ps(sums + j, s);
         }
         if (j < cols) {
-            const __m256i mask = first_lanes(cols - j);
+            const __m256i mask = pynn_first_lanes8(cols - j);
             __m256 s = p == 0 ? zero : _mm256_maskload_ps(sums + j, mask);
             for (int t = 0; t < terms; t++)
                 s = _mm256_fmadd_ps(vp[t], _mm256_maskload_ps(x0 + t * ldx + j, mask), s);
@@ -473,7 +436,7 @@ rank_update_row(const int k, ptrdiff_t n, const float *a, ptrdiff_t a_k_step, co
         _mm256_storeu_ps(c + j, finish_row_vector(s, c, j, row_bias, u, 0, _mm256_setzero_si256()));
     }
     if (j < n) {
-        const __m256i lanes = first_lanes(n - j);
+        const __m256i lanes = pynn_first_lanes8(n - j);
         __m256 s = _mm256_setzero_ps();
         for (int p = 0; p < k; p++)
             s = _mm256_fmadd_ps(ap[p], _mm256_maskload_ps(b + p * ldb + j, lanes), s);
@@ -531,7 +494,7 @@ static inline __attribute__((always_inline)) TARGET void
 dots_tile(const int rows, const int cols, ptrdiff_t k, const float *a, ptrdiff_t lda,
           const float *b, ptrdiff_t ldb, float *sums, ptrdiff_t ld_sums)
 {
-    const __m256i tail = first_lanes(k % 8);
+    const __m256i tail = pynn_first_lanes8(k % 8);
     const ptrdiff_t k_full = k - k % 8;
     __m256 acc[4][3];
     for (int i = 0; i < rows; i++)
@@ -667,7 +630,7 @@ static TARGET void pack_straight_avx2(int width, int stride, const float *src, p
 {
     for (ptrdiff_t c0 = 0; c0 < count; c0 += width, dst += stride * depth) {
         const ptrdiff_t present = count - c0 < width ? count - c0 : width;
-        const __m256i left = first_lanes(present), right = first_lanes(present - 8);
+        const __m256i left = pynn_first_lanes8(present), right = pynn_first_lanes8(present - 8);
         const int whole = present == stride;
         const float *row = src + c0;
         float *out = dst;

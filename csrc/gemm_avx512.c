@@ -114,36 +114,7 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
     }
 }
 
-static inline __attribute__((always_inline)) TARGET void
-tile_by_shape(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,
-              const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc,
-              ptrdiff_t mr, ptrdiff_t nr, const pynn_tile_update *update, const int packed)
-{
-#define TILE(rows, vectors) tile_kernel(k, a, a_row_step, a_k_step, b, b_k_step, c, ldc, \
-                                        mr, nr, update, packed, rows, vectors)
-    if (nr > 16) {
-        if (mr <= 4) TILE(4, 2); else if (mr <= 8) TILE(8, 2); else TILE(MR, 2);
-    } else {
-        if (mr <= 4) TILE(4, 1); else if (mr <= 8) TILE(8, 1); else TILE(MR, 1);
-    }
-#undef TILE
-}
-
-static TARGET void microkernel_avx512_12x32_packed(
-    ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,
-    const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc,
-    ptrdiff_t mr, ptrdiff_t nr, const pynn_tile_update *update)
-{
-    tile_by_shape(k, a, a_row_step, a_k_step, b, b_k_step, c, ldc, mr, nr, update, 1);
-}
-
-static TARGET void microkernel_avx512_12x32_strided(
-    ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,
-    const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc,
-    ptrdiff_t mr, ptrdiff_t nr, const pynn_tile_update *update)
-{
-    tile_by_shape(k, a, a_row_step, a_k_step, b, b_k_step, c, ldc, mr, nr, update, 0);
-}
+PYNN_MICROKERNELS(microkernel_avx512_12x32, )
 
 /* Four rows at a time share each load of v; the k tail is a masked load. */
 static TARGET void gemv_dot_avx512(ptrdiff_t rows, ptrdiff_t k, const float *x, ptrdiff_t ldx,

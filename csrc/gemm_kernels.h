@@ -153,6 +153,49 @@ typedef struct pynn_gemm_kernels {
     .ragged_b_in_place_work = 1 << 21, .in_place_packed_b = 1 << 20,                  \
     .colliding_b_min_rows = 128, .b_chunk_floats = 24 * 1024, .l1_sets = 64, .l1_ways = 8
 
+/* A SIMD path's two micro-kernels, `name`_packed and `name`_strided, over the
+ * file's always-inline tile_kernel(..., packed, rows, vectors): a tile of
+ * mr <= MR rows and nr <= NR columns runs the smallest of a third, two thirds
+ * or all of MR rows and of one or two vectors of NR / 2 columns that covers
+ * it, each a compile-time shape with its own register-resident loop, so an
+ * edge tile runs only the FMAs it needs. `packed_attributes` go on the packed
+ * kernel alone. Expanded where TARGET, MR and NR are the file's. */
+#define PYNN_TILE(rows, vectors) tile_kernel(k, a, a_row_step, a_k_step, b, b_k_step, \
+                                             c, ldc, mr, nr, update, packed, rows, vectors)
+#define PYNN_MICROKERNELS(name, packed_attributes)                                    \
+    static inline __attribute__((always_inline)) TARGET void                          \
+    tile_by_shape(ptrdiff_t k, const float *a, ptrdiff_t a_row_step,                   \
+                  ptrdiff_t a_k_step, const float *b, ptrdiff_t b_k_step, float *c,    \
+                  ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr,                           \
+                  const pynn_tile_update *update, const int packed)                    \
+    {                                                                                  \
+        if (nr > NR / 2) {                                                             \
+            if (mr <= MR / 3) PYNN_TILE(MR / 3, 2);                                    \
+            else if (mr <= 2 * MR / 3) PYNN_TILE(2 * MR / 3, 2);                       \
+            else PYNN_TILE(MR, 2);                                                     \
+        } else {                                                                       \
+            if (mr <= MR / 3) PYNN_TILE(MR / 3, 1);                                    \
+            else if (mr <= 2 * MR / 3) PYNN_TILE(2 * MR / 3, 1);                       \
+            else PYNN_TILE(MR, 1);                                                     \
+        }                                                                              \
+    }                                                                                  \
+    static TARGET packed_attributes void name##_packed(                                \
+        ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,         \
+        const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc, ptrdiff_t mr,     \
+        ptrdiff_t nr, const pynn_tile_update *update)                                  \
+    {                                                                                  \
+        tile_by_shape(k, a, a_row_step, a_k_step, b, b_k_step, c, ldc, mr, nr,         \
+                      update, 1);                                                      \
+    }                                                                                  \
+    static TARGET void name##_strided(                                                 \
+        ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,         \
+        const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc, ptrdiff_t mr,     \
+        ptrdiff_t nr, const pynn_tile_update *update)                                  \
+    {                                                                                  \
+        tile_by_shape(k, a, a_row_step, a_k_step, b, b_k_step, c, ldc, mr, nr,         \
+                      update, 0);                                                      \
+    }
+
 /* The largest register tile of any ISA (sizes gemm.c's scratch tiles). */
 #define PYNN_GEMM_MAX_MR 16
 #define PYNN_GEMM_MAX_NR 32

@@ -26,6 +26,16 @@
 #if defined(PYNN_X86_64)
 #include <immintrin.h>
 
+/* The maskload/maskstore mask of the first `count` of eight lanes: none for
+ * count <= 0, all from 8 on (the tails of AVX2 loops). */
+static inline PYNN_TARGET_AVX2 __m256i pynn_first_lanes8(ptrdiff_t count)
+{
+    static const int32_t lanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    if (count < 0) count = 0;
+    if (count > 8) count = 8;
+    return _mm256_loadu_si256((const __m256i *)(lanes + 8 - count));
+}
+
 /* The mask of the first `count` of sixteen lanes: none for count <= 0, all
  * from 16 on (the tails of AVX-512 loops). */
 static inline PYNN_TARGET_AVX512 __mmask16 pynn_first_lanes16(ptrdiff_t count)
