@@ -311,89 +311,22 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
  * one index. */
 PYNN_MICROKERNELS(microkernel_avx2_6x16, __attribute__((optimize("no-ivopts"))))
 
-/* Four rows at a time share each load of v; the k tail is a masked load. */
-static TARGET void gemv_dot_avx2(ptrdiff_t rows, ptrdiff_t k, const float *x, ptrdiff_t ldx,
-                                 const float *v, float *sums)
-{
-    const __m256i tail = pynn_first_lanes8(k % 8);
-    const ptrdiff_t k_full = k - k % 8;
-    const int has_tail = k % 8 != 0;
-    ptrdiff_t r = 0;
-    for (; r + 4 <= rows; r += 4) {
-        const float *x0 = x + r * ldx, *x1 = x0 + ldx, *x2 = x1 + ldx, *x3 = x2 + ldx;
-        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-        for (ptrdiff_t p = 0; p < k_full; p += 8) {
-            const __m256 vp = _mm256_loadu_ps(v + p);
-            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + p), vp, s0);
-            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + p), vp, s1);
-            s2 = _mm256_fmadd_ps(_mm256_loadu_ps(x2 + p), vp, s2);
-            s3 = _mm256_fmadd_ps(_mm256_loadu_ps(x3 + p), vp, s3);
-        }
-        if (has_tail) {
-            const __m256 vp = _mm256_maskload_ps(v + k_full, tail);
-            s0 = _mm256_fmadd_ps(_mm256_maskload_ps(x0 + k_full, tail), vp, s0);
-            s1 = _mm256_fmadd_ps(_mm256_maskload_ps(x1 + k_full, tail), vp, s1);
-            s2 = _mm256_fmadd_ps(_mm256_maskload_ps(x2 + k_full, tail), vp, s2);
-            s3 = _mm256_fmadd_ps(_mm256_maskload_ps(x3 + k_full, tail), vp, s3);
-        }
-        sums[r] = horizontal_sum(s0);
-        sums[r + 1] = horizontal_sum(s1);
-        sums[r + 2] = horizontal_sum(s2);
-        sums[r + 3] = horizontal_sum(s3);
-    }
-    for (; r < rows; r++) {
-        const float *xr = x + r * ldx;
-        __m256 s0 = _mm256_setzero_ps(), s1 = s0;
-        ptrdiff_t p = 0;
-        for (; p + 16 <= k_full; p += 16) {
-            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + p), _mm256_loadu_ps(v + p), s0);
-            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + p + 8), _mm256_loadu_ps(v + p + 8), s1);
-        }
-        for (; p < k_full; p += 8)
-            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + p), _mm256_loadu_ps(v + p), s0);
-        if (has_tail)
-            s1 = _mm256_fmadd_ps(_mm256_maskload_ps(xr + k_full, tail),
-                                 _mm256_maskload_ps(v + k_full, tail), s1);
-        sums[r] = horizontal_sum(_mm256_add_ps(s0, s1));
-    }
-}
-
-/* Rows of x stream through whole, four at a time, into sums kept in L1 (at
- * most GEMV_CHUNK floats): contiguous reads the prefetcher follows. Each sum
- * still adds its k terms in order. */
-static TARGET void gemv_axpy_avx2(ptrdiff_t cols, ptrdiff_t k, const float *x, ptrdiff_t ldx,
-                                  const float *v, ptrdiff_t v_step, float *sums)
-{
-    const __m256 zero = _mm256_setzero_ps();
-    for (ptrdiff_t p = 0; p < k; p += 4) {
-        const int terms = k - p < 4 ? (int)(k - p) : 4;
-        const float *x0 = x + p * ldx;
-        __m256 vp[4];
-        for (int t = 0; t < 4; t++)
-            vp[t] = t < terms ? _mm256_set1_ps(v[(p + t) * v_step]) : zero;
-        ptrdiff_t j = 0;
-        for (; j + 8 <= cols; j += 8) {  /* plain moves: AMD microcodes masked stores */
-            __m256 s = p == 0 ? zero : _mm256_loadu_ps(sums + j);
-            s = _mm256_fmadd_ps(vp[0], _mm256_loadu_ps(x0 + j), s);
-            if (terms == 4) {
-                s = _mm256_fmadd_ps(vp[1], _mm256_loadu_ps(x0 + ldx + j), s);
-                s = _mm256_fmadd_ps(vp[2], _mm256_loadu_ps(x0 + 2 * ldx + j), s);
-                s = _mm256_fmadd_ps(vp[3], _mm256_loadu_ps(x0 + 3 * ldx + j), s);
-            } else {  /* the last one to three rows: never read past row k - 1 */
-                for (int t = 1; t < terms; t++)
-                    s = _mm256_fmadd_ps(vp[t], _mm256_loadu_ps(x0 + t * ldx + j), s);
-            }
-            _mm256_storeu_ps(sums + j, s);
-        }
-        if (j < cols) {
-            const __m256i mask = pynn_first_lanes8(cols - j);
-            __m256 s = p == 0 ? zero : _mm256_maskload_ps(sums + j, mask);
-            for (int t = 0; t < terms; t++)
-                s = _mm256_fmadd_ps(vp[t], _mm256_maskload_ps(x0 + t * ldx + j, mask), s);
-            _mm256_maskstore_ps(sums + j, mask, s);
-        }
-    }
-}
+#define VEC __m256
+#define LANES 8
+#define MASK __m256i
+#define FIRST_LANES(n) pynn_first_lanes8(n)
+#define ZERO() _mm256_setzero_ps()
+#define SPLAT(x) _mm256_set1_ps(x)
+#define LOAD(p) _mm256_loadu_ps(p)
+#define STORE(p, v) _mm256_storeu_ps(p, v)
+#define LOAD_FIRST(m, p) _mm256_maskload_ps(p, m)
+#define STORE_FIRST(m, p, v) _mm256_maskstore_ps(p, m, v)
+#define FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define ADD(a, b) _mm256_add_ps(a, b)
+#define SUM(v) horizontal_sum(v)
+#define GEMV_DOT gemv_dot_avx2
+#define GEMV_AXPY gemv_axpy_avx2
+#include "gemm_gemv.h"
 
 /* A tile update read into registers once: C's stores could alias it, so
  * read through the pointer it would be reloaded at every vector. */

@@ -116,82 +116,22 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
 
 PYNN_MICROKERNELS(microkernel_avx512_12x32, )
 
-/* Four rows at a time share each load of v; the k tail is a masked load. */
-static TARGET void gemv_dot_avx512(ptrdiff_t rows, ptrdiff_t k, const float *x, ptrdiff_t ldx,
-                                   const float *v, float *sums)
-{
-    const __mmask16 tail = pynn_first_lanes16(k % 16);
-    const ptrdiff_t k_full = k - k % 16;
-    ptrdiff_t r = 0;
-    for (; r + 4 <= rows; r += 4) {
-        const float *x0 = x + r * ldx, *x1 = x0 + ldx, *x2 = x1 + ldx, *x3 = x2 + ldx;
-        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-        for (ptrdiff_t p = 0; p < k_full; p += 16) {
-            const __m512 vp = _mm512_loadu_ps(v + p);
-            s0 = _mm512_fmadd_ps(_mm512_loadu_ps(x0 + p), vp, s0);
-            s1 = _mm512_fmadd_ps(_mm512_loadu_ps(x1 + p), vp, s1);
-            s2 = _mm512_fmadd_ps(_mm512_loadu_ps(x2 + p), vp, s2);
-            s3 = _mm512_fmadd_ps(_mm512_loadu_ps(x3 + p), vp, s3);
-        }
-        if (tail) {
-            const __m512 vp = _mm512_maskz_loadu_ps(tail, v + k_full);
-            s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, x0 + k_full), vp, s0);
-            s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, x1 + k_full), vp, s1);
-            s2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, x2 + k_full), vp, s2);
-            s3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, x3 + k_full), vp, s3);
-        }
-        sums[r] = _mm512_reduce_add_ps(s0);
-        sums[r + 1] = _mm512_reduce_add_ps(s1);
-        sums[r + 2] = _mm512_reduce_add_ps(s2);
-        sums[r + 3] = _mm512_reduce_add_ps(s3);
-    }
-    for (; r < rows; r++) {
-        const float *xr = x + r * ldx;
-        __m512 s0 = _mm512_setzero_ps(), s1 = s0;
-        ptrdiff_t p = 0;
-        for (; p + 32 <= k_full; p += 32) {
-            s0 = _mm512_fmadd_ps(_mm512_loadu_ps(xr + p), _mm512_loadu_ps(v + p), s0);
-            s1 = _mm512_fmadd_ps(_mm512_loadu_ps(xr + p + 16), _mm512_loadu_ps(v + p + 16), s1);
-        }
-        for (; p < k_full; p += 16)
-            s0 = _mm512_fmadd_ps(_mm512_loadu_ps(xr + p), _mm512_loadu_ps(v + p), s0);
-        if (tail)
-            s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, xr + k_full),
-                                 _mm512_maskz_loadu_ps(tail, v + k_full), s1);
-        sums[r] = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
-    }
-}
-
-/* Rows of x stream through whole, four at a time, into sums kept in L1 (at
- * most GEMV_CHUNK floats): contiguous reads the prefetcher follows, where a
- * register-blocked column strip would hop between rows. Each sum still adds
- * its k terms in order. */
-static TARGET void gemv_axpy_avx512(ptrdiff_t cols, ptrdiff_t k, const float *x, ptrdiff_t ldx,
-                                    const float *v, ptrdiff_t v_step, float *sums)
-{
-    const __m512 zero = _mm512_setzero_ps();
-    for (ptrdiff_t p = 0; p < k; p += 4) {
-        const int terms = k - p < 4 ? (int)(k - p) : 4;
-        const float *x0 = x + p * ldx;
-        __m512 vp[4];
-        for (int t = 0; t < 4; t++)
-            vp[t] = t < terms ? _mm512_set1_ps(v[(p + t) * v_step]) : zero;
-        for (ptrdiff_t j = 0; j < cols; j += 16) {
-            const __mmask16 mask = pynn_first_lanes16(cols - j);
-            __m512 s = p == 0 ? zero : _mm512_maskz_loadu_ps(mask, sums + j);
-            s = _mm512_fmadd_ps(vp[0], _mm512_maskz_loadu_ps(mask, x0 + j), s);
-            if (terms == 4) {
-                s = _mm512_fmadd_ps(vp[1], _mm512_maskz_loadu_ps(mask, x0 + ldx + j), s);
-                s = _mm512_fmadd_ps(vp[2], _mm512_maskz_loadu_ps(mask, x0 + 2 * ldx + j), s);
-                s = _mm512_fmadd_ps(vp[3], _mm512_maskz_loadu_ps(mask, x0 + 3 * ldx + j), s);
-            } else {  /* the last one to three rows: never read past row k - 1 */
-                for (int t = 1; t < terms; t++)
-                    s = _mm512_fmadd_ps(vp[t], _mm512_maskz_loadu_ps(mask, x0 + t * ldx + j), s);
-            }
-            _mm512_mask_storeu_ps(sums + j, mask, s);
-        }
-    }
-}
+#define VEC __m512
+#define LANES 16
+#define MASK __mmask16
+#define FIRST_LANES(n) pynn_first_lanes16(n)
+#define ZERO() _mm512_setzero_ps()
+#define SPLAT(x) _mm512_set1_ps(x)
+#define LOAD(p) _mm512_loadu_ps(p)
+#define STORE(p, v) _mm512_storeu_ps(p, v)
+#define LOAD_FIRST(m, p) _mm512_maskz_loadu_ps(m, p)
+#define STORE_FIRST(m, p, v) _mm512_mask_storeu_ps(p, m, v)
+#define FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define ADD(a, b) _mm512_add_ps(a, b)
+#define SUM(v) _mm512_reduce_add_ps(v)
+#define GEMV_DOT gemv_dot_avx512
+#define GEMV_AXPY gemv_axpy_avx512
+#include "gemm_gemv.h"
 
 /* A panel row is one or two masked vectors (stride 12 or 32): a row of the
  * source lands in one load and one store, zeros past count included. */
