@@ -4,8 +4,9 @@ A suite is a module ``pynn.bench.<suite>`` with ``cases(quick, threads)``
 returning a list of :class:`Case`: the same work done by pynn and by each peer
 that imports here (numpy always; PyTorch and ONNX Runtime when installed) on
 the same inputs. The harness pins every library to the same thread count,
-warms up, times each runner and reports the peer/pynn time ratio (> 1 means
-pynn is faster)."""
+checks pynn's result against a float64 reference (``Case.check``, see
+``pynn.bench._checks``), warms up, times each runner and reports the
+peer/pynn time ratio (> 1 means pynn is faster)."""
 import contextlib
 import dataclasses
 import importlib
@@ -21,8 +22,10 @@ _ORDER = ("gemm", "ops", "train", "infer", "conv")
 
 
 def available_suites():
-    """Suite modules in this package, in a reading order."""
-    found = {module.name for module in pkgutil.iter_modules(__path__)}
+    """Suite modules in this package, in a reading order (private modules,
+    such as the references in _checks, are not suites)."""
+    found = {module.name for module in pkgutil.iter_modules(__path__)
+             if not module.name.startswith("_")}
     return tuple(name for name in _ORDER if name in found) + tuple(sorted(found - set(_ORDER)))
 
 
@@ -33,6 +36,20 @@ class Case:
     runners: dict          # peer name -> zero-argument callable; "pynn" first
     work: float = None     # per call: FLOP (unit "GFLOP/s") or samples (unit "samples/s")
     unit: str = None
+    # zero-argument callable running pynn's work once and raising
+    # AssertionError when its result is wrong; every case has one
+    check: object = None
+
+
+def verify(case):
+    """Run the case's check of pynn's result, before it is timed."""
+    if case.check is None:
+        raise ValueError(f"bench: case {case.suite}: {case.name!r} has no check of its result")
+    try:
+        case.check()
+    except AssertionError as error:
+        raise AssertionError(f"bench {case.suite}: {case.name}: pynn's result is wrong: "
+                             f"{error}") from None
 
 
 def optional_import(name):
@@ -139,12 +156,14 @@ def load_suite(name):
 
 
 def run(suite, thread_counts, quick=False, progress=None):
-    """Time every case of ``suite`` at each thread count; returns result records."""
+    """Check and time every case of ``suite`` at each thread count; returns
+    result records."""
     budget = 0.05 if quick else 0.4
     records = []
     for threads in thread_counts:
         with pinned_threads(threads):
             for case in load_suite(suite).cases(quick=quick, threads=threads):
+                verify(case)
                 times = time_calls(case.runners, budget, threads)
                 records.append({"suite": suite, "case": case.name, "threads": threads,
                                 "seconds": times, "work": case.work, "unit": case.unit})

@@ -23,7 +23,7 @@ import tempfile
 
 import numpy as np
 
-from pynn.bench import Case, machine_info, optional_import
+from pynn.bench import Case, _checks, machine_info, optional_import
 from pynn.bench.train import LR, MOMENTUM, SIZES, build_mlp
 
 _TRAIN_SCRIPT = """
@@ -53,8 +53,12 @@ def _scoring(rows, threads):
     chunk = 25_000
     x = np.random.default_rng(0).random((rows, SIZES[0]), dtype=np.float32)
     runners = {"pynn": lambda: model.predict(x, batch_size=chunk)}
+    name = f"score {rows:,} rows"
+    # two batches and a few rows more (smaller than the timed chunks, whose
+    # float64 reference would take longer than the timing)
+    check = lambda: _checks.predict(model, x[:1031], name, batch_size=512)  # noqa: E731
     if distributed is None or da is None:
-        return [Case("dist", f"score {rows:,} rows", runners, work=rows, unit="samples/s")]
+        return [Case("dist", name, runners, work=rows, unit="samples/s", check=check)]
     from pynn.distributed import dask_predict
 
     for workers, per_worker in ((1, threads), (threads, 1)):
@@ -75,7 +79,7 @@ def _scoring(rows, threads):
             with client.as_current():
                 return scores.compute()
         runners[f"dask {workers}x{per_worker}"] = score
-    return [Case("dist", f"score {rows:,} rows", runners, work=rows, unit="samples/s")]
+    return [Case("dist", name, runners, work=rows, unit="samples/s", check=check)]
 
 
 def _training(rows, batch):
@@ -100,8 +104,10 @@ def _training(rows, batch):
             command = [mpiexec, "-n", str(ranks), sys.executable, script, str(rows), str(batch)]
             runners[f"mpi {ranks} rank{'s' if ranks > 1 else ''}"] = (
                 lambda command=command: subprocess.run(command, env=env, check=True, timeout=600))
-    return [Case("dist", f"train 1 epoch of {rows:,} rows, global batch {batch}", runners,
-                 work=rows, unit="samples/s")]
+    name = f"train 1 epoch of {rows:,} rows, global batch {batch}"
+    return [Case("dist", name, runners, work=rows, unit="samples/s",
+                 check=lambda: _checks.first_sgd_step(build_mlp, x[:batch], y[:batch], LR, MOMENTUM,
+                                                      name))]
 
 
 def cases(quick, threads):
