@@ -59,6 +59,13 @@ def _busy_wait(seconds):
         pass
 
 
+def test_quick_timing_runs_fewer_rounds(monkeypatch):
+    calls = []
+    bench.time_calls({"slow": lambda: (calls.append(1), _busy_wait(0.02))}, budget=0.05, quick=True)
+    # one warm-up, QUICK_SIZING_CALLS to size a round, then one call per round
+    assert len(calls) == 1 + bench.QUICK_SIZING_CALLS + bench.QUICK_PASSES < 1 + 3 + bench.PASSES
+
+
 def test_run_and_table(monkeypatch):
     checks = []
     monkeypatch.setattr(bench, "load_suite", lambda name: fake_suite(checks))

@@ -83,21 +83,24 @@ def pinned_threads(count):
 
 
 PASSES = 8
+# --quick: fewer rounds, and fewer calls to size them; a call of a whole
+# training epoch then runs 5 times per runner instead of 12
+QUICK_PASSES, QUICK_SIZING_CALLS = 3, 1
 
 
-def _calls_per_round(fn, budget):
+def _calls_per_round(fn, budget, passes=PASSES, sizing_calls=3):
     """How many back-to-back calls of ``fn`` fill one round of ``budget``."""
     fn()
     start = time.perf_counter()
     calls = 0
-    while calls < 3 or time.perf_counter() - start < budget / 10:
+    while calls < sizing_calls or time.perf_counter() - start < budget / 10:
         fn()
         calls += 1
     per_call = (time.perf_counter() - start) / calls
-    return max(1, int(budget / PASSES / max(per_call, 1e-9)))
+    return max(1, int(budget / passes / max(per_call, 1e-9)))
 
 
-def time_calls(runners, budget, threads=1):
+def time_calls(runners, budget, threads=1, quick=False):
     """Seconds per call of each of ``runners`` (name -> function), ``budget``
     seconds each, as the fastest of its rounds: slower rounds measure other
     processes, not the code. The runners take turns, one round each per pass,
@@ -109,11 +112,13 @@ def time_calls(runners, budget, threads=1):
     first, so it does not share the cores with the previous runner's idle
     worker threads (OpenBLAS's spin for about 60 ms after their work, and
     halved pynn's GEMM rate on two threads meanwhile; OpenMP and ONNX Runtime
-    pools spin too)."""
-    numbers = {name: _calls_per_round(fn, budget) for name, fn in runners.items()}
+    pools spin too). ``quick`` runs QUICK_PASSES rounds."""
+    passes, sizing_calls = (QUICK_PASSES, QUICK_SIZING_CALLS) if quick else (PASSES, 3)
+    numbers = {name: _calls_per_round(fn, budget, passes, sizing_calls)
+               for name, fn in runners.items()}
     best = dict.fromkeys(runners, float("inf"))
     names = list(runners)
-    for index in range(PASSES):
+    for index in range(passes):
         for name in names if index % 2 == 0 else names[::-1]:
             fn, number = runners[name], numbers[name]
             if threads > 1:
@@ -164,7 +169,7 @@ def run(suite, thread_counts, quick=False, progress=None):
         with pinned_threads(threads):
             for case in load_suite(suite).cases(quick=quick, threads=threads):
                 verify(case)
-                times = time_calls(case.runners, budget, threads)
+                times = time_calls(case.runners, budget, threads, quick=quick)
                 records.append({"suite": suite, "case": case.name, "threads": threads,
                                 "seconds": times, "work": case.work, "unit": case.unit})
                 if progress:

@@ -33,7 +33,7 @@ def build_torch_lenet(model, torch):
 def _training_cases(torch, quick):
     from pynn import losses, optim
 
-    samples, batch = (512 if quick else 2048), 64
+    samples, batch = (256 if quick else 2048), 64
     rng = np.random.default_rng(0)
     x = rng.random((samples, 1, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, samples)

@@ -1,11 +1,11 @@
 """Scale-out suite: what Dask and MPI cost beside one process (pynn/distributed.py).
 
-- Scoring: ``predict`` of the 784-256-128-10 MLP over 1,000,000 rows (100,000
+- Scoring: ``predict`` of the 784-256-128-10 MLP over 1,000,000 rows (50,000
   with ``quick``) in this process, then through ``dask_predict`` on a
   LocalCluster of 1 worker x 2 threads and of 2 workers x 1 thread. The rows
   are persisted on the workers before timing, so a call is scheduling,
   scoring and gathering the predictions, not moving the input.
-- Training: one epoch of SGD on 60,000 rows (12,000 with ``quick``), global
+- Training: one epoch of SGD on 60,000 rows (6,000 with ``quick``), global
   batch 128, in this process (``fit``) and under ``mpiexec -n 1`` and ``-n 2``
   (per-rank batch 128 / n, one thread per rank). An MPI call is a whole job,
   process start and ``import pynn`` included: the overhead a user pays.
@@ -111,7 +111,7 @@ def _training(rows, batch):
 
 
 def cases(quick, threads):
-    found = _training(12_000 if quick else 60_000, 128)
+    found = _training(6_000 if quick else 60_000, 128)
     if threads == machine_info()["cores"] > 1:  # the clusters fill the machine
-        found += _scoring(100_000 if quick else 1_000_000, threads)
+        found += _scoring(50_000 if quick else 1_000_000, threads)
     return found

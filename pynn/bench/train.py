@@ -107,7 +107,7 @@ def cases(quick, threads):
     from pynn import losses, optim
 
     torch = optional_import("torch")
-    samples = 1024 if quick else 4096
+    samples = 512 if quick else 4096
     x, y = dataset(samples)
     found = []
     for batch in (32, 512) if quick else BATCHES:
