@@ -3,7 +3,10 @@
 A benchmark module sets ``SUITE = "<name>"`` and defines
 ``def test_suite(bench_case, benchmark)``; every (case, peer, thread count)
 becomes one benchmark, grouped so pynn and its peers on the same inputs sit
-together. ``PYNN_BENCH_QUICK=1`` selects the quick shapes."""
+together. The pynn benchmark of every case first checks pynn's result against
+its float64 reference (``pynn.bench.verify``), so a wrong kernel fails the
+run, ``--benchmark-disable`` included. ``PYNN_BENCH_QUICK=1`` selects the
+quick shapes."""
 import os
 
 import pytest
@@ -39,5 +42,7 @@ def run_case(benchmark):
         benchmark.group = f"{case.suite}: {case.name} (threads={threads})"
         benchmark.extra_info.update(peer=peer, threads=threads, work=case.work, unit=case.unit)
         with bench.pinned_threads(threads):
+            if peer == "pynn":
+                bench.verify(case)
             benchmark(case.runners[peer])
     return run

@@ -12,14 +12,20 @@ import pynn
 from pynn import bench
 
 
-def fake_suite():
+def fake_suite(checks=None):
     a = np.ones((64, 64), np.float32)
+    checks = [] if checks is None else checks
+
+    def square_check():
+        checks.append("square")
+        np.testing.assert_array_equal(pynn.ops.matmul(a, a), np.full((64, 64), 64.0))
 
     def cases(quick, threads):
         return [bench.Case("fake", "square n=64", {"pynn": lambda: pynn.ops.matmul(a, a),
                                                    "numpy": lambda: a @ a},
-                           work=2 * 64**3, unit="GFLOP/s"),
-                bench.Case("fake", "no work", {"pynn": lambda: None})]
+                           work=2 * 64**3, unit="GFLOP/s", check=square_check),
+                bench.Case("fake", "no work", {"pynn": lambda: None},
+                           check=lambda: checks.append("no work"))]
     return types.SimpleNamespace(cases=cases)
 
 
@@ -53,9 +59,18 @@ def _busy_wait(seconds):
         pass
 
 
+def test_quick_timing_runs_fewer_rounds(monkeypatch):
+    calls = []
+    bench.time_calls({"slow": lambda: (calls.append(1), _busy_wait(0.02))}, budget=0.05, quick=True)
+    # one warm-up, QUICK_SIZING_CALLS to size a round, then one call per round
+    assert len(calls) == 1 + bench.QUICK_SIZING_CALLS + bench.QUICK_PASSES < 1 + 3 + bench.PASSES
+
+
 def test_run_and_table(monkeypatch):
-    monkeypatch.setattr(bench, "load_suite", lambda name: fake_suite())
+    checks = []
+    monkeypatch.setattr(bench, "load_suite", lambda name: fake_suite(checks))
     records = bench.run("fake", [1], quick=True)
+    assert checks == ["square", "no work"]  # every case checked, before it is timed
     assert [r["case"] for r in records] == ["square n=64", "no work"]
     assert set(records[0]["seconds"]) == {"pynn", "numpy"}
     text = bench.table(records)
@@ -64,6 +79,66 @@ def test_run_and_table(monkeypatch):
     assert "GFLOP/s" in lines[2] and len(lines) == 4
     ratio = records[0]["seconds"]["numpy"] / records[0]["seconds"]["pynn"]
     assert f"{ratio:.2f}" in lines[2]
+
+
+def test_a_wrong_result_fails_the_run_before_timing(monkeypatch):
+    a = np.ones((3, 3), np.float32)
+    timed = []
+
+    def wrong():
+        from pynn.bench import _checks
+
+        _checks.product(a, a, "a @ a", result=np.full((3, 3), 3.0001, np.float32))
+    case = bench.Case("fake", "wrong", {"pynn": lambda: timed.append(1)}, check=wrong)
+    monkeypatch.setattr(bench, "load_suite", lambda name: types.SimpleNamespace(
+        cases=lambda quick, threads: [case]))
+    with pytest.raises(AssertionError, match=r"bench fake: wrong: pynn's result is wrong: a @ a: "
+                                             r"9 of 9 values off"):
+        bench.run("fake", [1], quick=True)
+    assert timed == []
+
+
+def test_a_case_without_a_check_is_refused():
+    with pytest.raises(ValueError, match="case fake: 'unchecked' has no check"):
+        bench.verify(bench.Case("fake", "unchecked", {"pynn": lambda: None}))
+
+
+@pytest.mark.parametrize("suite", ["gemm", "ops", "train", "infer", "conv", "threads"])
+def test_every_case_checks_pynn_against_float64(suite, monkeypatch):
+    """Each real case of the suite has a check, and pynn passes it."""
+    with bench.pinned_threads(1):
+        cases = bench.load_suite(suite).cases(quick=True, threads=1)
+        assert cases
+        for case in cases:
+            bench.verify(case)
+
+
+def test_checks_catch_a_wrong_network_output():
+    from pynn.bench import _checks, train
+
+    model = train.build_mlp()
+    x = train.dataset(16)[0]
+    _checks.predict(model, x, "mlp")
+    wrong = model.predict(x).copy()
+    wrong[3, 7] += 0.05 * np.abs(wrong).max()
+    with pytest.raises(AssertionError, match=r"mlp: 1 of 160 values off .* at \(3, 7\)"):
+        _checks.predictions(model, x, wrong, "mlp")
+
+
+def test_checks_catch_a_wrong_training_step(monkeypatch):
+    """A step 1% too long (as a wrong gradient kernel would make it) fails."""
+    from pynn import optim
+    from pynn.bench import _checks, train
+
+    x, y = train.dataset(32)
+    _checks.first_sgd_step(train.build_mlp, x, y, 0.01, 0.9, "mlp")
+
+    class LongStep(optim.SGD):
+        def __init__(self, model, lr, **keywords):
+            super().__init__(model, lr=lr * 1.01, **keywords)
+    monkeypatch.setattr(optim, "SGD", LongStep)
+    with pytest.raises(AssertionError, match="mlp: layer 4 .Linear. weight gradient"):
+        _checks.first_sgd_step(train.build_mlp, x, y, 0.01, 0.9, "mlp")
 
 
 def test_pinned_threads_restores_the_setting():

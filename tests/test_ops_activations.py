@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from pynn import ops
+from pynn._kernels import core as kernels
 from tests.helpers import EPS32, check_gradient
 
-SHAPES = [(1,), (7,), (3, 5), (0, 4), (2, 3, 17), (1031,)]
+SHAPES = [(1,), (7,), (16,), (3, 5), (0, 4), (2, 3, 17), (65,), (1031,)]
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
@@ -110,6 +111,27 @@ def test_outputs_past_the_cache_at_any_alignment(isa, threads, offset, set_threa
         in_place = x.copy()
         np.testing.assert_array_equal(forward(in_place, out=in_place, **kwargs), expected)
 
+@pytest.mark.parametrize("n", [1, 7, 16, 17, 1031, 1 << 18])
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 0.9])
+def test_dropout_kernel_against_float64(isa, n, p):
+    """The Dropout layer's kernel: y = x / (1 - p) where the uniform draw is
+    at least p, else 0; in place too (the layer's backward passes dy)."""
+    rng = np.random.default_rng(n)
+    x = _inputs(n, seed=n)
+    draws = rng.random(n, dtype=np.float32)
+    p32 = np.float64(np.float32(p))  # the kernel's p, a float
+    kept = draws >= p32
+    expected = np.where(kept, x.astype(np.float64) / (1.0 - p32), 0.0)
+    out = np.full_like(x, np.nan)
+    assert kernels.elementwise("dropout", x, draws, out, p) is out
+    # three float32 roundings (1 - p, its reciprocal, the product) at most
+    np.testing.assert_allclose(out, expected, rtol=2 * EPS32, atol=0)
+    assert np.array_equal(out != 0, kept & (x != 0))
+    in_place = x.copy()
+    kernels.elementwise("dropout", in_place, draws, in_place, p)
+    np.testing.assert_array_equal(in_place, out)
+
+
 def test_special_values():
     x = np.array([np.nan, np.inf, -np.inf, 0.0, 1e4, -1e4], dtype=np.float32)
     with np.errstate(all="ignore"):
@@ -128,7 +150,8 @@ def _softmax64(x, axis):
 
 @pytest.mark.parametrize("shape,axis", [((1, 1), -1), ((3, 7), -1), ((3, 7), 0), ((2, 3, 5), 1),
                                         ((2, 3, 5), 0), ((4,), 0), ((0, 5), -1), ((1, 1031), 1),
-                                        ((5, 2, 3, 4), -2), ((3, 5, 131), 1), ((7, 200), 0)])
+                                        ((5, 2, 3, 4), -2), ((3, 5, 131), 1), ((7, 200), 0),
+                                        ((4, 16), -1), ((3, 17), -1), ((2, 33, 3), 1)])
 def test_softmax_and_log_softmax_any_axis(isa, shape, axis):
     x = _inputs(shape, scale=5.0)
     probabilities, log_probabilities = _softmax64(x.astype(np.float64), axis)

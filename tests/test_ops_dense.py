@@ -17,7 +17,7 @@ SHAPES = [(1, 1, 1), (1, 784, 256), (7, 13, 5), (0, 6, 4), (37, 29, 61), (128, 9
 
 @pytest.mark.parametrize("batch,fan_in,fan_out", SHAPES)
 @pytest.mark.parametrize("activation", [None, "relu"])
-def test_linear_forward_against_float64(batch, fan_in, fan_out, activation):
+def test_linear_forward_against_float64(isa, batch, fan_in, fan_out, activation):
     x, w, b = _random((batch, fan_in), 1), _random((fan_out, fan_in), 2), _random(fan_out, 3)
     x64, w64 = x.astype(np.float64), w.astype(np.float64)
     y = ops.linear(x, w, b, activation=activation)
@@ -32,7 +32,7 @@ def test_linear_forward_against_float64(batch, fan_in, fan_out, activation):
 
 
 @pytest.mark.parametrize("batch,fan_in,fan_out", SHAPES)
-def test_linear_backward_against_float64(batch, fan_in, fan_out):
+def test_linear_backward_against_float64(isa, batch, fan_in, fan_out):
     x, w, dy = _random((batch, fan_in), 4), _random((fan_out, fan_in), 5), _random((batch, fan_out), 6)
     dx, dw, db = ops.linear_backward(dy, x, w)
     dy64, x64, w64 = dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64)
@@ -118,17 +118,33 @@ def test_linear_bad_inputs():
         ops.linear_backward(_random((4, 2), 1), x, w)
 
 
-@pytest.mark.parametrize("rows,cols", [(1, 1), (5, 3), (129, 300), (0, 7), (400, 600)])
-def test_column_sums_and_relu_mask(rows, cols, set_threads):
+def _column_sum_bound(values64, rows):
+    """float32 summation of rows terms per column: rows·eps·Σ|terms| (and a floor for 0)."""
+    return max(rows, 1) * EPS32 * np.abs(values64).sum(axis=0) + 1e-30
+
+
+# columns around the 8- and 16-float vector widths and past a block, primes,
+# one row, no rows; 400 x 600 is large enough for a team
+@pytest.mark.parametrize("rows,cols", [(1, 1), (5, 3), (1, 17), (3, 8), (9, 16), (13, 31),
+                                       (129, 300), (0, 7), (7, 1031), (400, 600)])
+def test_column_sums_and_relu_mask(isa, rows, cols, set_threads):
     dy, y = _random((rows, cols), 27), np.maximum(_random((rows, cols), 28), 0)
+    dy64 = dy.astype(np.float64)
     db = np.full(cols, np.nan, np.float32)
     kernels.column_sums(dy, db)
-    np.testing.assert_allclose(db, dy.astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-4)
-    dz = np.empty_like(dy)
+    assert np.all(np.abs(db - dy64.sum(axis=0)) <= _column_sum_bound(dy64, rows))
+    dz = np.full_like(dy, np.nan)
+    db = np.full(cols, np.nan, np.float32)
     kernels.relu_mask_column_sums(dy, y, dz, db)
     masked = np.where(y > 0, dy, 0)
     np.testing.assert_array_equal(dz, masked)
-    np.testing.assert_allclose(db, masked.astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-4)
+    assert np.all(np.abs(db - masked.astype(np.float64).sum(axis=0))
+                  <= _column_sum_bound(masked.astype(np.float64), rows))
+    # the mask alone, and in place over dy
+    dz = np.full_like(dy, np.nan)
+    np.testing.assert_array_equal(kernels.relu_mask_column_sums(dy, y, dz, None), masked)
+    in_place = dy.copy()
+    np.testing.assert_array_equal(kernels.relu_mask_column_sums(in_place, y, in_place, None), masked)
     sums = []
     for threads in (1, 2):
         set_threads(threads)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from pynn import ops
+from pynn._kernels import core as kernels
 from tests.helpers import check_gradient
 
 
@@ -21,9 +22,12 @@ def _cross_entropy64(logits, target):
     return -log_p[np.arange(n), target].mean(), (np.exp(log_p) - onehot) / n
 
 
-@pytest.mark.parametrize("n,classes", [(1, 1), (1, 10), (7, 3), (13, 97), (128, 10), (600, 129)])
+# classes around the 8- and 16-float vector widths and primes; 600 x 129 takes
+# several row blocks on a team
+@pytest.mark.parametrize("n,classes", [(1, 1), (1, 10), (7, 3), (5, 8), (3, 16), (11, 17),
+                                       (13, 97), (128, 10), (2, 1031), (600, 129)])
 @pytest.mark.parametrize("dtype", [np.int64, np.int32])
-def test_cross_entropy_against_float64(n, classes, dtype):
+def test_cross_entropy_against_float64(isa, n, classes, dtype):
     logits = _logits((n, classes), seed=n)
     target = np.random.default_rng(classes).integers(0, classes, n).astype(dtype)
     loss, grad = ops.cross_entropy(logits, target)
@@ -32,9 +36,12 @@ def test_cross_entropy_against_float64(n, classes, dtype):
     assert grad.dtype == np.float32 and grad.shape == logits.shape
     assert abs(loss - expected_loss) <= 1e-6 * max(1.0, abs(expected_loss))
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-6, atol=1e-7 / n)
+    # the loss alone (no gradient rows written) sums the same terms
+    alone = kernels.cross_entropy(logits, target.astype(np.int64), None)
+    assert abs(alone - expected_loss) <= 1e-6 * max(1.0, abs(expected_loss))
 
 
-def test_cross_entropy_is_stable_at_huge_logits():
+def test_cross_entropy_is_stable_at_huge_logits(isa):
     logits = np.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 1e4], [1e4, 1e4, 1e4]], dtype=np.float32)
     target = np.array([1, 2, 0])
     loss, grad = ops.cross_entropy(logits, target)

@@ -92,6 +92,7 @@ def pairs(kernel, stride, padding, dilation=1):
 MAX_CASES = [  # (shape, kernel, stride, padding, dilation, ceil_mode)
     ((1, 1, 1, 1), 1, None, 0, 1, False),
     ((2, 3, 8, 8), 2, None, 0, 1, False),
+    ((1, 2, 7, 35), 2, None, 0, 1, False),      # 2 x 2 planes, 17 outputs a row (16 + 1)
     ((2, 3, 9, 7), 3, 2, 1, 1, False),
     ((2, 3, 9, 7), 3, 2, 1, 1, True),
     ((1, 2, 11, 13), (3, 2), (2, 3), (1, 1), (2, 1), True),
@@ -99,13 +100,19 @@ MAX_CASES = [  # (shape, kernel, stride, padding, dilation, ceil_mode)
     ((0, 3, 6, 6), 2, None, 0, 1, False),
     ((2, 2, 9, 10), (3, 2), (2, 3), 0, (2, 1), False),
     ((1, 2, 7, 150), 3, 1, 0, 1, True),
+    # windows inside the image, rows of outputs in chunks of 64: 1, 17 and 131 outputs
+    ((2, 1, 5, 3), 3, 2, 0, 1, False),
+    ((1, 3, 7, 35), 3, 2, 0, 1, False),
+    ((1, 1, 4, 133), (2, 3), 1, 0, 1, False),
+    ((1, 2, 9, 31), (3, 3), (1, 1), 0, (2, 3), False),
 ]
 
 
 @pytest.mark.parametrize("shape, kernel, stride, padding, dilation, ceil_mode", MAX_CASES)
-def test_max_pool_matches_reference(shape, kernel, stride, padding, dilation, ceil_mode):
+def test_max_pool_matches_reference(isa, shape, kernel, stride, padding, dilation, ceil_mode):
     rng = np.random.default_rng(0)
     x = rng.integers(-3, 4, shape).astype(np.float32)  # many ties
+    x[rng.random(shape) < 0.03] = np.nan  # and a few NaNs, which win their windows
     keywords = dict(stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
     y, argmax = reference_max_pool(x, *pairs(kernel, stride, padding, dilation), ceil_mode)
     np.testing.assert_array_equal(ops.max_pool2d(x, kernel, **keywords), y)

@@ -4,8 +4,9 @@ A suite is a module ``pynn.bench.<suite>`` with ``cases(quick, threads)``
 returning a list of :class:`Case`: the same work done by pynn and by each peer
 that imports here (numpy always; PyTorch and ONNX Runtime when installed) on
 the same inputs. The harness pins every library to the same thread count,
-warms up, times each runner and reports the peer/pynn time ratio (> 1 means
-pynn is faster)."""
+checks pynn's result against a float64 reference (``Case.check``, see
+``pynn.bench._checks``), warms up, times each runner and reports the
+peer/pynn time ratio (> 1 means pynn is faster)."""
 import contextlib
 import dataclasses
 import importlib
@@ -21,8 +22,10 @@ _ORDER = ("gemm", "ops", "train", "infer", "conv")
 
 
 def available_suites():
-    """Suite modules in this package, in a reading order."""
-    found = {module.name for module in pkgutil.iter_modules(__path__)}
+    """Suite modules in this package, in a reading order (private modules,
+    such as the references in _checks, are not suites)."""
+    found = {module.name for module in pkgutil.iter_modules(__path__)
+             if not module.name.startswith("_")}
     return tuple(name for name in _ORDER if name in found) + tuple(sorted(found - set(_ORDER)))
 
 
@@ -33,6 +36,20 @@ class Case:
     runners: dict          # peer name -> zero-argument callable; "pynn" first
     work: float = None     # per call: FLOP (unit "GFLOP/s") or samples (unit "samples/s")
     unit: str = None
+    # zero-argument callable running pynn's work once and raising
+    # AssertionError when its result is wrong; every case has one
+    check: object = None
+
+
+def verify(case):
+    """Run the case's check of pynn's result, before it is timed."""
+    if case.check is None:
+        raise ValueError(f"bench: case {case.suite}: {case.name!r} has no check of its result")
+    try:
+        case.check()
+    except AssertionError as error:
+        raise AssertionError(f"bench {case.suite}: {case.name}: pynn's result is wrong: "
+                             f"{error}") from None
 
 
 def optional_import(name):
@@ -66,21 +83,24 @@ def pinned_threads(count):
 
 
 PASSES = 8
+# --quick: fewer rounds, and fewer calls to size them; a call of a whole
+# training epoch then runs 5 times per runner instead of 12
+QUICK_PASSES, QUICK_SIZING_CALLS = 3, 1
 
 
-def _calls_per_round(fn, budget):
+def _calls_per_round(fn, budget, passes=PASSES, sizing_calls=3):
     """How many back-to-back calls of ``fn`` fill one round of ``budget``."""
     fn()
     start = time.perf_counter()
     calls = 0
-    while calls < 3 or time.perf_counter() - start < budget / 10:
+    while calls < sizing_calls or time.perf_counter() - start < budget / 10:
         fn()
         calls += 1
     per_call = (time.perf_counter() - start) / calls
-    return max(1, int(budget / PASSES / max(per_call, 1e-9)))
+    return max(1, int(budget / passes / max(per_call, 1e-9)))
 
 
-def time_calls(runners, budget, threads=1):
+def time_calls(runners, budget, threads=1, quick=False):
     """Seconds per call of each of ``runners`` (name -> function), ``budget``
     seconds each, as the fastest of its rounds: slower rounds measure other
     processes, not the code. The runners take turns, one round each per pass,
@@ -92,11 +112,13 @@ def time_calls(runners, budget, threads=1):
     first, so it does not share the cores with the previous runner's idle
     worker threads (OpenBLAS's spin for about 60 ms after their work, and
     halved pynn's GEMM rate on two threads meanwhile; OpenMP and ONNX Runtime
-    pools spin too)."""
-    numbers = {name: _calls_per_round(fn, budget) for name, fn in runners.items()}
+    pools spin too). ``quick`` runs QUICK_PASSES rounds."""
+    passes, sizing_calls = (QUICK_PASSES, QUICK_SIZING_CALLS) if quick else (PASSES, 3)
+    numbers = {name: _calls_per_round(fn, budget, passes, sizing_calls)
+               for name, fn in runners.items()}
     best = dict.fromkeys(runners, float("inf"))
     names = list(runners)
-    for index in range(PASSES):
+    for index in range(passes):
         for name in names if index % 2 == 0 else names[::-1]:
             fn, number = runners[name], numbers[name]
             if threads > 1:
@@ -139,13 +161,15 @@ def load_suite(name):
 
 
 def run(suite, thread_counts, quick=False, progress=None):
-    """Time every case of ``suite`` at each thread count; returns result records."""
+    """Check and time every case of ``suite`` at each thread count; returns
+    result records."""
     budget = 0.05 if quick else 0.4
     records = []
     for threads in thread_counts:
         with pinned_threads(threads):
             for case in load_suite(suite).cases(quick=quick, threads=threads):
-                times = time_calls(case.runners, budget, threads)
+                verify(case)
+                times = time_calls(case.runners, budget, threads, quick=quick)
                 records.append({"suite": suite, "case": case.name, "threads": threads,
                                 "seconds": times, "work": case.work, "unit": case.unit})
                 if progress:

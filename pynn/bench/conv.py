@@ -4,7 +4,7 @@ ResNet-like 3x3 convolution (64→64 channels, 56x56, batch 8), forward and
 backward, beside PyTorch eager on the same weights and inputs."""
 import numpy as np
 
-from pynn.bench import Case, optional_import
+from pynn.bench import Case, _checks, optional_import
 
 LR, MOMENTUM = 0.01, 0.9
 
@@ -33,7 +33,7 @@ def build_torch_lenet(model, torch):
 def _training_cases(torch, quick):
     from pynn import losses, optim
 
-    samples, batch = (512 if quick else 2048), 64
+    samples, batch = (256 if quick else 2048), 64
     rng = np.random.default_rng(0)
     x = rng.random((samples, 1, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, samples)
@@ -57,8 +57,10 @@ def _training_cases(torch, quick):
                 torch.nn.functional.cross_entropy(twin(x_t[indices]), y_t[indices]).backward()
                 torch_optimizer.step()
         runners["torch"] = epoch
-    return [Case("conv", f"LeNet-5 training batch {batch}", runners, work=samples,
-                 unit="samples/s")]
+    name = f"LeNet-5 training batch {batch}"
+    return [Case("conv", name, runners, work=samples, unit="samples/s",
+                 check=lambda: _checks.first_sgd_step(build_lenet, x[:batch], y[:batch], LR,
+                                                      MOMENTUM, name))]
 
 
 def _inference_cases(torch, quick):
@@ -75,8 +77,9 @@ def _inference_cases(torch, quick):
                     return twin(x)
             runners["torch"] = torch_predict
         kind = "latency" if batch == 1 else "throughput"
-        found.append(Case("conv", f"LeNet-5 inference batch {batch} ({kind})", runners,
-                          work=batch, unit="samples/s"))
+        name = f"LeNet-5 inference batch {batch} ({kind})"
+        found.append(Case("conv", name, runners, work=batch, unit="samples/s",
+                          check=lambda x=x, name=name: _checks.predict(model, x, name)))
     return found
 
 
@@ -111,8 +114,25 @@ def _layer_cases(torch, quick):
             return torch.autograd.grad(out, (x_g, w_g, b_g), dy_t)
         forward["torch"] = torch_forward
         step["torch"] = torch_step
-    return [Case("conv", f"{name} forward", forward, work=flop, unit="GFLOP/s"),
-            Case("conv", f"{name} forward+backward", step, work=3 * flop, unit="GFLOP/s")]
+    x64, w64, b64, dy64 = (a.astype(np.float64) for a in (x, weight, bias, dy))
+    terms = channels * 9
+
+    def check_forward():
+        magnitude = _checks.conv2d(np.abs(x64), np.abs(w64), np.abs(b64), 1)
+        _checks.within(forward["pynn"](), _checks.conv2d(x64, w64, b64, 1),
+                       _checks.sums_bound(magnitude, terms + 1), f"{name} forward")
+
+    def check_step():
+        dx, dweight, dbias = pynn_step()
+        expected = _checks.conv2d_backward(dy64, x64, w64, 1)
+        magnitudes = _checks.conv2d_backward(np.abs(dy64), np.abs(x64), np.abs(w64), 1)
+        for what, actual, reference, magnitude, count in zip(
+                ("dx", "dweight", "dbias"), (dx, dweight, dbias), expected, magnitudes,
+                (terms, batch * size * size, batch * size * size)):
+            _checks.within(actual, reference, _checks.sums_bound(magnitude, count), f"{name} {what}")
+    return [Case("conv", f"{name} forward", forward, work=flop, unit="GFLOP/s", check=check_forward),
+            Case("conv", f"{name} forward+backward", step, work=3 * flop, unit="GFLOP/s",
+                 check=check_step)]
 
 
 def _pool_cases(torch, quick):
@@ -136,8 +156,14 @@ def _pool_cases(torch, quick):
             out = torch.nn.functional.max_pool2d(x_g, 2)
             return torch.autograd.grad(out, x_g, dy_t)
         runners["torch"] = torch_step
+    def check():
+        y = layer.forward(x, training=True).copy()
+        expected, routing = _checks.max_pool2x2(x.astype(np.float64))
+        _checks.within(y, expected, 0.0, "max_pool2d forward")
+        _checks.within(layer.backward(dy), _checks.max_pool2x2_backward(dy.astype(np.float64), routing, x.shape),
+                       0.0, "max_pool2d backward")
     return [Case("conv", f"max_pool2d 2x2 {'x'.join(map(str, shape))} forward+backward", runners,
-                 work=x.size, unit="elements/s")]
+                 work=x.size, unit="elements/s", check=check)]
 
 
 def cases(quick, threads):

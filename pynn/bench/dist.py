@@ -1,11 +1,11 @@
 """Scale-out suite: what Dask and MPI cost beside one process (pynn/distributed.py).
 
-- Scoring: ``predict`` of the 784-256-128-10 MLP over 1,000,000 rows (100,000
+- Scoring: ``predict`` of the 784-256-128-10 MLP over 1,000,000 rows (50,000
   with ``quick``) in this process, then through ``dask_predict`` on a
   LocalCluster of 1 worker x 2 threads and of 2 workers x 1 thread. The rows
   are persisted on the workers before timing, so a call is scheduling,
   scoring and gathering the predictions, not moving the input.
-- Training: one epoch of SGD on 60,000 rows (12,000 with ``quick``), global
+- Training: one epoch of SGD on 60,000 rows (6,000 with ``quick``), global
   batch 128, in this process (``fit``) and under ``mpiexec -n 1`` and ``-n 2``
   (per-rank batch 128 / n, one thread per rank). An MPI call is a whole job,
   process start and ``import pynn`` included: the overhead a user pays.
@@ -23,7 +23,7 @@ import tempfile
 
 import numpy as np
 
-from pynn.bench import Case, machine_info, optional_import
+from pynn.bench import Case, _checks, machine_info, optional_import
 from pynn.bench.train import LR, MOMENTUM, SIZES, build_mlp
 
 _TRAIN_SCRIPT = """
@@ -53,8 +53,12 @@ def _scoring(rows, threads):
     chunk = 25_000
     x = np.random.default_rng(0).random((rows, SIZES[0]), dtype=np.float32)
     runners = {"pynn": lambda: model.predict(x, batch_size=chunk)}
+    name = f"score {rows:,} rows"
+    # two batches and a few rows more (smaller than the timed chunks, whose
+    # float64 reference would take longer than the timing)
+    check = lambda: _checks.predict(model, x[:1031], name, batch_size=512)  # noqa: E731
     if distributed is None or da is None:
-        return [Case("dist", f"score {rows:,} rows", runners, work=rows, unit="samples/s")]
+        return [Case("dist", name, runners, work=rows, unit="samples/s", check=check)]
     from pynn.distributed import dask_predict
 
     for workers, per_worker in ((1, threads), (threads, 1)):
@@ -75,7 +79,7 @@ def _scoring(rows, threads):
             with client.as_current():
                 return scores.compute()
         runners[f"dask {workers}x{per_worker}"] = score
-    return [Case("dist", f"score {rows:,} rows", runners, work=rows, unit="samples/s")]
+    return [Case("dist", name, runners, work=rows, unit="samples/s", check=check)]
 
 
 def _training(rows, batch):
@@ -100,12 +104,14 @@ def _training(rows, batch):
             command = [mpiexec, "-n", str(ranks), sys.executable, script, str(rows), str(batch)]
             runners[f"mpi {ranks} rank{'s' if ranks > 1 else ''}"] = (
                 lambda command=command: subprocess.run(command, env=env, check=True, timeout=600))
-    return [Case("dist", f"train 1 epoch of {rows:,} rows, global batch {batch}", runners,
-                 work=rows, unit="samples/s")]
+    name = f"train 1 epoch of {rows:,} rows, global batch {batch}"
+    return [Case("dist", name, runners, work=rows, unit="samples/s",
+                 check=lambda: _checks.first_sgd_step(build_mlp, x[:batch], y[:batch], LR, MOMENTUM,
+                                                      name))]
 
 
 def cases(quick, threads):
-    found = _training(12_000 if quick else 60_000, 128)
+    found = _training(6_000 if quick else 60_000, 128)
     if threads == machine_info()["cores"] > 1:  # the clusters fill the machine
-        found += _scoring(100_000 if quick else 1_000_000, threads)
+        found += _scoring(50_000 if quick else 1_000_000, threads)
     return found

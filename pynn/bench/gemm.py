@@ -5,7 +5,7 @@ with pynn.ops.matmul, numpy and (when installed) PyTorch."""
 import numpy as np
 
 from pynn import ops
-from pynn.bench import Case, optional_import
+from pynn.bench import Case, _checks, optional_import
 
 SQUARES = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 QUICK_SQUARES = (16, 128, 512)
@@ -32,7 +32,8 @@ def _product_case(name, a, b, trans_a, trans_b, torch):
         t_right = t_right.T if trans_b else t_right
         t_out = torch.empty((m, n), dtype=torch.float32)
         runners["torch"] = lambda: torch.matmul(t_left, t_right, out=t_out)
-    return Case("gemm", name, runners, work=2.0 * m * n * k, unit="GFLOP/s")
+    check = lambda: _checks.product(a, b, name, trans_a, trans_b, runners["pynn"]())  # noqa: E731
+    return Case("gemm", name, runners, work=2.0 * m * n * k, unit="GFLOP/s", check=check)
 
 
 def cases(quick, threads):

@@ -4,7 +4,7 @@ for the 784-256-128-10 ReLU MLP, beside numpy, PyTorch eager under
 same weights, on as many intra-op threads as pynn)."""
 import numpy as np
 
-from pynn.bench import Case, optional_import
+from pynn.bench import Case, _checks, optional_import
 from pynn.bench.train import SIZES, build_mlp, build_torch_mlp
 
 BATCHES = (1, 8, 256)
@@ -73,6 +73,7 @@ def cases(quick, threads):
         if session is not None:
             runners["onnxruntime"] = lambda x=x: session.run(None, {"x": x})
         kind = "throughput" if batch >= 256 else "latency"
-        found.append(Case("infer", f"784-256-128-10 batch {batch} ({kind})", runners,
-                          work=batch, unit="samples/s"))
+        name = f"784-256-128-10 batch {batch} ({kind})"
+        found.append(Case("infer", name, runners, work=batch, unit="samples/s",
+                          check=lambda x=x, name=name: _checks.predict(model, x, name)))
     return found

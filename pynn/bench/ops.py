@@ -5,10 +5,12 @@ the numpy expression a user would write (and PyTorch where installed).
 pynn and PyTorch write into preallocated outputs (both APIs offer ``out``);
 numpy runs its natural expression, temporaries included. Work is elements
 (unit "elements/s") or FLOP for linear."""
+import math
+
 import numpy as np
 
 from pynn import ops
-from pynn.bench import Case, optional_import
+from pynn.bench import Case, _checks, optional_import
 
 ELEMENTS = 1_000_000
 BATCHES = (32, 128, 512)
@@ -52,6 +54,7 @@ def _activation_cases(rng, torch, scipy_special):
         "gelu_backward": (lambda: ops.gelu_backward(dy, x, out=out), None,
                           lambda t: torch.ops.aten.gelu_backward(t["dy"], t["x"])),
     }
+    references = _activation_references(x, dy, sigmoid_y, tanh_y, scipy_special)
     tensors = None
     if torch is not None:
         tensors = {name: torch.from_numpy(array) for name, array in
@@ -64,8 +67,53 @@ def _activation_cases(rng, torch, scipy_special):
             runners["scipy" if name == "gelu" else "numpy"] = numpy_expression
         if torch is not None:
             runners["torch"] = lambda f=torch_expression: f(tensors)
-        found.append(Case("ops", f"{name} 1e6", runners, work=ELEMENTS, unit="elements/s"))
+        backward = name.endswith("_backward")
+
+        def check(mine=mine, name=name, backward=backward):
+            expected = references[name]()
+            # float32 roundings relative to the terms' scale: |x| forward (the
+            # tanh GELU's 1 + tanh(u) cancels in its tail), |dy|·(1 + |x|) backward
+            scale = np.abs(dy) * (1 + np.abs(x)) if backward else np.abs(x)
+            bound = 64 * _checks.EPS32 * (np.abs(expected) + scale) + 1e-30
+            _checks.within(mine(), expected, bound, name)
+        found.append(Case("ops", f"{name} 1e6", runners, work=ELEMENTS, unit="elements/s",
+                          check=check))
     return found
+
+
+def _activation_references(x, dy, sigmoid_y, tanh_y, scipy_special):
+    """name -> a function computing the float64 result of that op on the suite's inputs."""
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    s64, t64 = sigmoid_y.astype(np.float64), tanh_y.astype(np.float64)
+    erf = scipy_special.erf if scipy_special else np.vectorize(math.erf, otypes=[np.float64])
+    c = math.sqrt(2 / math.pi)
+
+    def gelu_tanh_parts():
+        u = c * (x64 + 0.044715 * x64 ** 3)
+        # 1 + tanh(u) = 2 / (1 + exp(-2u)): no cancellation for large negative u
+        return 2 / (1 + np.exp(-2 * u)), 1 - np.tanh(u) ** 2, c * (1 + 3 * 0.044715 * x64 ** 2)
+
+    def phi():
+        return 0.5 * (1 + erf(x64 / math.sqrt(2)))
+
+    def gelu_tanh_backward():
+        one_plus_tanh, sech2, du = gelu_tanh_parts()
+        return dy64 * (0.5 * one_plus_tanh + 0.5 * x64 * sech2 * du)
+
+    return {
+        "relu": lambda: np.maximum(x64, 0),
+        "relu_backward": lambda: dy64 * (x64 > 0),
+        "leaky_relu": lambda: np.where(x64 > 0, x64, 0.01 * x64),
+        "leaky_relu_backward": lambda: np.where(x64 > 0, dy64, 0.01 * dy64),
+        "sigmoid": lambda: 1 / (1 + np.exp(-x64)),
+        "sigmoid_backward": lambda: dy64 * s64 * (1 - s64),
+        "tanh": lambda: np.tanh(x64),
+        "tanh_backward": lambda: dy64 * (1 - t64 * t64),
+        "gelu(tanh)": lambda: 0.5 * x64 * gelu_tanh_parts()[0],
+        "gelu(tanh)_backward": gelu_tanh_backward,
+        "gelu": lambda: x64 * phi(),
+        "gelu_backward": lambda: dy64 * (phi() + x64 * np.exp(-x64 * x64 / 2) / math.sqrt(2 * math.pi)),
+    }
 
 
 def _cross_entropy_numpy(logits, target):
@@ -77,6 +125,13 @@ def _cross_entropy_numpy(logits, target):
     grad[rows, target] -= 1
     grad /= len(target)
     return loss, grad
+
+
+def _check_cross_entropy(logits, target, grad):
+    loss, _ = ops.cross_entropy(logits, target, out=grad)
+    expected_loss, expected_grad = _cross_entropy_numpy(logits.astype(np.float64), target)
+    _checks.within(loss, expected_loss, 1e-6 * max(1.0, abs(expected_loss)), "loss")
+    _checks.within(grad, expected_grad, 4 * _checks.EPS32 * np.abs(expected_grad) + 1e-9, "gradient")
 
 
 def _cross_entropy_cases(rng, torch, batches):
@@ -96,8 +151,24 @@ def _cross_entropy_cases(rng, torch, batches):
                 torch.nn.functional.cross_entropy(l, t).backward()
             runners["torch"] = torch_step
         found.append(Case("ops", f"softmax_cross_entropy {batch}x{classes}", runners,
-                          work=batch, unit="samples/s"))
+                          work=batch, unit="samples/s",
+                          check=lambda l=logits, t=target, g=grad: _check_cross_entropy(l, t, g)))
     return found
+
+
+def _check_linear(y, x, w, b):
+    x64, w64, b64 = x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)
+    magnitude = np.abs(x64) @ np.abs(w64).T + np.abs(b64)
+    # ReLU moves no value further from the reference than it was
+    _checks.within(y, np.maximum(x64 @ w64.T + b64, 0), _checks.sums_bound(magnitude, x.shape[1] + 1), "y")
+
+
+def _check_linear_backward(grads, dy, x, w):
+    dx, dw, db = grads
+    _checks.product(dy, w, "dx", result=dx)
+    _checks.product(dy, x, "dweight", trans_a=True, result=dw)
+    dy64 = dy.astype(np.float64)
+    _checks.within(db, dy64.sum(axis=0), _checks.sums_bound(np.abs(dy64).sum(axis=0), len(dy)), "dbias")
 
 
 def _linear_cases(rng, torch, batches):
@@ -120,8 +191,10 @@ def _linear_cases(rng, torch, batches):
                 forward["torch"] = lambda tx=tx, tw=tw, tb=tb: torch.relu(torch.nn.functional.linear(tx, tw, tb))
                 backward["torch"] = lambda tx=tx, tw=tw, tdy=tdy: (tdy @ tw, tdy.T @ tx, tdy.sum(0))
             flops = 2.0 * batch * fan_in * fan_out
-            found.append(Case("ops", f"linear+relu {shape}", forward, work=flops, unit="GFLOP/s"))
-            found.append(Case("ops", f"linear_backward {shape}", backward, work=2 * flops, unit="GFLOP/s"))
+            found.append(Case("ops", f"linear+relu {shape}", forward, work=flops, unit="GFLOP/s",
+                              check=lambda run=forward["pynn"], x=x, w=w, b=b: _check_linear(run(), x, w, b)))
+            found.append(Case("ops", f"linear_backward {shape}", backward, work=2 * flops, unit="GFLOP/s",
+                              check=lambda run=backward["pynn"], dy=dy, x=x, w=w: _check_linear_backward(run(), dy, x, w)))
     return found
 
 

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from pynn.bench import Case
+from pynn.bench import Case, _checks
 
 CALLS_PER_STREAM = 20
 
@@ -41,6 +41,13 @@ def cases(quick, threads):
         stream()
         stream()
 
-    return [Case("threads", f"2 streams of predict, batch {batch}, 2 Python threads",
-                 {"pynn": two_threads, "pynn serial": serial},
-                 work=2 * CALLS_PER_STREAM * batch, unit="samples/s")]
+    name = f"2 streams of predict, batch {batch}, 2 Python threads"
+
+    def check():
+        # each thread's predictions, made while the other thread predicts too
+        first, second = [pool.submit(lambda: [model.predict(x).copy() for _ in range(4)])
+                         for _ in range(2)]
+        for outputs in first.result() + second.result():
+            _checks.predictions(model, x, outputs, name)
+    return [Case("threads", name, {"pynn": two_threads, "pynn serial": serial},
+                 work=2 * CALLS_PER_STREAM * batch, unit="samples/s", check=check)]

@@ -6,7 +6,7 @@ All peers start from the same weights and train on the same data; each keeps
 training its own copy across calls (the work per call is identical)."""
 import numpy as np
 
-from pynn.bench import Case, optional_import
+from pynn.bench import Case, _checks, optional_import
 
 SIZES = (784, 256, 128, 10)
 BATCHES = (32, 128, 512)
@@ -107,7 +107,7 @@ def cases(quick, threads):
     from pynn import losses, optim
 
     torch = optional_import("torch")
-    samples = 1024 if quick else 4096
+    samples = 512 if quick else 4096
     x, y = dataset(samples)
     found = []
     for batch in (32, 512) if quick else BATCHES:
@@ -123,8 +123,10 @@ def cases(quick, threads):
         runners["numpy"] = lambda twin=twin, rng=numpy_rng: twin.epoch(x, y, rng)
         if torch is not None:
             runners["torch"] = _torch_runner(torch, model, x, y, batch)
-        found.append(Case("train", f"784-256-128-10 batch {batch}", runners,
-                          work=samples, unit="samples/s"))
+        name = f"784-256-128-10 batch {batch}"
+        found.append(Case("train", name, runners, work=samples, unit="samples/s",
+                          check=lambda batch=batch, name=name: _checks.first_sgd_step(
+                              build_mlp, x[:batch], y[:batch], LR, MOMENTUM, name)))
     return found
 
 
