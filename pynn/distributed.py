@@ -69,8 +69,10 @@ def _predict_block(block, model, batch_size):
 def dask_predict(model, X, batch_size=None):
     """``model.predict`` over a row-chunked ``dask.array`` (a numpy array is
     chunked here), lazily, on the current ``distributed.Client``. The model is
-    scattered once and tasks refer to it, never embed it: a worker fetches it
-    when a task there first needs it."""
+    scattered once, to one worker, and tasks refer to it, never embed it: a
+    worker receives a copy from another when a task there needs it and it has
+    none (again if Dask's Active Memory Manager dropped its copy and a task
+    moved back there), never one per task."""
     da = _require("dask.array", "dask")
     distributed = _require("distributed", "dask")
     where = "dask_predict"
