@@ -126,8 +126,8 @@ SAVER = textwrap.dedent("""
                 versions[count % 2].save(path)
                 count += 1
                 if count == 1:
-                    print("saving", flush=True)
-        print(pid, flush=True)
+                    os.write(1, b"saving\\n")
+        os.write(1, b"%d\\n" % pid)  # one write a line: the two never interleave
         os.waitpid(pid, 0)
 """)
 
@@ -140,8 +140,9 @@ def test_sigkill_while_saving_never_leaves_an_unreadable_file(tmp_path):
     pynn.Sequential(Linear(256, 3)).save(path)
     rng = np.random.default_rng(0)
     seen = set()
+    # its own session, so the finally below ends the saver it forked as well
     helper = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         for _ in range(50):
             helper.stdin.write("go\n")
@@ -157,7 +158,7 @@ def test_sigkill_while_saving_never_leaves_an_unreadable_file(tmp_path):
                 assert np.all(weight == value)
                 seen.add(value)
     finally:
-        helper.kill()
+        os.killpg(helper.pid, signal.SIGKILL)
         helper.wait()
     assert seen == {1.0, 2.0}  # both versions were caught as the last complete save
     # kills landed inside writes: their temporary files are the only debris
