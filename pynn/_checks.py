@@ -113,8 +113,7 @@ def as_count(value, where, name, minimum=1):
 def aligned_empty(shape, dtype=np.float32):
     """``np.empty`` starting on a 64-byte boundary (a cache line; numpy's own
     arrays start on 16 bytes). Kernels stream weights and activations in
-    32- and 64-byte loads, and a load across two lines costs twice: predict at
-    batch 8 measured 86 us with numpy's weights and 70 us with these."""
+    32- and 64-byte loads, and a load across two lines costs twice."""
     dtype = np.dtype(dtype)
     count = math.prod(shape)
     slack = 64 // dtype.itemsize

@@ -130,7 +130,7 @@ def abort_on_error(comm, where):
                              f"aborting the job:\n{traceback.format_exc()}")
             sys.stderr.flush()
             # mpiexec stops forwarding output once a rank aborts; give it time
-            # to pass this message on (measured: lost about one run in six).
+            # to pass this message on, which it otherwise sometimes loses.
             time.sleep(0.5)
             comm.Abort(1)
         raise

@@ -105,14 +105,11 @@ def time_calls(runners, budget, threads=1, quick=False):
     seconds each, as the fastest of its rounds: slower rounds measure other
     processes, not the code. The runners take turns, one round each per pass,
     the order reversed every other pass, so that a shared host that slows
-    down for a second or two slows them alike rather than one alone (with
-    each runner's four rounds back to back, pynn's one-thread 1024^3 product
-    once came out a sixth slower than in the runs before and after, numpy's
-    not). On more than one thread each round waits a quarter of the budget
-    first, so it does not share the cores with the previous runner's idle
-    worker threads (OpenBLAS's spin for about 60 ms after their work, and
-    halved pynn's GEMM rate on two threads meanwhile; OpenMP and ONNX Runtime
-    pools spin too). ``quick`` runs QUICK_PASSES rounds."""
+    down for a second or two slows them alike rather than one alone. On more
+    than one thread each round waits a quarter of the budget first, so it
+    does not share the cores with the previous runner's idle worker threads,
+    which spin for a while after their work (OpenBLAS's, OpenMP's and ONNX
+    Runtime's pools do). ``quick`` runs QUICK_PASSES rounds."""
     passes, sizing_calls = (QUICK_PASSES, QUICK_SIZING_CALLS) if quick else (PASSES, 3)
     numbers = {name: _calls_per_round(fn, budget, passes, sizing_calls)
                for name, fn in runners.items()}
