@@ -61,14 +61,17 @@ def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _is_positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _check_record(record, where):
     _expect(isinstance(record, dict), where, "an object", record)
     for key in ("suite", "case"):
         _expect(isinstance(record.get(key), str) and record.get(key), f"{where}.{key}",
                 "a non-empty string", record.get(key))
     threads = record.get("threads")
-    _expect(isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1,
-            f"{where}.threads", "a positive integer", threads)
+    _expect(_is_positive_int(threads), f"{where}.threads", "a positive integer", threads)
     seconds = record.get("seconds")
     _expect(isinstance(seconds, dict) and "pynn" in seconds, f"{where}.seconds",
             'an object of runner -> seconds with a "pynn" entry', seconds)
@@ -101,8 +104,7 @@ def load(path):
         _expect(isinstance(machine.get(key), str) and machine.get(key), f"{path}: machine.{key}",
                 "a non-empty string", machine.get(key))
     cores = machine.get("cores")
-    _expect(isinstance(cores, int) and not isinstance(cores, bool) and cores >= 1,
-            f"{path}: machine.cores", "a positive integer", cores)
+    _expect(_is_positive_int(cores), f"{path}: machine.cores", "a positive integer", cores)
     config = data.get("config")
     _expect(isinstance(config, dict), f"{path}: config", "an object", config)
     results = data.get("results")
