@@ -179,21 +179,17 @@ typedef struct pynn_gemm_kernels {
             else PYNN_TILE(MR, 1);                                                     \
         }                                                                              \
     }                                                                                  \
-    static TARGET packed_attributes void name##_packed(                                \
+    PYNN_MICROKERNEL(name##_packed, packed_attributes, 1)                            \
+    PYNN_MICROKERNEL(name##_strided, , 0)
+/* One micro-kernel (pynn_microkernel) over tile_by_shape, A and B packed or not. */
+#define PYNN_MICROKERNEL(function, attributes, packed)                                \
+    static TARGET attributes void function(                                            \
         ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,         \
         const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc, ptrdiff_t mr,     \
         ptrdiff_t nr, const pynn_tile_update *update)                                  \
     {                                                                                  \
         tile_by_shape(k, a, a_row_step, a_k_step, b, b_k_step, c, ldc, mr, nr,         \
-                      update, 1);                                                      \
-    }                                                                                  \
-    static TARGET void name##_strided(                                                 \
-        ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,         \
-        const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc, ptrdiff_t mr,     \
-        ptrdiff_t nr, const pynn_tile_update *update)                                  \
-    {                                                                                  \
-        tile_by_shape(k, a, a_row_step, a_k_step, b, b_k_step, c, ldc, mr, nr,         \
-                      update, 0);                                                      \
+                      update, packed);                                                 \
     }
 
 /* The largest register tile of any ISA (sizes gemm.c's scratch tiles). */
