@@ -54,8 +54,8 @@ class LeakyReLU(_Activation):
     _saves = "x"
     _parameter_name = "negative_slope"
 
-    def __init__(self, negative_slope=0.01):
-        super().__init__()
+    def __init__(self, negative_slope=0.01, name=None):
+        super().__init__(name=name)
         self.negative_slope = as_real(negative_slope, "LeakyReLU", "negative_slope")
 
     def config(self):
@@ -73,8 +73,8 @@ class Tanh(_Activation):
 class GELU(_Activation):
     _saves = "x"
 
-    def __init__(self, approximate="none"):
-        super().__init__()
+    def __init__(self, approximate="none", name=None):
+        super().__init__(name=name)
         self._kernel = _gelu_kernel(approximate, "GELU")
         self.approximate = approximate
 
@@ -85,8 +85,8 @@ class GELU(_Activation):
 class Softmax(Layer):
     """softmax along ``axis``; backward dx = y (dy - Σ dy y)."""
 
-    def __init__(self, axis=-1):
-        super().__init__()
+    def __init__(self, axis=-1, name=None):
+        super().__init__(name=name)
         if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
             raise TypeError(f"Softmax: axis must be an integer, got {type(axis).__name__} {axis!r}")
         self.axis = int(axis)

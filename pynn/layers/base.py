@@ -20,23 +20,49 @@ A layer has three paths:
   kept through ``_kept`` and checks ``dy`` with ``_checked_dy``, so every layer
   refuses a backward before a training forward, and a mis-shaped ``dy``, with
   the same words.
+
+Merge layers (``takes_list = True``) take a list of arrays: ``output_shape``
+takes a list of shapes, ``forward``/``infer`` a list of arrays, and
+``backward`` returns a list of input gradients.
+
+Every layer takes ``name=`` (dotted names allowed, as PyTorch's attribute
+paths); ``pynn.Model`` names the unnamed ones and keys its state dict by
+name. Calling a layer on a symbolic tensor (``pynn.Input``) records the call
+instead of computing (pynn/layers/symbolic.py).
 """
 import numpy as np
 
 from pynn._checks import aligned_empty, as_float32
+from pynn.layers import symbolic
 
 # Layer type name -> class, filled as layer classes are defined; the model file
 # rebuilds architectures from these names, so nothing in a file can name code.
 LAYER_TYPES = {}
 
 
+def checked_name(name, where):
+    """``name`` if it is None or a layer name: non-empty dot-separated parts
+    without whitespace."""
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise TypeError(f"{where}: name must be a string or None, got {type(name).__name__} {name!r:.40}")
+    if not name or any(not part or any(c.isspace() for c in part) for part in name.split(".")):
+        raise ValueError(f"{where}: name must be non-empty dot-separated parts without spaces, "
+                         f"got {name!r:.60}")
+    return name
+
+
 class Layer:
+    takes_list = False  # merge layers take a list of tensors
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if not cls.__name__.startswith("_"):  # private bases are not layers of a model
             LAYER_TYPES[cls.__name__] = cls
 
-    def __init__(self):
+    def __init__(self, name=None):
+        self.name = checked_name(name, type(self).__name__)
         self.params = {}
         self.grads = {}
         self.buffers = {}
@@ -53,6 +79,10 @@ class Layer:
         """Validate and convert a user-supplied input (one copy at most)."""
         raise NotImplementedError
 
+    def input_dtypes(self, count):
+        """The dtype of each of ``count`` inputs, as symbolic tensors name them."""
+        return ["float32"] * count
+
     def infer(self, x, out):
         raise NotImplementedError
 
@@ -67,7 +97,7 @@ class Layer:
 
     def forward(self, x, training=False):
         x = self.check_input(x)
-        shape = self.output_shape(x.shape)
+        shape = self.output_shape([item.shape for item in x] if self.takes_list else x.shape)
         if not training:
             return self.infer(x, np.empty(shape, dtype=np.float32))
         return self._forward_training(x, self.workspace("y", shape))
@@ -89,6 +119,9 @@ class Layer:
 
     # -- shared machinery ---------------------------------------------------
     def __call__(self, x, training=False):
+        """``forward``; on a symbolic tensor, the symbolic output of this call."""
+        if symbolic.is_symbolic(x):
+            return symbolic.call(self, x)
         return self.forward(x, training=training)
 
     def _kept(self, name):
@@ -117,4 +150,6 @@ class Layer:
 
     def __repr__(self):
         arguments = ", ".join(f"{key}={value!r}" for key, value in self.config().items())
+        if self.name is not None:
+            arguments += f"{', ' if arguments else ''}name={self.name!r}"
         return f"{type(self).__name__}({arguments})"

@@ -18,8 +18,8 @@ class Conv2d(Layer):
     epilogue, as ``Linear.activation``: backward then expects dL/d(relu output)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True):
-        super().__init__()
+                 groups=1, bias=True, name=None):
+        super().__init__(name=name)
         self.in_channels = as_count(in_channels, "Conv2d", "in_channels")
         self.out_channels = as_count(out_channels, "Conv2d", "out_channels")
         self.kernel_size = pair(kernel_size, "Conv2d", "kernel_size", 1)
@@ -27,10 +27,10 @@ class Conv2d(Layer):
         self.padding = pair(padding, "Conv2d", "padding", 0)
         self.dilation = pair(dilation, "Conv2d", "dilation", 1)
         self.groups = as_count(groups, "Conv2d", "groups")
-        for name, channels in (("in_channels", self.in_channels),
-                               ("out_channels", self.out_channels)):
+        for argument, channels in (("in_channels", self.in_channels),
+                                   ("out_channels", self.out_channels)):
             if channels % self.groups:
-                raise ValueError(f"Conv2d: groups={self.groups} must divide {name}={channels}")
+                raise ValueError(f"Conv2d: groups={self.groups} must divide {argument}={channels}")
         _flag(bias, "Conv2d", "bias")
         self.activation = None
         weight = empty_float32((self.out_channels, self.in_channels // self.groups)
@@ -100,8 +100,8 @@ class Conv2d(Layer):
 class _Pool2d(Layer):
     """Shared by the window pools: geometry, validation, the training buffers."""
 
-    def __init__(self, kernel_size, stride, padding, dilation, ceil_mode):
-        super().__init__()
+    def __init__(self, kernel_size, stride, padding, dilation, ceil_mode, name=None):
+        super().__init__(name=name)
         name = type(self).__name__
         self.kernel_size, self.stride, self.padding, self.dilation = pool_geometry(
             name, kernel_size, stride, padding, dilation)
@@ -129,8 +129,8 @@ class _Pool2d(Layer):
 class MaxPool2d(_Pool2d):
     """The maximum of each window; backward routes dy to the first maximum."""
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
-        super().__init__(kernel_size, stride, padding, dilation, ceil_mode)
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, name=None):
+        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, name=name)
 
     def config(self):
         return {"kernel_size": list(self.kernel_size), "stride": list(self.stride),
@@ -161,8 +161,8 @@ class AvgPool2d(_Pool2d):
     """The mean of each window (the divisor counts padding when count_include_pad)."""
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
-                 count_include_pad=True):
-        super().__init__(kernel_size, stride, padding, 1, ceil_mode)
+                 count_include_pad=True, name=None):
+        super().__init__(kernel_size, stride, padding, 1, ceil_mode, name=name)
         self.count_include_pad = _flag(count_include_pad, "AvgPool2d", "count_include_pad")
 
     def config(self):
@@ -185,8 +185,8 @@ class AvgPool2d(_Pool2d):
 class GlobalAvgPool2d(Layer):
     """[N, C, H, W] → [N, C], the mean of every plane (ready for a Linear)."""
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, name=None):
+        super().__init__(name=name)
         self._input_shape = None
 
     def output_shape(self, input_shape):

@@ -17,8 +17,8 @@ class Linear(Layer):
     epilogue: forward then returns relu(x Wᵀ + b) and backward expects
     dL/d(that). A model sets it when it drops the ReLU layer that follows."""
 
-    def __init__(self, in_features, out_features, bias=True):
-        super().__init__()
+    def __init__(self, in_features, out_features, bias=True, name=None):
+        super().__init__(name=name)
         self.in_features = as_count(in_features, "Linear", "in_features")
         self.out_features = as_count(out_features, "Linear", "out_features")
         if not isinstance(bias, (bool, np.bool_)):
@@ -83,11 +83,11 @@ class Linear(Layer):
 class Flatten(Layer):
     """Merges axes start_dim..end_dim into one (a view, no copy)."""
 
-    def __init__(self, start_dim=1, end_dim=-1):
-        super().__init__()
-        for name, value in (("start_dim", start_dim), ("end_dim", end_dim)):
+    def __init__(self, start_dim=1, end_dim=-1, name=None):
+        super().__init__(name=name)
+        for argument, value in (("start_dim", start_dim), ("end_dim", end_dim)):
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-                raise TypeError(f"Flatten: {name} must be an integer, got {type(value).__name__} {value!r}")
+                raise TypeError(f"Flatten: {argument} must be an integer, got {type(value).__name__} {value!r}")
         self.start_dim, self.end_dim = int(start_dim), int(end_dim)
         self._input_shape = None
 
@@ -148,8 +148,8 @@ class Dropout(Layer):
     """Zeroes each element with probability p in training and scales the
     survivors by 1 / (1 - p) (inverted dropout); the identity at inference."""
 
-    def __init__(self, p=0.5, seed=None):
-        super().__init__()
+    def __init__(self, p=0.5, seed=None, name=None):
+        super().__init__(name=name)
         p = as_real(p, "Dropout", "p")
         if not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
@@ -200,8 +200,8 @@ class Embedding(Layer):
     """Rows of a [num_embeddings, embedding_dim] table picked by integer
     indices of any shape: output indices.shape + (embedding_dim,)."""
 
-    def __init__(self, num_embeddings, embedding_dim):
-        super().__init__()
+    def __init__(self, num_embeddings, embedding_dim, name=None):
+        super().__init__(name=name)
         self.num_embeddings = as_count(num_embeddings, "Embedding", "num_embeddings")
         self.embedding_dim = as_count(embedding_dim, "Embedding", "embedding_dim")
         weight = empty_float32((self.num_embeddings, self.embedding_dim), "Embedding", "weight")
@@ -217,6 +217,9 @@ class Embedding(Layer):
 
     def check_input(self, x):
         return as_indices(x, "Embedding", "indices")
+
+    def input_dtypes(self, count):
+        return ["int64"] * count
 
     def infer(self, x, out):
         return kernels.embedding_gather(self.params["weight"], x, out)

@@ -16,8 +16,8 @@ class _BatchNorm(Layer):
     Inference uses the running statistics."""
     _ranks = ()
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1):
-        super().__init__()
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, name=None):
+        super().__init__(name=name)
         name = type(self).__name__
         self.num_features = as_count(num_features, name, "num_features")
         self.eps = as_real(eps, name, "eps")
