@@ -16,7 +16,9 @@ from pynn.config import get_num_threads, set_num_threads, show_config
 from pynn import datasets
 from pynn import ops
 from pynn import init, layers, losses
+from pynn.layers.symbolic import Input
 from pynn.sequential import Sequential
+from pynn.model import Model
 from pynn import optim
 from pynn import io
 from pynn.io import ModelFormatError, load, load_checkpoint, save_checkpoint
@@ -26,5 +28,5 @@ from pynn import distributed
 
 __all__ = ["__version__", "get_num_threads", "set_num_threads", "show_config", "ops",
            "baselines", "datasets", "ModelFormatError", "load", "save_checkpoint", "load_checkpoint"]
-__all__ += ["Sequential", "optim", "callbacks"]
+__all__ += ["Sequential", "Input", "Model", "optim", "callbacks"]
 __all__ += ["init", "layers", "losses"]

@@ -28,6 +28,7 @@ from pynn import _hooks, config, io
 from pynn._checks import as_count, as_float32
 from pynn._kernels import core as kernels
 from pynn.optim import Optimizer
+from pynn.model import Model
 from pynn.sequential import Sequential
 
 # Optimizer serialisation is file-format code and lives in pynn.io; these names
@@ -76,8 +77,11 @@ def dask_predict(model, X, batch_size=None):
     da = _require("dask.array", "dask")
     distributed = _require("distributed", "dask")
     where = "dask_predict"
-    if not isinstance(model, Sequential):
-        raise TypeError(f"{where}: model must be a pynn Sequential, got {type(model).__name__}")
+    if not isinstance(model, (Sequential, Model)):
+        raise TypeError(f"{where}: model must be a pynn Sequential or Model, got {type(model).__name__}")
+    if isinstance(model, Model) and (model.takes_list or model.output_count > 1):
+        raise TypeError(f"{where}: model must have one input and one output, got "
+                        f"{len(model.inputs)} and {len(model.outputs)}")
     if batch_size is not None:
         batch_size = as_count(batch_size, where, "batch_size")
     try:
@@ -152,8 +156,9 @@ class DataParallel:
             raise TypeError(f"DataParallel: comm must be an mpi4py communicator, got {type(comm).__name__}")
         self.comm, self.rank, self.size = comm, comm.Get_rank(), comm.Get_size()
         with abort_on_error(comm, "DataParallel"):
-            if not isinstance(model, Sequential):
-                raise TypeError(f"DataParallel: model must be a pynn Sequential, got {type(model).__name__}")
+            if not isinstance(model, (Sequential, Model)):
+                raise TypeError(f"DataParallel: model must be a pynn Sequential or Model, "
+                                f"got {type(model).__name__}")
             if not isinstance(optimizer, Optimizer) or optimizer.model is not model:
                 raise ValueError("DataParallel: optimizer must be a pynn.optim optimizer built for "
                                  "this model")
@@ -193,8 +198,12 @@ class DataParallel:
             if [layer.trainable for _, layer in self.model.parameter_owners()] != self._trainable:
                 self._lay_out_arena()  # frozen or unfrozen since the last step (as on every rank)
             if share != 1.0:
-                dy = np.require(as_float32(dy, "DataParallel.step", "dy"), requirements="W")
-                kernels.scale(dy, share)
+                many = isinstance(dy, (list, tuple))
+                dys = [np.require(as_float32(item, "DataParallel.step", "dy"), requirements="W")
+                       for item in (dy if many else [dy])]
+                for item in dys:
+                    kernels.scale(item, share)
+                dy = dys if many else dys[0]
             self.model.backward(dy, input_grad=False)
             self.comm.Allreduce(self._mpi.IN_PLACE, self.arena, op=self._mpi.SUM)
             self.optimizer.step()

@@ -16,8 +16,9 @@ import numpy as np
 from pynn import _hooks, optim
 from pynn._checks import as_count
 from pynn._version import __version__
-from pynn.layers.base import LAYER_TYPES
-from pynn.sequential import LoadResult, Sequential
+from pynn.architecture import (MODEL_FORMAT, SEQUENTIAL_FORMAT, ModelFormatError, architecture_of,
+                               build_model as build_architecture)
+from pynn.sequential import LoadResult
 
 # safetensors' own ceiling; a longer header is refused before it is read.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -27,12 +28,6 @@ _DTYPES = {
     "F16": np.float16, "F32": np.float32, "F64": np.float64,
 }
 _TENSOR_FIELDS = {"dtype", "shape", "data_offsets"}
-MODEL_FORMAT = "pynn.Sequential"
-
-
-class ModelFormatError(ValueError):
-    """A model or checkpoint file that is truncated, corrupted, hostile, or
-    disagrees with the model it is loaded into."""
 
 
 # -- writing ------------------------------------------------------------------
@@ -212,23 +207,9 @@ def _check_layout(header, data_length, path):
 
 
 # -- models -------------------------------------------------------------------
-# Constructor arguments that never enlarge a layer's tensors; every other
-# positive integer (features, channels, kernel extents, embeddings) may.
-_NON_SIZING_ARGUMENTS = {"stride", "padding", "dilation", "groups", "seed"}
-# Before building an architecture, the tensors it claims are bounded by this
-# many times the values the file holds (plus a floor for small models), so a
-# 1 KiB file cannot make the loader allocate terabytes.
-_CLAIM_FACTOR = 64
-_CLAIM_FLOOR = 1 << 24
-
-
-def architecture_of(model):
-    return [{"type": type(layer).__name__, "config": layer.config()} for layer in model.layers]
-
-
 def architecture_json(model):
     """The architecture as the model file stores it (also how ranks compare models)."""
-    return _to_json(architecture_of(model))
+    return _to_json(architecture_of(model)[1])
 
 
 def model_metadata(model):
@@ -237,8 +218,8 @@ def model_metadata(model):
     was recorded lack it, and load as models whose ``input_shape`` is what
     their first layer implies (``(in_features,)`` after a Linear) or None."""
     shape = model.input_shape
-    return {"format": MODEL_FORMAT, "pynn_version": __version__,
-            "architecture": architecture_json(model),
+    kind, architecture = architecture_of(model)
+    return {"format": kind, "pynn_version": __version__, "architecture": _to_json(architecture),
             "input_shape": _to_json(None if shape is None else list(shape))}
 
 
@@ -253,12 +234,12 @@ def save_model(model, path):
 
 
 def load(path):
-    """Rebuild the ``Sequential`` saved at ``path`` by ``model.save``."""
+    """Rebuild the ``Sequential`` or ``Model`` saved at ``path`` by ``model.save``."""
     return _rebuild(*read_tensors(path), os.fspath(path))
 
 
 def model_from_bytes(data):
-    """Rebuild a ``Sequential`` from ``model_to_bytes`` output, as untrusted input."""
+    """Rebuild a model from ``model_to_bytes`` output, as untrusted input."""
     where = "<model bytes>"
     return _rebuild(*tensors_from_bytes(data, where), where)
 
@@ -279,49 +260,17 @@ def _rebuild(tensors, metadata, where):
     return model
 
 
-def _is_size(value):
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def _sizing_product(value):
-    """Product of the positive integers in a config value, an (h, w) pair included."""
-    if isinstance(value, list):
-        return math.prod(item for item in value if _is_size(item))
-    return value if _is_size(value) else 1
-
-
 def build_model(metadata, tensors, path):
-    """A fresh ``Sequential`` from the architecture in ``metadata``; only layer
-    types registered in ``LAYER_TYPES`` can be named."""
-    if metadata.get("format") != MODEL_FORMAT or "architecture" not in metadata:
+    """A fresh model from the architecture in ``metadata`` (pynn/architecture.py)."""
+    kind = metadata.get("format")
+    if kind not in (SEQUENTIAL_FORMAT, MODEL_FORMAT) or "architecture" not in metadata:
         raise ModelFormatError(f"{path}: not a pynn model file (metadata format "
-                               f"{metadata.get('format')!r:.60}); load its weights with "
-                               "model.load_weights instead")
+                               f"{kind!r:.60}); load its weights with model.load_weights instead")
     architecture = parse_json(metadata["architecture"], path, "the architecture")
-    if not isinstance(architecture, list):
-        raise ModelFormatError(f"{path}: the architecture must be a JSON list of layers")
-    held = sum(array.size for array in tensors.values())
-    claimed = 0
-    for index, entry in enumerate(architecture):
-        if not (isinstance(entry, dict) and set(entry) == {"type", "config"}
-                and isinstance(entry["type"], str) and isinstance(entry["config"], dict)):
-            raise ModelFormatError(f"{path}: layer {index} must be {{\"type\": name, \"config\": "
-                                   f"{{...}}}}, got {entry!r:.200}")
-        if entry["type"] not in LAYER_TYPES or entry["type"].startswith("_"):
-            raise ModelFormatError(f"{path}: layer {index} has unknown layer type {entry['type']!r:.60}")
-        claimed += math.prod(_sizing_product(value) for key, value in entry["config"].items()
-                             if key not in _NON_SIZING_ARGUMENTS)
-    if claimed > max(_CLAIM_FLOOR, _CLAIM_FACTOR * held):
-        raise ModelFormatError(f"{path}: the architecture claims tensors of about {claimed} values, "
-                               f"the file holds {held}: refusing to build it")
-    layers = []
-    for index, entry in enumerate(architecture):
-        try:
-            layers.append(LAYER_TYPES[entry["type"]](**entry["config"]))
-        except Exception as error:  # trusted constructors, hostile arguments
-            raise ModelFormatError(f"{path}: layer {index} ({entry['type']}) cannot be built "
-                                   f"from {entry['config']!r:.200}: {error}") from None
-    return Sequential(*layers)
+    if not isinstance(architecture, list if kind == SEQUENTIAL_FORMAT else dict):
+        raise ModelFormatError(f"{path}: the architecture must be a JSON "
+                               f"{'list of layers' if kind == SEQUENTIAL_FORMAT else 'object'}")
+    return build_architecture(kind, architecture, sum(array.size for array in tensors.values()), path)
 
 
 def _load_state(model, tensors, path, strict):
@@ -439,9 +388,9 @@ CHECKPOINT_FORMAT = "pynn.checkpoint"
 
 
 def _layer_generators(model):
-    """``(index, attribute, Generator)`` for every random generator a layer
-    keeps (Dropout's masks): part of the state a resumed run must restore."""
-    for index, layer in enumerate(model.layers):
+    """``(layer name, attribute, Generator)`` for every random generator a
+    layer keeps (Dropout's masks): part of the state a resumed run must restore."""
+    for index, layer in model.named_layers():
         for attribute, value in sorted(vars(layer).items()):
             if isinstance(value, np.random.Generator):
                 yield index, attribute, value

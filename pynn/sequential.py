@@ -15,13 +15,47 @@ from pynn import _hooks
 from pynn._checks import as_count
 from pynn._kernels import core as kernels
 from pynn.layers import Conv2d, Linear, ReLU
-from pynn.layers.base import Layer
+from pynn.layers import symbolic
+from pynn.layers.base import Layer, checked_name
 
 # Input shapes whose shape chains and inference plans are kept; beyond this
 # (a caller cycling through many batch sizes) they are dropped and rebuilt.
 _SHAPES_REMEMBERED = 8
 
 LoadResult = collections.namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
+
+
+def load_state_dict(model, state_dict, strict, where):
+    """``model.load_state_dict`` for any model with a ``state_dict()`` of live arrays."""
+    if not isinstance(state_dict, collections.abc.Mapping):
+        raise TypeError(f"{where}: state_dict must be a mapping of names to arrays, "
+                        f"got {type(state_dict).__name__}")
+    live = model.state_dict()
+    missing = [key for key in live if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in live]
+    values, misshaped = {}, []
+    for key, target in live.items():
+        if key not in state_dict:
+            continue
+        value = np.asarray(state_dict[key])
+        if value.shape != target.shape:
+            misshaped.append(f"{key} (expected {target.shape}, got {value.shape})")
+            continue
+        if target.dtype.kind == "f" and value.dtype.kind != "f":
+            raise TypeError(f"{where}: {key} must hold floating-point values, got dtype {value.dtype}")
+        if target.dtype.kind in "iu" and value.dtype.kind not in "iu":
+            raise TypeError(f"{where}: {key} must hold integers, got dtype {value.dtype}")
+        values[key] = value
+    if misshaped or (strict and (missing or unexpected)):
+        problems = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected),
+                            ("mis-shaped", misshaped)):
+            if keys and (strict or label == "mis-shaped"):
+                problems.append(f"{label} keys: {', '.join(keys)}")
+        raise ValueError(f"{where}: the state does not match the model; " + "; ".join(problems))
+    for key, value in values.items():
+        np.copyto(live[key], value, casting="unsafe")
+    return LoadResult(missing, unexpected)
 
 
 # layers whose GEMM epilogue can apply a following ReLU
@@ -48,11 +82,15 @@ def _fusion_plan(layers):
 
 
 class Sequential:
-    def __init__(self, *layers):
+    takes_list = False
+    output_count = 1
+
+    def __init__(self, *layers, name=None):
         for index, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"Sequential: argument {index} must be a pynn layer, "
                                 f"got {type(layer).__name__}")
+        self.name = checked_name(name, "Sequential")
         self.layers = tuple(layers)
         self._steps, self._wiring = _fusion_plan(self.layers)
         self._wire()
@@ -74,7 +112,8 @@ class Sequential:
 
     def __repr__(self):
         inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
-        return f"Sequential({inner}\n)" if inner else "Sequential()"
+        named = f"name={self.name!r}" if self.name else ""
+        return f"Sequential({inner}\n{named})" if inner else f"Sequential({named})"
 
     def _wire(self):
         for linear, activation in self._wiring:
@@ -88,7 +127,22 @@ class Sequential:
             x = layer.forward(x, training=training)
         return x
 
-    __call__ = forward
+    def __call__(self, x, training=False):
+        """``forward``; on a symbolic tensor, the symbolic output of this call."""
+        if symbolic.is_symbolic(x):
+            if not self.layers:
+                raise ValueError("Sequential: the model has no layers")
+            return symbolic.call(self, x)
+        return self.forward(x, training=training)
+
+    def check_input(self, x):
+        """``x`` validated and converted as the first layer takes it."""
+        if not self.layers:
+            raise ValueError("Sequential: the model has no layers")
+        return self.layers[0].check_input(x)
+
+    def input_dtypes(self, count):
+        return self.layers[0].input_dtypes(count)
 
     def _first_step_needing_gradients(self):
         """Steps before it neither hold trainable parameters nor need dL/dx."""
@@ -198,6 +252,23 @@ class Sequential:
         return out
 
     # -- parameters and state ---------------------------------------------------
+    def named_layers(self):
+        """``("<index>", layer)`` for every layer."""
+        for index, layer in enumerate(self.layers):
+            yield str(index), layer
+
+    def _twin(self):
+        """A copy for a further call in a graph (pynn.model): the same
+        parameters, its own gradients and kept state; and the layer pairs."""
+        twins, pairs = [], []
+        for layer in self.layers:
+            twin, pair = layer._twin()
+            twins.append(twin)
+            pairs.extend(pair)
+        twin = Sequential(*twins, name=self.name)
+        twin.input_shape = self._input_shape
+        return twin, pairs
+
     def named_parameters(self):
         for index, layer in enumerate(self.layers):
             for name, param in layer.params.items():
@@ -221,36 +292,7 @@ class Sequential:
         """Copy ``state_dict`` into the live arrays. Checks everything first: a
         mis-shaped or wrongly typed entry, or with ``strict`` a missing or
         unexpected key, raises ValueError/TypeError and changes nothing."""
-        where = "Sequential.load_state_dict"
-        if not isinstance(state_dict, collections.abc.Mapping):
-            raise TypeError(f"{where}: state_dict must be a mapping of names to arrays, "
-                            f"got {type(state_dict).__name__}")
-        live = self.state_dict()
-        missing = [key for key in live if key not in state_dict]
-        unexpected = [key for key in state_dict if key not in live]
-        values, misshaped = {}, []
-        for key, target in live.items():
-            if key not in state_dict:
-                continue
-            value = np.asarray(state_dict[key])
-            if value.shape != target.shape:
-                misshaped.append(f"{key} (expected {target.shape}, got {value.shape})")
-                continue
-            if target.dtype.kind == "f" and value.dtype.kind != "f":
-                raise TypeError(f"{where}: {key} must hold floating-point values, got dtype {value.dtype}")
-            if target.dtype.kind in "iu" and value.dtype.kind not in "iu":
-                raise TypeError(f"{where}: {key} must hold integers, got dtype {value.dtype}")
-            values[key] = value
-        if misshaped or (strict and (missing or unexpected)):
-            problems = []
-            for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                ("mis-shaped", misshaped)):
-                if keys and (strict or label == "mis-shaped"):
-                    problems.append(f"{label} keys: {', '.join(keys)}")
-            raise ValueError(f"{where}: the state does not match the model; " + "; ".join(problems))
-        for key, value in values.items():
-            np.copyto(live[key], value, casting="unsafe")
-        return LoadResult(missing, unexpected)
+        return load_state_dict(self, state_dict, strict, "Sequential.load_state_dict")
 
     # -- persistence (pynn.io, through pynn._hooks) -----------------------------
     def save(self, path):

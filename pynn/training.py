@@ -10,14 +10,15 @@ through the hooks of the same names (``pynn._hooks``), installed here; with a
 ``comm``, ``fit`` trains through the ``DataParallel`` class that
 ``pynn.distributed`` installs as the ``data_parallel`` hook."""
 import contextlib
+import copy
 import time
 import weakref
 
 import numpy as np
 
 from pynn import _hooks, losses
-from pynn._checks import as_count, as_float32, as_indices
-from pynn._kernels.core import embedding_gather
+from pynn._checks import as_count, as_float32, as_indices, as_real
+from pynn._kernels.core import embedding_gather, scale
 from pynn.callbacks import Callback, History
 from pynn.optim import Optimizer
 
@@ -40,18 +41,57 @@ def _check_loss(loss, where):
         raise TypeError(f"{where}: loss must be a loss object such as CrossEntropyLoss(), got {shown}")
 
 
-def _check_data(model, x, y, loss, where, x_name, y_name):
-    if not model.layers:
-        raise ValueError(f"{where}: the model has no layers")
-    x = model.layers[0].check_input(x)
-    if isinstance(loss, losses.CrossEntropyLoss):
-        y = as_indices(y, where, y_name, ndim=1)
+def _outputs(model):
+    return getattr(model, "output_count", 1)
+
+
+def _check_losses(model, loss, loss_weights, where):
+    """One loss object per output (a single one is copied for each), and their weights."""
+    count = _outputs(model)
+    if isinstance(loss, (list, tuple)):
+        if len(loss) != count:
+            raise ValueError(f"{where}: loss must hold one loss per output ({count}), got {len(loss)}")
+        losses_ = list(loss)
     else:
-        y = as_float32(y, where, y_name)
-    if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
-        raise ValueError(f"{where}: {x_name} and {y_name} must have the same number of samples, "
-                         f"got {x_name} of shape {x.shape} and {y_name} of shape {y.shape}")
-    return x, y
+        losses_ = [loss] + [copy.deepcopy(loss) for _ in range(count - 1)]
+    for item in losses_:
+        _check_loss(item, where)
+    if loss_weights is None:
+        return losses_, None
+    if not isinstance(loss_weights, (list, tuple)) or len(loss_weights) != count:
+        raise ValueError(f"{where}: loss_weights must be a list of {count} numbers, got {loss_weights!r:.60}")
+    weights = [as_real(weight, where, f"loss_weights[{index}]") for index, weight in enumerate(loss_weights)]
+    return losses_, weights
+
+
+def _shapes(arrays):
+    return arrays[0].shape if len(arrays) == 1 else [array.shape for array in arrays]
+
+
+def _check_data(model, x, y, losses_, where, x_name, y_name):
+    """Inputs and targets as lists (one per model input and output)."""
+    if not getattr(model, "layers", None):
+        raise ValueError(f"{where}: the model has no layers")
+    x = model.check_input(x)
+    xs = x if getattr(model, "takes_list", False) else [x]
+    if len(losses_) > 1:
+        if not isinstance(y, (list, tuple)) or len(y) != len(losses_):
+            raise TypeError(f"{where}: {y_name} must be a list of {len(losses_)} target arrays, "
+                            f"one per output, got {type(y).__name__}")
+        ys = list(y)
+    else:
+        ys = [y]
+    for index, (loss, target) in enumerate(zip(losses_, ys)):
+        name = f"{y_name}[{index}]" if len(ys) > 1 else y_name
+        if isinstance(loss, losses.CrossEntropyLoss):
+            ys[index] = as_indices(target, where, name, ndim=1)
+        else:
+            ys[index] = as_float32(target, where, name)
+    for value in xs + ys:
+        if value.ndim == 0 or value.shape[0] != xs[0].shape[0]:
+            raise ValueError(f"{where}: {x_name} and {y_name} must have the same number of samples, "
+                             f"got {x_name} of shape {_shapes(xs)} and {y_name} of shape {_shapes(ys)}")
+    return xs, ys
 
 
 class _Accuracy:
@@ -108,39 +148,73 @@ class _Batches:
         return buffer
 
     def __call__(self, order):
-        for start in range(0, len(self.x), self.batch_size):
+        """``(inputs, targets)`` lists per batch."""
+        rows = len(self.x[0])
+        for start in range(0, rows, self.batch_size):
             if order is None:  # no shuffling: contiguous row slices, no copy
                 stop = start + self.batch_size
-                yield self.x[start:stop], self.y[start:stop]
+                yield ([x[start:stop] for x in self.x], [y[start:stop] for y in self.y])
             else:
                 indices = order[start:start + self.batch_size]
-                yield self._gather("x", self.x, indices), self._gather("y", self.y, indices)
+                yield ([self._gather(("x", i), x, indices) for i, x in enumerate(self.x)],
+                       [self._gather(("y", i), y, indices) for i, y in enumerate(self.y)])
 
 
 def _reseed_dropout(model, seeds):
-    for layer, seed in zip((layer for layer in model.layers if hasattr(layer, "reseed")), seeds):
+    for (_, layer), seed in zip(((name, layer) for name, layer in model.named_layers()
+                                  if hasattr(layer, "reseed")), seeds):
         layer.reseed(np.random.default_rng(seed))
 
 
+class _Objective:
+    """The weighted sum of one loss per output, and its gradients."""
+
+    def __init__(self, losses_, weights):
+        self.losses, self.weights = losses_, weights
+
+    def __call__(self, preds, targets):
+        """``(total, [value per output])`` for a batch."""
+        values = [loss(pred, target) for loss, pred, target in zip(self.losses, preds, targets)]
+        weights = self.weights or [1.0] * len(values)
+        return sum(weight * value for weight, value in zip(weights, values)), values
+
+    def backward(self):
+        """d(total)/d(each output): the losses' buffers, scaled in place by their weights."""
+        grads = [loss.backward() for loss in self.losses]
+        if self.weights is not None:
+            for grad, weight in zip(grads, self.weights):
+                if weight != 1.0:
+                    scale(grad, weight)
+        return grads
+
+
 def fit(model, x, y, *, loss, optimizer, epochs=1, batch_size=32, shuffle=True,
-        validation_data=None, seed=None, callbacks=(), verbose=True, comm=None):
-    """``Sequential.fit``. With a ``comm``, every rank runs this on its own
-    shard through ``DataParallel``, and an exception anywhere in it (argument
-    checks included) aborts the whole job rather than leaving ranks waiting."""
+        validation_data=None, seed=None, callbacks=(), verbose=True, comm=None, loss_weights=None):
+    """``Sequential.fit`` and ``Model.fit``. With a ``comm``, every rank runs
+    this on its own shard through ``DataParallel``, and an exception anywhere
+    in it (argument checks included) aborts the whole job rather than leaving
+    ranks waiting."""
     data_parallel = None
     guard = contextlib.nullcontext()
+    where = f"{type(model).__name__}.fit"
     if comm is not None:
-        data_parallel = _hooks.get("data_parallel", "Sequential.fit(comm=...)")
-        guard = data_parallel.guard(comm, "Sequential.fit")
+        data_parallel = _hooks.get("data_parallel", f"{where}(comm=...)")
+        guard = data_parallel.guard(comm, where)
     with guard:
         return _fit(model, x, y, loss, optimizer, epochs, batch_size, shuffle, validation_data,
-                    seed, callbacks, verbose, comm, data_parallel)
+                    seed, callbacks, verbose, comm, data_parallel, loss_weights, where)
+
+
+def _output_names(model):
+    """History's names per output: none with one output, the producing layers' otherwise."""
+    if _outputs(model) == 1:
+        return [""]
+    return [f"{tensor.call.callee.name if tensor.call else tensor.name}_" for tensor in model.outputs]
 
 
 def _fit(model, x, y, loss, optimizer, epochs, batch_size, shuffle, validation_data, seed,
-         callbacks, verbose, comm, data_parallel):
-    where = "Sequential.fit"
-    _check_loss(loss, where)
+         callbacks, verbose, comm, data_parallel, loss_weights, where):
+    objective = _Objective(*_check_losses(model, loss, loss_weights, where))
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"{where}: optimizer must be a pynn.optim optimizer such as "
                         f"SGD(model, lr=0.1), got {type(optimizer).__name__}")
@@ -153,31 +227,33 @@ def _fit(model, x, y, loss, optimizer, epochs, batch_size, shuffle, validation_d
         if not isinstance(callback, Callback):
             raise TypeError(f"{where}: callbacks[{index}] must be a pynn.callbacks.Callback, "
                             f"got {type(callback).__name__}")
-    x, y = _check_data(model, x, y, loss, where, "x", "y")
-    if x.shape[0] == 0:
-        raise ValueError(f"{where}: x has no samples (shape {x.shape})")
-    model.input_shape = x.shape[1:]
+    xs, ys = _check_data(model, x, y, objective.losses, where, "x", "y")
+    if xs[0].shape[0] == 0:
+        raise ValueError(f"{where}: x has no samples (shape {xs[0].shape})")
+    model.input_shape = [x.shape[1:] for x in xs] if len(xs) > 1 else xs[0].shape[1:]
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise TypeError(f"{where}: validation_data must be a pair (x_val, y_val), "
                             f"got {type(validation_data).__name__}")
-        validation_data = _check_data(model, *validation_data, loss, where,
+        validation_data = _check_data(model, *validation_data, objective.losses, where,
                                       "validation_data[0]", "validation_data[1]")
 
     if seed is not None:
         seed = as_count(seed, where, "seed", minimum=0)
     parallel = None
+    samples = xs[0].shape[0]
     if comm is not None:  # each rank trains on its own shard; see pynn.distributed
         parallel = data_parallel(model, optimizer, comm)
-        parallel.plan_epoch(x.shape[0], batch_size, where)
+        parallel.plan_epoch(samples, batch_size, where)
         verbose = verbose and parallel.rank == 0
     shuffle_seed, dropout_seed = np.random.SeedSequence(seed).spawn(2)
     if seed is not None:
-        _reseed_dropout(model, dropout_seed.spawn(len(model.layers)))
+        _reseed_dropout(model, dropout_seed.spawn(len(list(model.named_layers()))))
     rng = np.random.default_rng(shuffle_seed)
-    classification = _is_classification(loss)
-    accuracy = _Accuracy(loss) if classification else None
-    batches = _Batches(x, y, batch_size, _BATCH_BUFFERS.setdefault(model, {}))
+    names = _output_names(model)
+    accuracies = [_Accuracy(item) if _is_classification(item) else None for item in objective.losses]
+    batches = _Batches(xs, ys, batch_size, _BATCH_BUFFERS.setdefault(model, {}))
+    many_inputs, many_outputs = len(xs) > 1, len(ys) > 1
     history = History()
     everyone = [history] + callbacks
     for callback in everyone:
@@ -186,38 +262,41 @@ def _fit(model, x, y, loss, optimizer, epochs, batch_size, shuffle, validation_d
     if verbose:
         from tqdm.auto import tqdm
 
-    samples = x.shape[0]
     for epoch in range(epochs):
         bar = tqdm(total=samples, desc=f"Epoch {epoch + 1}/{epochs}", unit="sample",
                    leave=True) if verbose else None
         shown = time.monotonic()
-        loss_sum, correct, counted = 0.0, 0, 0
-        order = rng.permutation(samples) if shuffle else None
-        for step, (x_batch, y_batch) in enumerate(batches(order)):
-            pred = model.forward(x_batch, training=True)
-            loss_sum += loss(pred, y_batch) * len(x_batch)
+        sums = np.zeros(1 + 3 * len(ys))  # total loss; per output: loss, correct, counted
+        for step, (x_batch, y_batch) in enumerate(batches(order=rng.permutation(samples) if shuffle else None)):
+            preds = model.forward(x_batch if many_inputs else x_batch[0], training=True)
+            preds = preds if many_outputs else [preds]
+            rows = len(x_batch[0])
+            total, values = objective(preds, y_batch)
+            sums[0] += total * rows
+            dys = objective.backward()
             if parallel is None:
-                model.backward(loss.backward(), input_grad=False)
+                model.backward(dys if many_outputs else dys[0], input_grad=False)
                 optimizer.step()
             else:
-                parallel.step(loss.backward(), parallel.share(step, len(x_batch)))
-            if classification:
-                hits, total = accuracy.count(pred, y_batch)
-                correct += hits
-                counted += total
+                parallel.step(dys if many_outputs else dys[0], parallel.share(step, rows))
+            for index, (value, accuracy) in enumerate(zip(values, accuracies)):
+                sums[1 + 3 * index] += value * rows
+                if accuracy is not None:
+                    hits, counted = accuracy.count(preds[index], y_batch[index])
+                    sums[2 + 3 * index] += hits
+                    sums[3 + 3 * index] += counted
             if bar is not None:
-                bar.update(len(x_batch))
+                bar.update(rows)
                 if time.monotonic() - shown >= _POSTFIX_INTERVAL:
                     shown = time.monotonic()
-                    bar.set_postfix(loss=f"{loss_sum / bar.n:.4f}", refresh=False)
+                    bar.set_postfix(loss=f"{sums[0] / bar.n:.4f}", refresh=False)
         seen = samples
         if parallel is not None:
-            loss_sum, correct, counted, seen = parallel.sum_over_ranks(loss_sum, correct, counted, seen)
-        logs = {"loss": loss_sum / seen}
-        if classification:
-            logs["accuracy"] = correct / counted
+            *totals, seen = parallel.sum_over_ranks(*sums.tolist(), seen)
+            sums = np.array(totals)
+        logs = _logs(sums, seen, names, accuracies)
         if validation_data is not None:
-            scores = evaluate(model, *validation_data, loss=loss, checked=True)
+            scores = _evaluate(model, *validation_data, objective, 256)
             logs.update({f"val_{name}": value for name, value in scores.items()})
         if bar is not None:
             bar.set_postfix({name: f"{value:.4f}" for name, value in logs.items()})
@@ -233,30 +312,48 @@ def _fit(model, x, y, loss, optimizer, epochs, batch_size, shuffle, validation_d
     return history
 
 
-def evaluate(model, x, y, *, loss, batch_size=256, checked=False):
-    """Mean loss (and accuracy for classification) over ``(x, y)`` in inference mode."""
-    where = "Sequential.evaluate"
-    if not checked:
-        _check_loss(loss, where)
-        batch_size = as_count(batch_size, where, "batch_size")
-        x, y = _check_data(model, x, y, loss, where, "x", "y")
-    samples = x.shape[0]
-    if samples == 0:
-        raise ValueError(f"{where}: x has no samples (shape {x.shape})")
-    accuracy = _Accuracy(loss) if _is_classification(loss) else None
-    loss_sum, correct, counted = 0.0, 0, 0
-    for start in range(0, samples, batch_size):
-        x_batch, y_batch = x[start:start + batch_size], y[start:start + batch_size]
-        pred = model.predict(x_batch)
-        loss_sum += loss(pred, y_batch) * len(x_batch)
+def _logs(sums, samples, names, accuracies):
+    """``loss`` (the weighted total), and per output its loss and accuracy
+    (named ``<layer>_loss`` with several outputs)."""
+    logs = {"loss": sums[0] / samples}
+    for index, (name, accuracy) in enumerate(zip(names, accuracies)):
+        if name:
+            logs[f"{name}loss"] = sums[1 + 3 * index] / samples
         if accuracy is not None:
-            hits, total = accuracy.count(pred, y_batch)
-            correct += hits
-            counted += total
-    scores = {"loss": loss_sum / samples}
-    if accuracy is not None:
-        scores["accuracy"] = correct / counted
-    return scores
+            logs[f"{name}accuracy"] = sums[2 + 3 * index] / sums[3 + 3 * index]
+    return logs
+
+
+def evaluate(model, x, y, *, loss, batch_size=256, loss_weights=None):
+    """Mean loss (and accuracy for classification) over ``(x, y)`` in inference mode."""
+    where = f"{type(model).__name__}.evaluate"
+    objective = _Objective(*_check_losses(model, loss, loss_weights, where))
+    batch_size = as_count(batch_size, where, "batch_size")
+    xs, ys = _check_data(model, x, y, objective.losses, where, "x", "y")
+    return _evaluate(model, xs, ys, objective, batch_size)
+
+
+def _evaluate(model, xs, ys, objective, batch_size):
+    samples = xs[0].shape[0]
+    if samples == 0:
+        raise ValueError(f"{type(model).__name__}.evaluate: x has no samples (shape {xs[0].shape})")
+    accuracies = [_Accuracy(item) if _is_classification(item) else None for item in objective.losses]
+    sums = np.zeros(1 + 3 * len(ys))
+    for start in range(0, samples, batch_size):
+        x_batch = [x[start:start + batch_size] for x in xs]
+        y_batch = [y[start:start + batch_size] for y in ys]
+        preds = model.predict(x_batch if len(xs) > 1 else x_batch[0])
+        preds = preds if len(ys) > 1 else [preds]
+        rows = len(x_batch[0])
+        total, values = objective(preds, y_batch)
+        sums[0] += total * rows
+        for index, (value, accuracy) in enumerate(zip(values, accuracies)):
+            sums[1 + 3 * index] += value * rows
+            if accuracy is not None:
+                hits, counted = accuracy.count(preds[index], y_batch[index])
+                sums[2 + 3 * index] += hits
+                sums[3 + 3 * index] += counted
+    return _logs(sums, samples, _output_names(model), accuracies)
 
 
 _hooks.install("fit", fit)

@@ -30,6 +30,8 @@ paths); ``pynn.Model`` names the unnamed ones and keys its state dict by
 name. Calling a layer on a symbolic tensor (``pynn.Input``) records the call
 instead of computing (pynn/layers/symbolic.py).
 """
+import copy
+
 import numpy as np
 
 from pynn._checks import aligned_empty, as_float32
@@ -139,6 +141,15 @@ class Layer:
             raise ValueError(f"{where}: dy must have the forward output's shape {shape}, "
                              f"got {dy.shape}")
         return dy
+
+    def _twin(self):
+        """A copy for a further call of this layer in a graph (pynn/model.py):
+        the same ``params`` and ``buffers`` dicts, its own ``grads`` and kept
+        state. Returns ``(twin, [(self, twin)])``, as containers do."""
+        twin = copy.copy(self)
+        twin.grads = {key: np.zeros_like(value) for key, value in self.grads.items()}
+        twin._workspace = {}
+        return twin, [(self, twin)]
 
     def workspace(self, name, shape, dtype=np.float32):
         """A layer-owned array reused while ``shape`` is unchanged (training path only)."""

@@ -1,0 +1,168 @@
+"""Graph models: building (shape checks, names, cycles impossible), forward
+and backward through fan-out, shared layers, nested models and several
+outputs against float64 finite differences, and persistence."""
+import pickle
+
+import numpy as np
+import pytest
+
+import pynn
+from pynn import layers
+from pynn.losses import CrossEntropyLoss, MSELoss
+from pynn.optim import SGD
+
+rng = np.random.default_rng(0)
+
+
+def residual_mlp():
+    """Fan-out (x read by two calls), a shared layer called twice, a nested
+    Sequential and two outputs."""
+    pynn.init.manual_seed(3)
+    x = pynn.Input((6,), name="x")
+    h = layers.Linear(6, 8, name="stem")(x)
+    h = layers.Tanh()(h)
+    shared = layers.Linear(8, 8, name="block.shared")
+    a = shared(h)
+    b = shared(layers.Sigmoid()(a))
+    merged = layers.Tanh()(b)
+    head = pynn.Sequential(layers.Linear(8, 5), layers.ReLU(), layers.Linear(5, 3), name="head")
+    side = layers.Linear(8, 2, name="side")(h)
+    return pynn.Model(x, [head(merged), side])
+
+
+def total_loss(model, x, weights):
+    outputs = model.forward(x)
+    return sum(float((out.astype(np.float64) * w).sum()) for out, w in zip(outputs, weights))
+
+
+def test_gradients_of_a_graph_match_finite_differences():
+    model = residual_mlp()
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    weights = [rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((4, 2)).astype(np.float32)]
+    model.forward(x, training=True)
+    dx = model.backward(weights)
+    for name, param in model.named_parameters():
+        grad = dict(model.parameter_owners())[name.rsplit(".", 1)[0] + "."].grads[name.rsplit(".", 1)[1]]
+        flat, flat_grad = param.reshape(-1), grad.reshape(-1)
+        for index in rng.choice(flat.size, size=min(5, flat.size), replace=False):
+            saved = flat[index]
+            flat[index] = saved + 1e-2
+            up = total_loss(model, x, weights)
+            flat[index] = saved - 1e-2
+            down = total_loss(model, x, weights)
+            flat[index] = saved
+            assert flat_grad[index] == pytest.approx((up - down) / 2e-2, rel=2e-2, abs=2e-3), name
+    flat = x.reshape(-1)
+    for index in range(0, flat.size, 5):
+        saved = flat[index]
+        flat[index] = saved + 1e-2
+        up = total_loss(model, x, weights)
+        flat[index] = saved - 1e-2
+        down = total_loss(model, x, weights)
+        flat[index] = saved
+        assert dx.reshape(-1)[index] == pytest.approx((up - down) / 2e-2, rel=2e-2, abs=2e-3)
+
+
+def test_state_dict_keys_follow_layer_names_and_nesting():
+    model = residual_mlp()
+    assert list(model.state_dict()) == [
+        "stem.weight", "stem.bias", "block.shared.weight", "block.shared.bias",
+        "head.0.weight", "head.0.bias", "head.2.weight", "head.2.bias", "side.weight", "side.bias"]
+    assert [layer.name for layer in model.layers][:3] == ["stem", "tanh_1", "block.shared"]
+
+
+def test_save_load_and_pickle_round_trip_bit_for_bit(tmp_path):
+    model = residual_mlp()
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    expected = model.predict(x)
+    model.save(tmp_path / "graph.safetensors")
+    for loaded in (pynn.load(tmp_path / "graph.safetensors"), pickle.loads(pickle.dumps(model))):
+        assert type(loaded) is pynn.Model
+        for got, want in zip(loaded.predict(x), expected):
+            np.testing.assert_array_equal(got, want)
+        assert list(loaded.state_dict()) == list(model.state_dict())
+
+
+def test_build_errors_name_the_layer():
+    x = pynn.Input((6,))
+    with pytest.raises(ValueError, match=r"layer 'fc' \(Linear\).*\(6,\)"):
+        layers.Linear(5, 3, name="fc")(x)
+    a, b = layers.Linear(6, 3)(x), layers.Linear(6, 4)(x)
+    with pytest.raises(ValueError, match=r"Add.*\(3,\).*\(4,\)"):
+        layers.Add()([a, b])
+    with pytest.raises(TypeError, match="Embedding.*int64"):
+        layers.Embedding(10, 2)(x)
+    other = pynn.Input((6,))
+    with pytest.raises(ValueError, match="not among the model's inputs"):
+        pynn.Model(x, layers.Linear(6, 2)(other))
+    with pytest.raises(ValueError, match="two layers are named 'same'"):
+        pynn.Model(x, [layers.Linear(6, 2, name="same")(x), layers.Linear(6, 2, name="same")(x)])
+    model = pynn.Model(x, layers.Linear(6, 2, name="fc")(x))
+    with pytest.raises(ValueError, match="no layer named 'nope'"):
+        model.get_layer("nope")
+    with pytest.raises(ValueError, match="'nope'"):
+        model.freeze("nope")
+
+
+def test_a_sequential_as_a_model_gives_the_same_outputs_and_gradients():
+    pynn.init.manual_seed(1)
+    seq = pynn.Sequential(layers.Linear(6, 8), layers.ReLU(), layers.Linear(8, 3))
+    x = pynn.Input((6,))
+    h = seq[0](x)
+    h = seq[1](h)
+    model = pynn.Model(x, seq[2](h))
+    data = rng.standard_normal((7, 6)).astype(np.float32)
+    np.testing.assert_array_equal(model.predict(data), seq.predict(data))
+    dy = rng.standard_normal((7, 3)).astype(np.float32)
+    seq.forward(data, training=True)
+    want_dx = seq.backward(dy).copy()
+    want = {(prefix, key): layer.grads[key].copy() for prefix, layer in seq.parameter_owners()
+            for key in layer.grads}
+    model.forward(data, training=True)
+    np.testing.assert_array_equal(model.backward(dy), want_dx)
+    for prefix, layer in seq.parameter_owners():
+        for key in layer.grads:
+            np.testing.assert_array_equal(layer.grads[key], want[(prefix, key)])
+
+
+def test_fit_with_two_outputs_and_loss_weights_trains_both_heads():
+    pynn.init.manual_seed(0)
+    x = pynn.Input((4,))
+    h = layers.ReLU()(layers.Linear(4, 16)(x))
+    classes = layers.Linear(16, 3, name="classes")(h)
+    value = layers.Linear(16, 1, name="value")(h)
+    model = pynn.Model(x, [classes, value])
+    data = rng.standard_normal((256, 4)).astype(np.float32)
+    labels = (data[:, 0] > 0).astype(np.int64) + (data[:, 1] > 0)
+    target = data[:, 2:3] * 2.0
+    history = model.fit(data, [labels, target], loss=[CrossEntropyLoss(), MSELoss()],
+                        loss_weights=[1.0, 0.5], optimizer=SGD(model, lr=0.1), epochs=30,
+                        batch_size=32, seed=0, verbose=False)
+    logs = history.history
+    assert set(logs) >= {"loss", "classes_loss", "value_loss", "classes_accuracy"}
+    assert logs["classes_accuracy"][-1] > 0.9
+    assert logs["value_loss"][-1] < 0.2 * logs["value_loss"][0]
+    np.testing.assert_allclose(logs["loss"][-1], logs["classes_loss"][-1] + 0.5 * logs["value_loss"][-1],
+                               rtol=1e-6)
+
+
+def test_freeze_by_prefix_skips_those_layers():
+    model = residual_mlp()
+    before = {key: value.copy() for key, value in model.state_dict().items()}
+    model.freeze("block", "head")
+    assert not model.get_layer("block.shared").trainable and not model.get_layer("head")[0].trainable
+    data = rng.standard_normal((8, 6)).astype(np.float32)
+    model.fit(data, [rng.standard_normal((8, 3)), rng.standard_normal((8, 2))], loss=MSELoss(),
+              optimizer=SGD(model, lr=0.1), epochs=1, verbose=False)
+    after = model.state_dict()
+    for key in before:
+        changed = not np.array_equal(before[key], after[key])
+        assert changed == key.startswith(("stem", "side")), key
+
+
+def test_summary_lists_names_types_shapes_and_parameters():
+    lines = []
+    residual_mlp().summary(print_fn=lines.append)
+    text = lines[0]
+    assert "block.shared" in text and "(None, 8)" in text and "Sequential" in text
+    assert "Total parameters: " in text
