@@ -2,6 +2,8 @@
 #include "plan.h"
 #include "activations.h"
 
+#include <math.h>
+
 #include "helpers.h"
 
 /* A step shared among threads is cut at multiples of these many outputs, so
@@ -30,6 +32,34 @@ static ptrdiff_t step_work(const pynn_plan_step *s)
 {
     return s->kind == PYNN_STEP_MAP ? s->n : s->m * s->n * s->k;
 }
+
+void pynn_fold_batchnorm(ptrdiff_t channels, ptrdiff_t per_channel, const float *weight,
+                         const float *bias, const float *gamma, const float *beta,
+                         const float *mean, const float *var, float eps, float *folded_weight,
+                         float *folded_bias)
+{
+    for (ptrdiff_t c = 0; c < channels; c++) {
+        const float scale = (float)(gamma[c] / sqrt((double)var[c] + eps));
+        for (ptrdiff_t i = 0; i < per_channel; i++)
+            folded_weight[c * per_channel + i] = weight[c * per_channel + i] * scale;
+        folded_bias[c] = ((bias ? bias[c] : 0.0f) - mean[c]) * scale + beta[c];
+    }
+}
+
+/* y = x + other, then ReLU when asked: the residual connection's sum. */
+static void add_share(ptrdiff_t n, const float *x, const float *other, float *y, int relu)
+{
+    if (relu) {
+        for (ptrdiff_t i = 0; i < n; i++) {
+            const float sum = x[i] + other[i];
+            y[i] = sum > 0.0f ? sum : 0.0f;
+        }
+    } else {
+        for (ptrdiff_t i = 0; i < n; i++)
+            y[i] = x[i] + other[i];
+    }
+}
+
 
 /* Share `part` of `parts` of the step's outputs: GEMM columns, map elements,
  * softmax rows; `ctx` sets the threads each kernel call may use itself. */
@@ -62,13 +92,21 @@ static void run_share(const pynn_context *ctx, const pynn_plan_step *s, const fl
 
 /* Builds without OpenMP run every kernel on one thread, plans included. */
 #ifdef _OPENMP
-/* One team for the whole plan: small batches with enough work. */
+/* The steps a team may share: those run_share splits. */
+static int step_is_splittable(const pynn_plan_step *s)
+{
+    return s->kind == PYNN_STEP_GEMM || s->kind == PYNN_STEP_MAP || s->kind == PYNN_STEP_SOFTMAX;
+}
+
+/* One team for the whole plan: small batches with enough work, every step splittable. */
 static int team_pays_off(const pynn_context *ctx, const pynn_plan_step *steps, ptrdiff_t count)
 {
     if (ctx->num_threads < 2)
         return 0;
     ptrdiff_t work = 0;
     for (ptrdiff_t i = 0; i < count; i++) {
+        if (!step_is_splittable(&steps[i]))
+            return 0;
         if (steps[i].kind == PYNN_STEP_GEMM) {
             if (steps[i].m > TEAM_MAX_ROWS)
                 return 0;
@@ -85,8 +123,7 @@ typedef struct {
     const pynn_context *alone;
     const pynn_plan_step *steps;
     ptrdiff_t count;
-    const float *x;
-    float *const *outputs;
+    float *const *slots;
     atomic_int arrived;
 } team_call;
 
@@ -95,21 +132,19 @@ static void run_part(void *arg, int part, int parts)
 {
     team_call *call = arg;
     int passed = 0;
-    const float *in = call->x;
     for (ptrdiff_t i = 0; i < call->count; i++) {
         const pynn_plan_step *s = &call->steps[i];
         const int shares = step_is_shared(s) ? parts : 1;
         if (part < shares)
-            run_share(call->alone, s, in, call->outputs[i], part, shares);
-        in = call->outputs[i];
+            run_share(call->alone, s, call->slots[s->source], call->slots[s->target], part, shares);
         if (i + 1 < call->count)
             pynn_helpers_barrier(&call->arrived, parts, &passed);
     }
 }
 #endif
 
-void pynn_plan_run(const pynn_context *ctx, const pynn_plan_step *steps, ptrdiff_t count,
-                   const float *x, float *const *outputs)
+int pynn_plan_run(const pynn_context *ctx, const pynn_plan_step *steps, ptrdiff_t count,
+                  float *const *slots)
 {
     ptrdiff_t done = 0;
 #ifdef _OPENMP
@@ -126,7 +161,7 @@ void pynn_plan_run(const pynn_context *ctx, const pynn_plan_step *steps, ptrdiff
             ptrdiff_t in_team = count;
             while (in_team > 1 && !step_is_shared(&steps[in_team - 1]))
                 in_team--;
-            team_call call = {&alone, steps, in_team, x, outputs, 0};
+            team_call call = {&alone, steps, in_team, slots, 0};
             if (pynn_helpers_run(team, run_part, &call))
                 done = in_team;
             pynn_team_end(ctx, team);
@@ -135,6 +170,17 @@ void pynn_plan_run(const pynn_context *ctx, const pynn_plan_step *steps, ptrdiff
     }
 #endif
     for (ptrdiff_t i = done; i < count; i++) {
-        run_share(ctx, &steps[i], i ? outputs[i - 1] : x, outputs[i], 0, 1);
+        const pynn_plan_step *s = &steps[i];
+        if (s->kind == PYNN_STEP_CONV) {
+            if (pynn_conv2d_forward(ctx, &s->conv, slots[s->source], s->weight, s->epilogue.col_bias,
+                                    s->epilogue.activation, slots[s->target], s->workspace))
+                return -1;
+        } else if (s->kind == PYNN_STEP_ADD) {
+            add_share(s->n, slots[s->source], slots[s->other], slots[s->target],
+                      s->epilogue.activation == PYNN_ACTIVATION_RELU);
+        } else {
+            run_share(ctx, s, slots[s->source], slots[s->target], 0, 1);
+        }
     }
+    return 0;
 }

@@ -21,7 +21,7 @@ import threading
 
 import numpy as np
 
-from pynn import _hooks
+from pynn import _hooks, schedule
 from pynn._checks import aligned_empty, as_count, as_float32, as_indices
 from pynn._kernels import core as kernels
 from pynn.layers import Conv2d, Linear, ReLU
@@ -32,6 +32,10 @@ from pynn.sequential import Sequential, load_state_dict
 def _add_into(a, b, out):
     np.add(a, b, out=out)
 
+
+# Input shapes whose inference plans are kept per thread; beyond this they are
+# dropped and rebuilt.
+_SHAPES_REMEMBERED = 8
 
 # layers whose GEMM epilogue applies a ReLU that is their output's only reader
 _FUSES_RELU = (Linear, Conv2d)
@@ -193,10 +197,8 @@ class Model:
     def input_dtypes(self, count):
         return [tensor.dtype for tensor in self.inputs]
 
-    def output_shape(self, input_shape):
-        """Output shape(s) for input shape(s) with a batch axis; ValueError
-        naming the first layer that refuses them."""
-        given = list(input_shape) if self._many_inputs else [input_shape]
+    def _slot_shapes(self, given):
+        """Every slot's shape for the inputs' shapes ``given`` (batch axis included)."""
         if len(given) != len(self.inputs):
             raise ValueError(f"{self._where}: expects {len(self.inputs)} inputs, got {len(given)}")
         shapes = [None] * self._slot_count
@@ -212,6 +214,12 @@ class Model:
             out = list(out) if len(step.targets) > 1 else [out]
             for target, shape in zip(step.targets, out):
                 shapes[target] = tuple(shape)
+        return shapes
+
+    def output_shape(self, input_shape):
+        """Output shape(s) for input shape(s) with a batch axis; ValueError
+        naming the first layer that refuses them."""
+        shapes = self._slot_shapes(list(input_shape) if self._many_inputs else [input_shape])
         result = [shapes[slot] for slot in self._output_slots]
         return result if self._many_outputs else result[0]
 
@@ -370,23 +378,57 @@ class Model:
         return buffer
 
     # -- inference path ------------------------------------------------------------
+    def _thread_plan(self, input_shapes):
+        """This thread's inference plan for ``input_shapes`` (a tuple of
+        shapes), rebuilt when a layer's arrays or wiring changed."""
+        plans = getattr(self._scratch, "plans", None)
+        if plans is None:
+            plans = self._scratch.plans = {}
+        key = input_shapes if self._many_inputs else input_shapes[0]
+        plan = plans.get(key)
+        if plan is None or not plan.current():
+            self._wire()
+            if len(plans) >= _SHAPES_REMEMBERED:
+                plans.clear()
+            shapes = self._slot_shapes(input_shapes)
+            calls = [(step.runner, step.sources, step.targets, step.takes_list) for step in self._steps]
+            steps, _ = schedule.build(calls, shapes, list(range(len(self.inputs))), self._output_slots)
+            plan = plans[key] = kernels.InferencePlan(
+                steps, [wire.layer for wire in self._wiring], list(input_shapes),
+                [shapes[slot] for slot in self._output_slots])
+        return plan
+
+    def infer(self, x, out):
+        """Inference on validated inputs into ``out`` (lists where there are
+        several), as a layer's ``infer``: a nested model's step in a plan."""
+        xs = x if self._many_inputs else [x]
+        outs = out if self._many_outputs else [out]
+        self._thread_plan(tuple(value.shape for value in xs)).run(xs, outs)
+        return out
+
     def predict(self, x, batch_size=None):
-        """Inference-mode outputs for ``x``, freshly allocated; ``batch_size``
-        runs the rows in slices of that many."""
+        """Inference-mode outputs for ``x``, freshly allocated; nothing else is
+        allocated once this thread has seen the input shapes. ``batch_size``
+        runs the rows in slices of that many (bounded scratch memory)."""
+        if batch_size is None and not (self._many_inputs or self._many_outputs):
+            out = kernels.predict_cached(self._scratch, x)
+            if out is not None:
+                return out
         if batch_size is not None:
             batch_size = as_count(batch_size, f"{self._where}.predict", "batch_size")
         x = self.check_input(x)
         xs = x if self._many_inputs else [x]
         rows = xs[0].shape[0]
-        if batch_size is None or rows <= batch_size:
-            return self.forward(x)
-        parts = []
-        for start in range(0, rows, batch_size):
-            part = [value[start:start + batch_size] for value in xs]
-            result = self.forward(part if self._many_inputs else part[0])
-            parts.append(result if self._many_outputs else [result])
-        outputs = [np.concatenate([part[index] for part in parts]) for index in range(len(self.outputs))]
-        return outputs if self._many_outputs else outputs[0]
+        shapes = self._slot_shapes([value.shape for value in xs])
+        outs = [np.empty(shapes[slot], dtype=np.float32) for slot in self._output_slots]
+        if rows and (batch_size is None or rows <= batch_size):
+            self._thread_plan(tuple(value.shape for value in xs)).run(xs, outs)
+        elif rows:
+            for start in range(0, rows, batch_size):
+                part = [value[start:start + batch_size] for value in xs]
+                self._thread_plan(tuple(value.shape for value in part)).run(
+                    part, [out[start:start + batch_size] for out in outs])
+        return outs if self._many_outputs else outs[0]
 
     # -- parameters and state --------------------------------------------------------
     def named_layers(self):

@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 
-from pynn import _hooks
+from pynn import _hooks, schedule
 from pynn._checks import as_count
 from pynn._kernels import core as kernels
 from pynn.layers import Conv2d, Linear, ReLU
@@ -218,13 +218,21 @@ class Sequential:
             self._wire()
             if len(plans) >= _SHAPES_REMEMBERED:
                 plans.clear()
+            chain = self._shape_chain(input_shape)
+            calls = [(layer, [index], [index + 1], False) for index, layer in enumerate(self._steps)]
+            steps, _ = schedule.build(calls, [input_shape] + list(chain), [0], [len(chain)])
             plan = plans[input_shape] = kernels.InferencePlan(
-                self._steps, [layer for layer, _ in self._wiring], input_shape,
-                self._shape_chain(input_shape))
+                steps, [layer for layer, _ in self._wiring], [input_shape], [chain[-1]])
         return plan
 
     def _infer_into(self, x, out):
-        return self._thread_plan(x.shape).run(x, out)
+        self._thread_plan(x.shape).run([x], [out])
+        return out
+
+    def infer(self, x, out):
+        """Inference on a validated ``x`` into ``out``, as a layer's ``infer``
+        (a nested model's step in an inference plan)."""
+        return self._infer_into(x, out)
 
     def predict(self, x, batch_size=None):
         """Inference-mode output for ``x``, freshly allocated; nothing else is

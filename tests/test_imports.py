@@ -25,7 +25,7 @@ LAYERS = [
     ("kernels", ["pynn._kernels", "pynn._kernels.*", "pynn.config"]),
     ("ops", ["pynn.ops", "pynn.ops.*", "pynn.init"]),
     ("layers", ["pynn.layers", "pynn.layers.*", "pynn.losses"]),
-    ("models", ["pynn.sequential", "pynn.model"]),
+    ("models", ["pynn.schedule", "pynn.sequential", "pynn.model"]),
     ("optim", ["pynn.optim", "pynn.optim.*"]),
     ("io", ["pynn.architecture", "pynn.io"]),
     ("training", ["pynn.training", "pynn.callbacks", "pynn.baselines"]),

@@ -120,10 +120,10 @@ def test_strided_and_float64_inputs_after_a_plan_is_built():
 def test_a_plan_refuses_buffers_of_the_wrong_size():
     model = Sequential(Linear(3, 2))
     plan = model._thread_plan((4, 3))
-    with pytest.raises(TypeError, match="x must be"):
-        plan.run(np.ones((2, 3), np.float32), np.empty((4, 2), np.float32))
-    with pytest.raises(TypeError, match="out must be"):
-        plan.run(np.ones((4, 3), np.float32), np.empty((4, 2), np.float64))
+    with pytest.raises(TypeError, match=r"xs\[0\] must be"):
+        plan.run([np.ones((2, 3), np.float32)], [np.empty((4, 2), np.float32)])
+    with pytest.raises(TypeError, match=r"outs\[0\] must be"):
+        plan.run([np.ones((4, 3), np.float32)], [np.empty((4, 2), np.float64)])
 
 
 @pytest.mark.parametrize("batch", [1, 3, 16, 17])

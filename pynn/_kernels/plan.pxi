@@ -1,16 +1,18 @@
-# Inference plans: a model's layers for one input shape, run as one loop.
+# Inference plans: a model's schedule for one input shape (pynn/schedule.py),
+# run as one loop.
 #
-# pynn.Sequential builds a plan per thread and input shape and keeps it. Layers
-# whose ``kernel_step`` names a C kernel (Linear's GEMM, the element-wise
-# activations, softmax) become C steps, and consecutive C steps run in one call
-# without the GIL; views (Flatten, Dropout at inference) become nothing; every
-# other layer is a Python step that calls its ``infer``. Intermediates land in
-# buffers the plan owns, so threads never share one.
+# Sequential and Model build a plan per thread and input shape and keep it.
+# Steps whose kind names a C kernel (GEMM, element-wise maps, softmax,
+# convolution with a folded BatchNorm, residual sums) run back to back in one
+# call without the GIL; every other step calls its layer's ``infer``. Steps
+# read and write slots: the caller's inputs and outputs, and buffers the plan
+# owns, shared by liveness, so threads never share one.
 #
 # A C step holds raw pointers into its layer's arrays. The plan therefore
 # remembers every object it read (its ``watched`` entries: a dict, a key, the
-# object found), and ``current()`` turns false as soon as one is replaced:
-# a new weight array, another activation wiring. The model then builds a fresh
+# object found), and ``current()`` turns false as soon as one is replaced
+# (a new weight array, another activation wiring) or the thread count
+# changed (convolution scratch depends on it). The model then builds a fresh
 # plan, so a plan never reads an array the layer no longer holds.
 from cpython.object cimport PyObject
 from libc.stdlib cimport calloc, free
@@ -31,16 +33,24 @@ cdef extern from "plan.h" nogil:
         PYNN_STEP_GEMM
         PYNN_STEP_MAP
         PYNN_STEP_SOFTMAX
+        PYNN_STEP_CONV
+        PYNN_STEP_ADD
     ctypedef struct pynn_plan_step:
         pynn_step_kind kind
+        Py_ssize_t source, other, target
         Py_ssize_t m, n, k
         const float *weight
         pynn_epilogue epilogue
         map_kernel map
         float parameter
-    void pynn_plan_run(const pynn_context *ctx, const pynn_plan_step *steps, Py_ssize_t count,
-                       const float *x, float **outputs)
-
+        pynn_conv_shape conv
+        float *workspace
+    int pynn_plan_run(const pynn_context *ctx, const pynn_plan_step *steps, Py_ssize_t count,
+                      float **slots)
+    void pynn_fold_batchnorm(Py_ssize_t channels, Py_ssize_t per_channel, const float *weight,
+                             const float *bias, const float *gamma, const float *beta,
+                             const float *mean, const float *var, float eps, float *folded_weight,
+                             float *folded_bias)
 
 
 cdef bint is_float32_buffer(object x, Py_ssize_t size):
@@ -53,78 +63,86 @@ cdef bint is_float32_buffer(object x, Py_ssize_t size):
 
 
 cdef const float *gemm_operand(object array, tuple shape) except? NULL:
-    """The data of ``array`` if a GEMM step can read it in place, else NULL."""
+    """The data of ``array`` if a kernel step can read it in place, else NULL."""
     if not is_float32_buffer(array, math.prod(shape)) or array.shape != shape:
         return NULL
     return <const float *>cnp.PyArray_DATA(<cnp.ndarray>array)
 
 
+cdef float *data_of(object array):
+    return <float *>cnp.PyArray_DATA(<cnp.ndarray>array)
+
+
 cdef class InferencePlan:
     cdef pynn_plan_step *steps     # the kernel steps' descriptions (Python steps' unused)
-    cdef float **outputs           # where each step writes; the last is the caller's out
+    cdef float **slots             # per slot, where its value lives during a run
     cdef Py_ssize_t count
-    cdef list layers               # per step: the layer of a Python step, None for a kernel step
-    cdef list input_shapes         # per Python step: the shape its layer reads, if its source differs
-    cdef list targets              # per step but the last: its output buffer
+    cdef list python_steps         # per step: None for a kernel step, else (layer, step)
+    cdef list arrays               # per slot: its array (the caller's are set per run)
+    cdef list folds                # (batchnorm, conv weight, conv bias, folded weight, folded bias)
+    cdef list scratch              # the convolutions' workspaces
     cdef list watched              # (dict, key, object found or None) triples
     cdef PyObject **watch_table    # the same triples' objects, flat, for current()
     cdef Py_ssize_t watch_count
+    cdef int threads
+    cdef list input_slots, output_slots, copied_outputs
+    cdef list input_sizes, output_sizes
     cdef int output_ndim
-    cdef cnp.npy_intp output_dims[64]  # output_shape (numpy allows at most 64 axes)
-    cdef Py_ssize_t input_size, output_size
+    cdef cnp.npy_intp output_dims[64]  # the first output's shape (numpy allows at most 64 axes)
     cdef readonly tuple input_shape, output_shape
+    cdef readonly object schedule
 
     def __cinit__(self):
         self.steps = NULL
-        self.outputs = NULL
+        self.slots = NULL
         self.watch_table = NULL
 
     def __dealloc__(self):
         free(self.steps)
-        free(self.outputs)
+        free(self.slots)
         free(self.watch_table)
 
-    def __init__(self, layers, wired, tuple input_shape, tuple chain):
-        """``layers`` are the model's steps, ``chain`` their output shapes for
-        ``input_shape``, ``wired`` the layers whose ``activation`` the model sets."""
-        self.input_shape, self.output_shape = input_shape, chain[len(chain) - 1]
-        self.input_size, self.output_size = math.prod(input_shape), math.prod(self.output_shape)
+    def __init__(self, schedule, wired, input_shapes, output_shapes):
+        """``schedule`` from pynn.schedule.build; ``wired`` the layers whose
+        ``activation`` the model sets; the model's input and output shapes."""
+        self.schedule = schedule
+        self.input_shape, self.output_shape = tuple(input_shapes[0]), tuple(output_shapes[0])
+        self.input_sizes = [math.prod(shape) for shape in input_shapes]
+        self.output_sizes = [math.prod(shape) for shape in output_shapes]
+        self.threads = current_context().num_threads
         self.watched = []
-        self.watch_count = 0
+        self.folds = []
+        self.scratch = []
         for layer in wired:
             self.watch(vars(layer), "activation")
-        self.layers, self.input_shapes, shapes, kernels = [], [], [], []
-        shape = input_shape
-        for layer, output_shape in zip(layers, chain):
-            described = layer.kernel_step(shape)
-            if described is not None and described[0] == "view":
-                shape = output_shape
-                continue
-            self.layers.append(layer)
-            self.input_shapes.append(shape)
-            shapes.append(output_shape)
-            kernels.append(described)
-            shape = output_shape
-        self.count = len(self.layers)
+        steps = schedule.steps
+        self.count = len(steps)
         free(self.steps)  # __init__ may run twice
-        free(self.outputs)
+        free(self.slots)
         free(self.watch_table)
         self.watch_table = NULL
         self.steps = <pynn_plan_step *>calloc(max(self.count, 1), sizeof(pynn_plan_step))
-        self.outputs = <float **>calloc(max(self.count, 1), sizeof(float *))
-        if self.steps == NULL or self.outputs == NULL:
+        self.slots = <float **>calloc(max(len(schedule.slot_shapes), 1), sizeof(float *))
+        if self.steps == NULL or self.slots == NULL:
             raise MemoryError()
-        self.targets = [aligned_empty(shape) for shape in shapes[:len(shapes) - 1]]
-        for index in range(self.count):
-            if self.describe(index, kernels[index]):
-                self.layers[index] = None
-            if index < self.count - 1:
-                self.outputs[index] = <float *>cnp.PyArray_DATA(<cnp.ndarray>self.targets[index])
-        for index in range(self.count):
-            # a Python step reads an array of its layer's input shape
-            source_shape = input_shape if index == 0 else shapes[index - 1]
-            if self.layers[index] is None or source_shape == self.input_shapes[index]:
-                self.input_shapes[index] = None
+        buffers = [aligned_empty((size,)) for size in schedule.buffer_sizes]
+        self.arrays = [None] * len(schedule.slot_shapes)
+        for slot, buffer in enumerate(schedule.slot_buffers):
+            if buffer is not None:
+                shape = schedule.slot_shapes[slot]
+                self.arrays[slot] = buffers[buffer][:math.prod(shape)].reshape(shape)
+                self.slots[slot] = data_of(self.arrays[slot])
+        self.python_steps = []
+        for index, step in enumerate(steps):
+            self.python_steps.append(None if self.describe(index, step) else step)
+        self.input_slots, self.output_slots = list(schedule.input_slots), list(schedule.output_slots)
+        # outputs the run copies: one held in an input's slot, or in another output's
+        self.copied_outputs = []
+        claimed = set(self.input_slots)
+        for position, slot in enumerate(self.output_slots):
+            if slot in claimed:
+                self.copied_outputs.append(position)
+            claimed.add(slot)
         self.output_ndim = len(self.output_shape)
         for axis, extent in enumerate(self.output_shape):
             self.output_dims[axis] = extent
@@ -140,17 +158,21 @@ cdef class InferencePlan:
     cdef watch(self, dict mapping, str key):
         self.watched.append((mapping, key, mapping.get(key)))
 
-    cdef bint describe(self, Py_ssize_t index, described) except -1:
-        """Fill steps[index] from the layer's kernel_step; False keeps it a
-        Python step (no kernel step, or arrays the kernel cannot read in place)."""
+    cdef bint describe(self, Py_ssize_t index, step) except -1:
+        """Fill steps[index] from the schedule's step; False keeps it a Python
+        step (no kernel, or arrays the kernel cannot read in place)."""
         cdef pynn_plan_step *s = &self.steps[index]
         cdef const float *bias
-        if described is None:
+        kind = step.kind
+        if kind == "python":
             return False
-        kind, arguments, watched = described
-        shape = self.input_shapes[index]
+        shape = step.input_shapes[0]
+        s.source = step.sources[0]
+        s.target = step.target
+        s.epilogue.row_bias = NULL
+        s.epilogue.col_bias = NULL
         if kind == "gemm":
-            weight, bias_array, relu = arguments
+            weight, bias_array, relu = step.arguments
             if not shape:
                 return False
             s.k = shape[len(shape) - 1]
@@ -161,34 +183,74 @@ cdef class InferencePlan:
             if s.weight == NULL or (bias_array is not None and bias == NULL):
                 return False
             s.epilogue.col_bias = bias
-            s.epilogue.row_bias = NULL
-            s.epilogue.activation = PYNN_ACTIVATION_RELU if relu else PYNN_ACTIVATION_NONE
+            s.epilogue.activation = PYNN_ACTIVATION_RELU if relu or step.relu else PYNN_ACTIVATION_NONE
             s.kind = PYNN_STEP_GEMM
         elif kind == "map":
-            name, parameter = arguments
+            name, parameter = step.arguments
             s.map = map_kernel_named(name)
             s.n = math.prod(shape)
             s.parameter = parameter
             s.kind = PYNN_STEP_MAP
         elif kind == "softmax":
-            s.m, s.n, s.k = arguments
+            s.m, s.n, s.k = step.arguments
             s.kind = PYNN_STEP_SOFTMAX
+        elif kind == "add":
+            if step.input_shapes[1] != shape:
+                return False
+            s.other = step.sources[1]
+            s.n = math.prod(shape)
+            s.epilogue.activation = PYNN_ACTIVATION_RELU if step.relu else PYNN_ACTIVATION_NONE
+            s.kind = PYNN_STEP_ADD
+        elif kind == "conv":
+            if not self.describe_conv(s, step):
+                return False
         else:
-            raise ValueError(f"{type(self.layers[index]).__name__}.kernel_step: unknown kind {kind!r}")
-        for mapping, key in watched:
+            raise ValueError(f"{type(step.layer).__name__}.kernel_step: unknown kind {kind!r}")
+        for mapping, key in step.watched:
             self.watch(mapping, key)
+        return True
+
+    cdef bint describe_conv(self, pynn_plan_step *s, step) except -1:
+        weight, bias_array, relu, stride, padding, dilation, groups = step.arguments
+        if not isinstance(weight, np.ndarray) or weight.ndim != 4:
+            return False
+        s.conv = conv_geometry(tuple(step.input_shapes[0]), weight.shape, tuple(stride),
+                               tuple(padding), tuple(dilation), groups)
+        s.weight = gemm_operand(weight, weight.shape)
+        bias = gemm_operand(bias_array, (s.conv.out_channels,)) if bias_array is not None else NULL
+        if s.weight == NULL or (bias_array is not None and bias == NULL):
+            return False
+        s.epilogue.col_bias = bias
+        norm = step.batchnorm
+        if norm is not None:
+            arrays = (norm.params["weight"], norm.params["bias"], norm.buffers["running_mean"],
+                      norm.buffers["running_var"])
+            if any(gemm_operand(array, (s.conv.out_channels,)) == NULL for array in arrays):
+                return False
+            folded_weight, folded_bias = aligned_empty(weight.shape), aligned_empty((s.conv.out_channels,))
+            self.folds.append((norm, weight, bias_array, folded_weight, folded_bias))
+            s.weight = data_of(folded_weight)
+            s.epilogue.col_bias = data_of(folded_bias)
+        workspace = aligned_empty((max(<Py_ssize_t>pynn_conv2d_workspace_size(&s.conv, self.threads), 1),))
+        self.scratch.append(workspace)
+        s.workspace = data_of(workspace)
+        s.epilogue.activation = PYNN_ACTIVATION_RELU if relu or step.relu else PYNN_ACTIVATION_NONE
+        s.kind = PYNN_STEP_CONV
         return True
 
     @property
     def buffers(self):
         """The intermediate arrays this plan writes."""
-        return list(self.targets)
+        return [array for array in self.arrays if array is not None]
 
     cpdef bint current(self):
-        """Every object the plan read is still the one its layer holds."""
+        """Every object the plan read is still the one its layer holds, and
+        the thread count is the one it was built for."""
         cdef PyObject **entry
         cdef PyObject *found
         cdef Py_ssize_t index
+        if current_context().num_threads != self.threads:
+            return False
         for index in range(self.watch_count):
             entry = self.watch_table + 3 * index
             found = dict_get_borrowed(entry[0], entry[1])
@@ -196,44 +258,91 @@ cdef class InferencePlan:
                 return False
         return True
 
-    cpdef run(self, x, out):
-        """Write the model's output for ``x`` (of the planned shape) into ``out``."""
-        if not is_float32_buffer(out, self.output_size):
-            raise TypeError(f"InferencePlan.run: out must be a C-contiguous float32 array of "
-                            f"{self.output_size} elements")
-        if self.count == 0:
-            np.copyto(out, np.reshape(x, out.shape))
-            return out
-        if self.layers[0] is None and not is_float32_buffer(x, self.input_size):
-            raise TypeError(f"InferencePlan.run: x must be a C-contiguous float32 array of "
-                            f"{self.input_size} elements")
+    cdef refold(self):
+        """Fold each BatchNorm's live statistics into its convolution's copy."""
+        cdef const float *bias
+        for norm, weight, bias_array, folded_weight, folded_bias in self.folds:
+            bias = NULL if bias_array is None else data_of(bias_array)
+            pynn_fold_batchnorm(folded_bias.shape[0], weight.size // folded_bias.shape[0],
+                                data_of(weight), bias, data_of(norm.params["weight"]),
+                                data_of(norm.params["bias"]), data_of(norm.buffers["running_mean"]),
+                                data_of(norm.buffers["running_var"]), norm.eps,
+                                data_of(folded_weight), data_of(folded_bias))
+
+    cpdef run(self, list xs, list outs):
+        """Write the model's outputs for inputs ``xs`` (of the planned shapes)
+        into ``outs``."""
+        cdef Py_ssize_t position, slot
+        for position, out in enumerate(outs):
+            if not is_float32_buffer(out, self.output_sizes[position]):
+                raise TypeError(f"InferencePlan.run: outs[{position}] must be a C-contiguous float32 "
+                                f"array of {self.output_sizes[position]} elements")
+        for position, x in enumerate(xs):
+            if not cnp.PyArray_Check(x) or cnp.PyArray_SIZE(<cnp.ndarray>x) != self.input_sizes[position]:
+                raise TypeError(f"InferencePlan.run: xs[{position}] must be an array of "
+                                f"{self.input_sizes[position]} elements")
+            slot = self.input_slots[position]
+            self.arrays[slot] = x
+            self.slots[slot] = data_of(x) if is_float32_buffer(x, self.input_sizes[position]) else NULL
+        for position, out in enumerate(outs):
+            slot = self.output_slots[position]
+            if position not in self.copied_outputs:
+                self.arrays[slot] = out.reshape(self.schedule.slot_shapes[slot])
+                self.slots[slot] = data_of(out)
+        self.refold()
+        self.run_steps()
+        for position in self.copied_outputs:
+            np.copyto(outs[position], self.arrays[self.output_slots[position]].reshape(outs[position].shape))
+        for slot in self.input_slots:  # the caller's arrays are not kept
+            self.arrays[slot] = None
+        for position in range(len(outs)):
+            if position not in self.copied_outputs:
+                self.arrays[self.output_slots[position]] = None
+        return outs
+
+    cdef run_steps(self):
         cdef pynn_context ctx = current_context()
         cdef Py_ssize_t index = 0, stop
-        cdef const float *data
-        self.outputs[self.count - 1] = <float *>cnp.PyArray_DATA(<cnp.ndarray>out)
-        source = x
+        cdef int failed
         while index < self.count:
-            if self.layers[index] is not None:
-                target = self.targets[index] if index < self.count - 1 else out
-                if index == self.count - 1 and out.shape != self.output_shape:
-                    target = out.reshape(self.output_shape)
-                shape = self.input_shapes[index]
-                result = self.layers[index].infer(source if shape is None else source.reshape(shape),
-                                                  target)
-                if result is not target:
-                    np.copyto(target, result)
-                source = target
+            step = self.python_steps[index]
+            if step is not None:
+                self.run_python(step)
                 index += 1
                 continue
             stop = index + 1
-            while stop < self.count and self.layers[stop] is None:
+            while stop < self.count and self.python_steps[stop] is None:
                 stop += 1
-            data = <const float *>cnp.PyArray_DATA(<cnp.ndarray>source)
+            for position in range(index, stop):
+                if self.slots[self.steps[position].source] == NULL:
+                    raise TypeError("InferencePlan.run: a kernel step reads an input that is not "
+                                    "an aligned, C-contiguous float32 array")
             with nogil:
-                pynn_plan_run(&ctx, self.steps + index, stop - index, data, self.outputs + index)
-            source = self.targets[stop - 1] if stop < self.count else out
+                failed = pynn_plan_run(&ctx, self.steps + index, stop - index, self.slots)
+            if failed:
+                raise MemoryError("InferencePlan.run: a convolution could not allocate its scratch")
             index = stop
-        return out
+
+    cdef run_python(self, step):
+        args = [self.arrays[source] if source_shape is None or self.arrays[source].shape == source_shape
+                else self.arrays[source].reshape(source_shape)
+                for source, source_shape in zip(step.sources, step.input_shapes)]
+        layer = step.layer
+        if isinstance(step.target, tuple):
+            targets = [self.arrays[slot] for slot in step.target]
+            results = layer.infer(args if step.takes_list else args[0], targets)
+            for target, result in zip(targets, results):
+                if result is not target:
+                    np.copyto(target, result)
+            return
+        target = self.arrays[step.target]
+        result = layer.infer(args if step.takes_list else args[0], target)
+        if result is not target:
+            np.copyto(target, result.reshape(target.shape))
+        if step.batchnorm is not None:
+            step.batchnorm.infer(target, target)
+        if step.relu:
+            elementwise("relu", target, None, target)
 
 
 def predict_cached(scratch, x):
@@ -252,4 +361,6 @@ def predict_cached(scratch, x):
     cdef InferencePlan plan = <InferencePlan>found
     if not plan.current():
         return None
-    return plan.run(x, cnp.PyArray_EMPTY(plan.output_ndim, plan.output_dims, cnp.NPY_FLOAT32, 0))
+    out = cnp.PyArray_EMPTY(plan.output_ndim, plan.output_dims, cnp.NPY_FLOAT32, 0)
+    plan.run([x], [out])
+    return out

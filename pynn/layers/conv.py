@@ -68,6 +68,10 @@ class Conv2d(Layer):
         return kernels.conv2d_forward(x, self.params["weight"], self.params.get("bias"), out,
                                     *self._geometry, self.activation == "relu")
 
+    def kernel_step(self, input_shape):
+        return ("conv", (self.params["weight"], self.params.get("bias"), self.activation == "relu",
+                         *self._geometry), ((self.params, "weight"), (self.params, "bias")))
+
     def _scratch(self, x):
         size = kernels.conv2d_workspace_size(x.shape, self.params["weight"].shape, *self._geometry)
         return self.workspace("unfolded", (size,))
