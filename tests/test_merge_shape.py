@@ -117,6 +117,7 @@ def test_permute_every_order(isa, rank):
 @pytest.mark.parametrize("shape,dims", [
     ((37, 70), (1, 0)), ((3, 65, 33), (0, 2, 1)), ((2, 33, 1, 40, 3), (0, 4, 2, 3, 1)),
     ((1, 1, 1), (2, 0, 1)), ((5, 8, 6, 7, 2, 3, 2, 2), (7, 6, 5, 4, 3, 2, 1, 0)),
+    ((2, 3, 70), (0, 2, 1)), ((2, 70, 3), (0, 2, 1)),
 ])
 def test_permute_tiles_with_remainders_and_unit_axes(isa, shape, dims):
     x = normal(*shape)
@@ -150,11 +151,13 @@ LARGE = [
     ("slice", lambda: kernels.copy_from_slice(IMAGES, np.empty((8, 20, 33, 31), np.float32), 1, 5)),
     ("permute, last axis kept", lambda: kernels.permute(IMAGES, (1, 0, 2, 3), np.empty((64, 8, 33, 31), np.float32))),
     ("permute, transposed", lambda: kernels.permute(IMAGES, (0, 2, 3, 1), np.empty((8, 33, 31, 64), np.float32))),
+    ("permute, one tall tile row", lambda: kernels.permute(TALL, (0, 2, 1), np.empty((3, 5, 40000), np.float32))),
     ("row dot", lambda: kernels.row_dot(A, B, np.empty(A.shape[0], np.float32))),
     ("row dot backward", lambda: kernels.row_dot_backward(A[:, 0].copy(), A, B, np.empty_like(A), np.empty_like(A))),
 ]
 A, B = normal(1031, 517), normal(1031, 517)
 IMAGES, GATE = normal(8, 64, 33, 31), normal(8, 64, 1, 1)
+TALL = normal(3, 40000, 5)
 
 
 @pytest.mark.parametrize("name,call", LARGE, ids=[name for name, _ in LARGE])
