@@ -138,37 +138,41 @@ def test_kernels_refuse_what_would_read_out_of_bounds():
         kernels.row_dot(normal(3, 4).T.copy().T, normal(4, 3).T, np.empty(4, np.float32))
 
 
-LARGE = [
-    ("add, equal shapes", lambda: kernels.broadcast_binary("add", A, B, np.empty_like(A))),
-    ("multiply, [N, C, 1, 1] x [N, C, H, W]",
-     lambda: kernels.broadcast_binary("multiply", GATE, IMAGES, np.empty_like(IMAGES))),
-    ("add, [N, C] + [1, C]",
-     lambda: kernels.broadcast_binary("add", A, A[:1], np.empty_like(A))),
-    ("reduce to columns", lambda: kernels.broadcast_reduce(A, B, np.empty((1, A.shape[1]), np.float32))),
-    ("reduce to rows", lambda: kernels.broadcast_reduce(A, None, np.empty((A.shape[0], 1), np.float32))),
-    ("reduce to the gate", lambda: kernels.broadcast_reduce(IMAGES, IMAGES, np.empty_like(GATE))),
-    ("concatenate", lambda: kernels.copy_into_slice(IMAGES, np.zeros((8, 96, 33, 31), np.float32), 1, 32)),
-    ("slice", lambda: kernels.copy_from_slice(IMAGES, np.empty((8, 20, 33, 31), np.float32), 1, 5)),
-    ("permute, last axis kept", lambda: kernels.permute(IMAGES, (1, 0, 2, 3), np.empty((64, 8, 33, 31), np.float32))),
-    ("permute, transposed", lambda: kernels.permute(IMAGES, (0, 2, 3, 1), np.empty((8, 33, 31, 64), np.float32))),
-    ("permute, one tall tile row", lambda: kernels.permute(TALL, (0, 2, 1), np.empty((3, 5, 40000), np.float32))),
-    ("row dot", lambda: kernels.row_dot(A, B, np.empty(A.shape[0], np.float32))),
-    ("row dot backward", lambda: kernels.row_dot_backward(A[:, 0].copy(), A, B, np.empty_like(A), np.empty_like(A))),
-]
+def empty(*shape):
+    return np.empty(shape, np.float32)
+
+
+# inputs above every kernel's threshold for a second thread
 A, B = normal(1031, 517), normal(1031, 517)
 IMAGES, GATE = normal(8, 64, 33, 31), normal(8, 64, 1, 1)
 TALL = normal(3, 40000, 5)
+LARGE = [
+    ("add, equal shapes", lambda: kernels.broadcast_binary("add", A, B, empty(*A.shape))),
+    ("multiply, [N, C, 1, 1] x [N, C, H, W]",
+     lambda: kernels.broadcast_binary("multiply", GATE, IMAGES, empty(*IMAGES.shape))),
+    ("add, [N, C] + [1, C]", lambda: kernels.broadcast_binary("add", A, A[:1], empty(*A.shape))),
+    ("reduce to columns", lambda: kernels.broadcast_reduce(A, B, empty(1, A.shape[1]))),
+    ("reduce to rows", lambda: kernels.broadcast_reduce(A, None, empty(A.shape[0], 1))),
+    ("reduce to the gate", lambda: kernels.broadcast_reduce(IMAGES, IMAGES, empty(*GATE.shape))),
+    ("concatenate", lambda: kernels.copy_into_slice(IMAGES, np.zeros((8, 96, 33, 31), np.float32), 1, 32)),
+    ("slice", lambda: kernels.copy_from_slice(IMAGES, empty(8, 20, 33, 31), 1, 5)),
+    ("permute, last axis kept", lambda: kernels.permute(IMAGES, (1, 0, 2, 3), empty(64, 8, 33, 31))),
+    ("permute, transposed", lambda: kernels.permute(IMAGES, (0, 2, 3, 1), empty(8, 33, 31, 64))),
+    ("permute, one tall tile row", lambda: kernels.permute(TALL, (0, 2, 1), empty(3, 5, 40000))),
+    ("row dot", lambda: kernels.row_dot(A, B, empty(A.shape[0]))),
+    ("row dot backward", lambda: kernels.row_dot_backward(A[:, 0].copy(), A, B, empty(*A.shape),
+                                                          empty(*A.shape))),
+]
 
 
 @pytest.mark.parametrize("name,call", LARGE, ids=[name for name, _ in LARGE])
 def test_two_threads_give_the_bits_of_one(set_threads, name, call):
+    def bits(result):
+        return [item.tobytes() for item in (result if isinstance(result, tuple) else (result,))]
     set_threads(1)
-    first = call()
-    first = [item.copy() for item in first] if isinstance(first, tuple) else first.copy()
+    first = bits(call())
     set_threads(2)
-    second = call()
-    for one, two in zip(*((first, second) if isinstance(first, list) else ([first], [second]))):
-        assert one.tobytes() == two.tobytes()
+    assert bits(call()) == first
 
 
 # -- layers: forward and backward against float64 references -----------------
@@ -323,10 +327,12 @@ def torch_tensors(torch, arrays):
 
 
 @pytest.mark.parametrize("make,torch_call,shapes", [
-    (layers.Add, lambda torch, a, b, c: torch.add(torch.add(a, b), c), [(2, 3, 1, 4), (2, 1, 5, 4), (2, 1, 1, 1)]),
+    (layers.Add, lambda torch, a, b, c: torch.add(torch.add(a, b), c),
+     [(2, 3, 1, 4), (2, 1, 5, 4), (2, 1, 1, 1)]),
     (layers.Multiply, lambda torch, a, b: torch.mul(a, b), [(2, 8, 1, 1), (2, 8, 6, 7)]),
     (layers.Multiply, lambda torch, a, b: torch.mul(a, b), [(5, 6), (5, 1)]),
-    (lambda: layers.Concatenate(axis=1), lambda torch, a, b: torch.cat([a, b], dim=1), [(3, 2, 4), (3, 5, 4)]),
+    (lambda: layers.Concatenate(axis=1), lambda torch, a, b: torch.cat([a, b], dim=1),
+     [(3, 2, 4), (3, 5, 4)]),
     (layers.Dot, lambda torch, u, v: (u * v).sum(1, keepdim=True), [(9, 16), (9, 16)]),
     (lambda: layers.Permute((0, 2, 3, 1)), lambda torch, x: torch.permute(x, (0, 2, 3, 1)), [(2, 3, 5, 7)]),
     (lambda: layers.Reshape((-1, 5)), lambda torch, x: torch.reshape(x, (2, -1, 5)), [(2, 3, 2, 5)]),
