@@ -247,7 +247,7 @@ def test_concatenate_matches_numpy_forward_and_slices_back(shapes, axis):
         np.testing.assert_array_equal(gradient, expected)
 
 
-def test_dot_matches_float64_rows():
+def test_dot_matches_float64_rows(isa):
     u, v = normal(7, 33), normal(7, 33)
     layer = layers.Dot()
     y = layer.forward([u, v], training=True)
