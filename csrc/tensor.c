@@ -190,6 +190,34 @@ void pynn_broadcast_binary(const pynn_context *ctx, pynn_tensor_op op, int rank,
 /* Operands of a reduction's layout. */
 enum { DY, TARGET, OTHER };
 
+/* A reduction whose target keeps its last axis, split into the target's
+ * axes (kept) and the summed ones (reduced). */
+typedef struct {
+    const struct pynn_tensor_kernels *kernels;
+    layout kept, reduced;
+    const float *dy, *other;
+    ptrdiff_t other_step;
+} column_reduction;
+
+/* acc[0, n) += the terms s in [first, last) of the summed axes, for the
+ * target row at offsets row from its column `column`. */
+static void accumulate_terms(const column_reduction *r, const ptrdiff_t *row, ptrdiff_t column,
+                             ptrdiff_t n, ptrdiff_t first, ptrdiff_t last, double *acc)
+{
+    ptrdiff_t step[3];
+    for (ptrdiff_t s = first; s < last; s++) {
+        offsets_of(&r->reduced, 3, r->reduced.rank, s, step);
+        const float *other = r->other ? r->other + row[OTHER] + step[OTHER] + column * r->other_step
+                                      : NULL;
+        r->kernels->accumulate_row(n, r->dy + row[DY] + step[DY] + column, other, r->other_step, acc);
+    }
+}
+
+/* A lone block of target columns (a bias-like [N, C] to [C]) has its terms
+ * split into this many segments, a number fixed by no thread count: each is
+ * summed apart, then the segments in order. */
+#define SEGMENTS 8
+
 void pynn_broadcast_reduce(const pynn_context *ctx, int rank, const ptrdiff_t *out_shape,
                            const float *dy, const ptrdiff_t *other_shape, const float *other,
                            const ptrdiff_t *target_shape, float *target)
@@ -202,25 +230,34 @@ void pynn_broadcast_reduce(const pynn_context *ctx, int rank, const ptrdiff_t *o
     if (l.stride[TARGET][l.rank - 1] != 0) {
         /* target's last axis is kept: rows of dy accumulate into blocks of target columns */
         const int last = kept.rank - 1;
+        const column_reduction r = {kernels, kept, reduced, dy, other, kept.stride[OTHER][last]};
         const ptrdiff_t length = kept.extent[last], rows = element_count(&kept, last);
         const ptrdiff_t blocks = (length + COLUMN_BLOCK - 1) / COLUMN_BLOCK;
-        const ptrdiff_t sums = element_count(&reduced, reduced.rank);
-        const ptrdiff_t other_step = kept.stride[OTHER][last];
+        const ptrdiff_t terms = element_count(&reduced, reduced.rank);
+        if (rows * blocks == 1 && total >= PARALLEL_MIN_ELEMENTS) {
+            double partial[SEGMENTS][COLUMN_BLOCK];
+            const ptrdiff_t origin[3] = {0, 0, 0};
+            PYNN_TEAM_FOR(ctx, ctx->num_threads, g, SEGMENTS, {
+                for (ptrdiff_t i = 0; i < length; i++) partial[g][i] = 0.0;
+                accumulate_terms(&r, origin, 0, length, terms * g / SEGMENTS,
+                                 terms * (g + 1) / SEGMENTS, partial[g]);
+            });
+            for (ptrdiff_t i = 0; i < length; i++) {
+                double sum = 0.0;
+                for (int g = 0; g < SEGMENTS; g++) sum += partial[g][i];
+                target[i] = (float)sum;
+            }
+            return;
+        }
         const int wanted = rows * blocks > 1 && total >= PARALLEL_MIN_ELEMENTS ? ctx->num_threads : 1;
         PYNN_TEAM_FOR(ctx, wanted, item, rows * blocks, {
-            ptrdiff_t row[3], step[3];
+            ptrdiff_t row[3];
             double acc[COLUMN_BLOCK];
             offsets_of(&kept, 3, last, item / blocks, row);
             const ptrdiff_t first = item % blocks * COLUMN_BLOCK;
             const ptrdiff_t n = length - first < COLUMN_BLOCK ? length - first : COLUMN_BLOCK;
             for (ptrdiff_t i = 0; i < n; i++) acc[i] = 0.0;
-            for (ptrdiff_t s = 0; s < sums; s++) {
-                offsets_of(&reduced, 3, reduced.rank, s, step);
-                const ptrdiff_t at = row[DY] + step[DY] + first;
-                kernels->accumulate_row(n, dy + at,
-                                        other ? other + row[OTHER] + step[OTHER] + first * other_step : NULL,
-                                        other_step, acc);
-            }
+            accumulate_terms(&r, row, first, n, 0, terms, acc);
             float *out = target + row[TARGET] + first;
             for (ptrdiff_t i = 0; i < n; i++) out[i] = (float)acc[i];
         });

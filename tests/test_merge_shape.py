@@ -85,7 +85,7 @@ def test_broadcast_reduce_matches_a_float64_sum(isa, shapes, with_other, seed):
 
 @pytest.mark.parametrize("out_shape,target_shape", [
     ((3, 5000), (1, 5000)), ((5000, 3), (5000, 1)), ((2, 7, 300, 3), (1, 7, 1, 3)),
-    ((4, 3, 2), (1, 1, 1)), ((6, 1, 9), (6, 1, 9)),
+    ((4, 3, 2), (1, 1, 1)), ((6, 1, 9), (6, 1, 9)), ((20000, 7), (1, 7)), ((3, 3000, 30), (1, 1, 30)),
 ])
 def test_broadcast_reduce_over_long_and_mixed_axes(isa, out_shape, target_shape):
     dy, other = normal(*out_shape), normal(*out_shape)
@@ -145,13 +145,14 @@ def empty(*shape):
 # inputs above every kernel's threshold for a second thread
 A, B = normal(1031, 517), normal(1031, 517)
 IMAGES, GATE = normal(8, 64, 33, 31), normal(8, 64, 1, 1)
-TALL = normal(3, 40000, 5)
+TALL, BIASED = normal(3, 40000, 5), normal(4099, 64)
 LARGE = [
     ("add, equal shapes", lambda: kernels.broadcast_binary("add", A, B, empty(*A.shape))),
     ("multiply, [N, C, 1, 1] x [N, C, H, W]",
      lambda: kernels.broadcast_binary("multiply", GATE, IMAGES, empty(*IMAGES.shape))),
     ("add, [N, C] + [1, C]", lambda: kernels.broadcast_binary("add", A, A[:1], empty(*A.shape))),
     ("reduce to columns", lambda: kernels.broadcast_reduce(A, B, empty(1, A.shape[1]))),
+    ("reduce to a bias", lambda: kernels.broadcast_reduce(BIASED, BIASED, empty(1, BIASED.shape[1]))),
     ("reduce to rows", lambda: kernels.broadcast_reduce(A, None, empty(A.shape[0], 1))),
     ("reduce to the gate", lambda: kernels.broadcast_reduce(IMAGES, IMAGES, empty(*GATE.shape))),
     ("concatenate", lambda: kernels.copy_into_slice(IMAGES, np.zeros((8, 96, 33, 31), np.float32), 1, 32)),
