@@ -128,6 +128,8 @@ def test_permute_tiles_with_remainders_and_unit_axes(isa, shape, dims):
 def test_kernels_refuse_what_would_read_out_of_bounds():
     with pytest.raises(ValueError, match="broadcast_binary: a of shape"):
         kernels.broadcast_binary("add", normal(2, 3), normal(2, 1), np.empty((2, 4), np.float32))
+    with pytest.raises(ValueError, match="broadcast_binary: op must be one of"):
+        kernels.broadcast_binary("subtract", normal(2), normal(2), empty(2))
     with pytest.raises(ValueError, match="rank must be 1 to 8"):
         kernels.broadcast_binary("add", normal(*[1] * 9), normal(*[1] * 9), np.empty([1] * 9, np.float32))
     with pytest.raises(ValueError, match="copy_into_slice"):
