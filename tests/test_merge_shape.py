@@ -238,6 +238,7 @@ def test_multiply_matches_float64_forward_and_backward(samples, batch, seed):
 @pytest.mark.parametrize("shapes,axis", [
     ([(2, 3), (2, 5)], 1), ([(2, 3, 4), (2, 1, 4), (2, 6, 4)], 1), ([(2, 3, 4), (2, 3, 2)], -1),
     ([(3, 2, 5, 4), (3, 2, 1, 4)], 2), ([(0, 2, 3), (0, 2, 1)], 2), ([(4, 0), (4, 3)], 1),
+    ([(2, 3)], 1),
 ])
 def test_concatenate_matches_numpy_forward_and_slices_back(shapes, axis):
     x = [normal(*shape) for shape in shapes]
@@ -248,6 +249,15 @@ def test_concatenate_matches_numpy_forward_and_slices_back(shapes, axis):
     splits = np.cumsum([item.shape[axis] for item in x])[:-1]
     for gradient, expected in zip(layer.backward(dy), np.split(dy, splits, axis=axis)):
         np.testing.assert_array_equal(gradient, expected)
+
+
+def test_add_of_one_input_is_a_copy():
+    x = normal(3, 4)
+    layer = layers.Add()
+    y = layer.forward([x], training=True)
+    np.testing.assert_array_equal(y, x)
+    assert not np.shares_memory(y, x)
+    np.testing.assert_array_equal(layer.backward(x)[0], x)
 
 
 def test_dot_matches_float64_rows(isa):
