@@ -103,6 +103,11 @@ ELEMENTWISE = {
     "tanh": (ops.tanh, np.tanh),
     # the plain formula, as numpy evaluates it: gelu(-inf) = -inf * 0 = NaN
     "gelu": (ops.gelu, lambda x: 0.5 * x * (1 + _erf(x / np.sqrt(2)))),
+    # as PyTorch: silu(-inf) = -inf * 0 = NaN, hardswish(-inf) = -inf * 0 = NaN
+    "silu": (ops.silu, lambda x: x * (0.5 * (1 + np.tanh(x / 2)))),
+    "hardswish": (ops.hardswish, lambda x: x * np.clip(x + 3, 0, 6) / 6),
+    "hardsigmoid": (ops.hardsigmoid, lambda x: np.clip(x + 3, 0, 6) / 6),
+    "relu6": (ops.relu6, lambda x: np.clip(x, 0, 6)),
 }
 
 
@@ -117,6 +122,37 @@ def test_elementwise_ops(name, kind, shape, data):
         return
     with np.errstate(all="ignore"):
         assert_elementwise(op(make_input(kind, x)), reference(as_reference(kind, x)))
+
+
+def _silu_slope(x):
+    s = 0.5 * (1 + np.tanh(x / 2))
+    return s * (1 + x * (1 - s))
+
+
+# dy, x -> dx as PyTorch's backward: NaN x passes dy where no comparison holds
+ELEMENTWISE_BACKWARD = {
+    "silu_backward": lambda dy, x: dy * _silu_slope(x),
+    "hardswish_backward": lambda dy, x: np.where(x <= -3, 0, np.where(x < 3, dy * (x / 3 + 0.5), dy)),
+    "hardsigmoid_backward": lambda dy, x: np.where((x > -3) & (x < 3), dy / 6, 0),
+    "relu6_backward": lambda dy, x: np.where((x <= 0) | (x >= 6), 0, dy),
+}
+
+
+@fuzz
+@given(st.sampled_from(sorted(ELEMENTWISE_BACKWARD)), st.sampled_from(FLOAT_KINDS + BAD_KINDS),
+       shapes(), st.booleans(), st.data())
+def test_elementwise_backward_ops(name, kind, shape, mismatched, data):
+    op, reference = getattr(ops, name), ELEMENTWISE_BACKWARD[name]
+    x = data.draw(values(shape))
+    dy = data.draw(values(shape[:-1] + (shape[-1] + 1,) if mismatched and shape else shape))
+    mismatched = dy.shape != x.shape
+    if kind in BAD_KINDS or mismatched:
+        expect_refusal(lambda: op(make_input(kind, dy), x.astype(np.float32)), name)
+        return
+    with np.errstate(all="ignore"):
+        expected = reference(as_reference(kind, dy), x.astype(np.float32).astype(np.float64))
+        assert_elementwise(op(make_input(kind, dy), x.astype(np.float32)), expected,
+                           rtol=2e-6, atol=1e-6)
 
 
 @fuzz
@@ -318,6 +354,8 @@ LAYERS = [
     lambda: layers.Softmax(), lambda: layers.Flatten(), lambda: layers.Dropout(0.3, seed=0),
     lambda: layers.BatchNorm1d(4), lambda: layers.Conv2d(4, 2, 3, padding=1),
     lambda: layers.MaxPool2d(2), lambda: layers.GlobalAvgPool2d(), lambda: layers.Embedding(5, 3),
+    lambda: layers.SiLU(), lambda: layers.Hardswish(), lambda: layers.Hardsigmoid(),
+    lambda: layers.ReLU6(),
 ]
 
 
