@@ -33,6 +33,7 @@ CASES = {
     "GlobalAvgPool2d": (layers.GlobalAvgPool2d, IMAGES),
     "BatchNorm1d": (lambda: layers.BatchNorm1d(3), ROWS),
     "BatchNorm2d": (lambda: layers.BatchNorm2d(3), IMAGES),
+    "LayerNorm": (lambda: layers.LayerNorm([6, 6]), IMAGES),
 }
 # layers whose output is a view of the input, not an output buffer of their own
 VIEWS = {"Flatten"}

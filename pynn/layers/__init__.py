@@ -6,9 +6,10 @@ from pynn.layers.activations import (
     GELU, Hardsigmoid, Hardswish, LeakyReLU, ReLU, ReLU6, Sigmoid, SiLU, Softmax, Tanh,
 )
 from pynn.layers.conv import AvgPool2d, Conv2d, GlobalAvgPool2d, MaxPool2d
-from pynn.layers.normalization import BatchNorm1d, BatchNorm2d
+from pynn.layers.normalization import BatchNorm1d, BatchNorm2d, LayerNorm
 
 __all__ = ["Layer", "LAYER_TYPES", "Linear", "Flatten", "Dropout", "Embedding",
            "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax"]
 __all__ += ["SiLU", "Hardswish", "Hardsigmoid", "ReLU6"]
-__all__ += ["Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "BatchNorm1d", "BatchNorm2d"]
+__all__ += ["Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "BatchNorm1d", "BatchNorm2d",
+            "LayerNorm"]
