@@ -18,13 +18,17 @@
  * bias gradients' partial sums. */
 #define MAX_BLOCKS 64
 #define MIN_BLOCK_ROWS 8
+/* Within a block the weight and bias gradients' terms are summed in float
+ * over groups of GROUP_ROWS rows, each group's sums then added in double. */
+#define GROUP_ROWS 8
 
 struct pynn_layernorm_kernels {
     void (*forward_rows)(ptrdiff_t first, ptrdiff_t last, ptrdiff_t length, const float *x,
                          const float *weight, const float *bias, double eps, float *y);
     void (*backward_rows)(ptrdiff_t first, ptrdiff_t last, ptrdiff_t length, const float *dy,
                           const float *x, const float *weight, double eps, float *dx,
-                          double *weight_sums, double *bias_sums);
+                          double *weight_sums, double *bias_sums, float *weight_group,
+                          float *bias_group);
 };
 
 /* Σ (x - centre)² in double */
@@ -90,7 +94,7 @@ PYNN_INLINE void forward_row(ptrdiff_t n, const float *restrict x, const float *
 /* dx = invstd g - invstd mean(g) - (x - mean) invstd³ mean(g (x - mean)) */
 PYNN_INLINE void backward_row(ptrdiff_t n, const float *restrict dy, const float *restrict x,
                               const float *restrict weight, double eps, float *restrict dx,
-                              double *restrict weight_sums, double *restrict bias_sums)
+                              float *restrict weight_group, float *restrict bias_group)
 {
     double mean, invstd;
     row_statistics(x, n, eps, &mean, &invstd);
@@ -108,16 +112,19 @@ PYNN_INLINE void backward_row(ptrdiff_t n, const float *restrict dy, const float
             for (ptrdiff_t i = 0; i < n; i++)
                 dx[i] = scale * dy[i] - shift - (x[i] - high - low) * tilt;
     }
-    if (weight_sums && bias_sums)
-        for (ptrdiff_t i = 0; i < n; i++) {
-            weight_sums[i] += (double)dy[i] * (double)((x[i] - high - low) * scale);
-            bias_sums[i] += (double)dy[i];
-        }
-    else if (weight_sums)
-        for (ptrdiff_t i = 0; i < n; i++)
-            weight_sums[i] += (double)dy[i] * (double)((x[i] - high - low) * scale);
-    else if (bias_sums)
-        for (ptrdiff_t i = 0; i < n; i++) bias_sums[i] += (double)dy[i];
+    if (weight_group)
+        for (ptrdiff_t i = 0; i < n; i++) weight_group[i] += dy[i] * ((x[i] - high - low) * scale);
+    if (bias_group)
+        for (ptrdiff_t i = 0; i < n; i++) bias_group[i] += dy[i];
+}
+
+/* sums += group, group = 0 */
+PYNN_INLINE void flush_group(ptrdiff_t n, float *restrict group, double *restrict sums)
+{
+    for (ptrdiff_t i = 0; i < n; i++) {
+        sums[i] += (double)group[i];
+        group[i] = 0.0f;
+    }
 }
 
 #define LAYERNORM_VARIANT(suffix, attribute)                                                   \
@@ -131,13 +138,21 @@ PYNN_INLINE void backward_row(ptrdiff_t n, const float *restrict dy, const float
     }                                                                                          \
     attribute static void backward_rows_##suffix(                                              \
         ptrdiff_t first, ptrdiff_t last, ptrdiff_t length, const float *dy, const float *x,    \
-        const float *weight, double eps, float *dx, double *weight_sums, double *bias_sums)    \
+        const float *weight, double eps, float *dx, double *weight_sums, double *bias_sums,    \
+        float *weight_group, float *bias_group)                                                \
     {                                                                                          \
         if (weight_sums) memset(weight_sums, 0, (size_t)length * sizeof(double));              \
         if (bias_sums) memset(bias_sums, 0, (size_t)length * sizeof(double));                  \
-        for (ptrdiff_t r = first; r < last; r++)                                               \
+        if (weight_group) memset(weight_group, 0, (size_t)length * sizeof(float));             \
+        if (bias_group) memset(bias_group, 0, (size_t)length * sizeof(float));                 \
+        for (ptrdiff_t r = first; r < last; r++) {                                             \
             backward_row(length, dy + r * length, x + r * length, weight, eps,                 \
-                         dx ? dx + r * length : NULL, weight_sums, bias_sums);                 \
+                         dx ? dx + r * length : NULL, weight_group, bias_group);               \
+            if ((r - first) % GROUP_ROWS == GROUP_ROWS - 1 || r == last - 1) {                 \
+                if (weight_group) flush_group(length, weight_group, weight_sums);              \
+                if (bias_group) flush_group(length, bias_group, bias_sums);                    \
+            }                                                                                  \
+        }                                                                                      \
     }                                                                                          \
     const struct pynn_layernorm_kernels pynn_layernorm_##suffix = {forward_rows_##suffix,      \
                                                                    backward_rows_##suffix};
@@ -175,19 +190,24 @@ int pynn_layer_norm_backward(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t 
     const struct pynn_layernorm_kernels *kernels = ctx->kernels->layernorm;
     if (length == 0) return 0;
     const ptrdiff_t blocks = block_count(rows);
-    /* per block: the weight gradient's sums, then the bias gradient's */
+    /* per block: the weight gradient's sums, then the bias gradient's, in
+     * double; after all blocks' sums, the float group sums in the same layout */
     const ptrdiff_t weight_at = 0, bias_at = dweight ? length : 0;
     const ptrdiff_t stride = (dweight ? length : 0) + (dbias ? length : 0);
     double *sums = NULL;
+    float *groups = NULL;
     if (stride) {
-        sums = malloc((size_t)(blocks * stride) * sizeof(double));
+        sums = malloc((size_t)(blocks * stride) * (sizeof(double) + sizeof(float)));
         if (!sums) return -1;
+        groups = (float *)(sums + blocks * stride);
     }
     PYNN_TEAM_FOR(ctx, threads_for(ctx, blocks, rows, length), b, blocks, {
         double *block = sums ? sums + b * stride : NULL;
+        float *group = groups ? groups + b * stride : NULL;
         kernels->backward_rows(rows * b / blocks, rows * (b + 1) / blocks, length, dy, x, weight,
                                eps, dx, dweight ? block + weight_at : NULL,
-                               dbias ? block + bias_at : NULL);
+                               dbias ? block + bias_at : NULL, dweight ? group + weight_at : NULL,
+                               dbias ? group + bias_at : NULL);
     });
     if (!sums) return 0;
     for (ptrdiff_t b = 1; b < blocks; b++)
