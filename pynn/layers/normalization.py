@@ -112,18 +112,18 @@ class LayerNorm(Layer):
                 raise TypeError(f"LayerNorm: {flag} must be a bool, got {type(value).__name__} "
                                 f"{value!r:.40}")
         self.elementwise_affine = bool(elementwise_affine)
-        self.bias = bool(bias)
+        self.use_bias = bool(bias)
         if self.elementwise_affine:
             self.params["weight"] = np.ones(self.normalized_shape, dtype=np.float32)
             self.grads["weight"] = np.zeros(self.normalized_shape, dtype=np.float32)
-            if self.bias:
+            if self.use_bias:
                 self.params["bias"] = np.zeros(self.normalized_shape, dtype=np.float32)
                 self.grads["bias"] = np.zeros(self.normalized_shape, dtype=np.float32)
         self._x = None
 
     def config(self):
         return {"normalized_shape": list(self.normalized_shape), "eps": self.eps,
-                "elementwise_affine": self.elementwise_affine, "bias": self.bias}
+                "elementwise_affine": self.elementwise_affine, "bias": self.use_bias}
 
     def output_shape(self, input_shape):
         rows_and_length(tuple(input_shape), self.normalized_shape, "LayerNorm")
