@@ -1,5 +1,5 @@
-/* Activation kernels (formulas in activations.h). tanh and sigmoid run in
- * float arithmetic, gelu in double, each rounded once (vmath.h). */
+/* Activation kernels (formulas in activations.h). tanh, sigmoid and silu run
+ * in float arithmetic, gelu in double, each rounded once (vmath.h). */
 #include <math.h>
 #include "activations.h"
 #include "vmath.h"
@@ -16,6 +16,32 @@ PYNN_INLINE float sigmoid_f(float x)
     float e = pynn_exp_nonpositive_f(x < 0.0f ? x : -x);
     float r = 1.0f / (1.0f + e);
     return x < 0.0f ? e * r : r;
+}
+
+/* x sigmoid(x) and its derivative s (1 + x (1 - s)), with e = e^-|x| as in
+ * sigmoid_f: both s and 1 - s come from e without a cancellation. */
+PYNN_INLINE float silu_f(float x)
+{
+    float e = pynn_exp_nonpositive_f(x < 0.0f ? x : -x);
+    float r = 1.0f / (1.0f + e);
+    return x < 0.0f ? x * (e * r) : x * r;
+}
+
+PYNN_INLINE float silu_derivative_f(float x)
+{
+    float e = pynn_exp_nonpositive_f(x < 0.0f ? x : -x);
+    float r = 1.0f / (1.0f + e);
+    float s = x < 0.0f ? e * r : r;
+    float complement = x < 0.0f ? r : e * r;
+    return s * (1.0f + x * complement);
+}
+
+/* min(max(x + 3, 0), 6), NaN kept: the ramp of hardswish and hardsigmoid. */
+PYNN_INLINE float hard_ramp_f(float x)
+{
+    float t = x + 3.0f;
+    t = t < 0.0f ? 0.0f : t;
+    return t > 6.0f ? 6.0f : t;
 }
 
 PYNN_INLINE double gelu_tanh_d(double x)
@@ -42,7 +68,8 @@ PYNN_INLINE double gelu_derivative_d(double x)
 struct pynn_activation_kernels {
     pynn_map_fn vexp, vtanh, verf, relu, relu_backward, leaky_relu, leaky_relu_backward,
         sigmoid, sigmoid_backward, tanh, tanh_backward, gelu, gelu_backward, gelu_tanh,
-        gelu_tanh_backward, dropout;
+        gelu_tanh_backward, silu, silu_backward, hardswish, hardswish_backward, hardsigmoid,
+        hardsigmoid_backward, relu6, relu6_backward, dropout;
     void (*softmax_units)(ptrdiff_t first, ptrdiff_t last, ptrdiff_t length, ptrdiff_t inner,
                           const float *x, float *y, int log_domain);
     void (*softmax_backward_units)(ptrdiff_t first, ptrdiff_t last, ptrdiff_t length,
@@ -65,6 +92,17 @@ PYNN_ELEMENTWISE(gelu, PYNN_COSTLY_PARALLEL, (float)(0.5 * A * (1.0 + pynn_erf_d
 PYNN_ELEMENTWISE(gelu_backward, PYNN_COSTLY_PARALLEL, (float)(A * gelu_derivative_d(B)))
 PYNN_ELEMENTWISE(gelu_tanh, PYNN_COSTLY_PARALLEL, (float)gelu_tanh_d(A))
 PYNN_ELEMENTWISE(gelu_tanh_backward, PYNN_COSTLY_PARALLEL, (float)(A * gelu_tanh_derivative_d(B)))
+PYNN_ELEMENTWISE(silu, PYNN_COSTLY_PARALLEL, silu_f(A))
+PYNN_ELEMENTWISE(silu_backward, PYNN_COSTLY_PARALLEL, A * silu_derivative_f(B))
+/* Divisions by 6 and the kinks' sides as in PyTorch's CPU kernels. */
+PYNN_ELEMENTWISE(hardswish, PYNN_CHEAP_PARALLEL, A * hard_ramp_f(A) / 6.0f)
+PYNN_ELEMENTWISE(hardswish_backward, PYNN_CHEAP_PARALLEL,
+                 B <= -3.0f ? 0.0f : B < 3.0f ? A * (B / 3.0f + 0.5f) : A)
+PYNN_ELEMENTWISE(hardsigmoid, PYNN_CHEAP_PARALLEL, hard_ramp_f(A) / 6.0f)
+PYNN_ELEMENTWISE(hardsigmoid_backward, PYNN_CHEAP_PARALLEL,
+                 B > -3.0f && B < 3.0f ? A * (1.0f / 6.0f) : 0.0f)
+PYNN_ELEMENTWISE(relu6, PYNN_CHEAP_PARALLEL, A < 0.0f ? 0.0f : A > 6.0f ? 6.0f : A)
+PYNN_ELEMENTWISE(relu6_backward, PYNN_CHEAP_PARALLEL, B <= 0.0f || B >= 6.0f ? 0.0f : A)
 /* Inverted dropout, forward and backward alike: B holds uniform draws in
  * [0, 1), an element is kept when its draw is >= p and scaled by 1 / (1 - p). */
 PYNN_ELEMENTWISE(dropout, PYNN_CHEAP_PARALLEL, B >= p ? A * (1.0f / (1.0f - p)) : 0.0f)
@@ -203,7 +241,10 @@ PYNN_INLINE ptrdiff_t tiles_per_slice(ptrdiff_t inner)
         leaky_relu_##suffix, leaky_relu_backward_##suffix, sigmoid_##suffix,                 \
         sigmoid_backward_##suffix, tanh_##suffix, tanh_backward_##suffix, gelu_##suffix,     \
         gelu_backward_##suffix, gelu_tanh_##suffix, gelu_tanh_backward_##suffix,             \
-        dropout_##suffix, softmax_units_##suffix, softmax_backward_units_##suffix};
+        silu_##suffix, silu_backward_##suffix, hardswish_##suffix, hardswish_backward_##suffix, \
+        hardsigmoid_##suffix, hardsigmoid_backward_##suffix, relu6_##suffix,                 \
+        relu6_backward_##suffix, dropout_##suffix, softmax_units_##suffix,                   \
+        softmax_backward_units_##suffix};
 
 PYNN_EACH_ISA(ACTIVATION_TABLE)
 

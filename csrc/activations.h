@@ -2,8 +2,9 @@
  *
  * Element-wise kernels share one signature (vmath.h): y[i] = f(a[i], b[i], p).
  * Forwards read a = x; backwards read a = dy and b = what PyTorch's backward
- * takes: the input x (relu, leaky_relu, gelu) or the output y (sigmoid, tanh).
- * y may be a (in place). */
+ * takes: the input x (relu, leaky_relu, gelu, silu, hardswish, hardsigmoid,
+ * relu6) or the output y (sigmoid, tanh). Backwards at the kinks and for NaN
+ * inputs take PyTorch's side. y may be a (in place). */
 #ifndef PYNN_ACTIVATIONS_H
 #define PYNN_ACTIVATIONS_H
 
@@ -28,6 +29,14 @@ PYNN_DECLARE_MAP(gelu);                /* x Phi(x), Phi(x) = (1 + erf(x / sqrt 2
 PYNN_DECLARE_MAP(gelu_backward);       /* dx = dy (Phi(x) + x phi(x)) */
 PYNN_DECLARE_MAP(gelu_tanh);           /* x (1 + tanh u) / 2, u = sqrt(2/pi) (x + 0.044715 x^3) */
 PYNN_DECLARE_MAP(gelu_tanh_backward);
+PYNN_DECLARE_MAP(silu);                /* x sigmoid(x) */
+PYNN_DECLARE_MAP(silu_backward);       /* dx = dy s (1 + x (1 - s)), s = sigmoid(x) */
+PYNN_DECLARE_MAP(hardswish);           /* x min(max(x + 3, 0), 6) / 6 */
+PYNN_DECLARE_MAP(hardswish_backward);  /* dx = 0 for x <= -3, dy (x / 3 + 1/2) below 3, else dy */
+PYNN_DECLARE_MAP(hardsigmoid);         /* min(max(x + 3, 0), 6) / 6 */
+PYNN_DECLARE_MAP(hardsigmoid_backward); /* dx = dy / 6 for -3 < x < 3, else 0 */
+PYNN_DECLARE_MAP(relu6);               /* min(max(x, 0), 6), NaN kept */
+PYNN_DECLARE_MAP(relu6_backward);      /* dx = 0 for x <= 0 or x >= 6, else dy */
 PYNN_DECLARE_MAP(dropout);             /* y = a [b >= p] / (1 - p), b uniform in [0, 1) */
 
 /* softmax / log_softmax of x viewed as [outer, length, inner] along the middle

@@ -22,6 +22,7 @@ struct pynn_kernels {
     const struct pynn_pool_kernels *pool;           /* pool.c */
     const struct pynn_optim_kernels *optim;         /* optim.c */
     const struct pynn_tensor_kernels *tensor;       /* tensor.c */
+    const struct pynn_layernorm_kernels *layernorm; /* layernorm.c */
 };
 
 /* The table of a path this build compiled (pynn_isa_compiled). */
@@ -49,5 +50,6 @@ PYNN_DECLARE_TABLES(conv)
 PYNN_DECLARE_TABLES(pool)
 PYNN_DECLARE_TABLES(optim)
 PYNN_DECLARE_TABLES(tensor)
+PYNN_DECLARE_TABLES(layernorm)
 
 #endif

@@ -3,8 +3,9 @@ differences and torch.nn."""
 import numpy as np
 import pytest
 
-from pynn import ops
-from pynn.layers import GELU, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from pynn import Sequential, ops
+from pynn.layers import (GELU, Hardsigmoid, Hardswish, LeakyReLU, Linear, ReLU, ReLU6, Sigmoid,
+                         SiLU, Softmax, Tanh)
 from tests.helpers import check_gradient
 
 LAYERS = [
@@ -15,6 +16,10 @@ LAYERS = [
     (GELU, {}, lambda x: ops.gelu(x)),
     (GELU, {"approximate": "tanh"}, lambda x: ops.gelu(x, approximate="tanh")),
     (Softmax, {"axis": 0}, lambda x: ops.softmax(x, axis=0)),
+    (SiLU, {}, lambda x: ops.silu(x)),
+    (Hardswish, {}, lambda x: ops.hardswish(x)),
+    (Hardsigmoid, {}, lambda x: ops.hardsigmoid(x)),
+    (ReLU6, {}, lambda x: ops.relu6(x)),
 ]
 
 
@@ -40,7 +45,8 @@ def test_forward_matches_the_op_and_infer(cls, kwargs, reference, shape):
 def test_backward_matches_finite_differences(cls, kwargs, reference):
     layer = cls(**kwargs)
     x, weights = _random((3, 5), 1), _random((3, 5), 2)
-    x[np.abs(x) < 0.05] = 0.5
+    for kink in (0.0, -3.0, 3.0, 6.0):  # the piecewise activations' kinks
+        x[np.abs(x - kink) < 0.05] = kink + 0.5
     layer.forward(x, training=True)
     dx = layer.backward(weights)
     assert layer.backward(weights, input_grad=False) is None
@@ -54,7 +60,9 @@ def test_torch_parity(cls, kwargs, reference):
                     Tanh: lambda: torch.nn.Tanh(),
                     LeakyReLU: lambda: torch.nn.LeakyReLU(kwargs.get("negative_slope", 0.01)),
                     GELU: lambda: torch.nn.GELU(approximate=kwargs.get("approximate", "none")),
-                    Softmax: lambda: torch.nn.Softmax(dim=kwargs.get("axis", -1))}
+                    Softmax: lambda: torch.nn.Softmax(dim=kwargs.get("axis", -1)),
+                    SiLU: lambda: torch.nn.SiLU(), Hardswish: lambda: torch.nn.Hardswish(),
+                    Hardsigmoid: lambda: torch.nn.Hardsigmoid(), ReLU6: lambda: torch.nn.ReLU6()}
     x, dy = _random((4, 6), 3), _random((4, 6), 4)
     tx = torch.tensor(x, requires_grad=True)
     ty = torch_layers[cls]()(tx)
@@ -62,6 +70,22 @@ def test_torch_parity(cls, kwargs, reference):
     layer = cls(**kwargs)
     np.testing.assert_allclose(layer.forward(x, training=True), ty.detach().numpy(), rtol=2e-6, atol=1e-6)
     np.testing.assert_allclose(layer.backward(dy), tx.grad.numpy(), rtol=2e-5, atol=1e-6)
+
+
+def test_new_activations_run_in_the_inference_plan_without_calling_infer():
+    model = Sequential(Linear(5, 8), SiLU(), Hardswish(), Linear(8, 8), Hardsigmoid(), ReLU6())
+    x = _random((4, 5), 5) * 3
+    expected = x
+    for layer in model.layers:
+        expected = layer.forward(expected)
+
+    def python_step(*args):
+        raise AssertionError("an activation ran as a Python step")
+
+    for layer in model.layers:
+        layer.infer = python_step
+    for _ in range(2):
+        np.testing.assert_array_equal(model.predict(x), expected)
 
 
 def test_bad_inputs():

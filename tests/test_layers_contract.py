@@ -23,6 +23,10 @@ CASES = {
     "Tanh": (layers.Tanh, ROWS),
     "GELU": (layers.GELU, ROWS),
     "Softmax": (layers.Softmax, ROWS),
+    "SiLU": (layers.SiLU, ROWS),
+    "Hardswish": (layers.Hardswish, ROWS),
+    "Hardsigmoid": (layers.Hardsigmoid, ROWS),
+    "ReLU6": (layers.ReLU6, ROWS),
     "Conv2d": (lambda: layers.Conv2d(3, 4, 3, padding=1), IMAGES),
     "MaxPool2d": (lambda: layers.MaxPool2d(2), IMAGES),
     "AvgPool2d": (lambda: layers.AvgPool2d(2), IMAGES),
@@ -37,6 +41,7 @@ CASES = {
     "Reshape": (lambda: layers.Reshape((-1, 6)), IMAGES),
     "Permute": (lambda: layers.Permute((0, 2, 3, 1)), IMAGES),
     "Identity": (layers.Identity, ROWS),
+    "LayerNorm": (lambda: layers.LayerNorm([6, 6]), IMAGES),
 }
 # layers whose output is a view of the input, not an output buffer of their own
 VIEWS = {"Flatten", "Reshape", "Identity"}

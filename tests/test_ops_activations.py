@@ -17,6 +17,10 @@ def _phi(x):
     return 0.5 * (1.0 + _erf(x / math.sqrt(2.0)))
 
 
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
 def _gelu_tanh_parts(x):
     u = math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)
     return np.tanh(u), math.sqrt(2 / math.pi) * (1 + 3 * 0.044715 * x ** 2)
@@ -36,7 +40,19 @@ ELEMENTWISE = {
                   lambda x: 0.5 * x * (1 + _gelu_tanh_parts(x)[0]),
                   lambda x: (0.5 * (1 + _gelu_tanh_parts(x)[0])
                              + 0.5 * x * (1 - _gelu_tanh_parts(x)[0] ** 2) * _gelu_tanh_parts(x)[1])),
+    "silu": (ops.silu, ops.silu_backward, {}, lambda x: x / (1 + np.exp(-x)),
+             lambda x: _sigmoid(x) * (1 + x * (1 - _sigmoid(x)))),
+    "hardswish": (ops.hardswish, ops.hardswish_backward, {}, lambda x: x * np.clip(x + 3, 0, 6) / 6,
+                  lambda x: np.where(x <= -3, 0.0, np.where(x < 3, x / 3 + 0.5, 1.0))),
+    "hardsigmoid": (ops.hardsigmoid, ops.hardsigmoid_backward, {}, lambda x: np.clip(x + 3, 0, 6) / 6,
+                    lambda x: np.where((x > -3) & (x < 3), 1 / 6, 0.0)),
+    "relu6": (ops.relu6, ops.relu6_backward, {}, lambda x: np.clip(x, 0, 6),
+              lambda x: np.where((x > 0) & (x < 6), 1.0, 0.0)),
 }
+NEW = ("silu", "hardswish", "hardsigmoid", "relu6")
+# where the piecewise ones change formula: finite differences stay clear of them
+KINKS = {"relu": [0.0], "leaky_relu": [0.0], "hardswish": [-3.0, 3.0],
+         "hardsigmoid": [-3.0, 3.0], "relu6": [0.0, 6.0]}
 # backward takes the forward output for these, the input for the rest
 TAKES_OUTPUT = {"sigmoid", "tanh"}
 
@@ -64,13 +80,58 @@ def test_forward_and_backward_against_float64(isa, name, shape):
 def test_backward_matches_finite_differences(name):
     forward, backward, kwargs, _, _ = ELEMENTWISE[name]
     x = _inputs((4, 6), seed=3, scale=2.0)
-    x[np.abs(x) < 0.05] = 0.5  # keep ReLU's kink out of the difference
+    for kink in KINKS.get(name, []):
+        x[np.abs(x - kink) < 0.05] = kink + 0.5
     weights = _inputs((4, 6), seed=4, scale=1.0)
     y = forward(x, **kwargs)
     a = y if name in TAKES_OUTPUT else x
     analytic = backward(weights, a, **kwargs)
     check_gradient(lambda v: float(np.sum(forward(v, **kwargs).astype(np.float64) * weights)),
                    x, analytic, eps=1e-2)
+
+
+@pytest.mark.parametrize("name", NEW)
+@pytest.mark.parametrize("n", [0, 1, 15, 17, 1000003])
+def test_new_activations_at_awkward_sizes(isa, name, n):
+    """Vector bodies, masked or scalar tails and the threaded, streaming sizes
+    against float64, backward in place over dy as well."""
+    forward, backward, kwargs, reference, derivative = ELEMENTWISE[name]
+    x = _inputs(n, seed=n)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(forward(x), reference(x64), rtol=4 * EPS32, atol=4 * EPS32)
+    dy = _inputs(n, seed=n + 1, scale=1.0)
+    expected = dy * derivative(x64)
+    np.testing.assert_allclose(backward(dy, x), expected, rtol=16 * EPS32, atol=16 * EPS32)
+    np.testing.assert_allclose(backward(dy, x, out=dy), expected, rtol=16 * EPS32, atol=16 * EPS32)
+
+
+# PyTorch's values at the kinks, at NaN and at the infinities (its CPU kernels'
+# comparisons decide which side a kink takes, and what NaN gives backward)
+KINK_INPUTS = [-3.0, 3.0, 0.0, 6.0, np.nan, np.inf, -np.inf]
+KINK_VALUES = {
+    "silu": ([-3 / (1 + math.exp(3)), 3 / (1 + math.exp(-3)), 0.0, 6 / (1 + math.exp(-6)),
+              np.nan, np.inf, np.nan],
+             [None, None, 0.5, None, np.nan, np.nan, np.nan]),
+    "hardswish": ([0.0, 3.0, 0.0, 6.0, np.nan, np.inf, np.nan],
+                  [0.0, 1.0, 0.5, 1.0, 1.0, 1.0, 0.0]),
+    "hardsigmoid": ([0.0, 1.0, 0.5, 1.0, np.nan, 1.0, 0.0],
+                    [0.0, 0.0, 1 / 6, 0.0, 0.0, 0.0, 0.0]),
+    "relu6": ([0.0, 3.0, 0.0, 6.0, np.nan, 6.0, 0.0],
+              [0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0]),
+}
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_new_activations_at_kinks_nan_and_infinities(isa, name):
+    forward, backward, _, _, derivative = ELEMENTWISE[name]
+    values, slopes = KINK_VALUES[name]
+    # 17 copies: vector bodies and tails alike
+    x = np.tile(np.array(KINK_INPUTS, np.float32), 17)
+    with np.errstate(all="ignore"):
+        slopes = [derivative(np.float64(v)) if s is None else s for v, s in zip(KINK_INPUTS, slopes)]
+    np.testing.assert_allclose(forward(x), np.tile(values, 17), rtol=4 * EPS32, atol=0)
+    np.testing.assert_allclose(backward(np.ones_like(x), x), np.tile(slopes, 17),
+                               rtol=16 * EPS32, atol=0)
 
 
 @pytest.mark.parametrize("name", sorted(ELEMENTWISE))
@@ -200,6 +261,7 @@ def test_same_result_on_any_thread_count(set_threads):
 def test_torch_parity():
     torch = pytest.importorskip("torch")
     x = _inputs((6, 11), seed=8)
+    x[0, :9] = [-3, 3, 0, 6, -2.9999998, 3.0000002, 5.9999995, 1e-8, -90]  # kinks, tails
     dy = _inputs((6, 11), seed=9, scale=1.0)
     cases = [
         (lambda t: torch.relu(t), ops.relu, ops.relu_backward, {}, False),
@@ -210,6 +272,10 @@ def test_torch_parity():
         (lambda t: torch.nn.functional.gelu(t), ops.gelu, ops.gelu_backward, {}, False),
         (lambda t: torch.nn.functional.gelu(t, approximate="tanh"), ops.gelu, ops.gelu_backward,
          {"approximate": "tanh"}, False),
+        (torch.nn.functional.silu, ops.silu, ops.silu_backward, {}, False),
+        (torch.nn.functional.hardswish, ops.hardswish, ops.hardswish_backward, {}, False),
+        (torch.nn.functional.hardsigmoid, ops.hardsigmoid, ops.hardsigmoid_backward, {}, False),
+        (torch.nn.functional.relu6, ops.relu6, ops.relu6_backward, {}, False),
         (lambda t: torch.softmax(t, 1), ops.softmax, ops.softmax_backward, {"axis": 1}, True),
         (lambda t: torch.log_softmax(t, 0), ops.log_softmax, ops.log_softmax_backward, {"axis": 0}, True),
     ]
@@ -228,7 +294,8 @@ def test_torch_parity():
     (np.array([object()]), TypeError), ("text", TypeError), (None, TypeError),
     (np.ones(3, bool), TypeError)])
 def test_bad_inputs_are_refused(bad, error):
-    for op in (ops.relu, ops.sigmoid, ops.tanh, ops.gelu, ops.softmax):
+    for op in (ops.relu, ops.sigmoid, ops.tanh, ops.gelu, ops.softmax, ops.silu, ops.hardswish,
+               ops.hardsigmoid, ops.relu6):
         with pytest.raises(error, match=op.__name__):
             op(bad)
 

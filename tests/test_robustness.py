@@ -103,6 +103,11 @@ ELEMENTWISE = {
     "tanh": (ops.tanh, np.tanh),
     # the plain formula, as numpy evaluates it: gelu(-inf) = -inf * 0 = NaN
     "gelu": (ops.gelu, lambda x: 0.5 * x * (1 + _erf(x / np.sqrt(2)))),
+    # as PyTorch: silu(-inf) = -inf * 0 = NaN, hardswish(-inf) = -inf * 0 = NaN
+    "silu": (ops.silu, lambda x: x / (1 + np.exp(-x))),
+    "hardswish": (ops.hardswish, lambda x: x * np.clip(x + 3, 0, 6) / 6),
+    "hardsigmoid": (ops.hardsigmoid, lambda x: np.clip(x + 3, 0, 6) / 6),
+    "relu6": (ops.relu6, lambda x: np.clip(x, 0, 6)),
 }
 
 
@@ -117,6 +122,37 @@ def test_elementwise_ops(name, kind, shape, data):
         return
     with np.errstate(all="ignore"):
         assert_elementwise(op(make_input(kind, x)), reference(as_reference(kind, x)))
+
+
+def _silu_slope(x):
+    s = 1 / (1 + np.exp(-x))  # not 0 where dy = inf meets a very negative x
+    return s * (1 + x * (1 - s))
+
+
+# dy, x -> dx as PyTorch's backward: NaN x passes dy where no comparison holds
+ELEMENTWISE_BACKWARD = {
+    "silu_backward": lambda dy, x: dy * _silu_slope(x),
+    "hardswish_backward": lambda dy, x: np.where(x <= -3, 0, np.where(x < 3, dy * (x / 3 + 0.5), dy)),
+    "hardsigmoid_backward": lambda dy, x: np.where((x > -3) & (x < 3), dy / 6, 0),
+    "relu6_backward": lambda dy, x: np.where((x <= 0) | (x >= 6), 0, dy),
+}
+
+
+@fuzz
+@given(st.sampled_from(sorted(ELEMENTWISE_BACKWARD)), st.sampled_from(FLOAT_KINDS + BAD_KINDS),
+       shapes(), st.booleans(), st.data())
+def test_elementwise_backward_ops(name, kind, shape, mismatched, data):
+    op, reference = getattr(ops, name), ELEMENTWISE_BACKWARD[name]
+    x = data.draw(values(shape))
+    dy = data.draw(values(shape[:-1] + (shape[-1] + 1,) if mismatched and shape else shape))
+    mismatched = dy.shape != x.shape
+    if kind in BAD_KINDS or mismatched:
+        expect_refusal(lambda: op(make_input(kind, dy), x.astype(np.float32)), name)
+        return
+    with np.errstate(all="ignore"):
+        expected = reference(as_reference(kind, dy), x.astype(np.float32).astype(np.float64))
+        assert_elementwise(op(make_input(kind, dy), x.astype(np.float32)), expected,
+                           rtol=2e-6, atol=1e-6)
 
 
 @fuzz
@@ -313,12 +349,61 @@ def test_pooling(batch, channels, height, width, kernel, stride, padding, ceil_m
     np.testing.assert_allclose(result, expected, rtol=2e-6, atol=1e-6)
 
 
+@fuzz
+@given(st.sampled_from(FLOAT_KINDS[:3] + BAD_KINDS), shapes(0, 4, 5), st.integers(0, 3),
+       st.sampled_from(["good", "none", "short"]), st.sampled_from([1e-5, 0.5, 0.0, -1.0]),
+       st.data())
+def test_layer_norm(kind, shape, axes, affine, eps, data):
+    axes = min(axes, len(shape))  # the trailing axes, or (with 0) a size that may not match
+    normalized_shape = shape[len(shape) - axes:] if axes else (data.draw(st.integers(0, 5)),)
+    x = data.draw(values(shape, specials=False))
+    side = normalized_shape[:-1] + (normalized_shape[-1] + (affine == "short"),)
+    weight = None if affine == "none" else data.draw(values(side, specials=False)).astype(np.float32)
+    bias = None if affine == "none" else data.draw(values(side, specials=False)).astype(np.float32)
+    dy = data.draw(values(shape, specials=False)).astype(np.float32)
+    forward = lambda: ops.layer_norm(make_input(kind, x), normalized_shape, weight, bias,  # noqa: E731
+                                     eps=eps)
+    backward = lambda: ops.layer_norm_backward(dy, make_input(kind, x), normalized_shape,  # noqa: E731
+                                               weight, eps=eps, bias=bias)
+    count = len(normalized_shape)
+    good = (kind not in BAD_KINDS and affine != "short" and eps >= 0 and len(shape) >= count
+            and shape[len(shape) - count:] == normalized_shape)
+    if not good:
+        expect_refusal(forward, "layer_norm")
+        expect_refusal(backward, "layer_norm_backward")
+        return
+    x64 = as_reference(kind, x)
+    axes = tuple(range(len(shape) - count, len(shape)))
+    with np.errstate(all="ignore"):
+        centred = x64 - (x64.mean(axis=axes, keepdims=True) if x64.size else 0)
+        invstd = 1 / np.sqrt((centred ** 2).mean(axis=axes, keepdims=True) + eps) if x64.size else 0
+        xhat = centred * invstd
+        expected = xhat * (1 if weight is None else weight) + (0 if bias is None else bias)
+        g = dy * (1 if weight is None else weight)
+        expected_dx = invstd * (g - g.mean(axis=axes, keepdims=True)
+                                - xhat * (g * xhat).mean(axis=axes, keepdims=True)) if x64.size else g
+    # eps = 0 on a constant row divides by zero, in PyTorch too: compared where finite
+    finite = np.isfinite(expected) if eps == 0 else np.ones(expected.shape, bool)
+    y = forward()
+    assert y.shape == x.shape and y.dtype == np.float32
+    assert_elementwise(y[finite], expected[finite], rtol=1e-4, atol=1e-4)
+    dx, dweight, dbias = backward()
+    scale = 1 + np.abs(invstd * g).max(initial=0)
+    assert_elementwise(dx[finite], expected_dx[finite], rtol=1e-4, atol=1e-4 * scale)
+    if weight is not None and eps > 0:
+        leading = tuple(range(len(shape) - count))
+        assert_elementwise(dweight, (dy * xhat).sum(axis=leading), rtol=1e-4, atol=1e-4 * scale)
+        assert_elementwise(dbias, dy.astype(np.float64).sum(axis=leading), rtol=1e-4, atol=1e-4)
+
+
 LAYERS = [
     lambda: layers.Linear(4, 3), lambda: layers.ReLU(), lambda: layers.Tanh(),
     lambda: layers.Softmax(), lambda: layers.Flatten(), lambda: layers.Dropout(0.3, seed=0),
     lambda: layers.BatchNorm1d(4), lambda: layers.Conv2d(4, 2, 3, padding=1),
     lambda: layers.MaxPool2d(2), lambda: layers.GlobalAvgPool2d(), lambda: layers.Embedding(5, 3),
     lambda: layers.Reshape((-1, 2)), lambda: layers.Permute((0, 2, 1)), lambda: layers.Identity(),
+    lambda: layers.SiLU(), lambda: layers.Hardswish(), lambda: layers.Hardsigmoid(),
+    lambda: layers.ReLU6(), lambda: layers.LayerNorm(5), lambda: layers.LayerNorm([4, 5]),
 ]
 
 

@@ -25,6 +25,14 @@ cdef extern from "activations.h" nogil:
     void pynn_gelu_backward(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
     void pynn_gelu_tanh(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
     void pynn_gelu_tanh_backward(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
+    void pynn_silu(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
+    void pynn_silu_backward(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
+    void pynn_hardswish(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
+    void pynn_hardswish_backward(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
+    void pynn_hardsigmoid(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
+    void pynn_hardsigmoid_backward(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
+    void pynn_relu6(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
+    void pynn_relu6_backward(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
     void pynn_dropout(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
     void pynn_softmax(const pynn_context *ctx, Py_ssize_t outer, Py_ssize_t length, Py_ssize_t inner,
                       const float *x, float *y, int log_domain)
@@ -35,11 +43,15 @@ cdef extern from "activations.h" nogil:
 # Kernel names, in the order of kernel_table
 KERNELS = ("exp", "tanh_math", "erf", "relu", "relu_backward", "leaky_relu",
            "leaky_relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
-           "gelu", "gelu_backward", "gelu_tanh", "gelu_tanh_backward", "dropout")
-cdef map_kernel[16] kernel_table = [
+           "gelu", "gelu_backward", "gelu_tanh", "gelu_tanh_backward", "silu", "silu_backward",
+           "hardswish", "hardswish_backward", "hardsigmoid", "hardsigmoid_backward", "relu6",
+           "relu6_backward", "dropout")
+cdef map_kernel[24] kernel_table = [
     pynn_vexp, pynn_vtanh, pynn_verf, pynn_relu, pynn_relu_backward, pynn_leaky_relu,
     pynn_leaky_relu_backward, pynn_sigmoid, pynn_sigmoid_backward, pynn_tanh, pynn_tanh_backward,
-    pynn_gelu, pynn_gelu_backward, pynn_gelu_tanh, pynn_gelu_tanh_backward, pynn_dropout]
+    pynn_gelu, pynn_gelu_backward, pynn_gelu_tanh, pynn_gelu_tanh_backward, pynn_silu,
+    pynn_silu_backward, pynn_hardswish, pynn_hardswish_backward, pynn_hardsigmoid,
+    pynn_hardsigmoid_backward, pynn_relu6, pynn_relu6_backward, pynn_dropout]
 cdef dict kernel_index = {name: i for i, name in enumerate(KERNELS)}
 
 

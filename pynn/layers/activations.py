@@ -82,6 +82,27 @@ class GELU(_Activation):
         return {"approximate": self.approximate}
 
 
+class SiLU(_Activation):
+    """x sigmoid(x), also called swish."""
+    _kernel = "silu"
+    _saves = "x"
+
+
+class Hardswish(_Activation):
+    _kernel = "hardswish"
+    _saves = "x"
+
+
+class Hardsigmoid(_Activation):
+    _kernel = "hardsigmoid"
+    _saves = "x"
+
+
+class ReLU6(_Activation):
+    _kernel = "relu6"
+    _saves = "x"
+
+
 class Softmax(Layer):
     """softmax along ``axis``; backward dx = y (dy - Σ dy y)."""
 

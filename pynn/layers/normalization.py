@@ -1,9 +1,11 @@
-"""Batch normalisation layers (contract in base.py), as torch.nn.BatchNorm1d/2d."""
+"""Normalisation layers (contract in base.py), as torch.nn.BatchNorm1d/2d and
+torch.nn.LayerNorm."""
 import numpy as np
 
 from pynn._checks import as_count, as_float32, as_real
 from pynn._kernels import core as kernels
 from pynn.layers.base import Layer
+from pynn.ops.normalization import checked_eps, normalized_shape_of, rows_and_length
 
 
 class _BatchNorm(Layer):
@@ -93,3 +95,62 @@ class BatchNorm1d(_BatchNorm):
 class BatchNorm2d(_BatchNorm):
     """Over [N, C, H, W]."""
     _ranks = (4,)
+
+
+class LayerNorm(Layer):
+    """Normalises each sample over its trailing ``normalized_shape`` axes:
+    y = (x - mean) / √(var + eps) · weight + bias (biased variance). With
+    ``elementwise_affine`` the parameters ``weight`` (ones) and, with
+    ``bias``, ``bias`` (zeros) have shape ``normalized_shape``."""
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, name=None):
+        super().__init__(name=name)
+        self.normalized_shape = normalized_shape_of(normalized_shape, "LayerNorm")
+        self.eps = checked_eps(eps, "LayerNorm")
+        for flag, value in (("elementwise_affine", elementwise_affine), ("bias", bias)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"LayerNorm: {flag} must be a bool, got {type(value).__name__} "
+                                f"{value!r:.40}")
+        self.elementwise_affine = bool(elementwise_affine)
+        self.use_bias = bool(bias)
+        if self.elementwise_affine:
+            self.params["weight"] = np.ones(self.normalized_shape, dtype=np.float32)
+            self.grads["weight"] = np.zeros(self.normalized_shape, dtype=np.float32)
+            if self.use_bias:
+                self.params["bias"] = np.zeros(self.normalized_shape, dtype=np.float32)
+                self.grads["bias"] = np.zeros(self.normalized_shape, dtype=np.float32)
+        self._x = None
+
+    def config(self):
+        return {"normalized_shape": list(self.normalized_shape), "eps": self.eps,
+                "elementwise_affine": self.elementwise_affine, "bias": self.use_bias}
+
+    def output_shape(self, input_shape):
+        rows_and_length(tuple(input_shape), self.normalized_shape, "LayerNorm")
+        return tuple(input_shape)
+
+    def check_input(self, x):
+        x = as_float32(x, "LayerNorm", "x")
+        self.output_shape(x.shape)
+        return x
+
+    def infer(self, x, out):
+        rows, length = rows_and_length(x.shape, self.normalized_shape, "LayerNorm")
+        return kernels.layer_norm(x, self.params.get("weight"), self.params.get("bias"), self.eps,
+                                  out, rows, length)
+
+    def backward(self, dy, input_grad=True):
+        """dx = (g - mean(g) - x̂ mean(g x̂)) / σ with g = dy · weight, per
+        sample; dweight = Σ dy x̂ and dbias = Σ dy over the samples."""
+        x = self._kept("_x")
+        dy = self._checked_dy(dy, x.shape)
+        dx = self.workspace("dx", x.shape) if input_grad else None
+        trainable = self.trainable
+        dweight = self.grads.get("weight") if trainable else None
+        dbias = self.grads.get("bias") if trainable else None
+        if dx is None and dweight is None and dbias is None:
+            return None
+        rows, length = rows_and_length(x.shape, self.normalized_shape, "LayerNorm")
+        kernels.layer_norm_backward(dy, x, self.params.get("weight"), self.eps, dx, dweight,
+                                    dbias, rows, length)
+        return dx

@@ -2,8 +2,9 @@
 
 Element-wise ops take any rank; ``out`` may be the input itself (in place).
 Each ``<name>_backward(dy, a, ...)`` takes what PyTorch's backward takes: the
-forward input ``x`` for relu, leaky_relu and gelu, the forward output ``y``
-for sigmoid, tanh, softmax and log_softmax."""
+forward input ``x`` for relu, leaky_relu, gelu, silu, hardswish, hardsigmoid
+and relu6, the forward output ``y`` for sigmoid, tanh, softmax and
+log_softmax. At a kink the backward takes PyTorch's side."""
 import math
 
 import numpy as np
@@ -97,6 +98,46 @@ def gelu_backward(dy, x, approximate="none", out=None):
     """dx = dy * d/dx gelu(x); exact: Φ(x) + x φ(x)."""
     kernel = _gelu_kernel(approximate, "gelu_backward") + "_backward"
     return _backward(kernel, "gelu_backward", dy, x, "x", out)
+
+
+def silu(x, out=None):
+    """x * sigmoid(x)."""
+    return _forward("silu", "silu", x, out)
+
+
+def silu_backward(dy, x, out=None):
+    """dx = dy * s (1 + x (1 - s)), s = sigmoid(x)."""
+    return _backward("silu_backward", "silu_backward", dy, x, "x", out)
+
+
+def hardswish(x, out=None):
+    """x * min(max(x + 3, 0), 6) / 6."""
+    return _forward("hardswish", "hardswish", x, out)
+
+
+def hardswish_backward(dy, x, out=None):
+    """dx = 0 where x <= -3, dy (x / 3 + 1/2) where -3 < x < 3, dy from 3 on."""
+    return _backward("hardswish_backward", "hardswish_backward", dy, x, "x", out)
+
+
+def hardsigmoid(x, out=None):
+    """min(max(x + 3, 0), 6) / 6."""
+    return _forward("hardsigmoid", "hardsigmoid", x, out)
+
+
+def hardsigmoid_backward(dy, x, out=None):
+    """dx = dy / 6 where -3 < x < 3, else 0."""
+    return _backward("hardsigmoid_backward", "hardsigmoid_backward", dy, x, "x", out)
+
+
+def relu6(x, out=None):
+    """min(max(x, 0), 6); NaN stays NaN."""
+    return _forward("relu6", "relu6", x, out)
+
+
+def relu6_backward(dy, x, out=None):
+    """dx = dy where 0 < x < 6, else 0."""
+    return _backward("relu6_backward", "relu6_backward", dy, x, "x", out)
 
 
 def _axis_split(shape, axis, where):

@@ -1,0 +1,221 @@
+/* Layer normalisation (contracts in layernorm.h). A row's statistics are
+ * two passes over it in double (the mean, then the centred squares), each
+ * with 16 partial sums combined in a fixed order (vmath.h); the element
+ * loops run in float, centring by the mean as two floats (x - high is exact
+ * near the mean, low holds what high's rounding lost, which matters where
+ * the mean is large beside the spread). One copy of the row loops per ISA. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "layernorm.h"
+#include "kernels.h"
+#include "vmath.h"
+
+/* A pass splits its rows across threads from this many floats. */
+#define PARALLEL_MIN_FLOATS 65536
+/* Rows split into at most MAX_BLOCKS blocks of at least MIN_BLOCK_ROWS rows,
+ * by the row count alone: the units of the threads and of the weight and
+ * bias gradients' partial sums. */
+#define MAX_BLOCKS 64
+#define MIN_BLOCK_ROWS 8
+/* Within a block the weight and bias gradients' terms are summed in float
+ * over groups of GROUP_ROWS rows, each group's sums then added in double. */
+#define GROUP_ROWS 8
+
+struct pynn_layernorm_kernels {
+    void (*forward_rows)(ptrdiff_t first, ptrdiff_t last, ptrdiff_t length, const float *x,
+                         const float *weight, const float *bias, double eps, float *y);
+    void (*backward_rows)(ptrdiff_t first, ptrdiff_t last, ptrdiff_t length, const float *dy,
+                          const float *x, const float *weight, double eps, float *dx,
+                          double *weight_sums, double *bias_sums, float *weight_group,
+                          float *bias_group);
+};
+
+/* Σ (x - centre)² in double */
+PYNN_INLINE double centred_squares(const float *restrict x, double centre, ptrdiff_t n)
+{
+    double partial[PYNN_LANES] = {0.0};
+    ptrdiff_t i = 0;
+    for (; i + PYNN_LANES <= n; i += PYNN_LANES)
+        for (int k = 0; k < PYNN_LANES; k++) {
+            double c = (double)x[i + k] - centre;
+            partial[k] += c * c;
+        }
+    double sum = 0.0;
+    for (int k = 0; k < PYNN_LANES; k++) sum += partial[k];
+    for (; i < n; i++) sum += ((double)x[i] - centre) * ((double)x[i] - centre);
+    return sum;
+}
+
+/* Σ dy w (x - centre) in double (w NULL: 1); one accumulator array per
+ * loop, the form the compiler vectorises */
+PYNN_INLINE double gradient_dot(const float *restrict dy, const float *restrict w,
+                                const float *restrict x, double centre, ptrdiff_t n)
+{
+    double partial[PYNN_LANES] = {0.0};
+    ptrdiff_t i = 0;
+    if (w)
+        for (; i + PYNN_LANES <= n; i += PYNN_LANES)
+            for (int k = 0; k < PYNN_LANES; k++)
+                partial[k] += (double)dy[i + k] * w[i + k] * ((double)x[i + k] - centre);
+    else
+        for (; i + PYNN_LANES <= n; i += PYNN_LANES)
+            for (int k = 0; k < PYNN_LANES; k++)
+                partial[k] += (double)dy[i + k] * ((double)x[i + k] - centre);
+    double sum = 0.0;
+    for (int k = 0; k < PYNN_LANES; k++) sum += partial[k];
+    for (; i < n; i++) sum += (double)dy[i] * (w ? w[i] : 1.0f) * ((double)x[i] - centre);
+    return sum;
+}
+
+PYNN_INLINE void row_statistics(const float *restrict x, ptrdiff_t n, double eps, double *mean,
+                                double *invstd)
+{
+    *mean = pynn_row_sum(x, NULL, n) / (double)n;
+    *invstd = 1.0 / sqrt(centred_squares(x, *mean, n) / (double)n + eps);
+}
+
+PYNN_INLINE void forward_row(ptrdiff_t n, const float *restrict x, const float *restrict weight,
+                             const float *restrict bias, double eps, float *restrict y)
+{
+    double mean, invstd;
+    row_statistics(x, n, eps, &mean, &invstd);
+    const float high = (float)mean, low = (float)(mean - high), scale = (float)invstd;
+    if (weight && bias)
+        for (ptrdiff_t i = 0; i < n; i++) y[i] = (x[i] - high - low) * scale * weight[i] + bias[i];
+    else if (weight)
+        for (ptrdiff_t i = 0; i < n; i++) y[i] = (x[i] - high - low) * scale * weight[i];
+    else if (bias)
+        for (ptrdiff_t i = 0; i < n; i++) y[i] = (x[i] - high - low) * scale + bias[i];
+    else
+        for (ptrdiff_t i = 0; i < n; i++) y[i] = (x[i] - high - low) * scale;
+}
+
+/* dx = invstd g - invstd mean(g) - (x - mean) invstd³ mean(g (x - mean)) */
+PYNN_INLINE void backward_row(ptrdiff_t n, const float *restrict dy, const float *restrict x,
+                              const float *restrict weight, double eps, float *restrict dx,
+                              float *restrict weight_group, float *restrict bias_group)
+{
+    double mean, invstd;
+    row_statistics(x, n, eps, &mean, &invstd);
+    const float high = (float)mean, low = (float)(mean - high), scale = (float)invstd;
+    if (dx) {
+        /* NULL spelt out, so each inlined copy knows its b and vectorises */
+        const double grad_sum = weight ? pynn_row_sum(dy, weight, n) : pynn_row_sum(dy, NULL, n);
+        const double grad_dot = gradient_dot(dy, weight, x, mean, n);
+        const float shift = (float)(invstd * grad_sum / (double)n);
+        const float tilt = (float)(invstd * invstd * invstd * grad_dot / (double)n);
+        if (weight)
+            for (ptrdiff_t i = 0; i < n; i++)
+                dx[i] = scale * (dy[i] * weight[i]) - shift - (x[i] - high - low) * tilt;
+        else
+            for (ptrdiff_t i = 0; i < n; i++)
+                dx[i] = scale * dy[i] - shift - (x[i] - high - low) * tilt;
+    }
+    if (weight_group)
+        for (ptrdiff_t i = 0; i < n; i++) weight_group[i] += dy[i] * ((x[i] - high - low) * scale);
+    if (bias_group)
+        for (ptrdiff_t i = 0; i < n; i++) bias_group[i] += dy[i];
+}
+
+/* sums += group, group = 0 */
+PYNN_INLINE void flush_group(ptrdiff_t n, float *restrict group, double *restrict sums)
+{
+    for (ptrdiff_t i = 0; i < n; i++) {
+        sums[i] += (double)group[i];
+        group[i] = 0.0f;
+    }
+}
+
+#define LAYERNORM_VARIANT(suffix, attribute)                                                   \
+    attribute static void forward_rows_##suffix(ptrdiff_t first, ptrdiff_t last,               \
+                                                ptrdiff_t length, const float *x,              \
+                                                const float *weight, const float *bias,        \
+                                                double eps, float *y)                          \
+    {                                                                                          \
+        for (ptrdiff_t r = first; r < last; r++)                                               \
+            forward_row(length, x + r * length, weight, bias, eps, y + r * length);            \
+    }                                                                                          \
+    attribute static void backward_rows_##suffix(                                              \
+        ptrdiff_t first, ptrdiff_t last, ptrdiff_t length, const float *dy, const float *x,    \
+        const float *weight, double eps, float *dx, double *weight_sums, double *bias_sums,    \
+        float *weight_group, float *bias_group)                                                \
+    {                                                                                          \
+        if (weight_sums) memset(weight_sums, 0, (size_t)length * sizeof(double));              \
+        if (bias_sums) memset(bias_sums, 0, (size_t)length * sizeof(double));                  \
+        if (weight_group) memset(weight_group, 0, (size_t)length * sizeof(float));             \
+        if (bias_group) memset(bias_group, 0, (size_t)length * sizeof(float));                 \
+        for (ptrdiff_t r = first; r < last; r++) {                                             \
+            backward_row(length, dy + r * length, x + r * length, weight, eps,                 \
+                         dx ? dx + r * length : NULL, weight_group, bias_group);               \
+            if ((r - first) % GROUP_ROWS == GROUP_ROWS - 1 || r == last - 1) {                 \
+                if (weight_group) flush_group(length, weight_group, weight_sums);              \
+                if (bias_group) flush_group(length, bias_group, bias_sums);                    \
+            }                                                                                  \
+        }                                                                                      \
+    }                                                                                          \
+    const struct pynn_layernorm_kernels pynn_layernorm_##suffix = {forward_rows_##suffix,      \
+                                                                   backward_rows_##suffix};
+
+PYNN_EACH_ISA(LAYERNORM_VARIANT)
+
+static ptrdiff_t block_count(ptrdiff_t rows)
+{
+    ptrdiff_t blocks = rows / MIN_BLOCK_ROWS;
+    return blocks < 1 ? 1 : blocks > MAX_BLOCKS ? MAX_BLOCKS : blocks;
+}
+
+static int threads_for(const pynn_context *ctx, ptrdiff_t blocks, ptrdiff_t rows, ptrdiff_t length)
+{
+    return blocks > 1 && rows * length >= PARALLEL_MIN_FLOATS ? ctx->num_threads : 1;
+}
+
+void pynn_layer_norm_forward(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t length,
+                             const float *x, const float *weight, const float *bias, double eps,
+                             float *y)
+{
+    const struct pynn_layernorm_kernels *kernels = ctx->kernels->layernorm;
+    if (rows == 0 || length == 0) return;
+    const ptrdiff_t blocks = block_count(rows);
+    PYNN_TEAM_FOR(ctx, threads_for(ctx, blocks, rows, length), b, blocks, {
+        kernels->forward_rows(rows * b / blocks, rows * (b + 1) / blocks, length, x, weight, bias,
+                              eps, y);
+    });
+}
+
+int pynn_layer_norm_backward(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t length,
+                             const float *dy, const float *x, const float *weight, double eps,
+                             float *dx, float *dweight, float *dbias)
+{
+    const struct pynn_layernorm_kernels *kernels = ctx->kernels->layernorm;
+    if (length == 0) return 0;
+    const ptrdiff_t blocks = block_count(rows);
+    /* per block: the weight gradient's sums, then the bias gradient's, in
+     * double; after all blocks' sums, the float group sums in the same layout */
+    const ptrdiff_t weight_at = 0, bias_at = dweight ? length : 0;
+    const ptrdiff_t stride = (dweight ? length : 0) + (dbias ? length : 0);
+    double *sums = NULL;
+    float *groups = NULL;
+    if (stride) {
+        sums = malloc((size_t)(blocks * stride) * (sizeof(double) + sizeof(float)));
+        if (!sums) return -1;
+        groups = (float *)(sums + blocks * stride);
+    }
+    PYNN_TEAM_FOR(ctx, threads_for(ctx, blocks, rows, length), b, blocks, {
+        double *block = sums ? sums + b * stride : NULL;
+        float *group = groups ? groups + b * stride : NULL;
+        kernels->backward_rows(rows * b / blocks, rows * (b + 1) / blocks, length, dy, x, weight,
+                               eps, dx, dweight ? block + weight_at : NULL,
+                               dbias ? block + bias_at : NULL, dweight ? group + weight_at : NULL,
+                               dbias ? group + bias_at : NULL);
+    });
+    if (!sums) return 0;
+    for (ptrdiff_t b = 1; b < blocks; b++)
+        for (ptrdiff_t j = 0; j < stride; j++) sums[j] += sums[b * stride + j];
+    for (ptrdiff_t j = 0; j < length; j++) {
+        if (dweight) dweight[j] = (float)sums[weight_at + j];
+        if (dbias) dbias[j] = (float)sums[bias_at + j];
+    }
+    free(sums);
+    return 0;
+}

@@ -1,0 +1,51 @@
+# Layer normalisation kernels (csrc/layernorm.c) over x viewed as [rows, length].
+
+
+cdef extern from "layernorm.h" nogil:
+    void pynn_layer_norm_forward(const pynn_context *ctx, Py_ssize_t rows, Py_ssize_t length,
+                                 const float *x, const float *weight, const float *bias,
+                                 double eps, float *y)
+    int pynn_layer_norm_backward(const pynn_context *ctx, Py_ssize_t rows, Py_ssize_t length,
+                                 const float *dy, const float *x, const float *weight,
+                                 double eps, float *dx, float *dweight, float *dbias)
+
+
+cdef const float *optional_layer_norm_input(object array, Py_ssize_t size, str role) except? NULL:
+    if array is None:
+        return NULL
+    return float_input(array, size, role)
+
+
+cdef float *optional_layer_norm_output(object array, Py_ssize_t size, str role) except? NULL:
+    return NULL if array is None else float_output(array, size, role)
+
+
+def layer_norm(x, weight, bias, double eps, y, Py_ssize_t rows, Py_ssize_t length):
+    """y = layer_norm(x) over rows of length values; weight and bias may be None."""
+    cdef const float *input = float_input(x, rows * length, "x")
+    cdef const float *scale = optional_layer_norm_input(weight, length, "weight")
+    cdef const float *shift = optional_layer_norm_input(bias, length, "bias")
+    cdef float *output = float_output(y, rows * length, "y")
+    cdef pynn_context ctx = current_context()
+    with nogil:
+        pynn_layer_norm_forward(&ctx, rows, length, input, scale, shift, eps, output)
+    return y
+
+
+def layer_norm_backward(dy, x, weight, double eps, dx, dweight, dbias, Py_ssize_t rows,
+                        Py_ssize_t length):
+    """Writes dx, dweight, dbias (each skipped when None)."""
+    cdef const float *grad = float_input(dy, rows * length, "dy")
+    cdef const float *input = float_input(x, rows * length, "x")
+    cdef const float *scale = optional_layer_norm_input(weight, length, "weight")
+    cdef float *input_grad = optional_layer_norm_output(dx, rows * length, "dx")
+    cdef float *weight_grad = optional_layer_norm_output(dweight, length, "dweight")
+    cdef float *bias_grad = optional_layer_norm_output(dbias, length, "dbias")
+    cdef pynn_context ctx = current_context()
+    cdef int status
+    with nogil:
+        status = pynn_layer_norm_backward(&ctx, rows, length, grad, input, scale, eps, input_grad,
+                                          weight_grad, bias_grad)
+    if status != 0:
+        raise MemoryError(f"layer_norm_backward: no memory for the partial sums of {length} "
+                          f"gradients")
