@@ -14,7 +14,7 @@ import numpy as np
 from pynn import _hooks
 from pynn._checks import as_count
 from pynn._kernels import core as kernels
-from pynn.layers import Conv2d, Linear, ReLU
+from pynn.layers import Conv1d, Conv2d, Linear, ReLU
 from pynn.layers.base import Layer
 
 # Input shapes whose shape chains and inference plans are kept; beyond this
@@ -25,13 +25,13 @@ LoadResult = collections.namedtuple("LoadResult", ["missing_keys", "unexpected_k
 
 
 # layers whose GEMM epilogue can apply a following ReLU
-_FUSES_RELU = (Linear, Conv2d)
+_FUSES_RELU = (Linear, Conv1d, Conv2d)
 
 
 def _fusion_plan(layers):
-    """The layers to run, and the activation each Linear or Conv2d must carry.
+    """The layers to run, and the activation each Linear or convolution must carry.
 
-    A ReLU right after a Linear or Conv2d runs inside that layer's GEMM
+    A ReLU right after a Linear, Conv1d or Conv2d runs inside that layer's GEMM
     epilogue (one pass over the output instead of two): it stays in
     ``layers`` (indices and state-dict keys are PyTorch's) but is not run.
     ``activation`` is the model's wiring, so a layer shared with another
