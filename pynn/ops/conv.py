@@ -54,10 +54,10 @@ def _spatial_shape(where, input_shape, rank):
     return input_shape
 
 
-def _within_address_space(where, shape, input_shape, padding):
+def _within_address_space(where, shape, arguments):
     if math.prod(shape) > sys.maxsize // 4:
         raise ValueError(f"{where}: the output would have shape {shape}, more than any "
-                         f"address space holds (x shape {input_shape}, padding {_shown(padding)})")
+                         f"address space holds ({arguments})")
     return shape
 
 
@@ -82,7 +82,7 @@ def conv_output_shape(where, input_shape, in_channels, out_channels, kernel, str
                              f"(x shape {input_shape}, padding {_shown(padding)})")
         size.append((padded - reach) // stride[axis] + 1)
     return _within_address_space(where, (input_shape[0], out_channels) + tuple(size),
-                                 input_shape, padding)
+                                 f"x shape {input_shape}, padding {_shown(padding)}")
 
 
 def _conv_arguments(where, rank, x, weight, stride, padding, dilation, groups):
@@ -320,7 +320,8 @@ def adaptive_output_shape(where, input_shape, output_size):
                  for wanted, extent in zip(output_size, input_shape[2:]))
     if max(size[0] * input_shape[2], size[1] * input_shape[3]) > sys.maxsize // 4:
         raise ValueError(f"{where}: output_size {size} is too large for x shape {input_shape}")
-    return _within_address_space(where, input_shape[:2] + size, input_shape, (0, 0))
+    return _within_address_space(where, input_shape[:2] + size,
+                                 f"x shape {input_shape}, output_size {output_size}")
 
 
 def _adaptive_arguments(where, x, output_size):
