@@ -722,3 +722,17 @@ def test_bad_input_is_refused_naming_the_layer(layer, x, words):
         layer.forward(x)
     for word in words:
         assert word in str(raised.value)
+
+
+def test_layers_called_on_symbolic_tensors_check_shapes():
+    from pynn.layers import symbolic
+
+    signal = symbolic.Input((3, 10))
+    h = Conv1d(3, 4, 3, padding=1, name="encoder.conv")(signal)
+    h = AvgPool1d(2)(MaxPool1d(3, stride=1, padding=1)(h))
+    assert h.shape == (4, 5)
+    assert AdaptiveAvgPool2d((2, None))(symbolic.Input((3, 7, 5))).shape == (3, 2, 5)
+    with pytest.raises(ValueError, match=r"AdaptiveAvgPool2d.*\(3, 10\)"):
+        AdaptiveAvgPool2d(2)(signal)
+    with pytest.raises(ValueError, match=r"Conv1d.*in_channels=4"):
+        Conv1d(4, 4, 3)(signal)
