@@ -251,6 +251,10 @@ MAX_CASES = [  # (shape, kernel, stride, padding, dilation, ceil_mode)
     ((0, 3, 8), 2, None, 0, 1, False),
     ((1, 2, 150), 3, 1, 0, 1, True),   # rows of outputs in chunks of 64
     ((2, 1, 31), 3, 4, 1, 3, True),
+    # padded: the interior windows through the row kernel in chunks of 64, the edges alone
+    ((2, 2, 300), 3, 2, 1, 1, False),
+    ((1, 3, 200), 5, 1, 2, 2, True),
+    ((1, 1, 4), 3, 1, 1, 2, False),    # no window wholly inside the signal
 ]
 
 
