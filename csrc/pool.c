@@ -399,15 +399,13 @@ void pynn_global_avg_pool2d_backward(const pynn_context *ctx, ptrdiff_t planes, 
     });
 }
 
-/* PyTorch's adaptive window along one axis: [floor(i size / out), ceil((i + 1) size / out)). */
-PYNN_INLINE ptrdiff_t adaptive_start(ptrdiff_t i, ptrdiff_t size, ptrdiff_t out)
+/* PyTorch's adaptive window of output i of out along an axis of size inputs:
+ * [floor(i size / out), ceil((i + 1) size / out)). */
+PYNN_INLINE void adaptive_window(ptrdiff_t i, ptrdiff_t size, ptrdiff_t out, ptrdiff_t *start,
+                                 ptrdiff_t *end)
 {
-    return i * size / out;
-}
-
-PYNN_INLINE ptrdiff_t adaptive_end(ptrdiff_t i, ptrdiff_t size, ptrdiff_t out)
-{
-    return ((i + 1) * size + out - 1) / out;
+    *start = i * size / out;
+    *end = ((i + 1) * size + out - 1) / out;
 }
 
 void pynn_adaptive_avg_pool2d_forward(const pynn_context *ctx, ptrdiff_t planes, ptrdiff_t height,
@@ -415,14 +413,16 @@ void pynn_adaptive_avg_pool2d_forward(const pynn_context *ctx, ptrdiff_t planes,
                                       const float *x, float *y)
 {
     const ptrdiff_t in_plane = height * width, out_plane = out_h * out_w;
-    const int wanted = planes > 1 && planes * in_plane >= PARALLEL_MIN_FLOATS ? ctx->num_threads : 1;
+    const int wanted = planes > 1 && planes * in_plane >= PARALLEL_MIN_FLOATS
+                       ? ctx->num_threads : 1;
     PYNN_TEAM_FOR(ctx, wanted, p, planes, {
         const float *image = x + p * in_plane;
         float *out = y + p * out_plane;
         for (ptrdiff_t oh = 0; oh < out_h; oh++) {
-            const ptrdiff_t h0 = adaptive_start(oh, height, out_h), h1 = adaptive_end(oh, height, out_h);
+            ptrdiff_t h0, h1, w0, w1;
+            adaptive_window(oh, height, out_h, &h0, &h1);
             for (ptrdiff_t ow = 0; ow < out_w; ow++) {
-                const ptrdiff_t w0 = adaptive_start(ow, width, out_w), w1 = adaptive_end(ow, width, out_w);
+                adaptive_window(ow, width, out_w, &w0, &w1);
                 /* scan order, as global_avg_pool2d sums a whole plane */
                 float sum = 0.0f;
                 for (ptrdiff_t ih = h0; ih < h1; ih++)
@@ -438,15 +438,17 @@ void pynn_adaptive_avg_pool2d_backward(const pynn_context *ctx, ptrdiff_t planes
                                        ptrdiff_t out_w, const float *dy, float *dx)
 {
     const ptrdiff_t in_plane = height * width, out_plane = out_h * out_w;
-    const int wanted = planes > 1 && planes * in_plane >= PARALLEL_MIN_FLOATS ? ctx->num_threads : 1;
+    const int wanted = planes > 1 && planes * in_plane >= PARALLEL_MIN_FLOATS
+                       ? ctx->num_threads : 1;
     PYNN_TEAM_FOR(ctx, wanted, p, planes, {
         const float *grad = dy + p * out_plane;
         float *out = dx + p * in_plane;
         memset(out, 0, (size_t)in_plane * sizeof(float));
         for (ptrdiff_t oh = 0; oh < out_h; oh++) {
-            const ptrdiff_t h0 = adaptive_start(oh, height, out_h), h1 = adaptive_end(oh, height, out_h);
+            ptrdiff_t h0, h1, w0, w1;
+            adaptive_window(oh, height, out_h, &h0, &h1);
             for (ptrdiff_t ow = 0; ow < out_w; ow++) {
-                const ptrdiff_t w0 = adaptive_start(ow, width, out_w), w1 = adaptive_end(ow, width, out_w);
+                adaptive_window(ow, width, out_w, &w0, &w1);
                 const float share = grad[oh * out_w + ow] / (float)((h1 - h0) * (w1 - w0));
                 for (ptrdiff_t ih = h0; ih < h1; ih++)
                     for (ptrdiff_t iw = w0; iw < w1; iw++) out[ih * width + iw] += share;

@@ -514,8 +514,8 @@ def test_sequential_fuses_a_relu_after_conv1d():
     assert model.layers[0].activation == "relu" and model.layers[2].activation is None
     assert model.layers[1] not in model._steps
     x = np.random.default_rng(20).standard_normal((3, 2, 10)).astype(np.float32)
-    first = ops.relu(ops.conv1d(x, model.layers[0].params["weight"], model.layers[0].params["bias"]))
-    expected = ops.conv1d(first, model.layers[2].params["weight"], model.layers[2].params["bias"])
+    conv = lambda v, layer: ops.conv1d(v, layer.params["weight"], layer.params["bias"])  # noqa: E731
+    expected = conv(ops.relu(conv(x, model.layers[0])), model.layers[2])
     np.testing.assert_array_equal(model.predict(x), expected.reshape(3, -1))
     np.testing.assert_array_equal(model.forward(x), expected.reshape(3, -1))
 

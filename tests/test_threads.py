@@ -184,8 +184,9 @@ def _team_calls():
         "avg pool backward": lambda: ops.avg_pool2d_backward(pooled, planes, 2),
         "global avg pool": lambda: (ops.global_avg_pool2d(planes),
                                     ops.global_avg_pool2d_backward(averages, planes)),
-        "adaptive avg pool": lambda: (ops.adaptive_avg_pool2d(planes, (7, 5)),
-                                      ops.adaptive_avg_pool2d_backward(adaptive_dy, planes, (7, 5))),
+        "adaptive avg pool": lambda: (
+            ops.adaptive_avg_pool2d(planes, (7, 5)),
+            ops.adaptive_avg_pool2d_backward(adaptive_dy, planes, (7, 5))),
         "conv1d": lambda: (ops.conv1d(signals, signal_kernels, stride=2, padding=1, groups=2),
                            *ops.conv1d_backward(signal_dy, signals, signal_kernels, stride=2,
                                                 padding=1, groups=2)),

@@ -112,7 +112,8 @@ def convolution(where, rank, x, weight, bias, stride, padding, dilation, groups,
     if bias is not None:
         bias = as_float32(bias, where, "bias", ndim=1)
         if bias.shape[0] != weight.shape[0]:
-            raise ValueError(f"{where}: bias must have shape ({weight.shape[0]},), got {bias.shape}")
+            raise ValueError(f"{where}: bias must have shape ({weight.shape[0]},), "
+                             f"got {bias.shape}")
     if out is None:
         out = np.empty(shape, dtype=np.float32)
     else:

@@ -16,7 +16,8 @@ def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, out=
 
 
 def conv1d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1):
-    """dW_g = Σ_n dY_g X̂_gᵀ,  db = Σ_{n,l} dY,  dX = col2im(W_gᵀ dY_g) → (dx, dweight, dbias)."""
+    """dW_g = Σ_n dY_g X̂_gᵀ,  db = Σ_{n,l} dY,  dX = col2im(W_gᵀ dY_g)
+    → (dx, dweight, dbias)."""
     return convolution_backward("conv1d_backward", 1, dy, x, weight, stride, padding, dilation,
                                 groups)
 
