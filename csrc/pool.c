@@ -40,10 +40,7 @@ static inline ptrdiff_t window_argmax(const pynn_pool_shape *s, const float *res
     return best;
 }
 
-/* No padding and every window inside the image (the usual 2x2 stride 2):
- * taps run outermost so the loop over a row of outputs has no bounds checks
- * and vectorises. The first maximum is kept (strictly greater replaces it),
- * a NaN always replaces it: PyTorch's rule. */
+/* No padding and every window inside the image (the usual 2x2 stride 2). */
 static int windows_inside(const pynn_pool_shape *s)
 {
     return s->pad_h == 0 && s->pad_w == 0 &&
@@ -51,16 +48,38 @@ static int windows_inside(const pynn_pool_shape *s)
            (s->out_w - 1) * s->stride_w + (s->kernel_w - 1) * s->dilation_w < s->width;
 }
 
+/* The outputs [*first, *end) of row oh whose windows lie wholly inside the
+ * image (none when the row's windows leave it vertically): there the taps
+ * run outermost (inside_row_max), so the loop over outputs has no bounds
+ * checks and vectorises; a padded pool takes window_argmax at its edges only. */
+static void inside_columns(const pynn_pool_shape *s, ptrdiff_t oh, ptrdiff_t *first,
+                           ptrdiff_t *end)
+{
+    const ptrdiff_t h0 = oh * s->stride_h - s->pad_h;
+    /* the largest ow stride_w whose window still ends inside the row */
+    const ptrdiff_t last = s->width - 1 - (s->kernel_w - 1) * s->dilation_w + s->pad_w;
+    *first = *end = 0;
+    if (h0 < 0 || h0 + (s->kernel_h - 1) * s->dilation_h >= s->height || last < 0) return;
+    const ptrdiff_t start = (s->pad_w + s->stride_w - 1) / s->stride_w;
+    const ptrdiff_t stop = last / s->stride_w + 1 < s->out_w ? last / s->stride_w + 1 : s->out_w;
+    if (start < stop) {
+        *first = start;
+        *end = stop;
+    }
+}
+
 #define ROW_CHUNK 64
 
 
 /* The maxima (and, if where is not NULL, their flat indices) of outputs
- * [ow0, ow0 + count) of output row oh. */
+ * [ow0, ow0 + count) of output row oh, whose windows lie inside the image.
+ * The first maximum is kept (strictly greater replaces it), a NaN always
+ * replaces it: PyTorch's rule, as window_argmax. */
 PYNN_INLINE void inside_row_max(const pynn_pool_shape *s, const float *restrict image,
                                 ptrdiff_t oh, ptrdiff_t ow0, ptrdiff_t count, ptrdiff_t sw,
                                 float *restrict best, ptrdiff_t *restrict where)
 {
-    const ptrdiff_t row0 = oh * s->stride_h * s->width + ow0 * sw;
+    const ptrdiff_t row0 = (oh * s->stride_h - s->pad_h) * s->width + ow0 * sw - s->pad_w;
     for (ptrdiff_t i = 0; i < count; i++) best[i] = image[row0 + i * sw];
     if (where)
         for (ptrdiff_t i = 0; i < count; i++) where[i] = row0 + i * sw;
@@ -195,6 +214,23 @@ PYNN_TARGET_AVX512 static void plane_max_2x2_avx512(const pynn_pool_shape *s, co
     const struct pynn_pool_kernels pynn_pool_##suffix = {row_max_##suffix, plane_max_2x2_##suffix};
 PYNN_EACH_ISA(POOL_TABLE)
 
+/* Output (oh, ow), whose window may reach into the padding. */
+static inline void edge_max(const pynn_pool_shape *s, const float *image, ptrdiff_t oh,
+                            ptrdiff_t ow, float *out, int64_t *index)
+{
+    ptrdiff_t best = window_argmax(s, image, oh, ow);
+    out[oh * s->out_w + ow] = best >= 0 ? image[best] : -INFINITY;
+    if (index) index[oh * s->out_w + ow] = best;
+}
+
+/* dx[the arg-max of window (oh, ow)] += dy of it, for a window that may reach into the padding. */
+static inline void edge_max_backward(const pynn_pool_shape *s, const float *image,
+                                     const float *grad, ptrdiff_t oh, ptrdiff_t ow, float *out)
+{
+    ptrdiff_t best = window_argmax(s, image, oh, ow);
+    if (best >= 0) out[best] += grad[oh * s->out_w + ow];
+}
+
 void pynn_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
                              const float *x, float *y, int64_t *argmax)
 {
@@ -213,24 +249,20 @@ void pynn_max_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
             kernels->plane_max_2x2(s, image, out, index);
             continue;
         }
-        if (inside) {
-            ptrdiff_t where[ROW_CHUNK];
-            for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
-                for (ptrdiff_t ow = 0; ow < s->out_w; ow += ROW_CHUNK) {
-                    ptrdiff_t count = s->out_w - ow < ROW_CHUNK ? s->out_w - ow : ROW_CHUNK;
-                    ptrdiff_t at = oh * s->out_w + ow;
-                    kernels->row_max(s, image, oh, ow, count, out + at, index ? where : NULL);
-                    if (index)
-                        for (ptrdiff_t i = 0; i < count; i++) index[at + i] = where[i];
-                }
-            continue;
-        }
-        for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
-            for (ptrdiff_t ow = 0; ow < s->out_w; ow++) {
-                ptrdiff_t best = window_argmax(s, image, oh, ow);
-                out[oh * s->out_w + ow] = best >= 0 ? image[best] : -INFINITY;
-                if (index) index[oh * s->out_w + ow] = best;
+        ptrdiff_t where[ROW_CHUNK];
+        for (ptrdiff_t oh = 0; oh < s->out_h; oh++) {
+            ptrdiff_t first, end;
+            inside_columns(s, oh, &first, &end);
+            for (ptrdiff_t ow = 0; ow < first; ow++) edge_max(s, image, oh, ow, out, index);
+            for (ptrdiff_t ow = first; ow < end; ow += ROW_CHUNK) {
+                ptrdiff_t count = end - ow < ROW_CHUNK ? end - ow : ROW_CHUNK;
+                ptrdiff_t at = oh * s->out_w + ow;
+                kernels->row_max(s, image, oh, ow, count, out + at, index ? where : NULL);
+                if (index)
+                    for (ptrdiff_t i = 0; i < count; i++) index[at + i] = where[i];
             }
+            for (ptrdiff_t ow = end; ow < s->out_w; ow++) edge_max(s, image, oh, ow, out, index);
+        }
     });
 }
 
@@ -254,7 +286,6 @@ void pynn_max_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
                               const float *dy, const float *x, float *dx)
 {
     const ptrdiff_t in_plane = s->height * s->width, out_plane = s->out_h * s->out_w;
-    const int inside = windows_inside(s);
     const struct pynn_pool_kernels *kernels = ctx->kernels->pool;
     const int wanted = s->planes > 1 && s->planes * in_plane >= PARALLEL_MIN_FLOATS
                        ? ctx->num_threads : 1;
@@ -262,22 +293,21 @@ void pynn_max_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
         const float *image = x + p * in_plane, *grad = dy + p * out_plane;
         float *out = dx + p * in_plane;
         memset(out, 0, (size_t)in_plane * sizeof(float));
-        if (inside) {
-            float best[ROW_CHUNK];
-            ptrdiff_t where[ROW_CHUNK];
-            for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
-                for (ptrdiff_t ow = 0; ow < s->out_w; ow += ROW_CHUNK) {
-                    ptrdiff_t count = s->out_w - ow < ROW_CHUNK ? s->out_w - ow : ROW_CHUNK;
-                    kernels->row_max(s, image, oh, ow, count, best, where);
-                    for (ptrdiff_t i = 0; i < count; i++) out[where[i]] += grad[oh * s->out_w + ow + i];
-                }
-            continue;
-        }
-        for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
-            for (ptrdiff_t ow = 0; ow < s->out_w; ow++) {
-                ptrdiff_t best = window_argmax(s, image, oh, ow);
-                if (best >= 0) out[best] += grad[oh * s->out_w + ow];
+        float best[ROW_CHUNK];
+        ptrdiff_t where[ROW_CHUNK];
+        /* outputs in scan order, so overlapping windows add up in one order */
+        for (ptrdiff_t oh = 0; oh < s->out_h; oh++) {
+            ptrdiff_t first, end;
+            inside_columns(s, oh, &first, &end);
+            for (ptrdiff_t ow = 0; ow < first; ow++) edge_max_backward(s, image, grad, oh, ow, out);
+            for (ptrdiff_t ow = first; ow < end; ow += ROW_CHUNK) {
+                ptrdiff_t count = end - ow < ROW_CHUNK ? end - ow : ROW_CHUNK;
+                kernels->row_max(s, image, oh, ow, count, best, where);
+                for (ptrdiff_t i = 0; i < count; i++) out[where[i]] += grad[oh * s->out_w + ow + i];
             }
+            for (ptrdiff_t ow = end; ow < s->out_w; ow++)
+                edge_max_backward(s, image, grad, oh, ow, out);
+        }
     });
 }
 
@@ -366,5 +396,63 @@ void pynn_global_avg_pool2d_backward(const pynn_context *ctx, ptrdiff_t planes, 
         float share = dy[p] / (float)size;
         float *out = dx + p * size;
         for (ptrdiff_t i = 0; i < size; i++) out[i] = share;
+    });
+}
+
+/* PyTorch's adaptive window of output i of out along an axis of size inputs:
+ * [floor(i size / out), ceil((i + 1) size / out)). */
+PYNN_INLINE void adaptive_window(ptrdiff_t i, ptrdiff_t size, ptrdiff_t out, ptrdiff_t *start,
+                                 ptrdiff_t *end)
+{
+    *start = i * size / out;
+    *end = ((i + 1) * size + out - 1) / out;
+}
+
+void pynn_adaptive_avg_pool2d_forward(const pynn_context *ctx, ptrdiff_t planes, ptrdiff_t height,
+                                      ptrdiff_t width, ptrdiff_t out_h, ptrdiff_t out_w,
+                                      const float *x, float *y)
+{
+    const ptrdiff_t in_plane = height * width, out_plane = out_h * out_w;
+    const int wanted = planes > 1 && planes * in_plane >= PARALLEL_MIN_FLOATS
+                       ? ctx->num_threads : 1;
+    PYNN_TEAM_FOR(ctx, wanted, p, planes, {
+        const float *image = x + p * in_plane;
+        float *out = y + p * out_plane;
+        for (ptrdiff_t oh = 0; oh < out_h; oh++) {
+            ptrdiff_t h0, h1, w0, w1;
+            adaptive_window(oh, height, out_h, &h0, &h1);
+            for (ptrdiff_t ow = 0; ow < out_w; ow++) {
+                adaptive_window(ow, width, out_w, &w0, &w1);
+                /* scan order, as global_avg_pool2d sums a whole plane */
+                float sum = 0.0f;
+                for (ptrdiff_t ih = h0; ih < h1; ih++)
+                    for (ptrdiff_t iw = w0; iw < w1; iw++) sum += image[ih * width + iw];
+                out[oh * out_w + ow] = sum / (float)((h1 - h0) * (w1 - w0));
+            }
+        }
+    });
+}
+
+void pynn_adaptive_avg_pool2d_backward(const pynn_context *ctx, ptrdiff_t planes,
+                                       ptrdiff_t height, ptrdiff_t width, ptrdiff_t out_h,
+                                       ptrdiff_t out_w, const float *dy, float *dx)
+{
+    const ptrdiff_t in_plane = height * width, out_plane = out_h * out_w;
+    const int wanted = planes > 1 && planes * in_plane >= PARALLEL_MIN_FLOATS
+                       ? ctx->num_threads : 1;
+    PYNN_TEAM_FOR(ctx, wanted, p, planes, {
+        const float *grad = dy + p * out_plane;
+        float *out = dx + p * in_plane;
+        memset(out, 0, (size_t)in_plane * sizeof(float));
+        for (ptrdiff_t oh = 0; oh < out_h; oh++) {
+            ptrdiff_t h0, h1, w0, w1;
+            adaptive_window(oh, height, out_h, &h0, &h1);
+            for (ptrdiff_t ow = 0; ow < out_w; ow++) {
+                adaptive_window(ow, width, out_w, &w0, &w1);
+                const float share = grad[oh * out_w + ow] / (float)((h1 - h0) * (w1 - w0));
+                for (ptrdiff_t ih = h0; ih < h1; ih++)
+                    for (ptrdiff_t iw = w0; iw < w1; iw++) out[ih * width + iw] += share;
+            }
+        }
     });
 }

@@ -41,4 +41,16 @@ void pynn_global_avg_pool2d_forward(const pynn_context *ctx, ptrdiff_t planes, p
 void pynn_global_avg_pool2d_backward(const pynn_context *ctx, ptrdiff_t planes, ptrdiff_t size,
                                      const float *dy, float *dx);
 
+/* Adaptive average pooling, [H, W] planes to [OH, OW] (PyTorch's windows):
+ * output row i averages input rows [floor(i H / OH), ceil((i + 1) H / OH)),
+ * likewise columns, so windows may overlap and always hold one element.
+ * An OH = OW = 1 output is global_avg_pool2d's, bit for bit.
+ * dx = 0, then dx[window] += dy / (window size). */
+void pynn_adaptive_avg_pool2d_forward(const pynn_context *ctx, ptrdiff_t planes, ptrdiff_t height,
+                                      ptrdiff_t width, ptrdiff_t out_h, ptrdiff_t out_w,
+                                      const float *x, float *y);
+void pynn_adaptive_avg_pool2d_backward(const pynn_context *ctx, ptrdiff_t planes,
+                                       ptrdiff_t height, ptrdiff_t width, ptrdiff_t out_h,
+                                       ptrdiff_t out_w, const float *dy, float *dx);
+
 #endif

@@ -24,10 +24,10 @@ import numpy as np
 from pynn import _hooks, schedule
 from pynn._checks import aligned_empty, as_count, as_float32, as_indices
 from pynn._kernels import core as kernels
-from pynn.layers import Conv2d, Linear, ReLU
+from pynn.layers import ReLU
 from pynn.layers.base import Layer, checked_name
 from pynn.layers import symbolic
-from pynn.sequential import Sequential, load_state_dict
+from pynn.sequential import RELU_FUSING_LAYERS, Sequential, load_state_dict
 
 def _add_into(a, b, out):
     np.add(a, b, out=out)
@@ -37,8 +37,6 @@ def _add_into(a, b, out):
 # dropped and rebuilt.
 _SHAPES_REMEMBERED = 8
 
-# layers whose GEMM epilogue applies a ReLU that is their output's only reader
-_FUSES_RELU = (Linear, Conv2d)
 
 
 def _as_tensor_list(value, where, what):
@@ -172,7 +170,7 @@ class Model:
             for tensor in node.outputs:
                 slot[id(tensor)] = count
                 count += 1
-            if type(callee) in _FUSES_RELU:
+            if type(callee) in RELU_FUSING_LAYERS:
                 fused_into[id(node.outputs[0])] = _Wire(runner)
                 self._wiring.append(fused_into[id(node.outputs[0])])
             self._steps.append(step)

@@ -14,7 +14,7 @@ import numpy as np
 from pynn import _hooks, schedule
 from pynn._checks import as_count
 from pynn._kernels import core as kernels
-from pynn.layers import Conv2d, Linear, ReLU
+from pynn.layers import Conv1d, Conv2d, Linear, ReLU
 from pynn.layers import symbolic
 from pynn.layers.base import Layer, checked_name
 
@@ -59,23 +59,23 @@ def load_state_dict(model, state_dict, strict, where):
 
 
 # layers whose GEMM epilogue can apply a following ReLU
-_FUSES_RELU = (Linear, Conv2d)
+RELU_FUSING_LAYERS = (Linear, Conv1d, Conv2d)
 
 
 def _fusion_plan(layers):
-    """The layers to run, and the activation each Linear or Conv2d must carry.
+    """The layers to run, and the activation each Linear or convolution must carry.
 
-    A ReLU right after a Linear or Conv2d runs inside that layer's GEMM
+    A ReLU right after a Linear, Conv1d or Conv2d runs inside that layer's GEMM
     epilogue (one pass over the output instead of two): it stays in
     ``layers`` (indices and state-dict keys are PyTorch's) but is not run.
     ``activation`` is the model's wiring, so a layer shared with another
     model is rewired before each use (``_wire``)."""
     steps, wiring = [], []
     for index, layer in enumerate(layers):
-        if type(layer) in _FUSES_RELU:
+        if type(layer) in RELU_FUSING_LAYERS:
             fused = index + 1 < len(layers) and type(layers[index + 1]) is ReLU
             wiring.append((layer, "relu" if fused else None))
-        if type(layer) is ReLU and index and type(layers[index - 1]) in _FUSES_RELU:
+        if type(layer) is ReLU and index and type(layers[index - 1]) in RELU_FUSING_LAYERS:
             continue
         steps.append(layer)
     return tuple(steps), tuple(wiring)

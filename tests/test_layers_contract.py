@@ -12,6 +12,7 @@ from pynn.layers.base import LAYER_TYPES
 rng = np.random.default_rng(0)
 IMAGES = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
 ROWS = rng.standard_normal((4, 3)).astype(np.float32)
+SIGNALS = rng.standard_normal((2, 3, 7)).astype(np.float32)
 CASES = {
     "Linear": (lambda: layers.Linear(3, 5), ROWS),
     "Flatten": (layers.Flatten, IMAGES),
@@ -31,6 +32,10 @@ CASES = {
     "MaxPool2d": (lambda: layers.MaxPool2d(2), IMAGES),
     "AvgPool2d": (lambda: layers.AvgPool2d(2), IMAGES),
     "GlobalAvgPool2d": (layers.GlobalAvgPool2d, IMAGES),
+    "AdaptiveAvgPool2d": (lambda: layers.AdaptiveAvgPool2d((4, None)), IMAGES),
+    "Conv1d": (lambda: layers.Conv1d(3, 4, 3, padding=1), SIGNALS),
+    "MaxPool1d": (lambda: layers.MaxPool1d(2), SIGNALS),
+    "AvgPool1d": (lambda: layers.AvgPool1d(3, stride=2, padding=1), SIGNALS),
     "BatchNorm1d": (lambda: layers.BatchNorm1d(3), ROWS),
     "BatchNorm2d": (lambda: layers.BatchNorm2d(3), IMAGES),
     # merge layers take a list of inputs

@@ -105,6 +105,9 @@ MAX_CASES = [  # (shape, kernel, stride, padding, dilation, ceil_mode)
     ((1, 3, 7, 35), 3, 2, 0, 1, False),
     ((1, 1, 4, 133), (2, 3), 1, 0, 1, False),
     ((1, 2, 9, 31), (3, 3), (1, 1), 0, (2, 3), False),
+    # padded: interior windows through the row kernel, 64 at a time, the edges alone
+    ((1, 2, 9, 150), 3, 2, 1, 1, False),
+    ((2, 1, 7, 140), (3, 5), (2, 1), (1, 2), (1, 2), True),
 ]
 
 

@@ -396,6 +396,133 @@ def test_layer_norm(kind, shape, axes, affine, eps, data):
         assert_elementwise(dbias, dy.astype(np.float64).sum(axis=leading), rtol=1e-4, atol=1e-4)
 
 
+def conv1d_reference(x, weight, bias, stride, padding, dilation, groups):
+    n, c, length = x.shape
+    out_c, c_per_group, kernel = weight.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (padding, padding)))
+    ol = (length + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    y = np.zeros((n, out_c, ol))
+    per_group = out_c // groups
+    for o in range(out_c):
+        g = o // per_group
+        for i in range(kernel):
+            window = padded[:, g * c_per_group:(g + 1) * c_per_group,
+                            i * dilation:i * dilation + stride * (ol - 1) + 1:stride]
+            y[:, o] += np.einsum("ncl,c->nl", window, weight[o, :, i])
+        if bias is not None:
+            y[:, o] += bias[o]
+    return y
+
+
+@fuzz
+@given(st.integers(0, 2), st.sampled_from([1, 2, 3, 4]), st.integers(1, 12),
+       st.sampled_from([1, 2, 4]), st.integers(1, 5), st.integers(0, 3), st.integers(0, 3),
+       st.integers(0, 2), st.sampled_from([1, 2]), st.booleans(), st.data())
+def test_conv1d(batch, channels, length, out_channels, kernel, stride, padding, dilation, groups,
+                with_bias, data):
+    x = data.draw(values((batch, channels, length), specials=False)).astype(np.float32)
+    in_per_group = max(channels // groups, 1)
+    weight = data.draw(values((out_channels, in_per_group, kernel), specials=False))
+    weight = weight.astype(np.float32)
+    bias = np.linspace(-1, 1, out_channels, dtype=np.float32) if with_bias else None
+    call = lambda: ops.conv1d(x, weight, bias, stride=stride, padding=padding,  # noqa: E731
+                              dilation=dilation, groups=groups)
+    good = (stride >= 1 and dilation >= 1 and channels % groups == 0
+            and out_channels % groups == 0 and channels // groups == in_per_group
+            and length + 2 * padding >= dilation * (kernel - 1) + 1)
+    if not good:
+        expect_refusal(call, "conv1d")
+        return
+    expected = conv1d_reference(x.astype(np.float64), weight.astype(np.float64), bias, stride,
+                                padding, dilation, groups)
+    result = call()
+    assert result.shape == expected.shape
+    scale = np.abs(x).max(initial=0) * np.abs(weight).sum(axis=(1, 2)).max() + 1.0
+    np.testing.assert_allclose(result, expected, atol=1e-5 * scale, rtol=0)
+    dy = np.ones(result.shape, np.float32)
+    dx, dweight, dbias = ops.conv1d_backward(dy, x, weight, stride=stride, padding=padding,
+                                             dilation=dilation, groups=groups)
+    assert dx.shape == x.shape and dweight.shape == weight.shape
+    np.testing.assert_allclose(dbias, np.full(out_channels, batch * result.shape[2]))
+
+
+@fuzz
+@given(st.integers(0, 2), st.integers(1, 3), st.integers(1, 11), st.integers(0, 4),
+       st.sampled_from([None, 1, 2, 3, 0]), st.integers(0, 2), st.integers(0, 3), st.booleans(),
+       st.booleans(), st.sampled_from(["max", "avg"]), st.data())
+def test_pooling1d(batch, channels, length, kernel, stride, padding, dilation, ceil_mode, include,
+                   kind, data):
+    x = data.draw(values((batch, channels, length), specials=False)).astype(np.float32)
+    if kind == "max":
+        call = lambda: ops.max_pool1d(x, kernel, stride=stride, padding=padding,  # noqa: E731
+                                      dilation=dilation, ceil_mode=ceil_mode)
+    else:
+        dilation = 1
+        call = lambda: ops.avg_pool1d(x, kernel, stride=stride, padding=padding,  # noqa: E731
+                                      ceil_mode=ceil_mode, count_include_pad=include)
+    step = kernel if stride is None else stride
+    reach = dilation * (kernel - 1) + 1
+    if kernel < 1 or step < 1 or dilation < 1 or 2 * padding > kernel:
+        expect_refusal(call, f"{kind}_pool1d")
+        return
+    span = length + 2 * padding - reach
+    count = (-(-span // step) if ceil_mode else span // step) + 1
+    if ceil_mode and (count - 1) * step >= length + padding:
+        count -= 1  # the last window must start inside the input or its left padding
+    if count < 1:
+        expect_refusal(call, f"{kind}_pool1d")
+        return
+    fill = -np.inf if kind == "max" else 0.0
+    padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (padding, padding + reach)),
+                    constant_values=fill)
+    expected = np.empty((batch, channels, count))
+    for t in range(count):
+        start = t * step
+        window = padded[:, :, start:start + reach:dilation]
+        if kind == "max":
+            expected[:, :, t] = window.max(axis=2)
+        else:
+            inside = min(start + kernel, padding + length) - max(start, padding)
+            divisor = min(start + kernel, length + 2 * padding) - start if include else inside
+            expected[:, :, t] = window.sum(axis=2) / divisor
+    result = call()
+    assert result.shape == expected.shape
+    np.testing.assert_allclose(result, expected, rtol=2e-6, atol=1e-6)
+
+
+OUTPUT_SIZES = [1, 2, 3, 7, 0, -1, (2, None), (None, None), (None, 5), [3, 1], (0, 2), (1, 2, 3),
+                (2,), 2.0, "3", None, (True, 2)]
+
+
+@fuzz
+@given(st.integers(0, 2), st.integers(1, 3), st.integers(0, 7), st.integers(0, 7),
+       st.sampled_from(OUTPUT_SIZES), st.sampled_from(FLOAT_KINDS + BAD_KINDS), st.data())
+def test_adaptive_avg_pool2d(batch, channels, height, width, output_size, kind, data):
+    source = data.draw(values((batch, channels, height, width), specials=False))
+    x = make_input(kind, source)
+    call = lambda: ops.adaptive_avg_pool2d(x, output_size)  # noqa: E731
+    pair = output_size if isinstance(output_size, (tuple, list)) else (output_size,) * 2
+    good_size = output_size is not None and len(pair) == 2 and all(
+        item is None or (type(item) is int and item >= 0) for item in pair)
+    if kind in BAD_KINDS or not good_size or height == 0 or width == 0:
+        expect_refusal(call, "adaptive_avg_pool2d")
+        return
+    out_h, out_w = (extent if item is None else item for item, extent in zip(pair, (height, width)))
+    reference = as_reference(kind, source)
+    expected = np.empty((batch, channels, out_h, out_w))
+    dx = np.zeros(reference.shape)
+    dy = np.linspace(-1, 1, expected.size).reshape(expected.shape)
+    for i in range(out_h):
+        h0, h1 = i * height // out_h, -(-(i + 1) * height // out_h)
+        for j in range(out_w):
+            w0, w1 = j * width // out_w, -(-(j + 1) * width // out_w)
+            expected[:, :, i, j] = reference[:, :, h0:h1, w0:w1].mean(axis=(2, 3))
+            dx[:, :, h0:h1, w0:w1] += dy[:, :, i, j][:, :, None, None] / ((h1 - h0) * (w1 - w0))
+    assert_elementwise(call(), expected, rtol=2e-6, atol=1e-6)
+    assert_elementwise(ops.adaptive_avg_pool2d_backward(dy.astype(np.float32), x, output_size),
+                       dx, rtol=2e-6, atol=1e-6)
+
+
 LAYERS = [
     lambda: layers.Linear(4, 3), lambda: layers.ReLU(), lambda: layers.Tanh(),
     lambda: layers.Softmax(), lambda: layers.Flatten(), lambda: layers.Dropout(0.3, seed=0),
@@ -404,6 +531,8 @@ LAYERS = [
     lambda: layers.Reshape((-1, 2)), lambda: layers.Permute((0, 2, 1)), lambda: layers.Identity(),
     lambda: layers.SiLU(), lambda: layers.Hardswish(), lambda: layers.Hardsigmoid(),
     lambda: layers.ReLU6(), lambda: layers.LayerNorm(5), lambda: layers.LayerNorm([4, 5]),
+    lambda: layers.Conv1d(4, 2, 3, padding=1), lambda: layers.MaxPool1d(2),
+    lambda: layers.AvgPool1d(3, stride=2, padding=1), lambda: layers.AdaptiveAvgPool2d((2, None)),
 ]
 
 
@@ -551,6 +680,11 @@ def test_unaligned_inputs_are_copied_and_unaligned_out_refused():
     (lambda: ops.conv2d(np.ones((1, 1, 3, 3), np.float32), np.ones((1, 1, 1, 1), np.float32),
                         padding=2**40), "conv2d"),
     (lambda: layers.Multiply().output_shape([(2, 2**40, 1), (2, 1, 2**40)]), "Multiply"),
+    (lambda: layers.Conv1d(2**31, 2**31, 2**10), "Conv1d"),
+    (lambda: ops.conv1d(np.ones((1, 1, 3), np.float32), np.ones((1, 1, 1), np.float32),
+                        padding=2**62), "conv1d"),
+    (lambda: ops.adaptive_avg_pool2d(np.ones((1, 1, 3, 3), np.float32), (2**40, 2**40)),
+     "adaptive_avg_pool2d"),
 ])
 def test_sizes_beyond_any_address_space_are_refused_by_name(build, name):
     with pytest.raises(ValueError, match=f"{name}.*address space"):

@@ -155,6 +155,8 @@ def _team_calls():
     chunk_dy = normal(8, 64, 16, 16)
     grey, grey_kernels = normal(64, 1, 28, 28), normal(8, 1, 5, 5)
     planes, pooled, averages = normal(32, 16, 32, 32), normal(32, 16, 16, 16), normal(32, 16)
+    adaptive_dy = normal(32, 16, 7, 5)
+    signals, signal_kernels, signal_dy = normal(64, 32, 200), normal(48, 16, 5), normal(64, 48, 99)
     pool = layers.MaxPool2d(2)
     batchnorm = layers.BatchNorm2d(16)
     rows, relu_rows, weight = normal(512, 512), np.maximum(normal(512, 512), 0), normal(512, 512)
@@ -182,6 +184,12 @@ def _team_calls():
         "avg pool backward": lambda: ops.avg_pool2d_backward(pooled, planes, 2),
         "global avg pool": lambda: (ops.global_avg_pool2d(planes),
                                     ops.global_avg_pool2d_backward(averages, planes)),
+        "adaptive avg pool": lambda: (
+            ops.adaptive_avg_pool2d(planes, (7, 5)),
+            ops.adaptive_avg_pool2d_backward(adaptive_dy, planes, (7, 5))),
+        "conv1d": lambda: (ops.conv1d(signals, signal_kernels, stride=2, padding=1, groups=2),
+                           *ops.conv1d_backward(signal_dy, signals, signal_kernels, stride=2,
+                                                padding=1, groups=2)),
         "batchnorm": lambda: _train_step(batchnorm, planes, planes[::-1]),
         "batchnorm eval": lambda: batchnorm.forward(planes),
         "linear backward": lambda: ops.linear_backward(rows, rows, weight),

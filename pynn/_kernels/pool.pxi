@@ -1,5 +1,5 @@
-# Pooling kernels (csrc/pool.c): max, average and global average, each with
-# its backward. Geometry is validated by pynn.ops.conv; the checks here only
+# Pooling kernels (csrc/pool.c): max, average, global and adaptive average,
+# each with its backward. Geometry is validated by pynn.ops.conv; the checks here only
 # keep a careless caller in bounds.
 
 from libc.stdint cimport int64_t
@@ -23,6 +23,12 @@ cdef extern from "pool.h" nogil:
                                         Py_ssize_t size, const float *x, float *y)
     void pynn_global_avg_pool2d_backward(const pynn_context *ctx, Py_ssize_t planes,
                                          Py_ssize_t size, const float *dy, float *dx)
+    void pynn_adaptive_avg_pool2d_forward(const pynn_context *ctx, Py_ssize_t planes,
+                                          Py_ssize_t height, Py_ssize_t width, Py_ssize_t out_h,
+                                          Py_ssize_t out_w, const float *x, float *y)
+    void pynn_adaptive_avg_pool2d_backward(const pynn_context *ctx, Py_ssize_t planes,
+                                           Py_ssize_t height, Py_ssize_t width, Py_ssize_t out_h,
+                                           Py_ssize_t out_w, const float *dy, float *dx)
 
 
 cdef pynn_pool_shape pool_geometry(tuple x_shape, tuple out_hw, tuple kernel, tuple stride,
@@ -132,4 +138,36 @@ def global_avg_pool2d_backward(dy, dx):
     cdef pynn_context ctx = current_context()
     with nogil:
         pynn_global_avg_pool2d_backward(&ctx, planes, size, grad, output)
+    return dx
+
+
+cdef tuple adaptive_planes(tuple x_shape, tuple y_shape):
+    """(planes, H, W, OH, OW) of an adaptive pool from x [N, C, H, W] to y [N, C, OH, OW]."""
+    if len(x_shape) != 4 or len(y_shape) != 4 or x_shape[:2] != y_shape[:2] \
+            or min(x_shape[2:]) < 1 or min(y_shape[2:]) < 0:
+        raise ValueError(f"adaptive_avg_pool2d: inconsistent shapes x {x_shape}, y {y_shape}")
+    return (x_shape[0] * x_shape[1],) + x_shape[2:] + y_shape[2:]
+
+
+def adaptive_avg_pool2d_forward(x, y):
+    """y [N, C, OH, OW] = the means of x's adaptive windows (PyTorch's rule)."""
+    cdef Py_ssize_t planes, height, width, out_h, out_w
+    planes, height, width, out_h, out_w = adaptive_planes(x.shape, y.shape)
+    cdef const float *input = float_input(x, planes * height * width, "x")
+    cdef float *output = float_output(y, planes * out_h * out_w, "y")
+    cdef pynn_context ctx = current_context()
+    with nogil:
+        pynn_adaptive_avg_pool2d_forward(&ctx, planes, height, width, out_h, out_w, input, output)
+    return y
+
+
+def adaptive_avg_pool2d_backward(dy, dx):
+    """dx [N, C, H, W] from dy [N, C, OH, OW]: each window's dy spread evenly over it."""
+    cdef Py_ssize_t planes, height, width, out_h, out_w
+    planes, height, width, out_h, out_w = adaptive_planes(dx.shape, dy.shape)
+    cdef const float *grad = float_input(dy, planes * out_h * out_w, "dy")
+    cdef float *output = float_output(dx, planes * height * width, "dx")
+    cdef pynn_context ctx = current_context()
+    with nogil:
+        pynn_adaptive_avg_pool2d_backward(&ctx, planes, height, width, out_h, out_w, grad, output)
     return dx

@@ -5,7 +5,8 @@ from pynn.layers.dense import Dropout, Embedding, Flatten, Linear
 from pynn.layers.activations import (
     GELU, Hardsigmoid, Hardswish, LeakyReLU, ReLU, ReLU6, Sigmoid, SiLU, Softmax, Tanh,
 )
-from pynn.layers.conv import AvgPool2d, Conv2d, GlobalAvgPool2d, MaxPool2d
+from pynn.layers.conv import AdaptiveAvgPool2d, AvgPool2d, Conv2d, GlobalAvgPool2d, MaxPool2d
+from pynn.layers.conv1d import AvgPool1d, Conv1d, MaxPool1d
 from pynn.layers.normalization import BatchNorm1d, BatchNorm2d, LayerNorm
 from pynn.layers.merge import Add, Concatenate, Dot, Multiply
 from pynn.layers.shape import Identity, Permute, Reshape
@@ -15,4 +16,5 @@ __all__ = ["Layer", "LAYER_TYPES", "Linear", "Flatten", "Dropout", "Embedding",
 __all__ += ["SiLU", "Hardswish", "Hardsigmoid", "ReLU6"]
 __all__ += ["Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "BatchNorm1d", "BatchNorm2d",
             "LayerNorm"]
+__all__ += ["Conv1d", "MaxPool1d", "AvgPool1d", "AdaptiveAvgPool2d"]
 __all__ += ["Add", "Multiply", "Concatenate", "Dot", "Reshape", "Permute", "Identity"]

@@ -10,8 +10,12 @@ from pynn.ops.activations import (
 from pynn.ops.normalization import layer_norm, layer_norm_backward
 from pynn.ops.losses import binary_cross_entropy_with_logits, cross_entropy, mse
 from pynn.ops.conv import (
-    avg_pool2d, avg_pool2d_backward, conv2d, conv2d_backward, global_avg_pool2d,
-    global_avg_pool2d_backward, max_pool2d, max_pool2d_backward,
+    adaptive_avg_pool2d, adaptive_avg_pool2d_backward, avg_pool2d, avg_pool2d_backward, conv2d,
+    conv2d_backward, global_avg_pool2d, global_avg_pool2d_backward, max_pool2d,
+    max_pool2d_backward,
+)
+from pynn.ops.conv1d import (
+    avg_pool1d, avg_pool1d_backward, conv1d, conv1d_backward, max_pool1d, max_pool1d_backward,
 )
 
 __all__ = ["matmul"]
@@ -24,3 +28,5 @@ __all__ += ["silu", "silu_backward", "hardswish", "hardswish_backward", "hardsig
             "layer_norm_backward"]
 __all__ += ["conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
             "avg_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward"]
+__all__ += ["adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "conv1d", "conv1d_backward",
+            "max_pool1d", "max_pool1d_backward", "avg_pool1d", "avg_pool1d_backward"]
