@@ -197,6 +197,8 @@ class DataParallel:
                 kernels.scale(dy, share)
             self.model.backward(dy, input_grad=False)
             self.comm.Allreduce(self._mpi.IN_PLACE, self.arena, op=self._mpi.SUM)
+            for _, layer in self.model.parameter_owners():
+                layer.forget_touched_rows()  # other ranks' rows are in the sum now
             self.optimizer.step()
 
     # -- what fit needs beyond the step --------------------------------------

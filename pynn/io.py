@@ -214,7 +214,7 @@ def _check_layout(header, data_length, path):
 # -- models -------------------------------------------------------------------
 # Constructor arguments that never enlarge a layer's tensors; every other
 # positive integer (features, channels, kernel extents, embeddings) may.
-_NON_SIZING_ARGUMENTS = {"stride", "padding", "dilation", "groups", "seed"}
+_NON_SIZING_ARGUMENTS = {"stride", "padding", "dilation", "groups", "seed", "padding_idx"}
 # Before building an architecture, the tensors it claims are bounded by this
 # many times the values the file holds (plus a floor for small models), so a
 # 1 KiB file cannot make the loader allocate terabytes.
