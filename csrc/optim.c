@@ -7,6 +7,10 @@
 
 /* Below this many elements one thread is faster than waking a second one. */
 #define PARALLEL_MIN_ELEMENTS 32768
+/* The same for the rows of a row-sparse update, which comes between other
+ * small kernels of a training step: by then the second thread sleeps, and
+ * waking it costs more than it saves until the rows are many. */
+#define PARALLEL_MIN_ROW_ELEMENTS 262144
 #define CHUNK 8192
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
@@ -71,14 +75,17 @@ struct pynn_optim_kernels {
 
 PYNN_EACH_ISA(OPTIM_VARIANT)
 
-/* The elements a step updates. */
-static ptrdiff_t total_size(ptrdiff_t count, const ptrdiff_t *sizes,
-                            const pynn_row_subset *subsets)
+/* The threads a step over these tensors wants. */
+static int threads_wanted(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *sizes,
+                          const pynn_row_subset *subsets)
 {
-    ptrdiff_t total = 0;
-    for (ptrdiff_t i = 0; i < count; i++)
-        total += subsets[i].rows ? subsets[i].count * subsets[i].row_size : sizes[i];
-    return total;
+    ptrdiff_t elements = 0, row_elements = 0;
+    for (ptrdiff_t i = 0; i < count; i++) {
+        if (subsets[i].rows) row_elements += subsets[i].count * subsets[i].row_size;
+        else elements += sizes[i];
+    }
+    return elements >= PARALLEL_MIN_ELEMENTS || row_elements >= PARALLEL_MIN_ROW_ELEMENTS
+               ? ctx->num_threads : 1;
 }
 
 /* Every tensor's chunks, run by each thread of a team: each thread takes its
@@ -114,8 +121,7 @@ void pynn_sgd_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *si
                    float momentum, float weight_decay, int nesterov)
 {
     sgd_fn step = ctx->kernels->optim->sgd;
-    const ptrdiff_t elements = total_size(count, sizes, subsets);
-    PYNN_TEAM(ctx, elements >= PARALLEL_MIN_ELEMENTS ? ctx->num_threads : 1, {
+    PYNN_TEAM(ctx, threads_wanted(ctx, count, sizes, subsets), {
         sgd_tensors(step, count, sizes, subsets, params, grads, momentum_buffers, lr, momentum,
                     weight_decay, nesterov);
     });
@@ -154,8 +160,7 @@ void pynn_adam_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *s
                     float beta1, float beta2, float eps)
 {
     adam_fn step = ctx->kernels->optim->adam;
-    const ptrdiff_t elements = total_size(count, sizes, subsets);
-    PYNN_TEAM(ctx, elements >= PARALLEL_MIN_ELEMENTS ? ctx->num_threads : 1, {
+    PYNN_TEAM(ctx, threads_wanted(ctx, count, sizes, subsets), {
         adam_tensors(step, count, sizes, subsets, params, grads, exp_avgs, exp_avg_sqs, step_sizes,
                      bias_corrections2_sqrt, decay, grad_weight_decay, beta1, beta2, eps);
     });

@@ -131,13 +131,13 @@ def test_gradient_check_through_a_loss():
 def test_bit_identical_on_one_and_two_threads(set_threads):
     """Large enough for the threaded paths of the scatter and of the row-sparse step."""
     rng = np.random.default_rng(4)
-    steps = [(rng.integers(0, 700, (3000,)), rng.standard_normal((3000, 64)).astype(np.float32))
+    steps = [(rng.integers(0, 6000, (12000,)), rng.standard_normal((12000, 64)).astype(np.float32))
              for _ in range(3)]
     results = []
     for threads in (1, 2):
         set_threads(threads)
         pynn.init.manual_seed(5)
-        layer = Embedding(700, 64)
+        layer = Embedding(6000, 64)
         optimizer = optim.SGD(layer, lr=0.1, momentum=0.9)
         for indices, dy in steps:
             layer.forward(indices, training=True)
