@@ -1,5 +1,8 @@
 /* Dense-layer reductions and embedding gather/scatter (contracts in dense.h). */
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include "dense.h"
 #include "vmath.h"
 
@@ -106,15 +109,57 @@ void pynn_embedding_gather(const pynn_context *ctx, ptrdiff_t count, ptrdiff_t d
     });
 }
 
-void pynn_embedding_scatter_add(const pynn_context *ctx, ptrdiff_t count, ptrdiff_t dim,
-                                ptrdiff_t num_embeddings, const float *dy,
-                                const int64_t *index, float *dweight)
+/* Run by each thread of a team (or once, outside a parallel region): the
+ * previous rows zeroed, the distinct rows listed by one thread, then the
+ * sums, each row by thread row % threads, which adds its contributions in
+ * index order, so every row's sum is the same for any thread count. */
+static void scatter_rows(ptrdiff_t count, ptrdiff_t dim, const float *dy,
+                         const int64_t *index, int64_t padding_idx, float *dweight,
+                         int64_t *rows, ptrdiff_t previous_rows, unsigned char *marks,
+                         ptrdiff_t *distinct)
 {
-    (void)ctx;
-    memset(dweight, 0, (size_t)(num_embeddings * dim) * sizeof(float));
+#ifdef _OPENMP
+    const int thread = omp_get_thread_num(), threads = omp_get_num_threads();
+#pragma omp for schedule(static)
+#else
+    const int thread = 0, threads = 1;
+#endif
+    for (ptrdiff_t r = 0; r < previous_rows; r++)
+        memset(dweight + rows[r] * dim, 0, (size_t)dim * sizeof(float));
+#ifdef _OPENMP
+#pragma omp single
+#endif
+    {
+        ptrdiff_t found = 0;
+        for (ptrdiff_t i = 0; i < count; i++) {
+            int64_t row = index[i];
+            if (row != padding_idx && !marks[row]) {
+                marks[row] = 1;
+                rows[found++] = row;
+            }
+        }
+        for (ptrdiff_t r = 0; r < found; r++) marks[rows[r]] = 0;
+        *distinct = found;
+    }
     for (ptrdiff_t i = 0; i < count; i++) {
-        float *target = dweight + index[i] * dim;
-        const float *source = dy + i * dim;
+        int64_t row = index[i];
+        if (row == padding_idx || row % threads != thread) continue;
+        float *restrict target = dweight + row * dim;
+        const float *restrict source = dy + i * dim;
         for (ptrdiff_t j = 0; j < dim; j++) target[j] += source[j];
     }
+}
+
+ptrdiff_t pynn_embedding_scatter_add(const pynn_context *ctx, ptrdiff_t count, ptrdiff_t dim,
+                                     const float *dy, const int64_t *index, int64_t padding_idx,
+                                     float *dweight, int64_t *rows, ptrdiff_t previous_rows,
+                                     unsigned char *marks)
+{
+    ptrdiff_t distinct = 0;
+    const int wanted = count * dim >= PARALLEL_MIN_ELEMENTS ? ctx->num_threads : 1;
+    PYNN_TEAM(ctx, wanted, {
+        scatter_rows(count, dim, dy, index, padding_idx, dweight, rows, previous_rows,
+                     marks, &distinct);
+    });
+    return distinct;
 }

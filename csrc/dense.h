@@ -23,10 +23,16 @@ void pynn_scale(ptrdiff_t count, float factor, float *x);
 void pynn_embedding_gather(const pynn_context *ctx, ptrdiff_t count, ptrdiff_t dim,
                            const float *weight, const int64_t *index, float *out);
 
-/* dweight = 0, then dweight[index[i], :] += dy[i, :] in index order (repeated
- * indices accumulate, the same way for any thread count). */
-void pynn_embedding_scatter_add(const pynn_context *ctx, ptrdiff_t count, ptrdiff_t dim,
-                                ptrdiff_t num_embeddings, const float *dy,
-                                const int64_t *index, float *dweight);
+/* The gradient of an embedding table, written in O(rows touched): dweight
+ * is all zero but for the rows[0 .. previous_rows) the previous call wrote;
+ * those are zeroed, then dweight[index[i], :] += dy[i, :] in index order for
+ * every i with index[i] != padding_idx (-1: none), the same sums for any
+ * thread count. rows (room for max(count, previous_rows)) then lists the
+ * distinct rows written, in order of first appearance; returns their number.
+ * marks: one zero byte per embedding, left zero. */
+ptrdiff_t pynn_embedding_scatter_add(const pynn_context *ctx, ptrdiff_t count, ptrdiff_t dim,
+                                     const float *dy, const int64_t *index, int64_t padding_idx,
+                                     float *dweight, int64_t *rows, ptrdiff_t previous_rows,
+                                     unsigned char *marks);
 
 #endif

@@ -7,6 +7,10 @@
 
 /* Below this many elements one thread is faster than waking a second one. */
 #define PARALLEL_MIN_ELEMENTS 32768
+/* The same for the rows of a row-sparse update, which comes between other
+ * small kernels of a training step: by then the second thread sleeps, and
+ * waking it costs more than it saves until the rows are many. */
+#define PARALLEL_MIN_ROW_ELEMENTS 262144
 #define CHUNK 8192
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
@@ -71,11 +75,17 @@ struct pynn_optim_kernels {
 
 PYNN_EACH_ISA(OPTIM_VARIANT)
 
-static ptrdiff_t total_size(ptrdiff_t count, const ptrdiff_t *sizes)
+/* The threads a step over these tensors wants. */
+static int threads_wanted(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *sizes,
+                          const pynn_row_subset *subsets)
 {
-    ptrdiff_t total = 0;
-    for (ptrdiff_t i = 0; i < count; i++) total += sizes[i];
-    return total;
+    ptrdiff_t elements = 0, row_elements = 0;
+    for (ptrdiff_t i = 0; i < count; i++) {
+        if (subsets[i].rows) row_elements += subsets[i].count * subsets[i].row_size;
+        else elements += sizes[i];
+    }
+    return elements >= PARALLEL_MIN_ELEMENTS || row_elements >= PARALLEL_MIN_ROW_ELEMENTS
+               ? ctx->num_threads : 1;
 }
 
 /* Every tensor's chunks, run by each thread of a team: each thread takes its
@@ -83,17 +93,21 @@ static ptrdiff_t total_size(ptrdiff_t count, const ptrdiff_t *sizes)
  * step costs one fork/join however many tensors the model has. Outside a
  * parallel region the one thread runs every chunk. */
 static void sgd_tensors(sgd_fn step, ptrdiff_t count, const ptrdiff_t *sizes,
-                        float *const *params, const float *const *grads,
+                        const pynn_row_subset *subsets, float *const *params,
+                        const float *const *grads,
                         float *const *momentum_buffers, float lr, float momentum,
                         float weight_decay, int nesterov)
 {
     for (ptrdiff_t i = 0; i < count; i++) {
-        ptrdiff_t n = sizes[i], chunks = (n + CHUNK - 1) / CHUNK;
+        const pynn_row_subset subset = subsets[i];
+        /* a subset's rows are the chunks: whole rows apart, never shared */
+        ptrdiff_t n = sizes[i], chunks = subset.rows ? subset.count : (n + CHUNK - 1) / CHUNK;
 #ifdef _OPENMP
 #pragma omp for schedule(static) nowait
 #endif
         for (ptrdiff_t c = 0; c < chunks; c++) {
-            ptrdiff_t start = c * CHUNK, length = n - start < CHUNK ? n - start : CHUNK;
+            ptrdiff_t start = subset.rows ? subset.rows[c] * subset.row_size : c * CHUNK;
+            ptrdiff_t length = subset.rows ? subset.row_size : n - start < CHUNK ? n - start : CHUNK;
             step(length, params[i] + start, grads[i] + start,
                  momentum_buffers[i] ? momentum_buffers[i] + start : NULL,
                  lr, momentum, weight_decay, nesterov);
@@ -102,32 +116,35 @@ static void sgd_tensors(sgd_fn step, ptrdiff_t count, const ptrdiff_t *sizes,
 }
 
 void pynn_sgd_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *sizes,
-                   float *const *params, const float *const *grads,
-                   float *const *momentum_buffers, float lr, float momentum,
-                   float weight_decay, int nesterov)
+                   const pynn_row_subset *subsets, float *const *params,
+                   const float *const *grads, float *const *momentum_buffers, float lr,
+                   float momentum, float weight_decay, int nesterov)
 {
     sgd_fn step = ctx->kernels->optim->sgd;
-    PYNN_TEAM(ctx, total_size(count, sizes) >= PARALLEL_MIN_ELEMENTS ? ctx->num_threads : 1, {
-        sgd_tensors(step, count, sizes, params, grads, momentum_buffers, lr, momentum,
+    PYNN_TEAM(ctx, threads_wanted(ctx, count, sizes, subsets), {
+        sgd_tensors(step, count, sizes, subsets, params, grads, momentum_buffers, lr, momentum,
                     weight_decay, nesterov);
     });
 }
 
 /* As sgd_tensors. */
 static void adam_tensors(adam_fn step, ptrdiff_t count, const ptrdiff_t *sizes,
-                         float *const *params, const float *const *grads,
+                         const pynn_row_subset *subsets, float *const *params,
+                        const float *const *grads,
                          float *const *exp_avgs, float *const *exp_avg_sqs,
                          const float *step_sizes, const float *bias_corrections2_sqrt,
                          float decay, float grad_weight_decay, float beta1, float beta2,
                          float eps)
 {
     for (ptrdiff_t i = 0; i < count; i++) {
-        ptrdiff_t n = sizes[i], chunks = (n + CHUNK - 1) / CHUNK;
+        const pynn_row_subset subset = subsets[i];
+        ptrdiff_t n = sizes[i], chunks = subset.rows ? subset.count : (n + CHUNK - 1) / CHUNK;
 #ifdef _OPENMP
 #pragma omp for schedule(static) nowait
 #endif
         for (ptrdiff_t c = 0; c < chunks; c++) {
-            ptrdiff_t start = c * CHUNK, length = n - start < CHUNK ? n - start : CHUNK;
+            ptrdiff_t start = subset.rows ? subset.rows[c] * subset.row_size : c * CHUNK;
+            ptrdiff_t length = subset.rows ? subset.row_size : n - start < CHUNK ? n - start : CHUNK;
             step(length, params[i] + start, grads[i] + start, exp_avgs[i] + start,
                  exp_avg_sqs[i] + start, decay, grad_weight_decay, beta1, beta2, eps,
                  step_sizes[i], bias_corrections2_sqrt[i]);
@@ -136,14 +153,15 @@ static void adam_tensors(adam_fn step, ptrdiff_t count, const ptrdiff_t *sizes,
 }
 
 void pynn_adam_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *sizes,
-                    float *const *params, const float *const *grads, float *const *exp_avgs,
+                    const pynn_row_subset *subsets, float *const *params,
+                    const float *const *grads, float *const *exp_avgs,
                     float *const *exp_avg_sqs, const float *step_sizes,
                     const float *bias_corrections2_sqrt, float decay, float grad_weight_decay,
                     float beta1, float beta2, float eps)
 {
     adam_fn step = ctx->kernels->optim->adam;
-    PYNN_TEAM(ctx, total_size(count, sizes) >= PARALLEL_MIN_ELEMENTS ? ctx->num_threads : 1, {
-        adam_tensors(step, count, sizes, params, grads, exp_avgs, exp_avg_sqs, step_sizes,
+    PYNN_TEAM(ctx, threads_wanted(ctx, count, sizes, subsets), {
+        adam_tensors(step, count, sizes, subsets, params, grads, exp_avgs, exp_avg_sqs, step_sizes,
                      bias_corrections2_sqrt, decay, grad_weight_decay, beta1, beta2, eps);
     });
 }

@@ -11,22 +11,36 @@
  *   m += (1 - b1)(g - m);  v = b2 v + (1 - b2) g g
  *   p -= step_size m / (sqrt(v) / bias_correction2_sqrt + eps)
  *   with step_size = lr / (1 - b1^t), bias_correction2_sqrt = sqrt(1 - b2^t)
- * Element-wise, so the result does not depend on the thread count. */
+ * Element-wise, so the result does not depend on the thread count.
+ *
+ * Row-sparse updates: a tensor with a row subset is updated only in those
+ * rows (its state too); the other rows are left as they are (lazy, as
+ * torch.optim.SparseAdam), which for plain SGD is the dense result whenever
+ * their gradient is zero. */
 #ifndef PYNN_OPTIM_H
 #define PYNN_OPTIM_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include "cpu.h"
 
-/* Each updates ``count`` tensors (sizes[i] elements each) in one call. A NULL
- * momentum buffer is allowed when momentum == 0. */
+/* The distinct rows of a [*, row_size] tensor an update touches; rows ==
+ * NULL: the whole tensor. */
+typedef struct {
+    const int64_t *rows;
+    ptrdiff_t count;
+    ptrdiff_t row_size;
+} pynn_row_subset;
+
+/* Each updates ``count`` tensors (sizes[i] elements each, or subsets[i]'s
+ * rows) in one call. A NULL momentum buffer is allowed when momentum == 0. */
 void pynn_sgd_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *sizes,
-                   float *const *params, const float *const *grads,
+                   const pynn_row_subset *subsets, float *const *params, const float *const *grads,
                    float *const *momentum_buffers, float lr, float momentum,
                    float weight_decay, int nesterov);
 
 void pynn_adam_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *sizes,
-                    float *const *params, const float *const *grads, float *const *exp_avgs,
+                    const pynn_row_subset *subsets, float *const *params, const float *const *grads, float *const *exp_avgs,
                     float *const *exp_avg_sqs, const float *step_sizes,
                     const float *bias_corrections2_sqrt, float decay, float grad_weight_decay,
                     float beta1, float beta2, float eps);

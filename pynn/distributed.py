@@ -206,6 +206,8 @@ class DataParallel:
                 dy = dys if many else dys[0]
             self.model.backward(dy, input_grad=False)
             self.comm.Allreduce(self._mpi.IN_PLACE, self.arena, op=self._mpi.SUM)
+            for _, layer in self.model.parameter_owners():
+                layer.forget_touched_rows()  # other ranks' rows are in the sum now
             self.optimizer.step()
 
     # -- what fit needs beyond the step --------------------------------------

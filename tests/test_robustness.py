@@ -533,6 +533,7 @@ LAYERS = [
     lambda: layers.ReLU6(), lambda: layers.LayerNorm(5), lambda: layers.LayerNorm([4, 5]),
     lambda: layers.Conv1d(4, 2, 3, padding=1), lambda: layers.MaxPool1d(2),
     lambda: layers.AvgPool1d(3, stride=2, padding=1), lambda: layers.AdaptiveAvgPool2d((2, None)),
+    lambda: layers.Embedding(5, 3, padding_idx=-2),
 ]
 
 
@@ -618,6 +619,64 @@ def test_merge_layers_answer_or_refuse(case, kind, axis, training, data):
     if training:
         dx = layer.backward(np.ones_like(y))
         assert [gradient.shape for gradient in dx] == [np.shape(item) for item in x]
+
+
+PADDING_IDX = st.one_of(st.none(), st.integers(-60, 60), st.integers(-2**70, 2**70), st.booleans(),
+                        st.floats(-60, 60), st.sampled_from(["1", [1], np.int32(-3), np.uint8(4)]))
+
+
+@fuzz
+@given(st.integers(1, 50), PADDING_IDX)
+def test_embedding_padding_idx_is_accepted_as_pytorch_or_refused(num_embeddings, padding_idx):
+    valid = padding_idx is None or (isinstance(padding_idx, (int, np.integer))
+                                    and not isinstance(padding_idx, bool)
+                                    and -num_embeddings <= padding_idx < num_embeddings)
+    if not valid:
+        with pytest.raises((ValueError, TypeError), match="Embedding: padding_idx"):
+            layers.Embedding(num_embeddings, 2, padding_idx=padding_idx)
+        return
+    layer = layers.Embedding(num_embeddings, 2, padding_idx=padding_idx)
+    row = None if padding_idx is None else int(padding_idx) % num_embeddings
+    assert layer.padding_idx == row
+    assert layers.Embedding(**layer.config()).padding_idx == row
+    if row is not None:
+        assert not layer.params["weight"][row].any()
+
+
+@fuzz
+@given(st.integers(1, 12), st.one_of(st.none(), st.integers(-12, 11)),
+       st.lists(st.tuples(shapes(0, 3, 4), st.integers(0, 2**32 - 1)), min_size=1, max_size=5),
+       st.sampled_from(["int64", "int32", "uint8"]))
+def test_embedding_training_steps_answer_or_refuse(num_embeddings, padding_idx, steps, dtype):
+    """Any sequence of index batches, some out of range: an IndexError naming the
+    value, or the dense gradient of that batch (earlier batches' rows zero) and
+    the rows an optimizer step then changes, none but the touched ones."""
+    padding_idx = padding_idx if padding_idx is None or -num_embeddings <= padding_idx < num_embeddings else None
+    layer = layers.Embedding(num_embeddings, 3, padding_idx=padding_idx)
+    row = layer.padding_idx
+    optimizer = pynn.optim.Adam(layer, lr=0.1)
+    for shape, seed in steps:
+        rng = np.random.default_rng(seed)
+        low = 0 if dtype == "uint8" else -2
+        indices = rng.integers(low, num_embeddings + 2, shape).astype(dtype)
+        if (indices < 0).any() or (indices >= num_embeddings).any():
+            with pytest.raises(IndexError, match="Embedding: index -?[0-9]+ is out of range"):
+                layer.forward(indices, training=True)
+            continue
+        layer.forward(indices, training=True)
+        dy = rng.standard_normal(shape + (3,)).astype(np.float32)
+        layer.backward(dy)
+        expected = np.zeros((num_embeddings, 3))
+        np.add.at(expected, indices.reshape(-1).astype(np.int64), dy.reshape(-1, 3))
+        if row is not None:
+            expected[row] = 0.0
+        np.testing.assert_allclose(layer.grads["weight"], expected, rtol=1e-5, atol=1e-6)
+        touched = set(indices.reshape(-1).tolist()) - {row}
+        assert sorted(layer.touched_rows("weight").tolist()) == sorted(touched)
+        before = layer.params["weight"].copy()
+        optimizer.step()
+        changed = set(np.flatnonzero(np.any(layer.params["weight"] != before, axis=1)).tolist())
+        assert changed <= touched
 
 
 HYPERPARAMETERS = st.sampled_from([0.1, 0.0, -0.1, float("nan"), float("inf"), "0.1", None, True])

@@ -14,9 +14,10 @@ cdef extern from "dense.h" nogil:
     void pynn_scale(Py_ssize_t count, float factor, float *x)
     void pynn_embedding_gather(const pynn_context *ctx, Py_ssize_t count, Py_ssize_t dim,
                                const float *weight, const int64_t *index, float *out)
-    void pynn_embedding_scatter_add(const pynn_context *ctx, Py_ssize_t count, Py_ssize_t dim,
-                                    Py_ssize_t num_embeddings, const float *dy,
-                                    const int64_t *index, float *dweight)
+    Py_ssize_t pynn_embedding_scatter_add(const pynn_context *ctx, Py_ssize_t count,
+                                          Py_ssize_t dim, const float *dy, const int64_t *index,
+                                          int64_t padding_idx, float *dweight, int64_t *rows,
+                                          Py_ssize_t previous_rows, unsigned char *marks)
 
 
 def column_sums(dy, db):
@@ -82,15 +83,35 @@ def embedding_gather(weight, index, out, str where="Embedding"):
     return out
 
 
-def embedding_scatter_add(dy, index, dweight, str where="Embedding"):
-    """dweight = 0, then dweight[index[i]] += dy[i] for every i, repeats included."""
+def embedding_scatter_add(dy, index, dweight, rows, Py_ssize_t previous_rows, marks,
+                          padding_idx=None, str where="Embedding"):
+    """dweight = the scatter-sum of dy over index (repeats accumulate; the
+    padding_idx row gets nothing), given that only rows[:previous_rows] of it
+    are non-zero: those are zeroed, then the rows of index written. rows then
+    starts with the distinct rows written, whose number is returned. marks:
+    a zero uint8 per embedding, left zero."""
     cdef Py_ssize_t num = dweight.shape[0], dim = dweight.shape[1]
     cdef Py_ssize_t count = cnp.PyArray_SIZE(index)
     cdef const float *g = float_input(dy, count * dim, "dy")
-    cdef const int64_t *rows = index_input(index, count, "index")
+    cdef const int64_t *positions = index_input(index, count, "index")
     cdef float *table = float_output(dweight, num * dim, "dweight")
-    check_indices(rows, count, num, where)
+    cdef cnp.ndarray row_array = checked(rows, cnp.NPY_INT64, -1, "rows")
+    cdef cnp.ndarray mark_array = checked(marks, cnp.NPY_UINT8, num, "marks")
+    if not (cnp.PyArray_ISWRITEABLE(row_array) and cnp.PyArray_ISWRITEABLE(mark_array)):
+        raise ValueError("rows and marks must be writable")
+    if not 0 <= previous_rows <= cnp.PyArray_SIZE(row_array) or cnp.PyArray_SIZE(row_array) < count:
+        raise ValueError(f"rows must hold max(count, previous_rows), got {cnp.PyArray_SIZE(row_array)} "
+                         f"for {count} indices and {previous_rows} previous rows")
+    cdef int64_t *written = <int64_t *>cnp.PyArray_DATA(row_array)
+    cdef int64_t padding = -1 if padding_idx is None else padding_idx
+    if not -1 <= padding < num:
+        raise ValueError(f"padding_idx must be None or in [0, {num}), got {padding_idx}")
+    check_indices(positions, count, num, where)
+    check_indices(written, previous_rows, num, "rows")
     cdef pynn_context ctx = current_context()
+    cdef Py_ssize_t distinct
     with nogil:
-        pynn_embedding_scatter_add(&ctx, count, dim, num, g, rows, table)
-    return dweight
+        distinct = pynn_embedding_scatter_add(&ctx, count, dim, g, positions, padding, table,
+                                              written, previous_rows,
+                                              <unsigned char *>cnp.PyArray_DATA(mark_array))
+    return distinct

@@ -3,7 +3,9 @@
 # A ParameterTable holds raw pointers to every parameter, its gradient and its
 # optimizer state, so one call updates them all without touching a Python
 # object per tensor; it keeps references to the arrays so the pointers stay
-# valid, and allocates nothing per step.
+# valid, and allocates nothing per step. A step may take, per parameter, the
+# distinct rows to update (row-sparse: the other rows and their state are
+# left as they are).
 from libc.math cimport pow, sqrt
 from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free
@@ -12,11 +14,15 @@ import numpy as np
 
 
 cdef extern from "optim.h" nogil:
+    ctypedef struct pynn_row_subset:
+        const int64_t *rows
+        Py_ssize_t count
+        Py_ssize_t row_size
     void pynn_sgd_step(const pynn_context *ctx, Py_ssize_t count, const Py_ssize_t *sizes,
-                       float **params, const float **grads, float **momentum_buffers,
+                       const pynn_row_subset *subsets, float **params, const float **grads, float **momentum_buffers,
                        float lr, float momentum, float weight_decay, int nesterov)
     void pynn_adam_step(const pynn_context *ctx, Py_ssize_t count, const Py_ssize_t *sizes,
-                        float **params, const float **grads, float **exp_avgs, float **exp_avg_sqs,
+                        const pynn_row_subset *subsets, float **params, const float **grads, float **exp_avgs, float **exp_avg_sqs,
                         const float *step_sizes, const float *bias_corrections2_sqrt,
                         float decay, float grad_weight_decay, float beta1, float beta2, float eps)
 
@@ -46,6 +52,9 @@ cdef class ParameterTable:
     cdef float **first
     cdef float **second
     cdef Py_ssize_t *size
+    cdef Py_ssize_t *row_count   # rows of each parameter (its first axis; 0 for a scalar)
+    cdef pynn_row_subset *subset
+    cdef list rows_alive
     cdef int64_t *steps
     cdef float *step_size
     cdef float *bias_correction2_sqrt
@@ -63,14 +72,20 @@ cdef class ParameterTable:
         self.first = <float **>calloc(n, sizeof(float *))
         self.second = <float **>calloc(n, sizeof(float *))
         self.size = <Py_ssize_t *>calloc(n, sizeof(Py_ssize_t))
+        self.row_count = <Py_ssize_t *>calloc(n, sizeof(Py_ssize_t))
+        self.subset = <pynn_row_subset *>calloc(n, sizeof(pynn_row_subset))
+        self.rows_alive = [None] * self.count
         self.step_size = <float *>calloc(n, sizeof(float))
         self.bias_correction2_sqrt = <float *>calloc(n, sizeof(float))
         if not (self.param and self.grad and self.first and self.second and self.size
-                and self.step_size and self.bias_correction2_sqrt):
+                and self.row_count and self.subset and self.step_size and self.bias_correction2_sqrt):
             raise MemoryError()
         cdef Py_ssize_t i
         for i in range(self.count):
             self.size[i] = params[i].size
+            if params[i].ndim and params[i].shape[0]:
+                self.row_count[i] = params[i].shape[0]
+                self.subset[i].row_size = self.size[i] // self.row_count[i]
             self.param[i] = float_pointer(params[i], "parameter", self.size[i])
             self.grad[i] = float_pointer(grads[i], "gradient", self.size[i])
             if first_state[i] is not None:
@@ -92,28 +107,58 @@ cdef class ParameterTable:
         free(self.first)
         free(self.second)
         free(self.size)
+        free(self.row_count)
+        free(self.subset)
         free(self.step_size)
         free(self.bias_correction2_sqrt)
 
-    def sgd(self, float lr, float momentum, float weight_decay, bint nesterov):
+    cdef int use_rows(self, list rows) except -1:
+        """rows: None (every row) or a list with, per parameter, None or the
+        distinct rows (int64, 1-D) to update."""
+        cdef Py_ssize_t i
+        cdef cnp.ndarray subset
+        if rows is not None and len(rows) != self.count:
+            raise ValueError(f"optimizer: rows must list {self.count} entries, got {len(rows)}")
+        for i in range(self.count):
+            self.subset[i].rows = NULL
+            self.rows_alive[i] = None
+            if rows is None or rows[i] is None:
+                continue
+            if self.row_count[i] == 0:
+                raise ValueError(f"optimizer: parameter {i} has no rows to update separately")
+            subset = checked(rows[i], cnp.NPY_INT64, -1, "rows")
+            if cnp.PyArray_NDIM(subset) != 1:
+                raise ValueError(f"optimizer: rows must be 1-D, got shape {rows[i].shape}")
+            self.subset[i].count = cnp.PyArray_SIZE(subset)
+            check_indices(<const int64_t *>cnp.PyArray_DATA(subset), self.subset[i].count,
+                          self.row_count[i], "optimizer rows")
+            self.subset[i].rows = <const int64_t *>cnp.PyArray_DATA(subset)
+            self.rows_alive[i] = subset
+        return 0
+
+    def sgd(self, float lr, float momentum, float weight_decay, bint nesterov, list rows=None):
         """One SGD step for every parameter (momentum buffers start at zero,
-        which reproduces PyTorch's first step exactly: 0 * momentum + d = d)."""
+        which reproduces PyTorch's first step exactly: 0 * momentum + d = d);
+        ``rows`` as ``use_rows``."""
         cdef pynn_context ctx = current_context()
         cdef Py_ssize_t i
+        self.use_rows(rows)
         for i in range(self.count):
             if momentum != 0.0 and self.first[i] == NULL:
                 raise ValueError("optimizer: SGD with momentum needs a buffer per parameter")
         with nogil:
-            pynn_sgd_step(&ctx, self.count, self.size, self.param, self.grad, self.first,
-                          lr, momentum, weight_decay, nesterov)
+            pynn_sgd_step(&ctx, self.count, self.size, self.subset, self.param, self.grad,
+                          self.first, lr, momentum, weight_decay, nesterov)
 
     def adam(self, double lr, double beta1, double beta2, double eps, double weight_decay,
-             bint decoupled):
-        """One Adam(W) step for every parameter, counting it in ``steps``. The
-        bias corrections are computed in double precision, as torch.optim does."""
+             bint decoupled, list rows=None):
+        """One Adam(W) step for every parameter, counting it in ``steps`` (a
+        row-sparse one too). The bias corrections are computed in double
+        precision, as torch.optim does; ``rows`` as ``use_rows``."""
         cdef Py_ssize_t i
         if self.count and (self.steps == NULL or self.second[0] == NULL or self.first[0] == NULL):
             raise ValueError("optimizer: Adam needs two state arrays and a step count per parameter")
+        self.use_rows(rows)
         cdef pynn_context ctx = current_context()
         cdef float decay = <float>(1.0 - lr * weight_decay) if decoupled else 1.0
         cdef float grad_weight_decay = 0.0 if decoupled else <float>weight_decay
@@ -124,6 +169,6 @@ cdef class ParameterTable:
                 step = <double>self.steps[i]
                 self.step_size[i] = <float>(lr / (1.0 - pow(beta1, step)))
                 self.bias_correction2_sqrt[i] = <float>sqrt(1.0 - pow(beta2, step))
-            pynn_adam_step(&ctx, self.count, self.size, self.param, self.grad, self.first,
-                           self.second, self.step_size, self.bias_correction2_sqrt, decay,
+            pynn_adam_step(&ctx, self.count, self.size, self.subset, self.param, self.grad,
+                           self.first, self.second, self.step_size, self.bias_correction2_sqrt, decay,
                            grad_weight_decay, <float>beta1, <float>beta2, <float>eps)

@@ -21,6 +21,11 @@ A layer has three paths:
   refuses a backward before a training forward, and a mis-shaped ``dy``, with
   the same words.
 
+Row-sparse gradients: ``touched_rows(key)`` may return the rows (int64) of
+``grads[key]`` that the last ``backward`` wrote, every other row being zero;
+optimizers then update only those rows. Code that writes into ``grads`` in
+place (a gradient sum over ranks) calls ``forget_touched_rows()`` after.
+
 Merge layers (``takes_list = True``) take a list of arrays: ``output_shape``
 takes a list of shapes, ``forward``/``infer`` a list of arrays, and
 ``backward`` returns a list of input gradients.
@@ -114,6 +119,14 @@ class Layer:
 
     def backward(self, dy, input_grad=True):
         raise NotImplementedError
+
+    def touched_rows(self, key):
+        """The only rows of ``grads[key]`` that may be non-zero, or None: all."""
+        return None
+
+    def forget_touched_rows(self):
+        """``grads`` were written outside ``backward``: report every row as touched
+        until the next ``backward`` has rewritten them all."""
 
     def config(self):
         """Constructor arguments, JSON-serialisable, to rebuild this layer."""

@@ -196,21 +196,53 @@ class Dropout(Layer):
         return kernels.elementwise("dropout", dy, draws, self.workspace("dx", dy.shape), self.p)
 
 
+def _checked_padding_idx(padding_idx, num_embeddings):
+    """PyTorch's rule: None, or an int in [-num_embeddings, num_embeddings),
+    a negative one counting from the end; returned as the row it names."""
+    if padding_idx is None:
+        return None
+    row = as_count(padding_idx, "Embedding", "padding_idx", minimum=-num_embeddings)
+    if row >= num_embeddings:
+        raise ValueError(f"Embedding: padding_idx must be in [-{num_embeddings}, {num_embeddings}) "
+                         f"for num_embeddings={num_embeddings}, got {row}")
+    return row % num_embeddings
+
+
 class Embedding(Layer):
     """Rows of a [num_embeddings, embedding_dim] table picked by integer
-    indices of any shape: output indices.shape + (embedding_dim,)."""
+    indices of any shape: output indices.shape + (embedding_dim,).
 
-    def __init__(self, num_embeddings, embedding_dim, name=None):
+    ``padding_idx`` as PyTorch's: None or a row (negative counts from the
+    end, stored as the row it names); that row starts at zero and its
+    gradient is always zero, so optimizers never update it.
+
+    ``grads["weight"]`` is the whole dense gradient, but ``backward`` costs
+    O(rows in the batch): it re-zeroes the rows the previous backward wrote,
+    then adds into this batch's rows. ``touched_rows("weight")`` lists those
+    rows, and optimizers update only them (docs/embeddings.md)."""
+
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, name=None):
         super().__init__(name=name)
         self.num_embeddings = as_count(num_embeddings, "Embedding", "num_embeddings")
         self.embedding_dim = as_count(embedding_dim, "Embedding", "embedding_dim")
+        self.padding_idx = _checked_padding_idx(padding_idx, self.num_embeddings)
         weight = empty_float32((self.num_embeddings, self.embedding_dim), "Embedding", "weight")
         self.params["weight"] = init.normal_(weight)  # PyTorch's default: N(0, 1)
+        if self.padding_idx is not None:
+            weight[self.padding_idx] = 0.0
         self.grads["weight"] = np.zeros_like(weight)
         self._indices = None
+        self._marks = None           # one zero byte per row, the kernel's scratch
+        self._rows = np.empty(0, dtype=np.int64)
+        self._row_count = 0          # _rows[:_row_count]: the rows backward wrote ...
+        self._rows_written_into = self.grads["weight"]  # ... into this array, zero elsewhere
+        self._rows_valid = True
 
     def config(self):
-        return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim}
+        config = {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim}
+        if self.padding_idx is not None:
+            config["padding_idx"] = self.padding_idx
+        return config
 
     def output_shape(self, input_shape):
         return tuple(input_shape) + (self.embedding_dim,)
@@ -230,9 +262,36 @@ class Embedding(Layer):
         return out
 
     def backward(self, dy, input_grad=True):
-        """dW[i] = Σ of dy over the positions holding index i; indices get no gradient."""
+        """dW[i] = Σ of dy over the positions holding index i (none for
+        padding_idx); indices get no gradient. Frozen: grads untouched."""
         indices = self._kept("_indices")
         dy = self._checked_dy(dy, self.output_shape(indices.shape))
         if self.trainable:
-            kernels.embedding_scatter_add(dy, indices, self.grads["weight"])
+            self._write_gradient(dy, indices)
         return None
+
+    def _write_gradient(self, dy, indices):
+        grad = self.grads["weight"]
+        if grad is not self._rows_written_into or not self._rows_valid:
+            grad.fill(0.0)  # replaced or written elsewhere: no row is known to be zero
+            self._rows_written_into, self._rows_valid, self._row_count = grad, True, 0
+        if self._marks is None:
+            self._marks = np.zeros(self.num_embeddings, dtype=np.uint8)
+        if len(self._rows) < indices.size:
+            rows = np.empty(max(indices.size, 2 * len(self._rows)), dtype=np.int64)
+            rows[:self._row_count] = self._rows[:self._row_count]
+            self._rows = rows
+        self._row_count = kernels.embedding_scatter_add(
+            dy, indices, grad, self._rows, self._row_count, self._marks, self.padding_idx)
+
+    def touched_rows(self, key):
+        """The distinct rows of ``grads[key]`` the last backward wrote (int64,
+        a view of a reused buffer; none before the first), every other row
+        being zero; None when that is not known (``grads`` replaced, or
+        written elsewhere since)."""
+        if key != "weight" or not self._rows_valid or self.grads["weight"] is not self._rows_written_into:
+            return None
+        return self._rows[:self._row_count]
+
+    def forget_touched_rows(self):
+        self._rows_valid = False  # the next backward zeroes the whole gradient first

@@ -3,7 +3,15 @@
 Each ``step()`` is one fused kernel pass over every trainable parameter
 (csrc/optim.c); frozen layers (``trainable=False``) are skipped. An optimizer
 takes the model (a ``Sequential`` or a single layer), reads the gradients its
-``backward`` wrote and updates the parameters in place."""
+``backward`` wrote and updates the parameters in place.
+
+Row-sparse parameters: when a layer reports the rows its last ``backward``
+touched (``Embedding``'s ``touched_rows``), only those rows and their state
+are updated; the rows the batch did not touch are left exactly as they are
+(lazy, as torch.optim.SparseAdam and TensorFlow's lazy Adam). For plain SGD
+without weight decay that is the dense result; with momentum, weight decay
+or Adam's moments, an untouched row is neither decayed nor moved by its
+momentum until a batch touches it again (docs/embeddings.md)."""
 import numpy as np
 
 from pynn import _hooks
@@ -34,6 +42,7 @@ class Optimizer:
             setattr(self, name, value)
         self.state = {}
         self._bound = None      # [(owner, key, param, grad, name)] of the trainable parameters
+        self._row_sources = None  # per bound parameter: (its owner's touched_rows or None, key)
         self._trainable = None  # each owner's trainable flag when bound
         self._table = None
 
@@ -65,8 +74,16 @@ class Optimizer:
         self._bound = [(owner, key, param, owner.grads[key], prefix + key)
                        for prefix, owner in self._owners if owner.trainable
                        for key, param in owner.params.items()]
+        self._row_sources = [(getattr(owner, "touched_rows", None), key)
+                             for owner, key, _, _, _ in self._bound]
         self._table = self._build_table([(name, param, grad) for _, _, param, grad, name in self._bound])
         return self._table
+
+    def _touched_rows(self):
+        """Per bound parameter, the only rows its gradient may hold non-zero
+        (None: every row), or None when no parameter is row-sparse."""
+        rows = [touched(key) if touched is not None else None for touched, key in self._row_sources]
+        return rows if any(entry is not None for entry in rows) else None
 
     def _build_table(self, active):
         raise NotImplementedError
@@ -114,7 +131,12 @@ class Optimizer:
 
 class SGD(Optimizer):
     """``p -= lr * d`` with ``d = g + weight_decay * p``, through a momentum buffer
-    ``b = momentum * b + d`` (Nesterov: ``d + momentum * b``), as torch.optim.SGD."""
+    ``b = momentum * b + d`` (Nesterov: ``d + momentum * b``), as torch.optim.SGD.
+
+    Row-sparse parameters (embeddings) are updated only in the rows the batch
+    touched: exactly torch.optim.SGD's result without momentum and weight
+    decay; with either, the untouched rows and their momentum are left as
+    they are (lazy) instead of decaying."""
     _hyperparameters = ("momentum", "nesterov", "weight_decay")
 
     def __init__(self, model, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
@@ -138,11 +160,18 @@ class SGD(Optimizer):
         return ParameterTable([p for _, p, _ in active], [g for _, _, g in active], buffers)
 
     def step(self):
-        self._kernel_table().sgd(self.lr, self.momentum, self.weight_decay, self.nesterov)
+        table = self._kernel_table()
+        table.sgd(self.lr, self.momentum, self.weight_decay, self.nesterov, self._touched_rows())
 
 
 class Adam(Optimizer):
-    """Adam as torch.optim.Adam: ``weight_decay`` is added to the gradient (L2)."""
+    """Adam as torch.optim.Adam: ``weight_decay`` is added to the gradient (L2).
+
+    Row-sparse parameters (embeddings) are updated lazily, as
+    torch.optim.SparseAdam: only the rows the batch touched, and their
+    moments, take a step (torch.optim.Adam's formula); the others and their
+    moments are left as they are. The step count is per parameter and
+    advances on every ``step()``, as SparseAdam's."""
     _hyperparameters = ("betas", "eps", "weight_decay")
     _decoupled = False
 
@@ -179,12 +208,14 @@ class Adam(Optimizer):
                               [self.state[name]["exp_avg_sq"] for name, _, _ in active], steps)
 
     def step(self):
-        self._kernel_table().adam(self.lr, self.betas[0], self.betas[1], self.eps,
-                                  self.weight_decay, self._decoupled)
+        table = self._kernel_table()
+        table.adam(self.lr, self.betas[0], self.betas[1], self.eps, self.weight_decay,
+                   self._decoupled, self._touched_rows())
 
 
 class AdamW(Adam):
-    """AdamW as torch.optim.AdamW: decoupled decay ``p *= 1 - lr * weight_decay``."""
+    """AdamW as torch.optim.AdamW: decoupled decay ``p *= 1 - lr * weight_decay``;
+    row-sparse parameters lazily as in Adam (untouched rows are not decayed)."""
     _decoupled = True
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
