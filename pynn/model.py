@@ -29,10 +29,6 @@ from pynn.layers.base import Layer, checked_name
 from pynn.layers import symbolic
 from pynn.sequential import RELU_FUSING_LAYERS, Sequential, load_state_dict
 
-def _add_into(a, b, out):
-    np.add(a, b, out=out)
-
-
 # Input shapes whose inference plans are kept per thread; beyond this they are
 # dropped and rebuilt.
 _SHAPES_REMEMBERED = 8
@@ -344,7 +340,7 @@ class Model:
         for layer, twin in self._twins:
             if layer.trainable:
                 for key, grad in layer.grads.items():
-                    _add_into(grad, twin.grads[key], grad)
+                    kernels.add_into(grad, twin.grads[key], grad)
         if not input_grad:
             return None
         result = [grads[index] if tensor.dtype == "float32" else None
@@ -364,7 +360,7 @@ class Model:
         buffer = self._accumulators.get(slot)
         if buffer is None or buffer.shape != value.shape:
             buffer = self._accumulators[slot] = aligned_empty(value.shape)
-        _add_into(held, value, buffer)
+        kernels.add_into(held, value, buffer)
         grads[slot] = buffer
 
     def _zeros(self, target):
