@@ -12,8 +12,9 @@ writing value slots. The schedule then
   sum into that step's epilogue;
 - assigns buffers by liveness: a slot's buffer returns to a pool after the
   last step that reads it, and a later slot takes the smallest free buffer
-  that fits (growing one if none does), so peak memory stays near the two
-  or three largest tensors alive at once, not the sum of all.
+  that fits (growing one if none does); an element-wise step writes over an
+  input it reads for the last time. Peak memory then stays near the two or
+  three largest tensors alive at once, not the sum of all.
 Model inputs and outputs are the caller's arrays, never the plan's."""
 import math
 
@@ -21,6 +22,8 @@ from pynn.layers import BatchNorm2d, ReLU
 
 # Step kinds whose epilogue can apply a ReLU.
 _TAKES_RELU = ("gemm", "conv", "add")
+# Element-wise step kinds, which may write over an input of the same size.
+_IN_PLACE = ("add", "map")
 
 
 class Step:
@@ -126,11 +129,17 @@ def _assign_buffers(steps, slot_shapes, callers):
     sizes, free = [], []
     for index, step in enumerate(steps):
         targets = step.target if isinstance(step.target, tuple) else (step.target,)
-        for target in targets:
-            if target not in callers:
-                slot_buffers[target] = _take(free, sizes, max(math.prod(slot_shapes[target]), 1))
+        dying = [source for source in dict.fromkeys(step.sources)
+                 if last_read.get(source) == index and slot_buffers[source] is not None]
+        if step.kind in _IN_PLACE and dying and targets[0] not in callers:
+            # an element-wise step writes over an input it reads for the last time
+            slot_buffers[targets[0]] = slot_buffers[dying.pop(0)]
+        else:
+            for target in targets:
+                if target not in callers:
+                    slot_buffers[target] = _take(free, sizes, max(math.prod(slot_shapes[target]), 1))
         dead = [target for target in targets if target not in callers and target not in last_read]
-        dead += [source for source in set(step.sources) if last_read.get(source) == index]
+        dead += dying
         free.extend(slot_buffers[slot] for slot in dead if slot_buffers[slot] is not None)
     return slot_buffers, sizes
 

@@ -166,3 +166,47 @@ def test_summary_lists_names_types_shapes_and_parameters():
     text = lines[0]
     assert "block.shared" in text and "(None, 8)" in text and "Sequential" in text
     assert "Total parameters: " in text
+
+
+def test_a_graph_training_step_allocates_under_64_kib_in_steady_state():
+    import tracemalloc
+
+    model = residual_mlp()
+    optimizer = pynn.optim.Adam(model)
+    losses = [MSELoss(), MSELoss()]
+    x = rng.standard_normal((64, 6)).astype(np.float32)
+    targets = [rng.standard_normal((64, 3)).astype(np.float32), rng.standard_normal((64, 2)).astype(np.float32)]
+
+    def step():
+        outputs = model.forward(x, training=True)
+        for loss, out, target in zip(losses, outputs, targets):
+            loss(out, target)
+        model.backward([loss.backward() for loss in losses], input_grad=False)
+        optimizer.step()
+
+    step()
+    step()
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(5):
+            step()
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024
+
+
+def test_a_resnet_plan_keeps_peak_activation_memory_near_the_largest_tensors():
+    x = pynn.Input((16, 32, 32))
+    h = x
+    for index in range(4):
+        branch = layers.BatchNorm2d(16)(layers.Conv2d(16, 16, 3, padding=1, bias=False)(h))
+        h = layers.ReLU()(layers.Add()([layers.ReLU()(branch), h]))
+    model = pynn.Model(x, layers.Linear(16, 10)(layers.GlobalAvgPool2d()(h)))
+    plan = model._thread_plan(((2, 16, 32, 32),))
+    largest = 2 * 16 * 32 * 32
+    kinds = [step.kind for step in plan.schedule.steps]
+    assert kinds == ["conv", "add"] * 4 + ["python", "gemm"]  # BatchNorm folded, ReLUs fused
+    assert plan.schedule.peak_floats == 2 * largest  # the block's input and the branch
