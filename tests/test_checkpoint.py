@@ -4,7 +4,7 @@ import pytest
 
 import pynn
 from pynn import ModelFormatError, Sequential
-from pynn.layers import Dropout, Linear, ReLU
+from pynn.layers import Add, Dropout, Linear, ReLU
 from pynn.losses import CrossEntropyLoss
 from pynn.optim import SGD, Adam
 from pynn.optim.lr_scheduler import StepLR
@@ -17,11 +17,16 @@ def data():
     return x[:300], y[:300]
 
 
-def build(init_seed):
+def build(init_seed, graph=False):
     """The same architecture; ``init_seed`` sets the starting weights, so a
     resumed run must get everything from the checkpoint."""
     rng = np.random.default_rng(init_seed)
-    model = Sequential(Linear(64, 32), ReLU(), Dropout(0.2, seed=0), Linear(32, 10))
+    if graph:  # the Sequential's keys, plus a skip connection
+        x = pynn.Input((64,))
+        h = Dropout(0.2, seed=0, name="2")(ReLU(name="1")(Linear(64, 32, name="0")(x)))
+        model = pynn.Model(x, Add()([Linear(32, 10, name="3")(h), Linear(64, 10, name="skip")(x)]))
+    else:
+        model = Sequential(Linear(64, 32), ReLU(), Dropout(0.2, seed=0), Linear(32, 10))
     for name, array in model.state_dict().items():
         array[...] = rng.uniform(-0.3, 0.3, array.shape)
     optimizer = Adam(model, lr=3e-3)
@@ -39,18 +44,19 @@ def run_epochs(model, optimizer, scheduler, rng, first, last):
         scheduler.step()
 
 
-def test_resumed_run_is_bit_identical(tmp_path):
-    model, optimizer, scheduler = build(init_seed=1)
+@pytest.mark.parametrize("graph", [False, True])
+def test_resumed_run_is_bit_identical(tmp_path, graph):
+    model, optimizer, scheduler = build(init_seed=1, graph=graph)
     rng = np.random.default_rng(42)
     run_epochs(model, optimizer, scheduler, rng, 0, EPOCHS)
 
-    first, first_optimizer, first_scheduler = build(init_seed=1)
+    first, first_optimizer, first_scheduler = build(init_seed=1, graph=graph)
     first_rng = np.random.default_rng(42)
     run_epochs(first, first_optimizer, first_scheduler, first_rng, 0, SPLIT)
     path = tmp_path / "checkpoint.safetensors"
     pynn.save_checkpoint(path, first, first_optimizer, epoch=SPLIT, scheduler=first_scheduler, rng=first_rng)
 
-    resumed, resumed_optimizer, resumed_scheduler = build(init_seed=2)
+    resumed, resumed_optimizer, resumed_scheduler = build(init_seed=2, graph=graph)
     resumed_rng = np.random.default_rng(0)
     epoch = pynn.load_checkpoint(path, resumed, resumed_optimizer, scheduler=resumed_scheduler, rng=resumed_rng)
     assert epoch == SPLIT
@@ -63,7 +69,7 @@ def test_resumed_run_is_bit_identical(tmp_path):
         for slot, value in entry.items():
             assert np.asarray(resumed_optimizer.state[name][slot]).tobytes() == np.asarray(value).tobytes()
     # and the resumed run really needed the checkpoint: without it the weights differ
-    stale, stale_optimizer, stale_scheduler = build(init_seed=2)
+    stale, stale_optimizer, stale_scheduler = build(init_seed=2, graph=graph)
     run_epochs(stale, stale_optimizer, stale_scheduler, np.random.default_rng(0), SPLIT, EPOCHS)
     assert stale.state_dict()["0.weight"].tobytes() != model.state_dict()["0.weight"].tobytes()
 

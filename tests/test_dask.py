@@ -14,7 +14,7 @@ distributed = pytest.importorskip("distributed")
 
 import pynn  # noqa: E402
 from pynn.distributed import dask_predict  # noqa: E402
-from pynn.layers import Conv2d, Flatten, Linear, ReLU  # noqa: E402
+from pynn.layers import Add, Conv2d, Flatten, Linear, ReLU  # noqa: E402
 
 
 def mlp(features=37, seed=0):
@@ -78,6 +78,14 @@ def test_matches_predict_on_the_whole_array(client):
     assert lazy.chunks[0] == da.from_array(x, chunks=101).chunks[0]
     out = lazy.compute()
     assert out.dtype == np.float32 and out.tobytes() == model.predict(x).tobytes()
+
+
+def test_a_graph_model_matches_its_predict(client):
+    x = pynn.Input((37,))
+    h = ReLU()(Linear(37, 29, name="hidden")(x))
+    model = pynn.Model(x, Add()([Linear(29, 3, name="out")(h), Linear(37, 3, name="skip")(x)]))
+    X = np.random.default_rng(5).standard_normal((1000, 37)).astype(np.float32)
+    np.testing.assert_array_equal(dask_predict(model, X).compute(), model.predict(X))
 
 
 def test_numpy_input_is_chunked_and_batch_size_is_passed(client):

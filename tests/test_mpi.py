@@ -23,11 +23,18 @@ STEPS, RANK_BATCH, FEATURES, CLASSES = 20, 64, 11, 5
 COMMON = textwrap.dedent(f"""
     import numpy as np
     import pynn
-    from pynn.layers import Linear, ReLU
+    from pynn.layers import Add, Linear, ReLU
 
-    def build(seed=0):
+    def build(seed=0, graph=False):
         rng = np.random.default_rng(seed)
-        model = pynn.Sequential(Linear({FEATURES}, 23), ReLU(), Linear(23, 17), ReLU(), Linear(17, {CLASSES}))
+        if graph:  # a residual graph with the Sequential's keys and one more layer
+            x = pynn.Input(({FEATURES},))
+            h = ReLU()(Linear({FEATURES}, 23, name="0")(x))
+            h = ReLU()(Add()([Linear(23, 17, name="2")(h), Linear({FEATURES}, 17, name="skip")(x)]))
+            model = pynn.Model(x, Linear(17, {CLASSES}, name="4")(h))
+        else:
+            model = pynn.Sequential(Linear({FEATURES}, 23), ReLU(), Linear(23, 17), ReLU(),
+                                    Linear(17, {CLASSES}))
         for _, param in model.named_parameters():
             param[...] = rng.standard_normal(param.shape) * 0.5
         return model
@@ -38,6 +45,7 @@ COMMON = textwrap.dedent(f"""
                 rng.integers(0, {CLASSES}, rows))
 
     def optimizer(kind, model):
+        kind = kind.split("+")[0]  # "sgd+graph": SGD for the graph model
         if kind == "sgd":
             return pynn.optim.SGD(model, lr=0.05, momentum=0.9, weight_decay=1e-3)
         return pynn.optim.Adam(model, lr=1e-2)
@@ -52,8 +60,9 @@ RANK_SCRIPT = COMMON + textwrap.dedent("""
     kind, out = sys.argv[1], sys.argv[5]
     freeze, rows0, rows1 = map(int, sys.argv[2:5])
     comm = MPI.COMM_WORLD
-    model = build(seed=comm.rank)  # rank 1 starts elsewhere: rank 0's weights must reach it
-    model.freeze(freeze)
+    model = build(seed=comm.rank, graph="graph" in kind)  # rank 1 starts elsewhere: rank 0's weights must reach it
+    if freeze:
+        model.freeze(freeze)
     x, y = data(rows0 + rows1)
     shard = slice(0, rows0) if comm.rank == 0 else slice(rows0, rows0 + rows1)
     history = model.fit(x[shard], y[shard], loss=pynn.losses.CrossEntropyLoss(),
@@ -95,8 +104,9 @@ def single_process(kind, freeze, rows0, rows1):
     order = [index for k in range(0, max(rows0, rows1), 64)
              for start, stop in ((0, rows0), (rows0, rows0 + rows1))
              for index in range(start + k, min(start + k + 64, stop))]
-    model = build(seed=0)
-    model.freeze(freeze)
+    model = build(seed=0, graph="graph" in kind)
+    if freeze:
+        model.freeze(freeze)
     model.fit(x[order], y[order], loss=pynn.losses.CrossEntropyLoss(), optimizer=optimizer(kind, model),
               epochs=2, batch_size=128, shuffle=False, verbose=False)
     return model
@@ -106,13 +116,14 @@ def single_process(kind, freeze, rows0, rows1):
     ("sgd", 0, 10 * 64, 10 * 64),  # 2 epochs x 10: 20 steps of 2 x 64 rows
     ("adam", 2, 10 * 64, 10 * 64),  # the first Linear frozen: left out of the reduction
     ("sgd", 0, 4 * 64 + 40, 4 * 64 + 7),  # each epoch ends on a global batch of 47 rows
+    ("adam+graph", 0, 4 * 64 + 40, 4 * 64 + 7),  # a graph Model trains the same way
 ])
 def test_two_ranks_train_like_one_process_on_the_global_batch(tmp_path, kind, freeze, rows0, rows1):
     returncode, out, err = run_ranks(tmp_path, RANK_SCRIPT, kind, freeze, rows0, rows1, tmp_path / "w")
     assert returncode == 0, err
     rank0, rank1 = np.load(tmp_path / "w.0.npz"), np.load(tmp_path / "w.1.npz")
     reference = single_process(kind, freeze, rows0, rows1)
-    start = build(seed=0).state_dict()
+    start = build(seed=0, graph="graph" in kind).state_dict()
     for key, expected in reference.state_dict().items():
         assert rank0[key].tobytes() == rank1[key].tobytes(), f"{key} differs between ranks"
         np.testing.assert_allclose(rank0[key], expected, rtol=1e-4, atol=2e-5, err_msg=key)
@@ -171,11 +182,12 @@ def test_gradients_live_in_one_arena_without_frozen_layers():
     assert model.layers[0].grads["weight"].base is parallel.arena  # unfreezing re-lays the arena
 
 
-def test_comm_self_fit_is_bit_identical_to_plain_fit():
+@pytest.mark.parametrize("graph", [False, True])
+def test_comm_self_fit_is_bit_identical_to_plain_fit(graph):
     x, y = data(300)
     results = []
     for comm in (None, MPI.COMM_SELF):
-        model = build()
+        model = build(graph=graph)
         model.fit(x, y, loss=pynn.losses.CrossEntropyLoss(), optimizer=optimizer("adam", model),
                   epochs=2, batch_size=64, seed=3, verbose=False, comm=comm)
         results.append(model.state_dict())
