@@ -214,8 +214,11 @@ cdef class InferencePlan:
         weight, bias_array, relu, stride, padding, dilation, groups = step.arguments
         if not isinstance(weight, np.ndarray) or weight.ndim != 4:
             return False
-        s.conv = conv_geometry(tuple(step.input_shapes[0]), weight.shape, tuple(stride),
-                               tuple(padding), tuple(dilation), groups)
+        shape = tuple(step.input_shapes[0])
+        if len(shape) == 3:  # a Conv1d's [N, C, L] as a one-row image
+            shape = shape[:2] + (1,) + shape[2:]
+        s.conv = conv_geometry(shape, weight.shape, tuple(stride), tuple(padding), tuple(dilation),
+                               groups)
         s.weight = gemm_operand(weight, weight.shape)
         bias = gemm_operand(bias_array, (s.conv.out_channels,)) if bias_array is not None else NULL
         if s.weight == NULL or (bias_array is not None and bias == NULL):

@@ -79,8 +79,9 @@ class _Convolution(Layer):
         return out
 
     def kernel_step(self, input_shape):
-        return ("conv", (self.params["weight"], self.params.get("bias"), self.activation == "relu",
-                         *self._geometry), ((self.params, "weight"), (self.params, "bias")))
+        weight = planar(self.params["weight"])  # a Conv1d's as a one-row kernel
+        return ("conv", (weight, self.params.get("bias"), self.activation == "relu", *self._geometry),
+                ((self.params, "weight"), (self.params, "bias")))
 
     def _scratch(self, x):
         size = kernels.conv2d_workspace_size(planar(x).shape, planar(self.params["weight"]).shape,
