@@ -21,6 +21,7 @@ struct pynn_kernels {
     const struct pynn_conv_kernels *conv;           /* conv.c */
     const struct pynn_pool_kernels *pool;           /* pool.c */
     const struct pynn_optim_kernels *optim;         /* optim.c */
+    const struct pynn_tensor_kernels *tensor;       /* tensor.c */
 };
 
 /* The table of a path this build compiled (pynn_isa_compiled). */
@@ -47,5 +48,6 @@ PYNN_DECLARE_TABLES(dense)
 PYNN_DECLARE_TABLES(conv)
 PYNN_DECLARE_TABLES(pool)
 PYNN_DECLARE_TABLES(optim)
+PYNN_DECLARE_TABLES(tensor)
 
 #endif
