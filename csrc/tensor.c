@@ -321,20 +321,18 @@ void pynn_permute(const pynn_context *ctx, int rank, const ptrdiff_t *x_shape, c
     }
     const ptrdiff_t p_extent = l.extent[p], p_y_stride = l.stride[1][p];
     const ptrdiff_t q_extent = l.extent[last], q_x_stride = l.stride[0][last];
-    const ptrdiff_t p_tiles = (p_extent + TILE - 1) / TILE;
-    const ptrdiff_t items = element_count(&outer, outer.rank) * p_tiles;
+    const ptrdiff_t p_tiles = (p_extent + TILE - 1) / TILE, q_tiles = (q_extent + TILE - 1) / TILE;
+    const ptrdiff_t items = element_count(&outer, outer.rank) * p_tiles * q_tiles;
     PYNN_TEAM_FOR(ctx, items > 1 ? wanted_if_large : 1, item, items, {
         ptrdiff_t offset[2];
-        offsets_of(&outer, 2, outer.rank, item / p_tiles, offset);
-        const ptrdiff_t p0 = item % p_tiles * TILE;
+        offsets_of(&outer, 2, outer.rank, item / (p_tiles * q_tiles), offset);
+        const ptrdiff_t p0 = item / q_tiles % p_tiles * TILE, q0 = item % q_tiles * TILE;
         const ptrdiff_t p1 = p_extent - p0 < TILE ? p_extent : p0 + TILE;
-        for (ptrdiff_t q0 = 0; q0 < q_extent; q0 += TILE) {
-            const ptrdiff_t q1 = q_extent - q0 < TILE ? q_extent : q0 + TILE;
-            for (ptrdiff_t i = p0; i < p1; i++) {
-                const float *source = x + offset[0] + i;
-                float *row = y + offset[1] + i * p_y_stride;
-                for (ptrdiff_t j = q0; j < q1; j++) row[j] = source[j * q_x_stride];
-            }
+        const ptrdiff_t q1 = q_extent - q0 < TILE ? q_extent : q0 + TILE;
+        for (ptrdiff_t i = p0; i < p1; i++) {
+            const float *source = x + offset[0] + i;
+            float *row = y + offset[1] + i * p_y_stride;
+            for (ptrdiff_t j = q0; j < q1; j++) row[j] = source[j * q_x_stride];
         }
     });
 }

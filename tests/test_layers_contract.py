@@ -29,9 +29,22 @@ CASES = {
     "GlobalAvgPool2d": (layers.GlobalAvgPool2d, IMAGES),
     "BatchNorm1d": (lambda: layers.BatchNorm1d(3), ROWS),
     "BatchNorm2d": (lambda: layers.BatchNorm2d(3), IMAGES),
+    # merge layers take a list of inputs
+    "Add": (layers.Add, [IMAGES, IMAGES[:, :, :1, :1]]),
+    "Multiply": (layers.Multiply, [IMAGES[:, :, :1, :1], IMAGES]),
+    "Concatenate": (lambda: layers.Concatenate(axis=1), [IMAGES, IMAGES[:, :2]]),
+    "Dot": (layers.Dot, [ROWS, ROWS]),
+    "Reshape": (lambda: layers.Reshape((-1, 6)), IMAGES),
+    "Permute": (lambda: layers.Permute((0, 2, 3, 1)), IMAGES),
+    "Identity": (layers.Identity, ROWS),
 }
 # layers whose output is a view of the input, not an output buffer of their own
-VIEWS = {"Flatten"}
+VIEWS = {"Flatten", "Reshape", "Identity"}
+
+
+def shape_of(x):
+    """What output_shape takes for the input x: a list of shapes for a list."""
+    return [item.shape for item in x] if isinstance(x, list) else x.shape
 
 
 def test_every_layer_type_is_covered():
@@ -44,10 +57,10 @@ def test_backward_before_a_training_forward_is_refused(name):
     layer = make()
     message = rf"{name}.backward: call forward\(x, training=True\) first"
     with pytest.raises(RuntimeError, match=message):
-        layer.backward(np.ones(layer.output_shape(x.shape), np.float32))
+        layer.backward(np.ones(layer.output_shape(shape_of(x)), np.float32))
     layer.forward(x)  # an inference forward keeps nothing for backward
     with pytest.raises(RuntimeError, match=message):
-        layer.backward(np.ones(layer.output_shape(x.shape), np.float32))
+        layer.backward(np.ones(layer.output_shape(shape_of(x)), np.float32))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -70,7 +83,7 @@ def test_the_forward_template_reuses_training_buffers_and_not_inference_ones(nam
     layer = make()
     first = layer.forward(x, training=True)
     second = layer.forward(x, training=True)
-    assert first.shape == layer.output_shape(x.shape) and first.dtype == np.float32
+    assert first.shape == layer.output_shape(shape_of(x)) and first.dtype == np.float32
     if name not in VIEWS:
         assert second is first  # the layer's own buffer, reused
         inference = layer.forward(x)

@@ -318,6 +318,7 @@ LAYERS = [
     lambda: layers.Softmax(), lambda: layers.Flatten(), lambda: layers.Dropout(0.3, seed=0),
     lambda: layers.BatchNorm1d(4), lambda: layers.Conv2d(4, 2, 3, padding=1),
     lambda: layers.MaxPool2d(2), lambda: layers.GlobalAvgPool2d(), lambda: layers.Embedding(5, 3),
+    lambda: layers.Reshape((-1, 2)), lambda: layers.Permute((0, 2, 1)), lambda: layers.Identity(),
 ]
 
 
@@ -341,6 +342,68 @@ def test_layers_answer_or_refuse(index, kind, shape, training, data):
     if training:
         dx = layer.backward(np.ones_like(y))
         assert dx is None or dx.shape == np.shape(x)
+
+
+def merge_reference(name, x, axis):
+    """What a merge layer computes, in float64 on the float32-rounded inputs."""
+    rank = max(item.ndim for item in x)
+    x = [item.reshape(item.shape[:1] + (1,) * (rank - item.ndim) + item.shape[1:]) for item in x]
+    if name == "Add":
+        return sum(x[1:], x[0])
+    if name == "Multiply":
+        return x[0] * x[1]
+    if name == "Concatenate":
+        return np.concatenate(x, axis=axis)
+    return (x[0] * x[1]).sum(axis=1, keepdims=True)
+
+
+@st.composite
+def merge_inputs(draw, name):
+    """The layer's name and 2 or 3 input shapes that often fit together: one
+    base shape (mostly [N, D] for Dot), some of its axes set to 1, leading
+    axes dropped or an axis resized, and sometimes a shape of its own."""
+    base = draw(shapes(2, 2, 4) if name == "Dot" and draw(st.booleans()) else shapes(1, 4, 4))
+    result = []
+    for _ in range(draw(st.integers(2, 3))):
+        shape = list(base)
+        change = draw(st.sampled_from(["same", "ones", "resize", "drop", "other"]))
+        if change == "ones" and len(shape) > 1:
+            shape[draw(st.integers(1, len(shape) - 1))] = 1
+        elif change == "resize" and len(shape) > 1:
+            shape[draw(st.integers(1, len(shape) - 1))] = draw(st.integers(0, 4))
+        elif change == "drop" and len(shape) > 1:
+            del shape[1]
+        elif change == "other":
+            shape = list(draw(shapes(0, 4, 4)))
+        result.append(tuple(shape))
+    return name, result
+
+
+@fuzz
+@given(st.sampled_from(["Add", "Multiply", "Concatenate", "Dot"]).flatmap(merge_inputs),
+       st.sampled_from(FLOAT_KINDS[:3] * 4 + BAD_KINDS), st.integers(-3, 3), st.booleans(), st.data())
+def test_merge_layers_answer_or_refuse(case, kind, axis, training, data):
+    """Lists of inputs of any shapes: the float64 reference's answer, or a
+    refusal naming the layer."""
+    name, input_shapes = case
+    if name == "Concatenate" and axis == 0:
+        axis = 1
+    layer = layers.Concatenate(axis=axis) if name == "Concatenate" else getattr(layers, name)()
+    sources = [data.draw(values(shape, specials=False)) for shape in input_shapes]
+    x = [make_input(kind if position == 0 else "float32", source)
+         for position, source in enumerate(sources)]
+    try:
+        y = layer.forward(x, training=training)
+    except REFUSALS as error:
+        assert name in str(error), f"message does not name {name}: {error}"
+        return
+    expected = merge_reference(name, [as_reference(kind, sources[0])] +
+                               [as_reference("float32", source) for source in sources[1:]], axis)
+    assert y.dtype == np.float32 and y.shape == expected.shape
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5 * (1 + np.abs(expected).max(initial=0)))
+    if training:
+        dx = layer.backward(np.ones_like(y))
+        assert [gradient.shape for gradient in dx] == [np.shape(item) for item in x]
 
 
 HYPERPARAMETERS = st.sampled_from([0.1, 0.0, -0.1, float("nan"), float("inf"), "0.1", None, True])
@@ -402,6 +465,7 @@ def test_unaligned_inputs_are_copied_and_unaligned_out_refused():
     (lambda: layers.Conv2d(2**30, 2**30, 3), "Conv2d"),
     (lambda: ops.conv2d(np.ones((1, 1, 3, 3), np.float32), np.ones((1, 1, 1, 1), np.float32),
                         padding=2**40), "conv2d"),
+    (lambda: layers.Multiply().output_shape([(2, 2**40, 1), (2, 1, 2**40)]), "Multiply"),
 ])
 def test_sizes_beyond_any_address_space_are_refused_by_name(build, name):
     with pytest.raises(ValueError, match=f"{name}.*address space"):

@@ -44,8 +44,8 @@ cdef int check_broadcast(tuple operand, tuple full, str where, str role) except 
 
 
 def broadcast_binary(str op, a, b, out):
-    """out = a op b ("add" or "multiply") with numpy broadcasting between
-    shapes of one rank; out has the broadcast shape and may be a itself."""
+    """out = a op b ("add" or "multiply"), a and b of out's rank broadcast to
+    out's shape as numpy does; out may be a itself."""
     cdef Py_ssize_t a_shape[PYNN_TENSOR_MAX_RANK]
     cdef Py_ssize_t b_shape[PYNN_TENSOR_MAX_RANK]
     cdef Py_ssize_t out_shape[PYNN_TENSOR_MAX_RANK]
@@ -54,9 +54,6 @@ def broadcast_binary(str op, a, b, out):
     tensor_shape(b.shape, b_shape, "broadcast_binary")
     check_broadcast(a.shape, out.shape, "broadcast_binary", "a")
     check_broadcast(b.shape, out.shape, "broadcast_binary", "b")
-    if tuple(max(x, y) for x, y in zip(a.shape, b.shape)) != out.shape and out.size:
-        raise ValueError(f"broadcast_binary: out of shape {out.shape} is not the broadcast "
-                         f"of {a.shape} and {b.shape}")
     cdef pynn_tensor_op kind = TENSOR_OPS[op]
     cdef const float *left = float_input(a, a.size, "a")
     cdef const float *right = float_input(b, b.size, "b")

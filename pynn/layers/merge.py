@@ -1,6 +1,8 @@
 """Merge layers: Add, Multiply, Concatenate, Dot (contract in base.py). Each
 takes a list of float32 arrays, the batch axis first and equal in all."""
+import math
 import operator
+import sys
 
 import numpy as np
 
@@ -63,13 +65,21 @@ class _Broadcasting(_Merge):
 
     def output_shape(self, input_shapes):
         shapes = self._checked_shapes(input_shapes)
-        try:
-            per_sample = np.broadcast_shapes(*(shape[1:] for shape in shapes))
-        except ValueError:
-            raise self._refuse(shapes, "the shapes after the batch axis do not broadcast") from None
+        rank = max(len(shape) for shape in shapes)
+        per_sample = []
+        for axis in range(1, rank):  # numpy's rule, right-aligned: one extent besides 1
+            extents = {shape[axis - rank] for shape in shapes if axis - rank >= -len(shape) + 1} - {1}
+            if len(extents) > 1:
+                raise self._refuse(shapes, "the shapes after the batch axis do not broadcast")
+            per_sample.append(extents.pop() if extents else 1)
+        per_sample = tuple(per_sample)
         if len(per_sample) + 1 > kernels.TENSOR_MAX_RANK:
             raise self._refuse(shapes, f"more than {kernels.TENSOR_MAX_RANK} axes")
-        return (shapes[0][0],) + per_sample
+        shape = (shapes[0][0],) + per_sample
+        if math.prod(shape) > sys.maxsize // 4:
+            raise self._refuse(shapes, f"the output {shape} would need more bytes than any "
+                                       f"address space holds")
+        return shape
 
     def _padded(self, x, rank):
         """``x`` viewed with 1s after its batch axis, right-aligning it to ``rank`` axes."""
