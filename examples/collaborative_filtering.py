@@ -146,7 +146,8 @@ def main():
           f"{len(train):,} to train, {len(test):,} to test")
 
     baseline = bias_baseline(users, items, user_ids[train], item_ids[train], ratings[train])
-    print(f"global mean + biases: test RMSE {rmse(baseline(user_ids[test], item_ids[test]), ratings[test]):.4f}")
+    baseline_rmse = rmse(baseline(user_ids[test], item_ids[test]), ratings[test])
+    print(f"global mean + biases: test RMSE {baseline_rmse:.4f}")
 
     pynn.init.manual_seed(args.seed)
     model = recommender(users, items, args.dim)

@@ -24,6 +24,14 @@ def test_every_case_checks_pynn_against_float64():
             bench.verify(case)
 
 
+def test_without_torch_every_case_still_runs_and_checks(monkeypatch):
+    monkeypatch.setattr(graph, "optional_import", lambda name: None)
+    with bench.pinned_threads(1):
+        for case in graph.cases(quick=True, threads=1):
+            assert set(case.runners) <= {"pynn", "sequential"}
+            bench.verify(case)
+
+
 def test_resnet_check_catches_a_wrong_output():
     model = graph.build_resnet()
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32), dtype=np.float32)

@@ -49,12 +49,12 @@ def build_resnet(seed=0):
     logits = Linear(channels, 10, name="fc")(GlobalAvgPool2d()(h))
     model = pynn.Model(x, logits, name="resnet8")
     rng = np.random.default_rng(seed)
-    for key, array in model.state_dict().items():
-        if ".bn" in key or "shortcut.1" in key or key.startswith("bn1"):
-            if key.endswith(("weight", "running_var")):
-                array[...] = rng.uniform(0.5, 1.5, array.shape)
-            elif key.endswith(("bias", "running_mean")):
-                array[...] = rng.uniform(-0.2, 0.2, array.shape)
+    for _, layer in model.named_layers():
+        if isinstance(layer, BatchNorm2d):
+            for array, low, high in ((layer.params["weight"], 0.5, 1.5), (layer.params["bias"], -0.2, 0.2),
+                                     (layer.buffers["running_mean"], -0.2, 0.2),
+                                     (layer.buffers["running_var"], 0.5, 1.5)):
+                array[...] = rng.uniform(low, high, array.shape)
     return model
 
 
@@ -100,7 +100,8 @@ def torch_resnet(torch):
 def torch_twin(model, torch, build=torch_resnet):
     """A PyTorch module holding ``model``'s state (keys equal by construction)."""
     twin = build(torch)
-    twin.load_state_dict({key: torch.from_numpy(np.array(value)) for key, value in model.state_dict().items()})
+    twin.load_state_dict({key: torch.from_numpy(np.array(value))
+                          for key, value in model.state_dict().items()})
     return twin
 
 
@@ -143,12 +144,12 @@ def check_resnet_training(x, target, what):
     logits = model.forward(x, training=True)
     expected = resnet_reference(state, x, training=True)
     _checks.within(logits, expected, _checks.network_bound(expected), f"{what}: training forward")
-    loss = losses.CrossEntropyLoss()
-    loss(logits, target)
-    model.backward(loss.backward(), input_grad=False)
     torch = optional_import("torch")
     if torch is None:
         return
+    loss = losses.CrossEntropyLoss()
+    loss(logits, target)
+    model.backward(loss.backward(), input_grad=False)
     twin = torch_resnet(torch).double()
     twin.load_state_dict({key: torch.from_numpy(value) for key, value in state.items()})
     twin.train()
