@@ -1,7 +1,7 @@
 """Collaborative filtering: user and item embeddings whose dot product, plus a
 bias per user and per item, predicts a rating.
 
-    python examples/collaborative_filtering.py [--epochs 20] [--ratings FILE] [--item 0]
+    python examples/collaborative_filtering.py [--epochs 20] [--ratings FILE] [--item ID]
 
 Without --ratings the ratings come from a known model: every item belongs to
 one of a few latent clusters (its hidden vector is its cluster's plus a
@@ -124,7 +124,9 @@ def main():
     parser.add_argument("--users", type=positive_int, default=600, help="generated users")
     parser.add_argument("--items", type=positive_int, default=300, help="generated items")
     parser.add_argument("--clusters", type=positive_int, default=4, help="generated item clusters")
-    parser.add_argument("--item", type=int, default=0, help="the item whose neighbours are shown")
+    parser.add_argument("--item", metavar="ID", default=None,
+                        help="the item whose neighbours are shown: its id in the file, or the "
+                             "generated item's number (default: the first)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.ratings:
@@ -137,8 +139,10 @@ def main():
         user_ids, item_ids, ratings, cluster = generate(args.users, args.items, args.clusters, args.seed)
         item_names = np.arange(args.items)
     users, items = int(user_ids.max()) + 1, len(item_names)
-    if not 0 <= args.item < items:
-        parser.error(f"--item must be in [0, {items}), got {args.item}")
+    names = [str(name) for name in item_names]
+    if args.item is not None and args.item not in names:
+        parser.error(f"--item: no item has the id {args.item!r}")
+    query = names.index(args.item) if args.item is not None else 0
     order = np.random.default_rng(args.seed).permutation(len(ratings))
     cut = (4 * len(ratings)) // 5
     train, test = order[:cut], order[cut:]
@@ -158,14 +162,14 @@ def main():
     predicted = model.predict([user_ids[test], item_ids[test]])
     print(f"embeddings (dim {args.dim}) + biases: test RMSE {rmse(predicted, ratings[test]):.4f}")
 
-    neighbours, cosines = nearest_items(model, args.item, 10)
-    label = f" (cluster {cluster[args.item]})" if cluster is not None else ""
-    print(f"items nearest to item {item_names[args.item]}{label} by embedding cosine:")
+    neighbours, cosines = nearest_items(model, query, 10)
+    label = f" (cluster {cluster[query]})" if cluster is not None else ""
+    print(f"items nearest to item {names[query]}{label} by embedding cosine:")
     for neighbour, cosine in zip(neighbours, cosines):
         extra = f"  cluster {cluster[neighbour]}" if cluster is not None else ""
-        print(f"  item {item_names[neighbour]}  cosine {cosine:+.3f}{extra}")
+        print(f"  item {names[neighbour]}  cosine {cosine:+.3f}{extra}")
     if cluster is not None:
-        shared = int(np.sum(cluster[neighbours] == cluster[args.item]))
+        shared = int(np.sum(cluster[neighbours] == cluster[query]))
         print(f"{shared} of 10 nearest items share its hidden cluster "
               f"(1 in {args.clusters} would by chance)")
 

@@ -225,6 +225,9 @@ def test_collaborative_filtering_reads_a_ratings_file(tmp_path):
     assert embeddings < 0.7 * baseline
     assert "items nearest to item film-0 by embedding cosine" in out
     assert sum(line.strip().startswith("item film-") for line in out.splitlines()) == 10
+    message = run_example("collaborative_filtering.py", "--ratings", str(path), "--item", "film-99",
+                          cwd=tmp_path, returncode=2)
+    assert "no item has the id 'film-99'" in message
     path.write_text("user,item,rating\nu1,film-2,good\n")
     message = run_example("collaborative_filtering.py", "--ratings", str(path), cwd=tmp_path,
                           returncode=2)
