@@ -85,7 +85,7 @@ def test_broadcast_reduce_matches_a_float64_sum(isa, shapes, with_other, seed):
 
 @pytest.mark.parametrize("out_shape,target_shape", [
     ((3, 5000), (1, 5000)), ((5000, 3), (5000, 1)), ((2, 7, 300, 3), (1, 7, 1, 3)),
-    ((4, 3, 2), (1, 1, 1)), ((6, 1, 9), (6, 1, 9)),
+    ((4, 3, 2), (1, 1, 1)), ((6, 1, 9), (6, 1, 9)), ((20000, 7), (1, 7)), ((3, 3000, 30), (1, 1, 30)),
 ])
 def test_broadcast_reduce_over_long_and_mixed_axes(isa, out_shape, target_shape):
     dy, other = normal(*out_shape), normal(*out_shape)
@@ -128,6 +128,8 @@ def test_permute_tiles_with_remainders_and_unit_axes(isa, shape, dims):
 def test_kernels_refuse_what_would_read_out_of_bounds():
     with pytest.raises(ValueError, match="broadcast_binary: a of shape"):
         kernels.broadcast_binary("add", normal(2, 3), normal(2, 1), np.empty((2, 4), np.float32))
+    with pytest.raises(ValueError, match="broadcast_binary: op must be one of"):
+        kernels.broadcast_binary("subtract", normal(2), normal(2), empty(2))
     with pytest.raises(ValueError, match="rank must be 1 to 8"):
         kernels.broadcast_binary("add", normal(*[1] * 9), normal(*[1] * 9), np.empty([1] * 9, np.float32))
     with pytest.raises(ValueError, match="copy_into_slice"):
@@ -145,13 +147,14 @@ def empty(*shape):
 # inputs above every kernel's threshold for a second thread
 A, B = normal(1031, 517), normal(1031, 517)
 IMAGES, GATE = normal(8, 64, 33, 31), normal(8, 64, 1, 1)
-TALL = normal(3, 40000, 5)
+TALL, BIASED = normal(3, 40000, 5), normal(4099, 64)
 LARGE = [
     ("add, equal shapes", lambda: kernels.broadcast_binary("add", A, B, empty(*A.shape))),
     ("multiply, [N, C, 1, 1] x [N, C, H, W]",
      lambda: kernels.broadcast_binary("multiply", GATE, IMAGES, empty(*IMAGES.shape))),
     ("add, [N, C] + [1, C]", lambda: kernels.broadcast_binary("add", A, A[:1], empty(*A.shape))),
     ("reduce to columns", lambda: kernels.broadcast_reduce(A, B, empty(1, A.shape[1]))),
+    ("reduce to a bias", lambda: kernels.broadcast_reduce(BIASED, BIASED, empty(1, BIASED.shape[1]))),
     ("reduce to rows", lambda: kernels.broadcast_reduce(A, None, empty(A.shape[0], 1))),
     ("reduce to the gate", lambda: kernels.broadcast_reduce(IMAGES, IMAGES, empty(*GATE.shape))),
     ("concatenate", lambda: kernels.copy_into_slice(IMAGES, np.zeros((8, 96, 33, 31), np.float32), 1, 32)),
@@ -235,6 +238,7 @@ def test_multiply_matches_float64_forward_and_backward(samples, batch, seed):
 @pytest.mark.parametrize("shapes,axis", [
     ([(2, 3), (2, 5)], 1), ([(2, 3, 4), (2, 1, 4), (2, 6, 4)], 1), ([(2, 3, 4), (2, 3, 2)], -1),
     ([(3, 2, 5, 4), (3, 2, 1, 4)], 2), ([(0, 2, 3), (0, 2, 1)], 2), ([(4, 0), (4, 3)], 1),
+    ([(2, 3)], 1),
 ])
 def test_concatenate_matches_numpy_forward_and_slices_back(shapes, axis):
     x = [normal(*shape) for shape in shapes]
@@ -245,6 +249,15 @@ def test_concatenate_matches_numpy_forward_and_slices_back(shapes, axis):
     splits = np.cumsum([item.shape[axis] for item in x])[:-1]
     for gradient, expected in zip(layer.backward(dy), np.split(dy, splits, axis=axis)):
         np.testing.assert_array_equal(gradient, expected)
+
+
+def test_add_of_one_input_is_a_copy():
+    x = normal(3, 4)
+    layer = layers.Add()
+    y = layer.forward([x], training=True)
+    np.testing.assert_array_equal(y, x)
+    assert not np.shares_memory(y, x)
+    np.testing.assert_array_equal(layer.backward(x)[0], x)
 
 
 def test_dot_matches_float64_rows(isa):

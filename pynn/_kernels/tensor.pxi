@@ -54,6 +54,8 @@ def broadcast_binary(str op, a, b, out):
     tensor_shape(b.shape, b_shape, "broadcast_binary")
     check_broadcast(a.shape, out.shape, "broadcast_binary", "a")
     check_broadcast(b.shape, out.shape, "broadcast_binary", "b")
+    if op not in TENSOR_OPS:
+        raise ValueError(f"broadcast_binary: op must be one of {sorted(TENSOR_OPS)}, got {op!r:.40}")
     cdef pynn_tensor_op kind = TENSOR_OPS[op]
     cdef const float *left = float_input(a, a.size, "a")
     cdef const float *right = float_input(b, b.size, "b")
