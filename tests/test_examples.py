@@ -163,3 +163,72 @@ def test_mnist_examples_run_on_a_folder_of_idx_files(tmp_path):
     for script in ("mnist_mlp.py", "mnist_cnn.py"):
         out = run_example(script, str(tmp_path), "--epochs", "1", "--threads", "1", cwd=tmp_path)
         assert out.startswith("epoch 1: test accuracy ")
+
+
+def _accuracies(out):
+    return {line.split(":")[0]: float(line.split("test accuracy ")[1].split(",")[0])
+            for line in out.splitlines() if "test accuracy" in line}
+
+
+def test_resnet_digits_trains_the_resnet_and_the_plain_cnn(tmp_path):
+    out = run_example("resnet_digits.py", "--quick", "--threads", "1", cwd=tmp_path)
+    accuracies = _accuracies(out)
+    assert set(accuracies) == {"ResNet", "plain CNN"}
+    assert accuracies["ResNet"] > 0.8 and accuracies["plain CNN"] > 0.5  # chance is 0.1
+    assert "1000 training and 450 test images of 8x8" in out
+
+
+def test_resnet_digits_reads_mnist_from_a_folder(tmp_path):
+    rng = np.random.default_rng(1)
+    for split, count in (("train", 200), ("t10k", 50)):
+        labels = rng.integers(0, 10, count)
+        images = rng.integers(0, 40, (count, 28, 28))
+        for i, label in enumerate(labels):
+            images[i, 2 * label:2 * label + 6, 4:24] = 250
+        write_idx(tmp_path / f"{split}-images-idx3-ubyte", images, 0x803)
+        write_idx(tmp_path / f"{split}-labels-idx1-ubyte", labels, 0x801)
+    out = run_example("resnet_digits.py", "--mnist", str(tmp_path), "--epochs", "1",
+                      "--threads", "1", cwd=tmp_path)
+    assert "200 training and 50 test images of 28x28" in out
+    assert set(_accuracies(out)) == {"ResNet", "plain CNN"}
+    message = run_example("resnet_digits.py", "--mnist", str(tmp_path / "none"), cwd=tmp_path,
+                          returncode=2)
+    assert "cannot read MNIST" in message
+
+
+def _rmses(out):
+    return [float(line.split("test RMSE ")[1]) for line in out.splitlines() if "test RMSE" in line]
+
+
+def test_collaborative_filtering_beats_the_biases_and_finds_the_clusters(tmp_path):
+    out = run_example("collaborative_filtering.py", "--epochs", "8", "--item", "3", cwd=tmp_path)
+    baseline, embeddings = _rmses(out)
+    assert embeddings < 0.5 * baseline
+    shared = int(out.splitlines()[-1].split()[0])
+    assert shared >= 8 and "share its hidden cluster" in out  # 2.5 of 10 by chance
+
+
+def test_collaborative_filtering_reads_a_ratings_file(tmp_path):
+    rng = np.random.default_rng(2)
+    users, items = rng.standard_normal((200, 2)), rng.standard_normal((60, 2))
+    rows = ["user,item,rating"]
+    for user in range(200):
+        for item in rng.choice(60, 25, replace=False):
+            rating = 3 + users[user] @ items[item] + 0.1 * rng.standard_normal()
+            rows.append(f"u{user},film-{item},{rating:.3f}")
+    path = tmp_path / "ratings.csv"
+    path.write_text("\n".join(rows) + "\n")
+    out = run_example("collaborative_filtering.py", "--ratings", str(path), "--epochs", "40",
+                      "--dim", "4", cwd=tmp_path)
+    assert "5,000 ratings of 60 items by 200 users" in out
+    baseline, embeddings = _rmses(out)
+    assert embeddings < 0.7 * baseline
+    assert "items nearest to item film-0 by embedding cosine" in out
+    assert sum(line.strip().startswith("item film-") for line in out.splitlines()) == 10
+    message = run_example("collaborative_filtering.py", "--ratings", str(path), "--item", "film-99",
+                          cwd=tmp_path, returncode=2)
+    assert "no item has the id 'film-99'" in message
+    path.write_text("user,item,rating\nu1,film-2,good\n")
+    message = run_example("collaborative_filtering.py", "--ratings", str(path), cwd=tmp_path,
+                          returncode=2)
+    assert "cannot read ratings" in message and "line 2" in message

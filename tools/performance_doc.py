@@ -33,13 +33,14 @@ REGENERATE = ("python -m pynn bench all --json docs/bench.json && "
 MAX_HEADLINE_ROWS = 8
 # Peers in the order their columns appear; others follow alphabetically.
 PEER_ORDER = ("numpy", "torch", "onnxruntime", "scipy")
-SUITE_ORDER = ("gemm", "ops", "train", "infer", "conv", "dist", "threads")
+SUITE_ORDER = ("gemm", "ops", "train", "infer", "conv", "graph", "dist", "threads")
 SUITE_TITLES = {
     "gemm": "GEMM: square products and the products of an MLP's training step",
     "ops": "Operations: element-wise kernels, fused softmax cross-entropy, dense layers",
     "train": "Training: one epoch of the 784-256-128-10 MLP (SGD with momentum)",
     "infer": "Inference: predict on the 784-256-128-10 MLP",
     "conv": "Convolutional networks: LeNet-5, a 3x3 convolution layer, max pooling",
+    "graph": "Graph models: ResNet-8, a recommender of embeddings, an MLP as Model beside Sequential",
     "dist": "Scaling out: MPI data-parallel training and Dask scoring",
     "threads": "Concurrent predict from several Python threads",
 }
@@ -372,7 +373,7 @@ this preamble) and regenerate, from the repository root, with one line:
     {regenerate}
 
 The same command rewrites the headline table in the README. The benchmark
-runs `python -m pynn bench [gemm|ops|train|infer|conv|threads|dist|all]
+runs `python -m pynn bench [gemm|ops|train|infer|conv|graph|threads|dist|all]
 [--threads N] [--quick] [--json FILE]`; for regression tracking the same
 cases run under pytest-benchmark (see [building.md](building.md#benchmarks)).
 
