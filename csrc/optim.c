@@ -107,7 +107,9 @@ static void sgd_tensors(sgd_fn step, ptrdiff_t count, const ptrdiff_t *sizes,
 #endif
         for (ptrdiff_t c = 0; c < chunks; c++) {
             ptrdiff_t start = subset.rows ? subset.rows[c] * subset.row_size : c * CHUNK;
-            ptrdiff_t length = subset.rows ? subset.row_size : n - start < CHUNK ? n - start : CHUNK;
+            ptrdiff_t length = subset.rows    ? subset.row_size
+                               : n - start < CHUNK ? n - start
+                                                   : CHUNK;
             if (subset.rows && c + PYNN_ROW_PREFETCH_AHEAD < chunks) {
                 ptrdiff_t ahead = subset.rows[c + PYNN_ROW_PREFETCH_AHEAD] * length;
                 PYNN_PREFETCH_ROW(params[i] + ahead, length, 1);
@@ -150,7 +152,9 @@ static void adam_tensors(adam_fn step, ptrdiff_t count, const ptrdiff_t *sizes,
 #endif
         for (ptrdiff_t c = 0; c < chunks; c++) {
             ptrdiff_t start = subset.rows ? subset.rows[c] * subset.row_size : c * CHUNK;
-            ptrdiff_t length = subset.rows ? subset.row_size : n - start < CHUNK ? n - start : CHUNK;
+            ptrdiff_t length = subset.rows    ? subset.row_size
+                               : n - start < CHUNK ? n - start
+                                                   : CHUNK;
             if (subset.rows && c + PYNN_ROW_PREFETCH_AHEAD < chunks) {
                 ptrdiff_t ahead = subset.rows[c + PYNN_ROW_PREFETCH_AHEAD] * length;
                 PYNN_PREFETCH_ROW(params[i] + ahead, length, 1);
