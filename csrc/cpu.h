@@ -122,4 +122,15 @@ int pynn_openmp_enabled(void);
 #define PYNN_TARGET_AVX512 __attribute__((target("avx512f")))
 #endif
 
+/* Rows of a table met in a random order (embedding lookups, their gradients
+ * and updates): the loop over them asks for the cache lines of the row
+ * PYNN_ROW_PREFETCH_AHEAD places on, so the misses overlap. `write` is 0 or
+ * 1, a constant. */
+#define PYNN_ROW_PREFETCH_AHEAD 8
+#define PYNN_PREFETCH_ROW(row, floats, write)                                         \
+    do {                                                                             \
+        for (ptrdiff_t line_ = 0; line_ < (floats); line_ += 16)                     \
+            __builtin_prefetch((row) + line_, (write), 3);                           \
+    } while (0)
+
 #endif

@@ -105,6 +105,8 @@ void pynn_embedding_gather(const pynn_context *ctx, ptrdiff_t count, ptrdiff_t d
 {
     const int wanted = count * dim >= PARALLEL_MIN_ELEMENTS ? ctx->num_threads : 1;
     PYNN_TEAM_FOR(ctx, wanted, i, count, {
+        if (i + PYNN_ROW_PREFETCH_AHEAD < count)
+            PYNN_PREFETCH_ROW(weight + index[i + PYNN_ROW_PREFETCH_AHEAD] * dim, dim, 0);
         memcpy(out + i * dim, weight + index[i] * dim, (size_t)dim * sizeof(float));
     });
 }
@@ -124,8 +126,11 @@ static void scatter_rows(ptrdiff_t count, ptrdiff_t dim, const float *dy,
 #else
     const int thread = 0, threads = 1;
 #endif
-    for (ptrdiff_t r = 0; r < previous_rows; r++)
+    for (ptrdiff_t r = 0; r < previous_rows; r++) {
+        if (r + PYNN_ROW_PREFETCH_AHEAD < previous_rows)
+            PYNN_PREFETCH_ROW(dweight + rows[r + PYNN_ROW_PREFETCH_AHEAD] * dim, dim, 1);
         memset(dweight + rows[r] * dim, 0, (size_t)dim * sizeof(float));
+    }
 #ifdef _OPENMP
 #pragma omp single
 #endif
@@ -143,6 +148,10 @@ static void scatter_rows(ptrdiff_t count, ptrdiff_t dim, const float *dy,
     }
     for (ptrdiff_t i = 0; i < count; i++) {
         int64_t row = index[i];
+        if (i + PYNN_ROW_PREFETCH_AHEAD < count) {
+            int64_t ahead = index[i + PYNN_ROW_PREFETCH_AHEAD];
+            if (ahead % threads == thread) PYNN_PREFETCH_ROW(dweight + ahead * dim, dim, 1);
+        }
         if (row == padding_idx || row % threads != thread) continue;
         float *restrict target = dweight + row * dim;
         const float *restrict source = dy + i * dim;

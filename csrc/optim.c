@@ -107,7 +107,15 @@ static void sgd_tensors(sgd_fn step, ptrdiff_t count, const ptrdiff_t *sizes,
 #endif
         for (ptrdiff_t c = 0; c < chunks; c++) {
             ptrdiff_t start = subset.rows ? subset.rows[c] * subset.row_size : c * CHUNK;
-            ptrdiff_t length = subset.rows ? subset.row_size : n - start < CHUNK ? n - start : CHUNK;
+            ptrdiff_t length = subset.rows    ? subset.row_size
+                               : n - start < CHUNK ? n - start
+                                                   : CHUNK;
+            if (subset.rows && c + PYNN_ROW_PREFETCH_AHEAD < chunks) {
+                ptrdiff_t ahead = subset.rows[c + PYNN_ROW_PREFETCH_AHEAD] * length;
+                PYNN_PREFETCH_ROW(params[i] + ahead, length, 1);
+                PYNN_PREFETCH_ROW(grads[i] + ahead, length, 0);
+                if (momentum_buffers[i]) PYNN_PREFETCH_ROW(momentum_buffers[i] + ahead, length, 1);
+            }
             step(length, params[i] + start, grads[i] + start,
                  momentum_buffers[i] ? momentum_buffers[i] + start : NULL,
                  lr, momentum, weight_decay, nesterov);
@@ -144,7 +152,16 @@ static void adam_tensors(adam_fn step, ptrdiff_t count, const ptrdiff_t *sizes,
 #endif
         for (ptrdiff_t c = 0; c < chunks; c++) {
             ptrdiff_t start = subset.rows ? subset.rows[c] * subset.row_size : c * CHUNK;
-            ptrdiff_t length = subset.rows ? subset.row_size : n - start < CHUNK ? n - start : CHUNK;
+            ptrdiff_t length = subset.rows    ? subset.row_size
+                               : n - start < CHUNK ? n - start
+                                                   : CHUNK;
+            if (subset.rows && c + PYNN_ROW_PREFETCH_AHEAD < chunks) {
+                ptrdiff_t ahead = subset.rows[c + PYNN_ROW_PREFETCH_AHEAD] * length;
+                PYNN_PREFETCH_ROW(params[i] + ahead, length, 1);
+                PYNN_PREFETCH_ROW(grads[i] + ahead, length, 0);
+                PYNN_PREFETCH_ROW(exp_avgs[i] + ahead, length, 1);
+                PYNN_PREFETCH_ROW(exp_avg_sqs[i] + ahead, length, 1);
+            }
             step(length, params[i] + start, grads[i] + start, exp_avgs[i] + start,
                  exp_avg_sqs[i] + start, decay, grad_weight_decay, beta1, beta2, eps,
                  step_sizes[i], bias_corrections2_sqrt[i]);

@@ -35,12 +35,13 @@ typedef struct {
 /* Each updates ``count`` tensors (sizes[i] elements each, or subsets[i]'s
  * rows) in one call. A NULL momentum buffer is allowed when momentum == 0. */
 void pynn_sgd_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *sizes,
-                   const pynn_row_subset *subsets, float *const *params, const float *const *grads,
-                   float *const *momentum_buffers, float lr, float momentum,
-                   float weight_decay, int nesterov);
+                   const pynn_row_subset *subsets, float *const *params,
+                   const float *const *grads, float *const *momentum_buffers, float lr,
+                   float momentum, float weight_decay, int nesterov);
 
 void pynn_adam_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *sizes,
-                    const pynn_row_subset *subsets, float *const *params, const float *const *grads, float *const *exp_avgs,
+                    const pynn_row_subset *subsets, float *const *params,
+                    const float *const *grads, float *const *exp_avgs,
                     float *const *exp_avg_sqs, const float *step_sizes,
                     const float *bias_corrections2_sqrt, float decay, float grad_weight_decay,
                     float beta1, float beta2, float eps);
