@@ -106,3 +106,15 @@ def test_inference_matches_torch_eval_and_any_thread_count(pair, set_threads):
             want = twin(torch.tensor(x, dtype=torch.float64)).numpy()
         np.testing.assert_allclose(one, want, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(model.forward(x), want, rtol=1e-4, atol=1e-5)
+
+
+def test_load_weights_reads_a_torch_safetensors_state_dict(pair, tmp_path):
+    from safetensors.torch import save_file
+
+    model, twin = pair
+    torch.manual_seed(7)
+    other = TorchNet()
+    save_file(other.state_dict(), tmp_path / "net.safetensors")
+    model.load_weights(tmp_path / "net.safetensors")
+    for key, value in other.state_dict().items():
+        np.testing.assert_array_equal(model.state_dict()[key], value.numpy(), err_msg=key)
