@@ -512,20 +512,24 @@ class Model:
         return f"Model({inner}\n)"
 
     def _twin(self):
+        """A copy for a further call of this model inside another: each step
+        runs a twin of its runner. The twin sums its own shared layers' twins
+        into its first-use layers, as this model does; the pairs returned are
+        this model's first-use layers and their twins, for the caller to sum."""
         twin = copy.copy(self)
-        pairs, runners = [], {}
-        twin._steps = []
+        leaves, twin._steps = {}, []
         for step in self._steps:
-            runner = runners.get(id(step.runner))
-            if runner is None:
-                runner, inner = step.runner._twin()
-                runners[id(step.runner)] = runner
-                pairs.extend(inner)
+            runner, _ = step.runner._twin()
+            for (_, old), (_, new) in zip(_owners_of(step.runner), _owners_of(runner)):
+                leaves[id(old)] = new
             twin._steps.append(_Step(runner, step.sources, step.targets, step.takes_list))
-        twin._twins = [(layer, runners.get(id(inner), inner)) for layer, inner in self._twins]
-        twin._wiring = [_Wire(runners[id(wire.layer)], wire.activation) for wire in self._wiring]
+        twin._twins = [(leaves[id(layer)], leaves[id(inner)]) for layer, inner in self._twins]
+        twin._wiring = [_Wire(leaves[id(wire.layer)], wire.activation) for wire in self._wiring]
         twin._scratch = threading.local()
         twin._accumulators = {}
+        shared = {id(inner) for _, inner in self._twins}
+        pairs = [(old, leaves[id(old)]) for step in self._steps for _, old in _owners_of(step.runner)
+                 if id(old) not in shared]
         return twin, pairs
 
     # -- persistence and training (pynn.io, pynn.training through pynn._hooks) -------

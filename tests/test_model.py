@@ -210,3 +210,29 @@ def test_a_resnet_plan_keeps_peak_activation_memory_near_the_largest_tensors():
     kinds = [step.kind for step in plan.schedule.steps]
     assert kinds == ["conv", "add"] * 4 + ["python", "gemm"]  # BatchNorm folded, ReLUs fused
     assert plan.schedule.peak_floats == 2 * largest  # the block's input and the branch
+
+
+def test_a_nested_model_with_a_shared_layer_called_twice_sums_every_gradient():
+    pynn.init.manual_seed(5)
+    inner_x = pynn.Input((4,))
+    shared = layers.Linear(4, 4, name="shared")
+    inner = pynn.Model(inner_x, layers.Tanh()(shared(layers.Tanh()(shared(inner_x)))), name="inner")
+    x = pynn.Input((4,))
+    y = layers.Linear(4, 2, name="out")(inner(layers.Sigmoid()(inner(x))))
+    model = pynn.Model(x, y)
+    data = rng.standard_normal((3, 4)).astype(np.float32)
+    weights = [rng.standard_normal((3, 2)).astype(np.float32)]
+    model.forward(data, training=True)
+    model.backward(weights[0])
+    for name, param in model.named_parameters():
+        layer_name, key = name.rsplit(".", 1)
+        grad = model.get_layer(layer_name).grads[key].reshape(-1)
+        flat = param.reshape(-1)
+        for index in range(0, flat.size, 3):
+            saved = flat[index]
+            flat[index] = saved + 1e-2
+            up = float((model.forward(data) * weights[0]).sum())
+            flat[index] = saved - 1e-2
+            down = float((model.forward(data) * weights[0]).sum())
+            flat[index] = saved
+            assert grad[index] == pytest.approx((up - down) / 2e-2, rel=2e-2, abs=2e-3), name
