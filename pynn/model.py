@@ -109,6 +109,7 @@ class Model:
         self._build_steps(calls)
         self._scratch = threading.local()
         self._accumulators = {}
+        self._backward_plans = {}
 
     # -- building ----------------------------------------------------------------
     def _name_layers(self, where):
@@ -173,6 +174,7 @@ class Model:
         self._slot_count = count
         self._output_slots = [slot[id(tensor)] for tensor in self.outputs]
         self._calls = calls
+        self._leaves = [layer for step in self._steps for _, layer in _owners_of(step.runner)]
 
     def _wire(self):
         for wire in self._wiring:
@@ -293,20 +295,28 @@ class Model:
         outputs = [values[slot] for slot in self._output_slots]
         return outputs if self._many_outputs else outputs[0]
 
-    def _needs_gradient(self, input_grad):
-        """Per slot: some trainable parameter lies upstream of it (or it is a
-        float model input and ``input_grad``), so dL/d(slot) is wanted."""
+    def _backward_plan(self, input_grad):
+        """``(wanted, steps)``: per slot whether dL/d(slot) is needed (a
+        trainable parameter lies upstream, or it is a float model input and
+        ``input_grad``), and the steps backward runs, last first, each with
+        whether it must compute its input gradient. Kept until freezing or
+        ``input_grad`` changes."""
+        key = (input_grad, tuple(layer.trainable for layer in self._leaves))
+        plan = self._backward_plans.get(key)
+        if plan is not None:
+            return plan
         wanted = [input_grad and tensor.dtype == "float32" for tensor in self.inputs]
         wanted += [False] * (self._slot_count - len(self.inputs))
-        self._has_trainable = []
+        runs = []
         for step in self._steps:
-            trainable = any(owner.trainable and owner.params
-                            for _, owner in _owners_of(step.runner))
-            self._has_trainable.append(trainable)
-            upstream = trainable or any(wanted[source] for source in step.sources)
+            trainable = any(owner.trainable and owner.params for _, owner in _owners_of(step.runner))
+            wants_dx = any(wanted[source] for source in step.sources)
+            if trainable or wants_dx:
+                runs.append((step, wants_dx))
             for target in step.targets:
-                wanted[target] = upstream
-        return wanted
+                wanted[target] = trainable or wants_dx
+        plan = self._backward_plans[key] = (wanted, runs[::-1])
+        return plan
 
     def backward(self, dy, input_grad=True):
         """Back-propagate dL/d(outputs) of the last training forward (a list
@@ -317,24 +327,20 @@ class Model:
         given = list(dy) if self._many_outputs else [dy]
         if self._many_outputs and (not isinstance(dy, (list, tuple)) or len(dy) != len(self.outputs)):
             raise TypeError(f"{self._where}.backward: dy must be a list of {len(self.outputs)} arrays")
-        wanted = self._needs_gradient(input_grad)
+        wanted, runs = self._backward_plan(bool(input_grad))
         grads = [None] * self._slot_count
         for slot, value in zip(self._output_slots, given):
             self._accumulate(grads, slot, as_float32(value, f"{self._where}.backward", "dy"))
-        for index in range(len(self._steps) - 1, -1, -1):
-            step = self._steps[index]
-            if not (self._has_trainable[index] or any(wanted[source] for source in step.sources)):
-                continue
-            dys = [grads[target] for target in step.targets]
-            for position, (target, value) in enumerate(zip(step.targets, dys)):
-                if value is None:  # an output of a nested model that nothing reads
-                    dys[position] = self._zeros(target)
-            wants_dx = any(wanted[source] for source in step.sources)
-            dx = step.runner.backward(dys if len(step.targets) > 1 else dys[0], input_grad=wants_dx)
+        for step, wants_dx in runs:
+            if len(step.targets) == 1:
+                dys = grads[step.targets[0]]
+            else:  # an output of a nested model that nothing reads gets zeros
+                dys = [self._zeros(target) if grads[target] is None else grads[target]
+                       for target in step.targets]
+            dx = step.runner.backward(dys, input_grad=wants_dx)
             if not wants_dx:
                 continue
-            dxs = dx if step.takes_list else [dx]
-            for source, value in zip(step.sources, dxs):
+            for source, value in zip(step.sources, dx if step.takes_list else (dx,)):
                 if value is not None and wanted[source]:
                     self._accumulate(grads, source, value)
         for layer, twin in self._twins:
@@ -527,6 +533,8 @@ class Model:
         twin._wiring = [_Wire(leaves[id(wire.layer)], wire.activation) for wire in self._wiring]
         twin._scratch = threading.local()
         twin._accumulators = {}
+        twin._backward_plans = {}
+        twin._leaves = [layer for step in twin._steps for _, layer in _owners_of(step.runner)]
         shared = {id(inner) for _, inner in self._twins}
         pairs = [(old, leaves[id(old)]) for step in self._steps for _, old in _owners_of(step.runner)
                  if id(old) not in shared]
