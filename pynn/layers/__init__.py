@@ -1,7 +1,7 @@
 """Layers (../shared/API.md): each holds ``params``/``grads``/``buffers`` and
 runs forward and backward through pynn's kernels."""
 from pynn.layers.base import LAYER_TYPES, Layer
-from pynn.layers.dense import Dropout, Embedding, Flatten, Linear
+from pynn.layers.dense import Dropout, Embedding, Linear
 from pynn.layers.activations import (
     GELU, Hardsigmoid, Hardswish, LeakyReLU, ReLU, ReLU6, Sigmoid, SiLU, Softmax, Tanh,
 )
@@ -9,7 +9,7 @@ from pynn.layers.conv import AdaptiveAvgPool2d, AvgPool2d, Conv2d, GlobalAvgPool
 from pynn.layers.conv1d import AvgPool1d, Conv1d, MaxPool1d
 from pynn.layers.normalization import BatchNorm1d, BatchNorm2d, LayerNorm
 from pynn.layers.merge import Add, Concatenate, Dot, Multiply
-from pynn.layers.shape import Identity, Permute, Reshape
+from pynn.layers.shape import Flatten, Identity, Permute, Reshape
 
 __all__ = ["Layer", "LAYER_TYPES", "Linear", "Flatten", "Dropout", "Embedding",
            "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax"]

@@ -1,4 +1,4 @@
-"""Dense layers: Linear, Flatten, Dropout, Embedding (contract in base.py)."""
+"""Dense layers: Linear, Dropout, Embedding (contract in base.py)."""
 import math
 
 import numpy as np
@@ -78,57 +78,6 @@ class Linear(Layer):
         dx = self.workspace("dx", x.shape)
         gemm_into("Linear.backward", dz, weight, _rows(dx), False, False, 1.0, 0.0)
         return dx
-
-
-class Flatten(Layer):
-    """Merges axes start_dim..end_dim into one (a view, no copy)."""
-
-    def __init__(self, start_dim=1, end_dim=-1, name=None):
-        super().__init__(name=name)
-        for argument, value in (("start_dim", start_dim), ("end_dim", end_dim)):
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-                raise TypeError(f"Flatten: {argument} must be an integer, got {type(value).__name__} {value!r}")
-        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
-        self._input_shape = None
-
-    def config(self):
-        return {"start_dim": self.start_dim, "end_dim": self.end_dim}
-
-    def output_shape(self, input_shape):
-        input_shape = tuple(input_shape)
-        ndim = max(len(input_shape), 1)
-        start = self.start_dim + ndim if self.start_dim < 0 else self.start_dim
-        end = self.end_dim + ndim if self.end_dim < 0 else self.end_dim
-        if not (0 <= start < ndim and 0 <= end < ndim) or start > end:
-            raise ValueError(f"Flatten: start_dim={self.start_dim}, end_dim={self.end_dim} do not "
-                             f"fit an input of shape {input_shape}")
-        if not input_shape:
-            return (1,)
-        merged = math.prod(input_shape[start:end + 1])
-        return input_shape[:start] + (merged,) + input_shape[end + 1:]
-
-    def check_input(self, x):
-        x = as_float32(x, "Flatten", "x")
-        self.output_shape(x.shape)
-        return x
-
-    def infer(self, x, out):
-        return x.reshape(out.shape)
-
-    def kernel_step(self, input_shape):
-        return "view", (), ()
-
-    def forward(self, x, training=False):
-        """A view of ``x``, not the template's output buffer: nothing is copied."""
-        x = self.check_input(x)
-        if training:
-            self._input_shape = x.shape
-        return x.reshape(self.output_shape(x.shape))
-
-    def backward(self, dy, input_grad=True):
-        shape = self._kept("_input_shape")
-        dy = self._checked_dy(dy, self.output_shape(shape))
-        return dy.reshape(shape) if input_grad else None
 
 
 def _generator_from(seed, where):

@@ -1,4 +1,4 @@
-"""Shape layers: Reshape, Permute, Identity (contract in base.py)."""
+"""Shape layers: Flatten, Reshape, Permute, Identity (contract in base.py)."""
 import math
 import operator
 
@@ -53,6 +53,33 @@ class _View(Layer):
         shape = self._kept("_input_shape")
         dy = self._checked_dy(dy, self.output_shape(shape))
         return dy.reshape(shape) if input_grad else None
+
+
+class Flatten(_View):
+    """Merges axes start_dim..end_dim into one (a view, no copy)."""
+
+    def __init__(self, start_dim=1, end_dim=-1, name=None):
+        super().__init__(name=name)
+        for argument, value in (("start_dim", start_dim), ("end_dim", end_dim)):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"Flatten: {argument} must be an integer, got {type(value).__name__} {value!r}")
+        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
+
+    def config(self):
+        return {"start_dim": self.start_dim, "end_dim": self.end_dim}
+
+    def output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        ndim = max(len(input_shape), 1)
+        start = self.start_dim + ndim if self.start_dim < 0 else self.start_dim
+        end = self.end_dim + ndim if self.end_dim < 0 else self.end_dim
+        if not (0 <= start < ndim and 0 <= end < ndim) or start > end:
+            raise ValueError(f"Flatten: start_dim={self.start_dim}, end_dim={self.end_dim} do not "
+                             f"fit an input of shape {input_shape}")
+        if not input_shape:
+            return (1,)
+        merged = math.prod(input_shape[start:end + 1])
+        return input_shape[:start] + (merged,) + input_shape[end + 1:]
 
 
 class Reshape(_View):
