@@ -107,7 +107,7 @@ static void transpose_tile_generic(ptrdiff_t rows, ptrdiff_t cols, const float *
 #if defined(PYNN_X86_64)
 /* transpose_block by 8 x 8 blocks: eight loads of eight x values along i,
  * a register transpose, eight stores along j; the edges element by element.
- * AVX-512 runs it too: the tiles' rows are eight floats apart. */
+ * The AVX-512 table points here too. */
 PYNN_TARGET_AVX2 static void transpose_tile_avx2(ptrdiff_t rows, ptrdiff_t cols, const float *x,
                                                  ptrdiff_t x_stride, float *y, ptrdiff_t y_stride)
 {
