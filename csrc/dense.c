@@ -150,9 +150,10 @@ static void scatter_rows(ptrdiff_t count, ptrdiff_t dim, const float *dy,
         int64_t row = index[i];
         if (i + PYNN_ROW_PREFETCH_AHEAD < count) {
             int64_t ahead = index[i + PYNN_ROW_PREFETCH_AHEAD];
-            if (ahead % threads == thread) PYNN_PREFETCH_ROW(dweight + ahead * dim, dim, 1);
+            if (threads == 1 || ahead % threads == thread)
+                PYNN_PREFETCH_ROW(dweight + ahead * dim, dim, 1);
         }
-        if (row == padding_idx || row % threads != thread) continue;
+        if (row == padding_idx || (threads > 1 && row % threads != thread)) continue;
         float *restrict target = dweight + row * dim;
         const float *restrict source = dy + i * dim;
         for (ptrdiff_t j = 0; j < dim; j++) target[j] += source[j];
