@@ -6,6 +6,69 @@
 
 /* A pass over x splits its channels across threads from this many floats. */
 #define PARALLEL_MIN_FLOATS 65536
+/* Sums over a channel keep this many partial sums, element k of a row in
+ * partial k mod LANES, added up in order at the end: independent additions
+ * the compiler vectorises, where one running sum waits on each addition. */
+#define LANES 16
+
+/* Σ x and Σ (x - centre)² over channel j: the second only with `squares`. */
+static void channel_sums(ptrdiff_t n, ptrdiff_t c, ptrdiff_t s, ptrdiff_t j, const float *x,
+                         double centre, double *sum, double *squares)
+{
+    double partial[LANES] = {0.0}, partial_squares[LANES] = {0.0};
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const float *row = x + (i * c + j) * s;
+        ptrdiff_t k = 0;
+        for (; k + LANES <= s; k += LANES) {
+            for (int lane = 0; lane < LANES; lane++) {
+                const double value = row[k + lane], centred = value - centre;
+                partial[lane] += value;
+                partial_squares[lane] += centred * centred;
+            }
+        }
+        for (; k < s; k++) {
+            const double value = row[k], centred = value - centre;
+            partial[k % LANES] += value;
+            partial_squares[k % LANES] += centred * centred;
+        }
+    }
+    double total = 0.0, total_squares = 0.0;
+    for (int lane = 0; lane < LANES; lane++) {
+        total += partial[lane];
+        total_squares += partial_squares[lane];
+    }
+    *sum = total;
+    if (squares) *squares = total_squares;
+}
+
+/* Σ dy and Σ dy (x - centre) inverse over channel j. */
+static void channel_gradient_sums(ptrdiff_t n, ptrdiff_t c, ptrdiff_t s, ptrdiff_t j,
+                                  const float *dy, const float *x, double centre, double inverse,
+                                  double *grad_sum, double *grad_dot)
+{
+    double partial[LANES] = {0.0}, partial_dot[LANES] = {0.0};
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const float *g = dy + (i * c + j) * s, *row = x + (i * c + j) * s;
+        ptrdiff_t k = 0;
+        for (; k + LANES <= s; k += LANES) {
+            for (int lane = 0; lane < LANES; lane++) {
+                partial[lane] += g[k + lane];
+                partial_dot[lane] += g[k + lane] * ((row[k + lane] - centre) * inverse);
+            }
+        }
+        for (; k < s; k++) {
+            partial[k % LANES] += g[k];
+            partial_dot[k % LANES] += g[k] * ((row[k] - centre) * inverse);
+        }
+    }
+    double total = 0.0, total_dot = 0.0;
+    for (int lane = 0; lane < LANES; lane++) {
+        total += partial[lane];
+        total_dot += partial_dot[lane];
+    }
+    *grad_sum = total;
+    *grad_dot = total_dot;
+}
 
 /* y = (x - centre) inverse weight + bias over channel j, as one multiply-add. */
 static inline void normalise_channel(ptrdiff_t n, ptrdiff_t c, ptrdiff_t s, ptrdiff_t j,
@@ -29,19 +92,10 @@ void pynn_batchnorm_train_forward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_
 {
     const ptrdiff_t count = n * s;
     PYNN_TEAM_FOR(ctx, c > 1 && count * c >= PARALLEL_MIN_FLOATS ? ctx->num_threads : 1, j, c, {
-        double sum = 0.0, squares = 0.0;
-        for (ptrdiff_t i = 0; i < n; i++) {
-            const float *row = x + (i * c + j) * s;
-            for (ptrdiff_t k = 0; k < s; k++) sum += row[k];
-        }
+        double sum, squares;
+        channel_sums(n, c, s, j, x, 0.0, &sum, NULL);
         const double average = count ? sum / (double)count : 0.0;
-        for (ptrdiff_t i = 0; i < n; i++) {
-            const float *row = x + (i * c + j) * s;
-            for (ptrdiff_t k = 0; k < s; k++) {
-                double centred = row[k] - average;
-                squares += centred * centred;
-            }
-        }
+        channel_sums(n, c, s, j, x, average, &sum, &squares);
         const double variance = count ? squares / (double)count : 0.0;
         const double inverse = 1.0 / sqrt(variance + (double)eps);
         mean[j] = (float)average;
@@ -73,15 +127,9 @@ void pynn_batchnorm_backward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_t c, 
 {
     const ptrdiff_t count = n * s;
     PYNN_TEAM_FOR(ctx, c > 1 && count * c >= PARALLEL_MIN_FLOATS ? ctx->num_threads : 1, j, c, {
-        double grad_sum = 0.0, grad_dot = 0.0;
+        double grad_sum, grad_dot;
         const double centre = mean[j], inverse = invstd[j];
-        for (ptrdiff_t i = 0; i < n; i++) {
-            const float *g = dy + (i * c + j) * s, *row = x + (i * c + j) * s;
-            for (ptrdiff_t k = 0; k < s; k++) {
-                grad_sum += g[k];
-                grad_dot += g[k] * ((row[k] - centre) * inverse);
-            }
-        }
+        channel_gradient_sums(n, c, s, j, dy, x, centre, inverse, &grad_sum, &grad_dot);
         if (dbias) dbias[j] = (float)grad_sum;
         if (dweight) dweight[j] = (float)grad_dot;
         if (!dx || !count) continue;

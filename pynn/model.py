@@ -347,6 +347,7 @@ class Model:
             if layer.trainable:
                 for key, grad in layer.grads.items():
                     kernels.add_into(grad, twin.grads[key], grad)
+                layer.forget_touched_rows()  # the sum may reach rows its own call did not
         if not input_grad:
             return None
         result = [grads[index] if tensor.dtype == "float32" else None

@@ -236,3 +236,23 @@ def test_a_nested_model_with_a_shared_layer_called_twice_sums_every_gradient():
             down = float((model.forward(data) * weights[0]).sum())
             flat[index] = saved
             assert grad[index] == pytest.approx((up - down) / 2e-2, rel=2e-2, abs=2e-3), name
+
+
+def test_a_shared_embedding_sums_both_uses_and_the_optimizer_moves_every_row_they_touched():
+    pynn.init.manual_seed(2)
+    user, item = pynn.Input((), "int64"), pynn.Input((), "int64")
+    table = layers.Embedding(10, 3, name="table")
+    model = pynn.Model([user, item], layers.Dot()([table(user), table(item)]))
+    optimizer = SGD(model, lr=0.5)
+    for step in range(3):
+        users, items = rng.integers(0, 10, 4), rng.integers(0, 10, 4)
+        weight = table.params["weight"].astype(np.float64)
+        dy = rng.standard_normal((4, 1))
+        expected = np.zeros_like(weight)
+        np.add.at(expected, users, dy * weight[items])
+        np.add.at(expected, items, dy * weight[users])
+        model.forward([users, items], training=True)
+        model.backward(dy.astype(np.float32), input_grad=False)
+        np.testing.assert_allclose(table.grads["weight"], expected, rtol=1e-5, atol=1e-6)
+        optimizer.step()
+        np.testing.assert_allclose(table.params["weight"], weight - 0.5 * expected, rtol=1e-5, atol=1e-6)

@@ -233,6 +233,12 @@ class Embedding(Layer):
         self._row_count = kernels.embedding_scatter_add(
             dy, indices, grad, self._rows, self._row_count, self._marks, self.padding_idx)
 
+    def _twin(self):
+        """A twin with its own record of the rows it writes."""
+        twin, pairs = super()._twin()
+        twin._rows, twin._row_count, twin._marks = np.empty(0, dtype=np.int64), 0, None
+        return twin, pairs
+
     def touched_rows(self, key):
         """The distinct rows of ``grads[key]`` the last backward wrote (int64,
         a view of a reused buffer; none before the first), every other row
