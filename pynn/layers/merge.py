@@ -106,9 +106,22 @@ class Add(_Broadcasting):
             return "add", (), ()
         return None
 
-    def _input_gradients(self, dy, x, dx):
-        for gradient in dx:
+    def backward(self, dy, input_grad=True):
+        """An input of the output's shape gets ``dy`` itself (no copy, as in a
+        residual connection); a broadcast one gets ``dy`` summed into its shape."""
+        x = self._kept("_x")
+        dy = self._checked_dy(dy, self._kept("_y").shape)
+        if not input_grad:
+            return None
+        dx = []
+        for position, item in enumerate(x):
+            if item.shape == dy.shape:
+                dx.append(dy)
+                continue
+            gradient = self.workspace(f"dx{position}", item.shape)
             kernels.broadcast_reduce(dy, None, self._padded(gradient, dy.ndim))
+            dx.append(gradient)
+        return dx
 
 
 class Multiply(_Broadcasting):
