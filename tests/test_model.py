@@ -256,3 +256,49 @@ def test_a_shared_embedding_sums_both_uses_and_the_optimizer_moves_every_row_the
         np.testing.assert_allclose(table.grads["weight"], expected, rtol=1e-5, atol=1e-6)
         optimizer.step()
         np.testing.assert_allclose(table.params["weight"], weight - 0.5 * expected, rtol=1e-5, atol=1e-6)
+
+
+def small_resnet():
+    """A stem and two residual stages, the second downsampling through a 1x1 shortcut."""
+    x = pynn.Input((3, 16, 16), name="image")
+    h = layers.Conv2d(3, 8, 3, padding=1, bias=False, name="conv1")(x)
+    h = layers.ReLU()(layers.BatchNorm2d(8, name="bn1")(h))
+    channels = 8
+    for name, width, stride in (("layer1", 8, 1), ("layer2", 16, 2)):
+        y = layers.Conv2d(channels, width, 3, stride=stride, padding=1, bias=False, name=f"{name}.conv1")(h)
+        y = layers.ReLU()(layers.BatchNorm2d(width, name=f"{name}.bn1")(y))
+        y = layers.Conv2d(width, width, 3, padding=1, bias=False, name=f"{name}.conv2")(y)
+        y = layers.BatchNorm2d(width, name=f"{name}.bn2")(y)
+        shortcut = h
+        if stride != 1:
+            shortcut = layers.Conv2d(channels, width, 1, stride=stride, bias=False, name=f"{name}.down.0")(h)
+            shortcut = layers.BatchNorm2d(width, name=f"{name}.down.1")(shortcut)
+        h = layers.ReLU()(layers.Add()([y, shortcut]))
+        channels = width
+    return pynn.Model(x, layers.Linear(16, 10, name="fc")(layers.GlobalAvgPool2d()(h)))
+
+
+def recommender():
+    user, item = pynn.Input((), "int64", name="user"), pynn.Input((), "int64", name="item")
+    score = layers.Dot()([layers.Embedding(50, 8, name="users")(user), layers.Embedding(30, 8, name="items")(item)])
+    return pynn.Model([user, item], layers.Add()([score, layers.Embedding(50, 1, name="user_bias")(user),
+                                                  layers.Embedding(30, 1, name="item_bias")(item)]))
+
+
+@pytest.mark.parametrize("build", [small_resnet, recommender])
+def test_a_resnet_and_a_recommender_round_trip_bit_for_bit_after_training(build, tmp_path):
+    model = build()
+    if build is small_resnet:
+        x, y = rng.standard_normal((16, 3, 16, 16)).astype(np.float32), rng.integers(0, 10, 16)
+        loss = CrossEntropyLoss()
+    else:
+        x, y = [rng.integers(0, 50, 64), rng.integers(0, 30, 64)], rng.uniform(1, 5, (64, 1)).astype(np.float32)
+        loss = MSELoss()
+    model.fit(x, y, loss=loss, optimizer=pynn.optim.Adam(model), epochs=2, batch_size=8, verbose=False)
+    expected = model.predict(x)
+    model.save(tmp_path / "model.safetensors")
+    for loaded in (pynn.load(tmp_path / "model.safetensors"), pickle.loads(pickle.dumps(model))):
+        assert type(loaded) is pynn.Model
+        np.testing.assert_array_equal(loaded.predict(x), expected)
+        for key, value in model.state_dict().items():
+            assert loaded.state_dict()[key].tobytes() == value.tobytes(), key

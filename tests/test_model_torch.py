@@ -118,3 +118,43 @@ def test_load_weights_reads_a_torch_safetensors_state_dict(pair, tmp_path):
     model.load_weights(tmp_path / "net.safetensors")
     for key, value in other.state_dict().items():
         np.testing.assert_array_equal(model.state_dict()[key], value.numpy(), err_msg=key)
+
+
+class TorchTwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(6, 8)
+        self.side = nn.Linear(6, 8)
+        self.classes = nn.Linear(8, 3)
+        self.value = nn.Linear(8, 1)
+
+    def forward(self, x):
+        h = torch.tanh(self.body(x))
+        return self.classes(h), self.value(h + torch.relu(self.side(x)))
+
+
+def test_two_outputs_give_torch_outputs_and_gradients():
+    torch.manual_seed(3)
+    twin = TorchTwoHeads().double()
+    x = pynn.Input((6,))
+    h = layers.Tanh()(layers.Linear(6, 8, name="body")(x))
+    side = layers.ReLU()(layers.Linear(6, 8, name="side")(x))
+    model = pynn.Model(x, [layers.Linear(8, 3, name="classes")(h),
+                           layers.Linear(8, 1, name="value")(layers.Add()([h, side]))])
+    model.load_state_dict({key: value.numpy().astype(np.float32) for key, value in twin.state_dict().items()})
+    rng = np.random.default_rng(4)
+    data = rng.standard_normal((5, 6)).astype(np.float32)
+    dy = [rng.standard_normal((5, 3)).astype(np.float32), rng.standard_normal((5, 1)).astype(np.float32)]
+    outputs = model.forward(data, training=True)
+    dx = model.backward(dy)
+    tx = torch.tensor(data, dtype=torch.float64, requires_grad=True)
+    classes, value = twin(tx)
+    ((classes * torch.tensor(dy[0], dtype=torch.float64)).sum()
+     + (value * torch.tensor(dy[1], dtype=torch.float64)).sum()).backward()
+    np.testing.assert_allclose(outputs[0], classes.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(outputs[1], value.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-4, atol=1e-6)
+    for name, param in twin.named_parameters():
+        layer, key = name.split(".")
+        np.testing.assert_allclose(model.get_layer(layer).grads[key], param.grad.numpy(),
+                                   rtol=1e-4, atol=1e-6, err_msg=name)
