@@ -265,6 +265,14 @@ class Sequential:
         for index, layer in enumerate(self.layers):
             yield str(index), layer
 
+    def get_layer(self, name):
+        """The layer whose state-dict prefix is ``name`` (its index, as a string)."""
+        for key, layer in self.named_layers():
+            if key == name:
+                return layer
+        raise ValueError(f"Sequential.get_layer: no layer named {name!r}; the names are the "
+                         f"indices 0 to {len(self.layers) - 1}")
+
     def _twin(self):
         """A copy for a further call in a graph (pynn.model): the same
         parameters, its own gradients and kept state; and the layer pairs."""

@@ -251,7 +251,6 @@ def _fit(model, x, y, loss, optimizer, epochs, batch_size, shuffle, validation_d
         _reseed_dropout(model, dropout_seed.spawn(len(list(model.named_layers()))))
     rng = np.random.default_rng(shuffle_seed)
     names = _output_names(model)
-    accuracies = [_Accuracy(item) if _is_classification(item) else None for item in objective.losses]
     batches = _Batches(xs, ys, batch_size, _BATCH_BUFFERS.setdefault(model, {}))
     many_inputs, many_outputs = len(xs) > 1, len(ys) > 1
     history = History()
@@ -266,35 +265,29 @@ def _fit(model, x, y, loss, optimizer, epochs, batch_size, shuffle, validation_d
         bar = tqdm(total=samples, desc=f"Epoch {epoch + 1}/{epochs}", unit="sample",
                    leave=True) if verbose else None
         shown = time.monotonic()
-        sums = np.zeros(1 + 3 * len(ys))  # total loss; per output: loss, correct, counted
+        tally = _Tally(objective.losses)
         for step, (x_batch, y_batch) in enumerate(batches(order=rng.permutation(samples) if shuffle else None)):
             preds = model.forward(x_batch if many_inputs else x_batch[0], training=True)
             preds = preds if many_outputs else [preds]
             rows = len(x_batch[0])
             total, values = objective(preds, y_batch)
-            sums[0] += total * rows
+            tally.add(total, values, preds, y_batch, rows)
             dys = objective.backward()
             if parallel is None:
                 model.backward(dys if many_outputs else dys[0], input_grad=False)
                 optimizer.step()
             else:
                 parallel.step(dys if many_outputs else dys[0], parallel.share(step, rows))
-            for index, (value, accuracy) in enumerate(zip(values, accuracies)):
-                sums[1 + 3 * index] += value * rows
-                if accuracy is not None:
-                    hits, counted = accuracy.count(preds[index], y_batch[index])
-                    sums[2 + 3 * index] += hits
-                    sums[3 + 3 * index] += counted
             if bar is not None:
                 bar.update(rows)
                 if time.monotonic() - shown >= _POSTFIX_INTERVAL:
                     shown = time.monotonic()
-                    bar.set_postfix(loss=f"{sums[0] / bar.n:.4f}", refresh=False)
+                    bar.set_postfix(loss=f"{tally.sums[0] / bar.n:.4f}", refresh=False)
         seen = samples
         if parallel is not None:
-            *totals, seen = parallel.sum_over_ranks(*sums.tolist(), seen)
-            sums = np.array(totals)
-        logs = _logs(sums, seen, names, accuracies)
+            *totals, seen = parallel.sum_over_ranks(*tally.sums.tolist(), seen)
+            tally.sums = np.array(totals)
+        logs = tally.logs(seen, names)
         if validation_data is not None:
             scores = _evaluate(model, *validation_data, objective, 256)
             logs.update({f"val_{name}": value for name, value in scores.items()})
@@ -312,16 +305,33 @@ def _fit(model, x, y, loss, optimizer, epochs, batch_size, shuffle, validation_d
     return history
 
 
-def _logs(sums, samples, names, accuracies):
-    """``loss`` (the weighted total), and per output its loss and accuracy
-    (named ``<layer>_loss`` with several outputs)."""
-    logs = {"loss": sums[0] / samples}
-    for index, (name, accuracy) in enumerate(zip(names, accuracies)):
-        if name:
-            logs[f"{name}loss"] = sums[1 + 3 * index] / samples
-        if accuracy is not None:
-            logs[f"{name}accuracy"] = sums[2 + 3 * index] / sums[3 + 3 * index]
-    return logs
+class _Tally:
+    """Sums over the batches of an epoch: the weighted total loss, and per
+    output its loss and its accuracy counts (classification losses)."""
+
+    def __init__(self, losses_):
+        self.accuracies = [_Accuracy(loss) if _is_classification(loss) else None for loss in losses_]
+        self.sums = np.zeros(1 + 3 * len(losses_))  # total; per output: loss, correct, counted
+
+    def add(self, total, values, preds, targets, rows):
+        self.sums[0] += total * rows
+        for index, (value, accuracy) in enumerate(zip(values, self.accuracies)):
+            self.sums[1 + 3 * index] += value * rows
+            if accuracy is not None:
+                hits, counted = accuracy.count(preds[index], targets[index])
+                self.sums[2 + 3 * index] += hits
+                self.sums[3 + 3 * index] += counted
+
+    def logs(self, samples, names):
+        """``loss`` (the weighted total), and per output its loss and accuracy
+        (named ``<layer>_loss`` with several outputs)."""
+        logs = {"loss": self.sums[0] / samples}
+        for index, (name, accuracy) in enumerate(zip(names, self.accuracies)):
+            if name:
+                logs[f"{name}loss"] = self.sums[1 + 3 * index] / samples
+            if accuracy is not None:
+                logs[f"{name}accuracy"] = self.sums[2 + 3 * index] / self.sums[3 + 3 * index]
+        return logs
 
 
 def evaluate(model, x, y, *, loss, batch_size=256, loss_weights=None):
@@ -337,23 +347,15 @@ def _evaluate(model, xs, ys, objective, batch_size):
     samples = xs[0].shape[0]
     if samples == 0:
         raise ValueError(f"{type(model).__name__}.evaluate: x has no samples (shape {xs[0].shape})")
-    accuracies = [_Accuracy(item) if _is_classification(item) else None for item in objective.losses]
-    sums = np.zeros(1 + 3 * len(ys))
+    tally = _Tally(objective.losses)
     for start in range(0, samples, batch_size):
         x_batch = [x[start:start + batch_size] for x in xs]
         y_batch = [y[start:start + batch_size] for y in ys]
         preds = model.predict(x_batch if len(xs) > 1 else x_batch[0])
         preds = preds if len(ys) > 1 else [preds]
-        rows = len(x_batch[0])
         total, values = objective(preds, y_batch)
-        sums[0] += total * rows
-        for index, (value, accuracy) in enumerate(zip(values, accuracies)):
-            sums[1 + 3 * index] += value * rows
-            if accuracy is not None:
-                hits, counted = accuracy.count(preds[index], y_batch[index])
-                sums[2 + 3 * index] += hits
-                sums[3 + 3 * index] += counted
-    return _logs(sums, samples, _output_names(model), accuracies)
+        tally.add(total, values, preds, y_batch, len(x_batch[0]))
+    return tally.logs(samples, _output_names(model))
 
 
 _hooks.install("fit", fit)

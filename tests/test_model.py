@@ -32,35 +32,40 @@ def residual_mlp():
 
 def total_loss(model, x, weights):
     outputs = model.forward(x)
+    outputs = outputs if isinstance(outputs, list) else [outputs]
     return sum(float((out.astype(np.float64) * w).sum()) for out, w in zip(outputs, weights))
 
 
-def test_gradients_of_a_graph_match_finite_differences():
-    model = residual_mlp()
-    x = rng.standard_normal((4, 6)).astype(np.float32)
-    weights = [rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((4, 2)).astype(np.float32)]
-    model.forward(x, training=True)
-    dx = model.backward(weights)
-    for name, param in model.named_parameters():
-        grad = dict(model.parameter_owners())[name.rsplit(".", 1)[0] + "."].grads[name.rsplit(".", 1)[1]]
-        flat, flat_grad = param.reshape(-1), grad.reshape(-1)
-        for index in rng.choice(flat.size, size=min(5, flat.size), replace=False):
-            saved = flat[index]
-            flat[index] = saved + 1e-2
-            up = total_loss(model, x, weights)
-            flat[index] = saved - 1e-2
-            down = total_loss(model, x, weights)
-            flat[index] = saved
-            assert flat_grad[index] == pytest.approx((up - down) / 2e-2, rel=2e-2, abs=2e-3), name
-    flat = x.reshape(-1)
-    for index in range(0, flat.size, 5):
+def assert_finite_differences(model, x, weights, array, grad, indices, label):
+    """``grad`` at ``indices`` of ``array`` (a parameter or the input, changed
+    in place) against central differences of ``total_loss``."""
+    flat, flat_grad = array.reshape(-1), grad.reshape(-1)
+    for index in indices:
         saved = flat[index]
         flat[index] = saved + 1e-2
         up = total_loss(model, x, weights)
         flat[index] = saved - 1e-2
         down = total_loss(model, x, weights)
         flat[index] = saved
-        assert dx.reshape(-1)[index] == pytest.approx((up - down) / 2e-2, rel=2e-2, abs=2e-3)
+        assert flat_grad[index] == pytest.approx((up - down) / 2e-2, rel=2e-2, abs=2e-3), label
+
+
+def assert_gradients_match_finite_differences(model, x, weights):
+    model.forward(x, training=True)
+    dx = model.backward(weights if len(weights) > 1 else weights[0])
+    for name, param in model.named_parameters():
+        layer, key = name.rsplit(".", 1)
+        grad = model.get_layer(layer).grads[key]
+        indices = rng.choice(param.size, size=min(5, param.size), replace=False)
+        assert_finite_differences(model, x, weights, param, grad, indices, name)
+    assert_finite_differences(model, x, weights, x, dx, range(0, x.size, 5), "x")
+
+
+def test_gradients_of_a_graph_match_finite_differences():
+    model = residual_mlp()
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    weights = [rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((4, 2)).astype(np.float32)]
+    assert_gradients_match_finite_differences(model, x, weights)
 
 
 def test_state_dict_keys_follow_layer_names_and_nesting():
@@ -218,24 +223,9 @@ def test_a_nested_model_with_a_shared_layer_called_twice_sums_every_gradient():
     shared = layers.Linear(4, 4, name="shared")
     inner = pynn.Model(inner_x, layers.Tanh()(shared(layers.Tanh()(shared(inner_x)))), name="inner")
     x = pynn.Input((4,))
-    y = layers.Linear(4, 2, name="out")(inner(layers.Sigmoid()(inner(x))))
-    model = pynn.Model(x, y)
+    model = pynn.Model(x, layers.Linear(4, 2, name="out")(inner(layers.Sigmoid()(inner(x)))))
     data = rng.standard_normal((3, 4)).astype(np.float32)
-    weights = [rng.standard_normal((3, 2)).astype(np.float32)]
-    model.forward(data, training=True)
-    model.backward(weights[0])
-    for name, param in model.named_parameters():
-        layer_name, key = name.rsplit(".", 1)
-        grad = model.get_layer(layer_name).grads[key].reshape(-1)
-        flat = param.reshape(-1)
-        for index in range(0, flat.size, 3):
-            saved = flat[index]
-            flat[index] = saved + 1e-2
-            up = float((model.forward(data) * weights[0]).sum())
-            flat[index] = saved - 1e-2
-            down = float((model.forward(data) * weights[0]).sum())
-            flat[index] = saved
-            assert grad[index] == pytest.approx((up - down) / 2e-2, rel=2e-2, abs=2e-3), name
+    assert_gradients_match_finite_differences(model, data, [rng.standard_normal((3, 2)).astype(np.float32)])
 
 
 def test_a_shared_embedding_sums_both_uses_and_the_optimizer_moves_every_row_they_touched():
