@@ -1,6 +1,7 @@
 /* Running an inference plan's kernel steps (contract in plan.h). */
 #include "plan.h"
 #include "activations.h"
+#include "pool.h"
 
 #include <math.h>
 
@@ -175,6 +176,8 @@ int pynn_plan_run(const pynn_context *ctx, const pynn_plan_step *steps, ptrdiff_
             if (pynn_conv2d_forward(ctx, &s->conv, slots[s->source], s->weight, s->epilogue.col_bias,
                                     s->epilogue.activation, slots[s->target], s->workspace))
                 return -1;
+        } else if (s->kind == PYNN_STEP_MEAN) {
+            pynn_global_avg_pool2d_forward(ctx, s->m, s->n, slots[s->source], slots[s->target]);
         } else if (s->kind == PYNN_STEP_ADD) {
             add_share(s->n, slots[s->source], slots[s->other], slots[s->target],
                       s->epilogue.activation == PYNN_ACTIVATION_RELU);

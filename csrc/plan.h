@@ -23,6 +23,7 @@ typedef enum {
     PYNN_STEP_SOFTMAX,  /* softmax of x seen as [m, n, k], along n */
     PYNN_STEP_CONV,     /* y = conv(x, weight) + bias, then the epilogue's activation */
     PYNN_STEP_ADD,      /* y[i] = x[i] + other[i] for n elements, then the activation */
+    PYNN_STEP_MEAN,     /* y[p] = the mean of x's plane p, for m planes of n elements */
 } pynn_step_kind;
 
 /* The element-wise kernels' signature (activations.h). */

@@ -213,7 +213,7 @@ def test_a_resnet_plan_keeps_peak_activation_memory_near_the_largest_tensors():
     plan = model._thread_plan(((2, 16, 32, 32),))
     largest = 2 * 16 * 32 * 32
     kinds = [step.kind for step in plan.schedule.steps]
-    assert kinds == ["conv", "add"] * 4 + ["python", "gemm"]  # BatchNorm folded, ReLUs fused
+    assert kinds == ["conv", "add"] * 4 + ["mean", "gemm"]  # BatchNorm folded, ReLUs fused
     assert plan.schedule.peak_floats == 2 * largest  # the block's input and the branch
 
 

@@ -35,6 +35,7 @@ cdef extern from "plan.h" nogil:
         PYNN_STEP_SOFTMAX
         PYNN_STEP_CONV
         PYNN_STEP_ADD
+        PYNN_STEP_MEAN
     ctypedef struct pynn_plan_step:
         pynn_step_kind kind
         Py_ssize_t source, other, target
@@ -201,6 +202,9 @@ cdef class InferencePlan:
             s.n = math.prod(shape)
             s.epilogue.activation = PYNN_ACTIVATION_RELU if step.relu else PYNN_ACTIVATION_NONE
             s.kind = PYNN_STEP_ADD
+        elif kind == "mean":
+            s.m, s.n = step.arguments
+            s.kind = PYNN_STEP_MEAN
         elif kind == "conv":
             if not self.describe_conv(s, step):
                 return False

@@ -242,6 +242,10 @@ class GlobalAvgPool2d(Layer):
         self.output_shape(x.shape)
         return x
 
+    def kernel_step(self, input_shape):
+        planes, size = input_shape[0] * input_shape[1], input_shape[2] * input_shape[3]
+        return ("mean", (planes, size), ()) if size else None
+
     def infer(self, x, out):
         return kernels.global_avg_pool2d_forward(x, out)
 
