@@ -47,6 +47,11 @@ void pynn_fold_batchnorm(ptrdiff_t channels, ptrdiff_t per_channel, const float 
     }
 }
 
+/* A sum step splits its elements in chunks of this many among threads,
+ * from SUM_PARALLEL_FLOATS on (element-wise: any split gives the same bits). */
+#define SUM_CHUNK_FLOATS (1 << 14)
+#define SUM_PARALLEL_FLOATS (1 << 17)
+
 /* y = x + other, then ReLU when asked: the residual connection's sum. */
 static void add_share(ptrdiff_t n, const float *x, const float *other, float *y, int relu)
 {
@@ -179,8 +184,15 @@ int pynn_plan_run(const pynn_context *ctx, const pynn_plan_step *steps, ptrdiff_
         } else if (s->kind == PYNN_STEP_MEAN) {
             pynn_global_avg_pool2d_forward(ctx, s->m, s->n, slots[s->source], slots[s->target]);
         } else if (s->kind == PYNN_STEP_ADD) {
-            add_share(s->n, slots[s->source], slots[s->other], slots[s->target],
-                      s->epilogue.activation == PYNN_ACTIVATION_RELU);
+            const float *x = slots[s->source], *other = slots[s->other];
+            float *y = slots[s->target];
+            const int relu = s->epilogue.activation == PYNN_ACTIVATION_RELU;
+            const ptrdiff_t chunks = (s->n + SUM_CHUNK_FLOATS - 1) / SUM_CHUNK_FLOATS;
+            PYNN_TEAM_FOR(ctx, s->n >= SUM_PARALLEL_FLOATS ? ctx->num_threads : 1, chunk, chunks, {
+                const ptrdiff_t first = chunk * SUM_CHUNK_FLOATS;
+                add_share(min_size(SUM_CHUNK_FLOATS, s->n - first), x + first, other + first,
+                          y + first, relu);
+            });
         } else {
             run_share(ctx, s, slots[s->source], slots[s->target], 0, 1);
         }
