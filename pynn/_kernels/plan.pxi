@@ -81,7 +81,8 @@ cdef class InferencePlan:
     cdef list python_steps         # per step: None for a kernel step, else (layer, step)
     cdef list arrays               # per slot: its array (the caller's are set per run)
     cdef list folds                # (batchnorm, conv weight, conv bias, folded weight, folded bias)
-    cdef list scratch              # the convolutions' workspaces
+    cdef object scratch            # the convolutions' workspace, one for all (they run in turn)
+    cdef Py_ssize_t scratch_floats
     cdef list watched              # (dict, key, object found or None) triples
     cdef PyObject **watch_table    # the same triples' objects, flat, for current()
     cdef Py_ssize_t watch_count
@@ -113,7 +114,7 @@ cdef class InferencePlan:
         self.threads = current_context().num_threads
         self.watched = []
         self.folds = []
-        self.scratch = []
+        self.scratch_floats = 0
         for layer in wired:
             self.watch(vars(layer), "activation")
         steps = schedule.steps
@@ -136,6 +137,10 @@ cdef class InferencePlan:
         self.python_steps = []
         for index, step in enumerate(steps):
             self.python_steps.append(None if self.describe(index, step) else step)
+        self.scratch = aligned_empty((max(self.scratch_floats, 1),))
+        for index in range(self.count):
+            if self.python_steps[index] is None and self.steps[index].kind == PYNN_STEP_CONV:
+                self.steps[index].workspace = data_of(self.scratch)
         self.input_slots, self.output_slots = list(schedule.input_slots), list(schedule.output_slots)
         # outputs the run copies: one held in an input's slot, or in another output's
         self.copied_outputs = []
@@ -238,9 +243,8 @@ cdef class InferencePlan:
             self.folds.append((norm, weight, bias_array, folded_weight, folded_bias))
             s.weight = data_of(folded_weight)
             s.epilogue.col_bias = data_of(folded_bias)
-        workspace = aligned_empty((max(<Py_ssize_t>pynn_conv2d_workspace_size(&s.conv, self.threads), 1),))
-        self.scratch.append(workspace)
-        s.workspace = data_of(workspace)
+        self.scratch_floats = max(self.scratch_floats,
+                                  <Py_ssize_t>pynn_conv2d_workspace_size(&s.conv, self.threads))
         s.epilogue.activation = PYNN_ACTIVATION_RELU if relu or step.relu else PYNN_ACTIVATION_NONE
         s.kind = PYNN_STEP_CONV
         return True
