@@ -23,6 +23,7 @@ struct pynn_kernels {
     const struct pynn_optim_kernels *optim;         /* optim.c */
     const struct pynn_tensor_kernels *tensor;       /* tensor.c */
     const struct pynn_layernorm_kernels *layernorm; /* layernorm.c */
+    const struct pynn_batchnorm_kernels *batchnorm; /* batchnorm.c */
 };
 
 /* The table of a path this build compiled (pynn_isa_compiled). */
@@ -51,5 +52,6 @@ PYNN_DECLARE_TABLES(pool)
 PYNN_DECLARE_TABLES(optim)
 PYNN_DECLARE_TABLES(tensor)
 PYNN_DECLARE_TABLES(layernorm)
+PYNN_DECLARE_TABLES(batchnorm)
 
 #endif
