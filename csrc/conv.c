@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "conv.h"
+#include "conv_direct.h"
 #include "vmath.h"
 #ifdef _OPENMP
 #include <omp.h>
@@ -92,7 +93,10 @@ size_t pynn_conv2d_workspace_size(const pynn_conv_shape *s, int threads)
      * in chunk order so dW is the same for any thread count */
     ptrdiff_t chunks = chunk_count(s);
     ptrdiff_t partials = chunks > 1 ? chunks * weight_size(s) : 0;
-    return (size_t)(chunk_slots(s, threads) * chunk_floats(s) + partials);
+    size_t size = (size_t)(chunk_slots(s, threads) * chunk_floats(s) + partials);
+    if (pynn_direct_applies(s) && pynn_direct_workspace_size(s, threads) > size)
+        size = pynn_direct_workspace_size(s, threads);
+    return size;
 }
 
 /* For one kernel tap along one axis: the outputs [first, last) whose input
@@ -420,6 +424,7 @@ struct pynn_conv_kernels {
                          ptrdiff_t ld, float *image);
     void (*direct_image)(const pynn_conv_shape *s, const float *image, const float *weight,
                          const float *bias, int relu, float *y);
+    pynn_direct_tile_fn direct_tile;  /* conv_direct.h */
 };
 
 #define CHANNEL_VARIANT(suffix, attribute, moves)                                            \
@@ -726,8 +731,8 @@ static void direct_forward(const pynn_context *ctx, const pynn_conv_shape *s, co
 #endif
 
 #define CONV_TABLE(suffix, direct)                                                           \
-    const struct pynn_conv_kernels pynn_conv_##suffix = {unfold_channel_##suffix,            \
-                                                         fold_channel_##suffix, direct};
+    const struct pynn_conv_kernels pynn_conv_##suffix = {                                    \
+        unfold_channel_##suffix, fold_channel_##suffix, direct, pynn_direct_tile_##suffix};
 CONV_TABLE(generic, NULL)
 #if defined(PYNN_X86_64)
 CONV_TABLE(avx2, direct_image)
@@ -745,6 +750,15 @@ int pynn_conv2d_forward(const pynn_context *ctx, const pynn_conv_shape *s, const
     }
 #endif
     float *owned;
+    if (pynn_direct_applies(s)) {
+        owned = workspace ? NULL : malloc(pynn_direct_workspace_size(s, ctx->num_threads) *
+                                          sizeof(float));
+        if (!workspace && !owned) return -1;
+        pynn_direct_forward(ctx, ctx->kernels->conv->direct_tile, s, x, weight, bias, activation,
+                            y, workspace ? workspace : owned);
+        free(owned);
+        return 0;
+    }
     unfold_plan plan;
     float *scratch_space = prepare(s, ctx->num_threads, workspace, &owned, &plan);
     if (!scratch_space) return -1;

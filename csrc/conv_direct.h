@@ -1,0 +1,55 @@
+/* Direct 2-D convolution (no unfolded input) for groups of 1 and dilation 1.
+ *
+ * Each image is rearranged into zero-padded phase planes: for strides
+ * (sh, sw), plane (a, b) of channel c holds the padded input at rows
+ * i sh + a and columns j sw + b, `cols` columns wide. Tap (kh, kw) then reads
+ * plane (kh % sh, kw % sw) shifted by (kh / sh) cols + kw / sw, so output
+ * (oh, ow) is a sum over taps of one flattened index q = oh cols + ow plus a
+ * per-tap offset: a stride-1 one-dimensional convolution that vectorises
+ * along q across row ends. The columns ow >= out_w of each row are computed
+ * and dropped. Every output sums its taps in one order (channel, kh, kw), so
+ * results do not depend on the thread count. */
+#ifndef PYNN_CONV_DIRECT_H
+#define PYNN_CONV_DIRECT_H
+
+#include <stddef.h>
+#include "conv.h"
+
+/* Output channels one tile computes at a time. */
+#define PYNN_DIRECT_CHANNELS 8
+/* The widest vector of any path, in floats. */
+#define PYNN_DIRECT_MAX_LANES 16
+#define PYNN_DIRECT_MAX_TAPS 49
+
+/* One tile: out[o][q] = act(Σ_{c, t} weights[o][c taps + t] planes[c step + offsets[t] + q]
+ * + bias[o]) for o < 8 and q < count rounded up to the path's vector. */
+typedef struct {
+    const float *planes;
+    const ptrdiff_t *offsets;  /* per tap, into channel 0's planes */
+    ptrdiff_t taps, channels, channel_step, count, out_ld;
+    const float *weights[PYNN_DIRECT_CHANNELS];
+    float bias[PYNN_DIRECT_CHANNELS];
+    int relu;
+    float *out;
+} pynn_direct_tile;
+
+typedef void (*pynn_direct_tile_fn)(const pynn_direct_tile *tile);
+
+void pynn_direct_tile_generic(const pynn_direct_tile *tile);
+void pynn_direct_tile_avx2(const pynn_direct_tile *tile);
+void pynn_direct_tile_avx512(const pynn_direct_tile *tile);
+
+/* Does the direct path take this shape. */
+int pynn_direct_applies(const pynn_conv_shape *s);
+
+/* Floats of scratch pynn_direct_forward needs with this many threads. */
+size_t pynn_direct_workspace_size(const pynn_conv_shape *s, int threads);
+
+/* As pynn_conv2d_forward, through `tile`; workspace holds
+ * pynn_direct_workspace_size floats. */
+void pynn_direct_forward(const pynn_context *ctx, pynn_direct_tile_fn tile,
+                         const pynn_conv_shape *s, const float *x, const float *weight,
+                         const float *bias, pynn_activation activation, float *y,
+                         float *workspace);
+
+#endif

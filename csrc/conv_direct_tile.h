@@ -1,0 +1,82 @@
+/* One path's direct-convolution tile (contract in conv_direct.h), included
+ * once per path by conv_direct.c with DIRECT_SUFFIX, DIRECT_TARGET (its
+ * function attribute), DIRECT_LANES (floats per vector) and DIRECT_RUNS
+ * (vectors of outputs per output channel a tile step keeps in registers)
+ * and DIRECT_GROUP (output channels a step keeps, a divisor of 8). */
+#define DIRECT_JOIN2(a, b) a##_##b
+#define DIRECT_JOIN(a, b) DIRECT_JOIN2(a, b)
+#define DIRECT_VEC DIRECT_JOIN(direct_vec, DIRECT_SUFFIX)
+#define DIRECT_BITS DIRECT_JOIN(direct_bits, DIRECT_SUFFIX)
+#define DIRECT_STEP DIRECT_JOIN(direct_step, DIRECT_SUFFIX)
+#define DIRECT_TILE DIRECT_JOIN(pynn_direct_tile, DIRECT_SUFFIX)
+
+typedef float DIRECT_VEC __attribute__((vector_size(4 * DIRECT_LANES), aligned(4), may_alias));
+typedef int32_t DIRECT_BITS __attribute__((vector_size(4 * DIRECT_LANES), aligned(4), may_alias));
+
+/* Outputs [q, q + runs lanes) of the tile's channels [o0, o0 + DIRECT_GROUP):
+ * runs x DIRECT_GROUP accumulators, each input vector feeding DIRECT_GROUP
+ * multiply-adds and each weight `runs`. */
+static inline __attribute__((always_inline)) DIRECT_TARGET void
+DIRECT_STEP(const pynn_direct_tile *t, int o0, ptrdiff_t q, const int runs)
+{
+    DIRECT_VEC sums[DIRECT_GROUP][DIRECT_RUNS];
+    const float *weights[DIRECT_GROUP];
+#pragma GCC unroll 8
+    for (int o = 0; o < DIRECT_GROUP; o++) {
+        weights[o] = t->weights[o0 + o];
+#pragma GCC unroll 8
+        for (int r = 0; r < runs; r++) sums[o][r] = (DIRECT_VEC){0};
+    }
+    ptrdiff_t k = 0;
+    for (ptrdiff_t c = 0; c < t->channels; c++) {
+        const float *base = t->planes + c * t->channel_step + q;
+        for (ptrdiff_t tap = 0; tap < t->taps; tap++, k++) {
+            const float *source = base + t->offsets[tap];
+            DIRECT_VEC in[DIRECT_RUNS];
+#pragma GCC unroll 8
+            for (int r = 0; r < runs; r++) in[r] = *(const DIRECT_VEC *)(source + r * DIRECT_LANES);
+#pragma GCC unroll 8
+            for (int o = 0; o < DIRECT_GROUP; o++) {
+                const float w = weights[o][k];
+#pragma GCC unroll 8
+                for (int r = 0; r < runs; r++) sums[o][r] += w * in[r];
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int o = 0; o < DIRECT_GROUP; o++)
+#pragma GCC unroll 8
+        for (int r = 0; r < runs; r++) {
+            DIRECT_VEC v = sums[o][r] + t->bias[o0 + o];
+            if (t->relu) /* lanes below zero cleared; NaN stays */
+                v = (DIRECT_VEC)((DIRECT_BITS)v & ~(v < (DIRECT_VEC){0}));
+            *(DIRECT_VEC *)(t->out + (o0 + o) * t->out_ld + q + r * DIRECT_LANES) = v;
+        }
+}
+
+DIRECT_TARGET void DIRECT_TILE(const pynn_direct_tile *t)
+{
+    for (int o0 = 0; o0 < PYNN_DIRECT_CHANNELS; o0 += DIRECT_GROUP)
+        for (ptrdiff_t q = 0; q < t->count;) {
+            ptrdiff_t runs = (t->count - q + DIRECT_LANES - 1) / DIRECT_LANES;
+            if (runs > DIRECT_RUNS) runs = DIRECT_RUNS;
+            /* each count its own copy, its accumulators in registers */
+            switch (runs) {
+#define DIRECT_CASE(n) case n: if (n <= DIRECT_RUNS) DIRECT_STEP(t, o0, q, n); break;
+                DIRECT_CASE(1) DIRECT_CASE(2) DIRECT_CASE(3) DIRECT_CASE(4) DIRECT_CASE(5)
+                DIRECT_CASE(6)
+#undef DIRECT_CASE
+            }
+            q += runs * DIRECT_LANES;
+        }
+}
+
+#undef DIRECT_VEC
+#undef DIRECT_BITS
+#undef DIRECT_STEP
+#undef DIRECT_TILE
+#undef DIRECT_SUFFIX
+#undef DIRECT_TARGET
+#undef DIRECT_LANES
+#undef DIRECT_RUNS
+#undef DIRECT_GROUP
