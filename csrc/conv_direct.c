@@ -11,12 +11,15 @@
 #define DIRECT_MAX_PLANE_FLOATS ((ptrdiff_t)1 << 17)
 /* Multiply-adds from which a call asks for a team. */
 #define DIRECT_PARALLEL_MIN_PRODUCTS (1 << 20)
+/* Partial sums from which their total asks for a team. */
+#define DIRECT_PARALLEL_MIN_SUMS (1 << 17)
 
 #define DIRECT_SUFFIX generic
 #define DIRECT_TARGET
 #define DIRECT_LANES 4
 #define DIRECT_RUNS 1
 #define DIRECT_GROUP 8
+#define DIRECT_SOURCES 2
 #include "conv_direct_tile.h"
 #if defined(PYNN_X86_64)
 #define DIRECT_SUFFIX avx2
@@ -24,16 +27,14 @@
 #define DIRECT_LANES 8
 #define DIRECT_RUNS 1
 #define DIRECT_GROUP 8
+#define DIRECT_SOURCES 2
 #include "conv_direct_tile.h"
 #define DIRECT_SUFFIX avx512
 #define DIRECT_TARGET PYNN_TARGET_AVX512
-#ifndef AVX512_RUNS
-#define AVX512_RUNS 3
-#define AVX512_GROUP 8
-#endif
 #define DIRECT_LANES 16
-#define DIRECT_RUNS AVX512_RUNS
-#define DIRECT_GROUP AVX512_GROUP
+#define DIRECT_RUNS 3
+#define DIRECT_GROUP 8
+#define DIRECT_SOURCES PYNN_DIRECT_SOURCES
 #include "conv_direct_tile.h"
 #endif
 
@@ -43,22 +44,32 @@ typedef struct {
     ptrdiff_t offsets[PYNN_DIRECT_MAX_TAPS];
 } direct_layout;
 
-static void layout_of(const pynn_conv_shape *s, direct_layout *l)
+/* The tap offsets into channel 0's planes when consecutive phases lie
+ * phase_step floats apart. */
+static void tap_offsets(const pynn_conv_shape *s, const direct_layout *l, ptrdiff_t phase_step,
+                        ptrdiff_t *offsets)
 {
     const ptrdiff_t sh = s->stride_h, sw = s->stride_w;
+    for (ptrdiff_t kh = 0; kh < s->kernel_h; kh++)
+        for (ptrdiff_t kw = 0; kw < s->kernel_w; kw++)
+            offsets[kh * s->kernel_w + kw] = ((kh % sh) * l->phases_w + kw % sw) * phase_step +
+                                             (kh / sh) * l->cols + kw / sw;
+}
+
+static void layout_of(const pynn_conv_shape *s, direct_layout *l)
+{
+    const ptrdiff_t sh = s->stride_h, sw = s->stride_w, lanes = PYNN_DIRECT_MAX_LANES;
     l->phases_h = sh < s->kernel_h ? sh : s->kernel_h;
     l->phases_w = sw < s->kernel_w ? sw : s->kernel_w;
     l->rows = s->out_h + (s->kernel_h - 1) / sh;
     l->cols = s->out_w + (s->kernel_w - 1) / sw;
-    /* a tile reads up to a vector past its last output plus the largest shift */
-    l->plane = l->rows * l->cols + (s->kernel_w - 1) / sw + PYNN_DIRECT_MAX_LANES;
+    /* a tile reads up to a vector past its last output plus the largest
+     * shift; whole vectors, so runs of planes side by side are too */
+    l->plane = (l->rows * l->cols + (s->kernel_w - 1) / sw + 2 * lanes - 1) / lanes * lanes;
     l->channel_step = l->phases_h * l->phases_w * l->plane;
     l->count = s->out_h * l->cols;
-    l->out_ld = (l->count + PYNN_DIRECT_MAX_LANES - 1) / PYNN_DIRECT_MAX_LANES * PYNN_DIRECT_MAX_LANES;
-    for (ptrdiff_t kh = 0; kh < s->kernel_h; kh++)
-        for (ptrdiff_t kw = 0; kw < s->kernel_w; kw++)
-            l->offsets[kh * s->kernel_w + kw] = ((kh % sh) * l->phases_w + kw % sw) * l->plane +
-                                                (kh / sh) * l->cols + kw / sw;
+    l->out_ld = (l->count + lanes - 1) / lanes * lanes;
+    tap_offsets(s, l, l->plane, l->offsets);
 }
 
 int pynn_direct_applies(const pynn_conv_shape *s)
@@ -97,15 +108,17 @@ static void valid_columns(const pynn_conv_shape *s, const direct_layout *l, ptrd
     *last = b;
 }
 
-/* One image's phase planes, padding and slack zero. */
+/* One image's phase planes, padding zero: plane (c, phase) at
+ * c channel_step + phase phase_step, zero from rows cols to `segment`. */
 static void build_planes(const pynn_conv_shape *s, const direct_layout *l, const float *image,
-                         float *planes)
+                         float *planes, ptrdiff_t channel_step, ptrdiff_t phase_step,
+                         ptrdiff_t segment)
 {
     const ptrdiff_t sh = s->stride_h, sw = s->stride_w;
     for (ptrdiff_t c = 0; c < s->in_channels; c++)
         for (ptrdiff_t a = 0; a < l->phases_h; a++)
             for (ptrdiff_t b = 0; b < l->phases_w; b++) {
-                float *plane = planes + c * l->channel_step + (a * l->phases_w + b) * l->plane;
+                float *plane = planes + c * channel_step + (a * l->phases_w + b) * phase_step;
                 ptrdiff_t first, last;
                 valid_columns(s, l, b, &first, &last);
                 for (ptrdiff_t i = 0; i < l->rows; i++) {
@@ -123,7 +136,7 @@ static void build_planes(const pynn_conv_shape *s, const direct_layout *l, const
                         for (ptrdiff_t j = first; j < last; j++) row[j] = in[j * sw];
                     for (ptrdiff_t j = last; j < l->cols; j++) row[j] = 0.0f;
                 }
-                for (ptrdiff_t i = l->rows * l->cols; i < l->plane; i++) plane[i] = 0.0f;
+                for (ptrdiff_t i = l->rows * l->cols; i < segment; i++) plane[i] = 0.0f;
             }
 }
 
@@ -179,7 +192,7 @@ void pynn_direct_forward(const pynn_context *ctx, pynn_direct_tile_fn tile,
     if (s->batch > 1) {  /* a thread per image, each in its own slot */
         PYNN_TEAM_FOR(ctx, wanted, n, s->batch, {
             float *planes = workspace + (team > 1 ? slot() : 0) * per_slot;
-            build_planes(s, &l, x + n * image, planes);
+            build_planes(s, &l, x + n * image, planes, l.channel_step, l.plane, l.plane);
             for (ptrdiff_t b = 0; b < blocks; b++)
                 run_block(tile, s, &l, planes, weight, bias, relu, b, planes + planes_floats,
                           y + n * output);
@@ -188,11 +201,134 @@ void pynn_direct_forward(const pynn_context *ctx, pynn_direct_tile_fn tile,
     }
     /* one image: the planes once, the channel blocks shared by the threads */
     for (ptrdiff_t n = 0; n < s->batch; n++) {
-        build_planes(s, &l, x + n * image, workspace);
+        build_planes(s, &l, x + n * image, workspace, l.channel_step, l.plane, l.plane);
         PYNN_TEAM_FOR(ctx, blocks > 1 ? wanted : 1, b, blocks, {
             float *out = workspace + planes_floats +
                          (team > 1 ? slot() : 0) * PYNN_DIRECT_CHANNELS * l.out_ld;
             run_block(tile, s, &l, workspace, weight, bias, relu, b, out, y + n * output);
+        });
+    }
+}
+
+/* Images per weight-gradient chunk: their planes and gradients in L2,
+ * chunks of equal size; a function of the shapes alone. */
+#define DIRECT_CHUNK_FLOATS ((ptrdiff_t)1 << 18)
+
+/* A chunk's images lie `segment` = rows cols floats apart in each plane
+ * run (a tap of one image reads past it only where its gradient is zero),
+ * each run `phase_step` floats, whole vectors. */
+typedef struct {
+    direct_layout layout;
+    ptrdiff_t images, chunks, segment, phase_step, channel_step, grads_at, floats;
+    ptrdiff_t offsets[PYNN_DIRECT_MAX_TAPS];
+} gradient_chunks;
+
+static void chunks_of(const pynn_conv_shape *s, gradient_chunks *g)
+{
+    direct_layout *l = &g->layout;
+    layout_of(s, l);
+    const ptrdiff_t phases = l->phases_h * l->phases_w, lanes = PYNN_DIRECT_MAX_LANES;
+    g->segment = l->rows * l->cols;
+    const ptrdiff_t per_image = (s->in_channels * phases + s->out_channels) * g->segment;
+    ptrdiff_t images = DIRECT_CHUNK_FLOATS / per_image;
+    if (images < 1) images = 1;
+    if (images > s->batch) images = s->batch > 0 ? s->batch : 1;
+    g->chunks = (s->batch + images - 1) / images;
+    g->images = g->chunks > 0 ? (s->batch + g->chunks - 1) / g->chunks : 1;
+    g->phase_step = (g->images * g->segment + lanes - 1) / lanes * lanes;
+    g->channel_step = phases * g->phase_step;
+    g->grads_at = s->in_channels * g->channel_step + l->plane;  /* after the planes' slack */
+    g->floats = g->grads_at + s->out_channels * g->phase_step;
+    tap_offsets(s, l, g->phase_step, g->offsets);
+}
+
+static int gradient_slots(const pynn_conv_shape *s, const gradient_chunks *g, int threads)
+{
+    return g->chunks >= threads ? threads : 1;
+}
+
+size_t pynn_direct_weight_grad_workspace_size(const pynn_conv_shape *s, int threads)
+{
+    gradient_chunks g;
+    chunks_of(s, &g);
+    const ptrdiff_t weights = s->out_channels * s->in_channels * s->kernel_h * s->kernel_w;
+    return (size_t)(gradient_slots(s, &g, threads) * g.floats +
+                    (g.chunks > 1 ? g.chunks * weights : 0));
+}
+
+/* Images [first, first + count)'s planes and gradients, in the chunk layout
+ * (gradient rows zero past out_w and past the outputs), then their dW
+ * share written to `share`. */
+static void chunk_weight_grad(pynn_direct_sums_fn sums, const pynn_conv_shape *s,
+                              const gradient_chunks *g, const float *dy, const float *x,
+                              ptrdiff_t first, ptrdiff_t count, float *chunk, float *share)
+{
+    const direct_layout *l = &g->layout;
+    const ptrdiff_t image = s->in_channels * s->height * s->width;
+    const ptrdiff_t p = s->out_h * s->out_w, taps = s->kernel_h * s->kernel_w;
+    const ptrdiff_t pairs = s->in_channels * taps;
+    float *grads = chunk + g->grads_at;
+    const ptrdiff_t built = count * g->segment, runs = s->in_channels * l->phases_h * l->phases_w;
+    for (ptrdiff_t n = 0; n < count; n++)
+        build_planes(s, l, x + (first + n) * image, chunk + n * g->segment, g->channel_step,
+                     g->phase_step, g->segment);
+    for (ptrdiff_t r = 0; r < runs; r++)  /* past the images, and the slack after the last run */
+        memset(chunk + r * g->phase_step + built, 0, (size_t)(g->phase_step - built) * sizeof(float));
+    memset(chunk + runs * g->phase_step, 0, (size_t)l->plane * sizeof(float));
+    memset(grads, 0, (size_t)(s->out_channels * g->phase_step) * sizeof(float));
+    for (ptrdiff_t n = 0; n < count; n++)
+        for (ptrdiff_t o = 0; o < s->out_channels; o++) {
+            float *row = grads + o * g->phase_step + n * g->segment;
+            const float *from = dy + ((first + n) * s->out_channels + o) * p;
+            for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
+                memcpy(row + oh * l->cols, from + oh * s->out_w, (size_t)s->out_w * sizeof(float));
+        }
+    pynn_direct_sums block;
+    block.length = g->phase_step;
+    for (ptrdiff_t o0 = 0; o0 < s->out_channels; o0 += PYNN_DIRECT_GRADS) {
+        const ptrdiff_t outs = s->out_channels - o0 < PYNN_DIRECT_GRADS ? s->out_channels - o0
+                                                                         : PYNN_DIRECT_GRADS;
+        for (int o = 0; o < PYNN_DIRECT_GRADS; o++)  /* extra rows: sums unstored */
+            block.grads[o] = grads + (o0 + (o < outs ? o : 0)) * g->phase_step;
+        for (ptrdiff_t j0 = 0; j0 < pairs; j0 += PYNN_DIRECT_SOURCES) {
+            const ptrdiff_t ks = pairs - j0 < PYNN_DIRECT_SOURCES ? pairs - j0 : PYNN_DIRECT_SOURCES;
+            for (int k = 0; k < PYNN_DIRECT_SOURCES; k++) {
+                const ptrdiff_t j = j0 + (k < ks ? k : 0);
+                block.sources[k] = chunk + (j / taps) * g->channel_step + g->offsets[j % taps];
+            }
+            sums(&block);
+            for (ptrdiff_t o = 0; o < outs; o++)
+                for (ptrdiff_t k = 0; k < ks; k++) share[(o0 + o) * pairs + j0 + k] = block.sums[o][k];
+        }
+    }
+}
+
+void pynn_direct_weight_grad(const pynn_context *ctx, pynn_direct_sums_fn sums,
+                             const pynn_conv_shape *s, const float *dy, const float *x,
+                             float *dweight, float *workspace)
+{
+    gradient_chunks g;
+    chunks_of(s, &g);
+    const ptrdiff_t weights = s->out_channels * s->in_channels * s->kernel_h * s->kernel_w;
+    if (s->batch == 0) {
+        memset(dweight, 0, (size_t)weights * sizeof(float));
+        return;
+    }
+    const int slots = gradient_slots(s, &g, ctx->num_threads);
+    float *partials = workspace + slots * g.floats;
+    PYNN_TEAM_FOR(ctx, slots, c, g.chunks, {
+        const ptrdiff_t first = c * g.images;
+        const ptrdiff_t count = s->batch - first < g.images ? s->batch - first : g.images;
+        chunk_weight_grad(sums, s, &g, dy, x, first, count,
+                          workspace + (team > 1 ? slot() : 0) * g.floats,
+                          g.chunks > 1 ? partials + c * weights : dweight);
+    });
+    if (g.chunks > 1) {  /* in chunk order, whatever thread computed each */
+        const int wanted = weights * g.chunks >= DIRECT_PARALLEL_MIN_SUMS ? ctx->num_threads : 1;
+        PYNN_TEAM_FOR(ctx, wanted, i, weights, {
+            float total = partials[i];
+            for (ptrdiff_t c = 1; c < g.chunks; c++) total += partials[c * weights + i];
+            dweight[i] = total;
         });
     }
 }

@@ -39,6 +39,23 @@ void pynn_direct_tile_generic(const pynn_direct_tile *tile);
 void pynn_direct_tile_avx2(const pynn_direct_tile *tile);
 void pynn_direct_tile_avx512(const pynn_direct_tile *tile);
 
+/* A weight-gradient block: sums[o][k] = Σ_{q < length} grads[o][q] sources[k][q]
+ * (length a multiple of 16 floats). */
+#define PYNN_DIRECT_GRADS 4
+#define PYNN_DIRECT_SOURCES 6
+typedef struct {
+    const float *sources[PYNN_DIRECT_SOURCES];
+    const float *grads[PYNN_DIRECT_GRADS];
+    ptrdiff_t length;
+    float sums[PYNN_DIRECT_GRADS][PYNN_DIRECT_SOURCES];
+} pynn_direct_sums;
+
+typedef void (*pynn_direct_sums_fn)(pynn_direct_sums *block);
+
+void pynn_direct_sums_generic(pynn_direct_sums *block);
+void pynn_direct_sums_avx2(pynn_direct_sums *block);
+void pynn_direct_sums_avx512(pynn_direct_sums *block);
+
 /* Does the direct path take this shape. */
 int pynn_direct_applies(const pynn_conv_shape *s);
 
@@ -51,5 +68,14 @@ void pynn_direct_forward(const pynn_context *ctx, pynn_direct_tile_fn tile,
                          const pynn_conv_shape *s, const float *x, const float *weight,
                          const float *bias, pynn_activation activation, float *y,
                          float *workspace);
+
+/* dW = Σ_n Σ_q dy[n, o, q] planes_n[c, tap + q]: the batch in chunks of a
+ * size set by the shapes alone, each chunk's images' planes side by side so
+ * one run of q spans them, the chunks' sums added in chunk order; so dW is
+ * the same for any thread count. */
+size_t pynn_direct_weight_grad_workspace_size(const pynn_conv_shape *s, int threads);
+void pynn_direct_weight_grad(const pynn_context *ctx, pynn_direct_sums_fn sums,
+                             const pynn_conv_shape *s, const float *dy, const float *x,
+                             float *dweight, float *workspace);
 
 #endif

@@ -2,13 +2,15 @@
  * once per path by conv_direct.c with DIRECT_SUFFIX, DIRECT_TARGET (its
  * function attribute), DIRECT_LANES (floats per vector) and DIRECT_RUNS
  * (vectors of outputs per output channel a tile step keeps in registers)
- * and DIRECT_GROUP (output channels a step keeps, a divisor of 8). */
+ * and DIRECT_GROUP (output channels a step keeps, a divisor of 8), and its
+ * weight-gradient block, DIRECT_SOURCES (a divisor of 6) sources a pass. */
 #define DIRECT_JOIN2(a, b) a##_##b
 #define DIRECT_JOIN(a, b) DIRECT_JOIN2(a, b)
 #define DIRECT_VEC DIRECT_JOIN(direct_vec, DIRECT_SUFFIX)
 #define DIRECT_BITS DIRECT_JOIN(direct_bits, DIRECT_SUFFIX)
 #define DIRECT_STEP DIRECT_JOIN(direct_step, DIRECT_SUFFIX)
 #define DIRECT_TILE DIRECT_JOIN(pynn_direct_tile, DIRECT_SUFFIX)
+#define DIRECT_SUMS DIRECT_JOIN(pynn_direct_sums, DIRECT_SUFFIX)
 
 typedef float DIRECT_VEC __attribute__((vector_size(4 * DIRECT_LANES), aligned(4), may_alias));
 typedef int32_t DIRECT_BITS __attribute__((vector_size(4 * DIRECT_LANES), aligned(4), may_alias));
@@ -71,10 +73,45 @@ DIRECT_TARGET void DIRECT_TILE(const pynn_direct_tile *t)
         }
 }
 
+/* The block's dot products, DIRECT_SOURCES sources per pass over the
+ * gradients: per vector of q, PYNN_DIRECT_GRADS + DIRECT_SOURCES loads feed
+ * PYNN_DIRECT_GRADS DIRECT_SOURCES multiply-adds (with more accumulators the
+ * compiler re-loads each source per gradient); each sum's lanes are added in
+ * lane order. */
+DIRECT_TARGET void DIRECT_SUMS(pynn_direct_sums *b)
+{
+    for (int k0 = 0; k0 < PYNN_DIRECT_SOURCES; k0 += DIRECT_SOURCES) {
+        DIRECT_VEC sums[PYNN_DIRECT_GRADS][DIRECT_SOURCES];
+#pragma GCC unroll 4
+        for (int o = 0; o < PYNN_DIRECT_GRADS; o++)
+#pragma GCC unroll 6
+            for (int k = 0; k < DIRECT_SOURCES; k++) sums[o][k] = (DIRECT_VEC){0};
+        for (ptrdiff_t q = 0; q < b->length; q += DIRECT_LANES) {
+            DIRECT_VEC grads[PYNN_DIRECT_GRADS];
+#pragma GCC unroll 4
+            for (int o = 0; o < PYNN_DIRECT_GRADS; o++) grads[o] = *(const DIRECT_VEC *)(b->grads[o] + q);
+#pragma GCC unroll 6
+            for (int k = 0; k < DIRECT_SOURCES; k++) {
+                const DIRECT_VEC in = *(const DIRECT_VEC *)(b->sources[k0 + k] + q);
+#pragma GCC unroll 4
+                for (int o = 0; o < PYNN_DIRECT_GRADS; o++) sums[o][k] += grads[o] * in;
+            }
+        }
+        for (int o = 0; o < PYNN_DIRECT_GRADS; o++)
+            for (int k = 0; k < DIRECT_SOURCES; k++) {
+                float total = 0.0f;
+                for (int lane = 0; lane < DIRECT_LANES; lane++) total += sums[o][k][lane];
+                b->sums[o][k0 + k] = total;
+            }
+    }
+}
+
 #undef DIRECT_VEC
 #undef DIRECT_BITS
 #undef DIRECT_STEP
 #undef DIRECT_TILE
+#undef DIRECT_SUMS
+#undef DIRECT_SOURCES
 #undef DIRECT_SUFFIX
 #undef DIRECT_TARGET
 #undef DIRECT_LANES
