@@ -464,8 +464,7 @@ struct pynn_conv_kernels {
                          ptrdiff_t ld, float *image);
     void (*direct_image)(const pynn_conv_shape *s, const float *image, const float *weight,
                          const float *bias, int relu, float *y);
-    pynn_direct_tile_fn direct_tile;  /* conv_direct.h */
-    pynn_direct_sums_fn direct_sums;
+    const struct pynn_direct_kernels *direct;  /* conv_direct.h */
 };
 
 #define CHANNEL_VARIANT(suffix, attribute, moves)                                            \
@@ -773,8 +772,7 @@ static void direct_forward(const pynn_context *ctx, const pynn_conv_shape *s, co
 
 #define CONV_TABLE(suffix, direct)                                                           \
     const struct pynn_conv_kernels pynn_conv_##suffix = {                                    \
-        unfold_channel_##suffix, fold_channel_##suffix, direct, pynn_direct_tile_##suffix,     \
-        pynn_direct_sums_##suffix};
+        unfold_channel_##suffix, fold_channel_##suffix, direct, &pynn_direct_##suffix};
 CONV_TABLE(generic, NULL)
 #if defined(PYNN_X86_64)
 CONV_TABLE(avx2, direct_image)
@@ -796,7 +794,7 @@ int pynn_conv2d_forward(const pynn_context *ctx, const pynn_conv_shape *s, const
         owned = workspace ? NULL : malloc(pynn_direct_workspace_size(s, ctx->num_threads) *
                                           sizeof(float));
         if (!workspace && !owned) return -1;
-        pynn_direct_forward(ctx, ctx->kernels->conv->direct_tile, s, x, weight, bias, activation,
+        pynn_direct_forward(ctx, ctx->kernels->conv->direct, s, x, weight, bias, activation,
                             y, workspace ? workspace : owned);
         free(owned);
         return 0;
@@ -861,13 +859,13 @@ int pynn_conv2d_backward(const pynn_context *ctx, const pynn_conv_shape *s, cons
             workspace = direct_owned;
         }
         if (direct_dw) {
-            pynn_direct_weight_grad(ctx, ctx->kernels->conv->direct_sums, s, dy, x, dweight,
+            pynn_direct_weight_grad(ctx, ctx->kernels->conv->direct, s, dy, x, dweight,
                                     workspace);
             dweight = NULL;
         }
         if (direct_dx) {
             flip_weight(s, weight, workspace);
-            pynn_direct_forward(ctx, ctx->kernels->conv->direct_tile, &t, dy, workspace, NULL,
+            pynn_direct_forward(ctx, ctx->kernels->conv->direct, &t, dy, workspace, NULL,
                                 PYNN_ACTIVATION_NONE, dx, workspace + weight_size(s));
             dx = NULL;
         }

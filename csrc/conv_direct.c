@@ -14,30 +14,6 @@
 /* Partial sums from which their total asks for a team. */
 #define DIRECT_PARALLEL_MIN_SUMS (1 << 17)
 
-#define DIRECT_SUFFIX generic
-#define DIRECT_TARGET
-#define DIRECT_LANES 4
-#define DIRECT_RUNS 1
-#define DIRECT_GROUP 8
-#define DIRECT_SOURCES 2
-#include "conv_direct_tile.h"
-#if defined(PYNN_X86_64)
-#define DIRECT_SUFFIX avx2
-#define DIRECT_TARGET PYNN_TARGET_AVX2
-#define DIRECT_LANES 8
-#define DIRECT_RUNS 1
-#define DIRECT_GROUP 8
-#define DIRECT_SOURCES 2
-#include "conv_direct_tile.h"
-#define DIRECT_SUFFIX avx512
-#define DIRECT_TARGET PYNN_TARGET_AVX512
-#define DIRECT_LANES 16
-#define DIRECT_RUNS 3
-#define DIRECT_GROUP 8
-#define DIRECT_SOURCES PYNN_DIRECT_SOURCES
-#include "conv_direct_tile.h"
-#endif
-
 /* Where an image's planes are and what a tile reads of them. */
 typedef struct {
     ptrdiff_t phases_h, phases_w, rows, cols, plane, channel_step, count, out_ld;
@@ -96,53 +72,54 @@ size_t pynn_direct_workspace_size(const pynn_conv_shape *s, int threads)
 
 /* The columns j of a phase plane whose input column j sw + phase - pad_w is
  * inside the image: [*first, *last). */
-static void valid_columns(const pynn_conv_shape *s, const direct_layout *l, ptrdiff_t phase,
-                          ptrdiff_t *first, ptrdiff_t *last)
+static inline void valid_columns(const pynn_conv_shape *s, ptrdiff_t cols, ptrdiff_t phase,
+                                 ptrdiff_t *first, ptrdiff_t *last)
 {
     const ptrdiff_t sw = s->stride_w, lead = s->pad_w - phase;
     ptrdiff_t a = lead > 0 ? (lead + sw - 1) / sw : 0;
     ptrdiff_t b = (s->width + lead + sw - 1) / sw;
-    if (b > l->cols) b = l->cols;
+    if (b > cols) b = cols;
     if (a > b) a = b;
     *first = a;
     *last = b;
 }
 
-/* One image's phase planes, padding zero: plane (c, phase) at
- * c channel_step + phase phase_step, zero from rows cols to `segment`. */
-static void build_planes(const pynn_conv_shape *s, const direct_layout *l, const float *image,
-                         float *planes, ptrdiff_t channel_step, ptrdiff_t phase_step,
-                         ptrdiff_t segment)
+#define DIRECT_SUFFIX generic
+#define DIRECT_TARGET
+#define DIRECT_LANES 4
+#define DIRECT_RUNS 1
+#define DIRECT_GROUP 8
+#define DIRECT_SOURCES 2
+#include "conv_direct_tile.h"
+#if defined(PYNN_X86_64)
+#define DIRECT_SUFFIX avx2
+#define DIRECT_TARGET PYNN_TARGET_AVX2
+#define DIRECT_LANES 8
+#define DIRECT_RUNS 1
+#define DIRECT_GROUP 8
+#define DIRECT_SOURCES 2
+#include "conv_direct_tile.h"
+#define DIRECT_SUFFIX avx512
+#define DIRECT_TARGET PYNN_TARGET_AVX512
+#define DIRECT_LANES 16
+#define DIRECT_RUNS 3
+#define DIRECT_GROUP 8
+#define DIRECT_SOURCES PYNN_DIRECT_SOURCES
+#include "conv_direct_tile.h"
+#endif
+
+/* The planes of one image of the forward layout l. */
+static pynn_direct_planes forward_planes(const pynn_conv_shape *s, const direct_layout *l)
 {
-    const ptrdiff_t sh = s->stride_h, sw = s->stride_w;
-    for (ptrdiff_t c = 0; c < s->in_channels; c++)
-        for (ptrdiff_t a = 0; a < l->phases_h; a++)
-            for (ptrdiff_t b = 0; b < l->phases_w; b++) {
-                float *plane = planes + c * channel_step + (a * l->phases_w + b) * phase_step;
-                ptrdiff_t first, last;
-                valid_columns(s, l, b, &first, &last);
-                for (ptrdiff_t i = 0; i < l->rows; i++) {
-                    float *row = plane + i * l->cols;
-                    const ptrdiff_t ih = i * sh + a - s->pad_h;
-                    if (ih < 0 || ih >= s->height) {
-                        for (ptrdiff_t j = 0; j < l->cols; j++) row[j] = 0.0f;
-                        continue;
-                    }
-                    const float *in = image + (c * s->height + ih) * s->width + b - s->pad_w;
-                    for (ptrdiff_t j = 0; j < first; j++) row[j] = 0.0f;
-                    if (sw == 1)
-                        for (ptrdiff_t j = first; j < last; j++) row[j] = in[j];
-                    else
-                        for (ptrdiff_t j = first; j < last; j++) row[j] = in[j * sw];
-                    for (ptrdiff_t j = last; j < l->cols; j++) row[j] = 0.0f;
-                }
-                for (ptrdiff_t i = l->rows * l->cols; i < segment; i++) plane[i] = 0.0f;
-            }
+    pynn_direct_planes where = {s, l->phases_h, l->phases_w, l->rows, l->cols, l->channel_step,
+                                l->plane, l->plane};
+    return where;
 }
 
 /* Output channels [8 block, 8 block + 8) of one image from its planes,
  * through `out` (8 out_ld floats), then its rows' first out_w columns to y. */
-static void run_block(pynn_direct_tile_fn tile, const pynn_conv_shape *s, const direct_layout *l,
+static void run_block(const struct pynn_direct_kernels *kernels, const pynn_conv_shape *s,
+                      const direct_layout *l,
                       const float *planes, const float *weight, const float *bias, int relu,
                       ptrdiff_t block, float *out, float *y)
 {
@@ -156,7 +133,7 @@ static void run_block(pynn_direct_tile_fn tile, const pynn_conv_shape *s, const 
         t.weights[o] = weight + channel * s->in_channels * taps;
         t.bias[o] = bias ? bias[channel] : 0.0f;
     }
-    tile(&t);
+    kernels->tile(&t);
     const ptrdiff_t p = s->out_h * s->out_w;
     for (ptrdiff_t o = 0; o < count; o++)
         for (ptrdiff_t oh = 0; oh < s->out_h; oh++) {
@@ -175,7 +152,7 @@ static int slot(void)
 #endif
 }
 
-void pynn_direct_forward(const pynn_context *ctx, pynn_direct_tile_fn tile,
+void pynn_direct_forward(const pynn_context *ctx, const struct pynn_direct_kernels *kernels,
                          const pynn_conv_shape *s, const float *x, const float *weight,
                          const float *bias, pynn_activation activation, float *y,
                          float *workspace)
@@ -189,23 +166,24 @@ void pynn_direct_forward(const pynn_context *ctx, pynn_direct_tile_fn tile,
     const int relu = activation == PYNN_ACTIVATION_RELU;
     const double products = (double)s->batch * output * (double)(s->in_channels * s->kernel_h * s->kernel_w);
     const int wanted = products >= DIRECT_PARALLEL_MIN_PRODUCTS ? ctx->num_threads : 1;
+    const pynn_direct_planes where = forward_planes(s, &l);
     if (s->batch > 1) {  /* a thread per image, each in its own slot */
         PYNN_TEAM_FOR(ctx, wanted, n, s->batch, {
             float *planes = workspace + (team > 1 ? slot() : 0) * per_slot;
-            build_planes(s, &l, x + n * image, planes, l.channel_step, l.plane, l.plane);
+            kernels->planes(&where, x + n * image, planes);
             for (ptrdiff_t b = 0; b < blocks; b++)
-                run_block(tile, s, &l, planes, weight, bias, relu, b, planes + planes_floats,
+                run_block(kernels, s, &l, planes, weight, bias, relu, b, planes + planes_floats,
                           y + n * output);
         });
         return;
     }
     /* one image: the planes once, the channel blocks shared by the threads */
     for (ptrdiff_t n = 0; n < s->batch; n++) {
-        build_planes(s, &l, x + n * image, workspace, l.channel_step, l.plane, l.plane);
+        kernels->planes(&where, x + n * image, workspace);
         PYNN_TEAM_FOR(ctx, blocks > 1 ? wanted : 1, b, blocks, {
             float *out = workspace + planes_floats +
                          (team > 1 ? slot() : 0) * PYNN_DIRECT_CHANNELS * l.out_ld;
-            run_block(tile, s, &l, workspace, weight, bias, relu, b, out, y + n * output);
+            run_block(kernels, s, &l, workspace, weight, bias, relu, b, out, y + n * output);
         });
     }
 }
@@ -259,7 +237,7 @@ size_t pynn_direct_weight_grad_workspace_size(const pynn_conv_shape *s, int thre
 /* Images [first, first + count)'s planes and gradients, in the chunk layout
  * (gradient rows zero past out_w and past the outputs), then their dW
  * share written to `share`. */
-static void chunk_weight_grad(pynn_direct_sums_fn sums, const pynn_conv_shape *s,
+static void chunk_weight_grad(const struct pynn_direct_kernels *kernels, const pynn_conv_shape *s,
                               const gradient_chunks *g, const float *dy, const float *x,
                               ptrdiff_t first, ptrdiff_t count, float *chunk, float *share)
 {
@@ -269,9 +247,10 @@ static void chunk_weight_grad(pynn_direct_sums_fn sums, const pynn_conv_shape *s
     const ptrdiff_t pairs = s->in_channels * taps;
     float *grads = chunk + g->grads_at;
     const ptrdiff_t built = count * g->segment, runs = s->in_channels * l->phases_h * l->phases_w;
+    const pynn_direct_planes where = {s, l->phases_h, l->phases_w, l->rows, l->cols,
+                                      g->channel_step, g->phase_step, g->segment};
     for (ptrdiff_t n = 0; n < count; n++)
-        build_planes(s, l, x + (first + n) * image, chunk + n * g->segment, g->channel_step,
-                     g->phase_step, g->segment);
+        kernels->planes(&where, x + (first + n) * image, chunk + n * g->segment);
     for (ptrdiff_t r = 0; r < runs; r++)  /* past the images, and the slack after the last run */
         memset(chunk + r * g->phase_step + built, 0, (size_t)(g->phase_step - built) * sizeof(float));
     memset(chunk + runs * g->phase_step, 0, (size_t)l->plane * sizeof(float));
@@ -296,14 +275,14 @@ static void chunk_weight_grad(pynn_direct_sums_fn sums, const pynn_conv_shape *s
                 const ptrdiff_t j = j0 + (k < ks ? k : 0);
                 block.sources[k] = chunk + (j / taps) * g->channel_step + g->offsets[j % taps];
             }
-            sums(&block);
+            kernels->sums(&block);
             for (ptrdiff_t o = 0; o < outs; o++)
                 for (ptrdiff_t k = 0; k < ks; k++) share[(o0 + o) * pairs + j0 + k] = block.sums[o][k];
         }
     }
 }
 
-void pynn_direct_weight_grad(const pynn_context *ctx, pynn_direct_sums_fn sums,
+void pynn_direct_weight_grad(const pynn_context *ctx, const struct pynn_direct_kernels *kernels,
                              const pynn_conv_shape *s, const float *dy, const float *x,
                              float *dweight, float *workspace)
 {
@@ -319,7 +298,7 @@ void pynn_direct_weight_grad(const pynn_context *ctx, pynn_direct_sums_fn sums,
     PYNN_TEAM_FOR(ctx, slots, c, g.chunks, {
         const ptrdiff_t first = c * g.images;
         const ptrdiff_t count = s->batch - first < g.images ? s->batch - first : g.images;
-        chunk_weight_grad(sums, s, &g, dy, x, first, count,
+        chunk_weight_grad(kernels, s, &g, dy, x, first, count,
                           workspace + (team > 1 ? slot() : 0) * g.floats,
                           g.chunks > 1 ? partials + c * weights : dweight);
     });

@@ -33,12 +33,6 @@ typedef struct {
     float *out;
 } pynn_direct_tile;
 
-typedef void (*pynn_direct_tile_fn)(const pynn_direct_tile *tile);
-
-void pynn_direct_tile_generic(const pynn_direct_tile *tile);
-void pynn_direct_tile_avx2(const pynn_direct_tile *tile);
-void pynn_direct_tile_avx512(const pynn_direct_tile *tile);
-
 /* A weight-gradient block: sums[o][k] = Σ_{q < length} grads[o][q] sources[k][q]
  * (length a multiple of 16 floats). */
 #define PYNN_DIRECT_GRADS 4
@@ -50,11 +44,24 @@ typedef struct {
     float sums[PYNN_DIRECT_GRADS][PYNN_DIRECT_SOURCES];
 } pynn_direct_sums;
 
-typedef void (*pynn_direct_sums_fn)(pynn_direct_sums *block);
+/* Where one image's phase planes go: plane (c, a, b) of phase (a, b) at
+ * c channel_step + (a phases_w + b) phase_step, rows x cols floats, zero from
+ * rows cols up to `segment` floats. */
+typedef struct {
+    const pynn_conv_shape *shape;
+    ptrdiff_t phases_h, phases_w, rows, cols, channel_step, phase_step, segment;
+} pynn_direct_planes;
 
-void pynn_direct_sums_generic(pynn_direct_sums *block);
-void pynn_direct_sums_avx2(pynn_direct_sums *block);
-void pynn_direct_sums_avx512(pynn_direct_sums *block);
+/* One path's direct kernels: its tile, its weight-gradient block and its
+ * phase-plane builder (padding zero). */
+struct pynn_direct_kernels {
+    void (*tile)(const pynn_direct_tile *tile);
+    void (*sums)(pynn_direct_sums *block);
+    void (*planes)(const pynn_direct_planes *where, const float *image, float *planes);
+};
+
+extern const struct pynn_direct_kernels pynn_direct_generic, pynn_direct_avx2,
+    pynn_direct_avx512;
 
 /* Does the direct path take this shape. */
 int pynn_direct_applies(const pynn_conv_shape *s);
@@ -62,9 +69,9 @@ int pynn_direct_applies(const pynn_conv_shape *s);
 /* Floats of scratch pynn_direct_forward needs with this many threads. */
 size_t pynn_direct_workspace_size(const pynn_conv_shape *s, int threads);
 
-/* As pynn_conv2d_forward, through `tile`; workspace holds
+/* As pynn_conv2d_forward, through `kernels`; workspace holds
  * pynn_direct_workspace_size floats. */
-void pynn_direct_forward(const pynn_context *ctx, pynn_direct_tile_fn tile,
+void pynn_direct_forward(const pynn_context *ctx, const struct pynn_direct_kernels *kernels,
                          const pynn_conv_shape *s, const float *x, const float *weight,
                          const float *bias, pynn_activation activation, float *y,
                          float *workspace);
@@ -74,7 +81,7 @@ void pynn_direct_forward(const pynn_context *ctx, pynn_direct_tile_fn tile,
  * one run of q spans them, the chunks' sums added in chunk order; so dW is
  * the same for any thread count. */
 size_t pynn_direct_weight_grad_workspace_size(const pynn_conv_shape *s, int threads);
-void pynn_direct_weight_grad(const pynn_context *ctx, pynn_direct_sums_fn sums,
+void pynn_direct_weight_grad(const pynn_context *ctx, const struct pynn_direct_kernels *kernels,
                              const pynn_conv_shape *s, const float *dy, const float *x,
                              float *dweight, float *workspace);
 

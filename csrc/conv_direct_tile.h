@@ -9,8 +9,9 @@
 #define DIRECT_VEC DIRECT_JOIN(direct_vec, DIRECT_SUFFIX)
 #define DIRECT_BITS DIRECT_JOIN(direct_bits, DIRECT_SUFFIX)
 #define DIRECT_STEP DIRECT_JOIN(direct_step, DIRECT_SUFFIX)
-#define DIRECT_TILE DIRECT_JOIN(pynn_direct_tile, DIRECT_SUFFIX)
-#define DIRECT_SUMS DIRECT_JOIN(pynn_direct_sums, DIRECT_SUFFIX)
+#define DIRECT_TILE DIRECT_JOIN(direct_tile, DIRECT_SUFFIX)
+#define DIRECT_SUMS DIRECT_JOIN(direct_sums, DIRECT_SUFFIX)
+#define DIRECT_PLANES DIRECT_JOIN(direct_planes, DIRECT_SUFFIX)
 
 typedef float DIRECT_VEC __attribute__((vector_size(4 * DIRECT_LANES), aligned(4), may_alias));
 typedef int32_t DIRECT_BITS __attribute__((vector_size(4 * DIRECT_LANES), aligned(4), may_alias));
@@ -56,7 +57,7 @@ DIRECT_STEP(const pynn_direct_tile *t, int o0, ptrdiff_t q, const int runs)
         }
 }
 
-DIRECT_TARGET void DIRECT_TILE(const pynn_direct_tile *t)
+DIRECT_TARGET static void DIRECT_TILE(const pynn_direct_tile *t)
 {
     for (int o0 = 0; o0 < PYNN_DIRECT_CHANNELS; o0 += DIRECT_GROUP)
         for (ptrdiff_t q = 0; q < t->count;) {
@@ -78,7 +79,7 @@ DIRECT_TARGET void DIRECT_TILE(const pynn_direct_tile *t)
  * PYNN_DIRECT_GRADS DIRECT_SOURCES multiply-adds (with more accumulators the
  * compiler re-loads each source per gradient); each sum's lanes are added in
  * lane order. */
-DIRECT_TARGET void DIRECT_SUMS(pynn_direct_sums *b)
+DIRECT_TARGET static void DIRECT_SUMS(pynn_direct_sums *b)
 {
     for (int k0 = 0; k0 < PYNN_DIRECT_SOURCES; k0 += DIRECT_SOURCES) {
         DIRECT_VEC sums[PYNN_DIRECT_GRADS][DIRECT_SOURCES];
@@ -106,11 +107,50 @@ DIRECT_TARGET void DIRECT_SUMS(pynn_direct_sums *b)
     }
 }
 
+/* One image's phase planes (contract in conv_direct.h), compiled for the
+ * path so its row copies and stride-2 gathers use the path's vectors. */
+DIRECT_TARGET static void DIRECT_PLANES(const pynn_direct_planes *w, const float *image,
+                                        float *planes)
+{
+    const pynn_conv_shape *s = w->shape;
+    const ptrdiff_t sh = s->stride_h, sw = s->stride_w, cols = w->cols;
+    for (ptrdiff_t c = 0; c < s->in_channels; c++)
+        for (ptrdiff_t a = 0; a < w->phases_h; a++)
+            for (ptrdiff_t b = 0; b < w->phases_w; b++) {
+                float *restrict plane = planes + c * w->channel_step +
+                                        (a * w->phases_w + b) * w->phase_step;
+                ptrdiff_t first, last;
+                valid_columns(s, cols, b, &first, &last);
+                for (ptrdiff_t i = 0; i < w->rows; i++) {
+                    float *restrict row = plane + i * cols;
+                    const ptrdiff_t ih = i * sh + a - s->pad_h;
+                    if (ih < 0 || ih >= s->height) {
+                        for (ptrdiff_t j = 0; j < cols; j++) row[j] = 0.0f;
+                        continue;
+                    }
+                    const float *restrict in = image + (c * s->height + ih) * s->width + b - s->pad_w;
+                    for (ptrdiff_t j = 0; j < first; j++) row[j] = 0.0f;
+                    if (sw == 1)
+                        for (ptrdiff_t j = first; j < last; j++) row[j] = in[j];
+                    else if (sw == 2)
+                        for (ptrdiff_t j = first; j < last; j++) row[j] = in[2 * j];
+                    else
+                        for (ptrdiff_t j = first; j < last; j++) row[j] = in[j * sw];
+                    for (ptrdiff_t j = last; j < cols; j++) row[j] = 0.0f;
+                }
+                for (ptrdiff_t i = w->rows * cols; i < w->segment; i++) plane[i] = 0.0f;
+            }
+}
+
+const struct pynn_direct_kernels DIRECT_JOIN(pynn_direct, DIRECT_SUFFIX) = {DIRECT_TILE, DIRECT_SUMS,
+                                                                            DIRECT_PLANES};
+
 #undef DIRECT_VEC
 #undef DIRECT_BITS
 #undef DIRECT_STEP
 #undef DIRECT_TILE
 #undef DIRECT_SUMS
+#undef DIRECT_PLANES
 #undef DIRECT_SOURCES
 #undef DIRECT_SUFFIX
 #undef DIRECT_TARGET
