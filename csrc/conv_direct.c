@@ -20,6 +20,20 @@ typedef struct {
     ptrdiff_t offsets[PYNN_DIRECT_MAX_TAPS];
 } direct_layout;
 
+/* The columns j of a phase plane whose input column j sw + phase - pad_w is
+ * inside the image: [*first, *last). */
+static inline void valid_columns(const pynn_conv_shape *s, ptrdiff_t cols, ptrdiff_t phase,
+                                 ptrdiff_t *first, ptrdiff_t *last)
+{
+    const ptrdiff_t sw = s->stride_w, lead = s->pad_w - phase;
+    ptrdiff_t a = lead > 0 ? (lead + sw - 1) / sw : 0;
+    ptrdiff_t b = (s->width + lead + sw - 1) / sw;
+    if (b > cols) b = cols;
+    if (a > b) a = b;
+    *first = a;
+    *last = b;
+}
+
 /* The tap offsets into channel 0's planes when consecutive phases lie
  * phase_step floats apart. */
 static void tap_offsets(const pynn_conv_shape *s, const direct_layout *l, ptrdiff_t phase_step,
@@ -38,7 +52,17 @@ static void layout_of(const pynn_conv_shape *s, direct_layout *l)
     l->phases_h = sh < s->kernel_h ? sh : s->kernel_h;
     l->phases_w = sw < s->kernel_w ? sw : s->kernel_w;
     l->rows = s->out_h + (s->kernel_h - 1) / sh;
-    l->cols = s->out_w + (s->kernel_w - 1) / sw;
+    /* A row's right padding can be the next row's left padding: rows are
+     * stored `cols` floats apart, where a tap reading past a stored row
+     * reads the next row's leading zero columns. */
+    const ptrdiff_t columns = s->out_w + (s->kernel_w - 1) / sw;
+    l->cols = s->out_w;
+    for (ptrdiff_t b = 0; b < l->phases_w; b++) {
+        ptrdiff_t first, last;
+        valid_columns(s, columns, b, &first, &last);
+        const ptrdiff_t needed = last > columns - first ? last : columns - first;
+        if (needed > l->cols) l->cols = needed;
+    }
     /* a tile reads up to a vector past its last output plus the largest
      * shift; whole vectors, so runs of planes side by side are too */
     l->plane = (l->rows * l->cols + (s->kernel_w - 1) / sw + 2 * lanes - 1) / lanes * lanes;
@@ -68,20 +92,6 @@ size_t pynn_direct_workspace_size(const pynn_conv_shape *s, int threads)
     direct_layout l;
     layout_of(s, &l);
     return (size_t)(threads * slot_floats(s, &l));
-}
-
-/* The columns j of a phase plane whose input column j sw + phase - pad_w is
- * inside the image: [*first, *last). */
-static inline void valid_columns(const pynn_conv_shape *s, ptrdiff_t cols, ptrdiff_t phase,
-                                 ptrdiff_t *first, ptrdiff_t *last)
-{
-    const ptrdiff_t sw = s->stride_w, lead = s->pad_w - phase;
-    ptrdiff_t a = lead > 0 ? (lead + sw - 1) / sw : 0;
-    ptrdiff_t b = (s->width + lead + sw - 1) / sw;
-    if (b > cols) b = cols;
-    if (a > b) a = b;
-    *first = a;
-    *last = b;
 }
 
 #define DIRECT_SUFFIX generic
