@@ -1,9 +1,10 @@
-/* One path's direct-convolution tile (contract in conv_direct.h), included
- * once per path by conv_direct.c with DIRECT_SUFFIX, DIRECT_TARGET (its
- * function attribute), DIRECT_LANES (floats per vector) and DIRECT_RUNS
- * (vectors of outputs per output channel a tile step keeps in registers)
- * and DIRECT_GROUP (output channels a step keeps, a divisor of 8), and its
- * weight-gradient block, DIRECT_SOURCES (a divisor of 6) sources a pass. */
+/* One path's direct-convolution kernels and their table (contracts in
+ * conv_direct.h), included once per path of PYNN_EACH_ISA by conv_direct.c
+ * (the paths' vector widths and blockings differ, too much for one macro).
+ * The includer defines DIRECT_SUFFIX, DIRECT_TARGET (the path's function attribute),
+ * DIRECT_LANES (floats per vector), DIRECT_RUNS and DIRECT_GROUP (a tile
+ * step's vectors of outputs per channel and its channels, a divisor of 8) and
+ * DIRECT_SOURCES (a weight-gradient pass's sources, a divisor of 6). */
 #define DIRECT_JOIN2(a, b) a##_##b
 #define DIRECT_JOIN(a, b) DIRECT_JOIN2(a, b)
 #define DIRECT_VEC DIRECT_JOIN(direct_vec, DIRECT_SUFFIX)
