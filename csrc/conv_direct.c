@@ -198,9 +198,10 @@ void pynn_direct_forward(const pynn_context *ctx, const struct pynn_direct_kerne
     }
 }
 
-/* Images per weight-gradient chunk: their planes and gradients in L2,
- * chunks of equal size; a function of the shapes alone. */
+/* Images per weight-gradient chunk: their planes and gradients in L2; the
+ * chunks' sizes differ by one at most and are a function of the shapes alone. */
 #define DIRECT_CHUNK_FLOATS ((ptrdiff_t)1 << 18)
+#define DIRECT_CHUNK_MULTIPLE 4
 
 /* A chunk's images lie `segment` = rows cols floats apart in each plane
  * run (a tap of one image reads past it only where its gradient is zero),
@@ -221,7 +222,12 @@ static void chunks_of(const pynn_conv_shape *s, gradient_chunks *g)
     ptrdiff_t images = DIRECT_CHUNK_FLOATS / per_image;
     if (images < 1) images = 1;
     if (images > s->batch) images = s->batch > 0 ? s->batch : 1;
-    g->chunks = (s->batch + images - 1) / images;
+    /* several chunks: a multiple of DIRECT_CHUNK_MULTIPLE where the batch
+     * allows, so teams of 2 or 4 threads take equal shares */
+    ptrdiff_t chunks = (s->batch + images - 1) / images;
+    if (chunks > 1)
+        chunks = (chunks + DIRECT_CHUNK_MULTIPLE - 1) / DIRECT_CHUNK_MULTIPLE * DIRECT_CHUNK_MULTIPLE;
+    g->chunks = chunks < s->batch ? chunks : s->batch;
     g->images = g->chunks > 0 ? (s->batch + g->chunks - 1) / g->chunks : 1;
     g->phase_step = (g->images * g->segment + lanes - 1) / lanes * lanes;
     g->channel_step = phases * g->phase_step;
@@ -306,8 +312,8 @@ void pynn_direct_weight_grad(const pynn_context *ctx, const struct pynn_direct_k
     const int slots = gradient_slots(s, &g, ctx->num_threads);
     float *partials = workspace + slots * g.floats;
     PYNN_TEAM_FOR(ctx, slots, c, g.chunks, {
-        const ptrdiff_t first = c * g.images;
-        const ptrdiff_t count = s->batch - first < g.images ? s->batch - first : g.images;
+        const ptrdiff_t first = c * s->batch / g.chunks;
+        const ptrdiff_t count = (c + 1) * s->batch / g.chunks - first;
         chunk_weight_grad(kernels, s, &g, dy, x, first, count,
                           workspace + (team > 1 ? slot() : 0) * g.floats,
                           g.chunks > 1 ? partials + c * weights : dweight);
