@@ -75,11 +75,25 @@ DIRECT_TARGET static void DIRECT_TILE(const pynn_direct_tile *t)
         }
 }
 
+/* The sum of a vector's lanes, halves added to halves (a fixed order). */
+#if DIRECT_LANES == 16
+#define DIRECT_HALVE16(v) (__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) + \
+                           __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15))
+#define DIRECT_TOTAL(v) DIRECT_TOTAL8(DIRECT_HALVE16(v))
+#elif DIRECT_LANES == 8
+#define DIRECT_TOTAL(v) DIRECT_TOTAL8(v)
+#else
+#define DIRECT_TOTAL(v) DIRECT_TOTAL4(v)
+#endif
+#define DIRECT_TOTAL8(v) DIRECT_TOTAL4(__builtin_shufflevector(v, v, 0, 1, 2, 3) + \
+                                       __builtin_shufflevector(v, v, 4, 5, 6, 7))
+#define DIRECT_TOTAL4(v) (((v)[0] + (v)[2]) + ((v)[1] + (v)[3]))
+
 /* The block's dot products, DIRECT_SOURCES sources per pass over the
  * gradients: per vector of q, PYNN_DIRECT_GRADS + DIRECT_SOURCES loads feed
  * PYNN_DIRECT_GRADS DIRECT_SOURCES multiply-adds (with more accumulators the
- * compiler re-loads each source per gradient); each sum's lanes are added in
- * lane order. */
+ * compiler re-loads each source per gradient); each sum's lanes then added
+ * by DIRECT_TOTAL. */
 DIRECT_TARGET static void DIRECT_SUMS(pynn_direct_sums *b)
 {
     for (int k0 = 0; k0 < PYNN_DIRECT_SOURCES; k0 += DIRECT_SOURCES) {
@@ -100,11 +114,7 @@ DIRECT_TARGET static void DIRECT_SUMS(pynn_direct_sums *b)
             }
         }
         for (int o = 0; o < PYNN_DIRECT_GRADS; o++)
-            for (int k = 0; k < DIRECT_SOURCES; k++) {
-                float total = 0.0f;
-                for (int lane = 0; lane < DIRECT_LANES; lane++) total += sums[o][k][lane];
-                b->sums[o][k0 + k] = total;
-            }
+            for (int k = 0; k < DIRECT_SOURCES; k++) b->sums[o][k0 + k] = DIRECT_TOTAL(sums[o][k]);
     }
 }
 
@@ -151,6 +161,10 @@ const struct pynn_direct_kernels DIRECT_JOIN(pynn_direct, DIRECT_SUFFIX) = {DIRE
 #undef DIRECT_STEP
 #undef DIRECT_TILE
 #undef DIRECT_SUMS
+#undef DIRECT_TOTAL
+#undef DIRECT_TOTAL8
+#undef DIRECT_TOTAL4
+#undef DIRECT_HALVE16
 #undef DIRECT_PLANES
 #undef DIRECT_SOURCES
 #undef DIRECT_SUFFIX
