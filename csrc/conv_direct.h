@@ -63,7 +63,9 @@ struct pynn_direct_kernels {
 extern const struct pynn_direct_kernels pynn_direct_generic, pynn_direct_avx2,
     pynn_direct_avx512;
 
-/* Does the direct path take this shape. */
+/* Does the direct path take this shape: groups of 1, dilation 1, a kernel
+ * of 2 to 49 taps, output channels filling 3/4 of their blocks of 8 and an
+ * image's planes within L2. */
 int pynn_direct_applies(const pynn_conv_shape *s);
 
 /* Floats of scratch pynn_direct_forward needs with this many threads. */

@@ -1,6 +1,8 @@
-"""The direct convolution (csrc/conv_direct.c: groups of 1, dilation 1, planes
-in L2) against the float64 reference of test_ops_conv, on every kernel path,
-at sizes that end its vector runs, channel blocks and gradient chunks early."""
+"""The direct convolution (csrc/conv_direct.c: groups of 1, dilation 1, 2 to
+49 taps, output channels filling 3/4 of their blocks of 8, planes in L2)
+against the float64 reference of test_ops_conv, on every kernel path, at sizes
+that end its vector runs, channel blocks and gradient chunks early; the input
+gradient is direct where the input channels also fill their blocks."""
 import numpy as np
 import pytest
 
@@ -12,12 +14,12 @@ from tests.test_ops_conv import assert_close_sum, make, reference_conv, referenc
 CASES = [
     (2, 3, 32, 32, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),   # ResNet stem
     (3, 16, 8, 8, 13, (3, 3), (1, 1), (1, 1), (1, 1), 1),    # 72 outputs a channel: 3 + 2 runs
-    (2, 5, 9, 7, 9, (3, 3), (2, 2), (1, 1), (1, 1), 1),      # strided: four phase planes
-    (2, 7, 11, 13, 3, (1, 1), (2, 2), (0, 0), (1, 1), 1),    # 1x1 shortcut, odd sizes
-    (1, 4, 5, 21, 17, (5, 3), (1, 2), (2, 0), (1, 1), 1),    # unequal strides and pads
-    (2, 3, 10, 9, 6, (3, 3), (3, 3), (2, 1), (1, 1), 1),     # stride 3: nine phases
-    (1, 2, 1, 37, 5, (1, 3), (1, 1), (0, 1), (1, 1), 1),     # one row (a conv1d)
-    (4, 6, 6, 6, 2, (2, 2), (1, 1), (0, 0), (1, 1), 1),      # even kernel, no padding
+    (2, 5, 9, 7, 14, (3, 3), (2, 2), (1, 1), (1, 1), 1),     # strided: four phase planes
+    (2, 7, 11, 13, 6, (1, 2), (2, 2), (0, 0), (1, 1), 1),    # two taps, odd sizes
+    (1, 4, 5, 21, 23, (5, 3), (1, 2), (2, 0), (1, 1), 1),    # unequal strides and pads
+    (2, 7, 10, 9, 6, (3, 3), (3, 3), (2, 1), (1, 1), 1),     # stride 3: nine phases
+    (1, 6, 1, 37, 7, (1, 3), (1, 1), (0, 1), (1, 1), 1),     # one row (a conv1d)
+    (4, 6, 6, 6, 8, (2, 2), (1, 1), (0, 0), (1, 1), 1),      # even kernel, no padding
     (9, 16, 32, 32, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),  # two gradient chunks, the last short
     (1, 33, 3, 3, 8, (3, 3), (1, 1), (2, 2), (1, 1), 1),     # padding past the kernel's reach
 ]
