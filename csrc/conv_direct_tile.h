@@ -141,7 +141,13 @@ DIRECT_TARGET static void DIRECT_PLANES(const pynn_direct_planes *w, const float
                     }
                     const float *restrict in = image + (c * s->height + ih) * s->width + b - s->pad_w;
                     for (ptrdiff_t j = 0; j < first; j++) row[j] = 0.0f;
-                    if (sw == 1)
+                    if (sw == 1 && last - first >= DIRECT_LANES) {
+                        /* whole vectors, the last one overlapping the one before */
+                        for (ptrdiff_t j = first; j < last - DIRECT_LANES; j += DIRECT_LANES)
+                            *(DIRECT_VEC *)(row + j) = *(const DIRECT_VEC *)(in + j);
+                        *(DIRECT_VEC *)(row + last - DIRECT_LANES) =
+                            *(const DIRECT_VEC *)(in + last - DIRECT_LANES);
+                    } else if (sw == 1)
                         for (ptrdiff_t j = first; j < last; j++) row[j] = in[j];
                     else if (sw == 2)
                         for (ptrdiff_t j = first; j < last; j++) row[j] = in[2 * j];
