@@ -207,6 +207,8 @@ void pynn_direct_forward(const pynn_context *ctx, const struct pynn_direct_kerne
  * chunks' sizes differ by one at most and are a function of the shapes alone. */
 #define DIRECT_CHUNK_FLOATS ((ptrdiff_t)1 << 18)
 #define DIRECT_CHUNK_MULTIPLE 4
+/* At most this many chunks (each keeps a partial dW in the workspace). */
+#define DIRECT_MAX_CHUNKS 64
 
 /* A chunk's images lie `segment` = rows cols floats apart in each plane
  * run (a tap of one image reads past it only where its gradient is zero),
@@ -225,6 +227,8 @@ static void chunks_of(const pynn_conv_shape *s, gradient_chunks *g)
     g->segment = l->rows * l->cols;
     const ptrdiff_t per_image = (s->in_channels * phases + s->out_channels) * g->segment;
     ptrdiff_t images = DIRECT_CHUNK_FLOATS / per_image;
+    if (images < (s->batch + DIRECT_MAX_CHUNKS - 1) / DIRECT_MAX_CHUNKS)
+        images = (s->batch + DIRECT_MAX_CHUNKS - 1) / DIRECT_MAX_CHUNKS;
     if (images < 1) images = 1;
     if (images > s->batch) images = s->batch > 0 ? s->batch : 1;
     /* several chunks: a multiple of DIRECT_CHUNK_MULTIPLE where the batch

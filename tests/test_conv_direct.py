@@ -93,3 +93,13 @@ def test_a_workspace_of_the_advertised_size_gives_the_same_bits(case):
     expected_dx, expected_dweight, _ = ops.conv2d_backward(dy, x, weight, **geometry)
     np.testing.assert_array_equal(dx, expected_dx)
     np.testing.assert_array_equal(dweight, expected_dweight)
+
+
+def test_many_images_share_the_capped_count_of_weight_gradient_chunks():
+    # an image's planes and gradients fill a chunk alone: 65 images in 36 chunks, not 65
+    x, weight, _, geometry = make((65, 2, 64, 64, 60, (3, 3), (1, 1), (1, 1), (1, 1), 1))
+    dy = np.random.default_rng(6).standard_normal((65, 60, 64, 64)).astype(np.float32)
+    _, dweight, _ = ops.conv2d_backward(dy, x, weight, **geometry)
+    _, expected, _ = reference_conv_backward(dy, x, weight, **geometry)
+    _, magnitude, _ = reference_conv_backward(np.abs(dy), np.abs(x), np.abs(weight), **geometry)
+    assert_close_sum(dweight, expected, magnitude, 65 * 64 * 64)
