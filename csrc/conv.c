@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "conv.h"
+#include "conv_direct.h"
 #include "vmath.h"
 #ifdef _OPENMP
 #include <omp.h>
@@ -86,13 +87,56 @@ static ptrdiff_t weight_size(const pynn_conv_shape *s)
     return s->out_channels * (unfolded_rows(s) / s->groups);
 }
 
+/* The input gradient at stride 1 is a direct convolution of dy with the
+ * kernel flipped and its channel axes swapped, padded by kernel - 1 - pad:
+ * *t its shape, when the direct path takes it. */
+static int transposed_applies(const pynn_conv_shape *s, pynn_conv_shape *t)
+{
+    if (s->stride_h != 1 || s->stride_w != 1 || s->pad_h >= s->kernel_h ||
+        s->pad_w >= s->kernel_w)
+        return 0;
+    *t = *s;
+    t->in_channels = s->out_channels;
+    t->out_channels = s->in_channels;
+    t->height = s->out_h;
+    t->width = s->out_w;
+    t->pad_h = s->kernel_h - 1 - s->pad_h;
+    t->pad_w = s->kernel_w - 1 - s->pad_w;
+    t->out_h = s->height;
+    t->out_w = s->width;
+    return pynn_direct_applies(t);
+}
+
+/* flipped[c, o, kh, kw] = weight[o, c, KH - 1 - kh, KW - 1 - kw]. */
+static void flip_weight(const pynn_conv_shape *s, const float *weight, float *flipped)
+{
+    const ptrdiff_t taps = s->kernel_h * s->kernel_w;
+    for (ptrdiff_t o = 0; o < s->out_channels; o++)
+        for (ptrdiff_t c = 0; c < s->in_channels; c++)
+            for (ptrdiff_t k = 0; k < taps; k++)
+                flipped[(c * s->out_channels + o) * taps + taps - 1 - k] =
+                    weight[(o * s->in_channels + c) * taps + k];
+}
+
 size_t pynn_conv2d_workspace_size(const pynn_conv_shape *s, int threads)
 {
     /* per slot a chunk's scratch; per chunk a partial weight gradient, summed
      * in chunk order so dW is the same for any thread count */
     ptrdiff_t chunks = chunk_count(s);
     ptrdiff_t partials = chunks > 1 ? chunks * weight_size(s) : 0;
-    return (size_t)(chunk_slots(s, threads) * chunk_floats(s) + partials);
+    size_t size = (size_t)(chunk_slots(s, threads) * chunk_floats(s) + partials);
+    if (pynn_direct_applies(s)) {
+        size_t forward = pynn_direct_workspace_size(s, threads);
+        size_t weights = pynn_direct_weight_grad_workspace_size(s, threads);
+        size = forward > size ? forward : size;
+        size = weights > size ? weights : size;
+    }
+    pynn_conv_shape t;
+    if (transposed_applies(s, &t)) {
+        size_t input = (size_t)weight_size(s) + pynn_direct_workspace_size(&t, threads);
+        size = input > size ? input : size;
+    }
+    return size;
 }
 
 /* For one kernel tap along one axis: the outputs [first, last) whose input
@@ -420,6 +464,7 @@ struct pynn_conv_kernels {
                          ptrdiff_t ld, float *image);
     void (*direct_image)(const pynn_conv_shape *s, const float *image, const float *weight,
                          const float *bias, int relu, float *y);
+    const struct pynn_direct_kernels *direct;  /* conv_direct.h */
 };
 
 #define CHANNEL_VARIANT(suffix, attribute, moves)                                            \
@@ -726,8 +771,8 @@ static void direct_forward(const pynn_context *ctx, const pynn_conv_shape *s, co
 #endif
 
 #define CONV_TABLE(suffix, direct)                                                           \
-    const struct pynn_conv_kernels pynn_conv_##suffix = {unfold_channel_##suffix,            \
-                                                         fold_channel_##suffix, direct};
+    const struct pynn_conv_kernels pynn_conv_##suffix = {                                    \
+        unfold_channel_##suffix, fold_channel_##suffix, direct, &pynn_direct_##suffix};
 CONV_TABLE(generic, NULL)
 #if defined(PYNN_X86_64)
 CONV_TABLE(avx2, direct_image)
@@ -745,6 +790,15 @@ int pynn_conv2d_forward(const pynn_context *ctx, const pynn_conv_shape *s, const
     }
 #endif
     float *owned;
+    if (pynn_direct_applies(s)) {
+        owned = workspace ? NULL : malloc(pynn_direct_workspace_size(s, ctx->num_threads) *
+                                          sizeof(float));
+        if (!workspace && !owned) return -1;
+        pynn_direct_forward(ctx, ctx->kernels->conv->direct, s, x, weight, bias, activation,
+                            y, workspace ? workspace : owned);
+        free(owned);
+        return 0;
+    }
     unfold_plan plan;
     float *scratch_space = prepare(s, ctx->num_threads, workspace, &owned, &plan);
     if (!scratch_space) return -1;
@@ -794,10 +848,39 @@ int pynn_conv2d_backward(const pynn_context *ctx, const pynn_conv_shape *s, cons
     if (dweight && s->batch == 0)
         memset(dweight, 0, (size_t)weight_size(s) * sizeof(float));
     if (!dx && !dweight) return 0;
+    float *direct_owned = NULL;
+    pynn_conv_shape t;
+    const int direct_dx = dx && transposed_applies(s, &t);
+    const int direct_dw = dweight && pynn_direct_applies(s);
+    if (direct_dx || direct_dw) {
+        if (!workspace) {
+            direct_owned = malloc(pynn_conv2d_workspace_size(s, ctx->num_threads) * sizeof(float));
+            if (!direct_owned) return -1;
+            workspace = direct_owned;
+        }
+        if (direct_dw) {
+            pynn_direct_weight_grad(ctx, ctx->kernels->conv->direct, s, dy, x, dweight,
+                                    workspace);
+            dweight = NULL;
+        }
+        if (direct_dx) {
+            flip_weight(s, weight, workspace);
+            pynn_direct_forward(ctx, ctx->kernels->conv->direct, &t, dy, workspace, NULL,
+                                PYNN_ACTIVATION_NONE, dx, workspace + weight_size(s));
+            dx = NULL;
+        }
+        if (!dx && !dweight) {
+            free(direct_owned);
+            return 0;
+        }
+    }
     float *owned;
     unfold_plan plan;
     float *scratch_space = prepare(s, ctx->num_threads, workspace, &owned, &plan);
-    if (!scratch_space) return -1;
+    if (!scratch_space) {
+        free(direct_owned);
+        return -1;
+    }
     const ptrdiff_t images = chunk_images(s), chunks = chunk_count(s), wsize = weight_size(s);
     const int slots = chunk_slots(s, ctx->num_threads);
     const ptrdiff_t per_slot = chunk_floats(s);
@@ -823,6 +906,7 @@ int pynn_conv2d_backward(const pynn_context *ctx, const pynn_conv_shape *s, cons
         });
     }
     free(owned);
+    free(direct_owned);
     plan_free(&plan);
     return 0;
 }

@@ -1,4 +1,6 @@
-/* 2-D convolution over NCHW float32 images as GEMMs over unfolded inputs.
+/* 2-D convolution over NCHW float32 images: directly (conv_direct.h) for
+ * groups of 1 and dilation 1 where an image's planes fit in L2 (the input
+ * gradient so at stride 1), else as GEMMs over unfolded inputs.
  *
  * x [N, C, H, W], weight [OC, C/groups, KH, KW] (PyTorch's layout), y [N, OC, OH, OW];
  * OH = (H + 2 pad_h - dilation_h (KH - 1) - 1) / stride_h + 1, likewise OW.

@@ -70,11 +70,12 @@ CASES = [
     (70, 1, 28, 28, 6, (5, 5), (1, 1), (2, 2), (1, 1), 1),  # LeNet conv1: many images per GEMM
     (3, 8, 5, 5, 16, (1, 1), (2, 2), (0, 0), (1, 1), 1),
     (2, 2, 6, 70, 3, (3, 5), (1, 1), (1, 2), (2, 1), 1),    # wide rows: copied row by row
-    (1, 3, 5, 80, 2, (3, 3), (2, 2), (1, 1), (1, 1), 1),
-    # one image per GEMM, unfolded in bands of output rows (3 bands, the last short)
-    (2, 8, 50, 47, 6, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    (1, 3, 5, 80, 2, (3, 3), (2, 2), (1, 1), (1, 1), 1),    # direct (test_conv_direct.py)
+    # one image per GEMM, unfolded in bands of output rows (3 bands, the last short);
+    # grouped, which the direct path leaves to the unfold
+    (2, 8, 50, 47, 6, (3, 3), (1, 1), (1, 1), (1, 1), 2),
     (1, 16, 100, 90, 8, (3, 3), (2, 2), (2, 1), (2, 2), 2),  # 5 bands, strided, grouped
-    (1, 20, 600, 5, 4, (3, 3), (1, 1), (1, 1), (1, 1), 1),   # 9 bands through the gather table
+    (1, 20, 600, 5, 4, (3, 3), (1, 1), (1, 1), (1, 1), 2),   # 9 bands through the gather table
     # one input channel at stride 1: computed directly, six output channels at a time
     (3, 1, 13, 21, 7, (3, 5), (1, 1), (2, 1), (1, 1), 1),
     (2, 1, 9, 8, 4, (1, 1), (1, 1), (0, 0), (1, 1), 1),

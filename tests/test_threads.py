@@ -148,10 +148,12 @@ def _team_calls():
     pynn.init.manual_seed(0)
     batch_one = pynn.Sequential(layers.Linear(784, 256), layers.ReLU(), layers.Linear(256, 10))
     image = normal(1, 784)
-    # 8 chunks of 8 images: two slots, and a team merges their weight gradients
+    # direct: images to threads, 8 weight-gradient chunks summed by a team
     batch, weights, batch_dy = normal(64, 32, 16, 16), normal(64, 32, 3, 3), normal(64, 64, 16, 16)
-    # one chunk of 8 images: its unfold, fold and unstage each start a team
+    # direct: one gradient chunk of 8 images, the input gradient's images to threads
     chunk, chunk_kernels = normal(8, 16, 16, 16), normal(64, 16, 3, 3)
+    # grouped, so unfolded: 8 images a chunk, its unfold, fold and unstage each start a team
+    grouped, grouped_kernels = normal(8, 16, 16, 16), normal(64, 8, 3, 3)
     chunk_dy = normal(8, 64, 16, 16)
     grey, grey_kernels = normal(64, 1, 28, 28), normal(8, 1, 5, 5)
     planes, pooled, averages = normal(32, 16, 32, 32), normal(32, 16, 16, 16), normal(32, 16)
@@ -174,6 +176,9 @@ def _team_calls():
         "plan": lambda: batch_one.predict(image),
         "conv2d": lambda: ops.conv2d(batch, weights, padding=1),
         "conv2d backward": lambda: ops.conv2d_backward(batch_dy, batch, weights, padding=1),
+        "conv2d grouped": lambda: (
+            ops.conv2d(grouped, grouped_kernels, padding=1, groups=2),
+            *ops.conv2d_backward(chunk_dy, grouped, grouped_kernels, padding=1, groups=2)),
         "conv2d one chunk": lambda: (
             ops.conv2d(chunk, chunk_kernels, padding=1),
             *ops.conv2d_backward(chunk_dy, chunk, chunk_kernels, padding=1)),

@@ -1,4 +1,5 @@
-# Convolution kernels (csrc/conv.c): im2col + GEMM, forward and backward.
+# Convolution kernels (csrc/conv.c, csrc/conv_direct.c): direct or im2col + GEMM,
+# forward and backward.
 #
 # Geometry arrives as (stride, padding, dilation) pairs and groups, already
 # validated by pynn.ops.conv; the checks here only keep a careless caller from

@@ -1,0 +1,105 @@
+"""The direct convolution (csrc/conv_direct.c: groups of 1, dilation 1, 2 to
+49 taps, output channels filling 3/4 of their blocks of 8, planes in L2)
+against the float64 reference of test_ops_conv, on every kernel path, at sizes
+that end its vector runs, channel blocks and gradient chunks early; the input
+gradient is direct where the input channels also fill their blocks."""
+import numpy as np
+import pytest
+
+from pynn import ops
+from pynn._kernels import core as kernels
+from tests.test_ops_conv import assert_close_sum, make, reference_conv, reference_conv_backward
+
+# (N, C, H, W, OC, kernel, stride, padding, dilation, groups)
+CASES = [
+    (2, 3, 32, 32, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),   # ResNet stem
+    (3, 16, 8, 8, 13, (3, 3), (1, 1), (1, 1), (1, 1), 1),    # 72 outputs a channel: 3 + 2 runs
+    (2, 5, 9, 7, 14, (3, 3), (2, 2), (1, 1), (1, 1), 1),     # strided: four phase planes
+    (2, 7, 11, 13, 6, (1, 2), (2, 2), (0, 0), (1, 1), 1),    # two taps, odd sizes
+    (1, 4, 5, 21, 23, (5, 3), (1, 2), (2, 0), (1, 1), 1),    # unequal strides and pads
+    (2, 7, 10, 9, 6, (3, 3), (3, 3), (2, 1), (1, 1), 1),     # stride 3: nine phases
+    (1, 6, 1, 37, 7, (1, 3), (1, 1), (0, 1), (1, 1), 1),     # one row (a conv1d)
+    (4, 6, 6, 6, 8, (2, 2), (1, 1), (0, 0), (1, 1), 1),      # even kernel, no padding
+    (9, 16, 32, 32, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),  # two gradient chunks, the last short
+    (1, 33, 3, 3, 8, (3, 3), (1, 1), (2, 2), (1, 1), 1),     # padding past the kernel's reach
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_forward_matches_float64_reference(isa, case):
+    x, weight, bias, geometry = make(case)
+    expected = reference_conv(x, weight, bias, **geometry)
+    magnitude = reference_conv(np.abs(x), np.abs(weight), np.abs(bias), **geometry)
+    actual = ops.conv2d(x, weight, bias, **geometry)
+    assert_close_sum(actual, expected, magnitude, weight[0].size + 1)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fused_relu_matches_the_reference(isa, case):
+    x, weight, bias, geometry = make(case, seed=5)
+    expected = np.maximum(reference_conv(x, weight, bias, **geometry), 0.0)
+    magnitude = reference_conv(np.abs(x), np.abs(weight), np.abs(bias), **geometry)
+    out = np.full(expected.shape, np.nan, np.float32)
+    kernels.conv2d_forward(x, weight, bias, out, geometry["stride"], geometry["padding"],
+                           geometry["dilation"], 1, True)
+    assert_close_sum(out, expected, magnitude, weight[0].size + 1)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_backward_matches_float64_reference(isa, case):
+    x, weight, _, geometry = make(case)
+    y = ops.conv2d(x, weight, None, **geometry)
+    dy = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+    dx, dweight, _ = ops.conv2d_backward(dy, x, weight, **geometry)
+    rx, rw, _ = reference_conv_backward(dy, x, weight, **geometry)
+    mx, mw, _ = reference_conv_backward(np.abs(dy), np.abs(x), np.abs(weight), **geometry)
+    assert_close_sum(dx, rx, mx, weight.shape[0] * weight.shape[2] * weight.shape[3])
+    assert_close_sum(dweight, rw, mw, y.shape[0] * y.shape[2] * y.shape[3])
+
+
+# images to threads; one image's channel blocks to threads; two gradient chunks
+@pytest.mark.parametrize("case", [(4, 16, 32, 32, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+                                  (1, 16, 32, 32, 20, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+                                  CASES[8]])
+def test_thread_count_does_not_change_the_bits(isa, case, set_threads):
+    x, weight, bias, geometry = make(case)
+    dy = np.random.default_rng(2).standard_normal(
+        ops.conv2d(x, weight, bias, **geometry).shape).astype(np.float32)
+    results = []
+    for threads in (1, 2, 3):
+        set_threads(threads)
+        results.append((ops.conv2d(x, weight, bias, **geometry),)
+                       + ops.conv2d_backward(dy, x, weight, **geometry))
+    for first, other in zip(results[0], results[1]):
+        np.testing.assert_array_equal(first, other)
+    for first, other in zip(results[0], results[2]):
+        np.testing.assert_array_equal(first, other)
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[2]])
+def test_a_workspace_of_the_advertised_size_gives_the_same_bits(case):
+    x, weight, bias, geometry = make(case)
+    arguments = (geometry["stride"], geometry["padding"], geometry["dilation"], 1)
+    size = kernels.conv2d_workspace_size(x.shape, weight.shape, *arguments)
+    y = ops.conv2d(x, weight, bias, **geometry)
+    out = np.empty_like(y)
+    kernels.conv2d_forward(x, weight, bias, out, *arguments, False,
+                           np.full(size, np.nan, np.float32))
+    np.testing.assert_array_equal(out, y)
+    dy = np.random.default_rng(3).standard_normal(y.shape).astype(np.float32)
+    dx, dweight = np.empty_like(x), np.empty_like(weight)
+    kernels.conv2d_backward(dy, x, weight, dx, dweight, None, *arguments,
+                            np.full(size, np.nan, np.float32))
+    expected_dx, expected_dweight, _ = ops.conv2d_backward(dy, x, weight, **geometry)
+    np.testing.assert_array_equal(dx, expected_dx)
+    np.testing.assert_array_equal(dweight, expected_dweight)
+
+
+def test_many_images_share_the_capped_count_of_weight_gradient_chunks():
+    # an image's planes and gradients fill a chunk alone: 65 images in 36 chunks, not 65
+    x, weight, _, geometry = make((65, 2, 64, 64, 60, (3, 3), (1, 1), (1, 1), (1, 1), 1))
+    dy = np.random.default_rng(6).standard_normal((65, 60, 64, 64)).astype(np.float32)
+    _, dweight, _ = ops.conv2d_backward(dy, x, weight, **geometry)
+    _, expected, _ = reference_conv_backward(dy, x, weight, **geometry)
+    _, magnitude, _ = reference_conv_backward(np.abs(dy), np.abs(x), np.abs(weight), **geometry)
+    assert_close_sum(dweight, expected, magnitude, 65 * 64 * 64)
