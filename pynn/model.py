@@ -110,6 +110,7 @@ class Model:
         self._scratch = threading.local()
         self._accumulators = {}
         self._backward_plans = {}
+        self._known_shapes = {}
 
     # -- building ----------------------------------------------------------------
     def _name_layers(self, where):
@@ -194,7 +195,18 @@ class Model:
         return [tensor.dtype for tensor in self.inputs]
 
     def _slot_shapes(self, given):
-        """Every slot's shape for the inputs' shapes ``given`` (batch axis included)."""
+        """Every slot's shape for the inputs' shapes ``given`` (batch axis
+        included), remembered for the last few combinations."""
+        key = tuple(tuple(shape) for shape in given)
+        shapes = self._known_shapes.get(key)
+        if shapes is None:
+            shapes = self._shapes_through_steps(given)
+            if len(self._known_shapes) >= _SHAPES_REMEMBERED:
+                self._known_shapes.clear()
+            self._known_shapes[key] = shapes
+        return shapes
+
+    def _shapes_through_steps(self, given):
         if len(given) != len(self.inputs):
             raise ValueError(f"{self._where}: expects {len(self.inputs)} inputs, got {len(given)}")
         shapes = [None] * self._slot_count
