@@ -10,7 +10,7 @@
  * images take the unfold and GEMM. */
 #define DIRECT_MAX_PLANE_FLOATS ((ptrdiff_t)1 << 17)
 /* Multiply-adds from which a call asks for a team. */
-#define DIRECT_PARALLEL_MIN_PRODUCTS (1 << 20)
+#define DIRECT_PARALLEL_MIN_PRODUCTS (1 << 21)
 /* Partial sums from which their total asks for a team. */
 #define DIRECT_PARALLEL_MIN_SUMS (1 << 17)
 
