@@ -53,6 +53,22 @@ def _activation_cases(rng, torch, scipy_special):
                  lambda t: torch.nn.functional.gelu(t["x"])),
         "gelu_backward": (lambda: ops.gelu_backward(dy, x, out=out), None,
                           lambda t: torch.ops.aten.gelu_backward(t["dy"], t["x"])),
+        "silu": (lambda: ops.silu(x, out=out), lambda: x / (1 + np.exp(-x)),
+                 lambda t: torch.nn.functional.silu(t["x"])),
+        "silu_backward": (lambda: ops.silu_backward(dy, x, out=out), None,
+                          lambda t: torch.ops.aten.silu_backward(t["dy"], t["x"])),
+        "hardswish": (lambda: ops.hardswish(x, out=out), lambda: x * np.clip(x + 3, 0, 6) / 6,
+                      lambda t: torch.nn.functional.hardswish(t["x"])),
+        "hardswish_backward": (lambda: ops.hardswish_backward(dy, x, out=out), None,
+                               lambda t: torch.ops.aten.hardswish_backward(t["dy"], t["x"])),
+        "hardsigmoid": (lambda: ops.hardsigmoid(x, out=out), lambda: np.clip(x / 6 + 0.5, 0, 1),
+                        lambda t: torch.nn.functional.hardsigmoid(t["x"])),
+        "hardsigmoid_backward": (lambda: ops.hardsigmoid_backward(dy, x, out=out), None,
+                                 lambda t: torch.ops.aten.hardsigmoid_backward(t["dy"], t["x"])),
+        "relu6": (lambda: ops.relu6(x, out=out), lambda: np.clip(x, 0, 6),
+                  lambda t: torch.nn.functional.relu6(t["x"])),
+        "relu6_backward": (lambda: ops.relu6_backward(dy, x, out=out), None,
+                           lambda t: torch.ops.aten.hardtanh_backward(t["dy"], t["x"], 0.0, 6.0)),
     }
     references = _activation_references(x, dy, sigmoid_y, tanh_y, scipy_special)
     tensors = None
@@ -96,6 +112,9 @@ def _activation_references(x, dy, sigmoid_y, tanh_y, scipy_special):
     def phi():
         return 0.5 * (1 + erf(x64 / math.sqrt(2)))
 
+    def logistic():
+        return 1 / (1 + np.exp(-x64))
+
     def gelu_tanh_backward():
         one_plus_tanh, sech2, du = gelu_tanh_parts()
         return dy64 * (0.5 * one_plus_tanh + 0.5 * x64 * sech2 * du)
@@ -113,6 +132,15 @@ def _activation_references(x, dy, sigmoid_y, tanh_y, scipy_special):
         "gelu(tanh)_backward": gelu_tanh_backward,
         "gelu": lambda: x64 * phi(),
         "gelu_backward": lambda: dy64 * (phi() + x64 * np.exp(-x64 * x64 / 2) / math.sqrt(2 * math.pi)),
+        "silu": lambda: x64 * logistic(),
+        "silu_backward": lambda: dy64 * logistic() * (1 + x64 * (1 - logistic())),
+        # PyTorch's sides at the kinks: hardswish's slope is 0 at -3 and 1 at 3
+        "hardswish": lambda: x64 * np.clip(x64 + 3, 0, 6) / 6,
+        "hardswish_backward": lambda: dy64 * np.where(x64 <= -3, 0, np.where(x64 >= 3, 1, (2 * x64 + 3) / 6)),
+        "hardsigmoid": lambda: np.clip(x64 / 6 + 0.5, 0, 1),
+        "hardsigmoid_backward": lambda: np.where((x64 > -3) & (x64 < 3), dy64 / 6, 0),
+        "relu6": lambda: np.clip(x64, 0, 6),
+        "relu6_backward": lambda: np.where((x64 > 0) & (x64 < 6), dy64, 0),
     }
 
 
@@ -198,10 +226,58 @@ def _linear_cases(rng, torch, batches):
     return found
 
 
+def _layer_norm_reference(x, weight, bias, dy, eps):
+    """float64 forward output and (dx, dweight, dbias) over the last axis."""
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    centred = x64 - x64.mean(axis=1, keepdims=True)
+    invstd = 1 / np.sqrt((centred ** 2).mean(axis=1, keepdims=True) + eps)
+    xhat = centred * invstd
+    g = dy64 * weight
+    dx = invstd * (g - g.mean(axis=1, keepdims=True) - xhat * (g * xhat).mean(axis=1, keepdims=True))
+    return xhat * weight + bias, (dx, (dy64 * xhat).sum(axis=0), dy64.sum(axis=0)), invstd
+
+
+def _layer_norm_cases(rng, torch, rows):
+    """LayerNorm over 768 features (a BERT-base row), forward and backward."""
+    features, eps = 768, 1e-5
+    x = rng.standard_normal((rows, features), dtype=np.float32) * 2 + 1
+    weight = rng.uniform(0.5, 1.5, features).astype(np.float32)
+    bias = rng.standard_normal(features, dtype=np.float32)
+    dy = rng.standard_normal((rows, features), dtype=np.float32)
+    y = np.empty_like(x)
+    forward = {"pynn": lambda: ops.layer_norm(x, features, weight, bias, eps, out=y),
+               "numpy": lambda: ((x - x.mean(axis=1, keepdims=True))
+                                 / np.sqrt(x.var(axis=1, keepdims=True) + eps) * weight + bias)}
+    backward = {"pynn": lambda: ops.layer_norm_backward(dy, x, features, weight, eps, bias=bias)}
+    if torch is not None:
+        tx, tw, tb, tdy = (torch.from_numpy(a) for a in (x, weight, bias, dy))
+        forward["torch"] = lambda: torch.nn.functional.layer_norm(tx, (features,), tw, tb, eps)
+        _, mean, rstd = torch.native_layer_norm(tx, (features,), tw, tb, eps)
+        backward["torch"] = lambda: torch.ops.aten.native_layer_norm_backward(
+            tdy, tx, (features,), mean, rstd, tw, tb, (True, True, True))
+    expected, expected_grads, invstd = _layer_norm_reference(x, weight, bias, dy, eps)
+
+    def check_forward():
+        bound = 64 * _checks.EPS32 * (np.abs(expected) + np.abs(bias) + weight) + 1e-30
+        _checks.within(forward["pynn"](), expected, bound, "layer_norm")
+
+    def check_backward():
+        dx, dweight, dbias = backward["pynn"]()
+        scale = np.abs(dy).astype(np.float64) * weight * invstd
+        _checks.within(dx, expected_grads[0], 256 * _checks.EPS32 * (np.abs(expected_grads[0]) + scale.max()),
+                       "dx")
+        for name, mine, want in (("dweight", dweight, expected_grads[1]), ("dbias", dbias, expected_grads[2])):
+            _checks.within(mine, want, _checks.sums_bound(np.abs(dy).astype(np.float64).sum(axis=0) * 4, rows),
+                           name)
+    name = f"layer_norm {rows}x{features}"
+    return [Case("ops", name, forward, work=x.size, unit="elements/s", check=check_forward),
+            Case("ops", f"{name} backward", backward, work=x.size, unit="elements/s", check=check_backward)]
+
+
 def cases(quick, threads):
     rng = np.random.default_rng(0)
     torch = optional_import("torch")
     scipy_special = optional_import("scipy.special")
     batches = (128,) if quick else BATCHES
     return (_activation_cases(rng, torch, scipy_special) + _cross_entropy_cases(rng, torch, batches)
-            + _linear_cases(rng, torch, batches))
+            + _linear_cases(rng, torch, batches) + _layer_norm_cases(rng, torch, 256 if quick else 2048))
