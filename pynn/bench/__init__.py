@@ -60,6 +60,30 @@ def optional_import(name):
         return None
 
 
+def fit_epochs(model, x, y, loss, optimizer, batch):
+    """A runner: one epoch of ``model.fit`` per call, reshuffled by a new seed each time."""
+    seeds = iter(range(1 << 30))
+    return lambda: model.fit(x, y, loss=loss, optimizer=optimizer, batch_size=batch,
+                             seed=next(seeds), verbose=False)
+
+
+def torch_epochs(torch, module, x, y, batch, loss, optimizer, inputs=None):
+    """A runner: one shuffled epoch of PyTorch training per call. ``inputs``
+    maps a batch's indices to the module's arguments (default: the rows of x)."""
+    x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
+    inputs = inputs or (lambda indices: (x_t[indices],))
+    generator = torch.Generator().manual_seed(0)
+
+    def epoch():
+        order = torch.randperm(len(y_t), generator=generator)
+        for start in range(0, len(y_t), batch):
+            indices = order[start:start + batch]
+            optimizer.zero_grad()
+            loss(module(*inputs(indices)), y_t[indices]).backward()
+            optimizer.step()
+    return epoch
+
+
 @contextlib.contextmanager
 def pinned_threads(count):
     """Run pynn, numpy's BLAS and PyTorch on ``count`` threads."""

@@ -4,7 +4,7 @@ ResNet-like 3x3 convolution (64→64 channels, 56x56, batch 8), forward and
 backward, beside PyTorch eager on the same weights and inputs."""
 import numpy as np
 
-from pynn.bench import Case, _checks, optional_import
+from pynn.bench import Case, _checks, fit_epochs, optional_import, torch_epochs
 
 LR, MOMENTUM = 0.01, 0.9
 
@@ -39,24 +39,11 @@ def _training_cases(torch, quick):
     y = rng.integers(0, 10, samples)
     model = build_lenet()
     optimizer = optim.SGD(model, lr=LR, momentum=MOMENTUM)
-    loss = losses.CrossEntropyLoss()
-    seeds = iter(range(1 << 30))
-    runners = {"pynn": lambda: model.fit(x, y, loss=loss, optimizer=optimizer, batch_size=batch,
-                                         seed=next(seeds), verbose=False)}
+    runners = {"pynn": fit_epochs(model, x, y, losses.CrossEntropyLoss(), optimizer, batch)}
     if torch is not None:
         twin = build_torch_lenet(model, torch)
-        torch_optimizer = torch.optim.SGD(twin.parameters(), lr=LR, momentum=MOMENTUM)
-        x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
-        generator = torch.Generator().manual_seed(0)
-
-        def epoch():
-            order = torch.randperm(samples, generator=generator)
-            for start in range(0, samples, batch):
-                indices = order[start:start + batch]
-                torch_optimizer.zero_grad()
-                torch.nn.functional.cross_entropy(twin(x_t[indices]), y_t[indices]).backward()
-                torch_optimizer.step()
-        runners["torch"] = epoch
+        runners["torch"] = torch_epochs(torch, twin, x, y, batch, torch.nn.functional.cross_entropy,
+                                        torch.optim.SGD(twin.parameters(), lr=LR, momentum=MOMENTUM))
     name = f"LeNet-5 training batch {batch}"
     return [Case("conv", name, runners, work=samples, unit="samples/s",
                  check=lambda: _checks.first_sgd_step(build_lenet, x[:batch], y[:batch], LR,

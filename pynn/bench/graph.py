@@ -13,7 +13,7 @@
   price of the graph."""
 import numpy as np
 
-from pynn.bench import Case, _checks, optional_import, train
+from pynn.bench import Case, _checks, fit_epochs, optional_import, torch_epochs, train
 
 LR, MOMENTUM = 0.01, 0.9
 STAGES = ((1, 16, 1), (2, 32, 2), (3, 64, 2))  # (stage, channels, stride)
@@ -180,15 +180,11 @@ def _resnet_cases(torch, quick):
     y = rng.integers(0, 10, samples)
     model = build_resnet()
     optimizer = optim.SGD(model, lr=LR, momentum=MOMENTUM)
-    loss = losses.CrossEntropyLoss()
-    seeds = iter(range(1 << 30))
-    runners = {"pynn": lambda: model.fit(x, y, loss=loss, optimizer=optimizer, batch_size=batch,
-                                         seed=next(seeds), verbose=False)}
+    runners = {"pynn": fit_epochs(model, x, y, losses.CrossEntropyLoss(), optimizer, batch)}
     if torch is not None:
-        runners["torch"] = _torch_epoch(torch, torch_twin(model, torch).train(), x, y, batch,
-                                        torch.nn.functional.cross_entropy,
-                                        lambda parameters: torch.optim.SGD(parameters, lr=LR,
-                                                                           momentum=MOMENTUM))
+        twin = torch_twin(model, torch).train()
+        runners["torch"] = torch_epochs(torch, twin, x, y, batch, torch.nn.functional.cross_entropy,
+                                        torch.optim.SGD(twin.parameters(), lr=LR, momentum=MOMENTUM))
     name = f"ResNet-8 3x32x32 training batch {batch}"
     found = [Case("graph", name, runners, work=samples, unit="samples/s",
                   check=lambda: check_resnet_training(x[:CHECK_BATCH], y[:CHECK_BATCH], name))]
@@ -208,24 +204,6 @@ def _resnet_cases(torch, quick):
                           check=lambda images=images, name=name: check_resnet_predict(
                               predictor, images, name)))
     return found
-
-
-def _torch_epoch(torch, twin, x, y, batch, loss, make_optimizer, inputs=None):
-    """One shuffled epoch of PyTorch training per call; ``inputs`` maps a
-    batch's indices to the module's arguments (default: the rows of x)."""
-    optimizer = make_optimizer(twin.parameters())
-    x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
-    inputs = inputs or (lambda indices: (x_t[indices],))
-    generator = torch.Generator().manual_seed(0)
-
-    def epoch():
-        order = torch.randperm(len(y_t), generator=generator)
-        for start in range(0, len(y_t), batch):
-            indices = order[start:start + batch]
-            optimizer.zero_grad()
-            loss(twin(*inputs(indices)), y_t[indices]).backward()
-            optimizer.step()
-    return epoch
 
 
 # -- collaborative filtering ------------------------------------------------------
@@ -311,18 +289,15 @@ def _recommender_cases(torch, quick):
     ratings = rng.uniform(1, 5, (samples, 1)).astype(np.float32)
     model = build_recommender(CF_USERS, CF_ITEMS, CF_DIM)
     optimizer = optim.SGD(model, lr=CF_LR)
-    loss = losses.MSELoss()
-    seeds = iter(range(1 << 30))
-    runners = {"pynn": lambda: model.fit([users, items], ratings, loss=loss, optimizer=optimizer,
-                                         batch_size=CF_BATCH, seed=next(seeds), verbose=False)}
+    runners = {"pynn": fit_epochs(model, [users, items], ratings, losses.MSELoss(), optimizer, CF_BATCH)}
     if torch is not None:
         users_t, items_t = torch.from_numpy(users), torch.from_numpy(items)
         for peer, sparse in (("torch", False), ("torch sparse", True)):
             twin = torch_twin(model, torch, lambda torch, sparse=sparse: torch_recommender(
                 torch, CF_USERS, CF_ITEMS, CF_DIM, sparse))
-            runners[peer] = _torch_epoch(
+            runners[peer] = torch_epochs(
                 torch, twin, users, ratings, CF_BATCH, torch.nn.functional.mse_loss,
-                lambda parameters: torch.optim.SGD(parameters, lr=CF_LR),
+                torch.optim.SGD(twin.parameters(), lr=CF_LR),
                 inputs=lambda indices: (users_t[indices], items_t[indices]))
     name = (f"recommender {CF_USERS // 1000}k users x {CF_ITEMS // 1000}k items dim {CF_DIM} "
             f"training batch {CF_BATCH}")
@@ -350,10 +325,7 @@ def _sequential_cases(quick):
     runners = {}
     for peer, model in (("pynn", mlp_as_model()), ("sequential", train.build_mlp())):
         optimizer = optim.SGD(model, lr=train.LR, momentum=train.MOMENTUM)
-        seeds = iter(range(1 << 30))
-        runners[peer] = (lambda model=model, optimizer=optimizer, seeds=seeds, loss=losses.CrossEntropyLoss():
-                         model.fit(x, y, loss=loss, optimizer=optimizer, batch_size=batch,
-                                   seed=next(seeds), verbose=False))
+        runners[peer] = fit_epochs(model, x, y, losses.CrossEntropyLoss(), optimizer, batch)
     name = f"MLP as Model, training batch {batch}"
     found = [Case("graph", name, runners, work=samples, unit="samples/s",
                   check=lambda: _checks.first_sgd_step(mlp_as_model, x[:batch], y[:batch],

@@ -6,7 +6,7 @@ All peers start from the same weights and train on the same data; each keeps
 training its own copy across calls (the work per call is identical)."""
 import numpy as np
 
-from pynn.bench import Case, _checks, optional_import
+from pynn.bench import Case, _checks, fit_epochs, optional_import, torch_epochs
 
 SIZES = (784, 256, 128, 10)
 BATCHES = (32, 128, 512)
@@ -113,11 +113,7 @@ def cases(quick, threads):
     for batch in (32, 512) if quick else BATCHES:
         model = build_mlp()
         optimizer = optim.SGD(model, lr=LR, momentum=MOMENTUM)
-        loss = losses.CrossEntropyLoss()
-        seeds = iter(range(1 << 30))
-        runners = {"pynn": lambda model=model, optimizer=optimizer, loss=loss, batch=batch, seeds=seeds:
-                   model.fit(x, y, loss=loss, optimizer=optimizer, batch_size=batch,
-                             seed=next(seeds), verbose=False)}
+        runners = {"pynn": fit_epochs(model, x, y, losses.CrossEntropyLoss(), optimizer, batch)}
         twin = NumpyMLP(model, batch)
         numpy_rng = np.random.default_rng(0)
         runners["numpy"] = lambda twin=twin, rng=numpy_rng: twin.epoch(x, y, rng)
@@ -133,14 +129,4 @@ def cases(quick, threads):
 def _torch_runner(torch, model, x, y, batch):
     twin = build_torch_mlp(model, torch)
     optimizer = torch.optim.SGD(twin.parameters(), lr=LR, momentum=MOMENTUM)
-    x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
-    generator = torch.Generator().manual_seed(0)
-
-    def epoch():
-        order = torch.randperm(len(x_t), generator=generator)
-        for start in range(0, len(x_t), batch):
-            indices = order[start:start + batch]
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(twin(x_t[indices]), y_t[indices]).backward()
-            optimizer.step()
-    return epoch
+    return torch_epochs(torch, twin, x, y, batch, torch.nn.functional.cross_entropy, optimizer)
