@@ -38,3 +38,19 @@ def check_gradient(f, x, analytic, eps=1e-2, rtol=2e-2, atol=2e-3, samples=40, s
     numeric = numeric_gradient(f, x, eps=eps, indices=indices).reshape(-1)[indices]
     analytic = np.asarray(analytic, dtype=np.float64).reshape(-1)[indices]
     np.testing.assert_allclose(analytic, numeric, rtol=rtol, atol=atol)
+
+
+def peak_bytes_of(run, times=5):
+    """The most memory Python allocated at once, beyond what it held before,
+    over ``times`` calls of ``run`` (tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(times):
+            run()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
