@@ -153,7 +153,42 @@ def _pool_cases(torch, quick):
                  work=x.size, unit="elements/s", check=check)]
 
 
+def _signal_cases(torch, quick):
+    """Conv1d over [N, 64, 1000] signals (k 5, padding 2) and AdaptiveAvgPool2d 14x14 -> 7x7."""
+    from pynn import ops
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2 if quick else 8, 64, 1000), dtype=np.float32)
+    weight = rng.standard_normal((64, 64, 5), dtype=np.float32) / np.float32(np.sqrt(64 * 5))
+    y = np.empty_like(x)
+    conv = {"pynn": lambda: ops.conv1d(x, weight, padding=2, out=y)}
+    images = rng.standard_normal((16 if quick else 64, 256, 14, 14), dtype=np.float32)
+    pooled = np.empty(images.shape[:2] + (7, 7), np.float32)
+    pool = {"pynn": lambda: ops.adaptive_avg_pool2d(images, 7, out=pooled),
+            "numpy": lambda: images.reshape(images.shape[:2] + (7, 2, 7, 2)).mean(axis=(3, 5))}
+    if torch is not None:
+        x_t, w_t, images_t = torch.from_numpy(x), torch.from_numpy(weight), torch.from_numpy(images)
+        conv["torch"] = lambda: torch.nn.functional.conv1d(x_t, w_t, padding=2)
+        pool["torch"] = lambda: torch.nn.functional.adaptive_avg_pool2d(images_t, 7)
+
+    def check_conv():
+        padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (2, 2)))
+        windows = np.lib.stride_tricks.sliding_window_view(padded, 5, axis=2)  # [N, C, L, 5]
+        expected = np.einsum("ncls,ocs->nol", windows, weight.astype(np.float64))
+        magnitude = np.einsum("ncls,ocs->nol", np.abs(windows), np.abs(weight.astype(np.float64)))
+        _checks.within(conv["pynn"](), expected, _checks.sums_bound(magnitude, 64 * 5), "conv1d")
+
+    def check_pool():
+        expected = images.astype(np.float64).reshape(images.shape[:2] + (7, 2, 7, 2)).mean(axis=(3, 5))
+        _checks.within(pool["pynn"](), expected, 4 * _checks.EPS32 * (np.abs(expected) + 1), "adaptive_avg_pool2d")
+    flop = 2.0 * x.shape[0] * 64 * 64 * 5 * 1000
+    return [Case("conv", f"conv1d 64->64 k5 {x.shape[0]}x64x1000 forward", conv, work=flop, unit="GFLOP/s",
+                 check=check_conv),
+            Case("conv", f"adaptive_avg_pool2d 14->7 {'x'.join(map(str, images.shape))}", pool,
+                 work=images.size, unit="elements/s", check=check_pool)]
+
+
 def cases(quick, threads):
     torch = optional_import("torch")
     return (_training_cases(torch, quick) + _inference_cases(torch, quick)
-            + _layer_cases(torch, quick) + _pool_cases(torch, quick))
+            + _layer_cases(torch, quick) + _pool_cases(torch, quick) + _signal_cases(torch, quick))

@@ -274,10 +274,33 @@ def _layer_norm_cases(rng, torch, rows):
             Case("ops", f"{name} backward", backward, work=x.size, unit="elements/s", check=check_backward)]
 
 
+def _tensor_cases(rng, torch, images):
+    """A squeeze-excite gate (Multiply broadcasting [N, C, 1, 1] over [N, C, H, W])
+    and an NCHW to NHWC Permute, through the layers a graph model calls."""
+    from pynn.layers import Multiply, Permute
+
+    x = rng.standard_normal((images, 64, 28, 28), dtype=np.float32)
+    gate = rng.random((images, 64, 1, 1), dtype=np.float32)
+    multiply, permute = Multiply(), Permute((0, 2, 3, 1))
+    gated = {"pynn": lambda: multiply.forward([gate, x]), "numpy": lambda: gate * x}
+    moved = {"pynn": lambda: permute.forward(x), "numpy": lambda: np.ascontiguousarray(x.transpose(0, 2, 3, 1))}
+    if torch is not None:
+        x_t, gate_t = torch.from_numpy(x), torch.from_numpy(gate)
+        gated["torch"] = lambda: gate_t * x_t
+        moved["torch"] = lambda: x_t.permute(0, 2, 3, 1).contiguous()
+    shape = "x".join(map(str, x.shape))
+    return [Case("ops", f"multiply [N,C,1,1] x {shape}", gated, work=x.size, unit="elements/s",
+                 check=lambda: _checks.within(gated["pynn"](), gate.astype(np.float64) * x,
+                                              _checks.EPS32 * np.abs(gate.astype(np.float64) * x), "multiply")),
+            Case("ops", f"permute NCHW->NHWC {shape}", moved, work=x.size, unit="elements/s",
+                 check=lambda: _checks.within(moved["pynn"](), x.transpose(0, 2, 3, 1), 0.0, "permute"))]
+
+
 def cases(quick, threads):
     rng = np.random.default_rng(0)
     torch = optional_import("torch")
     scipy_special = optional_import("scipy.special")
     batches = (128,) if quick else BATCHES
     return (_activation_cases(rng, torch, scipy_special) + _cross_entropy_cases(rng, torch, batches)
-            + _linear_cases(rng, torch, batches) + _layer_norm_cases(rng, torch, 256 if quick else 2048))
+            + _linear_cases(rng, torch, batches) + _layer_norm_cases(rng, torch, 256 if quick else 2048)
+            + _tensor_cases(rng, torch, 8 if quick else 32))
