@@ -450,3 +450,57 @@ void pynn_row_dot_backward(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t le
         kernels->binary_row(PYNN_TENSOR_MULTIPLY, length, u + n * length, 1, dy + n, 0, dv + n * length);
     });
 }
+
+static float mask_total(ptrdiff_t length, const int64_t *mask)
+{
+    float total = 0.0f;
+    for (ptrdiff_t t = 0; t < length; t++)
+        total += (float)mask[t];
+    return total > 1e-9f ? total : 1e-9f;
+}
+
+void pynn_masked_mean(const pynn_context *ctx, ptrdiff_t batch, ptrdiff_t length, ptrdiff_t dim,
+                      const float *x, const int64_t *mask, float *y)
+{
+    const int wanted = batch > 1 && batch * length * dim >= PARALLEL_MIN_ELEMENTS ? ctx->num_threads : 1;
+    PYNN_TEAM_FOR(ctx, wanted, n, batch, {
+        const int64_t *m = mask + n * length;
+        float *row = y + n * dim;
+        for (ptrdiff_t d = 0; d < dim; d++)
+            row[d] = 0.0f;
+        for (ptrdiff_t t = 0; t < length; t++) {
+            if (m[t] == 0)
+                continue;
+            const float weight = (float)m[t];
+            const float *token = x + (n * length + t) * dim;
+            for (ptrdiff_t d = 0; d < dim; d++)
+                row[d] += weight * token[d];
+        }
+        const float total = mask_total(length, m);
+        for (ptrdiff_t d = 0; d < dim; d++)
+            row[d] /= total;
+    });
+}
+
+void pynn_masked_mean_backward(const pynn_context *ctx, ptrdiff_t batch, ptrdiff_t length,
+                               ptrdiff_t dim, const float *dy, const int64_t *mask, float *dx)
+{
+    const int wanted = batch > 1 && batch * length * dim >= PARALLEL_MIN_ELEMENTS ? ctx->num_threads : 1;
+    PYNN_TEAM_FOR(ctx, wanted, n, batch, {
+        const int64_t *m = mask + n * length;
+        const float total = mask_total(length, m);
+        for (ptrdiff_t t = 0; t < length; t++) {
+            const float weight = (float)m[t];
+            float *token = dx + (n * length + t) * dim;
+            for (ptrdiff_t d = 0; d < dim; d++)
+                token[d] = weight * dy[n * dim + d] / total;
+        }
+    });
+}
+
+void pynn_padding_bias(const pynn_context *ctx, ptrdiff_t count, const int64_t *mask, float *y)
+{
+    (void)ctx;
+    for (ptrdiff_t i = 0; i < count; i++)
+        y[i] = mask[i] ? 0.0f : -INFINITY;
+}

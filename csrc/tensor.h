@@ -11,6 +11,7 @@
 #define PYNN_TENSOR_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include "cpu.h"
 
 #define PYNN_TENSOR_MAX_RANK 8
@@ -48,5 +49,18 @@ void pynn_row_dot(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t length, con
 /* du[n, :] = dy[n] v[n, :],  dv[n, :] = dy[n] u[n, :] */
 void pynn_row_dot_backward(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t length,
                            const float *dy, const float *u, const float *v, float *du, float *dv);
+
+/* Mean pooling over a sequence under an attention mask, as sentence-transformers
+ * pools: y[n, :] = sum_t m[n, t] x[n, t, :] / max(sum_t m[n, t], 1e-9) for x
+ * [batch, length, dim] and the mask m [batch, length] (its values are weights,
+ * 1 for a token and 0 for padding). */
+void pynn_masked_mean(const pynn_context *ctx, ptrdiff_t batch, ptrdiff_t length, ptrdiff_t dim,
+                      const float *x, const int64_t *mask, float *y);
+/* dx[n, t, :] = m[n, t] dy[n, :] / max(sum_t m[n, t], 1e-9) */
+void pynn_masked_mean_backward(const pynn_context *ctx, ptrdiff_t batch, ptrdiff_t length,
+                               ptrdiff_t dim, const float *dy, const int64_t *mask, float *dx);
+/* y[i] = 0 where mask[i] is non-zero (a token), -inf where it is zero
+ * (padding): an attention mask as the scores' additive key-padding mask. */
+void pynn_padding_bias(const pynn_context *ctx, ptrdiff_t count, const int64_t *mask, float *y);
 
 #endif

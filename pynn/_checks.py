@@ -60,6 +60,16 @@ def as_indices(x, where, name, ndim=None):
     return x
 
 
+def as_mask(x, where, name, ndim=None):
+    """``x`` as a C-contiguous bool array."""
+    x = _as_array(x, where, name)
+    if x.dtype != np.bool_:
+        raise TypeError(f"{where}: {name} must be a bool array, got dtype {x.dtype}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{where}: {name} must be {_shape_text(ndim)}, got shape {x.shape}")
+    return np.ascontiguousarray(x)
+
+
 def check_out(out, shape, where, inputs=(), allow_alias=()):
     """Validate an ``out=`` array: float32, C-contiguous, writable, of ``shape``.
 

@@ -211,7 +211,8 @@ class _Reader:
             callee = callees[entry["layer"]]
             args = [resolve(reference) for reference in entry["inputs"]]
             try:
-                result = callee(args if callee.takes_list else _only(args, self, label, index))
+                many = callee.takes_list or (callee.takes_list is None and len(args) > 1)
+                result = callee(args if many else _only(args, self, label, index))
             except (TypeError, ValueError) as error:
                 if isinstance(error, ModelFormatError):
                     raise

@@ -22,7 +22,7 @@ import threading
 import numpy as np
 
 from pynn import _hooks, schedule
-from pynn._checks import aligned_empty, as_count, as_float32, as_indices
+from pynn._checks import aligned_empty, as_count, as_float32, as_indices, as_mask
 from pynn._kernels import core as kernels
 from pynn.layers import ReLU
 from pynn.layers.base import Layer, checked_name
@@ -212,7 +212,7 @@ class Model:
         shapes = [None] * self._slot_count
         for index, (tensor, shape) in enumerate(zip(self.inputs, given)):
             shape = tuple(shape)
-            if shape[1:] != tensor.shape:
+            if not symbolic.fits(tensor.shape, shape):
                 raise ValueError(f"{self._where}: input {index} must have per-sample shape "
                                  f"{tensor.shape}, got {shape[1:]} (shape {shape})")
             shapes[index] = shape
@@ -261,9 +261,11 @@ class Model:
                 label += f" (input {tensor.name!r})"
             if tensor.dtype == "int64":
                 value = as_indices(value, where, label)
+            elif tensor.dtype == "bool":
+                value = as_mask(value, where, label)
             else:
                 value = as_float32(value, where, label)
-            if value.shape[1:] != tensor.shape or value.ndim != len(tensor.shape) + 1:
+            if not symbolic.fits(tensor.shape, value.shape):
                 raise ValueError(f"{where}: {label} must have shape (batch,) + {tensor.shape}, "
                                  f"got {value.shape}")
             checked.append(value)

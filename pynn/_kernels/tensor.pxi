@@ -24,6 +24,12 @@ cdef extern from "tensor.h" nogil:
                                const float *dy, const float *u, const float *v, float *du,
                                float *dv)
 
+    void pynn_masked_mean(const pynn_context *ctx, Py_ssize_t batch, Py_ssize_t length,
+                          Py_ssize_t dim, const float *x, const int64_t *mask, float *y)
+    void pynn_masked_mean_backward(const pynn_context *ctx, Py_ssize_t batch, Py_ssize_t length,
+                                   Py_ssize_t dim, const float *dy, const int64_t *mask, float *dx)
+    void pynn_padding_bias(const pynn_context *ctx, Py_ssize_t count, const int64_t *mask, float *y)
+
 TENSOR_MAX_RANK = PYNN_TENSOR_MAX_RANK
 TENSOR_OPS = {"add": PYNN_TENSOR_ADD, "multiply": PYNN_TENSOR_MULTIPLY}
 
@@ -211,3 +217,47 @@ def row_dot_backward(dy, u, v, du, dv):
     with nogil:
         pynn_row_dot_backward(&ctx, rows, length, grad, left, right, left_grad, right_grad)
     return du, dv
+
+
+def masked_mean(x, mask, y):
+    """y[n] = the mask-weighted mean of x[n] over its tokens: x [batch, length,
+    dim] float32, mask [batch, length] int64, y [batch, dim]."""
+    if x.ndim != 3 or mask.shape != x.shape[:2] or y.shape != (x.shape[0], x.shape[2]):
+        raise ValueError(f"masked_mean: x {x.shape}, mask {mask.shape} and y {y.shape} must be "
+                         f"[batch, length, dim], [batch, length] and [batch, dim]")
+    cdef Py_ssize_t batch = x.shape[0], length = x.shape[1], dim = x.shape[2]
+    cdef const float *source = float_input(x, x.size, "x")
+    cdef const int64_t *weights = index_input(mask, mask.size, "mask")
+    cdef float *result = float_output(y, y.size, "y")
+    cdef pynn_context ctx = current_context()
+    with nogil:
+        pynn_masked_mean(&ctx, batch, length, dim, source, weights, result)
+    return y
+
+
+def masked_mean_backward(dy, mask, dx):
+    """dx of masked_mean: dx [batch, length, dim] from dy [batch, dim]."""
+    if dx.ndim != 3 or mask.shape != dx.shape[:2] or dy.shape != (dx.shape[0], dx.shape[2]):
+        raise ValueError(f"masked_mean_backward: dy {dy.shape}, mask {mask.shape} and dx "
+                         f"{dx.shape} must be [batch, dim], [batch, length] and [batch, length, dim]")
+    cdef Py_ssize_t batch = dx.shape[0], length = dx.shape[1], dim = dx.shape[2]
+    cdef const float *grad = float_input(dy, dy.size, "dy")
+    cdef const int64_t *weights = index_input(mask, mask.size, "mask")
+    cdef float *result = float_output(dx, dx.size, "dx")
+    cdef pynn_context ctx = current_context()
+    with nogil:
+        pynn_masked_mean_backward(&ctx, batch, length, dim, grad, weights, result)
+    return dx
+
+
+def padding_bias(mask, y):
+    """y = 0 where the int64 attention mask is non-zero, -inf where it is zero."""
+    if y.shape != mask.shape:
+        raise ValueError(f"padding_bias: mask {mask.shape} and y {y.shape} must have one shape")
+    cdef Py_ssize_t count = mask.size
+    cdef const int64_t *source = index_input(mask, count, "mask")
+    cdef float *result = float_output(y, count, "y")
+    cdef pynn_context ctx = current_context()
+    with nogil:
+        pynn_padding_bias(&ctx, count, source, result)
+    return y

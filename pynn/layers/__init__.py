@@ -18,3 +18,9 @@ __all__ += ["Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "BatchNorm1d"
             "LayerNorm"]
 __all__ += ["Conv1d", "MaxPool1d", "AvgPool1d", "AdaptiveAvgPool2d"]
 __all__ += ["Add", "Multiply", "Concatenate", "Dot", "Reshape", "Permute", "Identity"]
+from pynn.layers.attention import MultiheadAttention  # noqa: E402
+from pynn.layers.transformer import TransformerEncoderLayer  # noqa: E402
+from pynn.layers.sequence import MeanPooling, PaddingMask, PositionalEmbedding  # noqa: E402
+
+__all__ += ["MultiheadAttention", "TransformerEncoderLayer", "PositionalEmbedding", "PaddingMask",
+            "MeanPooling"]
