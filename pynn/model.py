@@ -282,8 +282,11 @@ class Model:
 
     @input_shape.setter
     def input_shape(self, shape):
-        if shape is not None and tuple(map(tuple, shape) if self._many_inputs else shape) != (
-                tuple(self.input_shape) if self._many_inputs else self.input_shape):
+        if shape is None:
+            return
+        given = list(shape) if self._many_inputs else [shape]
+        if len(given) != len(self.inputs) or not all(
+                symbolic.fits(tensor.shape, (0,) + tuple(item)) for tensor, item in zip(self.inputs, given)):
             raise ValueError(f"{self._where}: the input shape is fixed by its Inputs "
                              f"({self.input_shape}), got {shape}")
 

@@ -28,7 +28,7 @@ LAYERS = [
     ("models", ["pynn.schedule", "pynn.sequential", "pynn.model"]),
     ("optim", ["pynn.optim", "pynn.optim.*"]),
     ("io", ["pynn.architecture", "pynn.io"]),
-    ("training", ["pynn.training", "pynn.callbacks", "pynn.baselines"]),
+    ("training", ["pynn.training", "pynn.callbacks", "pynn.baselines", "pynn.text"]),
     ("integrations", ["pynn.distributed", "pynn.demo", "pynn.bench", "pynn.bench.*",
                       "pynn.__main__", "pynn"]),
 ]

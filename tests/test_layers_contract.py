@@ -13,6 +13,8 @@ rng = np.random.default_rng(0)
 IMAGES = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
 ROWS = rng.standard_normal((4, 3)).astype(np.float32)
 SIGNALS = rng.standard_normal((2, 3, 7)).astype(np.float32)
+TOKENS = rng.standard_normal((2, 5, 4)).astype(np.float32)
+ATTENTION_MASK = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
 CASES = {
     "Linear": (lambda: layers.Linear(3, 5), ROWS),
     "Flatten": (layers.Flatten, IMAGES),
@@ -47,6 +49,11 @@ CASES = {
     "Permute": (lambda: layers.Permute((0, 2, 3, 1)), IMAGES),
     "Identity": (layers.Identity, ROWS),
     "LayerNorm": (lambda: layers.LayerNorm([6, 6]), IMAGES),
+    "MultiheadAttention": (lambda: layers.MultiheadAttention(4, 2), TOKENS),
+    "TransformerEncoderLayer": (lambda: layers.TransformerEncoderLayer(4, 2, 8), TOKENS),
+    "PositionalEmbedding": (lambda: layers.PositionalEmbedding(6, 4), TOKENS),
+    "PaddingMask": (layers.PaddingMask, ATTENTION_MASK),
+    "MeanPooling": (layers.MeanPooling, [TOKENS, ATTENTION_MASK]),
 }
 # layers whose output is a view of the input, not an output buffer of their own
 VIEWS = {"Flatten", "Reshape", "Identity"}

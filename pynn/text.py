@@ -1,0 +1,232 @@
+"""Sentence embeddings from a sentence-transformers folder of a BERT-family
+encoder (extra ``text``: the ``tokenizers`` library tokenises).
+
+``SentenceEncoder.load(folder)`` reads ``config.json``, ``model.safetensors``,
+``tokenizer.json``, ``sentence_bert_config.json`` (``max_seq_length`` sets
+truncation) and ``1_Pooling/config.json`` (mean pooling), and builds the
+encoder as a pynn ``Model``: token ids and attention mask (int64 [N, T], T
+variable) in, token states [N, T, hidden] out. ``encode`` pads each batch
+to its longest sentence, pools the states over the mask and L2-normalises,
+as sentence-transformers does. Every file is untrusted input: sizes are
+bounded and every tensor's name, dtype and shape checked before use."""
+import json
+import os
+
+import numpy as np
+
+from pynn.architecture import ModelFormatError
+from pynn.layers import (
+    Embedding, LayerNorm, MeanPooling, PaddingMask, PositionalEmbedding, TransformerEncoderLayer,
+)
+from pynn.layers.symbolic import Input
+from pynn.model import Model
+
+# Bounds on what a config may claim, far above any BERT-family release.
+_LIMITS = {"vocab_size": 1 << 20, "hidden_size": 1 << 13, "num_hidden_layers": 128,
+           "num_attention_heads": 256, "intermediate_size": 1 << 16,
+           "max_position_embeddings": 1 << 14, "type_vocab_size": 1 << 10}
+_CONFIG_BYTES = 1 << 20
+
+
+def _read_json(folder, name):
+    path = os.path.join(folder, name)
+    try:
+        with open(path, "rb") as file:
+            data = file.read(_CONFIG_BYTES + 1)
+    except OSError as error:
+        raise ModelFormatError(f"SentenceEncoder.load: cannot read {path}: {error}") from None
+    if len(data) > _CONFIG_BYTES:
+        raise ModelFormatError(f"SentenceEncoder.load: {path} is larger than {_CONFIG_BYTES} bytes")
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ModelFormatError(f"SentenceEncoder.load: {path} is not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise ModelFormatError(f"SentenceEncoder.load: {path} must hold a JSON object")
+    return value
+
+
+def _size(config, key, path):
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _LIMITS[key]:
+        raise ModelFormatError(f"SentenceEncoder.load: {path}: {key} must be an integer from 1 to "
+                               f"{_LIMITS[key]}, got {value!r:.40}")
+    return value
+
+
+def _bert_config(folder):
+    path = os.path.join(folder, "config.json")
+    config = _read_json(folder, "config.json")
+    if config.get("model_type", "bert") != "bert":
+        raise ModelFormatError(f"SentenceEncoder.load: {path}: model_type {config.get('model_type')!r:.40} "
+                               "is not supported; BERT encoders (model_type 'bert') are")
+    sizes = {key: _size(config, key, path) for key in _LIMITS}
+    if sizes["hidden_size"] % sizes["num_attention_heads"]:
+        raise ModelFormatError(f"SentenceEncoder.load: {path}: hidden_size {sizes['hidden_size']} is "
+                               f"not divisible by num_attention_heads {sizes['num_attention_heads']}")
+    if config.get("hidden_act", "gelu") != "gelu":
+        raise ModelFormatError(f"SentenceEncoder.load: {path}: hidden_act {config.get('hidden_act')!r:.40} "
+                               "is not supported; 'gelu' (exact) is")
+    if config.get("position_embedding_type", "absolute") != "absolute":
+        raise ModelFormatError(f"SentenceEncoder.load: {path}: only absolute position embeddings "
+                               "are supported")
+    eps = config.get("layer_norm_eps", 1e-12)
+    dropout = config.get("hidden_dropout_prob", 0.1)
+    for key, value, low, high in (("layer_norm_eps", eps, 0.0, 1.0), ("hidden_dropout_prob", dropout, 0.0, 1.0)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
+            raise ModelFormatError(f"SentenceEncoder.load: {path}: {key} must be a number in "
+                                   f"[{low}, {high}), got {value!r:.40}")
+    sizes["layer_norm_eps"], sizes["dropout"] = float(eps), float(dropout)
+    return sizes
+
+
+def build_encoder(c):
+    """The encoder ``Model`` for a BERT config (``_bert_config``'s dict), with
+    state-dict keys as the layer names say."""
+    ids = Input((None,), dtype="int64", name="input_ids")
+    mask = Input((None,), dtype="int64", name="attention_mask")
+    hidden = c["hidden_size"]
+    x = Embedding(c["vocab_size"], hidden, name="embeddings.word_embeddings")(ids)
+    # BERT adds the token-type embedding too; single sentences have type 0,
+    # whose vector lives in this table beside each position's
+    x = PositionalEmbedding(c["max_position_embeddings"], hidden, name="embeddings.position_embeddings")(x)
+    x = LayerNorm(hidden, eps=c["layer_norm_eps"], name="embeddings.LayerNorm")(x)
+    bias = PaddingMask(name="padding_mask")(mask)
+    for index in range(c["num_hidden_layers"]):
+        x = TransformerEncoderLayer(hidden, c["num_attention_heads"], c["intermediate_size"],
+                                    dropout=c["dropout"], activation="gelu",
+                                    layer_norm_eps=c["layer_norm_eps"],
+                                    name=f"encoder.layer.{index}")([x, bias])
+    return Model([ids, mask], x, name="encoder")
+
+
+def _bert_state(tensors, c):
+    """The encoder's state dict from a Hugging Face BERT state dict."""
+    prefix = "bert." if "bert.embeddings.word_embeddings.weight" in tensors else ""
+
+    def get(key):
+        if prefix + key not in tensors:
+            raise ModelFormatError(f"SentenceEncoder.load: model.safetensors has no tensor {prefix + key!r}")
+        return tensors[prefix + key]
+
+    state = {"embeddings.word_embeddings.weight": get("embeddings.word_embeddings.weight"),
+             "embeddings.position_embeddings.weight":
+                 get("embeddings.position_embeddings.weight") + get("embeddings.token_type_embeddings.weight")[0],
+             "embeddings.LayerNorm.weight": get("embeddings.LayerNorm.weight"),
+             "embeddings.LayerNorm.bias": get("embeddings.LayerNorm.bias")}
+    for index in range(c["num_hidden_layers"]):
+        ours, theirs = f"encoder.layer.{index}.", f"encoder.layer.{index}."
+        attention = theirs + "attention."
+        state[ours + "self_attn.in_proj_weight"] = np.concatenate(
+            [get(attention + f"self.{part}.weight") for part in ("query", "key", "value")])
+        state[ours + "self_attn.in_proj_bias"] = np.concatenate(
+            [get(attention + f"self.{part}.bias") for part in ("query", "key", "value")])
+        for mine, source in (("self_attn.out_proj", attention + "output.dense"),
+                             ("norm1", attention + "output.LayerNorm"),
+                             ("linear1", theirs + "intermediate.dense"),
+                             ("linear2", theirs + "output.dense"),
+                             ("norm2", theirs + "output.LayerNorm")):
+            for kind in ("weight", "bias"):
+                state[f"{ours}{mine}.{kind}"] = get(f"{source}.{kind}")
+    return state
+
+
+def _read_tensors(path):
+    from safetensors import SafetensorError, safe_open
+    tensors = {}
+    try:
+        with safe_open(path, framework="np") as file:
+            for key in file.keys():
+                if key.endswith("position_ids"):  # a buffer of 0..max-1 some exports keep
+                    continue
+                dtype = file.get_slice(key).get_dtype()
+                if dtype != "F32":
+                    raise ModelFormatError(f"SentenceEncoder.load: {path}: tensor {key!r} has dtype "
+                                           f"{dtype}; float32 (F32) is supported")
+                tensors[key] = file.get_tensor(key)
+    except (SafetensorError, OSError) as error:
+        raise ModelFormatError(f"SentenceEncoder.load: cannot read {path}: {error}") from None
+    return tensors
+
+
+class SentenceEncoder:
+    """A sentence-transformers encoder on pynn: ``encode`` gives the embeddings
+    sentence-transformers gives for the same folder; ``model`` is the encoder
+    ``Model`` (``[input_ids, attention_mask]`` -> token states), which trains
+    like any other."""
+
+    def __init__(self, model, tokenizer, max_seq_length, pad_id):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_seq_length, self.pad_id = max_seq_length, pad_id
+        ids, mask = model.inputs
+        self._pooled = Model([ids, mask], MeanPooling(name="pooling")([model([ids, mask]), mask]))
+
+    @classmethod
+    def load(cls, folder):
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise ImportError("pynn.text needs the tokenizers library: pip install "
+                              "'pynn-runtime[text]'") from None
+        folder = os.fspath(folder)
+        config = _bert_config(folder)
+        settings = _read_json(folder, "sentence_bert_config.json") if os.path.exists(
+            os.path.join(folder, "sentence_bert_config.json")) else {}
+        max_seq_length = settings.get("max_seq_length", config["max_position_embeddings"])
+        if isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int) \
+                or not 2 <= max_seq_length <= config["max_position_embeddings"]:
+            raise ModelFormatError(f"SentenceEncoder.load: max_seq_length must be an integer from 2 to "
+                                   f"{config['max_position_embeddings']}, got {max_seq_length!r:.40}")
+        pooling = _read_json(folder, os.path.join("1_Pooling", "config.json")) if os.path.exists(
+            os.path.join(folder, "1_Pooling", "config.json")) else {"pooling_mode_mean_tokens": True}
+        other_modes = [key for key, value in pooling.items()
+                       if key.startswith("pooling_mode_") and key != "pooling_mode_mean_tokens" and value]
+        if not pooling.get("pooling_mode_mean_tokens") or other_modes:
+            raise ModelFormatError(f"SentenceEncoder.load: only mean pooling is supported, the folder "
+                                   f"asks for {other_modes or 'no mean pooling'}")
+        model = build_encoder(config)
+        model.load_state_dict(_bert_state(_read_tensors(os.path.join(folder, "model.safetensors")), config))
+        try:
+            tokenizer = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+        except Exception as error:  # the library raises its own exception type
+            raise ModelFormatError(f"SentenceEncoder.load: cannot read tokenizer.json: {error}") from None
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_seq_length)
+        pad_id = tokenizer.token_to_id("[PAD]")
+        return cls(model, tokenizer, max_seq_length, 0 if pad_id is None else pad_id)
+
+    def tokenize(self, sentences):
+        """``(input_ids, attention_mask)``, int64 [n, longest], padded on the right."""
+        encodings = self.tokenizer.encode_batch(sentences)
+        longest = max(len(encoding.ids) for encoding in encodings)
+        ids = np.full((len(encodings), longest), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(encodings), longest), dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            ids[row, :len(encoding.ids)] = encoding.ids
+            mask[row, :len(encoding.ids)] = 1
+        return ids, mask
+
+    def encode(self, sentences, batch_size=32, normalize=True):
+        """float32 [n, hidden]: each sentence's mean-pooled token states, L2
+        normalised with ``normalize`` (what a folder with a Normalize module gives).
+        Sentences are batched by length, each batch padded to its longest."""
+        single = isinstance(sentences, str)
+        if single:
+            sentences = [sentences]
+        if not isinstance(sentences, (list, tuple)) or not all(isinstance(s, str) for s in sentences):
+            raise TypeError("SentenceEncoder.encode: sentences must be a string or a list of strings")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"SentenceEncoder.encode: batch_size must be a positive integer, "
+                             f"got {batch_size!r:.40}")
+        hidden = self.model.outputs[0].shape[-1]
+        result = np.empty((len(sentences), hidden), dtype=np.float32)
+        order = sorted(range(len(sentences)), key=lambda index: -len(sentences[index]))
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            ids, mask = self.tokenize([sentences[row] for row in rows])
+            result[rows] = self._pooled.predict([ids, mask])
+        if normalize:
+            norms = np.sqrt(np.einsum("ij,ij->i", result, result))
+            result /= np.maximum(norms, 1e-12)[:, None]
+        return result[0] if single else result
+
