@@ -87,8 +87,8 @@ def build_encoder(c):
     mask = Input((None,), dtype="int64", name="attention_mask")
     hidden = c["hidden_size"]
     x = Embedding(c["vocab_size"], hidden, name="embeddings.word_embeddings")(ids)
-    # BERT adds the token-type embedding too; single sentences have type 0,
-    # whose vector lives in this table beside each position's
+    # BERT adds a token-type embedding too; single sentences have type 0,
+    # whose vector this table holds added to each position's
     x = PositionalEmbedding(c["max_position_embeddings"], hidden, name="embeddings.position_embeddings")(x)
     x = LayerNorm(hidden, eps=c["layer_norm_eps"], name="embeddings.LayerNorm")(x)
     bias = PaddingMask(name="padding_mask")(mask)
@@ -100,34 +100,54 @@ def build_encoder(c):
     return Model([ids, mask], x, name="encoder")
 
 
-def _bert_state(tensors, c):
-    """The encoder's state dict from a Hugging Face BERT state dict."""
-    prefix = "bert." if "bert.embeddings.word_embeddings.weight" in tensors else ""
-
-    def get(key):
-        if prefix + key not in tensors:
-            raise ModelFormatError(f"SentenceEncoder.load: model.safetensors has no tensor {prefix + key!r}")
-        return tensors[prefix + key]
-
-    state = {"embeddings.word_embeddings.weight": get("embeddings.word_embeddings.weight"),
-             "embeddings.position_embeddings.weight":
-                 get("embeddings.position_embeddings.weight") + get("embeddings.token_type_embeddings.weight")[0],
-             "embeddings.LayerNorm.weight": get("embeddings.LayerNorm.weight"),
-             "embeddings.LayerNorm.bias": get("embeddings.LayerNorm.bias")}
+def _bert_sources(c):
+    """Per encoder state-dict key, the Hugging Face BERT tensors it is made of
+    (several are concatenated or added) and each one's shape."""
+    hidden, inner = c["hidden_size"], c["intermediate_size"]
+    sources = {"embeddings.word_embeddings.weight": [("embeddings.word_embeddings.weight",
+                                                      (c["vocab_size"], hidden))],
+               "embeddings.position_embeddings.weight": [
+                   ("embeddings.position_embeddings.weight", (c["max_position_embeddings"], hidden)),
+                   ("embeddings.token_type_embeddings.weight", (c["type_vocab_size"], hidden))],
+               "embeddings.LayerNorm.weight": [("embeddings.LayerNorm.weight", (hidden,))],
+               "embeddings.LayerNorm.bias": [("embeddings.LayerNorm.bias", (hidden,))]}
     for index in range(c["num_hidden_layers"]):
-        ours, theirs = f"encoder.layer.{index}.", f"encoder.layer.{index}."
+        ours = theirs = f"encoder.layer.{index}."
         attention = theirs + "attention."
-        state[ours + "self_attn.in_proj_weight"] = np.concatenate(
-            [get(attention + f"self.{part}.weight") for part in ("query", "key", "value")])
-        state[ours + "self_attn.in_proj_bias"] = np.concatenate(
-            [get(attention + f"self.{part}.bias") for part in ("query", "key", "value")])
-        for mine, source in (("self_attn.out_proj", attention + "output.dense"),
-                             ("norm1", attention + "output.LayerNorm"),
-                             ("linear1", theirs + "intermediate.dense"),
-                             ("linear2", theirs + "output.dense"),
-                             ("norm2", theirs + "output.LayerNorm")):
+        for kind, shape in (("weight", (hidden, hidden)), ("bias", (hidden,))):
+            sources[f"{ours}self_attn.in_proj_{kind}"] = [
+                (f"{attention}self.{part}.{kind}", shape) for part in ("query", "key", "value")]
+        for mine, source, rows, columns in (("self_attn.out_proj", attention + "output.dense", hidden, hidden),
+                                            ("linear1", theirs + "intermediate.dense", inner, hidden),
+                                            ("linear2", theirs + "output.dense", hidden, inner)):
+            sources[f"{ours}{mine}.weight"] = [(f"{source}.weight", (rows, columns))]
+            sources[f"{ours}{mine}.bias"] = [(f"{source}.bias", (rows,))]
+        for mine, source in (("norm1", attention + "output.LayerNorm"), ("norm2", theirs + "output.LayerNorm")):
             for kind in ("weight", "bias"):
-                state[f"{ours}{mine}.{kind}"] = get(f"{source}.{kind}")
+                sources[f"{ours}{mine}.{kind}"] = [(f"{source}.{kind}", (hidden,))]
+    return sources
+
+
+def _bert_state(tensors, c, path):
+    """The encoder's state dict from a Hugging Face BERT state dict, every
+    tensor's presence and shape checked first."""
+    prefix = "bert." if "bert.embeddings.word_embeddings.weight" in tensors else ""
+    state = {}
+    for key, parts in _bert_sources(c).items():
+        arrays = []
+        for name, shape in parts:
+            array = tensors.get(prefix + name)
+            if array is None:
+                raise ModelFormatError(f"SentenceEncoder.load: {path} has no tensor {prefix + name!r}")
+            if array.shape != shape:
+                raise ModelFormatError(f"SentenceEncoder.load: {path}: tensor {prefix + name!r} must have "
+                                       f"shape {shape} (config.json), got {array.shape}")
+            arrays.append(array)
+        if key == "embeddings.position_embeddings.weight":
+            # BERT adds the token-type embedding too; single sentences have type 0
+            state[key] = arrays[0] + arrays[1][0]
+        else:
+            state[key] = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
     return state
 
 
@@ -185,7 +205,8 @@ class SentenceEncoder:
             raise ModelFormatError(f"SentenceEncoder.load: only mean pooling is supported, the folder "
                                    f"asks for {other_modes or 'no mean pooling'}")
         model = build_encoder(config)
-        model.load_state_dict(_bert_state(_read_tensors(os.path.join(folder, "model.safetensors")), config))
+        weights = os.path.join(folder, "model.safetensors")
+        model.load_state_dict(_bert_state(_read_tensors(weights), config, weights))
         try:
             tokenizer = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
         except Exception as error:  # the library raises its own exception type
