@@ -72,22 +72,76 @@ PYNN_INLINE void mask_row(const attention_block *b, ptrdiff_t i, float *restrict
     }
 }
 
-/* A NaN score makes its row NaN; -inf scores (masked keys) give exactly 0. */
-PYNN_INLINE void softmax_row(const attention_block *b, ptrdiff_t i, float *restrict s,
-                             float *inverse_sum, float *log_sum_exp)
+/* The largest score, NaN ignored (a NaN still reaches the row through its
+ * exponential); one copy per ISA, since the compiler keeps a float maximum
+ * scalar for NaN's sake: portable below, vector ones after it. */
+static inline float row_max_generic(const float *restrict s, ptrdiff_t n)
 {
-    const ptrdiff_t width = row_width(b, i);
-    mask_row(b, i, s, width);
-    const float max = width > 0 ? pynn_row_max(s, width) : -INFINITY;
+    float max = -INFINITY;
+    for (ptrdiff_t j = 0; j < n; j++) max = s[j] > max ? s[j] : max;
+    return max;
+}
+
+#if defined(PYNN_X86_64)
+static inline PYNN_TARGET_AVX2 float row_max_avx2(const float *restrict s, ptrdiff_t n)
+{
+    __m256 lanes = _mm256_set1_ps(-INFINITY);
+    ptrdiff_t j = 0;
+    for (; j + 8 <= n; j += 8) lanes = _mm256_max_ps(_mm256_loadu_ps(s + j), lanes);
+    float partial[8];
+    _mm256_storeu_ps(partial, lanes);
+    float max = row_max_generic(partial, 8);
+    for (; j < n; j++) max = s[j] > max ? s[j] : max;
+    return max;
+}
+
+static inline PYNN_TARGET_AVX512 float row_max_avx512(const float *restrict s, ptrdiff_t n)
+{
+    __m512 lanes = _mm512_set1_ps(-INFINITY);
+    ptrdiff_t j = 0;
+    for (; j + 16 <= n; j += 16) lanes = _mm512_max_ps(_mm512_loadu_ps(s + j), lanes);
+    const __mmask16 tail = pynn_first_lanes16(n - j);
+    lanes = _mm512_mask_max_ps(lanes, tail, _mm512_maskz_loadu_ps(tail, s + j), lanes);
+    return _mm512_reduce_max_ps(lanes);
+}
+#endif
+
+/* s = exp(s - shift) over n scores; returns their sum, in double */
+PYNN_INLINE double exponentials(float *restrict s, ptrdiff_t n, float shift)
+{
+    double partial[PYNN_LANES] = {0.0};
+    ptrdiff_t j = 0;
+    for (; j + PYNN_LANES <= n; j += PYNN_LANES)
+        for (int k = 0; k < PYNN_LANES; k++) {
+            const float e = pynn_exp_nonpositive_f(s[j + k] - shift);
+            s[j + k] = e;
+            partial[k] += (double)e;
+        }
+    double sum = 0.0;
+    for (int k = 0; k < PYNN_LANES; k++) sum += partial[k];
+    for (; j < n; j++) {
+        s[j] = pynn_exp_nonpositive_f(s[j] - shift);
+        sum += (double)s[j];
+    }
+    return sum;
+}
+
+/* The masked row's softmax numerators from its maximum: -inf scores (masked
+ * keys) give exactly 0; a row with no key (maximum -inf) gives zeros, and
+ * inverse sum 0, unless a NaN hides in it. */
+PYNN_INLINE void softmax_row(const attention_block *b, float *restrict s, ptrdiff_t width,
+                             float max, float *inverse_sum, float *log_sum_exp)
+{
     if (max == -INFINITY) {
+        float hidden = 0.0f;
+        for (ptrdiff_t j = 0; j < width; j++) hidden = s[j] != s[j] ? s[j] : hidden;
         memset(s, 0, (size_t)b->keys * sizeof(float));
-        *inverse_sum = 0.0f;
-        *log_sum_exp = -INFINITY;
+        *inverse_sum = hidden;
+        *log_sum_exp = hidden != hidden ? hidden : -INFINITY;
         return;
     }
-    for (ptrdiff_t j = 0; j < width; j++) s[j] = pynn_exp_nonpositive_f(s[j] - max);
+    const double sum = exponentials(s, width, max);
     for (ptrdiff_t j = width; j < b->keys; j++) s[j] = 0.0f;
-    const double sum = pynn_row_sum(s, NULL, width);
     *inverse_sum = (float)(1.0 / sum);
     *log_sum_exp = (float)((double)max + log(sum));
 }
@@ -107,8 +161,13 @@ PYNN_INLINE void probability_row(const attention_block *b, ptrdiff_t i, float *r
                                                 float *scores, ptrdiff_t ld,                   \
                                                 float *inverse_sums, float *log_sum_exp)       \
     {                                                                                          \
-        for (ptrdiff_t i = 0; i < rows; i++)                                                   \
-            softmax_row(block, i, scores + i * ld, inverse_sums + i, log_sum_exp + i);         \
+        for (ptrdiff_t i = 0; i < rows; i++) {                                                 \
+            float *s = scores + i * ld;                                                        \
+            const ptrdiff_t width = row_width(block, i);                                       \
+            mask_row(block, i, s, width);                                                      \
+            softmax_row(block, s, width, row_max_##suffix(s, width), inverse_sums + i,         \
+                        log_sum_exp + i);                                                      \
+        }                                                                                      \
     }                                                                                          \
     attribute static void probability_rows_##suffix(const attention_block *block,              \
                                                     ptrdiff_t rows, float *scores,             \
