@@ -24,6 +24,7 @@ struct pynn_kernels {
     const struct pynn_tensor_kernels *tensor;       /* tensor.c */
     const struct pynn_layernorm_kernels *layernorm; /* layernorm.c */
     const struct pynn_batchnorm_kernels *batchnorm; /* batchnorm.c */
+    const struct pynn_attention_kernels *attention; /* attention.c */
 };
 
 /* The table of a path this build compiled (pynn_isa_compiled). */
@@ -53,5 +54,6 @@ PYNN_DECLARE_TABLES(optim)
 PYNN_DECLARE_TABLES(tensor)
 PYNN_DECLARE_TABLES(layernorm)
 PYNN_DECLARE_TABLES(batchnorm)
+PYNN_DECLARE_TABLES(attention)
 
 #endif

@@ -14,7 +14,8 @@
 typedef enum {
     PYNN_SCRATCH_PACK_A = 0,
     PYNN_SCRATCH_PACK_B = 1,
-    PYNN_SCRATCH_SLOTS = 2
+    PYNN_SCRATCH_ATTENTION = 2,  /* a block of attention scores, around GEMM calls */
+    PYNN_SCRATCH_SLOTS = 3
 } pynn_scratch_slot;
 
 /* A 64-byte aligned buffer of at least count floats owned by the calling

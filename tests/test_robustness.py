@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 import pynn
 from pynn import layers, ops
 from tests.helpers import assert_matmul_close
+from tests.test_ops_attention import reference as attention_reference
+from tests.test_ops_attention import reference_backward as attention_reference_backward
 
 EXAMPLES = int(os.environ.get("PYNN_FUZZ_EXAMPLES", "600"))
 fuzz = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
@@ -394,6 +396,50 @@ def test_layer_norm(kind, shape, axes, affine, eps, data):
         leading = tuple(range(len(shape) - count))
         assert_elementwise(dweight, (dy * xhat).sum(axis=leading), rtol=1e-4, atol=1e-4 * scale)
         assert_elementwise(dbias, dy.astype(np.float64).sum(axis=leading), rtol=1e-4, atol=1e-4)
+
+
+@fuzz
+@given(st.integers(0, 2), st.integers(1, 3), st.integers(0, 6), st.integers(0, 6),
+       st.integers(1, 5), st.integers(0, 4), st.sampled_from(FLOAT_KINDS[:3] + BAD_KINDS),
+       st.sampled_from(["none", "bool", "float", "causal", "causal_and_mask", "int",
+                        "wrong_shape", "wrong_head_dim", "wrong_dy"]), st.data())
+def test_scaled_dot_product_attention(batch, heads, queries, keys, head_dim, value_dim, kind,
+                                      case, data):
+    q = data.draw(values((batch, heads, queries, head_dim), specials=False))
+    k = data.draw(values((batch, heads, keys, head_dim + (case == "wrong_head_dim")),
+                         specials=False)).astype(np.float32)
+    v = data.draw(values((batch, heads, keys, value_dim), specials=False)).astype(np.float32)
+    dy = data.draw(values((batch, heads, queries, value_dim + (case == "wrong_dy")),
+                          specials=False)).astype(np.float32)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    mask = {"bool": rng.random((queries, keys)) < 0.7,
+            "float": rng.normal(size=(heads, 1, keys)),
+            "causal_and_mask": np.ones((queries, keys), bool),
+            "int": np.ones((queries, keys), np.int64),
+            "wrong_shape": np.ones((queries + 2, keys), bool)}.get(case)
+    causal = case in ("causal", "causal_and_mask")
+    forward = lambda: ops.scaled_dot_product_attention(make_input(kind, q), k, v,  # noqa: E731
+                                                       mask, causal)
+    backward = lambda: ops.scaled_dot_product_attention_backward(  # noqa: E731
+        dy, make_input(kind, q), k, v, mask, causal)
+    if kind in BAD_KINDS or case in ("causal_and_mask", "int", "wrong_shape", "wrong_head_dim",
+                                     "wrong_dy"):
+        if case != "wrong_dy" or kind in BAD_KINDS:
+            expect_refusal(forward, "scaled_dot_product_attention")
+        expect_refusal(backward, "scaled_dot_product_attention_backward")
+        return
+    q64 = as_reference(kind, q)
+    expected, _ = attention_reference(q64, k, v, mask, causal)
+    expected_grads = attention_reference_backward(dy, q64, k, v, mask, causal)
+    # the float32 scores' rounding, which the softmax turns into relative error
+    magnitude = (np.abs(q64) @ np.abs(np.swapaxes(k, -1, -2))).max(initial=0) / np.sqrt(head_dim)
+    tol = 8 * (head_dim + 1) * np.finfo(np.float32).eps * (1 + magnitude) + 1e-5
+    y = forward()
+    assert y.shape == expected.shape and y.dtype == np.float32
+    assert_elementwise(y, expected, rtol=tol, atol=tol * (1 + np.abs(v).max(initial=0)))
+    for got, want in zip(backward(), expected_grads):
+        assert got.dtype == np.float32 and got.shape == want.shape
+        assert_elementwise(got, want, rtol=tol, atol=4 * tol * (1 + np.abs(want).max(initial=0)))
 
 
 def conv1d_reference(x, weight, bias, stride, padding, dilation, groups):

@@ -8,6 +8,9 @@ from pynn.ops.activations import (
     softmax_backward, tanh, tanh_backward,
 )
 from pynn.ops.normalization import layer_norm, layer_norm_backward
+from pynn.ops.attention import (
+    scaled_dot_product_attention, scaled_dot_product_attention_backward,
+)
 from pynn.ops.losses import binary_cross_entropy_with_logits, cross_entropy, mse
 from pynn.ops.conv import (
     adaptive_avg_pool2d, adaptive_avg_pool2d_backward, avg_pool2d, avg_pool2d_backward, conv2d,
@@ -30,3 +33,4 @@ __all__ += ["conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "a
             "avg_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward"]
 __all__ += ["adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "conv1d", "conv1d_backward",
             "max_pool1d", "max_pool1d_backward", "avg_pool1d", "avg_pool1d_backward"]
+__all__ += ["scaled_dot_product_attention", "scaled_dot_product_attention_backward"]

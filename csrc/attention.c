@@ -1,0 +1,384 @@
+/* Scaled dot-product attention (contracts in attention.h). A block of query
+ * rows is one unit: its scores come from one GEMM into this thread's buffer,
+ * the masked softmax runs over them in place with the vector exp of vmath.h
+ * (one copy per ISA), and a second GEMM multiplies by V. The GEMM calls run
+ * on one thread each; the threads split the units. */
+#include <math.h>
+#include <stdatomic.h>
+#include <string.h>
+#include "attention.h"
+#include "gemm.h"
+#include "kernels.h"
+#include "scratch.h"
+#include "vmath.h"
+
+/* A block's scores hold about BLOCK_FLOATS floats (two such buffers stay in
+ * L2 in backward), as MIN_BLOCK_ROWS to MAX_BLOCK_ROWS query rows. */
+#define BLOCK_FLOATS 8192
+#define MIN_BLOCK_ROWS 8
+#define MAX_BLOCK_ROWS 64
+/* Multiply-adds from which a call splits its units across threads. */
+#define PARALLEL_MIN_WORK 262144.0
+
+/* One block of query rows of one (batch, head): what its rows may see. */
+typedef struct {
+    ptrdiff_t first;  /* its first query row */
+    ptrdiff_t keys;   /* score columns computed: no row sees a key from here on */
+    int causal;
+    const unsigned char *allowed;  /* at (n, h, first, 0), or NULL */
+    const float *bias;             /* at (n, h, first, 0), or NULL */
+    ptrdiff_t query_stride, key_stride;
+} attention_block;
+
+struct pynn_attention_kernels {
+    /* scores -> exp(score + mask - row max) in place, zeros past each row's
+     * keys; inverse_sums and log_sum_exp per row (0 and -inf for a row with
+     * no key) */
+    void (*softmax_rows)(const attention_block *block, ptrdiff_t rows, float *scores,
+                         ptrdiff_t ld, float *inverse_sums, float *log_sum_exp);
+    /* scores -> exp(score + mask - log_sum_exp) in place: the forward's
+     * probabilities again */
+    void (*probability_rows)(const attention_block *block, ptrdiff_t rows, float *scores,
+                             ptrdiff_t ld, const float *log_sum_exp);
+    /* gradient = scale P ∘ (gradient - delta), row by row */
+    void (*score_gradient_rows)(ptrdiff_t rows, ptrdiff_t keys, const float *probabilities,
+                                float *gradient, ptrdiff_t ld, const float *deltas, float scale);
+};
+
+/* keys row i of the block sees: the causal ones up to its own position */
+PYNN_INLINE ptrdiff_t row_width(const attention_block *b, ptrdiff_t i)
+{
+    const ptrdiff_t causal_width = b->first + i + 1;
+    return b->causal && causal_width < b->keys ? causal_width : b->keys;
+}
+
+PYNN_INLINE void mask_row(const attention_block *b, ptrdiff_t i, float *restrict s,
+                          ptrdiff_t width)
+{
+    const ptrdiff_t step = b->key_stride;
+    if (b->allowed) {
+        const unsigned char *allowed = b->allowed + i * b->query_stride;
+        if (step == 1)
+            for (ptrdiff_t j = 0; j < width; j++) s[j] = allowed[j] ? s[j] : -INFINITY;
+        else
+            for (ptrdiff_t j = 0; j < width; j++) s[j] = allowed[j * step] ? s[j] : -INFINITY;
+    }
+    if (b->bias) {
+        const float *bias = b->bias + i * b->query_stride;
+        if (step == 1)
+            for (ptrdiff_t j = 0; j < width; j++) s[j] += bias[j];
+        else
+            for (ptrdiff_t j = 0; j < width; j++) s[j] += bias[j * step];
+    }
+}
+
+/* The largest score, NaN ignored (a NaN still reaches the row through its
+ * exponential); one copy per ISA, since the compiler keeps a float maximum
+ * scalar for NaN's sake: portable below, vector ones after it. */
+static inline float row_max_generic(const float *restrict s, ptrdiff_t n)
+{
+    float max = -INFINITY;
+    for (ptrdiff_t j = 0; j < n; j++) max = s[j] > max ? s[j] : max;
+    return max;
+}
+
+#if defined(PYNN_X86_64)
+static inline PYNN_TARGET_AVX2 float row_max_avx2(const float *restrict s, ptrdiff_t n)
+{
+    __m256 lanes = _mm256_set1_ps(-INFINITY);
+    ptrdiff_t j = 0;
+    for (; j + 8 <= n; j += 8) lanes = _mm256_max_ps(_mm256_loadu_ps(s + j), lanes);
+    float partial[8];
+    _mm256_storeu_ps(partial, lanes);
+    float max = row_max_generic(partial, 8);
+    for (; j < n; j++) max = s[j] > max ? s[j] : max;
+    return max;
+}
+
+static inline PYNN_TARGET_AVX512 float row_max_avx512(const float *restrict s, ptrdiff_t n)
+{
+    __m512 lanes = _mm512_set1_ps(-INFINITY);
+    ptrdiff_t j = 0;
+    for (; j + 16 <= n; j += 16) lanes = _mm512_max_ps(_mm512_loadu_ps(s + j), lanes);
+    const __mmask16 tail = pynn_first_lanes16(n - j);
+    lanes = _mm512_mask_max_ps(lanes, tail, _mm512_maskz_loadu_ps(tail, s + j), lanes);
+    return _mm512_reduce_max_ps(lanes);
+}
+#endif
+
+/* s = exp(s - shift) over n scores; returns their sum, in double */
+PYNN_INLINE double exponentials(float *restrict s, ptrdiff_t n, float shift)
+{
+    double partial[PYNN_LANES] = {0.0};
+    ptrdiff_t j = 0;
+    for (; j + PYNN_LANES <= n; j += PYNN_LANES)
+        for (int k = 0; k < PYNN_LANES; k++) {
+            const float e = pynn_exp_nonpositive_f(s[j + k] - shift);
+            s[j + k] = e;
+            partial[k] += (double)e;
+        }
+    double sum = 0.0;
+    for (int k = 0; k < PYNN_LANES; k++) sum += partial[k];
+    for (; j < n; j++) {
+        s[j] = pynn_exp_nonpositive_f(s[j] - shift);
+        sum += (double)s[j];
+    }
+    return sum;
+}
+
+/* The masked row's softmax numerators from its maximum: -inf scores (masked
+ * keys) give exactly 0; a row with no key (maximum -inf) gives zeros, and
+ * inverse sum 0, unless a NaN hides in it. */
+PYNN_INLINE void softmax_row(const attention_block *b, float *restrict s, ptrdiff_t width,
+                             float max, float *inverse_sum, float *log_sum_exp)
+{
+    if (max == -INFINITY) {
+        float hidden = 0.0f;
+        for (ptrdiff_t j = 0; j < width; j++) hidden = s[j] != s[j] ? s[j] : hidden;
+        memset(s, 0, (size_t)b->keys * sizeof(float));
+        *inverse_sum = hidden;
+        *log_sum_exp = hidden != hidden ? hidden : -INFINITY;
+        return;
+    }
+    const double sum = exponentials(s, width, max);
+    for (ptrdiff_t j = width; j < b->keys; j++) s[j] = 0.0f;
+    *inverse_sum = (float)(1.0 / sum);
+    *log_sum_exp = (float)((double)max + log(sum));
+}
+
+PYNN_INLINE void probability_row(const attention_block *b, ptrdiff_t i, float *restrict s,
+                                 float log_sum_exp)
+{
+    ptrdiff_t width = row_width(b, i);
+    if (log_sum_exp == -INFINITY) width = 0;
+    mask_row(b, i, s, width);
+    for (ptrdiff_t j = 0; j < width; j++) s[j] = pynn_exp_nonpositive_f(s[j] - log_sum_exp);
+    for (ptrdiff_t j = width; j < b->keys; j++) s[j] = 0.0f;
+}
+
+#define ATTENTION_VARIANT(suffix, attribute)                                                   \
+    attribute static void softmax_rows_##suffix(const attention_block *block, ptrdiff_t rows,  \
+                                                float *scores, ptrdiff_t ld,                   \
+                                                float *inverse_sums, float *log_sum_exp)       \
+    {                                                                                          \
+        for (ptrdiff_t i = 0; i < rows; i++) {                                                 \
+            float *s = scores + i * ld;                                                        \
+            const ptrdiff_t width = row_width(block, i);                                       \
+            mask_row(block, i, s, width);                                                      \
+            softmax_row(block, s, width, row_max_##suffix(s, width), inverse_sums + i,         \
+                        log_sum_exp + i);                                                      \
+        }                                                                                      \
+    }                                                                                          \
+    attribute static void probability_rows_##suffix(const attention_block *block,              \
+                                                    ptrdiff_t rows, float *scores,             \
+                                                    ptrdiff_t ld, const float *log_sum_exp)    \
+    {                                                                                          \
+        for (ptrdiff_t i = 0; i < rows; i++)                                                   \
+            probability_row(block, i, scores + i * ld, log_sum_exp[i]);                        \
+    }                                                                                          \
+    attribute static void score_gradient_rows_##suffix(                                        \
+        ptrdiff_t rows, ptrdiff_t keys, const float *probabilities, float *gradient,           \
+        ptrdiff_t ld, const float *deltas, float scale)                                        \
+    {                                                                                          \
+        for (ptrdiff_t i = 0; i < rows; i++) {                                                 \
+            const float *restrict p = probabilities + i * ld;                                  \
+            float *restrict g = gradient + i * ld;                                             \
+            const float delta = deltas[i];                                                     \
+            for (ptrdiff_t j = 0; j < keys; j++) g[j] = scale * p[j] * (g[j] - delta);         \
+        }                                                                                      \
+    }                                                                                          \
+    const struct pynn_attention_kernels pynn_attention_##suffix = {                            \
+        softmax_rows_##suffix, probability_rows_##suffix, score_gradient_rows_##suffix};
+
+PYNN_EACH_ISA(ATTENTION_VARIANT)
+
+static ptrdiff_t round_up(ptrdiff_t x, ptrdiff_t step) { return (x + step - 1) / step * step; }
+
+/* Query rows per block, by the key count alone, so that backward's blocks
+ * recompute exactly the forward's scores. */
+static ptrdiff_t block_rows(ptrdiff_t keys)
+{
+    const ptrdiff_t rows = BLOCK_FLOATS / (keys > 1 ? keys : 1);
+    return rows < MIN_BLOCK_ROWS ? MIN_BLOCK_ROWS : rows > MAX_BLOCK_ROWS ? MAX_BLOCK_ROWS : rows;
+}
+
+static attention_block block_at(const pynn_attention_shape *s, const pynn_attention_mask *m,
+                                ptrdiff_t n, ptrdiff_t h, ptrdiff_t first, ptrdiff_t rows)
+{
+    ptrdiff_t keys = s->keys;
+    if (m->key_counts) {
+        const int64_t count = m->key_counts[n];
+        keys = count < 0 ? 0 : count < keys ? (ptrdiff_t)count : keys;
+    }
+    if (m->causal && first + rows < keys) keys = first + rows;
+    const ptrdiff_t at = n * m->batch_stride + h * m->head_stride + first * m->query_stride;
+    attention_block b = {first, keys, m->causal, m->allowed ? m->allowed + at : NULL,
+                         m->bias ? m->bias + at : NULL, m->query_stride, m->key_stride};
+    return b;
+}
+
+PYNN_INLINE const float *input_at(pynn_attention_input x, ptrdiff_t n, ptrdiff_t h,
+                                  ptrdiff_t t)
+{
+    return x.data + n * x.batch_stride + h * x.head_stride + t * x.token_stride;
+}
+
+PYNN_INLINE float *output_at(pynn_attention_output x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t t)
+{
+    return x.data + n * x.batch_stride + h * x.head_stride + t * x.token_stride;
+}
+
+static void zero_rows(pynn_attention_output x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t first,
+                      ptrdiff_t rows, ptrdiff_t features)
+{
+    for (ptrdiff_t t = first; t < first + rows; t++)
+        memset(output_at(x, n, h, t), 0, (size_t)features * sizeof(float));
+}
+
+/* the GEMM on this thread only: the units are what the threads share */
+static pynn_context one_thread(const pynn_context *ctx)
+{
+    pynn_context one = *ctx;
+    one.num_threads = 1;
+    return one;
+}
+
+static int threads_for(const pynn_context *ctx, ptrdiff_t units, const pynn_attention_shape *s)
+{
+    const double work = (double)s->batch * (double)s->heads * (double)s->queries
+                        * (double)s->keys * (double)(s->head_dim + s->value_dim);
+    return units > 1 && work >= PARALLEL_MIN_WORK ? ctx->num_threads : 1;
+}
+
+/* One block of query rows: scores, softmax, times V, each row scaled by
+ * its inverse sum (a row with no key written as zeros). */
+static void forward_block(const pynn_context *one, const pynn_attention_shape *s,
+                          pynn_attention_input q, pynn_attention_input k,
+                          pynn_attention_input v, const pynn_attention_mask *mask,
+                          pynn_attention_output out, float *log_sum_exp, ptrdiff_t n,
+                          ptrdiff_t h, ptrdiff_t first, ptrdiff_t rows, float *scratch)
+{
+    const attention_block b = block_at(s, mask, n, h, first, rows);
+    if (b.keys == 0) {
+        zero_rows(out, n, h, first, rows, s->value_dim);
+        for (ptrdiff_t i = 0; i < rows; i++) log_sum_exp[i] = -INFINITY;
+        return;
+    }
+    const ptrdiff_t ld = round_up(b.keys, 16);
+    float *scores = scratch, *inverse_sums = scratch + rows * ld;
+    pynn_sgemm(one, 0, 1, rows, b.keys, s->head_dim, s->scale, input_at(q, n, h, first),
+               q.token_stride, input_at(k, n, h, 0), k.token_stride, 0.0f, scores, ld, NULL);
+    one->kernels->attention->softmax_rows(&b, rows, scores, ld, inverse_sums, log_sum_exp);
+    float *o = output_at(out, n, h, first);
+    pynn_sgemm(one, 0, 0, rows, s->value_dim, b.keys, 1.0f, scores, ld, input_at(v, n, h, 0),
+               v.token_stride, 0.0f, o, out.token_stride, NULL);
+    for (ptrdiff_t i = 0; i < rows; i++) {
+        float *row = o + i * out.token_stride;
+        const float inverse = inverse_sums[i];
+        if (inverse == 0.0f)
+            memset(row, 0, (size_t)s->value_dim * sizeof(float));
+        else
+            for (ptrdiff_t d = 0; d < s->value_dim; d++) row[d] *= inverse;
+    }
+}
+
+int pynn_attention_forward(const pynn_context *ctx, const pynn_attention_shape *s,
+                           pynn_attention_input q, pynn_attention_input k,
+                           pynn_attention_input v, const pynn_attention_mask *mask,
+                           pynn_attention_output out, float *log_sum_exp)
+{
+    const ptrdiff_t heads = s->batch * s->heads;
+    if (heads == 0 || s->queries == 0) return 0;
+    const ptrdiff_t rows = block_rows(s->keys);
+    const ptrdiff_t blocks = (s->queries + rows - 1) / rows;
+    const ptrdiff_t scratch_floats = rows * round_up(s->keys, 16) + 2 * rows;
+    const pynn_context one = one_thread(ctx);
+    atomic_int failed = 0;
+    PYNN_TEAM_FOR(ctx, threads_for(ctx, heads * blocks, s), unit, heads * blocks, {
+        float *scratch = pynn_scratch(PYNN_SCRATCH_ATTENTION, scratch_floats);
+        const ptrdiff_t head = unit / blocks, first = unit % blocks * rows;
+        const ptrdiff_t count = s->queries - first < rows ? s->queries - first : rows;
+        if (!scratch) {
+            atomic_store(&failed, 1);
+        } else {
+            float *kept = log_sum_exp ? log_sum_exp + head * s->queries + first
+                                      : scratch + scratch_floats - rows;
+            forward_block(&one, s, q, k, v, mask, out, kept, head / s->heads, head % s->heads,
+                          first, count, scratch);
+        }
+    });
+    return atomic_load(&failed) ? -1 : 0;
+}
+
+/* One (batch, head): its query blocks in order, each adding into dK and dV. */
+static void backward_head(const pynn_context *one, const pynn_attention_shape *s,
+                          pynn_attention_input dout, pynn_attention_input q,
+                          pynn_attention_input k, pynn_attention_input v,
+                          pynn_attention_input out, const float *log_sum_exp,
+                          const pynn_attention_mask *mask, pynn_attention_output dq,
+                          pynn_attention_output dk, pynn_attention_output dv, ptrdiff_t n,
+                          ptrdiff_t h, ptrdiff_t rows, float *scratch)
+{
+    const struct pynn_attention_kernels *kernels = one->kernels->attention;
+    const ptrdiff_t capacity = rows * round_up(s->keys, 16);
+    float *probabilities = scratch, *gradient = scratch + capacity;
+    float *deltas = gradient + capacity;
+    zero_rows(dk, n, h, 0, s->keys, s->head_dim);
+    zero_rows(dv, n, h, 0, s->keys, s->value_dim);
+    const float *k_head = input_at(k, n, h, 0), *v_head = input_at(v, n, h, 0);
+    float *dk_head = output_at(dk, n, h, 0), *dv_head = output_at(dv, n, h, 0);
+    for (ptrdiff_t first = 0; first < s->queries; first += rows) {
+        const ptrdiff_t count = s->queries - first < rows ? s->queries - first : rows;
+        const attention_block b = block_at(s, mask, n, h, first, count);
+        if (b.keys == 0) {
+            zero_rows(dq, n, h, first, count, s->head_dim);
+            continue;
+        }
+        const ptrdiff_t ld = round_up(b.keys, 16);
+        const float *q_rows = input_at(q, n, h, first), *dout_rows = input_at(dout, n, h, first);
+        for (ptrdiff_t i = 0; i < count; i++)
+            deltas[i] = (float)pynn_row_sum(dout_rows + i * dout.token_stride,
+                                            input_at(out, n, h, first + i), s->value_dim);
+        pynn_sgemm(one, 0, 1, count, b.keys, s->head_dim, s->scale, q_rows, q.token_stride,
+                   k_head, k.token_stride, 0.0f, probabilities, ld, NULL);
+        kernels->probability_rows(&b, count, probabilities, ld,
+                                  log_sum_exp + (n * s->heads + h) * s->queries + first);
+        /* dV += Pᵀ dO */
+        pynn_sgemm(one, 1, 0, b.keys, s->value_dim, count, 1.0f, probabilities, ld, dout_rows,
+                   dout.token_stride, 1.0f, dv_head, dv.token_stride, NULL);
+        /* dP = dO Vᵀ, then dS = scale P ∘ (dP - δ) in its place */
+        pynn_sgemm(one, 0, 1, count, b.keys, s->value_dim, 1.0f, dout_rows, dout.token_stride,
+                   v_head, v.token_stride, 0.0f, gradient, ld, NULL);
+        kernels->score_gradient_rows(count, b.keys, probabilities, gradient, ld, deltas,
+                                     s->scale);
+        /* dQ = dS K, dK += dSᵀ Q */
+        pynn_sgemm(one, 0, 0, count, s->head_dim, b.keys, 1.0f, gradient, ld, k_head,
+                   k.token_stride, 0.0f, output_at(dq, n, h, first), dq.token_stride, NULL);
+        pynn_sgemm(one, 1, 0, b.keys, s->head_dim, count, 1.0f, gradient, ld, q_rows,
+                   q.token_stride, 1.0f, dk_head, dk.token_stride, NULL);
+    }
+}
+
+int pynn_attention_backward(const pynn_context *ctx, const pynn_attention_shape *s,
+                            pynn_attention_input dout, pynn_attention_input q,
+                            pynn_attention_input k, pynn_attention_input v,
+                            pynn_attention_input out, const float *log_sum_exp,
+                            const pynn_attention_mask *mask, pynn_attention_output dq,
+                            pynn_attention_output dk, pynn_attention_output dv)
+{
+    const ptrdiff_t heads = s->batch * s->heads;
+    if (heads == 0) return 0;
+    const ptrdiff_t rows = block_rows(s->keys);
+    const ptrdiff_t scratch_floats = 2 * rows * round_up(s->keys, 16) + rows;
+    const pynn_context one = one_thread(ctx);
+    atomic_int failed = 0;
+    PYNN_TEAM_FOR(ctx, threads_for(ctx, heads, s), head, heads, {
+        float *scratch = pynn_scratch(PYNN_SCRATCH_ATTENTION, scratch_floats);
+        if (!scratch)
+            atomic_store(&failed, 1);
+        else
+            backward_head(&one, s, dout, q, k, v, out, log_sum_exp, mask, dq, dk, dv,
+                          head / s->heads, head % s->heads, rows, scratch);
+    });
+    return atomic_load(&failed) ? -1 : 0;
+}
