@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import pynn
 from pynn import layers, ops
@@ -580,6 +581,8 @@ LAYERS = [
     lambda: layers.Conv1d(4, 2, 3, padding=1), lambda: layers.MaxPool1d(2),
     lambda: layers.AvgPool1d(3, stride=2, padding=1), lambda: layers.AdaptiveAvgPool2d((2, None)),
     lambda: layers.Embedding(5, 3, padding_idx=-2),
+    lambda: layers.MultiheadAttention(5, 1), lambda: layers.TransformerEncoderLayer(5, 1, 8),
+    lambda: layers.PositionalEmbedding(4, 5), lambda: layers.PaddingMask(),
 ]
 
 
@@ -665,6 +668,31 @@ def test_merge_layers_answer_or_refuse(case, kind, axis, training, data):
     if training:
         dx = layer.backward(np.ones_like(y))
         assert [gradient.shape for gradient in dx] == [np.shape(item) for item in x]
+
+
+@fuzz
+@given(shapes(3, 3, 4), st.sampled_from(FLOAT_KINDS[:3] + BAD_KINDS), st.sampled_from(["int64", "int32", "float32", "bool", "short"]),
+       st.booleans(), st.data())
+def test_mean_pooling_answers_or_refuses(shape, kind, mask_kind, training, data):
+    """States of any kind and masks of any kind: the masked mean, or a refusal naming the layer."""
+    layer = layers.MeanPooling()
+    source = data.draw(values(shape, specials=False))
+    states = make_input(kind, source)
+    weights = data.draw(hnp.arrays(np.int64, shape[:2] if mask_kind != "short" else shape[:1],
+                                   elements=st.integers(0, 1)))
+    mask = weights.astype(np.float32 if mask_kind == "float32" else
+                          bool if mask_kind == "bool" else np.int32 if mask_kind == "int32" else np.int64)
+    try:
+        y = layer.forward([states, mask], training=training)
+    except REFUSALS as error:
+        assert "MeanPooling" in str(error), f"message does not name MeanPooling: {error}"
+        return
+    reference = as_reference(kind, source)
+    expected = (reference * weights[..., None]).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)[:, None]
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5 * (1 + np.abs(expected).max(initial=0)))
+    if training:
+        dx, dmask = layer.backward(np.ones_like(y))
+        assert dx.shape == states.shape and dmask is None
 
 
 PADDING_IDX = st.one_of(st.none(), st.integers(-60, 60), st.integers(-2**70, 2**70), st.booleans(),

@@ -130,12 +130,14 @@ class TransformerEncoderLayer(Layer):
         return ["float32", ("bool", "float32")][:count]
 
     def output_shape(self, input_shape):
-        if isinstance(input_shape, list):
-            if len(input_shape) != 2:
-                raise ValueError(f"TransformerEncoderLayer: takes x or [x, key_padding_mask], got "
-                                 f"{len(input_shape)} inputs")
-            return self.self_attn.output_shape(input_shape)
-        return self.self_attn.output_shape(input_shape)
+        x, mask = (input_shape if len(input_shape) == 2 else (None, None)) if isinstance(
+            input_shape, list) else (input_shape, None)
+        x = None if x is None else tuple(x)
+        if x is None or len(x) != 3 or x[2] != self.d_model or (
+                mask is not None and tuple(mask) != x[:2]):
+            raise ValueError(f"TransformerEncoderLayer: takes x [N, T, {self.d_model}] or [x, "
+                             f"key_padding_mask [N, T]], got {input_shape}")
+        return x
 
     def check_input(self, x):
         if isinstance(x, (list, tuple)):
