@@ -80,12 +80,13 @@ PADDING = np.array([[False] * 5, [False, False, False, True, True]])
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("mask", [None, "bool", "float"])
+@pytest.mark.parametrize("mask", [None, "bool", "bool with holes", "float", "float padding"])
 def test_self_attention_matches_the_reference(bias, mask):
     layer = randomise(MultiheadAttention(8, 2, bias=bias))
     x = sequences()
-    padding = {None: None, "bool": PADDING,
-               "float": rng.standard_normal((2, 5)).astype(np.float32)}[mask]
+    padding = {None: None, "bool": PADDING, "bool with holes": np.array([[True, False] * 2 + [False]] * 2),
+               "float": rng.standard_normal((2, 5)).astype(np.float32),
+               "float padding": np.where(PADDING, -np.inf, 0.0).astype(np.float32)}[mask]
     y = layer.forward(x) if padding is None else layer.forward(x, key_padding_mask=padding)
     np.testing.assert_allclose(y, mha_reference(layer, x, x, x, padding), rtol=1e-4, atol=1e-5)
     assert np.array_equal(y, layer.forward(x if padding is None else [x, padding], training=True))

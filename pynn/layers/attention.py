@@ -142,7 +142,7 @@ class MultiheadAttention(Layer):
     def _attend(self, q, k, v, mask, heads_out, log_sum_exp):
         h = self.num_heads
         kernels.attention_forward(_heads(q, h), _heads(k, h), _heads(v, h), _heads(heads_out, h),
-                                  log_sum_exp, _mask_view(mask, h, q.shape[1]))
+                                  log_sum_exp, **_mask_arguments(mask, h, q.shape[1]))
 
     def infer(self, x, out):
         query, key, value, mask = self._parts(x)
@@ -199,7 +199,7 @@ class MultiheadAttention(Layer):
             dv = self.workspace("dv", v.shape)
         kernels.attention_backward(_heads(d_heads_out, h), _heads(q, h), _heads(k, h), _heads(v, h),
                                    _heads(heads_out, h), self._log_sum_exp, _heads(dq, h), _heads(dk, h),
-                                   _heads(dv, h), _mask_view(mask, h, q.shape[1]))
+                                   _heads(dv, h), **_mask_arguments(mask, h, q.shape[1]))
         weight = self.params["in_proj_weight"]
         if self_attention:
             if trainable:
@@ -237,11 +237,18 @@ def _checked_mask(mask):
     return as_float32(mask, "MultiheadAttention", "key_padding_mask")
 
 
-def _mask_view(mask, heads, queries):
-    """A key-padding mask [N, S] as the attention kernel's [N, heads, T, S] (by
-    zero strides); a bool one turned over, since the kernel's True means attend."""
+def _mask_arguments(mask, heads, queries):
+    """A key-padding mask [N, S] as the attention kernel takes it: the number
+    of leading keys to attend per sequence when the mask pads at the end (the
+    padded keys then cost nothing), else the mask as [N, heads, T, S] by zero
+    strides, a bool one turned over since the kernel's True means attend."""
     if mask is None:
-        return None
+        return {}
+    padded = mask if mask.dtype == np.bool_ else np.isneginf(mask)
+    counts = mask.shape[1] - padded.sum(axis=1)
+    if (mask.dtype == np.bool_ or not np.any((mask != 0) & ~padded)) and np.array_equal(
+            padded, np.arange(mask.shape[1]) >= counts[:, None]):
+        return {"key_counts": counts.astype(np.int64)}
     if mask.dtype == np.bool_:
         mask = np.logical_not(mask)
-    return np.broadcast_to(mask[:, None, None, :], (mask.shape[0], heads, queries, mask.shape[1]))
+    return {"mask": np.broadcast_to(mask[:, None, None, :], (mask.shape[0], heads, queries, mask.shape[1]))}
