@@ -128,45 +128,40 @@ def _bert_sources(c):
     return sources
 
 
-def _bert_state(tensors, c, path):
-    """The encoder's state dict from a Hugging Face BERT state dict, every
-    tensor's presence and shape checked first."""
-    prefix = "bert." if "bert.embeddings.word_embeddings.weight" in tensors else ""
-    state = {}
-    for key, parts in _bert_sources(c).items():
-        arrays = []
-        for name, shape in parts:
-            array = tensors.get(prefix + name)
-            if array is None:
-                raise ModelFormatError(f"SentenceEncoder.load: {path} has no tensor {prefix + name!r}")
-            if array.shape != shape:
-                raise ModelFormatError(f"SentenceEncoder.load: {path}: tensor {prefix + name!r} must have "
-                                       f"shape {shape} (config.json), got {array.shape}")
-            arrays.append(array)
-        if key == "embeddings.position_embeddings.weight":
-            # BERT adds the token-type embedding too; single sentences have type 0
-            state[key] = arrays[0] + arrays[1][0]
-        else:
-            state[key] = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-    return state
-
-
-def _read_tensors(path):
+def _load_bert_weights(model, c, path):
+    """Copy a Hugging Face BERT state dict from ``path`` into the encoder, one
+    tensor at a time; every tensor's presence, dtype and shape is checked
+    against config.json before any is read."""
     from safetensors import SafetensorError, safe_open
-    tensors = {}
     try:
         with safe_open(path, framework="np") as file:
-            for key in file.keys():
-                if key.endswith("position_ids"):  # a buffer of 0..max-1 some exports keep
+            declared = {key: (file.get_slice(key).get_dtype(), tuple(file.get_slice(key).get_shape()))
+                        for key in file.keys()}
+            prefix = "bert." if "bert.embeddings.word_embeddings.weight" in declared else ""
+            sources = _bert_sources(c)
+            for parts in sources.values():
+                for name, shape in parts:
+                    found = declared.get(prefix + name)
+                    if found is None:
+                        raise ModelFormatError(f"SentenceEncoder.load: {path} has no tensor {prefix + name!r}")
+                    if found != ("F32", shape):
+                        raise ModelFormatError(
+                            f"SentenceEncoder.load: {path}: tensor {prefix + name!r} must be float32 (F32) "
+                            f"of shape {shape} (config.json), got {found[0]} of shape {found[1]}")
+            state = model.state_dict()
+            for key, parts in sources.items():
+                target = state[key]
+                if key == "embeddings.position_embeddings.weight":
+                    # BERT adds the token-type embedding too; single sentences have type 0
+                    np.add(file.get_tensor(prefix + parts[0][0]), file.get_tensor(prefix + parts[1][0])[0],
+                           out=target)
                     continue
-                dtype = file.get_slice(key).get_dtype()
-                if dtype != "F32":
-                    raise ModelFormatError(f"SentenceEncoder.load: {path}: tensor {key!r} has dtype "
-                                           f"{dtype}; float32 (F32) is supported")
-                tensors[key] = file.get_tensor(key)
+                row = 0
+                for name, shape in parts:  # the query, key and value projections stack
+                    target[row:row + shape[0]] = file.get_tensor(prefix + name)
+                    row += shape[0]
     except (SafetensorError, OSError) as error:
         raise ModelFormatError(f"SentenceEncoder.load: cannot read {path}: {error}") from None
-    return tensors
 
 
 class SentenceEncoder:
@@ -206,7 +201,7 @@ class SentenceEncoder:
                                    f"asks for {other_modes or 'no mean pooling'}")
         model = build_encoder(config)
         weights = os.path.join(folder, "model.safetensors")
-        model.load_state_dict(_bert_state(_read_tensors(weights), config, weights))
+        _load_bert_weights(model, config, weights)
         try:
             tokenizer = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
         except Exception as error:  # the library raises its own exception type

@@ -143,7 +143,12 @@ def test_broken_files_are_refused_by_name(tmp_path):
     wrong = dict(tensors)
     wrong["encoder.layer.0.output.dense.weight"] = np.zeros((3, 3), np.float32)
     save_file(wrong, str(folder / "model.safetensors"))
-    with pytest.raises(pynn.ModelFormatError, match=r"output.dense.weight' must have shape \(8, 16\)"):
+    with pytest.raises(pynn.ModelFormatError, match=r"output.dense.weight' must be float32 \(F32\) of "
+                                                    r"shape \(8, 16\) \(config.json\), got F32 of shape \(3, 3\)"):
+        SentenceEncoder.load(folder)
+    wrong["encoder.layer.0.output.dense.weight"] = np.zeros((8, 16), np.float16)
+    save_file(wrong, str(folder / "model.safetensors"))
+    with pytest.raises(pynn.ModelFormatError, match="got F16"):
         SentenceEncoder.load(folder)
     del wrong["encoder.layer.0.output.dense.weight"]
     save_file(wrong, str(folder / "model.safetensors"))

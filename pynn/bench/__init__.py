@@ -268,6 +268,9 @@ def main(suites, threads=None, quick=False, json_path=None):
         records = run(suite, thread_counts, quick=quick,
                       progress=lambda text: print(text, file=sys.stderr))
         print(f"\n## {suite}\n\n{table(records)}", flush=True)
+        notes = getattr(load_suite(suite), "notes", None)  # what a suite measures besides time
+        for line in notes() if notes else ():
+            print(line, flush=True)
         results += records
     if json_path:
         with open(json_path, "w") as f:

