@@ -1,9 +1,11 @@
-"""pynn.losses objects: values, gradients (finite differences), torch parity, errors."""
+"""pynn.losses objects and their PyTorch options: values and gradients against
+float64 references and finite differences, PyTorch parity, errors."""
 import numpy as np
 import pytest
 
-from pynn.losses import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
-from tests.helpers import check_gradient
+from pynn import ops
+from pynn.losses import BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, L1Loss, MSELoss, NLLLoss
+from tests.helpers import check_gradient, class_loss64, elementwise_loss64
 
 
 def _random(shape, seed):
@@ -62,8 +64,6 @@ def test_errors():
 
 
 # -- PyTorch's options, against float64 references -------------------------------
-from pynn import ops  # noqa: E402
-from pynn.losses import HuberLoss, L1Loss, NLLLoss  # noqa: E402
 
 CLASSES = 5
 WEIGHT = np.array([0.5, 2.0, 1.0, 0.25, 3.0], np.float32)
@@ -75,38 +75,6 @@ def _targets(rows, ignore_index=-100, seed=3):
     target[1] = ignore_index
     target[4] = 2
     return target
-
-
-def _class_loss64(scores, target, weight, ignore_index, label_smoothing, reduction, log_probs):
-    """(loss, gradient) of PyTorch's cross_entropy (log_probs False) or
-    nll_loss (log_probs True, no smoothing) in float64."""
-    x = scores.astype(np.float64)
-    rows, classes = x.shape
-    if log_probs:
-        log_p = x
-    else:
-        shifted = x - x.max(axis=1, keepdims=True)
-        log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    w = np.ones(classes) if weight is None else weight.astype(np.float64)
-    kept = target != ignore_index
-    safe = np.where(kept, target, 0)
-    target_weight = w[safe] * kept
-    onehot = np.eye(classes)[safe]
-    hard = (1 - label_smoothing) * target_weight
-    spread = label_smoothing / classes * kept
-    row_loss = -hard * log_p[np.arange(rows), safe] - spread * (log_p * w).sum(axis=1)
-    if log_probs:
-        grad = -hard[:, None] * onehot
-    else:
-        p = np.exp(log_p)
-        grad = ((hard + spread * w.sum())[:, None] * p - hard[:, None] * onehot
-                - spread[:, None] * w[None, :])
-    if reduction == "sum":
-        return row_loss.sum(), grad
-    denominator = target_weight.sum()
-    if denominator == 0:
-        return np.nan, grad  # only ignored rows, whose gradient is zero
-    return row_loss.sum() / denominator, grad / denominator
 
 
 def _assert_loss(value, expected, rel=1e-6):
@@ -135,7 +103,7 @@ def test_cross_entropy_options_against_float64(isa, options, rows):
     target = _targets(rows, options["ignore_index"])
     loss = CrossEntropyLoss(options["weight"], ignore_index=options["ignore_index"],
                             label_smoothing=options["label_smoothing"], reduction=options["reduction"])
-    expected, expected_grad = _class_loss64(logits, target, log_probs=False, **options)
+    expected, expected_grad = class_loss64(logits, target, log_probs=False, **options)
     _assert_loss(loss(logits, target), expected)
     np.testing.assert_allclose(loss.backward(), expected_grad, rtol=1e-5, atol=1e-7)
     assert not loss.backward()[target == options["ignore_index"]].any()
@@ -147,7 +115,7 @@ def test_nll_loss_options_against_float64(options):
     target = _targets(9, options["ignore_index"])
     options = {key: value for key, value in options.items() if key != "label_smoothing"}
     loss = NLLLoss(options["weight"], ignore_index=options["ignore_index"], reduction=options["reduction"])
-    expected, expected_grad = _class_loss64(log_probs, target, label_smoothing=0.0, log_probs=True,
+    expected, expected_grad = class_loss64(log_probs, target, label_smoothing=0.0, log_probs=True,
                                             **options)
     _assert_loss(loss(log_probs, target), expected)
     np.testing.assert_allclose(loss.backward(), expected_grad, rtol=1e-6, atol=1e-8)
@@ -162,27 +130,6 @@ def test_every_row_ignored_gives_nan_mean_zero_sum_and_zero_gradient(cls, weight
     assert not mean.backward().any() and not total.backward().any()
     assert np.isnan(cls()(np.zeros((0, CLASSES), np.float32), np.zeros(0, np.int64)))
     assert cls(reduction="sum")(np.zeros((0, CLASSES), np.float32), np.zeros(0, np.int64)) == 0.0
-
-
-def _elementwise64(name, pred, target, reduction, delta=1.0, pos_weight=None):
-    p, t = pred.astype(np.float64), target.astype(np.float64)
-    d = p - t
-    if name == "mse":
-        loss, grad = d ** 2, 2 * d
-    elif name == "l1":
-        loss, grad = np.abs(d), np.sign(d)
-    elif name == "huber":
-        loss = np.where(np.abs(d) < delta, 0.5 * d ** 2, delta * (np.abs(d) - 0.5 * delta))
-        grad = np.clip(d, -delta, delta)
-    else:
-        weight = 1.0 if pos_weight is None else pos_weight.astype(np.float64)
-        log_weight = 1 + (weight - 1) * t
-        softplus = np.maximum(-p, 0) + np.log1p(np.exp(-np.abs(p)))  # log(1 + e^-x)
-        loss = (1 - t) * p + log_weight * softplus
-        grad = (1 - t) - log_weight / (1 + np.exp(p))
-    if reduction == "mean":
-        return loss.mean(), grad / d.size
-    return loss.sum(), grad
 
 
 ELEMENTWISE = [("mse", lambda **o: MSELoss(**o), {}), ("l1", lambda **o: L1Loss(**o), {}),
@@ -208,7 +155,7 @@ def _elementwise_case(name, shape=(6, CLASSES)):
 def test_elementwise_options_against_float64(name, make, extra, reduction):
     pred, target = _elementwise_case(name)
     loss = make(reduction=reduction)
-    expected, expected_grad = _elementwise64(name, pred, target, reduction, **extra)
+    expected, expected_grad = elementwise_loss64(name, pred, target, reduction, **extra)
     _assert_loss(loss(pred, target), expected, rel=1e-9)
     np.testing.assert_allclose(loss.backward(), expected_grad, rtol=1e-6, atol=1e-9)
     empty = np.zeros((0, CLASSES), np.float32)

@@ -151,7 +151,7 @@ def bce_with_logits(logits, target, grad, pos_weight=None, bint mean=True,
     term; NaN targets are refused."""
     cdef Py_ssize_t count = cnp.PyArray_SIZE(logits)
     cdef Py_ssize_t period = 1 if pos_weight is None else cnp.PyArray_SIZE(pos_weight)
-    if period == 0 or count % period != 0:
+    if count and (period == 0 or count % period != 0):
         raise ValueError(f"{where}: pos_weight of {period} values does not tile {count} logits")
     cdef const float *x = float_input(logits, count, "logits")
     cdef const float *t = float_input(target, count, "target")
