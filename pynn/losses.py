@@ -5,7 +5,11 @@ the same pass and kept in a buffer reused while the shape is unchanged.
 ``reduction`` is ``"mean"`` (the default) or ``"sum"``; PyTorch's ``"none"``
 has no place here, since the value is one number. Options are keywords, as
 PyTorch's positional order differs between its losses; only the class weight
-of ``CrossEntropyLoss`` and ``NLLLoss`` may also come first, as in PyTorch."""
+of ``CrossEntropyLoss`` and ``NLLLoss`` may also come first, as in PyTorch.
+The class-index losses take scores [N, C] (PyTorch's [N, C, d1, ...] form
+becomes that with a ``Permute`` and a ``Reshape``), and class indices only, not
+class probabilities; ``BCEWithLogitsLoss`` has ``pos_weight`` but not
+PyTorch's per-element ``weight``."""
 import numpy as np
 
 from pynn._checks import as_float32
