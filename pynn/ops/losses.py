@@ -1,10 +1,11 @@
 """Losses fused with their gradients (csrc/loss.c): each returns
 ``(loss, dinput)``, the loss a Python float, the gradient float32 with the
-input's shape (written into ``out`` when given). Options are PyTorch's, by
-keyword: ``reduction="mean"`` (an empty batch gives NaN) or ``"sum"`` (0);
-the class-index losses take ``weight`` (one per class) and ``ignore_index``
-(those rows count for nothing and get a zero gradient; the mean divides by the
-summed weights of the other rows' targets, so NaN when every row is ignored)."""
+input's shape (written into ``out`` when given; ``out`` stays the third
+argument). Options are PyTorch's, by keyword: ``reduction="mean"`` (an empty
+batch gives NaN) or ``"sum"`` (0); the class-index losses take ``weight``
+(one per class) and ``ignore_index`` (those rows count for nothing and get a
+zero gradient; the mean divides by the summed weights of the other rows'
+targets, so NaN when every row is ignored)."""
 import operator
 
 import numpy as np
@@ -76,8 +77,8 @@ def _class_inputs(scores, target, where, scores_name):
     return scores, target
 
 
-def cross_entropy(logits, target, *, weight=None, ignore_index=-100, label_smoothing=0.0,
-                  reduction="mean", out=None):
+def cross_entropy(logits, target, out=None, *, weight=None, ignore_index=-100, label_smoothing=0.0,
+                  reduction="mean"):
     """-log softmax(logits)[i, target[i]] for logits [N, C] and integer class
     indices [N], as ``torch.nn.functional.cross_entropy``: with weights w and
     label smoothing ε a row's loss is (1-ε) w_t (-log p_t) + ε/C Σ_c w_c (-log p_c),
@@ -95,7 +96,7 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, label_smoot
                                  where), grad
 
 
-def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="mean", out=None):
+def nll_loss(log_probs, target, out=None, *, weight=None, ignore_index=-100, reduction="mean"):
     """-log_probs[i, target[i]] (times weight[target[i]]) for log-probabilities
     [N, C] (a log_softmax's output), as ``torch.nn.functional.nll_loss``; the
     gradient is -w_t / D at each counted target and zero elsewhere."""
@@ -117,7 +118,7 @@ def _pair(pred, target, where, pred_name):
     return pred, target
 
 
-def mse(pred, target, *, reduction="mean", out=None):
+def mse(pred, target, out=None, *, reduction="mean"):
     """(pred - target)² over every element; dpred = 2 (pred - target) / size
     for the mean. NaN targets are refused."""
     where = "mse"
@@ -127,7 +128,7 @@ def mse(pred, target, *, reduction="mean", out=None):
     return kernels.mse(pred, target, grad, mean, where), grad
 
 
-def l1_loss(pred, target, *, reduction="mean", out=None):
+def l1_loss(pred, target, out=None, *, reduction="mean"):
     """|pred - target| over every element; dpred = sign(pred - target) (0 where
     equal) / size for the mean. NaN targets are refused."""
     where = "l1_loss"
@@ -137,7 +138,7 @@ def l1_loss(pred, target, *, reduction="mean", out=None):
     return kernels.l1_loss(pred, target, grad, mean, where), grad
 
 
-def huber_loss(pred, target, *, delta=1.0, reduction="mean", out=None):
+def huber_loss(pred, target, out=None, *, delta=1.0, reduction="mean"):
     """d²/2 where |d| < delta, delta (|d| - delta/2) elsewhere, d = pred - target;
     dpred = clamp(d, -delta, delta) / size for the mean. NaN targets are refused."""
     where = "huber_loss"
@@ -148,7 +149,7 @@ def huber_loss(pred, target, *, delta=1.0, reduction="mean", out=None):
     return kernels.huber_loss(pred, target, grad, delta, mean, where), grad
 
 
-def binary_cross_entropy_with_logits(logits, target, *, pos_weight=None, reduction="mean", out=None):
+def binary_cross_entropy_with_logits(logits, target, out=None, *, pos_weight=None, reduction="mean"):
     """(1 - t) x + (1 + (pw - 1) t) log(1 + e^-x) in a stable form (PyTorch's),
     over every element; without pos_weight dlogits = (σ(x) - t) / size for the
     mean. Targets are probabilities (floats), NaN refused; ``pos_weight`` holds
