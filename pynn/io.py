@@ -3,7 +3,7 @@ read as untrusted input.
 
 Reading never executes anything from the file: the header is JSON, checked
 field by field (sizes, offsets, dtypes, shapes) before the safetensors package
-decodes the tensors, and an architecture names layer types that are looked up
+splits the data into tensors, and an architecture names layer types that are looked up
 in ``LAYER_TYPES``, never imported. Every defect raises ``ModelFormatError``."""
 import contextlib
 import math
@@ -22,10 +22,11 @@ from pynn.sequential import LoadResult
 
 # safetensors' own ceiling; a longer header is refused before it is read.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+# Each dtype's storage; BF16 (the top half of a float32) is stored as uint16.
 _DTYPES = {
     "BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "U16": np.uint16,
     "I32": np.int32, "U32": np.uint32, "I64": np.int64, "U64": np.uint64,
-    "F16": np.float16, "F32": np.float32, "F64": np.float64,
+    "F16": np.float16, "BF16": np.uint16, "F32": np.float32, "F64": np.float64,
 }
 _TENSOR_FIELDS = {"dtype", "shape", "data_offsets"}
 
@@ -103,23 +104,36 @@ def _read_validated(file, size, where):
             f"(and headers are limited to {MAX_HEADER_BYTES})")
     header = _parse_header(file.read(header_length), where)
     metadata = _check_layout(header, size - 8 - header_length, where)
-    import safetensors.numpy
+    import safetensors
 
     file.seek(0)
     content = file.read(size + 1)
     if len(content) != size:
         raise ModelFormatError(f"{where}: the file changed size while it was read")
     try:
-        tensors = safetensors.numpy.load(content)
+        views = safetensors.deserialize(content)
     except Exception as error:  # the package's errors, whatever their class
         raise ModelFormatError(f"{where}: safetensors rejected the file: {error}") from None
-    for name, array in tensors.items():
+    tensors = {}
+    for name, view in views:
         entry = header.get(name)
-        if entry is None or array.dtype != _DTYPES[entry["dtype"]] or list(array.shape) != entry["shape"]:
+        if (entry is None or view["dtype"] != entry["dtype"] or list(view["shape"]) != entry["shape"]
+                or len(view["data"]) != math.prod(entry["shape"]) * np.dtype(_DTYPES[entry["dtype"]]).itemsize):
             raise ModelFormatError(f"{where}: tensor {name!r} decoded differently from its header entry")
+        tensors[name] = _as_array(view["data"], entry["dtype"], entry["shape"])
     if len(tensors) != len(header) - ("__metadata__" in header):
         raise ModelFormatError(f"{where}: safetensors decoded {len(tensors)} tensors, the header lists more")
     return tensors, metadata
+
+
+def _as_array(data, dtype, shape):
+    """A tensor's little-endian bytes as an array of its dtype; BF16, which
+    numpy lacks, becomes float32 (it is the top 16 bits of one, so a shift
+    restores it exactly). Loading into a model converts F16 to float32 too."""
+    array = np.frombuffer(data, dtype=np.dtype(_DTYPES[dtype]).newbyteorder("<")).reshape(shape)
+    if dtype == "BF16":
+        return (array.astype(np.uint32) << 16).view(np.float32)
+    return array
 
 
 def _refuse_duplicates(pairs):

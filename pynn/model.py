@@ -569,7 +569,7 @@ class Model:
     def load_weights(self, path, strict=True):
         return _hooks.get("load_weights", "Model.load_weights")(self, path, strict=strict)
 
-    def fit(self, x, y, *, loss, optimizer, epochs=1, batch_size=32, shuffle=True,
+    def fit(self, x, y=None, *, loss, optimizer, epochs=1, batch_size=32, shuffle=True,
             validation_data=None, seed=None, callbacks=(), verbose=True, comm=None,
             loss_weights=None):
         """As ``Sequential.fit``; with several outputs ``y`` and ``loss`` are

@@ -336,11 +336,13 @@ class Sequential:
         self.freeze(0)
 
     # -- the training loop (pynn.training, through pynn._hooks) ----------------
-    def fit(self, x, y, *, loss, optimizer, epochs=1, batch_size=32, shuffle=True,
+    def fit(self, x, y=None, *, loss, optimizer, epochs=1, batch_size=32, shuffle=True,
             validation_data=None, seed=None, callbacks=(), verbose=True, comm=None):
         """Train on ``(x, y)`` in shuffled mini-batches; returns a ``History``.
-        The last, partial batch is trained on. See ``pynn.training.fit``; with an
-        mpi4py ``comm``, data-parallel over its ranks (``pynn.distributed``)."""
+        The last, partial batch is trained on. Without ``y``, ``x`` is a
+        re-iterable of ``(x_batch, y_batch)`` pairs, for data larger than
+        memory. See ``pynn.training.fit``; with an mpi4py ``comm``,
+        data-parallel over its ranks (``pynn.distributed``)."""
         return _hooks.get("fit", "Sequential.fit")(
             self, x, y, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
             shuffle=shuffle, validation_data=validation_data, seed=seed, callbacks=callbacks,

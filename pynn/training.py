@@ -32,7 +32,7 @@ _BATCH_BUFFERS = weakref.WeakKeyDictionary()
 
 
 def _is_classification(loss):
-    return isinstance(loss, (losses.CrossEntropyLoss, losses.BCEWithLogitsLoss))
+    return isinstance(loss, losses.CLASSIFICATION_LOSSES)
 
 
 def _check_loss(loss, where):
@@ -83,7 +83,7 @@ def _check_data(model, x, y, losses_, where, x_name, y_name):
         ys = [y]
     for index, (loss, target) in enumerate(zip(losses_, ys)):
         name = f"{y_name}[{index}]" if len(ys) > 1 else y_name
-        if isinstance(loss, losses.CrossEntropyLoss):
+        if isinstance(loss, losses.CLASS_INDEX_LOSSES):
             ys[index] = as_indices(target, where, name, ndim=1)
         else:
             ys[index] = as_float32(target, where, name)
@@ -95,10 +95,12 @@ def _check_data(model, x, y, losses_, where, x_name, y_name):
 
 
 class _Accuracy:
-    """Counts correct predictions into reused buffers (no per-batch allocation)."""
+    """Counts correct predictions into reused buffers (no per-batch allocation);
+    rows whose target is the loss's ``ignore_index`` are not counted."""
 
     def __init__(self, loss):
         self.binary = isinstance(loss, losses.BCEWithLogitsLoss)
+        self.ignore_index = getattr(loss, "ignore_index", None)
         self._buffers = {}
 
     def _buffer(self, name, shape, dtype):
@@ -120,16 +122,27 @@ class _Accuracy:
         hits = self._buffer("hits", pred.shape[:1], bool)
         np.argmax(pred, axis=1, out=classes)
         np.equal(classes, target, out=hits)
-        return int(np.count_nonzero(hits)), hits.size
+        if self.ignore_index is None:
+            return int(np.count_nonzero(hits)), hits.size
+        counted = self._buffer("counted", pred.shape[:1], bool)
+        np.not_equal(target, self.ignore_index, out=counted)
+        np.logical_and(hits, counted, out=hits)
+        return int(np.count_nonzero(hits)), int(np.count_nonzero(counted))
 
 
 class _Batches:
-    """Mini-batches in a given order, gathered into ``buffers`` (the model's,
-    so they are reused across epochs and across calls to fit)."""
+    """Mini-batches of arrays, shuffled by ``rng`` (None: in order), gathered
+    into ``buffers`` (the model's, so they are reused across epochs and across
+    calls to fit). The progress bar counts samples."""
+    unit = "sample"
 
-    def __init__(self, x, y, batch_size, buffers):
+    def __init__(self, x, y, batch_size, buffers, rng):
         self.x, self.y, self.batch_size = x, y, batch_size
-        self._buffers = buffers
+        self._buffers, self._rng = buffers, rng
+        self.total = len(x[0])
+
+    def progress(self, rows):
+        return rows
 
     def _gather(self, role, source, indices):
         shape = (len(indices),) + source.shape[1:]
@@ -147,9 +160,10 @@ class _Batches:
             np.take(source, indices, axis=0, out=buffer)
         return buffer
 
-    def __call__(self, order):
+    def epoch(self, epoch):
         """``(inputs, targets)`` lists per batch."""
         rows = len(self.x[0])
+        order = None if self._rng is None else self._rng.permutation(rows)
         for start in range(0, rows, self.batch_size):
             if order is None:  # no shuffling: contiguous row slices, no copy
                 stop = start + self.batch_size
@@ -158,6 +172,53 @@ class _Batches:
                 indices = order[start:start + self.batch_size]
                 yield ([self._gather(("x", i), x, indices) for i, x in enumerate(self.x)],
                        [self._gather(("y", i), y, indices) for i, y in enumerate(self.y)])
+
+
+class _Stream:
+    """Mini-batches from a re-iterable of ``(x_batch, y_batch)`` pairs, in its
+    order, each checked as fit checks arrays. A pass that yields nothing is
+    refused: that is how an iterator used up by the first epoch shows itself.
+    The progress bar counts batches (of ``len(source)`` when it has one)."""
+    unit = "batch"
+
+    def __init__(self, model, source, losses_, where):
+        if isinstance(source, np.ndarray) or not hasattr(source, "__iter__") \
+                or isinstance(source, (str, bytes, dict)):
+            raise TypeError(f"{where}: y is missing: pass targets y with array inputs x, or x as a "
+                            f"re-iterable of (x_batch, y_batch) pairs; got x of type {type(source).__name__}")
+        self.model, self.source, self.losses, self.where = model, source, losses_, where
+        try:
+            self.total = len(source)
+        except TypeError:
+            self.total = None
+
+    def progress(self, rows):
+        return 1
+
+    def epoch(self, epoch):
+        """``(inputs, targets)`` lists per batch."""
+        where, iterator = self.where, iter(self.source)
+        index = -1
+        for index, pair in enumerate(iterator):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise TypeError(f"{where}: without y, x must yield (x_batch, y_batch) pairs; "
+                                f"batch {index} is {type(pair).__name__}"
+                                f"{f' of length {len(pair)}' if isinstance(pair, (tuple, list)) else ''}")
+            xs, ys = _check_data(self.model, *pair, self.losses, where,
+                                 f"x_batch {index}", f"y_batch {index}")
+            if xs[0].shape[0] == 0:
+                raise ValueError(f"{where}: x_batch {index} has no samples (shape {xs[0].shape})")
+            if epoch == 0 and index == 0:
+                self.model.input_shape = [x.shape[1:] for x in xs] if len(xs) > 1 else xs[0].shape[1:]
+            yield xs, ys
+        if index >= 0:
+            return
+        if epoch == 0:
+            raise ValueError(f"{where}: x yielded no (x_batch, y_batch) pairs")
+        used_up = TypeError if iterator is self.source else ValueError
+        raise used_up(f"{where}: x yielded no batches in epoch {epoch + 1}: a generator or other "
+                      "iterator is used up by one pass; for several epochs pass a list of "
+                      "(x_batch, y_batch) pairs or an object whose __iter__ starts a new pass")
 
 
 def _reseed_dropout(model, seeds):
@@ -188,12 +249,15 @@ class _Objective:
         return grads
 
 
-def fit(model, x, y, *, loss, optimizer, epochs=1, batch_size=32, shuffle=True,
+def fit(model, x, y=None, *, loss, optimizer, epochs=1, batch_size=32, shuffle=True,
         validation_data=None, seed=None, callbacks=(), verbose=True, comm=None, loss_weights=None):
-    """``Sequential.fit`` and ``Model.fit``. With a ``comm``, every rank runs
-    this on its own shard through ``DataParallel``, and an exception anywhere
-    in it (argument checks included) aborts the whole job rather than leaving
-    ranks waiting."""
+    """``Sequential.fit`` and ``Model.fit``. Without ``y``, ``x`` is a
+    re-iterable of ``(x_batch, y_batch)`` pairs (a list, or an object whose
+    ``__iter__`` starts a new pass), trained on in its order (``batch_size``
+    and ``shuffle`` do not apply) for data that does not fit in memory. With a
+    ``comm``, every rank runs this on its own shard through ``DataParallel``,
+    and an exception anywhere in it (argument checks included) aborts the
+    whole job rather than leaving ranks waiting."""
     data_parallel = None
     guard = contextlib.nullcontext()
     where = f"{type(model).__name__}.fit"
@@ -227,10 +291,16 @@ def _fit(model, x, y, loss, optimizer, epochs, batch_size, shuffle, validation_d
         if not isinstance(callback, Callback):
             raise TypeError(f"{where}: callbacks[{index}] must be a pynn.callbacks.Callback, "
                             f"got {type(callback).__name__}")
-    xs, ys = _check_data(model, x, y, objective.losses, where, "x", "y")
-    if xs[0].shape[0] == 0:
-        raise ValueError(f"{where}: x has no samples (shape {xs[0].shape})")
-    model.input_shape = [x.shape[1:] for x in xs] if len(xs) > 1 else xs[0].shape[1:]
+    if y is None:
+        if comm is not None:
+            raise ValueError(f"{where}: comm needs arrays x and y to shard; without y, x is an "
+                             "iterable of batches, which fit cannot share among ranks")
+        batches = _Stream(model, x, objective.losses, where)
+    else:
+        xs, ys = _check_data(model, x, y, objective.losses, where, "x", "y")
+        if xs[0].shape[0] == 0:
+            raise ValueError(f"{where}: x has no samples (shape {xs[0].shape})")
+        model.input_shape = [x.shape[1:] for x in xs] if len(xs) > 1 else xs[0].shape[1:]
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise TypeError(f"{where}: validation_data must be a pair (x_val, y_val), "
@@ -241,18 +311,18 @@ def _fit(model, x, y, loss, optimizer, epochs, batch_size, shuffle, validation_d
     if seed is not None:
         seed = as_count(seed, where, "seed", minimum=0)
     parallel = None
-    samples = xs[0].shape[0]
     if comm is not None:  # each rank trains on its own shard; see pynn.distributed
         parallel = data_parallel(model, optimizer, comm)
-        parallel.plan_epoch(samples, batch_size, where)
+        parallel.plan_epoch(xs[0].shape[0], batch_size, where)
         verbose = verbose and parallel.rank == 0
     shuffle_seed, dropout_seed = np.random.SeedSequence(seed).spawn(2)
     if seed is not None:
         _reseed_dropout(model, dropout_seed.spawn(len(list(model.named_layers()))))
-    rng = np.random.default_rng(shuffle_seed)
     names = _output_names(model)
-    batches = _Batches(xs, ys, batch_size, _BATCH_BUFFERS.setdefault(model, {}))
-    many_inputs, many_outputs = len(xs) > 1, len(ys) > 1
+    if y is not None:
+        batches = _Batches(xs, ys, batch_size, _BATCH_BUFFERS.setdefault(model, {}),
+                           np.random.default_rng(shuffle_seed) if shuffle else None)
+    many_outputs = len(objective.losses) > 1
     history = History()
     everyone = [history] + callbacks
     for callback in everyone:
@@ -262,12 +332,12 @@ def _fit(model, x, y, loss, optimizer, epochs, batch_size, shuffle, validation_d
         from tqdm.auto import tqdm
 
     for epoch in range(epochs):
-        bar = tqdm(total=samples, desc=f"Epoch {epoch + 1}/{epochs}", unit="sample",
+        bar = tqdm(total=batches.total, desc=f"Epoch {epoch + 1}/{epochs}", unit=batches.unit,
                    leave=True) if verbose else None
         shown = time.monotonic()
         tally = _Tally(objective.losses)
-        for step, (x_batch, y_batch) in enumerate(batches(order=rng.permutation(samples) if shuffle else None)):
-            preds = model.forward(x_batch if many_inputs else x_batch[0], training=True)
+        for step, (x_batch, y_batch) in enumerate(batches.epoch(epoch)):
+            preds = model.forward(x_batch if len(x_batch) > 1 else x_batch[0], training=True)
             preds = preds if many_outputs else [preds]
             rows = len(x_batch[0])
             total, values = objective(preds, y_batch)
@@ -279,11 +349,11 @@ def _fit(model, x, y, loss, optimizer, epochs, batch_size, shuffle, validation_d
             else:
                 parallel.step(dys if many_outputs else dys[0], parallel.share(step, rows))
             if bar is not None:
-                bar.update(rows)
+                bar.update(batches.progress(rows))
                 if time.monotonic() - shown >= _POSTFIX_INTERVAL:
                     shown = time.monotonic()
-                    bar.set_postfix(loss=f"{tally.sums[0] / bar.n:.4f}", refresh=False)
-        seen = samples
+                    bar.set_postfix(loss=f"{tally.sums[0] / tally.rows:.4f}", refresh=False)
+        seen = tally.rows
         if parallel is not None:
             *totals, seen = parallel.sum_over_ranks(*tally.sums.tolist(), seen)
             tally.sums = np.array(totals)
@@ -312,8 +382,10 @@ class _Tally:
     def __init__(self, losses_):
         self.accuracies = [_Accuracy(loss) if _is_classification(loss) else None for loss in losses_]
         self.sums = np.zeros(1 + 3 * len(losses_))  # total; per output: loss, correct, counted
+        self.rows = 0
 
     def add(self, total, values, preds, targets, rows):
+        self.rows += rows
         self.sums[0] += total * rows
         for index, (value, accuracy) in enumerate(zip(values, self.accuracies)):
             self.sums[1 + 3 * index] += value * rows

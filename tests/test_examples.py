@@ -232,3 +232,16 @@ def test_collaborative_filtering_reads_a_ratings_file(tmp_path):
     message = run_example("collaborative_filtering.py", "--ratings", str(path), cwd=tmp_path,
                           returncode=2)
     assert "cannot read ratings" in message and "line 2" in message
+
+
+def test_out_of_core_trains_from_a_memmap_larger_than_its_cache(tmp_path):
+    out = run_example("out_of_core.py", "--cache-mb", "1", "--epochs", "3", "--threads", "1",
+                      cwd=tmp_path)
+    written = out.splitlines()[0]
+    assert written.startswith("wrote 6145 augmented digits (1.5 MiB) to a memmap file")
+    assert "larger than the 1 MiB cache" in written
+    accuracy = float(out.split("test accuracy ")[1].split()[0])
+    assert accuracy > 0.7  # chance is 0.1
+    assert os.listdir(tmp_path) == []  # the file lived in a temporary folder
+    message = run_example("out_of_core.py", "--cache-mb", "0", cwd=tmp_path, returncode=2)
+    assert "must be a positive number, got 0.0" in message

@@ -77,7 +77,11 @@ F32_PAIR = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
     ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, None,
      r"F32 \[3\], 12 bytes, but its data_offsets span 8"),
     ({"a": {"dtype": "F64", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, None, "16 bytes"),
-    ({"a": {"dtype": "BF16", "shape": [4], "data_offsets": [0, 8]}}, b"\0" * 8, None, "unsupported dtype 'BF16'"),
+    ({"a": {"dtype": "F8_E4M3", "shape": [8], "data_offsets": [0, 8]}}, b"\0" * 8, None,
+     "unsupported dtype 'F8_E4M3'"),
+    ({"a": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, None,
+     r"BF16 \[3\], 6 bytes, but its data_offsets span 8"),
+    ({"a": {"dtype": "F16", "shape": [2**62], "data_offsets": [0, 8]}}, b"\0" * 8, None, "span 8"),
     ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, b"\0" * 8, None, "non-negative"),
     ({"a": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 8]}}, b"\0" * 8, None, "span 8"),
     ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8], "x": 1}}, b"\0" * 8, None, "exactly the fields"),
@@ -497,3 +501,81 @@ def test_a_hostile_input_shape_raises_model_format_error(tmp_path, value, messag
     save_tensors(path, tensors, metadata)
     with pytest.raises(ModelFormatError, match=message):
         pynn.load(path)
+
+
+# -- half-precision tensors -------------------------------------------------------
+def _bf16_bits(values):
+    """float32 values truncated to BF16: the top 16 bits of each."""
+    return (np.asarray(values, np.float32).view(np.uint32) >> 16).astype(np.uint16)
+
+
+def _half_model():
+    from pynn import Sequential
+    from pynn.layers import Linear, ReLU
+
+    return Sequential(Linear(6, 5), ReLU(), Linear(5, 3))
+
+
+def test_load_weights_reads_f16_written_by_safetensors(tmp_path):
+    import safetensors.numpy
+
+    model = _half_model()
+    halves = {key: np.random.default_rng(1).normal(size=value.shape).astype(np.float16)
+              for key, value in model.state_dict().items()}
+    path = tmp_path / "half.safetensors"
+    safetensors.numpy.save_file(halves, str(path))
+    model.load_weights(path)
+    for key, value in halves.items():
+        assert model.state_dict()[key].dtype == np.float32
+        np.testing.assert_array_equal(model.state_dict()[key], value.astype(np.float32))
+
+
+def test_load_weights_and_load_read_bf16_exactly(tmp_path):
+    model = _half_model()
+    model.save(tmp_path / "model.safetensors")
+    tensors, metadata = read_tensors(tmp_path / "model.safetensors")
+    # the same file with every tensor BF16: header and data written as the format says
+    header, chunks, offset = {"__metadata__": metadata}, [], 0
+    for key, value in tensors.items():
+        chunk = _bf16_bits(value).tobytes()
+        header[key] = {"dtype": "BF16", "shape": list(value.shape), "data_offsets": [offset, offset + len(chunk)]}
+        chunks.append(chunk)
+        offset += len(chunk)
+    path = write_raw(tmp_path / "bf16.safetensors", header, b"".join(chunks))
+    loaded, _ = read_tensors(path)
+    for key, value in tensors.items():
+        expected = (_bf16_bits(value).astype(np.uint32) << 16).view(np.float32)
+        assert loaded[key].dtype == np.float32
+        np.testing.assert_array_equal(loaded[key], expected)
+        assert np.max(np.abs(loaded[key] - value)) <= np.max(np.abs(value)) * 2.0 ** -7
+    rebuilt = pynn.load(path)
+    fresh = _half_model()
+    fresh.load_weights(path)
+    for key in tensors:
+        np.testing.assert_array_equal(rebuilt.state_dict()[key], loaded[key])
+        np.testing.assert_array_equal(fresh.state_dict()[key], loaded[key])
+    # the special values keep their meaning
+    special = np.array([np.inf, -np.inf, np.nan, -0.0, 1e-40], np.float32)
+    path = write_raw(tmp_path / "special.safetensors",
+                     {"s": {"dtype": "BF16", "shape": [5], "data_offsets": [0, 10]}},
+                     _bf16_bits(special).tobytes())
+    values = read_tensors(path)[0]["s"]
+    assert values[0] == np.inf and values[1] == -np.inf and np.isnan(values[2])
+    assert values[3] == 0 and np.signbit(values[3]) and 0 < values[4] < 1e-39
+
+
+def test_load_weights_reads_a_bf16_state_dict_saved_by_torch(tmp_path):
+    torch, reference, model = torch_pair()
+    from safetensors.torch import save_file
+
+    half = {key: tensor.to(torch.bfloat16) for key, tensor in reference.state_dict().items()}
+    path = tmp_path / "torch_bf16.safetensors"
+    save_file(half, str(path))
+    model.load_weights(path)
+    for key, tensor in half.items():
+        np.testing.assert_array_equal(model.state_dict()[key], tensor.float().numpy())
+    x = pynn.datasets.load_digits()[0][:50]
+    with torch.no_grad():
+        reference.load_state_dict({key: tensor.float() for key, tensor in half.items()})
+        expected = reference(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model.predict(x), expected, rtol=1e-5, atol=1e-5)

@@ -164,3 +164,35 @@ def test_torch_parity():
         loss, grad = op(logits, y)
         assert loss == pytest.approx(expected.item(), rel=1e-6)
         np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("op,target", [
+    (ops.nll_loss, np.array([0, 3, -100, 1])),
+    (ops.l1_loss, _logits((4, 5), 9)),
+    (ops.huber_loss, _logits((4, 5), 9)),
+])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_new_losses_write_into_out(op, target, reduction):
+    scores = _logits((4, 5), 8)
+    out = np.full((4, 5), np.nan, np.float32)
+    loss, grad = op(scores, target, reduction=reduction, out=out)
+    fresh_loss, fresh_grad = op(scores, target, reduction=reduction)
+    assert grad is out and loss == fresh_loss
+    np.testing.assert_array_equal(out, fresh_grad)
+    with pytest.raises(ValueError, match=f"{op.__name__}: out must have shape"):
+        op(scores, target, out=np.empty((5, 4), np.float32))
+
+
+def test_cross_entropy_options_same_on_any_thread_count(set_threads):
+    logits = _logits((2000, 40), seed=3)
+    target = np.random.default_rng(4).integers(0, 40, 2000)
+    target[::7] = 5
+    weight = np.random.default_rng(5).random(40).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        set_threads(threads)
+        results.append(ops.cross_entropy(logits, target, weight=weight, ignore_index=5,
+                                         label_smoothing=0.2))
+    assert results[0][0] == results[1][0]
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    assert not results[0][1][target == 5].any()

@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 
 import pynn
 from pynn import layers, ops
-from tests.helpers import assert_matmul_close
+from tests.helpers import assert_matmul_close, class_loss64, elementwise_loss64
 from tests.test_ops_attention import reference as attention_reference
 from tests.test_ops_attention import reference_backward as attention_reference_backward
 
@@ -257,6 +257,88 @@ def test_mse(kind, shape, mismatched, data):
         return
     assert loss == pytest.approx(np.mean(difference**2), rel=1e-5, abs=1e-6)
     assert_elementwise(grad, 2 * difference / pred.size, rtol=1e-5, atol=1e-7)
+
+
+CLASS_WEIGHTS = {"none": lambda classes, rng: None,
+                 "good": lambda classes, rng: (rng.random(classes) + 0.1).astype(np.float32),
+                 "float64": lambda classes, rng: rng.random(classes) + 0.1,
+                 "long": lambda classes, rng: np.ones(classes + 1, np.float32),
+                 "int": lambda classes, rng: np.ones(classes, np.int64),
+                 "2d": lambda classes, rng: np.ones((1, classes), np.float32)}
+
+
+@fuzz
+@given(st.integers(0, 6), st.integers(1, 6), st.sampled_from(["cross_entropy", "nll_loss"]),
+       st.sampled_from(sorted(CLASS_WEIGHTS)), st.sampled_from([-100, 0, 2, 1.5, True]),
+       st.sampled_from([0.0, 0.4, 1.0, -0.1, 1.5, float("nan"), "0.1"]),
+       st.sampled_from(["mean", "sum", "none", None]), st.data())
+def test_class_index_losses_with_options(rows, classes, name, weight_kind, ignore_index, smoothing,
+                                         reduction, data):
+    scores = data.draw(values((rows, classes), specials=False)).astype(np.float32)
+    rng = np.random.default_rng(rows * 7 + classes)
+    target = rng.integers(-1, classes + 1, size=rows)
+    if isinstance(ignore_index, int) and not isinstance(ignore_index, bool):
+        target[rng.random(rows) < 0.3] = ignore_index
+    weight = CLASS_WEIGHTS[weight_kind](classes, rng)
+    options = {"weight": weight, "ignore_index": ignore_index, "reduction": reduction}
+    if name == "cross_entropy":
+        options["label_smoothing"] = smoothing
+    op = getattr(ops, name)
+    if (weight_kind in ("long", "int", "2d") or reduction not in ("mean", "sum")
+            or isinstance(ignore_index, (bool, float))
+            or (name == "cross_entropy" and smoothing not in (0.0, 0.4, 1.0))):
+        expect_refusal(lambda: op(scores, target, **options), name)
+        return
+    outside = ((target < 0) | (target >= classes)) & (target != ignore_index)
+    if outside.any():
+        with pytest.raises(IndexError, match=f"class {target[outside][0]}"):
+            op(scores, target, **options)
+        return
+    loss, grad = op(scores, target, **options)
+    expected, expected_grad = class_loss64(
+        scores, target, None if weight is None else weight.astype(np.float32), ignore_index,
+        options.get("label_smoothing", 0.0), reduction, log_probs=name == "nll_loss")
+    if np.isnan(expected):
+        assert math.isnan(loss)
+    else:
+        assert loss == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    assert_elementwise(grad, expected_grad, rtol=1e-4, atol=1e-6)
+
+
+@fuzz
+@given(st.sampled_from(["mse", "l1", "huber", "bce"]), st.sampled_from(FLOAT_KINDS[:3] + BAD_KINDS),
+       shapes(1, 3), st.sampled_from(["mean", "sum", "none"]),
+       st.sampled_from([1.0, 0.3, 0.0, -1.0, float("nan"), None]),
+       st.sampled_from(["none", "per_position", "one", "wrong"]), st.data())
+def test_elementwise_losses_with_options(name, kind, shape, reduction, delta, pos_weight_kind, data):
+    pred = data.draw(values(shape, specials=False))
+    rng = np.random.default_rng(len(shape) * 11 + sum(shape))
+    target = (rng.random(shape) if name == "bce" else rng.normal(size=shape)).astype(np.float32)
+    last = shape[-1]
+    pos_weight = {"none": None, "per_position": (rng.random(last) * 3).astype(np.float32),
+                  "one": np.array([2.5], np.float32),
+                  "wrong": np.ones(last + 2, np.float32)}[pos_weight_kind]
+    op, where, options = {
+        "mse": (ops.mse, "mse", {}), "l1": (ops.l1_loss, "l1_loss", {}),
+        "huber": (ops.huber_loss, "huber_loss", {"delta": delta}),
+        "bce": (ops.binary_cross_entropy_with_logits, "binary_cross_entropy_with_logits",
+                {"pos_weight": pos_weight})}[name]
+    call = lambda: op(make_input(kind, pred), target, reduction=reduction, **options)  # noqa: E731
+    bad_option = (name == "huber" and not (isinstance(delta, float) and delta > 0)) or (
+        name == "bce" and pos_weight_kind == "wrong")
+    if kind in BAD_KINDS or reduction == "none" or bad_option:
+        expect_refusal(call, where)
+        return
+    loss, grad = call()
+    extra = {"delta": delta} if name == "huber" else {}
+    if name == "bce" and pos_weight is not None:
+        extra["pos_weight"] = pos_weight
+    expected, expected_grad = elementwise_loss64(name, as_reference(kind, pred), target, reduction, **extra)
+    if pred.size == 0 and reduction == "mean":
+        assert math.isnan(loss)
+        return
+    assert loss == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert_elementwise(grad, expected_grad, rtol=1e-5, atol=1e-7)
 
 
 def conv2d_reference(x, weight, bias, stride, padding, dilation, groups):

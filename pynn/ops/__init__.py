@@ -11,7 +11,9 @@ from pynn.ops.normalization import layer_norm, layer_norm_backward
 from pynn.ops.attention import (
     scaled_dot_product_attention, scaled_dot_product_attention_backward,
 )
-from pynn.ops.losses import binary_cross_entropy_with_logits, cross_entropy, mse
+from pynn.ops.losses import (
+    binary_cross_entropy_with_logits, cross_entropy, huber_loss, l1_loss, mse, nll_loss,
+)
 from pynn.ops.conv import (
     adaptive_avg_pool2d, adaptive_avg_pool2d_backward, avg_pool2d, avg_pool2d_backward, conv2d,
     conv2d_backward, global_avg_pool2d, global_avg_pool2d_backward, max_pool2d,
@@ -29,6 +31,7 @@ __all__ += ["linear", "linear_backward", "relu", "relu_backward", "leaky_relu",
 __all__ += ["silu", "silu_backward", "hardswish", "hardswish_backward", "hardsigmoid",
             "hardsigmoid_backward", "relu6", "relu6_backward", "layer_norm",
             "layer_norm_backward"]
+__all__ += ["nll_loss", "l1_loss", "huber_loss"]
 __all__ += ["conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
             "avg_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward"]
 __all__ += ["adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "conv1d", "conv1d_backward",
