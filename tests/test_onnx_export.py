@@ -361,11 +361,24 @@ def test_shared_layers_nested_models_and_several_outputs(opset, tmp_path):
 
 
 def test_outputs_that_are_inputs_or_repeat_go_through_identity(tmp_path):
-    x = pynn.Input((3,), name="x")
+    x, ids = pynn.Input((3,), name="x"), pynn.Input((2,), dtype="int64", name="ids")
     y = layers.ReLU(name="relu")(x)
-    model = pynn.Model(x, [y, x, y])
+    model = pynn.Model([x, ids], [y, x, y, ids])
     proto = assert_runs_as_predict(model, tmp_path)
-    assert [output.name for output in proto.graph.output] == ["relu", "output_1", "output_2"]
+    assert [output.name for output in proto.graph.output] == ["relu", "output_1", "output_2", "output_3"]
+    assert op_types(proto) == ["Relu", "Identity", "Identity", "Cast"]
+
+
+def test_a_nested_model_of_two_inputs_giving_one_back(tmp_path):
+    p, q = pynn.Input((4,)), pynn.Input((4,))
+    inner = pynn.Model([p, q], [layers.Add(name="sum")([p, q]), q], name="pair")
+    x = pynn.Input((4,))
+    h = layers.Linear(4, 4, name="fc")(x)
+    total, same = inner([x, h])
+    model = randomized(pynn.Model(x, [layers.Multiply(name="gate")([total, same]), same]))
+    proto = assert_runs_as_predict(model, tmp_path)
+    assert [node.name for node in proto.graph.node] == ["fc", "pair.sum", "gate"]
+    assert [output.name for output in proto.graph.output] == ["gate", "fc"]
 
 
 # -- arguments, errors and the file --------------------------------------------------

@@ -13,9 +13,10 @@ Names, so that an importer can map the graph back to pynn:
   ``"encoder.0"``); a layer's other nodes are ``"<layer>/<op type>"`` and its
   constants ``"<layer>/<purpose>"``. A name taken already (a shared layer's
   further calls) gets ``":1"``, ``":2"``, ... appended.
-- graph outputs: the outputs of the layers that give them; an output that is
-  a graph input or repeats another output goes through an ``Identity`` node
-  named ``output_<i>``.
+- graph outputs: the outputs of the layers that give them, all float32; an
+  output that is a graph input or repeats another output goes through an
+  ``Identity`` node named ``output_<i>`` (a ``Cast`` to float for an int64
+  input, as ``predict`` gives it).
 """
 import numpy as np
 
@@ -191,10 +192,12 @@ def to_model_proto(model, opset=17, where="pynn.onnx.to_model_proto"):
     outputs, listed = [], {value.name for value in arguments}
     for index, (value, dims) in enumerate(zip(results, _output_dims(model, specs))):
         name = value.name
-        if name in listed:
+        if value.dtype != "float32":  # an int64 input given back, as predict gives it
+            name = graph.node("Cast", [name], f"output_{index}", {"to": elements["float32"]})
+        elif name in listed:
             name = graph.node("Identity", [name], f"output_{index}", {})
         listed.add(name)
-        outputs.append(helper.make_tensor_value_info(name, elements[value.dtype], dims))
+        outputs.append(helper.make_tensor_value_info(name, elements["float32"], dims))
     opsets = [helper.make_opsetid("", opset)]
     proto = helper.make_model(
         helper.make_graph(graph.nodes, model.name or "pynn", inputs, outputs,
