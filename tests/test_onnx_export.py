@@ -2,11 +2,16 @@
 Each exported file passes onnx's full check, and ONNX Runtime computes what
 ``predict`` computes at batch 1, 8 and 64."""
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -17,6 +22,8 @@ from pynn import layers  # noqa: E402
 from pynn.layers.base import LAYER_TYPES  # noqa: E402
 
 BATCHES = (1, 8, 64)
+fuzz = settings(max_examples=int(os.environ.get("PYNN_FUZZ_EXAMPLES", "600")), deadline=None,
+                derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 OPSETS = (13, 17, 21)
 EMBEDDING_ROWS = 7
 
@@ -254,6 +261,39 @@ def test_pools_match_pytorchs_window_rules(kind, ceil_mode, tmp_path):
             assert_runs_as_predict(pynn.Model(x, y), tmp_path, batches=(2,))
             checked += 1
     assert checked > 50
+
+
+@fuzz
+@given(st.sampled_from(["conv", "max", "avg", "avg-exclude-pad"]), st.integers(1, 2), st.data())
+def test_generated_windows_run_as_predict(kind, rank, data):
+    """Convolutions and pools of generated geometry, one size per axis."""
+    def per_axis(low, high):
+        return tuple(data.draw(st.integers(low, high)) for _ in range(rank))
+    kernel, stride, extent = per_axis(1, 4), per_axis(1, 4), per_axis(1, 9)
+    dilation = per_axis(1, 3) if kind in ("conv", "max") else (1,) * rank
+    ceil_mode = data.draw(st.booleans())
+    if kind == "conv":
+        padding = per_axis(0, 3)
+        layer = (layers.Conv1d if rank == 1 else layers.Conv2d)(2, 4, kernel, stride, padding, dilation,
+                                                                 groups=data.draw(st.sampled_from([1, 2])))
+    else:
+        padding = tuple(data.draw(st.integers(0, size // 2)) for size in kernel)
+        if kind == "max":
+            layer = (layers.MaxPool1d if rank == 1 else layers.MaxPool2d)(kernel, stride, padding,
+                                                                           dilation, ceil_mode)
+        else:
+            layer = (layers.AvgPool1d if rank == 1 else layers.AvgPool2d)(
+                kernel, stride, padding, ceil_mode, count_include_pad=kind == "avg")
+    x = pynn.Input((2,) + extent)
+    try:
+        y = layer(x)
+    except ValueError:  # no window fits
+        assume(False)
+    directory = tempfile.mkdtemp()
+    try:
+        assert_runs_as_predict(randomized(pynn.Model(x, y)), pathlib.Path(directory), batches=(2,))
+    finally:
+        shutil.rmtree(directory)
 
 
 # -- whole models --------------------------------------------------------------------

@@ -135,13 +135,24 @@ def _padded(nodes, x, begin, end, value):
     return nodes.op("Pad", [x, nodes.constant("pads", pads), nodes.constant("value", _scalar(value))])
 
 
+def _has_window_of_padding_only(layer, input_shape, shape):
+    """Whether a (dilated) window of the pool covers padding alone, its
+    maximum -inf, where ONNX Runtime gives the lowest float."""
+    for extent, count, kernel, stride, pad, step in zip(input_shape[2:], shape[2:], layer.kernel_size,
+                                                         layer.stride, layer.padding, layer.dilation):
+        for start in range(-pad, count * stride - pad, stride):
+            if not any(0 <= start + tap * step < extent for tap in range(kernel)):
+                return True
+    return False
+
+
 def _max_pool(nodes, layer, x, shape):
-    """MaxPool; when the end padding grows (see ``_window``) a Pad node writes
-    all the padding as -inf, since ONNX Runtime takes no padding as wide as
-    the kernel."""
+    """MaxPool; a Pad node writes the padding as -inf instead when the end
+    padding grows (see ``_window``; ONNX Runtime takes no padding as wide as
+    the kernel) or a window covers padding alone."""
     attributes, overhang = _window(layer, x.shape, shape, layer.dilation)
     source = x.name
-    if overhang is not None:
+    if overhang is not None or _has_window_of_padding_only(layer, x.shape, shape):
         source = _padded(nodes, source, layer.padding, attributes["pads"][layer.rank:], -np.inf)
         attributes["pads"] = [0] * (2 * layer.rank)
     return nodes.out("MaxPool", [source], dilations=list(layer.dilation), **attributes)

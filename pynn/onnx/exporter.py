@@ -173,7 +173,7 @@ def _output_dims(model, specs):
     return dims
 
 
-def to_model_proto(model, opset=17, where="pynn.onnx.to_model_proto"):
+def _model_proto(model, opset, where):
     """The ONNX ``ModelProto`` of a ``Sequential`` or ``Model``."""
     if not isinstance(model, (Sequential, Model)):
         raise TypeError(f"{where}: model must be a pynn Sequential or Model, got {type(model).__name__}")
@@ -199,12 +199,11 @@ def to_model_proto(model, opset=17, where="pynn.onnx.to_model_proto"):
         listed.add(name)
         outputs.append(helper.make_tensor_value_info(name, elements["float32"], dims))
     opsets = [helper.make_opsetid("", opset)]
-    proto = helper.make_model(
+    return helper.make_model(
         helper.make_graph(graph.nodes, model.name or "pynn", inputs, outputs,
                           initializer=graph.initializers),
         opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets),
         producer_name="pynn", producer_version=__version__)
-    return proto
 
 
 def export(model, path, opset=17):
@@ -213,7 +212,7 @@ def export(model, path, opset=17):
     ``model.save``'s. A layer without an ONNX translation raises
     ``pynn.ModelFormatError`` naming it."""
     where = "pynn.onnx.export"
-    proto = to_model_proto(model, opset, where)
+    proto = _model_proto(model, opset, where)
     size = proto.ByteSize()
     if size > _LARGEST_MESSAGE:
         raise ValueError(f"{where}: the model needs {size} bytes, more than the 2 GiB one ONNX "
