@@ -174,7 +174,7 @@ def test_every_layer_type_has_a_case():
     assert covered == set(LAYER_TYPES), f"layer types without an ONNX case: {set(LAYER_TYPES) - covered}"
 
 
-@pytest.mark.parametrize("opset", OPSETS)
+@pytest.mark.parametrize("opset", range(13, 22))
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_each_layer_runs_in_onnx_runtime_as_predict(case, opset, tmp_path):
     model = single_layer_model(case)
