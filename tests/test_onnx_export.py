@@ -19,7 +19,9 @@ ort = pytest.importorskip("onnxruntime")
 import pynn  # noqa: E402
 import pynn.onnx  # noqa: E402
 from pynn import layers  # noqa: E402
-from pynn.layers.base import LAYER_TYPES  # noqa: E402
+from pynn.layers import symbolic  # noqa: E402
+from pynn.onnx.export_layers import TRANSLATIONS  # noqa: E402
+from tests.test_layers_contract import CASES as CONTRACT_CASES  # noqa: E402
 
 BATCHES = (1, 8, 64)
 fuzz = settings(max_examples=int(os.environ.get("PYNN_FUZZ_EXAMPLES", "600")), deadline=None,
@@ -169,9 +171,32 @@ def single_layer_model(case):
     return randomized(pynn.Model(inputs if len(inputs) > 1 else inputs[0], output))
 
 
-def test_every_layer_type_has_a_case():
+def test_every_translated_layer_type_has_a_case():
     covered = {case.split("-")[0] for case in CASES}
-    assert covered == set(LAYER_TYPES), f"layer types without an ONNX case: {set(LAYER_TYPES) - covered}"
+    assert covered == {layer_type.__name__ for layer_type in TRANSLATIONS}
+
+
+def _dtype_of(array):
+    return {"b": "bool", "i": "int64"}.get(array.dtype.kind, "float32")
+
+
+@pytest.mark.parametrize("name", sorted(CONTRACT_CASES))
+def test_every_layer_type_exports_or_is_refused_by_name(name, tmp_path):
+    """Each layer type of the contract's cases, on the contract's input: a
+    type with a translation runs as predict, one without is refused by name."""
+    make, x = CONTRACT_CASES[name]
+    arrays = x if isinstance(x, list) else [x]
+    inputs = [pynn.Input(array.shape[1:], dtype=_dtype_of(array)) for array in arrays]
+    layer = make()
+    model = pynn.Model(inputs if len(inputs) > 1 else inputs[0],
+                       layer(inputs if isinstance(x, list) else inputs[0]))
+    if type(layer) not in TRANSLATIONS:
+        with pytest.raises(pynn.ModelFormatError, match=rf"layer '\S+' is a {name}, which has no ONNX"):
+            pynn.onnx.export(model, tmp_path / "m.onnx")
+        return
+    proto, path = exported(randomized(model), tmp_path)
+    feeds = {given.name: array for given, array in zip(proto.graph.input, arrays)}
+    np.testing.assert_allclose(session(path).run(None, feeds)[0], model.predict(x), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("opset", range(13, 22))
@@ -458,6 +483,14 @@ def test_a_layer_without_a_translation_is_named_and_nothing_is_written(tmp_path)
                                                     r"ONNX translation"):
         pynn.onnx.export(model, path)
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["m.onnx"]
+
+
+def test_a_variable_axis_is_refused_by_input_name(tmp_path):
+    tokens = symbolic.SymbolicTensor((None, 4), "float32", name="tokens")  # what Input((None, 4)) gives
+    model = pynn.Model(tokens, layers.ReLU()(tokens))
+    with pytest.raises(ValueError, match=r"input 'tokens' has a variable axis \(per-sample shape "
+                                         r"\(None, 4\)\); the export takes fixed per-sample shapes"):
+        pynn.onnx.export(model, tmp_path / "m.onnx")
 
 
 def test_a_zero_extent_reshape_is_refused(tmp_path):

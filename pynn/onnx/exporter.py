@@ -16,7 +16,7 @@ Names, so that an importer can map the graph back to pynn:
 - graph outputs: the outputs of the layers that give them, all float32; an
   output that is a graph input or repeats another output goes through an
   ``Identity`` node named ``output_<i>`` (a ``Cast`` to float for an int64
-  input, as ``predict`` gives it).
+  or bool input, as ``predict`` gives it).
 """
 import numpy as np
 
@@ -118,8 +118,13 @@ def _input_specs(model, where):
     """``(name, per-sample shape, dtype)`` of each model input."""
     if isinstance(model, Model):
         many = len(model.inputs) > 1
-        return [(tensor.name or (f"input_{index}" if many else "input"), tensor.shape, tensor.dtype)
-                for index, tensor in enumerate(model.inputs)]
+        specs = [(tensor.name or (f"input_{index}" if many else "input"), tensor.shape, tensor.dtype)
+                 for index, tensor in enumerate(model.inputs)]
+        for name, shape, _ in specs:
+            if None in shape:  # reshapes would bake one length in
+                raise ValueError(f"{where}: input {name!r} has a variable axis (per-sample shape "
+                                 f"{shape}); the export takes fixed per-sample shapes")
+        return specs
     if not model.layers:
         raise ValueError(f"{where}: the Sequential has no layers")
     if model.input_shape is None:
@@ -128,13 +133,14 @@ def _input_specs(model, where):
     return [("input", tuple(model.input_shape), model.input_dtypes(1)[0])]
 
 
-def _emit_layer(graph, layer, name, arguments):
+def _emit_layer(graph, layer, name, arguments, many):
+    """One call of ``layer``, on a list of values if ``many``."""
     translate = TRANSLATIONS.get(type(layer))
     if translate is None:
         raise ModelFormatError(f"pynn.onnx.export: layer {name!r} is a {type(layer).__name__}, "
                                "which has no ONNX translation")
-    given = arguments if layer.takes_list else arguments[0]
-    shape = layer.output_shape([value.shape for value in arguments] if layer.takes_list else given.shape)
+    given = arguments if many else arguments[0]
+    shape = layer.output_shape([value.shape for value in arguments] if many else given.shape)
     return Value(translate(LayerNodes(graph, name), layer, given, tuple(shape)), shape, "float32")
 
 
@@ -144,14 +150,14 @@ def _emit_model(graph, model, prefix, arguments):
     if isinstance(model, Sequential):
         value = arguments[0]
         for index, layer in enumerate(model.layers):
-            value = _emit_layer(graph, layer, f"{prefix}{index}", [value])
+            value = _emit_layer(graph, layer, f"{prefix}{index}", [value], False)
         return [value]
     held = {id(tensor): value for tensor, value in zip(model.inputs, arguments)}
     for call in model._calls:
         values = [held[id(tensor)] for tensor in call.inputs]
         name = prefix + call.callee.name
         if isinstance(call.callee, Layer):
-            results = [_emit_layer(graph, call.callee, name, values)]
+            results = [_emit_layer(graph, call.callee, name, values, call.takes_list)]
         else:
             results = _emit_model(graph, call.callee, name + ".", values)
         held.update((id(tensor), value) for tensor, value in zip(call.outputs, results))
@@ -182,7 +188,8 @@ def _model_proto(model, opset, where):
     onnx = import_onnx(where)
     helper = onnx.helper
     graph = _Graph(onnx, opset, model.state_dict())
-    elements = {"float32": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64}
+    elements = {"float32": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64,
+                "bool": onnx.TensorProto.BOOL}
     inputs, arguments = [], []
     for name, shape, dtype in specs:
         name = graph.fresh(name)
@@ -192,7 +199,7 @@ def _model_proto(model, opset, where):
     outputs, listed = [], {value.name for value in arguments}
     for index, (value, dims) in enumerate(zip(results, _output_dims(model, specs))):
         name = value.name
-        if value.dtype != "float32":  # an int64 input given back, as predict gives it
+        if value.dtype != "float32":  # an input given back, as predict gives it
             name = graph.node("Cast", [name], f"output_{index}", {"to": elements["float32"]})
         elif name in listed:
             name = graph.node("Identity", [name], f"output_{index}", {})
