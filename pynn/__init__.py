@@ -25,8 +25,9 @@ from pynn.io import ModelFormatError, load, load_checkpoint, save_checkpoint
 from pynn import callbacks, training
 from pynn import baselines
 from pynn import distributed
+from pynn import onnx  # imports the onnx package only when called
 
 __all__ = ["__version__", "get_num_threads", "set_num_threads", "show_config", "ops",
            "baselines", "datasets", "ModelFormatError", "load", "save_checkpoint", "load_checkpoint"]
 __all__ += ["Sequential", "Input", "Model", "optim", "callbacks"]
-__all__ += ["init", "layers", "losses"]
+__all__ += ["init", "layers", "losses", "onnx"]

@@ -30,7 +30,7 @@ LAYERS = [
     ("io", ["pynn.architecture", "pynn.io"]),
     ("training", ["pynn.training", "pynn.callbacks", "pynn.baselines", "pynn.text"]),
     ("integrations", ["pynn.distributed", "pynn.demo", "pynn.bench", "pynn.bench.*",
-                      "pynn.__main__", "pynn"]),
+                      "pynn.onnx", "pynn.onnx.*", "pynn.__main__", "pynn"]),
 ]
 
 _PYX_IMPORT = re.compile(r"^\s*(?:import\s+([\w.]+(?:\s*,\s*[\w.]+)*)|from\s+([\w.]+)\s+import\b)")

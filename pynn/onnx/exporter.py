@@ -1,0 +1,227 @@
+"""``pynn.onnx.export``: a ``Sequential`` or ``Model`` written as an ONNX
+graph that ONNX Runtime runs as ``predict`` does (docs/onnx.md).
+
+Names, so that an importer can map the graph back to pynn:
+- graph inputs: each ``Input``'s name, else ``input`` (one input) or
+  ``input_<i>``; a ``Sequential`` takes ``input``. Their first axis is the
+  symbolic dimension ``batch``; the others are the fixed per-sample shape.
+- initializers: the model's state-dict keys (``"0.weight"``,
+  ``"stem.conv.weight"``), each once, however many calls use it. Buffers that
+  inference does not read (``num_batches_tracked``) are left out.
+- nodes: the node whose output is a layer's output, and that output, are
+  named after the layer (nested models' layers under the model's name,
+  ``"encoder.0"``); a layer's other nodes are ``"<layer>/<op type>"`` and its
+  constants ``"<layer>/<purpose>"``. A name taken already (a shared layer's
+  further calls) gets ``":1"``, ``":2"``, ... appended.
+- graph outputs: the outputs of the layers that give them, all float32; an
+  output that is a graph input or repeats another output goes through an
+  ``Identity`` node named ``output_<i>`` (a ``Cast`` to float for an int64
+  or bool input, as ``predict`` gives it).
+"""
+import numpy as np
+
+from pynn._version import __version__
+from pynn.architecture import ModelFormatError
+from pynn.io import write_atomic
+from pynn.layers.base import Layer
+from pynn.model import Model
+from pynn.onnx.export_layers import TRANSLATIONS
+from pynn.onnx.requirement import import_onnx
+from pynn.sequential import Sequential
+
+OPSETS = range(13, 22)
+# Shapes are worked out for these batch sizes: extents equal for both are
+# fixed, those equal to the batch size are the ``batch`` dimension.
+_PROBE_BATCHES = (2, 3)
+# protobuf refuses to serialise a message of 2 GiB or more
+_LARGEST_MESSAGE = 2 ** 31 - 1
+
+
+class Value:
+    """A tensor of the graph: its name, its shape for a batch of
+    ``_PROBE_BATCHES[0]`` and its dtype name."""
+    __slots__ = ("name", "shape", "dtype")
+
+    def __init__(self, name, shape, dtype):
+        self.name, self.shape, self.dtype = name, tuple(shape), dtype
+
+
+class _Graph:
+    """The nodes and initializers written so far, and the names they took."""
+
+    def __init__(self, onnx, opset, reserved):
+        self.onnx, self.opset = onnx, opset
+        self.nodes, self.initializers = [], []
+        self._taken = set(reserved)
+        self._initialized = set()
+
+    def fresh(self, name):
+        """``name``, or ``name:<k>`` with the first k that is free."""
+        candidate, count = name, 0
+        while candidate in self._taken:
+            count += 1
+            candidate = f"{name}:{count}"
+        self._taken.add(candidate)
+        return candidate
+
+    def node(self, op_type, inputs, name, attributes):
+        """A node named ``name`` (made unique) with one output of that name."""
+        output = self.fresh(name)
+        self.nodes.append(self.onnx.helper.make_node(op_type, list(inputs), [output], name=output,
+                                                     **attributes))
+        return output
+
+    def initializer(self, key, array):
+        if key not in self._initialized:
+            self._initialized.add(key)
+            self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array),
+                                                                       key))
+        return key
+
+    def constant(self, name, array):
+        tensor = self.onnx.numpy_helper.from_array(np.ascontiguousarray(array))
+        return self.node("Constant", [], name, {"value": tensor})
+
+
+class LayerNodes:
+    """What one layer call writes into the graph, named after the layer."""
+
+    def __init__(self, graph, name):
+        self._graph, self.name, self.opset = graph, name, graph.opset
+
+    def state(self, key, array):
+        """The initializer holding the layer's ``params`` or ``buffers`` entry ``key``."""
+        return self._graph.initializer(f"{self.name}.{key}", array)
+
+    def constant(self, purpose, array):
+        return self._graph.constant(f"{self.name}/{purpose}", array)
+
+    def op(self, op_type, inputs, **attributes):
+        """A node on the way to the layer's output."""
+        return self._graph.node(op_type, inputs, f"{self.name}/{op_type}", attributes)
+
+    def out(self, op_type, inputs, **attributes):
+        """The node giving the layer's output."""
+        return self._graph.node(op_type, inputs, self.name, attributes)
+
+
+def _checked_opset(opset, where):
+    if isinstance(opset, (bool, np.bool_)) or not isinstance(opset, (int, np.integer)):
+        raise TypeError(f"{where}: opset must be an integer from {OPSETS[0]} to {OPSETS[-1]}, "
+                        f"got {type(opset).__name__} {opset!r:.40}")
+    if opset not in OPSETS:
+        raise ValueError(f"{where}: opset must be from {OPSETS[0]} to {OPSETS[-1]}, got {opset}")
+    return int(opset)
+
+
+def _input_specs(model, where):
+    """``(name, per-sample shape, dtype)`` of each model input."""
+    if isinstance(model, Model):
+        many = len(model.inputs) > 1
+        specs = [(tensor.name or (f"input_{index}" if many else "input"), tensor.shape, tensor.dtype)
+                 for index, tensor in enumerate(model.inputs)]
+        for name, shape, _ in specs:
+            if None in shape:  # reshapes would bake one length in
+                raise ValueError(f"{where}: input {name!r} has a variable axis (per-sample shape "
+                                 f"{shape}); the export takes fixed per-sample shapes")
+        return specs
+    if not model.layers:
+        raise ValueError(f"{where}: the Sequential has no layers")
+    if model.input_shape is None:
+        raise ValueError(f"{where}: the Sequential's input shape is unknown; set "
+                         "model.input_shape to one sample's shape (without the batch axis) first")
+    return [("input", tuple(model.input_shape), model.input_dtypes(1)[0])]
+
+
+def _emit_layer(graph, layer, name, arguments, many):
+    """One call of ``layer``, on a list of values if ``many``."""
+    translate = TRANSLATIONS.get(type(layer))
+    if translate is None:
+        raise ModelFormatError(f"pynn.onnx.export: layer {name!r} is a {type(layer).__name__}, "
+                               "which has no ONNX translation")
+    given = arguments if many else arguments[0]
+    shape = layer.output_shape([value.shape for value in arguments] if many else given.shape)
+    return Value(translate(LayerNodes(graph, name), layer, given, tuple(shape)), shape, "float32")
+
+
+def _emit_model(graph, model, prefix, arguments):
+    """The model's nodes for inputs ``arguments``; its layers are named
+    ``prefix + <layer name>``. Returns the output values."""
+    if isinstance(model, Sequential):
+        value = arguments[0]
+        for index, layer in enumerate(model.layers):
+            value = _emit_layer(graph, layer, f"{prefix}{index}", [value], False)
+        return [value]
+    held = {id(tensor): value for tensor, value in zip(model.inputs, arguments)}
+    for call in model._calls:
+        values = [held[id(tensor)] for tensor in call.inputs]
+        name = prefix + call.callee.name
+        if isinstance(call.callee, Layer):
+            results = [_emit_layer(graph, call.callee, name, values, call.takes_list)]
+        else:
+            results = _emit_model(graph, call.callee, name + ".", values)
+        held.update((id(tensor), value) for tensor, value in zip(call.outputs, results))
+    return [held[id(tensor)] for tensor in model.outputs]
+
+
+def _output_dims(model, specs):
+    """Each output's dimensions: fixed extents, ``"batch"``, or None where an
+    extent depends on the batch size otherwise (a Flatten over the batch axis)."""
+    probes = []
+    for batch in _PROBE_BATCHES:
+        shapes = [(batch,) + tuple(shape) for _, shape, _ in specs]
+        shape = model.output_shape(shapes if model.takes_list else shapes[0])
+        probes.append(shape if model.output_count > 1 else [shape])
+    dims = []
+    for first, second in zip(*probes):
+        dims.append([a if a == b else ("batch" if (a, b) == _PROBE_BATCHES else None)
+                     for a, b in zip(first, second)])
+    return dims
+
+
+def _model_proto(model, opset, where):
+    """The ONNX ``ModelProto`` of a ``Sequential`` or ``Model``."""
+    if not isinstance(model, (Sequential, Model)):
+        raise TypeError(f"{where}: model must be a pynn Sequential or Model, got {type(model).__name__}")
+    opset = _checked_opset(opset, where)
+    specs = _input_specs(model, where)
+    onnx = import_onnx(where)
+    helper = onnx.helper
+    graph = _Graph(onnx, opset, model.state_dict())
+    elements = {"float32": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64,
+                "bool": onnx.TensorProto.BOOL}
+    inputs, arguments = [], []
+    for name, shape, dtype in specs:
+        name = graph.fresh(name)
+        inputs.append(helper.make_tensor_value_info(name, elements[dtype], ["batch", *shape]))
+        arguments.append(Value(name, (_PROBE_BATCHES[0],) + tuple(shape), dtype))
+    results = _emit_model(graph, model, "", arguments)
+    outputs, listed = [], {value.name for value in arguments}
+    for index, (value, dims) in enumerate(zip(results, _output_dims(model, specs))):
+        name = value.name
+        if value.dtype != "float32":  # an input given back, as predict gives it
+            name = graph.node("Cast", [name], f"output_{index}", {"to": elements["float32"]})
+        elif name in listed:
+            name = graph.node("Identity", [name], f"output_{index}", {})
+        listed.add(name)
+        outputs.append(helper.make_tensor_value_info(name, elements["float32"], dims))
+    opsets = [helper.make_opsetid("", opset)]
+    return helper.make_model(
+        helper.make_graph(graph.nodes, model.name or "pynn", inputs, outputs,
+                          initializer=graph.initializers),
+        opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets),
+        producer_name="pynn", producer_version=__version__)
+
+
+def export(model, path, opset=17):
+    """Write ``model`` to ``path`` as an ONNX file for operator set ``opset``
+    (13 to 21), with a dynamic batch dimension. The write is atomic, as
+    ``model.save``'s. A layer without an ONNX translation raises
+    ``pynn.ModelFormatError`` naming it."""
+    where = "pynn.onnx.export"
+    proto = _model_proto(model, opset, where)
+    size = proto.ByteSize()
+    if size > _LARGEST_MESSAGE:
+        raise ValueError(f"{where}: the model needs {size} bytes, more than the 2 GiB one ONNX "
+                         "file without external data can hold")
+    write_atomic(path, proto.SerializeToString())
