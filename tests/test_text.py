@@ -175,3 +175,25 @@ def test_the_semantic_search_example_answers_a_query(tmp_path):
     out = run_example("semantic_search.py", "--top", "2", "A plant was attacked by insects.", cwd=tmp_path)
     answers = out.split("A plant was attacked by insects.")[1].strip().splitlines()
     assert len(answers) == 2 and all("aphids" in line for line in answers)
+
+
+def test_the_bench_text_cases_check_pynn_against_a_float64_forward(encoder):
+    from pynn import bench
+
+    text = bench.load_suite("text")
+    with bench.pinned_threads(1):
+        cases = text.cases(quick=True, threads=1)
+        assert len(cases) == 4
+        for case in cases:
+            bench.verify(case)
+            for runner in case.runners.values():
+                runner()
+
+    class Reversed:  # a wrong encoder: each embedding's features reversed
+        tokenize, model = encoder.tokenize, encoder.model
+
+        def encode(self, sentences):
+            return encoder.encode(sentences)[:, ::-1].copy()
+
+    with pytest.raises(AssertionError, match="wrong encoder"):
+        text.check_encode(Reversed(), SENTENCES[:2], "wrong encoder")()
