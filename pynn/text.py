@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from pynn._checks import as_real
 from pynn.architecture import ModelFormatError
 from pynn.layers import (
     Embedding, LayerNorm, MeanPooling, PaddingMask, PositionalEmbedding, TransformerEncoderLayer,
@@ -177,7 +178,10 @@ class SentenceEncoder:
         self._pooled = Model([ids, mask], MeanPooling(name="pooling")([model([ids, mask]), mask]))
 
     @classmethod
-    def load(cls, folder):
+    def load(cls, folder, dropout=None):
+        """The encoder of a sentence-transformers ``folder``; ``dropout`` (the
+        probability the encoder layers use in training) overrides the config's
+        ``hidden_dropout_prob``."""
         try:
             from tokenizers import Tokenizer
         except ImportError:
@@ -185,6 +189,10 @@ class SentenceEncoder:
                               "'pynn-runtime[text]'") from None
         folder = os.fspath(folder)
         config = _bert_config(folder)
+        if dropout is not None:
+            config["dropout"] = as_real(dropout, "SentenceEncoder.load", "dropout")
+            if not 0.0 <= config["dropout"] < 1.0:
+                raise ValueError(f"SentenceEncoder.load: dropout must be in [0, 1), got {dropout!r:.40}")
         settings = _read_json(folder, "sentence_bert_config.json") if os.path.exists(
             os.path.join(folder, "sentence_bert_config.json")) else {}
         max_seq_length = settings.get("max_seq_length", config["max_position_embeddings"])

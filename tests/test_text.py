@@ -122,6 +122,9 @@ def test_a_small_folder_loads_and_truncates_to_its_max_seq_length(tmp_path):
     encoder = SentenceEncoder.load(folder)
     assert encoder.encode(["word " * 100]).shape == (1, 8)
     assert encoder.tokenize(["word " * 100])[0].shape == (1, 16)
+    assert SentenceEncoder.load(folder, dropout=0.0).model.get_layer("encoder.layer.0").dropout_p == 0.0
+    with pytest.raises(ValueError, match="dropout must be in"):
+        SentenceEncoder.load(folder, dropout=1.5)
 
 
 @pytest.mark.parametrize("change, message", [

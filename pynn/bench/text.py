@@ -175,7 +175,7 @@ def torch_fine_tune_step(torch, reference, sentences, labels):
     optimizer = torch.optim.Adam(trained, lr=LR)
     target = torch.from_numpy(labels)
     bert.train()
-    for module in bert.modules():  # pynn's step runs without dropout
+    for module in bert.modules():  # as pynn's encoder here, without dropout
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
 
@@ -210,7 +210,7 @@ def cases(quick, threads):
     from pynn.text import SentenceEncoder
 
     folder = str(package.get_model_path())
-    encoder = SentenceEncoder.load(folder)
+    encoder = SentenceEncoder.load(folder, dropout=0.0)  # the fine-tuning step compares without dropout
     torch = optional_import("torch")
     reference = _sentence_transformer(folder, torch)
     scratch = tempfile.mkdtemp(prefix="pynn-bench-text-")
