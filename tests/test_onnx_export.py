@@ -1,6 +1,7 @@
 """pynn.onnx.export: every layer type, whole models and the argument checks.
 Each exported file passes onnx's full check, and ONNX Runtime computes what
-``predict`` computes at batch 1, 8 and 64."""
+``predict`` computes at batch 1, 8 and 64, and for inputs with a variable
+axis at lengths 1, 5 and 17 from the same file."""
 import os
 import pathlib
 import shutil
@@ -20,10 +21,11 @@ import pynn  # noqa: E402
 import pynn.onnx  # noqa: E402
 from pynn import layers  # noqa: E402
 from pynn.layers import symbolic  # noqa: E402
-from pynn.onnx.export_layers import TRANSLATIONS  # noqa: E402
+from pynn.onnx.exporter import TRANSLATIONS  # noqa: E402
 from tests.test_layers_contract import CASES as CONTRACT_CASES  # noqa: E402
 
 BATCHES = (1, 8, 64)
+LENGTHS = (1, 5, 17)
 fuzz = settings(max_examples=int(os.environ.get("PYNN_FUZZ_EXAMPLES", "600")), deadline=None,
                 derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 OPSETS = (13, 17, 21)
@@ -44,11 +46,20 @@ def randomized(model, seed=0):
     return model
 
 
-def sample(tensors, batch, rng):
-    """One batch for inputs given as ``(per-sample shape, dtype)``."""
-    return [rng.integers(0, EMBEDDING_ROWS, (batch,) + shape) if dtype == "int64"
-            else rng.standard_normal((batch,) + shape).astype(np.float32)
-            for shape, dtype in tensors]
+def sample(tensors, batch, rng, length=None):
+    """One batch for inputs given as ``(per-sample shape, dtype)``, their
+    variable axes ``length`` long; bool masks are True (padding) at random,
+    some rows wholly."""
+    arrays = []
+    for shape, dtype in tensors:
+        shape = (batch,) + tuple(length if extent is None else extent for extent in shape)
+        if dtype == "int64":
+            arrays.append(rng.integers(0, EMBEDDING_ROWS, shape))
+        elif dtype == "bool":
+            arrays.append(rng.random(shape) < 0.3)
+        else:
+            arrays.append(rng.standard_normal(shape).astype(np.float32))
+    return arrays
 
 
 def exported(model, tmp_path, opset=17):
@@ -65,9 +76,10 @@ def session(path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def assert_runs_as_predict(model, tmp_path, opset=17, batches=BATCHES):
-    """Export, check, and compare ONNX Runtime with ``predict``; returns the
-    ModelProto."""
+def assert_runs_as_predict(model, tmp_path, opset=17, batches=BATCHES, lengths=LENGTHS, make=sample):
+    """Export, check, and compare ONNX Runtime with ``predict`` (with inputs
+    from ``make``, at every length when an input has a variable axis);
+    returns the ModelProto."""
     proto, path = exported(model, tmp_path, opset)
     assert set(init.name for init in proto.graph.initializer) <= set(model.state_dict())
     assert proto.opset_import[0].version == opset
@@ -77,10 +89,12 @@ def assert_runs_as_predict(model, tmp_path, opset=17, batches=BATCHES):
     else:
         tensors = [(tuple(model.input_shape), model.input_dtypes(1)[0])]
     rng = np.random.default_rng(1)
-    for batch in batches:
-        xs = sample(tensors, batch, rng)
+    variable = any(extent is None for shape, _ in tensors for extent in shape)
+    for batch, length in [(batch, length) for batch in batches for length in (lengths if variable else [None])]:
+        xs = make(tensors, batch, rng, length)
         feeds = {given.name: x for given, x in zip(runner.get_inputs(), xs)}
-        assert [given.shape[0] for given in runner.get_inputs()] == ["batch"] * len(xs)
+        assert [given.shape for given in runner.get_inputs()] == [
+            ["batch"] + ["length" if extent is None else extent for extent in shape] for shape, _ in tensors]
         got = runner.run(None, feeds)
         want = model.predict(xs if len(xs) > 1 else xs[0])
         want = want if isinstance(want, list) else [want]
@@ -96,7 +110,7 @@ def op_types(proto):
 
 
 # -- every layer type alone in a small Model ---------------------------------------
-IMAGE, SIGNAL, ROW = (3, 8, 8), (3, 11), (5,)
+IMAGE, SIGNAL, ROW, TOKENS = (3, 8, 8), (3, 11), (5,), (None, 8)
 # case -> (layer factory, [(per-sample input shape, dtype), ...]); a merge layer takes several
 CASES = {
     "Linear": (lambda: layers.Linear(5, 3), [ROW]),
@@ -156,6 +170,22 @@ CASES = {
     "Concatenate": (lambda: layers.Concatenate(axis=1), [IMAGE, (2, 8, 8)]),
     "Concatenate-last": (lambda: layers.Concatenate(axis=-1), [(2, 3), (2, 4)]),
     "Dot": (layers.Dot, [ROW, ROW]),
+    "MultiheadAttention": (lambda: layers.MultiheadAttention(8, 2), [TOKENS]),
+    "MultiheadAttention-mask": (lambda: layers.MultiheadAttention(8, 4), [TOKENS, ((None,), "bool")]),
+    "MultiheadAttention-float-mask": (lambda: layers.MultiheadAttention(8, 2), [TOKENS, (None,)]),
+    "MultiheadAttention-nobias": (lambda: layers.MultiheadAttention(8, 1, bias=False), [TOKENS]),
+    "MultiheadAttention-cross": (lambda: layers.MultiheadAttention(8, 2), [TOKENS, (6, 8), (6, 8)]),
+    "MultiheadAttention-cross-mask": (lambda: layers.MultiheadAttention(8, 2),
+                                      [(3, 8), TOKENS, TOKENS, ((None,), "bool")]),
+    "TransformerEncoderLayer": (lambda: layers.TransformerEncoderLayer(8, 2, 16), [TOKENS]),
+    "TransformerEncoderLayer-prenorm-gelu": (
+        lambda: layers.TransformerEncoderLayer(8, 2, 16, activation="gelu", norm_first=True),
+        [TOKENS, ((None,), "bool")]),
+    "TransformerEncoderLayer-float-mask": (lambda: layers.TransformerEncoderLayer(8, 4, 16, dropout=0.5),
+                                           [TOKENS, (None,)]),
+    "PositionalEmbedding": (lambda: layers.PositionalEmbedding(20, 8), [TOKENS]),
+    "PaddingMask": (layers.PaddingMask, [((None,), "int64")]),
+    "MeanPooling": (layers.MeanPooling, [TOKENS, ((None,), "int64")]),
 }
 
 
@@ -167,7 +197,7 @@ def single_layer_model(case):
     make, _ = CASES[case]
     layer = make()
     inputs = [pynn.Input(shape, dtype=dtype) for shape, dtype in _tensors(case)]
-    output = layer(inputs if layer.takes_list else inputs[0])
+    output = layer(inputs if layer.takes_list or len(inputs) > 1 else inputs[0])
     return randomized(pynn.Model(inputs if len(inputs) > 1 else inputs[0], output))
 
 

@@ -4,7 +4,10 @@ graph that ONNX Runtime runs as ``predict`` does (docs/onnx.md).
 Names, so that an importer can map the graph back to pynn:
 - graph inputs: each ``Input``'s name, else ``input`` (one input) or
   ``input_<i>``; a ``Sequential`` takes ``input``. Their first axis is the
-  symbolic dimension ``batch``; the others are the fixed per-sample shape.
+  symbolic dimension ``batch``, a variable per-sample axis the symbolic
+  dimension ``length`` (one name for every input's, so that ONNX Runtime
+  knows the lengths a graph adds or multiplies together agree); the others
+  are fixed.
 - initializers: the model's state-dict keys (``"0.weight"``,
   ``"stem.conv.weight"``), each once, however many calls use it. Buffers that
   inference does not read (``num_batches_tracked``) are left out.
@@ -25,25 +28,33 @@ from pynn.architecture import ModelFormatError
 from pynn.io import write_atomic
 from pynn.layers.base import Layer
 from pynn.model import Model
-from pynn.onnx.export_layers import TRANSLATIONS
+from pynn.onnx.export_layers import TRANSLATIONS as LAYER_TRANSLATIONS
+from pynn.onnx.export_transformer import TRANSLATIONS as TRANSFORMER_TRANSLATIONS
 from pynn.onnx.requirement import import_onnx
 from pynn.sequential import Sequential
 
+# layer class -> translation; a class missing here is refused by name
+TRANSLATIONS = {**LAYER_TRANSLATIONS, **TRANSFORMER_TRANSLATIONS}
 OPSETS = range(13, 22)
-# Shapes are worked out for these batch sizes: extents equal for both are
-# fixed, those equal to the batch size are the ``batch`` dimension.
+# Shapes are worked out for these batch sizes and lengths of the variable
+# axes: extents equal for all are fixed, those that follow the batch size are
+# the ``batch`` dimension and those that follow the length ``length``.
 _PROBE_BATCHES = (2, 3)
+_PROBE_LENGTHS = (3, 5)
 # protobuf refuses to serialise a message of 2 GiB or more
 _LARGEST_MESSAGE = 2 ** 31 - 1
 
 
 class Value:
     """A tensor of the graph: its name, its shape for a batch of
-    ``_PROBE_BATCHES[0]`` and its dtype name."""
-    __slots__ = ("name", "shape", "dtype")
+    ``_PROBE_BATCHES[0]`` and variable axes of ``_PROBE_LENGTHS[0]``, its
+    dtype name, and ``variable``: per axis, whether its extent follows the
+    variable axes' length (worked out with ``_PROBE_LENGTHS[1]``)."""
+    __slots__ = ("name", "shape", "dtype", "variable")
 
-    def __init__(self, name, shape, dtype):
+    def __init__(self, name, shape, dtype, variable=None):
         self.name, self.shape, self.dtype = name, tuple(shape), dtype
+        self.variable = tuple(variable) if variable is not None else (False,) * len(self.shape)
 
 
 class _Graph:
@@ -84,10 +95,19 @@ class _Graph:
 
 
 class LayerNodes:
-    """What one layer call writes into the graph, named after the layer."""
+    """What one layer call writes into the graph, named after the layer;
+    ``variable`` tells which axes of the layer's output follow the length."""
 
-    def __init__(self, graph, name):
-        self._graph, self.name, self.opset = graph, name, graph.opset
+    def __init__(self, graph, name, variable=(), output_name=None):
+        self._graph, self.name, self.opset, self.variable = graph, name, graph.opset, tuple(variable)
+        self._output_name = output_name or name
+
+    def part(self, key, final=False):
+        """The nodes of the composite layer's part ``key``: its tensors and
+        nodes under ``<layer>.<key>``; with ``final`` its output node gives the
+        layer's output and takes the layer's name."""
+        return LayerNodes(self._graph, f"{self.name}.{key}", self.variable,
+                          self._output_name if final else None)
 
     def state(self, key, array):
         """The initializer holding the layer's ``params`` or ``buffers`` entry ``key``."""
@@ -102,7 +122,7 @@ class LayerNodes:
 
     def out(self, op_type, inputs, **attributes):
         """The node giving the layer's output."""
-        return self._graph.node(op_type, inputs, self.name, attributes)
+        return self._graph.node(op_type, inputs, self._output_name, attributes)
 
 
 def _checked_opset(opset, where):
@@ -118,19 +138,25 @@ def _input_specs(model, where):
     """``(name, per-sample shape, dtype)`` of each model input."""
     if isinstance(model, Model):
         many = len(model.inputs) > 1
-        specs = [(tensor.name or (f"input_{index}" if many else "input"), tensor.shape, tensor.dtype)
-                 for index, tensor in enumerate(model.inputs)]
-        for name, shape, _ in specs:
-            if None in shape:  # reshapes would bake one length in
-                raise ValueError(f"{where}: input {name!r} has a variable axis (per-sample shape "
-                                 f"{shape}); the export takes fixed per-sample shapes")
-        return specs
+        return [(tensor.name or (f"input_{index}" if many else "input"), tensor.shape, tensor.dtype)
+                for index, tensor in enumerate(model.inputs)]
     if not model.layers:
         raise ValueError(f"{where}: the Sequential has no layers")
     if model.input_shape is None:
         raise ValueError(f"{where}: the Sequential's input shape is unknown; set "
                          "model.input_shape to one sample's shape (without the batch axis) first")
     return [("input", tuple(model.input_shape), model.input_dtypes(1)[0])]
+
+
+def _probe(shape, length):
+    """The concrete shape with every variable (None) axis ``length`` long."""
+    return tuple(length if extent is None else extent for extent in shape)
+
+
+def _longer(value):
+    """``value``'s shape with the variable axes ``_PROBE_LENGTHS[1]`` long."""
+    return tuple(_PROBE_LENGTHS[1] if variable else extent
+                 for extent, variable in zip(value.shape, value.variable))
 
 
 def _emit_layer(graph, layer, name, arguments, many):
@@ -140,8 +166,12 @@ def _emit_layer(graph, layer, name, arguments, many):
         raise ModelFormatError(f"pynn.onnx.export: layer {name!r} is a {type(layer).__name__}, "
                                "which has no ONNX translation")
     given = arguments if many else arguments[0]
-    shape = layer.output_shape([value.shape for value in arguments] if many else given.shape)
-    return Value(translate(LayerNodes(graph, name), layer, given, tuple(shape)), shape, "float32")
+    shape = tuple(layer.output_shape([value.shape for value in arguments] if many else given.shape))
+    longer = tuple(layer.output_shape([_longer(value) for value in arguments] if many
+                                      else _longer(given)))
+    variable = [a != b for a, b in zip(shape, longer)]
+    return Value(translate(LayerNodes(graph, name, variable), layer, given, shape), shape, "float32",
+                 variable)
 
 
 def _emit_model(graph, model, prefix, arguments):
@@ -165,17 +195,20 @@ def _emit_model(graph, model, prefix, arguments):
 
 
 def _output_dims(model, specs):
-    """Each output's dimensions: fixed extents, ``"batch"``, or None where an
-    extent depends on the batch size otherwise (a Flatten over the batch axis)."""
+    """Each output's dimensions: fixed extents, ``"batch"``, ``"length"``, or
+    None where an extent depends on the batch size or the length otherwise
+    (a Flatten over the batch axis or a variable one)."""
     probes = []
-    for batch in _PROBE_BATCHES:
-        shapes = [(batch,) + tuple(shape) for _, shape, _ in specs]
+    for batch, length in ((_PROBE_BATCHES[0], _PROBE_LENGTHS[0]), (_PROBE_BATCHES[1], _PROBE_LENGTHS[0]),
+                          (_PROBE_BATCHES[0], _PROBE_LENGTHS[1])):
+        shapes = [(batch,) + _probe(shape, length) for _, shape, _ in specs]
         shape = model.output_shape(shapes if model.takes_list else shapes[0])
         probes.append(shape if model.output_count > 1 else [shape])
     dims = []
-    for first, second in zip(*probes):
-        dims.append([a if a == b else ("batch" if (a, b) == _PROBE_BATCHES else None)
-                     for a, b in zip(first, second)])
+    for first, other_batch, other_length in zip(*probes):
+        dims.append([a if a == b == c else "batch" if (a, b, c) == (*_PROBE_BATCHES, a)
+                     else "length" if (a, b, c) == (_PROBE_LENGTHS[0], a, _PROBE_LENGTHS[1]) else None
+                     for a, b, c in zip(first, other_batch, other_length)])
     return dims
 
 
@@ -193,8 +226,10 @@ def _model_proto(model, opset, where):
     inputs, arguments = [], []
     for name, shape, dtype in specs:
         name = graph.fresh(name)
-        inputs.append(helper.make_tensor_value_info(name, elements[dtype], ["batch", *shape]))
-        arguments.append(Value(name, (_PROBE_BATCHES[0],) + tuple(shape), dtype))
+        dims = ["batch"] + ["length" if extent is None else extent for extent in shape]
+        inputs.append(helper.make_tensor_value_info(name, elements[dtype], dims))
+        arguments.append(Value(name, (_PROBE_BATCHES[0],) + _probe(shape, _PROBE_LENGTHS[0]), dtype,
+                               [False] + [extent is None for extent in shape]))
     results = _emit_model(graph, model, "", arguments)
     outputs, listed = [], {value.name for value in arguments}
     for index, (value, dims) in enumerate(zip(results, _output_dims(model, specs))):
@@ -215,7 +250,8 @@ def _model_proto(model, opset, where):
 
 def export(model, path, opset=17):
     """Write ``model`` to ``path`` as an ONNX file for operator set ``opset``
-    (13 to 21), with a dynamic batch dimension. The write is atomic, as
+    (13 to 21), with a dynamic batch dimension and a dynamic ``length`` for
+    the inputs' variable axes. The write is atomic, as
     ``model.save``'s. A layer without an ONNX translation raises
     ``pynn.ModelFormatError`` naming it."""
     where = "pynn.onnx.export"
