@@ -2,6 +2,7 @@
 Each exported file passes onnx's full check, and ONNX Runtime computes what
 ``predict`` computes at batch 1, 8 and 64, and for inputs with a variable
 axis at lengths 1, 5 and 17 from the same file."""
+import itertools
 import os
 import pathlib
 import shutil
@@ -90,7 +91,7 @@ def assert_runs_as_predict(model, tmp_path, opset=17, batches=BATCHES, lengths=L
         tensors = [(tuple(model.input_shape), model.input_dtypes(1)[0])]
     rng = np.random.default_rng(1)
     variable = any(extent is None for shape, _ in tensors for extent in shape)
-    for batch, length in [(batch, length) for batch in batches for length in (lengths if variable else [None])]:
+    for batch, length in itertools.product(batches, lengths if variable else [None]):
         xs = make(tensors, batch, rng, length)
         feeds = {given.name: x for given, x in zip(runner.get_inputs(), xs)}
         assert [given.shape for given in runner.get_inputs()] == [
@@ -613,7 +614,8 @@ def test_pools_along_a_variable_axis(tmp_path):
     x = pynn.Input((2, None))
     plain = pynn.Model(x, layers.MaxPool1d(2)(x))
     assert_runs_as_predict(plain, tmp_path, batches=(1, 8), lengths=(5, 17))
-    for pool in (layers.MaxPool1d(3, padding=1, name="pool"), layers.AvgPool1d(2, ceil_mode=True, name="pool")):
+    for pool in (layers.MaxPool1d(3, padding=1, name="pool"),
+                 layers.AvgPool1d(2, ceil_mode=True, name="pool")):
         with pytest.raises(ValueError, match=r"layer 'pool' pools with padding or ceil_mode along a "
                                              r"variable axis"):
             pynn.onnx.export(pynn.Model(x, pool(x)), tmp_path / "m.onnx")

@@ -99,30 +99,32 @@ def _transformer_encoder_layer(nodes, layer, x, shape):
     translation, linear2. Dropout is the identity at inference."""
     source, mask = (x[0], x[1]) if isinstance(x, list) else (x, None)
 
+    def tensor(name):
+        return _Part(name, shape, "float32")
+
     def attention(h):
         given = [h, mask] if mask is not None else h
-        return _Part(_multihead_attention(nodes.part("self_attn"), layer.self_attn, given, shape),
-                     shape, "float32")
+        return tensor(_multihead_attention(nodes.part("self_attn"), layer.self_attn, given, shape))
 
-    def feed_forward(h, final):
-        hidden = _Part(_linear(nodes.part("linear1"), layer.linear1, h, shape), shape, "float32")
+    def feed_forward(h):
+        hidden = tensor(_linear(nodes.part("linear1"), layer.linear1, h, shape))
         if layer.activation == "relu":
-            hidden = _Part(nodes.op("Relu", [hidden.name]), shape, "float32")
+            hidden = tensor(nodes.op("Relu", [hidden.name]))
         else:
-            hidden = _Part(_gelu(nodes.part("gelu"), layer.gelu, hidden, shape), shape, "float32")
-        return _linear(nodes.part("linear2", final=final), layer.linear2, hidden, shape)
+            hidden = tensor(_gelu(nodes.part("gelu"), layer.gelu, hidden, shape))
+        return tensor(_linear(nodes.part("linear2"), layer.linear2, hidden, shape))
 
     def norm(key, h, final=False):
-        return _Part(_layer_norm(nodes.part(key, final=final), getattr(layer, key), h, shape), shape,
-                     "float32")
+        return tensor(_layer_norm(nodes.part(key, final=final), getattr(layer, key), h, shape))
+
+    def residual(h, branch):
+        return tensor(nodes.op("Add", [h.name, branch.name]))
 
     if layer.norm_first:
-        residual = _Part(nodes.op("Add", [source.name, attention(norm("norm1", source)).name]), shape,
-                         "float32")
-        return nodes.out("Add", [residual.name, feed_forward(norm("norm2", residual), False)])
-    residual = norm("norm1", _Part(nodes.op("Add", [source.name, attention(source).name]), shape, "float32"))
-    summed = _Part(nodes.op("Add", [residual.name, feed_forward(residual, False)]), shape, "float32")
-    return norm("norm2", summed, final=True).name
+        h = residual(source, attention(norm("norm1", source)))
+        return nodes.out("Add", [h.name, feed_forward(norm("norm2", h)).name])
+    h = norm("norm1", residual(source, attention(source)))
+    return norm("norm2", residual(h, feed_forward(h)), final=True).name
 
 
 def _positional_embedding(nodes, layer, x, shape):
