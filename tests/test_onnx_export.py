@@ -642,6 +642,57 @@ def test_rows_without_a_key_give_what_predict_gives_not_nan(dtype, tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+@fuzz
+@given(st.integers(1, 3), st.integers(1, 4), st.sampled_from(["self", "cross", "encoder", "encoder-first"]),
+       st.sampled_from([None, "bool", "float32"]), st.booleans(), st.data())
+def test_generated_attention_runs_as_predict(heads, head_dim, kind, mask_kind, bias, data):
+    """Attention and encoder layers of generated geometry, masks of either
+    kind (float ones with -inf, whole rows of padding included), lengths of
+    query and keys apart for cross-attention."""
+    e = heads * head_dim
+    batch, queries = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 9))
+    keys = data.draw(st.integers(1, 9)) if kind == "cross" else queries
+    x = pynn.Input((None, e))
+    inputs, arguments, arrays = [x], [x], [((batch, queries, e), "float32")]
+    if kind == "cross":
+        memory = pynn.Input((None, e))
+        inputs.append(memory)
+        arguments += [memory, memory]
+        arrays.append(((batch, keys, e), "float32"))
+    if mask_kind is not None:
+        mask = pynn.Input((None,), dtype=mask_kind)
+        inputs.append(mask)
+        arguments.append(mask)
+        arrays.append(((batch, keys), mask_kind))
+    if kind == "encoder" or kind == "encoder-first":
+        layer = layers.TransformerEncoderLayer(e, heads, data.draw(st.integers(1, 8)),
+                                               activation=data.draw(st.sampled_from(["relu", "gelu"])),
+                                               norm_first=kind == "encoder-first")
+    else:
+        layer = layers.MultiheadAttention(e, heads, bias=bias)
+    model = randomized(pynn.Model(inputs if len(inputs) > 1 else x,
+                                  layer(arguments if len(arguments) > 1 else x)),
+                       seed=data.draw(st.integers(0, 2 ** 16)))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 16)))
+    xs = []
+    for shape, dtype in arrays:
+        padded = rng.random(shape) < data.draw(st.sampled_from([0.0, 0.3, 1.0]))
+        if dtype == "bool":
+            xs.append(padded)
+        elif len(shape) == 2:
+            xs.append(np.where(padded, -np.inf, rng.standard_normal(shape)).astype(np.float32))
+        else:
+            xs.append(rng.standard_normal(shape).astype(np.float32))
+    directory = pathlib.Path(tempfile.mkdtemp())
+    try:
+        pynn.onnx.export(model, directory / "m.onnx", opset=data.draw(st.sampled_from([13, 17, 21])))
+        runner = session(directory / "m.onnx")
+        got = runner.run(None, {given.name: array for given, array in zip(runner.get_inputs(), xs)})
+    finally:
+        shutil.rmtree(directory)
+    np.testing.assert_allclose(got[0], model.predict(xs if len(xs) > 1 else xs[0]), rtol=1e-4, atol=1e-5)
+
+
 VOCABULARY = 30
 
 

@@ -3,7 +3,6 @@ docs/onnx.md): attention, the transformer encoder layer, positions, padding
 masks and mean pooling. The translations take what those of
 pynn/onnx/export_layers.py take. Every length is read from the graph's
 tensors (``Shape``), never baked in, so one file takes every length."""
-import collections
 import math
 
 import numpy as np
@@ -12,8 +11,16 @@ from pynn.layers import (MeanPooling, MultiheadAttention, PaddingMask, Positiona
                          TransformerEncoderLayer)
 from pynn.onnx.export_layers import _axes, _gelu, _layer_norm, _linear, _reduce, _scalar
 
-# a tensor a composite layer hands between its parts' translations
-_Part = collections.namedtuple("_Part", "name shape dtype")
+
+class _Part:
+    """A tensor a composite layer hands between its parts' translations (not
+    a tuple: ``MultiheadAttention`` reads a tuple as its list of inputs)."""
+    __slots__ = ("name", "shape", "dtype")
+
+    def __init__(self, name, shape, dtype):
+        self.name, self.shape, self.dtype = name, shape, dtype
+
+
 # ONNX's Softmax of a row of -inf keys is NaN; pynn's attention gives zeros
 # there, so padded keys get this bias (exp of it is 0 beside any real key)
 # and rows without a key are zeroed after the attention.
