@@ -326,7 +326,8 @@ def _dot(nodes, layer, values, shape):
     return _reduce(nodes, "ReduceSum", product, [1], final=True)
 
 
-# layer class -> translation; a class missing here is refused by name
+# layer class -> translation; exporter.py adds export_transformer.py's, and refuses
+# a class missing from both by name
 TRANSLATIONS = {
     Linear: _linear, Embedding: _embedding, Dropout: _identity, Identity: _identity,
     ReLU: _elementwise("Relu"), Sigmoid: _elementwise("Sigmoid"), Tanh: _elementwise("Tanh"),
