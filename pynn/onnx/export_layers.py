@@ -2,7 +2,9 @@
 docs/onnx.md). A translation takes the layer's ``LayerNodes``
 (pynn/onnx/exporter.py), the layer, its input value (a list for merge
 layers) and its output shape, writes nodes and returns the name of the
-output. Shapes hold a batch of 2; only their other extents are written."""
+output. Shapes hold a batch of 2 and variable axes of length 3; only their
+fixed extents are written (``LayerNodes.variable`` and ``Value.variable``
+tell which axes follow the length)."""
 import math
 
 import numpy as np
@@ -22,13 +24,14 @@ def _axes(values):
     return np.array(values, dtype=np.int64)
 
 
-def _reduce(nodes, op_type, x, axes, final=False):
-    """A reduction keeping its axes; ReduceMean takes them as an attribute
-    before operator set 18, as an input from 18 on (ReduceSum from 13 on)."""
+def _reduce(nodes, op_type, x, axes, final=False, keepdims=1):
+    """A reduction over ``axes``; ReduceMean and ReduceMax take them as an
+    attribute before operator set 18, as an input from 18 on (ReduceSum from
+    13 on)."""
     emit = nodes.out if final else nodes.op
-    if op_type == "ReduceMean" and nodes.opset < 18:
-        return emit(op_type, [x], axes=list(axes), keepdims=1)
-    return emit(op_type, [x, nodes.constant("axes", _axes(axes))], keepdims=1)
+    if op_type != "ReduceSum" and nodes.opset < 18:
+        return emit(op_type, [x], axes=list(axes), keepdims=keepdims)
+    return emit(op_type, [x, nodes.constant("axes", _axes(axes))], keepdims=keepdims)
 
 
 # -- dense ------------------------------------------------------------------------
@@ -146,10 +149,21 @@ def _has_window_of_padding_only(layer, input_shape, shape):
     return False
 
 
+def _refuse_variable_windows(nodes, layer, x):
+    """Window geometry worked out from extents holds for every length only
+    along fixed axes, or along variable ones without padding or ceil_mode."""
+    variable = any(x.variable[2:])
+    if variable and (getattr(layer, "ceil_mode", True) or any(
+            pad for pad, free in zip(layer.padding, x.variable[2:]) if free)):
+        raise ValueError(f"pynn.onnx.export: layer {nodes.name!r} pools with padding or ceil_mode "
+                         "along a variable axis, whose windows ONNX's rule would not place as pynn's")
+
+
 def _max_pool(nodes, layer, x, shape):
     """MaxPool; a Pad node writes the padding as -inf instead when the end
     padding grows (see ``_window``; ONNX Runtime takes no padding as wide as
     the kernel) or a window covers padding alone."""
+    _refuse_variable_windows(nodes, layer, x)
     attributes, overhang = _window(layer, x.shape, shape, layer.dilation)
     source = x.name
     if overhang is not None or _has_window_of_padding_only(layer, x.shape, shape):
@@ -163,6 +177,7 @@ def _avg_pool(nodes, layer, x, shape):
     padding counts, a Pad node writes the padding as zeros and the pool
     counts no padding, so that the divisor counts the padding and not the
     overhang, as PyTorch's does."""
+    _refuse_variable_windows(nodes, layer, x)
     attributes, overhang = _window(layer, x.shape, shape, (1,) * layer.rank)
     if layer.count_include_pad and overhang is not None:
         source = _padded(nodes, x.name, layer.padding, layer.padding, 0.0)
@@ -193,6 +208,9 @@ def _adaptive_avg_pool2d(nodes, layer, x, shape):
     (height, width), (out_height, out_width) = x.shape[2:], shape[2:]
     if (out_height, out_width) == (1, 1):
         return nodes.out("GlobalAveragePool", [x.name])
+    if any(x.variable[2:]):
+        raise ValueError(f"pynn.onnx.export: layer {nodes.name!r} pools adaptively along a variable "
+                         "axis; the export takes fixed extents there unless the output is 1 × 1")
     if out_height and out_width and not height % out_height and not width % out_width:
         kernel = [height // out_height, width // out_width]
         return nodes.out("AveragePool", [x.name], kernel_shape=kernel, strides=kernel)
@@ -237,12 +255,21 @@ def _layer_norm(nodes, layer, x, shape):
 # -- shapes -------------------------------------------------------------------------
 def _reshape_to(nodes, x, shape, batch_kept=True):
     """Reshape by the constant [0, *per-sample shape] (0 copies the batch
-    extent), or [-1, ...] where the batch axis is merged into the first."""
-    if 0 in shape[1:]:
+    extent), or [-1, ...] where the batch axis is merged into the first; an
+    axis that follows the length is 0 where it copies the input's axis at
+    its place, else -1 (once)."""
+    fixed = [extent for extent, free in zip(shape[1:], nodes.variable[1:]) if not free]
+    if 0 in fixed:
         raise ValueError(f"pynn.onnx.export: layer {nodes.name!r} gives per-sample shape {shape[1:]}; "
                          "ONNX's Reshape cannot write a zero extent beside a dynamic batch")
-    target = _axes([0 if batch_kept else -1] + list(shape[1:]))
-    return nodes.out("Reshape", [x.name, nodes.constant("shape", target)])
+    target = [0 if batch_kept else -1]
+    for axis, (extent, free) in enumerate(zip(shape[1:], nodes.variable[1:]), 1):
+        copies = axis < len(x.shape) and x.variable[axis] and x.shape[axis] == extent
+        target.append(extent if not free else 0 if copies else -1)
+    if target.count(-1) > 1:
+        raise ValueError(f"pynn.onnx.export: layer {nodes.name!r} reshapes variable axes in a way one "
+                         "ONNX Reshape cannot express (more than one extent to infer)")
+    return nodes.out("Reshape", [x.name, nodes.constant("shape", _axes(target))])
 
 
 def _flatten(nodes, layer, x, shape):
@@ -299,7 +326,8 @@ def _dot(nodes, layer, values, shape):
     return _reduce(nodes, "ReduceSum", product, [1], final=True)
 
 
-# layer class -> translation; a class missing here is refused by name
+# layer class -> translation; exporter.py adds export_transformer.py's, and refuses
+# a class missing from both by name
 TRANSLATIONS = {
     Linear: _linear, Embedding: _embedding, Dropout: _identity, Identity: _identity,
     ReLU: _elementwise("Relu"), Sigmoid: _elementwise("Sigmoid"), Tanh: _elementwise("Tanh"),
