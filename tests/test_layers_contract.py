@@ -47,6 +47,8 @@ CASES = {
     "Permute": (lambda: layers.Permute((0, 2, 3, 1)), IMAGES),
     "Identity": (layers.Identity, ROWS),
     "LayerNorm": (lambda: layers.LayerNorm([6, 6]), IMAGES),
+    "LogSoftmax": (layers.LogSoftmax, ROWS),
+    "Affine": (lambda: layers.Affine((3, 1, 1)), IMAGES),
 }
 # layers whose output is a view of the input, not an output buffer of their own
 VIEWS = {"Flatten", "Reshape", "Identity"}

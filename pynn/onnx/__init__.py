@@ -1,0 +1,1 @@
+from pynn.onnx.importer import load

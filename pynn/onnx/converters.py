@@ -1,0 +1,519 @@
+"""ONNX ops on tensors that flow from the model's inputs, as pynn layers.
+
+Each converter takes the graph builder (pynn/onnx/importer.py) and a node,
+calls pynn layers on the node's symbolic inputs and returns the values of
+the node's outputs. Weights are constants of the file; anything pynn cannot
+express exactly raises ValueError, which the builder reports with the node."""
+import math
+
+import numpy as np
+
+from pynn import layers
+from pynn.onnx.folding import (PROBE_BATCHES, Probed, axes_of, axis_of, integers, per_probe,
+                               reshape_target, squeezed_shape, unsqueezed_shape)
+
+SQRT2 = math.sqrt(2.0)
+
+
+def _assign(layer, key, values):
+    """Write ``values`` (cast to float32) into the layer's parameter or buffer ``key``."""
+    target = layer.params[key] if key in layer.params else layer.buffers[key]
+    values = np.asarray(values)
+    if values.shape != target.shape:
+        raise ValueError(f"{key} has shape {values.shape}, expected {target.shape}")
+    if values.dtype.kind not in "fiu":
+        raise ValueError(f"{key} must hold numbers, got {values.dtype.name}")
+    target[...] = values.astype(np.float32)
+
+
+def _float_constant(value, what):
+    if value.dtype.kind not in "fiu":
+        raise ValueError(f"{what} must hold numbers, got {value.dtype.name}")
+    return value.astype(np.float32)
+
+
+def _scalar(value, what):
+    value = np.asarray(value)
+    if value.size != 1:
+        raise ValueError(f"{what} must be a single number, got shape {value.shape}")
+    return float(value.reshape(()))
+
+
+def _spatial(builder, node, x, what):
+    """The number of spatial axes of ``x`` ([N, C, L] or [N, C, H, W])."""
+    spatial = len(x.shape) - 1
+    if spatial not in (1, 2):
+        raise ValueError(f"{what} takes [N, C, L] or [N, C, H, W] inputs, got per-sample shape "
+                         f"{x.shape}")
+    return spatial
+
+
+def _window(attributes, spatial, kernel_shape, what):
+    """(strides, symmetric padding, dilations) of a Conv or pooling node."""
+    strides = attributes.ints("strides", [1] * spatial)
+    dilations = attributes.ints("dilations", [1] * spatial)
+    pads = attributes.ints("pads", [0] * (2 * spatial))
+    if len(strides) != spatial or len(dilations) != spatial or len(pads) != 2 * spatial:
+        raise ValueError(f"strides {strides}, dilations {dilations} and pads {pads} do not fit "
+                         f"{spatial} spatial axes")
+    auto_pad = attributes.string("auto_pad", "NOTSET")
+    if auto_pad == "VALID":
+        pads = [0] * (2 * spatial)
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        raise ValueError(f"auto_pad={auto_pad} is not supported; export with explicit pads")
+    elif auto_pad != "NOTSET":
+        raise ValueError(f"auto_pad {auto_pad!r:.40} is not an ONNX choice")
+    if pads[:spatial] != pads[spatial:]:
+        raise ValueError(f"asymmetric pads {pads} are not supported (pynn pads each axis "
+                         f"symmetrically)")
+    if any(value < 1 for value in strides + dilations) or any(value < 0 for value in pads):
+        raise ValueError(f"strides {strides} and dilations {dilations} must be >= 1, pads >= 0")
+    return tuple(strides), tuple(pads[:spatial]), tuple(dilations)
+
+
+def conv(builder, node):
+    x = builder.sym(node, 0)
+    weight = _float_constant(builder.const(node, 1, "the weight"), "the weight")
+    bias = builder.input(node, 2)
+    spatial = _spatial(builder, node, x, "Conv")
+    attributes = builder.attributes(node)
+    if weight.ndim != spatial + 2:
+        raise ValueError(f"the weight of shape {weight.shape} does not fit {spatial} spatial axes")
+    kernel = attributes.ints("kernel_shape", list(weight.shape[2:]))
+    if tuple(kernel) != weight.shape[2:]:
+        raise ValueError(f"kernel_shape {kernel} differs from the weight's {weight.shape[2:]}")
+    strides, padding, dilations = _window(attributes, spatial, kernel, "Conv")
+    groups = attributes.int("group", 1)
+    out_channels = weight.shape[0]
+    if groups < 1 or x.shape[0] != weight.shape[1] * groups:
+        raise ValueError(f"an input of {x.shape[0]} channels does not fit the weight "
+                         f"{weight.shape} with group={groups}")
+    kind = layers.Conv1d if spatial == 1 else layers.Conv2d
+    layer = builder.layer(node, kind, x.shape[0], out_channels, weight.shape[2:], stride=strides,
+                          padding=padding, dilation=dilations, groups=groups,
+                          bias=bias is not None)
+    _assign(layer, "weight", weight)
+    if bias is not None:
+        _assign(layer, "bias", builder.const(node, 2, "the bias").reshape(-1))
+    return [builder.call(layer, x, foldable=True)]
+
+
+def gemm(builder, node):
+    x = builder.sym(node, 0)
+    weight = _float_constant(builder.const(node, 1, "B (the weight)"), "B")
+    attributes = builder.attributes(node)
+    if attributes.int("transA", 0):
+        raise ValueError("transA=1 would transpose the batch axis away")
+    if len(x.shape) != 1 or weight.ndim != 2:
+        raise ValueError(f"Gemm takes [N, K] inputs and a 2-D weight, got per-sample shape "
+                         f"{x.shape} and weight {weight.shape}")
+    if not attributes.int("transB", 0):
+        weight = weight.T
+    weight = weight * np.float32(attributes.float("alpha", 1.0))
+    out_features, in_features = weight.shape
+    bias = builder.input(node, 2)
+    layer = builder.layer(node, layers.Linear, in_features, out_features, bias=bias is not None)
+    _assign(layer, "weight", weight)
+    if bias is not None:
+        bias = _float_constant(builder.const(node, 2, "C (the bias)"), "C")
+        if bias.ndim > 2 or (bias.ndim == 2 and bias.shape[0] != 1):
+            raise ValueError(f"C of shape {bias.shape} varies over the batch")
+        bias = np.broadcast_to(bias.reshape(-1) if bias.ndim else bias, (out_features,))
+        _assign(layer, "bias", bias * np.float32(attributes.float("beta", 1.0)))
+    return [builder.call(layer, x, foldable=True)]
+
+
+def matmul(builder, node):
+    x = builder.sym(node, 0)
+    weight = _float_constant(builder.const(node, 1, "the second operand (the weight)"), "B")
+    if weight.ndim != 2 or not x.shape:
+        raise ValueError(f"MatMul by a constant takes a 2-D constant and a per-sample input of "
+                         f"at least one axis, got {weight.shape} and {x.shape}")
+    bias = builder.foldable_bias(node, weight.shape[1], len(x.shape))
+    layer = builder.layer(node, layers.Linear, weight.shape[0], weight.shape[1],
+                          bias=bias is not None)
+    _assign(layer, "weight", weight.T)
+    if bias is not None:
+        _assign(layer, "bias", np.zeros(weight.shape[1], np.float32))
+    return [builder.call(layer, x, foldable=True)]
+
+
+def batch_normalization(builder, node):
+    x = builder.sym(node, 0)
+    attributes = builder.attributes(node)
+    if attributes.int("training_mode", 0):
+        raise ValueError("training_mode=1 is not supported; export the model in eval mode")
+    builder.refuse_extra_outputs(node, 1)
+    kind = layers.BatchNorm2d if len(x.shape) == 3 else layers.BatchNorm1d
+    momentum = 1.0 - attributes.float("momentum", 0.9)
+    layer = builder.layer(node, kind, x.shape[0] if x.shape else 0,
+                          eps=attributes.float("epsilon", 1e-5),
+                          momentum=min(max(momentum, 0.0), 1.0))
+    for position, key in enumerate(("weight", "bias", "running_mean", "running_var"), start=1):
+        _assign(layer, key, builder.const(node, position, key).reshape(-1))
+    return [builder.call(layer, x, node.output[0])]
+
+
+def layer_normalization(builder, node):
+    x = builder.sym(node, 0)
+    attributes = builder.attributes(node)
+    builder.refuse_extra_outputs(node, 1)
+    axis = axis_of(attributes.int("axis", -1), len(x.shape) + 1)
+    if axis == 0:
+        raise ValueError("axis 0 would normalise over the batch")
+    shape = x.shape[axis - 1:]
+    scale = builder.const(node, 1, "the scale")
+    bias = builder.input(node, 2)
+    return [_layer_norm(builder, node, x, shape, attributes.float("epsilon", 1e-5), scale,
+                        None if bias is None else builder.const(node, 2, "the bias"))]
+
+
+def _layer_norm(builder, node, x, shape, eps, scale, bias):
+    layer = builder.layer(node, layers.LayerNorm, list(shape), eps=eps,
+                          bias=bias is not None)
+    _assign(layer, "weight", np.broadcast_to(_float_constant(scale, "the scale"), shape))
+    if bias is not None:
+        _assign(layer, "bias", np.broadcast_to(_float_constant(bias, "the bias"), shape))
+    return builder.call(layer, x)
+
+
+def _activation(kind, **fixed):
+    def convert(builder, node):
+        layer = builder.layer(node, kind, **fixed)
+        return [builder.call(layer, builder.sym(node, 0))]
+    return convert
+
+
+def leaky_relu(builder, node):
+    slope = builder.attributes(node).float("alpha", 0.01)
+    return [builder.call(builder.layer(node, layers.LeakyReLU, slope), builder.sym(node, 0))]
+
+
+def gelu(builder, node):
+    approximate = builder.attributes(node).string("approximate", "none")
+    return [builder.call(builder.layer(node, layers.GELU, approximate), builder.sym(node, 0))]
+
+
+def hard_sigmoid(builder, node):
+    attributes = builder.attributes(node)
+    alpha, beta = attributes.float("alpha", 0.2), attributes.float("beta", 0.5)
+    if abs(alpha - 1.0 / 6.0) > 1e-6 or abs(beta - 0.5) > 1e-6:
+        raise ValueError(f"alpha={alpha}, beta={beta}: pynn's Hardsigmoid is alpha=1/6, beta=0.5")
+    return [builder.call(builder.layer(node, layers.Hardsigmoid), builder.sym(node, 0))]
+
+
+def clip(builder, node):
+    low = builder.input(node, 1)
+    high = builder.input(node, 2)
+    low = -math.inf if low is None else _scalar(builder.const(node, 1, "min"), "min")
+    high = math.inf if high is None else _scalar(builder.const(node, 2, "max"), "max")
+    if (low, high) == (0.0, 6.0):
+        kind = layers.ReLU6
+    elif (low, high) == (0.0, math.inf):
+        kind = layers.ReLU
+    else:
+        raise ValueError(f"Clip({low}, {high}): pynn has Clip(0, 6) (ReLU6) and Clip(0, inf) "
+                         f"(ReLU)")
+    return [builder.call(builder.layer(node, kind), builder.sym(node, 0))]
+
+
+def _softmax(kind):
+    def convert(builder, node):
+        x = builder.sym(node, 0)
+        axis = axis_of(builder.attributes(node).int("axis", -1), len(x.shape) + 1)
+        if axis == 0:
+            raise ValueError("axis 0 would mix the samples of a batch")
+        return [builder.call(builder.layer(node, kind, axis), x)]
+    return convert
+
+
+def _pool_arguments(builder, node, x, what):
+    attributes = builder.attributes(node)
+    spatial = _spatial(builder, node, x, what)
+    kernel = attributes.ints("kernel_shape", None)
+    if kernel is None or len(kernel) != spatial or any(extent < 1 for extent in kernel):
+        raise ValueError(f"kernel_shape {kernel} does not fit {spatial} spatial axes")
+    strides, padding, dilations = _window(attributes, spatial, kernel, what)
+    return attributes, spatial, tuple(kernel), strides, padding, dilations
+
+
+def max_pool(builder, node):
+    x = builder.sym(node, 0)
+    attributes, spatial, kernel, strides, padding, dilations = _pool_arguments(
+        builder, node, x, "MaxPool")
+    builder.refuse_extra_outputs(node, 1)
+    if attributes.int("storage_order", 0):
+        raise ValueError("storage_order=1 is not supported")
+    kind = layers.MaxPool1d if spatial == 1 else layers.MaxPool2d
+    layer = builder.layer(node, kind, kernel, strides, padding, dilations,
+                          bool(attributes.int("ceil_mode", 0)))
+    return [builder.call(layer, x)]
+
+
+def average_pool(builder, node):
+    x = builder.sym(node, 0)
+    attributes, spatial, kernel, strides, padding, dilations = _pool_arguments(
+        builder, node, x, "AveragePool")
+    if any(value != 1 for value in dilations):
+        raise ValueError(f"dilations {list(dilations)}: pynn's average pooling has none")
+    kind = layers.AvgPool1d if spatial == 1 else layers.AvgPool2d
+    layer = builder.layer(node, kind, kernel, strides, padding, bool(attributes.int("ceil_mode", 0)),
+                          bool(attributes.int("count_include_pad", 0)))
+    return [builder.call(layer, x)]
+
+
+def _global_average(builder, node, x, keep_shape):
+    """GlobalAvgPool2d over the spatial axes of ``x``, reshaped to ``keep_shape``."""
+    spatial = _spatial(builder, node, x, node.op_type)
+    if spatial == 1:
+        x = builder.call(builder.layer(node, layers.Reshape, x.shape + (1,), suffix="as_2d"), x)
+    pooled = builder.call(builder.layer(node, layers.GlobalAvgPool2d), x)
+    if keep_shape is None or tuple(keep_shape) == pooled.shape:
+        return pooled
+    return builder.call(builder.layer(node, layers.Reshape, keep_shape, suffix="keepdims"), pooled)
+
+
+def global_average_pool(builder, node):
+    x = builder.sym(node, 0)
+    return [_global_average(builder, node, x, (x.shape[0],) + (1,) * (len(x.shape) - 1))]
+
+
+def reduce_mean(builder, node):
+    """ReduceMean over every spatial axis: global average pooling."""
+    x = builder.sym(node, 0)
+    axes = builder.reduce_axes(node, len(x.shape) + 1)
+    keepdims = builder.attributes(node).int("keepdims", 1)
+    if len(x.shape) not in (2, 3) or sorted(axes) != list(range(2, len(x.shape) + 1)):
+        raise ValueError(f"ReduceMean over axes {axes} of per-sample shape {x.shape}: pynn "
+                         f"reduces the spatial axes of [N, C, L] or [N, C, H, W] (or the "
+                         f"LayerNorm pattern)")
+    keep = (x.shape[0],) + (1,) * (len(x.shape) - 1) if keepdims else None
+    return [_global_average(builder, node, x, keep)]
+
+
+def flatten(builder, node):
+    x = builder.sym(node, 0)
+    axis = axis_of(builder.attributes(node).int("axis", 1), len(x.shape) + 1)
+    if axis == 0 or math.prod(x.shape[:axis - 1]) != 1 and axis != 1:
+        raise ValueError(f"Flatten(axis={axis}) of per-sample shape {x.shape} would mix the "
+                         f"batch axis into the others")
+    if axis == 1:
+        return [builder.call(builder.layer(node, layers.Flatten), x)]
+    return [_reshaped(builder, node, x, (math.prod(x.shape[axis - 1:]),))]
+
+
+def _reshaped(builder, node, x, shape, suffix=None):
+    shape = tuple(int(extent) for extent in shape)
+    if shape == x.shape:
+        return x
+    return builder.call(builder.layer(node, layers.Reshape, shape, suffix=suffix), x)
+
+
+def reshape(builder, node):
+    x = builder.sym(node, 0)
+    target = builder.input(node, 1)
+    if target is None:
+        raise ValueError("the shape input is missing")
+    allowzero = builder.attributes(node).int("allowzero", 0)
+    results = []
+    for batch, values in zip(PROBE_BATCHES, per_probe(target)):
+        results.append(reshape_target((batch,) + x.shape,
+                                      integers(values, "the shape").reshape(-1), allowzero))
+    batch_kept = all(result[0] == batch for result, batch in zip(results, PROBE_BATCHES))
+    if not batch_kept or len({result[1:] for result in results}) != 1:
+        raise ValueError(f"the target shape {_describe(target)} does not keep the batch axis "
+                         f"first with the per-sample shape fixed (input per-sample shape "
+                         f"{x.shape})")
+    return [_reshaped(builder, node, x, results[0][1:])]
+
+
+def _describe(value):
+    if isinstance(value, Probed):
+        return " / ".join(str(item.tolist()) for item in value.values) + " (for batch sizes " \
+            + ", ".join(map(str, PROBE_BATCHES)) + ")"
+    return str(value.tolist())
+
+
+def squeeze(builder, node):
+    x = builder.sym(node, 0)
+    if builder.input(node, 1) is None:
+        raise ValueError("Squeeze without axes would remove a batch axis of 1")
+    axes = axes_of(integers(builder.const(node, 1, "axes"), "axes").reshape(-1), len(x.shape) + 1)
+    if 0 in axes:
+        raise ValueError("Squeeze of axis 0 would remove the batch axis")
+    return [_reshaped(builder, node, x, squeezed_shape(x.shape, [axis - 1 for axis in axes]))]
+
+
+def unsqueeze(builder, node):
+    x = builder.sym(node, 0)
+    axes = integers(builder.const(node, 1, "axes"), "axes").reshape(-1)
+    rank = len(x.shape) + 1 + len(axes)
+    normalised = axes_of(axes, rank)
+    if 0 in normalised:
+        raise ValueError("Unsqueeze at axis 0 would move the batch axis")
+    return [_reshaped(builder, node, x, unsqueezed_shape(x.shape, [a - 1 for a in normalised]))]
+
+
+def transpose(builder, node):
+    x = builder.sym(node, 0)
+    rank = len(x.shape) + 1
+    perm = builder.attributes(node).ints("perm", list(range(rank))[::-1])
+    if len(perm) != rank or sorted(axes_of(perm, rank, "perm")) != list(range(rank)):
+        raise ValueError(f"perm {perm} is not a permutation of {rank} axes")
+    perm = axes_of(perm, rank, "perm")
+    if perm[0] != 0:
+        raise ValueError(f"perm {perm} moves the batch axis (pynn's Permute keeps it first)")
+    if perm == list(range(rank)):
+        return [x]
+    return [builder.call(builder.layer(node, layers.Permute, perm), x)]
+
+
+def concat(builder, node):
+    tensors = [builder.sym(node, position) for position in range(len(node.input))]
+    rank = len(tensors[0].shape) + 1
+    axis = axis_of(builder.attributes(node).int("axis", 0), rank)
+    if axis == 0:
+        raise ValueError("Concat along axis 0 would join batches")
+    return [builder.call(builder.layer(node, layers.Concatenate, axis), tensors)]
+
+
+def gather(builder, node):
+    """A row lookup in a constant table: Embedding."""
+    table = builder.input(node, 0)
+    indices = builder.sym(node, 1)
+    if builder.is_symbolic(table) or not isinstance(table, np.ndarray):
+        raise ValueError("Gather is supported on a constant table (an embedding)")
+    if builder.attributes(node).int("axis", 0) != 0 or table.ndim != 2:
+        raise ValueError(f"Gather of rows (axis 0) of a 2-D table is supported, got a table of "
+                         f"shape {table.shape}")
+    if indices.dtype != "int64":
+        raise ValueError(f"the indices must be int64, got {indices.dtype}")
+    layer = builder.layer(node, layers.Embedding, table.shape[0], table.shape[1])
+    _assign(layer, "weight", _float_constant(table, "the table"))
+    return [builder.call(layer, indices)]
+
+
+def passthrough(builder, node):
+    """Identity, and Dropout at inference (its mask output refused)."""
+    if node.op_type == "Dropout":
+        builder.refuse_extra_outputs(node, 1)
+        training = builder.input(node, 2)
+        if training is not None and _scalar(builder.const(node, 2, "training_mode"),
+                                            "training_mode"):
+            raise ValueError("training_mode=True is not supported")
+    return [builder.sym(node, 0)]
+
+
+def cast(builder, node):
+    x = builder.sym(node, 0)
+    if builder.attributes(node).int("to", 0) != {"float32": 1, "int64": 7}[x.dtype]:
+        raise ValueError(f"a Cast of a {x.dtype} tensor that changes its element type")
+    return [x]
+
+
+def binary(builder, node):
+    """Add, Sub, Mul, Div: between two tensors as merge layers; with a
+    constant folded into the Linear or convolution before it when that is
+    its only reader, else as an Affine layer."""
+    op = node.op_type
+    a, b = builder.input(node, 0), builder.input(node, 1)
+    if a is None or b is None:
+        raise ValueError("takes two inputs")
+    if builder.is_symbolic(a) and builder.is_symbolic(b):
+        if len(a.shape) != len(b.shape):
+            raise ValueError(f"operands of per-sample ranks {len(a.shape)} and {len(b.shape)} "
+                             f"would broadcast the batch axis against another")
+        if op in ("Add", "Mul"):
+            kind = layers.Add if op == "Add" else layers.Multiply
+            return [builder.call(builder.layer(node, kind), [a, b])]
+        if op == "Sub":
+            negated = builder.layer(node, layers.Affine, (), shift=False, suffix="negate")
+            _assign(negated, "scale", np.float32(-1.0))
+            return [builder.call(builder.layer(node, layers.Add), [a, builder.call(negated, b)])]
+        raise ValueError("Div of two tensors is not supported")
+    symbolic_first = builder.is_symbolic(a)
+    x, constant = (a, b) if symbolic_first else (b, a)
+    if isinstance(constant, Probed):
+        raise ValueError("an operand depends on the batch size")
+    constant = _float_constant(constant, "the constant operand")
+    if constant.ndim > len(x.shape) + 1 or (constant.ndim == len(x.shape) + 1
+                                           and constant.shape[0] != 1):
+        raise ValueError(f"the constant of shape {constant.shape} would broadcast over the batch")
+    if constant.ndim == len(x.shape) + 1:
+        constant = constant[0]
+    scale = shift = None
+    if op == "Add":
+        shift = constant
+    elif op == "Sub":
+        if symbolic_first:
+            shift = -constant
+        else:
+            scale, shift = np.full((), -1.0, np.float32), constant
+    elif op == "Mul":
+        scale = constant
+    elif symbolic_first:
+        with np.errstate(divide="ignore"):
+            scale = np.float32(1.0) / constant
+    else:
+        raise ValueError("a constant divided by a tensor is not supported")
+    folded = builder.fold_affine(node, x, scale, shift)
+    if folded is not None:
+        return [folded]
+    shape = np.broadcast_shapes(*(item.shape for item in (scale, shift) if item is not None))
+    layer = builder.layer(node, layers.Affine, shape, scale=scale is not None,
+                          shift=shift is not None)
+    for key, value in (("scale", scale), ("shift", shift)):
+        if value is not None:
+            _assign(layer, key, np.broadcast_to(value, shape))
+    return [builder.call(layer, x)]
+
+
+def _channel_vector(layer, shape, constant):
+    """A per-sample ``constant`` as one value per output channel of ``layer``
+    (axis 0 of a convolution's sample, the last of a Linear's), or None."""
+    rank = len(shape)
+    if constant.ndim > rank:
+        return None
+    padded = constant.reshape((1,) * (rank - constant.ndim) + constant.shape)
+    channel_axis = rank - 1 if isinstance(layer, layers.Linear) else 0
+    channels = shape[channel_axis]
+    if any(extent != 1 for axis, extent in enumerate(padded.shape) if axis != channel_axis):
+        return None
+    if padded.shape[channel_axis] not in (1, channels):
+        return None
+    return np.broadcast_to(padded.reshape(-1), (channels,)).astype(np.float32)
+
+
+def per_channel(layer, shape, scale, shift):
+    """(scale, shift) as vectors over the output channels of a Linear or
+    convolution whose output has per-sample ``shape``, or None."""
+    if not isinstance(layer, (layers.Linear, layers.Conv1d, layers.Conv2d)) or not shape:
+        return None
+    vectors = [None if constant is None else _channel_vector(layer, shape, constant)
+               for constant in (scale, shift)]
+    if any(vector is None and constant is not None
+           for vector, constant in zip(vectors, (scale, shift))):
+        return None
+    return vectors
+
+
+def matmul_bias_fits(value, features, rank):
+    """Whether a constant added to a MatMul's per-sample output of ``rank``
+    axes is a bias over its ``features`` columns."""
+    return (value.dtype.kind == "f" and 1 <= value.ndim <= rank and value.shape[-1] == features
+            and all(extent == 1 for extent in value.shape[:-1]))
+
+
+CONVERTERS = {
+    "Conv": conv, "Gemm": gemm, "MatMul": matmul, "BatchNormalization": batch_normalization,
+    "LayerNormalization": layer_normalization,
+    "Relu": _activation(layers.ReLU), "Sigmoid": _activation(layers.Sigmoid),
+    "Tanh": _activation(layers.Tanh), "HardSwish": _activation(layers.Hardswish),
+    "LeakyRelu": leaky_relu, "Gelu": gelu, "HardSigmoid": hard_sigmoid, "Clip": clip,
+    "Softmax": _softmax(layers.Softmax), "LogSoftmax": _softmax(layers.LogSoftmax),
+    "MaxPool": max_pool, "AveragePool": average_pool, "GlobalAveragePool": global_average_pool,
+    "ReduceMean": reduce_mean, "Flatten": flatten, "Reshape": reshape, "Squeeze": squeeze,
+    "Unsqueeze": unsqueeze, "Transpose": transpose, "Concat": concat, "Gather": gather,
+    "Identity": passthrough, "Dropout": passthrough, "Cast": cast,
+    "Add": binary, "Sub": binary, "Mul": binary, "Div": binary,
+}
