@@ -4,6 +4,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -648,9 +649,12 @@ def trained_eval(module, shape, seed):
 
 
 def export(module, shape, path, **options):
-    torch.onnx.export(module, (torch.randn(2, *shape),), str(path), input_names=["x"],
-                      output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}},
-                      dynamo=False, **options)
+    """The TorchScript exporter (dynamo=False): the default one needs onnxscript."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(module, (torch.randn(2, *shape),), str(path), input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}},
+                          dynamo=False, **options)
     return path
 
 

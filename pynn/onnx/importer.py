@@ -157,8 +157,10 @@ class _Builder:
             if index in absorbed or node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 continue
             match = matches.get(index)
-            self._run(index, node, self._node if match is None else
-                      (lambda node, match=match: self._pattern(node, match)))
+            if match is None:
+                self._run(index, node, self._node)
+            else:
+                self._run(index, node, lambda node, match=match: self._pattern(node, match), True)
         return self._model(inputs)
 
     def _model(self, inputs):
@@ -223,14 +225,14 @@ class _Builder:
         name = f"node {node.name!r:.80}" if node.name else "an unnamed node"
         return f"{self.where}: {name} ({node.op_type:.40}, opset {self.opset})"
 
-    def _run(self, index, node, convert):
+    def _run(self, index, node, convert, pattern=False):
         self.index = index
         try:
             if node.domain not in ("", "ai.onnx"):
                 raise ValueError(f"domain {node.domain!r:.40} is not supported")
             if self.opset < FIRST_OPSET.get(node.op_type, 0):
                 raise ValueError(f"{node.op_type} needs opset {FIRST_OPSET[node.op_type]}")
-            for name in node.input:
+            for name in () if pattern else node.input:  # a pattern reads its source alone
                 if name and name not in self.values:
                     raise ValueError(f"input {name!r:.60} is not defined before this node")
             outputs = convert(node)
@@ -295,7 +297,7 @@ class _Builder:
             raise ValueError(f"the {match.kind} pattern needs a float32 tensor input")
         from pynn import layers
         if match.kind == "GELU":
-            return [self.call(self.layer(node, layers.GELU), x)]
+            return [self.call(self.layer(node, layers.GELU, pattern="GELU"), x)]
         details = match.details
         rank = len(x.shape) + 1
         axes = sorted(axes_of(details["axes"], rank))
@@ -305,7 +307,7 @@ class _Builder:
         shape = x.shape[axes[0] - 1:]
         weight = details["weight"]
         layer = self.layer(node, layers.LayerNorm, list(shape), eps=float(details["eps"]),
-                           bias=details["bias"] is not None)
+                           bias=details["bias"] is not None, pattern="LayerNorm")
         from pynn.onnx.converters import _assign
         _assign(layer, "weight", np.broadcast_to(
             np.ones((), np.float32) if weight is None else weight, shape))
@@ -359,15 +361,20 @@ class _Builder:
         axes = self.values[node.input[1]]
         return [int(axis) for axis in axes.reshape(-1)] if axes.dtype.kind in "iu" else None
 
-    def layer(self, node, kind, *arguments, suffix=None, **keywords):
-        """A ``kind`` layer named after ``node`` (plus ``suffix``)."""
+    def layer(self, node, kind, *arguments, suffix=None, pattern=None, **keywords):
+        """A ``kind`` layer named after ``node`` (plus ``suffix``); a
+        ``pattern``'s layer takes the pattern's name in place of the node's op."""
         base = sanitised(node.name) or f"{node.op_type.lower()}_{self.index}"
+        if pattern is not None:
+            base = ".".join(base.split(".")[:-1] + [pattern])
         return kind(*arguments, **keywords, name=self._unique(f"{base}_{suffix}" if suffix else base))
 
     def _unique(self, base):
+        """``base`` or a variant no other layer's name equals, lies under or covers."""
+        if any(prefix in self.taken for prefix in _prefixes(base)):
+            base = base.replace(".", "_")  # under another layer's name: one flat name instead
         candidate, count = base, 1
-        while (candidate in self.taken or candidate in self.prefixes
-               or any(prefix in self.taken for prefix in _prefixes(candidate))):
+        while candidate in self.taken or candidate in self.prefixes:
             count += 1
             candidate = f"{base}_{count}"
         self.taken.add(candidate)
