@@ -30,6 +30,7 @@ LAYERS = [
     ("io", ["pynn.architecture", "pynn.io"]),
     ("training", ["pynn.training", "pynn.callbacks", "pynn.baselines"]),
     ("integrations", ["pynn.distributed", "pynn.demo", "pynn.bench", "pynn.bench.*",
+                      "pynn.onnx", "pynn.onnx.*",
                       "pynn.__main__", "pynn"]),
 ]
 

@@ -534,6 +534,8 @@ LAYERS = [
     lambda: layers.Conv1d(4, 2, 3, padding=1), lambda: layers.MaxPool1d(2),
     lambda: layers.AvgPool1d(3, stride=2, padding=1), lambda: layers.AdaptiveAvgPool2d((2, None)),
     lambda: layers.Embedding(5, 3, padding_idx=-2),
+    lambda: layers.LogSoftmax(), lambda: layers.Affine((2, 1)),
+    lambda: layers.Affine((5,), shift=False), lambda: layers.Affine((), scale=False),
 ]
 
 

@@ -15,7 +15,7 @@ from pynn.onnx.folding import (PROBE_BATCHES, Probed, axes_of, axis_of, integers
 SQRT2 = math.sqrt(2.0)
 
 
-def _assign(layer, key, values):
+def assign(layer, key, values):
     """Write ``values`` (cast to float32) into the layer's parameter or buffer ``key``."""
     target = layer.params[key] if key in layer.params else layer.buffers[key]
     values = np.asarray(values)
@@ -92,9 +92,9 @@ def conv(builder, node):
     layer = builder.layer(node, kind, x.shape[0], out_channels, weight.shape[2:], stride=strides,
                           padding=padding, dilation=dilations, groups=groups,
                           bias=bias is not None)
-    _assign(layer, "weight", weight)
+    assign(layer, "weight", weight)
     if bias is not None:
-        _assign(layer, "bias", builder.const(node, 2, "the bias").reshape(-1))
+        assign(layer, "bias", builder.const(node, 2, "the bias").reshape(-1))
     return [builder.call(layer, x, foldable=True)]
 
 
@@ -113,13 +113,13 @@ def gemm(builder, node):
     out_features, in_features = weight.shape
     bias = builder.input(node, 2)
     layer = builder.layer(node, layers.Linear, in_features, out_features, bias=bias is not None)
-    _assign(layer, "weight", weight)
+    assign(layer, "weight", weight)
     if bias is not None:
         bias = _float_constant(builder.const(node, 2, "C (the bias)"), "C")
         if bias.ndim > 2 or (bias.ndim == 2 and bias.shape[0] != 1):
             raise ValueError(f"C of shape {bias.shape} varies over the batch")
         bias = np.broadcast_to(bias.reshape(-1) if bias.ndim else bias, (out_features,))
-        _assign(layer, "bias", bias * np.float32(attributes.float("beta", 1.0)))
+        assign(layer, "bias", bias * np.float32(attributes.float("beta", 1.0)))
     return [builder.call(layer, x, foldable=True)]
 
 
@@ -132,9 +132,9 @@ def matmul(builder, node):
     bias = builder.foldable_bias(node, weight.shape[1], len(x.shape))
     layer = builder.layer(node, layers.Linear, weight.shape[0], weight.shape[1],
                           bias=bias is not None)
-    _assign(layer, "weight", weight.T)
+    assign(layer, "weight", weight.T)
     if bias is not None:
-        _assign(layer, "bias", np.zeros(weight.shape[1], np.float32))
+        assign(layer, "bias", np.zeros(weight.shape[1], np.float32))
     return [builder.call(layer, x, foldable=True)]
 
 
@@ -150,7 +150,7 @@ def batch_normalization(builder, node):
                           eps=attributes.float("epsilon", 1e-5),
                           momentum=min(max(momentum, 0.0), 1.0))
     for position, key in enumerate(("weight", "bias", "running_mean", "running_var"), start=1):
-        _assign(layer, key, builder.const(node, position, key).reshape(-1))
+        assign(layer, key, builder.const(node, position, key).reshape(-1))
     return [builder.call(layer, x, node.output[0])]
 
 
@@ -171,9 +171,9 @@ def layer_normalization(builder, node):
 def _layer_norm(builder, node, x, shape, eps, scale, bias):
     layer = builder.layer(node, layers.LayerNorm, list(shape), eps=eps,
                           bias=bias is not None)
-    _assign(layer, "weight", np.broadcast_to(_float_constant(scale, "the scale"), shape))
+    assign(layer, "weight", np.broadcast_to(_float_constant(scale, "the scale"), shape))
     if bias is not None:
-        _assign(layer, "bias", np.broadcast_to(_float_constant(bias, "the bias"), shape))
+        assign(layer, "bias", np.broadcast_to(_float_constant(bias, "the bias"), shape))
     return builder.call(layer, x)
 
 
@@ -389,7 +389,7 @@ def gather(builder, node):
     if indices.dtype != "int64":
         raise ValueError(f"the indices must be int64, got {indices.dtype}")
     layer = builder.layer(node, layers.Embedding, table.shape[0], table.shape[1])
-    _assign(layer, "weight", _float_constant(table, "the table"))
+    assign(layer, "weight", _float_constant(table, "the table"))
     return [builder.call(layer, indices)]
 
 
@@ -428,7 +428,7 @@ def binary(builder, node):
             return [builder.call(builder.layer(node, kind), [a, b])]
         if op == "Sub":
             negated = builder.layer(node, layers.Affine, (), shift=False, suffix="negate")
-            _assign(negated, "scale", np.float32(-1.0))
+            assign(negated, "scale", np.float32(-1.0))
             return [builder.call(builder.layer(node, layers.Add), [a, builder.call(negated, b)])]
         raise ValueError("Div of two tensors is not supported")
     symbolic_first = builder.is_symbolic(a)
@@ -464,7 +464,7 @@ def binary(builder, node):
                           shift=shift is not None)
     for key, value in (("scale", scale), ("shift", shift)):
         if value is not None:
-            _assign(layer, key, np.broadcast_to(value, shape))
+            assign(layer, key, np.broadcast_to(value, shape))
     return [builder.call(layer, x)]
 
 

@@ -60,9 +60,9 @@ def _bounded(array):
 
 def integers(value, what):
     """``value`` as an int64 array (axes, indices, shapes)."""
-    if value is None or value.dtype.kind not in "iu":
-        raise ValueError(f"{what} must be an integer tensor, got "
-                         f"{'nothing' if value is None else value.dtype.name}")
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "iu":
+        got = value.dtype.name if isinstance(value, np.ndarray) else type(value).__name__
+        raise ValueError(f"{what} must be an integer constant, got {got}")
     return value.astype(np.int64)
 
 

@@ -11,17 +11,29 @@ import os
 
 import numpy as np
 
+from pynn import layers
 from pynn.architecture import ModelFormatError
 from pynn.layers.symbolic import Input, SymbolicTensor
 from pynn.model import Model
 from pynn.onnx import patterns
-from pynn.onnx.converters import CONVERTERS, matmul_bias_fits, per_channel
+from pynn.onnx.converters import CONVERTERS, assign, matmul_bias_fits, per_channel
 from pynn.onnx.folding import FOLDERS, PROBE_BATCHES, Probed, axes_of, collapsed, evaluate
 from pynn.onnx.tensors import MAX_RANK, checked_dims, to_array
 
 MAX_FILE_BYTES = 2 ** 31 - 1   # protobuf's own limit for one message
 OPSETS = range(13, 22)
 FIRST_OPSET = {"LayerNormalization": 17, "Gelu": 20}
+# op -> (required inputs, most inputs); the required ones must be named
+_UNARY = ("Relu", "Sigmoid", "Tanh", "HardSwish", "LeakyRelu", "Gelu", "HardSigmoid", "Softmax",
+          "LogSoftmax", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Transpose",
+          "Identity", "Cast", "Shape", "Size", "Sqrt", "Neg", "Floor", "Ceil", "Abs", "Erf")
+INPUT_COUNTS = dict.fromkeys(_UNARY, (1, 1))
+INPUT_COUNTS.update(dict.fromkeys(("Add", "Sub", "Mul", "Div", "Mod", "Pow", "MatMul", "Gather",
+                                   "Reshape", "Unsqueeze"), (2, 2)))
+INPUT_COUNTS.update({"Conv": (2, 3), "Gemm": (2, 3), "BatchNormalization": (5, 5),
+                     "LayerNormalization": (2, 3), "Clip": (1, 3), "ReduceMean": (1, 2),
+                     "Squeeze": (1, 2), "Slice": (3, 5), "Dropout": (1, 3), "Concat": (1, 2 ** 16),
+                     "Constant": (0, 0)})
 _ATTRIBUTE_TYPES = {"float": 1, "int": 2, "string": 3, "tensor": 4, "floats": 6, "ints": 7}
 _INPUT_TYPES = {1: "float32", 7: "int64"}
 _ERRORS = (ValueError, TypeError, IndexError, KeyError, ArithmeticError, MemoryError,
@@ -232,6 +244,12 @@ class _Builder:
                 raise ValueError(f"domain {node.domain!r:.40} is not supported")
             if self.opset < FIRST_OPSET.get(node.op_type, 0):
                 raise ValueError(f"{node.op_type} needs opset {FIRST_OPSET[node.op_type]}")
+            if node.op_type not in INPUT_COUNTS:
+                raise ValueError("this op is not supported")
+            required, most = INPUT_COUNTS[node.op_type]
+            if not required <= len(node.input) <= most or not all(node.input[:required]):
+                raise ValueError(f"takes {required} to {most} inputs, the first {required} "
+                                 f"named; got {list(node.input)!r:.120}")
             for name in () if pattern else node.input:  # a pattern reads its source alone
                 if name and name not in self.values:
                     raise ValueError(f"input {name!r:.60} is not defined before this node")
@@ -295,7 +313,6 @@ class _Builder:
         x = self.values.get(match.source)
         if not isinstance(x, SymbolicTensor) or x.dtype != "float32":
             raise ValueError(f"the {match.kind} pattern needs a float32 tensor input")
-        from pynn import layers
         if match.kind == "GELU":
             return [self.call(self.layer(node, layers.GELU, pattern="GELU"), x)]
         details = match.details
@@ -308,11 +325,10 @@ class _Builder:
         weight = details["weight"]
         layer = self.layer(node, layers.LayerNorm, list(shape), eps=float(details["eps"]),
                            bias=details["bias"] is not None, pattern="LayerNorm")
-        from pynn.onnx.converters import _assign
-        _assign(layer, "weight", np.broadcast_to(
+        assign(layer, "weight", np.broadcast_to(
             np.ones((), np.float32) if weight is None else weight, shape))
         if details["bias"] is not None:
-            _assign(layer, "bias", np.broadcast_to(details["bias"], shape))
+            assign(layer, "bias", np.broadcast_to(details["bias"], shape))
         return [self.call(layer, x)]
 
     # -- what converters use -----------------------------------------------------
