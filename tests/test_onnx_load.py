@@ -131,6 +131,27 @@ def test_conv2d(tmp_path, groups, dilation, stride, pad, bias):
     assert isinstance(model.layers[0], layers.Conv2d)
 
 
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID"])
+def test_conv_auto_pad(tmp_path, auto_pad):
+    path = save(tmp_path, [node("Conv", ["x", "W"], ["y"], auto_pad=auto_pad, strides=[1, 2])],
+                [("x", ["N", 2, 7, 9])], [("y", None)], {"W": weights(3, 2, 3, 3)})
+    assert_matches_runtime(path, {"x": images(2, 2, 7, 9)})
+
+
+def test_uneven_same_padding_is_refused(tmp_path):
+    path = save(tmp_path, [node("Conv", ["x", "W"], ["y"], name="c", auto_pad="SAME_UPPER")],
+                [("x", ["N", 2, 6, 6])], [("y", None)], {"W": weights(3, 2, 2, 2)})
+    with pytest.raises(pynn.ModelFormatError, match=r"'c' \(Conv, opset 17\).*unevenly"):
+        pynn.onnx.load(path)
+
+
+def test_a_small_scale_over_a_huge_layer_norm_is_refused(tmp_path):
+    path = save(tmp_path, [node("LayerNormalization", ["x", "s"], ["y"], name="ln")],
+                [("x", ["N", 1 << 20])], [("y", None)], {"s": weights(1)})
+    with pytest.raises(pynn.ModelFormatError, match=r"'ln' .*larger than the file's scale"):
+        pynn.onnx.load(path)
+
+
 @pytest.mark.parametrize("groups, dilation, stride, pad", [(1, 1, 1, 1), (3, 2, 2, 2)])
 def test_conv1d(tmp_path, groups, dilation, stride, pad):
     constants = {"W": weights(6, 3 // groups, 3), "B": weights(6)}

@@ -48,8 +48,9 @@ def _spatial(builder, node, x, what):
     return spatial
 
 
-def _window(attributes, spatial, kernel_shape, what):
-    """(strides, symmetric padding, dilations) of a Conv or pooling node."""
+def _window(attributes, spatial, kernel_shape, extents):
+    """(strides, symmetric padding, dilations) of a Conv or pooling node
+    over spatial ``extents``."""
     strides = attributes.ints("strides", [1] * spatial)
     dilations = attributes.ints("dilations", [1] * spatial)
     pads = attributes.ints("pads", [0] * (2 * spatial))
@@ -60,7 +61,7 @@ def _window(attributes, spatial, kernel_shape, what):
     if auto_pad == "VALID":
         pads = [0] * (2 * spatial)
     elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        raise ValueError(f"auto_pad={auto_pad} is not supported; export with explicit pads")
+        pads = _same_pads(extents, kernel_shape, strides, dilations, auto_pad)
     elif auto_pad != "NOTSET":
         raise ValueError(f"auto_pad {auto_pad!r:.40} is not an ONNX choice")
     if pads[:spatial] != pads[spatial:]:
@@ -69,6 +70,20 @@ def _window(attributes, spatial, kernel_shape, what):
     if any(value < 1 for value in strides + dilations) or any(value < 0 for value in pads):
         raise ValueError(f"strides {strides} and dilations {dilations} must be >= 1, pads >= 0")
     return tuple(strides), tuple(pads[:spatial]), tuple(dilations)
+
+
+def _same_pads(extents, kernel_shape, strides, dilations, auto_pad):
+    """ONNX's SAME padding (output extent ceil(input / stride)), which pynn
+    takes where each axis's total padding is even."""
+    if len(strides) != len(extents) or len(dilations) != len(extents):
+        raise ValueError(f"strides {strides} and dilations {dilations} do not fit the input")
+    totals = [max(0, (-(-extent // max(stride, 1)) - 1) * stride + (kernel - 1) * dilation + 1
+                  - extent)
+              for extent, kernel, stride, dilation in zip(extents, kernel_shape, strides, dilations)]
+    if any(total % 2 for total in totals):
+        raise ValueError(f"auto_pad={auto_pad} pads unevenly here ({totals}); pynn pads each "
+                         f"axis symmetrically")
+    return [total // 2 for total in totals] * 2
 
 
 def conv(builder, node):
@@ -82,7 +97,7 @@ def conv(builder, node):
     kernel = attributes.ints("kernel_shape", list(weight.shape[2:]))
     if tuple(kernel) != weight.shape[2:]:
         raise ValueError(f"kernel_shape {kernel} differs from the weight's {weight.shape[2:]}")
-    strides, padding, dilations = _window(attributes, spatial, kernel, "Conv")
+    strides, padding, dilations = _window(attributes, spatial, kernel, x.shape[1:])
     groups = attributes.int("group", 1)
     out_channels = weight.shape[0]
     if groups < 1 or x.shape[0] != weight.shape[1] * groups:
@@ -169,12 +184,22 @@ def layer_normalization(builder, node):
 
 
 def _layer_norm(builder, node, x, shape, eps, scale, bias):
+    check_normalized_size(shape, scale)
     layer = builder.layer(node, layers.LayerNorm, list(shape), eps=eps,
                           bias=bias is not None)
     assign(layer, "weight", np.broadcast_to(_float_constant(scale, "the scale"), shape))
     if bias is not None:
         assign(layer, "bias", np.broadcast_to(_float_constant(bias, "the bias"), shape))
     return builder.call(layer, x)
+
+
+def check_normalized_size(shape, scale):
+    """A LayerNorm's parameters come from the file: a small scale broadcast
+    over a huge normalised shape is refused rather than allocated."""
+    size = math.prod(shape)
+    if size > max(1 << 16, 0 if scale is None else np.size(scale)):
+        raise ValueError(f"the normalised shape {tuple(shape)} is larger than the file's scale "
+                         f"of {0 if scale is None else np.size(scale)} values")
 
 
 def _activation(kind, **fixed):
@@ -233,7 +258,7 @@ def _pool_arguments(builder, node, x, what):
     kernel = attributes.ints("kernel_shape", None)
     if kernel is None or len(kernel) != spatial or any(extent < 1 for extent in kernel):
         raise ValueError(f"kernel_shape {kernel} does not fit {spatial} spatial axes")
-    strides, padding, dilations = _window(attributes, spatial, kernel, what)
+    strides, padding, dilations = _window(attributes, spatial, kernel, x.shape[1:])
     return attributes, spatial, tuple(kernel), strides, padding, dilations
 
 

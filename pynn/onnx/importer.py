@@ -16,7 +16,8 @@ from pynn.architecture import ModelFormatError
 from pynn.layers.symbolic import Input, SymbolicTensor
 from pynn.model import Model
 from pynn.onnx import patterns
-from pynn.onnx.converters import CONVERTERS, assign, matmul_bias_fits, per_channel
+from pynn.onnx.converters import (CONVERTERS, assign, check_normalized_size, matmul_bias_fits,
+                                  per_channel)
 from pynn.onnx.folding import FOLDERS, PROBE_BATCHES, Probed, axes_of, collapsed, evaluate
 from pynn.onnx.tensors import MAX_RANK, checked_dims, to_array
 
@@ -66,7 +67,8 @@ def load(path):
     except Exception as error:  # the protobuf runtime's DecodeError and its kin
         raise ModelFormatError(f"{where}: not an ONNX model: {error}") from None
     try:
-        return _Builder(model, os.path.dirname(os.path.abspath(path)), where).build()
+        with np.errstate(all="ignore"):  # the file's constants may hold inf and NaN
+            return _Builder(model, os.path.dirname(os.path.abspath(path)), where).build()
     except ModelFormatError:
         raise
     except _ERRORS as error:
@@ -323,6 +325,7 @@ class _Builder:
                              f"trailing axes after the batch")
         shape = x.shape[axes[0] - 1:]
         weight = details["weight"]
+        check_normalized_size(shape, weight)
         layer = self.layer(node, layers.LayerNorm, list(shape), eps=float(details["eps"]),
                            bias=details["bias"] is not None, pattern="LayerNorm")
         assign(layer, "weight", np.broadcast_to(
