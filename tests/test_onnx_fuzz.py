@@ -15,6 +15,7 @@ pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 CASES_PER_SEED = 420
+MAX_EDITS = 4
 OPS = ["Conv", "Gemm", "MatMul", "BatchNormalization", "LayerNormalization", "Relu", "LeakyRelu",
        "Sigmoid", "Tanh", "Gelu", "HardSwish", "HardSigmoid", "Clip", "Softmax", "LogSoftmax",
        "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Flatten", "Reshape",
@@ -204,7 +205,7 @@ def mutated_bytes(seed, rng):
     if kind == 0:   # field edits
         model = onnx.ModelProto()
         model.CopyFrom(seed)
-        for _ in range(rng.integers(1, 4)):
+        for _ in range(rng.integers(1, MAX_EDITS)):
             mutate_fields(model, rng)
         return model.SerializeToString()
     data = bytearray(seed.SerializeToString())
