@@ -143,11 +143,12 @@ class _Builder:
         self.taken, self.prefixes = set(), set()
         self.foldable = {}        # id(symbolic tensor) -> the Linear/Conv layer that made it
         self.outputs = {output.name for output in self.graph.output}
-        self.readers = {}
+        self.readers, self.first_reader = {}, {}
         for node in self.graph.node:
             for name in node.input:
                 if name:
                     self.readers[name] = self.readers.get(name, 0) + 1
+                    self.first_reader.setdefault(name, node)
 
     # -- the whole graph ---------------------------------------------------------
     def build(self):
@@ -418,7 +419,7 @@ class _Builder:
         name = node.output[0] if node.output else ""
         if self.readers.get(name) != 1 or name in self.outputs:
             return None
-        reader = next(other for other in self.graph.node if name in other.input)
+        reader = self.first_reader[name]
         if reader.op_type != "Add" or len(reader.input) != 2 or reader.domain not in ("", "ai.onnx"):
             return None
         other = reader.input[1] if reader.input[0] == name else reader.input[0]
