@@ -575,92 +575,98 @@ def test_clashing_node_names_get_suffixes(tmp_path):
 
 
 # -- whole models exported from PyTorch ------------------------------------------------------
-torch = pytest.importorskip("torch")
-nn = torch.nn
+def pytorch_models():
+    """name -> (module factory, sample shape, export options); skips without torch."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
 
+    class BasicBlock(nn.Module):
+        def __init__(self, channels_in, channels, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(channels_in, channels, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(channels)
+            self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(channels)
+            self.shortcut = nn.Sequential()
+            if stride != 1 or channels_in != channels:
+                self.shortcut = nn.Sequential(nn.Conv2d(channels_in, channels, 1, stride, bias=False),
+                                              nn.BatchNorm2d(channels))
 
-class BasicBlock(nn.Module):
-    def __init__(self, channels_in, channels, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels_in, channels, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or channels_in != channels:
-            self.shortcut = nn.Sequential(nn.Conv2d(channels_in, channels, 1, stride, bias=False),
-                                          nn.BatchNorm2d(channels))
+        def forward(self, x):
+            out = torch.relu(self.bn1(self.conv1(x)))
+            return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
-    def forward(self, x):
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+    class ResNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.MaxPool2d(2))
+            self.layer1 = BasicBlock(8, 8, 1)
+            self.layer2 = BasicBlock(8, 16, 2)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(16, 10)
 
+        def forward(self, x):
+            h = self.layer2(self.layer1(self.stem(x)))
+            return self.fc(torch.flatten(self.pool(h), 1))
 
-class ResNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                                  nn.MaxPool2d(2))
-        self.layer1 = BasicBlock(8, 8, 1)
-        self.layer2 = BasicBlock(8, 16, 2)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, 10)
+    class SqueezeExcite(nn.Module):
+        def __init__(self, channels):
+            super().__init__()
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.reduce = nn.Conv2d(channels, channels // 4, 1)
+            self.expand = nn.Conv2d(channels // 4, channels, 1)
 
-    def forward(self, x):
-        h = self.layer2(self.layer1(self.stem(x)))
-        return self.fc(torch.flatten(self.pool(h), 1))
+        def forward(self, x):
+            gate = torch.sigmoid(self.expand(torch.relu(self.reduce(self.pool(x)))))
+            return x * gate
 
+    class MobileNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.Hardswish())
+            self.depthwise = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16), nn.BatchNorm2d(16),
+                                           nn.ReLU6())
+            self.se = SqueezeExcite(16)
+            self.project = nn.Sequential(nn.Conv2d(16, 24, 1), nn.BatchNorm2d(24), nn.Hardswish())
+            self.classifier = nn.Sequential(nn.Linear(24, 32), nn.Hardswish(), nn.Dropout(0.2),
+                                            nn.Linear(32, 5))
 
-class SqueezeExcite(nn.Module):
-    def __init__(self, channels):
-        super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.reduce = nn.Conv2d(channels, channels // 4, 1)
-        self.expand = nn.Conv2d(channels // 4, channels, 1)
+        def forward(self, x):
+            h = self.project(self.se(self.depthwise(self.stem(x))))
+            return self.classifier(h.mean((2, 3)))
 
-    def forward(self, x):
-        gate = torch.sigmoid(self.expand(torch.relu(self.reduce(self.pool(x)))))
-        return x * gate
+    class SequenceClassifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv1d(4, 16, 5, padding=2), nn.BatchNorm1d(16), nn.GELU(),
+                                          nn.MaxPool1d(2), nn.Conv1d(16, 16, 3, padding=2, dilation=2),
+                                          nn.ReLU(), nn.AvgPool1d(2))
+            self.norm = nn.LayerNorm(16)
+            self.head = nn.Linear(16 * 8, 3)
 
+        def forward(self, x):
+            h = self.features(x)
+            h = self.norm(h.transpose(1, 2))
+            return torch.log_softmax(self.head(h.reshape(h.size(0), -1)), dim=-1)
 
-class MobileNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.Hardswish())
-        self.depthwise = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16), nn.BatchNorm2d(16),
-                                       nn.ReLU6())
-        self.se = SqueezeExcite(16)
-        self.project = nn.Sequential(nn.Conv2d(16, 24, 1), nn.BatchNorm2d(24), nn.Hardswish())
-        self.classifier = nn.Sequential(nn.Linear(24, 32), nn.Hardswish(), nn.Dropout(0.2),
-                                        nn.Linear(32, 5))
+    def mlp():
+        return nn.Sequential(nn.Flatten(), nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 16), nn.Tanh(),
+                             nn.Linear(16, 4), nn.Softmax(dim=-1))
 
-    def forward(self, x):
-        h = self.project(self.se(self.depthwise(self.stem(x))))
-        return self.classifier(h.mean((2, 3)))
-
-
-class SequenceClassifier(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv1d(4, 16, 5, padding=2), nn.BatchNorm1d(16), nn.GELU(),
-                                      nn.MaxPool1d(2), nn.Conv1d(16, 16, 3, padding=2, dilation=2),
-                                      nn.ReLU(), nn.AvgPool1d(2))
-        self.norm = nn.LayerNorm(16)
-        self.head = nn.Linear(16 * 8, 3)
-
-    def forward(self, x):
-        h = self.features(x)
-        h = self.norm(h.transpose(1, 2))
-        return torch.log_softmax(self.head(h.reshape(h.size(0), -1)), dim=-1)
-
-
-def mlp():
-    return nn.Sequential(nn.Flatten(), nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 16), nn.Tanh(),
-                         nn.Linear(16, 4), nn.Softmax(dim=-1))
+    return {
+        "mlp": (mlp, (3, 4), {}),
+        "resnet": (ResNet, (3, 16, 16), {}),
+        "resnet_unfolded": (ResNet, (3, 16, 16), {"do_constant_folding": False}),
+        "mobilenet": (MobileNet, (3, 16, 16), {}),
+        "sequence": (SequenceClassifier, (4, 32), {"opset_version": 14}),
+        "sequence_opset17": (SequenceClassifier, (4, 32), {"opset_version": 17}),
+    }
 
 
 def trained_eval(module, shape, seed):
     """``module`` with non-trivial BatchNorm statistics, in eval mode."""
+    torch = pytest.importorskip("torch")
     torch.manual_seed(seed)
     module.train()
     with torch.no_grad():
@@ -671,6 +677,7 @@ def trained_eval(module, shape, seed):
 
 def export(module, shape, path, **options):
     """The TorchScript exporter (dynamo=False): the default one needs onnxscript."""
+    torch = pytest.importorskip("torch")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(module, (torch.randn(2, *shape),), str(path), input_names=["x"],
@@ -679,19 +686,11 @@ def export(module, shape, path, **options):
     return path
 
 
-TORCH_MODELS = {
-    "mlp": (mlp, (3, 4), {}),
-    "resnet": (ResNet, (3, 16, 16), {}),
-    "resnet_unfolded": (ResNet, (3, 16, 16), {"do_constant_folding": False}),
-    "mobilenet": (MobileNet, (3, 16, 16), {}),
-    "sequence": (SequenceClassifier, (4, 32), {"opset_version": 14}),
-    "sequence_opset17": (SequenceClassifier, (4, 32), {"opset_version": 17}),
-}
-
-
-@pytest.mark.parametrize("name", sorted(TORCH_MODELS))
+@pytest.mark.parametrize("name", ["mlp", "resnet", "resnet_unfolded", "mobilenet", "sequence",
+                                  "sequence_opset17"])
 def test_pytorch_exports_match_onnx_runtime_at_batch_1_8_64(tmp_path, name):
-    make, shape, options = TORCH_MODELS[name]
+    torch = pytest.importorskip("torch")
+    make, shape, options = pytorch_models()[name]
     module = trained_eval(make(), shape, seed=len(name))
     path = export(module, shape, tmp_path / f"{name}.onnx", **options)
     model = pynn.onnx.load(path)
@@ -712,7 +711,7 @@ def test_pytorch_exports_match_onnx_runtime_at_batch_1_8_64(tmp_path, name):
 
 @pytest.mark.parametrize("name", ["resnet_unfolded", "mobilenet", "sequence"])
 def test_an_imported_model_trains_and_saves(tmp_path, name):
-    make, shape, options = TORCH_MODELS[name]
+    make, shape, options = pytorch_models()[name]
     path = export(trained_eval(make(), shape, seed=3), shape, tmp_path / "m.onnx", **options)
     model = pynn.onnx.load(path)
     classes = 3 if name == "sequence" else model.outputs[0].shape[0]

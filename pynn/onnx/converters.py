@@ -12,9 +12,6 @@ from pynn import layers
 from pynn.onnx.folding import (PROBE_BATCHES, Probed, axes_of, axis_of, integers, per_probe,
                                reshape_target, squeezed_shape, unsqueezed_shape)
 
-SQRT2 = math.sqrt(2.0)
-
-
 def assign(layer, key, values):
     """Write ``values`` (cast to float32) into the layer's parameter or buffer ``key``."""
     target = layer.params[key] if key in layer.params else layer.buffers[key]
@@ -39,7 +36,7 @@ def _scalar(value, what):
     return float(value.reshape(()))
 
 
-def _spatial(builder, node, x, what):
+def _spatial(x, what):
     """The number of spatial axes of ``x`` ([N, C, L] or [N, C, H, W])."""
     spatial = len(x.shape) - 1
     if spatial not in (1, 2):
@@ -90,7 +87,7 @@ def conv(builder, node):
     x = builder.sym(node, 0)
     weight = _float_constant(builder.const(node, 1, "the weight"), "the weight")
     bias = builder.input(node, 2)
-    spatial = _spatial(builder, node, x, "Conv")
+    spatial = _spatial(x, "Conv")
     attributes = builder.attributes(node)
     if weight.ndim != spatial + 2:
         raise ValueError(f"the weight of shape {weight.shape} does not fit {spatial} spatial axes")
@@ -254,7 +251,7 @@ def _softmax(kind):
 
 def _pool_arguments(builder, node, x, what):
     attributes = builder.attributes(node)
-    spatial = _spatial(builder, node, x, what)
+    spatial = _spatial(x, what)
     kernel = attributes.ints("kernel_shape", None)
     if kernel is None or len(kernel) != spatial or any(extent < 1 for extent in kernel):
         raise ValueError(f"kernel_shape {kernel} does not fit {spatial} spatial axes")
@@ -289,7 +286,7 @@ def average_pool(builder, node):
 
 def _global_average(builder, node, x, keep_shape):
     """GlobalAvgPool2d over the spatial axes of ``x``, reshaped to ``keep_shape``."""
-    spatial = _spatial(builder, node, x, node.op_type)
+    spatial = _spatial(x, node.op_type)
     if spatial == 1:
         x = builder.call(builder.layer(node, layers.Reshape, x.shape + (1,), suffix="as_2d"), x)
     pooled = builder.call(builder.layer(node, layers.GlobalAvgPool2d), x)

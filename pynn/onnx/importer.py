@@ -18,7 +18,7 @@ from pynn.model import Model
 from pynn.onnx import patterns
 from pynn.onnx.converters import (CONVERTERS, assign, check_normalized_size, matmul_bias_fits,
                                   per_channel)
-from pynn.onnx.folding import FOLDERS, PROBE_BATCHES, Probed, axes_of, collapsed, evaluate
+from pynn.onnx.folding import FOLDERS, PROBE_BATCHES, axes_of, collapsed, evaluate
 from pynn.onnx.tensors import MAX_RANK, checked_dims, to_array
 
 MAX_FILE_BYTES = 2 ** 31 - 1   # protobuf's own limit for one message
