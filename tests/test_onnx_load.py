@@ -287,6 +287,15 @@ def test_the_erf_pattern_is_one_exact_gelu(tmp_path, form):
     assert [type(layer).__name__ for layer in model.layers] == ["GELU"]
 
 
+@pytest.mark.parametrize("order", [["x", "s"], ["s", "x"]])
+def test_sigmoid_times_its_input_is_one_silu(tmp_path, order):
+    nodes = [node("Sigmoid", ["x"], ["s"], name="/act/Sigmoid"),
+             node("Mul", order, ["y"], name="/act/Mul")]
+    path = save(tmp_path, nodes, [("x", ["N", 6])], [("y", ["N", 6])])
+    model = assert_matches_runtime(path, {"x": 3 * weights(5, 6)})
+    assert [(layer.name, type(layer).__name__) for layer in model.layers] == [("act.SiLU", "SiLU")]
+
+
 def test_erf_alone_is_refused(tmp_path):
     path = save(tmp_path, [node("Erf", ["x"], ["y"], name="e")], [("x", ["N", 6])], [("y", ["N", 6])])
     with pytest.raises(pynn.ModelFormatError, match=r"'e' \(Erf, opset 17\).*not supported"):

@@ -316,8 +316,9 @@ class _Builder:
         x = self.values.get(match.source)
         if not isinstance(x, SymbolicTensor) or x.dtype != "float32":
             raise ValueError(f"the {match.kind} pattern needs a float32 tensor input")
-        if match.kind == "GELU":
-            return [self.call(self.layer(node, layers.GELU, pattern="GELU"), x)]
+        if match.kind in ("GELU", "SiLU"):
+            kind = layers.GELU if match.kind == "GELU" else layers.SiLU
+            return [self.call(self.layer(node, kind, pattern=match.kind), x)]
         details = match.details
         rank = len(x.shape) + 1
         axes = sorted(axes_of(details["axes"], rank))

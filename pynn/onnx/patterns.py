@@ -1,5 +1,6 @@
 """Op sequences exporters emit for one pynn layer, found before conversion:
-the exact GELU ``x · 0.5 · (1 + erf(x / √2))`` and the decomposed LayerNorm
+the exact GELU ``x · 0.5 · (1 + erf(x / √2))``, SiLU ``x · sigmoid(x)`` and
+the decomposed LayerNorm
 ``(x - mean) / √(mean((x - mean)²) + eps) · weight + bias``. Each match
 names its last node, which becomes the layer, and the nodes it absorbs;
 every intermediate result must be read by the pattern alone."""
@@ -99,6 +100,18 @@ def _gelu(graph, erf):
     return None
 
 
+def _silu(graph, sigmoid):
+    """The SiLU whose Sigmoid node is ``sigmoid``, or None."""
+    node = graph.nodes[sigmoid]
+    if len(node.input) != 1 or graph.output(sigmoid) is None:
+        return None
+    product = graph.sole_reader(graph.output(sigmoid), "Mul")
+    if product is None or sorted(graph.nodes[product].input) != sorted(
+            [node.input[0], graph.output(sigmoid)]):
+        return None
+    return Match("SiLU", node.input[0], [sigmoid], product)
+
+
 def _layer_norm(graph, mean):
     """The LayerNorm whose first ReduceMean node is ``mean``, or None."""
     node = graph.nodes[mean]
@@ -151,6 +164,8 @@ def find(nodes, constants, outputs, reduce_axes):
     for index, node in enumerate(nodes):
         if node.op_type == "Erf":
             match = _gelu(graph, index)
+        elif node.op_type == "Sigmoid":
+            match = _silu(graph, index)
         elif node.op_type == "ReduceMean":
             match = _layer_norm(graph, index)
         else:
