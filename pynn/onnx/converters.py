@@ -1,4 +1,6 @@
-"""ONNX ops on tensors that flow from the model's inputs, as pynn layers.
+"""ONNX ops on tensors that flow from the model's inputs, as pynn layers:
+the layers with weights, activations, pooling (shape ops in shapes.py,
+arithmetic in arithmetic.py).
 
 Each converter takes the graph builder (pynn/onnx/importer.py) and a node,
 calls pynn layers on the node's symbolic inputs and returns the values of
@@ -9,8 +11,7 @@ import math
 import numpy as np
 
 from pynn import layers
-from pynn.onnx.folding import (PROBE_BATCHES, Probed, axes_of, axis_of, integers, per_probe,
-                               reshape_target, squeezed_shape, unsqueezed_shape)
+from pynn.onnx.folding import axis_of
 
 def assign(layer, key, values):
     """Write ``values`` (cast to float32) into the layer's parameter or buffer ``key``."""
@@ -23,13 +24,13 @@ def assign(layer, key, values):
     target[...] = values.astype(np.float32)
 
 
-def _float_constant(value, what):
+def float_constant(value, what):
     if value.dtype.kind not in "fiu":
         raise ValueError(f"{what} must hold numbers, got {value.dtype.name}")
     return value.astype(np.float32)
 
 
-def _scalar(value, what):
+def scalar(value, what):
     value = np.asarray(value)
     if value.size != 1:
         raise ValueError(f"{what} must be a single number, got shape {value.shape}")
@@ -85,7 +86,7 @@ def _same_pads(extents, kernel_shape, strides, dilations, auto_pad):
 
 def conv(builder, node):
     x = builder.sym(node, 0)
-    weight = _float_constant(builder.const(node, 1, "the weight"), "the weight")
+    weight = float_constant(builder.const(node, 1, "the weight"), "the weight")
     bias = builder.input(node, 2)
     spatial = _spatial(x, "Conv")
     attributes = builder.attributes(node)
@@ -112,7 +113,7 @@ def conv(builder, node):
 
 def gemm(builder, node):
     x = builder.sym(node, 0)
-    weight = _float_constant(builder.const(node, 1, "B (the weight)"), "B")
+    weight = float_constant(builder.const(node, 1, "B (the weight)"), "B")
     attributes = builder.attributes(node)
     if attributes.int("transA", 0):
         raise ValueError("transA=1 would transpose the batch axis away")
@@ -127,7 +128,7 @@ def gemm(builder, node):
     layer = builder.layer(node, layers.Linear, in_features, out_features, bias=bias is not None)
     assign(layer, "weight", weight)
     if bias is not None:
-        bias = _float_constant(builder.const(node, 2, "C (the bias)"), "C")
+        bias = float_constant(builder.const(node, 2, "C (the bias)"), "C")
         if bias.ndim > 2 or (bias.ndim == 2 and bias.shape[0] != 1):
             raise ValueError(f"C of shape {bias.shape} varies over the batch")
         bias = np.broadcast_to(bias.reshape(-1) if bias.ndim else bias, (out_features,))
@@ -137,7 +138,7 @@ def gemm(builder, node):
 
 def matmul(builder, node):
     x = builder.sym(node, 0)
-    weight = _float_constant(builder.const(node, 1, "the second operand (the weight)"), "B")
+    weight = float_constant(builder.const(node, 1, "the second operand (the weight)"), "B")
     if weight.ndim != 2 or not x.shape:
         raise ValueError(f"MatMul by a constant takes a 2-D constant and a per-sample input of "
                          f"at least one axis, got {weight.shape} and {x.shape}")
@@ -184,9 +185,9 @@ def _layer_norm(builder, node, x, shape, eps, scale, bias):
     check_normalized_size(shape, scale)
     layer = builder.layer(node, layers.LayerNorm, list(shape), eps=eps,
                           bias=bias is not None)
-    assign(layer, "weight", np.broadcast_to(_float_constant(scale, "the scale"), shape))
+    assign(layer, "weight", np.broadcast_to(float_constant(scale, "the scale"), shape))
     if bias is not None:
-        assign(layer, "bias", np.broadcast_to(_float_constant(bias, "the bias"), shape))
+        assign(layer, "bias", np.broadcast_to(float_constant(bias, "the bias"), shape))
     return builder.call(layer, x)
 
 
@@ -227,8 +228,8 @@ def hard_sigmoid(builder, node):
 def clip(builder, node):
     low = builder.input(node, 1)
     high = builder.input(node, 2)
-    low = -math.inf if low is None else _scalar(builder.const(node, 1, "min"), "min")
-    high = math.inf if high is None else _scalar(builder.const(node, 2, "max"), "max")
+    low = -math.inf if low is None else scalar(builder.const(node, 1, "min"), "min")
+    high = math.inf if high is None else scalar(builder.const(node, 2, "max"), "max")
     if (low, high) == (0.0, 6.0):
         kind = layers.ReLU6
     elif (low, high) == (0.0, math.inf):
@@ -313,92 +314,6 @@ def reduce_mean(builder, node):
     return [_global_average(builder, node, x, keep)]
 
 
-def flatten(builder, node):
-    x = builder.sym(node, 0)
-    axis = axis_of(builder.attributes(node).int("axis", 1), len(x.shape) + 1)
-    if axis == 0 or math.prod(x.shape[:axis - 1]) != 1 and axis != 1:
-        raise ValueError(f"Flatten(axis={axis}) of per-sample shape {x.shape} would mix the "
-                         f"batch axis into the others")
-    if axis == 1:
-        return [builder.call(builder.layer(node, layers.Flatten), x)]
-    return [_reshaped(builder, node, x, (math.prod(x.shape[axis - 1:]),))]
-
-
-def _reshaped(builder, node, x, shape, suffix=None):
-    shape = tuple(int(extent) for extent in shape)
-    if shape == x.shape:
-        return x
-    return builder.call(builder.layer(node, layers.Reshape, shape, suffix=suffix), x)
-
-
-def reshape(builder, node):
-    x = builder.sym(node, 0)
-    target = builder.input(node, 1)
-    if target is None:
-        raise ValueError("the shape input is missing")
-    allowzero = builder.attributes(node).int("allowzero", 0)
-    results = []
-    for batch, values in zip(PROBE_BATCHES, per_probe(target)):
-        results.append(reshape_target((batch,) + x.shape,
-                                      integers(values, "the shape").reshape(-1), allowzero))
-    batch_kept = all(result[0] == batch for result, batch in zip(results, PROBE_BATCHES))
-    if not batch_kept or len({result[1:] for result in results}) != 1:
-        raise ValueError(f"the target shape {_describe(target)} does not keep the batch axis "
-                         f"first with the per-sample shape fixed (input per-sample shape "
-                         f"{x.shape})")
-    return [_reshaped(builder, node, x, results[0][1:])]
-
-
-def _describe(value):
-    if isinstance(value, Probed):
-        return " / ".join(str(item.tolist()) for item in value.values) + " (for batch sizes " \
-            + ", ".join(map(str, PROBE_BATCHES)) + ")"
-    return str(value.tolist())
-
-
-def squeeze(builder, node):
-    x = builder.sym(node, 0)
-    if builder.input(node, 1) is None:
-        raise ValueError("Squeeze without axes would remove a batch axis of 1")
-    axes = axes_of(integers(builder.const(node, 1, "axes"), "axes").reshape(-1), len(x.shape) + 1)
-    if 0 in axes:
-        raise ValueError("Squeeze of axis 0 would remove the batch axis")
-    return [_reshaped(builder, node, x, squeezed_shape(x.shape, [axis - 1 for axis in axes]))]
-
-
-def unsqueeze(builder, node):
-    x = builder.sym(node, 0)
-    axes = integers(builder.const(node, 1, "axes"), "axes").reshape(-1)
-    rank = len(x.shape) + 1 + len(axes)
-    normalised = axes_of(axes, rank)
-    if 0 in normalised:
-        raise ValueError("Unsqueeze at axis 0 would move the batch axis")
-    return [_reshaped(builder, node, x, unsqueezed_shape(x.shape, [a - 1 for a in normalised]))]
-
-
-def transpose(builder, node):
-    x = builder.sym(node, 0)
-    rank = len(x.shape) + 1
-    perm = builder.attributes(node).ints("perm", list(range(rank))[::-1])
-    if len(perm) != rank or sorted(axes_of(perm, rank, "perm")) != list(range(rank)):
-        raise ValueError(f"perm {perm} is not a permutation of {rank} axes")
-    perm = axes_of(perm, rank, "perm")
-    if perm[0] != 0:
-        raise ValueError(f"perm {perm} moves the batch axis (pynn's Permute keeps it first)")
-    if perm == list(range(rank)):
-        return [x]
-    return [builder.call(builder.layer(node, layers.Permute, perm), x)]
-
-
-def concat(builder, node):
-    tensors = [builder.sym(node, position) for position in range(len(node.input))]
-    rank = len(tensors[0].shape) + 1
-    axis = axis_of(builder.attributes(node).int("axis", 0), rank)
-    if axis == 0:
-        raise ValueError("Concat along axis 0 would join batches")
-    return [builder.call(builder.layer(node, layers.Concatenate, axis), tensors)]
-
-
 def gather(builder, node):
     """A row lookup in a constant table: Embedding."""
     table = builder.input(node, 0)
@@ -411,119 +326,8 @@ def gather(builder, node):
     if indices.dtype != "int64":
         raise ValueError(f"the indices must be int64, got {indices.dtype}")
     layer = builder.layer(node, layers.Embedding, table.shape[0], table.shape[1])
-    assign(layer, "weight", _float_constant(table, "the table"))
+    assign(layer, "weight", float_constant(table, "the table"))
     return [builder.call(layer, indices)]
-
-
-def passthrough(builder, node):
-    """Identity, and Dropout at inference (its mask output refused)."""
-    if node.op_type == "Dropout":
-        builder.refuse_extra_outputs(node, 1)
-        training = builder.input(node, 2)
-        if training is not None and _scalar(builder.const(node, 2, "training_mode"),
-                                            "training_mode"):
-            raise ValueError("training_mode=True is not supported")
-    return [builder.sym(node, 0)]
-
-
-def cast(builder, node):
-    x = builder.sym(node, 0)
-    if builder.attributes(node).int("to", 0) != {"float32": 1, "int64": 7}[x.dtype]:
-        raise ValueError(f"a Cast of a {x.dtype} tensor that changes its element type")
-    return [x]
-
-
-def binary(builder, node):
-    """Add, Sub, Mul, Div: between two tensors as merge layers; with a
-    constant folded into the Linear or convolution before it when that is
-    its only reader, else as an Affine layer."""
-    op = node.op_type
-    a, b = builder.input(node, 0), builder.input(node, 1)
-    if a is None or b is None:
-        raise ValueError("takes two inputs")
-    if builder.is_symbolic(a) and builder.is_symbolic(b):
-        if len(a.shape) != len(b.shape):
-            raise ValueError(f"operands of per-sample ranks {len(a.shape)} and {len(b.shape)} "
-                             f"would broadcast the batch axis against another")
-        if op in ("Add", "Mul"):
-            kind = layers.Add if op == "Add" else layers.Multiply
-            return [builder.call(builder.layer(node, kind), [a, b])]
-        if op == "Sub":
-            negated = builder.layer(node, layers.Affine, (), shift=False, suffix="negate")
-            assign(negated, "scale", np.float32(-1.0))
-            return [builder.call(builder.layer(node, layers.Add), [a, builder.call(negated, b)])]
-        raise ValueError("Div of two tensors is not supported")
-    symbolic_first = builder.is_symbolic(a)
-    x, constant = (a, b) if symbolic_first else (b, a)
-    if isinstance(constant, Probed):
-        raise ValueError("an operand depends on the batch size")
-    constant = _float_constant(constant, "the constant operand")
-    if constant.ndim > len(x.shape) + 1 or (constant.ndim == len(x.shape) + 1
-                                           and constant.shape[0] != 1):
-        raise ValueError(f"the constant of shape {constant.shape} would broadcast over the batch")
-    if constant.ndim == len(x.shape) + 1:
-        constant = constant[0]
-    scale = shift = None
-    if op == "Add":
-        shift = constant
-    elif op == "Sub":
-        if symbolic_first:
-            shift = -constant
-        else:
-            scale, shift = np.full((), -1.0, np.float32), constant
-    elif op == "Mul":
-        scale = constant
-    elif symbolic_first:
-        with np.errstate(divide="ignore"):
-            scale = np.float32(1.0) / constant
-    else:
-        raise ValueError("a constant divided by a tensor is not supported")
-    folded = builder.fold_affine(node, x, scale, shift)
-    if folded is not None:
-        return [folded]
-    shape = np.broadcast_shapes(*(item.shape for item in (scale, shift) if item is not None))
-    layer = builder.layer(node, layers.Affine, shape, scale=scale is not None,
-                          shift=shift is not None)
-    for key, value in (("scale", scale), ("shift", shift)):
-        if value is not None:
-            assign(layer, key, np.broadcast_to(value, shape))
-    return [builder.call(layer, x)]
-
-
-def _channel_vector(layer, shape, constant):
-    """A per-sample ``constant`` as one value per output channel of ``layer``
-    (axis 0 of a convolution's sample, the last of a Linear's), or None."""
-    rank = len(shape)
-    if constant.ndim > rank:
-        return None
-    padded = constant.reshape((1,) * (rank - constant.ndim) + constant.shape)
-    channel_axis = rank - 1 if isinstance(layer, layers.Linear) else 0
-    channels = shape[channel_axis]
-    if any(extent != 1 for axis, extent in enumerate(padded.shape) if axis != channel_axis):
-        return None
-    if padded.shape[channel_axis] not in (1, channels):
-        return None
-    return np.broadcast_to(padded.reshape(-1), (channels,)).astype(np.float32)
-
-
-def per_channel(layer, shape, scale, shift):
-    """(scale, shift) as vectors over the output channels of a Linear or
-    convolution whose output has per-sample ``shape``, or None."""
-    if not isinstance(layer, (layers.Linear, layers.Conv1d, layers.Conv2d)) or not shape:
-        return None
-    vectors = [None if constant is None else _channel_vector(layer, shape, constant)
-               for constant in (scale, shift)]
-    if any(vector is None and constant is not None
-           for vector, constant in zip(vectors, (scale, shift))):
-        return None
-    return vectors
-
-
-def matmul_bias_fits(value, features, rank):
-    """Whether a constant added to a MatMul's per-sample output of ``rank``
-    axes is a bias over its ``features`` columns."""
-    return (value.dtype.kind == "f" and 1 <= value.ndim <= rank and value.shape[-1] == features
-            and all(extent == 1 for extent in value.shape[:-1]))
 
 
 CONVERTERS = {
@@ -534,8 +338,5 @@ CONVERTERS = {
     "LeakyRelu": leaky_relu, "Gelu": gelu, "HardSigmoid": hard_sigmoid, "Clip": clip,
     "Softmax": _softmax(layers.Softmax), "LogSoftmax": _softmax(layers.LogSoftmax),
     "MaxPool": max_pool, "AveragePool": average_pool, "GlobalAveragePool": global_average_pool,
-    "ReduceMean": reduce_mean, "Flatten": flatten, "Reshape": reshape, "Squeeze": squeeze,
-    "Unsqueeze": unsqueeze, "Transpose": transpose, "Concat": concat, "Gather": gather,
-    "Identity": passthrough, "Dropout": passthrough, "Cast": cast,
-    "Add": binary, "Sub": binary, "Mul": binary, "Div": binary,
+    "ReduceMean": reduce_mean, "Gather": gather,
 }

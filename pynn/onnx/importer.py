@@ -15,12 +15,13 @@ from pynn import layers
 from pynn.architecture import ModelFormatError
 from pynn.layers.symbolic import Input, SymbolicTensor
 from pynn.model import Model
-from pynn.onnx import patterns
-from pynn.onnx.converters import (CONVERTERS, assign, check_normalized_size, matmul_bias_fits,
-                                  per_channel)
+from pynn.onnx import arithmetic, converters, patterns, shapes
+from pynn.onnx.arithmetic import matmul_bias_fits, per_channel
+from pynn.onnx.converters import assign, check_normalized_size
 from pynn.onnx.folding import FOLDERS, PROBE_BATCHES, axes_of, collapsed, evaluate
 from pynn.onnx.tensors import MAX_RANK, checked_dims, to_array
 
+CONVERTERS = {**converters.CONVERTERS, **shapes.CONVERTERS, **arithmetic.CONVERTERS}
 MAX_FILE_BYTES = 2 ** 31 - 1   # protobuf's own limit for one message
 OPSETS = range(13, 22)
 FIRST_OPSET = {"LayerNormalization": 17, "Gelu": 20}
