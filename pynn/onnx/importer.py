@@ -142,7 +142,7 @@ class _Builder:
         self.graph = model.graph
         self.values = {}
         self.taken, self.prefixes = set(), set()
-        self.foldable = {}        # id(symbolic tensor) -> the Linear/Conv layer that made it
+        self.foldable = {}  # id(symbolic tensor) -> (the Linear or convolution that made it, it)
         self.outputs = {output.name for output in self.graph.output}
         self.readers, self.first_reader = {}, {}
         for node in self.graph.node:
