@@ -54,6 +54,8 @@ CASES = {
     "PositionalEmbedding": (lambda: layers.PositionalEmbedding(6, 4), TOKENS),
     "PaddingMask": (layers.PaddingMask, ATTENTION_MASK),
     "MeanPooling": (layers.MeanPooling, [TOKENS, ATTENTION_MASK]),
+    "LogSoftmax": (layers.LogSoftmax, ROWS),
+    "Affine": (lambda: layers.Affine((3, 1, 1)), IMAGES),
 }
 # layers whose output is a view of the input, not an output buffer of their own
 VIEWS = {"Flatten", "Reshape", "Identity"}

@@ -665,6 +665,8 @@ LAYERS = [
     lambda: layers.Embedding(5, 3, padding_idx=-2),
     lambda: layers.MultiheadAttention(5, 1), lambda: layers.TransformerEncoderLayer(5, 1, 8),
     lambda: layers.PositionalEmbedding(4, 5), lambda: layers.PaddingMask(),
+    lambda: layers.LogSoftmax(), lambda: layers.Affine((2, 1)),
+    lambda: layers.Affine((5,), shift=False), lambda: layers.Affine((), scale=False),
 ]
 
 

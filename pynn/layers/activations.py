@@ -109,7 +109,8 @@ class Softmax(Layer):
     def __init__(self, axis=-1, name=None):
         super().__init__(name=name)
         if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
-            raise TypeError(f"Softmax: axis must be an integer, got {type(axis).__name__} {axis!r}")
+            raise TypeError(f"{type(self).__name__}: axis must be an integer, got "
+                            f"{type(axis).__name__} {axis!r}")
         self.axis = int(axis)
         self._y = None
 
@@ -117,11 +118,11 @@ class Softmax(Layer):
         return {"axis": self.axis}
 
     def output_shape(self, input_shape):
-        _axis_split(tuple(input_shape), self.axis, "Softmax")
+        _axis_split(tuple(input_shape), self.axis, type(self).__name__)
         return tuple(input_shape)
 
     def check_input(self, x):
-        x = as_float32(x, "Softmax", "x")
+        x = as_float32(x, type(self).__name__, "x")
         self.output_shape(x.shape)
         return x
 
@@ -138,3 +139,21 @@ class Softmax(Layer):
             return None
         return kernels.softmax_backward(dy, y, self.workspace("dx", dy.shape),
                                          *_axis_split(dy.shape, self.axis, "Softmax"), False)
+
+
+class LogSoftmax(Softmax):
+    """log softmax along ``axis``; backward dx = dy - softmax(x) Σ dy."""
+
+    def infer(self, x, out):
+        return kernels.softmax(x, out, *_axis_split(x.shape, self.axis, "LogSoftmax"), True)
+
+    def kernel_step(self, input_shape):
+        return None
+
+    def backward(self, dy, input_grad=True):
+        y = self._kept("_y")
+        dy = self._checked_dy(dy, y.shape)
+        if not input_grad:
+            return None
+        return kernels.softmax_backward(dy, y, self.workspace("dx", dy.shape),
+                                         *_axis_split(dy.shape, self.axis, "LogSoftmax"), True)

@@ -2,5 +2,6 @@
 'pynn-runtime[onnx]'``). ``import pynn`` never imports the ``onnx`` package;
 the functions here import it when called (docs/onnx.md)."""
 from pynn.onnx.exporter import export
+from pynn.onnx.importer import load
 
-__all__ = ["export"]
+__all__ = ["export", "load"]
