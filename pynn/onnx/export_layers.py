@@ -14,6 +14,8 @@ from pynn.layers import (GELU, AdaptiveAvgPool2d, Add, AvgPool1d, AvgPool2d, Bat
                          GlobalAvgPool2d, Hardsigmoid, Hardswish, Identity, LayerNorm, LeakyReLU,
                          Linear, MaxPool1d, MaxPool2d, Multiply, Permute, ReLU, ReLU6, Reshape, Sigmoid,
                          SiLU, Softmax, Tanh)
+from pynn.layers.activations import LogSoftmax
+from pynn.layers.affine import Affine
 
 
 def _scalar(value):
@@ -78,6 +80,15 @@ def _gelu(nodes, layer, x, shape):
     inner = nodes.op("Mul", [inner, nodes.constant("sqrt_2_over_pi", _scalar(math.sqrt(2.0 / math.pi)))])
     shifted = nodes.op("Add", [nodes.op("Tanh", [inner]), nodes.constant("one", _scalar(1.0))])
     return nodes.out("Mul", [nodes.op("Mul", [x.name, shifted]), nodes.constant("half", _scalar(0.5))])
+
+
+def _affine(nodes, layer, x, shape):
+    """x · scale + shift, the constant buffers as initializers, broadcast as numpy does."""
+    scale, shift = layer.buffers.get("scale"), layer.buffers.get("shift")
+    if shift is None:
+        return nodes.out("Mul", [x.name, nodes.state("scale", scale)])
+    scaled = x.name if scale is None else nodes.op("Mul", [x.name, nodes.state("scale", scale)])
+    return nodes.out("Add", [scaled, nodes.state("shift", shift)])
 
 
 def _silu(nodes, layer, x, shape):
@@ -333,6 +344,7 @@ TRANSLATIONS = {
     ReLU: _elementwise("Relu"), Sigmoid: _elementwise("Sigmoid"), Tanh: _elementwise("Tanh"),
     LeakyReLU: _elementwise("LeakyRelu", alpha=lambda layer: layer.negative_slope),
     Softmax: _elementwise("Softmax", axis=lambda layer: layer.axis),
+    LogSoftmax: _elementwise("LogSoftmax", axis=lambda layer: layer.axis), Affine: _affine,
     GELU: _gelu, SiLU: _silu, Hardswish: _hardswish, ReLU6: _relu6,
     Hardsigmoid: lambda nodes, layer, x, shape: _hardsigmoid(nodes, x.name, final=True),
     Conv1d: _convolution, Conv2d: _convolution,
