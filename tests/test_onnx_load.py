@@ -734,3 +734,19 @@ def test_an_imported_model_trains_and_saves(tmp_path, name):
     model.save(tmp_path / "m.safetensors")
     again = pynn.load(tmp_path / "m.safetensors")
     np.testing.assert_array_equal(again.predict(x), model.predict(x))
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet", "resnet_unfolded", "mobilenet", "sequence_opset17"])
+def test_import_export_import_gives_identical_bits(tmp_path, name):
+    make, shape, options = pytorch_models()[name]
+    path = export(trained_eval(make(), shape, seed=5), shape, tmp_path / "first.onnx", **options)
+    first = pynn.onnx.load(path)
+    pynn.onnx.export(first, tmp_path / "second.onnx")
+    second = pynn.onnx.load(tmp_path / "second.onnx")
+    x = RNG.standard_normal((8,) + shape).astype(np.float32)
+    np.testing.assert_array_equal(second.predict(x), first.predict(x))
+    first_state, second_state = first.state_dict(), second.state_dict()
+    assert sorted(first_state) == sorted(second_state)
+    for key, array in first_state.items():
+        np.testing.assert_array_equal(second_state[key], array, err_msg=key)
+    assert_matches_runtime(tmp_path / "second.onnx", {second.inputs[0].name or "input": x})
