@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-_ORDER = ("gemm", "ops", "train", "infer", "conv", "graph", "text")
+_ORDER = ("gemm", "ops", "train", "infer", "conv", "graph", "text", "onnx")
 
 
 def available_suites():
