@@ -90,27 +90,34 @@ static int config_real(builder *b, const pynn_layer *layer, const pynn_json *con
     return 0;
 }
 
-/* An int or a list of two ints, each in [low, high] (PyTorch's kernel_size, stride, ...);
- * absent: `fallback`, or `same` when given (a pool's stride defaults to its kernel). */
-static int config_pair(builder *b, const pynn_layer *layer, const pynn_json *config, const char *key,
-                       int64_t fallback, const int64_t *same, int64_t low, int64_t high, int64_t out[2])
+/* An int or a list of `rank` ints, each in [low, high] (PyTorch's kernel_size,
+ * stride, ...), into out[2 - rank .. 2) with `lead` before a 1-D layer's one
+ * value (the 2-D kernels see [N, C, L] as [N, C, 1, L]); absent: `fallback`,
+ * or `same` when given (a pool's stride defaults to its kernel). */
+static int config_sizes(builder *b, const pynn_layer *layer, const pynn_json *config, const char *key,
+                        int64_t fallback, int64_t lead, const int64_t *same, int64_t low, int64_t high,
+                        int64_t out[2])
 {
+    const int rank = layer->spatial_rank;
     const pynn_json *value = pynn_json_get(config, key);
+    out[0] = lead;
     if (!value || value->kind == PYNN_JSON_NULL) {
-        if (value && !same)
-            return say(b->err, b->err_len, "%s: %s: %s must not be null", b->path, layer->name, key);
-        out[0] = same ? same[0] : fallback;
-        out[1] = same ? same[1] : fallback;
+        if ((value && !same) || fallback < 0)
+            return say(b->err, b->err_len, "%s: %s: %s must be given", b->path, layer->name, key);
+        for (int i = 2 - rank; i < 2; i++)
+            out[i] = same ? same[i] : fallback;
         return 0;
     }
-    if (pynn_json_int(value, &out[0])) {
-        out[1] = out[0];
-    } else if (!(value->kind == PYNN_JSON_ARRAY && value->length == 2
-                 && pynn_json_int(value->items[0], &out[0]) && pynn_json_int(value->items[1], &out[1]))) {
-        return say(b->err, b->err_len, "%s: %s: %s must be an integer or a list of 2", b->path,
-                   layer->name, key);
+    if (pynn_json_int(value, &out[1])) {
+        if (rank == 2)
+            out[0] = out[1];
+    } else if (!(value->kind == PYNN_JSON_ARRAY && value->length == (size_t)rank
+                 && pynn_json_int(value->items[0], &out[2 - rank])
+                 && (rank == 1 || pynn_json_int(value->items[1], &out[1])))) {
+        return say(b->err, b->err_len, "%s: %s: %s must be an integer or a list of %d", b->path,
+                   layer->name, key, rank);
     }
-    for (int i = 0; i < 2; i++)
+    for (int i = 2 - rank; i < 2; i++)
         if (out[i] < low || out[i] > high)
             return say(b->err, b->err_len, "%s: %s: %s must be in [%lld, %lld]", b->path, layer->name,
                        key, (long long)low, (long long)high);
@@ -193,8 +200,8 @@ static const struct {
 
 static const char *const SUPPORTED =
     "Linear, ReLU, LeakyReLU, Sigmoid, Tanh, GELU, SiLU, Hardswish, Hardsigmoid, ReLU6, Softmax, Dropout, "
-    "Identity, Flatten, Reshape, BatchNorm1d, BatchNorm2d, Conv2d, MaxPool2d, AvgPool2d, GlobalAvgPool2d, "
-    "Add, Multiply, Concatenate";
+    "Identity, Flatten, Reshape, Permute, BatchNorm1d, BatchNorm2d, LayerNorm, Conv1d, Conv2d, MaxPool1d, "
+    "MaxPool2d, AvgPool1d, AvgPool2d, GlobalAvgPool2d, AdaptiveAvgPool2d, Add, Multiply, Concatenate, Dot";
 
 /* The layer an architecture entry describes, its tensors named "<prefix><param>". */
 static int read_layer(builder *b, const pynn_json *entry, const char *label, const char *prefix,
@@ -308,19 +315,19 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
         layer->eps = (float)real;
         return batchnorm_tensors(b, layer, prefix);
     }
-    if (!strcmp(t, "Conv2d")) {
+    if (!strcmp(t, "Conv2d") || !strcmp(t, "Conv1d")) {
         static const char *const keys[] = {"in_channels", "out_channels", "kernel_size", "stride", "padding",
                                            "dilation", "groups", "bias", NULL};
         int bias;
         layer->type = LAYER_CONV;
-        layer->conv_rank = 2;
+        layer->spatial_rank = t[4] == '2' ? 2 : 1;
         if (config_keys(b, layer, config, keys)
             || config_int(b, layer, config, "in_channels", -1, 1, MAX_ELEMENTS, &layer->in_channels)
             || config_int(b, layer, config, "out_channels", -1, 1, MAX_ELEMENTS, &layer->out_channels)
-            || config_pair(b, layer, config, "kernel_size", -1, NULL, 1, 1 << 20, layer->kernel)
-            || config_pair(b, layer, config, "stride", 1, NULL, 1, 1 << 20, layer->stride)
-            || config_pair(b, layer, config, "padding", 0, NULL, 0, 1 << 20, layer->padding)
-            || config_pair(b, layer, config, "dilation", 1, NULL, 1, 1 << 20, layer->dilation)
+            || config_sizes(b, layer, config, "kernel_size", -1, 1, NULL, 1, 1 << 20, layer->kernel)
+            || config_sizes(b, layer, config, "stride", 1, 1, NULL, 1, 1 << 20, layer->stride)
+            || config_sizes(b, layer, config, "padding", 0, 0, NULL, 0, 1 << 20, layer->padding)
+            || config_sizes(b, layer, config, "dilation", 1, 1, NULL, 1, 1 << 20, layer->dilation)
             || config_int(b, layer, config, "groups", 1, 1, MAX_ELEMENTS, &layer->groups)
             || config_bool(b, layer, config, "bias", 1, &bias))
             return -1;
@@ -329,22 +336,25 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
                        b->path, layer->name, (long long)layer->groups);
         const int64_t dims[4] = {layer->out_channels, layer->in_channels / layer->groups, layer->kernel[0],
                                  layer->kernel[1]};
-        layer->weight = tensor(b, layer, prefix, "weight", 4, dims, &failed);
+        const int64_t dims_1d[3] = {dims[0], dims[1], dims[3]};
+        layer->weight = tensor(b, layer, prefix, "weight", layer->spatial_rank + 2,
+                               layer->spatial_rank == 2 ? dims : dims_1d, &failed);
         if (!failed && bias)
             layer->bias = tensor(b, layer, prefix, "bias", 1, dims, &failed);
         return failed ? -1 : 0;
     }
-    if (!strcmp(t, "MaxPool2d") || !strcmp(t, "AvgPool2d")) {
+    if (!strcmp(t, "MaxPool2d") || !strcmp(t, "AvgPool2d") || !strcmp(t, "MaxPool1d") || !strcmp(t, "AvgPool1d")) {
         static const char *const max_keys[] = {"kernel_size", "stride", "padding", "dilation", "ceil_mode", NULL};
         static const char *const avg_keys[] = {"kernel_size", "stride", "padding", "ceil_mode",
                                                "count_include_pad", NULL};
         const int max = t[0] == 'M';
         layer->type = max ? LAYER_MAXPOOL : LAYER_AVGPOOL;
+        layer->spatial_rank = t[7] == '2' ? 2 : 1;
         if (config_keys(b, layer, config, max ? max_keys : avg_keys)
-            || config_pair(b, layer, config, "kernel_size", -1, NULL, 1, 1 << 20, layer->kernel)
-            || config_pair(b, layer, config, "stride", 1, layer->kernel, 1, 1 << 20, layer->stride)
-            || config_pair(b, layer, config, "padding", 0, NULL, 0, 1 << 20, layer->padding)
-            || config_pair(b, layer, config, "dilation", 1, NULL, 1, 1 << 20, layer->dilation)
+            || config_sizes(b, layer, config, "kernel_size", -1, 1, NULL, 1, 1 << 20, layer->kernel)
+            || config_sizes(b, layer, config, "stride", 1, 1, layer->kernel, 1, 1 << 20, layer->stride)
+            || config_sizes(b, layer, config, "padding", 0, 0, NULL, 0, 1 << 20, layer->padding)
+            || config_sizes(b, layer, config, "dilation", 1, 1, NULL, 1, 1 << 20, layer->dilation)
             || config_bool(b, layer, config, "ceil_mode", 0, &layer->ceil_mode)
             || config_bool(b, layer, config, "count_include_pad", 1, &layer->count_include_pad))
             return -1;
@@ -352,6 +362,96 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
             return say(b->err, b->err_len, "%s: %s: padding must be at most half the kernel size", b->path,
                        layer->name);
         return 0;
+    }
+    if (!strcmp(t, "AdaptiveAvgPool2d")) {
+        static const char *const keys[] = {"output_size", NULL};
+        const pynn_json *size = pynn_json_get(config, "output_size");
+        layer->type = LAYER_ADAPTIVE_AVGPOOL;
+        if (config_keys(b, layer, config, keys))
+            return -1;
+        int fits = size != NULL;
+        if (fits && size->kind == PYNN_JSON_ARRAY && size->length == 2) {
+            for (int i = 0; i < 2 && fits; i++) {
+                layer->adaptive[i] = -1;
+                fits = size->items[i]->kind == PYNN_JSON_NULL || pynn_json_int(size->items[i], &layer->adaptive[i]);
+            }
+        } else {
+            fits = fits && pynn_json_int(size, &layer->adaptive[0]);
+            layer->adaptive[1] = layer->adaptive[0];
+        }
+        for (int i = 0; i < 2 && fits; i++)
+            fits = layer->adaptive[i] >= -1 && layer->adaptive[i] <= MAX_ELEMENTS;
+        if (!fits)
+            return say(b->err, b->err_len, "%s: %s: output_size must be a size or a pair of sizes or nulls",
+                       b->path, layer->name);
+        return 0;
+    }
+    if (!strcmp(t, "LayerNorm")) {
+        static const char *const keys[] = {"normalized_shape", "eps", "elementwise_affine", "bias", NULL};
+        const pynn_json *shape = pynn_json_get(config, "normalized_shape");
+        int affine, bias;
+        layer->type = LAYER_LAYERNORM;
+        if (config_keys(b, layer, config, keys) || config_real(b, layer, config, "eps", 1e-5, &layer->layer_norm_eps)
+            || config_bool(b, layer, config, "elementwise_affine", 1, &affine)
+            || config_bool(b, layer, config, "bias", 1, &bias))
+            return -1;
+        if (!(layer->layer_norm_eps >= 0.0))
+            return say(b->err, b->err_len, "%s: %s: eps must be >= 0", b->path, layer->name);
+        if (shape && pynn_json_int(shape, &layer->reshape.dims[0])) {
+            layer->reshape.rank = 1;
+        } else if (shape && shape->kind == PYNN_JSON_ARRAY && shape->length >= 1
+                   && shape->length < PYNN_GRAPH_MAX_RANK) {
+            layer->reshape.rank = (int)shape->length;
+            for (size_t axis = 0; axis < shape->length; axis++)
+                if (!pynn_json_int(shape->items[axis], &layer->reshape.dims[axis]))
+                    layer->reshape.dims[0] = -1;
+        } else {
+            layer->reshape.dims[0] = -1;
+        }
+        int64_t length = 1;
+        for (int axis = 0; axis < layer->reshape.rank; axis++) {
+            const int64_t extent = layer->reshape.dims[axis];
+            if (extent < 0 || extent > MAX_ELEMENTS || (extent && length > MAX_ELEMENTS / extent))
+                return say(b->err, b->err_len, "%s: %s: normalized_shape must be a list of sizes", b->path,
+                           layer->name);
+            length *= extent;
+        }
+        if (!layer->reshape.rank)
+            return say(b->err, b->err_len, "%s: %s: normalized_shape must be a list of sizes", b->path,
+                       layer->name);
+        if (affine)
+            layer->gamma = tensor(b, layer, prefix, "weight", layer->reshape.rank, layer->reshape.dims, &failed);
+        if (affine && bias && !failed)
+            layer->beta = tensor(b, layer, prefix, "bias", layer->reshape.rank, layer->reshape.dims, &failed);
+        return failed ? -1 : 0;
+    }
+    if (!strcmp(t, "Permute")) {
+        static const char *const keys[] = {"dims", NULL};
+        const pynn_json *dims = pynn_json_get(config, "dims");
+        layer->type = LAYER_PERMUTE;
+        if (config_keys(b, layer, config, keys))
+            return -1;
+        int seen = 0, fits = dims && dims->kind == PYNN_JSON_ARRAY && dims->length >= 1
+                             && dims->length <= PYNN_GRAPH_MAX_RANK;
+        layer->reshape.rank = fits ? (int)dims->length : 0;
+        for (int axis = 0; fits && axis < layer->reshape.rank; axis++) {
+            int64_t *at = &layer->reshape.dims[axis];
+            fits = pynn_json_int(dims->items[axis], at) && *at >= -layer->reshape.rank && *at < layer->reshape.rank;
+            if (fits && *at < 0)
+                *at += layer->reshape.rank;
+            fits = fits && !(seen & (1 << *at));
+            seen |= fits ? 1 << *at : 0;
+        }
+        if (!fits || layer->reshape.dims[0] != 0)
+            return say(b->err, b->err_len, "%s: %s: dims must be a permutation of at most %d axes starting "
+                       "with 0", b->path, layer->name, PYNN_GRAPH_MAX_RANK);
+        return 0;
+    }
+    if (!strcmp(t, "Dot")) {
+        static const char *const keys[] = {NULL};
+        layer->type = LAYER_DOT;
+        layer->takes_list = 1;
+        return config_keys(b, layer, config, keys);
     }
     if (!strcmp(t, "GlobalAvgPool2d")) {
         static const char *const keys[] = {NULL};
@@ -405,6 +505,16 @@ static int64_t window_count(int64_t extent, int64_t kernel, int64_t stride, int6
     if (ceil_mode && (count - 1) * stride >= extent + padding)
         count--;
     return count;
+}
+
+static int same_shape(const pynn_shape *a, const pynn_shape *b)
+{
+    if (a->rank != b->rank)
+        return 0;
+    for (int axis = 0; axis < a->rank; axis++)
+        if (a->dims[axis] != b->dims[axis])
+            return 0;
+    return 1;
 }
 
 /* The output shape of `layer` for inputs `in[count]`; 0 or -1 with a message. */
@@ -486,28 +596,64 @@ static int layer_shape(const pynn_layer *layer, const pynn_shape *in, int count,
         return 0;
     }
     case LAYER_CONV: {
-        if (x->rank != 4 || x->dims[1] != layer->in_channels || x->dims[2] < 1 || x->dims[3] < 1)
-            return refuse(err, err_len, layer, in, 1, "it needs [N, in_channels, H, W] with H, W >= 1");
+        const int lead = 2 - layer->spatial_rank;
+        if (x->rank != 2 + layer->spatial_rank || x->dims[1] != layer->in_channels || x->dims[2] < 1
+            || x->dims[x->rank - 1] < 1)
+            return refuse(err, err_len, layer, in, 1, layer->spatial_rank == 2
+                          ? "it needs [N, in_channels, H, W] with H, W >= 1"
+                          : "it needs [N, in_channels, L] with L >= 1");
         out->dims[1] = layer->out_channels;
-        for (int axis = 0; axis < 2; axis++) {
-            const int64_t padded = x->dims[2 + axis] + 2 * layer->padding[axis];
+        for (int axis = lead; axis < 2; axis++) {
+            const int64_t padded = x->dims[2 + axis - lead] + 2 * layer->padding[axis];
             const int64_t reach = layer->dilation[axis] * (layer->kernel[axis] - 1) + 1;
             if (reach > padded)
                 return refuse(err, err_len, layer, in, 1, "the kernel spans more than the padded input");
-            out->dims[2 + axis] = (padded - reach) / layer->stride[axis] + 1;
+            out->dims[2 + axis - lead] = (padded - reach) / layer->stride[axis] + 1;
         }
         return 0;
     }
     case LAYER_MAXPOOL:
-    case LAYER_AVGPOOL:
+    case LAYER_AVGPOOL: {
+        const int lead = 2 - layer->spatial_rank;
+        if (x->rank != 2 + layer->spatial_rank || x->dims[2] < 1 || x->dims[x->rank - 1] < 1)
+            return refuse(err, err_len, layer, in, 1, layer->spatial_rank == 2
+                          ? "it needs [N, C, H, W] with H, W >= 1" : "it needs [N, C, L] with L >= 1");
+        for (int axis = lead; axis < 2; axis++) {
+            int64_t *extent = &out->dims[2 + axis - lead];
+            *extent = window_count(*extent, layer->kernel[axis], layer->stride[axis], layer->padding[axis],
+                                   layer->dilation[axis], layer->ceil_mode);
+            if (*extent < 1)
+                return refuse(err, err_len, layer, in, 1, "the window does not fit the padded input");
+        }
+        return 0;
+    }
+    case LAYER_ADAPTIVE_AVGPOOL:
         if (x->rank != 4 || x->dims[2] < 1 || x->dims[3] < 1)
             return refuse(err, err_len, layer, in, 1, "it needs [N, C, H, W] with H, W >= 1");
         for (int axis = 0; axis < 2; axis++) {
-            out->dims[2 + axis] = window_count(x->dims[2 + axis], layer->kernel[axis], layer->stride[axis],
-                                               layer->padding[axis], layer->dilation[axis], layer->ceil_mode);
-            if (out->dims[2 + axis] < 1)
-                return refuse(err, err_len, layer, in, 1, "the window does not fit the padded input");
+            if (layer->adaptive[axis] >= 0)
+                out->dims[2 + axis] = layer->adaptive[axis];
+            if (out->dims[2 + axis] && x->dims[2 + axis] > MAX_ELEMENTS / out->dims[2 + axis])
+                return refuse(err, err_len, layer, in, 1, "output_size is too large");
         }
+        return 0;
+    case LAYER_LAYERNORM: {
+        const int count = layer->reshape.rank;
+        int fits = x->rank >= count;
+        for (int axis = 0; fits && axis < count; axis++)
+            fits = x->dims[x->rank - count + axis] == layer->reshape.dims[axis];
+        return fits ? 0 : refuse(err, err_len, layer, in, 1, "the trailing axes must be normalized_shape");
+    }
+    case LAYER_PERMUTE:
+        if (x->rank != layer->reshape.rank)
+            return refuse(err, err_len, layer, in, 1, "dims name a different number of axes");
+        for (int axis = 0; axis < x->rank; axis++)
+            out->dims[axis] = x->dims[layer->reshape.dims[axis]];
+        return 0;
+    case LAYER_DOT:
+        if (count != 2 || x->rank != 2 || !same_shape(&in[0], &in[1]))
+            return refuse(err, err_len, layer, in, count, "it takes two [N, D] inputs of one shape");
+        out->dims[1] = 1;
         return 0;
     case LAYER_GLOBAL_AVGPOOL:
         if (x->rank != 4 || x->dims[2] < 1 || x->dims[3] < 1)
@@ -591,7 +737,7 @@ int pynn_graph_shapes(const pynn_graph *graph, int64_t batch, pynn_shape *shapes
 static int is_relu(const pynn_layer *layer) { return !strcmp(layer->type_name, "ReLU"); }
 static int fuses_relu(const pynn_layer *layer)
 {
-    return layer->type == LAYER_LINEAR || layer->type == LAYER_CONV;
+    return layer->type == LAYER_LINEAR || layer->type == LAYER_CONV;  /* Linear, Conv1d, Conv2d */
 }
 
 static int read_input_shape(builder *b, const pynn_json *shape, pynn_shape *out, const char *what)

@@ -21,7 +21,8 @@
 typedef enum {
     LAYER_LINEAR, LAYER_MAP, LAYER_SOFTMAX, LAYER_VIEW_SAME, LAYER_FLATTEN, LAYER_RESHAPE,
     LAYER_BATCHNORM1D, LAYER_BATCHNORM2D, LAYER_CONV, LAYER_MAXPOOL, LAYER_AVGPOOL,
-    LAYER_GLOBAL_AVGPOOL, LAYER_ADD, LAYER_MULTIPLY, LAYER_CONCATENATE
+    LAYER_GLOBAL_AVGPOOL, LAYER_ADAPTIVE_AVGPOOL, LAYER_ADD, LAYER_MULTIPLY, LAYER_CONCATENATE,
+    LAYER_DOT, LAYER_LAYERNORM, LAYER_PERMUTE
 } pynn_layer_type;
 
 typedef struct {
@@ -37,8 +38,10 @@ typedef struct {
     /* Linear: weight [n, k]; Conv: weight [out, in / groups, kh, kw]; both: bias or NULL */
     const float *weight, *bias;
     int64_t in_features, out_features;
-    int64_t in_channels, out_channels, kernel[2], stride[2], padding[2], dilation[2], groups;
-    int conv_rank;                   /* 2 for Conv2d */
+    int64_t in_channels, out_channels, groups;
+    /* Conv and pools: the 2-D kernels' geometry; 1-D layers see [N, C, L] as [N, C, 1, L] */
+    int64_t kernel[2], stride[2], padding[2], dilation[2];
+    int spatial_rank;                /* 1 or 2 */
     /* BatchNorm */
     const float *gamma, *beta, *running_mean, *running_var;
     float eps;
@@ -52,8 +55,12 @@ typedef struct {
     int64_t axis;
     /* Flatten */
     int64_t start_dim, end_dim;
-    /* Reshape */
+    /* Reshape: the per-sample shape; LayerNorm: normalized_shape; Permute: dims */
     pynn_shape reshape;
+    /* AdaptiveAvgPool2d: the output's (h, w), -1 keeping the input's */
+    int64_t adaptive[2];
+    /* LayerNorm */
+    double layer_norm_eps;
 } pynn_layer;
 
 /* One call: a layer reading value slots and writing one. */

@@ -9,6 +9,7 @@
 
 #include "../batchnorm.h"
 #include "../conv.h"
+#include "../layernorm.h"
 #include "../plan.h"
 #include "../pool.h"
 #include "../tensor.h"
@@ -254,8 +255,8 @@ static pynn_conv_shape conv_geometry(const pynn_layer *layer, const pynn_shape *
     pynn_conv_shape c;
     c.batch = x->dims[0];
     c.in_channels = x->dims[1];
-    c.height = x->dims[2];
-    c.width = x->dims[3];
+    c.height = layer->spatial_rank == 2 ? x->dims[2] : 1;  /* a Conv1d's [N, C, L] as [N, C, 1, L] */
+    c.width = x->dims[x->rank - 1];
     c.out_channels = layer->out_channels;
     c.kernel_h = layer->kernel[0];
     c.kernel_w = layer->kernel[1];
@@ -437,11 +438,12 @@ int pynn_runner_threads(const pynn_runner *r) { return r->threads; }
 static pynn_pool_shape pool_geometry(const pynn_layer *layer, const pynn_shape *x, const pynn_shape *y)
 {
     pynn_pool_shape s;
+    const int planar = layer->spatial_rank == 2;  /* 1-D pools see [N, C, L] as [N, C, 1, L] */
     s.planes = x->dims[0] * x->dims[1];
-    s.height = x->dims[2];
-    s.width = x->dims[3];
-    s.out_h = y->dims[2];
-    s.out_w = y->dims[3];
+    s.height = planar ? x->dims[2] : 1;
+    s.width = x->dims[x->rank - 1];
+    s.out_h = planar ? y->dims[2] : 1;
+    s.out_w = y->dims[y->rank - 1];
     s.kernel_h = layer->kernel[0];
     s.kernel_w = layer->kernel[1];
     s.stride_h = layer->stride[0];
@@ -511,6 +513,32 @@ static void run_other(const pynn_runner *r, const pynn_context *ctx, const step 
         }
         return;
     }
+    case LAYER_ADAPTIVE_AVGPOOL:
+        pynn_adaptive_avg_pool2d_forward(ctx, xs->dims[0] * xs->dims[1], xs->dims[2], xs->dims[3], ys->dims[2],
+                                         ys->dims[3], x, y);
+        return;
+    case LAYER_LAYERNORM: {
+        const ptrdiff_t length = pynn_shape_size(&layer->reshape);
+        ptrdiff_t rows = 1;
+        for (int axis = 0; axis < xs->rank - layer->reshape.rank; axis++)
+            rows *= xs->dims[axis];
+        pynn_layer_norm_forward(ctx, rows, length, x, layer->gamma, layer->beta, layer->layer_norm_eps, y);
+        return;
+    }
+    case LAYER_PERMUTE: {
+        ptrdiff_t dims[PYNN_TENSOR_MAX_RANK];
+        int order[PYNN_TENSOR_MAX_RANK];
+        for (int axis = 0; axis < xs->rank; axis++) {
+            dims[axis] = xs->dims[axis];
+            order[axis] = (int)layer->reshape.dims[axis];
+        }
+        if (pynn_shape_size(xs))
+            pynn_permute(ctx, xs->rank, dims, order, x, y);
+        return;
+    }
+    case LAYER_DOT:
+        pynn_row_dot(ctx, xs->dims[0], xs->dims[1], x, r->slots[st->sources[1]], y);
+        return;
     case LAYER_CONCATENATE: {
         const int rank = ys->rank;
         const int64_t axis = layer->axis < 0 ? layer->axis + rank : layer->axis;
