@@ -4,6 +4,7 @@ with make, without Python, runs models saved from Python to the same bits as
 unsupported files with a message naming the problem, and is what
 ``python -m pynn config`` points a compiler at."""
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -106,8 +107,8 @@ int main(int argc, char **argv)
 """
 
 
-def compile_program(source, output, include, library_dir):
-    subprocess.run(["cc", "-O2", "-Wall", "-Werror", f"-I{include}", source, f"-L{library_dir}",
+def compile_program(source, output, include, library_dir, *flags):
+    subprocess.run(["cc", "-O2", "-Wall", "-Werror", *flags, f"-I{include}", source, f"-L{library_dir}",
                     "-lpynn", f"-Wl,-rpath,{library_dir}", "-lpthread", "-o", output],
                    check=True, capture_output=True, text=True)
     return output
@@ -128,6 +129,8 @@ def built(tmp_path_factory):
     driver = folder / "driver.c"
     driver.write_text(DRIVER)
     return {"driver": compile_program(str(driver), str(folder / "driver"), include, str(folder)),
+            "fuzz": compile_program(os.path.join(ROOT, "csrc", "fuzz", "fuzz_model_load.c"),
+                                    str(folder / "fuzz"), include, str(folder), "-DPYNN_FUZZ_MAIN"),
             "predict": compile_program(os.path.join(ROOT, "examples", "c", "predict.c"),
                                        str(folder / "predict"), include, str(folder))}
 
@@ -333,6 +336,50 @@ def test_a_damaged_file_is_refused_with_a_message(built, case, tmp_path):
     path.write_bytes(damage(saved_bytes(tmp_path), tmp_path))
     error = run_driver(built, "load", path)
     assert error.startswith(f"{path}: ") and message in error, error
+
+
+def mutated(data, rng):
+    """``data`` with a few bytes changed, cut short, or a number of its header
+    (the architecture's included) replaced by an extreme one."""
+    kind = rng.integers(0, 3)
+    if kind == 0:
+        changed = bytearray(data)
+        for _ in range(rng.integers(1, 8)):
+            changed[rng.integers(0, len(changed))] = rng.integers(0, 256)
+        return bytes(changed)
+    if kind == 1:
+        return data[:rng.integers(0, len(data))]
+    header, body = header_of(data)
+    numbers = list(re.finditer(r"-?\d+", header))
+    found = numbers[rng.integers(0, len(numbers))]
+    extreme = ["0", "-1", "4294967296", "9223372036854775807", "1e308", "null", "[]"][rng.integers(0, 7)]
+    return with_header(header[:found.start()] + extreme + header[found.end():], body)
+
+
+def test_thousands_of_damaged_files_never_crash_the_loader(built, tmp_path):
+    rng = np.random.default_rng(0)
+    seeds = []
+    for name, (build, _) in sorted(MODELS.items()):
+        build().save(tmp_path / f"{name}.safetensors")
+        seeds.append((tmp_path / f"{name}.safetensors").read_bytes())
+    paths = []
+    for index in range(1500):
+        path = tmp_path / f"damaged{index}.bin"
+        path.write_bytes(mutated(seeds[index % len(seeds)], rng))
+        paths.append(str(path))
+    result = subprocess.run([built["fuzz"], *paths], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_layer_far_larger_than_the_file_is_refused(built, tmp_path):
+    model = pynn.Sequential(AdaptiveAvgPool2d(2), Flatten())
+    model.input_shape = (1, 4, 4)
+    model.save(tmp_path / "pool.safetensors")
+    tensors, metadata = read_tensors(tmp_path / "pool.safetensors")
+    metadata["architecture"] = metadata["architecture"].replace('"output_size": 2', '"output_size": 100000')
+    save_tensors(tmp_path / "pool.safetensors", tensors, metadata)
+    error = run_driver(built, "load", tmp_path / "pool.safetensors")
+    assert "layer 0 (AdaptiveAvgPool2d) outputs 10000000000 values per sample" in error, error
 
 
 def test_a_missing_file_and_an_unsupported_layer_are_named(built, tmp_path):

@@ -746,10 +746,15 @@ static int read_input_shape(builder *b, const pynn_json *shape, pynn_shape *out,
         return say(b->err, b->err_len, "%s: %s must be a list of fewer than %d sizes", b->path, what,
                    PYNN_GRAPH_MAX_RANK);
     out->rank = (int)shape->length;
-    for (size_t axis = 0; axis < shape->length; axis++)
-        if (!pynn_json_int(shape->items[axis], &out->dims[axis]) || out->dims[axis] < 0
-            || out->dims[axis] > MAX_ELEMENTS)
-            return say(b->err, b->err_len, "%s: %s must be a list of sizes", b->path, what);
+    int64_t size = 1;
+    for (size_t axis = 0; axis < shape->length; axis++) {
+        int64_t *extent = &out->dims[axis];
+        if (!pynn_json_int(shape->items[axis], extent) || *extent < 0
+            || (*extent && size > MAX_ELEMENTS / *extent))
+            return say(b->err, b->err_len, "%s: %s must be a list of sizes of fewer than 2^40 values in all",
+                       b->path, what);
+        size *= *extent;
+    }
     return 0;
 }
 
@@ -931,6 +936,30 @@ done:
     return result;
 }
 
+/* A sample's values at any layer are bounded by this many times the values
+ * the file and the input hold (plus a floor for small models), as
+ * pynn/architecture.py bounds the tensors an architecture claims: a small
+ * hostile file cannot make a plan allocate terabytes. */
+#define CLAIM_FACTOR 64
+#define CLAIM_FLOOR ((int64_t)1 << 24)
+
+static int claims_too_much(const pynn_graph *graph, const pynn_model_file *file, const pynn_shape *shapes,
+                           char *err, size_t err_len, const char *path)
+{
+    int64_t held = pynn_shape_size(&graph->input_shape);
+    for (size_t i = 0; i < file->count; i++)
+        held += file->tensors[i].count;
+    const int64_t bound = held < CLAIM_FLOOR / CLAIM_FACTOR ? CLAIM_FLOOR : CLAIM_FACTOR * held;
+    for (int c = 0; c < graph->call_count; c++) {
+        const pynn_shape *out = &shapes[graph->calls[c].target];
+        if (pynn_shape_size(out) > bound)
+            return say(err, err_len, "%s: %s outputs %lld values per sample, the file and an input hold %lld: "
+                       "refusing to run it", path, graph->layers[graph->calls[c].layer].name,
+                       (long long)pynn_shape_size(out), (long long)held);
+    }
+    return 0;
+}
+
 int pynn_graph_build(pynn_graph *graph, const pynn_model_file *file, const char *path, char *err, size_t err_len)
 {
     builder b = {file, path, err, err_len, 0};
@@ -971,6 +1000,8 @@ int pynn_graph_build(pynn_graph *graph, const pynn_model_file *file, const char 
             failed = say(err, err_len, "%s: out of memory", path);
         else if (pynn_graph_shapes(graph, 1, shapes, why_shape, sizeof why_shape))
             failed = say(err, err_len, "%s: %s", path, why_shape);
+        else if (claims_too_much(graph, file, shapes, err, err_len, path))
+            failed = -1;
         else {
             graph->output_shape.rank = shapes[graph->output_slot].rank - 1;
             memcpy(graph->output_shape.dims, shapes[graph->output_slot].dims + 1,
