@@ -10,6 +10,7 @@
 typedef struct {
     const char *text;
     size_t size, at;
+    size_t values;      /* made so far */
     char *err;
     size_t err_len;
     int failed;
@@ -39,6 +40,10 @@ static void skip_space(reader *r)
 
 static pynn_json *new_node(reader *r, pynn_json_kind kind)
 {
+    if (++r->values > PYNN_JSON_MAX_VALUES) {
+        fail(r, "more than %d values", PYNN_JSON_MAX_VALUES);
+        return NULL;
+    }
     pynn_json *node = calloc(1, sizeof *node);
     if (!node)
         fail(r, "out of memory");
@@ -354,7 +359,7 @@ static pynn_json *parse_value(reader *r, int depth)
 
 pynn_json *pynn_json_parse(const char *text, size_t size, char *err, size_t err_len)
 {
-    reader r = {text, size, 0, err, err_len, 0};
+    reader r = {text, size, 0, 0, err, err_len, 0};
     pynn_json *root = parse_value(&r, 0);
     if (root) {
         skip_space(&r);

@@ -1,7 +1,7 @@
 /* A strict JSON reader for model-file headers (RFC 8259, UTF-8 input): the
  * whole text becomes a tree of nodes; duplicate object keys, nesting deeper
- * than PYNN_JSON_MAX_DEPTH, strings with NUL characters and trailing bytes
- * are refused. Nothing aborts: failures return NULL and a message. */
+ * than PYNN_JSON_MAX_DEPTH, more than PYNN_JSON_MAX_VALUES values, strings
+ * with NUL characters and trailing bytes are refused. Nothing aborts: failures return NULL and a message. */
 #ifndef PYNN_CAPI_JSON_H
 #define PYNN_CAPI_JSON_H
 
@@ -9,6 +9,9 @@
 #include <stdint.h>
 
 #define PYNN_JSON_MAX_DEPTH 64
+/* Values in one text: bounds the memory a hostile header costs (a model
+ * file with the most tensors safetensors' header limit admits stays below) */
+#define PYNN_JSON_MAX_VALUES 2000000
 
 typedef enum {
     PYNN_JSON_NULL, PYNN_JSON_FALSE, PYNN_JSON_TRUE, PYNN_JSON_NUMBER,
