@@ -205,7 +205,12 @@ def two_towers():
     return pynn.Model(x, Concatenate(axis=-1)([Dot()([user, normed]), user]))
 
 
-MODELS = {"mlp": (mlp, (20,)), "cnn": (cnn, (3, 10, 10)), "graph": (graph, (3, 8, 8)),
+def wide():
+    """Enough work per row that small batches run as one team of threads (csrc/plan.c)."""
+    return pynn.Sequential(Linear(128, 512), ReLU(), Linear(512, 256), GELU(), Linear(256, 10))
+
+
+MODELS = {"mlp": (mlp, (20,)), "wide": (wide, (128,)), "cnn": (cnn, (3, 10, 10)), "graph": (graph, (3, 8, 8)),
           "signal": (signal, (2, 16)), "two_towers": (two_towers, (3, 9, 9))}
 
 
@@ -217,7 +222,7 @@ def test_predict_gives_python_predicts_bits(built, name, threads, isa, set_threa
     path = tmp_path / "model.safetensors"
     model.save(path)
     set_threads(threads)
-    for batch in (1, 5, 64):
+    for batch in (0, 1, 5, 64):
         x = np.random.default_rng(batch).standard_normal((batch,) + shape).astype(np.float32)
         x.tofile(tmp_path / "x.bin")
         run_driver(built, "run", path, threads, batch, tmp_path / "x.bin", tmp_path / "y.bin", isa=isa)
@@ -225,6 +230,16 @@ def test_predict_gives_python_predicts_bits(built, name, threads, isa, set_threa
         got = np.fromfile(tmp_path / "y.bin", dtype=np.float32).reshape(expected.shape)
         np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32),
                                       err_msg=f"{name}, batch {batch}, {threads} threads, {isa}")
+
+
+def test_a_model_of_views_copies_its_input(built, tmp_path):
+    model = pynn.Sequential(Flatten(), Dropout(0.5))
+    model.input_shape = (2, 3)
+    model.save(tmp_path / "model.safetensors")
+    x = np.random.default_rng(0).standard_normal((4, 2, 3)).astype(np.float32)
+    x.tofile(tmp_path / "x.bin")
+    run_driver(built, "run", tmp_path / "model.safetensors", 1, 4, tmp_path / "x.bin", tmp_path / "y.bin")
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "y.bin", dtype=np.float32), x.ravel())
 
 
 def test_concurrent_predicts_each_get_the_single_call_bits(built, tmp_path):

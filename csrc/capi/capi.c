@@ -125,7 +125,7 @@ pynn_model *pynn_model_load(const char *path, char *err, size_t err_len)
 
 static int copy_shape(const pynn_shape *shape, int64_t *out, int max_rank)
 {
-    if (!out || max_rank < shape->rank)
+    if (max_rank < shape->rank || (!out && shape->rank))
         return -1;
     for (int axis = 0; axis < shape->rank; axis++)
         out[axis] = shape->dims[axis];
