@@ -105,8 +105,10 @@ class BuildExtWithOpenMP(build_ext):
             macros=[("PYNN_VERSION", f'"{version["__version__"]}"')], extra_postargs=compile_flags)
         library = os.path.join(package, "lib", self.compiler.library_filename("pynn", "shared"))
         os.makedirs(os.path.dirname(library), exist_ok=True)
+        # found through the program's rpath (python -m pynn config --libs) wherever it is installed
+        install_name = ["-Wl,-install_name,@rpath/libpynn.dylib"] if sys.platform == "darwin" else []
         self.compiler.link_shared_object(objects, library, libraries=["m"],
-                                         extra_postargs=link_flags)
+                                         extra_postargs=link_flags + install_name)
         os.makedirs(os.path.join(package, "include"), exist_ok=True)
         shutil.copyfile(os.path.join("include", "pynn.h"), os.path.join(package, "include", "pynn.h"))
         self.c_library = [library, os.path.join(package, "include", "pynn.h")]

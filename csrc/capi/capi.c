@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../kernels.h"
 #include "graph.h"
@@ -61,7 +62,8 @@ static int environment_threads(void)
     if (!sched_getaffinity(0, sizeof set, &set) && CPU_COUNT(&set) > 0)
         return CPU_COUNT(&set) < MAX_THREADS ? CPU_COUNT(&set) : MAX_THREADS;
 #endif
-    return 1;
+    const long online = sysconf(_SC_NPROCESSORS_ONLN);  /* os.cpu_count(), as Python falls back to */
+    return online < 1 ? 1 : online < MAX_THREADS ? (int)online : MAX_THREADS;
 }
 
 static void context_init(void)
