@@ -3,6 +3,7 @@ with make, without Python, runs models saved from Python to the same bits as
 ``predict`` on every kernel path and thread count, refuses damaged and
 unsupported files with a message naming the problem, and is what
 ``python -m pynn config`` points a compiler at."""
+import importlib.util
 import os
 import re
 import struct
@@ -210,7 +211,16 @@ def wide():
     return pynn.Sequential(Linear(128, 512), ReLU(), Linear(512, 256), GELU(), Linear(256, 10))
 
 
-MODELS = {"mlp": (mlp, (20,)), "wide": (wide, (128,)), "cnn": (cnn, (3, 10, 10)), "graph": (graph, (3, 8, 8)),
+def resnet():
+    """The residual network of examples/resnet_digits.py (convolutions without bias, BatchNorms folded)."""
+    spec = importlib.util.spec_from_file_location(
+        "resnet_digits", os.path.join(ROOT, "examples", "resnet_digits.py"))
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    return randomised_batchnorms(example.small_resnet(8))
+
+
+MODELS = {"mlp": (mlp, (20,)), "resnet": (resnet, (1, 8, 8)), "wide": (wide, (128,)), "cnn": (cnn, (3, 10, 10)), "graph": (graph, (3, 8, 8)),
           "signal": (signal, (2, 16)), "two_towers": (two_towers, (3, 9, 9))}
 
 
