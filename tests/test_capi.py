@@ -211,6 +211,19 @@ def wide():
     return pynn.Sequential(Linear(128, 512), ReLU(), Linear(512, 256), GELU(), Linear(256, 10))
 
 
+def nested():
+    """A Sequential and a Model called as layers inside a Model, each run by its own plan."""
+    block = pynn.Sequential(Conv2d(4, 4, 3, padding=1), BatchNorm2d(4), ReLU(), name="block")
+    features = pynn.Input((16,))
+    head_hidden = ReLU()(Linear(16, 12, name="hidden")(features))
+    head = pynn.Model(features, Linear(12, 3, name="logits")(head_hidden), name="head")
+    x = pynn.Input((2, 6, 6))
+    h = Conv2d(2, 4, 3, name="stem")(x)
+    h = ReLU()(block(h))
+    h = AdaptiveAvgPool2d(2)(block(h))
+    return randomised_batchnorms(pynn.Model(x, Softmax()(head(Flatten()(h)))))
+
+
 def resnet():
     """The residual network of examples/resnet_digits.py (convolutions without bias, BatchNorms folded)."""
     spec = importlib.util.spec_from_file_location(
@@ -221,7 +234,7 @@ def resnet():
 
 
 MODELS = {"mlp": (mlp, (20,)), "resnet": (resnet, (1, 8, 8)), "wide": (wide, (128,)), "cnn": (cnn, (3, 10, 10)), "graph": (graph, (3, 8, 8)),
-          "signal": (signal, (2, 16)), "two_towers": (two_towers, (3, 9, 9))}
+          "signal": (signal, (2, 16)), "nested": (nested, (2, 6, 6)), "two_towers": (two_towers, (3, 9, 9))}
 
 
 @pytest.mark.parametrize("threads", [1, 2])

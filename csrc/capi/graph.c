@@ -217,7 +217,7 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
     if (strlen(type->string) >= sizeof layer->type_name)
         return say(b->err, b->err_len, "%s: %s has unknown layer type '%.40s'", b->path, label, type->string);
     snprintf(layer->type_name, sizeof layer->type_name, "%s", type->string);
-    snprintf(layer->name, sizeof layer->name, "%s (%s)", label, type->string);
+    snprintf(layer->name, sizeof layer->name, "%.200s (%.40s)", label, type->string);
     const char *t = type->string;
     int failed = 0;
     double real = 0.0;
@@ -650,6 +650,22 @@ static int layer_shape(const pynn_layer *layer, const pynn_shape *in, int count,
         for (int axis = 0; axis < x->rank; axis++)
             out->dims[axis] = x->dims[layer->reshape.dims[axis]];
         return 0;
+    case LAYER_NESTED: {
+        const pynn_graph *inner = layer->inner;
+        char why[400] = "";
+        int fits = !inner->knows_input_shape || x->rank == inner->input_shape.rank + 1;
+        for (int axis = 0; fits && axis < inner->input_shape.rank && inner->knows_input_shape; axis++)
+            fits = x->dims[axis + 1] == inner->input_shape.dims[axis];
+        if (!fits)
+            return refuse(err, err_len, layer, in, 1, "it is not the shape of the nested model's Input");
+        pynn_shape *shapes = calloc((size_t)inner->slot_count, sizeof *shapes);
+        if (!shapes)
+            return say(err, err_len, "%s: out of memory", layer->name);
+        const int failed = pynn_graph_shapes(inner, x, shapes, why, sizeof why);
+        *out = shapes[inner->output_slot];
+        free(shapes);
+        return failed ? say(err, err_len, "%s: %s", layer->name, why) : 0;
+    }
     case LAYER_DOT:
         if (count != 2 || x->rank != 2 || !same_shape(&in[0], &in[1]))
             return refuse(err, err_len, layer, in, count, "it takes two [N, D] inputs of one shape");
@@ -708,27 +724,38 @@ static int layer_shape(const pynn_layer *layer, const pynn_shape *in, int count,
     return refuse(err, err_len, layer, in, count, "unknown layer");
 }
 
-int pynn_graph_shapes(const pynn_graph *graph, int64_t batch, pynn_shape *shapes, char *err, size_t err_len)
+pynn_shape pynn_graph_input(const pynn_graph *graph, int64_t batch)
 {
-    shapes[graph->input_slot].rank = graph->input_shape.rank + 1;
-    shapes[graph->input_slot].dims[0] = batch;
-    memcpy(shapes[graph->input_slot].dims + 1, graph->input_shape.dims,
-           (size_t)graph->input_shape.rank * sizeof(int64_t));
+    pynn_shape input = {{batch}, graph->input_shape.rank + 1};
+    memcpy(input.dims + 1, graph->input_shape.dims, (size_t)graph->input_shape.rank * sizeof(int64_t));
+    return input;
+}
+
+int pynn_graph_shapes(const pynn_graph *graph, const pynn_shape *input, pynn_shape *shapes, char *err,
+                      size_t err_len)
+{
+    const int64_t batch = input->rank && input->dims[0] > 1 ? input->dims[0] : 1;
+    shapes[graph->input_slot] = *input;
     for (int c = 0; c < graph->call_count; c++) {
         const pynn_call *call = &graph->calls[c];
+        const pynn_layer *layer = &graph->layers[call->layer];
         pynn_shape in[PYNN_GRAPH_MAX_INPUTS];
         for (int i = 0; i < call->source_count; i++)
             in[i] = shapes[call->sources[i]];
         pynn_shape *out = &shapes[call->target];
-        if (layer_shape(&graph->layers[call->layer], in, call->source_count, out, err, err_len))
+        if (layer_shape(layer, in, call->source_count, out, err, err_len))
             return -1;
         int64_t size = 1;
         for (int axis = 0; axis < out->rank; axis++) {
             if (out->dims[axis] < 0 || (out->dims[axis] && size > MAX_ELEMENTS / out->dims[axis]))
-                return say(err, err_len, "%s: the output would hold more than 2^40 values",
-                           graph->layers[call->layer].name);
+                return say(err, err_len, "%s: the output would hold more than 2^40 values", layer->name);
             size *= out->dims[axis];
         }
+        /* a small hostile file must not make a plan allocate terabytes (see CLAIM_FACTOR) */
+        if (graph->claim_bound && size / batch > graph->claim_bound)
+            return say(err, err_len, "%s outputs %lld values per sample, more than %lld: 64 times the "
+                       "values the file and an input hold", layer->name, (long long)(size / batch),
+                       (long long)graph->claim_bound);
     }
     return 0;
 }
@@ -758,12 +785,15 @@ static int read_input_shape(builder *b, const pynn_json *shape, pynn_shape *out,
     return 0;
 }
 
-static int build_sequential(builder *b, pynn_graph *graph, const pynn_json *architecture)
+/* A Sequential's layers, their tensors named "<prefix><index>.<param>", their
+ * messages "<label>layer <index>". */
+static int build_sequential(builder *b, pynn_graph *graph, const pynn_json *architecture, const char *prefix,
+                            const char *label)
 {
     if (architecture->kind != PYNN_JSON_ARRAY || architecture->length == 0
         || architecture->length > PYNN_GRAPH_MAX_LAYERS)
-        return say(b->err, b->err_len, "%s: the architecture must be a non-empty list of at most %d layers",
-                   b->path, PYNN_GRAPH_MAX_LAYERS);
+        return say(b->err, b->err_len, "%s: %sthe layers must be a non-empty list of at most %d", b->path,
+                   label, PYNN_GRAPH_MAX_LAYERS);
     const int count = (int)architecture->length;
     graph->layers = calloc((size_t)count, sizeof *graph->layers);
     graph->calls = calloc((size_t)count, sizeof *graph->calls);
@@ -771,10 +801,10 @@ static int build_sequential(builder *b, pynn_graph *graph, const pynn_json *arch
         return say(b->err, b->err_len, "%s: out of memory", b->path);
     graph->layer_count = count;
     for (int i = 0; i < count; i++) {
-        char label[48], prefix[32];
-        snprintf(label, sizeof label, "layer %d", i);
-        snprintf(prefix, sizeof prefix, "%d.", i);
-        if (read_layer(b, architecture->items[i], label, prefix, &graph->layers[i]))
+        char layer_label[PYNN_GRAPH_MAX_NAME], layer_prefix[PYNN_GRAPH_MAX_NAME];
+        snprintf(layer_label, sizeof layer_label, "%slayer %d", label, i);
+        snprintf(layer_prefix, sizeof layer_prefix, "%s%d.", prefix, i);
+        if (read_layer(b, architecture->items[i], layer_label, layer_prefix, &graph->layers[i]))
             return -1;
         if (graph->layers[i].takes_list)
             return say(b->err, b->err_len, "%s: %s takes a list of inputs, which a Sequential cannot give",
@@ -813,24 +843,68 @@ static int reference_slot(const pynn_json *reference, int calls_made, const int 
     return -1;
 }
 
-static int build_model(builder *b, pynn_graph *graph, const pynn_json *architecture)
+static int build_model(builder *b, pynn_graph *graph, const pynn_json *architecture, const char *prefix,
+                       const char *label, int depth);
+
+/* A nested Sequential ({"type", "name", "layers"}) or Model ({"type", "graph"})
+ * called as one layer: tensors under "<prefix><its name>.". */
+static int read_nested(builder *b, const pynn_json *entry, const char *kind, const char *label,
+                       const char *prefix, int depth, pynn_layer *layer)
 {
+    const int sequential = !strcmp(kind, "Sequential");
+    const pynn_json *graph = pynn_json_get(entry, "graph");
+    const pynn_json *name = pynn_json_get(sequential ? entry : graph, "name");
+    memset(layer, 0, sizeof *layer);
+    layer->type = LAYER_NESTED;
+    snprintf(layer->type_name, sizeof layer->type_name, "%s", kind);
+    snprintf(layer->name, sizeof layer->name, "%.200s (%.40s)", label, kind);
+    if (depth >= PYNN_GRAPH_MAX_DEPTH)
+        return say(b->err, b->err_len, "%s: %s: models nested deeper than %d levels", b->path, label,
+                   PYNN_GRAPH_MAX_DEPTH);
+    if (entry->length != (sequential ? 3u : 2u) || !name || name->kind != PYNN_JSON_STRING
+        || name->length > PYNN_GRAPH_MAX_NAME / 2)
+        return say(b->err, b->err_len, "%s: %s must be %s with a name of at most %d bytes", b->path, label,
+                   sequential ? "{\"type\": \"Sequential\", \"name\", \"layers\"}"
+                              : "{\"type\": \"Model\", \"graph\"}", PYNN_GRAPH_MAX_NAME / 2);
+    if (!(layer->inner = calloc(1, sizeof *layer->inner)))
+        return say(b->err, b->err_len, "%s: out of memory", b->path);
+    char inner_prefix[PYNN_GRAPH_MAX_NAME * 2], inner_label[PYNN_GRAPH_MAX_NAME];
+    snprintf(inner_prefix, sizeof inner_prefix, "%s%s.", prefix, name->string);
+    snprintf(inner_label, sizeof inner_label, "%.240s ", label);
+    if (strlen(inner_prefix) >= PYNN_GRAPH_MAX_NAME)
+        return say(b->err, b->err_len, "%s: %s: nested names longer than %d bytes", b->path, label,
+                   PYNN_GRAPH_MAX_NAME);
+    const pynn_json *layers = pynn_json_get(entry, "layers");
+    if (sequential)
+        return layers ? build_sequential(b, layer->inner, layers, inner_prefix, inner_label)
+                      : say(b->err, b->err_len, "%s: %s has no layers", b->path, label);
+    return build_model(b, layer->inner, graph, inner_prefix, inner_label, depth + 1);
+}
+
+static int build_model(builder *b, pynn_graph *graph, const pynn_json *architecture, const char *prefix,
+                       const char *label, int depth)
+{
+    if (architecture->kind != PYNN_JSON_OBJECT)
+        return say(b->err, b->err_len, "%s: %sthe graph must be a JSON object", b->path, label);
     const pynn_json *inputs = pynn_json_get(architecture, "inputs"), *layers = pynn_json_get(architecture, "layers");
     const pynn_json *calls = pynn_json_get(architecture, "calls"), *outputs = pynn_json_get(architecture, "outputs");
     if (!inputs || inputs->kind != PYNN_JSON_ARRAY || !layers || layers->kind != PYNN_JSON_ARRAY || !calls
         || calls->kind != PYNN_JSON_ARRAY || !outputs || outputs->kind != PYNN_JSON_ARRAY)
-        return say(b->err, b->err_len, "%s: the graph must hold the lists inputs, layers, calls and outputs",
-                   b->path);
+        return say(b->err, b->err_len, "%s: %sthe graph must hold the lists inputs, layers, calls and outputs",
+                   b->path, label);
     if (inputs->length != 1 || outputs->length != 1)
-        return say(b->err, b->err_len, "%s: the C API runs models with one input and one output, this one has "
-                   "%zu and %zu", b->path, inputs->length, outputs->length);
+        return say(b->err, b->err_len, "%s: %sthe C API runs models with one input and one output, this one "
+                   "has %zu and %zu", b->path, label, inputs->length, outputs->length);
     if (layers->length > PYNN_GRAPH_MAX_LAYERS || calls->length > PYNN_GRAPH_MAX_LAYERS || calls->length == 0)
-        return say(b->err, b->err_len, "%s: the graph must have 1 to %d calls", b->path, PYNN_GRAPH_MAX_LAYERS);
+        return say(b->err, b->err_len, "%s: %sthe graph must have 1 to %d calls", b->path, label,
+                   PYNN_GRAPH_MAX_LAYERS);
     const pynn_json *input = inputs->items[0], *dtype = pynn_json_get(input, "dtype");
     if (read_input_shape(b, pynn_json_get(input, "shape"), &graph->input_shape, "input 0's shape"))
         return -1;
+    graph->knows_input_shape = 1;
     if (!dtype || dtype->kind != PYNN_JSON_STRING || strcmp(dtype->string, "float32"))
-        return say(b->err, b->err_len, "%s: the C API takes float32 inputs; input 0 is not float32", b->path);
+        return say(b->err, b->err_len, "%s: %sthe C API takes float32 inputs; input 0 is not float32", b->path,
+                   label);
     graph->layer_count = (int)layers->length;
     graph->layers = calloc(layers->length + 1, sizeof *graph->layers);
     graph->calls = calloc(calls->length, sizeof *graph->calls);
@@ -845,21 +919,27 @@ static int build_model(builder *b, pynn_graph *graph, const pynn_json *architect
     for (size_t i = 0; i < layers->length; i++) {
         const pynn_json *entry = layers->items[i], *name = pynn_json_get(entry, "name");
         const pynn_json *type = pynn_json_get(entry, "type");
-        char label[PYNN_GRAPH_MAX_NAME], prefix[PYNN_GRAPH_MAX_NAME];
+        char layer_label[PYNN_GRAPH_MAX_NAME], layer_prefix[PYNN_GRAPH_MAX_NAME * 2];
         if (type && type->kind == PYNN_JSON_STRING && (!strcmp(type->string, "Sequential")
                                                        || !strcmp(type->string, "Model"))) {
-            say(b->err, b->err_len, "%s: layer %zu: a nested %s is not supported by the C API", b->path, i,
-                type->string);
+            snprintf(layer_label, sizeof layer_label, "%slayer %zu", label, i);
+            if (read_nested(b, entry, type->string, layer_label, prefix, depth, &graph->layers[i]))
+                goto done;
+            continue;
+        }
+        if (!name || name->kind != PYNN_JSON_STRING || name->length > PYNN_GRAPH_MAX_NAME / 2) {
+            say(b->err, b->err_len, "%s: %slayer %zu must have a name of at most %d bytes", b->path, label, i,
+                PYNN_GRAPH_MAX_NAME / 2);
             goto done;
         }
-        if (!name || name->kind != PYNN_JSON_STRING || name->length > PYNN_GRAPH_MAX_NAME - 64) {
-            say(b->err, b->err_len, "%s: layer %zu must have a name of at most %d bytes", b->path, i,
-                PYNN_GRAPH_MAX_NAME - 64);
+        snprintf(layer_label, sizeof layer_label, "%slayer '%s'", label, name->string);
+        snprintf(layer_prefix, sizeof layer_prefix, "%s%s.", prefix, name->string);
+        if (strlen(layer_prefix) >= PYNN_GRAPH_MAX_NAME) {
+            say(b->err, b->err_len, "%s: %s: nested names longer than %d bytes", b->path, layer_label,
+                PYNN_GRAPH_MAX_NAME);
             goto done;
         }
-        snprintf(label, sizeof label, "layer '%s'", name->string);
-        snprintf(prefix, sizeof prefix, "%s.", name->string);
-        if (read_layer(b, entry, label, prefix, &graph->layers[i]))
+        if (read_layer(b, entry, layer_label, layer_prefix, &graph->layers[i]))
             goto done;
     }
     /* value slots as the tensors they hold: slot 0 the input, slot j + 1 call j's output */
@@ -869,19 +949,20 @@ static int build_model(builder *b, pynn_graph *graph, const pynn_json *architect
         if (!pynn_json_int(pynn_json_get(entry, "layer"), &layer) || layer < 0 || layer >= graph->layer_count
             || !refs || refs->kind != PYNN_JSON_ARRAY || entry->length != 2 || refs->length < 1
             || refs->length > PYNN_GRAPH_MAX_INPUTS) {
-            say(b->err, b->err_len, "%s: call %zu must be {\"layer\": index, \"inputs\": [1 to %d references]}",
-                b->path, j, PYNN_GRAPH_MAX_INPUTS);
+            say(b->err, b->err_len, "%s: %scall %zu must be {\"layer\": index, \"inputs\": [1 to %d "
+                "references]}", b->path, label, j, PYNN_GRAPH_MAX_INPUTS);
             goto done;
         }
         if (!graph->layers[layer].takes_list && refs->length != 1) {
-            say(b->err, b->err_len, "%s: call %zu: %s takes one input", b->path, j, graph->layers[layer].name);
+            say(b->err, b->err_len, "%s: %scall %zu: %s takes one input", b->path, label, j,
+                graph->layers[layer].name);
             goto done;
         }
         for (size_t r = 0; r < refs->length; r++) {
             const int source = reference_slot(refs->items[r], (int)j, call_slots);
             if (source < 0) {
-                say(b->err, b->err_len, "%s: call %zu: input %zu is not the input or an output of an earlier call",
-                    b->path, j, r);
+                say(b->err, b->err_len, "%s: %scall %zu: input %zu is not the input or an output of an "
+                    "earlier call", b->path, label, j, r);
                 goto done;
             }
             readers[source]++;
@@ -890,7 +971,7 @@ static int build_model(builder *b, pynn_graph *graph, const pynn_json *architect
     }
     const int output = reference_slot(outputs->items[0], (int)calls->length, call_slots);
     if (output < 0) {
-        say(b->err, b->err_len, "%s: the output is not the input or an output of a call", b->path);
+        say(b->err, b->err_len, "%s: %sthe output is not the input or an output of a call", b->path, label);
         goto done;
     }
     /* the calls as model.py _build_steps makes them: a ReLU that is the only reader of a
@@ -943,21 +1024,12 @@ done:
 #define CLAIM_FACTOR 64
 #define CLAIM_FLOOR ((int64_t)1 << 24)
 
-static int claims_too_much(const pynn_graph *graph, const pynn_model_file *file, const pynn_shape *shapes,
-                           char *err, size_t err_len, const char *path)
+static void set_claim_bound(pynn_graph *graph, int64_t bound)
 {
-    int64_t held = pynn_shape_size(&graph->input_shape);
-    for (size_t i = 0; i < file->count; i++)
-        held += file->tensors[i].count;
-    const int64_t bound = held < CLAIM_FLOOR / CLAIM_FACTOR ? CLAIM_FLOOR : CLAIM_FACTOR * held;
-    for (int c = 0; c < graph->call_count; c++) {
-        const pynn_shape *out = &shapes[graph->calls[c].target];
-        if (pynn_shape_size(out) > bound)
-            return say(err, err_len, "%s: %s outputs %lld values per sample, the file and an input hold %lld: "
-                       "refusing to run it", path, graph->layers[graph->calls[c].layer].name,
-                       (long long)pynn_shape_size(out), (long long)held);
-    }
-    return 0;
+    graph->claim_bound = bound;
+    for (int i = 0; i < graph->layer_count; i++)
+        if (graph->layers[i].inner)
+            set_claim_bound(graph->layers[i].inner, bound);
 }
 
 int pynn_graph_build(pynn_graph *graph, const pynn_model_file *file, const char *path, char *err, size_t err_len)
@@ -974,7 +1046,8 @@ int pynn_graph_build(pynn_graph *graph, const pynn_model_file *file, const char 
     pynn_json *architecture = pynn_json_parse(text, strlen(text), why, sizeof why);
     if (!architecture)
         return say(err, err_len, "%s: the architecture is not valid JSON: %s", path, why);
-    int failed = sequential ? build_sequential(&b, graph, architecture) : build_model(&b, graph, architecture);
+    int failed = sequential ? build_sequential(&b, graph, architecture, "", "")
+                            : build_model(&b, graph, architecture, "", "", 0);
     pynn_json_free(architecture);
     if (!failed && b.tensors_used != file->count)
         failed = say(err, err_len, "%s: the file holds %zu tensors, the architecture reads %zu", path,
@@ -982,6 +1055,7 @@ int pynn_graph_build(pynn_graph *graph, const pynn_model_file *file, const char 
     if (!failed && sequential) {
         const char *recorded = pynn_model_file_metadata(file, "input_shape");
         pynn_json *shape = recorded ? pynn_json_parse(recorded, strlen(recorded), why, sizeof why) : NULL;
+        graph->knows_input_shape = 1;
         if (shape && shape->kind != PYNN_JSON_NULL) {
             failed = read_input_shape(&b, shape, &graph->input_shape, "the input_shape metadata");
         } else if (graph->layers[0].type == LAYER_LINEAR) {
@@ -994,14 +1068,17 @@ int pynn_graph_build(pynn_graph *graph, const pynn_model_file *file, const char 
         pynn_json_free(shape);
     }
     if (!failed) {
+        int64_t held = pynn_shape_size(&graph->input_shape);
+        for (size_t i = 0; i < file->count; i++)
+            held += file->tensors[i].count;
+        set_claim_bound(graph, held < CLAIM_FLOOR / CLAIM_FACTOR ? CLAIM_FLOOR : CLAIM_FACTOR * held);
+        const pynn_shape input = pynn_graph_input(graph, 1);
         pynn_shape *shapes = calloc((size_t)graph->slot_count, sizeof *shapes);
         char why_shape[400] = "";
         if (!shapes)
             failed = say(err, err_len, "%s: out of memory", path);
-        else if (pynn_graph_shapes(graph, 1, shapes, why_shape, sizeof why_shape))
+        else if (pynn_graph_shapes(graph, &input, shapes, why_shape, sizeof why_shape))
             failed = say(err, err_len, "%s: %s", path, why_shape);
-        else if (claims_too_much(graph, file, shapes, err, err_len, path))
-            failed = -1;
         else {
             graph->output_shape.rank = shapes[graph->output_slot].rank - 1;
             memcpy(graph->output_shape.dims, shapes[graph->output_slot].dims + 1,
@@ -1016,6 +1093,11 @@ int pynn_graph_build(pynn_graph *graph, const pynn_model_file *file, const char 
 
 void pynn_graph_free(pynn_graph *graph)
 {
+    for (int i = 0; graph->layers && i < graph->layer_count; i++)
+        if (graph->layers[i].inner) {
+            pynn_graph_free(graph->layers[i].inner);
+            free(graph->layers[i].inner);
+        }
     free(graph->layers);
     free(graph->calls);
     memset(graph, 0, sizeof *graph);

@@ -17,13 +17,16 @@
 #define PYNN_GRAPH_MAX_LAYERS 100000
 #define PYNN_GRAPH_MAX_INPUTS 64    /* a merge layer's inputs */
 #define PYNN_GRAPH_MAX_NAME 256
+#define PYNN_GRAPH_MAX_DEPTH 16     /* models nested in models */
 
 typedef enum {
     LAYER_LINEAR, LAYER_MAP, LAYER_SOFTMAX, LAYER_VIEW_SAME, LAYER_FLATTEN, LAYER_RESHAPE,
     LAYER_BATCHNORM1D, LAYER_BATCHNORM2D, LAYER_CONV, LAYER_MAXPOOL, LAYER_AVGPOOL,
     LAYER_GLOBAL_AVGPOOL, LAYER_ADAPTIVE_AVGPOOL, LAYER_ADD, LAYER_MULTIPLY, LAYER_CONCATENATE,
-    LAYER_DOT, LAYER_LAYERNORM, LAYER_PERMUTE
+    LAYER_DOT, LAYER_LAYERNORM, LAYER_PERMUTE, LAYER_NESTED
 } pynn_layer_type;
+
+typedef struct pynn_graph pynn_graph;
 
 typedef struct {
     int64_t dims[PYNN_GRAPH_MAX_RANK];
@@ -61,6 +64,8 @@ typedef struct {
     int64_t adaptive[2];
     /* LayerNorm */
     double layer_norm_eps;
+    /* a nested Sequential or Model, run as one step with its own plan (as Python runs it) */
+    pynn_graph *inner;
 } pynn_layer;
 
 /* One call: a layer reading value slots and writing one. */
@@ -72,16 +77,18 @@ typedef struct {
     int relu;                        /* the layer's activation is "relu" at this call */
 } pynn_call;
 
-typedef struct {
+struct pynn_graph {
     pynn_layer *layers;
     int layer_count;
     pynn_call *calls;
     int call_count;
     int slot_count;
     int input_slot, output_slot;
-    pynn_shape input_shape;          /* one sample's, batch excluded */
+    pynn_shape input_shape;          /* one sample's, batch excluded; a nested Sequential's is its caller's */
+    int knows_input_shape;
     pynn_shape output_shape;
-} pynn_graph;
+    int64_t claim_bound;             /* the most values per sample any call may output */
+};
 
 /* The graph of a model file; 0, or -1 with a message naming the file and
  * the layer. `path` only names the file in messages. */
@@ -89,10 +96,12 @@ int pynn_graph_build(pynn_graph *graph, const pynn_model_file *file, const char 
                      size_t err_len);
 void pynn_graph_free(pynn_graph *graph);
 
-/* Every slot's shape for `batch` samples (shapes[slot_count]); 0, or -1 with
- * a message naming the layer that refuses its input. */
-int pynn_graph_shapes(const pynn_graph *graph, int64_t batch, pynn_shape *shapes, char *err,
+/* Every slot's shape for an input of `input` (batch included) (shapes[slot_count]);
+ * 0, or -1 with a message naming the layer that refuses its input. */
+int pynn_graph_shapes(const pynn_graph *graph, const pynn_shape *input, pynn_shape *shapes, char *err,
                       size_t err_len);
+/* The input of `batch` samples of the graph's input shape. */
+pynn_shape pynn_graph_input(const pynn_graph *graph, int64_t batch);
 
 /* Elements of a shape (the shapes are bounded, so this never overflows). */
 int64_t pynn_shape_size(const pynn_shape *shape);

@@ -42,6 +42,7 @@ struct pynn_runner {
     float **buffers;
     int buffer_count;
     float **folded;                  /* per step: a folded weight and bias, or NULL */
+    pynn_runner **nested;            /* per step: a nested model's own plan, or NULL */
     float *workspace;
     int input_slot, output_slot;
 };
@@ -355,6 +356,9 @@ void pynn_runner_free(pynn_runner *r)
         free(r->buffers[i]);
     for (int i = 0; r->folded && i < r->step_count; i++)
         free(r->folded[i]);
+    for (int i = 0; r->nested && i < r->step_count; i++)
+        pynn_runner_free(r->nested[i]);
+    free(r->nested);
     free(r->buffers);
     free(r->folded);
     free(r->workspace);
@@ -365,7 +369,29 @@ void pynn_runner_free(pynn_runner *r)
     free(r);
 }
 
+static pynn_runner *build_for(const pynn_graph *graph, const pynn_shape *input, int threads, char *err,
+                              size_t err_len);
+
+/* A nested model's step: its own plan for the step's input, as Python's
+ * nested model runs its own plan inside the caller's (pynn/model.py infer). */
+static int build_nested(pynn_runner *r, int index, char *err, size_t err_len)
+{
+    const step *st = &r->steps[index];
+    char why[400] = "";
+    r->nested[index] = build_for(st->layer->inner, &r->shapes[st->shaped[0]], r->threads, why, sizeof why);
+    if (!r->nested[index])
+        return say(err, err_len, "%s: %s", st->layer->name, why);
+    return 0;
+}
+
 pynn_runner *pynn_runner_build(const pynn_graph *graph, int64_t batch, int threads, char *err, size_t err_len)
+{
+    const pynn_shape input = pynn_graph_input(graph, batch);
+    return build_for(graph, &input, threads, err, err_len);
+}
+
+static pynn_runner *build_for(const pynn_graph *graph, const pynn_shape *input, int threads, char *err,
+                              size_t err_len)
 {
     const size_t slots = (size_t)graph->slot_count, calls = (size_t)graph->call_count + 1;
     pynn_runner *r = calloc(1, sizeof *r);
@@ -374,7 +400,7 @@ pynn_runner *pynn_runner_build(const pynn_graph *graph, int64_t batch, int threa
     int *slot_buffers = NULL;
     if (!r)
         goto out_of_memory;
-    r->batch = batch;
+    r->batch = input->dims[0];
     r->threads = threads;
     r->slot_count = graph->slot_count;
     r->shapes = calloc(slots, sizeof *r->shapes);
@@ -382,6 +408,7 @@ pynn_runner *pynn_runner_build(const pynn_graph *graph, int64_t batch, int threa
     r->steps = calloc(calls, sizeof *r->steps);
     r->kernel_steps = calloc(calls, sizeof *r->kernel_steps);
     r->folded = calloc(calls, sizeof *r->folded);
+    r->nested = calloc(calls, sizeof *r->nested);
     s.alias = calloc(slots, sizeof(int));
     s.readers = calloc(slots, sizeof(int));
     s.private_ = calloc(slots, sizeof(int));
@@ -389,10 +416,10 @@ pynn_runner *pynn_runner_build(const pynn_graph *graph, int64_t batch, int threa
     p.sizes = calloc(calls, sizeof *p.sizes);
     p.free_list = calloc(2 * calls * PYNN_GRAPH_MAX_INPUTS, sizeof(int));
     slot_buffers = calloc(slots, sizeof(int));
-    if (!r->shapes || !r->slots || !r->steps || !r->kernel_steps || !r->folded || !s.alias || !s.readers
+    if (!r->shapes || !r->slots || !r->steps || !r->kernel_steps || !r->folded || !r->nested || !s.alias || !s.readers
         || !s.private_ || !s.producer || !p.sizes || !p.free_list || !slot_buffers)
         goto out_of_memory;
-    if (pynn_graph_shapes(graph, batch, r->shapes, err, err_len))
+    if (pynn_graph_shapes(graph, input, r->shapes, err, err_len))
         goto failed;
     build_steps(r, graph, &s);
     if (assign_buffers(r, slot_buffers, &p))
@@ -407,16 +434,19 @@ pynn_runner *pynn_runner_build(const pynn_graph *graph, int64_t batch, int threa
         if (slot_buffers[slot] >= 0)
             r->slots[slot] = r->buffers[slot_buffers[slot]];
     size_t workspace = 0;
-    for (int i = 0; i < r->step_count; i++)
+    for (int i = 0; i < r->step_count; i++) {
         if (describe(r, i, &workspace))
             goto out_of_memory;
+        if (r->steps[i].layer->type == LAYER_NESTED && build_nested(r, i, err, err_len))
+            goto failed;
+    }
     if (!(r->workspace = pynn_aligned_floats(workspace ? workspace : 1)))
         goto out_of_memory;
     for (int i = 0; i < r->step_count; i++)
         r->kernel_steps[i].workspace = r->workspace;
     goto done;
 out_of_memory:
-    say(err, err_len, "out of memory building the plan for a batch of %lld", (long long)batch);
+    say(err, err_len, "out of memory building the plan for a batch of %lld", (long long)input->dims[0]);
 failed:
     pynn_runner_free(r);
     r = NULL;
@@ -464,8 +494,9 @@ static void padded(const pynn_shape *x, int rank, ptrdiff_t *dims)
         dims[axis] = axis <= ones ? 1 : x->dims[axis - ones];
 }
 
-static void run_other(const pynn_runner *r, const pynn_context *ctx, const step *st)
+static int run_other(const pynn_runner *r, const pynn_context *ctx, int index, char *err, size_t err_len)
 {
+    const step *st = &r->steps[index];
     const pynn_layer *layer = st->layer;
     const pynn_shape *xs = &r->shapes[st->shaped[0]], *ys = &r->shapes[st->target];
     const float *x = r->slots[st->sources[0]];
@@ -478,17 +509,17 @@ static void run_other(const pynn_runner *r, const pynn_context *ctx, const step 
             spatial *= xs->dims[axis];
         pynn_batchnorm_eval_forward(ctx, xs->dims[0], xs->dims[1], spatial, x, layer->gamma, layer->beta,
                                     layer->eps, layer->running_mean, layer->running_var, y);
-        return;
+        return 0;
     }
     case LAYER_MAXPOOL: {
         const pynn_pool_shape s = pool_geometry(layer, xs, ys);
         pynn_max_pool2d_forward(ctx, &s, x, y, NULL);
-        return;
+        return 0;
     }
     case LAYER_AVGPOOL: {
         const pynn_pool_shape s = pool_geometry(layer, xs, ys);
         pynn_avg_pool2d_forward(ctx, &s, layer->count_include_pad, x, y);
-        return;
+        return 0;
     }
     case LAYER_ADD:
     case LAYER_MULTIPLY: {
@@ -498,10 +529,10 @@ static void run_other(const pynn_runner *r, const pynn_context *ctx, const step 
         const ptrdiff_t size = pynn_shape_size(ys);
         if (st->source_count == 1) {
             pynn_copy_rows(ctx, 1, size, x, size, y, size);
-            return;
+            return 0;
         }
         if (size == 0)
-            return;
+            return 0;
         for (int axis = 0; axis < rank; axis++)
             out_dims[axis] = ys->dims[axis];
         padded(xs, rank, a_dims);
@@ -511,19 +542,19 @@ static void run_other(const pynn_runner *r, const pynn_context *ctx, const step 
             padded(&r->shapes[st->shaped[k]], rank, b_dims);
             pynn_broadcast_binary(ctx, op, rank, out_dims, out_dims, y, b_dims, r->slots[st->sources[k]], y);
         }
-        return;
+        return 0;
     }
     case LAYER_ADAPTIVE_AVGPOOL:
         pynn_adaptive_avg_pool2d_forward(ctx, xs->dims[0] * xs->dims[1], xs->dims[2], xs->dims[3], ys->dims[2],
                                          ys->dims[3], x, y);
-        return;
+        return 0;
     case LAYER_LAYERNORM: {
         const ptrdiff_t length = pynn_shape_size(&layer->reshape);
         ptrdiff_t rows = 1;
         for (int axis = 0; axis < xs->rank - layer->reshape.rank; axis++)
             rows *= xs->dims[axis];
         pynn_layer_norm_forward(ctx, rows, length, x, layer->gamma, layer->beta, layer->layer_norm_eps, y);
-        return;
+        return 0;
     }
     case LAYER_PERMUTE: {
         ptrdiff_t dims[PYNN_TENSOR_MAX_RANK];
@@ -534,11 +565,11 @@ static void run_other(const pynn_runner *r, const pynn_context *ctx, const step 
         }
         if (pynn_shape_size(xs))
             pynn_permute(ctx, xs->rank, dims, order, x, y);
-        return;
+        return 0;
     }
     case LAYER_DOT:
         pynn_row_dot(ctx, xs->dims[0], xs->dims[1], x, r->slots[st->sources[1]], y);
-        return;
+        return 0;
     case LAYER_CONCATENATE: {
         const int rank = ys->rank;
         const int64_t axis = layer->axis < 0 ? layer->axis + rank : layer->axis;
@@ -554,10 +585,12 @@ static void run_other(const pynn_runner *r, const pynn_context *ctx, const step 
             pynn_copy_rows(ctx, rows, length, r->slots[st->sources[k]], length, y + offset * inner, stride);
             offset += part->dims[axis];
         }
-        return;
+        return 0;
     }
+    case LAYER_NESTED:
+        return pynn_runner_run(r->nested[index], ctx, x, y, err, err_len);
     default:
-        return;
+        return 0;
     }
 }
 
@@ -570,7 +603,8 @@ int pynn_runner_run(pynn_runner *r, const pynn_context *ctx, const float *x, flo
     int index = 0;
     while (index < r->step_count) {
         if (r->steps[index].kind == KIND_OTHER) {
-            run_other(r, ctx, &r->steps[index]);
+            if (run_other(r, ctx, index, err, err_len))
+                return -1;
             index++;
             continue;
         }
