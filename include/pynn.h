@@ -35,6 +35,7 @@ PYNN_API int pynn_model_output_shape(const pynn_model *m, int64_t *shape, int ma
  * C-contiguous float32; returns 0, or -1 with a message. */
 PYNN_API int pynn_model_predict(pynn_model *m, const float *x, int64_t batch, float *y, char *err,
                                 size_t err_len);
+/* Frees the model and every plan it kept; no call may be using it. */
 PYNN_API void pynn_model_free(pynn_model *m);
 /* The threads every later call may use (1 to 1024); the default is
  * PYNN_NUM_THREADS, else the cores this process may run on. */

@@ -89,12 +89,18 @@ int main(int argc, char **argv)
     FILE *file = fopen(argv[5], "rb");
     if (!file || fread(x, sizeof *x, in_size, file) != (size_t)in_size) return 3;
     fclose(file);
-    if (pynn_model_predict(model, x, batch, expected, err, sizeof err)) { fprintf(stderr, "%s\n", err); return 4; }
+    if (pynn_model_predict(model, x, batch, expected, err, sizeof err)) {
+        fprintf(stderr, "%s\n", err);
+        return 4;
+    }
     if (!strcmp(argv[1], "concurrent")) {
         pthread_t threads[4];
         void *failed = NULL, *result;
         for (int t = 0; t < 4; t++) pthread_create(&threads[t], NULL, predict_many, NULL);
-        for (int t = 0; t < 4; t++) { pthread_join(threads[t], &result); failed = failed ? failed : result; }
+        for (int t = 0; t < 4; t++) {
+            pthread_join(threads[t], &result);
+            failed = failed ? failed : result;
+        }
         if (failed) return 5;
     }
     file = fopen(argv[6], "wb");
@@ -190,7 +196,8 @@ def graph():
 
 def signal():
     model = randomised_batchnorms(pynn.Sequential(
-        Conv1d(2, 6, 3, padding=1), ReLU(), MaxPool1d(2), Conv1d(6, 6, 3, dilation=2, padding=2, groups=3),
+        Conv1d(2, 6, 3, padding=1), ReLU(), MaxPool1d(2),
+        Conv1d(6, 6, 3, dilation=2, padding=2, groups=3),
         BatchNorm1d(6), AvgPool1d(3, stride=2, padding=1, count_include_pad=False), LayerNorm(4),
         Permute((0, 2, 1)), Flatten(), Linear(24, 3)))
     model.input_shape = (2, 16)
@@ -225,7 +232,7 @@ def nested():
 
 
 def resnet():
-    """The residual network of examples/resnet_digits.py (convolutions without bias, BatchNorms folded)."""
+    """examples/resnet_digits.py's network: convolutions without bias, BatchNorms folded."""
     spec = importlib.util.spec_from_file_location(
         "resnet_digits", os.path.join(ROOT, "examples", "resnet_digits.py"))
     example = importlib.util.module_from_spec(spec)
@@ -233,8 +240,9 @@ def resnet():
     return randomised_batchnorms(example.small_resnet(8))
 
 
-MODELS = {"mlp": (mlp, (20,)), "resnet": (resnet, (1, 8, 8)), "wide": (wide, (128,)), "cnn": (cnn, (3, 10, 10)), "graph": (graph, (3, 8, 8)),
-          "signal": (signal, (2, 16)), "nested": (nested, (2, 6, 6)), "two_towers": (two_towers, (3, 9, 9))}
+MODELS = {"mlp": (mlp, (20,)), "wide": (wide, (128,)), "cnn": (cnn, (3, 10, 10)),
+          "graph": (graph, (3, 8, 8)), "resnet": (resnet, (1, 8, 8)), "signal": (signal, (2, 16)),
+          "nested": (nested, (2, 6, 6)), "two_towers": (two_towers, (3, 9, 9))}
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -261,7 +269,8 @@ def test_a_model_of_views_copies_its_input(built, tmp_path):
     model.save(tmp_path / "model.safetensors")
     x = np.random.default_rng(0).standard_normal((4, 2, 3)).astype(np.float32)
     x.tofile(tmp_path / "x.bin")
-    run_driver(built, "run", tmp_path / "model.safetensors", 1, 4, tmp_path / "x.bin", tmp_path / "y.bin")
+    run_driver(built, "run", tmp_path / "model.safetensors", 1, 4, tmp_path / "x.bin",
+               tmp_path / "y.bin")
     np.testing.assert_array_equal(np.fromfile(tmp_path / "y.bin", dtype=np.float32), x.ravel())
 
 
@@ -277,7 +286,8 @@ def test_concurrent_predicts_each_get_the_single_call_bits(built, tmp_path):
 def test_shapes_and_version(built, tmp_path):
     model = cnn()
     model.save(tmp_path / "model.safetensors")
-    assert run_driver(built, "shapes", tmp_path / "model.safetensors") == f"3 10 10 | 10 | -1 {pynn.__version__}"
+    shapes = run_driver(built, "shapes", tmp_path / "model.safetensors")
+    assert shapes == f"3 10 10 | 10 | -1 {pynn.__version__}"
     pynn.Sequential(Linear(6, 2)).save(tmp_path / "linear.safetensors")  # no recorded shape: in_features
     assert run_driver(built, "shapes", tmp_path / "linear.safetensors").startswith("6 | 2 |")
 
@@ -345,7 +355,8 @@ BAD_FILES = {
                                       header_of(data)[1]),
         "tensor '0.weight' is F32 with 15 elements but its data_offsets span 48 bytes"),
     "a weight of the wrong shape": (
-        lambda data, tmp: rewritten(tmp, lambda t, m: t.update({"0.weight": np.zeros((4, 3), np.float32)})),
+        lambda data, tmp: rewritten(
+            tmp, lambda t, m: t.update({"0.weight": np.zeros((4, 3), np.float32)})),
         "layer 0 (Linear): tensor '0.weight' must be F32 of shape (3, 4), got F32 of shape (4, 3)"),
     "a missing weight": (
         lambda data, tmp: rewritten(tmp, lambda t, m: t.pop("2.bias")),
@@ -414,7 +425,8 @@ def test_a_layer_far_larger_than_the_file_is_refused(built, tmp_path):
     model.input_shape = (1, 4, 4)
     model.save(tmp_path / "pool.safetensors")
     tensors, metadata = read_tensors(tmp_path / "pool.safetensors")
-    metadata["architecture"] = metadata["architecture"].replace('"output_size": 2', '"output_size": 100000')
+    metadata["architecture"] = metadata["architecture"].replace('"output_size": 2',
+                                                                '"output_size": 100000')
     save_tensors(tmp_path / "pool.safetensors", tensors, metadata)
     error = run_driver(built, "load", tmp_path / "pool.safetensors")
     assert "layer 0 (AdaptiveAvgPool2d) outputs 10000000000 values per sample" in error, error
