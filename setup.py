@@ -2,9 +2,10 @@
 
 One compiled extension, pynn._kernels.core: the Cython layer and all of
 csrc/ in one shared object; beside it the C API's plain shared library
-pynn/lib/libpynn.so (csrc/capi over the same kernel objects) and its header. Each ISA's code is compiled with per-function
-target attributes, never with -march, so one wheel runs on any x86-64 CPU and
-chooses its path at import (csrc/cpu.c).
+pynn/lib/libpynn.so (csrc/capi over the same kernel objects) and its
+header. Each ISA's code is compiled with per-function target attributes,
+never with -march, so one wheel runs on any x86-64 CPU and chooses its path
+at import (csrc/cpu.c).
 
 Environment switches for developers:
   PYNN_CYTHON_DEBUG=1     bounds/wraparound checks on in every Cython module
@@ -16,6 +17,7 @@ Environment switches for developers:
 """
 import glob
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -96,13 +98,16 @@ class BuildExtWithOpenMP(build_ext):
         shared library, not an importable module), linked from the kernel
         objects the extension was built from plus csrc/capi."""
         package = os.path.join(self.build_lib, "pynn")
-        version = {}
         with open(os.path.join("pynn", "_version.py")) as file:
-            exec(file.read(), version)
+            version = re.search(r'__version__ = "([^"]+)"', file.read()).group(1)
         objects = self.compiler.object_filenames(C_SOURCES, output_dir=self.build_temp)
+        missing = [source for source, built in zip(C_SOURCES, objects) if not os.path.exists(built)]
+        if missing:  # the extension was up to date, its objects cleaned away
+            self.compiler.compile(missing, output_dir=self.build_temp, include_dirs=["csrc"],
+                                  extra_postargs=compile_flags)
         objects += self.compiler.compile(
             CAPI_SOURCES, output_dir=self.build_temp, include_dirs=["csrc"],
-            macros=[("PYNN_VERSION", f'"{version["__version__"]}"')], extra_postargs=compile_flags)
+            macros=[("PYNN_VERSION", f'"{version}"')], extra_postargs=compile_flags)
         library = os.path.join(package, "lib", self.compiler.library_filename("pynn", "shared"))
         os.makedirs(os.path.dirname(library), exist_ok=True)
         # found through the program's rpath (python -m pynn config --libs) wherever it is installed
