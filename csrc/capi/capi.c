@@ -200,7 +200,8 @@ int pynn_model_predict(pynn_model *m, const float *x, int64_t batch, float *y, c
     const int64_t rows = pynn_shape_size(&m->graph.input_shape);
     if (batch < 0 || (rows && batch > ((int64_t)1 << 40) / rows)) {
         if (err && err_len)
-            snprintf(err, err_len, "pynn_model_predict: %s: batch %lld is out of range", m->path, (long long)batch);
+            snprintf(err, err_len, "pynn_model_predict: %s: batch %lld is out of range", m->path,
+                     (long long)batch);
         return -1;
     }
     if (batch == 0)

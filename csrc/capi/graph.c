@@ -228,7 +228,8 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
         layer->map = MAPS[i].map;
         if (!strcmp(t, "LeakyReLU")) {
             static const char *const keys[] = {"negative_slope", NULL};
-            if (config_keys(b, layer, config, keys) || config_real(b, layer, config, "negative_slope", 0.01, &real))
+            if (config_keys(b, layer, config, keys)
+                || config_real(b, layer, config, "negative_slope", 0.01, &real))
                 return -1;
             layer->parameter = (float)real;
         } else if (!strcmp(t, "GELU")) {
@@ -237,7 +238,8 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
             if (config_keys(b, layer, config, keys))
                 return -1;
             if (approximate && (approximate->kind != PYNN_JSON_STRING
-                                || (strcmp(approximate->string, "none") && strcmp(approximate->string, "tanh"))))
+                                || (strcmp(approximate->string, "none")
+                                    && strcmp(approximate->string, "tanh"))))
                 return say(b->err, b->err_len, "%s: %s: approximate must be \"none\" or \"tanh\"", b->path,
                            layer->name);
             if (approximate && !strcmp(approximate->string, "tanh"))
@@ -268,7 +270,8 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
         static const char *const keys[] = {"axis", NULL};
         layer->type = LAYER_SOFTMAX;
         return config_keys(b, layer, config, keys)
-               || config_int(b, layer, config, "axis", -1, -PYNN_GRAPH_MAX_RANK, PYNN_GRAPH_MAX_RANK, &layer->axis)
+               || config_int(b, layer, config, "axis", -1, -PYNN_GRAPH_MAX_RANK, PYNN_GRAPH_MAX_RANK,
+                             &layer->axis)
                   ? -1 : 0;
     }
     if (!strcmp(t, "Dropout") || !strcmp(t, "Identity")) {
@@ -343,8 +346,10 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
             layer->bias = tensor(b, layer, prefix, "bias", 1, dims, &failed);
         return failed ? -1 : 0;
     }
-    if (!strcmp(t, "MaxPool2d") || !strcmp(t, "AvgPool2d") || !strcmp(t, "MaxPool1d") || !strcmp(t, "AvgPool1d")) {
-        static const char *const max_keys[] = {"kernel_size", "stride", "padding", "dilation", "ceil_mode", NULL};
+    if (!strcmp(t, "MaxPool2d") || !strcmp(t, "AvgPool2d") || !strcmp(t, "MaxPool1d")
+        || !strcmp(t, "AvgPool1d")) {
+        static const char *const max_keys[] = {"kernel_size", "stride", "padding", "dilation", "ceil_mode",
+                                               NULL};
         static const char *const avg_keys[] = {"kernel_size", "stride", "padding", "ceil_mode",
                                                "count_include_pad", NULL};
         const int max = t[0] == 'M';
@@ -373,7 +378,8 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
         if (fits && size->kind == PYNN_JSON_ARRAY && size->length == 2) {
             for (int i = 0; i < 2 && fits; i++) {
                 layer->adaptive[i] = -1;
-                fits = size->items[i]->kind == PYNN_JSON_NULL || pynn_json_int(size->items[i], &layer->adaptive[i]);
+                fits = size->items[i]->kind == PYNN_JSON_NULL
+                       || pynn_json_int(size->items[i], &layer->adaptive[i]);
             }
         } else {
             fits = fits && pynn_json_int(size, &layer->adaptive[0]);
@@ -391,7 +397,8 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
         const pynn_json *shape = pynn_json_get(config, "normalized_shape");
         int affine, bias;
         layer->type = LAYER_LAYERNORM;
-        if (config_keys(b, layer, config, keys) || config_real(b, layer, config, "eps", 1e-5, &layer->layer_norm_eps)
+        if (config_keys(b, layer, config, keys)
+            || config_real(b, layer, config, "eps", 1e-5, &layer->layer_norm_eps)
             || config_bool(b, layer, config, "elementwise_affine", 1, &affine)
             || config_bool(b, layer, config, "bias", 1, &bias))
             return -1;
@@ -420,7 +427,8 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
             return say(b->err, b->err_len, "%s: %s: normalized_shape must be a list of sizes", b->path,
                        layer->name);
         if (affine)
-            layer->gamma = tensor(b, layer, prefix, "weight", layer->reshape.rank, layer->reshape.dims, &failed);
+            layer->gamma = tensor(b, layer, prefix, "weight", layer->reshape.rank, layer->reshape.dims,
+                                  &failed);
         if (affine && bias && !failed)
             layer->beta = tensor(b, layer, prefix, "bias", layer->reshape.rank, layer->reshape.dims, &failed);
         return failed ? -1 : 0;
@@ -436,7 +444,8 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
         layer->reshape.rank = fits ? (int)dims->length : 0;
         for (int axis = 0; fits && axis < layer->reshape.rank; axis++) {
             int64_t *at = &layer->reshape.dims[axis];
-            fits = pynn_json_int(dims->items[axis], at) && *at >= -layer->reshape.rank && *at < layer->reshape.rank;
+            fits = pynn_json_int(dims->items[axis], at) && *at >= -layer->reshape.rank
+                   && *at < layer->reshape.rank;
             if (fits && *at < 0)
                 *at += layer->reshape.rank;
             fits = fits && !(seen & (1 << *at));
@@ -469,7 +478,8 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
         layer->type = LAYER_CONCATENATE;
         layer->takes_list = 1;
         if (config_keys(b, layer, config, keys)
-            || config_int(b, layer, config, "axis", 1, -PYNN_GRAPH_MAX_RANK, PYNN_GRAPH_MAX_RANK, &layer->axis))
+            || config_int(b, layer, config, "axis", 1, -PYNN_GRAPH_MAX_RANK, PYNN_GRAPH_MAX_RANK,
+                          &layer->axis))
             return -1;
         if (layer->axis == 0)
             return say(b->err, b->err_len, "%s: %s: axis 0 is the batch axis", b->path, layer->name);
@@ -695,7 +705,8 @@ static int layer_shape(const pynn_layer *layer, const pynn_shape *in, int count,
                     continue;
                 const int64_t e = in[i].dims[in[i].rank - from_end];
                 if (e != 1 && extent != 1 && e != extent)
-                    return refuse(err, err_len, layer, in, count, "the shapes after the batch axis do not broadcast");
+                    return refuse(err, err_len, layer, in, count,
+                                  "the shapes after the batch axis do not broadcast");
                 if (e != 1)
                     extent = e;
             }
@@ -886,12 +897,14 @@ static int build_model(builder *b, pynn_graph *graph, const pynn_json *architect
 {
     if (architecture->kind != PYNN_JSON_OBJECT)
         return say(b->err, b->err_len, "%s: %sthe graph must be a JSON object", b->path, label);
-    const pynn_json *inputs = pynn_json_get(architecture, "inputs"), *layers = pynn_json_get(architecture, "layers");
-    const pynn_json *calls = pynn_json_get(architecture, "calls"), *outputs = pynn_json_get(architecture, "outputs");
+    const pynn_json *inputs = pynn_json_get(architecture, "inputs");
+    const pynn_json *layers = pynn_json_get(architecture, "layers");
+    const pynn_json *calls = pynn_json_get(architecture, "calls");
+    const pynn_json *outputs = pynn_json_get(architecture, "outputs");
     if (!inputs || inputs->kind != PYNN_JSON_ARRAY || !layers || layers->kind != PYNN_JSON_ARRAY || !calls
         || calls->kind != PYNN_JSON_ARRAY || !outputs || outputs->kind != PYNN_JSON_ARRAY)
-        return say(b->err, b->err_len, "%s: %sthe graph must hold the lists inputs, layers, calls and outputs",
-                   b->path, label);
+        return say(b->err, b->err_len, "%s: %sthe graph must hold the lists inputs, layers, calls and "
+                   "outputs", b->path, label);
     if (inputs->length != 1 || outputs->length != 1)
         return say(b->err, b->err_len, "%s: %sthe C API runs models with one input and one output, this one "
                    "has %zu and %zu", b->path, label, inputs->length, outputs->length);
@@ -903,8 +916,8 @@ static int build_model(builder *b, pynn_graph *graph, const pynn_json *architect
         return -1;
     graph->knows_input_shape = 1;
     if (!dtype || dtype->kind != PYNN_JSON_STRING || strcmp(dtype->string, "float32"))
-        return say(b->err, b->err_len, "%s: %sthe C API takes float32 inputs; input 0 is not float32", b->path,
-                   label);
+        return say(b->err, b->err_len, "%s: %sthe C API takes float32 inputs; input 0 is not float32",
+                   b->path, label);
     graph->layer_count = (int)layers->length;
     graph->layers = calloc(layers->length + 1, sizeof *graph->layers);
     graph->calls = calloc(calls->length, sizeof *graph->calls);
@@ -990,7 +1003,8 @@ static int build_model(builder *b, pynn_graph *graph, const pynn_json *architect
             original[r] = !strcmp(ref->items[0]->string, "input") ? 0 : (int)index + 1;
         }
         const int source = original[0];
-        if (is_relu(&graph->layers[layer]) && fusing_call[source] && readers[source] == 1 && source != output) {
+        if (is_relu(&graph->layers[layer]) && fusing_call[source] && readers[source] == 1
+            && source != output) {
             graph->calls[fusing_call[source] - 1].relu = 1;
             fusing_call[source] = 0;
             slot_of[j] = source ? slot_of[source - 1] : 0;
@@ -1032,7 +1046,8 @@ static void set_claim_bound(pynn_graph *graph, int64_t bound)
             set_claim_bound(graph->layers[i].inner, bound);
 }
 
-int pynn_graph_build(pynn_graph *graph, const pynn_model_file *file, const char *path, char *err, size_t err_len)
+int pynn_graph_build(pynn_graph *graph, const pynn_model_file *file, const char *path, char *err,
+                     size_t err_len)
 {
     builder b = {file, path, err, err_len, 0};
     memset(graph, 0, sizeof *graph);

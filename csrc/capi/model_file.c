@@ -194,7 +194,10 @@ static pynn_model_file *read_open(FILE *stream, const char *path, char *err, siz
     pynn_json *header = pynn_json_parse(text, header_length, why, sizeof why);
     free(text);
     if (!header || header->kind != PYNN_JSON_OBJECT) {
-        say(err, err_len, path, header ? "header must be a JSON object" : "header is not valid JSON: %s", why);
+        if (header)
+            say(err, err_len, path, "header must be a JSON object");
+        else
+            say(err, err_len, path, "header is not valid JSON: %s", why);
         pynn_json_free(header);
         return NULL;
     }

@@ -175,7 +175,8 @@ static int take(pool *p, int64_t need)
 {
     int best = -1;
     for (int i = 0; i < p->free_count; i++)  /* the smallest fitting one, first of equals */
-        if (p->sizes[p->free_list[i]] >= need && (best < 0 || p->sizes[p->free_list[i]] < p->sizes[p->free_list[best]]))
+        if (p->sizes[p->free_list[i]] >= need
+            && (best < 0 || p->sizes[p->free_list[i]] < p->sizes[p->free_list[best]]))
             best = i;
     if (best < 0 && p->free_count) {         /* else the largest free one, grown */
         best = 0;
@@ -325,7 +326,8 @@ static int describe(pynn_runner *r, int index, size_t *workspace_floats)
         const pynn_layer *norm = st->batchnorm;
         if (norm) {
             const ptrdiff_t channels = layer->out_channels;
-            const ptrdiff_t per_channel = (layer->in_channels / layer->groups) * layer->kernel[0] * layer->kernel[1];
+            const ptrdiff_t per_channel =
+                (layer->in_channels / layer->groups) * layer->kernel[0] * layer->kernel[1];
             float *folded = pynn_aligned_floats((size_t)(channels * per_channel + channels + 16));
             if (!folded)
                 return -1;
@@ -416,7 +418,8 @@ static pynn_runner *build_for(const pynn_graph *graph, const pynn_shape *input, 
     p.sizes = calloc(calls, sizeof *p.sizes);
     p.free_list = calloc(2 * calls * PYNN_GRAPH_MAX_INPUTS, sizeof(int));
     slot_buffers = calloc(slots, sizeof(int));
-    if (!r->shapes || !r->slots || !r->steps || !r->kernel_steps || !r->folded || !r->nested || !s.alias || !s.readers
+    if (!r->shapes || !r->slots || !r->steps || !r->kernel_steps || !r->folded || !r->nested || !s.alias
+        || !s.readers
         || !s.private_ || !s.producer || !p.sizes || !p.free_list || !slot_buffers)
         goto out_of_memory;
     if (pynn_graph_shapes(graph, input, r->shapes, err, err_len))
@@ -545,8 +548,8 @@ static int run_other(const pynn_runner *r, const pynn_context *ctx, int index, c
         return 0;
     }
     case LAYER_ADAPTIVE_AVGPOOL:
-        pynn_adaptive_avg_pool2d_forward(ctx, xs->dims[0] * xs->dims[1], xs->dims[2], xs->dims[3], ys->dims[2],
-                                         ys->dims[3], x, y);
+        pynn_adaptive_avg_pool2d_forward(ctx, xs->dims[0] * xs->dims[1], xs->dims[2], xs->dims[3],
+                                         ys->dims[2], ys->dims[3], x, y);
         return 0;
     case LAYER_LAYERNORM: {
         const ptrdiff_t length = pynn_shape_size(&layer->reshape);
@@ -594,7 +597,8 @@ static int run_other(const pynn_runner *r, const pynn_context *ctx, int index, c
     }
 }
 
-int pynn_runner_run(pynn_runner *r, const pynn_context *ctx, const float *x, float *y, char *err, size_t err_len)
+int pynn_runner_run(pynn_runner *r, const pynn_context *ctx, const float *x, float *y, char *err,
+                    size_t err_len)
 {
     const int copied = r->output_slot == r->input_slot;
     r->slots[r->input_slot] = (float *)x;  /* read only: no step writes the input's slot */
