@@ -1,9 +1,11 @@
 """Build the Cython/C kernels.
 
 One compiled extension, pynn._kernels.core: the Cython layer and all of
-csrc/ in one shared object. Each ISA's code is compiled with per-function
-target attributes, never with -march, so one wheel runs on any x86-64 CPU and
-chooses its path at import (csrc/cpu.c).
+csrc/ in one shared object; beside it the C API's plain shared library
+pynn/lib/libpynn.so (csrc/capi over the same kernel objects) and its
+header. Each ISA's code is compiled with per-function target attributes,
+never with -march, so one wheel runs on any x86-64 CPU and chooses its path
+at import (csrc/cpu.c).
 
 Environment switches for developers:
   PYNN_CYTHON_DEBUG=1     bounds/wraparound checks on in every Cython module
@@ -15,6 +17,7 @@ Environment switches for developers:
 """
 import glob
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -27,6 +30,8 @@ from setuptools.command.build_ext import build_ext
 # The one extension: pynn/_kernels/core.pyx (which includes the other .pxi
 # files there) over every C file of csrc/.
 C_SOURCES = sorted(glob.glob("csrc/*.c"))
+# The C API (include/pynn.h) over the same kernels: package data, pynn/lib/libpynn.so.
+CAPI_SOURCES = sorted(glob.glob("csrc/capi/*.c"))
 
 BASE_FLAGS = ["-O3", "-g0", "-fno-math-errno", "-fno-trapping-math", "-fvisibility=hidden"]
 
@@ -85,6 +90,42 @@ class BuildExtWithOpenMP(build_ext):
             ext.extra_link_args = link_flags + ext.extra_link_args
             ext.define_macros.append(("PYNN_BUILD_FLAGS", f'"{build_flags}"'))
         super().build_extensions()
+        self.build_c_library(compile_flags, link_flags)
+
+    def build_c_library(self, compile_flags, link_flags):
+        """The C API's shared library, pynn/lib/libpynn.so, and its header,
+        pynn/include/pynn.h: package data beside the extension (a plain
+        shared library, not an importable module), linked from the kernel
+        objects the extension was built from plus csrc/capi."""
+        package = os.path.join(self.build_lib, "pynn")
+        with open(os.path.join("pynn", "_version.py")) as file:
+            version = re.search(r'__version__ = "([^"]+)"', file.read()).group(1)
+        objects = self.compiler.object_filenames(C_SOURCES, output_dir=self.build_temp)
+        missing = [source for source, built in zip(C_SOURCES, objects) if not os.path.exists(built)]
+        if missing:  # the extension was up to date, its objects cleaned away
+            self.compiler.compile(missing, output_dir=self.build_temp, include_dirs=["csrc"],
+                                  extra_postargs=compile_flags)
+        objects += self.compiler.compile(
+            CAPI_SOURCES, output_dir=self.build_temp, include_dirs=["csrc"],
+            macros=[("PYNN_VERSION", f'"{version}"')], extra_postargs=compile_flags)
+        library = os.path.join(package, "lib", self.compiler.library_filename("pynn", "shared"))
+        os.makedirs(os.path.dirname(library), exist_ok=True)
+        # found through the program's rpath (python -m pynn config --libs) wherever it is installed
+        install_name = ["-Wl,-install_name,@rpath/libpynn.dylib"] if sys.platform == "darwin" else []
+        self.compiler.link_shared_object(objects, library, libraries=["m"],
+                                         extra_postargs=link_flags + install_name)
+        os.makedirs(os.path.join(package, "include"), exist_ok=True)
+        shutil.copyfile(os.path.join("include", "pynn.h"), os.path.join(package, "include", "pynn.h"))
+        self.c_library = [library, os.path.join(package, "include", "pynn.h")]
+
+    def copy_extensions_to_source(self):
+        """--inplace: the C library and its header beside the extension too."""
+        super().copy_extensions_to_source()
+        for built in self.c_library:
+            source = os.path.join("pynn", os.path.relpath(built, os.path.join(self.build_lib, "pynn")))
+            os.makedirs(os.path.dirname(source), exist_ok=True)
+            shutil.copyfile(built, source)
+            shutil.copymode(built, source)
 
 
 def extensions():

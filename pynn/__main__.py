@@ -1,4 +1,4 @@
-"""Command line: python -m pynn info | bench."""
+"""Command line: python -m pynn info | demo | bench | config."""
 import argparse
 import sys
 
@@ -27,7 +27,12 @@ def main(argv=None):
                        help="run at this thread count only (default: 1 and all cores)")
     bench.add_argument("--quick", action="store_true", help="small shapes, short timings")
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    config = commands.add_parser("config", help="compiler and linker flags of the C API (pynn.h, libpynn)")
+    config.add_argument("--cflags", action="store_true", help="print -I for pynn.h")
+    config.add_argument("--libs", action="store_true", help="print -L, -lpynn and an rpath")
     args = parser.parse_args(argv)
+    if args.command == "config":
+        return _config(args.cflags, args.libs, parser)
     import pynn
 
     if args.command == "info":
@@ -50,6 +55,25 @@ def main(argv=None):
                             json_path=args.json)
     except ValueError as error:
         parser.error(str(error))
+
+
+def _config(cflags, libs, parser):
+    """The flags of the C library inside the installed package (beside this file)."""
+    import os
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    include, lib = os.path.join(package, "include"), os.path.join(package, "lib")
+    if not (cflags or libs):
+        parser.error("config: pass --cflags, --libs or both")
+    if not os.path.isfile(os.path.join(include, "pynn.h")) or not os.path.isdir(lib):
+        print(f"pynn config: the C API is not built in {package} (pynn/include/pynn.h, "
+              "pynn/lib/libpynn.*); build the package, or the library from the source tree "
+              "with make -C csrc", file=sys.stderr)
+        return 1
+    flags = ([f"-I{include}"] if cflags else []) + (
+        [f"-L{lib}", "-lpynn", f"-Wl,-rpath,{lib}"] if libs else [])
+    print(" ".join(flags))
+    return 0
 
 
 if __name__ == "__main__":

@@ -87,8 +87,9 @@ def build(calls, slot_shapes, input_slots, output_slots):
             target = targets[0]
             before = producer.get(canonical(source))
             if before is not None and not takes_list and sole_reader(source):
+                # a convolution with its own ReLU (Conv2d, ReLU, BatchNorm2d) normalises after it: no fold
                 if (type(layer) is BatchNorm2d and before.kind == "conv" and before.batchnorm is None
-                        and not before.relu):
+                        and not before.relu and not before.arguments[2]):
                     before.batchnorm = layer
                     before.watched += [(layer.params, "weight"), (layer.params, "bias"),
                                        (layer.buffers, "running_mean"), (layer.buffers, "running_var"),

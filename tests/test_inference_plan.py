@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pynn import Sequential
-from pynn.layers import (BatchNorm1d, Conv2d, Dropout, Embedding, Flatten, LeakyReLU, Linear,
+from pynn.layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Embedding, Flatten, LeakyReLU, Linear,
                          MaxPool2d, ReLU, Softmax, Tanh)
 
 
@@ -140,3 +140,12 @@ def test_small_batches_shared_among_threads_equal_one_thread_bit_for_bit(batch, 
     shared = model.predict(x)
     np.testing.assert_array_equal(shared, alone)
     np.testing.assert_allclose(alone, layer_by_layer(model, x), rtol=1e-5, atol=1e-7)
+
+
+def test_a_batchnorm_after_a_convolutions_relu_normalises_the_relu_output():
+    model = Sequential(Conv2d(1, 2, 3, padding=1), ReLU(), BatchNorm2d(2))
+    norm = model.layers[2]
+    norm.buffers["running_mean"][:] = [0.5, -0.3]
+    norm.params["bias"][:] = [-1.0, 2.0]
+    x = random_input((2, 1, 4, 4))
+    np.testing.assert_allclose(model.predict(x), layer_by_layer(model, x), rtol=1e-6, atol=1e-6)

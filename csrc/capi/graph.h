@@ -1,0 +1,109 @@
+/* A model file's architecture as layers and calls (pynn/architecture.py),
+ * with the weights each layer reads, and the calls an inference plan runs
+ * in the order Python's Sequential and Model run them: a ReLU right after a
+ * Linear or convolution that is its only reader becomes that layer's
+ * activation (pynn/sequential.py _fusion_plan, pynn/model.py _build_steps). */
+#ifndef PYNN_CAPI_GRAPH_H
+#define PYNN_CAPI_GRAPH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../activations.h"
+#include "../plan.h"
+#include "model_file.h"
+
+#define PYNN_GRAPH_MAX_RANK 8
+#define PYNN_GRAPH_MAX_LAYERS 100000
+#define PYNN_GRAPH_MAX_INPUTS 64    /* a merge layer's inputs */
+#define PYNN_GRAPH_MAX_NAME 256
+#define PYNN_GRAPH_MAX_DEPTH 16     /* models nested in models */
+
+typedef enum {
+    LAYER_LINEAR, LAYER_MAP, LAYER_SOFTMAX, LAYER_VIEW_SAME, LAYER_FLATTEN, LAYER_RESHAPE,
+    LAYER_BATCHNORM1D, LAYER_BATCHNORM2D, LAYER_CONV, LAYER_MAXPOOL, LAYER_AVGPOOL,
+    LAYER_GLOBAL_AVGPOOL, LAYER_ADAPTIVE_AVGPOOL, LAYER_ADD, LAYER_MULTIPLY, LAYER_CONCATENATE,
+    LAYER_DOT, LAYER_LAYERNORM, LAYER_PERMUTE, LAYER_NESTED
+} pynn_layer_type;
+
+typedef struct pynn_graph pynn_graph;
+
+typedef struct {
+    int64_t dims[PYNN_GRAPH_MAX_RANK];
+    int rank;
+} pynn_shape;
+
+typedef struct {
+    pynn_layer_type type;
+    char type_name[32];
+    char name[PYNN_GRAPH_MAX_NAME];  /* for messages: "layer 3 (Linear)" or the graph name */
+    int takes_list;
+    /* Linear: weight [n, k]; Conv: weight [out, in / groups, kh, kw]; both: bias or NULL */
+    const float *weight, *bias;
+    int64_t in_features, out_features;
+    int64_t in_channels, out_channels, groups;
+    /* Conv and pools: the 2-D kernels' geometry; 1-D layers see [N, C, L] as [N, C, 1, L] */
+    int64_t kernel[2], stride[2], padding[2], dilation[2];
+    int spatial_rank;                /* 1 or 2 */
+    /* BatchNorm */
+    const float *gamma, *beta, *running_mean, *running_var;
+    float eps;
+    int64_t num_features;
+    /* pools */
+    int ceil_mode, count_include_pad;
+    /* element-wise maps */
+    pynn_elementwise_fn map;
+    float parameter;
+    /* Softmax, Concatenate */
+    int64_t axis;
+    /* Flatten */
+    int64_t start_dim, end_dim;
+    /* Reshape: the per-sample shape; LayerNorm: normalized_shape; Permute: dims */
+    pynn_shape reshape;
+    /* AdaptiveAvgPool2d: the output's (h, w), -1 keeping the input's */
+    int64_t adaptive[2];
+    /* LayerNorm */
+    double layer_norm_eps;
+    /* a nested Sequential or Model, run as one step with its own plan (as Python runs it) */
+    pynn_graph *inner;
+} pynn_layer;
+
+/* One call: a layer reading value slots and writing one. */
+typedef struct {
+    int layer;
+    int sources[PYNN_GRAPH_MAX_INPUTS];
+    int source_count;
+    int target;
+    int relu;                        /* the layer's activation is "relu" at this call */
+} pynn_call;
+
+struct pynn_graph {
+    pynn_layer *layers;
+    int layer_count;
+    pynn_call *calls;
+    int call_count;
+    int slot_count;
+    int input_slot, output_slot;
+    pynn_shape input_shape;          /* one sample's, batch excluded; a nested Sequential's is its caller's */
+    int knows_input_shape;
+    pynn_shape output_shape;
+    int64_t claim_bound;             /* the most values per sample any call may output */
+};
+
+/* The graph of a model file; 0, or -1 with a message naming the file and
+ * the layer. `path` only names the file in messages. */
+int pynn_graph_build(pynn_graph *graph, const pynn_model_file *file, const char *path, char *err,
+                     size_t err_len);
+void pynn_graph_free(pynn_graph *graph);
+
+/* Every slot's shape for an input of `input` (batch included) (shapes[slot_count]);
+ * 0, or -1 with a message naming the layer that refuses its input. */
+int pynn_graph_shapes(const pynn_graph *graph, const pynn_shape *input, pynn_shape *shapes, char *err,
+                      size_t err_len);
+/* The input of `batch` samples of the graph's input shape. */
+pynn_shape pynn_graph_input(const pynn_graph *graph, int64_t batch);
+
+/* Elements of a shape (the shapes are bounded, so this never overflows). */
+int64_t pynn_shape_size(const pynn_shape *shape);
+
+#endif

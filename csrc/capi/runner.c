@@ -1,0 +1,627 @@
+/* A graph's inference plan (contract in runner.h), step for step the
+ * schedule of pynn/schedule.py and the runs of pynn/_kernels/plan.pxi. */
+#include "runner.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../batchnorm.h"
+#include "../conv.h"
+#include "../layernorm.h"
+#include "../plan.h"
+#include "../pool.h"
+#include "../tensor.h"
+
+/* Step kinds: the plan's C kernels, and the layers plan.pxi runs through
+ * their Python `infer` (each calls one kernel family here). */
+typedef enum { KIND_GEMM, KIND_MAP, KIND_SOFTMAX, KIND_CONV, KIND_ADD, KIND_MEAN, KIND_OTHER } step_kind;
+
+typedef struct {
+    step_kind kind;
+    const pynn_layer *layer;
+    int sources[PYNN_GRAPH_MAX_INPUTS];  /* slots holding the values (views resolved) */
+    int shaped[PYNN_GRAPH_MAX_INPUTS];   /* slots whose shapes the layer reads */
+    int source_count;
+    int target;
+    int layer_relu;                  /* the layer's own activation at this call */
+    int relu;                        /* a following ReLU fused by the schedule */
+    const pynn_layer *batchnorm;     /* a following BatchNorm2d folded into this convolution */
+} step;
+
+struct pynn_runner {
+    int64_t batch;
+    int threads;
+    step *steps;
+    int step_count;
+    pynn_plan_step *kernel_steps;    /* per step; used by kernel kinds */
+    pynn_shape *shapes;              /* per slot */
+    float **slots;
+    int slot_count;
+    float **buffers;
+    int buffer_count;
+    float **folded;                  /* per step: a folded weight and bias, or NULL */
+    pynn_runner **nested;            /* per step: a nested model's own plan, or NULL */
+    float *workspace;
+    int input_slot, output_slot;
+};
+
+static int say(char *err, size_t err_len, const char *format, ...)
+{
+    if (err && err_len) {
+        va_list args;
+        va_start(args, format);
+        vsnprintf(err, err_len, format, args);
+        va_end(args);
+    }
+    return -1;
+}
+
+/* -- the schedule (pynn/schedule.py build) ----------------------------------------- */
+typedef struct {
+    int *alias, *readers, *private_, *producer;
+    int output;
+} scheduling;
+
+static int canonical(const scheduling *s, int slot)
+{
+    while (s->alias[slot] != slot)
+        slot = s->alias[slot];
+    return slot;
+}
+
+static int sole_reader(const scheduling *s, int slot)
+{
+    return s->private_[slot] && s->readers[slot] == 1 && slot != s->output;
+}
+
+static void view(scheduling *s, int target, int source)
+{
+    s->alias[target] = canonical(s, source);
+    s->private_[target] = sole_reader(s, source);
+}
+
+static int same_shape(const pynn_shape *a, const pynn_shape *b)
+{
+    if (a->rank != b->rank)
+        return 0;
+    for (int axis = 0; axis < a->rank; axis++)
+        if (a->dims[axis] != b->dims[axis])
+            return 0;
+    return 1;
+}
+
+/* The kind Layer.kernel_step gives, or -1 for a view. */
+static int kernel_kind(const pynn_layer *layer, const pynn_call *call, const pynn_shape *shapes)
+{
+    switch (layer->type) {
+    case LAYER_LINEAR: return KIND_GEMM;
+    case LAYER_MAP: return KIND_MAP;
+    case LAYER_SOFTMAX: return KIND_SOFTMAX;
+    case LAYER_VIEW_SAME: case LAYER_FLATTEN: case LAYER_RESHAPE: return -1;
+    case LAYER_CONV: return KIND_CONV;
+    case LAYER_GLOBAL_AVGPOOL: return KIND_MEAN;
+    case LAYER_ADD:
+        return call->source_count == 2 && same_shape(&shapes[call->sources[0]], &shapes[call->sources[1]])
+               ? KIND_ADD : KIND_OTHER;
+    default: return KIND_OTHER;
+    }
+}
+
+static int build_steps(pynn_runner *r, const pynn_graph *graph, scheduling *s)
+{
+    for (int c = 0; c < graph->call_count; c++)
+        for (int i = 0; i < graph->calls[c].source_count; i++)
+            s->readers[graph->calls[c].sources[i]]++;
+    for (int slot = 0; slot < graph->slot_count; slot++) {
+        s->alias[slot] = slot;
+        s->private_[slot] = 1;
+        s->producer[slot] = -1;
+    }
+    s->output = graph->output_slot;
+    for (int c = 0; c < graph->call_count; c++) {
+        const pynn_call *call = &graph->calls[c];
+        const pynn_layer *layer = &graph->layers[call->layer];
+        const int source = call->sources[0], target = call->target;
+        const int before = s->producer[canonical(s, source)];
+        if (before >= 0 && !layer->takes_list && sole_reader(s, source)) {
+            step *b = &r->steps[before];
+            /* a convolution carrying its own ReLU is not followed by its BatchNorm's input */
+            if (layer->type == LAYER_BATCHNORM2D && b->kind == KIND_CONV && !b->batchnorm && !b->relu
+                && !b->layer_relu) {
+                b->batchnorm = layer;
+                view(s, target, source);
+                continue;
+            }
+            if (!strcmp(layer->type_name, "ReLU") && (b->kind == KIND_GEMM || b->kind == KIND_CONV
+                                                      || b->kind == KIND_ADD) && !b->relu) {
+                b->relu = 1;
+                view(s, target, source);
+                continue;
+            }
+        }
+        const int kind = kernel_kind(layer, call, r->shapes);
+        if (kind < 0) {
+            view(s, target, source);
+            continue;
+        }
+        step *st = &r->steps[r->step_count];
+        st->kind = (step_kind)kind;
+        st->layer = layer;
+        st->source_count = call->source_count;
+        for (int i = 0; i < call->source_count; i++) {
+            st->sources[i] = canonical(s, call->sources[i]);
+            st->shaped[i] = call->sources[i];
+        }
+        st->target = target;
+        st->layer_relu = call->relu;
+        s->producer[target] = r->step_count++;
+    }
+    r->input_slot = canonical(s, graph->input_slot);
+    r->output_slot = canonical(s, graph->output_slot);
+    return 0;
+}
+
+/* -- buffers by liveness (pynn/schedule.py _assign_buffers, _take) ------------------ */
+typedef struct {
+    int64_t *sizes;
+    int count;
+    int *free_list;
+    int free_count;
+} pool;
+
+static int take(pool *p, int64_t need)
+{
+    int best = -1;
+    for (int i = 0; i < p->free_count; i++)  /* the smallest fitting one, first of equals */
+        if (p->sizes[p->free_list[i]] >= need
+            && (best < 0 || p->sizes[p->free_list[i]] < p->sizes[p->free_list[best]]))
+            best = i;
+    if (best < 0 && p->free_count) {         /* else the largest free one, grown */
+        best = 0;
+        for (int i = 1; i < p->free_count; i++)
+            if (p->sizes[p->free_list[i]] > p->sizes[p->free_list[best]])
+                best = i;
+        p->sizes[p->free_list[best]] = need;
+    }
+    if (best < 0) {
+        p->sizes[p->count] = need;
+        return p->count++;
+    }
+    const int buffer = p->free_list[best];
+    memmove(p->free_list + best, p->free_list + best + 1, (size_t)(p->free_count - best - 1) * sizeof(int));
+    p->free_count--;
+    return buffer;
+}
+
+static int assign_buffers(pynn_runner *r, int *slot_buffers, pool *p)
+{
+    const int n = r->slot_count;
+    int *last_read = malloc((size_t)n * sizeof *last_read);
+    if (!last_read)
+        return -1;
+    for (int slot = 0; slot < n; slot++) {
+        last_read[slot] = -1;
+        slot_buffers[slot] = -1;
+    }
+    for (int i = 0; i < r->step_count; i++)
+        for (int k = 0; k < r->steps[i].source_count; k++)
+            last_read[r->steps[i].sources[k]] = i;
+    for (int i = 0; i < r->step_count; i++) {
+        const step *st = &r->steps[i];
+        int dying[PYNN_GRAPH_MAX_INPUTS], dying_count = 0;
+        for (int k = 0; k < st->source_count; k++) {
+            const int source = st->sources[k];
+            int seen = 0;
+            for (int j = 0; j < k; j++)
+                seen |= st->sources[j] == source;
+            if (!seen && last_read[source] == i && slot_buffers[source] >= 0)
+                dying[dying_count++] = source;
+        }
+        const int caller = st->target == r->input_slot || st->target == r->output_slot;
+        int first_dying = 0;
+        if ((st->kind == KIND_ADD || st->kind == KIND_MAP) && dying_count && !caller) {
+            slot_buffers[st->target] = slot_buffers[dying[0]];
+            first_dying = 1;
+        } else if (!caller) {
+            const int64_t need = pynn_shape_size(&r->shapes[st->target]);
+            slot_buffers[st->target] = take(p, need > 1 ? need : 1);
+        }
+        if (!caller && last_read[st->target] < 0 && slot_buffers[st->target] >= 0)
+            p->free_list[p->free_count++] = slot_buffers[st->target];
+        for (int k = first_dying; k < dying_count; k++)
+            p->free_list[p->free_count++] = slot_buffers[dying[k]];
+    }
+    free(last_read);
+    return 0;
+}
+
+/* -- kernel steps (pynn/_kernels/plan.pxi describe) ---------------------------------- */
+static void axis_split(const pynn_shape *shape, int64_t axis, ptrdiff_t *outer, ptrdiff_t *length,
+                       ptrdiff_t *inner)
+{
+    *outer = *length = *inner = 1;
+    if (!shape->rank)
+        return;
+    const int64_t at = axis < 0 ? axis + shape->rank : axis;
+    for (int k = 0; k < shape->rank; k++) {
+        if (k < at) *outer *= shape->dims[k];
+        else if (k == at) *length = shape->dims[k];
+        else *inner *= shape->dims[k];
+    }
+}
+
+static pynn_conv_shape conv_geometry(const pynn_layer *layer, const pynn_shape *x)
+{
+    pynn_conv_shape c;
+    c.batch = x->dims[0];
+    c.in_channels = x->dims[1];
+    c.height = layer->spatial_rank == 2 ? x->dims[2] : 1;  /* a Conv1d's [N, C, L] as [N, C, 1, L] */
+    c.width = x->dims[x->rank - 1];
+    c.out_channels = layer->out_channels;
+    c.kernel_h = layer->kernel[0];
+    c.kernel_w = layer->kernel[1];
+    c.stride_h = layer->stride[0];
+    c.stride_w = layer->stride[1];
+    c.pad_h = layer->padding[0];
+    c.pad_w = layer->padding[1];
+    c.dilation_h = layer->dilation[0];
+    c.dilation_w = layer->dilation[1];
+    c.groups = layer->groups;
+    c.out_h = (c.height + 2 * c.pad_h - c.dilation_h * (c.kernel_h - 1) - 1) / c.stride_h + 1;
+    c.out_w = (c.width + 2 * c.pad_w - c.dilation_w * (c.kernel_w - 1) - 1) / c.stride_w + 1;
+    return c;
+}
+
+static int describe(pynn_runner *r, int index, size_t *workspace_floats)
+{
+    const step *st = &r->steps[index];
+    pynn_plan_step *s = &r->kernel_steps[index];
+    const pynn_shape *shape = &r->shapes[st->shaped[0]];
+    const pynn_layer *layer = st->layer;
+    memset(s, 0, sizeof *s);
+    s->source = st->sources[0];
+    s->target = st->target;
+    const pynn_activation relu = st->layer_relu || st->relu ? PYNN_ACTIVATION_RELU : PYNN_ACTIVATION_NONE;
+    switch (st->kind) {
+    case KIND_GEMM:
+        s->kind = PYNN_STEP_GEMM;
+        s->k = shape->dims[shape->rank - 1];
+        s->m = 1;
+        for (int axis = 0; axis + 1 < shape->rank; axis++)
+            s->m *= shape->dims[axis];
+        s->n = layer->out_features;
+        s->weight = layer->weight;
+        s->epilogue.col_bias = layer->bias;
+        s->epilogue.activation = relu;
+        return 0;
+    case KIND_MAP:
+        s->kind = PYNN_STEP_MAP;
+        s->map = layer->map;
+        s->n = pynn_shape_size(shape);
+        s->parameter = layer->parameter;
+        return 0;
+    case KIND_SOFTMAX:
+        s->kind = PYNN_STEP_SOFTMAX;
+        axis_split(shape, layer->axis, &s->m, &s->n, &s->k);
+        return 0;
+    case KIND_ADD:
+        s->kind = PYNN_STEP_ADD;
+        s->other = st->sources[1];
+        s->n = pynn_shape_size(shape);
+        s->epilogue.activation = st->relu ? PYNN_ACTIVATION_RELU : PYNN_ACTIVATION_NONE;
+        return 0;
+    case KIND_MEAN:
+        s->kind = PYNN_STEP_MEAN;
+        s->m = shape->dims[0] * shape->dims[1];
+        s->n = shape->dims[2] * shape->dims[3];
+        return 0;
+    case KIND_CONV: {
+        s->kind = PYNN_STEP_CONV;
+        s->conv = conv_geometry(layer, shape);
+        s->weight = layer->weight;
+        s->epilogue.col_bias = layer->bias;
+        s->epilogue.activation = relu;
+        const pynn_layer *norm = st->batchnorm;
+        if (norm) {
+            const ptrdiff_t channels = layer->out_channels;
+            const ptrdiff_t per_channel =
+                (layer->in_channels / layer->groups) * layer->kernel[0] * layer->kernel[1];
+            float *folded = pynn_aligned_floats((size_t)(channels * per_channel + channels + 16));
+            if (!folded)
+                return -1;
+            r->folded[index] = folded;
+            /* the bias after the weights, 64-byte aligned as its own array would be */
+            float *folded_bias = folded + (channels * per_channel + 15) / 16 * 16;
+            pynn_fold_batchnorm(channels, per_channel, layer->weight, layer->bias, norm->gamma, norm->beta,
+                                norm->running_mean, norm->running_var, norm->eps, folded, folded_bias);
+            s->weight = folded;
+            s->epilogue.col_bias = folded_bias;
+        }
+        const size_t need = pynn_conv2d_workspace_size(&s->conv, r->threads);
+        if (need > *workspace_floats)
+            *workspace_floats = need;
+        return 0;
+    }
+    case KIND_OTHER:
+        break;
+    }
+    return 0;
+}
+
+void pynn_runner_free(pynn_runner *r)
+{
+    if (!r)
+        return;
+    for (int i = 0; i < r->buffer_count; i++)
+        free(r->buffers[i]);
+    for (int i = 0; r->folded && i < r->step_count; i++)
+        free(r->folded[i]);
+    for (int i = 0; r->nested && i < r->step_count; i++)
+        pynn_runner_free(r->nested[i]);
+    free(r->nested);
+    free(r->buffers);
+    free(r->folded);
+    free(r->workspace);
+    free(r->steps);
+    free(r->kernel_steps);
+    free(r->shapes);
+    free(r->slots);
+    free(r);
+}
+
+static pynn_runner *build_for(const pynn_graph *graph, const pynn_shape *input, int threads, char *err,
+                              size_t err_len);
+
+/* A nested model's step: its own plan for the step's input, as Python's
+ * nested model runs its own plan inside the caller's (pynn/model.py infer). */
+static int build_nested(pynn_runner *r, int index, char *err, size_t err_len)
+{
+    const step *st = &r->steps[index];
+    char why[400] = "";
+    r->nested[index] = build_for(st->layer->inner, &r->shapes[st->shaped[0]], r->threads, why, sizeof why);
+    if (!r->nested[index])
+        return say(err, err_len, "%s: %s", st->layer->name, why);
+    return 0;
+}
+
+pynn_runner *pynn_runner_build(const pynn_graph *graph, int64_t batch, int threads, char *err, size_t err_len)
+{
+    const pynn_shape input = pynn_graph_input(graph, batch);
+    return build_for(graph, &input, threads, err, err_len);
+}
+
+static pynn_runner *build_for(const pynn_graph *graph, const pynn_shape *input, int threads, char *err,
+                              size_t err_len)
+{
+    const size_t slots = (size_t)graph->slot_count, calls = (size_t)graph->call_count + 1;
+    pynn_runner *r = calloc(1, sizeof *r);
+    scheduling s = {0};
+    pool p = {0};
+    int *slot_buffers = NULL;
+    if (!r)
+        goto out_of_memory;
+    r->batch = input->dims[0];
+    r->threads = threads;
+    r->slot_count = graph->slot_count;
+    r->shapes = calloc(slots, sizeof *r->shapes);
+    r->slots = calloc(slots, sizeof *r->slots);
+    r->steps = calloc(calls, sizeof *r->steps);
+    r->kernel_steps = calloc(calls, sizeof *r->kernel_steps);
+    r->folded = calloc(calls, sizeof *r->folded);
+    r->nested = calloc(calls, sizeof *r->nested);
+    s.alias = calloc(slots, sizeof(int));
+    s.readers = calloc(slots, sizeof(int));
+    s.private_ = calloc(slots, sizeof(int));
+    s.producer = calloc(slots, sizeof(int));
+    p.sizes = calloc(calls, sizeof *p.sizes);
+    p.free_list = calloc(2 * calls * PYNN_GRAPH_MAX_INPUTS, sizeof(int));
+    slot_buffers = calloc(slots, sizeof(int));
+    if (!r->shapes || !r->slots || !r->steps || !r->kernel_steps || !r->folded || !r->nested || !s.alias
+        || !s.readers
+        || !s.private_ || !s.producer || !p.sizes || !p.free_list || !slot_buffers)
+        goto out_of_memory;
+    if (pynn_graph_shapes(graph, input, r->shapes, err, err_len))
+        goto failed;
+    build_steps(r, graph, &s);
+    if (assign_buffers(r, slot_buffers, &p))
+        goto out_of_memory;
+    r->buffers = calloc((size_t)p.count + 1, sizeof *r->buffers);
+    if (!r->buffers)
+        goto out_of_memory;
+    for (int i = 0; i < p.count; i++, r->buffer_count++)
+        if (!(r->buffers[i] = pynn_aligned_floats((size_t)p.sizes[i])))
+            goto out_of_memory;
+    for (int slot = 0; slot < r->slot_count; slot++)
+        if (slot_buffers[slot] >= 0)
+            r->slots[slot] = r->buffers[slot_buffers[slot]];
+    size_t workspace = 0;
+    for (int i = 0; i < r->step_count; i++) {
+        if (describe(r, i, &workspace))
+            goto out_of_memory;
+        if (r->steps[i].layer->type == LAYER_NESTED && build_nested(r, i, err, err_len))
+            goto failed;
+    }
+    if (!(r->workspace = pynn_aligned_floats(workspace ? workspace : 1)))
+        goto out_of_memory;
+    for (int i = 0; i < r->step_count; i++)
+        r->kernel_steps[i].workspace = r->workspace;
+    goto done;
+out_of_memory:
+    say(err, err_len, "out of memory building the plan for a batch of %lld", (long long)input->dims[0]);
+failed:
+    pynn_runner_free(r);
+    r = NULL;
+done:
+    free(s.alias);
+    free(s.readers);
+    free(s.private_);
+    free(s.producer);
+    free(p.sizes);
+    free(p.free_list);
+    free(slot_buffers);
+    return r;
+}
+
+int64_t pynn_runner_batch(const pynn_runner *r) { return r->batch; }
+int pynn_runner_threads(const pynn_runner *r) { return r->threads; }
+
+/* -- running (pynn/_kernels/plan.pxi run_steps, run_python) ----------------------------- */
+static pynn_pool_shape pool_geometry(const pynn_layer *layer, const pynn_shape *x, const pynn_shape *y)
+{
+    pynn_pool_shape s;
+    const int planar = layer->spatial_rank == 2;  /* 1-D pools see [N, C, L] as [N, C, 1, L] */
+    s.planes = x->dims[0] * x->dims[1];
+    s.height = planar ? x->dims[2] : 1;
+    s.width = x->dims[x->rank - 1];
+    s.out_h = planar ? y->dims[2] : 1;
+    s.out_w = y->dims[y->rank - 1];
+    s.kernel_h = layer->kernel[0];
+    s.kernel_w = layer->kernel[1];
+    s.stride_h = layer->stride[0];
+    s.stride_w = layer->stride[1];
+    s.pad_h = layer->padding[0];
+    s.pad_w = layer->padding[1];
+    s.dilation_h = layer->type == LAYER_MAXPOOL ? layer->dilation[0] : 1;
+    s.dilation_w = layer->type == LAYER_MAXPOOL ? layer->dilation[1] : 1;
+    return s;
+}
+
+/* An input of a broadcasting merge with 1s after its batch axis, `rank` axes in all. */
+static void padded(const pynn_shape *x, int rank, ptrdiff_t *dims)
+{
+    const int ones = rank - x->rank;
+    dims[0] = x->dims[0];
+    for (int axis = 1; axis < rank; axis++)
+        dims[axis] = axis <= ones ? 1 : x->dims[axis - ones];
+}
+
+static int run_other(const pynn_runner *r, const pynn_context *ctx, int index, char *err, size_t err_len)
+{
+    const step *st = &r->steps[index];
+    const pynn_layer *layer = st->layer;
+    const pynn_shape *xs = &r->shapes[st->shaped[0]], *ys = &r->shapes[st->target];
+    const float *x = r->slots[st->sources[0]];
+    float *y = r->slots[st->target];
+    switch (layer->type) {
+    case LAYER_BATCHNORM1D:
+    case LAYER_BATCHNORM2D: {
+        ptrdiff_t spatial = 1;
+        for (int axis = 2; axis < xs->rank; axis++)
+            spatial *= xs->dims[axis];
+        pynn_batchnorm_eval_forward(ctx, xs->dims[0], xs->dims[1], spatial, x, layer->gamma, layer->beta,
+                                    layer->eps, layer->running_mean, layer->running_var, y);
+        return 0;
+    }
+    case LAYER_MAXPOOL: {
+        const pynn_pool_shape s = pool_geometry(layer, xs, ys);
+        pynn_max_pool2d_forward(ctx, &s, x, y, NULL);
+        return 0;
+    }
+    case LAYER_AVGPOOL: {
+        const pynn_pool_shape s = pool_geometry(layer, xs, ys);
+        pynn_avg_pool2d_forward(ctx, &s, layer->count_include_pad, x, y);
+        return 0;
+    }
+    case LAYER_ADD:
+    case LAYER_MULTIPLY: {
+        const pynn_tensor_op op = layer->type == LAYER_ADD ? PYNN_TENSOR_ADD : PYNN_TENSOR_MULTIPLY;
+        const int rank = ys->rank;
+        ptrdiff_t out_dims[PYNN_TENSOR_MAX_RANK], a_dims[PYNN_TENSOR_MAX_RANK], b_dims[PYNN_TENSOR_MAX_RANK];
+        const ptrdiff_t size = pynn_shape_size(ys);
+        if (st->source_count == 1) {
+            pynn_copy_rows(ctx, 1, size, x, size, y, size);
+            return 0;
+        }
+        if (size == 0)
+            return 0;
+        for (int axis = 0; axis < rank; axis++)
+            out_dims[axis] = ys->dims[axis];
+        padded(xs, rank, a_dims);
+        padded(&r->shapes[st->shaped[1]], rank, b_dims);
+        pynn_broadcast_binary(ctx, op, rank, out_dims, a_dims, x, b_dims, r->slots[st->sources[1]], y);
+        for (int k = 2; k < st->source_count; k++) {
+            padded(&r->shapes[st->shaped[k]], rank, b_dims);
+            pynn_broadcast_binary(ctx, op, rank, out_dims, out_dims, y, b_dims, r->slots[st->sources[k]], y);
+        }
+        return 0;
+    }
+    case LAYER_ADAPTIVE_AVGPOOL:
+        pynn_adaptive_avg_pool2d_forward(ctx, xs->dims[0] * xs->dims[1], xs->dims[2], xs->dims[3],
+                                         ys->dims[2], ys->dims[3], x, y);
+        return 0;
+    case LAYER_LAYERNORM: {
+        const ptrdiff_t length = pynn_shape_size(&layer->reshape);
+        ptrdiff_t rows = 1;
+        for (int axis = 0; axis < xs->rank - layer->reshape.rank; axis++)
+            rows *= xs->dims[axis];
+        pynn_layer_norm_forward(ctx, rows, length, x, layer->gamma, layer->beta, layer->layer_norm_eps, y);
+        return 0;
+    }
+    case LAYER_PERMUTE: {
+        ptrdiff_t dims[PYNN_TENSOR_MAX_RANK];
+        int order[PYNN_TENSOR_MAX_RANK];
+        for (int axis = 0; axis < xs->rank; axis++) {
+            dims[axis] = xs->dims[axis];
+            order[axis] = (int)layer->reshape.dims[axis];
+        }
+        if (pynn_shape_size(xs))
+            pynn_permute(ctx, xs->rank, dims, order, x, y);
+        return 0;
+    }
+    case LAYER_DOT:
+        pynn_row_dot(ctx, xs->dims[0], xs->dims[1], x, r->slots[st->sources[1]], y);
+        return 0;
+    case LAYER_CONCATENATE: {
+        const int rank = ys->rank;
+        const int64_t axis = layer->axis < 0 ? layer->axis + rank : layer->axis;
+        ptrdiff_t offset = 0;
+        for (int k = 0; k < st->source_count; k++) {
+            const pynn_shape *part = &r->shapes[st->shaped[k]];
+            ptrdiff_t inner = 1, rows = 1;
+            for (int a = (int)axis + 1; a < rank; a++)
+                inner *= part->dims[a];
+            for (int a = 0; a < axis; a++)
+                rows *= part->dims[a];
+            const ptrdiff_t length = part->dims[axis] * inner, stride = ys->dims[axis] * inner;
+            pynn_copy_rows(ctx, rows, length, r->slots[st->sources[k]], length, y + offset * inner, stride);
+            offset += part->dims[axis];
+        }
+        return 0;
+    }
+    case LAYER_NESTED:
+        return pynn_runner_run(r->nested[index], ctx, x, y, err, err_len);
+    default:
+        return 0;
+    }
+}
+
+int pynn_runner_run(pynn_runner *r, const pynn_context *ctx, const float *x, float *y, char *err,
+                    size_t err_len)
+{
+    const int copied = r->output_slot == r->input_slot;
+    r->slots[r->input_slot] = (float *)x;  /* read only: no step writes the input's slot */
+    if (!copied)
+        r->slots[r->output_slot] = y;
+    int index = 0;
+    while (index < r->step_count) {
+        if (r->steps[index].kind == KIND_OTHER) {
+            if (run_other(r, ctx, index, err, err_len))
+                return -1;
+            index++;
+            continue;
+        }
+        int stop = index + 1;
+        while (stop < r->step_count && r->steps[stop].kind != KIND_OTHER)
+            stop++;
+        if (pynn_plan_run(ctx, r->kernel_steps + index, stop - index, r->slots))
+            return say(err, err_len, "a convolution could not allocate its scratch");
+        index = stop;
+    }
+    if (copied)
+        memcpy(y, x, (size_t)pynn_shape_size(&r->shapes[r->output_slot]) * sizeof(float));
+    r->slots[r->input_slot] = NULL;
+    r->slots[r->output_slot] = NULL;
+    return 0;
+}
