@@ -321,7 +321,8 @@ def load_weights(model, path, strict=True):
 # and inside a checkpoint: one tensor ``<prefix><parameter>/<slot>`` per
 # per-parameter array, and the type and ``param_groups`` as JSON metadata.
 OPTIMIZER_FORMAT = "pynn.optimizer"
-_OPTIMIZER_TYPES = {cls.__name__: cls for cls in (optim.SGD, optim.Adam, optim.AdamW)}
+_OPTIMIZER_TYPES = {cls.__name__: cls for cls in (optim.SGD, optim.Adam, optim.AdamW, optim.RMSprop,
+                                                    optim.Adagrad)}
 
 
 def _optimizer_tensors(state, prefix):
