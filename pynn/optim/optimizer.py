@@ -45,6 +45,7 @@ class Optimizer:
         self._row_sources = None  # per bound parameter: (its owner's touched_rows or None, key)
         self._trainable = None  # each owner's trainable flag when bound
         self._table = None
+        self._initial_lr = None  # set by the first schedule built on it (PyTorch's initial_lr)
 
     @property
     def model(self):
