@@ -42,9 +42,9 @@ def clip_grad_norm_(model, max_norm, norm_type=2.0):
     from PyTorch's float32 one in the last digits."""
     where = "clip_grad_norm_"
     max_norm = as_real(max_norm, where, "max_norm")
-    norm_type = as_real(norm_type, where, "norm_type")
     if not max_norm >= 0.0:
         raise ValueError(f"{where}: max_norm must be >= 0, got {max_norm}")
+    norm_type = as_real(norm_type, where, "norm_type")
     if not norm_type > 0.0:
         raise ValueError(f"{where}: norm_type must be > 0 or math.inf, got {norm_type}")
     owners = parameter_owners(model, where)
