@@ -430,10 +430,10 @@ void pynn_adam_step(const pynn_context *ctx, ptrdiff_t count, const ptrdiff_t *s
 #define OMP_FOR_NOWAIT
 #endif
 
-/* As sgd_tensors, for the kernels taking (rows, count, width): runs `body`
- * with i (the tensor), rows (NULL or the chunk's rows), length (its
- * elements, or rows), start (its first element, or 0 for rows) and chunk
- * (its index over every tensor's chunks, in order). */
+/* As sgd_tensors, for the kernels taking (rows, count, width): runs the
+ * statements given with i (the tensor), rows (NULL or the chunk's rows),
+ * length (its elements, or rows), start (its first element, or 0 for rows)
+ * and chunk (its index over every tensor's chunks, in order). */
 #define FOR_EACH_CHUNK(count, sizes, subsets, ...)                                    \
     do {                                                                             \
         ptrdiff_t first_chunk = 0;                                                   \
