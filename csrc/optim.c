@@ -2,6 +2,7 @@
  * instantiated for each ISA by inlining it into functions compiled with that
  * target, so the compiler vectorises the same arithmetic at each width. */
 #include <math.h>
+#include <string.h>
 #include "optim.h"
 #include "kernels.h"
 
@@ -128,28 +129,23 @@ enum norm_kind { NORM_SQUARES, NORM_ABS, NORM_MAX, NORM_POWER };
 
 /* This range's share of a norm: sum g^2, sum |g|, max |g| (NaN if any is
  * NaN) or sum |g|^q, in eight independent lanes so it vectorises without
- * reassociating. */
+ * reassociating. The maximum compares the bits of |g| as integers, which
+ * order as the floats do and put every NaN above infinity. */
 ALWAYS_INLINE double norm_range(ptrdiff_t n, const float *restrict g, int kind, double q)
 {
     double lanes[8] = {0.0};
     ptrdiff_t i = 0;
     if (kind == NORM_MAX) {
-        float top[8] = {0.0f};
-        int nan = 0;
-        for (; i + 8 <= n; i += 8)
-            for (int j = 0; j < 8; j++) {
-                float a = fabsf(g[i + j]);
-                nan |= a != a;
-                top[j] = a > top[j] ? a : top[j];
-            }
+        uint32_t top = 0;
         for (; i < n; i++) {
-            float a = fabsf(g[i]);
-            nan |= a != a;
-            top[0] = a > top[0] ? a : top[0];
+            uint32_t bits;
+            memcpy(&bits, g + i, sizeof bits);
+            bits &= 0x7fffffffu;
+            top = bits > top ? bits : top;
         }
-        float best = 0.0f;
-        for (int j = 0; j < 8; j++) best = top[j] > best ? top[j] : best;
-        return nan ? (double)NAN : (double)best;
+        float largest;
+        memcpy(&largest, &top, sizeof largest);
+        return (double)largest;
     }
     for (; i + 8 <= n; i += 8)
         for (int j = 0; j < 8; j++) {
