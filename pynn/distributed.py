@@ -27,7 +27,7 @@ import numpy as np
 from pynn import _hooks, config, io
 from pynn._checks import as_count, as_float32
 from pynn._kernels import core as kernels
-from pynn.optim import Optimizer
+from pynn.optim import Optimizer, clip_grad_norm_
 from pynn.model import Model
 from pynn.sequential import Sequential
 
@@ -189,10 +189,11 @@ class DataParallel:
         for layer, key, shape, offset in slots:
             layer.grads[key] = self.arena[offset:offset + math.prod(shape)].reshape(shape)
 
-    def step(self, dy, share=None):
+    def step(self, dy, share=None, clip_grad_norm=None):
         """Back-propagate this rank's loss gradient ``dy`` scaled by ``share``
         (its rows / the global batch's; 1/size for equal shards), sum the
-        gradients over ranks, then run the optimizer step."""
+        gradients over ranks, clip the sum to the norm ``clip_grad_norm``
+        (when given; the same on every rank), then run the optimizer step."""
         with abort_on_error(self.comm, "DataParallel.step"):
             share = 1.0 / self.size if share is None else share
             if [layer.trainable for _, layer in self.model.parameter_owners()] != self._trainable:
@@ -208,6 +209,8 @@ class DataParallel:
             self.comm.Allreduce(self._mpi.IN_PLACE, self.arena, op=self._mpi.SUM)
             for _, layer in self.model.parameter_owners():
                 layer.forget_touched_rows()  # other ranks' rows are in the sum now
+            if clip_grad_norm is not None:
+                clip_grad_norm_(self.model, clip_grad_norm)
             self.optimizer.step()
 
     # -- what fit needs beyond the step --------------------------------------

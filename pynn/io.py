@@ -335,7 +335,8 @@ def load_weights(model, path, strict=True):
 # and inside a checkpoint: one tensor ``<prefix><parameter>/<slot>`` per
 # per-parameter array, and the type and ``param_groups`` as JSON metadata.
 OPTIMIZER_FORMAT = "pynn.optimizer"
-_OPTIMIZER_TYPES = {cls.__name__: cls for cls in (optim.SGD, optim.Adam, optim.AdamW)}
+_OPTIMIZER_TYPES = {cls.__name__: cls for cls in (optim.SGD, optim.Adam, optim.AdamW, optim.RMSprop,
+                                                    optim.Adagrad)}
 
 
 def _optimizer_tensors(state, prefix):
@@ -454,14 +455,27 @@ def _checked_generator_state(generator, state, path, name):
 
 
 
+def _fits(saved, current):
+    """Does saved JSON have the shape of ``current`` (a scheduler's state):
+    the same keys, list lengths and kinds, a number where it holds a number,
+    and the same strings (modes and names are fixed when it is built)."""
+    if isinstance(current, bool) or current is None or isinstance(current, str):
+        return saved == current if isinstance(current, str) else type(saved) is type(current)
+    if isinstance(current, (int, float)):
+        return isinstance(saved, (int, float)) and not isinstance(saved, bool)
+    if isinstance(current, dict):
+        return (isinstance(saved, dict) and set(saved) == set(current)
+                and all(_fits(saved[key], value) for key, value in current.items()))
+    if isinstance(current, (list, tuple)):
+        return (isinstance(saved, list) and len(saved) == len(current)
+                and all(_fits(item, value) for item, value in zip(saved, current)))
+    return False
+
+
 def _checked_scheduler_state(scheduler, state, path):
-    """The same fields as the scheduler's own state, each a number where it holds one."""
-    current = scheduler.state_dict()
-    if not isinstance(state, dict) or set(state) != set(current) or any(
-            isinstance(state[key], bool) or (isinstance(value, (int, float)) and not isinstance(state[key], (int, float)))
-            for key, value in current.items()):
+    if not _fits(state, scheduler.state_dict()):
         raise ModelFormatError(f"{path}: the saved scheduler state {state!r:.200} does not fit "
-                               f"{type(scheduler).__name__} (fields {sorted(current)})")
+                               f"{type(scheduler).__name__} (fields {sorted(scheduler.state_dict())})")
 
 
 def _metadata_field(metadata, key, path):

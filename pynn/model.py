@@ -571,13 +571,14 @@ class Model:
 
     def fit(self, x, y=None, *, loss, optimizer, epochs=1, batch_size=32, shuffle=True,
             validation_data=None, seed=None, callbacks=(), verbose=True, comm=None,
-            loss_weights=None):
+            loss_weights=None, scheduler=None, scheduler_interval="epoch", clip_grad_norm=None):
         """As ``Sequential.fit``; with several outputs ``y`` and ``loss`` are
         lists (one per output) and ``loss_weights`` weighs the losses."""
         return _hooks.get("fit", "Model.fit")(
             self, x, y, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
             shuffle=shuffle, validation_data=validation_data, seed=seed, callbacks=callbacks,
-            verbose=verbose, comm=comm, loss_weights=loss_weights)
+            verbose=verbose, comm=comm, loss_weights=loss_weights, scheduler=scheduler,
+            scheduler_interval=scheduler_interval, clip_grad_norm=clip_grad_norm)
 
     def evaluate(self, x, y, *, loss, batch_size=256, loss_weights=None):
         return _hooks.get("evaluate", "Model.evaluate")(self, x, y, loss=loss, batch_size=batch_size,

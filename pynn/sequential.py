@@ -337,16 +337,20 @@ class Sequential:
 
     # -- the training loop (pynn.training, through pynn._hooks) ----------------
     def fit(self, x, y=None, *, loss, optimizer, epochs=1, batch_size=32, shuffle=True,
-            validation_data=None, seed=None, callbacks=(), verbose=True, comm=None):
+            validation_data=None, seed=None, callbacks=(), verbose=True, comm=None,
+            scheduler=None, scheduler_interval="epoch", clip_grad_norm=None):
         """Train on ``(x, y)`` in shuffled mini-batches; returns a ``History``.
         The last, partial batch is trained on. Without ``y``, ``x`` is a
         re-iterable of ``(x_batch, y_batch)`` pairs, for data larger than
         memory. See ``pynn.training.fit``; with an mpi4py ``comm``,
-        data-parallel over its ranks (``pynn.distributed``)."""
+        data-parallel over its ranks (``pynn.distributed``); ``scheduler``
+        steps per ``scheduler_interval`` ("epoch" or "batch"), and
+        ``clip_grad_norm`` clips the gradients' joint norm before each step."""
         return _hooks.get("fit", "Sequential.fit")(
             self, x, y, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
             shuffle=shuffle, validation_data=validation_data, seed=seed, callbacks=callbacks,
-            verbose=verbose, comm=comm)
+            verbose=verbose, comm=comm, scheduler=scheduler, scheduler_interval=scheduler_interval,
+            clip_grad_norm=clip_grad_norm)
 
     def evaluate(self, x, y, *, loss, batch_size=256):
         """``{"loss": mean loss, "accuracy": ...}`` in inference mode (accuracy for

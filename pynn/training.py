@@ -20,7 +20,8 @@ from pynn import _hooks, losses
 from pynn._checks import as_count, as_float32, as_indices, as_real
 from pynn._kernels.core import embedding_gather, scale
 from pynn.callbacks import Callback, History
-from pynn.optim import Optimizer
+from pynn.optim import Optimizer, clip_grad_norm_
+from pynn.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 # Seconds between progress-bar metric refreshes: formatting them every batch
 # would cost more than a small training step.
@@ -250,14 +251,17 @@ class _Objective:
 
 
 def fit(model, x, y=None, *, loss, optimizer, epochs=1, batch_size=32, shuffle=True,
-        validation_data=None, seed=None, callbacks=(), verbose=True, comm=None, loss_weights=None):
+        validation_data=None, seed=None, callbacks=(), verbose=True, comm=None, loss_weights=None,
+        scheduler=None, scheduler_interval="epoch", clip_grad_norm=None):
     """``Sequential.fit`` and ``Model.fit``. Without ``y``, ``x`` is a
     re-iterable of ``(x_batch, y_batch)`` pairs (a list, or an object whose
     ``__iter__`` starts a new pass), trained on in its order (``batch_size``
     and ``shuffle`` do not apply) for data that does not fit in memory. With a
     ``comm``, every rank runs this on its own shard through ``DataParallel``,
     and an exception anywhere in it (argument checks included) aborts the
-    whole job rather than leaving ranks waiting."""
+    whole job rather than leaving ranks waiting. ``clip_grad_norm`` clips the
+    gradient (the all-reduced one with a ``comm``) before every optimizer
+    step; ``scheduler`` steps after every epoch or batch (``scheduler_interval``)."""
     data_parallel = None
     guard = contextlib.nullcontext()
     where = f"{type(model).__name__}.fit"
@@ -265,8 +269,9 @@ def fit(model, x, y=None, *, loss, optimizer, epochs=1, batch_size=32, shuffle=T
         data_parallel = _hooks.get("data_parallel", f"{where}(comm=...)")
         guard = data_parallel.guard(comm, where)
     with guard:
+        extras = _StepExtras(model, optimizer, scheduler, scheduler_interval, clip_grad_norm, where)
         return _fit(model, x, y, loss, optimizer, epochs, batch_size, shuffle, validation_data,
-                    seed, callbacks, verbose, comm, data_parallel, loss_weights, where)
+                    seed, callbacks, verbose, comm, data_parallel, loss_weights, where, extras)
 
 
 def _output_names(model):
@@ -276,8 +281,63 @@ def _output_names(model):
     return [f"{tensor.call.callee.name if tensor.call else tensor.name}_" for tensor in model.outputs]
 
 
+class _StepExtras:
+    """What fit does around the optimizer step: gradient clipping, the
+    learning-rate schedule and the ``on_batch_end`` callbacks."""
+
+    def __init__(self, model, optimizer, scheduler, interval, max_norm, where):
+        if scheduler is not None:
+            if not isinstance(scheduler, LRScheduler):
+                raise TypeError(f"{where}: scheduler must be a pynn.optim.lr_scheduler schedule, "
+                                f"got {type(scheduler).__name__}")
+            if scheduler.optimizer is not optimizer:
+                raise ValueError(f"{where}: scheduler drives another optimizer; build it with this one")
+        if interval not in ("epoch", "batch"):
+            raise ValueError(f"{where}: scheduler_interval must be 'epoch' or 'batch', got {interval!r:.60}")
+        self.plateau = isinstance(scheduler, ReduceLROnPlateau)
+        if self.plateau and interval == "batch":
+            raise ValueError(f"{where}: a ReduceLROnPlateau steps once per epoch with the "
+                             f"validation loss; use scheduler_interval='epoch'")
+        if max_norm is not None:
+            max_norm = as_real(max_norm, where, "clip_grad_norm")
+            if not max_norm >= 0.0:
+                raise ValueError(f"{where}: clip_grad_norm must be >= 0 or None, got {max_norm}")
+        self.model, self.scheduler, self.max_norm = model, scheduler, max_norm
+        self.per_batch = scheduler if interval == "batch" else None
+        self.per_epoch = scheduler if interval == "epoch" else None
+        self.batch_callbacks = []
+
+    def listen(self, callbacks):
+        """Keep the callbacks that override ``on_batch_end``: calling the others would cost time for nothing."""
+        self.batch_callbacks = [callback for callback in callbacks
+                                if type(callback).on_batch_end is not Callback.on_batch_end]
+
+    def clip(self):
+        if self.max_norm is not None:
+            clip_grad_norm_(self.model, self.max_norm)
+
+    def after_batch(self, batch, loss):
+        if self.per_batch is not None:
+            self.per_batch.step()
+        for callback in self.batch_callbacks:
+            callback.on_batch_end(batch, {"loss": loss})
+
+    def after_epoch(self, logs, parallel):
+        """Step a per-epoch schedule; a ReduceLROnPlateau with ``val_loss`` (its
+        mean over the ranks with a ``comm``), else ``loss``."""
+        if self.per_epoch is None:
+            return
+        if not self.plateau:
+            self.per_epoch.step()
+            return
+        metric = logs.get("val_loss", logs["loss"])
+        if parallel is not None and "val_loss" in logs:
+            metric = parallel.sum_over_ranks(metric)[0] / parallel.size
+        self.per_epoch.step(metric)
+
+
 def _fit(model, x, y, loss, optimizer, epochs, batch_size, shuffle, validation_data, seed,
-         callbacks, verbose, comm, data_parallel, loss_weights, where):
+         callbacks, verbose, comm, data_parallel, loss_weights, where, extras):
     objective = _Objective(*_check_losses(model, loss, loss_weights, where))
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"{where}: optimizer must be a pynn.optim optimizer such as "
@@ -325,6 +385,7 @@ def _fit(model, x, y, loss, optimizer, epochs, batch_size, shuffle, validation_d
     many_outputs = len(objective.losses) > 1
     history = History()
     everyone = [history] + callbacks
+    extras.listen(everyone)
     for callback in everyone:
         callback.set_model(model)
         callback.on_train_begin()
@@ -345,9 +406,12 @@ def _fit(model, x, y, loss, optimizer, epochs, batch_size, shuffle, validation_d
             dys = objective.backward()
             if parallel is None:
                 model.backward(dys if many_outputs else dys[0], input_grad=False)
+                extras.clip()
                 optimizer.step()
             else:
-                parallel.step(dys if many_outputs else dys[0], parallel.share(step, rows))
+                parallel.step(dys if many_outputs else dys[0], parallel.share(step, rows),
+                              clip_grad_norm=extras.max_norm)
+            extras.after_batch(step, total)
             if bar is not None:
                 bar.update(batches.progress(rows))
                 if time.monotonic() - shown >= _POSTFIX_INTERVAL:
@@ -364,6 +428,7 @@ def _fit(model, x, y, loss, optimizer, epochs, batch_size, shuffle, validation_d
         if bar is not None:
             bar.set_postfix({name: f"{value:.4f}" for name, value in logs.items()})
             bar.close()
+        extras.after_epoch(logs, parallel)
         stops = [bool(callback.on_epoch_end(epoch, logs)) for callback in everyone]
         stop = any(stops)
         if parallel is not None:  # the same decision on every rank

@@ -141,6 +141,18 @@ def test_checks_catch_a_wrong_training_step(monkeypatch):
         _checks.first_sgd_step(train.build_mlp, x, y, 0.01, 0.9, "mlp")
 
 
+def test_checks_catch_a_step_that_skips_clipping(monkeypatch):
+    from pynn import training
+    from pynn.bench import _checks, train
+
+    x, y = train.dataset(train.ADAM_BATCH)
+    for max_norm in (None, train.MAX_NORM):
+        _checks.first_adam_step(train.build_mlp, x, y, train.MAX_LR, max_norm, "mlp")
+    monkeypatch.setattr(training, "clip_grad_norm_", lambda model, max_norm: 0.0)
+    with pytest.raises(AssertionError, match="mlp: layer .* step"):
+        _checks.first_adam_step(train.build_mlp, x, y, train.MAX_LR, train.MAX_NORM, "mlp")
+
+
 def test_pinned_threads_restores_the_setting():
     before = pynn.get_num_threads()
     with bench.pinned_threads(1):

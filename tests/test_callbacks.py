@@ -84,3 +84,80 @@ def test_bad_arguments():
 
 def test_base_callback_never_stops():
     assert not Callback().on_epoch_end(0, {"loss": 1.0})
+
+
+def test_on_batch_end_sees_every_batch_of_fit():
+    import pynn
+    from pynn.layers import Linear
+    from pynn.losses import MSELoss
+
+    class Batches(Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_batch_end(self, batch, logs):
+            self.seen.append((batch, logs["loss"]))
+
+    model = pynn.Sequential(Linear(2, 1))
+    x, y = np.ones((10, 2), np.float32), np.zeros((10, 1), np.float32)
+    spy = Batches()
+    model.fit(x, y, loss=MSELoss(), optimizer=pynn.optim.SGD(model, lr=0.0), epochs=2, batch_size=4,
+              callbacks=[spy], verbose=False)
+    assert [batch for batch, _ in spy.seen] == [0, 1, 2, 0, 1, 2]
+    expected = float(np.mean(model.predict(x) ** 2))
+    assert all(loss == pytest.approx(expected, rel=1e-6) for _, loss in spy.seen)
+
+
+class SavingModel(StateModel):
+    def save(self, path):
+        with open(path, "w") as file:
+            file.write(str(self.weight[0]))
+
+
+def test_model_checkpoint_saves_only_improvements_and_formats_the_path(tmp_path):
+    import pynn
+    from pynn.callbacks import ModelCheckpoint
+
+    drive(ModelCheckpoint(tmp_path / "best.txt"), [5.0, 3.0, 4.0, 2.5, 2.6], model=SavingModel())
+    assert (tmp_path / "best.txt").read_text() == "3.0"
+    checkpoint = ModelCheckpoint(str(tmp_path / "m-{epoch:02d}-{val_accuracy:.2f}.txt"),
+                                 monitor="val_accuracy")
+    drive(checkpoint, [0.5, 0.7, 0.6], monitor="val_accuracy", model=SavingModel())
+    assert sorted(p.name for p in tmp_path.glob("m-*")) == ["m-01-0.50.txt", "m-02-0.70.txt"]
+    assert checkpoint.best == 0.7 and checkpoint.best_epoch == 1
+    drive(ModelCheckpoint(tmp_path / "every.txt", save_best_only=False), [1.0, 2.0], model=SavingModel())
+    assert (tmp_path / "every.txt").read_text() == "1.0"
+    model = pynn.Sequential(pynn.layers.Linear(2, 1))  # a real model file, written by save
+    checkpoint = ModelCheckpoint(tmp_path / "real.safetensors")
+    checkpoint.set_model(model)
+    checkpoint.on_train_begin()
+    checkpoint.on_epoch_end(0, {"val_loss": 1.0})
+    np.testing.assert_array_equal(pynn.load(tmp_path / "real.safetensors")[0].params["weight"],
+                                  model[0].params["weight"])
+
+
+def test_csv_logger_writes_a_row_per_epoch_and_appends(tmp_path):
+    from pynn.callbacks import CSVLogger
+
+    path = tmp_path / "log.csv"
+    drive(CSVLogger(path), [3.0, 2.0])
+    assert path.read_text().splitlines() == ["epoch,loss,val_loss", "0,1.0,3.0", "1,1.0,2.0"]
+    drive(CSVLogger(path, append=True), [1.5])
+    assert path.read_text().splitlines()[-1] == "0,1.0,1.5" and len(path.read_text().splitlines()) == 4
+    drive(CSVLogger(path, separator=";"), [7.0])
+    assert path.read_text().splitlines() == ["epoch;loss;val_loss", "0;1.0;7.0"]
+
+
+def test_bad_arguments_of_the_new_callbacks():
+    from pynn.callbacks import CSVLogger, ModelCheckpoint
+
+    with pytest.raises(TypeError, match="ModelCheckpoint: path must be a str or path"):
+        ModelCheckpoint(3)
+    with pytest.raises(TypeError, match="ModelCheckpoint: monitor must be a metric name"):
+        ModelCheckpoint("m.safetensors", monitor=None)
+    with pytest.raises(ValueError, match="ModelCheckpoint: monitor='val_loss' is not among"):
+        drive(ModelCheckpoint("unused.safetensors"), [1.0], monitor="loss_other", model=SavingModel())
+    with pytest.raises(TypeError, match="CSVLogger: path must be a str or path"):
+        CSVLogger(None)
+    with pytest.raises(ValueError, match="CSVLogger: separator must be one character"):
+        CSVLogger("log.csv", separator=";;")

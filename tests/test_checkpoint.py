@@ -1,4 +1,6 @@
 """A run resumed from a checkpoint ends bit-identical to an uninterrupted one."""
+import json
+
 import numpy as np
 import pytest
 
@@ -6,7 +8,7 @@ import pynn
 from pynn import ModelFormatError, Sequential
 from pynn.layers import Add, Dropout, Linear, ReLU
 from pynn.losses import CrossEntropyLoss
-from pynn.optim import SGD, Adam
+from pynn.optim import SGD, Adagrad, Adam, RMSprop, lr_scheduler
 from pynn.optim.lr_scheduler import StepLR
 
 EPOCHS, SPLIT = 6, 3
@@ -129,3 +131,78 @@ def test_resume_with_fit_seeded_per_epoch(tmp_path):
                                                            resumed_optimizer), 4)
     for key, array in model.state_dict().items():
         assert resumed.state_dict()[key].tobytes() == array.tobytes(), key
+
+
+SCHEDULES = {
+    "StepLR": lambda o: StepLR(o, step_size=2, gamma=0.5),
+    "LinearLR": lambda o: lr_scheduler.LinearLR(o, start_factor=0.2, total_iters=7),
+    "ExponentialLR": lambda o: lr_scheduler.ExponentialLR(o, gamma=0.9),
+    "MultiStepLR": lambda o: lr_scheduler.MultiStepLR(o, milestones=[3, 9, 9], gamma=0.5),
+    "OneCycleLR": lambda o: lr_scheduler.OneCycleLR(o, max_lr=1e-2, total_steps=5 * EPOCHS, three_phase=True),
+    "SequentialLR": lambda o: lr_scheduler.SequentialLR(o, [lr_scheduler.LinearLR(o, 0.1, total_iters=4),
+                                                            lr_scheduler.CosineAnnealingLR(o, T_max=9)], [4]),
+    "ReduceLROnPlateau": lambda o: lr_scheduler.ReduceLROnPlateau(o, patience=0, threshold=0.5, cooldown=1),
+}
+OPTIMIZERS = {"StepLR": Adam, "LinearLR": lambda m, lr: RMSprop(m, lr=lr, momentum=0.5, centered=True),
+              "ExponentialLR": lambda m, lr: Adagrad(m, lr=lr * 10, lr_decay=0.01),
+              "MultiStepLR": lambda m, lr: SGD(m, lr=lr * 10, momentum=0.9),
+              "OneCycleLR": Adam, "SequentialLR": lambda m, lr: RMSprop(m, lr=lr),
+              "ReduceLROnPlateau": Adam}
+
+
+@pytest.mark.parametrize("name, interval", [(name, interval) for name in sorted(SCHEDULES)
+                                             for interval in ("epoch", "batch")
+                                             if (name, interval) != ("ReduceLROnPlateau", "batch")])
+def test_fit_with_a_schedule_resumes_bit_identically(tmp_path, name, interval):
+    """fit(scheduler=..., clip_grad_norm=...) one epoch per call, seeded per
+    epoch; a checkpoint halfway holds the schedule, the optimizer's state
+    (momentum or beta1 a OneCycleLR moved included) and the weights."""
+    x, y = data()
+
+    def build(init_seed):
+        model = Sequential(Linear(64, 32), ReLU(), Linear(32, 10))
+        for array in model.state_dict().values():
+            array[...] = np.random.default_rng(init_seed).uniform(-0.3, 0.3, array.shape)
+        optimizer = OPTIMIZERS[name](model, lr=3e-3)
+        return model, optimizer, SCHEDULES[name](optimizer)
+
+    def train(model, optimizer, scheduler, first, last):
+        for epoch in range(first, last):
+            model.fit(x, y, loss=CrossEntropyLoss(), optimizer=optimizer, epochs=1, batch_size=64,
+                      seed=100 + epoch, scheduler=scheduler, scheduler_interval=interval,
+                      clip_grad_norm=0.5, validation_data=(x[:50], y[:50]), verbose=False)
+
+    model, optimizer, scheduler = build(1)
+    train(model, optimizer, scheduler, 0, EPOCHS)
+    first, first_optimizer, first_scheduler = build(1)
+    train(first, first_optimizer, first_scheduler, 0, SPLIT)
+    path = tmp_path / "c.safetensors"
+    pynn.save_checkpoint(path, first, first_optimizer, epoch=SPLIT, scheduler=first_scheduler)
+    resumed, resumed_optimizer, resumed_scheduler = build(2)
+    epoch = pynn.load_checkpoint(path, resumed, resumed_optimizer, scheduler=resumed_scheduler)
+    train(resumed, resumed_optimizer, resumed_scheduler, epoch, EPOCHS)
+    for key, array in model.state_dict().items():
+        assert resumed.state_dict()[key].tobytes() == array.tobytes(), key
+    assert resumed_optimizer.lr == optimizer.lr
+    assert resumed_scheduler.state_dict() == scheduler.state_dict()
+    stale, stale_optimizer, stale_scheduler = build(1)
+    stale.load_state_dict(first.state_dict())
+    train(stale, stale_optimizer, stale_scheduler, SPLIT, EPOCHS)  # without the optimizer and schedule
+    assert stale.state_dict()["0.weight"].tobytes() != model.state_dict()["0.weight"].tobytes()
+
+
+def test_a_hostile_nested_schedule_state_is_refused(tmp_path):
+    from pynn import io
+
+    model = Sequential(Linear(64, 10))
+    optimizer = SGD(model, lr=0.1)
+    make = SCHEDULES["SequentialLR"]
+    path = tmp_path / "c.safetensors"
+    pynn.save_checkpoint(path, model, optimizer, scheduler=make(optimizer))
+    tensors, metadata = io.read_tensors(path)
+    state = json.loads(metadata["scheduler"])
+    state["schedulers"][1]["T_max"] = "nine"
+    metadata["scheduler"] = json.dumps(state)
+    io.save_tensors(path, tensors, metadata)
+    with pytest.raises(ModelFormatError, match="scheduler state .* does not fit SequentialLR"):
+        pynn.load_checkpoint(path, model, optimizer, scheduler=make(SGD(model, lr=0.1)))

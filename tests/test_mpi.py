@@ -67,7 +67,7 @@ RANK_SCRIPT = COMMON + textwrap.dedent("""
     shard = slice(0, rows0) if comm.rank == 0 else slice(rows0, rows0 + rows1)
     history = model.fit(x[shard], y[shard], loss=pynn.losses.CrossEntropyLoss(),
                         optimizer=optimizer(kind, model), epochs=2, batch_size=64, shuffle=False,
-                        verbose=False, comm=comm)
+                        verbose=False, comm=comm, clip_grad_norm=0.5 if "clip" in kind else None)
     np.savez(out + f".{comm.rank}.npz", loss=history.history["loss"], **model.state_dict())
 """)
 
@@ -108,7 +108,8 @@ def single_process(kind, freeze, rows0, rows1):
     if freeze:
         model.freeze(freeze)
     model.fit(x[order], y[order], loss=pynn.losses.CrossEntropyLoss(), optimizer=optimizer(kind, model),
-              epochs=2, batch_size=128, shuffle=False, verbose=False)
+              epochs=2, batch_size=128, shuffle=False, verbose=False,
+              clip_grad_norm=0.5 if "clip" in kind else None)
     return model
 
 
@@ -117,6 +118,7 @@ def single_process(kind, freeze, rows0, rows1):
     ("adam", 2, 10 * 64, 10 * 64),  # the first Linear frozen: left out of the reduction
     ("sgd", 0, 4 * 64 + 40, 4 * 64 + 7),  # each epoch ends on a global batch of 47 rows
     ("adam+graph", 0, 4 * 64 + 40, 4 * 64 + 7),  # a graph Model trains the same way
+    ("sgd+clip", 0, 4 * 64 + 40, 4 * 64 + 7),  # the all-reduced gradient is clipped
 ])
 def test_two_ranks_train_like_one_process_on_the_global_batch(tmp_path, kind, freeze, rows0, rows1):
     returncode, out, err = run_ranks(tmp_path, RANK_SCRIPT, kind, freeze, rows0, rows1, tmp_path / "w")
@@ -182,14 +184,19 @@ def test_gradients_live_in_one_arena_without_frozen_layers():
     assert model.layers[0].grads["weight"].base is parallel.arena  # unfreezing re-lays the arena
 
 
-@pytest.mark.parametrize("graph", [False, True])
-def test_comm_self_fit_is_bit_identical_to_plain_fit(graph):
+@pytest.mark.parametrize("graph, extras", [(False, False), (True, False), (False, True)])
+def test_comm_self_fit_is_bit_identical_to_plain_fit(graph, extras):
     x, y = data(300)
     results = []
     for comm in (None, MPI.COMM_SELF):
         model = build(graph=graph)
-        model.fit(x, y, loss=pynn.losses.CrossEntropyLoss(), optimizer=optimizer("adam", model),
-                  epochs=2, batch_size=64, seed=3, verbose=False, comm=comm)
+        adam = optimizer("adam", model)
+        keywords = {}
+        if extras:  # clipping, and a plateau schedule fed the ranks' mean validation loss
+            keywords = dict(clip_grad_norm=0.3, validation_data=(x[:50], y[:50]),
+                            scheduler=pynn.optim.lr_scheduler.ReduceLROnPlateau(adam, patience=0))
+        model.fit(x, y, loss=pynn.losses.CrossEntropyLoss(), optimizer=adam,
+                  epochs=3, batch_size=64, seed=3, verbose=False, comm=comm, **keywords)
         results.append(model.state_dict())
     for key in results[0]:
         assert results[0][key].tobytes() == results[1][key].tobytes(), key

@@ -101,6 +101,8 @@ def test_corrupted_model_bytes_inside_a_pickle_raise_model_format_error():
     lambda m: optim.SGD(m, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
     lambda m: optim.Adam(m, lr=1e-2, betas=(0.8, 0.99), eps=1e-7),
     lambda m: optim.AdamW(m, lr=1e-2, weight_decay=0.1),
+    lambda m: optim.RMSprop(m, lr=1e-3, alpha=0.9, momentum=0.5, centered=True, weight_decay=1e-3),
+    lambda m: optim.Adagrad(m, lr=1e-2, lr_decay=1e-3, eps=1e-8),
 ])
 def test_optimizer_pickles_with_its_state_and_continues_identically(make):
     model = mlp()

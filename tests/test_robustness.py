@@ -841,20 +841,21 @@ HYPERPARAMETERS = st.sampled_from([0.1, 0.0, -0.1, float("nan"), float("inf"), "
 
 
 @fuzz
-@given(st.sampled_from(["SGD", "Adam", "AdamW"]), HYPERPARAMETERS, HYPERPARAMETERS,
+@given(st.sampled_from(["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]), HYPERPARAMETERS, HYPERPARAMETERS,
        st.sampled_from([(0.9, 0.999), (0.9,), (1.0, 0.5), (-0.1, 0.9), "ab"]))
 def test_optimizer_hyperparameters(name, lr, second, betas):
     model = pynn.Sequential(layers.Linear(3, 2))
     cls = getattr(pynn.optim, name)
-    keywords = {"momentum": second} if name == "SGD" else {"eps": second, "betas": betas}
+    keywords = {"SGD": {"momentum": second}, "RMSprop": {"momentum": second},
+                "Adagrad": {"lr_decay": second}}.get(name, {"eps": second, "betas": betas})
 
     def valid_number(value, allow_zero=True):
         return isinstance(value, float) and (value > 0 or (allow_zero and value == 0))
 
     if float("inf") in (lr, second):
         return  # PyTorch accepts infinite hyperparameters; either answer is defensible
-    good = valid_number(lr) and valid_number(second)  # PyTorch: momentum, eps >= 0
-    if name != "SGD":
+    good = valid_number(lr) and valid_number(second)  # PyTorch: momentum, eps, lr_decay >= 0
+    if name in ("Adam", "AdamW"):
         good = good and isinstance(betas, tuple) and len(betas) == 2 and all(0 <= b < 1 for b in betas)
     if not good:
         with pytest.raises(REFUSALS) as caught:
@@ -906,3 +907,45 @@ def test_unaligned_inputs_are_copied_and_unaligned_out_refused():
 def test_sizes_beyond_any_address_space_are_refused_by_name(build, name):
     with pytest.raises(ValueError, match=f"{name}.*address space"):
         build()
+
+
+class GradientOwners:
+    """Gradients without layers, as the optimizer protocol sees them."""
+
+    def __init__(self, grads):
+        self.owners = []
+        for grad in grads:
+            owner = type("Owner", (), {})()
+            owner.params, owner.grads, owner.trainable = {"w": np.zeros_like(grad)}, {"w": grad}, True
+            self.owners.append(owner)
+
+    def parameter_owners(self):
+        return [(f"{index}.", owner) for index, owner in enumerate(self.owners)]
+
+
+@fuzz
+@given(st.data(), st.lists(shapes(1, 3, 6), min_size=0, max_size=4),
+       st.sampled_from([2.0, 1.0, 3.0, 0.5, math.inf, 0.0, -1.0, float("nan"), "2", None]),
+       st.sampled_from([1.0, 0.0, 1e-3, 1e6, -1.0, float("nan"), math.inf, "1"]))
+def test_clip_grad_norm_answers_or_refuses(data, grad_shapes, norm_type, max_norm):
+    """Any gradients (NaN and Inf included) and arguments: the float64 norm and
+    the gradients scaled by PyTorch's rule, or an error naming the argument."""
+    grads = [data.draw(values(shape)).astype(np.float32) for shape in grad_shapes]
+    model = GradientOwners(grads)
+    before = [g.astype(np.float64) for g in grads]
+    bad_max = not isinstance(max_norm, float) or not max_norm >= 0
+    bad_type = not isinstance(norm_type, float) or not norm_type > 0
+    if bad_max or bad_type:
+        with pytest.raises(REFUSALS, match="clip_grad_norm_: " + ("max_norm" if bad_max else "norm_type")):
+            pynn.optim.clip_grad_norm_(model, max_norm, norm_type)
+        return
+    total = pynn.optim.clip_grad_norm_(model, max_norm, norm_type)
+    flat = np.concatenate([g.reshape(-1) for g in before]) if before else np.zeros(0)
+    with np.errstate(over="ignore"):
+        expected = (np.max(np.abs(flat), initial=0.0) if math.isinf(norm_type)
+                    else np.sum(np.abs(flat) ** norm_type) ** (1 / norm_type))
+    assert total == pytest.approx(expected, rel=1e-9, abs=1e-300, nan_ok=True)
+    factor = max_norm / (expected + 1e-6)
+    with np.errstate(invalid="ignore"):
+        for grad, g in zip(grads, before):
+            np.testing.assert_allclose(grad, g * min(factor, 1.0), rtol=1e-6, atol=1e-37)

@@ -207,3 +207,39 @@ def first_sgd_step(build, x, target, lr, momentum, what):
             bound = network_bound(reference) + rounding
             within(step, reference, bound,
                    f"{what}: layer {index} ({type(layer).__name__}) {name} gradient")
+
+
+def first_adam_step(build, x, target, max_lr, max_norm, what):
+    """Check one step of ``fit`` with Adam (a fresh model from ``build()``,
+    one batch of all of x), and with a per-batch OneCycleLR and
+    ``clip_grad_norm`` unless ``max_norm`` is None: the step is ``lr * g /
+    (|g| + eps)`` at ``max_lr`` (OneCycleLR's first rate), with g the float64
+    gradient (scaled to the norm ``max_norm``). The check's Adam has a large
+    eps, so the step follows g smoothly (at most 1/eps times the gradient's
+    error)."""
+    from pynn import losses, optim
+
+    eps = 1e-2
+    model = build()
+    spec = network(model)
+    before = [{name: value.copy() for name, value in layer.params.items()} for layer in model.layers]
+    optimizer = optim.Adam(model, lr=max_lr, eps=eps)
+    schedule = None
+    if max_norm is not None:
+        schedule = optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=10)
+    lr = optimizer.lr
+    model.fit(x, target, loss=losses.CrossEntropyLoss(), batch_size=len(x), shuffle=False,
+              optimizer=optimizer, scheduler=schedule, scheduler_interval="batch",
+              clip_grad_norm=max_norm, verbose=False)
+    expected = gradients(spec, x, target)
+    norm = np.sqrt(sum(np.sum(d ** 2) for pair in expected.values() for d in pair))
+    factor = 1.0 if max_norm is None else min(1.0, max_norm / (norm + 1e-6))
+    for index, pair in expected.items():
+        layer = model.layers[index]
+        for name, reference in zip(("weight", "bias"), pair):
+            g = reference * factor
+            start, end = before[index][name].astype(np.float64), layer.params[name]
+            rounding = 2 * EPS32 * (np.abs(start) + np.abs(end)) / lr
+            bound = network_bound(g) / eps + 8 * EPS32 + rounding
+            within((start - end) / lr, g / (np.abs(g) + eps), bound,
+                   f"{what}: layer {index} ({type(layer).__name__}) {name} step")

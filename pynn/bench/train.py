@@ -1,6 +1,8 @@
 """Training suite: samples/s of a 784-256-128-10 ReLU MLP with softmax
 cross-entropy and SGD momentum, one shuffled epoch per call, beside PyTorch
-eager and a hand-written numpy implementation of the same step.
+eager and a hand-written numpy implementation of the same step; and at batch
+128 with Adam, plain and with a per-batch OneCycleLR and gradient clipping
+(whose cost over the plain step the pair shows), beside PyTorch.
 
 All peers start from the same weights and train on the same data; each keeps
 training its own copy across calls (the work per call is identical)."""
@@ -11,6 +13,7 @@ from pynn.bench import Case, _checks, fit_epochs, optional_import, torch_epochs
 SIZES = (784, 256, 128, 10)
 BATCHES = (32, 128, 512)
 LR, MOMENTUM = 0.01, 0.9
+ADAM_BATCH, MAX_LR, MAX_NORM = 128, 1e-3, 0.05  # the gradient norm stays above MAX_NORM: every step clips
 
 
 def build_mlp(seed=0):
@@ -123,7 +126,56 @@ def cases(quick, threads):
         found.append(Case("train", name, runners, work=samples, unit="samples/s",
                           check=lambda batch=batch, name=name: _checks.first_sgd_step(
                               build_mlp, x[:batch], y[:batch], LR, MOMENTUM, name)))
+    for extras in (False, True):
+        found.append(_adam_case(torch, x, y, extras))
     return found
+
+
+def _adam_case(torch, x, y, extras):
+    """Adam at batch 128; with ``extras``, a OneCycleLR stepped per batch and
+    clip_grad_norm too. The schedule spans far more batches than the run
+    takes, so it never runs out."""
+    from pynn import losses, optim
+
+    model = build_mlp()
+    optimizer = optim.Adam(model, lr=MAX_LR)
+    runners = {}
+    if extras:
+        schedule = optim.lr_scheduler.OneCycleLR(optimizer, max_lr=MAX_LR, total_steps=1 << 30)
+        seeds = iter(range(1 << 30))
+        runners["pynn"] = lambda: model.fit(
+            x, y, loss=losses.CrossEntropyLoss(), optimizer=optimizer, batch_size=ADAM_BATCH,
+            seed=next(seeds), scheduler=schedule, scheduler_interval="batch",
+            clip_grad_norm=MAX_NORM, verbose=False)
+    else:
+        runners["pynn"] = fit_epochs(model, x, y, losses.CrossEntropyLoss(), optimizer, ADAM_BATCH)
+    if torch is not None:
+        twin = build_torch_mlp(model, torch)
+        torch_optimizer = torch.optim.Adam(twin.parameters(), lr=MAX_LR)
+        runners["torch"] = _torch_adam_runner(torch, twin, torch_optimizer, x, y, extras)
+    name = f"784-256-128-10 batch {ADAM_BATCH} Adam" + (" + OneCycleLR per batch + clip_grad_norm" if extras else "")
+    return Case("train", name, runners, work=len(x), unit="samples/s",
+                check=lambda: _checks.first_adam_step(build_mlp, x[:ADAM_BATCH], y[:ADAM_BATCH], MAX_LR,
+                                                      MAX_NORM if extras else None, name))
+
+
+def _torch_adam_runner(torch, twin, optimizer, x, y, extras):
+    if not extras:
+        return torch_epochs(torch, twin, x, y, ADAM_BATCH, torch.nn.functional.cross_entropy, optimizer)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=MAX_LR, total_steps=1 << 30)
+    x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
+    generator = torch.Generator().manual_seed(0)
+
+    def epoch():
+        order = torch.randperm(len(y_t), generator=generator)
+        for start in range(0, len(y_t), ADAM_BATCH):
+            indices = order[start:start + ADAM_BATCH]
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(twin(x_t[indices]), y_t[indices]).backward()
+            torch.nn.utils.clip_grad_norm_(twin.parameters(), MAX_NORM)
+            optimizer.step()
+            schedule.step()
+    return epoch
 
 
 def _torch_runner(torch, model, x, y, batch):

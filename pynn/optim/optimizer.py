@@ -1,4 +1,4 @@
-"""Optimizers: SGD, Adam, AdamW with torch.optim's update rules.
+"""Optimizers: SGD, Adam, AdamW, RMSprop, Adagrad with torch.optim's update rules.
 
 Each ``step()`` is one fused kernel pass over every trainable parameter
 (csrc/optim.c); frozen layers (``trainable=False``) are skipped. An optimizer
@@ -45,6 +45,7 @@ class Optimizer:
         self._row_sources = None  # per bound parameter: (its owner's touched_rows or None, key)
         self._trainable = None  # each owner's trainable flag when bound
         self._table = None
+        self._initial_lr = None  # set by the first schedule built on it (PyTorch's initial_lr)
 
     @property
     def model(self):
@@ -87,6 +88,33 @@ class Optimizer:
 
     def _build_table(self, active):
         raise NotImplementedError
+
+    def _momentum_table(self):
+        """The kernel table, rebuilt with momentum buffers when ``momentum``
+        became non-zero after it was built (as a OneCycleLR may set it)."""
+        table = self._kernel_table()
+        if self.momentum != 0.0 and not self._has_momentum_buffers:
+            self._table = None
+            table = self._kernel_table()
+        return table
+
+    def _step_counts(self, active):
+        """One int64 array of step counts; each parameter's ``state["step"]``
+        becomes a view into it, which the kernel increments for all at once."""
+        steps = np.zeros(len(active), dtype=np.int64)
+        for index, (name, _, _) in enumerate(active):
+            entry = self.state.setdefault(name, {})
+            steps[index] = entry.get("step", 0)
+            entry["step"] = steps[index:index + 1].reshape(())
+        return steps
+
+    def _slots(self, active, slot, wanted=True):
+        """Each active parameter's ``slot`` state array (zeros when new), or
+        None for every one when not ``wanted``."""
+        if not wanted:
+            return [None] * len(active)
+        return [self.state.setdefault(name, {}).setdefault(slot, np.zeros_like(param))
+                for name, param, _ in active]
 
     # -- persistence, as torch.optim: hyperparameters plus per-parameter state --
     def state_dict(self):
@@ -152,15 +180,12 @@ class SGD(Optimizer):
                          weight_decay=weight_decay)
 
     def _build_table(self, active):
-        buffers = []
-        for name, param, grad in active:
-            if self.momentum != 0.0 and "momentum_buffer" not in self.state.get(name, {}):
-                self.state.setdefault(name, {})["momentum_buffer"] = np.zeros_like(param)
-            buffers.append(self.state.get(name, {}).get("momentum_buffer"))
-        return ParameterTable([p for _, p, _ in active], [g for _, _, g in active], buffers)
+        self._has_momentum_buffers = self.momentum != 0.0
+        return ParameterTable([p for _, p, _ in active], [g for _, _, g in active],
+                              self._slots(active, "momentum_buffer", self.momentum != 0.0))
 
     def step(self):
-        table = self._kernel_table()
+        table = self._momentum_table()
         table.sgd(self.lr, self.momentum, self.weight_decay, self.nesterov, self._touched_rows())
 
 
@@ -194,18 +219,9 @@ class Adam(Optimizer):
         super().__init__(model, lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
     def _build_table(self, active):
-        """State per parameter; each entry's ``step`` is a view into one int64
-        array that the kernel increments for all parameters at once."""
-        steps = np.zeros(len(active), dtype=np.int64)
-        for index, (name, param, _) in enumerate(active):
-            entry = self.state.setdefault(name, {})
-            steps[index] = entry.get("step", 0)
-            entry["step"] = steps[index:index + 1].reshape(())
-            entry.setdefault("exp_avg", np.zeros_like(param))
-            entry.setdefault("exp_avg_sq", np.zeros_like(param))
+        steps = self._step_counts(active)
         return ParameterTable([p for _, p, _ in active], [g for _, _, g in active],
-                              [self.state[name]["exp_avg"] for name, _, _ in active],
-                              [self.state[name]["exp_avg_sq"] for name, _, _ in active], steps)
+                              self._slots(active, "exp_avg"), self._slots(active, "exp_avg_sq"), steps)
 
     def step(self):
         table = self._kernel_table()
@@ -220,3 +236,65 @@ class AdamW(Adam):
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
         super().__init__(model, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+def _nonnegative(where, **values):
+    """The values as floats, each checked to be a real number >= 0."""
+    checked = {}
+    for name, value in values.items():
+        checked[name] = as_real(value, where, name)
+        if not checked[name] >= 0.0:
+            raise ValueError(f"{where}: {name} must be >= 0, got {checked[name]}")
+    return checked
+
+
+class RMSprop(Optimizer):
+    """RMSprop as torch.optim.RMSprop: ``weight_decay`` is added to the
+    gradient, ``square_avg`` is a running mean of its square with weight
+    ``alpha`` (less that of the running mean ``grad_avg`` when ``centered``),
+    and the step is ``g / (sqrt(square_avg) + eps)``, through a momentum
+    buffer when ``momentum`` > 0. Row-sparse parameters lazily as in Adam."""
+    _hyperparameters = ("alpha", "eps", "weight_decay", "momentum", "centered")
+
+    def __init__(self, model, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                 centered=False):
+        if not isinstance(centered, (bool, np.bool_)):
+            raise TypeError(f"RMSprop: centered must be True or False, got {type(centered).__name__}")
+        super().__init__(model, lr, **_nonnegative("RMSprop", alpha=alpha, eps=eps,
+                                                   weight_decay=weight_decay, momentum=momentum),
+                         centered=bool(centered))
+
+    def _build_table(self, active):
+        steps = self._step_counts(active)
+        self._has_momentum_buffers = self.momentum != 0.0
+        return ParameterTable([p for _, p, _ in active], [g for _, _, g in active],
+                              self._slots(active, "square_avg"),
+                              self._slots(active, "momentum_buffer", self.momentum != 0.0), steps,
+                              self._slots(active, "grad_avg", self.centered))
+
+    def step(self):
+        table = self._momentum_table()
+        table.rmsprop(self.lr, self.alpha, self.eps, self.weight_decay, self.momentum,
+                      self.centered, self._touched_rows())
+
+
+class Adagrad(Optimizer):
+    """Adagrad as torch.optim.Adagrad: ``weight_decay`` is added to the
+    gradient, ``sum`` accumulates its square, and the step is ``clr * g /
+    (sqrt(sum) + eps)`` with ``clr = lr / (1 + (step - 1) * lr_decay)``.
+    Row-sparse parameters lazily as in Adam: only the touched rows and their
+    sums move; the step count, one per parameter, advances on every step."""
+    _hyperparameters = ("lr_decay", "weight_decay", "eps")
+
+    def __init__(self, model, lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10):
+        super().__init__(model, lr, **_nonnegative("Adagrad", lr_decay=lr_decay,
+                                                   weight_decay=weight_decay, eps=eps))
+
+    def _build_table(self, active):
+        steps = self._step_counts(active)
+        return ParameterTable([p for _, p, _ in active], [g for _, _, g in active],
+                              self._slots(active, "sum"), None, steps)
+
+    def step(self):
+        self._kernel_table().adagrad(self.lr, self.lr_decay, self.weight_decay, self.eps,
+                                     self._touched_rows())
