@@ -750,3 +750,23 @@ def test_import_export_import_gives_identical_bits(tmp_path, name):
     for key, array in first_state.items():
         np.testing.assert_array_equal(second_state[key], array, err_msg=key)
     assert_matches_runtime(tmp_path / "second.onnx", {second.inputs[0].name or "input": x})
+
+
+def test_the_onnx_finetune_example_fine_tunes_and_checks_its_export(tmp_path):
+    from tests.test_examples import run_example
+
+    out = run_example("onnx_finetune.py", "--epochs", "20", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    lines = {line.split(":")[0]: line for line in out.splitlines()}
+    assert float(lines["after fine-tuning"].split()[-1]) > 0.5  # chance is 0.2 for five digits
+    assert float(lines["ONNX Runtime on the exported file"].split()[-1]) < 1e-4
+    assert (tmp_path / "out" / "finetuned.onnx").exists()
+
+
+def test_the_shipped_pretrained_file_loads_and_classifies_digits():
+    import os
+
+    shipped = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "digits_cnn.onnx")
+    model = pynn.onnx.load(shipped)
+    x, y = pynn.datasets.load_digits()
+    first = y < 5
+    assert np.mean(np.argmax(model.predict(x[first].reshape(-1, 1, 8, 8)), axis=1) == y[first]) > 0.9
