@@ -6,6 +6,7 @@ unsupported files with a message naming the problem, and is what
 import importlib.util
 import os
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -478,4 +479,25 @@ def test_config_flags_build_the_example_against_the_packaged_library(tmp_path):
     rows = "\n".join(",".join(repr(float(value)) for value in row) for row in x) + "\n"
     result = subprocess.run([str(program), str(tmp_path / "model.safetensors")], input=rows,
                             capture_output=True, text=True, check=True)
+    assert [int(line) for line in result.stdout.split()] == model.predict(x).argmax(axis=1).tolist()
+
+
+def test_the_rust_example_prints_python_predicts_classes(built, tmp_path):
+    """examples/c/predict.rs, compiled where rustc is on the machine."""
+    rustc = shutil.which("rustc")
+    if rustc is None:
+        pytest.skip("rustc is not installed")
+    library = os.path.dirname(built["driver"])
+    program = tmp_path / "predict_rs"
+    compiled = subprocess.run([rustc, "-O", os.path.join(ROOT, "examples", "c", "predict.rs"), "-L", library,
+                               "-l", "pynn", "-C", f"link-args=-Wl,-rpath,{library}", "-o", str(program)],
+                              capture_output=True, text=True, timeout=600)
+    assert compiled.returncode == 0, compiled.stderr
+    model = mlp()
+    model.save(tmp_path / "model.safetensors")
+    x = np.random.default_rng(4).standard_normal((50, 20)).astype(np.float32)
+    rows = "\n".join(",".join(repr(float(value)) for value in row) for row in x) + "\n"
+    result = subprocess.run([str(program), str(tmp_path / "model.safetensors")], input=rows,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
     assert [int(line) for line in result.stdout.split()] == model.predict(x).argmax(axis=1).tolist()
