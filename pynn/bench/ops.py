@@ -292,19 +292,19 @@ def _attention_reference(q, k, v, dy):
 
 def _attention_cases(rng, torch, shapes):
     """Scaled dot-product attention [N, heads, T, head_dim] forward, and
-    forward + backward as a training step runs it (the forward keeping each
-    row's log-sum-exp for the backward), through the kernels a layer calls.
+    forward + backward as a training step runs it (the forward keeping the
+    probabilities for the backward), through the kernels a layer calls.
     Work is the products' FLOP, the backward counted as twice the forward."""
     found = []
     for n, heads, tokens, head_dim in shapes:
         shape = (n, heads, tokens, head_dim)
         q, k, v, dy = (rng.standard_normal(shape, dtype=np.float32) for _ in range(4))
-        y, log_sum_exp = np.empty(shape, np.float32), np.empty(shape[:3], np.float32)
+        y, kept = np.empty(shape, np.float32), np.empty(shape[:3] + (tokens,), np.float32)
         grads = [np.empty(shape, np.float32) for _ in range(3)]
 
-        def train_step(q=q, k=k, v=v, dy=dy, y=y, log_sum_exp=log_sum_exp, grads=grads):
-            kernels.attention_forward(q, k, v, y, log_sum_exp)
-            kernels.attention_backward(dy, q, k, v, y, log_sum_exp, *grads)
+        def train_step(q=q, k=k, v=v, dy=dy, y=y, kept=kept, grads=grads):
+            kernels.attention_forward(q, k, v, y, probabilities=kept)
+            kernels.attention_backward(dy, q, k, v, y, None, *grads, probabilities=kept)
             return y, grads
 
         forward = {"pynn": lambda q=q, k=k, v=v, y=y: ops.scaled_dot_product_attention(q, k, v,
