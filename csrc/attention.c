@@ -1,8 +1,9 @@
 /* Scaled dot-product attention (contracts in attention.h). A block of query
- * rows is one unit: its scores come from one GEMM into this thread's buffer,
- * the masked softmax runs over them in place with the vector exp of vmath.h
- * (one copy per ISA), and a second GEMM multiplies by V. The GEMM calls run
- * on one thread each; the threads split the units. */
+ * rows is one unit: its scores come from one GEMM into this thread's buffer
+ * (or the kept probabilities' rows), the masked softmax runs over them in
+ * place with the vector exp of vmath.h (one copy per ISA), and a second GEMM
+ * multiplies by V. The GEMM calls run on one thread each; the threads split
+ * the units. */
 #include <math.h>
 #include <stdatomic.h>
 #include <string.h>
