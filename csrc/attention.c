@@ -1,8 +1,9 @@
 /* Scaled dot-product attention (contracts in attention.h). A block of query
- * rows is one unit: its scores come from one GEMM into this thread's buffer,
- * the masked softmax runs over them in place with the vector exp of vmath.h
- * (one copy per ISA), and a second GEMM multiplies by V. The GEMM calls run
- * on one thread each; the threads split the units. */
+ * rows is one unit: its scores come from one GEMM into this thread's buffer
+ * (or the kept probabilities' rows), the masked softmax runs over them in
+ * place with the vector exp of vmath.h (one copy per ISA), and a second GEMM
+ * multiplies by V. The GEMM calls run on one thread each; the threads split
+ * the units. */
 #include <math.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -31,9 +32,8 @@ typedef struct {
 } attention_block;
 
 struct pynn_attention_kernels {
-    /* scores -> exp(score + mask - row max) in place, zeros past each row's
-     * keys; inverse_sums and log_sum_exp per row (0 and -inf for a row with
-     * no key) */
+    /* scores -> softmax(score + mask) in place, zeros past each row's keys;
+     * inverse_sums and log_sum_exp per row (0 and -inf for a row with no key) */
     void (*softmax_rows)(const attention_block *block, ptrdiff_t rows, float *scores,
                          ptrdiff_t ld, float *inverse_sums, float *log_sum_exp);
     /* scores -> exp(score + mask - log_sum_exp) in place: the forward's
@@ -42,7 +42,8 @@ struct pynn_attention_kernels {
                              ptrdiff_t ld, const float *log_sum_exp);
     /* gradient = scale P ∘ (gradient - delta), row by row */
     void (*score_gradient_rows)(ptrdiff_t rows, ptrdiff_t keys, const float *probabilities,
-                                float *gradient, ptrdiff_t ld, const float *deltas, float scale);
+                                ptrdiff_t probabilities_ld, float *gradient, ptrdiff_t ld,
+                                const float *deltas, float scale);
 };
 
 /* keys row i of the block sees: the causal ones up to its own position */
@@ -126,23 +127,26 @@ PYNN_INLINE double exponentials(float *restrict s, ptrdiff_t n, float shift)
     return sum;
 }
 
-/* The masked row's softmax numerators from its maximum: -inf scores (masked
- * keys) give exactly 0; a row with no key (maximum -inf) gives zeros, and
- * inverse sum 0, unless a NaN hides in it. */
+/* The masked row's softmax from its maximum: -inf scores (masked keys) give
+ * exactly 0; a row with no key (maximum -inf) gives zeros, and inverse sum
+ * 0, unless a NaN hides in it (then NaN throughout). */
 PYNN_INLINE void softmax_row(const attention_block *b, float *restrict s, ptrdiff_t width,
                              float max, float *inverse_sum, float *log_sum_exp)
 {
     if (max == -INFINITY) {
         float hidden = 0.0f;
         for (ptrdiff_t j = 0; j < width; j++) hidden = s[j] != s[j] ? s[j] : hidden;
-        memset(s, 0, (size_t)b->keys * sizeof(float));
+        for (ptrdiff_t j = 0; j < width; j++) s[j] = hidden;
+        for (ptrdiff_t j = width; j < b->keys; j++) s[j] = 0.0f;
         *inverse_sum = hidden;
         *log_sum_exp = hidden != hidden ? hidden : -INFINITY;
         return;
     }
     const double sum = exponentials(s, width, max);
+    const float inverse = (float)(1.0 / sum);
+    for (ptrdiff_t j = 0; j < width; j++) s[j] *= inverse;
     for (ptrdiff_t j = width; j < b->keys; j++) s[j] = 0.0f;
-    *inverse_sum = (float)(1.0 / sum);
+    *inverse_sum = inverse;
     *log_sum_exp = (float)((double)max + log(sum));
 }
 
@@ -177,11 +181,12 @@ PYNN_INLINE void probability_row(const attention_block *b, ptrdiff_t i, float *r
             probability_row(block, i, scores + i * ld, log_sum_exp[i]);                        \
     }                                                                                          \
     attribute static void score_gradient_rows_##suffix(                                        \
-        ptrdiff_t rows, ptrdiff_t keys, const float *probabilities, float *gradient,           \
-        ptrdiff_t ld, const float *deltas, float scale)                                        \
+        ptrdiff_t rows, ptrdiff_t keys, const float *probabilities,                            \
+        ptrdiff_t probabilities_ld, float *gradient, ptrdiff_t ld, const float *deltas,        \
+        float scale)                                                                           \
     {                                                                                          \
         for (ptrdiff_t i = 0; i < rows; i++) {                                                 \
-            const float *restrict p = probabilities + i * ld;                                  \
+            const float *restrict p = probabilities + i * probabilities_ld;                    \
             float *restrict g = gradient + i * ld;                                             \
             const float delta = deltas[i];                                                     \
             for (ptrdiff_t j = 0; j < keys; j++) g[j] = scale * p[j] * (g[j] - delta);         \
@@ -250,48 +255,49 @@ static int threads_for(const pynn_context *ctx, ptrdiff_t units, const pynn_atte
     return units > 1 && work >= PARALLEL_MIN_WORK ? ctx->num_threads : 1;
 }
 
-/* One block of query rows: scores, softmax, times V, each row scaled by
- * its inverse sum (a row with no key written as zeros). */
+/* One block of query rows: scores, softmax, times V (a row with no key
+ * written as zeros). The scores go to the kept probabilities' rows when
+ * given (zeros past the block's keys), else to the scratch buffer. */
 static void forward_block(const pynn_context *one, const pynn_attention_shape *s,
                           pynn_attention_input q, pynn_attention_input k,
                           pynn_attention_input v, const pynn_attention_mask *mask,
-                          pynn_attention_output out, float *log_sum_exp, ptrdiff_t n,
-                          ptrdiff_t h, ptrdiff_t first, ptrdiff_t rows, float *scratch)
+                          pynn_attention_output out, float *log_sum_exp, float *kept,
+                          ptrdiff_t n, ptrdiff_t h, ptrdiff_t first, ptrdiff_t rows,
+                          float *scratch)
 {
     const attention_block b = block_at(s, mask, n, h, first, rows);
+    const ptrdiff_t ld = kept ? s->keys : round_up(b.keys, 16);
+    float *scores = kept ? kept : scratch, *inverse_sums = kept ? scratch : scratch + rows * ld;
+    if (kept && b.keys < s->keys)
+        for (ptrdiff_t i = 0; i < rows; i++)
+            memset(kept + i * ld + b.keys, 0, (size_t)(s->keys - b.keys) * sizeof(float));
     if (b.keys == 0) {
         zero_rows(out, n, h, first, rows, s->value_dim);
         for (ptrdiff_t i = 0; i < rows; i++) log_sum_exp[i] = -INFINITY;
         return;
     }
-    const ptrdiff_t ld = round_up(b.keys, 16);
-    float *scores = scratch, *inverse_sums = scratch + rows * ld;
     pynn_sgemm(one, 0, 1, rows, b.keys, s->head_dim, s->scale, input_at(q, n, h, first),
                q.token_stride, input_at(k, n, h, 0), k.token_stride, 0.0f, scores, ld, NULL);
     one->kernels->attention->softmax_rows(&b, rows, scores, ld, inverse_sums, log_sum_exp);
     float *o = output_at(out, n, h, first);
     pynn_sgemm(one, 0, 0, rows, s->value_dim, b.keys, 1.0f, scores, ld, input_at(v, n, h, 0),
                v.token_stride, 0.0f, o, out.token_stride, NULL);
-    for (ptrdiff_t i = 0; i < rows; i++) {
-        float *row = o + i * out.token_stride;
-        const float inverse = inverse_sums[i];
-        if (inverse == 0.0f)
-            memset(row, 0, (size_t)s->value_dim * sizeof(float));
-        else
-            for (ptrdiff_t d = 0; d < s->value_dim; d++) row[d] *= inverse;
-    }
+    for (ptrdiff_t i = 0; i < rows; i++)
+        if (inverse_sums[i] == 0.0f)  /* no key: zeros even where V holds Inf */
+            memset(o + i * out.token_stride, 0, (size_t)s->value_dim * sizeof(float));
 }
 
 int pynn_attention_forward(const pynn_context *ctx, const pynn_attention_shape *s,
                            pynn_attention_input q, pynn_attention_input k,
                            pynn_attention_input v, const pynn_attention_mask *mask,
-                           pynn_attention_output out, float *log_sum_exp)
+                           pynn_attention_output out, float *log_sum_exp, float *probabilities)
 {
     const ptrdiff_t heads = s->batch * s->heads;
     if (heads == 0 || s->queries == 0) return 0;
     const ptrdiff_t rows = block_rows(s->keys);
     const ptrdiff_t blocks = (s->queries + rows - 1) / rows;
-    const ptrdiff_t scratch_floats = rows * round_up(s->keys, 16) + 2 * rows;
+    /* the scores' rows unless kept, then inverse sums and log-sum-exps */
+    const ptrdiff_t scratch_floats = (probabilities ? 0 : rows * round_up(s->keys, 16)) + 2 * rows;
     const pynn_context one = one_thread(ctx);
     atomic_int failed = 0;
     PYNN_TEAM_FOR(ctx, threads_for(ctx, heads * blocks, s), unit, heads * blocks, {
@@ -301,10 +307,12 @@ int pynn_attention_forward(const pynn_context *ctx, const pynn_attention_shape *
         if (!scratch) {
             atomic_store(&failed, 1);
         } else {
-            float *kept = log_sum_exp ? log_sum_exp + head * s->queries + first
-                                      : scratch + scratch_floats - rows;
-            forward_block(&one, s, q, k, v, mask, out, kept, head / s->heads, head % s->heads,
-                          first, count, scratch);
+            float *row_log_sum_exp = log_sum_exp ? log_sum_exp + head * s->queries + first
+                                                 : scratch + scratch_floats - rows;
+            float *kept = probabilities ? probabilities + (head * s->queries + first) * s->keys
+                                        : NULL;
+            forward_block(&one, s, q, k, v, mask, out, row_log_sum_exp, kept, head / s->heads,
+                          head % s->heads, first, count, scratch);
         }
     });
     return atomic_load(&failed) ? -1 : 0;
@@ -315,14 +323,14 @@ static void backward_head(const pynn_context *one, const pynn_attention_shape *s
                           pynn_attention_input dout, pynn_attention_input q,
                           pynn_attention_input k, pynn_attention_input v,
                           pynn_attention_input out, const float *log_sum_exp,
-                          const pynn_attention_mask *mask, pynn_attention_output dq,
-                          pynn_attention_output dk, pynn_attention_output dv, ptrdiff_t n,
-                          ptrdiff_t h, ptrdiff_t rows, float *scratch)
+                          const float *kept, const pynn_attention_mask *mask,
+                          pynn_attention_output dq, pynn_attention_output dk,
+                          pynn_attention_output dv, ptrdiff_t n, ptrdiff_t h, ptrdiff_t rows,
+                          float *scratch)
 {
     const struct pynn_attention_kernels *kernels = one->kernels->attention;
     const ptrdiff_t capacity = rows * round_up(s->keys, 16);
-    float *probabilities = scratch, *gradient = scratch + capacity;
-    float *deltas = gradient + capacity;
+    float *gradient = scratch, *deltas = scratch + capacity;
     zero_rows(dk, n, h, 0, s->keys, s->head_dim);
     zero_rows(dv, n, h, 0, s->keys, s->value_dim);
     const float *k_head = input_at(k, n, h, 0), *v_head = input_at(v, n, h, 0);
@@ -339,17 +347,22 @@ static void backward_head(const pynn_context *one, const pynn_attention_shape *s
         for (ptrdiff_t i = 0; i < count; i++)
             deltas[i] = (float)pynn_row_sum(dout_rows + i * dout.token_stride,
                                             input_at(out, n, h, first + i), s->value_dim);
-        pynn_sgemm(one, 0, 1, count, b.keys, s->head_dim, s->scale, q_rows, q.token_stride,
-                   k_head, k.token_stride, 0.0f, probabilities, ld, NULL);
-        kernels->probability_rows(&b, count, probabilities, ld,
-                                  log_sum_exp + (n * s->heads + h) * s->queries + first);
+        const ptrdiff_t row_at = (n * s->heads + h) * s->queries + first;
+        const float *probabilities = kept ? kept + row_at * s->keys : gradient + capacity + rows;
+        const ptrdiff_t p_ld = kept ? s->keys : ld;
+        if (!kept) {
+            float *recomputed = gradient + capacity + rows;
+            pynn_sgemm(one, 0, 1, count, b.keys, s->head_dim, s->scale, q_rows, q.token_stride,
+                       k_head, k.token_stride, 0.0f, recomputed, ld, NULL);
+            kernels->probability_rows(&b, count, recomputed, ld, log_sum_exp + row_at);
+        }
         /* dV += Pᵀ dO */
-        pynn_sgemm(one, 1, 0, b.keys, s->value_dim, count, 1.0f, probabilities, ld, dout_rows,
+        pynn_sgemm(one, 1, 0, b.keys, s->value_dim, count, 1.0f, probabilities, p_ld, dout_rows,
                    dout.token_stride, 1.0f, dv_head, dv.token_stride, NULL);
         /* dP = dO Vᵀ, then dS = scale P ∘ (dP - δ) in its place */
         pynn_sgemm(one, 0, 1, count, b.keys, s->value_dim, 1.0f, dout_rows, dout.token_stride,
                    v_head, v.token_stride, 0.0f, gradient, ld, NULL);
-        kernels->score_gradient_rows(count, b.keys, probabilities, gradient, ld, deltas,
+        kernels->score_gradient_rows(count, b.keys, probabilities, p_ld, gradient, ld, deltas,
                                      s->scale);
         /* dQ = dS K, dK += dSᵀ Q */
         pynn_sgemm(one, 0, 0, count, s->head_dim, b.keys, 1.0f, gradient, ld, k_head,
@@ -363,13 +376,15 @@ int pynn_attention_backward(const pynn_context *ctx, const pynn_attention_shape 
                             pynn_attention_input dout, pynn_attention_input q,
                             pynn_attention_input k, pynn_attention_input v,
                             pynn_attention_input out, const float *log_sum_exp,
-                            const pynn_attention_mask *mask, pynn_attention_output dq,
-                            pynn_attention_output dk, pynn_attention_output dv)
+                            const float *probabilities, const pynn_attention_mask *mask,
+                            pynn_attention_output dq, pynn_attention_output dk,
+                            pynn_attention_output dv)
 {
     const ptrdiff_t heads = s->batch * s->heads;
     if (heads == 0) return 0;
     const ptrdiff_t rows = block_rows(s->keys);
-    const ptrdiff_t scratch_floats = 2 * rows * round_up(s->keys, 16) + rows;
+    /* dS's rows and δ; then, unless kept, P's rows */
+    const ptrdiff_t scratch_floats = (probabilities ? 1 : 2) * rows * round_up(s->keys, 16) + rows;
     const pynn_context one = one_thread(ctx);
     atomic_int failed = 0;
     PYNN_TEAM_FOR(ctx, threads_for(ctx, heads, s), head, heads, {
@@ -377,7 +392,7 @@ int pynn_attention_backward(const pynn_context *ctx, const pynn_attention_shape 
         if (!scratch)
             atomic_store(&failed, 1);
         else
-            backward_head(&one, s, dout, q, k, v, out, log_sum_exp, mask, dq, dk, dv,
+            backward_head(&one, s, dout, q, k, v, out, log_sum_exp, probabilities, mask, dq, dk, dv,
                           head / s->heads, head % s->heads, rows, scratch);
     });
     return atomic_load(&failed) ? -1 : 0;

@@ -10,12 +10,15 @@
  * written straight into [N, T, E] (token stride E, head stride Dv). Outputs
  * must not overlap inputs or each other.
  *
- * The T x S scores never leave the kernel: each block of query rows
- * computes its scores into a per-thread buffer, masks them, takes their
- * numerically stable softmax and multiplies by V there. Forward keeps, for
- * backward, one float per query row: the log-sum-exp of its masked scores,
- * from which backward recomputes the probabilities block by block. A query
- * row whose every key is masked gets output 0, log-sum-exp -inf and
+ * Each block of query rows computes its scores into a per-thread buffer,
+ * masks them, takes their numerically stable softmax and multiplies by V
+ * there. For backward, forward keeps one of two things: the log-sum-exp of
+ * each query row's masked scores (one float per row; backward recomputes the
+ * probabilities from it block by block), or the probabilities P themselves
+ * [N, heads, T, S] (backward skips that recomputation, a GEMM and an
+ * exponential per score, at the cost of writing and reading T x S floats per
+ * head: the faster of the two where that fits the memory). A query row whose
+ * every key is masked gets output 0, log-sum-exp -inf, probabilities 0 and
  * gradient 0 (as PyTorch on CPU). */
 #ifndef PYNN_ATTENTION_H
 #define PYNN_ATTENTION_H
@@ -55,14 +58,17 @@ typedef struct {
 
 /* out = attention(q, k, v); log_sum_exp [N, heads, T] contiguous (or NULL:
  * not kept) receives, per query row, log Σ_s exp(score + mask), -inf where
- * every key is masked. Threads split (batch, head, block of query rows).
- * Returns 0, or -1 when the scores' buffer finds no memory. */
+ * every key is masked; probabilities [N, heads, T, S] contiguous (or NULL:
+ * not kept) receives softmax(score + mask), 0 at masked keys. Threads split
+ * (batch, head, block of query rows). Returns 0, or -1 when the scores'
+ * buffer finds no memory. */
 int pynn_attention_forward(const pynn_context *ctx, const pynn_attention_shape *shape,
                            pynn_attention_input q, pynn_attention_input k,
                            pynn_attention_input v, const pynn_attention_mask *mask,
-                           pynn_attention_output out, float *log_sum_exp);
+                           pynn_attention_output out, float *log_sum_exp, float *probabilities);
 
-/* The gradients of the forward above, from its out and log_sum_exp: with
+/* The gradients of the forward above, from its out and its probabilities
+ * when kept (then log_sum_exp may be NULL), else its log_sum_exp: with
  * P = exp(scale Q Kᵀ + mask - log_sum_exp) and δ_t = Σ_d dO[t, d] O[t, d],
  *   dV = Pᵀ dO,  dS = P ∘ (dO Vᵀ - δ),  dQ = scale dS K,  dK = scale dSᵀ Q.
  * Threads split (batch, head); a head's query blocks run in order, adding
@@ -72,7 +78,8 @@ int pynn_attention_backward(const pynn_context *ctx, const pynn_attention_shape 
                             pynn_attention_input dout, pynn_attention_input q,
                             pynn_attention_input k, pynn_attention_input v,
                             pynn_attention_input out, const float *log_sum_exp,
-                            const pynn_attention_mask *mask, pynn_attention_output dq,
-                            pynn_attention_output dk, pynn_attention_output dv);
+                            const float *probabilities, const pynn_attention_mask *mask,
+                            pynn_attention_output dq, pynn_attention_output dk,
+                            pynn_attention_output dv);
 
 #endif

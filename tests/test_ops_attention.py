@@ -213,6 +213,40 @@ def _packed_views_of(packed, heads, head_dim):
             for i in range(3)]
 
 
+@pytest.mark.parametrize("kind", ["none", "bool", "float", "causal"])
+def test_kept_probabilities_serve_the_backward(isa, kind):
+    shape = (2, 3, 21, 18, 7, 5)
+    q, k, v, dy = _rng_arrays(shape, seed=13)
+    mask, causal = _mask(kind, shape)
+    view = None if mask is None else np.broadcast_to(mask.astype(np.float32)
+                                                     if mask.dtype != bool else mask, shape[:4])
+    lengths = np.array([18, 11], dtype=np.int64)
+    out, out_kept = (np.empty(shape[:3] + (5,), np.float32) for _ in range(2))
+    log_sum_exp = np.empty(shape[:3], np.float32)
+    probabilities = np.full(shape[:4], np.nan, np.float32)
+    kernels.attention_forward(q, k, v, out, log_sum_exp, view, causal, lengths)
+    kernels.attention_forward(q, k, v, out_kept, None, view, causal, lengths,
+                              probabilities=probabilities)
+    padding = np.broadcast_to((np.arange(18)[None, :] < lengths[:, None])[:, None, None, :],
+                              shape[:4])
+    combined = padding if mask is None else (
+        padding & view if mask.dtype == bool else np.where(padding, view, -np.inf))
+    expected, expected_p = reference(q, k, v, combined, causal)
+    _close(out_kept, expected)
+    _close(out, expected)
+    _close(probabilities, expected_p)
+    from_log_sum_exp = [np.empty(a.shape, np.float32) for a in (q, k, v)]
+    from_probabilities = [np.empty(a.shape, np.float32) for a in (q, k, v)]
+    kernels.attention_backward(dy, q, k, v, out, log_sum_exp, *from_log_sum_exp, view, causal,
+                               lengths)
+    kernels.attention_backward(dy, q, k, v, out_kept, None, *from_probabilities, view, causal,
+                               lengths, probabilities=probabilities)
+    for one, other, want in zip(from_log_sum_exp, from_probabilities,
+                                reference_backward(dy, q, k, v, combined, causal)):
+        _close(one, want, tol=3e-5)
+        _close(other, want, tol=3e-5)
+
+
 def test_log_sum_exp_is_kept_per_row():
     q, k, v, _ = _rng_arrays((2, 2, 5, 7, 4, 4))
     mask, _ = _mask("bool", (2, 2, 5, 7))
@@ -234,8 +268,15 @@ def test_same_bits_on_one_and_two_threads(set_threads, kind):
     results = []
     for threads in (1, 2):
         set_threads(threads)
+        out = np.empty(shape[:3] + (16,), np.float32)
+        probabilities = np.empty(shape[:4], np.float32)
+        kernels.attention_forward(q, k, v, out, None, None, causal, probabilities=probabilities)
+        grads = [np.empty(a.shape, np.float32) for a in (q, k, v)]
+        kernels.attention_backward(dy, q, k, v, out, None, *grads, None, causal,
+                                   probabilities=probabilities)
         results.append((ops.scaled_dot_product_attention(q, k, v, mask, causal),
-                        *ops.scaled_dot_product_attention_backward(dy, q, k, v, mask, causal)))
+                        *ops.scaled_dot_product_attention_backward(dy, q, k, v, mask, causal),
+                        out, probabilities, *grads))
     for one, two in zip(*results):
         assert np.array_equal(one, two)
 
@@ -298,6 +339,11 @@ def test_kernels_refuse_views_they_cannot_walk():
         kernels.attention_forward(q, k, v, out, None, np.ones((4, 4), bool))
     with pytest.raises(ValueError, match="key_counts must have 1 elements"):
         kernels.attention_forward(q, k, v, out, None, None, False, np.array([1, 2]))
+    with pytest.raises(ValueError, match="probabilities must have 32 elements"):
+        kernels.attention_forward(q, k, v, out, probabilities=np.empty(8, np.float32))
+    grads = [np.empty(a.shape, np.float32) for a in (q, k, v)]
+    with pytest.raises(TypeError, match="log_sum_exp must be a numpy array"):
+        kernels.attention_backward(out, q, k, v, out, None, *grads)
 
 
 MASK_KINDS_TORCH = ["none", "bool", "float", "key_padding", "causal"]

@@ -1,9 +1,9 @@
 # Scaled dot-product attention kernels (csrc/attention.c) over strided views.
 #
 # attention_forward(q, k, v, out, log_sum_exp=None, mask=None, is_causal=False,
-#                   key_counts=None, scale=None)
+#                   key_counts=None, scale=None, probabilities=None)
 # attention_backward(dout, q, k, v, out, log_sum_exp, dq, dk, dv, mask=None,
-#                    is_causal=False, key_counts=None, scale=None)
+#                    is_causal=False, key_counts=None, scale=None, probabilities=None)
 #
 # q, k, v, out (and dout, dq, dk, dv) are 4-D float32 numpy views
 # [N, heads, tokens, features] with any non-negative strides whose last axis
@@ -12,9 +12,14 @@
 # qkv [N, T, 3E] gives q = qkv[:, :, :E].reshape(N, T, H, D).transpose(0, 2, 1, 3)
 # (likewise k, v), and out may be such a view of an [N, T, E] array, so no
 # transpose is ever copied. Outputs must not overlap the inputs or each other
-# (not checked here). log_sum_exp is a C-contiguous float32 [N, H, T]: the
-# forward writes, per query row, log Σ exp(scale q·k + mask) (-inf for a row
-# with no key), and that (with out) is all the backward needs.
+# (not checked here). What the backward needs besides out, the forward keeps
+# in either of two C-contiguous float32 arrays: log_sum_exp [N, H, T], per
+# query row log Σ exp(scale q·k + mask) (-inf for a row with no key), from
+# which the backward recomputes the probabilities; or probabilities
+# [N, H, T, S] themselves, which spares the backward that recomputation (a
+# product and an exponential per score) for T x S floats per head of memory
+# (csrc/attention.h). The backward takes the probabilities when given, else
+# log_sum_exp.
 # mask is None or a 4-D bool (True: attend) or float32 (added) array of shape
 # [N, H, T, S], any strides: a broadcast view (np.broadcast_to) costs nothing,
 # e.g. a key-padding mask [N, S] as m[:, None, None, :] broadcast. key_counts
@@ -42,13 +47,15 @@ cdef extern from "attention.h" nogil:
     int pynn_attention_forward(const pynn_context *ctx, const pynn_attention_shape *shape,
                                pynn_attention_input q, pynn_attention_input k,
                                pynn_attention_input v, const pynn_attention_mask *mask,
-                               pynn_attention_output out, float *log_sum_exp)
+                               pynn_attention_output out, float *log_sum_exp,
+                               float *probabilities)
     int pynn_attention_backward(const pynn_context *ctx, const pynn_attention_shape *shape,
                                 pynn_attention_input dout, pynn_attention_input q,
                                 pynn_attention_input k, pynn_attention_input v,
                                 pynn_attention_input out, const float *log_sum_exp,
-                                const pynn_attention_mask *mask, pynn_attention_output dq,
-                                pynn_attention_output dk, pynn_attention_output dv)
+                                const float *probabilities, const pynn_attention_mask *mask,
+                                pynn_attention_output dq, pynn_attention_output dk,
+                                pynn_attention_output dv)
 
 
 cdef cnp.ndarray attention_view(object array, tuple shape, str role, bint writable):
@@ -146,7 +153,7 @@ cdef pynn_attention_shape attention_shape(object q, object k, object v, object s
 
 
 def attention_forward(q, k, v, out, log_sum_exp=None, mask=None, bint is_causal=False,
-                      key_counts=None, scale=None):
+                      key_counts=None, scale=None, probabilities=None):
     """out = softmax(scale q kᵀ + mask) v per (batch, head); see the top of
     this file for the views. Returns out."""
     cdef pynn_attention_shape s = attention_shape(q, k, v, scale)
@@ -158,24 +165,29 @@ def attention_forward(q, k, v, out, log_sum_exp=None, mask=None, bint is_causal=
     cdef pynn_attention_output result = attention_output(
         out, (s.batch, s.heads, s.queries, s.value_dim), "out")
     cdef float *kept = NULL
+    cdef float *kept_probabilities = NULL
     if log_sum_exp is not None:
         kept = float_output(log_sum_exp, s.batch * s.heads * s.queries, "log_sum_exp")
+    if probabilities is not None:
+        kept_probabilities = float_output(probabilities, s.batch * s.heads * s.queries * s.keys,
+                                          "probabilities")
     cdef pynn_attention_mask m = attention_mask(mask, is_causal, key_counts,
                                                 (s.batch, s.heads, s.queries, s.keys))
     cdef pynn_context ctx = current_context()
     cdef int status
     with nogil:
-        status = pynn_attention_forward(&ctx, &s, query, key, value, &m, result, kept)
+        status = pynn_attention_forward(&ctx, &s, query, key, value, &m, result, kept,
+                                        kept_probabilities)
     if status != 0:
         raise MemoryError(f"attention: no memory for the scores of {s.keys} keys")
     return out
 
 
 def attention_backward(dout, q, k, v, out, log_sum_exp, dq, dk, dv, mask=None,
-                       bint is_causal=False, key_counts=None, scale=None):
+                       bint is_causal=False, key_counts=None, scale=None, probabilities=None):
     """Writes dq, dk, dv for dout, the gradient of attention_forward's out,
-    from that call's out and log_sum_exp (the same mask, is_causal,
-    key_counts and scale)."""
+    from that call's out and its probabilities, or when those are None its
+    log_sum_exp (the same mask, is_causal, key_counts and scale)."""
     cdef pynn_attention_shape s = attention_shape(q, k, v, scale)
     cdef tuple key_shape = (s.batch, s.heads, s.keys, s.head_dim)
     cdef tuple value_shape = (s.batch, s.heads, s.keys, s.value_dim)
@@ -185,8 +197,13 @@ def attention_backward(dout, q, k, v, out, log_sum_exp, dq, dk, dv, mask=None,
     cdef pynn_attention_input key = attention_input(k, key_shape, "k")
     cdef pynn_attention_input value = attention_input(v, value_shape, "v")
     cdef pynn_attention_input result = attention_input(out, out_shape, "out")
-    cdef const float *kept = float_input(log_sum_exp, s.batch * s.heads * s.queries,
-                                         "log_sum_exp")
+    cdef const float *kept = NULL
+    cdef const float *kept_probabilities = NULL
+    if probabilities is not None:
+        kept_probabilities = float_input(probabilities, s.batch * s.heads * s.queries * s.keys,
+                                         "probabilities")
+    else:
+        kept = float_input(log_sum_exp, s.batch * s.heads * s.queries, "log_sum_exp")
     cdef pynn_attention_output query_grad = attention_output(dq, q.shape, "dq")
     cdef pynn_attention_output key_grad = attention_output(dk, key_shape, "dk")
     cdef pynn_attention_output value_grad = attention_output(dv, value_shape, "dv")
@@ -195,7 +212,8 @@ def attention_backward(dout, q, k, v, out, log_sum_exp, dq, dk, dv, mask=None,
     cdef pynn_context ctx = current_context()
     cdef int status
     with nogil:
-        status = pynn_attention_backward(&ctx, &s, grad, query, key, value, result, kept, &m,
-                                         query_grad, key_grad, value_grad)
+        status = pynn_attention_backward(&ctx, &s, grad, query, key, value, result, kept,
+                                         kept_probabilities, &m, query_grad, key_grad,
+                                         value_grad)
     if status != 0:
         raise MemoryError(f"attention_backward: no memory for the scores of {s.keys} keys")

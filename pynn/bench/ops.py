@@ -1,6 +1,7 @@
 """Ops suite: each activation forward and backward at 1e6 elements, softmax
-cross-entropy, and linear (+ReLU) forward and backward at MLP shapes, beside
-the numpy expression a user would write (and PyTorch where installed).
+cross-entropy, linear (+ReLU) forward and backward at MLP shapes, and
+scaled dot-product attention forward and forward+backward, beside the numpy
+expression a user would write (and PyTorch where installed).
 
 pynn and PyTorch write into preallocated outputs (both APIs offer ``out``);
 numpy runs its natural expression, temporaries included. Work is elements
@@ -10,11 +11,14 @@ import math
 import numpy as np
 
 from pynn import ops
+from pynn._kernels import core as kernels
 from pynn.bench import Case, _checks, optional_import
 
 ELEMENTS = 1_000_000
 BATCHES = (32, 128, 512)
 LAYERS = ((784, 256), (256, 128), (128, 10))
+# (N, heads, T, head_dim): a BERT-small batch, and one short sequence
+ATTENTION_SHAPES = ((8, 12, 128, 32), (1, 12, 12, 32))
 
 
 def _activation_cases(rng, torch, scipy_special):
@@ -274,6 +278,76 @@ def _layer_norm_cases(rng, torch, rows):
             Case("ops", f"{name} backward", backward, work=x.size, unit="elements/s", check=check_backward)]
 
 
+def _attention_reference(q, k, v, dy):
+    """float64 softmax(q kᵀ / √D) v and its (dq, dk, dv) for dy."""
+    q, k, v, dy = (a.astype(np.float64) for a in (q, k, v, dy))
+    scale = 1 / math.sqrt(q.shape[-1])
+    scores = q @ np.swapaxes(k, -1, -2) * scale
+    p = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    dp = dy @ np.swapaxes(v, -1, -2)
+    ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True)) * scale
+    return p @ v, (ds @ k, np.swapaxes(ds, -1, -2) @ q, np.swapaxes(p, -1, -2) @ dy)
+
+
+def _attention_cases(rng, torch, shapes):
+    """Scaled dot-product attention [N, heads, T, head_dim] forward, and
+    forward + backward as a training step runs it (the forward keeping the
+    probabilities for the backward), through the kernels a layer calls.
+    Work is the products' FLOP, the backward counted as twice the forward."""
+    found = []
+    for n, heads, tokens, head_dim in shapes:
+        shape = (n, heads, tokens, head_dim)
+        q, k, v, dy = (rng.standard_normal(shape, dtype=np.float32) for _ in range(4))
+        y, kept = np.empty(shape, np.float32), np.empty(shape[:3] + (tokens,), np.float32)
+        grads = [np.empty(shape, np.float32) for _ in range(3)]
+
+        def train_step(q=q, k=k, v=v, dy=dy, y=y, kept=kept, grads=grads):
+            kernels.attention_forward(q, k, v, y, probabilities=kept)
+            kernels.attention_backward(dy, q, k, v, y, None, *grads, probabilities=kept)
+            return y, grads
+
+        forward = {"pynn": lambda q=q, k=k, v=v, y=y: ops.scaled_dot_product_attention(q, k, v,
+                                                                                       out=y)}
+        training = {"pynn": train_step}
+        if torch is not None:
+            attend = torch.nn.functional.scaled_dot_product_attention
+            tq, tk, tv, tdy = (torch.from_numpy(a) for a in (q, k, v, dy))
+            leaves = [t.clone().requires_grad_() for t in (tq, tk, tv)]
+
+            def torch_forward(tq=tq, tk=tk, tv=tv):
+                with torch.no_grad():
+                    return attend(tq, tk, tv)
+
+            def torch_train_step(leaves=leaves, tdy=tdy):
+                for leaf in leaves:
+                    leaf.grad = None
+                attend(*leaves).backward(tdy)
+            forward["torch"] = torch_forward
+            training["torch"] = torch_train_step
+        expected, expected_grads = _attention_reference(q, k, v, dy)
+        # float32 scores round by about head_dim eps |q||k|, which the softmax
+        # turns into relative error of the probabilities
+        bound = 16 * (head_dim + 1) * _checks.EPS32 * (1 + np.abs(q).max() * np.abs(k).max()
+                                                       * math.sqrt(head_dim))
+
+        def check_forward(run=forward["pynn"], expected=expected, bound=bound, v=v):
+            _checks.within(run(), expected, bound * np.abs(v).max(), "attention")
+
+        def check_training(run=train_step, expected=expected, expected_grads=expected_grads,
+                           bound=bound):
+            out, grads = run()
+            _checks.within(out, expected, bound * np.abs(expected).max(), "attention")
+            for what, mine, want in zip(("dq", "dk", "dv"), grads, expected_grads):
+                _checks.within(mine, want, 4 * bound * np.abs(want).max(), what)
+        name = f"attention N{n} H{heads} T{tokens} D{head_dim}"
+        flop = 2.0 * n * heads * tokens * tokens * 2 * head_dim
+        found += [Case("ops", name, forward, work=flop, unit="GFLOP/s", check=check_forward),
+                  Case("ops", f"{name} forward+backward", training, work=3 * flop,
+                       unit="GFLOP/s", check=check_training)]
+    return found
+
+
 def _tensor_cases(rng, torch, images):
     """A squeeze-excite gate (Multiply broadcasting [N, C, 1, 1] over [N, C, H, W])
     and an NCHW to NHWC Permute, through the layers a graph model calls."""
@@ -303,4 +377,5 @@ def cases(quick, threads):
     batches = (128,) if quick else BATCHES
     return (_activation_cases(rng, torch, scipy_special) + _cross_entropy_cases(rng, torch, batches)
             + _linear_cases(rng, torch, batches) + _layer_norm_cases(rng, torch, 256 if quick else 2048)
-            + _tensor_cases(rng, torch, 8 if quick else 32))
+            + _tensor_cases(rng, torch, 8 if quick else 32)
+            + _attention_cases(rng, torch, ATTENTION_SHAPES[:1] if quick else ATTENTION_SHAPES))
