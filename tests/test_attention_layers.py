@@ -287,3 +287,24 @@ def test_bad_arguments_name_themselves():
         layer.forward(sequences(e=6))
     with pytest.raises(ValueError, match="twice"):
         layer.forward([sequences(), PADDING], key_padding_mask=PADDING)
+
+
+def test_backward_from_the_log_sum_exp_alone_matches_backward_from_the_probabilities(monkeypatch):
+    from pynn.layers import attention
+
+    layer = randomise(MultiheadAttention(8, 2))
+    x = sequences(t=6)
+    weights = rng.standard_normal(x.shape).astype(np.float32)
+    mask = np.zeros((2, 6), bool)
+    mask[1, 4:] = True
+    layer.forward([x, mask], training=True)
+    assert "probabilities" in layer._kept_attention
+    dx_probabilities = layer.backward(weights)[0].copy()
+    with_probabilities = {key: grad.copy() for key, grad in layer.grads.items()}
+    monkeypatch.setattr(attention, "KEEP_PROBABILITIES_FLOATS", 0)
+    layer.forward([x, mask], training=True)
+    assert "probabilities" not in layer._kept_attention
+    dx = layer.backward(weights)[0]
+    np.testing.assert_allclose(dx, dx_probabilities, rtol=1e-5, atol=1e-6)
+    for key, grad in layer.grads.items():
+        np.testing.assert_allclose(grad, with_probabilities[key], rtol=1e-5, atol=1e-6, err_msg=key)

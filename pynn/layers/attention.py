@@ -17,6 +17,12 @@ from pynn.layers.base import Layer
 from pynn.ops.dense import _rows, gemm_into
 
 
+# Training keeps the attention probabilities for backward up to this many
+# floats (64 MiB), which spares backward recomputing them; beyond, one
+# log-sum-exp per query row.
+KEEP_PROBABILITIES_FLOATS = 1 << 24
+
+
 def _heads(x, heads):
     """[N, T, E] (any row stride, contiguous features) as [N, heads, T, E / heads]."""
     n, t, e = x.shape
@@ -139,10 +145,10 @@ class MultiheadAttention(Layer):
             views.append(target)
         return views
 
-    def _attend(self, q, k, v, mask, heads_out, log_sum_exp):
+    def _attend(self, q, k, v, mask, heads_out, kept):
         h = self.num_heads
         kernels.attention_forward(_heads(q, h), _heads(k, h), _heads(v, h), _heads(heads_out, h),
-                                  log_sum_exp, **_mask_arguments(mask, h, q.shape[1]))
+                                  **kept, **_mask_arguments(mask, h, q.shape[1]))
 
     def infer(self, x, out):
         query, key, value, mask = self._parts(x)
@@ -151,7 +157,7 @@ class MultiheadAttention(Layer):
                   if self_attention else None)
         q, k, v = self._project(query, key, value, packed)
         heads_out = np.empty(query.shape, dtype=np.float32)
-        self._attend(q, k, v, mask, heads_out, None)
+        self._attend(q, k, v, mask, heads_out, {})
         gemm_into("MultiheadAttention", _rows(heads_out), self.params["out_proj.weight"], _rows(out),
                   False, True, 1.0, 0.0, self.params.get("out_proj.bias"))
         return out
@@ -163,11 +169,14 @@ class MultiheadAttention(Layer):
                   if self_attention else None)
         q, k, v = self._project(query, key, value, packed)
         heads_out = self.workspace("heads_out", query.shape)
-        log_sum_exp = self.workspace("log_sum_exp", (query.shape[0], self.num_heads, query.shape[1]))
-        self._attend(q, k, v, mask, heads_out, log_sum_exp)
+        n, t, s = query.shape[0], query.shape[1], key.shape[1]
+        kept = {"log_sum_exp": self.workspace("log_sum_exp", (n, self.num_heads, t))}
+        if n * self.num_heads * t * s <= KEEP_PROBABILITIES_FLOATS:
+            kept["probabilities"] = self.workspace("probabilities", (n, self.num_heads, t, s))
+        self._attend(q, k, v, mask, heads_out, kept)
         gemm_into("MultiheadAttention", _rows(heads_out), self.params["out_proj.weight"], _rows(out),
                   False, True, 1.0, 0.0, self.params.get("out_proj.bias"))
-        self._x, self._qkv, self._heads_out, self._log_sum_exp = x, (q, k, v), heads_out, log_sum_exp
+        self._x, self._qkv, self._heads_out, self._kept_attention = x, (q, k, v), heads_out, kept
         self._y = out
         return out
 
@@ -198,8 +207,10 @@ class MultiheadAttention(Layer):
             dk = self.workspace("dk", k.shape)
             dv = self.workspace("dv", v.shape)
         kernels.attention_backward(_heads(d_heads_out, h), _heads(q, h), _heads(k, h), _heads(v, h),
-                                   _heads(heads_out, h), self._log_sum_exp, _heads(dq, h), _heads(dk, h),
-                                   _heads(dv, h), **_mask_arguments(mask, h, q.shape[1]))
+                                   _heads(heads_out, h), self._kept_attention["log_sum_exp"], _heads(dq, h),
+                                   _heads(dk, h), _heads(dv, h),
+                                   probabilities=self._kept_attention.get("probabilities"),
+                                   **_mask_arguments(mask, h, q.shape[1]))
         weight = self.params["in_proj_weight"]
         if self_attention:
             if trainable:
