@@ -373,6 +373,9 @@ BAD_FILES = {
         "the architecture is not valid JSON"),
     "no architecture": (
         lambda data, tmp: rewritten(tmp, lambda t, m: m.pop("architecture")), "not a pynn model file"),
+    "metadata that is not all strings (found by libFuzzer)": (
+        lambda data, tmp: with_header(header_of(data)[0].replace('"__metadata__":{', '"__metadata__":{"n":1,'),
+                                      header_of(data)[1]), "__metadata__ must map strings to strings"),
     "a bad argument": (
         lambda data, tmp: rewritten(tmp, architecture_replaced('"in_features": 4', '"in_features": -4')),
         "layer 0 (Linear): in_features must be an integer in"),
@@ -501,3 +504,15 @@ def test_the_rust_example_prints_python_predicts_classes(built, tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert [int(line) for line in result.stdout.split()] == model.predict(x).argmax(axis=1).tolist()
+
+
+def test_a_layer_that_merges_the_batch_axis_is_refused(built, tmp_path):
+    """Found by libFuzzer: a Flatten from axis 0 made the plan's shapes disagree with its buffers."""
+    model = pynn.Sequential(pynn.layers.Flatten(), Linear(8, 3))
+    model.input_shape = (2, 4)
+    model.save(tmp_path / "flat.safetensors")
+    tensors, metadata = read_tensors(tmp_path / "flat.safetensors")
+    metadata["architecture"] = metadata["architecture"].replace('"start_dim": 1', '"start_dim": 0')
+    save_tensors(tmp_path / "flat.safetensors", tensors, metadata)
+    error = run_driver(built, "load", tmp_path / "flat.safetensors")
+    assert "the output must keep the batch axis first" in error or "depends on the batch size" in error, error

@@ -756,6 +756,8 @@ int pynn_graph_shapes(const pynn_graph *graph, const pynn_shape *input, pynn_sha
         pynn_shape *out = &shapes[call->target];
         if (layer_shape(layer, in, call->source_count, out, err, err_len))
             return -1;
+        if (out->rank < 1 || out->dims[0] != input->dims[0])
+            return say(err, err_len, "%s: the output must keep the batch axis first", layer->name);
         int64_t size = 1;
         for (int axis = 0; axis < out->rank; axis++) {
             if (out->dims[axis] < 0 || (out->dims[axis] && size > MAX_ELEMENTS / out->dims[axis]))
@@ -1087,19 +1089,29 @@ int pynn_graph_build(pynn_graph *graph, const pynn_model_file *file, const char 
         for (size_t i = 0; i < file->count; i++)
             held += file->tensors[i].count;
         set_claim_bound(graph, held < CLAIM_FLOOR / CLAIM_FACTOR ? CLAIM_FLOOR : CLAIM_FACTOR * held);
-        const pynn_shape input = pynn_graph_input(graph, 1);
+        /* two batch sizes, as Python checks a call: a layer that mixes the
+         * batch axis into the others gives different per-sample shapes */
+        const pynn_shape input = pynn_graph_input(graph, 1), pair = pynn_graph_input(graph, 2);
         pynn_shape *shapes = calloc((size_t)graph->slot_count, sizeof *shapes);
+        pynn_shape *paired = calloc((size_t)graph->slot_count, sizeof *paired);
         char why_shape[400] = "";
-        if (!shapes)
+        if (!shapes || !paired)
             failed = say(err, err_len, "%s: out of memory", path);
-        else if (pynn_graph_shapes(graph, &input, shapes, why_shape, sizeof why_shape))
+        else if (pynn_graph_shapes(graph, &input, shapes, why_shape, sizeof why_shape)
+                 || pynn_graph_shapes(graph, &pair, paired, why_shape, sizeof why_shape))
             failed = say(err, err_len, "%s: %s", path, why_shape);
         else {
+            for (int slot = 0; slot < graph->slot_count && !failed; slot++)
+                if (shapes[slot].rank != paired[slot].rank
+                    || memcmp(shapes[slot].dims + 1, paired[slot].dims + 1,
+                              (size_t)(shapes[slot].rank > 1 ? shapes[slot].rank - 1 : 0) * sizeof(int64_t)))
+                    failed = say(err, err_len, "%s: a per-sample shape depends on the batch size", path);
             graph->output_shape.rank = shapes[graph->output_slot].rank - 1;
             memcpy(graph->output_shape.dims, shapes[graph->output_slot].dims + 1,
                    (size_t)graph->output_shape.rank * sizeof(int64_t));
         }
         free(shapes);
+        free(paired);
     }
     if (failed)
         pynn_graph_free(graph);

@@ -218,7 +218,7 @@ static pynn_model_file *read_open(FILE *stream, const char *path, char *err, siz
         const char *name = header->keys[i];
         const pynn_json *entry = header->items[i];
         if (!strcmp(name, "__metadata__")) {
-            for (size_t k = 0; entry->kind == PYNN_JSON_OBJECT && k < entry->length; k++)
+            for (size_t k = 0; entry && entry->kind == PYNN_JSON_OBJECT && k < entry->length; k++)
                 if (entry->items[k]->kind != PYNN_JSON_STRING)
                     entry = NULL;
             if (!entry || entry->kind != PYNN_JSON_OBJECT) {
