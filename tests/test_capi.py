@@ -15,9 +15,9 @@ import pytest
 
 import pynn
 from pynn.io import read_tensors, save_tensors
-from pynn.layers import (GELU, AdaptiveAvgPool2d, Add, AvgPool1d, AvgPool2d, BatchNorm1d, BatchNorm2d,
+from pynn.layers import (GELU, AdaptiveAvgPool2d, Add, Affine, AvgPool1d, AvgPool2d, BatchNorm1d, BatchNorm2d,
                          Concatenate, Conv1d, Conv2d, Dot, Dropout, Embedding, Flatten, GlobalAvgPool2d,
-                         LayerNorm, LeakyReLU, Linear, MaxPool1d, MaxPool2d, Multiply, Permute, ReLU,
+                         LayerNorm, LeakyReLU, Linear, LogSoftmax, MaxPool1d, MaxPool2d, Multiply, Permute, ReLU,
                          Reshape, Sigmoid, Softmax, Tanh)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -240,9 +240,23 @@ def resnet():
     return randomised_batchnorms(example.small_resnet(8))
 
 
+def scaled():
+    """Affine constants broadcast right-aligned (the second one adding an axis), and LogSoftmax."""
+    rng = np.random.default_rng(4)
+    model = pynn.Sequential(Affine((3, 1, 1)), Affine((2, 1, 1, 5), shift=False), Flatten(),
+                            Linear(120, 6), Affine((6,), scale=False), Reshape((2, 3)), LogSoftmax(axis=1),
+                            Flatten(), Affine(()), LogSoftmax())
+    for layer in model.layers:
+        for buffer in layer.buffers.values():
+            buffer[...] = rng.standard_normal(buffer.shape)
+    model.input_shape = (3, 4, 5)
+    return model
+
+
 MODELS = {"mlp": (mlp, (20,)), "wide": (wide, (128,)), "cnn": (cnn, (3, 10, 10)),
           "graph": (graph, (3, 8, 8)), "resnet": (resnet, (1, 8, 8)), "signal": (signal, (2, 16)),
-          "nested": (nested, (2, 6, 6)), "two_towers": (two_towers, (3, 9, 9))}
+          "nested": (nested, (2, 6, 6)), "two_towers": (two_towers, (3, 9, 9)),
+          "scaled": (scaled, (3, 4, 5))}
 
 
 @pytest.mark.parametrize("threads", [1, 2])

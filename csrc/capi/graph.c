@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../tensor.h"
+
 /* Every slot holds fewer elements than this, batch included. */
 #define MAX_ELEMENTS ((int64_t)1 << 40)
 
@@ -199,7 +201,8 @@ static const struct {
 };
 
 static const char *const SUPPORTED =
-    "Linear, ReLU, LeakyReLU, Sigmoid, Tanh, GELU, SiLU, Hardswish, Hardsigmoid, ReLU6, Softmax, Dropout, "
+    "Linear, ReLU, LeakyReLU, Sigmoid, Tanh, GELU, SiLU, Hardswish, Hardsigmoid, ReLU6, Softmax, LogSoftmax, "
+    "Affine, Dropout, "
     "Identity, Flatten, Reshape, Permute, BatchNorm1d, BatchNorm2d, LayerNorm, Conv1d, Conv2d, MaxPool1d, "
     "MaxPool2d, AvgPool1d, AvgPool2d, GlobalAvgPool2d, AdaptiveAvgPool2d, Add, Multiply, Concatenate, Dot";
 
@@ -266,13 +269,40 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
             layer->bias = tensor(b, layer, prefix, "bias", 1, dims, &failed);
         return failed ? -1 : 0;
     }
-    if (!strcmp(t, "Softmax")) {
+    if (!strcmp(t, "Softmax") || !strcmp(t, "LogSoftmax")) {
         static const char *const keys[] = {"axis", NULL};
-        layer->type = LAYER_SOFTMAX;
+        layer->type = t[0] == 'S' ? LAYER_SOFTMAX : LAYER_LOG_SOFTMAX;
         return config_keys(b, layer, config, keys)
                || config_int(b, layer, config, "axis", -1, -PYNN_GRAPH_MAX_RANK, PYNN_GRAPH_MAX_RANK,
                              &layer->axis)
                   ? -1 : 0;
+    }
+    if (!strcmp(t, "Affine")) {
+        static const char *const keys[] = {"shape", "scale", "shift", NULL};
+        const pynn_json *shape = pynn_json_get(config, "shape");
+        int scale, shift;
+        layer->type = LAYER_AFFINE;
+        if (config_keys(b, layer, config, keys) || config_bool(b, layer, config, "scale", 1, &scale)
+            || config_bool(b, layer, config, "shift", 1, &shift))
+            return -1;
+        int fits = shape && shape->kind == PYNN_JSON_ARRAY && shape->length < PYNN_TENSOR_MAX_RANK
+                   && (scale || shift);
+        int64_t size = 1;
+        layer->reshape.rank = fits ? (int)shape->length : 0;
+        for (int axis = 0; fits && axis < layer->reshape.rank; axis++) {
+            int64_t *extent = &layer->reshape.dims[axis];
+            fits = pynn_json_int(shape->items[axis], extent) && *extent >= 0
+                   && !(*extent && size > MAX_ELEMENTS / *extent);
+            size *= fits ? *extent : 1;
+        }
+        if (!fits)
+            return say(b->err, b->err_len, "%s: %s: shape must be a list of fewer than %d sizes, with scale, "
+                       "shift or both", b->path, layer->name, PYNN_TENSOR_MAX_RANK);
+        if (scale)
+            layer->gamma = tensor(b, layer, prefix, "scale", layer->reshape.rank, layer->reshape.dims, &failed);
+        if (shift && !failed)
+            layer->beta = tensor(b, layer, prefix, "shift", layer->reshape.rank, layer->reshape.dims, &failed);
+        return failed ? -1 : 0;
     }
     if (!strcmp(t, "Dropout") || !strcmp(t, "Identity")) {
         static const char *const dropout[] = {"p", "seed", NULL}, *const none[] = {NULL};
@@ -542,6 +572,22 @@ static int layer_shape(const pynn_layer *layer, const pynn_shape *in, int count,
     case LAYER_MAP:
     case LAYER_VIEW_SAME:
         return 0;
+    case LAYER_AFFINE: {
+        const pynn_shape *constant = &layer->reshape;
+        const int rank = x->rank > constant->rank + 1 ? x->rank : constant->rank + 1;
+        if (x->rank < 1 || rank > PYNN_TENSOR_MAX_RANK)
+            return refuse(err, err_len, layer, in, 1, "it needs the batch axis first and at most 8 axes");
+        out->rank = rank;
+        for (int axis = 1; axis < rank; axis++) {  /* both right-aligned, as numpy broadcasts */
+            const int at_x = axis - (rank - x->rank), at_c = axis - (rank - constant->rank);
+            const int64_t a = at_x >= 1 ? x->dims[at_x] : 1, c = at_c >= 0 ? constant->dims[at_c] : 1;
+            if (a != c && a != 1 && c != 1)
+                return refuse(err, err_len, layer, in, 1, "the shape does not broadcast against the samples");
+            out->dims[axis] = a == 1 ? c : a;
+        }
+        return 0;
+    }
+    case LAYER_LOG_SOFTMAX:
     case LAYER_SOFTMAX: {
         const int64_t ndim = x->rank > 1 ? x->rank : 1;
         if (layer->axis < -ndim || layer->axis >= ndim)

@@ -23,7 +23,7 @@ typedef enum {
     LAYER_LINEAR, LAYER_MAP, LAYER_SOFTMAX, LAYER_VIEW_SAME, LAYER_FLATTEN, LAYER_RESHAPE,
     LAYER_BATCHNORM1D, LAYER_BATCHNORM2D, LAYER_CONV, LAYER_MAXPOOL, LAYER_AVGPOOL,
     LAYER_GLOBAL_AVGPOOL, LAYER_ADAPTIVE_AVGPOOL, LAYER_ADD, LAYER_MULTIPLY, LAYER_CONCATENATE,
-    LAYER_DOT, LAYER_LAYERNORM, LAYER_PERMUTE, LAYER_NESTED
+    LAYER_DOT, LAYER_LAYERNORM, LAYER_PERMUTE, LAYER_NESTED, LAYER_LOG_SOFTMAX, LAYER_AFFINE
 } pynn_layer_type;
 
 typedef struct pynn_graph pynn_graph;
@@ -45,7 +45,7 @@ typedef struct {
     /* Conv and pools: the 2-D kernels' geometry; 1-D layers see [N, C, L] as [N, C, 1, L] */
     int64_t kernel[2], stride[2], padding[2], dilation[2];
     int spatial_rank;                /* 1 or 2 */
-    /* BatchNorm */
+    /* BatchNorm, LayerNorm; Affine: scale and shift, either NULL when left out */
     const float *gamma, *beta, *running_mean, *running_var;
     float eps;
     int64_t num_features;
@@ -54,11 +54,11 @@ typedef struct {
     /* element-wise maps */
     pynn_elementwise_fn map;
     float parameter;
-    /* Softmax, Concatenate */
+    /* Softmax, LogSoftmax, Concatenate */
     int64_t axis;
     /* Flatten */
     int64_t start_dim, end_dim;
-    /* Reshape: the per-sample shape; LayerNorm: normalized_shape; Permute: dims */
+    /* Reshape: the per-sample shape; LayerNorm: normalized_shape; Permute: dims; Affine: shape */
     pynn_shape reshape;
     /* AdaptiveAvgPool2d: the output's (h, w), -1 keeping the input's */
     int64_t adaptive[2];

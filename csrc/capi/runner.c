@@ -547,6 +547,34 @@ static int run_other(const pynn_runner *r, const pynn_context *ctx, int index, c
         }
         return 0;
     }
+    case LAYER_LOG_SOFTMAX: {
+        ptrdiff_t outer, length, inner;
+        axis_split(xs, layer->axis, &outer, &length, &inner);
+        pynn_softmax(ctx, outer, length, inner, x, y, 1);
+        return 0;
+    }
+    case LAYER_AFFINE: {  /* x · scale, then + shift, the constants with a batch axis of 1 */
+        const int rank = ys->rank;
+        ptrdiff_t out_dims[PYNN_TENSOR_MAX_RANK], x_dims[PYNN_TENSOR_MAX_RANK], c_dims[PYNN_TENSOR_MAX_RANK];
+        if (pynn_shape_size(ys) == 0)
+            return 0;
+        for (int axis = 0; axis < rank; axis++) {
+            const int at = axis - (rank - layer->reshape.rank);
+            out_dims[axis] = ys->dims[axis];
+            c_dims[axis] = at >= 0 ? layer->reshape.dims[at] : 1;
+        }
+        padded(xs, rank, x_dims);
+        const float *source = x;
+        if (layer->gamma) {
+            pynn_broadcast_binary(ctx, PYNN_TENSOR_MULTIPLY, rank, out_dims, x_dims, source, c_dims, layer->gamma,
+                                  y);
+            source = y;
+        }
+        if (layer->beta)
+            pynn_broadcast_binary(ctx, PYNN_TENSOR_ADD, rank, out_dims, source == y ? out_dims : x_dims, source,
+                                  c_dims, layer->beta, y);
+        return 0;
+    }
     case LAYER_ADAPTIVE_AVGPOOL:
         pynn_adaptive_avg_pool2d_forward(ctx, xs->dims[0] * xs->dims[1], xs->dims[2], xs->dims[3],
                                          ys->dims[2], ys->dims[3], x, y);
