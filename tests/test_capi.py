@@ -17,8 +17,8 @@ import pynn
 from pynn.io import read_tensors, save_tensors
 from pynn.layers import (GELU, AdaptiveAvgPool2d, Add, Affine, AvgPool1d, AvgPool2d, BatchNorm1d, BatchNorm2d,
                          Concatenate, Conv1d, Conv2d, Dot, Dropout, Embedding, Flatten, GlobalAvgPool2d,
-                         LayerNorm, LeakyReLU, Linear, LogSoftmax, MaxPool1d, MaxPool2d, Multiply, Permute, ReLU,
-                         Reshape, Sigmoid, Softmax, Tanh)
+                         LayerNorm, LeakyReLU, Linear, LogSoftmax, MaxPool1d, MultiheadAttention, MaxPool2d, Multiply, Permute, PositionalEmbedding, ReLU,
+                         Reshape, Sigmoid, Softmax, Tanh, TransformerEncoderLayer)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -253,10 +253,40 @@ def scaled():
     return model
 
 
+def randomised(model, seed=5):
+    """Every parameter drawn afresh, biases included (PyTorch's start them at zero)."""
+    rng = np.random.default_rng(seed)
+    for _, layer in model.named_layers():
+        for key, param in layer.params.items():
+            param[...] = rng.standard_normal(param.shape) * (0.3 if param.ndim > 1 else 0.5)
+    return model
+
+
+def encoder():
+    """Learned positions, self-attention, transformer encoder layers post-norm with ReLU and
+    pre-norm with GELU, then a classifier over the flattened tokens."""
+    x = pynn.Input((6, 16))
+    h = PositionalEmbedding(8, 16, name="positions")(x)
+    h = MultiheadAttention(16, 4, name="attention")(h)
+    h = TransformerEncoderLayer(16, 2, dim_feedforward=24, name="post")(h)
+    h = TransformerEncoderLayer(16, 4, dim_feedforward=32, activation="gelu", layer_norm_eps=1e-6,
+                                norm_first=True, name="pre")(h)
+    return randomised(pynn.Model(x, Linear(96, 3, name="head")(Flatten()(h))))
+
+
+def attention_without_bias():
+    model = randomised(pynn.Sequential(MultiheadAttention(8, 2, bias=False), ReLU(),
+                                       TransformerEncoderLayer(8, 1, dim_feedforward=8, norm_first=True),
+                                       LogSoftmax()))
+    model.input_shape = (5, 8)
+    return model
+
+
 MODELS = {"mlp": (mlp, (20,)), "wide": (wide, (128,)), "cnn": (cnn, (3, 10, 10)),
           "graph": (graph, (3, 8, 8)), "resnet": (resnet, (1, 8, 8)), "signal": (signal, (2, 16)),
           "nested": (nested, (2, 6, 6)), "two_towers": (two_towers, (3, 9, 9)),
-          "scaled": (scaled, (3, 4, 5))}
+          "scaled": (scaled, (3, 4, 5)), "encoder": (encoder, (6, 16)),
+          "attention_without_bias": (attention_without_bias, (5, 8))}
 
 
 @pytest.mark.parametrize("threads", [1, 2])
