@@ -484,6 +484,19 @@ def test_a_missing_file_and_an_unsupported_layer_are_named(built, tmp_path):
     assert "layer 0: layer type 'Embedding' is not supported by the C API" in error
 
 
+def test_a_variable_axis_and_attention_over_several_inputs_are_refused_by_name(built, tmp_path):
+    x = pynn.Input((None, 8))
+    pynn.Model(x, MultiheadAttention(8, 2)(x)).save(tmp_path / "variable.safetensors")
+    error = run_driver(built, "load", tmp_path / "variable.safetensors")
+    assert "input 0's shape has a variable (None) axis; the C API runs models whose input has fixed " \
+           "sizes" in error, error
+    x = pynn.Input((4, 8))
+    pynn.Model(x, MultiheadAttention(8, 2, name="cross")([x, x, x])).save(tmp_path / "cross.safetensors")
+    error = run_driver(built, "load", tmp_path / "cross.safetensors")
+    assert "layer 'cross' (MultiheadAttention) takes one input (the C API runs it as self-attention " \
+           "without a mask)" in error, error
+
+
 def test_an_input_a_layer_refuses_names_the_layer_and_the_shape(built, tmp_path):
     model = pynn.Sequential(Flatten(), Linear(12, 2))
     model.input_shape = (3, 4)
