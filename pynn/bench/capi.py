@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import weakref
 
 import numpy as np
 
@@ -46,7 +47,7 @@ int pynn_bench_predict_loop(pynn_model *m, const float *x, int64_t batch, float 
 }
 """
 
-_helper = None  # (ctypes library, folder) once compiled in this process
+_helper = None  # the ctypes library once compiled in this process
 
 
 def _compiler():
@@ -60,19 +61,19 @@ def _load_helper():
     """The compiled helper as a ctypes library (its pynn_model_* are libpynn's), or None."""
     global _helper
     if _helper is not None:
-        return _helper[0]
+        return _helper
     compiler = _compiler()
     flags = subprocess.run([sys.executable, "-m", "pynn", "config", "--cflags", "--libs"],
                            capture_output=True, text=True)
     if compiler is None or flags.returncode != 0:
         return None
-    folder = tempfile.mkdtemp(prefix="pynn-bench-capi-")
-    source, library = os.path.join(folder, "loop.c"), os.path.join(folder, "libloop.so")
-    with open(source, "w") as file:
-        file.write(HELPER)
-    subprocess.run([compiler, "-O2", "-shared", "-fPIC", source, *flags.stdout.split(), "-o", library],
-                   check=True, capture_output=True, text=True)
-    helper = ctypes.CDLL(library)
+    with tempfile.TemporaryDirectory(prefix="pynn-bench-capi-") as folder:
+        source, library = os.path.join(folder, "loop.c"), os.path.join(folder, "libloop.so")
+        with open(source, "w") as file:
+            file.write(HELPER)
+        subprocess.run([compiler, "-O2", "-shared", "-fPIC", source, *flags.stdout.split(), "-o", library],
+                       check=True, capture_output=True, text=True)
+        helper = ctypes.CDLL(library)  # loaded: the file may go
     helper.pynn_model_load.restype = ctypes.c_void_p
     helper.pynn_model_load.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
     helper.pynn_model_free.argtypes = [ctypes.c_void_p]
@@ -80,7 +81,7 @@ def _load_helper():
     helper.pynn_bench_predict_loop.argtypes = [
         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int,
         ctypes.c_char_p, ctypes.c_size_t]
-    _helper = (helper, folder)
+    _helper = helper
     return helper
 
 
@@ -98,6 +99,7 @@ def _c_runner(helper, path, x, output_shape, threads, repeats):
             raise RuntimeError(f"bench capi: pynn_model_predict: {err.value.decode()}")
         return y
 
+    weakref.finalize(predict, helper.pynn_model_free, model)
     return (lambda: predict(repeats)), (lambda: predict(1).copy())
 
 
@@ -130,31 +132,31 @@ def cases(quick, threads):
         return []
     onnx, ort = optional_import("onnx"), optional_import("onnxruntime")
     repeats = QUICK_REPEATS if quick else REPEATS
-    folder = tempfile.mkdtemp(prefix="pynn-bench-capi-models-")
     lenet = build_lenet()
     lenet.input_shape = (1, 28, 28)
     rng = np.random.default_rng(0)
     found = []
-    for name, model in (("MLP 784-256-128-10", build_mlp()), ("LeNet-5 1x28x28", lenet)):
-        shape = (784,) if model is not lenet else lenet.input_shape
-        x = rng.random((1,) + tuple(shape), dtype=np.float32)
-        path = os.path.join(folder, f"{len(found)}.safetensors")
-        model.save(path)
-        c_run, c_output = _c_runner(helper, path, x, model.predict(x).shape[1:], threads, repeats)
+    with tempfile.TemporaryDirectory(prefix="pynn-bench-capi-") as folder:  # files read at load
+        for name, model, shape in (("MLP 784-256-128-10", build_mlp(), (784,)),
+                                   ("LeNet-5 1x28x28", lenet, lenet.input_shape)):
+            x = rng.random((1,) + tuple(shape), dtype=np.float32)
+            path = os.path.join(folder, f"{len(found)}.safetensors")
+            model.save(path)
+            c_run, c_output = _c_runner(helper, path, x, model.predict(x).shape[1:], threads, repeats)
 
-        def python_run(model=model, x=x):
-            for _ in range(repeats):
-                model.predict(x)
-        runners = {"pynn": c_run, "python predict": python_run}
-        if onnx is not None and ort is not None:
-            import pynn.onnx
+            def python_run(model=model, x=x):
+                for _ in range(repeats):
+                    model.predict(x)
+            runners = {"pynn": c_run, "python predict": python_run}
+            if onnx is not None and ort is not None:
+                import pynn.onnx
 
-            onnx_path = os.path.join(folder, f"{len(found)}.onnx")
-            pynn.onnx.export(model, onnx_path)
-            runners["onnxruntime"] = _onnx_runner(ort, onnx_path, x, threads, repeats)
-        case = f"{name} batch 1 (C call latency)"
-        found.append(Case("capi", case, runners, work=1, unit="samples/s", repeats=repeats,
-                          check=_check_bits(c_output, model, x, case)))
+                onnx_path = os.path.join(folder, f"{len(found)}.onnx")
+                pynn.onnx.export(model, onnx_path)
+                runners["onnxruntime"] = _onnx_runner(ort, onnx_path, x, threads, repeats)
+            case = f"{name} batch 1 (C call latency)"
+            found.append(Case("capi", case, runners, work=1, unit="samples/s", repeats=repeats,
+                              check=_check_bits(c_output, model, x, case)))
     return found
 
 
