@@ -40,7 +40,8 @@ def run_case(benchmark):
     def run(bench_case):
         case, peer, threads = bench_case
         benchmark.group = f"{case.suite}: {case.name} (threads={threads})"
-        benchmark.extra_info.update(peer=peer, threads=threads, work=case.work, unit=case.unit)
+        benchmark.extra_info.update(peer=peer, threads=threads, work=case.work, unit=case.unit,
+                                    repeats=case.repeats)
         with bench.pinned_threads(threads):
             if peer == "pynn":
                 bench.verify(case)

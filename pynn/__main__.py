@@ -22,7 +22,7 @@ def main(argv=None):
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     bench = commands.add_parser("bench", help="time pynn beside numpy, PyTorch and ONNX Runtime")
     bench.add_argument("suites", nargs="*", default=["all"],
-                       help="suites to run: all (default), gemm, ops, train, infer, conv, graph, text, onnx")
+                       help="suites to run: all (default), gemm, ops, train, infer, conv, graph, text, onnx, capi")
     bench.add_argument("--threads", type=_positive_int, default=None,
                        help="run at this thread count only (default: 1 and all cores)")
     bench.add_argument("--quick", action="store_true", help="small shapes, short timings")

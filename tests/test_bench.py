@@ -98,6 +98,48 @@ def test_a_wrong_result_fails_the_run_before_timing(monkeypatch):
     assert timed == []
 
 
+def test_times_are_per_call_of_a_repeating_runner(monkeypatch):
+    case = bench.Case("fake", "ten calls", {"pynn": lambda: None}, check=lambda: None, repeats=10)
+    monkeypatch.setattr(bench, "load_suite", lambda name: types.SimpleNamespace(
+        cases=lambda quick, threads: [case]))
+    monkeypatch.setattr(bench, "time_calls", lambda runners, *args, **kwargs: {"pynn": 0.5})
+    assert bench.run("fake", [1], quick=True)[0]["seconds"] == {"pynn": 0.05}
+
+
+def test_capi_suite_checks_c_against_python_bits():
+    """The C API suite's cases (a compiler and the built library are here)
+    pass their bit-for-bit check, and a wrong C output fails it."""
+    from pynn.bench import capi
+
+    with bench.pinned_threads(1):
+        cases = capi.cases(quick=True, threads=1)
+        assert [case.name.split(" batch")[0] for case in cases] == ["MLP 784-256-128-10", "LeNet-5 1x28x28"]
+        for case in cases:
+            assert case.repeats == capi.QUICK_REPEATS and {"pynn", "python predict"} <= set(case.runners)
+            bench.verify(case)
+        model = pynn.Sequential(pynn.layers.Linear(3, 2))
+        x = np.ones((1, 3), np.float32)
+        check = capi._check_bits(lambda: model.predict(x) + np.float32(1e-6), model, x, "shifted")
+        with pytest.raises(AssertionError, match="shifted: the C API's output differs"):
+            check()
+
+
+def test_capi_suite_has_no_cases_without_a_compiler(monkeypatch):
+    from pynn.bench import capi
+
+    monkeypatch.setattr(capi, "_helper", None)
+    monkeypatch.setattr(capi, "_compiler", lambda: None)
+    assert capi.cases(quick=True, threads=1) == []
+
+
+def test_capi_notes_list_library_sizes():
+    from pynn.bench import capi
+
+    lines = capi.notes()
+    assert lines[1] == "Shared library sizes, stripped:"
+    assert any(line.startswith("- libpynn.so: ") and line.endswith(" MiB") for line in lines)
+
+
 def test_a_case_without_a_check_is_refused():
     with pytest.raises(ValueError, match="case fake: 'unchecked' has no check"):
         bench.verify(bench.Case("fake", "unchecked", {"pynn": lambda: None}))

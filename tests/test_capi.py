@@ -16,10 +16,10 @@ import pytest
 
 import pynn
 from pynn.io import read_tensors, save_tensors
-from pynn.layers import (GELU, AdaptiveAvgPool2d, Add, AvgPool1d, AvgPool2d, BatchNorm1d, BatchNorm2d,
+from pynn.layers import (GELU, AdaptiveAvgPool2d, Add, Affine, AvgPool1d, AvgPool2d, BatchNorm1d, BatchNorm2d,
                          Concatenate, Conv1d, Conv2d, Dot, Dropout, Embedding, Flatten, GlobalAvgPool2d,
-                         LayerNorm, LeakyReLU, Linear, MaxPool1d, MaxPool2d, Multiply, Permute, ReLU,
-                         Reshape, Sigmoid, Softmax, Tanh)
+                         LayerNorm, LeakyReLU, Linear, LogSoftmax, MaxPool1d, MultiheadAttention, MaxPool2d, Multiply, Permute, PositionalEmbedding, ReLU,
+                         Reshape, Sigmoid, Softmax, Tanh, TransformerEncoderLayer)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -241,9 +241,53 @@ def resnet():
     return randomised_batchnorms(example.small_resnet(8))
 
 
+def scaled():
+    """Affine constants broadcast right-aligned (the second one adding an axis), and LogSoftmax."""
+    rng = np.random.default_rng(4)
+    model = pynn.Sequential(Affine((3, 1, 1)), Affine((2, 1, 1, 5), shift=False), Flatten(),
+                            Linear(120, 6), Affine((6,), scale=False), Reshape((2, 3)), LogSoftmax(axis=1),
+                            Flatten(), Affine(()), LogSoftmax())
+    for layer in model.layers:
+        for buffer in layer.buffers.values():
+            buffer[...] = rng.standard_normal(buffer.shape)
+    model.input_shape = (3, 4, 5)
+    return model
+
+
+def randomised(model, seed=5):
+    """Every parameter drawn afresh, biases included (PyTorch's start them at zero)."""
+    rng = np.random.default_rng(seed)
+    for _, layer in model.named_layers():
+        for key, param in layer.params.items():
+            param[...] = rng.standard_normal(param.shape) * (0.3 if param.ndim > 1 else 0.5)
+    return model
+
+
+def encoder():
+    """Learned positions, self-attention, transformer encoder layers post-norm with ReLU and
+    pre-norm with GELU, then a classifier over the flattened tokens."""
+    x = pynn.Input((6, 16))
+    h = PositionalEmbedding(8, 16, name="positions")(x)
+    h = MultiheadAttention(16, 4, name="attention")(h)
+    h = TransformerEncoderLayer(16, 2, dim_feedforward=24, name="post")(h)
+    h = TransformerEncoderLayer(16, 4, dim_feedforward=32, activation="gelu", layer_norm_eps=1e-6,
+                                norm_first=True, name="pre")(h)
+    return randomised(pynn.Model(x, Linear(96, 3, name="head")(Flatten()(h))))
+
+
+def attention_without_bias():
+    model = randomised(pynn.Sequential(MultiheadAttention(8, 2, bias=False), ReLU(),
+                                       TransformerEncoderLayer(8, 1, dim_feedforward=8, norm_first=True),
+                                       LogSoftmax()))
+    model.input_shape = (5, 8)
+    return model
+
+
 MODELS = {"mlp": (mlp, (20,)), "wide": (wide, (128,)), "cnn": (cnn, (3, 10, 10)),
           "graph": (graph, (3, 8, 8)), "resnet": (resnet, (1, 8, 8)), "signal": (signal, (2, 16)),
-          "nested": (nested, (2, 6, 6)), "two_towers": (two_towers, (3, 9, 9))}
+          "nested": (nested, (2, 6, 6)), "two_towers": (two_towers, (3, 9, 9)),
+          "scaled": (scaled, (3, 4, 5)), "encoder": (encoder, (6, 16)),
+          "attention_without_bias": (attention_without_bias, (5, 8))}
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -442,6 +486,19 @@ def test_a_missing_file_and_an_unsupported_layer_are_named(built, tmp_path):
     pynn.Sequential(Embedding(10, 4), Linear(4, 4)).save(tmp_path / "embedding.safetensors")
     error = run_driver(built, "load", tmp_path / "embedding.safetensors")
     assert "layer 0: layer type 'Embedding' is not supported by the C API" in error
+
+
+def test_a_variable_axis_and_attention_over_several_inputs_are_refused_by_name(built, tmp_path):
+    x = pynn.Input((None, 8))
+    pynn.Model(x, MultiheadAttention(8, 2)(x)).save(tmp_path / "variable.safetensors")
+    error = run_driver(built, "load", tmp_path / "variable.safetensors")
+    assert "input 0's shape has a variable (None) axis; the C API runs models whose input has fixed " \
+           "sizes" in error, error
+    x = pynn.Input((4, 8))
+    pynn.Model(x, MultiheadAttention(8, 2, name="cross")([x, x, x])).save(tmp_path / "cross.safetensors")
+    error = run_driver(built, "load", tmp_path / "cross.safetensors")
+    assert "layer 'cross' (MultiheadAttention) takes one input (the C API runs it as self-attention " \
+           "without a mask)" in error, error
 
 
 def test_an_input_a_layer_refuses_names_the_layer_and_the_shape(built, tmp_path):

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../tensor.h"
+
 /* Every slot holds fewer elements than this, batch included. */
 #define MAX_ELEMENTS ((int64_t)1 << 40)
 
@@ -199,9 +201,81 @@ static const struct {
 };
 
 static const char *const SUPPORTED =
-    "Linear, ReLU, LeakyReLU, Sigmoid, Tanh, GELU, SiLU, Hardswish, Hardsigmoid, ReLU6, Softmax, Dropout, "
+    "Linear, ReLU, LeakyReLU, Sigmoid, Tanh, GELU, SiLU, Hardswish, Hardsigmoid, ReLU6, Softmax, LogSoftmax, "
+    "Affine, MultiheadAttention, TransformerEncoderLayer, PositionalEmbedding, Dropout, "
     "Identity, Flatten, Reshape, Permute, BatchNorm1d, BatchNorm2d, LayerNorm, Conv1d, Conv2d, MaxPool1d, "
     "MaxPool2d, AvgPool1d, AvgPool2d, GlobalAvgPool2d, AdaptiveAvgPool2d, Add, Multiply, Concatenate, Dot";
+
+/* A MultiheadAttention's tensors under "<prefix>" (its bias or not). */
+static int attention_tensors(builder *b, pynn_layer *layer, const char *prefix, int bias)
+{
+    pynn_attention_params *a = &layer->attention;
+    const int64_t e = a->embed_dim, in_dims[2] = {3 * e, e}, out_dims[2] = {e, e};
+    int failed = 0;
+    a->in_weight = tensor(b, layer, prefix, "in_proj_weight", 2, in_dims, &failed);
+    if (!failed && bias) a->in_bias = tensor(b, layer, prefix, "in_proj_bias", 1, in_dims, &failed);
+    if (!failed) a->out_weight = tensor(b, layer, prefix, "out_proj.weight", 2, out_dims, &failed);
+    if (!failed && bias) a->out_bias = tensor(b, layer, prefix, "out_proj.bias", 1, out_dims, &failed);
+    return failed ? -1 : 0;
+}
+
+static int read_attention(builder *b, pynn_layer *layer, const pynn_json *config, const char *prefix)
+{
+    static const char *const keys[] = {"embed_dim", "num_heads", "bias", NULL};
+    pynn_attention_params *a = &layer->attention;
+    int bias = 1;
+    layer->type = LAYER_ATTENTION;
+    if (config_keys(b, layer, config, keys)
+        || config_int(b, layer, config, "embed_dim", -1, 1, MAX_ELEMENTS / 4, &a->embed_dim)
+        || config_int(b, layer, config, "num_heads", -1, 1, MAX_ELEMENTS, &a->heads)
+        || config_bool(b, layer, config, "bias", 1, &bias))
+        return -1;
+    if (a->embed_dim % a->heads)
+        return say(b->err, b->err_len, "%s: %s: embed_dim must be divisible by num_heads", b->path,
+                   layer->name);
+    return attention_tensors(b, layer, prefix, bias);
+}
+
+static int read_transformer(builder *b, pynn_layer *layer, const pynn_json *config, const char *prefix)
+{
+    static const char *const keys[] = {"d_model", "nhead", "dim_feedforward", "dropout", "activation",
+                                       "layer_norm_eps", "norm_first", NULL};
+    pynn_attention_params *a = &layer->attention;
+    const pynn_json *activation = pynn_json_get(config, "activation");
+    double dropout;
+    layer->type = LAYER_TRANSFORMER;
+    if (config_keys(b, layer, config, keys)
+        || config_int(b, layer, config, "d_model", -1, 1, MAX_ELEMENTS / 4, &a->embed_dim)
+        || config_int(b, layer, config, "nhead", -1, 1, MAX_ELEMENTS, &a->heads)
+        || config_int(b, layer, config, "dim_feedforward", 2048, 1, MAX_ELEMENTS, &a->feedforward)
+        || config_real(b, layer, config, "dropout", 0.1, &dropout)
+        || config_real(b, layer, config, "layer_norm_eps", 1e-5, &layer->layer_norm_eps)
+        || config_bool(b, layer, config, "norm_first", 0, &a->norm_first))
+        return -1;
+    if (activation && (activation->kind != PYNN_JSON_STRING
+                       || (strcmp(activation->string, "relu") && strcmp(activation->string, "gelu"))))
+        return say(b->err, b->err_len, "%s: %s: activation must be \"relu\" or \"gelu\"", b->path,
+                   layer->name);
+    a->gelu = activation && !strcmp(activation->string, "gelu");
+    if (a->embed_dim % a->heads || !(layer->layer_norm_eps >= 0.0))
+        return say(b->err, b->err_len, "%s: %s: d_model must be divisible by nhead, layer_norm_eps >= 0",
+                   b->path, layer->name);
+    char inner[PYNN_GRAPH_MAX_NAME + 16];
+    snprintf(inner, sizeof inner, "%sself_attn.", prefix);
+    if (attention_tensors(b, layer, inner, 1))
+        return -1;
+    const int64_t e = a->embed_dim, f = a->feedforward, up[2] = {f, e}, down[2] = {e, f};
+    int failed = 0;
+    a->linear1_weight = tensor(b, layer, prefix, "linear1.weight", 2, up, &failed);
+    if (!failed) a->linear1_bias = tensor(b, layer, prefix, "linear1.bias", 1, up, &failed);
+    if (!failed) a->linear2_weight = tensor(b, layer, prefix, "linear2.weight", 2, down, &failed);
+    if (!failed) a->linear2_bias = tensor(b, layer, prefix, "linear2.bias", 1, down, &failed);
+    if (!failed) a->norm1_weight = tensor(b, layer, prefix, "norm1.weight", 1, &e, &failed);
+    if (!failed) a->norm1_bias = tensor(b, layer, prefix, "norm1.bias", 1, &e, &failed);
+    if (!failed) a->norm2_weight = tensor(b, layer, prefix, "norm2.weight", 1, &e, &failed);
+    if (!failed) a->norm2_bias = tensor(b, layer, prefix, "norm2.bias", 1, &e, &failed);
+    return failed ? -1 : 0;
+}
 
 /* The layer an architecture entry describes, its tensors named "<prefix><param>". */
 static int read_layer(builder *b, const pynn_json *entry, const char *label, const char *prefix,
@@ -266,13 +340,55 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
             layer->bias = tensor(b, layer, prefix, "bias", 1, dims, &failed);
         return failed ? -1 : 0;
     }
-    if (!strcmp(t, "Softmax")) {
+    if (!strcmp(t, "Softmax") || !strcmp(t, "LogSoftmax")) {
         static const char *const keys[] = {"axis", NULL};
-        layer->type = LAYER_SOFTMAX;
+        layer->type = t[0] == 'S' ? LAYER_SOFTMAX : LAYER_LOG_SOFTMAX;
         return config_keys(b, layer, config, keys)
                || config_int(b, layer, config, "axis", -1, -PYNN_GRAPH_MAX_RANK, PYNN_GRAPH_MAX_RANK,
                              &layer->axis)
                   ? -1 : 0;
+    }
+    if (!strcmp(t, "MultiheadAttention"))
+        return read_attention(b, layer, config, prefix);
+    if (!strcmp(t, "TransformerEncoderLayer"))
+        return read_transformer(b, layer, config, prefix);
+    if (!strcmp(t, "PositionalEmbedding")) {
+        static const char *const keys[] = {"max_length", "embedding_dim", NULL};
+        layer->type = LAYER_POSITIONAL;
+        if (config_keys(b, layer, config, keys)
+            || config_int(b, layer, config, "max_length", -1, 1, MAX_ELEMENTS, &layer->in_features)
+            || config_int(b, layer, config, "embedding_dim", -1, 1, MAX_ELEMENTS, &layer->out_features))
+            return -1;
+        const int64_t dims[2] = {layer->in_features, layer->out_features};
+        layer->weight = tensor(b, layer, prefix, "weight", 2, dims, &failed);
+        return failed ? -1 : 0;
+    }
+    if (!strcmp(t, "Affine")) {
+        static const char *const keys[] = {"shape", "scale", "shift", NULL};
+        const pynn_json *shape = pynn_json_get(config, "shape");
+        int scale, shift;
+        layer->type = LAYER_AFFINE;
+        if (config_keys(b, layer, config, keys) || config_bool(b, layer, config, "scale", 1, &scale)
+            || config_bool(b, layer, config, "shift", 1, &shift))
+            return -1;
+        int fits = shape && shape->kind == PYNN_JSON_ARRAY && shape->length < PYNN_TENSOR_MAX_RANK
+                   && (scale || shift);
+        int64_t size = 1;
+        layer->reshape.rank = fits ? (int)shape->length : 0;
+        for (int axis = 0; fits && axis < layer->reshape.rank; axis++) {
+            int64_t *extent = &layer->reshape.dims[axis];
+            fits = pynn_json_int(shape->items[axis], extent) && *extent >= 0
+                   && !(*extent && size > MAX_ELEMENTS / *extent);
+            size *= fits ? *extent : 1;
+        }
+        if (!fits)
+            return say(b->err, b->err_len, "%s: %s: shape must be a list of fewer than %d sizes, with scale, "
+                       "shift or both", b->path, layer->name, PYNN_TENSOR_MAX_RANK);
+        if (scale)
+            layer->gamma = tensor(b, layer, prefix, "scale", layer->reshape.rank, layer->reshape.dims, &failed);
+        if (shift && !failed)
+            layer->beta = tensor(b, layer, prefix, "shift", layer->reshape.rank, layer->reshape.dims, &failed);
+        return failed ? -1 : 0;
     }
     if (!strcmp(t, "Dropout") || !strcmp(t, "Identity")) {
         static const char *const dropout[] = {"p", "seed", NULL}, *const none[] = {NULL};
@@ -542,6 +658,31 @@ static int layer_shape(const pynn_layer *layer, const pynn_shape *in, int count,
     case LAYER_MAP:
     case LAYER_VIEW_SAME:
         return 0;
+    case LAYER_ATTENTION:
+    case LAYER_TRANSFORMER:
+        if (x->rank != 3 || x->dims[2] != layer->attention.embed_dim)
+            return refuse(err, err_len, layer, in, 1, "it needs [N, T, embed_dim]");
+        return 0;
+    case LAYER_POSITIONAL:
+        if (x->rank != 3 || x->dims[2] != layer->out_features || x->dims[1] > layer->in_features)
+            return refuse(err, err_len, layer, in, 1, "it needs [N, T <= max_length, embedding_dim]");
+        return 0;
+    case LAYER_AFFINE: {
+        const pynn_shape *constant = &layer->reshape;
+        const int rank = x->rank > constant->rank + 1 ? x->rank : constant->rank + 1;
+        if (x->rank < 1 || rank > PYNN_TENSOR_MAX_RANK)
+            return refuse(err, err_len, layer, in, 1, "it needs the batch axis first and at most 8 axes");
+        out->rank = rank;
+        for (int axis = 1; axis < rank; axis++) {  /* both right-aligned, as numpy broadcasts */
+            const int at_x = axis - (rank - x->rank), at_c = axis - (rank - constant->rank);
+            const int64_t a = at_x >= 1 ? x->dims[at_x] : 1, c = at_c >= 0 ? constant->dims[at_c] : 1;
+            if (a != c && a != 1 && c != 1)
+                return refuse(err, err_len, layer, in, 1, "the shape does not broadcast against the samples");
+            out->dims[axis] = a == 1 ? c : a;
+        }
+        return 0;
+    }
+    case LAYER_LOG_SOFTMAX:
     case LAYER_SOFTMAX: {
         const int64_t ndim = x->rank > 1 ? x->rank : 1;
         if (layer->axis < -ndim || layer->axis >= ndim)
@@ -789,6 +930,9 @@ static int read_input_shape(builder *b, const pynn_json *shape, pynn_shape *out,
     int64_t size = 1;
     for (size_t axis = 0; axis < shape->length; axis++) {
         int64_t *extent = &out->dims[axis];
+        if (shape->items[axis]->kind == PYNN_JSON_NULL)
+            return say(b->err, b->err_len, "%s: %s has a variable (None) axis; the C API runs models whose "
+                       "input has fixed sizes (give the Input a fixed length)", b->path, what);
         if (!pynn_json_int(shape->items[axis], extent) || *extent < 0
             || (*extent && size > MAX_ELEMENTS / *extent))
             return say(b->err, b->err_len, "%s: %s must be a list of sizes of fewer than 2^40 values in all",
@@ -969,8 +1113,10 @@ static int build_model(builder *b, pynn_graph *graph, const pynn_json *architect
             goto done;
         }
         if (!graph->layers[layer].takes_list && refs->length != 1) {
-            say(b->err, b->err_len, "%s: %scall %zu: %s takes one input", b->path, label, j,
-                graph->layers[layer].name);
+            const pynn_layer_type type = graph->layers[layer].type;
+            say(b->err, b->err_len, "%s: %scall %zu: %s takes one input%s", b->path, label, j,
+                graph->layers[layer].name, type == LAYER_ATTENTION || type == LAYER_TRANSFORMER
+                ? " (the C API runs it as self-attention without a mask)" : "");
             goto done;
         }
         for (size_t r = 0; r < refs->length; r++) {

@@ -23,7 +23,8 @@ typedef enum {
     LAYER_LINEAR, LAYER_MAP, LAYER_SOFTMAX, LAYER_VIEW_SAME, LAYER_FLATTEN, LAYER_RESHAPE,
     LAYER_BATCHNORM1D, LAYER_BATCHNORM2D, LAYER_CONV, LAYER_MAXPOOL, LAYER_AVGPOOL,
     LAYER_GLOBAL_AVGPOOL, LAYER_ADAPTIVE_AVGPOOL, LAYER_ADD, LAYER_MULTIPLY, LAYER_CONCATENATE,
-    LAYER_DOT, LAYER_LAYERNORM, LAYER_PERMUTE, LAYER_NESTED
+    LAYER_DOT, LAYER_LAYERNORM, LAYER_PERMUTE, LAYER_NESTED, LAYER_LOG_SOFTMAX, LAYER_AFFINE,
+    LAYER_ATTENTION, LAYER_TRANSFORMER, LAYER_POSITIONAL
 } pynn_layer_type;
 
 typedef struct pynn_graph pynn_graph;
@@ -32,6 +33,16 @@ typedef struct {
     int64_t dims[PYNN_GRAPH_MAX_RANK];
     int rank;
 } pynn_shape;
+
+/* MultiheadAttention (self-attention, no mask) and TransformerEncoderLayer:
+ * the tensors of pynn/layers/attention.py and transformer.py, biases NULL when absent. */
+typedef struct {
+    int64_t embed_dim, heads, feedforward;
+    const float *in_weight, *in_bias, *out_weight, *out_bias;
+    const float *linear1_weight, *linear1_bias, *linear2_weight, *linear2_bias;
+    const float *norm1_weight, *norm1_bias, *norm2_weight, *norm2_bias;
+    int gelu, norm_first;
+} pynn_attention_params;
 
 typedef struct {
     pynn_layer_type type;
@@ -45,7 +56,7 @@ typedef struct {
     /* Conv and pools: the 2-D kernels' geometry; 1-D layers see [N, C, L] as [N, C, 1, L] */
     int64_t kernel[2], stride[2], padding[2], dilation[2];
     int spatial_rank;                /* 1 or 2 */
-    /* BatchNorm */
+    /* BatchNorm, LayerNorm; Affine: scale and shift, either NULL when left out */
     const float *gamma, *beta, *running_mean, *running_var;
     float eps;
     int64_t num_features;
@@ -54,16 +65,19 @@ typedef struct {
     /* element-wise maps */
     pynn_elementwise_fn map;
     float parameter;
-    /* Softmax, Concatenate */
+    /* Softmax, LogSoftmax, Concatenate */
     int64_t axis;
     /* Flatten */
     int64_t start_dim, end_dim;
-    /* Reshape: the per-sample shape; LayerNorm: normalized_shape; Permute: dims */
+    /* Reshape: the per-sample shape; LayerNorm: normalized_shape; Permute: dims; Affine: shape */
     pynn_shape reshape;
     /* AdaptiveAvgPool2d: the output's (h, w), -1 keeping the input's */
     int64_t adaptive[2];
     /* LayerNorm */
     double layer_norm_eps;
+    /* MultiheadAttention, TransformerEncoderLayer (its LayerNorms' eps in layer_norm_eps) */
+    pynn_attention_params attention;
+    /* PositionalEmbedding: weight [in_features = max_length, out_features = embedding_dim] */
     /* a nested Sequential or Model, run as one step with its own plan (as Python runs it) */
     pynn_graph *inner;
 } pynn_layer;

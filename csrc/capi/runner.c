@@ -2,13 +2,16 @@
  * schedule of pynn/schedule.py and the runs of pynn/_kernels/plan.pxi. */
 #include "runner.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../attention.h"
 #include "../batchnorm.h"
 #include "../conv.h"
+#include "../gemm.h"
 #include "../layernorm.h"
 #include "../plan.h"
 #include "../pool.h"
@@ -43,6 +46,7 @@ struct pynn_runner {
     int buffer_count;
     float **folded;                  /* per step: a folded weight and bias, or NULL */
     pynn_runner **nested;            /* per step: a nested model's own plan, or NULL */
+    float **scratch;                 /* per step: an attention's or transformer's arrays, or NULL */
     float *workspace;
     int input_slot, output_slot;
 };
@@ -350,6 +354,100 @@ static int describe(pynn_runner *r, int index, size_t *workspace_floats)
     return 0;
 }
 
+/* -- attention and the transformer encoder layer (pynn/layers/attention.py, transformer.py) -- */
+static size_t whole_lines(int64_t floats) { return (size_t)((floats + 15) / 16 * 16); }
+
+/* The floats an attention or transformer step needs beside its input and
+ * output for input [N, T, E]: the packed projection [N, T, 3E] and the
+ * heads' output, then the transformer's six [N, T, E] and [N, T, F] arrays. */
+static size_t attention_scratch(const pynn_layer *layer, const pynn_shape *x)
+{
+    if (layer->type != LAYER_ATTENTION && layer->type != LAYER_TRANSFORMER)
+        return 0;
+    const int64_t rows = x->dims[0] * x->dims[1], e = layer->attention.embed_dim;
+    const size_t attention = whole_lines(rows * 3 * e) + whole_lines(rows * e);
+    if (layer->type == LAYER_ATTENTION)
+        return attention;
+    return attention + 5 * whole_lines(rows * e) + whole_lines(rows * layer->attention.feedforward);
+}
+
+/* y[rows, n] = x[rows, k] Wᵀ + bias (and ReLU), as Linear.infer and gemm_into call the GEMM. */
+static void linear_rows(const pynn_context *ctx, int64_t rows, int64_t k, int64_t n, const float *x,
+                        const float *weight, const float *bias, int relu, float *y)
+{
+    const pynn_epilogue epilogue = {bias, NULL, relu ? PYNN_ACTIVATION_RELU : PYNN_ACTIVATION_NONE};
+    if (rows * n > 0)
+        pynn_sgemm(ctx, 0, 1, rows, n, k, 1.0f, x, k, weight, k, 0.0f, y, n, &epilogue);
+}
+
+static void add_rows(const pynn_context *ctx, int64_t size, const float *a, const float *b, float *y)
+{
+    const ptrdiff_t extent = size;
+    pynn_broadcast_binary(ctx, PYNN_TENSOR_ADD, 1, &extent, &extent, a, &extent, b, y);
+}
+
+/* MultiheadAttention.infer on one tensor: the packed in-projection, the
+ * kernel over strided views of it per head, the output projection. */
+static int self_attention(const pynn_context *ctx, const pynn_attention_params *a, int64_t batch,
+                          int64_t tokens, const float *x, float *y, float *scratch)
+{
+    const int64_t e = a->embed_dim, rows = batch * tokens, d = e / a->heads;
+    float *packed = scratch, *heads_out = scratch + whole_lines(rows * 3 * e);
+    linear_rows(ctx, rows, e, 3 * e, x, a->in_weight, a->in_bias, 0, packed);
+    const pynn_attention_shape shape = {batch, a->heads, tokens, tokens, d, d, (float)(1.0 / sqrt((double)d))};
+    const pynn_attention_input q = {packed, tokens * 3 * e, d, 3 * e}, k = {packed + e, tokens * 3 * e, d, 3 * e},
+                               v = {packed + 2 * e, tokens * 3 * e, d, 3 * e};
+    const pynn_attention_output out = {heads_out, tokens * e, d, e};
+    const pynn_attention_mask none = {0};
+    if (pynn_attention_forward(ctx, &shape, q, k, v, &none, out, NULL))
+        return -1;
+    linear_rows(ctx, rows, e, e, heads_out, a->out_weight, a->out_bias, 0, y);
+    return 0;
+}
+
+/* TransformerEncoderLayer._run at inference: post-norm
+ * norm2(r + ff(r)) with r = norm1(x + sa(x)), pre-norm
+ * r + ff(norm2(r)) with r = x + sa(norm1(x)). */
+static int transformer(const pynn_context *ctx, const pynn_layer *layer, int64_t batch, int64_t tokens,
+                       const float *x, float *y, float *scratch)
+{
+    const pynn_attention_params *a = &layer->attention;
+    const int64_t e = a->embed_dim, f = a->feedforward, rows = batch * tokens, size = rows * e;
+    const double eps = layer->layer_norm_eps;
+    float *attended = scratch + whole_lines(rows * 3 * e) + whole_lines(size);
+    float *residual = attended + whole_lines(size), *normed = residual + whole_lines(size);
+    float *summed = normed + whole_lines(size), *fed = summed + whole_lines(size);
+    float *hidden = fed + whole_lines(size);
+    if (size == 0)
+        return 0;
+    const float *attention_input = x;
+    if (a->norm_first) {
+        pynn_layer_norm_forward(ctx, rows, e, x, a->norm1_weight, a->norm1_bias, eps, normed);
+        attention_input = normed;
+    }
+    if (self_attention(ctx, a, batch, tokens, attention_input, attended, scratch))
+        return -1;
+    add_rows(ctx, size, x, attended, residual);
+    const float *fed_input = residual;
+    if (a->norm_first) {
+        pynn_layer_norm_forward(ctx, rows, e, residual, a->norm2_weight, a->norm2_bias, eps, normed);
+    } else {
+        pynn_layer_norm_forward(ctx, rows, e, residual, a->norm1_weight, a->norm1_bias, eps, normed);
+        fed_input = normed;
+    }
+    linear_rows(ctx, rows, e, f, normed, a->linear1_weight, a->linear1_bias, !a->gelu, hidden);
+    if (a->gelu)
+        pynn_gelu(ctx, rows * f, hidden, NULL, hidden, 0.0f);
+    linear_rows(ctx, rows, f, e, hidden, a->linear2_weight, a->linear2_bias, 0, fed);
+    if (a->norm_first) {
+        add_rows(ctx, size, fed_input, fed, y);
+    } else {
+        add_rows(ctx, size, fed_input, fed, summed);
+        pynn_layer_norm_forward(ctx, rows, e, summed, a->norm2_weight, a->norm2_bias, eps, y);
+    }
+    return 0;
+}
+
 void pynn_runner_free(pynn_runner *r)
 {
     if (!r)
@@ -360,7 +458,10 @@ void pynn_runner_free(pynn_runner *r)
         free(r->folded[i]);
     for (int i = 0; r->nested && i < r->step_count; i++)
         pynn_runner_free(r->nested[i]);
+    for (int i = 0; r->scratch && i < r->step_count; i++)
+        free(r->scratch[i]);
     free(r->nested);
+    free(r->scratch);
     free(r->buffers);
     free(r->folded);
     free(r->workspace);
@@ -411,6 +512,7 @@ static pynn_runner *build_for(const pynn_graph *graph, const pynn_shape *input, 
     r->kernel_steps = calloc(calls, sizeof *r->kernel_steps);
     r->folded = calloc(calls, sizeof *r->folded);
     r->nested = calloc(calls, sizeof *r->nested);
+    r->scratch = calloc(calls, sizeof *r->scratch);
     s.alias = calloc(slots, sizeof(int));
     s.readers = calloc(slots, sizeof(int));
     s.private_ = calloc(slots, sizeof(int));
@@ -418,7 +520,8 @@ static pynn_runner *build_for(const pynn_graph *graph, const pynn_shape *input, 
     p.sizes = calloc(calls, sizeof *p.sizes);
     p.free_list = calloc(2 * calls * PYNN_GRAPH_MAX_INPUTS, sizeof(int));
     slot_buffers = calloc(slots, sizeof(int));
-    if (!r->shapes || !r->slots || !r->steps || !r->kernel_steps || !r->folded || !r->nested || !s.alias
+    if (!r->shapes || !r->slots || !r->steps || !r->kernel_steps || !r->folded || !r->nested || !r->scratch
+        || !s.alias
         || !s.readers
         || !s.private_ || !s.producer || !p.sizes || !p.free_list || !slot_buffers)
         goto out_of_memory;
@@ -442,6 +545,9 @@ static pynn_runner *build_for(const pynn_graph *graph, const pynn_shape *input, 
             goto out_of_memory;
         if (r->steps[i].layer->type == LAYER_NESTED && build_nested(r, i, err, err_len))
             goto failed;
+        const size_t scratch = attention_scratch(r->steps[i].layer, &r->shapes[r->steps[i].shaped[0]]);
+        if (scratch && !(r->scratch[i] = pynn_aligned_floats(scratch)))
+            goto out_of_memory;
     }
     if (!(r->workspace = pynn_aligned_floats(workspace ? workspace : 1)))
         goto out_of_memory;
@@ -545,6 +651,49 @@ static int run_other(const pynn_runner *r, const pynn_context *ctx, int index, c
             padded(&r->shapes[st->shaped[k]], rank, b_dims);
             pynn_broadcast_binary(ctx, op, rank, out_dims, out_dims, y, b_dims, r->slots[st->sources[k]], y);
         }
+        return 0;
+    }
+    case LAYER_ATTENTION:
+        if (self_attention(ctx, &layer->attention, xs->dims[0], xs->dims[1], x, y, r->scratch[index]))
+            return say(err, err_len, "%s: no memory for the attention scores", layer->name);
+        return 0;
+    case LAYER_TRANSFORMER:
+        if (transformer(ctx, layer, xs->dims[0], xs->dims[1], x, y, r->scratch[index]))
+            return say(err, err_len, "%s: no memory for the attention scores", layer->name);
+        return 0;
+    case LAYER_POSITIONAL: {  /* x + weight[:T] broadcast over the batch */
+        const ptrdiff_t dims[3] = {xs->dims[0], xs->dims[1], xs->dims[2]};
+        const ptrdiff_t rows[3] = {1, xs->dims[1], xs->dims[2]};
+        if (pynn_shape_size(xs))
+            pynn_broadcast_binary(ctx, PYNN_TENSOR_ADD, 3, dims, dims, x, rows, layer->weight, y);
+        return 0;
+    }
+    case LAYER_LOG_SOFTMAX: {
+        ptrdiff_t outer, length, inner;
+        axis_split(xs, layer->axis, &outer, &length, &inner);
+        pynn_softmax(ctx, outer, length, inner, x, y, 1);
+        return 0;
+    }
+    case LAYER_AFFINE: {  /* x · scale, then + shift, the constants with a batch axis of 1 */
+        const int rank = ys->rank;
+        ptrdiff_t out_dims[PYNN_TENSOR_MAX_RANK], x_dims[PYNN_TENSOR_MAX_RANK], c_dims[PYNN_TENSOR_MAX_RANK];
+        if (pynn_shape_size(ys) == 0)
+            return 0;
+        for (int axis = 0; axis < rank; axis++) {
+            const int at = axis - (rank - layer->reshape.rank);
+            out_dims[axis] = ys->dims[axis];
+            c_dims[axis] = at >= 0 ? layer->reshape.dims[at] : 1;
+        }
+        padded(xs, rank, x_dims);
+        const float *source = x;
+        if (layer->gamma) {
+            pynn_broadcast_binary(ctx, PYNN_TENSOR_MULTIPLY, rank, out_dims, x_dims, source, c_dims, layer->gamma,
+                                  y);
+            source = y;
+        }
+        if (layer->beta)
+            pynn_broadcast_binary(ctx, PYNN_TENSOR_ADD, rank, out_dims, source == y ? out_dims : x_dims, source,
+                                  c_dims, layer->beta, y);
         return 0;
     }
     case LAYER_ADAPTIVE_AVGPOOL:
