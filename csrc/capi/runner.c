@@ -399,7 +399,7 @@ static int self_attention(const pynn_context *ctx, const pynn_attention_params *
                                v = {packed + 2 * e, tokens * 3 * e, d, 3 * e};
     const pynn_attention_output out = {heads_out, tokens * e, d, e};
     const pynn_attention_mask none = {0};
-    if (pynn_attention_forward(ctx, &shape, q, k, v, &none, out, NULL))
+    if (pynn_attention_forward(ctx, &shape, q, k, v, &none, out, NULL, NULL))
         return -1;
     linear_rows(ctx, rows, e, e, heads_out, a->out_weight, a->out_bias, 0, y);
     return 0;
