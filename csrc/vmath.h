@@ -7,7 +7,9 @@
  * and +-Inf come out as numpy's. tanh, whose range is bounded, is evaluated
  * in float arithmetic (twice the lanes) with an error budget kept below 2e-7
  * (worst seen over every float in [1e-4, 10]: 1.2e-7; AVX-512 has its own
- * table-driven tanh, 1.05e-7 over every float in [0, 9.5]). The functions are
+ * table-driven tanh, 1.05e-7 over every float in [0, 9.5]). The exact GELU
+ * and its derivative are float arithmetic too, through interval tables of a
+ * scaled erfc (pynn_gelu_f below). The functions are
  * branch-free inline code, so a loop over them vectorises at whatever width
  * the function it is inlined into is compiled for (PYNN_ELEMENTWISE below,
  * one copy per ISA). */
@@ -271,6 +273,340 @@ static inline PYNN_TARGET_AVX512 __m512 pynn_tanh16(__m512 x)
         p = _mm512_fmadd_ps(p, t, _mm512_permutex2var_ps(_mm512_load_ps(c[k]), index, _mm512_load_ps(c[k] + 16)));
     return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(p),
                                                _mm512_and_si512(sign_bit, _mm512_castps_si512(x))));
+}
+#endif
+
+/* GELU in float arithmetic, exact form. With a = |x| and
+ * Q = Phi(-a) = e^{-a^2/2} R(a), gelu(x) = x - a Q for x >= 0 and -a Q for
+ * x < 0, so negative x keep their relative accuracy down to underflow; the
+ * derivative Phi(x) + x phi(x) is 1 - D for x >= 0 and D for x < 0, with
+ * D = e^{-a^2/2} (R(a) - a / sqrt(2 pi)). G(a) = a R(a) and R(a) are
+ * polynomials in t = a - j/2 on the 32 intervals |t| <= 1/4 around
+ * j/2 = round(2a) / 2 (t is exact: Sterbenz), their coefficients fitted for
+ * relative error over each interval (Lawson-weighted least squares on
+ * Chebyshev nodes in float64 against 40-digit erfc, rounded to float one at a
+ * time with the rest refitted, the constant term kept as a float pair): G to
+ * degree 7 (within 1e-9 relative), R to degree 6 (within 4e-9); G's constant
+ * term on interval 0 is exactly 0. e^{-a^2/2} is 2^-n e^r with a^2 carried
+ * exactly in two or three floats, so its argument loses nothing, and
+ * e^r - 1 = r + r^2 S(r) with S fitted for relative error of e^r over
+ * |r| <= 0.3467 (5.3e-9). From a = 15 on (every float result already
+ * saturated) Q and D are 0, so gelu(inf) = inf, gelu(-inf) = -0 and the
+ * derivative tends to 1 and 0; NaN propagates. Rows of the tables run from
+ * the highest coefficient to the constant term, then the constant's low part. */
+#define PYNN_GELU_CUTOFF 15.0f
+#define PYNN_GELU_DEGREE 7
+#define PYNN_GAUSS_RATIO_DEGREE 6
+#define PYNN_LOG2E 1.44269504f
+#define PYNN_LN2_HI 0.693359375f    /* ln 2 = HI + LO, HI with 9 bits so n HI is exact */
+#define PYNN_LN2_LO -2.12194440e-4f
+#define PYNN_INV_SQRT_2PI 0.398942280f
+#define PYNN_ROUND_MAGIC 12582912.0f /* 1.5 * 2^23 */
+static const float pynn_gelu_scaled_tail[9][32] __attribute__((aligned(64))) = {
+    {0.0070667015f, 0.0026109738f, 0.0006317751f, 0.00033885232f,
+     5.5054206e-5f, 1.4497313e-5f, 1.0273399e-5f, 2.0593505e-5f,
+     2.7294261e-6f, -2.8925165e-6f, -6.6346784e-6f, -6.6022226e-6f,
+     -7.992581e-7f, -3.8584612e-6f, -1.0652453e-6f, 6.794538e-7f,
+     7.30233e-7f, 7.7823165e-7f, 1.3049896e-6f, 8.274282e-7f,
+     7.2443174e-7f, -3.0153495e-7f, 6.417484e-7f, 2.276186e-7f,
+     -2.591396e-7f, 1.6070852e-7f, 2.1596628e-7f, 2.3174881e-7f,
+     -4.2934224e-7f, 1.2330773e-7f, -1.02592665e-7f, 4.1041762e-8f},
+    {-0.025290001f, -0.007263632f, -0.0021747411f, -0.0007225597f,
+     -0.00026038723f, -0.00010207934f, -4.3214797e-5f, -1.9195197e-5f,
+     -9.177076e-6f, -4.5451566e-6f, -2.4184108e-6f, -1.3006336e-6f,
+     -7.389479e-7f, -4.2703337e-7f, -2.5686018e-7f, -1.5036758e-7f,
+     -9.728454e-8f, -6.7340046e-8f, -4.0252324e-8f, -2.620983e-8f,
+     -1.818405e-8f, -1.5929066e-8f, -8.665105e-9f, -9.517289e-9f,
+     -5.3689524e-9f, -4.009298e-9f, -3.1703815e-9f, -3.1777698e-9f,
+     -1.2986561e-9f, -1.2051106e-9f, -8.2632157e-10f, -1.0573115e-9f},
+    {0.062243003f, 0.01847868f, 0.0060991896f, 0.002197451f,
+     0.00087717257f, 0.00037536214f, 0.0001710928f, 8.13203e-5f,
+     4.2499378e-5f, 2.330252e-5f, 1.359668e-5f, 8.207276e-6f,
+     4.588993e-6f, 3.2126327e-6f, 1.8939505e-6f, 1.0847705e-6f,
+     6.940977e-7f, 4.421667e-7f, 2.2297121e-7f, 1.674402e-7f,
+     1.0562239e-7f, 1.6757471e-7f, 2.8739315e-8f, 4.861584e-8f,
+     8.398317e-8f, 2.4787218e-8f, 8.9579e-9f, -1.2075085e-10f,
+     6.6792126e-8f, 2.1451685e-9f, 2.365958e-8f, 5.4289373e-9f},
+    {-0.132955f, -0.043496225f, -0.015829429f, -0.0063310685f,
+     -0.0027521532f, -0.0012871177f, -0.0006418336f, -0.00033862266f,
+     -0.00018769907f, -0.000108681306f, -6.539173e-5f, -4.071376e-5f,
+     -2.6128118e-5f, -1.7228711e-5f, -1.1639326e-5f, -8.037501e-6f,
+     -5.660223e-6f, -4.0577193e-6f, -2.9572695e-6f, -2.1872604e-6f,
+     -1.6397984e-6f, -1.2445406e-6f, -9.559287e-7f, -7.4162887e-7f,
+     -5.8139466e-7f, -4.5985337e-7f, -3.6680927e-7f, -2.9486384e-7f,
+     -2.389446e-7f, -1.9487443e-7f, -1.5999352e-7f, -1.3211861e-7f},
+    {0.24999881f, 0.09131869f, 0.037021186f, 0.01644181f,
+     0.0079041f, 0.0040703597f, 0.0022248495f, 0.0012806719f,
+     0.0007710211f, 0.00048276727f, 0.0003128442f, 0.00020895767f,
+     0.00014336733f, 0.00010070732f, 7.226836e-5f, 5.2853957e-5f,
+     3.931726e-5f, 2.9702014e-5f, 2.2755938e-5f, 1.7655013e-5f,
+     1.3858391e-5f, 1.0991505e-5f, 8.808936e-6f, 7.120364e-6f,
+     5.8029955e-6f, 4.7686485e-6f, 3.9461847e-6f, 3.2874748e-6f,
+     2.7536157e-6f, 2.323451e-6f, 1.9691533e-6f, 1.678548e-6f},
+    {-0.39894226f, -0.16474481f, -0.07525685f, -0.037490975f,
+     -0.020112833f, -0.011493388f, -0.006931472f, -0.00437746f,
+     -0.0028761541f, -0.0019554198f, -0.0013694372f, -0.0009841865f,
+     -0.00072355167f, -0.0005426987f, -0.00041434605f, -0.00032140073f,
+     -0.0002528683f, -0.0002015071f, -0.00016244347f, -0.00013233277f,
+     -0.000108838256f, -9.0300455e-5f, -7.552307e-5f, -6.3631756e-5f,
+     -5.39792e-5f, -4.6080557e-5f, -3.9568626e-5f, -3.4162484e-5f,
+     -2.9645153e-5f, -2.5847567e-5f, -2.263688e-5f, -1.99079e-5f},
+    {0.5f, 0.2375524f, 0.12421431f, 0.070373744f,
+     0.042625446f, 0.027296452f, 0.018312642f, 0.012775304f,
+     0.0092117805f, 0.0068318206f, 0.0051905275f, 0.0040266463f,
+     0.0031809476f, 0.002553136f, 0.0020781592f, 0.001712707f,
+     0.0014272606f, 0.0012012722f, 0.0010201638f, 0.00087341195f,
+     0.0007533002f, 0.0006540883f, 0.00057144935f, 0.0005020826f,
+     0.0004434414f, 0.00039354083f, 0.00035081897f, 0.0003140357f,
+     0.00028219828f, 0.00025450587f, 0.0002303078f, 0.00020907178f},
+    {0.0f, 0.17480941f, 0.2615783f, 0.308671f,
+     0.336204f, 0.35332832f, 0.36454186f, 0.37220803f,
+     0.37764257f, 0.38161525f, 0.38459653f, 0.3868848f,
+     0.3886759f, 0.39010188f, 0.39125437f, 0.39219823f,
+     0.39298037f, 0.39363536f, 0.3941891f, 0.39466125f,
+     0.39506695f, 0.39541802f, 0.3957238f, 0.39599168f,
+     0.39622766f, 0.39643657f, 0.3966224f, 0.3967884f,
+     0.39693725f, 0.39707127f, 0.39719233f, 0.39730206f},
+    {0.0f, 6.294434e-9f, 2.3695546e-10f, 2.8538771e-9f,
+     1.0081833e-8f, 1.1048409e-8f, -1.3367714e-8f, 8.686323e-9f,
+     -6.718197e-9f, 1.3182402e-8f, -1.7477314e-9f, 8.597864e-9f,
+     -1.2366839e-8f, 9.895489e-9f, 1.1639601e-8f, -6.410063e-9f,
+     2.7541334e-9f, 3.8010093e-9f, 1.0301136e-8f, -6.963787e-9f,
+     -5.7310587e-9f, -1.5537956e-9f, -4.097869e-9f, -9.214152e-9f,
+     -4.868378e-9f, -2.4521967e-9f, -1.116634e-9f, -1.1492024e-8f,
+     -3.7082022e-9f, -6.8589516e-9f, 5.8201284e-9f, 4.9147597e-9f}
+};
+static const float pynn_gauss_tail_ratio[8][32] __attribute__((aligned(64))) = {
+    {0.007139077f, 0.0031127972f, 0.001023886f, 0.000370074f,
+     0.0001459393f, 6.268121e-5f, 2.8836661e-5f, 1.3767348e-5f,
+     7.2006083e-6f, 3.871223e-6f, 2.2019772e-6f, 1.3096704e-6f,
+     7.4760925e-7f, 4.2740115e-7f, 3.1092858e-7f, 1.7895456e-7f,
+     1.3118391e-7f, 7.2657684e-8f, 8.7078426e-8f, 5.7973036e-8f,
+     2.7681647e-8f, 2.4150404e-8f, 1.3854819e-8f, 1.1971855e-8f,
+     3.0285976e-9f, 7.3702022e-9f, 3.44689e-9f, 1.1120661e-8f,
+     -1.8941184e-9f, 3.443437e-9f, 3.785855e-9f, 1.4645049e-10f},
+    {-0.025341261f, -0.008819019f, -0.0032038756f, -0.0012753324f,
+     -0.0005531849f, -0.0002587897f, -0.00013035825f, -6.760543e-5f,
+     -3.8399226e-5f, -2.2046677e-5f, -1.3336576e-5f, -8.467875e-6f,
+     -5.153394e-6f, -3.2960372e-6f, -2.4600763e-6f, -1.4481332e-6f,
+     -1.231389e-6f, -6.2369116e-7f, -7.6864154e-7f, -5.853744e-7f,
+     -3.4176492e-7f, -2.513001e-7f, -2.0755279e-7f, -1.6942413e-7f,
+     -7.338664e-8f, -1.2102564e-7f, -5.2130048e-8f, -1.2117493e-7f,
+     -1.6151276e-9f, -8.191385e-8f, -6.655797e-8f, 1.2998424e-8f},
+    {0.06225619f, 0.022829013f, 0.00925521f, 0.0041103736f,
+     0.001976095f, 0.0010175888f, 0.00055619876f, 0.0003201644f,
+     0.00019274991f, 0.00012069134f, 7.821191e-5f, 5.2239968e-5f,
+     3.584246e-5f, 2.518343e-5f, 1.8066923e-5f, 1.3213862e-5f,
+     9.8287555e-6f, 7.4258724e-6f, 5.6856593e-6f, 4.41188e-6f,
+     3.4643342e-6f, 2.747963e-6f, 2.201993e-6f, 1.7799696e-6f,
+     1.451524e-6f, 1.1920486e-6f, 9.865254e-7f, 8.210731e-7f,
+     6.892239e-7f, 5.807426e-7f, 4.922559e-7f, 4.1969514e-7f},
+    {-0.13295646f, -0.054910988f, -0.025084289f, -0.012496824f,
+     -0.0067042597f, -0.0038310988f, -0.0023103685f, -0.0014591774f,
+     -0.000958658f, -0.0006517858f, -0.00045646075f, -0.00032803777f,
+     -0.0002411901f, -0.0001809116f, -0.00013810521f, -0.000107146145f,
+     -8.428175e-5f, -6.718376e-5f, -5.4134005e-5f, -4.4099383e-5f,
+     -3.627836e-5f, -3.009998e-5f, -2.517309e-5f, -2.1208945e-5f,
+     -1.7996423e-5f, -1.5357919e-5f, -1.3191204e-5f, -1.1382635e-5f,
+     -9.885327e-6f, -8.612501e-6f, -7.5429257e-6f, -6.639049e-6f},
+    {0.24999887f, 0.118776195f, 0.06210715f, 0.035186872f,
+     0.021312721f, 0.013648226f, 0.009156321f, 0.006387652f,
+     0.0046058903f, 0.0034159103f, 0.0025952638f, 0.0020133231f,
+     0.0015904738f, 0.0012765679f, 0.0010390796f, 0.0008563535f,
+     0.0007136303f, 0.0006006361f, 0.00051008194f, 0.000436706f,
+     0.0003766501f, 0.00032704414f, 0.00028572467f, 0.0002510413f,
+     0.00022172068f, 0.00019677042f, 0.00017540948f, 0.00015701786f,
+     0.00014109912f, 0.00012725293f, 0.0001151539f, 0.00010453589f},
+    {-0.39894226f, -0.2241329f, -0.137364f, -0.09027128f,
+     -0.06273828f, -0.045613952f, -0.034400437f, -0.026734242f,
+     -0.021299716f, -0.017327016f, -0.014345756f, -0.012057464f,
+     -0.010266394f, -0.0088403905f, -0.0076879035f, -0.006744052f,
+     -0.005961911f, -0.005306914f, -0.004753181f, -0.00428104f,
+     -0.0038753394f, -0.0035242639f, -0.0032184946f, -0.0029506066f,
+     -0.0027146274f, -0.0025057108f, -0.002319892f, -0.0021539035f,
+     -0.002005033f, -0.0018710152f, -0.0017499455f, -0.0016402141f},
+    {0.5f, 0.34961882f, 0.2615783f, 0.20578067f,
+     0.168102f, 0.14133133f, 0.12151395f, 0.106345154f,
+     0.09441064f, 0.084803395f, 0.0769193f, 0.0703427f,
+     0.06477931f, 0.060015675f, 0.05589348f, 0.052293096f,
+     0.049122546f, 0.046310045f, 0.04379879f, 0.04154329f,
+     0.039506692f, 0.03765886f, 0.03597489f, 0.034434058f,
+     0.033018973f, 0.031714927f, 0.030509414f, 0.029391732f,
+     0.028352661f, 0.027384225f, 0.026479488f, 0.02563239f},
+    {-2.224465e-11f, 1.2464567e-8f, 2.2807084e-10f, -3.0651368e-9f,
+     5.0409303e-9f, 1.4391689e-9f, 5.1116783e-10f, -7.112913e-10f,
+     -1.6795457e-9f, -2.8654719e-9f, 2.6306866e-9f, -3.1780303e-9f,
+     2.905914e-9f, 6.627006e-10f, 1.6628001e-9f, 1.3804992e-9f,
+     3.4426667e-10f, -1.7441696e-9f, -5.111141e-10f, -1.5173018e-9f,
+     1.6620683e-9f, -3.2537534e-10f, -3.7253323e-10f, 8.1846074e-10f,
+     -1.6474616e-9f, -1.8353035e-9f, 3.4394623e-10f, -4.3733997e-10f,
+     -5.309637e-10f, -8.76562e-11f, 7.605376e-10f, 6.175078e-10f}
+};
+
+/* e^r - 1 for |r| <= ln2 / 2 (plus the reduction's slack) */
+PYNN_INLINE float pynn_expm1_reduced_f(float r)
+{
+    float s = 0.0013950513f;
+    s = s * r + 0.008368909f;
+    s = s * r + 0.041666206f;
+    s = s * r + 0.16666518f;
+    s = s * r + 0.5f;
+    return r + (r * r) * s;
+}
+
+/* The polynomial of `table` (rows as above) on interval j at t. */
+PYNN_INLINE float pynn_interval_poly_f(const float (*table)[32], int degree, int32_t j, float t)
+{
+    float p = table[0][j];
+    for (int k = 1; k < degree; k++) p = p * t + table[k][j];
+    return table[degree][j] + (p * t + table[degree + 1][j]);
+}
+
+/* The common steps: a = |x| clamped below the cutoff, its interval j and
+ * offset t, and e^{-a^2/2} = (1 + expm1) 2^n1 2^n2 (two factors, so that
+ * subnormal results round once). The square splits exactly without FMA:
+ * a = hi + lo with 12 bits in hi, a^2 = hi^2 + 2 hi lo + lo^2, each exact. */
+typedef struct {
+    float a, t, expm1, scale1, scale2;
+    int32_t j;
+} pynn_gauss_parts;
+
+PYNN_INLINE pynn_gauss_parts pynn_gauss_parts_f(float x)
+{
+    pynn_gauss_parts g;
+    float a = fabsf(x);
+    a = a < PYNN_GELU_CUTOFF ? a : 0.0f; /* NaN too: its result is chosen later */
+    float twice = 2.0f * a + PYNN_ROUND_MAGIC;
+    g.j = pynn_float_to_bits(twice) - pynn_float_to_bits(PYNN_ROUND_MAGIC);
+    g.t = a - 0.5f * (twice - PYNN_ROUND_MAGIC);
+    float hi = pynn_bits_to_float(pynn_float_to_bits(a) & (int32_t)0xFFFFF000);
+    float lo = a - hi;
+    float square_hi = hi * hi, cross = hi * lo, square_lo = lo * lo;
+    float shifted = (a * a) * (-0.5f * PYNN_LOG2E) + PYNN_ROUND_MAGIC;
+    float n = shifted - PYNN_ROUND_MAGIC;
+    int32_t n_int = pynn_float_to_bits(shifted) - pynn_float_to_bits(PYNN_ROUND_MAGIC);
+    float r = -0.5f * square_hi - n * PYNN_LN2_HI;
+    r = r - cross - n * PYNN_LN2_LO - 0.5f * square_lo;
+    g.expm1 = pynn_expm1_reduced_f(r);
+    int32_t half = n_int >> 1;
+    g.scale1 = pynn_bits_to_float((half + 127) << 23);
+    g.scale2 = pynn_bits_to_float((n_int - half + 127) << 23);
+    g.a = a;
+    return g;
+}
+
+/* (1 + expm1) 2^n v from the pieces, or 0 beyond the cutoff, NaN kept */
+PYNN_INLINE float pynn_gauss_times_f(pynn_gauss_parts g, float x, float v)
+{
+    float scaled = (v + v * g.expm1) * g.scale1 * g.scale2;
+    float a = fabsf(x);
+    return a < PYNN_GELU_CUTOFF ? scaled : a >= PYNN_GELU_CUTOFF ? 0.0f : x;
+}
+
+PYNN_INLINE float pynn_gelu_f(float x)
+{
+    pynn_gauss_parts g = pynn_gauss_parts_f(x);
+    float tail = pynn_gauss_times_f(g, x,
+        pynn_interval_poly_f(pynn_gelu_scaled_tail, PYNN_GELU_DEGREE, g.j, g.t));
+    return x >= 0.0f ? x - tail : -tail;
+}
+
+PYNN_INLINE float pynn_gelu_derivative_f(float x)
+{
+    pynn_gauss_parts g = pynn_gauss_parts_f(x);
+    float ratio = pynn_interval_poly_f(pynn_gauss_tail_ratio, PYNN_GAUSS_RATIO_DEGREE, g.j, g.t);
+    float d = pynn_gauss_times_f(g, x, ratio - g.a * PYNN_INV_SQRT_2PI);
+    return x >= 0.0f ? 1.0f - d : d;
+}
+
+#if defined(PYNN_X86_64)
+/* The same steps on AVX-512, the table reads register permutes and the
+ * square split with an FMA. */
+#define PYNN_PERMUTE_ROW(row, j) \
+    _mm512_permutex2var_ps(_mm512_load_ps(row), (j), _mm512_load_ps((row) + 16))
+
+PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_interval_poly16(const float (*table)[32], int degree,
+                                                             __m512i j, __m512 t)
+{
+    __m512 p = PYNN_PERMUTE_ROW(table[0], j);
+    for (int k = 1; k < degree; k++) p = _mm512_fmadd_ps(p, t, PYNN_PERMUTE_ROW(table[k], j));
+    p = _mm512_fmadd_ps(p, t, PYNN_PERMUTE_ROW(table[degree + 1], j));
+    return _mm512_add_ps(PYNN_PERMUTE_ROW(table[degree], j), p);
+}
+
+typedef struct {
+    __m512 a, t, expm1, scale1, scale2;
+    __m512i j;
+} pynn_gauss_parts16;
+
+PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_abs16(__m512 x)
+{
+    return _mm512_castsi512_ps(_mm512_andnot_si512(_mm512_set1_epi32((int32_t)0x80000000),
+                                                   _mm512_castps_si512(x)));
+}
+
+PYNN_INLINE PYNN_TARGET_AVX512 pynn_gauss_parts16 pynn_gauss16(__m512 x)
+{
+    const __m512 magic = _mm512_set1_ps(PYNN_ROUND_MAGIC);
+    const __m512i bias = _mm512_set1_epi32(127);
+    pynn_gauss_parts16 g;
+    __m512 a = pynn_abs16(x);
+    __mmask16 inside = _mm512_cmp_ps_mask(a, _mm512_set1_ps(PYNN_GELU_CUTOFF), _CMP_LT_OQ);
+    a = _mm512_mask_blend_ps(inside, _mm512_setzero_ps(), a);
+    __m512 twice = _mm512_fmadd_ps(a, _mm512_set1_ps(2.0f), magic);
+    g.j = _mm512_sub_epi32(_mm512_castps_si512(twice), _mm512_castps_si512(magic));
+    g.t = _mm512_fmadd_ps(_mm512_set1_ps(-0.5f), _mm512_sub_ps(twice, magic), a);
+    __m512 square = _mm512_mul_ps(a, a);
+    __m512 square_lo = _mm512_fmadd_ps(a, a, _mm512_mul_ps(square, _mm512_set1_ps(-1.0f)));
+    __m512 shifted = _mm512_fmadd_ps(square, _mm512_set1_ps(-0.5f * PYNN_LOG2E), magic);
+    __m512 n = _mm512_sub_ps(shifted, magic);
+    __m512i n_int = _mm512_sub_epi32(_mm512_castps_si512(shifted), _mm512_castps_si512(magic));
+    __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-PYNN_LN2_HI),
+                               _mm512_mul_ps(square, _mm512_set1_ps(-0.5f)));
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(-PYNN_LN2_LO), r);
+    r = _mm512_fmadd_ps(square_lo, _mm512_set1_ps(-0.5f), r);
+    __m512 s = _mm512_set1_ps(0.0013950513f);
+    s = _mm512_fmadd_ps(s, r, _mm512_set1_ps(0.008368909f));
+    s = _mm512_fmadd_ps(s, r, _mm512_set1_ps(0.041666206f));
+    s = _mm512_fmadd_ps(s, r, _mm512_set1_ps(0.16666518f));
+    s = _mm512_fmadd_ps(s, r, _mm512_set1_ps(0.5f));
+    g.expm1 = _mm512_fmadd_ps(_mm512_mul_ps(r, r), s, r);
+    __m512i half = _mm512_srai_epi32(n_int, 1);
+    g.scale1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(half, bias), 23));
+    g.scale2 = _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_add_epi32(_mm512_sub_epi32(n_int, half), bias), 23));
+    g.a = a;
+    return g;
+}
+
+PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_gauss_times16(pynn_gauss_parts16 g, __m512 x, __m512 v)
+{
+    __m512 scaled = _mm512_mul_ps(_mm512_mul_ps(_mm512_fmadd_ps(v, g.expm1, v), g.scale1), g.scale2);
+    __m512 a = pynn_abs16(x), cutoff = _mm512_set1_ps(PYNN_GELU_CUTOFF);
+    __mmask16 inside = _mm512_cmp_ps_mask(a, cutoff, _CMP_LT_OQ);
+    __mmask16 beyond = _mm512_cmp_ps_mask(a, cutoff, _CMP_GE_OQ);
+    __m512 outside = _mm512_mask_blend_ps(beyond, x, _mm512_setzero_ps());
+    return _mm512_mask_blend_ps(inside, outside, scaled);
+}
+
+PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_gelu16(__m512 x)
+{
+    pynn_gauss_parts16 g = pynn_gauss16(x);
+    __m512 tail = pynn_gauss_times16(
+        g, x, pynn_interval_poly16(pynn_gelu_scaled_tail, PYNN_GELU_DEGREE, g.j, g.t));
+    __mmask16 nonnegative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
+    return _mm512_mask_blend_ps(nonnegative, _mm512_mul_ps(tail, _mm512_set1_ps(-1.0f)),
+                                _mm512_sub_ps(x, tail));
+}
+
+PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_gelu_derivative16(__m512 x)
+{
+    pynn_gauss_parts16 g = pynn_gauss16(x);
+    __m512 ratio = pynn_interval_poly16(pynn_gauss_tail_ratio, PYNN_GAUSS_RATIO_DEGREE, g.j, g.t);
+    __m512 d = pynn_gauss_times16(
+        g, x, _mm512_fmadd_ps(g.a, _mm512_set1_ps(-PYNN_INV_SQRT_2PI), ratio));
+    __mmask16 nonnegative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
+    return _mm512_mask_blend_ps(nonnegative, d, _mm512_sub_ps(_mm512_set1_ps(1.0f), d));
 }
 #endif
 
