@@ -454,12 +454,14 @@ PYNN_INLINE float pynn_expm1_reduced_f(float r)
     return r + (r * r) * s;
 }
 
-/* The polynomial of `table` (rows as above) on interval j at t. */
-PYNN_INLINE float pynn_interval_poly_f(const float (*table)[32], int degree, int32_t j, float t)
+/* The polynomial of `table` (rows as above) on interval j at t, less its
+ * constant term's high part table[degree][j] (the caller adds it last, so
+ * that it rounds once). */
+PYNN_INLINE float pynn_interval_poly_rest_f(const float (*table)[32], int degree, int32_t j, float t)
 {
     float p = table[0][j];
     for (int k = 1; k < degree; k++) p = p * t + table[k][j];
-    return table[degree][j] + (p * t + table[degree + 1][j]);
+    return p * t + table[degree + 1][j];
 }
 
 /* The common steps: a = |x| clamped below the cutoff, its interval j and
@@ -495,10 +497,11 @@ PYNN_INLINE pynn_gauss_parts pynn_gauss_parts_f(float x)
     return g;
 }
 
-/* (1 + expm1) 2^n v from the pieces, or 0 beyond the cutoff, NaN kept */
-PYNN_INLINE float pynn_gauss_times_f(pynn_gauss_parts g, float x, float v)
+/* (1 + expm1) 2^n (high + low) from the pieces, the larger high added last,
+ * or 0 beyond the cutoff, NaN kept */
+PYNN_INLINE float pynn_gauss_times_f(pynn_gauss_parts g, float x, float high, float low)
 {
-    float scaled = (v + v * g.expm1) * g.scale1 * g.scale2;
+    float scaled = (high + (high * g.expm1 + (low + low * g.expm1))) * g.scale1 * g.scale2;
     float a = fabsf(x);
     return a < PYNN_GELU_CUTOFF ? scaled : a >= PYNN_GELU_CUTOFF ? 0.0f : x;
 }
@@ -506,16 +509,17 @@ PYNN_INLINE float pynn_gauss_times_f(pynn_gauss_parts g, float x, float v)
 PYNN_INLINE float pynn_gelu_f(float x)
 {
     pynn_gauss_parts g = pynn_gauss_parts_f(x);
-    float tail = pynn_gauss_times_f(g, x,
-        pynn_interval_poly_f(pynn_gelu_scaled_tail, PYNN_GELU_DEGREE, g.j, g.t));
+    float tail = pynn_gauss_times_f(g, x, pynn_gelu_scaled_tail[PYNN_GELU_DEGREE][g.j],
+        pynn_interval_poly_rest_f(pynn_gelu_scaled_tail, PYNN_GELU_DEGREE, g.j, g.t));
     return x >= 0.0f ? x - tail : -tail;
 }
 
 PYNN_INLINE float pynn_gelu_derivative_f(float x)
 {
     pynn_gauss_parts g = pynn_gauss_parts_f(x);
-    float ratio = pynn_interval_poly_f(pynn_gauss_tail_ratio, PYNN_GAUSS_RATIO_DEGREE, g.j, g.t);
-    float d = pynn_gauss_times_f(g, x, ratio - g.a * PYNN_INV_SQRT_2PI);
+    float ratio = pynn_gauss_tail_ratio[PYNN_GAUSS_RATIO_DEGREE][g.j] +
+                  pynn_interval_poly_rest_f(pynn_gauss_tail_ratio, PYNN_GAUSS_RATIO_DEGREE, g.j, g.t);
+    float d = pynn_gauss_times_f(g, x, ratio - g.a * PYNN_INV_SQRT_2PI, 0.0f);
     return x >= 0.0f ? 1.0f - d : d;
 }
 
@@ -525,13 +529,12 @@ PYNN_INLINE float pynn_gelu_derivative_f(float x)
 #define PYNN_PERMUTE_ROW(row, j) \
     _mm512_permutex2var_ps(_mm512_load_ps(row), (j), _mm512_load_ps((row) + 16))
 
-PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_interval_poly16(const float (*table)[32], int degree,
-                                                             __m512i j, __m512 t)
+PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_interval_poly_rest16(const float (*table)[32], int degree,
+                                                                  __m512i j, __m512 t)
 {
     __m512 p = PYNN_PERMUTE_ROW(table[0], j);
     for (int k = 1; k < degree; k++) p = _mm512_fmadd_ps(p, t, PYNN_PERMUTE_ROW(table[k], j));
-    p = _mm512_fmadd_ps(p, t, PYNN_PERMUTE_ROW(table[degree + 1], j));
-    return _mm512_add_ps(PYNN_PERMUTE_ROW(table[degree], j), p);
+    return _mm512_fmadd_ps(p, t, PYNN_PERMUTE_ROW(table[degree + 1], j));
 }
 
 typedef struct {
@@ -579,9 +582,11 @@ PYNN_INLINE PYNN_TARGET_AVX512 pynn_gauss_parts16 pynn_gauss16(__m512 x)
     return g;
 }
 
-PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_gauss_times16(pynn_gauss_parts16 g, __m512 x, __m512 v)
+PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_gauss_times16(pynn_gauss_parts16 g, __m512 x, __m512 high,
+                                                          __m512 low)
 {
-    __m512 scaled = _mm512_mul_ps(_mm512_mul_ps(_mm512_fmadd_ps(v, g.expm1, v), g.scale1), g.scale2);
+    __m512 sum = _mm512_fmadd_ps(high, g.expm1, _mm512_fmadd_ps(low, g.expm1, low));
+    __m512 scaled = _mm512_mul_ps(_mm512_mul_ps(_mm512_add_ps(high, sum), g.scale1), g.scale2);
     __m512 a = pynn_abs16(x), cutoff = _mm512_set1_ps(PYNN_GELU_CUTOFF);
     __mmask16 inside = _mm512_cmp_ps_mask(a, cutoff, _CMP_LT_OQ);
     __mmask16 beyond = _mm512_cmp_ps_mask(a, cutoff, _CMP_GE_OQ);
@@ -593,7 +598,8 @@ PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_gelu16(__m512 x)
 {
     pynn_gauss_parts16 g = pynn_gauss16(x);
     __m512 tail = pynn_gauss_times16(
-        g, x, pynn_interval_poly16(pynn_gelu_scaled_tail, PYNN_GELU_DEGREE, g.j, g.t));
+        g, x, PYNN_PERMUTE_ROW(pynn_gelu_scaled_tail[PYNN_GELU_DEGREE], g.j),
+        pynn_interval_poly_rest16(pynn_gelu_scaled_tail, PYNN_GELU_DEGREE, g.j, g.t));
     __mmask16 nonnegative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
     return _mm512_mask_blend_ps(nonnegative, _mm512_mul_ps(tail, _mm512_set1_ps(-1.0f)),
                                 _mm512_sub_ps(x, tail));
@@ -602,9 +608,11 @@ PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_gelu16(__m512 x)
 PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_gelu_derivative16(__m512 x)
 {
     pynn_gauss_parts16 g = pynn_gauss16(x);
-    __m512 ratio = pynn_interval_poly16(pynn_gauss_tail_ratio, PYNN_GAUSS_RATIO_DEGREE, g.j, g.t);
+    __m512 ratio = _mm512_add_ps(
+        PYNN_PERMUTE_ROW(pynn_gauss_tail_ratio[PYNN_GAUSS_RATIO_DEGREE], g.j),
+        pynn_interval_poly_rest16(pynn_gauss_tail_ratio, PYNN_GAUSS_RATIO_DEGREE, g.j, g.t));
     __m512 d = pynn_gauss_times16(
-        g, x, _mm512_fmadd_ps(g.a, _mm512_set1_ps(-PYNN_INV_SQRT_2PI), ratio));
+        g, x, _mm512_fmadd_ps(g.a, _mm512_set1_ps(-PYNN_INV_SQRT_2PI), ratio), _mm512_setzero_ps());
     __mmask16 nonnegative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
     return _mm512_mask_blend_ps(nonnegative, d, _mm512_sub_ps(_mm512_set1_ps(1.0f), d));
 }
