@@ -8,8 +8,8 @@
  * in float arithmetic (twice the lanes) with an error budget kept below 2e-7
  * (worst seen over every float in [1e-4, 10]: 1.2e-7; AVX-512 has its own
  * table-driven tanh, 1.05e-7 over every float in [0, 9.5]). The exact GELU
- * and its derivative are float arithmetic too, through interval tables of a
- * scaled erfc (pynn_gelu_f below). The functions are
+ * and its derivative are float arithmetic too, through interval tables
+ * (pynn_gelu_f below). The functions are
  * branch-free inline code, so a loop over them vectorises at whatever width
  * the function it is inlined into is compiled for (PYNN_ELEMENTWISE below,
  * one copy per ISA). */
@@ -276,105 +276,108 @@ static inline PYNN_TARGET_AVX512 __m512 pynn_tanh16(__m512 x)
 }
 #endif
 
-/* GELU in float arithmetic, exact form. With a = |x| and
- * Q = Phi(-a) = e^{-a^2/2} R(a), gelu(x) = x - a Q for x >= 0 and -a Q for
- * x < 0, so negative x keep their relative accuracy down to underflow; the
- * derivative Phi(x) + x phi(x) is 1 - D for x >= 0 and D for x < 0, with
- * D = e^{-a^2/2} (R(a) - a / sqrt(2 pi)). G(a) = a R(a) and R(a) are
- * polynomials in t = a - j/2 on the 32 intervals |t| <= 1/4 around
- * j/2 = round(2a) / 2 (t is exact: Sterbenz), their coefficients fitted for
- * relative error over each interval (Lawson-weighted least squares on
- * Chebyshev nodes in float64 against 40-digit erfc, rounded to float one at a
- * time with the rest refitted, the constant term kept as a float pair): G to
- * degree 7 (within 1e-9 relative), R to degree 6 (within 4e-9); G's constant
- * term on interval 0 is exactly 0. e^{-a^2/2} is 2^-n e^r with a^2 carried
- * exactly in two or three floats, so its argument loses nothing, and
+/* GELU in float arithmetic, exact form. With a = |x| and the tail
+ * T(a) = a Phi(-a), gelu(x) = x - T(a) for x >= 0 and -T(a) for x < 0, so
+ * negative x keep their relative accuracy; the derivative Phi(x) + x phi(x)
+ * is 1 - D for x >= 0 and D for x < 0, D = e^{-a^2/2} (R(a) - a / sqrt(2 pi))
+ * with R(a) = Phi(-a) e^{a^2/2}. T is a degree-7 polynomial in t = a - j/4 on
+ * the 32 intervals |t| <= 1/8 around j/4 = round(4a) / 4 (interval 0 is
+ * [0, 1/8], where T's constant term is exactly 0), R one of degree 6 in
+ * t = a - j/2 on the 32 intervals |t| <= 1/4 around round(2a) / 2; t is exact
+ * (Sterbenz). Coefficients are fitted for relative error over each interval
+ * (Lawson-weighted least squares on Chebyshev nodes, in float64 against
+ * 40-digit erfc), rounded to float one at a time with the later ones refitted
+ * and the constant term kept as a float pair: within 6e-9 relative for T on
+ * [0, 5.625] (9e-8 on to 7.875), 4e-9 for R. e^{-a^2/2} is 2^n e^r with a^2
+ * carried exactly in two or three floats, so its argument loses nothing, and
  * e^r - 1 = r + r^2 S(r) with S fitted for relative error of e^r over
- * |r| <= 0.3467 (5.3e-9). From a = 15 on (every float result already
- * saturated) Q and D are 0, so gelu(inf) = inf, gelu(-inf) = -0 and the
- * derivative tends to 1 and 0; NaN propagates. Rows of the tables run from
- * the highest coefficient to the constant term, then the constant's low part. */
-#define PYNN_GELU_CUTOFF 15.0f
+ * |r| <= 0.3467 (5.3e-9). Beyond the tables (every float result there already
+ * x or below 1e-6 in size) T and D are 0, so gelu(inf) = inf,
+ * gelu(-inf) = -0 and the derivative tends to 1 and 0; NaN propagates. Rows of
+ * the tables run from the highest coefficient to the constant term, then the
+ * constant's low part. */
 #define PYNN_GELU_DEGREE 7
+#define PYNN_GELU_TAIL_END 7.875f  /* the end of T's last interval */
 #define PYNN_GAUSS_RATIO_DEGREE 6
+#define PYNN_GAUSS_CUTOFF 15.0f    /* within R's last interval; D underflows long before */
 #define PYNN_LOG2E 1.44269504f
 #define PYNN_LN2_HI 0.693359375f    /* ln 2 = HI + LO, HI with 9 bits so n HI is exact */
 #define PYNN_LN2_LO -2.12194440e-4f
 #define PYNN_INV_SQRT_2PI 0.398942280f
 #define PYNN_ROUND_MAGIC 12582912.0f /* 1.5 * 2^23 */
-static const float pynn_gelu_scaled_tail[9][32] __attribute__((aligned(64))) = {
-    {0.0070667015f, 0.0026109738f, 0.0006317751f, 0.00033885232f,
-     5.5054206e-5f, 1.4497313e-5f, 1.0273399e-5f, 2.0593505e-5f,
-     2.7294261e-6f, -2.8925165e-6f, -6.6346784e-6f, -6.6022226e-6f,
-     -7.992581e-7f, -3.8584612e-6f, -1.0652453e-6f, 6.794538e-7f,
-     7.30233e-7f, 7.7823165e-7f, 1.3049896e-6f, 8.274282e-7f,
-     7.2443174e-7f, -3.0153495e-7f, 6.417484e-7f, 2.276186e-7f,
-     -2.591396e-7f, 1.6070852e-7f, 2.1596628e-7f, 2.3174881e-7f,
-     -4.2934224e-7f, 1.2330773e-7f, -1.02592665e-7f, 4.1041762e-8f},
-    {-0.025290001f, -0.007263632f, -0.0021747411f, -0.0007225597f,
-     -0.00026038723f, -0.00010207934f, -4.3214797e-5f, -1.9195197e-5f,
-     -9.177076e-6f, -4.5451566e-6f, -2.4184108e-6f, -1.3006336e-6f,
-     -7.389479e-7f, -4.2703337e-7f, -2.5686018e-7f, -1.5036758e-7f,
-     -9.728454e-8f, -6.7340046e-8f, -4.0252324e-8f, -2.620983e-8f,
-     -1.818405e-8f, -1.5929066e-8f, -8.665105e-9f, -9.517289e-9f,
-     -5.3689524e-9f, -4.009298e-9f, -3.1703815e-9f, -3.1777698e-9f,
-     -1.2986561e-9f, -1.2051106e-9f, -8.2632157e-10f, -1.0573115e-9f},
-    {0.062243003f, 0.01847868f, 0.0060991896f, 0.002197451f,
-     0.00087717257f, 0.00037536214f, 0.0001710928f, 8.13203e-5f,
-     4.2499378e-5f, 2.330252e-5f, 1.359668e-5f, 8.207276e-6f,
-     4.588993e-6f, 3.2126327e-6f, 1.8939505e-6f, 1.0847705e-6f,
-     6.940977e-7f, 4.421667e-7f, 2.2297121e-7f, 1.674402e-7f,
-     1.0562239e-7f, 1.6757471e-7f, 2.8739315e-8f, 4.861584e-8f,
-     8.398317e-8f, 2.4787218e-8f, 8.9579e-9f, -1.2075085e-10f,
-     6.6792126e-8f, 2.1451685e-9f, 2.365958e-8f, 5.4289373e-9f},
-    {-0.132955f, -0.043496225f, -0.015829429f, -0.0063310685f,
-     -0.0027521532f, -0.0012871177f, -0.0006418336f, -0.00033862266f,
-     -0.00018769907f, -0.000108681306f, -6.539173e-5f, -4.071376e-5f,
-     -2.6128118e-5f, -1.7228711e-5f, -1.1639326e-5f, -8.037501e-6f,
-     -5.660223e-6f, -4.0577193e-6f, -2.9572695e-6f, -2.1872604e-6f,
-     -1.6397984e-6f, -1.2445406e-6f, -9.559287e-7f, -7.4162887e-7f,
-     -5.8139466e-7f, -4.5985337e-7f, -3.6680927e-7f, -2.9486384e-7f,
-     -2.389446e-7f, -1.9487443e-7f, -1.5999352e-7f, -1.3211861e-7f},
-    {0.24999881f, 0.09131869f, 0.037021186f, 0.01644181f,
-     0.0079041f, 0.0040703597f, 0.0022248495f, 0.0012806719f,
-     0.0007710211f, 0.00048276727f, 0.0003128442f, 0.00020895767f,
-     0.00014336733f, 0.00010070732f, 7.226836e-5f, 5.2853957e-5f,
-     3.931726e-5f, 2.9702014e-5f, 2.2755938e-5f, 1.7655013e-5f,
-     1.3858391e-5f, 1.0991505e-5f, 8.808936e-6f, 7.120364e-6f,
-     5.8029955e-6f, 4.7686485e-6f, 3.9461847e-6f, 3.2874748e-6f,
-     2.7536157e-6f, 2.323451e-6f, 1.9691533e-6f, 1.678548e-6f},
-    {-0.39894226f, -0.16474481f, -0.07525685f, -0.037490975f,
-     -0.020112833f, -0.011493388f, -0.006931472f, -0.00437746f,
-     -0.0028761541f, -0.0019554198f, -0.0013694372f, -0.0009841865f,
-     -0.00072355167f, -0.0005426987f, -0.00041434605f, -0.00032140073f,
-     -0.0002528683f, -0.0002015071f, -0.00016244347f, -0.00013233277f,
-     -0.000108838256f, -9.0300455e-5f, -7.552307e-5f, -6.3631756e-5f,
-     -5.39792e-5f, -4.6080557e-5f, -3.9568626e-5f, -3.4162484e-5f,
-     -2.9645153e-5f, -2.5847567e-5f, -2.263688e-5f, -1.99079e-5f},
-    {0.5f, 0.2375524f, 0.12421431f, 0.070373744f,
-     0.042625446f, 0.027296452f, 0.018312642f, 0.012775304f,
-     0.0092117805f, 0.0068318206f, 0.0051905275f, 0.0040266463f,
-     0.0031809476f, 0.002553136f, 0.0020781592f, 0.001712707f,
-     0.0014272606f, 0.0012012722f, 0.0010201638f, 0.00087341195f,
-     0.0007533002f, 0.0006540883f, 0.00057144935f, 0.0005020826f,
-     0.0004434414f, 0.00039354083f, 0.00035081897f, 0.0003140357f,
-     0.00028219828f, 0.00025450587f, 0.0002303078f, 0.00020907178f},
-    {0.0f, 0.17480941f, 0.2615783f, 0.308671f,
-     0.336204f, 0.35332832f, 0.36454186f, 0.37220803f,
-     0.37764257f, 0.38161525f, 0.38459653f, 0.3868848f,
-     0.3886759f, 0.39010188f, 0.39125437f, 0.39219823f,
-     0.39298037f, 0.39363536f, 0.3941891f, 0.39466125f,
-     0.39506695f, 0.39541802f, 0.3957238f, 0.39599168f,
-     0.39622766f, 0.39643657f, 0.3966224f, 0.3967884f,
-     0.39693725f, 0.39707127f, 0.39719233f, 0.39730206f},
-    {0.0f, 6.294434e-9f, 2.3695546e-10f, 2.8538771e-9f,
-     1.0081833e-8f, 1.1048409e-8f, -1.3367714e-8f, 8.686323e-9f,
-     -6.718197e-9f, 1.3182402e-8f, -1.7477314e-9f, 8.597864e-9f,
-     -1.2366839e-8f, 9.895489e-9f, 1.1639601e-8f, -6.410063e-9f,
-     2.7541334e-9f, 3.8010093e-9f, 1.0301136e-8f, -6.963787e-9f,
-     -5.7310587e-9f, -1.5537956e-9f, -4.097869e-9f, -9.214152e-9f,
-     -4.868378e-9f, -2.4521967e-9f, -1.116634e-9f, -1.1492024e-8f,
-     -3.7082022e-9f, -6.8589516e-9f, 5.8201284e-9f, 4.9147597e-9f}
+static const float pynn_gelu_tail[9][32] __attribute__((aligned(64))) = {
+    {0.014991992f, 0.0052032834f, -0.007897364f, 0.0027800915f,
+     -0.0014920576f, -0.00037190295f, 0.008292195f, -0.001154846f,
+     0.003274346f, 0.00015717054f, 0.00016314667f, 7.508358e-05f,
+     0.00034359188f, 0.0005176512f, -5.5936547e-05f, -3.458818e-05f,
+     -4.492648e-05f, -2.548237e-05f, -2.4260877e-05f, -1.2233641e-05f,
+     -6.2902154e-06f, -3.1225088e-06f, -1.2773324e-06f, -4.687336e-07f,
+     -1.538725e-07f, -4.866857e-08f, -1.3729459e-08f, -3.6118153e-09f,
+     -8.7237717e-10f, -1.9502001e-10f, -4.0548075e-11f, -7.793692e-12f},
+    {-0.01541857f, -0.007963971f, -0.0029936184f, 0.002451911f,
+     0.0059784576f, 0.006693054f, 0.004968021f, 0.002009098f,
+     -0.0003614764f, -0.0017332917f, -0.0019396292f, -0.0014515464f,
+     -0.0007813329f, -0.00023147339f, 4.5109035e-05f, 0.00015308963f,
+     0.00014693533f, 0.00010434891f, 6.121789e-05f, 3.1393047e-05f,
+     1.4287037e-05f, 5.8648034e-06f, 2.1940973e-06f, 7.523809e-07f,
+     2.3684782e-07f, 6.8734636e-08f, 1.8442059e-08f, 4.5817115e-09f,
+     1.0562962e-09f, 2.2613887e-10f, 4.5024928e-11f, 8.342502e-12f},
+    {0.0007455754f, -0.014037845f, -0.022149572f, -0.022828069f,
+     -0.016053662f, -0.006193116f, 0.002452311f, 0.007924323f,
+     0.008869813f, 0.0071594086f, 0.0042672604f, 0.001675053f,
+     7.015553e-07f, -0.0007440224f, -0.0008428676f, -0.0006712679f,
+     -0.00043636886f, -0.00024605243f, -0.00012296553f, -5.554697e-05f,
+     -2.2811986e-05f, -8.5703305e-06f, -2.9632386e-06f, -9.454659e-07f,
+     -2.7907876e-07f, -7.6284216e-08f, -1.9364215e-08f, -4.567434e-09f,
+     -1.0025317e-09f, -2.0493061e-10f, -3.903887e-11f, -6.936881e-12f},
+    {0.06644383f, 0.057458483f, 0.03392219f, 0.0047535305f,
+     -0.020163143f, -0.03421694f, -0.03609098f, -0.028969498f,
+     -0.01799843f, -0.0076823775f, -0.0005022659f, 0.003127399f,
+     0.0040626326f, 0.0035192342f, 0.0024841016f, 0.00151789f,
+     0.0008253094f, 0.00040524596f, 0.00018135816f, 7.4420204e-05f,
+     2.8123082e-05f, 9.817878e-06f, 3.1738848e-06f, 9.5191655e-07f,
+     2.6528753e-07f, 6.878188e-08f, 1.6607787e-08f, 3.737733e-09f,
+     7.84645e-10f, 1.5374017e-10f, 2.8130718e-11f, 4.809107e-12f},
+    {1.2723624e-06f, 0.06343847f, 0.110017896f, 0.129395f,
+     0.12098473f, 0.09275151f, 0.056666236f, 0.023591558f,
+     1.0821502e-06f, -0.01264612f, -0.016432775f, -0.014848154f,
+     -0.011079628f, -0.007212552f, -0.004199831f, -0.0022175098f,
+     -0.0010706492f, -0.00047532207f, -0.00019480275f, -7.390995e-05f,
+     -2.6017466e-05f, -8.5117545e-06f, -2.5914762e-06f, -7.350686e-07f,
+     -1.944267e-07f, -4.7991605e-08f, -1.1061876e-08f, -2.3822595e-09f,
+     -4.795665e-10f, -9.027933e-11f, -1.5898827e-11f, -2.6200812e-12f},
+    {-0.3989423f, -0.37458473f, -0.30805716f, -0.21644253f,
+     -0.12098537f, -0.039954487f, 0.016189704f, 0.045834824f,
+     0.05399097f, 0.048601344f, 0.03724764f, 0.02529147f,
+     0.015511469f, 0.008686863f, 0.0044724983f, 0.0021265927f,
+     0.0009368115f, 0.0003832403f, 0.00014585163f, 5.1709627e-05f,
+     1.7097276e-05f, 5.2767023e-06f, 1.5212288e-06f, 4.0990767e-07f,
+     1.03290084e-07f, 2.435012e-08f, 5.37249e-09f, 1.1097431e-09f,
+     2.1466644e-10f, 3.889628e-11f, 6.60312e-12f, 1.0504411e-12f},
+    {0.5f, 0.30462664f, 0.13250488f, 0.00077427825f,
+     -0.08331547f, -0.12266158f, -0.1274692f, -0.11092615f,
+     -0.0852318f, -0.059189744f, -0.037611086f, -0.022027534f,
+     -0.011945647f, -0.0060173813f, -0.0028217603f, -0.0012338165f,
+     -0.00050364964f, -0.00019211568f, -6.852916e-05f, -2.2873077e-05f,
+     -7.1469462e-06f, -2.0913976e-06f, -5.733472e-07f, -1.4729432e-07f,
+     -3.5468712e-08f, -8.0072855e-09f, -1.695052e-09f, -3.365161e-10f,
+     -6.266324e-11f, -1.09460175e-11f, -1.7938321e-12f, -2.7582334e-13f},
+    {0.0f, 0.10032342f, 0.15426877f, 0.16997051f,
+     0.15865526f, 0.13206221f, 0.1002108f, 0.070103526f,
+     0.045500264f, 0.027505064f, 0.015524163f, 0.008194349f,
+     0.004049694f, 0.0018753314f, 0.0008142018f, 0.0003315648f,
+     0.00012668497f, 4.5426234e-05f, 1.5289528e-05f, 4.8311454e-06f,
+     1.4332578e-06f, 3.9926041e-07f, 1.0444259e-07f, 2.5657492e-08f,
+     5.9195258e-09f, 1.2826646e-09f, 2.6104002e-10f, 4.989774e-11f,
+     8.958688e-12f, 1.5107971e-12f, 2.3931687e-13f, 3.560836e-14f},
+    {0.0f, 2.286201e-09f, -2.0470639e-09f, 1.892778e-09f,
+     -2.1010726e-09f, 5.4511813e-09f, 1.1364795e-09f, -1.6037958e-09f,
+     3.2446187e-10f, -9.094499e-10f, 4.0347403e-10f, 1.2152918e-10f,
+     -7.0677506e-11f, -4.7111716e-12f, 7.100812e-13f, 1.31141105e-11f,
+     -4.8648217e-12f, 9.880326e-13f, 8.952524e-13f, 3.9636724e-14f,
+     5.090359e-14f, 1.1668215e-14f, 1.8737428e-15f, -6.1074665e-16f,
+     7.9551806e-17f, -1.08702956e-17f, 1.1923153e-17f, 4.443348e-19f,
+     -3.5946586e-19f, -1.2461984e-20f, -1.718745e-21f, 1.8801234e-22f}
 };
 static const float pynn_gauss_tail_ratio[8][32] __attribute__((aligned(64))) = {
     {0.007139077f, 0.0031127972f, 0.001023886f, 0.000370074f,
@@ -454,33 +457,48 @@ PYNN_INLINE float pynn_expm1_reduced_f(float r)
     return r + (r * r) * s;
 }
 
-/* The polynomial of `table` (rows as above) on interval j at t, less its
- * constant term's high part table[degree][j] (the caller adds it last, so
- * that it rounds once). */
-PYNN_INLINE float pynn_interval_poly_rest_f(const float (*table)[32], int degree, int32_t j, float t)
+/* The polynomial of `table` (rows as above) on interval j at t: the constant
+ * term's high part is added last, so that it rounds once. */
+PYNN_INLINE float pynn_interval_poly_f(const float (*table)[32], int degree, int32_t j, float t)
 {
     float p = table[0][j];
     for (int k = 1; k < degree; k++) p = p * t + table[k][j];
-    return p * t + table[degree + 1][j];
+    return table[degree][j] + (p * t + table[degree + 1][j]);
 }
 
-/* The common steps: a = |x| clamped below the cutoff, its interval j and
- * offset t, and e^{-a^2/2} = (1 + expm1) 2^n1 2^n2 (two factors, so that
- * subnormal results round once). The square splits exactly without FMA:
- * a = hi + lo with 12 bits in hi, a^2 = hi^2 + 2 hi lo + lo^2, each exact. */
-typedef struct {
-    float a, t, expm1, scale1, scale2;
-    int32_t j;
-} pynn_gauss_parts;
-
-PYNN_INLINE pynn_gauss_parts pynn_gauss_parts_f(float x)
+/* The interval round(a * scale) of a >= 0 (a below the tables' end) and the
+ * offset t = a - j / scale. */
+PYNN_INLINE float pynn_interval_offset_f(float a, float scale, int32_t *j)
 {
-    pynn_gauss_parts g;
+    float rounded = a * scale + PYNN_ROUND_MAGIC;
+    *j = pynn_float_to_bits(rounded) - pynn_float_to_bits(PYNN_ROUND_MAGIC);
+    return a - (rounded - PYNN_ROUND_MAGIC) * (1.0f / scale);
+}
+
+/* v computed for a = |x| below `end`, 0 from there on, NaN kept */
+PYNN_INLINE float pynn_within_f(float x, float end, float v)
+{
     float a = fabsf(x);
-    a = a < PYNN_GELU_CUTOFF ? a : 0.0f; /* NaN too: its result is chosen later */
-    float twice = 2.0f * a + PYNN_ROUND_MAGIC;
-    g.j = pynn_float_to_bits(twice) - pynn_float_to_bits(PYNN_ROUND_MAGIC);
-    g.t = a - 0.5f * (twice - PYNN_ROUND_MAGIC);
+    return a < end ? v : a >= end ? 0.0f : x;
+}
+
+PYNN_INLINE float pynn_gelu_f(float x)
+{
+    float a = fabsf(x);
+    a = a < PYNN_GELU_TAIL_END ? a : 0.0f; /* NaN too: its result is chosen below */
+    int32_t j;
+    float t = pynn_interval_offset_f(a, 4.0f, &j);
+    float tail = pynn_within_f(x, PYNN_GELU_TAIL_END,
+                               pynn_interval_poly_f(pynn_gelu_tail, PYNN_GELU_DEGREE, j, t));
+    return x >= 0.0f ? x - tail : -tail;
+}
+
+/* e^{-a^2/2} v for 0 <= a < 15 as (v + v expm1) 2^n1 2^n2 (two factors, so
+ * that subnormal results round once). The square splits exactly without
+ * FMA: a = hi + lo with 12 bits in hi, a^2 = hi^2 + 2 hi lo + lo^2, each
+ * exact. */
+PYNN_INLINE float pynn_gauss_times_f(float a, float v)
+{
     float hi = pynn_bits_to_float(pynn_float_to_bits(a) & (int32_t)0xFFFFF000);
     float lo = a - hi;
     float square_hi = hi * hi, cross = hi * lo, square_lo = lo * lo;
@@ -489,37 +507,22 @@ PYNN_INLINE pynn_gauss_parts pynn_gauss_parts_f(float x)
     int32_t n_int = pynn_float_to_bits(shifted) - pynn_float_to_bits(PYNN_ROUND_MAGIC);
     float r = -0.5f * square_hi - n * PYNN_LN2_HI;
     r = r - cross - n * PYNN_LN2_LO - 0.5f * square_lo;
-    g.expm1 = pynn_expm1_reduced_f(r);
+    float expm1 = pynn_expm1_reduced_f(r);
     int32_t half = n_int >> 1;
-    g.scale1 = pynn_bits_to_float((half + 127) << 23);
-    g.scale2 = pynn_bits_to_float((n_int - half + 127) << 23);
-    g.a = a;
-    return g;
-}
-
-/* (1 + expm1) 2^n (high + low) from the pieces, the larger high added last,
- * or 0 beyond the cutoff, NaN kept */
-PYNN_INLINE float pynn_gauss_times_f(pynn_gauss_parts g, float x, float high, float low)
-{
-    float scaled = (high + (high * g.expm1 + (low + low * g.expm1))) * g.scale1 * g.scale2;
-    float a = fabsf(x);
-    return a < PYNN_GELU_CUTOFF ? scaled : a >= PYNN_GELU_CUTOFF ? 0.0f : x;
-}
-
-PYNN_INLINE float pynn_gelu_f(float x)
-{
-    pynn_gauss_parts g = pynn_gauss_parts_f(x);
-    float tail = pynn_gauss_times_f(g, x, pynn_gelu_scaled_tail[PYNN_GELU_DEGREE][g.j],
-        pynn_interval_poly_rest_f(pynn_gelu_scaled_tail, PYNN_GELU_DEGREE, g.j, g.t));
-    return x >= 0.0f ? x - tail : -tail;
+    float scale1 = pynn_bits_to_float((half + 127) << 23);
+    float scale2 = pynn_bits_to_float((n_int - half + 127) << 23);
+    return (v + v * expm1) * scale1 * scale2;
 }
 
 PYNN_INLINE float pynn_gelu_derivative_f(float x)
 {
-    pynn_gauss_parts g = pynn_gauss_parts_f(x);
-    float ratio = pynn_gauss_tail_ratio[PYNN_GAUSS_RATIO_DEGREE][g.j] +
-                  pynn_interval_poly_rest_f(pynn_gauss_tail_ratio, PYNN_GAUSS_RATIO_DEGREE, g.j, g.t);
-    float d = pynn_gauss_times_f(g, x, ratio - g.a * PYNN_INV_SQRT_2PI, 0.0f);
+    float a = fabsf(x);
+    a = a < PYNN_GAUSS_CUTOFF ? a : 0.0f;
+    int32_t j;
+    float t = pynn_interval_offset_f(a, 2.0f, &j);
+    float ratio = pynn_interval_poly_f(pynn_gauss_tail_ratio, PYNN_GAUSS_RATIO_DEGREE, j, t);
+    float d = pynn_within_f(x, PYNN_GAUSS_CUTOFF,
+                            pynn_gauss_times_f(a, ratio - a * PYNN_INV_SQRT_2PI));
     return x >= 0.0f ? 1.0f - d : d;
 }
 
@@ -529,18 +532,14 @@ PYNN_INLINE float pynn_gelu_derivative_f(float x)
 #define PYNN_PERMUTE_ROW(row, j) \
     _mm512_permutex2var_ps(_mm512_load_ps(row), (j), _mm512_load_ps((row) + 16))
 
-PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_interval_poly_rest16(const float (*table)[32], int degree,
-                                                                  __m512i j, __m512 t)
+PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_interval_poly16(const float (*table)[32], int degree,
+                                                           __m512i j, __m512 t)
 {
     __m512 p = PYNN_PERMUTE_ROW(table[0], j);
     for (int k = 1; k < degree; k++) p = _mm512_fmadd_ps(p, t, PYNN_PERMUTE_ROW(table[k], j));
-    return _mm512_fmadd_ps(p, t, PYNN_PERMUTE_ROW(table[degree + 1], j));
+    p = _mm512_fmadd_ps(p, t, PYNN_PERMUTE_ROW(table[degree + 1], j));
+    return _mm512_add_ps(PYNN_PERMUTE_ROW(table[degree], j), p);
 }
-
-typedef struct {
-    __m512 a, t, expm1, scale1, scale2;
-    __m512i j;
-} pynn_gauss_parts16;
 
 PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_abs16(__m512 x)
 {
@@ -548,17 +547,46 @@ PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_abs16(__m512 x)
                                                    _mm512_castps_si512(x)));
 }
 
-PYNN_INLINE PYNN_TARGET_AVX512 pynn_gauss_parts16 pynn_gauss16(__m512 x)
+/* |x| where below `end`, else 0 */
+PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_abs_below16(__m512 x, float end)
+{
+    __m512 a = pynn_abs16(x);
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, _mm512_set1_ps(end), _CMP_LT_OQ),
+                                _mm512_setzero_ps(), a);
+}
+
+PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_interval_offset16(__m512 a, float scale, __m512i *j)
+{
+    const __m512 magic = _mm512_set1_ps(PYNN_ROUND_MAGIC);
+    __m512 rounded = _mm512_fmadd_ps(a, _mm512_set1_ps(scale), magic);
+    *j = _mm512_sub_epi32(_mm512_castps_si512(rounded), _mm512_castps_si512(magic));
+    return _mm512_fmadd_ps(_mm512_set1_ps(-1.0f / scale), _mm512_sub_ps(rounded, magic), a);
+}
+
+PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_within16(__m512 x, float end, __m512 v)
+{
+    __m512 a = pynn_abs16(x), limit = _mm512_set1_ps(end);
+    __mmask16 inside = _mm512_cmp_ps_mask(a, limit, _CMP_LT_OQ);
+    __mmask16 beyond = _mm512_cmp_ps_mask(a, limit, _CMP_GE_OQ);
+    return _mm512_mask_blend_ps(inside, _mm512_mask_blend_ps(beyond, x, _mm512_setzero_ps()), v);
+}
+
+PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_gelu16(__m512 x)
+{
+    __m512 a = pynn_abs_below16(x, PYNN_GELU_TAIL_END);
+    __m512i j;
+    __m512 t = pynn_interval_offset16(a, 4.0f, &j);
+    __m512 tail = pynn_within16(x, PYNN_GELU_TAIL_END,
+                                pynn_interval_poly16(pynn_gelu_tail, PYNN_GELU_DEGREE, j, t));
+    __mmask16 nonnegative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
+    return _mm512_mask_blend_ps(nonnegative, _mm512_mul_ps(tail, _mm512_set1_ps(-1.0f)),
+                                _mm512_sub_ps(x, tail));
+}
+
+PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_gauss_times16(__m512 a, __m512 v)
 {
     const __m512 magic = _mm512_set1_ps(PYNN_ROUND_MAGIC);
     const __m512i bias = _mm512_set1_epi32(127);
-    pynn_gauss_parts16 g;
-    __m512 a = pynn_abs16(x);
-    __mmask16 inside = _mm512_cmp_ps_mask(a, _mm512_set1_ps(PYNN_GELU_CUTOFF), _CMP_LT_OQ);
-    a = _mm512_mask_blend_ps(inside, _mm512_setzero_ps(), a);
-    __m512 twice = _mm512_fmadd_ps(a, _mm512_set1_ps(2.0f), magic);
-    g.j = _mm512_sub_epi32(_mm512_castps_si512(twice), _mm512_castps_si512(magic));
-    g.t = _mm512_fmadd_ps(_mm512_set1_ps(-0.5f), _mm512_sub_ps(twice, magic), a);
     __m512 square = _mm512_mul_ps(a, a);
     __m512 square_lo = _mm512_fmadd_ps(a, a, _mm512_mul_ps(square, _mm512_set1_ps(-1.0f)));
     __m512 shifted = _mm512_fmadd_ps(square, _mm512_set1_ps(-0.5f * PYNN_LOG2E), magic);
@@ -573,46 +601,22 @@ PYNN_INLINE PYNN_TARGET_AVX512 pynn_gauss_parts16 pynn_gauss16(__m512 x)
     s = _mm512_fmadd_ps(s, r, _mm512_set1_ps(0.041666206f));
     s = _mm512_fmadd_ps(s, r, _mm512_set1_ps(0.16666518f));
     s = _mm512_fmadd_ps(s, r, _mm512_set1_ps(0.5f));
-    g.expm1 = _mm512_fmadd_ps(_mm512_mul_ps(r, r), s, r);
+    __m512 expm1 = _mm512_fmadd_ps(_mm512_mul_ps(r, r), s, r);
     __m512i half = _mm512_srai_epi32(n_int, 1);
-    g.scale1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(half, bias), 23));
-    g.scale2 = _mm512_castsi512_ps(
+    __m512 scale1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(half, bias), 23));
+    __m512 scale2 = _mm512_castsi512_ps(
         _mm512_slli_epi32(_mm512_add_epi32(_mm512_sub_epi32(n_int, half), bias), 23));
-    g.a = a;
-    return g;
-}
-
-PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_gauss_times16(pynn_gauss_parts16 g, __m512 x, __m512 high,
-                                                          __m512 low)
-{
-    __m512 sum = _mm512_fmadd_ps(high, g.expm1, _mm512_fmadd_ps(low, g.expm1, low));
-    __m512 scaled = _mm512_mul_ps(_mm512_mul_ps(_mm512_add_ps(high, sum), g.scale1), g.scale2);
-    __m512 a = pynn_abs16(x), cutoff = _mm512_set1_ps(PYNN_GELU_CUTOFF);
-    __mmask16 inside = _mm512_cmp_ps_mask(a, cutoff, _CMP_LT_OQ);
-    __mmask16 beyond = _mm512_cmp_ps_mask(a, cutoff, _CMP_GE_OQ);
-    __m512 outside = _mm512_mask_blend_ps(beyond, x, _mm512_setzero_ps());
-    return _mm512_mask_blend_ps(inside, outside, scaled);
-}
-
-PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_gelu16(__m512 x)
-{
-    pynn_gauss_parts16 g = pynn_gauss16(x);
-    __m512 tail = pynn_gauss_times16(
-        g, x, PYNN_PERMUTE_ROW(pynn_gelu_scaled_tail[PYNN_GELU_DEGREE], g.j),
-        pynn_interval_poly_rest16(pynn_gelu_scaled_tail, PYNN_GELU_DEGREE, g.j, g.t));
-    __mmask16 nonnegative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
-    return _mm512_mask_blend_ps(nonnegative, _mm512_mul_ps(tail, _mm512_set1_ps(-1.0f)),
-                                _mm512_sub_ps(x, tail));
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_fmadd_ps(v, expm1, v), scale1), scale2);
 }
 
 PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_gelu_derivative16(__m512 x)
 {
-    pynn_gauss_parts16 g = pynn_gauss16(x);
-    __m512 ratio = _mm512_add_ps(
-        PYNN_PERMUTE_ROW(pynn_gauss_tail_ratio[PYNN_GAUSS_RATIO_DEGREE], g.j),
-        pynn_interval_poly_rest16(pynn_gauss_tail_ratio, PYNN_GAUSS_RATIO_DEGREE, g.j, g.t));
-    __m512 d = pynn_gauss_times16(
-        g, x, _mm512_fmadd_ps(g.a, _mm512_set1_ps(-PYNN_INV_SQRT_2PI), ratio), _mm512_setzero_ps());
+    __m512 a = pynn_abs_below16(x, PYNN_GAUSS_CUTOFF);
+    __m512i j;
+    __m512 t = pynn_interval_offset16(a, 2.0f, &j);
+    __m512 ratio = pynn_interval_poly16(pynn_gauss_tail_ratio, PYNN_GAUSS_RATIO_DEGREE, j, t);
+    __m512 v = _mm512_fmadd_ps(a, _mm512_set1_ps(-PYNN_INV_SQRT_2PI), ratio);
+    __m512 d = pynn_within16(x, PYNN_GAUSS_CUTOFF, pynn_gauss_times16(a, v));
     __mmask16 nonnegative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
     return _mm512_mask_blend_ps(nonnegative, d, _mm512_sub_ps(_mm512_set1_ps(1.0f), d));
 }
