@@ -292,10 +292,10 @@ static inline PYNN_TARGET_AVX512 __m512 pynn_tanh16(__m512 x)
  * carried exactly in two or three floats, so its argument loses nothing, and
  * e^r - 1 = r + r^2 S(r) with S fitted for relative error of e^r over
  * |r| <= 0.3467 (5.3e-9). Beyond the tables (every float result there already
- * x or below 1e-6 in size) T and D are 0, so gelu(inf) = inf,
- * gelu(-inf) = -0 and the derivative tends to 1 and 0; NaN propagates. Rows of
- * the tables run from the highest coefficient to the constant term, then the
- * constant's low part. */
+ * x or below 1e-6 in size) T and D are 0; at the infinities and NaN the
+ * results are PyTorch's: gelu(inf) = inf, gelu(-inf) = NaN (-inf times 0),
+ * the derivative NaN at both. Rows of the tables run from the highest
+ * coefficient to the constant term, then the constant's low part. */
 #define PYNN_GELU_DEGREE 7
 #define PYNN_GELU_TAIL_END 7.875f  /* the end of T's last interval */
 #define PYNN_GAUSS_RATIO_DEGREE 6
@@ -475,11 +475,12 @@ PYNN_INLINE float pynn_interval_offset_f(float a, float scale, int32_t *j)
     return a - (rounded - PYNN_ROUND_MAGIC) * (1.0f / scale);
 }
 
-/* v computed for a = |x| below `end`, 0 from there on, NaN kept */
-PYNN_INLINE float pynn_within_f(float x, float end, float v)
+/* v computed for a = |x| below `end`, else `beyond` for finite x and NaN for
+ * NaN and the infinities (a - a) */
+PYNN_INLINE float pynn_within_f(float x, float end, float v, float beyond)
 {
     float a = fabsf(x);
-    return a < end ? v : a >= end ? 0.0f : x;
+    return a < end ? v : a - a + beyond;
 }
 
 PYNN_INLINE float pynn_gelu_f(float x)
@@ -488,8 +489,8 @@ PYNN_INLINE float pynn_gelu_f(float x)
     a = a < PYNN_GELU_TAIL_END ? a : 0.0f; /* NaN too: its result is chosen below */
     int32_t j;
     float t = pynn_interval_offset_f(a, 4.0f, &j);
-    float tail = pynn_within_f(x, PYNN_GELU_TAIL_END,
-                               pynn_interval_poly_f(pynn_gelu_tail, PYNN_GELU_DEGREE, j, t));
+    float tail = pynn_interval_poly_f(pynn_gelu_tail, PYNN_GELU_DEGREE, j, t);
+    tail = x > PYNN_GELU_TAIL_END ? 0.0f : pynn_within_f(x, PYNN_GELU_TAIL_END, tail, 0.0f);
     return x >= 0.0f ? x - tail : -tail;
 }
 
@@ -522,7 +523,7 @@ PYNN_INLINE float pynn_gelu_derivative_f(float x)
     float t = pynn_interval_offset_f(a, 2.0f, &j);
     float ratio = pynn_interval_poly_f(pynn_gauss_tail_ratio, PYNN_GAUSS_RATIO_DEGREE, j, t);
     float d = pynn_within_f(x, PYNN_GAUSS_CUTOFF,
-                            pynn_gauss_times_f(a, ratio - a * PYNN_INV_SQRT_2PI));
+                            pynn_gauss_times_f(a, ratio - a * PYNN_INV_SQRT_2PI), 0.0f);
     return x >= 0.0f ? 1.0f - d : d;
 }
 
@@ -565,10 +566,9 @@ PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_interval_offset16(__m512 a, float sca
 
 PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_within16(__m512 x, float end, __m512 v)
 {
-    __m512 a = pynn_abs16(x), limit = _mm512_set1_ps(end);
-    __mmask16 inside = _mm512_cmp_ps_mask(a, limit, _CMP_LT_OQ);
-    __mmask16 beyond = _mm512_cmp_ps_mask(a, limit, _CMP_GE_OQ);
-    return _mm512_mask_blend_ps(inside, _mm512_mask_blend_ps(beyond, x, _mm512_setzero_ps()), v);
+    __m512 a = pynn_abs16(x);
+    __mmask16 inside = _mm512_cmp_ps_mask(a, _mm512_set1_ps(end), _CMP_LT_OQ);
+    return _mm512_mask_blend_ps(inside, _mm512_sub_ps(a, a), v);
 }
 
 PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_gelu16(__m512 x)
@@ -578,6 +578,8 @@ PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_gelu16(__m512 x)
     __m512 t = pynn_interval_offset16(a, 4.0f, &j);
     __m512 tail = pynn_within16(x, PYNN_GELU_TAIL_END,
                                 pynn_interval_poly16(pynn_gelu_tail, PYNN_GELU_DEGREE, j, t));
+    __mmask16 large = _mm512_cmp_ps_mask(x, _mm512_set1_ps(PYNN_GELU_TAIL_END), _CMP_GT_OQ);
+    tail = _mm512_mask_blend_ps(large, tail, _mm512_setzero_ps());
     __mmask16 nonnegative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
     return _mm512_mask_blend_ps(nonnegative, _mm512_mul_ps(tail, _mm512_set1_ps(-1.0f)),
                                 _mm512_sub_ps(x, tail));
