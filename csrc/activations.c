@@ -1,11 +1,10 @@
-/* Activation kernels (formulas in activations.h). tanh, sigmoid and silu run
- * in float arithmetic, gelu in double, each rounded once (vmath.h). */
+/* Activation kernels (formulas in activations.h). tanh, sigmoid, silu and the
+ * exact gelu run in float arithmetic, the tanh form of gelu in double,
+ * rounded once (vmath.h). */
 #include <math.h>
 #include "activations.h"
 #include "vmath.h"
 
-#define SQRT_HALF 0.70710678118654752
-#define INV_SQRT_2PI 0.39894228040143268
 #define GELU_TANH_SCALE 0.79788456080286536 /* sqrt(2 / pi) */
 #define GELU_TANH_CUBIC 0.044715
 
@@ -58,12 +57,6 @@ PYNN_INLINE double gelu_tanh_derivative_d(double x)
     return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du;
 }
 
-PYNN_INLINE double gelu_derivative_d(double x)
-{
-    double cdf = 0.5 * (1.0 + pynn_erf_d(x * SQRT_HALF));
-    return cdf + x * INV_SQRT_2PI * pynn_exp_d(-0.5 * x * x);
-}
-
 /* One table per path: every map below, and the softmax work units. */
 struct pynn_activation_kernels {
     pynn_map_fn vexp, vtanh, verf, relu, relu_backward, leaky_relu, leaky_relu_backward,
@@ -88,8 +81,9 @@ PYNN_ELEMENTWISE(sigmoid, PYNN_COSTLY_PARALLEL, sigmoid_f(A))
 PYNN_ELEMENTWISE(sigmoid_backward, PYNN_CHEAP_PARALLEL, A * (B * (1.0f - B)))
 PYNN_ELEMENTWISE_VECTOR(tanh, PYNN_COSTLY_PARALLEL, pynn_tanh_f(A), pynn_tanh16(lanes_a))
 PYNN_ELEMENTWISE(tanh_backward, PYNN_CHEAP_PARALLEL, A * (1.0f - B * B))
-PYNN_ELEMENTWISE(gelu, PYNN_COSTLY_PARALLEL, (float)(0.5 * A * (1.0 + pynn_erf_d(A * SQRT_HALF))))
-PYNN_ELEMENTWISE(gelu_backward, PYNN_COSTLY_PARALLEL, (float)(A * gelu_derivative_d(B)))
+PYNN_ELEMENTWISE_VECTOR(gelu, PYNN_COSTLY_PARALLEL, pynn_gelu_f(A), pynn_gelu16(lanes_a))
+PYNN_ELEMENTWISE_VECTOR(gelu_backward, PYNN_COSTLY_PARALLEL, A * pynn_gelu_derivative_f(B),
+                        _mm512_mul_ps(lanes_a, pynn_gelu_derivative16(lanes_b)))
 PYNN_ELEMENTWISE(gelu_tanh, PYNN_COSTLY_PARALLEL, (float)gelu_tanh_d(A))
 PYNN_ELEMENTWISE(gelu_tanh_backward, PYNN_COSTLY_PARALLEL, (float)(A * gelu_tanh_derivative_d(B)))
 PYNN_ELEMENTWISE(silu, PYNN_COSTLY_PARALLEL, silu_f(A))

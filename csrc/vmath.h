@@ -7,7 +7,9 @@
  * and +-Inf come out as numpy's. tanh, whose range is bounded, is evaluated
  * in float arithmetic (twice the lanes) with an error budget kept below 2e-7
  * (worst seen over every float in [1e-4, 10]: 1.2e-7; AVX-512 has its own
- * table-driven tanh, 1.05e-7 over every float in [0, 9.5]). The functions are
+ * table-driven tanh, 1.05e-7 over every float in [0, 9.5]). The exact GELU
+ * and its derivative are float arithmetic too, through interval tables
+ * (pynn_gelu_f below). The functions are
  * branch-free inline code, so a loop over them vectorises at whatever width
  * the function it is inlined into is compiled for (PYNN_ELEMENTWISE below,
  * one copy per ISA). */
@@ -271,6 +273,354 @@ static inline PYNN_TARGET_AVX512 __m512 pynn_tanh16(__m512 x)
         p = _mm512_fmadd_ps(p, t, _mm512_permutex2var_ps(_mm512_load_ps(c[k]), index, _mm512_load_ps(c[k] + 16)));
     return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(p),
                                                _mm512_and_si512(sign_bit, _mm512_castps_si512(x))));
+}
+#endif
+
+/* GELU in float arithmetic, exact form. With a = |x| and the tail
+ * T(a) = a Phi(-a), gelu(x) = x - T(a) for x >= 0 and -T(a) for x < 0, so
+ * negative x keep their relative accuracy; the derivative Phi(x) + x phi(x)
+ * is 1 - D for x >= 0 and D for x < 0, D = e^{-a^2/2} (R(a) - a / sqrt(2 pi))
+ * with R(a) = Phi(-a) e^{a^2/2}. T is a degree-7 polynomial in t = a - j/4 on
+ * the 32 intervals |t| <= 1/8 around j/4 = round(4a) / 4 (interval 0 is
+ * [0, 1/8], where T's constant term is exactly 0), R one of degree 6 in
+ * t = a - j/2 on the 32 intervals |t| <= 1/4 around round(2a) / 2; t is exact
+ * (Sterbenz). Coefficients are fitted for relative error over each interval
+ * (Lawson-weighted least squares on Chebyshev nodes, in float64 against
+ * 40-digit erfc), rounded to float one at a time with the later ones refitted
+ * and the constant term kept as a float pair: within 6e-9 relative for T on
+ * [0, 5.625] (9e-8 on to 7.875), 4e-9 for R. e^{-a^2/2} is 2^n e^r with a^2
+ * carried exactly in two or three floats, so its argument loses nothing, and
+ * e^r - 1 = r + r^2 S(r) with S fitted for relative error of e^r over
+ * |r| <= 0.3467 (5.3e-9). Beyond the tables (every float result there already
+ * x or below 1e-6 in size) T and D are 0; at the infinities and NaN the
+ * results are PyTorch's: gelu(inf) = inf, gelu(-inf) = NaN (-inf times 0),
+ * the derivative NaN at both. Rows of the tables run from the highest
+ * coefficient to the constant term, then the constant's low part. */
+#define PYNN_GELU_DEGREE 7
+#define PYNN_GELU_TAIL_END 7.875f  /* the end of T's last interval */
+#define PYNN_GAUSS_RATIO_DEGREE 6
+#define PYNN_GAUSS_CUTOFF 15.0f    /* within R's last interval; D underflows long before */
+#define PYNN_LOG2E 1.44269504f
+#define PYNN_LN2_HI 0.693359375f    /* ln 2 = HI + LO, HI with 9 bits so n HI is exact */
+#define PYNN_LN2_LO -2.12194440e-4f
+#define PYNN_INV_SQRT_2PI 0.398942280f
+#define PYNN_ROUND_MAGIC 12582912.0f /* 1.5 * 2^23 */
+static const float pynn_gelu_tail[9][32] __attribute__((aligned(64))) = {
+    {0.014991992f, 0.0052032834f, -0.007897364f, 0.0027800915f,
+     -0.0014920576f, -0.00037190295f, 0.008292195f, -0.001154846f,
+     0.003274346f, 0.00015717054f, 0.00016314667f, 7.508358e-05f,
+     0.00034359188f, 0.0005176512f, -5.5936547e-05f, -3.458818e-05f,
+     -4.492648e-05f, -2.548237e-05f, -2.4260877e-05f, -1.2233641e-05f,
+     -6.2902154e-06f, -3.1225088e-06f, -1.2773324e-06f, -4.687336e-07f,
+     -1.538725e-07f, -4.866857e-08f, -1.3729459e-08f, -3.6118153e-09f,
+     -8.7237717e-10f, -1.9502001e-10f, -4.0548075e-11f, -7.793692e-12f},
+    {-0.01541857f, -0.007963971f, -0.0029936184f, 0.002451911f,
+     0.0059784576f, 0.006693054f, 0.004968021f, 0.002009098f,
+     -0.0003614764f, -0.0017332917f, -0.0019396292f, -0.0014515464f,
+     -0.0007813329f, -0.00023147339f, 4.5109035e-05f, 0.00015308963f,
+     0.00014693533f, 0.00010434891f, 6.121789e-05f, 3.1393047e-05f,
+     1.4287037e-05f, 5.8648034e-06f, 2.1940973e-06f, 7.523809e-07f,
+     2.3684782e-07f, 6.8734636e-08f, 1.8442059e-08f, 4.5817115e-09f,
+     1.0562962e-09f, 2.2613887e-10f, 4.5024928e-11f, 8.342502e-12f},
+    {0.0007455754f, -0.014037845f, -0.022149572f, -0.022828069f,
+     -0.016053662f, -0.006193116f, 0.002452311f, 0.007924323f,
+     0.008869813f, 0.0071594086f, 0.0042672604f, 0.001675053f,
+     7.015553e-07f, -0.0007440224f, -0.0008428676f, -0.0006712679f,
+     -0.00043636886f, -0.00024605243f, -0.00012296553f, -5.554697e-05f,
+     -2.2811986e-05f, -8.5703305e-06f, -2.9632386e-06f, -9.454659e-07f,
+     -2.7907876e-07f, -7.6284216e-08f, -1.9364215e-08f, -4.567434e-09f,
+     -1.0025317e-09f, -2.0493061e-10f, -3.903887e-11f, -6.936881e-12f},
+    {0.06644383f, 0.057458483f, 0.03392219f, 0.0047535305f,
+     -0.020163143f, -0.03421694f, -0.03609098f, -0.028969498f,
+     -0.01799843f, -0.0076823775f, -0.0005022659f, 0.003127399f,
+     0.0040626326f, 0.0035192342f, 0.0024841016f, 0.00151789f,
+     0.0008253094f, 0.00040524596f, 0.00018135816f, 7.4420204e-05f,
+     2.8123082e-05f, 9.817878e-06f, 3.1738848e-06f, 9.5191655e-07f,
+     2.6528753e-07f, 6.878188e-08f, 1.6607787e-08f, 3.737733e-09f,
+     7.84645e-10f, 1.5374017e-10f, 2.8130718e-11f, 4.809107e-12f},
+    {1.2723624e-06f, 0.06343847f, 0.110017896f, 0.129395f,
+     0.12098473f, 0.09275151f, 0.056666236f, 0.023591558f,
+     1.0821502e-06f, -0.01264612f, -0.016432775f, -0.014848154f,
+     -0.011079628f, -0.007212552f, -0.004199831f, -0.0022175098f,
+     -0.0010706492f, -0.00047532207f, -0.00019480275f, -7.390995e-05f,
+     -2.6017466e-05f, -8.5117545e-06f, -2.5914762e-06f, -7.350686e-07f,
+     -1.944267e-07f, -4.7991605e-08f, -1.1061876e-08f, -2.3822595e-09f,
+     -4.795665e-10f, -9.027933e-11f, -1.5898827e-11f, -2.6200812e-12f},
+    {-0.3989423f, -0.37458473f, -0.30805716f, -0.21644253f,
+     -0.12098537f, -0.039954487f, 0.016189704f, 0.045834824f,
+     0.05399097f, 0.048601344f, 0.03724764f, 0.02529147f,
+     0.015511469f, 0.008686863f, 0.0044724983f, 0.0021265927f,
+     0.0009368115f, 0.0003832403f, 0.00014585163f, 5.1709627e-05f,
+     1.7097276e-05f, 5.2767023e-06f, 1.5212288e-06f, 4.0990767e-07f,
+     1.03290084e-07f, 2.435012e-08f, 5.37249e-09f, 1.1097431e-09f,
+     2.1466644e-10f, 3.889628e-11f, 6.60312e-12f, 1.0504411e-12f},
+    {0.5f, 0.30462664f, 0.13250488f, 0.00077427825f,
+     -0.08331547f, -0.12266158f, -0.1274692f, -0.11092615f,
+     -0.0852318f, -0.059189744f, -0.037611086f, -0.022027534f,
+     -0.011945647f, -0.0060173813f, -0.0028217603f, -0.0012338165f,
+     -0.00050364964f, -0.00019211568f, -6.852916e-05f, -2.2873077e-05f,
+     -7.1469462e-06f, -2.0913976e-06f, -5.733472e-07f, -1.4729432e-07f,
+     -3.5468712e-08f, -8.0072855e-09f, -1.695052e-09f, -3.365161e-10f,
+     -6.266324e-11f, -1.09460175e-11f, -1.7938321e-12f, -2.7582334e-13f},
+    {0.0f, 0.10032342f, 0.15426877f, 0.16997051f,
+     0.15865526f, 0.13206221f, 0.1002108f, 0.070103526f,
+     0.045500264f, 0.027505064f, 0.015524163f, 0.008194349f,
+     0.004049694f, 0.0018753314f, 0.0008142018f, 0.0003315648f,
+     0.00012668497f, 4.5426234e-05f, 1.5289528e-05f, 4.8311454e-06f,
+     1.4332578e-06f, 3.9926041e-07f, 1.0444259e-07f, 2.5657492e-08f,
+     5.9195258e-09f, 1.2826646e-09f, 2.6104002e-10f, 4.989774e-11f,
+     8.958688e-12f, 1.5107971e-12f, 2.3931687e-13f, 3.560836e-14f},
+    {0.0f, 2.286201e-09f, -2.0470639e-09f, 1.892778e-09f,
+     -2.1010726e-09f, 5.4511813e-09f, 1.1364795e-09f, -1.6037958e-09f,
+     3.2446187e-10f, -9.094499e-10f, 4.0347403e-10f, 1.2152918e-10f,
+     -7.0677506e-11f, -4.7111716e-12f, 7.100812e-13f, 1.31141105e-11f,
+     -4.8648217e-12f, 9.880326e-13f, 8.952524e-13f, 3.9636724e-14f,
+     5.090359e-14f, 1.1668215e-14f, 1.8737428e-15f, -6.1074665e-16f,
+     7.9551806e-17f, -1.08702956e-17f, 1.1923153e-17f, 4.443348e-19f,
+     -3.5946586e-19f, -1.2461984e-20f, -1.718745e-21f, 1.8801234e-22f}
+};
+static const float pynn_gauss_tail_ratio[8][32] __attribute__((aligned(64))) = {
+    {0.007139077f, 0.0031127972f, 0.001023886f, 0.000370074f,
+     0.0001459393f, 6.268121e-5f, 2.8836661e-5f, 1.3767348e-5f,
+     7.2006083e-6f, 3.871223e-6f, 2.2019772e-6f, 1.3096704e-6f,
+     7.4760925e-7f, 4.2740115e-7f, 3.1092858e-7f, 1.7895456e-7f,
+     1.3118391e-7f, 7.2657684e-8f, 8.7078426e-8f, 5.7973036e-8f,
+     2.7681647e-8f, 2.4150404e-8f, 1.3854819e-8f, 1.1971855e-8f,
+     3.0285976e-9f, 7.3702022e-9f, 3.44689e-9f, 1.1120661e-8f,
+     -1.8941184e-9f, 3.443437e-9f, 3.785855e-9f, 1.4645049e-10f},
+    {-0.025341261f, -0.008819019f, -0.0032038756f, -0.0012753324f,
+     -0.0005531849f, -0.0002587897f, -0.00013035825f, -6.760543e-5f,
+     -3.8399226e-5f, -2.2046677e-5f, -1.3336576e-5f, -8.467875e-6f,
+     -5.153394e-6f, -3.2960372e-6f, -2.4600763e-6f, -1.4481332e-6f,
+     -1.231389e-6f, -6.2369116e-7f, -7.6864154e-7f, -5.853744e-7f,
+     -3.4176492e-7f, -2.513001e-7f, -2.0755279e-7f, -1.6942413e-7f,
+     -7.338664e-8f, -1.2102564e-7f, -5.2130048e-8f, -1.2117493e-7f,
+     -1.6151276e-9f, -8.191385e-8f, -6.655797e-8f, 1.2998424e-8f},
+    {0.06225619f, 0.022829013f, 0.00925521f, 0.0041103736f,
+     0.001976095f, 0.0010175888f, 0.00055619876f, 0.0003201644f,
+     0.00019274991f, 0.00012069134f, 7.821191e-5f, 5.2239968e-5f,
+     3.584246e-5f, 2.518343e-5f, 1.8066923e-5f, 1.3213862e-5f,
+     9.8287555e-6f, 7.4258724e-6f, 5.6856593e-6f, 4.41188e-6f,
+     3.4643342e-6f, 2.747963e-6f, 2.201993e-6f, 1.7799696e-6f,
+     1.451524e-6f, 1.1920486e-6f, 9.865254e-7f, 8.210731e-7f,
+     6.892239e-7f, 5.807426e-7f, 4.922559e-7f, 4.1969514e-7f},
+    {-0.13295646f, -0.054910988f, -0.025084289f, -0.012496824f,
+     -0.0067042597f, -0.0038310988f, -0.0023103685f, -0.0014591774f,
+     -0.000958658f, -0.0006517858f, -0.00045646075f, -0.00032803777f,
+     -0.0002411901f, -0.0001809116f, -0.00013810521f, -0.000107146145f,
+     -8.428175e-5f, -6.718376e-5f, -5.4134005e-5f, -4.4099383e-5f,
+     -3.627836e-5f, -3.009998e-5f, -2.517309e-5f, -2.1208945e-5f,
+     -1.7996423e-5f, -1.5357919e-5f, -1.3191204e-5f, -1.1382635e-5f,
+     -9.885327e-6f, -8.612501e-6f, -7.5429257e-6f, -6.639049e-6f},
+    {0.24999887f, 0.118776195f, 0.06210715f, 0.035186872f,
+     0.021312721f, 0.013648226f, 0.009156321f, 0.006387652f,
+     0.0046058903f, 0.0034159103f, 0.0025952638f, 0.0020133231f,
+     0.0015904738f, 0.0012765679f, 0.0010390796f, 0.0008563535f,
+     0.0007136303f, 0.0006006361f, 0.00051008194f, 0.000436706f,
+     0.0003766501f, 0.00032704414f, 0.00028572467f, 0.0002510413f,
+     0.00022172068f, 0.00019677042f, 0.00017540948f, 0.00015701786f,
+     0.00014109912f, 0.00012725293f, 0.0001151539f, 0.00010453589f},
+    {-0.39894226f, -0.2241329f, -0.137364f, -0.09027128f,
+     -0.06273828f, -0.045613952f, -0.034400437f, -0.026734242f,
+     -0.021299716f, -0.017327016f, -0.014345756f, -0.012057464f,
+     -0.010266394f, -0.0088403905f, -0.0076879035f, -0.006744052f,
+     -0.005961911f, -0.005306914f, -0.004753181f, -0.00428104f,
+     -0.0038753394f, -0.0035242639f, -0.0032184946f, -0.0029506066f,
+     -0.0027146274f, -0.0025057108f, -0.002319892f, -0.0021539035f,
+     -0.002005033f, -0.0018710152f, -0.0017499455f, -0.0016402141f},
+    {0.5f, 0.34961882f, 0.2615783f, 0.20578067f,
+     0.168102f, 0.14133133f, 0.12151395f, 0.106345154f,
+     0.09441064f, 0.084803395f, 0.0769193f, 0.0703427f,
+     0.06477931f, 0.060015675f, 0.05589348f, 0.052293096f,
+     0.049122546f, 0.046310045f, 0.04379879f, 0.04154329f,
+     0.039506692f, 0.03765886f, 0.03597489f, 0.034434058f,
+     0.033018973f, 0.031714927f, 0.030509414f, 0.029391732f,
+     0.028352661f, 0.027384225f, 0.026479488f, 0.02563239f},
+    {-2.224465e-11f, 1.2464567e-8f, 2.2807084e-10f, -3.0651368e-9f,
+     5.0409303e-9f, 1.4391689e-9f, 5.1116783e-10f, -7.112913e-10f,
+     -1.6795457e-9f, -2.8654719e-9f, 2.6306866e-9f, -3.1780303e-9f,
+     2.905914e-9f, 6.627006e-10f, 1.6628001e-9f, 1.3804992e-9f,
+     3.4426667e-10f, -1.7441696e-9f, -5.111141e-10f, -1.5173018e-9f,
+     1.6620683e-9f, -3.2537534e-10f, -3.7253323e-10f, 8.1846074e-10f,
+     -1.6474616e-9f, -1.8353035e-9f, 3.4394623e-10f, -4.3733997e-10f,
+     -5.309637e-10f, -8.76562e-11f, 7.605376e-10f, 6.175078e-10f}
+};
+
+/* e^r - 1 for |r| <= ln2 / 2 (plus the reduction's slack) */
+PYNN_INLINE float pynn_expm1_reduced_f(float r)
+{
+    float s = 0.0013950513f;
+    s = s * r + 0.008368909f;
+    s = s * r + 0.041666206f;
+    s = s * r + 0.16666518f;
+    s = s * r + 0.5f;
+    return r + (r * r) * s;
+}
+
+/* The polynomial of `table` (rows as above) on interval j at t: the constant
+ * term's high part is added last, so that it rounds once. */
+PYNN_INLINE float pynn_interval_poly_f(const float (*table)[32], int degree, int32_t j, float t)
+{
+    float p = table[0][j];
+    for (int k = 1; k < degree; k++) p = p * t + table[k][j];
+    return table[degree][j] + (p * t + table[degree + 1][j]);
+}
+
+/* The interval round(a * scale) of a >= 0 (a below the tables' end) and the
+ * offset t = a - j / scale. */
+PYNN_INLINE float pynn_interval_offset_f(float a, float scale, int32_t *j)
+{
+    float rounded = a * scale + PYNN_ROUND_MAGIC;
+    *j = pynn_float_to_bits(rounded) - pynn_float_to_bits(PYNN_ROUND_MAGIC);
+    return a - (rounded - PYNN_ROUND_MAGIC) * (1.0f / scale);
+}
+
+/* v computed for a = |x| below `end`, else `beyond` for finite x and NaN for
+ * NaN and the infinities (a - a) */
+PYNN_INLINE float pynn_within_f(float x, float end, float v, float beyond)
+{
+    float a = fabsf(x);
+    return a < end ? v : a - a + beyond;
+}
+
+PYNN_INLINE float pynn_gelu_f(float x)
+{
+    float a = fabsf(x);
+    a = a < PYNN_GELU_TAIL_END ? a : 0.0f; /* NaN too: its result is chosen below */
+    int32_t j;
+    float t = pynn_interval_offset_f(a, 4.0f, &j);
+    float tail = pynn_interval_poly_f(pynn_gelu_tail, PYNN_GELU_DEGREE, j, t);
+    tail = x > PYNN_GELU_TAIL_END ? 0.0f : pynn_within_f(x, PYNN_GELU_TAIL_END, tail, 0.0f);
+    return x >= 0.0f ? x - tail : -tail;
+}
+
+/* e^{-a^2/2} v for 0 <= a < 15 as (v + v expm1) 2^n1 2^n2 (two factors, so
+ * that subnormal results round once). The square splits exactly without
+ * FMA: a = hi + lo with 12 bits in hi, a^2 = hi^2 + 2 hi lo + lo^2, each
+ * exact. */
+PYNN_INLINE float pynn_gauss_times_f(float a, float v)
+{
+    float hi = pynn_bits_to_float(pynn_float_to_bits(a) & (int32_t)0xFFFFF000);
+    float lo = a - hi;
+    float square_hi = hi * hi, cross = hi * lo, square_lo = lo * lo;
+    float shifted = (a * a) * (-0.5f * PYNN_LOG2E) + PYNN_ROUND_MAGIC;
+    float n = shifted - PYNN_ROUND_MAGIC;
+    int32_t n_int = pynn_float_to_bits(shifted) - pynn_float_to_bits(PYNN_ROUND_MAGIC);
+    float r = -0.5f * square_hi - n * PYNN_LN2_HI;
+    r = r - cross - n * PYNN_LN2_LO - 0.5f * square_lo;
+    float expm1 = pynn_expm1_reduced_f(r);
+    int32_t half = n_int >> 1;
+    float scale1 = pynn_bits_to_float((half + 127) << 23);
+    float scale2 = pynn_bits_to_float((n_int - half + 127) << 23);
+    return (v + v * expm1) * scale1 * scale2;
+}
+
+PYNN_INLINE float pynn_gelu_derivative_f(float x)
+{
+    float a = fabsf(x);
+    a = a < PYNN_GAUSS_CUTOFF ? a : 0.0f;
+    int32_t j;
+    float t = pynn_interval_offset_f(a, 2.0f, &j);
+    float ratio = pynn_interval_poly_f(pynn_gauss_tail_ratio, PYNN_GAUSS_RATIO_DEGREE, j, t);
+    float d = pynn_within_f(x, PYNN_GAUSS_CUTOFF,
+                            pynn_gauss_times_f(a, ratio - a * PYNN_INV_SQRT_2PI), 0.0f);
+    return x >= 0.0f ? 1.0f - d : d;
+}
+
+#if defined(PYNN_X86_64)
+/* The same steps on AVX-512, the table reads register permutes and the
+ * square split with an FMA. */
+#define PYNN_PERMUTE_ROW(row, j) \
+    _mm512_permutex2var_ps(_mm512_load_ps(row), (j), _mm512_load_ps((row) + 16))
+
+PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_interval_poly16(const float (*table)[32], int degree,
+                                                           __m512i j, __m512 t)
+{
+    __m512 p = PYNN_PERMUTE_ROW(table[0], j);
+    for (int k = 1; k < degree; k++) p = _mm512_fmadd_ps(p, t, PYNN_PERMUTE_ROW(table[k], j));
+    p = _mm512_fmadd_ps(p, t, PYNN_PERMUTE_ROW(table[degree + 1], j));
+    return _mm512_add_ps(PYNN_PERMUTE_ROW(table[degree], j), p);
+}
+
+PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_abs16(__m512 x)
+{
+    return _mm512_castsi512_ps(_mm512_andnot_si512(_mm512_set1_epi32((int32_t)0x80000000),
+                                                   _mm512_castps_si512(x)));
+}
+
+/* |x| where below `end`, else 0 */
+PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_abs_below16(__m512 x, float end)
+{
+    __m512 a = pynn_abs16(x);
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, _mm512_set1_ps(end), _CMP_LT_OQ),
+                                _mm512_setzero_ps(), a);
+}
+
+PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_interval_offset16(__m512 a, float scale, __m512i *j)
+{
+    const __m512 magic = _mm512_set1_ps(PYNN_ROUND_MAGIC);
+    __m512 rounded = _mm512_fmadd_ps(a, _mm512_set1_ps(scale), magic);
+    *j = _mm512_sub_epi32(_mm512_castps_si512(rounded), _mm512_castps_si512(magic));
+    return _mm512_fmadd_ps(_mm512_set1_ps(-1.0f / scale), _mm512_sub_ps(rounded, magic), a);
+}
+
+PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_within16(__m512 x, float end, __m512 v)
+{
+    __m512 a = pynn_abs16(x);
+    __mmask16 inside = _mm512_cmp_ps_mask(a, _mm512_set1_ps(end), _CMP_LT_OQ);
+    return _mm512_mask_blend_ps(inside, _mm512_sub_ps(a, a), v);
+}
+
+PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_gelu16(__m512 x)
+{
+    __m512 a = pynn_abs_below16(x, PYNN_GELU_TAIL_END);
+    __m512i j;
+    __m512 t = pynn_interval_offset16(a, 4.0f, &j);
+    __m512 tail = pynn_within16(x, PYNN_GELU_TAIL_END,
+                                pynn_interval_poly16(pynn_gelu_tail, PYNN_GELU_DEGREE, j, t));
+    __mmask16 large = _mm512_cmp_ps_mask(x, _mm512_set1_ps(PYNN_GELU_TAIL_END), _CMP_GT_OQ);
+    tail = _mm512_mask_blend_ps(large, tail, _mm512_setzero_ps());
+    __mmask16 nonnegative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
+    return _mm512_mask_blend_ps(nonnegative, _mm512_mul_ps(tail, _mm512_set1_ps(-1.0f)),
+                                _mm512_sub_ps(x, tail));
+}
+
+PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_gauss_times16(__m512 a, __m512 v)
+{
+    const __m512 magic = _mm512_set1_ps(PYNN_ROUND_MAGIC);
+    const __m512i bias = _mm512_set1_epi32(127);
+    __m512 square = _mm512_mul_ps(a, a);
+    __m512 square_lo = _mm512_fmadd_ps(a, a, _mm512_mul_ps(square, _mm512_set1_ps(-1.0f)));
+    __m512 shifted = _mm512_fmadd_ps(square, _mm512_set1_ps(-0.5f * PYNN_LOG2E), magic);
+    __m512 n = _mm512_sub_ps(shifted, magic);
+    __m512i n_int = _mm512_sub_epi32(_mm512_castps_si512(shifted), _mm512_castps_si512(magic));
+    __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-PYNN_LN2_HI),
+                               _mm512_mul_ps(square, _mm512_set1_ps(-0.5f)));
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(-PYNN_LN2_LO), r);
+    r = _mm512_fmadd_ps(square_lo, _mm512_set1_ps(-0.5f), r);
+    __m512 s = _mm512_set1_ps(0.0013950513f);
+    s = _mm512_fmadd_ps(s, r, _mm512_set1_ps(0.008368909f));
+    s = _mm512_fmadd_ps(s, r, _mm512_set1_ps(0.041666206f));
+    s = _mm512_fmadd_ps(s, r, _mm512_set1_ps(0.16666518f));
+    s = _mm512_fmadd_ps(s, r, _mm512_set1_ps(0.5f));
+    __m512 expm1 = _mm512_fmadd_ps(_mm512_mul_ps(r, r), s, r);
+    __m512i half = _mm512_srai_epi32(n_int, 1);
+    __m512 scale1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(half, bias), 23));
+    __m512 scale2 = _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_add_epi32(_mm512_sub_epi32(n_int, half), bias), 23));
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_fmadd_ps(v, expm1, v), scale1), scale2);
+}
+
+PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_gelu_derivative16(__m512 x)
+{
+    __m512 a = pynn_abs_below16(x, PYNN_GAUSS_CUTOFF);
+    __m512i j;
+    __m512 t = pynn_interval_offset16(a, 2.0f, &j);
+    __m512 ratio = pynn_interval_poly16(pynn_gauss_tail_ratio, PYNN_GAUSS_RATIO_DEGREE, j, t);
+    __m512 v = _mm512_fmadd_ps(a, _mm512_set1_ps(-PYNN_INV_SQRT_2PI), ratio);
+    __m512 d = pynn_within16(x, PYNN_GAUSS_CUTOFF, pynn_gauss_times16(a, v));
+    __mmask16 nonnegative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
+    return _mm512_mask_blend_ps(nonnegative, d, _mm512_sub_ps(_mm512_set1_ps(1.0f), d));
 }
 #endif
 

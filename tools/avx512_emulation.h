@@ -132,6 +132,12 @@ EMULATED emulated_si512 emulated_mm512_srai_epi32(emulated_si512 a_, unsigned in
     EMULATED_LANES(16) r[i] = count > 31 ? (a[i] < 0 ? -1 : 0) : a[i] >> count;
     return (emulated_si512)r;
 }
+EMULATED emulated_si512 emulated_mm512_slli_epi32(emulated_si512 a_, unsigned int count)
+{
+    emulated_epi32 a = (emulated_epi32)a_, r;
+    EMULATED_LANES(16) r[i] = count > 31 ? 0 : (int32_t)((uint32_t)a[i] << count);
+    return (emulated_si512)r;
+}
 EMULATED emulated_si512 emulated_mm512_castps_si512(emulated_ps a) { return (emulated_si512)a; }
 EMULATED emulated_ps emulated_mm512_castsi512_ps(emulated_si512 a) { return (emulated_ps)a; }
 EMULATED __m256i emulated_mm512_castsi512_si256(emulated_si512 a) { __m256i r; memcpy(&r, &a, 32); return r; }
@@ -270,6 +276,8 @@ EMULATED emulated_ps emulated_mm512_permutex2var_ps(emulated_ps a, emulated_si51
 #define _mm512_maskz_and_epi32 emulated_mm512_maskz_and_epi32
 #undef _mm512_srai_epi32
 #define _mm512_srai_epi32 emulated_mm512_srai_epi32
+#undef _mm512_slli_epi32
+#define _mm512_slli_epi32 emulated_mm512_slli_epi32
 #undef _mm512_cmpgt_epi32_mask
 #define _mm512_cmpgt_epi32_mask emulated_mm512_cmpgt_epi32_mask
 #undef _mm512_cmp_ps_mask

@@ -447,9 +447,9 @@ changed them.
   barriers would spin against the first's.
 - **Element-wise kernels over large arrays move memory**: a million floats in
   and out is 8 MB, so they run near the memory's speed, as numpy's do.
-- **pynn's exact GELU evaluates erf in double precision** for results within
-  half an ulp; that costs time against PyTorch's float version, and shows in
-  the `ops` tables.
+- **pynn's exact GELU is float arithmetic over interval tables** that keep
+  the relative accuracy of negative inputs' results, where PyTorch's float
+  version is accurate in absolute terms only.
 - **Thresholds were tuned on AMD Zen 3 and Zen 4 cores** (32 KiB L1d in 8
   ways, 512 KiB to 1 MiB L2). Other CPUs may have their crossovers elsewhere;
   the kernel-path tables in `csrc/` are where per-CPU values belong.
