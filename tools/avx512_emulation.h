@@ -97,6 +97,21 @@ EMULATED emulated_ps emulated_mm512_fmadd_ps(emulated_ps a, emulated_ps b, emula
     EMULATED_LANES(16) r[i] = __builtin_fmaf(a[i], b[i], c[i]);
     return r;
 }
+EMULATED emulated_ps emulated_mm512_mask_max_ps(emulated_ps src, __mmask16 k, emulated_ps a, emulated_ps b)
+{
+    emulated_ps r;
+    EMULATED_LANES(16) r[i] = EMULATED_SELECTED(k) ? (a[i] > b[i] ? a[i] : b[i]) : src[i];
+    return r;
+}
+EMULATED float emulated_mm512_reduce_max_ps(emulated_ps a)
+{
+    float half[8], quarter[4];
+    EMULATED_LANES(8) half[i] = a[i + 8] > a[i] ? a[i + 8] : a[i];
+    EMULATED_LANES(4) quarter[i] = half[i + 4] > half[i] ? half[i + 4] : half[i];
+    const float low = quarter[2] > quarter[0] ? quarter[2] : quarter[0];
+    const float high = quarter[3] > quarter[1] ? quarter[3] : quarter[1];
+    return high > low ? high : low;
+}
 EMULATED float emulated_mm512_reduce_add_ps(emulated_ps a)
 {
     float half[8], quarter[4];
@@ -248,6 +263,10 @@ EMULATED emulated_ps emulated_mm512_permutex2var_ps(emulated_ps a, emulated_si51
 #define _mm512_min_ps emulated_mm512_min_ps
 #undef _mm512_reduce_add_ps
 #define _mm512_reduce_add_ps emulated_mm512_reduce_add_ps
+#undef _mm512_mask_max_ps
+#define _mm512_mask_max_ps emulated_mm512_mask_max_ps
+#undef _mm512_reduce_max_ps
+#define _mm512_reduce_max_ps emulated_mm512_reduce_max_ps
 #undef _mm512_castps_si512
 #define _mm512_castps_si512 emulated_mm512_castps_si512
 #undef _mm512_castsi512_ps
