@@ -19,7 +19,7 @@ typedef struct {
     size_t tensors_used;
 } builder;
 
-static int say(char *err, size_t err_len, const char *format, ...)
+int pynn_capi_error(char *err, size_t err_len, const char *format, ...)
 {
     if (err && err_len) {
         va_list args;
@@ -59,7 +59,7 @@ static int config_int(builder *b, const pynn_layer *layer, const pynn_json *conf
         return 0;
     }
     if (!pynn_json_int(value, out) || *out < low || *out > high)
-        return say(b->err, b->err_len, "%s: %s: %s must be an integer in [%lld, %lld]", b->path,
+        return pynn_capi_error(b->err, b->err_len, "%s: %s: %s must be an integer in [%lld, %lld]", b->path,
                    layer->name, key, (long long)low, (long long)high);
     return 0;
 }
@@ -73,7 +73,7 @@ static int config_bool(builder *b, const pynn_layer *layer, const pynn_json *con
         return 0;
     }
     if (value->kind != PYNN_JSON_TRUE && value->kind != PYNN_JSON_FALSE)
-        return say(b->err, b->err_len, "%s: %s: %s must be true or false", b->path, layer->name, key);
+        return pynn_capi_error(b->err, b->err_len, "%s: %s: %s must be true or false", b->path, layer->name, key);
     *out = value->kind == PYNN_JSON_TRUE;
     return 0;
 }
@@ -87,7 +87,7 @@ static int config_real(builder *b, const pynn_layer *layer, const pynn_json *con
         return 0;
     }
     if (value->kind != PYNN_JSON_NUMBER)
-        return say(b->err, b->err_len, "%s: %s: %s must be a number", b->path, layer->name, key);
+        return pynn_capi_error(b->err, b->err_len, "%s: %s: %s must be a number", b->path, layer->name, key);
     *out = value->number;
     return 0;
 }
@@ -105,7 +105,7 @@ static int config_sizes(builder *b, const pynn_layer *layer, const pynn_json *co
     out[0] = lead;
     if (!value || value->kind == PYNN_JSON_NULL) {
         if ((value && !same) || fallback < 0)
-            return say(b->err, b->err_len, "%s: %s: %s must be given", b->path, layer->name, key);
+            return pynn_capi_error(b->err, b->err_len, "%s: %s: %s must be given", b->path, layer->name, key);
         for (int i = 2 - rank; i < 2; i++)
             out[i] = same ? same[i] : fallback;
         return 0;
@@ -116,12 +116,12 @@ static int config_sizes(builder *b, const pynn_layer *layer, const pynn_json *co
     } else if (!(value->kind == PYNN_JSON_ARRAY && value->length == (size_t)rank
                  && pynn_json_int(value->items[0], &out[2 - rank])
                  && (rank == 1 || pynn_json_int(value->items[1], &out[1])))) {
-        return say(b->err, b->err_len, "%s: %s: %s must be an integer or a list of %d", b->path,
+        return pynn_capi_error(b->err, b->err_len, "%s: %s: %s must be an integer or a list of %d", b->path,
                    layer->name, key, rank);
     }
     for (int i = 2 - rank; i < 2; i++)
         if (out[i] < low || out[i] > high)
-            return say(b->err, b->err_len, "%s: %s: %s must be in [%lld, %lld]", b->path, layer->name,
+            return pynn_capi_error(b->err, b->err_len, "%s: %s: %s must be in [%lld, %lld]", b->path, layer->name,
                        key, (long long)low, (long long)high);
     return 0;
 }
@@ -135,7 +135,7 @@ static int config_keys(builder *b, const pynn_layer *layer, const pynn_json *con
         for (const char *const *k = known; *k; k++)
             found |= !strcmp(*k, config->keys[i]);
         if (!found)
-            return say(b->err, b->err_len, "%s: %s: unexpected argument '%.60s'", b->path, layer->name,
+            return pynn_capi_error(b->err, b->err_len, "%s: %s: unexpected argument '%.60s'", b->path, layer->name,
                        config->keys[i]);
     }
     return 0;
@@ -149,7 +149,7 @@ static const float *tensor(builder *b, const pynn_layer *layer, const char *pref
     snprintf(name, sizeof name, "%s%s", prefix, key);
     const pynn_file_tensor *t = pynn_model_file_tensor(b->file, name);
     if (!t) {
-        say(b->err, b->err_len, "%s: %s: missing tensor '%s'", b->path, layer->name, name);
+        pynn_capi_error(b->err, b->err_len, "%s: %s: missing tensor '%s'", b->path, layer->name, name);
         *failed = 1;
         return NULL;
     }
@@ -163,7 +163,7 @@ static const float *tensor(builder *b, const pynn_layer *layer, const char *pref
         memcpy(got.dims, t->shape, (size_t)t->rank * sizeof *t->shape);
         shape_text(&expected, want, sizeof want);
         shape_text(&got, have, sizeof have);
-        say(b->err, b->err_len, "%s: %s: tensor '%s' must be F32 of shape %s, got %s of shape %s", b->path,
+        pynn_capi_error(b->err, b->err_len, "%s: %s: tensor '%s' must be F32 of shape %s, got %s of shape %s", b->path,
             layer->name, name, want, t->dtype, have);
         *failed = 1;
         return NULL;
@@ -186,7 +186,7 @@ static int batchnorm_tensors(builder *b, pynn_layer *layer, const char *prefix)
     snprintf(name, sizeof name, "%snum_batches_tracked", prefix);
     const pynn_file_tensor *t = pynn_model_file_tensor(b->file, name);
     if (!t || t->rank != 0)
-        return say(b->err, b->err_len, "%s: %s: missing tensor '%s' (a scalar)", b->path, layer->name, name);
+        return pynn_capi_error(b->err, b->err_len, "%s: %s: missing tensor '%s' (a scalar)", b->path, layer->name, name);
     b->tensors_used++;
     return 0;
 }
@@ -231,7 +231,7 @@ static int read_attention(builder *b, pynn_layer *layer, const pynn_json *config
         || config_bool(b, layer, config, "bias", 1, &bias))
         return -1;
     if (a->embed_dim % a->heads)
-        return say(b->err, b->err_len, "%s: %s: embed_dim must be divisible by num_heads", b->path,
+        return pynn_capi_error(b->err, b->err_len, "%s: %s: embed_dim must be divisible by num_heads", b->path,
                    layer->name);
     return attention_tensors(b, layer, prefix, bias);
 }
@@ -254,11 +254,11 @@ static int read_transformer(builder *b, pynn_layer *layer, const pynn_json *conf
         return -1;
     if (activation && (activation->kind != PYNN_JSON_STRING
                        || (strcmp(activation->string, "relu") && strcmp(activation->string, "gelu"))))
-        return say(b->err, b->err_len, "%s: %s: activation must be \"relu\" or \"gelu\"", b->path,
+        return pynn_capi_error(b->err, b->err_len, "%s: %s: activation must be \"relu\" or \"gelu\"", b->path,
                    layer->name);
     a->gelu = activation && !strcmp(activation->string, "gelu");
     if (a->embed_dim % a->heads || !(layer->layer_norm_eps >= 0.0))
-        return say(b->err, b->err_len, "%s: %s: d_model must be divisible by nhead, layer_norm_eps >= 0",
+        return pynn_capi_error(b->err, b->err_len, "%s: %s: d_model must be divisible by nhead, layer_norm_eps >= 0",
                    b->path, layer->name);
     char inner[PYNN_GRAPH_MAX_NAME + 16];
     snprintf(inner, sizeof inner, "%sself_attn.", prefix);
@@ -287,9 +287,9 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
     if (!type || type->kind != PYNN_JSON_STRING || !config || config->kind != PYNN_JSON_OBJECT
         || entry->length != 2u + (name != NULL) || (name && name->kind != PYNN_JSON_STRING
                                                       && name->kind != PYNN_JSON_NULL))
-        return say(b->err, b->err_len, "%s: %s must be {\"type\": name, \"config\": {...}}", b->path, label);
+        return pynn_capi_error(b->err, b->err_len, "%s: %s must be {\"type\": name, \"config\": {...}}", b->path, label);
     if (strlen(type->string) >= sizeof layer->type_name)
-        return say(b->err, b->err_len, "%s: %s has unknown layer type '%.40s'", b->path, label, type->string);
+        return pynn_capi_error(b->err, b->err_len, "%s: %s has unknown layer type '%.40s'", b->path, label, type->string);
     snprintf(layer->type_name, sizeof layer->type_name, "%s", type->string);
     snprintf(layer->name, sizeof layer->name, "%.200s (%.40s)", label, type->string);
     const char *t = type->string;
@@ -314,7 +314,7 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
             if (approximate && (approximate->kind != PYNN_JSON_STRING
                                 || (strcmp(approximate->string, "none")
                                     && strcmp(approximate->string, "tanh"))))
-                return say(b->err, b->err_len, "%s: %s: approximate must be \"none\" or \"tanh\"", b->path,
+                return pynn_capi_error(b->err, b->err_len, "%s: %s: approximate must be \"none\" or \"tanh\"", b->path,
                            layer->name);
             if (approximate && !strcmp(approximate->string, "tanh"))
                 layer->map = pynn_gelu_tanh;
@@ -382,7 +382,7 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
             size *= fits ? *extent : 1;
         }
         if (!fits)
-            return say(b->err, b->err_len, "%s: %s: shape must be a list of fewer than %d sizes, with scale, "
+            return pynn_capi_error(b->err, b->err_len, "%s: %s: shape must be a list of fewer than %d sizes, with scale, "
                        "shift or both", b->path, layer->name, PYNN_TENSOR_MAX_RANK);
         if (scale)
             layer->gamma = tensor(b, layer, prefix, "scale", layer->reshape.rank, layer->reshape.dims, &failed);
@@ -411,13 +411,13 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
         if (config_keys(b, layer, config, keys))
             return -1;
         if (!shape || shape->kind != PYNN_JSON_ARRAY || shape->length >= PYNN_GRAPH_MAX_RANK)
-            return say(b->err, b->err_len, "%s: %s: shape must be a list of fewer than %d sizes", b->path,
+            return pynn_capi_error(b->err, b->err_len, "%s: %s: shape must be a list of fewer than %d sizes", b->path,
                        layer->name, PYNN_GRAPH_MAX_RANK);
         layer->reshape.rank = (int)shape->length;
         for (size_t axis = 0; axis < shape->length; axis++) {
             int64_t *extent = &layer->reshape.dims[axis];
             if (!pynn_json_int(shape->items[axis], extent) || *extent < -1 || *extent > MAX_ELEMENTS)
-                return say(b->err, b->err_len, "%s: %s: shape entries must be sizes or -1", b->path,
+                return pynn_capi_error(b->err, b->err_len, "%s: %s: shape entries must be sizes or -1", b->path,
                            layer->name);
         }
         return 0;
@@ -430,7 +430,7 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
             || config_real(b, layer, config, "eps", 1e-5, &real))
             return -1;
         if (!(real > 0.0))
-            return say(b->err, b->err_len, "%s: %s: eps must be > 0", b->path, layer->name);
+            return pynn_capi_error(b->err, b->err_len, "%s: %s: eps must be > 0", b->path, layer->name);
         layer->eps = (float)real;
         return batchnorm_tensors(b, layer, prefix);
     }
@@ -451,7 +451,7 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
             || config_bool(b, layer, config, "bias", 1, &bias))
             return -1;
         if (layer->in_channels % layer->groups || layer->out_channels % layer->groups)
-            return say(b->err, b->err_len, "%s: %s: groups=%lld must divide in_channels and out_channels",
+            return pynn_capi_error(b->err, b->err_len, "%s: %s: groups=%lld must divide in_channels and out_channels",
                        b->path, layer->name, (long long)layer->groups);
         const int64_t dims[4] = {layer->out_channels, layer->in_channels / layer->groups, layer->kernel[0],
                                  layer->kernel[1]};
@@ -480,7 +480,7 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
             || config_bool(b, layer, config, "count_include_pad", 1, &layer->count_include_pad))
             return -1;
         if (layer->padding[0] > layer->kernel[0] / 2 || layer->padding[1] > layer->kernel[1] / 2)
-            return say(b->err, b->err_len, "%s: %s: padding must be at most half the kernel size", b->path,
+            return pynn_capi_error(b->err, b->err_len, "%s: %s: padding must be at most half the kernel size", b->path,
                        layer->name);
         return 0;
     }
@@ -504,7 +504,7 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
         for (int i = 0; i < 2 && fits; i++)
             fits = layer->adaptive[i] >= -1 && layer->adaptive[i] <= MAX_ELEMENTS;
         if (!fits)
-            return say(b->err, b->err_len, "%s: %s: output_size must be a size or a pair of sizes or nulls",
+            return pynn_capi_error(b->err, b->err_len, "%s: %s: output_size must be a size or a pair of sizes or nulls",
                        b->path, layer->name);
         return 0;
     }
@@ -519,7 +519,7 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
             || config_bool(b, layer, config, "bias", 1, &bias))
             return -1;
         if (!(layer->layer_norm_eps >= 0.0))
-            return say(b->err, b->err_len, "%s: %s: eps must be >= 0", b->path, layer->name);
+            return pynn_capi_error(b->err, b->err_len, "%s: %s: eps must be >= 0", b->path, layer->name);
         if (shape && pynn_json_int(shape, &layer->reshape.dims[0])) {
             layer->reshape.rank = 1;
         } else if (shape && shape->kind == PYNN_JSON_ARRAY && shape->length >= 1
@@ -535,12 +535,12 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
         for (int axis = 0; axis < layer->reshape.rank; axis++) {
             const int64_t extent = layer->reshape.dims[axis];
             if (extent < 0 || extent > MAX_ELEMENTS || (extent && length > MAX_ELEMENTS / extent))
-                return say(b->err, b->err_len, "%s: %s: normalized_shape must be a list of sizes", b->path,
+                return pynn_capi_error(b->err, b->err_len, "%s: %s: normalized_shape must be a list of sizes", b->path,
                            layer->name);
             length *= extent;
         }
         if (!layer->reshape.rank)
-            return say(b->err, b->err_len, "%s: %s: normalized_shape must be a list of sizes", b->path,
+            return pynn_capi_error(b->err, b->err_len, "%s: %s: normalized_shape must be a list of sizes", b->path,
                        layer->name);
         if (affine)
             layer->gamma = tensor(b, layer, prefix, "weight", layer->reshape.rank, layer->reshape.dims,
@@ -568,7 +568,7 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
             seen |= fits ? 1 << *at : 0;
         }
         if (!fits || layer->reshape.dims[0] != 0)
-            return say(b->err, b->err_len, "%s: %s: dims must be a permutation of at most %d axes starting "
+            return pynn_capi_error(b->err, b->err_len, "%s: %s: dims must be a permutation of at most %d axes starting "
                        "with 0", b->path, layer->name, PYNN_GRAPH_MAX_RANK);
         return 0;
     }
@@ -598,10 +598,10 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
                           &layer->axis))
             return -1;
         if (layer->axis == 0)
-            return say(b->err, b->err_len, "%s: %s: axis 0 is the batch axis", b->path, layer->name);
+            return pynn_capi_error(b->err, b->err_len, "%s: %s: axis 0 is the batch axis", b->path, layer->name);
         return 0;
     }
-    return say(b->err, b->err_len, "%s: %s: layer type '%s' is not supported by the C API (it runs %s)",
+    return pynn_capi_error(b->err, b->err_len, "%s: %s: layer type '%s' is not supported by the C API (it runs %s)",
                b->path, label, t, SUPPORTED);
 }
 
@@ -618,7 +618,7 @@ static int refuse(char *err, size_t err_len, const pynn_layer *layer, const pynn
             shape_text(&shapes[i], text + used, sizeof text - used);
         used = strlen(text);
     }
-    return say(err, err_len, "%s refuses input shape %s: %s", layer->name, text, why);
+    return pynn_capi_error(err, err_len, "%s refuses input shape %s: %s", layer->name, text, why);
 }
 
 static int64_t window_count(int64_t extent, int64_t kernel, int64_t stride, int64_t padding,
@@ -811,11 +811,11 @@ static int layer_shape(const pynn_layer *layer, const pynn_shape *in, int count,
             return refuse(err, err_len, layer, in, 1, "it is not the shape of the nested model's Input");
         pynn_shape *shapes = calloc((size_t)inner->slot_count, sizeof *shapes);
         if (!shapes)
-            return say(err, err_len, "%s: out of memory", layer->name);
+            return pynn_capi_error(err, err_len, "%s: out of memory", layer->name);
         const int failed = pynn_graph_shapes(inner, x, shapes, why, sizeof why);
         *out = shapes[inner->output_slot];
         free(shapes);
-        return failed ? say(err, err_len, "%s: %s", layer->name, why) : 0;
+        return failed ? pynn_capi_error(err, err_len, "%s: %s", layer->name, why) : 0;
     }
     case LAYER_DOT:
         if (count != 2 || x->rank != 2 || !same_shape(&in[0], &in[1]))
@@ -898,16 +898,16 @@ int pynn_graph_shapes(const pynn_graph *graph, const pynn_shape *input, pynn_sha
         if (layer_shape(layer, in, call->source_count, out, err, err_len))
             return -1;
         if (out->rank < 1 || out->dims[0] != input->dims[0])
-            return say(err, err_len, "%s: the output must keep the batch axis first", layer->name);
+            return pynn_capi_error(err, err_len, "%s: the output must keep the batch axis first", layer->name);
         int64_t size = 1;
         for (int axis = 0; axis < out->rank; axis++) {
             if (out->dims[axis] < 0 || (out->dims[axis] && size > MAX_ELEMENTS / out->dims[axis]))
-                return say(err, err_len, "%s: the output would hold more than 2^40 values", layer->name);
+                return pynn_capi_error(err, err_len, "%s: the output would hold more than 2^40 values", layer->name);
             size *= out->dims[axis];
         }
         /* a small hostile file must not make a plan allocate terabytes (see CLAIM_FACTOR) */
         if (graph->claim_bound && size / batch > graph->claim_bound)
-            return say(err, err_len, "%s outputs %lld values per sample, more than %lld: 64 times the "
+            return pynn_capi_error(err, err_len, "%s outputs %lld values per sample, more than %lld: 64 times the "
                        "values the file and an input hold", layer->name, (long long)(size / batch),
                        (long long)graph->claim_bound);
     }
@@ -924,18 +924,18 @@ static int fuses_relu(const pynn_layer *layer)
 static int read_input_shape(builder *b, const pynn_json *shape, pynn_shape *out, const char *what)
 {
     if (!shape || shape->kind != PYNN_JSON_ARRAY || shape->length >= PYNN_GRAPH_MAX_RANK)
-        return say(b->err, b->err_len, "%s: %s must be a list of fewer than %d sizes", b->path, what,
+        return pynn_capi_error(b->err, b->err_len, "%s: %s must be a list of fewer than %d sizes", b->path, what,
                    PYNN_GRAPH_MAX_RANK);
     out->rank = (int)shape->length;
     int64_t size = 1;
     for (size_t axis = 0; axis < shape->length; axis++) {
         int64_t *extent = &out->dims[axis];
         if (shape->items[axis]->kind == PYNN_JSON_NULL)
-            return say(b->err, b->err_len, "%s: %s has a variable (None) axis; the C API runs models whose "
+            return pynn_capi_error(b->err, b->err_len, "%s: %s has a variable (None) axis; the C API runs models whose "
                        "input has fixed sizes (give the Input a fixed length)", b->path, what);
         if (!pynn_json_int(shape->items[axis], extent) || *extent < 0
             || (*extent && size > MAX_ELEMENTS / *extent))
-            return say(b->err, b->err_len, "%s: %s must be a list of sizes of fewer than 2^40 values in all",
+            return pynn_capi_error(b->err, b->err_len, "%s: %s must be a list of sizes of fewer than 2^40 values in all",
                        b->path, what);
         size *= *extent;
     }
@@ -949,13 +949,13 @@ static int build_sequential(builder *b, pynn_graph *graph, const pynn_json *arch
 {
     if (architecture->kind != PYNN_JSON_ARRAY || architecture->length == 0
         || architecture->length > PYNN_GRAPH_MAX_LAYERS)
-        return say(b->err, b->err_len, "%s: %sthe layers must be a non-empty list of at most %d", b->path,
+        return pynn_capi_error(b->err, b->err_len, "%s: %sthe layers must be a non-empty list of at most %d", b->path,
                    label, PYNN_GRAPH_MAX_LAYERS);
     const int count = (int)architecture->length;
     graph->layers = calloc((size_t)count, sizeof *graph->layers);
     graph->calls = calloc((size_t)count, sizeof *graph->calls);
     if (!graph->layers || !graph->calls)
-        return say(b->err, b->err_len, "%s: out of memory", b->path);
+        return pynn_capi_error(b->err, b->err_len, "%s: out of memory", b->path);
     graph->layer_count = count;
     for (int i = 0; i < count; i++) {
         char layer_label[PYNN_GRAPH_MAX_NAME], layer_prefix[PYNN_GRAPH_MAX_NAME];
@@ -964,7 +964,7 @@ static int build_sequential(builder *b, pynn_graph *graph, const pynn_json *arch
         if (read_layer(b, architecture->items[i], layer_label, layer_prefix, &graph->layers[i]))
             return -1;
         if (graph->layers[i].takes_list)
-            return say(b->err, b->err_len, "%s: %s takes a list of inputs, which a Sequential cannot give",
+            return pynn_capi_error(b->err, b->err_len, "%s: %s takes a list of inputs, which a Sequential cannot give",
                        b->path, graph->layers[i].name);
     }
     /* a ReLU right after a Linear or convolution runs in its epilogue (sequential.py _fusion_plan) */
@@ -1016,25 +1016,25 @@ static int read_nested(builder *b, const pynn_json *entry, const char *kind, con
     snprintf(layer->type_name, sizeof layer->type_name, "%s", kind);
     snprintf(layer->name, sizeof layer->name, "%.200s (%.40s)", label, kind);
     if (depth >= PYNN_GRAPH_MAX_DEPTH)
-        return say(b->err, b->err_len, "%s: %s: models nested deeper than %d levels", b->path, label,
+        return pynn_capi_error(b->err, b->err_len, "%s: %s: models nested deeper than %d levels", b->path, label,
                    PYNN_GRAPH_MAX_DEPTH);
     if (entry->length != (sequential ? 3u : 2u) || !name || name->kind != PYNN_JSON_STRING
         || name->length > PYNN_GRAPH_MAX_NAME / 2)
-        return say(b->err, b->err_len, "%s: %s must be %s with a name of at most %d bytes", b->path, label,
+        return pynn_capi_error(b->err, b->err_len, "%s: %s must be %s with a name of at most %d bytes", b->path, label,
                    sequential ? "{\"type\": \"Sequential\", \"name\", \"layers\"}"
                               : "{\"type\": \"Model\", \"graph\"}", PYNN_GRAPH_MAX_NAME / 2);
     if (!(layer->inner = calloc(1, sizeof *layer->inner)))
-        return say(b->err, b->err_len, "%s: out of memory", b->path);
+        return pynn_capi_error(b->err, b->err_len, "%s: out of memory", b->path);
     char inner_prefix[PYNN_GRAPH_MAX_NAME * 2], inner_label[PYNN_GRAPH_MAX_NAME];
     snprintf(inner_prefix, sizeof inner_prefix, "%s%s.", prefix, name->string);
     snprintf(inner_label, sizeof inner_label, "%.240s ", label);
     if (strlen(inner_prefix) >= PYNN_GRAPH_MAX_NAME)
-        return say(b->err, b->err_len, "%s: %s: nested names longer than %d bytes", b->path, label,
+        return pynn_capi_error(b->err, b->err_len, "%s: %s: nested names longer than %d bytes", b->path, label,
                    PYNN_GRAPH_MAX_NAME);
     const pynn_json *layers = pynn_json_get(entry, "layers");
     if (sequential)
         return layers ? build_sequential(b, layer->inner, layers, inner_prefix, inner_label)
-                      : say(b->err, b->err_len, "%s: %s has no layers", b->path, label);
+                      : pynn_capi_error(b->err, b->err_len, "%s: %s has no layers", b->path, label);
     return build_model(b, layer->inner, graph, inner_prefix, inner_label, depth + 1);
 }
 
@@ -1042,27 +1042,27 @@ static int build_model(builder *b, pynn_graph *graph, const pynn_json *architect
                        const char *label, int depth)
 {
     if (architecture->kind != PYNN_JSON_OBJECT)
-        return say(b->err, b->err_len, "%s: %sthe graph must be a JSON object", b->path, label);
+        return pynn_capi_error(b->err, b->err_len, "%s: %sthe graph must be a JSON object", b->path, label);
     const pynn_json *inputs = pynn_json_get(architecture, "inputs");
     const pynn_json *layers = pynn_json_get(architecture, "layers");
     const pynn_json *calls = pynn_json_get(architecture, "calls");
     const pynn_json *outputs = pynn_json_get(architecture, "outputs");
     if (!inputs || inputs->kind != PYNN_JSON_ARRAY || !layers || layers->kind != PYNN_JSON_ARRAY || !calls
         || calls->kind != PYNN_JSON_ARRAY || !outputs || outputs->kind != PYNN_JSON_ARRAY)
-        return say(b->err, b->err_len, "%s: %sthe graph must hold the lists inputs, layers, calls and "
+        return pynn_capi_error(b->err, b->err_len, "%s: %sthe graph must hold the lists inputs, layers, calls and "
                    "outputs", b->path, label);
     if (inputs->length != 1 || outputs->length != 1)
-        return say(b->err, b->err_len, "%s: %sthe C API runs models with one input and one output, this one "
+        return pynn_capi_error(b->err, b->err_len, "%s: %sthe C API runs models with one input and one output, this one "
                    "has %zu and %zu", b->path, label, inputs->length, outputs->length);
     if (layers->length > PYNN_GRAPH_MAX_LAYERS || calls->length > PYNN_GRAPH_MAX_LAYERS || calls->length == 0)
-        return say(b->err, b->err_len, "%s: %sthe graph must have 1 to %d calls", b->path, label,
+        return pynn_capi_error(b->err, b->err_len, "%s: %sthe graph must have 1 to %d calls", b->path, label,
                    PYNN_GRAPH_MAX_LAYERS);
     const pynn_json *input = inputs->items[0], *dtype = pynn_json_get(input, "dtype");
     if (read_input_shape(b, pynn_json_get(input, "shape"), &graph->input_shape, "input 0's shape"))
         return -1;
     graph->knows_input_shape = 1;
     if (!dtype || dtype->kind != PYNN_JSON_STRING || strcmp(dtype->string, "float32"))
-        return say(b->err, b->err_len, "%s: %sthe C API takes float32 inputs; input 0 is not float32",
+        return pynn_capi_error(b->err, b->err_len, "%s: %sthe C API takes float32 inputs; input 0 is not float32",
                    b->path, label);
     graph->layer_count = (int)layers->length;
     graph->layers = calloc(layers->length + 1, sizeof *graph->layers);
@@ -1072,7 +1072,7 @@ static int build_model(builder *b, pynn_graph *graph, const pynn_json *architect
     int *fusing_call = calloc(calls->length + 1, sizeof *fusing_call);  /* per slot: call index + 1 */
     int result = -1;
     if (!graph->layers || !graph->calls || !call_slots || !readers || !fusing_call) {
-        say(b->err, b->err_len, "%s: out of memory", b->path);
+        pynn_capi_error(b->err, b->err_len, "%s: out of memory", b->path);
         goto done;
     }
     for (size_t i = 0; i < layers->length; i++) {
@@ -1087,14 +1087,14 @@ static int build_model(builder *b, pynn_graph *graph, const pynn_json *architect
             continue;
         }
         if (!name || name->kind != PYNN_JSON_STRING || name->length > PYNN_GRAPH_MAX_NAME / 2) {
-            say(b->err, b->err_len, "%s: %slayer %zu must have a name of at most %d bytes", b->path, label, i,
+            pynn_capi_error(b->err, b->err_len, "%s: %slayer %zu must have a name of at most %d bytes", b->path, label, i,
                 PYNN_GRAPH_MAX_NAME / 2);
             goto done;
         }
         snprintf(layer_label, sizeof layer_label, "%slayer '%s'", label, name->string);
         snprintf(layer_prefix, sizeof layer_prefix, "%s%s.", prefix, name->string);
         if (strlen(layer_prefix) >= PYNN_GRAPH_MAX_NAME) {
-            say(b->err, b->err_len, "%s: %s: nested names longer than %d bytes", b->path, layer_label,
+            pynn_capi_error(b->err, b->err_len, "%s: %s: nested names longer than %d bytes", b->path, layer_label,
                 PYNN_GRAPH_MAX_NAME);
             goto done;
         }
@@ -1108,13 +1108,13 @@ static int build_model(builder *b, pynn_graph *graph, const pynn_json *architect
         if (!pynn_json_int(pynn_json_get(entry, "layer"), &layer) || layer < 0 || layer >= graph->layer_count
             || !refs || refs->kind != PYNN_JSON_ARRAY || entry->length != 2 || refs->length < 1
             || refs->length > PYNN_GRAPH_MAX_INPUTS) {
-            say(b->err, b->err_len, "%s: %scall %zu must be {\"layer\": index, \"inputs\": [1 to %d "
+            pynn_capi_error(b->err, b->err_len, "%s: %scall %zu must be {\"layer\": index, \"inputs\": [1 to %d "
                 "references]}", b->path, label, j, PYNN_GRAPH_MAX_INPUTS);
             goto done;
         }
         if (!graph->layers[layer].takes_list && refs->length != 1) {
             const pynn_layer_type type = graph->layers[layer].type;
-            say(b->err, b->err_len, "%s: %scall %zu: %s takes one input%s", b->path, label, j,
+            pynn_capi_error(b->err, b->err_len, "%s: %scall %zu: %s takes one input%s", b->path, label, j,
                 graph->layers[layer].name, type == LAYER_ATTENTION || type == LAYER_TRANSFORMER
                 ? " (the C API runs it as self-attention without a mask)" : "");
             goto done;
@@ -1122,7 +1122,7 @@ static int build_model(builder *b, pynn_graph *graph, const pynn_json *architect
         for (size_t r = 0; r < refs->length; r++) {
             const int source = reference_slot(refs->items[r], (int)j, call_slots);
             if (source < 0) {
-                say(b->err, b->err_len, "%s: %scall %zu: input %zu is not the input or an output of an "
+                pynn_capi_error(b->err, b->err_len, "%s: %scall %zu: input %zu is not the input or an output of an "
                     "earlier call", b->path, label, j, r);
                 goto done;
             }
@@ -1132,7 +1132,7 @@ static int build_model(builder *b, pynn_graph *graph, const pynn_json *architect
     }
     const int output = reference_slot(outputs->items[0], (int)calls->length, call_slots);
     if (output < 0) {
-        say(b->err, b->err_len, "%s: %sthe output is not the input or an output of a call", b->path, label);
+        pynn_capi_error(b->err, b->err_len, "%s: %sthe output is not the input or an output of a call", b->path, label);
         goto done;
     }
     /* the calls as model.py _build_steps makes them: a ReLU that is the only reader of a
@@ -1203,17 +1203,17 @@ int pynn_graph_build(pynn_graph *graph, const pynn_model_file *file, const char 
     const char *text = pynn_model_file_metadata(file, "architecture");
     const int sequential = format && !strcmp(format, "pynn.Sequential");
     if (!format || !text || (!sequential && strcmp(format, "pynn.Model")))
-        return say(err, err_len, "%s: not a pynn model file (no pynn.Sequential or pynn.Model architecture "
+        return pynn_capi_error(err, err_len, "%s: not a pynn model file (no pynn.Sequential or pynn.Model architecture "
                    "in its metadata)", path);
     char why[256] = "";
     pynn_json *architecture = pynn_json_parse(text, strlen(text), why, sizeof why);
     if (!architecture)
-        return say(err, err_len, "%s: the architecture is not valid JSON: %s", path, why);
+        return pynn_capi_error(err, err_len, "%s: the architecture is not valid JSON: %s", path, why);
     int failed = sequential ? build_sequential(&b, graph, architecture, "", "")
                             : build_model(&b, graph, architecture, "", "", 0);
     pynn_json_free(architecture);
     if (!failed && b.tensors_used != file->count)
-        failed = say(err, err_len, "%s: the file holds %zu tensors, the architecture reads %zu", path,
+        failed = pynn_capi_error(err, err_len, "%s: the file holds %zu tensors, the architecture reads %zu", path,
                      file->count, b.tensors_used);
     if (!failed && sequential) {
         const char *recorded = pynn_model_file_metadata(file, "input_shape");
@@ -1225,7 +1225,7 @@ int pynn_graph_build(pynn_graph *graph, const pynn_model_file *file, const char 
             graph->input_shape.rank = 1;
             graph->input_shape.dims[0] = graph->layers[0].in_features;
         } else {
-            failed = say(err, err_len, "%s: the file records no input shape (set model.input_shape before "
+            failed = pynn_capi_error(err, err_len, "%s: the file records no input shape (set model.input_shape before "
                          "saving)", path);
         }
         pynn_json_free(shape);
@@ -1242,16 +1242,16 @@ int pynn_graph_build(pynn_graph *graph, const pynn_model_file *file, const char 
         pynn_shape *paired = calloc((size_t)graph->slot_count, sizeof *paired);
         char why_shape[400] = "";
         if (!shapes || !paired)
-            failed = say(err, err_len, "%s: out of memory", path);
+            failed = pynn_capi_error(err, err_len, "%s: out of memory", path);
         else if (pynn_graph_shapes(graph, &input, shapes, why_shape, sizeof why_shape)
                  || pynn_graph_shapes(graph, &pair, paired, why_shape, sizeof why_shape))
-            failed = say(err, err_len, "%s: %s", path, why_shape);
+            failed = pynn_capi_error(err, err_len, "%s: %s", path, why_shape);
         else {
             for (int slot = 0; slot < graph->slot_count && !failed; slot++)
                 if (shapes[slot].rank != paired[slot].rank
                     || memcmp(shapes[slot].dims + 1, paired[slot].dims + 1,
                               (size_t)(shapes[slot].rank > 1 ? shapes[slot].rank - 1 : 0) * sizeof(int64_t)))
-                    failed = say(err, err_len, "%s: a per-sample shape depends on the batch size", path);
+                    failed = pynn_capi_error(err, err_len, "%s: a per-sample shape depends on the batch size", path);
             graph->output_shape.rank = shapes[graph->output_slot].rank - 1;
             memcpy(graph->output_shape.dims, shapes[graph->output_slot].dims + 1,
                    (size_t)graph->output_shape.rank * sizeof(int64_t));

@@ -29,6 +29,11 @@ typedef enum {
 
 typedef struct pynn_graph pynn_graph;
 
+/* Writes the formatted message into err (err_len bytes, NULL or 0: none) and
+ * returns -1: how the C API's builder and runner report a failure. */
+int pynn_capi_error(char *err, size_t err_len, const char *format, ...)
+    __attribute__((format(printf, 3, 4)));
+
 typedef struct {
     int64_t dims[PYNN_GRAPH_MAX_RANK];
     int rank;

@@ -3,7 +3,6 @@
 #include "runner.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,16 +50,6 @@ struct pynn_runner {
     int input_slot, output_slot;
 };
 
-static int say(char *err, size_t err_len, const char *format, ...)
-{
-    if (err && err_len) {
-        va_list args;
-        va_start(args, format);
-        vsnprintf(err, err_len, format, args);
-        va_end(args);
-    }
-    return -1;
-}
 
 /* -- the schedule (pynn/schedule.py build) ----------------------------------------- */
 typedef struct {
@@ -483,7 +472,7 @@ static int build_nested(pynn_runner *r, int index, char *err, size_t err_len)
     char why[400] = "";
     r->nested[index] = build_for(st->layer->inner, &r->shapes[st->shaped[0]], r->threads, why, sizeof why);
     if (!r->nested[index])
-        return say(err, err_len, "%s: %s", st->layer->name, why);
+        return pynn_capi_error(err, err_len, "%s: %s", st->layer->name, why);
     return 0;
 }
 
@@ -555,7 +544,7 @@ static pynn_runner *build_for(const pynn_graph *graph, const pynn_shape *input, 
         r->kernel_steps[i].workspace = r->workspace;
     goto done;
 out_of_memory:
-    say(err, err_len, "out of memory building the plan for a batch of %lld", (long long)input->dims[0]);
+    pynn_capi_error(err, err_len, "out of memory building the plan for a batch of %lld", (long long)input->dims[0]);
 failed:
     pynn_runner_free(r);
     r = NULL;
@@ -655,11 +644,11 @@ static int run_other(const pynn_runner *r, const pynn_context *ctx, int index, c
     }
     case LAYER_ATTENTION:
         if (self_attention(ctx, &layer->attention, xs->dims[0], xs->dims[1], x, y, r->scratch[index]))
-            return say(err, err_len, "%s: no memory for the attention scores", layer->name);
+            return pynn_capi_error(err, err_len, "%s: no memory for the attention scores", layer->name);
         return 0;
     case LAYER_TRANSFORMER:
         if (transformer(ctx, layer, xs->dims[0], xs->dims[1], x, y, r->scratch[index]))
-            return say(err, err_len, "%s: no memory for the attention scores", layer->name);
+            return pynn_capi_error(err, err_len, "%s: no memory for the attention scores", layer->name);
         return 0;
     case LAYER_POSITIONAL: {  /* x + weight[:T] broadcast over the batch */
         const ptrdiff_t dims[3] = {xs->dims[0], xs->dims[1], xs->dims[2]};
@@ -765,7 +754,7 @@ int pynn_runner_run(pynn_runner *r, const pynn_context *ctx, const float *x, flo
         while (stop < r->step_count && r->steps[stop].kind != KIND_OTHER)
             stop++;
         if (pynn_plan_run(ctx, r->kernel_steps + index, stop - index, r->slots))
-            return say(err, err_len, "a convolution could not allocate its scratch");
+            return pynn_capi_error(err, err_len, "a convolution could not allocate its scratch");
         index = stop;
     }
     if (copied)
