@@ -308,3 +308,31 @@ def test_backward_from_the_log_sum_exp_alone_matches_backward_from_the_probabili
     np.testing.assert_allclose(dx, dx_probabilities, rtol=1e-5, atol=1e-6)
     for key, grad in layer.grads.items():
         np.testing.assert_allclose(grad, with_probabilities[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_positional_embedding_and_mean_pooling_gradients_match_finite_differences():
+    positions = pynn.layers.PositionalEmbedding(7, 3)
+    x = sequences(n=2, t=5, e=3)
+    weights = rng.standard_normal(x.shape).astype(np.float32)
+    positions.forward(x, training=True)
+    dx = positions.backward(weights)
+    check_gradient(lambda v: float((positions.forward(v) * weights).sum()), x, dx)
+    analytic = positions.grads["weight"].copy()
+    assert not analytic[5:].any()  # positions past the length get no gradient
+
+    def loss(value):
+        saved = positions.params["weight"].copy()
+        positions.params["weight"][...] = value
+        result = float((positions.forward(x) * weights).sum())
+        positions.params["weight"][...] = saved
+        return result
+
+    check_gradient(loss, positions.params["weight"], analytic)
+    pooling = pynn.layers.MeanPooling()
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    pooled = pooling.forward([x, mask], training=True)
+    np.testing.assert_allclose(pooled, (x * mask[..., None]).sum(1) / mask.sum(1, keepdims=True), rtol=1e-6)
+    head = rng.standard_normal(pooled.shape).astype(np.float32)
+    d_states, d_mask = pooling.backward(head)
+    assert d_mask is None
+    check_gradient(lambda v: float((pooling.forward([v, mask]) * head).sum()), x, d_states)
