@@ -27,6 +27,9 @@ def main(argv=None):
                        help="run at this thread count only (default: 1 and all cores)")
     bench.add_argument("--quick", action="store_true", help="small shapes, short timings")
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bench.add_argument("--isa", metavar="PATHS",
+                       help="kernel paths to time pynn on, side by side: a comma-separated list "
+                            "(the first is the run's path) or all (default: the chosen path)")
     config = commands.add_parser("config", help="compiler and linker flags of the C API (pynn.h, libpynn)")
     config.add_argument("--cflags", action="store_true", help="print -I for pynn.h")
     config.add_argument("--libs", action="store_true", help="print -L, -lpynn and an rpath")
@@ -52,7 +55,7 @@ def main(argv=None):
 
     try:
         return harness.main(args.suites, threads=args.threads, quick=args.quick,
-                            json_path=args.json)
+                            json_path=args.json, isa=args.isa)
     except ValueError as error:
         parser.error(str(error))
 

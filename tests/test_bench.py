@@ -98,6 +98,46 @@ def test_a_wrong_result_fails_the_run_before_timing(monkeypatch):
     assert timed == []
 
 
+def test_other_kernel_paths_are_checked_and_timed_as_columns(monkeypatch):
+    """``--isa``: each case is checked on every path, pynn's runner is timed
+    on each with that path's kernels, and the chosen path is restored."""
+    from pynn._kernels import core as kernels
+
+    checks, seen = [], {}
+    case = bench.Case("fake", "paths", {"pynn": lambda: seen.setdefault(kernels.chosen_isa(), 0),
+                                        "numpy": lambda: seen.setdefault("numpy", kernels.chosen_isa())},
+                      check=lambda: checks.append(kernels.chosen_isa()))
+    monkeypatch.setattr(bench, "load_suite", lambda name: types.SimpleNamespace(
+        cases=lambda quick, threads: [case]))
+    before = kernels.chosen_isa()
+    records = bench.run("fake", [1], quick=True, paths=["avx2", "generic"])
+    assert checks == ["avx2", "generic"]
+    assert list(records[0]["seconds"]) == ["pynn", "pynn[generic]", "numpy"]
+    assert set(seen) == {"avx2", "generic", "numpy"} and seen["numpy"] == "avx2"
+    assert kernels.chosen_isa() == before
+    assert "| pynn[generic] | pynn[generic]/pynn |" in bench.table(records)
+
+
+@pytest.mark.parametrize("text, expected", [("all", None), ("generic", ["generic"]),
+                                            (" AVX2 ,generic", ["avx2", "generic"])])
+def test_isa_option_names_paths(text, expected):
+    from pynn._kernels import core as kernels
+
+    offered = [name for name in reversed(kernels.ISA_NAMES) if name in kernels.supported_isas()]
+    assert bench.kernel_paths(text) == (offered if expected is None else expected)
+
+
+@pytest.mark.parametrize("text, message", [("sse9", "'sse9' is not a kernel path"),
+                                           ("generic,generic", "names a path twice"),
+                                           (",", "expects paths")])
+def test_bad_isa_option_is_refused(text, message):
+    with pytest.raises(ValueError, match=message):
+        bench.kernel_paths(text)
+    result = subprocess.run([sys.executable, "-m", "pynn", "bench", "gemm", "--isa", text],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and message.split("'")[-1] in result.stderr
+
+
 def test_times_are_per_call_of_a_repeating_runner(monkeypatch):
     case = bench.Case("fake", "ten calls", {"pynn": lambda: None}, check=lambda: None, repeats=10)
     monkeypatch.setattr(bench, "load_suite", lambda name: types.SimpleNamespace(
@@ -217,6 +257,7 @@ def test_main_writes_json(monkeypatch, tmp_path, capsys):
     assert "machine:" in out and "## fake" in out
     saved = json.loads(path.read_text())
     assert saved["results"][0]["threads"] == 1 and saved["machine"]["numpy"] == np.__version__
+    assert saved["machine"]["paths"] == [saved["machine"]["isa"]]
 
 
 @pytest.mark.parametrize("argv", [["bench", "--threads", "0"], ["bench", "--threads", "x"]])

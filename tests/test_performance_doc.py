@@ -315,3 +315,27 @@ def test_the_committed_documents_are_the_generated_ones():
     assert committed == performance_doc.performance_markdown(all_runs)
     assert performance_doc.replace_headline(readme, performance_doc.headline_block(all_runs[0])) \
         == readme
+
+
+def test_other_kernel_paths_get_their_own_columns_and_section(tmp_path, readme):
+    """``bench --isa``: pynn on another path is a column beside pynn's, never
+    a peer; the cases where it beats the run's path by over 3% are listed."""
+    results = [record("ops", "relu 1e6", 1, 1e-4, 1e6, "elements/s", numpy=4e-4,
+                      **{"pynn[generic]": 0.5e-4}),
+               record("ops", "tanh 1e6", 1, 1e-4, 1e6, "elements/s", numpy=4e-4,
+                      **{"pynn[generic]": 0.98e-4}),
+               record("gemm", "square 512", 1, 2e-3, 2.0 * 512 ** 3, "GFLOP/s", numpy=2.2e-3,
+                      **{"pynn[generic]": 8e-3})]
+    document, text = generate(tmp_path, readme, write_json(tmp_path / "bench.json", results))
+    assert "| case | threads | pynn | pynn rate | pynn[generic] | pynn[generic]/pynn | numpy |" \
+        in document
+    section = document.split("### Kernel paths side by side")[1].split("###")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ops")]
+    assert rows == ["| ops | relu 1e6 | 1 | generic | 0.50 |"]  # tanh's 0.98 is within 3%
+    assert "pynn[generic]" not in document.split("### Where pynn is behind")[1].split("###")[0]
+    assert "generic" not in text.split(performance_doc.BEGIN)[1].split(performance_doc.END)[0]
+
+
+def test_a_run_on_one_path_has_no_path_section(tmp_path, readme):
+    document, _ = generate(tmp_path, readme, write_json(tmp_path / "bench.json"))
+    assert "### Kernel paths side by side" not in document

@@ -6,7 +6,12 @@ that imports here (numpy always; PyTorch and ONNX Runtime when installed) on
 the same inputs. The harness pins every library to the same thread count,
 checks pynn's result against a float64 reference (``Case.check``, see
 ``pynn.bench._checks``), warms up, times each runner and reports the
-peer/pynn time ratio (> 1 means pynn is faster)."""
+peer/pynn time ratio (> 1 means pynn is faster).
+
+Given several kernel paths (``--isa avx512,avx2``), the first is the run's
+path and pynn's runner is also timed on each other one, as a column
+``pynn[<path>]`` beside the peers: the same process, inputs and turns, only
+the kernel table differs."""
 import contextlib
 import dataclasses
 import importlib
@@ -127,7 +132,7 @@ def _calls_per_round(fn, budget, passes=PASSES, sizing_calls=3):
     return max(1, int(budget / passes / max(per_call, 1e-9)))
 
 
-def time_calls(runners, budget, threads=1, quick=False):
+def time_calls(runners, budget, threads=1, quick=False, prepare=None):
     """Seconds per call of each of ``runners`` (name -> function), ``budget``
     seconds each, as the fastest of its rounds: slower rounds measure other
     processes, not the code. The runners take turns, one round each per pass,
@@ -136,15 +141,21 @@ def time_calls(runners, budget, threads=1, quick=False):
     than one thread each round waits a quarter of the budget first, so it
     does not share the cores with the previous runner's idle worker threads,
     which spin for a while after their work (OpenBLAS's, OpenMP's and ONNX
-    Runtime's pools do). ``quick`` runs QUICK_PASSES rounds."""
+    Runtime's pools do). ``quick`` runs QUICK_PASSES rounds. ``prepare(name)``,
+    when given, runs before a runner is sized and before each of its rounds,
+    outside the timing."""
     passes, sizing_calls = (QUICK_PASSES, QUICK_SIZING_CALLS) if quick else (PASSES, 3)
-    numbers = {name: _calls_per_round(fn, budget, passes, sizing_calls)
-               for name, fn in runners.items()}
+    prepare = prepare or (lambda name: None)
+    numbers = {}
+    for name, fn in runners.items():
+        prepare(name)
+        numbers[name] = _calls_per_round(fn, budget, passes, sizing_calls)
     best = dict.fromkeys(runners, float("inf"))
     names = list(runners)
     for index in range(passes):
         for name in names if index % 2 == 0 else names[::-1]:
             fn, number = runners[name], numbers[name]
+            prepare(name)
             if threads > 1:
                 time.sleep(budget / 4)
             start = time.perf_counter()
@@ -184,17 +195,66 @@ def load_suite(name):
     return importlib.import_module(f"pynn.bench.{name}")
 
 
-def run(suite, thread_counts, quick=False, progress=None):
-    """Check and time every case of ``suite`` at each thread count; returns
-    result records."""
+def path_column(path):
+    """The runner name of pynn on another kernel path than the run's."""
+    return f"pynn[{path}]"
+
+
+def kernel_paths(text):
+    """The paths named by ``--isa``: a comma-separated list of paths this
+    build and CPU offer, or "all" for every one of them, best first."""
+    from pynn._kernels import core as kernels
+
+    offered = [name for name in reversed(kernels.ISA_NAMES) if name in kernels.supported_isas()]
+    if text.strip().lower() == "all":
+        return offered
+    paths = [name.strip().lower() for name in text.split(",") if name.strip()]
+    if not paths:
+        raise ValueError(f"bench: --isa expects paths such as {','.join(offered)} or all, got {text!r}")
+    for name in paths:
+        if name not in offered:
+            raise ValueError(f"bench: --isa: {name!r} is not a kernel path this build and CPU offer; "
+                             f"offered: {', '.join(offered)}")
+    if len(set(paths)) != len(paths):
+        raise ValueError(f"bench: --isa names a path twice: {text!r}")
+    return paths
+
+
+@contextlib.contextmanager
+def kernel_path(path):
+    """Run the kernels on ``path``, then return to the path chosen before."""
+    from pynn._kernels import core as kernels
+
+    before = kernels.chosen_isa()
+    kernels.choose_isa(path)
+    try:
+        yield
+    finally:
+        kernels.choose_isa(before)
+
+
+def run(suite, thread_counts, quick=False, progress=None, paths=None):
+    """Check and time every case of ``suite`` at each thread count, pynn on
+    each of ``paths`` (default: the chosen one); returns result records."""
+    from pynn._kernels import core as kernels
+
     budget = 0.05 if quick else 0.4
+    paths = paths or [kernels.chosen_isa()]
+    path_of = {"pynn": paths[0], **{path_column(path): path for path in paths[1:]}}
     records = []
     for threads in thread_counts:
-        with pinned_threads(threads):
+        with pinned_threads(threads), kernel_path(paths[0]):
             for case in load_suite(suite).cases(quick=quick, threads=threads):
-                verify(case)
-                times = {name: seconds / case.repeats
-                         for name, seconds in time_calls(case.runners, budget, threads, quick=quick).items()}
+                for path in paths:
+                    with kernel_path(path):
+                        verify(case)
+                runners = dict(case.runners)
+                pynn_runner = runners.pop("pynn")
+                runners = {"pynn": pynn_runner,
+                           **{path_column(path): pynn_runner for path in paths[1:]}, **runners}
+                timed = time_calls(runners, budget, threads, quick=quick,
+                                   prepare=lambda name: kernels.choose_isa(path_of.get(name, paths[0])))
+                times = {name: seconds / case.repeats for name, seconds in timed.items()}
                 records.append({"suite": suite, "case": case.name, "threads": threads,
                                 "seconds": times, "work": case.work, "unit": case.unit})
                 if progress:
@@ -240,21 +300,28 @@ def table(records):
     return "\n".join(lines)
 
 
-def header():
+def header(paths=None):
     info = machine_info()
-    return "\n".join([
+    lines = [
         f"machine: {info['cpu']}, {info['cores']} cores, kernel path {info['isa']}",
         f"versions: pynn {info['pynn']}, numpy {info['numpy']}, torch {info['torch']}, "
         f"onnxruntime {info['onnxruntime']}, threadpoolctl {info['threadpoolctl']}",
         "peer/pynn is the peer's time over pynn's: above 1 means pynn is faster",
-    ])
+    ]
+    if paths and len(paths) > 1:
+        lines.append(f"{path_column('<path>')} is pynn on another kernel path: "
+                     f"{', '.join(paths[1:])} beside {paths[0]}")
+    return "\n".join(lines)
 
 
-def main(suites, threads=None, quick=False, json_path=None):
-    """``python -m pynn bench``: run suites, print a table per suite, optionally save JSON."""
+def main(suites, threads=None, quick=False, json_path=None, isa=None):
+    """``python -m pynn bench``: run suites, print a table per suite, optionally
+    save JSON. ``isa``: the ``--isa`` text naming the kernel paths to time
+    (default: the chosen path alone)."""
     import sys
 
     import pynn
+    from pynn._kernels import core as kernels
 
     known = available_suites()
     if not suites or "all" in suites:
@@ -262,22 +329,24 @@ def main(suites, threads=None, quick=False, json_path=None):
     unknown = [name for name in suites if name not in known]
     if unknown:
         raise ValueError(f"bench: unknown suite {', '.join(unknown)}; available: all, {', '.join(known)}")
+    paths = kernel_paths(isa) if isa else [kernels.chosen_isa()]
     cores = machine_info()["cores"]
     thread_counts = [threads] if threads else sorted({1, cores})
-    print(header())
-    if optional_import("threadpoolctl") is None:
-        print("note: threadpoolctl is not installed, so numpy's BLAS threads are not pinned")
     results = []
-    for suite in suites:
-        records = run(suite, thread_counts, quick=quick,
-                      progress=lambda text: print(text, file=sys.stderr))
-        print(f"\n## {suite}\n\n{table(records)}", flush=True)
-        notes = getattr(load_suite(suite), "notes", None)  # what a suite measures besides time
-        for line in notes() if notes else ():
-            print(line, flush=True)
-        results += records
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump({"machine": machine_info(), "config": pynn.config.config(),
-                       "results": results}, f, indent=1)
+    with kernel_path(paths[0]):
+        print(header(paths))
+        if optional_import("threadpoolctl") is None:
+            print("note: threadpoolctl is not installed, so numpy's BLAS threads are not pinned")
+        for suite in suites:
+            records = run(suite, thread_counts, quick=quick, paths=paths,
+                          progress=lambda text: print(text, file=sys.stderr))
+            print(f"\n## {suite}\n\n{table(records)}", flush=True)
+            notes = getattr(load_suite(suite), "notes", None)  # what a suite measures besides time
+            for line in notes() if notes else ():
+                print(line, flush=True)
+            results += records
+        if json_path:
+            with open(json_path, "w") as f:
+                json.dump({"machine": {**machine_info(), "paths": paths},
+                           "config": pynn.config.config(), "results": results}, f, indent=1)
     return 0
