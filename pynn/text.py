@@ -221,7 +221,9 @@ class SentenceEncoder:
 
     def tokenize(self, sentences):
         """``(input_ids, attention_mask)``, int64 [n, longest], padded on the right."""
-        encodings = self.tokenizer.encode_batch(sentences)
+        return self._padded(self.tokenizer.encode_batch(sentences))
+
+    def _padded(self, encodings):
         longest = max(len(encoding.ids) for encoding in encodings)
         ids = np.full((len(encodings), longest), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(encodings), longest), dtype=np.int64)
@@ -233,7 +235,9 @@ class SentenceEncoder:
     def encode(self, sentences, batch_size=32, normalize=True):
         """float32 [n, hidden]: each sentence's mean-pooled token states, L2
         normalised with ``normalize`` (what a folder with a Normalize module gives).
-        Sentences are batched by length, each batch padded to its longest."""
+        Sentences run longest first in groups of at most ``batch_size``, each
+        padded to its longest; a group is split where the padding that saves
+        outweighs another call (``length_groups``)."""
         single = isinstance(sentences, str)
         if single:
             sentences = [sentences]
@@ -244,13 +248,38 @@ class SentenceEncoder:
                              f"got {batch_size!r:.40}")
         hidden = self.model.outputs[0].shape[-1]
         result = np.empty((len(sentences), hidden), dtype=np.float32)
-        order = sorted(range(len(sentences)), key=lambda index: -len(sentences[index]))
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            ids, mask = self.tokenize([sentences[row] for row in rows])
-            result[rows] = self._pooled.predict([ids, mask])
+        encodings = self.tokenizer.encode_batch(list(sentences)) if sentences else []
+        order = sorted(range(len(encodings)), key=lambda index: -len(encodings[index].ids))
+        lengths = [len(encodings[index].ids) for index in order]
+        for start, stop in length_groups(lengths, batch_size):
+            rows = order[start:stop]
+            result[rows] = self._pooled.predict(list(self._padded([encodings[row] for row in rows])))
         if normalize:
             norms = np.sqrt(np.einsum("ij,ij->i", result, result))
             result /= np.maximum(norms, 1e-12)[:, None]
         return result[0] if single else result
 
+
+# One more predict call costs about as much as this many more tokens in a
+# call: the encoder's weights are read once per call, from memory when they
+# outgrow the caches, and the call has a fixed overhead.
+CALL_COST_TOKENS = 24
+
+
+def length_groups(lengths, batch_size):
+    """``[(start, stop), ...]``: contiguous groups of ``lengths`` (sorted
+    longest first), at most ``batch_size`` each, padded to their first
+    length, with the least total of CALL_COST_TOKENS per group plus padded
+    tokens (a shortest-path over the cut points)."""
+    cost = [0] + [None] * len(lengths)
+    cut = [0] * (len(lengths) + 1)
+    for stop in range(1, len(lengths) + 1):
+        for start in range(max(0, stop - batch_size), stop):
+            total = cost[start] + CALL_COST_TOKENS + (stop - start) * lengths[start]
+            if cost[stop] is None or total < cost[stop]:
+                cost[stop], cut[stop] = total, start
+    groups, stop = [], len(lengths)
+    while stop > 0:
+        groups.append((cut[stop], stop))
+        stop = cut[stop]
+    return groups[::-1]

@@ -117,10 +117,37 @@ def tiny_folder(tmp_path, **config_changes):
     return folder, tensors
 
 
+def _all_groupings(count, batch_size):
+    if count == 0:
+        yield []
+        return
+    for first in range(1, min(count, batch_size) + 1):
+        for rest in _all_groupings(count - first, batch_size):
+            yield [(0, first)] + [(start + first, stop + first) for start, stop in rest]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_length_groups_pad_least_with_the_call_cost(seed):
+    from pynn.text import CALL_COST_TOKENS, length_groups
+
+    rng = np.random.default_rng(seed)
+    lengths = sorted(rng.integers(1, 80, rng.integers(1, 10)).tolist(), reverse=True)
+    batch_size = int(rng.integers(1, 6))
+    groups = length_groups(lengths, batch_size)
+
+    def cost(grouping):
+        return sum(CALL_COST_TOKENS + (stop - start) * lengths[start] for start, stop in grouping)
+    assert [start for start, _ in groups[1:]] == [stop for _, stop in groups[:-1]]
+    assert groups[0][0] == 0 and groups[-1][1] == len(lengths)
+    assert all(0 < stop - start <= batch_size for start, stop in groups)
+    assert cost(groups) == min(cost(g) for g in _all_groupings(len(lengths), batch_size))
+
+
 def test_a_small_folder_loads_and_truncates_to_its_max_seq_length(tmp_path):
     folder, _ = tiny_folder(tmp_path)
     encoder = SentenceEncoder.load(folder)
     assert encoder.encode(["word " * 100]).shape == (1, 8)
+    assert encoder.encode([]).shape == (0, 8)
     assert encoder.tokenize(["word " * 100])[0].shape == (1, 16)
     assert SentenceEncoder.load(folder, dropout=0.0).model.get_layer("encoder.layer.0").dropout_p == 0.0
     with pytest.raises(ValueError, match="dropout must be in"):
