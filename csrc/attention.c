@@ -397,3 +397,25 @@ int pynn_attention_backward(const pynn_context *ctx, const pynn_attention_shape 
     });
     return atomic_load(&failed) ? -1 : 0;
 }
+
+int pynn_attention_key_counts(ptrdiff_t rows, ptrdiff_t keys, const unsigned char *padding,
+                              const float *bias, int64_t *counts)
+{
+    for (ptrdiff_t n = 0; n < rows; n++) {
+        ptrdiff_t s = 0;
+        if (padding) {
+            const unsigned char *row = padding + n * keys;
+            while (s < keys && !row[s]) s++;
+            counts[n] = s;
+            for (; s < keys; s++)
+                if (!row[s]) return 0;
+        } else {
+            const float *row = bias + n * keys;
+            while (s < keys && row[s] == 0.0f) s++;
+            counts[n] = s;
+            for (; s < keys; s++)
+                if (!(isinf(row[s]) && row[s] < 0.0f)) return 0;
+        }
+    }
+    return 1;
+}

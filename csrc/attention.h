@@ -56,6 +56,14 @@ typedef struct {
     int causal;
 } pynn_attention_mask;
 
+/* A key-padding mask [rows, keys], C-contiguous, as key counts: returns 1
+ * and counts[n] = the keys row n attends when every row masks exactly its
+ * keys from some column on (bool `padding`: nonzero where the key is
+ * padding; else float `bias`: 0 before that column, -inf from it), so the
+ * kernels take it as key_counts; returns 0 (counts unspecified) otherwise. */
+int pynn_attention_key_counts(ptrdiff_t rows, ptrdiff_t keys, const unsigned char *padding,
+                              const float *bias, int64_t *counts);
+
 /* out = attention(q, k, v); log_sum_exp [N, heads, T] contiguous (or NULL:
  * not kept) receives, per query row, log Σ_s exp(score + mask), -inf where
  * every key is masked; probabilities [N, heads, T, S] contiguous (or NULL:

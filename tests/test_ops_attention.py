@@ -367,3 +367,45 @@ def test_matches_pytorch_forward_and_autograd(kind, shape):
     grads = ops.scaled_dot_product_attention_backward(dy, q, k, v, mask, causal)
     for got, tensor in zip(grads, tensors):
         _close(got, tensor.grad.numpy(), tol=3e-5)
+
+
+def _end_padding_counts(mask):
+    """The numpy statement of attention_key_counts: each row's keys, when
+    every row masks exactly its end; else None."""
+    padded = mask if mask.dtype == np.bool_ else np.isneginf(mask)
+    counts = mask.shape[1] - padded.sum(axis=1)
+    ends = np.array_equal(padded, np.arange(mask.shape[1]) >= counts[:, None])
+    zeros = mask.dtype == np.bool_ or not np.any((mask != 0) & ~padded)
+    return counts if ends and zeros else None
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_key_counts_of_a_padding_mask(seed):
+    from pynn._kernels import core as kernels
+
+    rng = np.random.default_rng(seed)
+    rows, keys = int(rng.integers(1, 6)), int(rng.integers(0, 9))
+    lengths = rng.integers(0, keys + 1, rows)
+    padding = np.arange(keys) >= lengths[:, None]
+    if seed % 4 == 1 and keys:  # a hole in some row
+        padding[rng.integers(rows), rng.integers(keys)] ^= True
+    masks = [padding, np.where(padding, -np.inf, 0.0).astype(np.float32)]
+    if seed % 4 == 2 and keys:  # a float mask with a value other than 0 and -inf
+        masks[1][rng.integers(rows), rng.integers(keys)] = [-0.0, 1.5, np.nan, np.inf][seed % 3]
+    for mask in masks:
+        counts = np.full(rows, -7, dtype=np.int64)
+        expected = _end_padding_counts(mask)
+        assert kernels.attention_key_counts(mask, counts) == (expected is not None)
+        if expected is not None:
+            np.testing.assert_array_equal(counts, expected)
+
+
+def test_key_counts_refuse_wrong_arrays():
+    from pynn._kernels import core as kernels
+
+    with pytest.raises(TypeError, match="mask must be"):
+        kernels.attention_key_counts(np.zeros((2, 3), np.int64), np.empty(2, np.int64))
+    with pytest.raises(ValueError, match="counts must have 2 elements"):
+        kernels.attention_key_counts(np.zeros((2, 3), bool), np.empty(3, np.int64))
+    with pytest.raises(ValueError, match="2-D"):
+        kernels.attention_key_counts(np.zeros(3, bool), np.empty(3, np.int64))

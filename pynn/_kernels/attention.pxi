@@ -56,6 +56,8 @@ cdef extern from "attention.h" nogil:
                                 const float *probabilities, const pynn_attention_mask *mask,
                                 pynn_attention_output dq, pynn_attention_output dk,
                                 pynn_attention_output dv)
+    int pynn_attention_key_counts(Py_ssize_t rows, Py_ssize_t keys, const unsigned char *padding,
+                                  const float *bias, int64_t *counts)
 
 
 cdef cnp.ndarray attention_view(object array, tuple shape, str role, bint writable):
@@ -217,3 +219,28 @@ def attention_backward(dout, q, k, v, out, log_sum_exp, dq, dk, dv, mask=None,
                                          value_grad)
     if status != 0:
         raise MemoryError(f"attention_backward: no memory for the scores of {s.keys} keys")
+
+
+def attention_key_counts(mask, counts):
+    """Whether the C-contiguous key-padding mask [N, S], bool (True: padding)
+    or float32 (added to the scores), pads exactly each row's end (0 then
+    -inf for a float mask); then counts (int64 [N]) holds each row's keys."""
+    if not cnp.PyArray_Check(mask) or (<cnp.ndarray>mask).ndim != 2:
+        raise ValueError("attention_key_counts: mask must be a 2-D numpy array")
+    cdef bint is_bool = cnp.PyArray_TYPE(<cnp.ndarray>mask) == cnp.NPY_BOOL
+    cdef cnp.ndarray a = checked(mask, cnp.NPY_BOOL if is_bool else cnp.NPY_FLOAT32, -1, "mask")
+    cdef Py_ssize_t rows = a.shape[0], keys = a.shape[1]
+    cdef cnp.ndarray lengths = checked(counts, cnp.NPY_INT64, rows, "counts")
+    if not cnp.PyArray_ISWRITEABLE(lengths):
+        raise ValueError("counts must be writable")
+    cdef const unsigned char *padding = NULL
+    cdef const float *bias = NULL
+    if is_bool:
+        padding = <const unsigned char *>cnp.PyArray_DATA(a)
+    else:
+        bias = <const float *>cnp.PyArray_DATA(a)
+    cdef int found
+    with nogil:
+        found = pynn_attention_key_counts(rows, keys, padding, bias,
+                                          <int64_t *>cnp.PyArray_DATA(lengths))
+    return bool(found)

@@ -255,11 +255,9 @@ def _mask_arguments(mask, heads, queries):
     strides, a bool one turned over since the kernel's True means attend."""
     if mask is None:
         return {}
-    padded = mask if mask.dtype == np.bool_ else np.isneginf(mask)
-    counts = mask.shape[1] - padded.sum(axis=1)
-    if (mask.dtype == np.bool_ or not np.any((mask != 0) & ~padded)) and np.array_equal(
-            padded, np.arange(mask.shape[1]) >= counts[:, None]):
-        return {"key_counts": counts.astype(np.int64)}
+    counts = np.empty(mask.shape[0], dtype=np.int64)
+    if kernels.attention_key_counts(np.ascontiguousarray(mask), counts):
+        return {"key_counts": counts}
     if mask.dtype == np.bool_:
         mask = np.logical_not(mask)
     return {"mask": np.broadcast_to(mask[:, None, None, :], (mask.shape[0], heads, queries, mask.shape[1]))}
