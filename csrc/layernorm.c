@@ -24,10 +24,11 @@
 
 struct pynn_layernorm_kernels {
     void (*forward_rows)(ptrdiff_t first, ptrdiff_t last, ptrdiff_t length, const float *x,
-                         const float *weight, const float *bias, double eps, float *y);
+                         const float *weight, const float *bias, double eps, float *y,
+                         double *stats);
     void (*backward_rows)(ptrdiff_t first, ptrdiff_t last, ptrdiff_t length, const float *dy,
-                          const float *x, const float *weight, double eps, float *dx,
-                          double *weight_sums, double *bias_sums, float *weight_group,
+                          const float *x, const float *weight, double eps, const double *stats,
+                          float *dx, double *weight_sums, double *bias_sums, float *weight_group,
                           float *bias_group);
 };
 
@@ -47,25 +48,36 @@ PYNN_INLINE double centred_squares(const float *restrict x, double centre, ptrdi
     return sum;
 }
 
-/* Σ dy w (x - centre) in double (w NULL: 1); one accumulator array per
- * loop, the form the compiler vectorises */
-PYNN_INLINE double gradient_dot(const float *restrict dy, const float *restrict w,
-                                const float *restrict x, double centre, ptrdiff_t n)
+/* Σ dy w and Σ dy w (x - centre) in double (w NULL: 1), each summed as
+ * pynn_row_sum sums (the same partial sums in the same order), in one pass;
+ * one accumulator array per sum, the form the compiler vectorises */
+PYNN_INLINE void gradient_sums(const float *restrict dy, const float *restrict w,
+                               const float *restrict x, double centre, ptrdiff_t n,
+                               double *grad_sum, double *grad_dot)
 {
-    double partial[PYNN_LANES] = {0.0};
+    double sums[PYNN_LANES] = {0.0}, dots[PYNN_LANES] = {0.0};
     ptrdiff_t i = 0;
     if (w)
         for (; i + PYNN_LANES <= n; i += PYNN_LANES)
-            for (int k = 0; k < PYNN_LANES; k++)
-                partial[k] += (double)dy[i + k] * w[i + k] * ((double)x[i + k] - centre);
+            for (int k = 0; k < PYNN_LANES; k++) {
+                sums[k] += (double)dy[i + k] * w[i + k];
+                dots[k] += (double)dy[i + k] * w[i + k] * ((double)x[i + k] - centre);
+            }
     else
         for (; i + PYNN_LANES <= n; i += PYNN_LANES)
-            for (int k = 0; k < PYNN_LANES; k++)
-                partial[k] += (double)dy[i + k] * ((double)x[i + k] - centre);
-    double sum = 0.0;
-    for (int k = 0; k < PYNN_LANES; k++) sum += partial[k];
-    for (; i < n; i++) sum += (double)dy[i] * (w ? w[i] : 1.0f) * ((double)x[i] - centre);
-    return sum;
+            for (int k = 0; k < PYNN_LANES; k++) {
+                sums[k] += (double)dy[i + k];
+                dots[k] += (double)dy[i + k] * ((double)x[i + k] - centre);
+            }
+    double sum = 0.0, dot = 0.0;
+    for (int k = 0; k < PYNN_LANES; k++) sum += sums[k];
+    for (int k = 0; k < PYNN_LANES; k++) dot += dots[k];
+    for (; i < n; i++) {
+        sum += w ? (double)dy[i] * w[i] : (double)dy[i];
+        dot += (double)dy[i] * (w ? w[i] : 1.0f) * ((double)x[i] - centre);
+    }
+    *grad_sum = sum;
+    *grad_dot = dot;
 }
 
 PYNN_INLINE void row_statistics(const float *restrict x, ptrdiff_t n, double eps, double *mean,
@@ -75,11 +87,17 @@ PYNN_INLINE void row_statistics(const float *restrict x, ptrdiff_t n, double eps
     *invstd = 1.0 / sqrt(centred_squares(x, *mean, n) / (double)n + eps);
 }
 
+/* stats, when not NULL, receives the row's mean and 1 / √(var + eps) */
 PYNN_INLINE void forward_row(ptrdiff_t n, const float *restrict x, const float *restrict weight,
-                             const float *restrict bias, double eps, float *restrict y)
+                             const float *restrict bias, double eps, float *restrict y,
+                             double *restrict stats)
 {
     double mean, invstd;
     row_statistics(x, n, eps, &mean, &invstd);
+    if (stats) {
+        stats[0] = mean;
+        stats[1] = invstd;
+    }
     const float high = (float)mean, low = (float)(mean - high), scale = (float)invstd;
     if (weight && bias)
         for (ptrdiff_t i = 0; i < n; i++) y[i] = (x[i] - high - low) * scale * weight[i] + bias[i];
@@ -91,20 +109,44 @@ PYNN_INLINE void forward_row(ptrdiff_t n, const float *restrict x, const float *
         for (ptrdiff_t i = 0; i < n; i++) y[i] = (x[i] - high - low) * scale;
 }
 
-/* dx = invstd g - invstd mean(g) - (x - mean) invstd³ mean(g (x - mean)) */
+/* dx = invstd g - invstd mean(g) - (x - mean) invstd³ mean(g (x - mean)),
+ * from the forward's statistics when stats is not NULL (else recomputed:
+ * the same doubles); dx, the weight group and the bias group in one pass
+ * when all three are asked for. */
 PYNN_INLINE void backward_row(ptrdiff_t n, const float *restrict dy, const float *restrict x,
-                              const float *restrict weight, double eps, float *restrict dx,
+                              const float *restrict weight, double eps,
+                              const double *restrict stats, float *restrict dx,
                               float *restrict weight_group, float *restrict bias_group)
 {
     double mean, invstd;
-    row_statistics(x, n, eps, &mean, &invstd);
+    if (stats) {
+        mean = stats[0];
+        invstd = stats[1];
+    } else {
+        row_statistics(x, n, eps, &mean, &invstd);
+    }
     const float high = (float)mean, low = (float)(mean - high), scale = (float)invstd;
+    float shift = 0.0f, tilt = 0.0f;
     if (dx) {
-        /* NULL spelt out, so each inlined copy knows its b and vectorises */
-        const double grad_sum = weight ? pynn_row_sum(dy, weight, n) : pynn_row_sum(dy, NULL, n);
-        const double grad_dot = gradient_dot(dy, weight, x, mean, n);
-        const float shift = (float)(invstd * grad_sum / (double)n);
-        const float tilt = (float)(invstd * invstd * invstd * grad_dot / (double)n);
+        double grad_sum, grad_dot;
+        /* NULL spelt out, so each inlined copy knows its w and vectorises */
+        if (weight)
+            gradient_sums(dy, weight, x, mean, n, &grad_sum, &grad_dot);
+        else
+            gradient_sums(dy, NULL, x, mean, n, &grad_sum, &grad_dot);
+        shift = (float)(invstd * grad_sum / (double)n);
+        tilt = (float)(invstd * invstd * invstd * grad_dot / (double)n);
+    }
+    if (dx && weight && weight_group && bias_group) {
+        for (ptrdiff_t i = 0; i < n; i++) {
+            const float centred = x[i] - high - low;
+            dx[i] = scale * (dy[i] * weight[i]) - shift - centred * tilt;
+            weight_group[i] += dy[i] * (centred * scale);
+            bias_group[i] += dy[i];
+        }
+        return;
+    }
+    if (dx) {
         if (weight)
             for (ptrdiff_t i = 0; i < n; i++)
                 dx[i] = scale * (dy[i] * weight[i]) - shift - (x[i] - high - low) * tilt;
@@ -131,15 +173,16 @@ PYNN_INLINE void flush_group(ptrdiff_t n, float *restrict group, double *restric
     attribute static void forward_rows_##suffix(ptrdiff_t first, ptrdiff_t last,               \
                                                 ptrdiff_t length, const float *x,              \
                                                 const float *weight, const float *bias,        \
-                                                double eps, float *y)                          \
+                                                double eps, float *y, double *stats)           \
     {                                                                                          \
         for (ptrdiff_t r = first; r < last; r++)                                               \
-            forward_row(length, x + r * length, weight, bias, eps, y + r * length);            \
+            forward_row(length, x + r * length, weight, bias, eps, y + r * length,             \
+                        stats ? stats + 2 * r : NULL);                                         \
     }                                                                                          \
     attribute static void backward_rows_##suffix(                                              \
         ptrdiff_t first, ptrdiff_t last, ptrdiff_t length, const float *dy, const float *x,    \
-        const float *weight, double eps, float *dx, double *weight_sums, double *bias_sums,    \
-        float *weight_group, float *bias_group)                                                \
+        const float *weight, double eps, const double *stats, float *dx, double *weight_sums,  \
+        double *bias_sums, float *weight_group, float *bias_group)                             \
     {                                                                                          \
         if (weight_sums) memset(weight_sums, 0, (size_t)length * sizeof(double));              \
         if (bias_sums) memset(bias_sums, 0, (size_t)length * sizeof(double));                  \
@@ -147,7 +190,8 @@ PYNN_INLINE void flush_group(ptrdiff_t n, float *restrict group, double *restric
         if (bias_group) memset(bias_group, 0, (size_t)length * sizeof(float));                 \
         for (ptrdiff_t r = first; r < last; r++) {                                             \
             backward_row(length, dy + r * length, x + r * length, weight, eps,                 \
-                         dx ? dx + r * length : NULL, weight_group, bias_group);               \
+                         stats ? stats + 2 * r : NULL, dx ? dx + r * length : NULL,            \
+                         weight_group, bias_group);                                            \
             if ((r - first) % GROUP_ROWS == GROUP_ROWS - 1 || r == last - 1) {                 \
                 if (weight_group) flush_group(length, weight_group, weight_sums);              \
                 if (bias_group) flush_group(length, bias_group, bias_sums);                    \
@@ -174,18 +218,25 @@ void pynn_layer_norm_forward(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t 
                              const float *x, const float *weight, const float *bias, double eps,
                              float *y)
 {
+    pynn_layer_norm_forward_keeping(ctx, rows, length, x, weight, bias, eps, y, NULL);
+}
+
+void pynn_layer_norm_forward_keeping(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t length,
+                                     const float *x, const float *weight, const float *bias,
+                                     double eps, float *y, double *stats)
+{
     const struct pynn_layernorm_kernels *kernels = ctx->kernels->layernorm;
     if (rows == 0 || length == 0) return;
     const ptrdiff_t blocks = block_count(rows);
     PYNN_TEAM_FOR(ctx, threads_for(ctx, blocks, rows, length), b, blocks, {
         kernels->forward_rows(rows * b / blocks, rows * (b + 1) / blocks, length, x, weight, bias,
-                              eps, y);
+                              eps, y, stats);
     });
 }
 
 int pynn_layer_norm_backward(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t length,
                              const float *dy, const float *x, const float *weight, double eps,
-                             float *dx, float *dweight, float *dbias)
+                             const double *stats, float *dx, float *dweight, float *dbias)
 {
     const struct pynn_layernorm_kernels *kernels = ctx->kernels->layernorm;
     if (length == 0) return 0;
@@ -205,7 +256,7 @@ int pynn_layer_norm_backward(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t 
         double *block = sums ? sums + b * stride : NULL;
         float *group = groups ? groups + b * stride : NULL;
         kernels->backward_rows(rows * b / blocks, rows * (b + 1) / blocks, length, dy, x, weight,
-                               eps, dx, dweight ? block + weight_at : NULL,
+                               eps, stats, dx, dweight ? block + weight_at : NULL,
                                dbias ? block + bias_at : NULL, dweight ? group + weight_at : NULL,
                                dbias ? group + bias_at : NULL);
     });

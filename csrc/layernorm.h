@@ -13,8 +13,15 @@
 void pynn_layer_norm_forward(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t length,
                              const float *x, const float *weight, const float *bias, double eps,
                              float *y);
+/* The same, keeping each row's mean and 1 / √(var + eps) in stats [rows][2]
+ * (double) for the backward. */
+void pynn_layer_norm_forward_keeping(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t length,
+                                     const float *x, const float *weight, const float *bias,
+                                     double eps, float *y, double *stats);
 
-/* Back through the forward, with x̂ = (x - mean) invstd and g = dy weight:
+/* Back through the forward, with x̂ = (x - mean) invstd and g = dy weight,
+ * mean and invstd from the forward's stats when not NULL (else recomputed
+ * from x: the same values):
  *   dx = invstd (g - mean(g) - x̂ mean(g x̂))      per row,
  *   dweight = Σ_rows dy x̂,  dbias = Σ_rows dy.
  * dx, dweight and dbias may each be NULL (not computed). The row sums run
@@ -23,6 +30,6 @@ void pynn_layer_norm_forward(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t 
  * blocks' partial sums find no memory. */
 int pynn_layer_norm_backward(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t length,
                              const float *dy, const float *x, const float *weight, double eps,
-                             float *dx, float *dweight, float *dbias);
+                             const double *stats, float *dx, float *dweight, float *dbias);
 
 #endif

@@ -177,6 +177,25 @@ def test_same_bits_on_one_and_two_threads(isa, set_threads, shape, normalized_sh
         np.testing.assert_array_equal(one, two)
 
 
+@pytest.mark.parametrize("affine", ["both", "weight", "none"])
+def test_the_layer_reuses_the_forward_statistics_bit_for_bit(isa, affine):
+    """LayerNorm keeps each row's mean and 1/σ from its training forward; its
+    backward gives the bits of the op, which recomputes them."""
+    ns, weight, bias = _parameters((48,), affine, 21)
+    x, dy = _random((5, 7, 48), 22, 3.0, 100.0), _random((5, 7, 48), 23)
+    layer = LayerNorm(48, elementwise_affine=weight is not None, bias=bias is not None)
+    for key, value in (("weight", weight), ("bias", bias)):
+        if value is not None:
+            layer.params[key][...] = value
+    np.testing.assert_array_equal(layer.forward(x, training=True), ops.layer_norm(x, ns, weight, bias))
+    dx = layer.backward(dy)
+    expected = ops.layer_norm_backward(dy, x, ns, weight, bias=bias)
+    np.testing.assert_array_equal(dx, expected[0])
+    for key, value in zip(("weight", "bias"), expected[1:]):
+        if value is not None:
+            np.testing.assert_array_equal(layer.grads[key], value)
+
+
 def test_layer_parameters_config_and_frozen_backward():
     layer = LayerNorm([3, 4], eps=1e-3)
     assert layer.params["weight"].shape == (3, 4) and np.all(layer.params["weight"] == 1)

@@ -119,7 +119,7 @@ class LayerNorm(Layer):
             if self.use_bias:
                 self.params["bias"] = np.zeros(self.normalized_shape, dtype=np.float32)
                 self.grads["bias"] = np.zeros(self.normalized_shape, dtype=np.float32)
-        self._x = None
+        self._x = self._stats = None
 
     def config(self):
         return {"normalized_shape": list(self.normalized_shape), "eps": self.eps,
@@ -139,6 +139,14 @@ class LayerNorm(Layer):
         return kernels.layer_norm(x, self.params.get("weight"), self.params.get("bias"), self.eps,
                                   out, rows, length)
 
+    def _forward_training(self, x, out):
+        """Keeps x and each row's mean and 1 / σ, which backward reuses."""
+        rows, length = rows_and_length(x.shape, self.normalized_shape, "LayerNorm")
+        self._stats = self.workspace("stats", (rows, 2), np.float64)
+        self._x = x
+        return kernels.layer_norm(x, self.params.get("weight"), self.params.get("bias"), self.eps,
+                                  out, rows, length, self._stats)
+
     def backward(self, dy, input_grad=True):
         """dx = (g - mean(g) - x̂ mean(g x̂)) / σ with g = dy · weight, per
         sample; dweight = Σ dy x̂ and dbias = Σ dy over the samples."""
@@ -152,5 +160,5 @@ class LayerNorm(Layer):
             return None
         rows, length = rows_and_length(x.shape, self.normalized_shape, "LayerNorm")
         kernels.layer_norm_backward(dy, x, self.params.get("weight"), self.eps, dx, dweight,
-                                    dbias, rows, length)
+                                    dbias, rows, length, self._stats)
         return dx
