@@ -227,7 +227,24 @@ def cross():
     return model, inputs
 
 
-MODELS = {"recommender": recommender, "two_outputs": two_outputs, "text": text, "cross": cross}
+def nested():
+    """A nested model of two outputs, one of two inputs, and an output that a
+    layer also reads."""
+    x = pynn.Input((6,), name="x")
+    h = Linear(6, 8, name="inner_linear")(x)
+    towers = pynn.Model(x, [ReLU()(h), Linear(8, 4, name="inner_head")(h)], name="towers")
+    u, v = pynn.Input((8,)), pynn.Input((8,))
+    joiner = pynn.Model([u, v], Add()([u, v]), name="joiner")
+    features = pynn.Input((6,), name="features")
+    a, b = towers(features)
+    joined = joiner([a, Linear(4, 8, name="lift")(b)])
+    model = randomised(pynn.Model(features, [joined, b, ReLU()(joined)]))
+    rng = np.random.default_rng(4)
+    return model, lambda batch, length: [rng.standard_normal((batch, 6)).astype(np.float32)]
+
+
+MODELS = {"recommender": recommender, "two_outputs": two_outputs, "text": text, "cross": cross,
+          "nested": nested}
 
 
 @pytest.mark.parametrize("threads", [1, 2])

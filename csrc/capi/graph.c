@@ -670,7 +670,8 @@ static int same_shape(const pynn_shape *a, const pynn_shape *b)
     return 1;
 }
 
-/* The output shape of `layer` for inputs `in[count]`; 0 or -1 with a message. */
+/* The output shape of `layer` for inputs `in[count]` (a nested model's
+ * outputs' into out[0 .. its output count)); 0 or -1 with a message. */
 static int layer_shape(const pynn_layer *layer, const pynn_shape *in, int count, pynn_shape *out, char *err,
                        size_t err_len)
 {
@@ -862,7 +863,8 @@ static int layer_shape(const pynn_layer *layer, const pynn_shape *in, int count,
         if (!shapes)
             return pynn_capi_error(err, err_len, "%s: out of memory", layer->name);
         const int failed = pynn_graph_shapes(inner, in, shapes, why, sizeof why);
-        *out = shapes[inner->outputs[0].slot];
+        for (int i = 0; i < inner->output_count; i++)  /* one slot per output (pynn_call) */
+            out[i] = shapes[inner->outputs[i].slot];
         free(shapes);
         return failed ? pynn_capi_error(err, err_len, "%s: %s", layer->name, why) : 0;
     }
@@ -961,22 +963,24 @@ int pynn_graph_shapes(const pynn_graph *graph, const pynn_shape *inputs, pynn_sh
         pynn_shape in[PYNN_GRAPH_MAX_INPUTS];
         for (int i = 0; i < call->source_count; i++)
             in[i] = shapes[call->sources[i]];
-        pynn_shape *out = &shapes[call->target];
-        if (layer_shape(layer, in, call->source_count, out, err, err_len))
+        if (layer_shape(layer, in, call->source_count, &shapes[call->target], err, err_len))
             return -1;
-        if (out->rank < 1 || out->dims[0] != inputs[0].dims[0])
-            return pynn_capi_error(err, err_len, "%s: the output must keep the batch axis first", layer->name);
-        int64_t size = 1;
-        for (int axis = 0; axis < out->rank; axis++) {
-            if (out->dims[axis] < 0 || (out->dims[axis] && size > MAX_ELEMENTS / out->dims[axis]))
-                return pynn_capi_error(err, err_len, "%s: the output would hold more than 2^40 values", layer->name);
-            size *= out->dims[axis];
+        for (int k = 0; k < call->target_count; k++) {
+            const pynn_shape *out = &shapes[call->target + k];
+            if (out->rank < 1 || out->dims[0] != inputs[0].dims[0])
+                return pynn_capi_error(err, err_len, "%s: the output must keep the batch axis first", layer->name);
+            int64_t size = 1;
+            for (int axis = 0; axis < out->rank; axis++) {
+                if (out->dims[axis] < 0 || (out->dims[axis] && size > MAX_ELEMENTS / out->dims[axis]))
+                    return pynn_capi_error(err, err_len, "%s: the output would hold more than 2^40 values", layer->name);
+                size *= out->dims[axis];
+            }
+            /* a small hostile file must not make a plan allocate terabytes (see CLAIM_FACTOR) */
+            if (bound && size / batch > bound)
+                return pynn_capi_error(err, err_len, "%s outputs %lld values per sample, more than %lld: 64 times the "
+                           "values the file and the inputs hold", layer->name, (long long)(size / batch),
+                           (long long)bound);
         }
-        /* a small hostile file must not make a plan allocate terabytes (see CLAIM_FACTOR) */
-        if (bound && size / batch > bound)
-            return pynn_capi_error(err, err_len, "%s outputs %lld values per sample, more than %lld: 64 times the "
-                       "values the file and the inputs hold", layer->name, (long long)(size / batch),
-                       (long long)bound);
     }
     return 0;
 }
@@ -1052,8 +1056,9 @@ static int slot_dtypes(builder *b, pynn_graph *graph, const char *label)
                                        b->path, label, layer->name, i, names[given], names[wanted]);
         }
         const int wanted = accepted_dtype(layer, 0);
-        graph->slot_dtypes[call->target] = wanted < 0 && layer->type != LAYER_NESTED
-                                           ? graph->slot_dtypes[call->sources[0]] : PYNN_FLOAT32;
+        for (int k = 0; k < call->target_count; k++)
+            graph->slot_dtypes[call->target + k] = wanted < 0 && layer->type != LAYER_NESTED
+                                                   ? graph->slot_dtypes[call->sources[0]] : PYNN_FLOAT32;
     }
     for (int i = 0; i < graph->output_count; i++)
         if (graph->slot_dtypes[graph->outputs[i].slot] != PYNN_FLOAT32)
@@ -1097,6 +1102,7 @@ static int build_sequential(builder *b, pynn_graph *graph, const pynn_json *arch
         call->sources[0] = slot;
         call->source_count = 1;
         call->target = ++slot;
+        call->target_count = 1;
         call->relu = fuses_relu(&graph->layers[i]) && i + 1 < count && is_relu(&graph->layers[i + 1]);
     }
     graph->slot_count = slot + 1;
@@ -1109,9 +1115,10 @@ static int build_sequential(builder *b, pynn_graph *graph, const pynn_json *arch
     return slot_dtypes(b, graph, label);
 }
 
-/* A reference ["input", i] or ["call", j, 0]: its tensor (inputs first,
- * then call j's output at inputs + j), or -1. */
-static int reference_tensor(const pynn_json *reference, int inputs, int calls_made)
+/* A reference ["input", i] or ["call", j, k]: its tensor (inputs first,
+ * then call j's outputs from first[j], outputs[j] of them), or -1. */
+static int reference_tensor(const pynn_json *reference, int inputs, int calls_made, const int *first,
+                            const int *outputs)
 {
     int64_t index, output;
     if (!reference || reference->kind != PYNN_JSON_ARRAY || reference->length < 2
@@ -1120,8 +1127,9 @@ static int reference_tensor(const pynn_json *reference, int inputs, int calls_ma
     if (!strcmp(reference->items[0]->string, "input") && reference->length == 2 && index >= 0 && index < inputs)
         return (int)index;
     if (!strcmp(reference->items[0]->string, "call") && reference->length == 3 && index >= 0
-        && index < calls_made && pynn_json_int(reference->items[2], &output) && output == 0)
-        return inputs + (int)index;
+        && index < calls_made && pynn_json_int(reference->items[2], &output) && output >= 0
+        && output < outputs[index])
+        return first[index] + (int)output;
     return -1;
 }
 
@@ -1194,7 +1202,8 @@ static int build_model(builder *b, pynn_graph *graph, const pynn_json *architect
     if (layers->length > PYNN_GRAPH_MAX_LAYERS || calls->length > PYNN_GRAPH_MAX_LAYERS || calls->length == 0)
         return pynn_capi_error(b->err, b->err_len, "%s: %sthe graph must have 1 to %d calls", b->path, label,
                    PYNN_GRAPH_MAX_LAYERS);
-    const int input_count = (int)inputs->length, tensors = input_count + (int)calls->length;
+    const int input_count = (int)inputs->length;
+    int tensors = input_count;
     graph->input_count = input_count;
     graph->output_count = (int)outputs->length;
     graph->inputs = calloc((size_t)input_count, sizeof *graph->inputs);
@@ -1225,12 +1234,13 @@ static int build_model(builder *b, pynn_graph *graph, const pynn_json *architect
     graph->layer_count = (int)layers->length;
     graph->layers = calloc(layers->length + 1, sizeof *graph->layers);
     graph->calls = calloc(calls->length, sizeof *graph->calls);
-    int *readers = calloc((size_t)tensors, sizeof *readers);       /* per tensor, before fusion */
-    int *fusing_call = calloc((size_t)tensors, sizeof *fusing_call); /* per tensor: call index + 1 */
-    int *slot_of = calloc((size_t)tensors, sizeof *slot_of);        /* per tensor: its slot after fusion */
-    int *is_output = calloc((size_t)tensors, sizeof *is_output);
+    /* per call its first tensor and its number of outputs; per tensor (at most
+     * PYNN_GRAPH_MAX_IO per call) its readers before fusion, the call + 1 a
+     * ReLU reading it would fuse into, its slot after fusion, whether it is an output */
+    int *first = calloc(calls->length, sizeof *first), *made_count = calloc(calls->length, sizeof *made_count);
+    int *readers = NULL, *fusing_call = NULL, *slot_of = NULL, *is_output = NULL;
     int result = -1;
-    if (!graph->layers || !graph->calls || !readers || !fusing_call || !slot_of || !is_output) {
+    if (!graph->layers || !graph->calls || !first || !made_count) {
         pynn_capi_error(b->err, b->err_len, "%s: out of memory", b->path);
         goto done;
     }
@@ -1270,25 +1280,43 @@ static int build_model(builder *b, pynn_graph *graph, const pynn_json *architect
                 "references]}", b->path, label, j, PYNN_GRAPH_MAX_INPUTS);
             goto done;
         }
+        const pynn_layer *callee = &graph->layers[layer];
+        first[j] = tensors;
+        made_count[j] = callee->type == LAYER_NESTED ? callee->inner->output_count : 1;
+        tensors += made_count[j];
+    }
+    readers = calloc((size_t)tensors, sizeof *readers);
+    fusing_call = calloc((size_t)tensors, sizeof *fusing_call);
+    slot_of = calloc((size_t)tensors, sizeof *slot_of);
+    is_output = calloc((size_t)tensors, sizeof *is_output);
+    if (!readers || !fusing_call || !slot_of || !is_output) {
+        pynn_capi_error(b->err, b->err_len, "%s: out of memory", b->path);
+        goto done;
+    }
+    for (size_t j = 0; j < calls->length; j++) {
+        const pynn_json *entry = calls->items[j], *refs = pynn_json_get(entry, "inputs");
+        int64_t layer;
+        pynn_json_int(pynn_json_get(entry, "layer"), &layer);
         if (!takes_count(&graph->layers[layer], refs->length)) {
             pynn_capi_error(b->err, b->err_len, "%s: %scall %zu: %s does not take %zu inputs", b->path, label, j,
                 graph->layers[layer].name, refs->length);
             goto done;
         }
         for (size_t r = 0; r < refs->length; r++) {
-            const int source = reference_tensor(refs->items[r], input_count, (int)j);
+            const int source = reference_tensor(refs->items[r], input_count, (int)j, first, made_count);
             if (source < 0) {
-                pynn_capi_error(b->err, b->err_len, "%s: %scall %zu: input %zu is not an input or the only output of "
-                    "an earlier call", b->path, label, j, r);
+                pynn_capi_error(b->err, b->err_len, "%s: %scall %zu: input %zu is not an input or an output of an "
+                    "earlier call", b->path, label, j, r);
                 goto done;
             }
             readers[source]++;
         }
     }
     for (size_t i = 0; i < outputs->length; i++) {
-        const int output = reference_tensor(outputs->items[i], input_count, (int)calls->length);
+        const int output = reference_tensor(outputs->items[i], input_count, (int)calls->length, first,
+                                            made_count);
         if (output < 0) {
-            pynn_capi_error(b->err, b->err_len, "%s: %soutput %zu is not an input or the only output of a call",
+            pynn_capi_error(b->err, b->err_len, "%s: %soutput %zu is not an input or an output of a call",
                             b->path, label, i);
             goto done;
         }
@@ -1306,8 +1334,8 @@ static int build_model(builder *b, pynn_graph *graph, const pynn_json *architect
         pynn_json_int(pynn_json_get(calls->items[j], "layer"), &layer);
         int original[PYNN_GRAPH_MAX_INPUTS];
         for (size_t r = 0; r < refs->length; r++)
-            original[r] = reference_tensor(refs->items[r], input_count, (int)j);
-        const int source = original[0], made = input_count + (int)j;
+            original[r] = reference_tensor(refs->items[r], input_count, (int)j, first, made_count);
+        const int source = original[0], made = first[j];
         if (is_relu(&graph->layers[layer]) && fusing_call[source] && readers[source] == 1 && !is_output[source]) {
             graph->calls[fusing_call[source] - 1].relu = 1;
             fusing_call[source] = 0;
@@ -1319,7 +1347,10 @@ static int build_model(builder *b, pynn_graph *graph, const pynn_json *architect
         call->source_count = (int)refs->length;
         for (size_t r = 0; r < refs->length; r++)
             call->sources[r] = slot_of[original[r]];
-        call->target = slot_of[made] = slots++;
+        call->target = slots;
+        call->target_count = made_count[j];
+        for (int k = 0; k < made_count[j]; k++)
+            slot_of[made + k] = slots++;
         if (fuses_relu(&graph->layers[layer]))
             fusing_call[made] = graph->call_count + 1;
         graph->call_count++;
@@ -1333,7 +1364,8 @@ static int build_model(builder *b, pynn_graph *graph, const pynn_json *architect
             snprintf(io->name, sizeof io->name, "%s", graph->inputs[tensor].name);
         else
             for (int c = 0; c < graph->call_count; c++)
-                if (graph->calls[c].target == io->slot) {
+                if (graph->calls[c].target <= io->slot
+                    && io->slot < graph->calls[c].target + graph->calls[c].target_count) {
                     const pynn_json *entry = layers->items[graph->calls[c].layer];
                     const pynn_json *name = pynn_json_get(entry, "name");
                     if (!name || name->kind != PYNN_JSON_STRING)
@@ -1344,6 +1376,8 @@ static int build_model(builder *b, pynn_graph *graph, const pynn_json *architect
     }
     result = slot_dtypes(b, graph, label);
 done:
+    free(first);
+    free(made_count);
     free(readers);
     free(fusing_call);
     free(slot_of);

@@ -97,7 +97,7 @@ typedef struct {
     int layer;
     int sources[PYNN_GRAPH_MAX_INPUTS];
     int source_count;
-    int target;
+    int target, target_count;        /* slots target .. target + target_count (a nested model's outputs) */
     int relu;                        /* the layer's activation is "relu" at this call */
 } pynn_call;
 

@@ -27,7 +27,7 @@ typedef struct {
     int sources[PYNN_GRAPH_MAX_INPUTS];  /* slots holding the values (views resolved) */
     int shaped[PYNN_GRAPH_MAX_INPUTS];   /* slots whose shapes the layer reads */
     int source_count;
-    int target;
+    int target, target_count;        /* a nested model's outputs: target_count slots from target */
     int layer_relu;                  /* the layer's own activation at this call */
     int relu;                        /* a following ReLU fused by the schedule */
     const pynn_layer *batchnorm;     /* a following BatchNorm2d folded into this convolution */
@@ -121,9 +121,9 @@ static int build_steps(pynn_runner *r, const pynn_graph *graph, scheduling *s)
     for (int c = 0; c < graph->call_count; c++) {
         const pynn_call *call = &graph->calls[c];
         const pynn_layer *layer = &graph->layers[call->layer];
-        const int source = call->sources[0], target = call->target;
+        const int source = call->sources[0], target = call->target, single = call->target_count == 1;
         const int before = s->producer[canonical(s, source)];
-        if (before >= 0 && !layer->takes_list && sole_reader(s, source)) {
+        if (single && before >= 0 && !layer->takes_list && sole_reader(s, source)) {
             step *b = &r->steps[before];
             /* a convolution carrying its own ReLU is not followed by its BatchNorm's input */
             if (layer->type == LAYER_BATCHNORM2D && b->kind == KIND_CONV && !b->batchnorm && !b->relu
@@ -153,8 +153,11 @@ static int build_steps(pynn_runner *r, const pynn_graph *graph, scheduling *s)
             st->shaped[i] = call->sources[i];
         }
         st->target = target;
+        st->target_count = call->target_count;
         st->layer_relu = call->relu;
-        s->producer[target] = r->step_count++;
+        if (single)
+            s->producer[target] = r->step_count;
+        r->step_count++;
     }
     for (int i = 0; i < graph->input_count; i++)
         r->input_slots[i] = canonical(s, graph->inputs[i].slot);
@@ -236,17 +239,20 @@ static int assign_buffers(pynn_runner *r, int *slot_buffers, pool *p)
             if (!seen && last_read[source] == i && slot_buffers[source] >= 0)
                 dying[dying_count++] = source;
         }
-        const int caller = is_caller(r, st->target);
         int first_dying = 0;
-        if ((st->kind == KIND_ADD || st->kind == KIND_MAP) && dying_count && !caller) {
+        if ((st->kind == KIND_ADD || st->kind == KIND_MAP) && dying_count && !is_caller(r, st->target)) {
             slot_buffers[st->target] = slot_buffers[dying[0]];
             first_dying = 1;
-        } else if (!caller) {
-            const int64_t need = pynn_shape_size(&r->shapes[st->target]);
-            slot_buffers[st->target] = take(p, need > 1 ? need : 1);
+        } else {
+            for (int t = st->target; t < st->target + st->target_count; t++)
+                if (!is_caller(r, t)) {
+                    const int64_t need = pynn_shape_size(&r->shapes[t]);
+                    slot_buffers[t] = take(p, need > 1 ? need : 1);
+                }
         }
-        if (!caller && last_read[st->target] < 0 && slot_buffers[st->target] >= 0)
-            p->free_list[p->free_count++] = slot_buffers[st->target];
+        for (int t = st->target; t < st->target + st->target_count; t++)
+            if (!is_caller(r, t) && last_read[t] < 0 && slot_buffers[t] >= 0)
+                p->free_list[p->free_count++] = slot_buffers[t];
         for (int k = first_dying; k < dying_count; k++)
             p->free_list[p->free_count++] = slot_buffers[dying[k]];
     }
@@ -620,7 +626,7 @@ pynn_runner *pynn_runner_build(const pynn_graph *graph, const pynn_shape *inputs
     s.readers = calloc(slots, sizeof(int));
     s.private_ = calloc(slots, sizeof(int));
     s.producer = calloc(slots, sizeof(int));
-    p.sizes = calloc(calls, sizeof *p.sizes);
+    p.sizes = calloc(slots + 1, sizeof *p.sizes);  /* a buffer per written slot at most */
     p.free_list = calloc(2 * calls * PYNN_GRAPH_MAX_INPUTS, sizeof(int));
     slot_buffers = calloc(slots, sizeof(int));
     if (!r->shapes || !r->slots || !r->steps || !r->kernel_steps || !r->folded || !r->nested || !r->scratch
@@ -893,7 +899,9 @@ static int run_other(const pynn_runner *r, const pynn_context *ctx, int index, c
     }
     case LAYER_NESTED: {
         const void *inputs[PYNN_GRAPH_MAX_INPUTS];
-        void *outputs[1] = {y};
+        void *outputs[PYNN_GRAPH_MAX_IO];
+        for (int k = 0; k < st->target_count; k++)
+            outputs[k] = r->slots[st->target + k];
         for (int i = 0; i < st->source_count; i++)
             inputs[i] = r->slots[st->sources[i]];
         return pynn_runner_run(r->nested[index], ctx, inputs, outputs, err, err_len);
