@@ -3,9 +3,10 @@
  *
  * Every function is thread-safe. Errors come back as a return code and a
  * message written to `err` (at most `err_len` bytes, NUL-terminated), never
- * as an abort. `pynn_model_predict` gives the same bits as `predict` in
- * Python on the same thread count; after the first call for a batch size,
- * a call allocates nothing (each concurrent caller keeps its own scratch). */
+ * as an abort. `pynn_model_predict` and `pynn_model_run` give the same bits
+ * as `predict` in Python on the same thread count; after the first call for
+ * some input shapes, a call with the same shapes allocates nothing (each
+ * concurrent caller keeps its own scratch). */
 #ifndef PYNN_H
 #define PYNN_H
 
@@ -53,6 +54,7 @@ typedef struct {
     void *data;
 } pynn_tensor;
 
+/* The model's inputs (its Inputs, in order) and outputs. */
 PYNN_API int pynn_model_input_count(const pynn_model *m);
 PYNN_API int pynn_model_output_count(const pynn_model *m);
 /* Input `index`'s name (NULL when it has none; valid while the model is),
@@ -62,7 +64,7 @@ PYNN_API int pynn_model_output_count(const pynn_model *m);
 PYNN_API int pynn_model_input_info(const pynn_model *m, int index, const char **name, pynn_dtype *dtype,
                                    int64_t *shape, int max_rank);
 /* The same for output `index` (always PYNN_FLOAT32; its name is the layer
- * that makes it), -1 for an axis that follows a variable input axis. */
+ * or Input that makes it), -1 for an axis that follows a variable input axis. */
 PYNN_API int pynn_model_output_info(const pynn_model *m, int index, const char **name, pynn_dtype *dtype,
                                     int64_t *shape, int max_rank);
 /* The dtype, rank and shape of every output for these inputs (their data
