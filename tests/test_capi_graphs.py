@@ -11,7 +11,7 @@ import pytest
 
 import pynn
 from pynn.bench.graph import build_recommender
-from pynn.layers import (Add, Embedding, LayerNorm, Linear, MeanPooling, MultiheadAttention, PaddingMask,
+from pynn.layers import (Add, Embedding, Flatten, LayerNorm, Linear, MeanPooling, MultiheadAttention, PaddingMask,
                          PositionalEmbedding, ReLU, Softmax, TransformerEncoderLayer)
 from tests.test_capi import ROOT, built, compile_program, randomised  # noqa: F401 (built: the library fixture)
 
@@ -206,15 +206,17 @@ def text():
 
 def cross():
     """Cross-attention under a bool key mask, attention over one tensor read as
-    query, key and value, and an encoder layer under a float mask."""
+    query, key and value, self-attention under the bool mask, and an encoder
+    layer under a float mask."""
     query = pynn.Input((4, 8), name="query")
     memory = pynn.Input((None, 8), name="memory")
     padding = pynn.Input((None,), dtype="bool", name="padding")
     scores = pynn.Input((None,), name="scores")
     attended = MultiheadAttention(8, 2, name="cross")([query, memory, memory, padding])
     same = MultiheadAttention(8, 4, bias=False, name="same")([memory, memory, memory])
+    masked = MultiheadAttention(8, 2, name="masked")([memory, padding])
     encoded = TransformerEncoderLayer(8, 2, 16, norm_first=True, name="encoded")([memory, scores])
-    model = randomised(pynn.Model([query, memory, padding, scores], [attended, same, encoded]))
+    model = randomised(pynn.Model([query, memory, padding, scores], [attended, same, masked, encoded]))
     rng = np.random.default_rng(3)
 
     def inputs(batch, length):
@@ -243,8 +245,17 @@ def nested():
     return model, lambda batch, length: [rng.standard_normal((batch, 6)).astype(np.float32)]
 
 
+def tokens():
+    """A Sequential over token ids."""
+    model = randomised(pynn.Sequential(Embedding(20, 6), PositionalEmbedding(8, 6),
+                                       TransformerEncoderLayer(6, 2, 12), Flatten()))
+    model.input_shape = (5,)
+    rng = np.random.default_rng(5)
+    return model, lambda batch, length: [rng.integers(0, 20, (batch, 5))]
+
+
 MODELS = {"recommender": recommender, "two_outputs": two_outputs, "text": text, "cross": cross,
-          "nested": nested}
+          "nested": nested, "tokens": tokens}
 
 
 @pytest.mark.parametrize("threads", [1, 2])
