@@ -972,7 +972,8 @@ int pynn_graph_shapes(const pynn_graph *graph, const pynn_shape *inputs, pynn_sh
             int64_t size = 1;
             for (int axis = 0; axis < out->rank; axis++) {
                 if (out->dims[axis] < 0 || (out->dims[axis] && size > MAX_ELEMENTS / out->dims[axis]))
-                    return pynn_capi_error(err, err_len, "%s: the output would hold more than 2^40 values", layer->name);
+                    return pynn_capi_error(err, err_len, "%s: the output would hold more than 2^40 values",
+                                           layer->name);
                 size *= out->dims[axis];
             }
             /* a small hostile file must not make a plan allocate terabytes (see CLAIM_FACTOR) */

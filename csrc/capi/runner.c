@@ -384,7 +384,8 @@ static int packed_attention(const pynn_runner *r, const step *st)
     if (st->source_count < 3)
         return 1;
     for (int i = 0; i < 3; i++)
-        if (st->sources[i] != st->sources[0] || !same_shape(&r->shapes[st->sources[i]], &r->shapes[st->shaped[i]]))
+        if (st->sources[i] != st->sources[0]
+            || !same_shape(&r->shapes[st->sources[i]], &r->shapes[st->shaped[i]]))
             return 0;
     return 1;
 }
@@ -400,8 +401,9 @@ static size_t attention_scratch(const pynn_layer *layer, const pynn_shape *query
         return 0;
     const int64_t rows = query->dims[0] * query->dims[1], e = layer->attention.embed_dim;
     const int64_t key_rows = key->dims[0] * key->dims[1];
-    const size_t attention = (packed ? whole_lines(rows * 3 * e) : whole_lines(rows * e) + 2 * whole_lines(key_rows * e))
-                             + whole_lines(rows * e);
+    const size_t projections = packed ? whole_lines(rows * 3 * e)
+                                      : whole_lines(rows * e) + 2 * whole_lines(key_rows * e);
+    const size_t attention = projections + whole_lines(rows * e);
     if (layer->type == LAYER_ATTENTION)
         return attention;
     return attention + 5 * whole_lines(rows * e) + whole_lines(rows * layer->attention.feedforward);
