@@ -19,13 +19,57 @@ DTYPES = {np.dtype(np.float32): 0, np.dtype(np.int64): 1, np.dtype(np.bool_): 2}
 
 # "run MODEL THREADS COUNT [DTYPE RANK DIMS... FILE]... OUT": the outputs for
 # those inputs, run twice (the second on the kept plan, the same bits), written
-# one after another to OUT, their shapes printed; "info MODEL": the inputs and
-# outputs pynn_model_*_info give, and what pynn_model_predict says.
+# one after another to OUT, their shapes printed; "concurrent" (the same
+# arguments) then checks that threads running those inputs and their first
+# sample alone, in turn, each get the bits of one call alone; "info MODEL":
+# the inputs and outputs pynn_model_*_info give, and what pynn_model_predict
+# says.
 DRIVER = r"""
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "pynn.h"
+
+static pynn_model *model;
+static int count, outs;
+static pynn_tensor inputs[8], firsts[8], outputs[8], first_outputs[8];
+
+/* outputs shaped as `like`, freshly allocated */
+static void allocate(const pynn_tensor *like, pynn_tensor *made)
+{
+    for (int i = 0; i < outs; i++) {
+        size_t size = 1;
+        made[i] = like[i];
+        for (int axis = 0; axis < like[i].rank; axis++) size *= like[i].shape[axis];
+        made[i].data = malloc(size * sizeof(float) + 1);
+    }
+}
+
+static int same(const pynn_tensor *a, const pynn_tensor *b)
+{
+    for (int i = 0; i < outs; i++) {
+        size_t size = 1;
+        for (int axis = 0; axis < a[i].rank; axis++) size *= a[i].shape[axis];
+        if (memcmp(a[i].data, b[i].data, size * sizeof(float))) return 0;
+    }
+    return 1;
+}
+
+static void *alternate(void *unused)
+{
+    pynn_tensor mine[8], mine_first[8];
+    char err[512];
+    int fine = 1;
+    allocate(outputs, mine);
+    allocate(first_outputs, mine_first);
+    for (int k = 0; k < 10; k++)
+        fine &= !pynn_model_run(model, inputs, count, mine, outs, err, sizeof err) && same(mine, outputs)
+                && !pynn_model_run(model, firsts, count, mine_first, outs, err, sizeof err)
+                && same(mine_first, first_outputs);
+    for (int i = 0; i < outs; i++) { free(mine[i].data); free(mine_first[i].data); }
+    return fine ? NULL : (void *)1;
+}
 
 static void *read_all(const char *path)
 {
@@ -51,7 +95,7 @@ static void print_info(const char *what, int index, const char *name, pynn_dtype
 int main(int argc, char **argv)
 {
     char err[1024];
-    pynn_model *model = pynn_model_load(argv[2], err, sizeof err);
+    model = pynn_model_load(argv[2], err, sizeof err);
     if (!model) { fprintf(stderr, "%s\n", err); return 2; }
     if (!strcmp(argv[1], "info")) {
         int64_t shape[8];
@@ -71,8 +115,7 @@ int main(int argc, char **argv)
         return 0;
     }
     pynn_set_num_threads(atoi(argv[3]));
-    const int count = atoi(argv[4]);
-    pynn_tensor inputs[8], outputs[8];
+    count = atoi(argv[4]);
     int at = 5;
     for (int i = 0; i < count; i++) {
         inputs[i].dtype = (pynn_dtype)atoi(argv[at++]);
@@ -80,7 +123,7 @@ int main(int argc, char **argv)
         for (int axis = 0; axis < inputs[i].rank; axis++) inputs[i].shape[axis] = atoll(argv[at++]);
         inputs[i].data = read_all(argv[at++]);
     }
-    const int outs = pynn_model_output_count(model);
+    outs = pynn_model_output_count(model);
     if (pynn_model_output_shapes(model, inputs, count, outputs, outs, err, sizeof err)) {
         fprintf(stderr, "%s\n", err);
         return 3;
@@ -103,6 +146,23 @@ int main(int argc, char **argv)
             || memcmp(again, first.data, sizes[i] * sizeof(float))) return 5;
         outputs[i].data = first.data;
         free(again);
+    }
+    if (!strcmp(argv[1], "concurrent")) {
+        for (int i = 0; i < count; i++) {
+            firsts[i] = inputs[i];
+            firsts[i].shape[0] = 1;
+        }
+        if (pynn_model_output_shapes(model, firsts, count, first_outputs, outs, err, sizeof err)) return 6;
+        allocate(first_outputs, first_outputs);
+        if (pynn_model_run(model, firsts, count, first_outputs, outs, err, sizeof err)) return 6;
+        pthread_t threads[4];
+        void *failed = NULL, *result;
+        for (int t = 0; t < 4; t++) pthread_create(&threads[t], NULL, alternate, NULL);
+        for (int t = 0; t < 4; t++) {
+            pthread_join(threads[t], &result);
+            failed = failed ? failed : result;
+        }
+        if (failed) return 7;
     }
     FILE *file = fopen(argv[at], "wb");
     for (int i = 0; i < outs; i++) {
@@ -128,10 +188,10 @@ def driver(built, tmp_path_factory):  # noqa: F811 (the fixture imported above)
     return compile_program(str(source), str(folder / "graphs"), os.path.join(ROOT, "include"), library)
 
 
-def run(driver, path, inputs, tmp_path, threads=1, isa=None, returncode=0):
+def run(driver, path, inputs, tmp_path, threads=1, isa=None, returncode=0, mode="run"):
     """The driver's outputs for ``inputs`` (arrays, or (array, dtype code) to
     declare another dtype), or its message when ``returncode`` is not 0."""
-    arguments = [driver, "run", str(path), str(threads), str(len(inputs))]
+    arguments = [driver, mode, str(path), str(threads), str(len(inputs))]
     for index, given in enumerate(inputs):
         array, code = given if isinstance(given, tuple) else (given, DTYPES[given.dtype])
         file = tmp_path / f"x{index}.bin"
@@ -276,6 +336,18 @@ def test_run_gives_python_predicts_bits(driver, name, threads, isa, set_threads,
             np.testing.assert_array_equal(mine.view(np.uint32), theirs.view(np.uint32),
                                           err_msg=f"{name} output {position}, batch {batch}, length {length}, "
                                                   f"{threads} threads, {isa}")
+
+
+@pytest.mark.parametrize("name", ["text", "nested"])
+def test_concurrent_runs_of_two_shapes_each_get_the_single_call_bits(driver, name, set_threads, tmp_path):
+    model, make_inputs = MODELS[name]()
+    set_threads(2)
+    model.save(tmp_path / "model.safetensors")
+    inputs = make_inputs(6, 7)
+    got = run(driver, tmp_path / "model.safetensors", inputs, tmp_path, threads=2, mode="concurrent")
+    expected = model.predict(inputs if len(inputs) > 1 else inputs[0])
+    for mine, theirs in zip(got, expected if isinstance(expected, list) else [expected]):
+        np.testing.assert_array_equal(mine.view(np.uint32), theirs.view(np.uint32))
 
 
 def test_no_samples_give_empty_outputs(driver, tmp_path):

@@ -22,8 +22,16 @@ def models():
     states = L.PositionalEmbedding(8, 8)(L.Embedding(20, 8)(ids))
     states = L.TransformerEncoderLayer(8, 2, 16, activation="gelu")([states, L.PaddingMask()(mask)])
     text = pynn.Model([ids, mask], [L.MeanPooling()([states, mask]), states])
+    x = pynn.Input((6,))
+    towers = pynn.Model(x, [L.ReLU()(L.Linear(6, 4)(x)), L.Linear(6, 4)(x)], name="towers")
+    query, memory = pynn.Input((3, 4)), pynn.Input((None, 4))
+    padding = pynn.Input((None,), dtype="bool")
+    features = pynn.Input((6,))
+    left, right = towers(features)
+    nested = pynn.Model(features, [L.Add()([left, right]), right])
+    cross = pynn.Model([query, memory, padding], L.MultiheadAttention(4, 2)([query, memory, memory, padding]))
     return {"mlp": mlp, "cnn": cnn, "graph": graph, "encoder": encoder, "text": text,
-            "recommender": build_recommender(10, 12, 4)}
+            "recommender": build_recommender(10, 12, 4), "nested": nested, "cross": cross}
 
 
 if __name__ == "__main__":
