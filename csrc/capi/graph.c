@@ -10,6 +10,12 @@
 
 /* Every slot holds fewer elements than this, batch included. */
 #define MAX_ELEMENTS ((int64_t)1 << 40)
+/* A sample's values at any layer are bounded by this many times the values
+ * the file and the inputs hold (plus a floor for small models), as
+ * pynn/architecture.py bounds the tensors an architecture claims: a small
+ * hostile file cannot make a plan allocate terabytes. */
+#define CLAIM_FACTOR 64
+#define CLAIM_FLOOR ((int64_t)1 << 24)
 
 typedef struct {
     const pynn_model_file *file;
@@ -202,7 +208,8 @@ static const struct {
 
 static const char *const SUPPORTED =
     "Linear, ReLU, LeakyReLU, Sigmoid, Tanh, GELU, SiLU, Hardswish, Hardsigmoid, ReLU6, Softmax, LogSoftmax, "
-    "Affine, MultiheadAttention, TransformerEncoderLayer, PositionalEmbedding, Dropout, "
+    "Affine, MultiheadAttention, TransformerEncoderLayer, PositionalEmbedding, Embedding, PaddingMask, "
+    "MeanPooling, Dropout, "
     "Identity, Flatten, Reshape, Permute, BatchNorm1d, BatchNorm2d, LayerNorm, Conv1d, Conv2d, MaxPool1d, "
     "MaxPool2d, AvgPool1d, AvgPool2d, GlobalAvgPool2d, AdaptiveAvgPool2d, Add, Multiply, Concatenate, Dot";
 
@@ -572,6 +579,26 @@ static int read_layer(builder *b, const pynn_json *entry, const char *label, con
                        "with 0", b->path, layer->name, PYNN_GRAPH_MAX_RANK);
         return 0;
     }
+    if (!strcmp(t, "Embedding")) {
+        static const char *const keys[] = {"num_embeddings", "embedding_dim", "padding_idx", NULL};
+        int64_t padding;
+        layer->type = LAYER_EMBEDDING;
+        if (config_keys(b, layer, config, keys)
+            || config_int(b, layer, config, "num_embeddings", -1, 1, MAX_ELEMENTS, &layer->in_features)
+            || config_int(b, layer, config, "embedding_dim", -1, 1, MAX_ELEMENTS, &layer->out_features)
+            || config_int(b, layer, config, "padding_idx", 0, -layer->in_features, layer->in_features - 1,
+                          &padding))
+            return -1;
+        const int64_t dims[2] = {layer->in_features, layer->out_features};
+        layer->weight = tensor(b, layer, prefix, "weight", 2, dims, &failed);
+        return failed ? -1 : 0;
+    }
+    if (!strcmp(t, "PaddingMask") || !strcmp(t, "MeanPooling")) {
+        static const char *const keys[] = {NULL};
+        layer->type = t[0] == 'P' ? LAYER_PADDING_MASK : LAYER_MEAN_POOLING;
+        layer->takes_list = layer->type == LAYER_MEAN_POOLING;
+        return config_keys(b, layer, config, keys);
+    }
     if (!strcmp(t, "Dot")) {
         static const char *const keys[] = {NULL};
         layer->type = LAYER_DOT;
@@ -643,7 +670,8 @@ static int same_shape(const pynn_shape *a, const pynn_shape *b)
     return 1;
 }
 
-/* The output shape of `layer` for inputs `in[count]`; 0 or -1 with a message. */
+/* The output shape of `layer` for inputs `in[count]` (a nested model's
+ * outputs' into out[0 .. its output count)); 0 or -1 with a message. */
 static int layer_shape(const pynn_layer *layer, const pynn_shape *in, int count, pynn_shape *out, char *err,
                        size_t err_len)
 {
@@ -659,9 +687,31 @@ static int layer_shape(const pynn_layer *layer, const pynn_shape *in, int count,
     case LAYER_VIEW_SAME:
         return 0;
     case LAYER_ATTENTION:
-    case LAYER_TRANSFORMER:
-        if (x->rank != 3 || x->dims[2] != layer->attention.embed_dim)
-            return refuse(err, err_len, layer, in, 1, "it needs [N, T, embed_dim]");
+    case LAYER_TRANSFORMER: {
+        /* x, [x, mask], [q, k, v] or [q, k, v, mask]: query [N, T, E], key and value [N, S, E], mask [N, S] */
+        const pynn_shape *key = count >= 3 ? &in[1] : x, *mask = count % 2 == 0 ? &in[count - 1] : NULL;
+        const int64_t e = layer->attention.embed_dim;
+        if (x->rank != 3 || x->dims[2] != e || key->rank != 3 || key->dims[2] != e || key->dims[0] != x->dims[0]
+            || (count >= 3 && !same_shape(key, &in[2]))
+            || (mask && (mask->rank != 2 || mask->dims[0] != key->dims[0] || mask->dims[1] != key->dims[1])))
+            return refuse(err, err_len, layer, in, count, count >= 3
+                          ? "it needs query [N, T, embed_dim], key and value [N, S, embed_dim], mask [N, S]"
+                          : "it needs x [N, T, embed_dim] and a mask [N, T]");
+        return 0;
+    }
+    case LAYER_EMBEDDING:
+        if (x->rank >= PYNN_GRAPH_MAX_RANK)
+            return refuse(err, err_len, layer, in, 1, "the indices have too many axes");
+        out->dims[out->rank++] = layer->out_features;
+        return 0;
+    case LAYER_PADDING_MASK:
+        return x->rank == 2 ? 0 : refuse(err, err_len, layer, in, 1, "the attention mask must be [N, T]");
+    case LAYER_MEAN_POOLING:
+        if (count != 2 || x->rank != 3 || in[1].rank != 2 || in[1].dims[0] != x->dims[0]
+            || in[1].dims[1] != x->dims[1])
+            return refuse(err, err_len, layer, in, count, "it takes states [N, T, D] and a mask [N, T]");
+        out->rank = 2;
+        out->dims[1] = x->dims[2];
         return 0;
     case LAYER_POSITIONAL:
         if (x->rank != 3 || x->dims[2] != layer->out_features || x->dims[1] > layer->in_features)
@@ -804,16 +854,17 @@ static int layer_shape(const pynn_layer *layer, const pynn_shape *in, int count,
     case LAYER_NESTED: {
         const pynn_graph *inner = layer->inner;
         char why[400] = "";
-        int fits = !inner->knows_input_shape || x->rank == inner->input_shape.rank + 1;
-        for (int axis = 0; fits && axis < inner->input_shape.rank && inner->knows_input_shape; axis++)
-            fits = x->dims[axis + 1] == inner->input_shape.dims[axis];
-        if (!fits)
-            return refuse(err, err_len, layer, in, 1, "it is not the shape of the nested model's Input");
+        if (count != inner->input_count)
+            return refuse(err, err_len, layer, in, count, "it takes one input per Input of the nested model");
+        for (int i = 0; i < count && inner->knows_input_shape; i++)
+            if (!pynn_shape_fits(&inner->inputs[i].shape, &in[i]))
+                return refuse(err, err_len, layer, in, count, "it is not the shape of the nested model's Input");
         pynn_shape *shapes = calloc((size_t)inner->slot_count, sizeof *shapes);
         if (!shapes)
             return pynn_capi_error(err, err_len, "%s: out of memory", layer->name);
-        const int failed = pynn_graph_shapes(inner, x, shapes, why, sizeof why);
-        *out = shapes[inner->output_slot];
+        const int failed = pynn_graph_shapes(inner, in, shapes, why, sizeof why);
+        for (int i = 0; i < inner->output_count; i++)  /* one slot per output (pynn_call) */
+            out[i] = shapes[inner->outputs[i].slot];
         free(shapes);
         return failed ? pynn_capi_error(err, err_len, "%s: %s", layer->name, why) : 0;
     }
@@ -876,40 +927,61 @@ static int layer_shape(const pynn_layer *layer, const pynn_shape *in, int count,
     return refuse(err, err_len, layer, in, count, "unknown layer");
 }
 
-pynn_shape pynn_graph_input(const pynn_graph *graph, int64_t batch)
+pynn_shape pynn_graph_input(const pynn_graph *graph, int index, int64_t batch, int64_t length)
 {
-    pynn_shape input = {{batch}, graph->input_shape.rank + 1};
-    memcpy(input.dims + 1, graph->input_shape.dims, (size_t)graph->input_shape.rank * sizeof(int64_t));
+    const pynn_shape *sample = &graph->inputs[index].shape;
+    pynn_shape input = {{batch}, sample->rank + 1};
+    for (int axis = 0; axis < sample->rank; axis++)
+        input.dims[axis + 1] = sample->dims[axis] < 0 ? length : sample->dims[axis];
     return input;
 }
 
-int pynn_graph_shapes(const pynn_graph *graph, const pynn_shape *input, pynn_shape *shapes, char *err,
+int pynn_shape_fits(const pynn_shape *sample, const pynn_shape *shape)
+{
+    if (shape->rank != sample->rank + 1)
+        return 0;
+    for (int axis = 0; axis < sample->rank; axis++)
+        if (sample->dims[axis] >= 0 && sample->dims[axis] != shape->dims[axis + 1])
+            return 0;
+    return 1;
+}
+
+int pynn_graph_shapes(const pynn_graph *graph, const pynn_shape *inputs, pynn_shape *shapes, char *err,
                       size_t err_len)
 {
-    const int64_t batch = input->rank && input->dims[0] > 1 ? input->dims[0] : 1;
-    shapes[graph->input_slot] = *input;
+    const int64_t batch = inputs[0].rank && inputs[0].dims[0] > 1 ? inputs[0].dims[0] : 1;
+    /* the bound grows with the inputs a call gives (variable axes) */
+    int64_t bound = graph->claim_bound;
+    for (int i = 0; i < graph->input_count; i++) {
+        shapes[graph->inputs[i].slot] = inputs[i];
+        if (bound)
+            bound += CLAIM_FACTOR * (pynn_shape_size(&inputs[i]) / batch);
+    }
     for (int c = 0; c < graph->call_count; c++) {
         const pynn_call *call = &graph->calls[c];
         const pynn_layer *layer = &graph->layers[call->layer];
         pynn_shape in[PYNN_GRAPH_MAX_INPUTS];
         for (int i = 0; i < call->source_count; i++)
             in[i] = shapes[call->sources[i]];
-        pynn_shape *out = &shapes[call->target];
-        if (layer_shape(layer, in, call->source_count, out, err, err_len))
+        if (layer_shape(layer, in, call->source_count, &shapes[call->target], err, err_len))
             return -1;
-        if (out->rank < 1 || out->dims[0] != input->dims[0])
-            return pynn_capi_error(err, err_len, "%s: the output must keep the batch axis first", layer->name);
-        int64_t size = 1;
-        for (int axis = 0; axis < out->rank; axis++) {
-            if (out->dims[axis] < 0 || (out->dims[axis] && size > MAX_ELEMENTS / out->dims[axis]))
-                return pynn_capi_error(err, err_len, "%s: the output would hold more than 2^40 values", layer->name);
-            size *= out->dims[axis];
+        for (int k = 0; k < call->target_count; k++) {
+            const pynn_shape *out = &shapes[call->target + k];
+            if (out->rank < 1 || out->dims[0] != inputs[0].dims[0])
+                return pynn_capi_error(err, err_len, "%s: the output must keep the batch axis first", layer->name);
+            int64_t size = 1;
+            for (int axis = 0; axis < out->rank; axis++) {
+                if (out->dims[axis] < 0 || (out->dims[axis] && size > MAX_ELEMENTS / out->dims[axis]))
+                    return pynn_capi_error(err, err_len, "%s: the output would hold more than 2^40 values",
+                                           layer->name);
+                size *= out->dims[axis];
+            }
+            /* a small hostile file must not make a plan allocate terabytes (see CLAIM_FACTOR) */
+            if (bound && size / batch > bound)
+                return pynn_capi_error(err, err_len, "%s outputs %lld values per sample, more than %lld: 64 times the "
+                           "values the file and the inputs hold", layer->name, (long long)(size / batch),
+                           (long long)bound);
         }
-        /* a small hostile file must not make a plan allocate terabytes (see CLAIM_FACTOR) */
-        if (graph->claim_bound && size / batch > graph->claim_bound)
-            return pynn_capi_error(err, err_len, "%s outputs %lld values per sample, more than %lld: 64 times the "
-                       "values the file and an input hold", layer->name, (long long)(size / batch),
-                       (long long)graph->claim_bound);
     }
     return 0;
 }
@@ -930,15 +1002,69 @@ static int read_input_shape(builder *b, const pynn_json *shape, pynn_shape *out,
     int64_t size = 1;
     for (size_t axis = 0; axis < shape->length; axis++) {
         int64_t *extent = &out->dims[axis];
-        if (shape->items[axis]->kind == PYNN_JSON_NULL)
-            return pynn_capi_error(b->err, b->err_len, "%s: %s has a variable (None) axis; the C API runs models whose "
-                       "input has fixed sizes (give the Input a fixed length)", b->path, what);
+        if (shape->items[axis]->kind == PYNN_JSON_NULL) {
+            *extent = -1;  /* a variable axis */
+            continue;
+        }
         if (!pynn_json_int(shape->items[axis], extent) || *extent < 0
             || (*extent && size > MAX_ELEMENTS / *extent))
             return pynn_capi_error(b->err, b->err_len, "%s: %s must be a list of sizes of fewer than 2^40 values in all",
                        b->path, what);
         size *= *extent;
     }
+    return 0;
+}
+
+/* The dtype a layer reads at input `position` of `count` (FLOAT32 where it
+ * also takes BOOL); -1 for any (views). */
+static int accepted_dtype(const pynn_layer *layer, int position)
+{
+    switch (layer->type) {
+    case LAYER_EMBEDDING: case LAYER_PADDING_MASK: return PYNN_INT64;
+    case LAYER_MEAN_POOLING: return position == 1 ? PYNN_INT64 : PYNN_FLOAT32;
+    case LAYER_NESTED: return position < layer->inner->input_count ? (int)layer->inner->inputs[position].dtype : -1;
+    case LAYER_VIEW_SAME: case LAYER_FLATTEN: case LAYER_RESHAPE: return -1;
+    default: return PYNN_FLOAT32;
+    }
+}
+
+/* The key-padding mask of an attention call (bool or float32), its last input of 2 or 4. */
+static int is_attention_mask(const pynn_layer *layer, int count, int position)
+{
+    return (layer->type == LAYER_ATTENTION || layer->type == LAYER_TRANSFORMER) && count % 2 == 0
+           && position == count - 1;
+}
+
+/* Every slot's dtype, each call's inputs checked against what its layer
+ * reads (views keep their input's), the outputs float32. */
+static int slot_dtypes(builder *b, pynn_graph *graph, const char *label)
+{
+    if (!(graph->slot_dtypes = calloc((size_t)graph->slot_count, sizeof *graph->slot_dtypes)))
+        return pynn_capi_error(b->err, b->err_len, "%s: out of memory", b->path);
+    for (int i = 0; i < graph->input_count; i++)
+        graph->slot_dtypes[graph->inputs[i].slot] = graph->inputs[i].dtype;
+    static const char *const names[] = {"float32", "int64", "bool"};
+    for (int c = 0; c < graph->call_count; c++) {
+        const pynn_call *call = &graph->calls[c];
+        const pynn_layer *layer = &graph->layers[call->layer];
+        for (int i = 0; i < call->source_count; i++) {
+            const pynn_dtype given = graph->slot_dtypes[call->sources[i]];
+            const int wanted = accepted_dtype(layer, i);
+            const int fits = wanted < 0 || (int)given == wanted
+                             || (given == PYNN_BOOL && is_attention_mask(layer, call->source_count, i));
+            if (!fits)
+                return pynn_capi_error(b->err, b->err_len, "%s: %s%s: input %d is %s, the layer reads %s there",
+                                       b->path, label, layer->name, i, names[given], names[wanted]);
+        }
+        const int wanted = accepted_dtype(layer, 0);
+        for (int k = 0; k < call->target_count; k++)
+            graph->slot_dtypes[call->target + k] = wanted < 0 && layer->type != LAYER_NESTED
+                                                   ? graph->slot_dtypes[call->sources[0]] : PYNN_FLOAT32;
+    }
+    for (int i = 0; i < graph->output_count; i++)
+        if (graph->slot_dtypes[graph->outputs[i].slot] != PYNN_FLOAT32)
+            return pynn_capi_error(b->err, b->err_len, "%s: %soutput %d is %s; the C API gives float32 outputs",
+                                   b->path, label, i, names[graph->slot_dtypes[graph->outputs[i].slot]]);
     return 0;
 }
 
@@ -977,27 +1103,46 @@ static int build_sequential(builder *b, pynn_graph *graph, const pynn_json *arch
         call->sources[0] = slot;
         call->source_count = 1;
         call->target = ++slot;
+        call->target_count = 1;
         call->relu = fuses_relu(&graph->layers[i]) && i + 1 < count && is_relu(&graph->layers[i + 1]);
     }
     graph->slot_count = slot + 1;
-    graph->input_slot = 0;
-    graph->output_slot = slot;
-    return 0;
+    if (!(graph->inputs = calloc(1, sizeof *graph->inputs)) || !(graph->outputs = calloc(1, sizeof *graph->outputs)))
+        return pynn_capi_error(b->err, b->err_len, "%s: out of memory", b->path);
+    graph->input_count = graph->output_count = 1;
+    const int first = accepted_dtype(&graph->layers[0], 0);
+    graph->inputs[0].dtype = first < 0 ? PYNN_FLOAT32 : (pynn_dtype)first;
+    graph->outputs[0].slot = slot;
+    return slot_dtypes(b, graph, label);
 }
 
-/* A reference ["input", i] or ["call", j, 0]: its slot, or -1. */
-static int reference_slot(const pynn_json *reference, int calls_made, const int *call_slots)
+/* A reference ["input", i] or ["call", j, k]: its tensor (inputs first,
+ * then call j's outputs from first[j], outputs[j] of them), or -1. */
+static int reference_tensor(const pynn_json *reference, int inputs, int calls_made, const int *first,
+                            const int *outputs)
 {
     int64_t index, output;
     if (!reference || reference->kind != PYNN_JSON_ARRAY || reference->length < 2
         || reference->items[0]->kind != PYNN_JSON_STRING || !pynn_json_int(reference->items[1], &index))
         return -1;
-    if (!strcmp(reference->items[0]->string, "input") && reference->length == 2 && index == 0)
-        return 0;
+    if (!strcmp(reference->items[0]->string, "input") && reference->length == 2 && index >= 0 && index < inputs)
+        return (int)index;
     if (!strcmp(reference->items[0]->string, "call") && reference->length == 3 && index >= 0
-        && index < calls_made && pynn_json_int(reference->items[2], &output) && output == 0)
-        return call_slots[index];
+        && index < calls_made && pynn_json_int(reference->items[2], &output) && output >= 0
+        && output < outputs[index])
+        return first[index] + (int)output;
     return -1;
+}
+
+/* The numbers of inputs a layer's call may take. */
+static int takes_count(const pynn_layer *layer, size_t count)
+{
+    switch (layer->type) {
+    case LAYER_ATTENTION: return count >= 1 && count <= 4;
+    case LAYER_TRANSFORMER: return count <= 2;
+    case LAYER_NESTED: return (int)count == layer->inner->input_count;
+    default: return layer->takes_list || count == 1;
+    }
 }
 
 static int build_model(builder *b, pynn_graph *graph, const pynn_json *architecture, const char *prefix,
@@ -1051,27 +1196,52 @@ static int build_model(builder *b, pynn_graph *graph, const pynn_json *architect
         || calls->kind != PYNN_JSON_ARRAY || !outputs || outputs->kind != PYNN_JSON_ARRAY)
         return pynn_capi_error(b->err, b->err_len, "%s: %sthe graph must hold the lists inputs, layers, calls and "
                    "outputs", b->path, label);
-    if (inputs->length != 1 || outputs->length != 1)
-        return pynn_capi_error(b->err, b->err_len, "%s: %sthe C API runs models with one input and one output, this one "
-                   "has %zu and %zu", b->path, label, inputs->length, outputs->length);
+    if (inputs->length < 1 || inputs->length > PYNN_GRAPH_MAX_IO || outputs->length < 1
+        || outputs->length > PYNN_GRAPH_MAX_IO)
+        return pynn_capi_error(b->err, b->err_len, "%s: %sthe graph must have 1 to %d inputs and outputs", b->path,
+                               label, PYNN_GRAPH_MAX_IO);
     if (layers->length > PYNN_GRAPH_MAX_LAYERS || calls->length > PYNN_GRAPH_MAX_LAYERS || calls->length == 0)
         return pynn_capi_error(b->err, b->err_len, "%s: %sthe graph must have 1 to %d calls", b->path, label,
                    PYNN_GRAPH_MAX_LAYERS);
-    const pynn_json *input = inputs->items[0], *dtype = pynn_json_get(input, "dtype");
-    if (read_input_shape(b, pynn_json_get(input, "shape"), &graph->input_shape, "input 0's shape"))
-        return -1;
+    const int input_count = (int)inputs->length;
+    int tensors = input_count;
+    graph->input_count = input_count;
+    graph->output_count = (int)outputs->length;
+    graph->inputs = calloc((size_t)input_count, sizeof *graph->inputs);
+    graph->outputs = calloc(outputs->length, sizeof *graph->outputs);
+    if (!graph->inputs || !graph->outputs)
+        return pynn_capi_error(b->err, b->err_len, "%s: out of memory", b->path);
+    for (int i = 0; i < input_count; i++) {
+        static const char *const dtypes[] = {"float32", "int64", "bool"};
+        pynn_graph_io *io = &graph->inputs[i];
+        const pynn_json *input = inputs->items[i], *dtype = pynn_json_get(input, "dtype");
+        const pynn_json *name = pynn_json_get(input, "name");
+        char what[64];
+        snprintf(what, sizeof what, "input %d's shape", i);
+        if (read_input_shape(b, pynn_json_get(input, "shape"), &io->shape, what))
+            return -1;
+        io->slot = i;
+        io->dtype = (pynn_dtype)-1;
+        for (int d = 0; d < 3 && dtype && dtype->kind == PYNN_JSON_STRING; d++)
+            if (!strcmp(dtype->string, dtypes[d]))
+                io->dtype = (pynn_dtype)d;
+        if ((int)io->dtype < 0)
+            return pynn_capi_error(b->err, b->err_len, "%s: %sinput %d's dtype must be float32, int64 or bool",
+                                   b->path, label, i);
+        if (name && name->kind == PYNN_JSON_STRING)
+            snprintf(io->name, sizeof io->name, "%s", name->string);
+    }
     graph->knows_input_shape = 1;
-    if (!dtype || dtype->kind != PYNN_JSON_STRING || strcmp(dtype->string, "float32"))
-        return pynn_capi_error(b->err, b->err_len, "%s: %sthe C API takes float32 inputs; input 0 is not float32",
-                   b->path, label);
     graph->layer_count = (int)layers->length;
     graph->layers = calloc(layers->length + 1, sizeof *graph->layers);
     graph->calls = calloc(calls->length, sizeof *graph->calls);
-    int *call_slots = calloc(calls->length, sizeof *call_slots);
-    int *readers = calloc(calls->length + 1, sizeof *readers);  /* per slot, before fusion: 0 input */
-    int *fusing_call = calloc(calls->length + 1, sizeof *fusing_call);  /* per slot: call index + 1 */
+    /* per call its first tensor and its number of outputs; per tensor (at most
+     * PYNN_GRAPH_MAX_IO per call) its readers before fusion, the call + 1 a
+     * ReLU reading it would fuse into, its slot after fusion, whether it is an output */
+    int *first = calloc(calls->length, sizeof *first), *made_count = calloc(calls->length, sizeof *made_count);
+    int *readers = NULL, *fusing_call = NULL, *slot_of = NULL, *is_output = NULL;
     int result = -1;
-    if (!graph->layers || !graph->calls || !call_slots || !readers || !fusing_call) {
+    if (!graph->layers || !graph->calls || !first || !made_count) {
         pynn_capi_error(b->err, b->err_len, "%s: out of memory", b->path);
         goto done;
     }
@@ -1101,7 +1271,6 @@ static int build_model(builder *b, pynn_graph *graph, const pynn_json *architect
         if (read_layer(b, entry, layer_label, layer_prefix, &graph->layers[i]))
             goto done;
     }
-    /* value slots as the tensors they hold: slot 0 the input, slot j + 1 call j's output */
     for (size_t j = 0; j < calls->length; j++) {
         const pynn_json *entry = calls->items[j], *refs = pynn_json_get(entry, "inputs");
         int64_t layer;
@@ -1112,79 +1281,110 @@ static int build_model(builder *b, pynn_graph *graph, const pynn_json *architect
                 "references]}", b->path, label, j, PYNN_GRAPH_MAX_INPUTS);
             goto done;
         }
-        if (!graph->layers[layer].takes_list && refs->length != 1) {
-            const pynn_layer_type type = graph->layers[layer].type;
-            pynn_capi_error(b->err, b->err_len, "%s: %scall %zu: %s takes one input%s", b->path, label, j,
-                graph->layers[layer].name, type == LAYER_ATTENTION || type == LAYER_TRANSFORMER
-                ? " (the C API runs it as self-attention without a mask)" : "");
+        const pynn_layer *callee = &graph->layers[layer];
+        first[j] = tensors;
+        made_count[j] = callee->type == LAYER_NESTED ? callee->inner->output_count : 1;
+        tensors += made_count[j];
+    }
+    readers = calloc((size_t)tensors, sizeof *readers);
+    fusing_call = calloc((size_t)tensors, sizeof *fusing_call);
+    slot_of = calloc((size_t)tensors, sizeof *slot_of);
+    is_output = calloc((size_t)tensors, sizeof *is_output);
+    if (!readers || !fusing_call || !slot_of || !is_output) {
+        pynn_capi_error(b->err, b->err_len, "%s: out of memory", b->path);
+        goto done;
+    }
+    for (size_t j = 0; j < calls->length; j++) {
+        const pynn_json *entry = calls->items[j], *refs = pynn_json_get(entry, "inputs");
+        int64_t layer;
+        pynn_json_int(pynn_json_get(entry, "layer"), &layer);
+        if (!takes_count(&graph->layers[layer], refs->length)) {
+            pynn_capi_error(b->err, b->err_len, "%s: %scall %zu: %s does not take %zu inputs", b->path, label, j,
+                graph->layers[layer].name, refs->length);
             goto done;
         }
         for (size_t r = 0; r < refs->length; r++) {
-            const int source = reference_slot(refs->items[r], (int)j, call_slots);
+            const int source = reference_tensor(refs->items[r], input_count, (int)j, first, made_count);
             if (source < 0) {
-                pynn_capi_error(b->err, b->err_len, "%s: %scall %zu: input %zu is not the input or an output of an "
+                pynn_capi_error(b->err, b->err_len, "%s: %scall %zu: input %zu is not an input or an output of an "
                     "earlier call", b->path, label, j, r);
                 goto done;
             }
             readers[source]++;
         }
-        call_slots[j] = (int)j + 1;
     }
-    const int output = reference_slot(outputs->items[0], (int)calls->length, call_slots);
-    if (output < 0) {
-        pynn_capi_error(b->err, b->err_len, "%s: %sthe output is not the input or an output of a call", b->path, label);
-        goto done;
+    for (size_t i = 0; i < outputs->length; i++) {
+        const int output = reference_tensor(outputs->items[i], input_count, (int)calls->length, first,
+                                            made_count);
+        if (output < 0) {
+            pynn_capi_error(b->err, b->err_len, "%s: %soutput %zu is not an input or an output of a call",
+                            b->path, label, i);
+            goto done;
+        }
+        graph->outputs[i].slot = output;  /* a tensor until the slots are known */
+        is_output[output] = 1;
     }
     /* the calls as model.py _build_steps makes them: a ReLU that is the only reader of a
      * Linear's or convolution's output (not a model output) becomes that call's activation */
-    int *slot_of = call_slots;  /* reused: call j's output slot after fusion */
-    int slots = 1;
+    int slots = input_count;
+    for (int i = 0; i < input_count; i++)
+        slot_of[i] = i;
     for (size_t j = 0; j < calls->length; j++) {
         const pynn_json *refs = pynn_json_get(calls->items[j], "inputs");
         int64_t layer;
         pynn_json_int(pynn_json_get(calls->items[j], "layer"), &layer);
-        int original[PYNN_GRAPH_MAX_INPUTS];  /* tensor ids: 0 the input, j + 1 call j's output */
-        for (size_t r = 0; r < refs->length; r++) {
-            const pynn_json *ref = refs->items[r];
-            int64_t index = 0;
-            pynn_json_int(ref->items[1], &index);
-            original[r] = !strcmp(ref->items[0]->string, "input") ? 0 : (int)index + 1;
-        }
-        const int source = original[0];
-        if (is_relu(&graph->layers[layer]) && fusing_call[source] && readers[source] == 1
-            && source != output) {
+        int original[PYNN_GRAPH_MAX_INPUTS];
+        for (size_t r = 0; r < refs->length; r++)
+            original[r] = reference_tensor(refs->items[r], input_count, (int)j, first, made_count);
+        const int source = original[0], made = first[j];
+        if (is_relu(&graph->layers[layer]) && fusing_call[source] && readers[source] == 1 && !is_output[source]) {
             graph->calls[fusing_call[source] - 1].relu = 1;
             fusing_call[source] = 0;
-            slot_of[j] = source ? slot_of[source - 1] : 0;
+            slot_of[made] = slot_of[source];
             continue;
         }
         pynn_call *call = &graph->calls[graph->call_count];
         call->layer = (int)layer;
         call->source_count = (int)refs->length;
         for (size_t r = 0; r < refs->length; r++)
-            call->sources[r] = original[r] ? slot_of[original[r] - 1] : 0;
-        call->target = slot_of[j] = slots++;
+            call->sources[r] = slot_of[original[r]];
+        call->target = slots;
+        call->target_count = made_count[j];
+        for (int k = 0; k < made_count[j]; k++)
+            slot_of[made + k] = slots++;
         if (fuses_relu(&graph->layers[layer]))
-            fusing_call[j + 1] = graph->call_count + 1;
+            fusing_call[made] = graph->call_count + 1;
         graph->call_count++;
     }
     graph->slot_count = slots;
-    graph->input_slot = 0;
-    graph->output_slot = output ? slot_of[output - 1] : 0;
-    result = 0;
+    for (int i = 0; i < graph->output_count; i++) {
+        pynn_graph_io *io = &graph->outputs[i];
+        const int tensor = io->slot;
+        io->slot = slot_of[tensor];
+        if (tensor < input_count)
+            snprintf(io->name, sizeof io->name, "%s", graph->inputs[tensor].name);
+        else
+            for (int c = 0; c < graph->call_count; c++)
+                if (graph->calls[c].target <= io->slot
+                    && io->slot < graph->calls[c].target + graph->calls[c].target_count) {
+                    const pynn_json *entry = layers->items[graph->calls[c].layer];
+                    const pynn_json *name = pynn_json_get(entry, "name");
+                    if (!name || name->kind != PYNN_JSON_STRING)
+                        name = pynn_json_get(pynn_json_get(entry, "graph"), "name");
+                    snprintf(io->name, sizeof io->name, "%s", name && name->kind == PYNN_JSON_STRING
+                             ? name->string : graph->layers[graph->calls[c].layer].type_name);
+                }
+    }
+    result = slot_dtypes(b, graph, label);
 done:
-    free(call_slots);
+    free(first);
+    free(made_count);
     free(readers);
     free(fusing_call);
+    free(slot_of);
+    free(is_output);
     return result;
 }
-
-/* A sample's values at any layer are bounded by this many times the values
- * the file and the input hold (plus a floor for small models), as
- * pynn/architecture.py bounds the tensors an architecture claims: a small
- * hostile file cannot make a plan allocate terabytes. */
-#define CLAIM_FACTOR 64
-#define CLAIM_FLOOR ((int64_t)1 << 24)
 
 static void set_claim_bound(pynn_graph *graph, int64_t bound)
 {
@@ -1192,6 +1392,58 @@ static void set_claim_bound(pynn_graph *graph, int64_t bound)
     for (int i = 0; i < graph->layer_count; i++)
         if (graph->layers[i].inner)
             set_claim_bound(graph->layers[i].inner, bound);
+}
+
+/* Every slot's shape for inputs of `batch` samples whose variable axes are `length` long. */
+static int probe(const pynn_graph *graph, int64_t batch, int64_t length, pynn_shape *shapes, char *err,
+                 size_t err_len)
+{
+    pynn_shape inputs[PYNN_GRAPH_MAX_IO];
+    for (int i = 0; i < graph->input_count; i++)
+        inputs[i] = pynn_graph_input(graph, i, batch, length);
+    return pynn_graph_shapes(graph, inputs, shapes, err, err_len);
+}
+
+/* The outputs' per-sample shapes, found as Python checks a call: with two
+ * batch sizes (a layer that mixes the batch axis into the others gives
+ * different per-sample shapes) and, with variable input axes, the first two
+ * lengths every layer takes (an output axis that differs follows them: -1). */
+static int output_shapes(pynn_graph *graph, const char *path, char *err, size_t err_len)
+{
+    int variable = 0, found = 0, failed = 0;
+    for (int i = 0; i < graph->input_count; i++)
+        for (int axis = 0; axis < graph->inputs[i].shape.rank; axis++)
+            variable |= graph->inputs[i].shape.dims[axis] < 0;
+    pynn_shape *shapes = calloc((size_t)graph->slot_count, sizeof *shapes);
+    pynn_shape *paired = calloc((size_t)graph->slot_count, sizeof *paired);
+    char why[400] = "";
+    if (!shapes || !paired)
+        failed = pynn_capi_error(err, err_len, "%s: out of memory", path);
+    for (int64_t length = 1; !failed && length <= (variable ? 64 : 1) && found < 2; length++) {
+        if (probe(graph, 1, length, shapes, why, sizeof why) || probe(graph, 2, length, paired, why, sizeof why))
+            continue;
+        for (int slot = 0; slot < graph->slot_count && !failed; slot++)
+            if (shapes[slot].rank != paired[slot].rank
+                || memcmp(shapes[slot].dims + 1, paired[slot].dims + 1,
+                          (size_t)(shapes[slot].rank > 1 ? shapes[slot].rank - 1 : 0) * sizeof(int64_t)))
+                failed = pynn_capi_error(err, err_len, "%s: a per-sample shape depends on the batch size", path);
+        for (int i = 0; i < graph->output_count && !failed; i++) {
+            const pynn_shape *made = &shapes[graph->outputs[i].slot];
+            pynn_shape *sample = &graph->outputs[i].shape;
+            if (found && sample->rank != made->rank - 1)
+                failed = pynn_capi_error(err, err_len, "%s: output %d's rank depends on the input's length", path, i);
+            for (int axis = 0; axis + 1 < made->rank && !failed; axis++)
+                sample->dims[axis] = found && sample->dims[axis] != made->dims[axis + 1] ? -1 : made->dims[axis + 1];
+            sample->rank = made->rank - 1;
+        }
+        found++;
+    }
+    if (!failed && !found)
+        failed = pynn_capi_error(err, err_len, variable ? "%s: no length up to 64 of the variable axes fits: %s"
+                                                        : "%s: %s", path, why);
+    free(shapes);
+    free(paired);
+    return failed;
 }
 
 int pynn_graph_build(pynn_graph *graph, const pynn_model_file *file, const char *path, char *err,
@@ -1218,12 +1470,13 @@ int pynn_graph_build(pynn_graph *graph, const pynn_model_file *file, const char 
     if (!failed && sequential) {
         const char *recorded = pynn_model_file_metadata(file, "input_shape");
         pynn_json *shape = recorded ? pynn_json_parse(recorded, strlen(recorded), why, sizeof why) : NULL;
+        pynn_shape *input = &graph->inputs[0].shape;
         graph->knows_input_shape = 1;
         if (shape && shape->kind != PYNN_JSON_NULL) {
-            failed = read_input_shape(&b, shape, &graph->input_shape, "the input_shape metadata");
+            failed = read_input_shape(&b, shape, input, "the input_shape metadata");
         } else if (graph->layers[0].type == LAYER_LINEAR) {
-            graph->input_shape.rank = 1;
-            graph->input_shape.dims[0] = graph->layers[0].in_features;
+            input->rank = 1;
+            input->dims[0] = graph->layers[0].in_features;
         } else {
             failed = pynn_capi_error(err, err_len, "%s: the file records no input shape (set model.input_shape before "
                          "saving)", path);
@@ -1231,33 +1484,13 @@ int pynn_graph_build(pynn_graph *graph, const pynn_model_file *file, const char 
         pynn_json_free(shape);
     }
     if (!failed) {
-        int64_t held = pynn_shape_size(&graph->input_shape);
+        int64_t held = 0;
+        for (int i = 0; i < graph->input_count; i++)
+            held += pynn_shape_size(&graph->inputs[i].shape) < 0 ? 0 : pynn_shape_size(&graph->inputs[i].shape);
         for (size_t i = 0; i < file->count; i++)
             held += file->tensors[i].count;
         set_claim_bound(graph, held < CLAIM_FLOOR / CLAIM_FACTOR ? CLAIM_FLOOR : CLAIM_FACTOR * held);
-        /* two batch sizes, as Python checks a call: a layer that mixes the
-         * batch axis into the others gives different per-sample shapes */
-        const pynn_shape input = pynn_graph_input(graph, 1), pair = pynn_graph_input(graph, 2);
-        pynn_shape *shapes = calloc((size_t)graph->slot_count, sizeof *shapes);
-        pynn_shape *paired = calloc((size_t)graph->slot_count, sizeof *paired);
-        char why_shape[400] = "";
-        if (!shapes || !paired)
-            failed = pynn_capi_error(err, err_len, "%s: out of memory", path);
-        else if (pynn_graph_shapes(graph, &input, shapes, why_shape, sizeof why_shape)
-                 || pynn_graph_shapes(graph, &pair, paired, why_shape, sizeof why_shape))
-            failed = pynn_capi_error(err, err_len, "%s: %s", path, why_shape);
-        else {
-            for (int slot = 0; slot < graph->slot_count && !failed; slot++)
-                if (shapes[slot].rank != paired[slot].rank
-                    || memcmp(shapes[slot].dims + 1, paired[slot].dims + 1,
-                              (size_t)(shapes[slot].rank > 1 ? shapes[slot].rank - 1 : 0) * sizeof(int64_t)))
-                    failed = pynn_capi_error(err, err_len, "%s: a per-sample shape depends on the batch size", path);
-            graph->output_shape.rank = shapes[graph->output_slot].rank - 1;
-            memcpy(graph->output_shape.dims, shapes[graph->output_slot].dims + 1,
-                   (size_t)graph->output_shape.rank * sizeof(int64_t));
-        }
-        free(shapes);
-        free(paired);
+        failed = output_shapes(graph, path, err, err_len);
     }
     if (failed)
         pynn_graph_free(graph);
@@ -1273,5 +1506,8 @@ void pynn_graph_free(pynn_graph *graph)
         }
     free(graph->layers);
     free(graph->calls);
+    free(graph->slot_dtypes);
+    free(graph->inputs);
+    free(graph->outputs);
     memset(graph, 0, sizeof *graph);
 }

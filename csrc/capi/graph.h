@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../../include/pynn.h"
 #include "../activations.h"
 #include "../plan.h"
 #include "model_file.h"
@@ -18,13 +19,15 @@
 #define PYNN_GRAPH_MAX_INPUTS 64    /* a merge layer's inputs */
 #define PYNN_GRAPH_MAX_NAME 256
 #define PYNN_GRAPH_MAX_DEPTH 16     /* models nested in models */
+#define PYNN_GRAPH_MAX_IO 64        /* a model's inputs, and its outputs */
 
 typedef enum {
     LAYER_LINEAR, LAYER_MAP, LAYER_SOFTMAX, LAYER_VIEW_SAME, LAYER_FLATTEN, LAYER_RESHAPE,
     LAYER_BATCHNORM1D, LAYER_BATCHNORM2D, LAYER_CONV, LAYER_MAXPOOL, LAYER_AVGPOOL,
     LAYER_GLOBAL_AVGPOOL, LAYER_ADAPTIVE_AVGPOOL, LAYER_ADD, LAYER_MULTIPLY, LAYER_CONCATENATE,
     LAYER_DOT, LAYER_LAYERNORM, LAYER_PERMUTE, LAYER_NESTED, LAYER_LOG_SOFTMAX, LAYER_AFFINE,
-    LAYER_ATTENTION, LAYER_TRANSFORMER, LAYER_POSITIONAL
+    LAYER_ATTENTION, LAYER_TRANSFORMER, LAYER_POSITIONAL, LAYER_EMBEDDING, LAYER_PADDING_MASK,
+    LAYER_MEAN_POOLING
 } pynn_layer_type;
 
 typedef struct pynn_graph pynn_graph;
@@ -39,7 +42,8 @@ typedef struct {
     int rank;
 } pynn_shape;
 
-/* MultiheadAttention (self-attention, no mask) and TransformerEncoderLayer:
+/* MultiheadAttention (x, [x, mask], [q, k, v] or [q, k, v, mask]) and
+ * TransformerEncoderLayer (x or [x, mask]):
  * the tensors of pynn/layers/attention.py and transformer.py, biases NULL when absent. */
 typedef struct {
     int64_t embed_dim, heads, feedforward;
@@ -82,7 +86,8 @@ typedef struct {
     double layer_norm_eps;
     /* MultiheadAttention, TransformerEncoderLayer (its LayerNorms' eps in layer_norm_eps) */
     pynn_attention_params attention;
-    /* PositionalEmbedding: weight [in_features = max_length, out_features = embedding_dim] */
+    /* PositionalEmbedding: weight [in_features = max_length, out_features = embedding_dim];
+     * Embedding: weight [in_features = num_embeddings, out_features = embedding_dim] */
     /* a nested Sequential or Model, run as one step with its own plan (as Python runs it) */
     pynn_graph *inner;
 } pynn_layer;
@@ -92,9 +97,19 @@ typedef struct {
     int layer;
     int sources[PYNN_GRAPH_MAX_INPUTS];
     int source_count;
-    int target;
+    int target, target_count;        /* slots target .. target + target_count (a nested model's outputs) */
     int relu;                        /* the layer's activation is "relu" at this call */
 } pynn_call;
+
+/* A model input or output: one sample's shape (batch excluded, -1 for a
+ * variable axis), its dtype, its slot and its name (an output's: the layer
+ * that makes it). */
+typedef struct {
+    pynn_shape shape;
+    pynn_dtype dtype;
+    int slot;
+    char name[PYNN_GRAPH_MAX_NAME];
+} pynn_graph_io;
 
 struct pynn_graph {
     pynn_layer *layers;
@@ -102,10 +117,10 @@ struct pynn_graph {
     pynn_call *calls;
     int call_count;
     int slot_count;
-    int input_slot, output_slot;
-    pynn_shape input_shape;          /* one sample's, batch excluded; a nested Sequential's is its caller's */
-    int knows_input_shape;
-    pynn_shape output_shape;
+    pynn_dtype *slot_dtypes;         /* per slot: int64 and bool only for inputs and their views */
+    pynn_graph_io *inputs, *outputs; /* inputs in slots 0 .. input_count */
+    int input_count, output_count;
+    int knows_input_shape;           /* a nested Sequential's input shape is its caller's */
     int64_t claim_bound;             /* the most values per sample any call may output */
 };
 
@@ -115,12 +130,16 @@ int pynn_graph_build(pynn_graph *graph, const pynn_model_file *file, const char 
                      size_t err_len);
 void pynn_graph_free(pynn_graph *graph);
 
-/* Every slot's shape for an input of `input` (batch included) (shapes[slot_count]);
- * 0, or -1 with a message naming the layer that refuses its input. */
-int pynn_graph_shapes(const pynn_graph *graph, const pynn_shape *input, pynn_shape *shapes, char *err,
+/* Every slot's shape for inputs of shapes `inputs[input_count]` (batch
+ * included) (shapes[slot_count]); 0, or -1 with a message naming the layer
+ * that refuses its input. */
+int pynn_graph_shapes(const pynn_graph *graph, const pynn_shape *inputs, pynn_shape *shapes, char *err,
                       size_t err_len);
-/* The input of `batch` samples of the graph's input shape. */
-pynn_shape pynn_graph_input(const pynn_graph *graph, int64_t batch);
+/* Input `index` of `batch` samples, its variable axes `length` long. */
+pynn_shape pynn_graph_input(const pynn_graph *graph, int index, int64_t batch, int64_t length);
+
+/* `shape` (batch first) fits one sample's `sample`, whose -1 axes take any length. */
+int pynn_shape_fits(const pynn_shape *sample, const pynn_shape *shape);
 
 /* Elements of a shape (the shapes are bounded, so this never overflows). */
 int64_t pynn_shape_size(const pynn_shape *shape);

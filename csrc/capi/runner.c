@@ -9,6 +9,7 @@
 
 #include "../attention.h"
 #include "../batchnorm.h"
+#include "../dense.h"
 #include "../conv.h"
 #include "../gemm.h"
 #include "../layernorm.h"
@@ -26,14 +27,15 @@ typedef struct {
     int sources[PYNN_GRAPH_MAX_INPUTS];  /* slots holding the values (views resolved) */
     int shaped[PYNN_GRAPH_MAX_INPUTS];   /* slots whose shapes the layer reads */
     int source_count;
-    int target;
+    int target, target_count;        /* a nested model's outputs: target_count slots from target */
     int layer_relu;                  /* the layer's own activation at this call */
     int relu;                        /* a following ReLU fused by the schedule */
     const pynn_layer *batchnorm;     /* a following BatchNorm2d folded into this convolution */
 } step;
 
 struct pynn_runner {
-    int64_t batch;
+    const pynn_graph *graph;
+    pynn_shape *inputs;              /* the input shapes it runs, batch first */
     int threads;
     step *steps;
     int step_count;
@@ -46,15 +48,17 @@ struct pynn_runner {
     float **folded;                  /* per step: a folded weight and bias, or NULL */
     pynn_runner **nested;            /* per step: a nested model's own plan, or NULL */
     float **scratch;                 /* per step: an attention's or transformer's arrays, or NULL */
+    void **masks;                    /* per step: a masked attention's key counts and bytes, or NULL */
     float *workspace;
-    int input_slot, output_slot;
+    int *input_slots, *output_slots; /* canonical */
+    int *copied;                     /* per output: held in an input's or an earlier output's slot */
 };
 
 
 /* -- the schedule (pynn/schedule.py build) ----------------------------------------- */
 typedef struct {
     int *alias, *readers, *private_, *producer;
-    int output;
+    int *is_output;
 } scheduling;
 
 static int canonical(const scheduling *s, int slot)
@@ -66,7 +70,7 @@ static int canonical(const scheduling *s, int slot)
 
 static int sole_reader(const scheduling *s, int slot)
 {
-    return s->private_[slot] && s->readers[slot] == 1 && slot != s->output;
+    return s->private_[slot] && s->readers[slot] == 1 && !s->is_output[slot];
 }
 
 static void view(scheduling *s, int target, int source)
@@ -112,13 +116,14 @@ static int build_steps(pynn_runner *r, const pynn_graph *graph, scheduling *s)
         s->private_[slot] = 1;
         s->producer[slot] = -1;
     }
-    s->output = graph->output_slot;
+    for (int i = 0; i < graph->output_count; i++)
+        s->is_output[graph->outputs[i].slot] = 1;
     for (int c = 0; c < graph->call_count; c++) {
         const pynn_call *call = &graph->calls[c];
         const pynn_layer *layer = &graph->layers[call->layer];
-        const int source = call->sources[0], target = call->target;
+        const int source = call->sources[0], target = call->target, single = call->target_count == 1;
         const int before = s->producer[canonical(s, source)];
-        if (before >= 0 && !layer->takes_list && sole_reader(s, source)) {
+        if (single && before >= 0 && !layer->takes_list && sole_reader(s, source)) {
             step *b = &r->steps[before];
             /* a convolution carrying its own ReLU is not followed by its BatchNorm's input */
             if (layer->type == LAYER_BATCHNORM2D && b->kind == KIND_CONV && !b->batchnorm && !b->relu
@@ -148,11 +153,22 @@ static int build_steps(pynn_runner *r, const pynn_graph *graph, scheduling *s)
             st->shaped[i] = call->sources[i];
         }
         st->target = target;
+        st->target_count = call->target_count;
         st->layer_relu = call->relu;
-        s->producer[target] = r->step_count++;
+        if (single)
+            s->producer[target] = r->step_count;
+        r->step_count++;
     }
-    r->input_slot = canonical(s, graph->input_slot);
-    r->output_slot = canonical(s, graph->output_slot);
+    for (int i = 0; i < graph->input_count; i++)
+        r->input_slots[i] = canonical(s, graph->inputs[i].slot);
+    for (int i = 0; i < graph->output_count; i++) {
+        r->output_slots[i] = canonical(s, graph->outputs[i].slot);
+        r->copied[i] = 0;
+        for (int k = 0; k < graph->input_count; k++)
+            r->copied[i] |= r->output_slots[i] == r->input_slots[k];
+        for (int k = 0; k < i; k++)
+            r->copied[i] |= r->output_slots[i] == r->output_slots[k];
+    }
     return 0;
 }
 
@@ -188,6 +204,17 @@ static int take(pool *p, int64_t need)
     return buffer;
 }
 
+static int is_caller(const pynn_runner *r, int slot)
+{
+    for (int i = 0; i < r->graph->input_count; i++)
+        if (r->input_slots[i] == slot)
+            return 1;
+    for (int i = 0; i < r->graph->output_count; i++)
+        if (r->output_slots[i] == slot)
+            return 1;
+    return 0;
+}
+
 static int assign_buffers(pynn_runner *r, int *slot_buffers, pool *p)
 {
     const int n = r->slot_count;
@@ -212,17 +239,20 @@ static int assign_buffers(pynn_runner *r, int *slot_buffers, pool *p)
             if (!seen && last_read[source] == i && slot_buffers[source] >= 0)
                 dying[dying_count++] = source;
         }
-        const int caller = st->target == r->input_slot || st->target == r->output_slot;
         int first_dying = 0;
-        if ((st->kind == KIND_ADD || st->kind == KIND_MAP) && dying_count && !caller) {
+        if ((st->kind == KIND_ADD || st->kind == KIND_MAP) && dying_count && !is_caller(r, st->target)) {
             slot_buffers[st->target] = slot_buffers[dying[0]];
             first_dying = 1;
-        } else if (!caller) {
-            const int64_t need = pynn_shape_size(&r->shapes[st->target]);
-            slot_buffers[st->target] = take(p, need > 1 ? need : 1);
+        } else {
+            for (int t = st->target; t < st->target + st->target_count; t++)
+                if (!is_caller(r, t)) {
+                    const int64_t need = pynn_shape_size(&r->shapes[t]);
+                    slot_buffers[t] = take(p, need > 1 ? need : 1);
+                }
         }
-        if (!caller && last_read[st->target] < 0 && slot_buffers[st->target] >= 0)
-            p->free_list[p->free_count++] = slot_buffers[st->target];
+        for (int t = st->target; t < st->target + st->target_count; t++)
+            if (!is_caller(r, t) && last_read[t] < 0 && slot_buffers[t] >= 0)
+                p->free_list[p->free_count++] = slot_buffers[t];
         for (int k = first_dying; k < dying_count; k++)
             p->free_list[p->free_count++] = slot_buffers[dying[k]];
     }
@@ -346,18 +376,74 @@ static int describe(pynn_runner *r, int index, size_t *workspace_floats)
 /* -- attention and the transformer encoder layer (pynn/layers/attention.py, transformer.py) -- */
 static size_t whole_lines(int64_t floats) { return (size_t)((floats + 15) / 16 * 16); }
 
-/* The floats an attention or transformer step needs beside its input and
- * output for input [N, T, E]: the packed projection [N, T, 3E] and the
- * heads' output, then the transformer's six [N, T, E] and [N, T, F] arrays. */
-static size_t attention_scratch(const pynn_layer *layer, const pynn_shape *x)
+/* Whether an attention step projects one tensor with the packed [N, T, 3E]
+ * GEMM: as MultiheadAttention.infer, when its query, key and value are one
+ * array (one slot, read in its own shape). */
+static int packed_attention(const pynn_runner *r, const step *st)
+{
+    if (st->source_count < 3)
+        return 1;
+    for (int i = 0; i < 3; i++)
+        if (st->sources[i] != st->sources[0]
+            || !same_shape(&r->shapes[st->sources[i]], &r->shapes[st->shaped[i]]))
+            return 0;
+    return 1;
+}
+
+/* The floats an attention or transformer step needs beside its inputs and
+ * output, for query [N, T, E] and key [N, S, E]: the packed projection
+ * [N, T, 3E] (else the three projections) and the heads' output, then the
+ * transformer's six [N, T, E] and [N, T, F] arrays. */
+static size_t attention_scratch(const pynn_layer *layer, const pynn_shape *query, const pynn_shape *key,
+                                int packed)
 {
     if (layer->type != LAYER_ATTENTION && layer->type != LAYER_TRANSFORMER)
         return 0;
-    const int64_t rows = x->dims[0] * x->dims[1], e = layer->attention.embed_dim;
-    const size_t attention = whole_lines(rows * 3 * e) + whole_lines(rows * e);
+    const int64_t rows = query->dims[0] * query->dims[1], e = layer->attention.embed_dim;
+    const int64_t key_rows = key->dims[0] * key->dims[1];
+    const size_t projections = packed ? whole_lines(rows * 3 * e)
+                                      : whole_lines(rows * e) + 2 * whole_lines(key_rows * e);
+    const size_t attention = projections + whole_lines(rows * e);
     if (layer->type == LAYER_ATTENTION)
         return attention;
     return attention + 5 * whole_lines(rows * e) + whole_lines(rows * layer->attention.feedforward);
+}
+
+/* A key-padding mask [N, S] (bool, nonzero where the key is padding, or
+ * float32 added to the scores) as MultiheadAttention's _mask_arguments
+ * hands it to the kernel: the number of leading keys per sequence when the
+ * mask pads at the end, else the mask broadcast over heads and queries (a
+ * bool one turned over into `allowed`, since the kernel's nonzero attends). */
+static void mask_arguments(int64_t batch, int64_t keys, const void *data, pynn_dtype dtype, int64_t *counts,
+                           unsigned char *allowed, pynn_attention_mask *mask)
+{
+    const unsigned char *flags = data;
+    const float *bias = data;
+    int at_end = 1;
+    memset(mask, 0, sizeof *mask);
+    for (int64_t n = 0; n < batch; n++) {
+        int64_t padded = 0;
+        for (int64_t s = 0; s < keys; s++)
+            padded += dtype == PYNN_BOOL ? flags[n * keys + s] != 0 : bias[n * keys + s] == -INFINITY;
+        counts[n] = keys - padded;
+        for (int64_t s = 0; s < keys && at_end; s++) {
+            const int pad = dtype == PYNN_BOOL ? flags[n * keys + s] != 0 : bias[n * keys + s] == -INFINITY;
+            at_end = pad == (s >= counts[n]) && (dtype == PYNN_BOOL || pad || bias[n * keys + s] == 0.0f);
+        }
+    }
+    if (at_end) {
+        mask->key_counts = counts;
+        return;
+    }
+    mask->batch_stride = keys;
+    mask->key_stride = 1;
+    if (dtype == PYNN_FLOAT32) {
+        mask->bias = bias;
+        return;
+    }
+    for (int64_t i = 0; i < batch * keys; i++)
+        allowed[i] = !flags[i];
+    mask->allowed = allowed;
 }
 
 /* y[rows, n] = x[rows, k] Wᵀ + bias (and ReLU), as Linear.infer and gemm_into call the GEMM. */
@@ -375,20 +461,38 @@ static void add_rows(const pynn_context *ctx, int64_t size, const float *a, cons
     pynn_broadcast_binary(ctx, PYNN_TENSOR_ADD, 1, &extent, &extent, a, &extent, b, y);
 }
 
-/* MultiheadAttention.infer on one tensor: the packed in-projection, the
- * kernel over strided views of it per head, the output projection. */
-static int self_attention(const pynn_context *ctx, const pynn_attention_params *a, int64_t batch,
-                          int64_t tokens, const float *x, float *y, float *scratch)
+/* MultiheadAttention.infer: the in-projections (one packed GEMM when
+ * `packed`, query, key and value then being one tensor, else three), the
+ * kernel over strided views of them per head, the output projection. */
+static int attention(const pynn_context *ctx, const pynn_attention_params *a, int64_t batch, int64_t queries,
+                     int64_t keys, const float *query, const float *key, const float *value, int packed,
+                     const pynn_attention_mask *mask, float *y, float *scratch)
 {
-    const int64_t e = a->embed_dim, rows = batch * tokens, d = e / a->heads;
-    float *packed = scratch, *heads_out = scratch + whole_lines(rows * 3 * e);
-    linear_rows(ctx, rows, e, 3 * e, x, a->in_weight, a->in_bias, 0, packed);
-    const pynn_attention_shape shape = {batch, a->heads, tokens, tokens, d, d, (float)(1.0 / sqrt((double)d))};
-    const pynn_attention_input q = {packed, tokens * 3 * e, d, 3 * e}, k = {packed + e, tokens * 3 * e, d, 3 * e},
-                               v = {packed + 2 * e, tokens * 3 * e, d, 3 * e};
-    const pynn_attention_output out = {heads_out, tokens * e, d, e};
-    const pynn_attention_mask none = {0};
-    if (pynn_attention_forward(ctx, &shape, q, k, v, &none, out, NULL, NULL))
+    const int64_t e = a->embed_dim, rows = batch * queries, key_rows = batch * keys, d = e / a->heads;
+    const pynn_attention_shape shape = {batch, a->heads, queries, keys, d, d, (float)(1.0 / sqrt((double)d))};
+    pynn_attention_input q, k, v;
+    float *heads_out;
+    if (packed) {
+        float *projected = scratch;
+        heads_out = scratch + whole_lines(rows * 3 * e);
+        linear_rows(ctx, rows, e, 3 * e, query, a->in_weight, a->in_bias, 0, projected);
+        q = (pynn_attention_input){projected, queries * 3 * e, d, 3 * e};
+        k = (pynn_attention_input){projected + e, queries * 3 * e, d, 3 * e};
+        v = (pynn_attention_input){projected + 2 * e, queries * 3 * e, d, 3 * e};
+    } else {
+        float *parts[3] = {scratch, scratch + whole_lines(rows * e),
+                           scratch + whole_lines(rows * e) + whole_lines(key_rows * e)};
+        const float *sources[3] = {query, key, value};
+        heads_out = parts[2] + whole_lines(key_rows * e);
+        for (int part = 0; part < 3; part++)
+            linear_rows(ctx, part ? key_rows : rows, e, e, sources[part], a->in_weight + part * e * e,
+                        a->in_bias ? a->in_bias + part * e : NULL, 0, parts[part]);
+        q = (pynn_attention_input){parts[0], queries * e, d, e};
+        k = (pynn_attention_input){parts[1], keys * e, d, e};
+        v = (pynn_attention_input){parts[2], keys * e, d, e};
+    }
+    const pynn_attention_output out = {heads_out, queries * e, d, e};
+    if (pynn_attention_forward(ctx, &shape, q, k, v, mask, out, NULL, NULL))
         return -1;
     linear_rows(ctx, rows, e, e, heads_out, a->out_weight, a->out_bias, 0, y);
     return 0;
@@ -398,7 +502,7 @@ static int self_attention(const pynn_context *ctx, const pynn_attention_params *
  * norm2(r + ff(r)) with r = norm1(x + sa(x)), pre-norm
  * r + ff(norm2(r)) with r = x + sa(norm1(x)). */
 static int transformer(const pynn_context *ctx, const pynn_layer *layer, int64_t batch, int64_t tokens,
-                       const float *x, float *y, float *scratch)
+                       const float *x, const pynn_attention_mask *mask, float *y, float *scratch)
 {
     const pynn_attention_params *a = &layer->attention;
     const int64_t e = a->embed_dim, f = a->feedforward, rows = batch * tokens, size = rows * e;
@@ -414,7 +518,8 @@ static int transformer(const pynn_context *ctx, const pynn_layer *layer, int64_t
         pynn_layer_norm_forward(ctx, rows, e, x, a->norm1_weight, a->norm1_bias, eps, normed);
         attention_input = normed;
     }
-    if (self_attention(ctx, a, batch, tokens, attention_input, attended, scratch))
+    if (attention(ctx, a, batch, tokens, tokens, attention_input, attention_input, attention_input, 1, mask,
+                  attended, scratch))
         return -1;
     add_rows(ctx, size, x, attended, residual);
     const float *fed_input = residual;
@@ -449,6 +554,13 @@ void pynn_runner_free(pynn_runner *r)
         pynn_runner_free(r->nested[i]);
     for (int i = 0; r->scratch && i < r->step_count; i++)
         free(r->scratch[i]);
+    for (int i = 0; r->masks && i < r->step_count; i++)
+        free(r->masks[i]);
+    free(r->masks);
+    free(r->inputs);
+    free(r->input_slots);
+    free(r->output_slots);
+    free(r->copied);
     free(r->nested);
     free(r->scratch);
     free(r->buffers);
@@ -461,29 +573,33 @@ void pynn_runner_free(pynn_runner *r)
     free(r);
 }
 
-static pynn_runner *build_for(const pynn_graph *graph, const pynn_shape *input, int threads, char *err,
-                              size_t err_len);
-
-/* A nested model's step: its own plan for the step's input, as Python's
+/* A nested model's step: its own plan for the step's inputs, as Python's
  * nested model runs its own plan inside the caller's (pynn/model.py infer). */
 static int build_nested(pynn_runner *r, int index, char *err, size_t err_len)
 {
     const step *st = &r->steps[index];
+    pynn_shape inputs[PYNN_GRAPH_MAX_INPUTS];
     char why[400] = "";
-    r->nested[index] = build_for(st->layer->inner, &r->shapes[st->shaped[0]], r->threads, why, sizeof why);
+    for (int i = 0; i < st->source_count; i++)
+        inputs[i] = r->shapes[st->shaped[i]];
+    r->nested[index] = pynn_runner_build(st->layer->inner, inputs, r->threads, why, sizeof why);
     if (!r->nested[index])
         return pynn_capi_error(err, err_len, "%s: %s", st->layer->name, why);
     return 0;
 }
 
-pynn_runner *pynn_runner_build(const pynn_graph *graph, int64_t batch, int threads, char *err, size_t err_len)
+/* The bytes a masked attention step needs for its key counts and flags. */
+static size_t mask_scratch(const pynn_runner *r, const step *st)
 {
-    const pynn_shape input = pynn_graph_input(graph, batch);
-    return build_for(graph, &input, threads, err, err_len);
+    const pynn_layer_type type = st->layer->type;
+    if ((type != LAYER_ATTENTION && type != LAYER_TRANSFORMER) || st->source_count % 2)
+        return 0;
+    const pynn_shape *mask = &r->shapes[st->shaped[st->source_count - 1]];
+    return (size_t)(mask->dims[0] * (int64_t)sizeof(int64_t) + mask->dims[0] * mask->dims[1]) + 1;
 }
 
-static pynn_runner *build_for(const pynn_graph *graph, const pynn_shape *input, int threads, char *err,
-                              size_t err_len)
+pynn_runner *pynn_runner_build(const pynn_graph *graph, const pynn_shape *inputs, int threads, char *err,
+                               size_t err_len)
 {
     const size_t slots = (size_t)graph->slot_count, calls = (size_t)graph->call_count + 1;
     pynn_runner *r = calloc(1, sizeof *r);
@@ -492,7 +608,7 @@ static pynn_runner *build_for(const pynn_graph *graph, const pynn_shape *input, 
     int *slot_buffers = NULL;
     if (!r)
         goto out_of_memory;
-    r->batch = input->dims[0];
+    r->graph = graph;
     r->threads = threads;
     r->slot_count = graph->slot_count;
     r->shapes = calloc(slots, sizeof *r->shapes);
@@ -502,19 +618,27 @@ static pynn_runner *build_for(const pynn_graph *graph, const pynn_shape *input, 
     r->folded = calloc(calls, sizeof *r->folded);
     r->nested = calloc(calls, sizeof *r->nested);
     r->scratch = calloc(calls, sizeof *r->scratch);
+    r->masks = calloc(calls, sizeof *r->masks);
+    r->inputs = calloc((size_t)graph->input_count, sizeof *r->inputs);
+    r->input_slots = calloc((size_t)graph->input_count, sizeof *r->input_slots);
+    r->output_slots = calloc((size_t)graph->output_count, sizeof *r->output_slots);
+    r->copied = calloc((size_t)graph->output_count, sizeof *r->copied);
+    s.is_output = calloc(slots, sizeof(int));
     s.alias = calloc(slots, sizeof(int));
     s.readers = calloc(slots, sizeof(int));
     s.private_ = calloc(slots, sizeof(int));
     s.producer = calloc(slots, sizeof(int));
-    p.sizes = calloc(calls, sizeof *p.sizes);
+    p.sizes = calloc(slots + 1, sizeof *p.sizes);  /* a buffer per written slot at most */
     p.free_list = calloc(2 * calls * PYNN_GRAPH_MAX_INPUTS, sizeof(int));
     slot_buffers = calloc(slots, sizeof(int));
     if (!r->shapes || !r->slots || !r->steps || !r->kernel_steps || !r->folded || !r->nested || !r->scratch
+        || !r->masks || !r->inputs || !r->input_slots || !r->output_slots || !r->copied || !s.is_output
         || !s.alias
         || !s.readers
         || !s.private_ || !s.producer || !p.sizes || !p.free_list || !slot_buffers)
         goto out_of_memory;
-    if (pynn_graph_shapes(graph, input, r->shapes, err, err_len))
+    memcpy(r->inputs, inputs, (size_t)graph->input_count * sizeof *inputs);
+    if (pynn_graph_shapes(graph, inputs, r->shapes, err, err_len))
         goto failed;
     build_steps(r, graph, &s);
     if (assign_buffers(r, slot_buffers, &p))
@@ -534,8 +658,14 @@ static pynn_runner *build_for(const pynn_graph *graph, const pynn_shape *input, 
             goto out_of_memory;
         if (r->steps[i].layer->type == LAYER_NESTED && build_nested(r, i, err, err_len))
             goto failed;
-        const size_t scratch = attention_scratch(r->steps[i].layer, &r->shapes[r->steps[i].shaped[0]]);
+        const step *st = &r->steps[i];
+        const size_t scratch = attention_scratch(st->layer, &r->shapes[st->shaped[0]],
+                                                 &r->shapes[st->shaped[st->source_count >= 3]],
+                                                 packed_attention(r, st));
         if (scratch && !(r->scratch[i] = pynn_aligned_floats(scratch)))
+            goto out_of_memory;
+        const size_t mask_bytes = mask_scratch(r, st);
+        if (mask_bytes && !(r->masks[i] = pynn_aligned_floats(mask_bytes / sizeof(float) + 1)))
             goto out_of_memory;
     }
     if (!(r->workspace = pynn_aligned_floats(workspace ? workspace : 1)))
@@ -544,7 +674,7 @@ static pynn_runner *build_for(const pynn_graph *graph, const pynn_shape *input, 
         r->kernel_steps[i].workspace = r->workspace;
     goto done;
 out_of_memory:
-    pynn_capi_error(err, err_len, "out of memory building the plan for a batch of %lld", (long long)input->dims[0]);
+    pynn_capi_error(err, err_len, "out of memory building the plan for a batch of %lld", (long long)inputs[0].dims[0]);
 failed:
     pynn_runner_free(r);
     r = NULL;
@@ -553,14 +683,24 @@ done:
     free(s.readers);
     free(s.private_);
     free(s.producer);
+    free(s.is_output);
     free(p.sizes);
     free(p.free_list);
     free(slot_buffers);
     return r;
 }
 
-int64_t pynn_runner_batch(const pynn_runner *r) { return r->batch; }
-int pynn_runner_threads(const pynn_runner *r) { return r->threads; }
+const pynn_shape *pynn_runner_shape(const pynn_runner *r, int slot) { return &r->shapes[slot]; }
+
+int pynn_runner_runs(const pynn_runner *r, const pynn_shape *inputs, int threads)
+{
+    if (threads >= 0 && r->threads != threads)
+        return 0;
+    for (int i = 0; i < r->graph->input_count; i++)
+        if (!same_shape(&r->inputs[i], &inputs[i]))
+            return 0;
+    return 1;
+}
 
 /* -- running (pynn/_kernels/plan.pxi run_steps, run_python) ----------------------------- */
 static pynn_pool_shape pool_geometry(const pynn_layer *layer, const pynn_shape *x, const pynn_shape *y)
@@ -643,12 +783,43 @@ static int run_other(const pynn_runner *r, const pynn_context *ctx, int index, c
         return 0;
     }
     case LAYER_ATTENTION:
-        if (self_attention(ctx, &layer->attention, xs->dims[0], xs->dims[1], x, y, r->scratch[index]))
+    case LAYER_TRANSFORMER: {
+        const int count = st->source_count, crossed = count >= 3;
+        const pynn_shape *keys = &r->shapes[st->shaped[crossed]];
+        pynn_attention_mask mask = {0};
+        if (count % 2 == 0) {
+            const pynn_shape *m = &r->shapes[st->shaped[count - 1]];
+            int64_t *counts = r->masks[index];
+            mask_arguments(m->dims[0], m->dims[1], r->slots[st->sources[count - 1]],
+                           r->graph->slot_dtypes[st->shaped[count - 1]], counts,
+                           (unsigned char *)(counts + m->dims[0]), &mask);
+        }
+        const int failed = layer->type == LAYER_TRANSFORMER
+            ? transformer(ctx, layer, xs->dims[0], xs->dims[1], x, &mask, y, r->scratch[index])
+            : attention(ctx, &layer->attention, xs->dims[0], xs->dims[1], keys->dims[1], x,
+                        r->slots[st->sources[crossed]], r->slots[st->sources[2 * crossed]], packed_attention(r, st),
+                        &mask, y, r->scratch[index]);
+        if (failed)
             return pynn_capi_error(err, err_len, "%s: no memory for the attention scores", layer->name);
         return 0;
-    case LAYER_TRANSFORMER:
-        if (transformer(ctx, layer, xs->dims[0], xs->dims[1], x, y, r->scratch[index]))
-            return pynn_capi_error(err, err_len, "%s: no memory for the attention scores", layer->name);
+    }
+    case LAYER_EMBEDDING: {
+        const int64_t *rows = (const int64_t *)r->slots[st->sources[0]];
+        const ptrdiff_t count = pynn_shape_size(xs);
+        for (ptrdiff_t i = 0; i < count; i++)
+            if (rows[i] < 0 || rows[i] >= layer->in_features)
+                return pynn_capi_error(err, err_len, "%s: index %lld is out of range for %lld embeddings (valid: 0 "
+                                       "to %lld)", layer->name, (long long)rows[i], (long long)layer->in_features,
+                                       (long long)layer->in_features - 1);
+        pynn_embedding_gather(ctx, count, layer->out_features, layer->weight, rows, y);
+        return 0;
+    }
+    case LAYER_PADDING_MASK:
+        pynn_padding_bias(ctx, pynn_shape_size(xs), (const int64_t *)r->slots[st->sources[0]], y);
+        return 0;
+    case LAYER_MEAN_POOLING:
+        pynn_masked_mean(ctx, xs->dims[0], xs->dims[1], xs->dims[2], x, (const int64_t *)r->slots[st->sources[1]],
+                         y);
         return 0;
     case LAYER_POSITIONAL: {  /* x + weight[:T] broadcast over the batch */
         const ptrdiff_t dims[3] = {xs->dims[0], xs->dims[1], xs->dims[2]};
@@ -728,25 +899,34 @@ static int run_other(const pynn_runner *r, const pynn_context *ctx, int index, c
         }
         return 0;
     }
-    case LAYER_NESTED:
-        return pynn_runner_run(r->nested[index], ctx, x, y, err, err_len);
+    case LAYER_NESTED: {
+        const void *inputs[PYNN_GRAPH_MAX_INPUTS];
+        void *outputs[PYNN_GRAPH_MAX_IO];
+        for (int k = 0; k < st->target_count; k++)
+            outputs[k] = r->slots[st->target + k];
+        for (int i = 0; i < st->source_count; i++)
+            inputs[i] = r->slots[st->sources[i]];
+        return pynn_runner_run(r->nested[index], ctx, inputs, outputs, err, err_len);
+    }
     default:
         return 0;
     }
 }
 
-int pynn_runner_run(pynn_runner *r, const pynn_context *ctx, const float *x, float *y, char *err,
-                    size_t err_len)
+int pynn_runner_run(pynn_runner *r, const pynn_context *ctx, const void *const *inputs, void *const *outputs,
+                    char *err, size_t err_len)
 {
-    const int copied = r->output_slot == r->input_slot;
-    r->slots[r->input_slot] = (float *)x;  /* read only: no step writes the input's slot */
-    if (!copied)
-        r->slots[r->output_slot] = y;
-    int index = 0;
-    while (index < r->step_count) {
+    const pynn_graph *graph = r->graph;
+    /* read only: no step writes an input's slot */
+    for (int i = 0; i < graph->input_count; i++)
+        r->slots[r->input_slots[i]] = (float *)inputs[i];
+    for (int i = 0; i < graph->output_count; i++)
+        if (!r->copied[i])
+            r->slots[r->output_slots[i]] = outputs[i];
+    int index = 0, failed = 0;
+    while (index < r->step_count && !failed) {
         if (r->steps[index].kind == KIND_OTHER) {
-            if (run_other(r, ctx, index, err, err_len))
-                return -1;
+            failed = run_other(r, ctx, index, err, err_len);
             index++;
             continue;
         }
@@ -754,12 +934,17 @@ int pynn_runner_run(pynn_runner *r, const pynn_context *ctx, const float *x, flo
         while (stop < r->step_count && r->steps[stop].kind != KIND_OTHER)
             stop++;
         if (pynn_plan_run(ctx, r->kernel_steps + index, stop - index, r->slots))
-            return pynn_capi_error(err, err_len, "a convolution could not allocate its scratch");
+            failed = pynn_capi_error(err, err_len, "a convolution could not allocate its scratch");
         index = stop;
     }
-    if (copied)
-        memcpy(y, x, (size_t)pynn_shape_size(&r->shapes[r->output_slot]) * sizeof(float));
-    r->slots[r->input_slot] = NULL;
-    r->slots[r->output_slot] = NULL;
-    return 0;
+    for (int i = 0; i < graph->output_count && !failed; i++)
+        if (r->copied[i])
+            memcpy(outputs[i], r->slots[r->output_slots[i]],
+                   (size_t)pynn_shape_size(&r->shapes[graph->outputs[i].slot]) * sizeof(float));
+    for (int i = 0; i < graph->input_count; i++)
+        r->slots[r->input_slots[i]] = NULL;
+    for (int i = 0; i < graph->output_count; i++)
+        if (!r->copied[i])
+            r->slots[r->output_slots[i]] = NULL;
+    return failed ? -1 : 0;
 }

@@ -11,15 +11,19 @@
 
 typedef struct pynn_runner pynn_runner;
 
-/* The plan for `batch` rows on `threads` threads, or NULL with a message. */
-pynn_runner *pynn_runner_build(const pynn_graph *graph, int64_t batch, int threads, char *err,
+/* The plan for inputs of shapes `inputs[graph->input_count]` (batch first)
+ * on `threads` threads, or NULL with a message. */
+pynn_runner *pynn_runner_build(const pynn_graph *graph, const pynn_shape *inputs, int threads, char *err,
                                size_t err_len);
 void pynn_runner_free(pynn_runner *runner);
-int64_t pynn_runner_batch(const pynn_runner *runner);
-int pynn_runner_threads(const pynn_runner *runner);
+/* The plan is the one for these input shapes and threads (-1: any). */
+int pynn_runner_runs(const pynn_runner *runner, const pynn_shape *inputs, int threads);
+/* The shape a slot holds in this plan. */
+const pynn_shape *pynn_runner_shape(const pynn_runner *runner, int slot);
 
-/* y = the model's output for x (the plan's shapes); 0, or -1 with a message. */
-int pynn_runner_run(pynn_runner *runner, const pynn_context *ctx, const float *x, float *y, char *err,
-                    size_t err_len);
+/* outputs = the model's outputs for inputs (the plan's shapes and the
+ * graph's dtypes); 0, or -1 with a message. */
+int pynn_runner_run(pynn_runner *runner, const pynn_context *ctx, const void *const *inputs, void *const *outputs,
+                    char *err, size_t err_len);
 
 #endif
