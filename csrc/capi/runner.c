@@ -411,26 +411,18 @@ static size_t attention_scratch(const pynn_layer *layer, const pynn_shape *query
 
 /* A key-padding mask [N, S] (bool, nonzero where the key is padding, or
  * float32 added to the scores) as MultiheadAttention's _mask_arguments
- * hands it to the kernel: the number of leading keys per sequence when the
- * mask pads at the end, else the mask broadcast over heads and queries (a
+ * hands it to the kernel (the same test, pynn_attention_key_counts): the
+ * number of leading keys per sequence when the mask pads at the end, else
+ * the mask broadcast over heads and queries (a
  * bool one turned over into `allowed`, since the kernel's nonzero attends). */
 static void mask_arguments(int64_t batch, int64_t keys, const void *data, pynn_dtype dtype, int64_t *counts,
                            unsigned char *allowed, pynn_attention_mask *mask)
 {
     const unsigned char *flags = data;
     const float *bias = data;
-    int at_end = 1;
     memset(mask, 0, sizeof *mask);
-    for (int64_t n = 0; n < batch; n++) {
-        int64_t padded = 0;
-        for (int64_t s = 0; s < keys; s++)
-            padded += dtype == PYNN_BOOL ? flags[n * keys + s] != 0 : bias[n * keys + s] == -INFINITY;
-        counts[n] = keys - padded;
-        for (int64_t s = 0; s < keys && at_end; s++) {
-            const int pad = dtype == PYNN_BOOL ? flags[n * keys + s] != 0 : bias[n * keys + s] == -INFINITY;
-            at_end = pad == (s >= counts[n]) && (dtype == PYNN_BOOL || pad || bias[n * keys + s] == 0.0f);
-        }
-    }
+    const int at_end = pynn_attention_key_counts(batch, keys, dtype == PYNN_BOOL ? flags : NULL,
+                                                 dtype == PYNN_BOOL ? NULL : bias, counts);
     if (at_end) {
         mask->key_counts = counts;
         return;
