@@ -17,7 +17,7 @@ class Match:
         self.last, self.details = last, details
 
 
-class _Graph:
+class Graph:
     """Producers and readers of each tensor name, and the constants known before conversion."""
 
     def __init__(self, nodes, constants, outputs, reduce_axes):
@@ -157,9 +157,10 @@ def _layer_norm(graph, mean):
     return Match("LayerNorm", x, absorbed, last, details)
 
 
-def find(nodes, constants, outputs, reduce_axes):
-    """{index of a pattern's last node: Match}, and the set of absorbed node indices."""
-    graph = _Graph(nodes, constants, outputs, reduce_axes)
+def find(graph):
+    """{index of a pattern's last node: Match}, and the set of absorbed node
+    indices, in a ``Graph``."""
+    nodes = graph.nodes
     matches, absorbed = {}, set()
     for index, node in enumerate(nodes):
         if node.op_type == "Erf":
