@@ -35,7 +35,7 @@ INPUT_COUNTS.update(dict.fromkeys(("Add", "Sub", "Mul", "Div", "Mod", "Pow", "Ma
 INPUT_COUNTS.update({"Conv": (2, 3), "Gemm": (2, 3), "BatchNormalization": (5, 5),
                      "LayerNormalization": (2, 3), "Clip": (1, 3), "ReduceMean": (1, 2),
                      "Squeeze": (1, 2), "Slice": (3, 5), "Dropout": (1, 3), "Concat": (1, 2 ** 16),
-                     "Constant": (0, 0)})
+                     "Constant": (0, 0), "Where": (3, 3)})
 _ATTRIBUTE_TYPES = {"float": 1, "int": 2, "string": 3, "tensor": 4, "floats": 6, "ints": 7}
 _INPUT_TYPES = {1: "float32", 7: "int64", 9: "bool"}
 _ERRORS = (ValueError, TypeError, IndexError, KeyError, ArithmeticError, MemoryError,
@@ -145,8 +145,10 @@ class _Builder:
         self.length_names = set()
         self.foldable = {}  # id(symbolic tensor) -> (the Linear or convolution that made it, it)
         self.outputs = {output.name for output in self.graph.output}
-        self.readers, self.first_reader = {}, {}
+        self.readers, self.first_reader, self.producers = {}, {}, {}
         for node in self.graph.node:
+            for name in node.output:
+                self.producers.setdefault(name, node)
             for name in node.input:
                 if name:
                     self.readers[name] = self.readers.get(name, 0) + 1
@@ -346,11 +348,21 @@ class _Builder:
 
     def _pattern(self, node, match):
         x = self.values.get(match.source)
+        if match.kind == "PaddingMask":
+            if not isinstance(x, SymbolicTensor) or x.dtype != "int64":
+                raise ValueError("the PaddingMask pattern needs an int64 tensor input")
+            return [self.call(self.layer(node, layers.PaddingMask), x)]
         if not isinstance(x, SymbolicTensor) or x.dtype != "float32":
             raise ValueError(f"the {match.kind} pattern needs a float32 tensor input")
         if match.kind in ("GELU", "SiLU"):
             kind = layers.GELU if match.kind == "GELU" else layers.SiLU
             return [self.call(self.layer(node, kind, pattern=match.kind), x)]
+        if match.kind == "MeanPooling":
+            mask = self.values.get(match.details["mask"])
+            if not isinstance(mask, SymbolicTensor) or mask.dtype != "int64":
+                raise ValueError("the MeanPooling pattern needs an int64 mask computed from the "
+                                 "model's inputs")
+            return [self.call(self.layer(node, layers.MeanPooling), [x, mask])]
         details = match.details
         rank = len(x.shape) + 1
         axes = sorted(axes_of(details["axes"], rank))
@@ -405,9 +417,10 @@ class _Builder:
         return axes_of(axes, rank)
 
     def _pattern_axes(self, node):
-        """ReduceMean's axes (an attribute before opset 18, an input since), or
-        None when they are absent or not a constant."""
-        if self.opset < 18:
+        """A reduction's axes (ReduceMean's an attribute before opset 18, an
+        input since; ReduceSum's an input), or None when they are absent or
+        not a constant."""
+        if self.opset < 18 and node.op_type != "ReduceSum":
             return _Attributes(node).ints("axes", None)
         if len(node.input) < 2 or not isinstance(self.values.get(node.input[1]), np.ndarray):
             return None
