@@ -476,9 +476,25 @@ def test_opsets_outside_13_to_21_are_refused(tmp_path, opset):
         pynn.onnx.load(path)
 
 
-def test_a_dynamic_extent_besides_the_batch_is_refused(tmp_path):
-    path = save(tmp_path, [node("Relu", ["x"], ["y"])], [("x", ["N", "T"])], [("y", ["N", "T"])])
+def test_an_unnamed_dynamic_extent_besides_the_batch_is_refused(tmp_path):
+    path = save(tmp_path, [node("Relu", ["x"], ["y"])], [("x", ["N", None])], [("y", ["N", None])])
     with pytest.raises(pynn.ModelFormatError, match="static shape apart from the batch"):
+        pynn.onnx.load(path)
+
+
+def test_a_named_length_is_a_variable_axis(tmp_path):
+    path = save(tmp_path, [node("Relu", ["x"], ["y"])], [("x", ["N", "T", 3])], [("y", ["N", "T", 3])])
+    model = pynn.onnx.load(path)
+    assert model.inputs[0].shape == (None, 3)
+    for length in (2, 7):
+        x = RNG.standard_normal((4, length, 3)).astype(np.float32)
+        np.testing.assert_array_equal(model.predict(x), np.maximum(x, 0))
+
+
+def test_two_named_lengths_are_refused(tmp_path):
+    path = save(tmp_path, [node("Add", ["a", "b"], ["y"])], [("a", ["N", "T"]), ("b", ["N", "S"])],
+                [("y", ["N", "T"])])
+    with pytest.raises(pynn.ModelFormatError, match="pynn reads one"):
         pynn.onnx.load(path)
 
 

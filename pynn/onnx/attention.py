@@ -31,7 +31,7 @@ _MASK_OPS = ("Where", "Not", "Cast", "IsInf", "Equal", "ReduceMax", "Unsqueeze",
              "Shape", "ConstantOfShape", "Concat", "Gather", "Slice", "Squeeze", "Transpose", "Mul",
              "Add", "Sub", "Neg", "Identity")
 _PROBES = ((2, 3), (3, 5), (1, 4))  # (batch size, length) of the check
-_TOLERANCE = 1e-9
+_TOLERANCE = 1e-6  # the graph's float32 constants (a scale of 1/√d) round
 _STEPS = 24  # the longest walk through layout ops looked at
 _ERRORS = (ValueError, TypeError, IndexError, KeyError, ArithmeticError, MemoryError)
 
@@ -119,8 +119,8 @@ def _with_bias(graph, static, index):
 
 
 def _region(graph, static, softmax, describe):
-    """The Region around the Softmax node ``softmax``, or None where its
-    neighbourhood is not an attention's."""
+    """The Region around the Softmax node ``softmax``; None where no MatMul
+    of two tensors makes its scores (not an attention)."""
     nodes = graph.nodes
     matmul = lambda node: node.op_type == "MatMul" and len(node.input) == 2 and all(
         item not in static for item in node.input)
@@ -128,23 +128,30 @@ def _region(graph, static, softmax, describe):
     scores = _upward(graph, static, nodes[softmax].input[0], is_stop)
     if len(scores) != 1 or not matmul(nodes[scores[0]]):
         return None
+
+    def refuse(reason):
+        raise ModelFormatError(f"{describe(nodes[softmax])}: an attention whose {reason}; pynn "
+                               f"reads multi-head self-attention as exporters write it")
+
     readers = _data_readers(graph, nodes[softmax].output[0])
     if len(readers) != 1 or not matmul(nodes[readers[0]]) or \
-            nodes[readers[0]].input[0] != nodes[softmax].output[0]:
-        return None
+            nodes[readers[0]].input[0] != nodes[softmax].output[0] or \
+            nodes[softmax].output[0] in graph.outputs:
+        names = [nodes[index].name for index in readers]
+        refuse(f"probabilities are read by {names!r:.160}, not by one MatMul by v alone")
     by_v = readers[0]
     parts = [_upward(graph, static, name, is_stop) for name in
              (nodes[scores[0]].input[0], nodes[scores[0]].input[1], nodes[by_v].input[1])]
     if any(len(part) != 1 or not _projection(nodes[part[0]], static) for part in parts):
-        return None
+        refuse("q, k and v do not each come from one projection by a constant")
     projections = [part[0] for part in parts]
     sources = {_source(graph, static, nodes[index].input[0]) for index in projections}
     if len(sources) != 1:
-        return None
+        refuse(f"q, k and v project different tensors {sorted(sources)!r:.160} (cross-attention)")
     source = sources.pop()
     out = _output_projection(graph, static, nodes[by_v].output[0])
     if out is None:
-        return None
+        refuse("heads' output does not reach one output projection through layout ops")
     projections.append(out)
     chain = [_with_bias(graph, static, out)[2]]
     while len(chain) < 4:
@@ -154,7 +161,7 @@ def _region(graph, static, softmax, describe):
             break
         chain.append(nodes[readers[0]].output[0])
     members = _between(graph, static, source, chain[-1])
-    _absorb_mask(graph, static, members)
+    _absorb_mask(graph, static, members, source)
     region = Region(softmax, source, projections, chain, members)
     check_closed(graph, region, chain[-1], describe)
     return region
@@ -204,16 +211,16 @@ def _between(graph, static, source, output):
     return above
 
 
-def _absorb_mask(graph, static, members):
+def _absorb_mask(graph, static, members, source):
     """Adds to ``members`` the nodes that only they read and that prepare a
-    mask or a constant."""
+    mask or a constant (not the source's)."""
     changed = True
     while changed:
         changed = False
         for index in list(members):
             for name in graph.nodes[index].input:
                 producer = graph.producer.get(name)
-                if not name or producer is None or producer in members:
+                if not name or name == source or producer is None or producer in members:
                     continue
                 node = graph.nodes[producer]
                 if node.op_type != "Constant" and (node.op_type in _MASK_OPS or name in static) and all(
@@ -406,7 +413,7 @@ def _convert(builder, graph, static, region):
                          "its projections for any heads count")
     name = region.chain[output]
     members = _between(graph, static, region.source, name)
-    _absorb_mask(graph, static, members)
+    _absorb_mask(graph, static, members, region.source)
     check_closed(graph, Region(region.softmax, region.source, region.projections,
                                region.chain[:output + 1], members), name, builder.describe)
     builder.index = graph.producer[name]

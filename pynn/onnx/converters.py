@@ -143,7 +143,12 @@ def matmul(builder, node):
         raise ValueError(f"MatMul by a constant takes a 2-D constant and a per-sample input of "
                          f"at least one axis, got {weight.shape} and {x.shape}")
     bias = builder.foldable_bias(node, weight.shape[1], len(x.shape))
-    layer = builder.layer(node, layers.Linear, weight.shape[0], weight.shape[1],
+    named = node
+    if bias is not None:  # pynn writes a Linear as "<layer>/MatMul" and the Add "<layer>"
+        add = builder.first_reader[node.output[0]]
+        if add.name and node.name.startswith(add.name + "/"):
+            named = add
+    layer = builder.layer(named, layers.Linear, weight.shape[0], weight.shape[1],
                           bias=bias is not None)
     assign(layer, "weight", weight.T)
     if bias is not None:

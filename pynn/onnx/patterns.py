@@ -1,7 +1,8 @@
 """Op sequences exporters emit for one pynn layer, found before conversion:
 the exact GELU ``x · 0.5 · (1 + erf(x / √2))``, SiLU ``x · sigmoid(x)`` and
 the decomposed LayerNorm
-``(x - mean) / √(mean((x - mean)²) + eps) · weight + bias``, and pynn's
+``(x - mean) / √(mean((x - mean)²) + eps) · weight + bias`` (the square as
+``Pow`` or ``Mul``), and pynn's
 translations of PaddingMask and MeanPooling. Each match
 names its last node, which becomes the layer, and the nodes it absorbs;
 every intermediate result must be read by the pattern alone."""
@@ -113,6 +114,16 @@ def _silu(graph, sigmoid):
     return Match("SiLU", node.input[0], [sigmoid], product)
 
 
+def _squares(graph, index, name):
+    """Whether node ``index`` is ``name`` ** 2 or ``name`` · ``name``."""
+    node = graph.nodes[index]
+    if node.op_type == "Mul":
+        return list(node.input) == [name, name] and len(node.output) == 1
+    tensor, exponent = graph.split(index)
+    return tensor == name and exponent is not None and np.size(exponent) == 1 and float(
+        np.reshape(exponent, ())) == 2
+
+
 def _layer_norm(graph, mean):
     """The LayerNorm whose first ReduceMean node is ``mean``, or None."""
     node = graph.nodes[mean]
@@ -122,15 +133,12 @@ def _layer_norm(graph, mean):
     centred = graph.sole_reader(graph.output(mean), "Sub")
     if axes is None or centred is None or list(graph.nodes[centred].input) != [x, node.output[0]]:
         return None
-    readers = graph.readers.get(graph.output(centred), [])
+    readers = set(graph.readers.get(graph.output(centred), []))
     if len(readers) != 2 or graph.output(centred) in graph.outputs:
         return None
-    square = next((i for i in readers if graph.nodes[i].op_type == "Pow"), None)
+    square = next((i for i in readers if graph.nodes[i].op_type in ("Pow", "Mul")), None)
     divide = next((i for i in readers if graph.nodes[i].op_type == "Div"), None)
-    if square is None or divide is None or graph.split(square)[0] != graph.output(centred):
-        return None
-    exponent = graph.split(square)[1]
-    if not (exponent is not None and np.size(exponent) == 1 and float(np.reshape(exponent, ())) == 2):
+    if square is None or divide is None or not _squares(graph, square, graph.output(centred)):
         return None
     variance = graph.sole_reader(graph.output(square), "ReduceMean")
     if variance is None or graph.reduce_axes(graph.nodes[variance]) != axes:
