@@ -12,8 +12,10 @@ the nodes that turn a key-padding mask into score biases; it must read
 nothing from the model but x and the mask, and no node outside it may read
 its intermediate results. Then it is evaluated in float64 at a few batch
 sizes and lengths on random inputs beside pynn's attention with the
-projections' weights: the heads count is the one whose results agree to
-1e-9, and a subgraph that agrees with none is refused."""
+projections' weights: the heads count is the one whose results agree
+(within the rounding of the file's float32 constants), and a subgraph that
+agrees with none is refused, as is anything else that does not fit, by
+the node."""
 import math
 
 import numpy as np
@@ -21,7 +23,7 @@ import numpy as np
 from pynn import layers
 from pynn.architecture import ModelFormatError
 from pynn.onnx.converters import assign
-from pynn.onnx.folding import FOLDERS, axes_of, axis_of, evaluate
+from pynn.onnx.folding import FOLDERS, MAX_FOLDED_ELEMENTS, axes_of, axis_of, evaluate
 from pynn.onnx.tensors import to_array
 
 _LAYOUT = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity")
@@ -238,8 +240,8 @@ def entries(graph, static, members):
 
 
 def check_closed(graph, region, output, describe):
-    """Refuses a region whose intermediate results other nodes read, or that
-    reads more than its source and one mask."""
+    """Refuses a region whose intermediate results other nodes (or the graph's
+    outputs) read."""
     for index in sorted(region.nodes):
         node = graph.nodes[index]
         for name in node.output:
@@ -299,7 +301,7 @@ class _Evaluator:
     def _op(self, node, inputs):
         op, attributes = node.op_type, self.builder.attributes(node)
         if op in FOLDERS:
-            return [_as_float64(FOLDERS[op](inputs, attributes))]
+            return [_as_float64(value) for value in evaluate(op, inputs, attributes)]
         if op == "Dropout":
             return [inputs[0]]
         if op == "MatMul":
@@ -317,8 +319,7 @@ class _Evaluator:
         if op == "Where":
             return [np.where(inputs[0].astype(bool), inputs[1], inputs[2])]
         if op == "ConstantOfShape":
-            value = _ConstantValue.of(node)
-            return [np.full(tuple(int(extent) for extent in inputs[0].reshape(-1)), value)]
+            return [np.full(_bounded(inputs[0].reshape(-1)), _ConstantValue.of(node))]
         if op == "Not":
             return [np.logical_not(inputs[0])]
         if op == "IsInf":
@@ -328,8 +329,8 @@ class _Evaluator:
         if op == "Equal":
             return [np.equal(inputs[0], inputs[1])]
         if op == "Expand":
-            shape = np.broadcast_shapes(inputs[0].shape, tuple(int(e) for e in inputs[1].reshape(-1)))
-            return [np.broadcast_to(inputs[0], shape).copy()]
+            shape = np.broadcast_shapes(inputs[0].shape, _bounded(inputs[1].reshape(-1)))
+            return [np.broadcast_to(inputs[0], _bounded(shape)).copy()]
         if op in ("ReduceMax", "ReduceSum"):
             x = inputs[0]
             if op == "ReduceSum" or self.builder.opset >= 18:
@@ -354,6 +355,14 @@ class _ConstantValue:
                     raise ValueError("ConstantOfShape's value must hold one element")
                 return _as_float64(value).reshape(-1)[0]
         return np.float64(0.0)
+
+
+def _bounded(shape):
+    """``shape`` as a tuple of sizes, refused beyond what folding may produce."""
+    shape = tuple(int(extent) for extent in shape)
+    if any(extent < 0 for extent in shape) or math.prod(shape) > MAX_FOLDED_ELEMENTS:
+        raise ValueError(f"a tensor of shape {shape!r:.80} inside the attention is too large")
+    return shape
 
 
 def _softmax(x, axis):
