@@ -284,3 +284,28 @@ def test_a_length_the_graph_does_not_take_is_refused_by_node(tmp_path):
     with pytest.raises(pynn.ModelFormatError, match=r"node '/mha/Reshape_\d+' \(Reshape, opset 17\)"
                                                     r": in the attention"):
         pynn.onnx.load(damaged(tmp_path, edit))
+
+
+def test_an_int64_mask_read_by_one_attention_becomes_padding_mask_and_attention(tmp_path):
+    x = pynn.Input((None, 8), name="x")
+    mask = pynn.Input((None,), dtype="int64", name="mask")
+    bias = layers.PaddingMask(name="pad")(mask)
+    original = pynn.Model([x, mask], layers.MultiheadAttention(8, 2, name="attn")([x, bias]))
+    pynn.onnx.export(original, tmp_path / "model.onnx")
+    model = pynn.onnx.load(tmp_path / "model.onnx")
+    assert [type(layer).__name__ for layer in model.layers] == ["PaddingMask", "MultiheadAttention"]
+    given = token_feeds(6, 5)
+    given[0] = given[0][..., :8]
+    np.testing.assert_allclose(model.predict(given), original.predict(given), atol=1e-6, rtol=1e-5)
+
+
+def test_cross_attention_is_refused_naming_the_softmax(tmp_path):
+    query = pynn.Input((4, 8), name="query")
+    memory = pynn.Input((4, 8), name="memory")
+    attention = layers.MultiheadAttention(8, 2, name="attn")
+    pynn.onnx.export(pynn.Model([query, memory], attention([query, memory, memory])),
+                     tmp_path / "model.onnx")
+    with pytest.raises(pynn.ModelFormatError, match=r"node 'attn/Softmax' \(Softmax, opset 17\): an "
+                                                    r"attention whose q, k and v project different "
+                                                    r"tensors"):
+        pynn.onnx.load(tmp_path / "model.onnx")
