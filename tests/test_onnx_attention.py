@@ -235,7 +235,8 @@ def test_a_wrongly_shaped_projection_weight_is_refused_by_node(tmp_path):
     def edit(graph):
         weight = next(item for item in graph.initializer if item.name == "mha.out_proj.weight")
         weight.CopyFrom(onnx.numpy_helper.from_array(np.ones((EMBED, 8), np.float32), weight.name))
-    with pytest.raises(pynn.ModelFormatError, match=r"node '/mha/(Gemm|Softmax)' .*opset 17"):
+    with pytest.raises(pynn.ModelFormatError, match=r"node '/mha/Softmax' \(Softmax, opset 17\): the "
+                                                    r"projections' weights \(48, 16\) and \(16, 8\)"):
         pynn.onnx.load(damaged(tmp_path, edit))
 
 
