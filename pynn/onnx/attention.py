@@ -293,7 +293,7 @@ class _Evaluator:
                 inputs = [None if not name else values[name] if name in values else
                           _as_float64(self.constant(name)) for name in node.input]
                 values.update(zip(node.output, self._op(node, inputs)))
-            except _ERRORS as error:
+            except _ERRORS + (ModelFormatError,) as error:
                 raise ModelFormatError(f"{self.builder.describe(node)}: in the attention: "
                                        f"{error}") from None
         return [values[name] for name in wanted]
@@ -319,7 +319,7 @@ class _Evaluator:
         if op == "Where":
             return [np.where(inputs[0].astype(bool), inputs[1], inputs[2])]
         if op == "ConstantOfShape":
-            return [np.full(_bounded(inputs[0].reshape(-1)), _ConstantValue.of(node))]
+            return [np.full(_bounded(inputs[0].reshape(-1)), _fill_value(node))]
         if op == "Not":
             return [np.logical_not(inputs[0])]
         if op == "IsInf":
@@ -344,17 +344,15 @@ class _Evaluator:
         raise ValueError(f"{op:.40} is not an op pynn reads inside an attention")
 
 
-class _ConstantValue:
-    @staticmethod
-    def of(node):
-        """ConstantOfShape's value (float 0 by default), float as float64."""
-        for attribute in node.attribute:
-            if attribute.name == "value":
-                value = to_array(attribute.t, None, "ConstantOfShape value")
-                if value.size != 1:
-                    raise ValueError("ConstantOfShape's value must hold one element")
-                return _as_float64(value).reshape(-1)[0]
-        return np.float64(0.0)
+def _fill_value(node):
+    """ConstantOfShape's value (float 0 by default), a float as float64."""
+    for attribute in node.attribute:
+        if attribute.name == "value":
+            value = to_array(attribute.t, None, "ConstantOfShape value")
+            if value.size != 1:
+                raise ValueError("ConstantOfShape's value must hold one element")
+            return _as_float64(value).reshape(-1)[0]
+    return np.float64(0.0)
 
 
 def _bounded(shape):
