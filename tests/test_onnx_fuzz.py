@@ -21,7 +21,8 @@ OPS = ["Conv", "Gemm", "MatMul", "BatchNormalization", "LayerNormalization", "Re
        "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Flatten", "Reshape",
        "Squeeze", "Unsqueeze", "Transpose", "Concat", "Gather", "Identity", "Dropout", "Cast",
        "Add", "Sub", "Mul", "Div", "Shape", "Slice", "Mod", "Sqrt", "Erf", "Pow", "Constant",
-       "Sin", "Loop", ""]
+       "Sin", "Loop", "Where", "Equal", "IsInf", "Not", "ReduceMax", "ReduceSum", "Expand",
+       "ConstantOfShape", ""]
 ATTRIBUTES = ["axis", "perm", "pads", "kernel_shape", "strides", "group", "transA", "transB",
               "alpha", "beta", "to", "allowzero", "keepdims", "axes", "epsilon", "approximate",
               "auto_pad", "ceil_mode", "count_include_pad", "dilations", "storage_order",
@@ -114,7 +115,24 @@ def seeds():
         [("ids", I, ["N", 3])], [("y", F, ["N", 3, 4])],
         {"table": weights(rng, 7, 4), "s": weights(rng, 4), "b": weights(rng, 4),
          "lo": np.array(0, np.float32), "hi": np.array(6, np.float32)}, opset=18)
-    return [mlp, convnet, shapes, patterns, embedding]
+    return [mlp, convnet, shapes, patterns, embedding, transformer()]
+
+
+def transformer():
+    """pynn's own translation of its sequence layers, the length variable."""
+    import tempfile
+
+    from pynn import layers
+
+    pynn.init.manual_seed(0)
+    x = pynn.Input((None, 8), name="x")
+    h = layers.PositionalEmbedding(6, 8, name="pos")(x)
+    h = layers.TransformerEncoderLayer(8, 2, 16, dropout=0.0, activation="gelu", name="enc")(h)
+    model = pynn.Model(x, layers.MultiheadAttention(8, 4, name="attn")(h))
+    with tempfile.TemporaryDirectory() as folder:
+        path = f"{folder}/transformer.onnx"
+        pynn.onnx.export(model, path)
+        return onnx.load(path)
 
 
 def mutate_fields(model, rng):
@@ -217,15 +235,15 @@ def mutated_bytes(seed, rng):
 
 
 def sample_input(tensor):
-    shape = (2,) + tensor.shape
+    shape = (2,) + tuple(4 if extent is None else extent for extent in tensor.shape)
     if math.prod(shape) > 100_000:
         return None
-    if tensor.dtype == "int64":
-        return np.zeros(shape, np.int64)
+    if tensor.dtype in ("int64", "bool"):
+        return np.zeros(shape, tensor.dtype)
     return np.linspace(-2, 2, math.prod(shape), dtype=np.float32).reshape(shape)
 
 
-@pytest.mark.parametrize("seed_index", range(5))
+@pytest.mark.parametrize("seed_index", range(6))
 def test_mutated_files_load_or_raise_model_format_error(tmp_path, seed_index):
     seed = seeds()[seed_index]
     (tmp_path / "weights.bin").write_bytes(bytes(64))

@@ -476,9 +476,25 @@ def test_opsets_outside_13_to_21_are_refused(tmp_path, opset):
         pynn.onnx.load(path)
 
 
-def test_a_dynamic_extent_besides_the_batch_is_refused(tmp_path):
-    path = save(tmp_path, [node("Relu", ["x"], ["y"])], [("x", ["N", "T"])], [("y", ["N", "T"])])
+def test_an_unnamed_dynamic_extent_besides_the_batch_is_refused(tmp_path):
+    path = save(tmp_path, [node("Relu", ["x"], ["y"])], [("x", ["N", None])], [("y", ["N", None])])
     with pytest.raises(pynn.ModelFormatError, match="static shape apart from the batch"):
+        pynn.onnx.load(path)
+
+
+def test_a_named_length_is_a_variable_axis(tmp_path):
+    path = save(tmp_path, [node("Relu", ["x"], ["y"])], [("x", ["N", "T", 3])], [("y", ["N", "T", 3])])
+    model = pynn.onnx.load(path)
+    assert model.inputs[0].shape == (None, 3)
+    for length in (2, 7):
+        x = RNG.standard_normal((4, length, 3)).astype(np.float32)
+        np.testing.assert_array_equal(model.predict(x), np.maximum(x, 0))
+
+
+def test_two_named_lengths_are_refused(tmp_path):
+    path = save(tmp_path, [node("Add", ["a", "b"], ["y"])], [("a", ["N", "T"]), ("b", ["N", "S"])],
+                [("y", ["N", "T"])])
+    with pytest.raises(pynn.ModelFormatError, match="pynn reads one"):
         pynn.onnx.load(path)
 
 
@@ -659,6 +675,21 @@ def pytorch_models():
             h = self.norm(h.transpose(1, 2))
             return torch.log_softmax(self.head(h.reshape(h.size(0), -1)), dim=-1)
 
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(6, 16)
+            self.layers = nn.ModuleList([nn.TransformerEncoderLayer(
+                16, 4, 32, activation=activation, batch_first=True, norm_first=norm_first)
+                for activation, norm_first in (("relu", False), ("gelu", True))])
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, x):
+            h = self.embed(x)
+            for layer in self.layers:
+                h = layer(h)
+            return self.head(h.mean(dim=1))
+
     def mlp():
         return nn.Sequential(nn.Flatten(), nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 16), nn.Tanh(),
                              nn.Linear(16, 4), nn.Softmax(dim=-1))
@@ -670,6 +701,7 @@ def pytorch_models():
         "mobilenet": (MobileNet, (3, 16, 16), {}),
         "sequence": (SequenceClassifier, (4, 32), {"opset_version": 14}),
         "sequence_opset17": (SequenceClassifier, (4, 32), {"opset_version": 17}),
+        "transformer": (Encoder, (5, 6), {"opset_version": 17}),
     }
 
 
@@ -696,7 +728,7 @@ def export(module, shape, path, **options):
 
 
 @pytest.mark.parametrize("name", ["mlp", "resnet", "resnet_unfolded", "mobilenet", "sequence",
-                                  "sequence_opset17"])
+                                  "sequence_opset17", "transformer"])
 def test_pytorch_exports_match_onnx_runtime_at_batch_1_8_64(tmp_path, name):
     torch = pytest.importorskip("torch")
     make, shape, options = pytorch_models()[name]
@@ -736,7 +768,8 @@ def test_an_imported_model_trains_and_saves(tmp_path, name):
     np.testing.assert_array_equal(again.predict(x), model.predict(x))
 
 
-@pytest.mark.parametrize("name", ["mlp", "resnet", "resnet_unfolded", "mobilenet", "sequence_opset17"])
+@pytest.mark.parametrize("name", ["mlp", "resnet", "resnet_unfolded", "mobilenet", "sequence_opset17",
+                                  "transformer"])
 def test_import_export_import_gives_identical_bits(tmp_path, name):
     make, shape, options = pytorch_models()[name]
     path = export(trained_eval(make(), shape, seed=5), shape, tmp_path / "first.onnx", **options)

@@ -4,7 +4,7 @@ import numpy as np
 
 from pynn import layers
 from pynn.onnx.converters import assign, float_constant
-from pynn.onnx.folding import Probed
+from pynn.onnx.folding import PROBES, Probed
 
 
 def binary(builder, node):
@@ -30,7 +30,11 @@ def binary(builder, node):
     symbolic_first = builder.is_symbolic(a)
     x, constant = (a, b) if symbolic_first else (b, a)
     if isinstance(constant, Probed):
-        raise ValueError("an operand depends on the batch size")
+        if op == "Add":
+            positions = _positions(builder, node, x, constant)
+            if positions is not None:
+                return [positions]
+        raise ValueError("an operand depends on the batch size or the length")
     constant = float_constant(constant, "the constant operand")
     if constant.ndim > len(x.shape) + 1 or (constant.ndim == len(x.shape) + 1
                                            and constant.shape[0] != 1):
@@ -62,6 +66,23 @@ def binary(builder, node):
         if value is not None:
             assign(layer, key, np.broadcast_to(value, shape))
     return [builder.call(layer, x)]
+
+
+def _positions(builder, node, x, rows):
+    """``x + table[:length]`` for x [N, T, D] of a variable length T, the rows
+    a Slice of a constant table [max_length, D] (PositionalEmbedding), or None."""
+    name = next((item for item in node.input if builder.values.get(item) is rows), None)
+    producer = builder.producers.get(name)
+    table = builder.values.get(producer.input[0]) if producer is not None and \
+        producer.op_type == "Slice" and producer.input else None
+    if not isinstance(table, np.ndarray) or table.ndim != 2 or table.dtype.kind != "f" or \
+            x.shape != (None, table.shape[1]):
+        return None
+    if not all(np.array_equal(value, table[:length]) for value, (_, length) in zip(rows.values, PROBES)):
+        return None
+    layer = builder.layer(node, layers.PositionalEmbedding, table.shape[0], table.shape[1])
+    assign(layer, "weight", table)
+    return builder.call(layer, x)
 
 
 def _channel_vector(layer, shape, constant):

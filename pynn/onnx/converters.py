@@ -143,7 +143,12 @@ def matmul(builder, node):
         raise ValueError(f"MatMul by a constant takes a 2-D constant and a per-sample input of "
                          f"at least one axis, got {weight.shape} and {x.shape}")
     bias = builder.foldable_bias(node, weight.shape[1], len(x.shape))
-    layer = builder.layer(node, layers.Linear, weight.shape[0], weight.shape[1],
+    named = node
+    if bias is not None:  # pynn writes a Linear as "<layer>/MatMul" and the Add "<layer>"
+        add = builder.first_reader[node.output[0]]
+        if add.name and node.name.startswith(add.name + "/"):
+            named = add
+    layer = builder.layer(named, layers.Linear, weight.shape[0], weight.shape[1],
                           bias=bias is not None)
     assign(layer, "weight", weight.T)
     if bias is not None:
@@ -302,16 +307,34 @@ def global_average_pool(builder, node):
 
 
 def reduce_mean(builder, node):
-    """ReduceMean over every spatial axis: global average pooling."""
+    """ReduceMean over every spatial axis, or over the tokens of [N, T, E]:
+    global average pooling."""
     x = builder.sym(node, 0)
     axes = builder.reduce_axes(node, len(x.shape) + 1)
     keepdims = builder.attributes(node).int("keepdims", 1)
+    if len(x.shape) == 2 and axes == [1]:
+        return [_token_mean(builder, node, x, keepdims)]
     if len(x.shape) not in (2, 3) or sorted(axes) != list(range(2, len(x.shape) + 1)):
         raise ValueError(f"ReduceMean over axes {axes} of per-sample shape {x.shape}: pynn "
                          f"reduces the spatial axes of [N, C, L] or [N, C, H, W] (or the "
                          f"LayerNorm pattern)")
     keep = (x.shape[0],) + (1,) * (len(x.shape) - 1) if keepdims else None
     return [_global_average(builder, node, x, keep)]
+
+
+def _token_mean(builder, node, x, keepdims):
+    """The mean over the tokens of x [N, T, E] (T may vary): Permute to
+    [N, E, T], Reshape to [N, E, T, 1], GlobalAvgPool2d."""
+    features = x.shape[1]
+    if features is None:
+        raise ValueError(f"the features of per-sample shape {x.shape} must have a fixed size")
+    channels_first = builder.call(builder.layer(node, layers.Permute, (0, 2, 1), suffix="tokens_last"), x)
+    as_2d = builder.call(builder.layer(node, layers.Reshape, (features, -1, 1), suffix="as_2d"),
+                         channels_first)
+    pooled = builder.call(builder.layer(node, layers.GlobalAvgPool2d), as_2d)
+    if not keepdims:
+        return pooled
+    return builder.call(builder.layer(node, layers.Reshape, (1, features), suffix="keepdims"), pooled)
 
 
 def gather(builder, node):

@@ -3,7 +3,7 @@
 values that depend on the batch size.
 
 A value computed from an input's shape is a ``Probed``: its value at each of
-a few batch sizes. Where every probe agrees it is a constant; a ``Reshape``
+a few batch sizes and sequence lengths. Where every probe agrees it is a constant; a ``Reshape``
 target whose first entry is the batch size at every probe and whose other
 entries are constant keeps the batch, which is what pynn's ``Reshape`` does."""
 import math
@@ -13,12 +13,15 @@ import numpy as np
 
 from pynn.onnx.tensors import numpy_dtype
 
-PROBE_BATCHES = (2, 3, 7)
+# (batch size, sequence length) at which shape arithmetic is evaluated; a
+# model's variable per-sample axes (one sequence length) take the length
+PROBES = ((2, 3), (3, 3), (7, 5))
 MAX_FOLDED_ELEMENTS = 1 << 24  # what shape arithmetic and constant folding may produce
 
 
 class Probed:
-    """A value that depends on the batch size: one array per probe batch size."""
+    """A value that depends on the batch size or the sequence length: one
+    array per probe."""
     __slots__ = ("values",)
 
     def __init__(self, values):
@@ -26,7 +29,14 @@ class Probed:
 
 
 def per_probe(value):
-    return value.values if isinstance(value, Probed) else (value,) * len(PROBE_BATCHES)
+    return value.values if isinstance(value, Probed) else (value,) * len(PROBES)
+
+
+def concrete(shape, probe):
+    """A per-sample ``shape`` at ``probe``, batch axis first, its variable
+    (None) axes the probe's length."""
+    batch, length = probe
+    return (batch,) + tuple(length if extent is None else extent for extent in shape)
 
 
 def collapsed(values):
@@ -44,7 +54,7 @@ def evaluate(op, inputs, attributes):
     fold = FOLDERS[op]
     if not any(isinstance(value, Probed) for value in inputs):
         return [_bounded(fold(inputs, attributes))]
-    columns = [per_probe(value) if value is not None else (None,) * len(PROBE_BATCHES)
+    columns = [per_probe(value) if value is not None else (None,) * len(PROBES)
                for value in inputs]
     results = [_bounded(fold(list(row), attributes)) for row in zip(*columns)]
     return [collapsed(results)]

@@ -15,10 +15,10 @@ from pynn import layers
 from pynn.architecture import ModelFormatError
 from pynn.layers.symbolic import Input, SymbolicTensor
 from pynn.model import Model
-from pynn.onnx import arithmetic, converters, patterns, shapes
+from pynn.onnx import arithmetic, attention, converters, patterns, shapes
 from pynn.onnx.arithmetic import matmul_bias_fits, per_channel
 from pynn.onnx.converters import assign, check_normalized_size
-from pynn.onnx.folding import FOLDERS, PROBE_BATCHES, axes_of, collapsed, evaluate
+from pynn.onnx.folding import FOLDERS, PROBES, axes_of, collapsed, concrete, evaluate
 from pynn.onnx.tensors import MAX_RANK, checked_dims, to_array
 
 CONVERTERS = {**converters.CONVERTERS, **shapes.CONVERTERS, **arithmetic.CONVERTERS}
@@ -35,9 +35,9 @@ INPUT_COUNTS.update(dict.fromkeys(("Add", "Sub", "Mul", "Div", "Mod", "Pow", "Ma
 INPUT_COUNTS.update({"Conv": (2, 3), "Gemm": (2, 3), "BatchNormalization": (5, 5),
                      "LayerNormalization": (2, 3), "Clip": (1, 3), "ReduceMean": (1, 2),
                      "Squeeze": (1, 2), "Slice": (3, 5), "Dropout": (1, 3), "Concat": (1, 2 ** 16),
-                     "Constant": (0, 0)})
+                     "Constant": (0, 0), "Where": (3, 3)})
 _ATTRIBUTE_TYPES = {"float": 1, "int": 2, "string": 3, "tensor": 4, "floats": 6, "ints": 7}
-_INPUT_TYPES = {1: "float32", 7: "int64"}
+_INPUT_TYPES = {1: "float32", 7: "int64", 9: "bool"}
 _ERRORS = (ValueError, TypeError, IndexError, KeyError, ArithmeticError, MemoryError,
            UnicodeError, RecursionError)
 
@@ -142,10 +142,13 @@ class _Builder:
         self.graph = model.graph
         self.values = {}
         self.taken, self.prefixes = set(), set()
+        self.length_names = set()
         self.foldable = {}  # id(symbolic tensor) -> (the Linear or convolution that made it, it)
         self.outputs = {output.name for output in self.graph.output}
-        self.readers, self.first_reader = {}, {}
+        self.readers, self.first_reader, self.producers = {}, {}, {}
         for node in self.graph.node:
+            for name in node.output:
+                self.producers.setdefault(name, node)
             for name in node.input:
                 if name:
                     self.readers[name] = self.readers.get(name, 0) + 1
@@ -166,10 +169,18 @@ class _Builder:
         for index, node in enumerate(nodes):
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 self._run(index, node, self._constant)
-        matches, absorbed = patterns.find(nodes, {name: value for name, value in self.values.items()
-                                                  if isinstance(value, np.ndarray)},
-                                          self.outputs, self._pattern_axes)
+        constants = {name: value for name, value in self.values.items()
+                     if isinstance(value, np.ndarray)}
+        graph = patterns.Graph(nodes, constants, self.outputs, self._pattern_axes)
+        matches, absorbed = patterns.find(graph)
+        static, regions = attention.find(graph, self.describe)
+        starts = {}
+        for region in regions:
+            absorbed |= region.nodes
+            starts.setdefault(region.start(graph, static), []).append(region)
         for index, node in enumerate(nodes):
+            for region in starts.get(index, ()):
+                self._attention(graph, static, region, index, absorbed)
             if index in absorbed or node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 continue
             match = matches.get(index)
@@ -178,6 +189,16 @@ class _Builder:
             else:
                 self._run(index, node, lambda node, match=match: self._pattern(node, match), True)
         return self._model(inputs)
+
+    def _attention(self, graph, static, region, index, absorbed):
+        """Converts an attention region; the nodes after its output that it
+        was thought to cover are converted as usual."""
+        released = region.nodes - attention.convert(self, graph, static, region)
+        early = sorted(position for position in released if position < index)
+        if early:
+            raise ModelFormatError(f"{self.describe(graph.nodes[early[0]])}: comes before the "
+                                   f"inputs of the attention it follows")
+        absorbed -= released
 
     def _model(self, inputs):
         outputs = []
@@ -212,18 +233,30 @@ class _Builder:
         return tuple(int(dim.dim_value) if dim.HasField("dim_value") else None
                      for dim in tensor_type.shape.dim)
 
+    def _length_names(self, value_info):
+        """Per axis after the batch axis: the symbolic name of a variable extent, else None."""
+        dims = value_info.type.tensor_type.shape.dim
+        return [dim.dim_param or None if not dim.HasField("dim_value") else None
+                for dim in list(dims)[1:]]
+
     def _input(self, value_info):
         where = f"{self.where}: graph input {value_info.name!r:.60}"
         element = value_info.type.tensor_type.elem_type if value_info.type.HasField(
             "tensor_type") else None
         if element not in _INPUT_TYPES:
-            raise ModelFormatError(f"{where}: pynn takes float32 or int64 tensor inputs, got "
+            raise ModelFormatError(f"{where}: pynn takes float32, int64 or bool tensor inputs, got "
                                    f"element type {element}")
         shape = self._declared_shape(value_info)
-        if shape is None or not 1 <= len(shape) <= MAX_RANK or None in shape[1:]:
+        lengths = self._length_names(value_info)
+        if shape is None or not 1 <= len(shape) <= MAX_RANK or any(
+                extent is None and name is None for extent, name in zip(shape[1:], lengths)):
             raise ModelFormatError(f"{where}: needs a static shape apart from the batch axis "
-                                   f"first, got {shape}")
-        checked_dims(shape[1:], where)
+                                   f"first and named sequence lengths, got {shape}")
+        self.length_names.update(name for name in lengths if name is not None)
+        if len(self.length_names) > 1:
+            raise ModelFormatError(f"{where}: the inputs name the variable lengths "
+                                   f"{sorted(self.length_names)!r:.120}; pynn reads one")
+        checked_dims([extent for extent in shape[1:] if extent is not None], where)
         tensor = Input(shape[1:], dtype=_INPUT_TYPES[element],
                        name=self._unique(sanitised(value_info.name) or "input"))
         self._define(value_info.name, tensor, where)
@@ -310,16 +343,26 @@ class _Builder:
         attributes = _Attributes(node)
         rank = len(tensor.shape) + 1
         window = slice(attributes.int("start", 0), attributes.int("end", rank))
-        return collapsed([np.array(((batch,) + tensor.shape)[window], dtype=np.int64)
-                          for batch in PROBE_BATCHES])
+        return collapsed([np.array(concrete(tensor.shape, probe)[window], dtype=np.int64)
+                          for probe in PROBES])
 
     def _pattern(self, node, match):
         x = self.values.get(match.source)
+        if match.kind == "PaddingMask":
+            if not isinstance(x, SymbolicTensor) or x.dtype != "int64":
+                raise ValueError("the PaddingMask pattern needs an int64 tensor input")
+            return [self.call(self.layer(node, layers.PaddingMask), x)]
         if not isinstance(x, SymbolicTensor) or x.dtype != "float32":
             raise ValueError(f"the {match.kind} pattern needs a float32 tensor input")
         if match.kind in ("GELU", "SiLU"):
             kind = layers.GELU if match.kind == "GELU" else layers.SiLU
             return [self.call(self.layer(node, kind, pattern=match.kind), x)]
+        if match.kind == "MeanPooling":
+            mask = self.values.get(match.details["mask"])
+            if not isinstance(mask, SymbolicTensor) or mask.dtype != "int64":
+                raise ValueError("the MeanPooling pattern needs an int64 mask computed from the "
+                                 "model's inputs")
+            return [self.call(self.layer(node, layers.MeanPooling), [x, mask])]
         details = match.details
         rank = len(x.shape) + 1
         axes = sorted(axes_of(details["axes"], rank))
@@ -374,9 +417,10 @@ class _Builder:
         return axes_of(axes, rank)
 
     def _pattern_axes(self, node):
-        """ReduceMean's axes (an attribute before opset 18, an input since), or
-        None when they are absent or not a constant."""
-        if self.opset < 18:
+        """A reduction's axes (ReduceMean's an attribute before opset 18, an
+        input since; ReduceSum's an input), or None when they are absent or
+        not a constant."""
+        if self.opset < 18 and node.op_type != "ReduceSum":
             return _Attributes(node).ints("axes", None)
         if len(node.input) < 2 or not isinstance(self.values.get(node.input[1]), np.ndarray):
             return None

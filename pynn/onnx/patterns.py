@@ -1,7 +1,9 @@
 """Op sequences exporters emit for one pynn layer, found before conversion:
 the exact GELU ``x · 0.5 · (1 + erf(x / √2))``, SiLU ``x · sigmoid(x)`` and
 the decomposed LayerNorm
-``(x - mean) / √(mean((x - mean)²) + eps) · weight + bias``. Each match
+``(x - mean) / √(mean((x - mean)²) + eps) · weight + bias`` (the square as
+``Pow`` or ``Mul``), and pynn's
+translations of PaddingMask and MeanPooling. Each match
 names its last node, which becomes the layer, and the nodes it absorbs;
 every intermediate result must be read by the pattern alone."""
 import math
@@ -17,7 +19,7 @@ class Match:
         self.last, self.details = last, details
 
 
-class _Graph:
+class Graph:
     """Producers and readers of each tensor name, and the constants known before conversion."""
 
     def __init__(self, nodes, constants, outputs, reduce_axes):
@@ -112,6 +114,16 @@ def _silu(graph, sigmoid):
     return Match("SiLU", node.input[0], [sigmoid], product)
 
 
+def _squares(graph, index, name):
+    """Whether node ``index`` is ``name`` ** 2 or ``name`` · ``name``."""
+    node = graph.nodes[index]
+    if node.op_type == "Mul":
+        return list(node.input) == [name, name] and len(node.output) == 1
+    tensor, exponent = graph.split(index)
+    return tensor == name and exponent is not None and np.size(exponent) == 1 and float(
+        np.reshape(exponent, ())) == 2
+
+
 def _layer_norm(graph, mean):
     """The LayerNorm whose first ReduceMean node is ``mean``, or None."""
     node = graph.nodes[mean]
@@ -121,15 +133,12 @@ def _layer_norm(graph, mean):
     centred = graph.sole_reader(graph.output(mean), "Sub")
     if axes is None or centred is None or list(graph.nodes[centred].input) != [x, node.output[0]]:
         return None
-    readers = graph.readers.get(graph.output(centred), [])
+    readers = set(graph.readers.get(graph.output(centred), []))
     if len(readers) != 2 or graph.output(centred) in graph.outputs:
         return None
-    square = next((i for i in readers if graph.nodes[i].op_type == "Pow"), None)
+    square = next((i for i in readers if graph.nodes[i].op_type in ("Pow", "Mul")), None)
     divide = next((i for i in readers if graph.nodes[i].op_type == "Div"), None)
-    if square is None or divide is None or graph.split(square)[0] != graph.output(centred):
-        return None
-    exponent = graph.split(square)[1]
-    if not (exponent is not None and np.size(exponent) == 1 and float(np.reshape(exponent, ())) == 2):
+    if square is None or divide is None or not _squares(graph, square, graph.output(centred)):
         return None
     variance = graph.sole_reader(graph.output(square), "ReduceMean")
     if variance is None or graph.reduce_axes(graph.nodes[variance]) != axes:
@@ -157,9 +166,81 @@ def _layer_norm(graph, mean):
     return Match("LayerNorm", x, absorbed, last, details)
 
 
-def find(nodes, constants, outputs, reduce_axes):
-    """{index of a pattern's last node: Match}, and the set of absorbed node indices."""
-    graph = _Graph(nodes, constants, outputs, reduce_axes)
+def _scalar_constant(graph, name, expected):
+    value = graph.constants.get(name)
+    return (value is not None and value.size == 1 and value.dtype.kind == "f"
+            and float(value.reshape(())) == expected)
+
+
+def _padding_mask(graph, where):
+    """PaddingMask ``Where(Equal(mask, 0), -inf, 0)`` ending at ``where``, or None."""
+    node = graph.nodes[where]
+    if len(node.input) != 3 or graph.output(where) is None:
+        return None
+    equal = graph.made_by(node.input[0], "Equal")
+    if equal is None or graph.sole_reader(node.input[0], "Where") != where:
+        return None
+    mask, zero = graph.split(equal)
+    if mask is None or np.size(zero) != 1 or np.asarray(zero).dtype.kind not in "iu" or \
+            int(np.reshape(zero, ())) != 0:
+        return None
+    if not (_scalar_constant(graph, node.input[1], -math.inf)
+            and _scalar_constant(graph, node.input[2], 0.0)):
+        return None
+    return Match("PaddingMask", mask, [equal], where)
+
+
+def _mean_pooling(graph, divide):
+    """MeanPooling ``ReduceSum(states · w, 1) / Max(ReduceSum(w, 1), 1e-9)``
+    with ``w = Unsqueeze(Cast(mask, float), 2)``, ending at ``divide``, or None."""
+    node = graph.nodes[divide]
+    if len(node.input) != 2 or graph.output(divide) is None:
+        return None
+    total, floor = graph.made_by(node.input[0], "ReduceSum"), graph.made_by(node.input[1], "Max")
+    if total is None or floor is None or graph.sole_reader(node.input[0], "Div") != divide or \
+            graph.sole_reader(node.input[1], "Div") != divide:
+        return None
+    count, least = graph.split(floor)
+    if count is None or not _near(least, 1e-9):
+        return None
+    count = graph.made_by(count, "ReduceSum")
+    product = graph.made_by(graph.nodes[total].input[0], "Mul")
+    if count is None or product is None or graph.sole_reader(graph.output(product), "ReduceSum") != total \
+            or graph.sole_reader(graph.output(count), "Max") != floor:
+        return None
+    weights = graph.nodes[count].input[0]
+    unsqueeze = graph.made_by(weights, "Unsqueeze")
+    states = [name for name in graph.nodes[product].input if name != weights]
+    if unsqueeze is None or len(states) != 1 or sorted(graph.readers.get(weights, [])) != sorted(
+            [product, count]) or weights in graph.outputs:
+        return None
+    cast = graph.made_by(graph.nodes[unsqueeze].input[0], "Cast")
+    if cast is None or graph.sole_reader(graph.output(cast), "Unsqueeze") != unsqueeze:
+        return None
+    for reduce in (total, count):
+        if graph.reduce_axes(graph.nodes[reduce]) != [1] or _keepdims(graph.nodes[reduce]) != 0:
+            return None
+    axes = graph.constants.get(graph.nodes[unsqueeze].input[1]) if len(
+        graph.nodes[unsqueeze].input) == 2 else None
+    if axes is None or [int(axis) for axis in np.reshape(axes, -1)] not in ([2], [-1]) or \
+            _attribute_int(graph.nodes[cast], "to") != 1:
+        return None
+    return Match("MeanPooling", states[0], [cast, unsqueeze, product, total, count, floor], divide,
+                 {"mask": graph.nodes[cast].input[0]})
+
+
+def _attribute_int(node, name, default=None):
+    return next((int(attribute.i) for attribute in node.attribute if attribute.name == name), default)
+
+
+def _keepdims(node):
+    return _attribute_int(node, "keepdims", 1)
+
+
+def find(graph):
+    """{index of a pattern's last node: Match}, and the set of absorbed node
+    indices, in a ``Graph``."""
+    nodes = graph.nodes
     matches, absorbed = {}, set()
     for index, node in enumerate(nodes):
         if node.op_type == "Erf":
@@ -168,6 +249,10 @@ def find(nodes, constants, outputs, reduce_axes):
             match = _silu(graph, index)
         elif node.op_type == "ReduceMean":
             match = _layer_norm(graph, index)
+        elif node.op_type == "Where":
+            match = _padding_mask(graph, index)
+        elif node.op_type == "Div":
+            match = _mean_pooling(graph, index)
         else:
             continue
         if match is None:

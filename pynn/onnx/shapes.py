@@ -5,7 +5,7 @@ import math
 
 from pynn import layers
 from pynn.onnx.converters import scalar
-from pynn.onnx.folding import (PROBE_BATCHES, Probed, axes_of, axis_of, integers, per_probe,
+from pynn.onnx.folding import (PROBES, Probed, axes_of, axis_of, concrete, integers, per_probe,
                                reshape_target, squeezed_shape, unsqueezed_shape)
 
 
@@ -34,10 +34,10 @@ def reshape(builder, node):
         raise ValueError("the shape input is missing")
     allowzero = builder.attributes(node).int("allowzero", 0)
     results = []
-    for batch, values in zip(PROBE_BATCHES, per_probe(target)):
-        results.append(reshape_target((batch,) + x.shape,
+    for probe, values in zip(PROBES, per_probe(target)):
+        results.append(reshape_target(concrete(x.shape, probe),
                                       integers(values, "the shape").reshape(-1), allowzero))
-    batch_kept = all(result[0] == batch for result, batch in zip(results, PROBE_BATCHES))
+    batch_kept = all(result[0] == batch for result, (batch, _) in zip(results, PROBES))
     if not batch_kept or len({result[1:] for result in results}) != 1:
         raise ValueError(f"the target shape {_describe(target)} does not keep the batch axis "
                          f"first with the per-sample shape fixed (input per-sample shape "
@@ -48,7 +48,7 @@ def reshape(builder, node):
 def _describe(value):
     if isinstance(value, Probed):
         return " / ".join(str(item.tolist()) for item in value.values) + " (for batch sizes " \
-            + ", ".join(map(str, PROBE_BATCHES)) + ")"
+            + ", ".join(f"{batch} (length {length})" for batch, length in PROBES) + ")"
     return str(value.tolist())
 
 
@@ -108,7 +108,7 @@ def passthrough(builder, node):
 
 def cast(builder, node):
     x = builder.sym(node, 0)
-    if builder.attributes(node).int("to", 0) != {"float32": 1, "int64": 7}[x.dtype]:
+    if builder.attributes(node).int("to", 0) != {"float32": 1, "int64": 7, "bool": 9}[x.dtype]:
         raise ValueError(f"a Cast of a {x.dtype} tensor that changes its element type")
     return [x]
 
