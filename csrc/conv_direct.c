@@ -287,8 +287,15 @@ static void chunk_weight_grad(const struct pynn_direct_kernels *kernels, const p
             for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
                 memcpy(row + oh * l->cols, from + oh * s->out_w, (size_t)s->out_w * sizeof(float));
         }
+    /* q runs over each image's output rows only (the rows past them, zero
+     * gradients, add nothing), where those rows in whole vectors stay
+     * within the image's segment; else over the whole run of images */
     pynn_direct_sums block;
-    block.length = g->phase_step;
+    const ptrdiff_t lanes = PYNN_DIRECT_MAX_LANES;
+    const ptrdiff_t rows_run = (l->count + lanes - 1) / lanes * lanes;
+    block.runs = rows_run < g->segment ? count : 1;
+    block.segment = g->segment;
+    block.length = rows_run < g->segment ? rows_run : g->phase_step;
     for (ptrdiff_t o0 = 0; o0 < s->out_channels; o0 += PYNN_DIRECT_GRADS) {
         const ptrdiff_t outs = s->out_channels - o0 < PYNN_DIRECT_GRADS ? s->out_channels - o0
                                                                          : PYNN_DIRECT_GRADS;

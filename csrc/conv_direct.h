@@ -33,14 +33,15 @@ typedef struct {
     float *out;
 } pynn_direct_tile;
 
-/* A weight-gradient block: sums[o][k] = Σ_{q < length} grads[o][q] sources[k][q]
- * (length a multiple of 16 floats). */
+/* A weight-gradient block: sums[o][k] = Σ_{q in runs} grads[o][q] sources[k][q]
+ * over `runs` runs of q, run r covering [r segment, r segment + length)
+ * (length a multiple of 16 floats), in that order. */
 #define PYNN_DIRECT_GRADS 4
 #define PYNN_DIRECT_SOURCES 6
 typedef struct {
     const float *sources[PYNN_DIRECT_SOURCES];
     const float *grads[PYNN_DIRECT_GRADS];
-    ptrdiff_t length;
+    ptrdiff_t runs, segment, length;
     float sums[PYNN_DIRECT_GRADS][PYNN_DIRECT_SOURCES];
 } pynn_direct_sums;
 

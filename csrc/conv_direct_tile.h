@@ -102,17 +102,18 @@ DIRECT_TARGET static void DIRECT_SUMS(pynn_direct_sums *b)
         for (int o = 0; o < PYNN_DIRECT_GRADS; o++)
 #pragma GCC unroll 6
             for (int k = 0; k < DIRECT_SOURCES; k++) sums[o][k] = (DIRECT_VEC){0};
-        for (ptrdiff_t q = 0; q < b->length; q += DIRECT_LANES) {
-            DIRECT_VEC grads[PYNN_DIRECT_GRADS];
+        for (ptrdiff_t run = 0; run < b->runs; run++)
+            for (ptrdiff_t q = run * b->segment; q < run * b->segment + b->length; q += DIRECT_LANES) {
+                DIRECT_VEC grads[PYNN_DIRECT_GRADS];
 #pragma GCC unroll 4
-            for (int o = 0; o < PYNN_DIRECT_GRADS; o++) grads[o] = *(const DIRECT_VEC *)(b->grads[o] + q);
+                for (int o = 0; o < PYNN_DIRECT_GRADS; o++) grads[o] = *(const DIRECT_VEC *)(b->grads[o] + q);
 #pragma GCC unroll 6
-            for (int k = 0; k < DIRECT_SOURCES; k++) {
-                const DIRECT_VEC in = *(const DIRECT_VEC *)(b->sources[k0 + k] + q);
+                for (int k = 0; k < DIRECT_SOURCES; k++) {
+                    const DIRECT_VEC in = *(const DIRECT_VEC *)(b->sources[k0 + k] + q);
 #pragma GCC unroll 4
-                for (int o = 0; o < PYNN_DIRECT_GRADS; o++) sums[o][k] += grads[o] * in;
+                    for (int o = 0; o < PYNN_DIRECT_GRADS; o++) sums[o][k] += grads[o] * in;
+                }
             }
-        }
         for (int o = 0; o < PYNN_DIRECT_GRADS; o++)
             for (int k = 0; k < DIRECT_SOURCES; k++) b->sums[o][k0 + k] = DIRECT_TOTAL(sums[o][k]);
     }
