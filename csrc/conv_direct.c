@@ -103,6 +103,7 @@ size_t pynn_direct_workspace_size(const pynn_conv_shape *s, int threads)
 #define DIRECT_TARGET
 #define DIRECT_LANES 4
 #define DIRECT_RUNS 1
+#define DIRECT_RUNS6 2
 #define DIRECT_GROUP 8
 #define DIRECT_SOURCES 2
 #include "conv_direct_tile.h"
@@ -110,15 +111,18 @@ size_t pynn_direct_workspace_size(const pynn_conv_shape *s, int threads)
 #define DIRECT_SUFFIX avx2
 #define DIRECT_TARGET PYNN_TARGET_AVX2
 #define DIRECT_LANES 8
-#define DIRECT_RUNS 1
-#define DIRECT_GROUP 8
-#define DIRECT_SOURCES 2
+#define DIRECT_RUNS 3
+#define DIRECT_RUNS6 2
+#define DIRECT_GROUP 4
+#define DIRECT_SOURCES 3
 #include "conv_direct_tile.h"
 #define DIRECT_SUFFIX avx512
 #define DIRECT_TARGET PYNN_TARGET_AVX512
 #define DIRECT_LANES 16
 #define DIRECT_RUNS 3
+#define DIRECT_RUNS6 4
 #define DIRECT_GROUP 8
+#define DIRECT_NARROW_TILE direct_tile_avx2
 #define DIRECT_SOURCES PYNN_DIRECT_SOURCES
 #include "conv_direct_tile.h"
 #endif
@@ -141,8 +145,12 @@ static void run_block(const struct pynn_direct_kernels *kernels, const pynn_conv
     const ptrdiff_t taps = s->kernel_h * s->kernel_w, o0 = block * PYNN_DIRECT_CHANNELS;
     const ptrdiff_t count = s->out_channels - o0 < PYNN_DIRECT_CHANNELS ? s->out_channels - o0
                                                                          : PYNN_DIRECT_CHANNELS;
-    pynn_direct_tile t = {planes, l->offsets, taps, s->in_channels, l->channel_step, l->count,
-                          l->out_ld, {NULL}, {0}, relu, out};
+    /* with a vertical stride of 1, plane row i is input row i - pad_h */
+    const int vertical = s->stride_h == 1;
+    pynn_direct_tile t = {planes, l->offsets, taps, s->kernel_w, l->cols,
+                          vertical ? s->pad_h : 0, vertical ? s->pad_h + s->height : l->rows + s->kernel_h,
+                          s->in_channels, l->channel_step, l->count, l->out_ld, (int)count,
+                          {NULL}, {0}, relu, out};
     for (ptrdiff_t o = 0; o < PYNN_DIRECT_CHANNELS; o++) {
         const ptrdiff_t channel = o0 + (o < count ? o : count - 1);  /* extra lanes: unstored */
         t.weights[o] = weight + channel * s->in_channels * taps;

@@ -22,11 +22,17 @@
 #define PYNN_DIRECT_MAX_TAPS 49
 
 /* One tile: out[o][q] = act(Σ_{c, t} weights[o][c taps + t] planes[c step + offsets[t] + q]
- * + bias[o]) for o < 8 and q < count rounded up to the path's vector. */
+ * + bias[o]) for o < 8 and q < count rounded up to the path's vector. Taps
+ * go row by row, kernel_w a row; where tap row kh reads plane row
+ * q / cols + kh (a vertical stride of 1), only plane rows [data_first,
+ * data_last) hold other than zeros, so a run of q skips the tap rows that
+ * read none of them. */
 typedef struct {
     const float *planes;
     const ptrdiff_t *offsets;  /* per tap, into channel 0's planes */
-    ptrdiff_t taps, channels, channel_step, count, out_ld;
+    ptrdiff_t taps, kernel_w, cols, data_first, data_last;
+    ptrdiff_t channels, channel_step, count, out_ld;
+    int outputs;  /* the channels stored, up to 8: at most 6 take a group of 6 */
     const float *weights[PYNN_DIRECT_CHANNELS];
     float bias[PYNN_DIRECT_CHANNELS];
     int relu;

@@ -3,13 +3,16 @@
  * (the paths' vector widths and blockings differ, too much for one macro).
  * The includer defines DIRECT_SUFFIX, DIRECT_TARGET (the path's function attribute),
  * DIRECT_LANES (floats per vector), DIRECT_RUNS and DIRECT_GROUP (a tile
- * step's vectors of outputs per channel and its channels, a divisor of 8) and
+ * step's vectors of outputs per channel and its channels, a divisor of 8),
+ * DIRECT_RUNS6 (the vectors a step of a block of 6 channels or fewer) and
  * DIRECT_SOURCES (a weight-gradient pass's sources, a divisor of 6). */
 #define DIRECT_JOIN2(a, b) a##_##b
 #define DIRECT_JOIN(a, b) DIRECT_JOIN2(a, b)
 #define DIRECT_VEC DIRECT_JOIN(direct_vec, DIRECT_SUFFIX)
 #define DIRECT_BITS DIRECT_JOIN(direct_bits, DIRECT_SUFFIX)
 #define DIRECT_STEP DIRECT_JOIN(direct_step, DIRECT_SUFFIX)
+#define DIRECT_GROUPS DIRECT_JOIN(direct_groups, DIRECT_SUFFIX)
+#define DIRECT_MAX_RUNS (DIRECT_RUNS > DIRECT_RUNS6 ? DIRECT_RUNS : DIRECT_RUNS6)
 #define DIRECT_TILE DIRECT_JOIN(direct_tile, DIRECT_SUFFIX)
 #define DIRECT_SUMS DIRECT_JOIN(direct_sums, DIRECT_SUFFIX)
 #define DIRECT_PLANES DIRECT_JOIN(direct_planes, DIRECT_SUFFIX)
@@ -17,30 +20,35 @@
 typedef float DIRECT_VEC __attribute__((vector_size(4 * DIRECT_LANES), aligned(4), may_alias));
 typedef int32_t DIRECT_BITS __attribute__((vector_size(4 * DIRECT_LANES), aligned(4), may_alias));
 
-/* Outputs [q, q + runs lanes) of the tile's channels [o0, o0 + DIRECT_GROUP):
- * runs x DIRECT_GROUP accumulators, each input vector feeding DIRECT_GROUP
- * multiply-adds and each weight `runs`. */
+/* Outputs [q, q + runs lanes) of the tile's channels [o0, o0 + group):
+ * runs x group accumulators, each input vector feeding `group` multiply-adds
+ * and each weight `runs`. */
 static inline __attribute__((always_inline)) DIRECT_TARGET void
-DIRECT_STEP(const pynn_direct_tile *t, int o0, ptrdiff_t q, const int runs)
+DIRECT_STEP(const pynn_direct_tile *t, int o0, ptrdiff_t q, const int runs, const int group)
 {
-    DIRECT_VEC sums[DIRECT_GROUP][DIRECT_RUNS];
-    const float *weights[DIRECT_GROUP];
+    DIRECT_VEC sums[PYNN_DIRECT_CHANNELS][DIRECT_MAX_RUNS];
+    const float *weights[PYNN_DIRECT_CHANNELS];
 #pragma GCC unroll 8
-    for (int o = 0; o < DIRECT_GROUP; o++) {
+    for (int o = 0; o < group; o++) {
         weights[o] = t->weights[o0 + o];
 #pragma GCC unroll 8
         for (int r = 0; r < runs; r++) sums[o][r] = (DIRECT_VEC){0};
     }
-    ptrdiff_t k = 0;
+    /* the tap rows reading a data row for some q of the run */
+    const ptrdiff_t first_row = q / t->cols, last_row = (q + runs * DIRECT_LANES - 1) / t->cols;
+    const ptrdiff_t rows = t->taps / t->kernel_w;
+    const ptrdiff_t kh_first = t->data_first - last_row > 0 ? t->data_first - last_row : 0;
+    const ptrdiff_t kh_last = t->data_last - first_row < rows ? t->data_last - first_row : rows;
     for (ptrdiff_t c = 0; c < t->channels; c++) {
         const float *base = t->planes + c * t->channel_step + q;
-        for (ptrdiff_t tap = 0; tap < t->taps; tap++, k++) {
+        for (ptrdiff_t tap = kh_first * t->kernel_w; tap < kh_last * t->kernel_w; tap++) {
+            const ptrdiff_t k = c * t->taps + tap;
             const float *source = base + t->offsets[tap];
-            DIRECT_VEC in[DIRECT_RUNS];
+            DIRECT_VEC in[DIRECT_MAX_RUNS];
 #pragma GCC unroll 8
             for (int r = 0; r < runs; r++) in[r] = *(const DIRECT_VEC *)(source + r * DIRECT_LANES);
 #pragma GCC unroll 8
-            for (int o = 0; o < DIRECT_GROUP; o++) {
+            for (int o = 0; o < group; o++) {
                 const float w = weights[o][k];
 #pragma GCC unroll 8
                 for (int r = 0; r < runs; r++) sums[o][r] += w * in[r];
@@ -48,7 +56,7 @@ DIRECT_STEP(const pynn_direct_tile *t, int o0, ptrdiff_t q, const int runs)
         }
     }
 #pragma GCC unroll 8
-    for (int o = 0; o < DIRECT_GROUP; o++)
+    for (int o = 0; o < group; o++)
 #pragma GCC unroll 8
         for (int r = 0; r < runs; r++) {
             DIRECT_VEC v = sums[o][r] + t->bias[o0 + o];
@@ -58,21 +66,40 @@ DIRECT_STEP(const pynn_direct_tile *t, int o0, ptrdiff_t q, const int runs)
         }
 }
 
-DIRECT_TARGET static void DIRECT_TILE(const pynn_direct_tile *t)
+/* The tile's q in steps of at most `most` vectors of `group` channels each,
+ * the channels [0, o_end) in groups. */
+static inline __attribute__((always_inline)) DIRECT_TARGET void
+DIRECT_GROUPS(const pynn_direct_tile *t, const int group, const int most, const int o_end)
 {
-    for (int o0 = 0; o0 < PYNN_DIRECT_CHANNELS; o0 += DIRECT_GROUP)
+    for (int o0 = 0; o0 < o_end; o0 += group)
         for (ptrdiff_t q = 0; q < t->count;) {
             ptrdiff_t runs = (t->count - q + DIRECT_LANES - 1) / DIRECT_LANES;
-            if (runs > DIRECT_RUNS) runs = DIRECT_RUNS;
+            if (runs > most) runs = most;
             /* each count its own copy, its accumulators in registers */
             switch (runs) {
-#define DIRECT_CASE(n) case n: if (n <= DIRECT_RUNS) DIRECT_STEP(t, o0, q, n); break;
+#define DIRECT_CASE(n) case n: if (n <= DIRECT_MAX_RUNS) DIRECT_STEP(t, o0, q, n, group); break;
                 DIRECT_CASE(1) DIRECT_CASE(2) DIRECT_CASE(3) DIRECT_CASE(4) DIRECT_CASE(5)
                 DIRECT_CASE(6)
 #undef DIRECT_CASE
             }
             q += runs * DIRECT_LANES;
         }
+}
+
+/* A block of at most 6 channels as one group of 6 with more vectors a step
+ * (the same accumulators), not a group of 8 with a quarter of them idle. */
+DIRECT_TARGET static void DIRECT_TILE(const pynn_direct_tile *t)
+{
+#ifdef DIRECT_NARROW_TILE
+    if (t->outputs <= 6) {
+        DIRECT_NARROW_TILE(t);
+        return;
+    }
+#endif
+    if (t->outputs <= 6)
+        DIRECT_GROUPS(t, 6, DIRECT_RUNS6, 6);
+    else
+        DIRECT_GROUPS(t, DIRECT_GROUP, DIRECT_RUNS, PYNN_DIRECT_CHANNELS);
 }
 
 /* The sum of a vector's lanes, halves added to halves (a fixed order). */
@@ -166,6 +193,10 @@ const struct pynn_direct_kernels DIRECT_JOIN(pynn_direct, DIRECT_SUFFIX) = {DIRE
 #undef DIRECT_VEC
 #undef DIRECT_BITS
 #undef DIRECT_STEP
+#undef DIRECT_GROUPS
+#undef DIRECT_MAX_RUNS
+#undef DIRECT_RUNS6
+#undef DIRECT_NARROW_TILE
 #undef DIRECT_TILE
 #undef DIRECT_SUMS
 #undef DIRECT_TOTAL
