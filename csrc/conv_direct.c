@@ -315,7 +315,7 @@ static void chunk_weight_grad(const struct pynn_direct_kernels *kernels, const p
                 const ptrdiff_t j = j0 + (k < ks ? k : 0);
                 block.sources[k] = chunk + (j / taps) * g->channel_step + g->offsets[j % taps];
             }
-            kernels->sums(&block);
+            (outs <= 2 ? kernels->half_sums : kernels->sums)(&block);
             for (ptrdiff_t o = 0; o < outs; o++)
                 for (ptrdiff_t k = 0; k < ks; k++) share[(o0 + o) * pairs + j0 + k] = block.sums[o][k];
         }

@@ -59,11 +59,13 @@ typedef struct {
     ptrdiff_t phases_h, phases_w, rows, cols, channel_step, phase_step, segment;
 } pynn_direct_planes;
 
-/* One path's direct kernels: its tile, its weight-gradient block and its
- * phase-plane builder (padding zero). */
+/* One path's direct kernels: its tile, its weight-gradient blocks (of
+ * PYNN_DIRECT_GRADS gradients, and of the first 2 only) and its phase-plane
+ * builder (padding zero). */
 struct pynn_direct_kernels {
     void (*tile)(const pynn_direct_tile *tile);
     void (*sums)(pynn_direct_sums *block);
+    void (*half_sums)(pynn_direct_sums *block);
     void (*planes)(const pynn_direct_planes *where, const float *image, float *planes);
 };
 

@@ -15,6 +15,8 @@
 #define DIRECT_MAX_RUNS (DIRECT_RUNS > DIRECT_RUNS6 ? DIRECT_RUNS : DIRECT_RUNS6)
 #define DIRECT_TILE DIRECT_JOIN(direct_tile, DIRECT_SUFFIX)
 #define DIRECT_SUMS DIRECT_JOIN(direct_sums, DIRECT_SUFFIX)
+#define DIRECT_SUMS_OF DIRECT_JOIN(direct_sums_of, DIRECT_SUFFIX)
+#define DIRECT_HALF_SUMS DIRECT_JOIN(direct_half_sums, DIRECT_SUFFIX)
 #define DIRECT_PLANES DIRECT_JOIN(direct_planes, DIRECT_SUFFIX)
 
 typedef float DIRECT_VEC __attribute__((vector_size(4 * DIRECT_LANES), aligned(4), may_alias));
@@ -116,34 +118,46 @@ DIRECT_TARGET static void DIRECT_TILE(const pynn_direct_tile *t)
                                        __builtin_shufflevector(v, v, 4, 5, 6, 7))
 #define DIRECT_TOTAL4(v) (((v)[0] + (v)[2]) + ((v)[1] + (v)[3]))
 
-/* The block's dot products, DIRECT_SOURCES sources per pass over the
- * gradients: per vector of q, PYNN_DIRECT_GRADS + DIRECT_SOURCES loads feed
- * PYNN_DIRECT_GRADS DIRECT_SOURCES multiply-adds (with more accumulators the
- * compiler re-loads each source per gradient); each sum's lanes then added
- * by DIRECT_TOTAL. */
-DIRECT_TARGET static void DIRECT_SUMS(pynn_direct_sums *b)
+/* The block's dot products for its first `grads` gradients, `sources`
+ * sources per pass over them: per vector of q, grads + sources loads feed
+ * grads sources multiply-adds (with more accumulators the compiler re-loads
+ * each source per gradient); each sum's lanes then added by DIRECT_TOTAL. */
+static inline __attribute__((always_inline)) DIRECT_TARGET void
+DIRECT_SUMS_OF(pynn_direct_sums *b, const int grads, const int sources)
 {
-    for (int k0 = 0; k0 < PYNN_DIRECT_SOURCES; k0 += DIRECT_SOURCES) {
-        DIRECT_VEC sums[PYNN_DIRECT_GRADS][DIRECT_SOURCES];
+    for (int k0 = 0; k0 < PYNN_DIRECT_SOURCES; k0 += sources) {
+        DIRECT_VEC sums[PYNN_DIRECT_GRADS][PYNN_DIRECT_SOURCES];
 #pragma GCC unroll 4
-        for (int o = 0; o < PYNN_DIRECT_GRADS; o++)
+        for (int o = 0; o < grads; o++)
 #pragma GCC unroll 6
-            for (int k = 0; k < DIRECT_SOURCES; k++) sums[o][k] = (DIRECT_VEC){0};
+            for (int k = 0; k < sources; k++) sums[o][k] = (DIRECT_VEC){0};
         for (ptrdiff_t run = 0; run < b->runs; run++)
             for (ptrdiff_t q = run * b->segment; q < run * b->segment + b->length; q += DIRECT_LANES) {
-                DIRECT_VEC grads[PYNN_DIRECT_GRADS];
+                DIRECT_VEC gradient[PYNN_DIRECT_GRADS];
 #pragma GCC unroll 4
-                for (int o = 0; o < PYNN_DIRECT_GRADS; o++) grads[o] = *(const DIRECT_VEC *)(b->grads[o] + q);
+                for (int o = 0; o < grads; o++) gradient[o] = *(const DIRECT_VEC *)(b->grads[o] + q);
 #pragma GCC unroll 6
-                for (int k = 0; k < DIRECT_SOURCES; k++) {
+                for (int k = 0; k < sources; k++) {
                     const DIRECT_VEC in = *(const DIRECT_VEC *)(b->sources[k0 + k] + q);
 #pragma GCC unroll 4
-                    for (int o = 0; o < PYNN_DIRECT_GRADS; o++) sums[o][k] += grads[o] * in;
+                    for (int o = 0; o < grads; o++) sums[o][k] += gradient[o] * in;
                 }
             }
-        for (int o = 0; o < PYNN_DIRECT_GRADS; o++)
-            for (int k = 0; k < DIRECT_SOURCES; k++) b->sums[o][k0 + k] = DIRECT_TOTAL(sums[o][k]);
+        for (int o = 0; o < grads; o++)
+            for (int k = 0; k < sources; k++) b->sums[o][k0 + k] = DIRECT_TOTAL(sums[o][k]);
     }
+}
+
+DIRECT_TARGET static void DIRECT_SUMS(pynn_direct_sums *b)
+{
+    DIRECT_SUMS_OF(b, PYNN_DIRECT_GRADS, DIRECT_SOURCES);
+}
+
+/* A block of 2 gradients (the last of 6 channels): all 6 sources a pass, as
+ * many accumulators as the full block, none on an unstored row. */
+DIRECT_TARGET static void DIRECT_HALF_SUMS(pynn_direct_sums *b)
+{
+    DIRECT_SUMS_OF(b, 2, PYNN_DIRECT_SOURCES);
 }
 
 /* One image's phase planes (contract in conv_direct.h), compiled for the
@@ -187,7 +201,7 @@ DIRECT_TARGET static void DIRECT_PLANES(const pynn_direct_planes *w, const float
             }
 }
 
-const struct pynn_direct_kernels DIRECT_JOIN(pynn_direct, DIRECT_SUFFIX) = {DIRECT_TILE, DIRECT_SUMS,
+const struct pynn_direct_kernels DIRECT_JOIN(pynn_direct, DIRECT_SUFFIX) = {DIRECT_TILE, DIRECT_SUMS, DIRECT_HALF_SUMS,
                                                                             DIRECT_PLANES};
 
 #undef DIRECT_VEC
@@ -199,6 +213,8 @@ const struct pynn_direct_kernels DIRECT_JOIN(pynn_direct, DIRECT_SUFFIX) = {DIRE
 #undef DIRECT_NARROW_TILE
 #undef DIRECT_TILE
 #undef DIRECT_SUMS
+#undef DIRECT_SUMS_OF
+#undef DIRECT_HALF_SUMS
 #undef DIRECT_TOTAL
 #undef DIRECT_TOTAL8
 #undef DIRECT_TOTAL4
