@@ -120,8 +120,10 @@ size_t pynn_direct_workspace_size(const pynn_conv_shape *s, int threads)
 #define DIRECT_TARGET PYNN_TARGET_AVX512
 #define DIRECT_LANES 16
 #define DIRECT_RUNS 3
-#define DIRECT_RUNS6 4
 #define DIRECT_GROUP 8
+/* blocks of at most 6 channels (a first layer's, or the input gradient of
+ * one with 6 inputs) through the AVX2 tile: its steps of 16 outputs skip
+ * more padding rows than 512-bit steps of 64 */
 #define DIRECT_NARROW_TILE direct_tile_avx2
 #define DIRECT_SOURCES PYNN_DIRECT_SOURCES
 #include "conv_direct_tile.h"

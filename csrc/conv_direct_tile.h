@@ -4,7 +4,8 @@
  * The includer defines DIRECT_SUFFIX, DIRECT_TARGET (the path's function attribute),
  * DIRECT_LANES (floats per vector), DIRECT_RUNS and DIRECT_GROUP (a tile
  * step's vectors of outputs per channel and its channels, a divisor of 8),
- * DIRECT_RUNS6 (the vectors a step of a block of 6 channels or fewer) and
+ * DIRECT_RUNS6 (the vectors a step of a block of 6 channels or fewer) or
+ * DIRECT_NARROW_TILE (another path's tile, which takes those blocks), and
  * DIRECT_SOURCES (a weight-gradient pass's sources, a divisor of 6). */
 #define DIRECT_JOIN2(a, b) a##_##b
 #define DIRECT_JOIN(a, b) DIRECT_JOIN2(a, b)
@@ -12,7 +13,11 @@
 #define DIRECT_BITS DIRECT_JOIN(direct_bits, DIRECT_SUFFIX)
 #define DIRECT_STEP DIRECT_JOIN(direct_step, DIRECT_SUFFIX)
 #define DIRECT_GROUPS DIRECT_JOIN(direct_groups, DIRECT_SUFFIX)
+#ifdef DIRECT_NARROW_TILE
+#define DIRECT_MAX_RUNS DIRECT_RUNS
+#else
 #define DIRECT_MAX_RUNS (DIRECT_RUNS > DIRECT_RUNS6 ? DIRECT_RUNS : DIRECT_RUNS6)
+#endif
 #define DIRECT_TILE DIRECT_JOIN(direct_tile, DIRECT_SUFFIX)
 #define DIRECT_SUMS DIRECT_JOIN(direct_sums, DIRECT_SUFFIX)
 #define DIRECT_SUMS_OF DIRECT_JOIN(direct_sums_of, DIRECT_SUFFIX)
@@ -89,17 +94,15 @@ DIRECT_GROUPS(const pynn_direct_tile *t, const int group, const int most, const 
 }
 
 /* A block of at most 6 channels as one group of 6 with more vectors a step
- * (the same accumulators), not a group of 8 with a quarter of them idle. */
+ * (or through DIRECT_NARROW_TILE), not a group of 8 with a quarter idle. */
 DIRECT_TARGET static void DIRECT_TILE(const pynn_direct_tile *t)
 {
-#ifdef DIRECT_NARROW_TILE
-    if (t->outputs <= 6) {
-        DIRECT_NARROW_TILE(t);
-        return;
-    }
-#endif
     if (t->outputs <= 6)
+#ifdef DIRECT_NARROW_TILE
+        DIRECT_NARROW_TILE(t);
+#else
         DIRECT_GROUPS(t, 6, DIRECT_RUNS6, 6);
+#endif
     else
         DIRECT_GROUPS(t, DIRECT_GROUP, DIRECT_RUNS, PYNN_DIRECT_CHANNELS);
 }
