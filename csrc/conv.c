@@ -687,48 +687,81 @@ static int direct_applies(const pynn_context *ctx, const pynn_conv_shape *s)
            direct_row_floats(s) * (s->height + 2 * s->pad_h) <= DIRECT_MAX_FLOATS;
 }
 
-/* Six output channels of one image from its padded copy (row stride ld);
- * weights [6][KH KW], biases [6]; only the first `count` are stored. Per
- * shifted row, 7 loads feed 6 FMAs. */
+/* The sums of one or two vectors of a row, stored: relu'd when asked, the
+ * columns past out_w through the stack, never past the row. */
+static inline __attribute__((always_inline)) PYNN_TARGET_AVX2 void
+direct_store(const pynn_conv_shape *s, const __m256 *sums, int relu, float *y, ptrdiff_t count,
+             ptrdiff_t oh, ptrdiff_t at)
+{
+    const __m256 zero = _mm256_setzero_ps();
+    const ptrdiff_t valid = s->out_w - at < 8 ? s->out_w - at : 8;
+    for (ptrdiff_t c = 0; c < count; c++) {
+        const __m256 value = relu ? _mm256_max_ps(zero, sums[c]) : sums[c];  /* NaN stays */
+        float *out = y + c * plane(s) + oh * s->out_w + at;
+        if (valid == 8) {
+            _mm256_storeu_ps(out, value);
+        } else {
+            float lanes[8];
+            _mm256_storeu_ps(lanes, value);
+            for (ptrdiff_t i = 0; i < valid; i++) out[i] = lanes[i];
+        }
+    }
+}
+
+/* Outputs [ow, ow + 8) and, with `two`, [ow + 8, ow + 16) of row oh of six
+ * output channels from the padded copy (row stride ld); weights [6][KH KW],
+ * biases [6]; only the first `count` channels are stored. Per shifted row,
+ * 1 or 2 loads and 6 broadcasts feed 6 or 12 FMAs: the 12 chains of two
+ * vectors keep both FMA pipes busy where 6 left them waiting. Named
+ * accumulators: in an array GCC stores them back every tap. */
+static inline __attribute__((always_inline)) PYNN_TARGET_AVX2 void
+direct_chunk(const pynn_conv_shape *s, const float *padded, ptrdiff_t ld, const float *weights,
+             const float *biases, int relu, float *y, ptrdiff_t count, ptrdiff_t oh,
+             ptrdiff_t ow, const int two)
+{
+    const ptrdiff_t taps = s->kernel_h * s->kernel_w;
+    __m256 a0 = _mm256_set1_ps(biases[0]), a1 = _mm256_set1_ps(biases[1]);
+    __m256 a2 = _mm256_set1_ps(biases[2]), a3 = _mm256_set1_ps(biases[3]);
+    __m256 a4 = _mm256_set1_ps(biases[4]), a5 = _mm256_set1_ps(biases[5]);
+    __m256 b0 = a0, b1 = a1, b2 = a2, b3 = a3, b4 = a4, b5 = a5;
+    for (ptrdiff_t kh = 0; kh < s->kernel_h; kh++) {
+        const float *row = padded + (oh + kh) * ld + ow;
+        const float *w = weights + kh * s->kernel_w;
+        for (ptrdiff_t kw = 0; kw < s->kernel_w; kw++, w++) {
+            const __m256 first = _mm256_loadu_ps(row + kw);
+            const __m256 second = two ? _mm256_loadu_ps(row + kw + 8) : first;
+#define DIRECT_FMA(a, b, c)                                             \
+    do {                                                                \
+        const __m256 weight = _mm256_broadcast_ss(w + (c) * taps);      \
+        a = _mm256_fmadd_ps(weight, first, a);                          \
+        if (two) b = _mm256_fmadd_ps(weight, second, b);                \
+    } while (0)
+            DIRECT_FMA(a0, b0, 0); DIRECT_FMA(a1, b1, 1); DIRECT_FMA(a2, b2, 2);
+            DIRECT_FMA(a3, b3, 3); DIRECT_FMA(a4, b4, 4); DIRECT_FMA(a5, b5, 5);
+#undef DIRECT_FMA
+        }
+    }
+    const __m256 firsts[DIRECT_CHANNELS] = {a0, a1, a2, a3, a4, a5};
+    direct_store(s, firsts, relu, y, count, oh, ow);
+    if (two) {
+        const __m256 seconds[DIRECT_CHANNELS] = {b0, b1, b2, b3, b4, b5};
+        direct_store(s, seconds, relu, y, count, oh, ow + 8);
+    }
+}
+
+/* Six output channels of one image from its padded copy, two vectors of a
+ * row at a time while two remain (the second maybe partial). */
 static PYNN_TARGET_AVX2 void direct_channels(const pynn_conv_shape *s, const float *padded,
                                              ptrdiff_t ld, const float *weights,
                                              const float *biases, int relu, float *y,
                                              ptrdiff_t count)
 {
-    const ptrdiff_t taps = s->kernel_h * s->kernel_w, p = plane(s);
-    const __m256 zero = _mm256_setzero_ps();
-    for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
-        for (ptrdiff_t ow = 0; ow < s->out_w; ow += 8) {
-            __m256 a0 = _mm256_set1_ps(biases[0]), a1 = _mm256_set1_ps(biases[1]);
-            __m256 a2 = _mm256_set1_ps(biases[2]), a3 = _mm256_set1_ps(biases[3]);
-            __m256 a4 = _mm256_set1_ps(biases[4]), a5 = _mm256_set1_ps(biases[5]);
-            for (ptrdiff_t kh = 0; kh < s->kernel_h; kh++) {
-                const float *row = padded + (oh + kh) * ld + ow;
-                const float *w = weights + kh * s->kernel_w;
-                for (ptrdiff_t kw = 0; kw < s->kernel_w; kw++, w++) {
-                    const __m256 shifted = _mm256_loadu_ps(row + kw);
-                    a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w), shifted, a0);
-                    a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + taps), shifted, a1);
-                    a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 2 * taps), shifted, a2);
-                    a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 3 * taps), shifted, a3);
-                    a4 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 4 * taps), shifted, a4);
-                    a5 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 5 * taps), shifted, a5);
-                }
-            }
-            const __m256 sums[DIRECT_CHANNELS] = {a0, a1, a2, a3, a4, a5};
-            const ptrdiff_t valid = s->out_w - ow < 8 ? s->out_w - ow : 8;
-            for (ptrdiff_t c = 0; c < count; c++) {
-                const __m256 v = relu ? _mm256_max_ps(zero, sums[c]) : sums[c];  /* NaN stays */
-                float *out = y + c * p + oh * s->out_w + ow;
-                if (valid == 8) {
-                    _mm256_storeu_ps(out, v);
-                } else {  /* the row's last few: through the stack, never past the row */
-                    float lanes[8];
-                    _mm256_storeu_ps(lanes, v);
-                    for (ptrdiff_t i = 0; i < valid; i++) out[i] = lanes[i];
-                }
-            }
-        }
+    for (ptrdiff_t oh = 0; oh < s->out_h; oh++) {
+        ptrdiff_t ow = 0;
+        for (; ow + 8 < s->out_w; ow += 16)
+            direct_chunk(s, padded, ld, weights, biases, relu, y, count, oh, ow, 2);
+        if (ow < s->out_w) direct_chunk(s, padded, ld, weights, biases, relu, y, count, oh, ow, 1);
+    }
 }
 
 static PYNN_TARGET_AVX2 void direct_image(const pynn_conv_shape *s, const float *image,
@@ -821,6 +854,26 @@ int pynn_conv2d_forward(const pynn_context *ctx, const pynn_conv_shape *s, const
     return 0;
 }
 
+/* Independent partial sums per plane in the bias gradient, as vectors of
+ * four floats that any x86-64 or AArch64 build has: one chain of dependent
+ * adds per plane left it latency-bound. */
+#define BIAS_CHAINS 4
+typedef float bias_quad __attribute__((vector_size(16), aligned(4), may_alias));
+
+/* The sum of one plane: BIAS_CHAINS x 4 strided partial sums, then their
+ * total and the tail in index order (a fixed order). */
+static float plane_sum(const float *row, ptrdiff_t p)
+{
+    bias_quad chains[BIAS_CHAINS] = {{0.0f}};
+    ptrdiff_t i = 0;
+    for (; i + 4 * BIAS_CHAINS <= p; i += 4 * BIAS_CHAINS)
+        for (int k = 0; k < BIAS_CHAINS; k++) chains[k] += *(const bias_quad *)(row + i + 4 * k);
+    const bias_quad quad = (chains[0] + chains[1]) + (chains[2] + chains[3]);
+    float sum = (quad[0] + quad[1]) + (quad[2] + quad[3]);
+    for (; i < p; i++) sum += row[i];
+    return sum;
+}
+
 /* db[o] = Σ_{n,p} dy[n, o, p]: each channel summed in one fixed order. */
 static void bias_gradient(const pynn_context *ctx, const pynn_conv_shape *s, const float *dy,
                           float *dbias)
@@ -830,12 +883,7 @@ static void bias_gradient(const pynn_context *ctx, const pynn_conv_shape *s, con
                        ? ctx->num_threads : 1;
     PYNN_TEAM_FOR(ctx, wanted, o, oc, {
         double total = 0.0;
-        for (ptrdiff_t n = 0; n < s->batch; n++) {
-            const float *row = dy + (n * oc + o) * p;
-            float sum = 0.0f;
-            for (ptrdiff_t i = 0; i < p; i++) sum += row[i];
-            total += sum;
-        }
+        for (ptrdiff_t n = 0; n < s->batch; n++) total += plane_sum(dy + (n * oc + o) * p, p);
         dbias[o] = (float)total;
     });
 }

@@ -103,6 +103,7 @@ size_t pynn_direct_workspace_size(const pynn_conv_shape *s, int threads)
 #define DIRECT_TARGET
 #define DIRECT_LANES 4
 #define DIRECT_RUNS 1
+#define DIRECT_RUNS6 2
 #define DIRECT_GROUP 8
 #define DIRECT_SOURCES 2
 #include "conv_direct_tile.h"
@@ -110,15 +111,20 @@ size_t pynn_direct_workspace_size(const pynn_conv_shape *s, int threads)
 #define DIRECT_SUFFIX avx2
 #define DIRECT_TARGET PYNN_TARGET_AVX2
 #define DIRECT_LANES 8
-#define DIRECT_RUNS 1
-#define DIRECT_GROUP 8
-#define DIRECT_SOURCES 2
+#define DIRECT_RUNS 3
+#define DIRECT_RUNS6 2
+#define DIRECT_GROUP 4
+#define DIRECT_SOURCES 3
 #include "conv_direct_tile.h"
 #define DIRECT_SUFFIX avx512
 #define DIRECT_TARGET PYNN_TARGET_AVX512
 #define DIRECT_LANES 16
 #define DIRECT_RUNS 3
 #define DIRECT_GROUP 8
+/* blocks of at most 6 channels (a first layer's, or the input gradient of
+ * one with 6 inputs) through the AVX2 tile: its steps of 16 outputs skip
+ * more padding rows than 512-bit steps of 64 */
+#define DIRECT_NARROW_TILE direct_tile_avx2
 #define DIRECT_SOURCES PYNN_DIRECT_SOURCES
 #include "conv_direct_tile.h"
 #endif
@@ -141,8 +147,12 @@ static void run_block(const struct pynn_direct_kernels *kernels, const pynn_conv
     const ptrdiff_t taps = s->kernel_h * s->kernel_w, o0 = block * PYNN_DIRECT_CHANNELS;
     const ptrdiff_t count = s->out_channels - o0 < PYNN_DIRECT_CHANNELS ? s->out_channels - o0
                                                                          : PYNN_DIRECT_CHANNELS;
-    pynn_direct_tile t = {planes, l->offsets, taps, s->in_channels, l->channel_step, l->count,
-                          l->out_ld, {NULL}, {0}, relu, out};
+    /* with a vertical stride of 1, plane row i is input row i - pad_h */
+    const int vertical = s->stride_h == 1;
+    pynn_direct_tile t = {planes, l->offsets, taps, s->kernel_w, l->cols,
+                          vertical ? s->pad_h : 0, vertical ? s->pad_h + s->height : l->rows + s->kernel_h,
+                          s->in_channels, l->channel_step, l->count, l->out_ld, (int)count,
+                          {NULL}, {0}, relu, out};
     for (ptrdiff_t o = 0; o < PYNN_DIRECT_CHANNELS; o++) {
         const ptrdiff_t channel = o0 + (o < count ? o : count - 1);  /* extra lanes: unstored */
         t.weights[o] = weight + channel * s->in_channels * taps;
@@ -287,8 +297,15 @@ static void chunk_weight_grad(const struct pynn_direct_kernels *kernels, const p
             for (ptrdiff_t oh = 0; oh < s->out_h; oh++)
                 memcpy(row + oh * l->cols, from + oh * s->out_w, (size_t)s->out_w * sizeof(float));
         }
+    /* q runs over each image's output rows only (the rows past them, zero
+     * gradients, add nothing), where those rows in whole vectors stay
+     * within the image's segment; else over the whole run of images */
     pynn_direct_sums block;
-    block.length = g->phase_step;
+    const ptrdiff_t lanes = PYNN_DIRECT_MAX_LANES;
+    const ptrdiff_t rows_run = (l->count + lanes - 1) / lanes * lanes;
+    block.runs = rows_run < g->segment ? count : 1;
+    block.segment = g->segment;
+    block.length = rows_run < g->segment ? rows_run : g->phase_step;
     for (ptrdiff_t o0 = 0; o0 < s->out_channels; o0 += PYNN_DIRECT_GRADS) {
         const ptrdiff_t outs = s->out_channels - o0 < PYNN_DIRECT_GRADS ? s->out_channels - o0
                                                                          : PYNN_DIRECT_GRADS;
@@ -300,7 +317,7 @@ static void chunk_weight_grad(const struct pynn_direct_kernels *kernels, const p
                 const ptrdiff_t j = j0 + (k < ks ? k : 0);
                 block.sources[k] = chunk + (j / taps) * g->channel_step + g->offsets[j % taps];
             }
-            kernels->sums(&block);
+            (outs <= 2 ? kernels->half_sums : kernels->sums)(&block);
             for (ptrdiff_t o = 0; o < outs; o++)
                 for (ptrdiff_t k = 0; k < ks; k++) share[(o0 + o) * pairs + j0 + k] = block.sums[o][k];
         }

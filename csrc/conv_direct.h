@@ -22,25 +22,32 @@
 #define PYNN_DIRECT_MAX_TAPS 49
 
 /* One tile: out[o][q] = act(Σ_{c, t} weights[o][c taps + t] planes[c step + offsets[t] + q]
- * + bias[o]) for o < 8 and q < count rounded up to the path's vector. */
+ * + bias[o]) for o < 8 and q < count rounded up to the path's vector. Taps
+ * go row by row, kernel_w a row; where tap row kh reads plane row
+ * q / cols + kh (a vertical stride of 1), only plane rows [data_first,
+ * data_last) hold other than zeros, so a run of q skips the tap rows that
+ * read none of them. */
 typedef struct {
     const float *planes;
     const ptrdiff_t *offsets;  /* per tap, into channel 0's planes */
-    ptrdiff_t taps, channels, channel_step, count, out_ld;
+    ptrdiff_t taps, kernel_w, cols, data_first, data_last;
+    ptrdiff_t channels, channel_step, count, out_ld;
+    int outputs;  /* the channels stored, up to 8: at most 6 take a group of 6 */
     const float *weights[PYNN_DIRECT_CHANNELS];
     float bias[PYNN_DIRECT_CHANNELS];
     int relu;
     float *out;
 } pynn_direct_tile;
 
-/* A weight-gradient block: sums[o][k] = Σ_{q < length} grads[o][q] sources[k][q]
- * (length a multiple of 16 floats). */
+/* A weight-gradient block: sums[o][k] = Σ_{q in runs} grads[o][q] sources[k][q]
+ * over `runs` runs of q, run r covering [r segment, r segment + length)
+ * (length a multiple of 16 floats), in that order. */
 #define PYNN_DIRECT_GRADS 4
 #define PYNN_DIRECT_SOURCES 6
 typedef struct {
     const float *sources[PYNN_DIRECT_SOURCES];
     const float *grads[PYNN_DIRECT_GRADS];
-    ptrdiff_t length;
+    ptrdiff_t runs, segment, length;
     float sums[PYNN_DIRECT_GRADS][PYNN_DIRECT_SOURCES];
 } pynn_direct_sums;
 
@@ -52,11 +59,13 @@ typedef struct {
     ptrdiff_t phases_h, phases_w, rows, cols, channel_step, phase_step, segment;
 } pynn_direct_planes;
 
-/* One path's direct kernels: its tile, its weight-gradient block and its
- * phase-plane builder (padding zero). */
+/* One path's direct kernels: its tile, its weight-gradient blocks (of
+ * PYNN_DIRECT_GRADS gradients, and of the first 2 only) and its phase-plane
+ * builder (padding zero). */
 struct pynn_direct_kernels {
     void (*tile)(const pynn_direct_tile *tile);
     void (*sums)(pynn_direct_sums *block);
+    void (*half_sums)(pynn_direct_sums *block);
     void (*planes)(const pynn_direct_planes *where, const float *image, float *planes);
 };
 

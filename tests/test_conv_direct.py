@@ -103,3 +103,70 @@ def test_many_images_share_the_capped_count_of_weight_gradient_chunks():
     _, expected, _ = reference_conv_backward(dy, x, weight, **geometry)
     _, magnitude, _ = reference_conv_backward(np.abs(dy), np.abs(x), np.abs(weight), **geometry)
     assert_close_sum(dweight, expected, magnitude, 65 * 64 * 64)
+
+
+# Blocks of at most 6 output channels (a group of 6; on the AVX-512 path the
+# AVX2 tile), tap rows skipped where they read only padding rows, the direct
+# input gradient of LeNet's second convolution (6 channels, padded by 4).
+SMALL_BLOCK_CASES = [
+    (5, 6, 14, 14, 16, (5, 5), (1, 1), (0, 0), (1, 1), 1),   # LeNet conv2: dx through 6-channel blocks
+    (3, 16, 10, 10, 6, (5, 5), (1, 1), (4, 4), (1, 1), 1),   # its input gradient's shape, forward
+    (2, 6, 11, 9, 6, (3, 3), (2, 1), (1, 1), (1, 1), 1),     # vertical stride 2: no row skipped
+    (2, 8, 3, 30, 14, (3, 3), (1, 1), (2, 1), (1, 1), 1),    # runs across more rows than the image
+    (1, 7, 2, 40, 6, (5, 3), (1, 1), (4, 1), (1, 1), 1),     # every run skips rows
+]
+
+# One input channel at stride 1 (conv.c's direct single-channel kernel):
+# rows of 9, 16, 17, 24 and 28 outputs end its two-vector steps differently.
+SINGLE_CHANNEL_CASES = [
+    (2, 1, 7, 9, 6, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    (2, 1, 6, 16, 7, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    (1, 1, 5, 17, 6, (2, 3), (1, 1), (0, 1), (1, 1), 1),
+    (2, 1, 4, 26, 13, (3, 3), (1, 1), (0, 0), (1, 1), 1),
+    (5, 1, 28, 28, 6, (5, 5), (1, 1), (2, 2), (1, 1), 1),    # LeNet conv1
+]
+
+
+@pytest.mark.parametrize("case", SMALL_BLOCK_CASES + SINGLE_CHANNEL_CASES)
+def test_small_blocks_and_single_channels_match_float64(isa, case):
+    x, weight, bias, geometry = make(case, seed=7)
+    expected = np.maximum(reference_conv(x, weight, bias, **geometry), 0.0)
+    magnitude = reference_conv(np.abs(x), np.abs(weight), np.abs(bias), **geometry)
+    out = np.full(expected.shape, np.nan, np.float32)
+    kernels.conv2d_forward(x, weight, bias, out, geometry["stride"], geometry["padding"],
+                           geometry["dilation"], 1, True)
+    assert_close_sum(out, expected, magnitude, weight[0].size + 1)
+    dy = np.random.default_rng(8).standard_normal(expected.shape).astype(np.float32)
+    dx, dweight, dbias = ops.conv2d_backward(dy, x, weight, **geometry)
+    rx, rw, rb = reference_conv_backward(dy, x, weight, **geometry)
+    mx, mw, mb = reference_conv_backward(np.abs(dy), np.abs(x), np.abs(weight), **geometry)
+    assert_close_sum(dx, rx, mx, weight.shape[0] * weight.shape[2] * weight.shape[3])
+    assert_close_sum(dweight, rw, mw, dy.shape[0] * dy.shape[2] * dy.shape[3])
+    assert_close_sum(dbias, rb, mb, dy.shape[0] * dy.shape[2] * dy.shape[3])
+
+
+@pytest.mark.parametrize("plane", [(3, 5), (4, 4), (10, 10), (7, 13), (28, 28)])
+def test_bias_gradient_matches_float64_across_its_vector_chains(plane):
+    # planes shorter than, equal to and past the chains' 16 floats, with tails
+    case = (9, 6, plane[0] + 2, plane[1] + 2, 6, (3, 3), (1, 1), (0, 0), (1, 1), 1)
+    x, weight, _, geometry = make(case, seed=9)
+    dy = np.random.default_rng(10).standard_normal((9, 6) + plane).astype(np.float32)
+    _, _, dbias = ops.conv2d_backward(dy, x, weight, **geometry)
+    expected = dy.astype(np.float64).sum(axis=(0, 2, 3))
+    assert_close_sum(dbias, expected, np.abs(dy.astype(np.float64)).sum(axis=(0, 2, 3)),
+                     dy.size // 6)
+
+
+@pytest.mark.parametrize("case", [SMALL_BLOCK_CASES[0], SMALL_BLOCK_CASES[1], SINGLE_CHANNEL_CASES[4]])
+def test_small_blocks_give_the_same_bits_on_any_thread_count(isa, case, set_threads):
+    x, weight, bias, geometry = make(case, seed=11)
+    dy = np.random.default_rng(12).standard_normal(
+        ops.conv2d(x, weight, bias, **geometry).shape).astype(np.float32)
+    results = []
+    for threads in (1, 2, 3):
+        set_threads(threads)
+        results.append((ops.conv2d(x, weight, bias, **geometry),)
+                       + ops.conv2d_backward(dy, x, weight, **geometry))
+    for other in results[1:]:
+        for first, second in zip(results[0], other):
+            np.testing.assert_array_equal(first, second)
