@@ -664,12 +664,22 @@ PYNN_INLINE double pynn_row_sum(const float *restrict x, const float *restrict b
 #define PYNN_COSTLY_PARALLEL 8192
 #define PYNN_CHEAP_PARALLEL 131072
 
-/* From this many bytes of output per thread, the AVX-512 loops store with
- * non-temporal stores: input and output no longer fit in the core's 2 MiB L2,
- * so skipping the read-for-ownership of the output lines saves memory
- * traffic; below this size the output would still be in cache for its
- * reader, and ordinary stores win. */
-#define PYNN_STREAM_BYTES_PER_THREAD (3 << 19)
+/* Where a map's data lives, which decides how the AVX-512 loops of the
+ * memory-bound maps run (pynn_map_place):
+ * PYNN_PLACE_L2: the bytes a thread touches (its inputs and output) fit in
+ * its L2, where whole 512-bit vectors are fastest.
+ * PYNN_PLACE_L3: they fit in its share of the caches, its L2 plus the L3
+ * divided among the logical processors that share it; there 256-bit loops
+ * keep up better with the L3 than 512-bit ones, and ordinary stores leave
+ * the output in cache for its reader (the next kernel).
+ * PYNN_PLACE_MEMORY: beyond that share the output would reach memory before
+ * its reader comes, so non-temporal stores skip the read-for-ownership of
+ * its lines. On a Xeon with 2 MiB of L2 and a small L3 share per core this
+ * streams from about the L2 plus that share, where the output cannot stay;
+ * on Zen 4, whose L3 share is larger, and where few processors share an L3,
+ * it streams later. */
+enum { PYNN_PLACE_L2 = 0, PYNN_PLACE_L3 = 1, PYNN_PLACE_MEMORY = 2 };
+int pynn_map_place(ptrdiff_t n, int threads, const float *a, const float *b, const float *y);
 
 /* Orders a thread's streaming stores before anything it does next (once per
  * thread at the end of a kernel, not per chunk: each fence waits for the
@@ -683,12 +693,13 @@ PYNN_INLINE void pynn_stream_fence(void)
 
 /* An element-wise kernel over up to two float inputs a, b, one output y and
  * one float parameter p (y may be a itself: each element is read before it is
- * written); stream asks for non-temporal stores where the ISA has them. */
+ * written); place is where its data lives (PYNN_PLACE_L2 ...). */
 typedef void (*pynn_map_fn)(ptrdiff_t n, const float *a, const float *b, float *y, float p,
-                            int stream);
+                            int place);
 
-/* Runs fn over [0, n), in parallel chunks when n >= min_parallel, asking for
- * streaming stores when may_stream is set and the output is large. */
+/* Runs fn over [0, n), in parallel chunks when n >= min_parallel, telling it
+ * where the data lives when may_stream is set (else PYNN_PLACE_L2: a costly
+ * map's arithmetic, not its memory, bounds it). */
 void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_t min_parallel,
                   int may_stream, const float *a, const float *b, float *y, float p);
 
@@ -700,20 +711,23 @@ void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_
  * table (ctx->kernels->activations->name). PYNN_ELEMENTWISE_VECTOR also gives
  * the AVX-512 copy an intrinsics expression of the __m512 lanes_a, lanes_b
  * and p, for functions the compiler cannot vectorise well (table lookups).
- * Large outputs are streamed (PYNN_STREAM_BYTES_PER_THREAD) by vectorised
+ * Large outputs are streamed (pynn_map_place) by vectorised
  * expressions and by the memory-bound scalar ones (parallel from
- * PYNN_CHEAP_PARALLEL); the costly scalar ones, sigmoid and gelu, store
- * normally, as their arithmetic, not memory, bounds them and the stage only
- * adds a copy. */
+ * PYNN_CHEAP_PARALLEL), which beyond the L2 also run 256-bit loops; the
+ * costly scalar ones, sigmoid and gelu, store normally with whole vectors,
+ * as their arithmetic, not memory, bounds them and the stage only adds a
+ * copy. */
 #define PYNN_ELEMENTWISE(name, min_parallel, expression)                                  \
     PYNN_SCALAR_LOOP(name, expression)                                                     \
+    PYNN_NARROW_COPIES(name)                                                               \
     PYNN_AVX512_FROM_SCALAR(name)                                                          \
-    PYNN_ELEMENTWISE_COPIES(name, min_parallel, (min_parallel) >= PYNN_CHEAP_PARALLEL)
+    PYNN_ELEMENTWISE_ENTRY(name, min_parallel, (min_parallel) >= PYNN_CHEAP_PARALLEL)
 
 #define PYNN_ELEMENTWISE_VECTOR(name, min_parallel, expression, vector_expression)         \
     PYNN_SCALAR_LOOP(name, expression)                                                     \
+    PYNN_NARROW_COPIES(name)                                                               \
     PYNN_AVX512_FROM_VECTOR(name, vector_expression)                                       \
-    PYNN_ELEMENTWISE_COPIES(name, min_parallel, 1)
+    PYNN_ELEMENTWISE_ENTRY(name, min_parallel, 1)
 
 #define PYNN_SCALAR_LOOP(name, expression)                                                 \
     PYNN_INLINE void name##_loop(ptrdiff_t n, const float *restrict a,                     \
@@ -734,15 +748,20 @@ void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_
  * then goes out (streamed straight from its vector loop, a scalar expression
  * would not vectorise). */
 #define PYNN_STAGE 256
-#define PYNN_STREAM_HEAD(y, n) (stream ? PYNN_MIN((ptrdiff_t)((-(uintptr_t)(y) & 63) / sizeof(float)), (n)) : 0)
+#define PYNN_STREAM_HEAD(y, n) \
+    (place == PYNN_PLACE_MEMORY ? PYNN_MIN((ptrdiff_t)((-(uintptr_t)(y) & 63) / sizeof(float)), (n)) : 0)
 #define PYNN_MIN(x, y) ((x) < (y) ? (x) : (y))
 
 #define PYNN_AVX512_FROM_SCALAR(name)                                                      \
     PYNN_TARGET_AVX512 static void name##_avx512(ptrdiff_t n, const float *a, const float *b, \
-                                                 float *y, float p, int stream)            \
+                                                 float *y, float p, int place)             \
     {                                                                                      \
-        if (!stream) {                                                                     \
+        if (place == PYNN_PLACE_L2) {                                                      \
             name##_loop(n, a, b, y, p);                                                    \
+            return;                                                                        \
+        }                                                                                  \
+        if (place == PYNN_PLACE_L3) {                                                      \
+            name##_avx2(n, a, b, y, p, place);                                             \
             return;                                                                        \
         }                                                                                  \
         ptrdiff_t i = PYNN_STREAM_HEAD(y, n);                                              \
@@ -769,8 +788,9 @@ void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_
         _mm512_mask_storeu_ps(y, lanes, name##_block(_mm512_maskz_loadu_ps(lanes, a), lanes_b, p)); \
     }                                                                                      \
     PYNN_TARGET_AVX512 static void name##_avx512(ptrdiff_t n, const float *a, const float *b, \
-                                                 float *y, float p, int stream)            \
+                                                 float *y, float p, int place)             \
     {                                                                                      \
+        const int stream = place == PYNN_PLACE_MEMORY;                                     \
         ptrdiff_t i = PYNN_STREAM_HEAD(y, n);                                              \
         if (i > 0) name##_part(i, a, b, y, p);                                             \
         for (; i + 16 <= n; i += 16) {                                                     \
@@ -782,27 +802,26 @@ void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_
         if (i < n) name##_part(n - i, a + i, b ? b + i : NULL, y + i, p);                  \
     }
 
-#define PYNN_ELEMENTWISE_COPIES(name, min_parallel, may_stream)                            \
+#define PYNN_NARROW_COPIES(name)                                                           \
     static void name##_generic(ptrdiff_t n, const float *a, const float *b, float *y,      \
-                               float p, int stream)                                        \
-    { (void)stream; name##_loop(n, a, b, y, p); }                                          \
+                               float p, int place)                                         \
+    { (void)place; name##_loop(n, a, b, y, p); }                                           \
     PYNN_TARGET_AVX2 static void name##_avx2(ptrdiff_t n, const float *a, const float *b,  \
-                                             float *y, float p, int stream)                \
-    { (void)stream; name##_loop(n, a, b, y, p); }                                          \
-    void pynn_##name(const pynn_context *ctx, ptrdiff_t n, const float *a, const float *b, \
-                     float *y, float p)                                                    \
-    { pynn_map_run(ctx, ctx->kernels->activations->name, n, (min_parallel), (may_stream), a, b, y, p); }
+                                             float *y, float p, int place)                 \
+    { (void)place; name##_loop(n, a, b, y, p); }
 #else
 #define PYNN_AVX512_FROM_SCALAR(name)
 #define PYNN_AVX512_FROM_VECTOR(name, vector_expression)
-#define PYNN_ELEMENTWISE_COPIES(name, min_parallel, may_stream)                                        \
+#define PYNN_NARROW_COPIES(name)                                                           \
     static void name##_generic(ptrdiff_t n, const float *a, const float *b, float *y,      \
-                               float p, int stream)                                        \
-    { (void)stream; name##_loop(n, a, b, y, p); }                                          \
+                               float p, int place)                                         \
+    { (void)place; name##_loop(n, a, b, y, p); }
+#endif
+
+#define PYNN_ELEMENTWISE_ENTRY(name, min_parallel, may_stream)                             \
     void pynn_##name(const pynn_context *ctx, ptrdiff_t n, const float *a, const float *b, \
                      float *y, float p)                                                    \
     { pynn_map_run(ctx, ctx->kernels->activations->name, n, (min_parallel), (may_stream), a, b, y, p); }
-#endif
 
 #define B (b[i])
 
