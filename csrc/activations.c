@@ -89,7 +89,7 @@ PYNN_ELEMENTWISE(gelu_tanh_backward, PYNN_COSTLY_PARALLEL, (float)(A * gelu_tanh
 PYNN_ELEMENTWISE(silu, PYNN_COSTLY_PARALLEL, silu_f(A))
 PYNN_ELEMENTWISE(silu_backward, PYNN_COSTLY_PARALLEL, A * silu_derivative_f(B))
 /* Divisions by 6 and the kinks' sides as in PyTorch's CPU kernels. */
-PYNN_ELEMENTWISE(hardswish, PYNN_CHEAP_PARALLEL, A * hard_ramp_f(A) / 6.0f)
+PYNN_ELEMENTWISE_NARROW(hardswish, PYNN_CHEAP_PARALLEL, A * hard_ramp_f(A) / 6.0f)
 PYNN_ELEMENTWISE(hardswish_backward, PYNN_CHEAP_PARALLEL,
                  B <= -3.0f ? 0.0f : B < 3.0f ? A * (B / 3.0f + 0.5f) : A)
 PYNN_ELEMENTWISE(hardsigmoid, PYNN_CHEAP_PARALLEL, hard_ramp_f(A) / 6.0f)

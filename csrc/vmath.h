@@ -198,7 +198,6 @@ PYNN_INLINE float pynn_tanh_f(float x)
  * the division, since there the table reads become gathers, slower than it. */
 #if defined(PYNN_X86_64)
 #define PYNN_TANH_DEGREE 5
-#define PYNN_TANH_LAST_INTERVAL 29
 #define PYNN_TANH_INDEX_BIAS 491 /* (bits of 1/16 >> 21) - 1: 1/16 opens interval 1 */
 #define PYNN_TANH_LEFT_MASK ((int32_t)0xFFE00000)
 
@@ -260,10 +259,13 @@ static inline PYNN_TARGET_AVX512 __m512 pynn_tanh16(__m512 x)
     __m512 a = _mm512_castsi512_ps(_mm512_andnot_si512(sign_bit, _mm512_castps_si512(x)));
     a = _mm512_min_ps(_mm512_set1_ps(9.0f), a); /* vminps returns its second operand, a, for NaN */
     __m512i bits = _mm512_castps_si512(a);
-    __m512i index = _mm512_sub_epi32(_mm512_srai_epi32(bits, 21), _mm512_set1_epi32(PYNN_TANH_INDEX_BIAS));
-    index = _mm512_max_epi32(index, _mm512_setzero_si512());
-    index = _mm512_min_epi32(index, _mm512_set1_epi32(PYNN_TANH_LAST_INTERVAL));
-    __mmask16 beyond_first = _mm512_cmpgt_epi32_mask(index, _mm512_setzero_si512());
+    /* up to 29 from 1/16 to 9; a NaN's index is out of range, but the permutes
+     * read only its low five bits and its t is NaN */
+    __mmask16 beyond_first = _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.0625f), _CMP_GE_OQ);
+    __m512i index = _mm512_maskz_and_epi32(beyond_first,
+                                           _mm512_sub_epi32(_mm512_srai_epi32(bits, 21),
+                                                            _mm512_set1_epi32(PYNN_TANH_INDEX_BIAS)),
+                                           _mm512_set1_epi32(-1));
     __m512i left = _mm512_maskz_and_epi32(beyond_first, bits, _mm512_set1_epi32(PYNN_TANH_LEFT_MASK));
     __m512 t = _mm512_sub_ps(a, _mm512_castsi512_ps(left));
     const float(*c)[32] = pynn_tanh_coefficients;
@@ -711,6 +713,9 @@ void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_
  * table (ctx->kernels->activations->name). PYNN_ELEMENTWISE_VECTOR also gives
  * the AVX-512 copy an intrinsics expression of the __m512 lanes_a, lanes_b
  * and p, for functions the compiler cannot vectorise well (table lookups).
+ * PYNN_ELEMENTWISE_NARROW runs the 256-bit loop on the AVX-512 path at every
+ * size below streaming, for expressions whose 512-bit loop is slower (mask
+ * register chains of several comparisons).
  * Large outputs are streamed (pynn_map_place) by vectorised
  * expressions and by the memory-bound scalar ones (parallel from
  * PYNN_CHEAP_PARALLEL), which beyond the L2 also run 256-bit loops; the
@@ -720,7 +725,13 @@ void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_
 #define PYNN_ELEMENTWISE(name, min_parallel, expression)                                  \
     PYNN_SCALAR_LOOP(name, expression)                                                     \
     PYNN_NARROW_COPIES(name)                                                               \
-    PYNN_AVX512_FROM_SCALAR(name)                                                          \
+    PYNN_AVX512_FROM_SCALAR(name, PYNN_PLACE_L3)                                           \
+    PYNN_ELEMENTWISE_ENTRY(name, min_parallel, (min_parallel) >= PYNN_CHEAP_PARALLEL)
+
+#define PYNN_ELEMENTWISE_NARROW(name, min_parallel, expression)                           \
+    PYNN_SCALAR_LOOP(name, expression)                                                     \
+    PYNN_NARROW_COPIES(name)                                                               \
+    PYNN_AVX512_FROM_SCALAR(name, PYNN_PLACE_L2)                                           \
     PYNN_ELEMENTWISE_ENTRY(name, min_parallel, (min_parallel) >= PYNN_CHEAP_PARALLEL)
 
 #define PYNN_ELEMENTWISE_VECTOR(name, min_parallel, expression, vector_expression)         \
@@ -752,15 +763,15 @@ void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_
     (place == PYNN_PLACE_MEMORY ? PYNN_MIN((ptrdiff_t)((-(uintptr_t)(y) & 63) / sizeof(float)), (n)) : 0)
 #define PYNN_MIN(x, y) ((x) < (y) ? (x) : (y))
 
-#define PYNN_AVX512_FROM_SCALAR(name)                                                      \
+#define PYNN_AVX512_FROM_SCALAR(name, narrow_from)                                         \
     PYNN_TARGET_AVX512 static void name##_avx512(ptrdiff_t n, const float *a, const float *b, \
                                                  float *y, float p, int place)             \
     {                                                                                      \
-        if (place == PYNN_PLACE_L2) {                                                      \
+        if (place < (narrow_from)) {                                                       \
             name##_loop(n, a, b, y, p);                                                    \
             return;                                                                        \
         }                                                                                  \
-        if (place == PYNN_PLACE_L3) {                                                      \
+        if (place < PYNN_PLACE_MEMORY) {                                                   \
             name##_avx2(n, a, b, y, p, place);                                             \
             return;                                                                        \
         }                                                                                  \
@@ -810,7 +821,7 @@ void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_
                                              float *y, float p, int place)                 \
     { (void)place; name##_loop(n, a, b, y, p); }
 #else
-#define PYNN_AVX512_FROM_SCALAR(name)
+#define PYNN_AVX512_FROM_SCALAR(name, narrow_from)
 #define PYNN_AVX512_FROM_VECTOR(name, vector_expression)
 #define PYNN_NARROW_COPIES(name)                                                           \
     static void name##_generic(ptrdiff_t n, const float *a, const float *b, float *y,      \
