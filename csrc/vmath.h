@@ -714,8 +714,8 @@ void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_
  * the AVX-512 copy an intrinsics expression of the __m512 lanes_a, lanes_b
  * and p, for functions the compiler cannot vectorise well (table lookups).
  * PYNN_ELEMENTWISE_NARROW runs the 256-bit loop on the AVX-512 path at every
- * size below streaming, for expressions whose 512-bit loop is slower (mask
- * register chains of several comparisons).
+ * size below streaming, for expressions whose 512-bit loop is slower even in
+ * L1 and L2 (chains of mask-register operations, two-input selects).
  * Large outputs are streamed (pynn_map_place) by vectorised
  * expressions and by the memory-bound scalar ones (parallel from
  * PYNN_CHEAP_PARALLEL), which beyond the L2 also run 256-bit loops; the
