@@ -669,7 +669,7 @@ PYNN_INLINE double pynn_row_sum(const float *restrict x, const float *restrict b
 /* Where a map's data lives, which decides how the AVX-512 loops of the
  * memory-bound maps run (pynn_map_place):
  * PYNN_PLACE_L2: the bytes a thread touches (its inputs and output) fit in
- * its L2, where whole 512-bit vectors are fastest.
+ * its L2, where most maps run fastest in 512-bit loops.
  * PYNN_PLACE_L3: they fit in its share of the caches, its L2 plus the L3
  * divided among the logical processors that share it; there 256-bit loops
  * keep up better with the L3 than 512-bit ones, and ordinary stores leave

@@ -99,7 +99,9 @@ def config():
 
 def _describe_caches(caches):
     def size(nbytes):
-        return f"{nbytes >> 20} MiB" if nbytes >= 1 << 20 and nbytes % (1 << 20) == 0 else f"{nbytes >> 10} KiB"
+        if nbytes >= 1 << 20 and nbytes % (1 << 20) == 0:
+            return f"{nbytes >> 20} MiB"
+        return f"{nbytes >> 10} KiB"
 
     def shared(level):
         count = caches[f"{level}_sharing"]
@@ -112,7 +114,7 @@ def _describe_caches(caches):
 
 
 def show_config():
-    """Print the version, build, kernel paths and thread count."""
+    """Print the version, build, kernel paths, thread count and data caches."""
     facts = config()
     openmp = "yes" if facts["openmp"] else "no (kernels run on one thread)"
     lines = [
