@@ -573,18 +573,21 @@ PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_within16(__m512 x, float end, __m512 
     return _mm512_mask_blend_ps(inside, _mm512_sub_ps(a, a), v);
 }
 
+/* Beyond the table the tail is m - m with m = min(0, x): 0 for finite x and
+ * +inf, NaN for -inf and NaN (vminps returns its second operand, x, for
+ * NaN); the result is x - tail for x >= 0, else -0 - tail. */
 PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_gelu16(__m512 x)
 {
-    __m512 a = pynn_abs_below16(x, PYNN_GELU_TAIL_END);
+    __m512 a = pynn_abs16(x);
+    __mmask16 inside = _mm512_cmp_ps_mask(a, _mm512_set1_ps(PYNN_GELU_TAIL_END), _CMP_LT_OQ);
+    a = _mm512_mask_blend_ps(inside, _mm512_setzero_ps(), a);
     __m512i j;
     __m512 t = pynn_interval_offset16(a, 4.0f, &j);
-    __m512 tail = pynn_within16(x, PYNN_GELU_TAIL_END,
-                                pynn_interval_poly16(pynn_gelu_tail, PYNN_GELU_DEGREE, j, t));
-    __mmask16 large = _mm512_cmp_ps_mask(x, _mm512_set1_ps(PYNN_GELU_TAIL_END), _CMP_GT_OQ);
-    tail = _mm512_mask_blend_ps(large, tail, _mm512_setzero_ps());
+    __m512 beyond = _mm512_min_ps(_mm512_setzero_ps(), x);
+    __m512 tail = _mm512_mask_blend_ps(inside, _mm512_sub_ps(beyond, beyond),
+                                       pynn_interval_poly16(pynn_gelu_tail, PYNN_GELU_DEGREE, j, t));
     __mmask16 nonnegative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
-    return _mm512_mask_blend_ps(nonnegative, _mm512_mul_ps(tail, _mm512_set1_ps(-1.0f)),
-                                _mm512_sub_ps(x, tail));
+    return _mm512_sub_ps(_mm512_mask_blend_ps(nonnegative, _mm512_set1_ps(-0.0f), x), tail);
 }
 
 PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_gauss_times16(__m512 a, __m512 v)
