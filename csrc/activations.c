@@ -74,7 +74,7 @@ PYNN_ELEMENTWISE(vexp, PYNN_COSTLY_PARALLEL, (float)pynn_exp_d(A))
 PYNN_ELEMENTWISE_VECTOR(vtanh, PYNN_COSTLY_PARALLEL, pynn_tanh_f(A), pynn_tanh16(lanes_a))
 PYNN_ELEMENTWISE(verf, PYNN_COSTLY_PARALLEL, (float)pynn_erf_d(A))
 PYNN_ELEMENTWISE(relu, PYNN_CHEAP_PARALLEL, A < 0.0f ? 0.0f : A)
-PYNN_ELEMENTWISE(relu_backward, PYNN_CHEAP_PARALLEL, B > 0.0f ? A : 0.0f)
+PYNN_ELEMENTWISE_NARROW(relu_backward, PYNN_CHEAP_PARALLEL, B > 0.0f ? A : 0.0f)
 PYNN_ELEMENTWISE(leaky_relu, PYNN_CHEAP_PARALLEL, A > 0.0f ? A : A * p)
 PYNN_ELEMENTWISE(leaky_relu_backward, PYNN_CHEAP_PARALLEL, B > 0.0f ? A : A * p)
 PYNN_ELEMENTWISE(sigmoid, PYNN_COSTLY_PARALLEL, sigmoid_f(A))
@@ -89,7 +89,7 @@ PYNN_ELEMENTWISE(gelu_tanh_backward, PYNN_COSTLY_PARALLEL, (float)(A * gelu_tanh
 PYNN_ELEMENTWISE(silu, PYNN_COSTLY_PARALLEL, silu_f(A))
 PYNN_ELEMENTWISE(silu_backward, PYNN_COSTLY_PARALLEL, A * silu_derivative_f(B))
 /* Divisions by 6 and the kinks' sides as in PyTorch's CPU kernels. */
-PYNN_ELEMENTWISE(hardswish, PYNN_CHEAP_PARALLEL, A * hard_ramp_f(A) / 6.0f)
+PYNN_ELEMENTWISE_NARROW(hardswish, PYNN_CHEAP_PARALLEL, A * hard_ramp_f(A) / 6.0f)
 PYNN_ELEMENTWISE(hardswish_backward, PYNN_CHEAP_PARALLEL,
                  B <= -3.0f ? 0.0f : B < 3.0f ? A * (B / 3.0f + 0.5f) : A)
 PYNN_ELEMENTWISE(hardsigmoid, PYNN_CHEAP_PARALLEL, hard_ramp_f(A) / 6.0f)
@@ -99,7 +99,7 @@ PYNN_ELEMENTWISE(relu6, PYNN_CHEAP_PARALLEL, A < 0.0f ? 0.0f : A > 6.0f ? 6.0f :
 PYNN_ELEMENTWISE(relu6_backward, PYNN_CHEAP_PARALLEL, B <= 0.0f || B >= 6.0f ? 0.0f : A)
 /* Inverted dropout, forward and backward alike: B holds uniform draws in
  * [0, 1), an element is kept when its draw is >= p and scaled by 1 / (1 - p). */
-PYNN_ELEMENTWISE(dropout, PYNN_CHEAP_PARALLEL, B >= p ? A * (1.0f / (1.0f - p)) : 0.0f)
+PYNN_ELEMENTWISE_NARROW(dropout, PYNN_CHEAP_PARALLEL, B >= p ? A * (1.0f / (1.0f - p)) : 0.0f)
 
 /* softmax along a contiguous row: the exponentials are written to y first,
  * then scaled (one exp per element). A NaN anywhere, or an infinite maximum,

@@ -1,5 +1,7 @@
 #include "cpu.h"
 
+#include <unistd.h>
+
 #if defined(PYNN_X86_64)
 #include <cpuid.h>
 #include <stdint.h>
@@ -99,4 +101,62 @@ int pynn_openmp_enabled(void)
 #else
     return 0;
 #endif
+}
+
+/* Used where neither CPUID nor the OS reports the caches. */
+#define FALLBACK_L1D (32L << 10)
+#define FALLBACK_L2 (1L << 20)
+
+static pynn_caches caches = {FALLBACK_L1D, FALLBACK_L2, 0, 1, 1};
+
+#if defined(PYNN_X86_64)
+/* The deterministic cache parameters (Intel's leaf 4, AMD's 0x8000001D, the
+ * same layout): 1 when the leaf described at least the L2. */
+static int read_cache_leaf(unsigned int leaf)
+{
+    unsigned int eax, ebx, ecx, edx, highest = __get_cpuid_max(leaf & 0x80000000u, NULL);
+    if (highest < leaf) return 0;
+    int found = 0;
+    for (unsigned int index = 0; index < 16; index++) {
+        __cpuid_count(leaf, index, eax, ebx, ecx, edx);
+        unsigned int type = eax & 31, level = (eax >> 5) & 7;
+        if (type == 0) break;
+        if (type == 2) continue; /* instruction cache */
+        long size = (long)((ebx >> 22) + 1) * (((ebx >> 12) & 0x3FF) + 1) * ((ebx & 0xFFF) + 1) *
+                    ((long)ecx + 1);
+        int sharing = (int)((eax >> 14) & 0xFFF) + 1;
+        if (level == 1) caches.l1d = size;
+        if (level == 2) { caches.l2 = size; caches.l2_sharing = sharing; found = 1; }
+        if (level == 3) { caches.l3 = size; caches.l3_sharing = sharing; }
+    }
+    return found;
+}
+#endif
+
+static void read_caches_from_os(void)
+{
+#if defined(_SC_LEVEL2_CACHE_SIZE) && defined(_SC_LEVEL3_CACHE_SIZE) && defined(_SC_LEVEL1_DCACHE_SIZE)
+    long l1d = sysconf(_SC_LEVEL1_DCACHE_SIZE), l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    if (l1d > 0) caches.l1d = l1d;
+    if (l2 > 0) caches.l2 = l2;
+    if (l3 > 0) caches.l3 = l3;
+#endif
+}
+
+__attribute__((constructor)) static void read_caches(void)
+{
+#if defined(PYNN_X86_64)
+    unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
+    __get_cpuid(0, &eax, &ebx, &ecx, &edx);
+    int amd = ebx == 0x68747541u; /* "Auth"enticAMD */
+    if (read_cache_leaf(amd ? 0x8000001Du : 4u)) return;
+    caches = (pynn_caches){FALLBACK_L1D, FALLBACK_L2, 0, 1, 1};
+#endif
+    read_caches_from_os();
+}
+
+const pynn_caches *pynn_cache_info(void)
+{
+    return &caches;
 }

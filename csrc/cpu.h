@@ -101,6 +101,10 @@ int pynn_isa_supported(pynn_isa isa);
 /* The best path that is both compiled in and supported. */
 pynn_isa pynn_isa_best(void);
 const char *pynn_isa_name(pynn_isa isa);
+/* This CPU's data caches, read once at load (CPUID, else sysconf, else a
+ * fallback): sizes in bytes, and how many logical processors share each. */
+typedef struct { long l1d, l2, l3; int l2_sharing, l3_sharing; } pynn_caches;
+const pynn_caches *pynn_cache_info(void);
 /* Compiler name and version this file was built with. */
 const char *pynn_compiler_version(void);
 /* 1 when the kernels were built with OpenMP. */

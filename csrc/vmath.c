@@ -6,6 +6,16 @@
  * but the last runs whole vectors. */
 #define CHUNK 4096
 
+int pynn_map_place(ptrdiff_t n, int threads, const float *a, const float *b, const float *y)
+{
+    const pynn_caches *caches = pynn_cache_info();
+    double l2 = (double)caches->l2 / caches->l2_sharing;
+    double share = l2 + (double)caches->l3 / caches->l3_sharing;
+    int arrays = 1 + (a != y) + (b != NULL && b != y && b != a);
+    double bytes = (double)n * sizeof(float) * arrays / threads;
+    return bytes <= l2 ? PYNN_PLACE_L2 : bytes <= share ? PYNN_PLACE_L3 : PYNN_PLACE_MEMORY;
+}
+
 void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_t min_parallel,
                   int may_stream, const float *a, const float *b, float *y, float p)
 {
@@ -14,8 +24,9 @@ void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_
 #ifdef _OPENMP
     if (ctx->num_threads > 1 && n >= min_parallel) threads = pynn_team_begin(ctx, ctx->num_threads);
 #endif
-    int stream = may_stream && (uintptr_t)y % sizeof(float) == 0 &&
-                 n / threads * (ptrdiff_t)sizeof(float) >= PYNN_STREAM_BYTES_PER_THREAD;
+    int place = may_stream ? pynn_map_place(n, threads, a, b, y) : PYNN_PLACE_L2;
+    if (place == PYNN_PLACE_MEMORY && (uintptr_t)y % sizeof(float) != 0) place = PYNN_PLACE_L3;
+    const int stream = place == PYNN_PLACE_MEMORY;
 #ifdef _OPENMP
     if (threads > 1) {
         ptrdiff_t chunks = (n + CHUNK - 1) / CHUNK;
@@ -25,7 +36,7 @@ void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_
             for (ptrdiff_t c = 0; c < chunks; c++) {
                 ptrdiff_t start = c * CHUNK;
                 ptrdiff_t len = n - start < CHUNK ? n - start : CHUNK;
-                fn(len, a + start, b ? b + start : NULL, y + start, p, stream);
+                fn(len, a + start, b ? b + start : NULL, y + start, p, place);
             }
             if (stream) pynn_stream_fence();
         }
@@ -33,6 +44,6 @@ void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_
         return;
     }
 #endif
-    fn(n, a, b, y, p, stream);
+    fn(n, a, b, y, p, place);
     if (stream) pynn_stream_fence();
 }

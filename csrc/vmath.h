@@ -198,7 +198,6 @@ PYNN_INLINE float pynn_tanh_f(float x)
  * the division, since there the table reads become gathers, slower than it. */
 #if defined(PYNN_X86_64)
 #define PYNN_TANH_DEGREE 5
-#define PYNN_TANH_LAST_INTERVAL 29
 #define PYNN_TANH_INDEX_BIAS 491 /* (bits of 1/16 >> 21) - 1: 1/16 opens interval 1 */
 #define PYNN_TANH_LEFT_MASK ((int32_t)0xFFE00000)
 
@@ -260,10 +259,13 @@ static inline PYNN_TARGET_AVX512 __m512 pynn_tanh16(__m512 x)
     __m512 a = _mm512_castsi512_ps(_mm512_andnot_si512(sign_bit, _mm512_castps_si512(x)));
     a = _mm512_min_ps(_mm512_set1_ps(9.0f), a); /* vminps returns its second operand, a, for NaN */
     __m512i bits = _mm512_castps_si512(a);
-    __m512i index = _mm512_sub_epi32(_mm512_srai_epi32(bits, 21), _mm512_set1_epi32(PYNN_TANH_INDEX_BIAS));
-    index = _mm512_max_epi32(index, _mm512_setzero_si512());
-    index = _mm512_min_epi32(index, _mm512_set1_epi32(PYNN_TANH_LAST_INTERVAL));
-    __mmask16 beyond_first = _mm512_cmpgt_epi32_mask(index, _mm512_setzero_si512());
+    /* up to 29 from 1/16 to 9; a NaN's index is out of range, but the permutes
+     * read only its low five bits and its t is NaN */
+    __mmask16 beyond_first = _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.0625f), _CMP_GE_OQ);
+    __m512i index = _mm512_maskz_and_epi32(beyond_first,
+                                           _mm512_sub_epi32(_mm512_srai_epi32(bits, 21),
+                                                            _mm512_set1_epi32(PYNN_TANH_INDEX_BIAS)),
+                                           _mm512_set1_epi32(-1));
     __m512i left = _mm512_maskz_and_epi32(beyond_first, bits, _mm512_set1_epi32(PYNN_TANH_LEFT_MASK));
     __m512 t = _mm512_sub_ps(a, _mm512_castsi512_ps(left));
     const float(*c)[32] = pynn_tanh_coefficients;
@@ -571,18 +573,21 @@ PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_within16(__m512 x, float end, __m512 
     return _mm512_mask_blend_ps(inside, _mm512_sub_ps(a, a), v);
 }
 
+/* Beyond the table the tail is m - m with m = min(0, x): 0 for finite x and
+ * +inf, NaN for -inf and NaN (vminps returns its second operand, x, for
+ * NaN); the result is x - tail for x >= 0, else -0 - tail. */
 PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_gelu16(__m512 x)
 {
-    __m512 a = pynn_abs_below16(x, PYNN_GELU_TAIL_END);
+    __m512 a = pynn_abs16(x);
+    __mmask16 inside = _mm512_cmp_ps_mask(a, _mm512_set1_ps(PYNN_GELU_TAIL_END), _CMP_LT_OQ);
+    a = _mm512_mask_blend_ps(inside, _mm512_setzero_ps(), a);
     __m512i j;
     __m512 t = pynn_interval_offset16(a, 4.0f, &j);
-    __m512 tail = pynn_within16(x, PYNN_GELU_TAIL_END,
-                                pynn_interval_poly16(pynn_gelu_tail, PYNN_GELU_DEGREE, j, t));
-    __mmask16 large = _mm512_cmp_ps_mask(x, _mm512_set1_ps(PYNN_GELU_TAIL_END), _CMP_GT_OQ);
-    tail = _mm512_mask_blend_ps(large, tail, _mm512_setzero_ps());
+    __m512 beyond = _mm512_min_ps(_mm512_setzero_ps(), x);
+    __m512 tail = _mm512_mask_blend_ps(inside, _mm512_sub_ps(beyond, beyond),
+                                       pynn_interval_poly16(pynn_gelu_tail, PYNN_GELU_DEGREE, j, t));
     __mmask16 nonnegative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
-    return _mm512_mask_blend_ps(nonnegative, _mm512_mul_ps(tail, _mm512_set1_ps(-1.0f)),
-                                _mm512_sub_ps(x, tail));
+    return _mm512_sub_ps(_mm512_mask_blend_ps(nonnegative, _mm512_set1_ps(-0.0f), x), tail);
 }
 
 PYNN_INLINE PYNN_TARGET_AVX512 __m512 pynn_gauss_times16(__m512 a, __m512 v)
@@ -664,12 +669,22 @@ PYNN_INLINE double pynn_row_sum(const float *restrict x, const float *restrict b
 #define PYNN_COSTLY_PARALLEL 8192
 #define PYNN_CHEAP_PARALLEL 131072
 
-/* From this many bytes of output per thread, the AVX-512 loops store with
- * non-temporal stores: input and output no longer fit in the core's 2 MiB L2,
- * so skipping the read-for-ownership of the output lines saves memory
- * traffic; below this size the output would still be in cache for its
- * reader, and ordinary stores win. */
-#define PYNN_STREAM_BYTES_PER_THREAD (3 << 19)
+/* Where a map's data lives, which decides how the AVX-512 loops of the
+ * memory-bound maps run (pynn_map_place):
+ * PYNN_PLACE_L2: the bytes a thread touches (its inputs and output) fit in
+ * its L2, where most maps run fastest in 512-bit loops.
+ * PYNN_PLACE_L3: they fit in its share of the caches, its L2 plus the L3
+ * divided among the logical processors that share it; there 256-bit loops
+ * keep up better with the L3 than 512-bit ones, and ordinary stores leave
+ * the output in cache for its reader (the next kernel).
+ * PYNN_PLACE_MEMORY: beyond that share the output would reach memory before
+ * its reader comes, so non-temporal stores skip the read-for-ownership of
+ * its lines. On a Xeon with 2 MiB of L2 and a small L3 share per core this
+ * streams from about the L2 plus that share, where the output cannot stay;
+ * on Zen 4, whose L3 share is larger, and where few processors share an L3,
+ * it streams later. */
+enum { PYNN_PLACE_L2 = 0, PYNN_PLACE_L3 = 1, PYNN_PLACE_MEMORY = 2 };
+int pynn_map_place(ptrdiff_t n, int threads, const float *a, const float *b, const float *y);
 
 /* Orders a thread's streaming stores before anything it does next (once per
  * thread at the end of a kernel, not per chunk: each fence waits for the
@@ -683,12 +698,13 @@ PYNN_INLINE void pynn_stream_fence(void)
 
 /* An element-wise kernel over up to two float inputs a, b, one output y and
  * one float parameter p (y may be a itself: each element is read before it is
- * written); stream asks for non-temporal stores where the ISA has them. */
+ * written); place is where its data lives (PYNN_PLACE_L2 ...). */
 typedef void (*pynn_map_fn)(ptrdiff_t n, const float *a, const float *b, float *y, float p,
-                            int stream);
+                            int place);
 
-/* Runs fn over [0, n), in parallel chunks when n >= min_parallel, asking for
- * streaming stores when may_stream is set and the output is large. */
+/* Runs fn over [0, n), in parallel chunks when n >= min_parallel, telling it
+ * where the data lives when may_stream is set (else PYNN_PLACE_L2: a costly
+ * map's arithmetic, not its memory, bounds it). */
 void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_t min_parallel,
                   int may_stream, const float *a, const float *b, float *y, float p);
 
@@ -700,20 +716,32 @@ void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_
  * table (ctx->kernels->activations->name). PYNN_ELEMENTWISE_VECTOR also gives
  * the AVX-512 copy an intrinsics expression of the __m512 lanes_a, lanes_b
  * and p, for functions the compiler cannot vectorise well (table lookups).
- * Large outputs are streamed (PYNN_STREAM_BYTES_PER_THREAD) by vectorised
+ * PYNN_ELEMENTWISE_NARROW runs the 256-bit loop on the AVX-512 path at every
+ * size below streaming, for expressions whose 512-bit loop is slower even in
+ * L1 and L2 (chains of mask-register operations, two-input selects).
+ * Large outputs are streamed (pynn_map_place) by vectorised
  * expressions and by the memory-bound scalar ones (parallel from
- * PYNN_CHEAP_PARALLEL); the costly scalar ones, sigmoid and gelu, store
- * normally, as their arithmetic, not memory, bounds them and the stage only
- * adds a copy. */
+ * PYNN_CHEAP_PARALLEL), which beyond the L2 also run 256-bit loops; the
+ * costly scalar ones, sigmoid and gelu, store normally with whole vectors,
+ * as their arithmetic, not memory, bounds them and the stage only adds a
+ * copy. */
 #define PYNN_ELEMENTWISE(name, min_parallel, expression)                                  \
     PYNN_SCALAR_LOOP(name, expression)                                                     \
-    PYNN_AVX512_FROM_SCALAR(name)                                                          \
-    PYNN_ELEMENTWISE_COPIES(name, min_parallel, (min_parallel) >= PYNN_CHEAP_PARALLEL)
+    PYNN_NARROW_COPIES(name)                                                               \
+    PYNN_AVX512_FROM_SCALAR(name, PYNN_PLACE_L3)                                           \
+    PYNN_ELEMENTWISE_ENTRY(name, min_parallel, (min_parallel) >= PYNN_CHEAP_PARALLEL)
+
+#define PYNN_ELEMENTWISE_NARROW(name, min_parallel, expression)                           \
+    PYNN_SCALAR_LOOP(name, expression)                                                     \
+    PYNN_NARROW_COPIES(name)                                                               \
+    PYNN_AVX512_FROM_SCALAR(name, PYNN_PLACE_L2)                                           \
+    PYNN_ELEMENTWISE_ENTRY(name, min_parallel, (min_parallel) >= PYNN_CHEAP_PARALLEL)
 
 #define PYNN_ELEMENTWISE_VECTOR(name, min_parallel, expression, vector_expression)         \
     PYNN_SCALAR_LOOP(name, expression)                                                     \
+    PYNN_NARROW_COPIES(name)                                                               \
     PYNN_AVX512_FROM_VECTOR(name, vector_expression)                                       \
-    PYNN_ELEMENTWISE_COPIES(name, min_parallel, 1)
+    PYNN_ELEMENTWISE_ENTRY(name, min_parallel, 1)
 
 #define PYNN_SCALAR_LOOP(name, expression)                                                 \
     PYNN_INLINE void name##_loop(ptrdiff_t n, const float *restrict a,                     \
@@ -734,15 +762,20 @@ void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_
  * then goes out (streamed straight from its vector loop, a scalar expression
  * would not vectorise). */
 #define PYNN_STAGE 256
-#define PYNN_STREAM_HEAD(y, n) (stream ? PYNN_MIN((ptrdiff_t)((-(uintptr_t)(y) & 63) / sizeof(float)), (n)) : 0)
+#define PYNN_STREAM_HEAD(y, n) \
+    (place == PYNN_PLACE_MEMORY ? PYNN_MIN((ptrdiff_t)((-(uintptr_t)(y) & 63) / sizeof(float)), (n)) : 0)
 #define PYNN_MIN(x, y) ((x) < (y) ? (x) : (y))
 
-#define PYNN_AVX512_FROM_SCALAR(name)                                                      \
+#define PYNN_AVX512_FROM_SCALAR(name, narrow_from)                                         \
     PYNN_TARGET_AVX512 static void name##_avx512(ptrdiff_t n, const float *a, const float *b, \
-                                                 float *y, float p, int stream)            \
+                                                 float *y, float p, int place)             \
     {                                                                                      \
-        if (!stream) {                                                                     \
+        if (place < (narrow_from)) {                                                       \
             name##_loop(n, a, b, y, p);                                                    \
+            return;                                                                        \
+        }                                                                                  \
+        if (place < PYNN_PLACE_MEMORY) {                                                   \
+            name##_avx2(n, a, b, y, p, place);                                             \
             return;                                                                        \
         }                                                                                  \
         ptrdiff_t i = PYNN_STREAM_HEAD(y, n);                                              \
@@ -769,8 +802,9 @@ void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_
         _mm512_mask_storeu_ps(y, lanes, name##_block(_mm512_maskz_loadu_ps(lanes, a), lanes_b, p)); \
     }                                                                                      \
     PYNN_TARGET_AVX512 static void name##_avx512(ptrdiff_t n, const float *a, const float *b, \
-                                                 float *y, float p, int stream)            \
+                                                 float *y, float p, int place)             \
     {                                                                                      \
+        const int stream = place == PYNN_PLACE_MEMORY;                                     \
         ptrdiff_t i = PYNN_STREAM_HEAD(y, n);                                              \
         if (i > 0) name##_part(i, a, b, y, p);                                             \
         for (; i + 16 <= n; i += 16) {                                                     \
@@ -782,27 +816,26 @@ void pynn_map_run(const pynn_context *ctx, pynn_map_fn fn, ptrdiff_t n, ptrdiff_
         if (i < n) name##_part(n - i, a + i, b ? b + i : NULL, y + i, p);                  \
     }
 
-#define PYNN_ELEMENTWISE_COPIES(name, min_parallel, may_stream)                            \
+#define PYNN_NARROW_COPIES(name)                                                           \
     static void name##_generic(ptrdiff_t n, const float *a, const float *b, float *y,      \
-                               float p, int stream)                                        \
-    { (void)stream; name##_loop(n, a, b, y, p); }                                          \
+                               float p, int place)                                         \
+    { (void)place; name##_loop(n, a, b, y, p); }                                           \
     PYNN_TARGET_AVX2 static void name##_avx2(ptrdiff_t n, const float *a, const float *b,  \
-                                             float *y, float p, int stream)                \
-    { (void)stream; name##_loop(n, a, b, y, p); }                                          \
-    void pynn_##name(const pynn_context *ctx, ptrdiff_t n, const float *a, const float *b, \
-                     float *y, float p)                                                    \
-    { pynn_map_run(ctx, ctx->kernels->activations->name, n, (min_parallel), (may_stream), a, b, y, p); }
+                                             float *y, float p, int place)                 \
+    { (void)place; name##_loop(n, a, b, y, p); }
 #else
-#define PYNN_AVX512_FROM_SCALAR(name)
+#define PYNN_AVX512_FROM_SCALAR(name, narrow_from)
 #define PYNN_AVX512_FROM_VECTOR(name, vector_expression)
-#define PYNN_ELEMENTWISE_COPIES(name, min_parallel, may_stream)                                        \
+#define PYNN_NARROW_COPIES(name)                                                           \
     static void name##_generic(ptrdiff_t n, const float *a, const float *b, float *y,      \
-                               float p, int stream)                                        \
-    { (void)stream; name##_loop(n, a, b, y, p); }                                          \
+                               float p, int place)                                         \
+    { (void)place; name##_loop(n, a, b, y, p); }
+#endif
+
+#define PYNN_ELEMENTWISE_ENTRY(name, min_parallel, may_stream)                             \
     void pynn_##name(const pynn_context *ctx, ptrdiff_t n, const float *a, const float *b, \
                      float *y, float p)                                                    \
     { pynn_map_run(ctx, ctx->kernels->activations->name, n, (min_parallel), (may_stream), a, b, y, p); }
-#endif
 
 #define B (b[i])
 

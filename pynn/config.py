@@ -93,11 +93,28 @@ def config():
         "isa_supported": kernels.supported_isas(),
         "isa_chosen": kernels.chosen_isa(),
         "num_threads": get_num_threads(),
+        "caches": kernels.cache_sizes(),
     }
 
 
+def _describe_caches(caches):
+    def size(nbytes):
+        if nbytes >= 1 << 20 and nbytes % (1 << 20) == 0:
+            return f"{nbytes >> 20} MiB"
+        return f"{nbytes >> 10} KiB"
+
+    def shared(level):
+        count = caches[f"{level}_sharing"]
+        return f" (shared by {count} logical CPUs)" if count > 1 else " (per logical CPU)"
+
+    text = f"L1d {size(caches['l1d'])}, L2 {size(caches['l2'])}{shared('l2')}"
+    if caches["l3"]:
+        text += f", L3 {size(caches['l3'])}{shared('l3')}"
+    return text
+
+
 def show_config():
-    """Print the version, build, kernel paths and thread count."""
+    """Print the version, build, kernel paths, thread count and data caches."""
     facts = config()
     openmp = "yes" if facts["openmp"] else "no (kernels run on one thread)"
     lines = [
@@ -112,6 +129,7 @@ def show_config():
         f"  isa on cpu    {', '.join(facts['isa_supported'])}",
         f"  isa chosen    {facts['isa_chosen']}",
         f"  threads       {facts['num_threads']}",
+        f"  caches        {_describe_caches(facts['caches'])}",
     ]
     print("\n".join(lines))
 

@@ -105,8 +105,18 @@ def test_default_threads_are_usable_cores():
 def test_show_config_and_info_command(capsys):
     pynn.show_config()
     text = capsys.readouterr().out
-    for word in ("pynn", "compiler", "openmp", "isa chosen", "threads", kernels.chosen_isa()):
+    for word in ("pynn", "compiler", "openmp", "isa chosen", "threads", "caches", "L2",
+                 kernels.chosen_isa()):
         assert word in text
     result = subprocess.run([sys.executable, "-m", "pynn", "info"], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0 and "isa compiled" in result.stdout
+
+
+def test_cache_sizes_are_plausible_and_in_config():
+    caches = kernels.cache_sizes()
+    assert set(caches) == {"l1d", "l2", "l3", "l2_sharing", "l3_sharing"}
+    assert 4 << 10 <= caches["l1d"] <= caches["l2"] <= 1 << 30
+    assert caches["l3"] == 0 or caches["l2"] <= caches["l3"] <= 1 << 34
+    assert caches["l2_sharing"] >= 1 and caches["l3_sharing"] >= 1
+    assert pynn.config.config()["caches"] == caches

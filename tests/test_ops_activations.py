@@ -147,14 +147,25 @@ def test_out_and_in_place(name):
 
 
 
+def _beyond_the_cache_share():
+    """An element count whose one array per thread, on up to 2 threads,
+    outgrows a thread's share of the caches (its L2 plus its part of the L3),
+    so every map streams its output on AVX-512."""
+    caches = kernels.cache_sizes()
+    share = caches["l2"] / caches["l2_sharing"] + caches["l3"] / caches["l3_sharing"]
+    return int(share * 2 / 4) + 37
+
+
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("offset", [0, 1, 15])
-def test_outputs_past_the_cache_at_any_alignment(isa, threads, offset, set_threads):
-    """Outputs of several MiB take the streaming-store path on AVX-512, which
-    writes the elements before the first 64-byte boundary separately; every
-    element must still come out as on a small array, in place too."""
+@pytest.mark.parametrize("size, offset", [("past the L2", 0), ("past the L2", 1), ("past the L2", 15),
+                                          ("past the cache share", 0), ("past the cache share", 15)])
+def test_outputs_past_the_cache_at_any_alignment(isa, threads, size, offset, set_threads):
+    """Outputs past the L2 run the AVX-512 path's 256-bit loops, and past a
+    thread's share of the caches its streaming stores, which write the
+    elements before the first 64-byte boundary separately; every element
+    must still come out as on a small array, in place too."""
     set_threads(threads)
-    n = (1 << 21) + 37
+    n = (1 << 21) + 37 if size == "past the L2" else _beyond_the_cache_share()
     storage = np.empty(n + 16, dtype=np.float32)
     x = _inputs(n, seed=5)
     dy = _inputs(n, seed=6, scale=1.0)

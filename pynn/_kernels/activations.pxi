@@ -7,6 +7,12 @@
 ctypedef void (*map_kernel)(const pynn_context *ctx, Py_ssize_t n, const float *a,
                             const float *b, float *y, float p) noexcept nogil
 
+cdef extern from "cpu.h" nogil:
+    ctypedef struct pynn_caches:
+        long l1d, l2, l3
+        int l2_sharing, l3_sharing
+    const pynn_caches *pynn_cache_info()
+
 cdef extern from "activations.h" nogil:
     void pynn_vexp(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
     void pynn_vtanh(const pynn_context *, Py_ssize_t, const float *, const float *, float *, float)
@@ -58,6 +64,15 @@ cdef dict kernel_index = {name: i for i, name in enumerate(KERNELS)}
 cdef map_kernel map_kernel_named(str name) except NULL:
     return kernel_table[kernel_index[name]]
 
+
+
+def cache_sizes():
+    """This CPU's data caches as the kernels found them: bytes, and the logical
+    processors sharing the L2 and the L3 (the L3 0 when there is none); the
+    element-wise kernels stream their output past caches it would not fit."""
+    cdef const pynn_caches *caches = pynn_cache_info()
+    return {"l1d": caches.l1d, "l2": caches.l2, "l3": caches.l3,
+            "l2_sharing": caches.l2_sharing, "l3_sharing": caches.l3_sharing}
 
 
 def elementwise(str name, a, b, out, float p=0.0):

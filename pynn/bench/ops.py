@@ -1,4 +1,4 @@
-"""Ops suite: each activation forward and backward at 1e6 elements, softmax
+"""Ops suite: each activation forward and backward and dropout at 1e6 elements, softmax
 cross-entropy, linear (+ReLU) forward and backward at MLP shapes, and
 scaled dot-product attention forward and forward+backward, beside the numpy
 expression a user would write (and PyTorch where installed).
@@ -15,6 +15,7 @@ from pynn._kernels import core as kernels
 from pynn.bench import Case, _checks, optional_import
 
 ELEMENTS = 1_000_000
+DROPOUT = 0.1
 BATCHES = (32, 128, 512)
 LAYERS = ((784, 256), (256, 128), (128, 10))
 # (N, heads, T, head_dim): a BERT-small batch, and one short sequence
@@ -25,6 +26,7 @@ def _activation_cases(rng, torch, scipy_special):
     x = rng.standard_normal(ELEMENTS, dtype=np.float32) * 3
     dy = rng.standard_normal(ELEMENTS, dtype=np.float32)
     out = np.empty_like(x)
+    draws = rng.random(ELEMENTS, dtype=np.float32)
     sigmoid_y, tanh_y = ops.sigmoid(x), ops.tanh(x)
     erf = scipy_special.erf if scipy_special else None  # numpy has no erf
     # name -> (pynn, numpy expression, torch expression on tensors x, dy, y, out)
@@ -73,8 +75,11 @@ def _activation_cases(rng, torch, scipy_special):
                   lambda t: torch.nn.functional.relu6(t["x"])),
         "relu6_backward": (lambda: ops.relu6_backward(dy, x, out=out), None,
                            lambda t: torch.ops.aten.hardtanh_backward(t["dy"], t["x"], 0.0, 6.0)),
+        # the Dropout layer's kernel over given draws (PyTorch's dropout draws its own)
+        "dropout": (lambda: kernels.elementwise("dropout", x, draws, out, DROPOUT),
+                    lambda: np.where(draws >= DROPOUT, x * np.float32(1 / (1 - DROPOUT)), 0), None),
     }
-    references = _activation_references(x, dy, sigmoid_y, tanh_y, scipy_special)
+    references = _activation_references(x, dy, sigmoid_y, tanh_y, scipy_special, draws)
     tensors = None
     if torch is not None:
         tensors = {name: torch.from_numpy(array) for name, array in
@@ -85,7 +90,7 @@ def _activation_cases(rng, torch, scipy_special):
         runners = {"pynn": mine}
         if numpy_expression is not None:
             runners["scipy" if name == "gelu" else "numpy"] = numpy_expression
-        if torch is not None:
+        if torch is not None and torch_expression is not None:
             runners["torch"] = lambda f=torch_expression: f(tensors)
         backward = name.endswith("_backward")
 
@@ -101,7 +106,7 @@ def _activation_cases(rng, torch, scipy_special):
     return found
 
 
-def _activation_references(x, dy, sigmoid_y, tanh_y, scipy_special):
+def _activation_references(x, dy, sigmoid_y, tanh_y, scipy_special, draws):
     """name -> a function computing the float64 result of that op on the suite's inputs."""
     x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
     s64, t64 = sigmoid_y.astype(np.float64), tanh_y.astype(np.float64)
@@ -145,6 +150,7 @@ def _activation_references(x, dy, sigmoid_y, tanh_y, scipy_special):
         "hardsigmoid_backward": lambda: np.where((x64 > -3) & (x64 < 3), dy64 / 6, 0),
         "relu6": lambda: np.clip(x64, 0, 6),
         "relu6_backward": lambda: np.where((x64 > 0) & (x64 < 6), dy64, 0),
+        "dropout": lambda: np.where(draws >= DROPOUT, x64 / (1 - DROPOUT), 0),
     }
 
 
