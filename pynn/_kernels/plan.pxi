@@ -54,6 +54,25 @@ cdef extern from "plan.h" nogil:
                              float *folded_bias)
 
 
+cdef extern from "helpers.h" nogil:
+    void pynn_helpers_hold(int held)
+    void pynn_helpers_last_run(int *by_caller, int *total)
+
+
+def hold_plan_helpers(bint held):
+    """While held, the plan team's helper threads take no work, as if
+    descheduled, so a test can see the calling thread run a plan alone."""
+    pynn_helpers_hold(held)
+
+
+def last_team_run():
+    """``(chunks the calling thread ran, chunks in all)`` for the last plan
+    run by a team of helper threads."""
+    cdef int by_caller, total
+    pynn_helpers_last_run(&by_caller, &total)
+    return by_caller, total
+
+
 cdef bint is_float32_buffer(object x, Py_ssize_t size):
     """x is an aligned, C-contiguous float32 array of ``size`` elements."""
     if not cnp.PyArray_Check(x):
