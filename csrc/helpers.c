@@ -2,6 +2,7 @@
 #include "helpers.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
@@ -60,6 +61,16 @@ static void relax(void)
 #if defined(PYNN_X86_64)
     _mm_pause();
 #endif
+}
+
+/* One turn of a spin wait; now and then the core goes to any other thread
+ * ready to run on it, which may be the very thread waited for (more
+ * threads than cores). */
+static void wait_a_little(unsigned *spins)
+{
+    relax();
+    if (++*spins % 256 == 0)
+        sched_yield();
 }
 
 static long long nanoseconds_since(const struct timespec *start)
@@ -133,7 +144,9 @@ static int take_part(int me, uint32_t gen, int phases, int chunks, int parts)
     int ran = 0;
     for (int phase = 0; phase < phases; phase++) {
         const long before = (long)phase * parts * chunks;
-        for (long done; phase > 0 && (done = finished_in(gen, parts)) < before; relax())
+        unsigned spins = 0;
+        for (long done; phase > 0 && (done = finished_in(gen, parts)) < before;
+             wait_a_little(&spins))
             if (done < 0)
                 return -1;
         struct timespec start;
@@ -170,11 +183,11 @@ static uint64_t wait_for_call(member *self, uint64_t seen)
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
     long long looked = 0;
-    for (unsigned spins = 1;; spins++) {
+    for (unsigned spins = 0;;) {
         const uint64_t call = atomic_load_explicit(&self->posted, memory_order_acquire);
         if (call != seen)
             return call;
-        relax();
+        wait_a_little(&spins);
         if (spins % 256 == 0) {
             const long long now = nanoseconds_since(&start);
             if (now > SPIN_NANOSECONDS || now - looked > DESCHEDULED_NANOSECONDS)
@@ -197,8 +210,8 @@ static void *helper_main(void *argument)
     const int me = (int)(self - members);
     for (uint64_t call = 0;;) {
         call = wait_for_call(self, call);
-        while (atomic_load_explicit(&held, memory_order_relaxed))
-            relax();
+        for (unsigned spins = 0; atomic_load_explicit(&held, memory_order_relaxed);)
+            wait_a_little(&spins);
         take_part(me, generation_of(call), (int)(call >> 16 & 0xff), (int)(call >> 8 & 0xff),
                   (int)(call & 0xff));
     }
@@ -270,8 +283,8 @@ int pynn_helpers_run(int parts, int phases, int chunks, pynn_helpers_chunk body,
         post(&members[i], call);
     last_by_caller = take_part(0, gen, phases, chunks, parts);
     last_total = phases * parts * chunks;
-    while (finished_in(gen, parts) < last_total)
-        relax();
+    for (unsigned spins = 0; finished_in(gen, parts) < last_total;)
+        wait_a_little(&spins);
     return 1;
 }
 
