@@ -18,6 +18,7 @@
  * awake; an idle process stops burning the core soon, like an OpenMP worker. */
 #define SPIN_NANOSECONDS 200000
 #define DESCHEDULED_NANOSECONDS 50000
+#define MAX_WAKE_BACKOFF 64
 
 /* Words shared between the threads of a run carry the run's generation in
  * their high half, so a thread that comes late tells the words of a newer
@@ -40,6 +41,7 @@ typedef struct {
     atomic_int sleeping;  /* it waits on `wake`: a post must signal */
     pthread_mutex_t lock;
     pthread_cond_t wake;
+    int woken, skips, backoff;  /* the caller's: see post */
     _Alignas(64) _Atomic uint64_t finished;  /* generation | chunks it finished in that run */
 } member;
 
@@ -251,13 +253,38 @@ static int start_helpers(int count)
     return 1;
 }
 
+/* Posts `call`, waking the helper if it sleeps; but when the last wakes
+ * came too late for it to take any chunk (the cores are oversubscribed),
+ * the next posts leave it asleep, as many as wakes in vain in a row allow
+ * (doubling, up to MAX_WAKE_BACKOFF): a wake is a system call, made for no
+ * gain there. */
 static void post(member *to, uint64_t call)
 {
     atomic_store(&to->posted, call);
+    to->woken = 0;
     if (atomic_load(&to->sleeping)) {
+        if (to->skips > 0) {
+            to->skips--;
+            return;
+        }
         pthread_mutex_lock(&to->lock);
         pthread_cond_signal(&to->wake);
         pthread_mutex_unlock(&to->lock);
+        to->woken = 1;
+    }
+}
+
+/* After run `gen`: whether the wake, if any, was in vain (see post). */
+static void count_wake(member *to, uint32_t gen)
+{
+    const uint64_t word = atomic_load_explicit(&to->finished, memory_order_relaxed);
+    if (generation_of(word) == gen && (uint32_t)word > 0)
+        to->backoff = 0;
+    else if (to->woken) {
+        to->backoff = to->backoff ? to->backoff * 2 : 1;
+        if (to->backoff > MAX_WAKE_BACKOFF)
+            to->backoff = MAX_WAKE_BACKOFF;
+        to->skips = to->backoff;
     }
 }
 
@@ -285,6 +312,8 @@ int pynn_helpers_run(int parts, int phases, int chunks, pynn_helpers_chunk body,
     last_total = phases * parts * chunks;
     for (unsigned spins = 0; finished_in(gen, parts) < last_total;)
         wait_a_little(&spins);
+    for (int i = 1; i < parts; i++)
+        count_wake(&members[i], gen);
     return 1;
 }
 
