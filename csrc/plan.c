@@ -32,12 +32,6 @@
 
 static ptrdiff_t min_size(ptrdiff_t x, ptrdiff_t y) { return x < y ? x : y; }
 
-/* Multiply-adds of a GEMM, elements of the others. */
-static ptrdiff_t step_work(const pynn_plan_step *s)
-{
-    return s->kind == PYNN_STEP_MAP ? s->n : s->m * s->n * s->k;
-}
-
 void pynn_fold_batchnorm(ptrdiff_t channels, ptrdiff_t per_channel, const float *weight,
                          const float *bias, const float *gamma, const float *beta,
                          const float *mean, const float *var, float eps, float *folded_weight,
@@ -124,6 +118,12 @@ static int team_pays_off(const pynn_context *ctx, const pynn_plan_step *steps, p
         }
     }
     return work >= TEAM_MIN_WORK;
+}
+
+/* Multiply-adds of a GEMM, elements of the others. */
+static ptrdiff_t step_work(const pynn_plan_step *s)
+{
+    return s->kind == PYNN_STEP_MAP ? s->n : s->m * s->n * s->k;
 }
 
 static int step_is_shared(const pynn_plan_step *s) { return step_work(s) >= SHARED_STEP_WORK; }
