@@ -4,32 +4,49 @@
  * wake on each side) costs a sizeable share of a batch-1 predict of a small
  * MLP. These helpers stay awake after a call, spinning on a line of their
  * own, so the next call reaches them in a cache line transfer; they sleep
- * once no call has come for a while. */
+ * once no call has come for a while.
+ *
+ * A run's work is claimed, not assigned: a helper that is descheduled (more
+ * runnable threads than cores) must not hold the caller up. The caller
+ * claims chunks too, and can run every chunk itself; it waits for a helper
+ * only while that helper runs a chunk it has claimed. */
 #ifndef PYNN_HELPERS_H
 #define PYNN_HELPERS_H
 
-#include <stdatomic.h>
-
-/* The most threads a call may run on, the calling one included. */
+/* The most threads a run may use, the calling one included; the most phases
+ * and chunks per share a run may have. */
 #define PYNN_HELPERS_MAX_PARTS 64
+#define PYNN_HELPERS_MAX_PHASES 32
+#define PYNN_HELPERS_MAX_CHUNKS 255
 
-typedef void (*pynn_helpers_body)(void *arg, int part, int parts);
+/* Computes chunk `chunk` of share `share` of phase `phase`. */
+typedef void (*pynn_helpers_chunk)(void *arg, int phase, int share, int chunk);
 
-/* Runs body(arg, part, parts) for every part in [0, parts): part 0 on this
- * thread, the others on helpers, and returns once all have returned. The
- * caller holds the team (pynn_team_begin answered `parts`, cpu.h), so one
- * call at a time has the helpers. Returns 0, having run nothing, when parts
- * is out of [2, MAX_PARTS] or a helper thread cannot be started; the caller
- * then runs alone. */
-int pynn_helpers_run(int parts, pynn_helpers_body body, void *arg);
+/* Runs body(arg, phase, share, chunk) once for every phase < phases,
+ * share < parts and chunk < chunks, phase after phase: a phase's chunks
+ * start once all of the previous phase's have returned, whose writes they
+ * then see. Thread i (the caller is 0, helpers 1 to parts - 1) claims its
+ * own share's chunks first, from the front, so on every run each thread
+ * computes the same outputs and finds their inputs in its own cache; then
+ * it claims what is left of the other shares, from the back. Which thread
+ * runs a chunk never changes what the chunk computes.
+ *
+ * A helper touches the run (body, arg, anything they point to) only while
+ * it holds a chunk it claimed in this run, so once this returns, no helper
+ * reads the run again, however late it wakes up.
+ *
+ * The caller holds the team (pynn_team_begin answered `parts`, cpu.h), so
+ * one run at a time has the helpers. Returns 0, having run nothing, when
+ * the counts are out of range or a helper thread cannot be started; the
+ * caller then runs alone. */
+int pynn_helpers_run(int parts, int phases, int chunks, pynn_helpers_chunk body, void *arg);
 
-/* A barrier among the `parts` threads of one pynn_helpers_run, all running,
- * so a spin on one shared counter does: arrivals only grow, and a thread's
- * n-th barrier (*passed counts them, from 0) waits for n x parts of them.
- * `arrived` starts at 0 for each run. It costs one cache line passed
- * between the cores, a fraction of an OpenMP barrier. Its release/acquire
- * pair makes each thread's writes before it visible to the others after
- * it. */
-void pynn_helpers_barrier(atomic_int *arrived, int parts, int *passed);
+/* For tests: while held, helpers take no chunk (as if descheduled), so the
+ * caller runs every chunk itself. */
+void pynn_helpers_hold(int held);
+
+/* For tests: chunks the calling thread ran in the last run, and the run's
+ * chunks in all. */
+void pynn_helpers_last_run(int *by_caller, int *total);
 
 #endif

@@ -22,17 +22,15 @@
  * cache line transfer. */
 #define TEAM_MAX_ROWS 16
 #define TEAM_MIN_WORK (1 << 16)
-/* Steps smaller than this many multiply-adds or elements run on one thread
- * of the team while the others wait at the barrier. */
+/* Steps smaller than this many multiply-adds or elements are one chunk, run
+ * by one thread of the team while the others wait for it. */
 #define SHARED_STEP_WORK (1 << 13)
+/* Each thread's share of a step is claimed in this many chunks, so a
+ * descheduled helper holds up at most the one it is running, while the
+ * others take the rest. */
+#define TEAM_CHUNKS 2
 
 static ptrdiff_t min_size(ptrdiff_t x, ptrdiff_t y) { return x < y ? x : y; }
-
-/* Multiply-adds of a GEMM, elements of the others. */
-static ptrdiff_t step_work(const pynn_plan_step *s)
-{
-    return s->kind == PYNN_STEP_MAP ? s->n : s->m * s->n * s->k;
-}
 
 void pynn_fold_batchnorm(ptrdiff_t channels, ptrdiff_t per_channel, const float *weight,
                          const float *bias, const float *gamma, const float *beta,
@@ -122,30 +120,36 @@ static int team_pays_off(const pynn_context *ctx, const pynn_plan_step *steps, p
     return work >= TEAM_MIN_WORK;
 }
 
+/* Multiply-adds of a GEMM, elements of the others. */
+static ptrdiff_t step_work(const pynn_plan_step *s)
+{
+    return s->kind == PYNN_STEP_MAP ? s->n : s->m * s->n * s->k;
+}
+
 static int step_is_shared(const pynn_plan_step *s) { return step_work(s) >= SHARED_STEP_WORK; }
 
-/* Steps [0, count) shared by a team of helper threads (helpers.h). */
+/* Steps [0, count) run by a team of helper threads (helpers.h), one phase
+ * each, every share of a step cut into `chunks` claimable chunks. */
 typedef struct {
     const pynn_context *alone;
     const pynn_plan_step *steps;
-    ptrdiff_t count;
     float *const *slots;
-    atomic_int arrived;
+    int parts, chunks;
 } team_call;
 
-/* One thread's share of every step, with a barrier between steps. */
-static void run_part(void *arg, int part, int parts)
+/* Chunk `chunk` of share `share` of step `phase`. A step below
+ * SHARED_STEP_WORK is one chunk, and so is each share of a GEMM of several
+ * rows: its kernel may depend on the width it is given, where a row's is
+ * the same for any width (the dot kernel), so only the grain fixes its bits. */
+static void run_chunk(void *arg, int phase, int share, int chunk)
 {
-    team_call *call = arg;
-    int passed = 0;
-    for (ptrdiff_t i = 0; i < call->count; i++) {
-        const pynn_plan_step *s = &call->steps[i];
-        const int shares = step_is_shared(s) ? parts : 1;
-        if (part < shares)
-            run_share(call->alone, s, call->slots[s->source], call->slots[s->target], part, shares);
-        if (i + 1 < call->count)
-            pynn_helpers_barrier(&call->arrived, parts, &passed);
-    }
+    const team_call *call = arg;
+    const pynn_plan_step *s = &call->steps[phase];
+    const int shares = step_is_shared(s) ? call->parts : 1;
+    const int pieces = shares > 1 && !(s->kind == PYNN_STEP_GEMM && s->m > 1) ? call->chunks : 1;
+    if (share < shares && chunk < pieces)
+        run_share(call->alone, s, call->slots[s->source], call->slots[s->target],
+                  share * pieces + chunk, shares * pieces);
 }
 #endif
 
@@ -167,8 +171,9 @@ int pynn_plan_run(const pynn_context *ctx, const pynn_plan_step *steps, ptrdiff_
             ptrdiff_t in_team = count;
             while (in_team > 1 && !step_is_shared(&steps[in_team - 1]))
                 in_team--;
-            team_call call = {&alone, steps, in_team, slots, 0};
-            if (pynn_helpers_run(team, run_part, &call))
+            team_call call = {&alone, steps, slots, team, TEAM_CHUNKS};
+            if (in_team <= PYNN_HELPERS_MAX_PHASES &&
+                pynn_helpers_run(team, (int)in_team, TEAM_CHUNKS, run_chunk, &call))
                 done = in_team;
             pynn_team_end(ctx, team);
         }

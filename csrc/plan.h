@@ -6,9 +6,12 @@
  *
  * A small batch spends its time streaming the weights. With several threads,
  * the calling thread and helper threads (helpers.h) then each take a share of
- * every step's outputs (a barrier between steps; small steps after the last
- * shared one run on the calling thread afterwards), so each core streams only
- * its share of the weights, and keeps it in its own L2 from call to call. */
+ * every step's outputs (a step starts once the one before has finished; small
+ * steps after the last shared one run on the calling thread afterwards), so
+ * each core streams only its share of the weights, and keeps it in its own
+ * L2 from call to call. Shares are claimed in chunks, so the calling thread
+ * takes over the work of a helper that has not started (descheduled), and
+ * the result does not depend on which thread ran a chunk. */
 #ifndef PYNN_PLAN_H
 #define PYNN_PLAN_H
 

@@ -277,6 +277,57 @@ def test_helpers_grown_and_left_idle_give_the_same_bits(set_threads):
             assert model.predict(x).tobytes() == alone.tobytes()
 
 
+@pytest.fixture
+def held_helpers():
+    """Plan helpers that take no work, as when descheduled; released after."""
+    kernels.hold_plan_helpers(True)
+    yield
+    kernels.hold_plan_helpers(False)
+
+
+@needs_openmp
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("rows", [1, 8])
+def test_the_caller_runs_a_held_helpers_chunks(threads, rows, set_threads, held_helpers):
+    # The caller claims chunks too, so a helper that never starts delays
+    # nothing: the caller runs every chunk, and the bits are one thread's.
+    model = batch_one_mlp()
+    x = np.random.default_rng(5).standard_normal((rows, 784), dtype=np.float32)
+    set_threads(1)
+    alone = model.predict(x)
+    set_threads(threads)
+    for _ in range(5):
+        assert model.predict(x).tobytes() == alone.tobytes()
+        by_caller, total = kernels.last_team_run()
+        assert total > 0 and by_caller == total
+
+
+@needs_openmp
+def test_a_helper_released_late_leaves_finished_runs_alone(set_threads):
+    # Runs posted to a held helper end without it, their plans and buffers
+    # freed; once released it finds them over and must touch none of them,
+    # and later runs, shared again, keep one thread's bits.
+    rng = np.random.default_rng(6)
+    xs = [rng.standard_normal((1, 784), dtype=np.float32) for _ in range(4)]
+    set_threads(1)
+    model = batch_one_mlp()
+    alone = [model.predict(x).tobytes() for x in xs]
+    set_threads(2)
+    kernels.hold_plan_helpers(True)
+    try:
+        for x, expected in zip(xs, alone):
+            short_lived = batch_one_mlp()
+            assert short_lived.predict(x).tobytes() == expected
+            del short_lived
+    finally:
+        kernels.hold_plan_helpers(False)
+    for _ in range(50):
+        for x, expected in zip(xs, alone):
+            assert model.predict(x).tobytes() == expected
+            by_caller, total = kernels.last_team_run()
+            assert 0 <= by_caller <= total
+
+
 @needs_openmp
 def test_sleeping_helpers_wake_for_the_next_predict():
     # A helper sleeps 0.2 ms after its last call. A post racing with its

@@ -54,6 +54,25 @@ cdef extern from "plan.h" nogil:
                              float *folded_bias)
 
 
+cdef extern from "helpers.h" nogil:
+    void pynn_helpers_hold(int held)
+    void pynn_helpers_last_run(int *by_caller, int *total)
+
+
+def hold_plan_helpers(bint held):
+    """While held, the plan team's helper threads take no work, as if
+    descheduled, so a test can see the calling thread run a plan alone."""
+    pynn_helpers_hold(held)
+
+
+def last_team_run():
+    """``(chunks the calling thread ran, chunks in all)`` for the last plan
+    run by a team of helper threads."""
+    cdef int by_caller, total
+    pynn_helpers_last_run(&by_caller, &total)
+    return by_caller, total
+
+
 cdef bint is_float32_buffer(object x, Py_ssize_t size):
     """x is an aligned, C-contiguous float32 array of ``size`` elements."""
     if not cnp.PyArray_Check(x):
@@ -89,6 +108,9 @@ cdef class InferencePlan:
     cdef int threads
     cdef list input_slots, output_slots, copied_outputs
     cdef list input_sizes, output_sizes
+    # one input, one output written in place and C steps only: predict_cached runs it directly
+    cdef bint kernels_only
+    cdef Py_ssize_t input_slot, output_slot
     cdef int output_ndim
     cdef cnp.npy_intp output_dims[64]  # the first output's shape (numpy allows at most 64 axes)
     cdef readonly tuple input_shape, output_shape
@@ -149,6 +171,11 @@ cdef class InferencePlan:
             if slot in claimed:
                 self.copied_outputs.append(position)
             claimed.add(slot)
+        self.kernels_only = (self.count > 0 and len(self.input_slots) == 1
+                             and len(self.output_slots) == 1 and not self.copied_outputs
+                             and all(step is None for step in self.python_steps))
+        if self.kernels_only:
+            self.input_slot, self.output_slot = self.input_slots[0], self.output_slots[0]
         self.output_ndim = len(self.output_shape)
         for axis, extent in enumerate(self.output_shape):
             self.output_dims[axis] = extent
@@ -311,6 +338,20 @@ cdef class InferencePlan:
                 self.arrays[self.output_slots[position]] = None
         return outs
 
+    cdef run_kernels(self, x, out):
+        """run([x], [out]) for a kernels_only plan, ``x`` and ``out`` aligned,
+        C-contiguous float32 arrays of the planned sizes."""
+        cdef pynn_context ctx = current_context()
+        cdef int failed
+        self.slots[self.input_slot] = data_of(x)
+        self.slots[self.output_slot] = data_of(out)
+        if self.folds:
+            self.refold()
+        with nogil:
+            failed = pynn_plan_run(&ctx, self.steps, self.count, self.slots)
+        if failed:
+            raise MemoryError("InferencePlan.run: a convolution could not allocate its scratch")
+
     cdef run_steps(self):
         cdef pynn_context ctx = current_context()
         cdef Py_ssize_t index = 0, stop
@@ -373,5 +414,8 @@ def predict_cached(scratch, x):
     if not plan.current():
         return None
     out = cnp.PyArray_EMPTY(plan.output_ndim, plan.output_dims, cnp.NPY_FLOAT32, 0)
-    plan.run([x], [out])
+    if plan.kernels_only:
+        plan.run_kernels(x, out)
+    else:
+        plan.run([x], [out])
     return out
