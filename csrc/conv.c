@@ -4,6 +4,7 @@
 #include <string.h>
 #include "conv.h"
 #include "conv_direct.h"
+#include "conv_winograd.h"
 #include "vmath.h"
 #ifdef _OPENMP
 #include <omp.h>
@@ -136,7 +137,8 @@ size_t pynn_conv2d_workspace_size(const pynn_conv_shape *s, int threads)
         size_t input = (size_t)weight_size(s) + pynn_direct_workspace_size(&t, threads);
         size = input > size ? input : size;
     }
-    return size;
+    size_t winograd = pynn_winograd_workspace_size(s, threads);
+    return winograd > size ? winograd : size;
 }
 
 /* For one kernel tap along one axis: the outputs [first, last) whose input
@@ -789,6 +791,8 @@ int pynn_conv2d_forward(const pynn_context *ctx, const pynn_conv_shape *s, const
         return 0;
     }
 #endif
+    if (pynn_winograd_applies(s))
+        return pynn_winograd_forward(ctx, s, x, weight, bias, activation, y, workspace);
     float *owned;
     if (pynn_direct_applies(s)) {
         owned = workspace ? NULL : malloc(pynn_direct_workspace_size(s, ctx->num_threads) *
@@ -847,6 +851,10 @@ int pynn_conv2d_backward(const pynn_context *ctx, const pynn_conv_shape *s, cons
     if (dbias) bias_gradient(ctx, s, dy, dbias);
     if (dweight && s->batch == 0)
         memset(dweight, 0, (size_t)weight_size(s) * sizeof(float));
+    if (dx && pynn_winograd_input_grad_applies(s)) {
+        if (pynn_winograd_input_grad(ctx, s, dy, weight, dx, workspace)) return -1;
+        dx = NULL;
+    }
     if (!dx && !dweight) return 0;
     float *direct_owned = NULL;
     pynn_conv_shape t;
