@@ -791,7 +791,7 @@ int pynn_conv2d_forward(const pynn_context *ctx, const pynn_conv_shape *s, const
         return 0;
     }
 #endif
-    if (pynn_winograd_applies(s))
+    if (pynn_winograd_applies(ctx, s))
         return pynn_winograd_forward(ctx, s, x, weight, bias, activation, y, workspace);
     float *owned;
     if (pynn_direct_applies(s)) {
@@ -851,7 +851,7 @@ int pynn_conv2d_backward(const pynn_context *ctx, const pynn_conv_shape *s, cons
     if (dbias) bias_gradient(ctx, s, dy, dbias);
     if (dweight && s->batch == 0)
         memset(dweight, 0, (size_t)weight_size(s) * sizeof(float));
-    if (dx && pynn_winograd_input_grad_applies(s)) {
+    if (dx && pynn_winograd_input_grad_applies(ctx, s)) {
         if (pynn_winograd_input_grad(ctx, s, dy, weight, dx, workspace)) return -1;
         dx = NULL;
     }

@@ -15,6 +15,8 @@
  * stays in L2 beside the transformed kernels: 128 KiB of it at most, or one
  * micro-panel of tiles where the channels are many. */
 #define BLOCK_FLOATS ((ptrdiff_t)1 << 15)
+/* Channels ahead whose rows the input transform asks for. */
+#define WINO_AHEAD 2
 /* Multiply-adds from which a call asks for a team. */
 #define PARALLEL_MIN_PRODUCTS (1 << 21)
 
@@ -34,12 +36,22 @@ struct wino_kernels {
 typedef float wino_vec4 __attribute__((vector_size(16), aligned(4), may_alias));
 typedef int32_t wino_bits4 __attribute__((vector_size(16), aligned(4), may_alias));
 
-static inline wino_vec4 span4(const float *row, ptrdiff_t first, ptrdiff_t last)
+typedef struct {
+    ptrdiff_t first, last;
+} wino_lanes4;
+
+static inline wino_lanes4 lanes4(ptrdiff_t first, ptrdiff_t last)
 {
-    if (first <= 0 && last >= 4) return *(const wino_vec4 *)row;
+    const wino_lanes4 lanes = {first, last};
+    return lanes;
+}
+
+static inline wino_vec4 span4(const float *row, wino_lanes4 lanes)
+{
+    if (lanes.first <= 0 && lanes.last >= 4) return *(const wino_vec4 *)row;
     wino_vec4 v = {0};
     for (ptrdiff_t q = 0; q < 4; q++)
-        if (q >= first && q < last) v[q] = row[q];
+        if (q >= lanes.first && q < lanes.last) v[q] = row[q];
     return v;
 }
 
@@ -61,6 +73,8 @@ static inline void store4(float *out, ptrdiff_t count, wino_vec4 v)
 #define WINO_ODD 1, 3, 5, 7
 #define WINO_LOW 0, 4, 1, 5
 #define WINO_HIGH 2, 6, 3, 7
+#define WINO_MASK wino_lanes4
+#define WINO_MASK_OF lanes4
 #define WINO_SPAN span4
 #define WINO_STORE store4
 #include "conv_winograd_tile.h"
@@ -69,10 +83,13 @@ static inline void store4(float *out, ptrdiff_t count, wino_vec4 v)
 typedef float wino_vec8 __attribute__((vector_size(32), aligned(4), may_alias));
 typedef int32_t wino_bits8 __attribute__((vector_size(32), aligned(4), may_alias));
 
-static inline PYNN_TARGET_AVX2 wino_vec8 span8(const float *row, ptrdiff_t first, ptrdiff_t last)
+static inline PYNN_TARGET_AVX2 __m256i lanes8(ptrdiff_t first, ptrdiff_t last)
 {
-    if (first <= 0 && last >= 8) return *(const wino_vec8 *)row;
-    const __m256i lanes = _mm256_andnot_si256(pynn_first_lanes8(first), pynn_first_lanes8(last));
+    return _mm256_andnot_si256(pynn_first_lanes8(first), pynn_first_lanes8(last));
+}
+
+static inline PYNN_TARGET_AVX2 wino_vec8 span8(const float *row, __m256i lanes)
+{
     return (wino_vec8)_mm256_maskload_ps(row, lanes);
 }
 
@@ -97,6 +114,8 @@ static inline PYNN_TARGET_AVX2 void store8(float *out, ptrdiff_t count, wino_vec
 #define WINO_ODD 1, 3, 5, 7, 9, 11, 13, 15
 #define WINO_LOW 0, 8, 1, 9, 2, 10, 3, 11
 #define WINO_HIGH 4, 12, 5, 13, 6, 14, 7, 15
+#define WINO_MASK __m256i
+#define WINO_MASK_OF lanes8
 #define WINO_SPAN span8
 #define WINO_STORE store8
 #include "conv_winograd_tile.h"
@@ -104,11 +123,13 @@ static inline PYNN_TARGET_AVX2 void store8(float *out, ptrdiff_t count, wino_vec
 typedef float wino_vec16 __attribute__((vector_size(64), aligned(4), may_alias));
 typedef int32_t wino_bits16 __attribute__((vector_size(64), aligned(4), may_alias));
 
-static inline PYNN_TARGET_AVX512 wino_vec16 span16(const float *row, ptrdiff_t first,
-                                                   ptrdiff_t last)
+static inline PYNN_TARGET_AVX512 __mmask16 lanes16(ptrdiff_t first, ptrdiff_t last)
 {
-    if (first <= 0 && last >= 16) return *(const wino_vec16 *)row;
-    const __mmask16 lanes = pynn_first_lanes16(last) & (__mmask16)~pynn_first_lanes16(first);
+    return pynn_first_lanes16(last) & (__mmask16)~pynn_first_lanes16(first);
+}
+
+static inline PYNN_TARGET_AVX512 wino_vec16 span16(const float *row, __mmask16 lanes)
+{
     return (wino_vec16)_mm512_maskz_loadu_ps(lanes, row);
 }
 
@@ -129,6 +150,8 @@ static inline PYNN_TARGET_AVX512 void store16(float *out, ptrdiff_t count, wino_
 #define WINO_ODD 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31
 #define WINO_LOW 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23
 #define WINO_HIGH 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31
+#define WINO_MASK __mmask16
+#define WINO_MASK_OF lanes16
 #define WINO_SPAN span16
 #define WINO_STORE store16
 #include "conv_winograd_tile.h"
@@ -309,18 +332,22 @@ static int winograd_run(const pynn_context *ctx, const pynn_conv_shape *s, const
     return 0;
 }
 
-/* Enough channels to fill the GEMM tiles and columns to fill the vectors of
- * tiles; below them the direct path is faster. */
-#define MIN_IN_CHANNELS 8
-#define MIN_OUT_CHANNELS 8
-#define MIN_OUT_WIDTH 8
+/* Enough channels to fill the GEMM tiles, and rows of tiles filling 3/4 of
+ * the path's vectors: below them the direct path is faster. */
+#define MIN_CHANNELS 16
 
-int pynn_winograd_applies(const pynn_conv_shape *s)
+static int applies_with(const pynn_conv_shape *s, ptrdiff_t lanes)
 {
+    const ptrdiff_t tiles_w = (s->out_w + 1) / 2, vectors = (tiles_w + lanes - 1) / lanes;
     return s->kernel_h == 3 && s->kernel_w == 3 && s->stride_h == 1 && s->stride_w == 1 &&
            s->dilation_h == 1 && s->dilation_w == 1 && s->groups == 1 && s->pad_h >= 0 &&
-           s->pad_w >= 0 && s->in_channels >= MIN_IN_CHANNELS &&
-           s->out_channels >= MIN_OUT_CHANNELS && s->out_w >= MIN_OUT_WIDTH && s->out_h >= 1;
+           s->pad_w >= 0 && s->in_channels >= MIN_CHANNELS && s->out_channels >= MIN_CHANNELS &&
+           s->out_h >= 1 && 4 * tiles_w >= 3 * vectors * lanes;
+}
+
+int pynn_winograd_applies(const pynn_context *ctx, const pynn_conv_shape *s)
+{
+    return applies_with(s, wino_for(ctx->kernels->isa)->lanes);
 }
 
 /* The input gradient as a forward convolution of dy (see the header). */
@@ -338,19 +365,20 @@ static pynn_conv_shape gradient_shape(const pynn_conv_shape *s)
     return t;
 }
 
-int pynn_winograd_input_grad_applies(const pynn_conv_shape *s)
+static int input_grad_applies_with(const pynn_conv_shape *s, ptrdiff_t lanes)
 {
-    if (!pynn_winograd_applies(s) || s->pad_h > 2 || s->pad_w > 2) return 0;
+    if (!applies_with(s, lanes) || s->pad_h > 2 || s->pad_w > 2) return 0;
     const pynn_conv_shape t = gradient_shape(s);
-    return pynn_winograd_applies(&t);
+    return applies_with(&t, lanes);
+}
+
+int pynn_winograd_input_grad_applies(const pynn_context *ctx, const pynn_conv_shape *s)
+{
+    return input_grad_applies_with(s, wino_for(ctx->kernels->isa)->lanes);
 }
 
 size_t pynn_winograd_workspace_size(const pynn_conv_shape *s, int threads)
 {
-    pynn_conv_shape shapes[2];
-    int count = 0;
-    if (pynn_winograd_applies(s)) shapes[count++] = *s;
-    if (pynn_winograd_input_grad_applies(s)) shapes[count++] = gradient_shape(s);
 #if defined(PYNN_X86_64)
     const pynn_isa paths[] = {PYNN_ISA_GENERIC, PYNN_ISA_AVX2, PYNN_ISA_AVX512};
     const struct pynn_gemm_kernels *gemms[] = {&pynn_gemm_generic, &pynn_gemm_avx2,
@@ -359,13 +387,20 @@ size_t pynn_winograd_workspace_size(const pynn_conv_shape *s, int threads)
     const pynn_isa paths[] = {PYNN_ISA_GENERIC};
     const struct pynn_gemm_kernels *gemms[] = {&pynn_gemm_generic};
 #endif
+    const pynn_conv_shape gradient = gradient_shape(s);
     ptrdiff_t size = 0;
-    for (int i = 0; i < count; i++)
-        for (size_t k = 0; k < sizeof(paths) / sizeof(paths[0]); k++) {
-            wino_plan p;
-            plan_make(gemms[k], wino_for(paths[k]), &shapes[i], &p);
+    for (size_t k = 0; k < sizeof(paths) / sizeof(paths[0]); k++) {
+        const struct wino_kernels *wino = wino_for(paths[k]);
+        wino_plan p;
+        if (applies_with(s, wino->lanes)) {
+            plan_make(gemms[k], wino, s, &p);
             if (plan_floats(&p, threads) > size) size = plan_floats(&p, threads);
         }
+        if (input_grad_applies_with(s, wino->lanes)) {
+            plan_make(gemms[k], wino, &gradient, &p);
+            if (plan_floats(&p, threads) > size) size = plan_floats(&p, threads);
+        }
+    }
     return (size_t)size;
 }
 

@@ -18,17 +18,18 @@
 #include <stddef.h>
 #include "conv.h"
 
-/* Does the forward pass take this shape: a 3x3 kernel, stride 1, dilation 1,
- * groups of 1 and enough channels and columns to repay the transforms. */
-int pynn_winograd_applies(const pynn_conv_shape *s);
+/* Does the forward pass take this shape on the context's path: a 3x3
+ * kernel, stride 1, dilation 1, groups of 1 and enough channels and columns
+ * to repay the transforms. */
+int pynn_winograd_applies(const pynn_context *ctx, const pynn_conv_shape *s);
 
 /* Does the input gradient of this forward shape take it: the forward shape
  * applies and its padding is at most 2 (the gradient is then a convolution of
  * dy with the flipped, transposed kernel, padded by 2 - pad). */
-int pynn_winograd_input_grad_applies(const pynn_conv_shape *s);
+int pynn_winograd_input_grad_applies(const pynn_context *ctx, const pynn_conv_shape *s);
 
-/* Floats of workspace either call needs with this many threads (0 when
- * neither applies); any compiled path fits in it. */
+/* Floats of workspace either call needs with this many threads on any
+ * compiled path (0 where neither applies). */
 size_t pynn_winograd_workspace_size(const pynn_conv_shape *s, int threads);
 
 /* As pynn_conv2d_forward; workspace NULL allocates it. Returns 0 or -1. */

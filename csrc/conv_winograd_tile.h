@@ -3,9 +3,10 @@
  * WINO_SUFFIX, WINO_TARGET (the path's function attribute), WINO_LANES
  * (tiles per vector), the lane orders WINO_EVEN, WINO_ODD (the even and odd
  * lanes of two vectors side by side) and WINO_LOW, WINO_HIGH (two vectors'
- * lanes interleaved, first and second half), and the functions
- * WINO_SPAN(row, first, last) (WINO_LANES floats of a row, zero outside
- * lanes [first, last), which are never read) and WINO_STORE(out, count, v)
+ * lanes interleaved, first and second half), the type WINO_MASK of a set of
+ * lanes, WINO_MASK_OF(first, last) (lanes [first, last)), WINO_SPAN(row,
+ * mask) (WINO_LANES floats of a row, zero outside the mask's lanes, which
+ * are never read) and WINO_STORE(out, count, v)
  * (v's first count lanes), over its vector types WINO_VEC (floats, loads and
  * stores unaligned) and WINO_BITS (as many int32). */
 #define WINO_JOIN2(a, b) a##_##b
@@ -25,23 +26,30 @@ static WINO_TARGET void WINO_INPUT(const pynn_conv_shape *s, const float *image,
     const ptrdiff_t lanes = WINO_LANES, plane = s->height * s->width;
     const ptrdiff_t column = 2 * t0 - s->pad_w, ih0 = 2 * th - s->pad_h;
     const ptrdiff_t starts[4] = {column, column + lanes, column + 2, column + 2 + lanes};
-    ptrdiff_t first[4], last[4], rows[4];
-    int present[4];
-    for (int k = 0; k < 4; k++) {
-        first[k] = -starts[k];
-        last[k] = s->width - starts[k];
-        present[k] = ih0 + k >= 0 && ih0 + k < s->height;
-        rows[k] = present[k] ? (ih0 + k) * s->width : 0;
+    /* a row outside the image reads nothing: its lanes are all masked off */
+    WINO_MASK masks[4][4];
+    const float *from[4][4];
+    for (int i = 0; i < 4; i++) {
+        const int present = ih0 + i >= 0 && ih0 + i < s->height;
+        for (int k = 0; k < 4; k++) {
+            masks[i][k] = present ? WINO_MASK_OF(-starts[k], s->width - starts[k])
+                                  : WINO_MASK_OF(0, 0);
+            from[i][k] = image + (present ? (ih0 + i) * s->width + starts[k] : 0);
+        }
     }
-    const WINO_VEC zero = {0};
-    for (ptrdiff_t c = 0; c < s->in_channels; c++, image += plane, v += channel_step) {
+    for (ptrdiff_t c = 0; c < s->in_channels; c++, v += channel_step) {
+        const ptrdiff_t at = c * plane;
         WINO_VEC d[4][4], u[4][4];
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {  /* the channel planes are far apart: ask ahead */
+            __builtin_prefetch(from[i][0] + at + WINO_AHEAD * plane);
+            __builtin_prefetch(from[i][1] + at + WINO_AHEAD * plane);
+            __builtin_prefetch(from[i][3] + at + WINO_AHEAD * plane + lanes - 1);
+        }
 #pragma GCC unroll 4
         for (int i = 0; i < 4; i++)
 #pragma GCC unroll 4
-            for (int k = 0; k < 4; k++)
-                d[i][k] = present[i] ? WINO_SPAN(image + rows[i] + starts[k], first[k], last[k])
-                                     : zero;
+            for (int k = 0; k < 4; k++) d[i][k] = WINO_SPAN(from[i][k] + at, masks[i][k]);
 #pragma GCC unroll 4
         for (int k = 0; k < 4; k++) {
             u[0][k] = d[0][k] - d[2][k];
@@ -49,16 +57,21 @@ static WINO_TARGET void WINO_INPUT(const pynn_conv_shape *s, const float *image,
             u[2][k] = d[2][k] - d[1][k];
             u[3][k] = d[1][k] - d[3][k];
         }
+        float *out = v;
 #pragma GCC unroll 4
         for (int i = 0; i < 4; i++) {
             const WINO_VEC c0 = __builtin_shufflevector(u[i][0], u[i][1], WINO_EVEN);
             const WINO_VEC c1 = __builtin_shufflevector(u[i][0], u[i][1], WINO_ODD);
             const WINO_VEC c2 = __builtin_shufflevector(u[i][2], u[i][3], WINO_EVEN);
             const WINO_VEC c3 = __builtin_shufflevector(u[i][2], u[i][3], WINO_ODD);
-            *(WINO_VEC *)(v + (4 * i + 0) * position_step) = c0 - c2;
-            *(WINO_VEC *)(v + (4 * i + 1) * position_step) = c1 + c2;
-            *(WINO_VEC *)(v + (4 * i + 2) * position_step) = c2 - c1;
-            *(WINO_VEC *)(v + (4 * i + 3) * position_step) = c1 - c3;
+            *(WINO_VEC *)out = c0 - c2;
+            out += position_step;
+            *(WINO_VEC *)out = c1 + c2;
+            out += position_step;
+            *(WINO_VEC *)out = c2 - c1;
+            out += position_step;
+            *(WINO_VEC *)out = c1 - c3;
+            out += position_step;
         }
     }
 }
@@ -120,4 +133,6 @@ const struct wino_kernels WINO_JOIN(wino, WINO_SUFFIX) = {WINO_LANES, WINO_INPUT
 #undef WINO_LOW
 #undef WINO_HIGH
 #undef WINO_SPAN
+#undef WINO_MASK
+#undef WINO_MASK_OF
 #undef WINO_STORE
