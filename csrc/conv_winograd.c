@@ -20,17 +20,23 @@
 /* Multiply-adds from which a call asks for a team. */
 #define PARALLEL_MIN_PRODUCTS (1 << 21)
 
+/* A segment: `rows` rows of tiles from th0, each `count` tiles from t0, one
+ * vector of tiles in all (lanes [k count, (k + 1) count) row k's). */
+typedef struct {
+    ptrdiff_t th0, rows, t0, count;
+} wino_segment;
+
 /* One path's transforms (conv_winograd_tile.h): the input transform of a
  * segment's tiles for every input channel, position ξ of channel c at
  * v + ξ position_step + c channel_step; the output transform of a segment
- * for `rows` output channels. */
+ * for `channels` output channels. */
 struct wino_kernels {
     ptrdiff_t lanes;
-    void (*input)(const pynn_conv_shape *s, const float *image, ptrdiff_t th, ptrdiff_t t0,
+    void (*input)(const pynn_conv_shape *s, const float *image, const wino_segment *g,
                   float *v, ptrdiff_t position_step, ptrdiff_t channel_step);
     void (*output)(const pynn_conv_shape *s, const float *m, ptrdiff_t position_step,
-                   ptrdiff_t row_step, ptrdiff_t rows, const float *bias, int relu, float *y,
-                   ptrdiff_t th, ptrdiff_t t0);
+                   ptrdiff_t row_step, ptrdiff_t channels, const float *bias, int relu,
+                   float *y, const wino_segment *g);
 };
 
 typedef float wino_vec4 __attribute__((vector_size(16), aligned(4), may_alias));
@@ -55,13 +61,13 @@ static inline wino_vec4 span4(const float *row, wino_lanes4 lanes)
     return v;
 }
 
-static inline void store4(float *out, ptrdiff_t count, wino_vec4 v)
+static inline void store4(float *out, ptrdiff_t first, ptrdiff_t last, wino_vec4 v)
 {
-    if (count >= 4) {
+    if (first <= 0 && last >= 4) {
         *(wino_vec4 *)out = v;
         return;
     }
-    for (ptrdiff_t q = 0; q < count; q++) out[q] = v[q];
+    for (ptrdiff_t q = first > 0 ? first : 0; q < last && q < 4; q++) out[q] = v[q];
 }
 
 #define WINO_SUFFIX generic
@@ -93,16 +99,17 @@ static inline PYNN_TARGET_AVX2 wino_vec8 span8(const float *row, __m256i lanes)
     return (wino_vec8)_mm256_maskload_ps(row, lanes);
 }
 
-/* A row's last few through the stack: AMD microcodes AVX2's masked stores. */
-static inline PYNN_TARGET_AVX2 void store8(float *out, ptrdiff_t count, wino_vec8 v)
+/* Part of a vector through the stack: AMD microcodes AVX2's masked stores. */
+static inline PYNN_TARGET_AVX2 void store8(float *out, ptrdiff_t first, ptrdiff_t last,
+                                           wino_vec8 v)
 {
-    if (count >= 8) {
+    if (first <= 0 && last >= 8) {
         *(wino_vec8 *)out = v;
         return;
     }
     float lanes[8];
     *(wino_vec8 *)lanes = v;
-    for (ptrdiff_t q = 0; q < count; q++) out[q] = lanes[q];
+    for (ptrdiff_t q = first > 0 ? first : 0; q < last && q < 8; q++) out[q] = lanes[q];
 }
 
 #define WINO_SUFFIX avx2
@@ -133,12 +140,13 @@ static inline PYNN_TARGET_AVX512 wino_vec16 span16(const float *row, __mmask16 l
     return (wino_vec16)_mm512_maskz_loadu_ps(lanes, row);
 }
 
-static inline PYNN_TARGET_AVX512 void store16(float *out, ptrdiff_t count, wino_vec16 v)
+static inline PYNN_TARGET_AVX512 void store16(float *out, ptrdiff_t first, ptrdiff_t last,
+                                              wino_vec16 v)
 {
-    if (count >= 16)
+    if (first <= 0 && last >= 16)
         *(wino_vec16 *)out = v;
     else
-        _mm512_mask_storeu_ps(out, pynn_first_lanes16(count), (__m512)v);
+        _mm512_mask_storeu_ps(out, lanes16(first, last), (__m512)v);
 }
 
 #define WINO_SUFFIX avx512
@@ -169,29 +177,40 @@ static const struct wino_kernels *wino_for(pynn_isa isa)
 }
 
 /* How one call splits its work: the shapes and the path's widths alone. A
- * segment is `lanes` tiles of one tile row; a micro-panel of the GEMM's B
- * holds nr / lanes segments, a block whole micro-panels. */
+ * segment is a vector of tiles: `lanes` tiles of one row of tiles, or where
+ * rows hold half a vector or less, as many whole rows as fit (group rows).
+ * A micro-panel of the GEMM's B holds nr / lanes segments, a block whole
+ * micro-panels. */
 typedef struct {
     const struct wino_kernels *wino;
     const pynn_gemm_kernels *gemm;
     pynn_conv_shape shape;
-    ptrdiff_t tiles_h, row_segments, segments, panel_segments, block_panels, block_segments;
-    ptrdiff_t blocks, channel_panels, u_floats, v_floats, slot_floats;
+    ptrdiff_t tiles_h, tiles_w, group, row_segments, image_segments, segments;
+    ptrdiff_t panel_segments, block_panels, block_segments, blocks, channel_panels;
+    ptrdiff_t u_floats, v_floats, slot_floats;
 } wino_plan;
 
 static ptrdiff_t round16(ptrdiff_t floats) { return (floats + 15) / 16 * 16; }
 
+/* The segments' layout over an image (plan_make's first part). */
+static void plan_segments(ptrdiff_t lanes, const pynn_conv_shape *s, wino_plan *p)
+{
+    p->tiles_h = (s->out_h + 1) / 2;
+    p->tiles_w = (s->out_w + 1) / 2;
+    p->group = p->tiles_w > 0 && lanes / p->tiles_w > 1 ? lanes / p->tiles_w : 1;
+    p->row_segments = p->group > 1 ? 1 : (p->tiles_w + lanes - 1) / lanes;
+    p->image_segments = (p->tiles_h + p->group - 1) / p->group * p->row_segments;
+}
+
 static void plan_make(const pynn_gemm_kernels *gemm, const struct wino_kernels *wino,
                       const pynn_conv_shape *s, wino_plan *p)
 {
-    const ptrdiff_t lanes = wino->lanes, tiles_w = (s->out_w + 1) / 2;
     p->wino = wino;
     p->gemm = gemm;
     p->shape = *s;
-    p->tiles_h = (s->out_h + 1) / 2;
-    p->row_segments = (tiles_w + lanes - 1) / lanes;
-    p->segments = s->batch * p->tiles_h * p->row_segments;
-    p->panel_segments = gemm->nr / lanes;
+    plan_segments(wino->lanes, s, p);
+    p->segments = s->batch * p->image_segments;
+    p->panel_segments = gemm->nr / wino->lanes;
     const ptrdiff_t panel_floats = POSITIONS * s->in_channels * gemm->nr;
     p->block_panels = BLOCK_FLOATS / panel_floats > 1 ? BLOCK_FLOATS / panel_floats : 1;
     p->block_segments = p->block_panels * p->panel_segments;
@@ -237,14 +256,17 @@ static void transform_weights(const wino_plan *p, const float *weight, int trans
         }
 }
 
-/* Segment `index` of the call: its image, tile row and first tile. */
-static void segment_at(const wino_plan *p, ptrdiff_t index, ptrdiff_t *n, ptrdiff_t *th,
-                       ptrdiff_t *t0)
+/* Segment `index` of the call: its image and tiles. */
+static wino_segment segment_at(const wino_plan *p, ptrdiff_t index, ptrdiff_t *n)
 {
-    const ptrdiff_t per_image = p->tiles_h * p->row_segments, rest = index % per_image;
-    *n = index / per_image;
-    *th = rest / p->row_segments;
-    *t0 = rest % p->row_segments * p->wino->lanes;
+    const ptrdiff_t rest = index % p->image_segments, part = rest % p->row_segments;
+    wino_segment g;
+    *n = index / p->image_segments;
+    g.th0 = rest / p->row_segments * p->group;
+    g.rows = p->tiles_h - g.th0 < p->group ? p->tiles_h - g.th0 : p->group;
+    g.t0 = part * p->wino->lanes;
+    g.count = p->tiles_w - g.t0 < p->wino->lanes ? p->tiles_w - g.t0 : p->wino->lanes;
+    return g;
 }
 
 /* One block: its segments' input transforms into v ([ξ][panel][C][nr]),
@@ -264,9 +286,9 @@ static void run_block(const wino_plan *p, const float *x, const float *u, const 
     const ptrdiff_t plane_out = s->out_h * s->out_w, image_out = s->out_channels * plane_out;
     float *v = slot, *m = slot + p->v_floats;
     for (ptrdiff_t j = 0; j < count; j++) {
-        ptrdiff_t n, th, t0;
-        segment_at(p, first + j, &n, &th, &t0);
-        p->wino->input(s, x + n * image_in, th, t0,
+        ptrdiff_t n;
+        const wino_segment g = segment_at(p, first + j, &n);
+        p->wino->input(s, x + n * image_in, &g,
                        v + j / p->panel_segments * in * nr + j % p->panel_segments * lanes,
                        position_step, nr);
     }
@@ -285,10 +307,10 @@ static void run_block(const wino_plan *p, const float *x, const float *u, const 
                                 v + xi * position_step + panel * in * nr, nr, m + xi * mr * nr,
                                 nr, rows, segs * lanes, &update);
             for (ptrdiff_t q = 0; q < segs; q++) {
-                ptrdiff_t n, th, t0;
-                segment_at(p, first + done + q, &n, &th, &t0);
+                ptrdiff_t n;
+                const wino_segment g = segment_at(p, first + done + q, &n);
                 p->wino->output(s, m + q * lanes, mr * nr, nr, rows, bias ? bias + o0 : NULL,
-                                relu, y + n * image_out + o0 * plane_out, th, t0);
+                                relu, y + n * image_out + o0 * plane_out, &g);
             }
         }
     }
@@ -332,17 +354,20 @@ static int winograd_run(const pynn_context *ctx, const pynn_conv_shape *s, const
     return 0;
 }
 
-/* Enough channels to fill the GEMM tiles, and rows of tiles filling 3/4 of
- * the path's vectors: below them the direct path is faster. */
+/* Enough channels to fill the GEMM tiles, and tiles filling 3/4 of the
+ * path's vectors: below them the direct path is faster. */
 #define MIN_CHANNELS 16
 
 static int applies_with(const pynn_conv_shape *s, ptrdiff_t lanes)
 {
-    const ptrdiff_t tiles_w = (s->out_w + 1) / 2, vectors = (tiles_w + lanes - 1) / lanes;
-    return s->kernel_h == 3 && s->kernel_w == 3 && s->stride_h == 1 && s->stride_w == 1 &&
-           s->dilation_h == 1 && s->dilation_w == 1 && s->groups == 1 && s->pad_h >= 0 &&
-           s->pad_w >= 0 && s->in_channels >= MIN_CHANNELS && s->out_channels >= MIN_CHANNELS &&
-           s->out_h >= 1 && 4 * tiles_w >= 3 * vectors * lanes;
+    if (s->kernel_h != 3 || s->kernel_w != 3 || s->stride_h != 1 || s->stride_w != 1 ||
+        s->dilation_h != 1 || s->dilation_w != 1 || s->groups != 1 || s->pad_h < 0 ||
+        s->pad_w < 0 || s->in_channels < MIN_CHANNELS || s->out_channels < MIN_CHANNELS ||
+        s->out_h < 1 || s->out_w < 1)
+        return 0;
+    wino_plan p;
+    plan_segments(lanes, s, &p);
+    return 4 * p.tiles_h * p.tiles_w >= 3 * p.image_segments * lanes;
 }
 
 int pynn_winograd_applies(const pynn_context *ctx, const pynn_conv_shape *s)

@@ -13,7 +13,8 @@ from tests.test_ops_conv import assert_close_sum, make, reference_conv, referenc
 
 # (N, C, H, W, OC, padding): odd sizes (half tiles at the bottom and right
 # edges), paddings 0 to 2, channel counts off the GEMM's 12, 6 and 4 row
-# panels, batch 1, and a 64-channel image of several blocks.
+# panels, batch 1, a 64-channel image of several blocks, and small images
+# whose rows of tiles share a vector.
 CASES = [
     (2, 16, 33, 31, 16, (1, 1)),
     (1, 17, 24, 29, 23, (0, 0)),
@@ -21,6 +22,10 @@ CASES = [
     (1, 16, 31, 50, 40, (1, 0)),
     (2, 24, 9, 61, 16, (0, 2)),
     (1, 64, 56, 56, 64, (1, 1)),
+    (2, 32, 16, 16, 24, (1, 1)),   # rows of tiles grouped two or more to a vector
+    (3, 16, 8, 8, 20, (1, 1)),
+    (1, 20, 14, 14, 16, (1, 1)),   # the last group one row short
+    (2, 16, 7, 7, 18, (1, 1)),     # half tiles in a group
 ]
 
 
@@ -89,7 +94,7 @@ def test_nan_in_the_input_reaches_the_output_tiles_that_read_it(isa):
     assert not np.any(np.isnan(out[~tiles]))
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[5]])
+@pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[5], CASES[6]])
 def test_results_are_the_same_on_any_thread_count(isa, set_threads, case):
     x, weight, bias, geometry = make(geometry_of(case), seed=2)
     dy = np.random.default_rng(4).standard_normal(
