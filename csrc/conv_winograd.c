@@ -354,16 +354,18 @@ static int winograd_run(const pynn_context *ctx, const pynn_conv_shape *s, const
     return 0;
 }
 
-/* Enough channels to fill the GEMM tiles, and tiles filling 3/4 of the
- * path's vectors: below them the direct path is faster. */
+/* Enough channels to fill the GEMM tiles, enough outputs a channel to repay
+ * the kernels' transform, and tiles filling 3/4 of the path's vectors: below
+ * them the direct path is faster. */
 #define MIN_CHANNELS 16
+#define MIN_OUTPUTS 256
 
 static int applies_with(const pynn_conv_shape *s, ptrdiff_t lanes)
 {
     if (s->kernel_h != 3 || s->kernel_w != 3 || s->stride_h != 1 || s->stride_w != 1 ||
         s->dilation_h != 1 || s->dilation_w != 1 || s->groups != 1 || s->pad_h < 0 ||
         s->pad_w < 0 || s->in_channels < MIN_CHANNELS || s->out_channels < MIN_CHANNELS ||
-        s->out_h < 1 || s->out_w < 1)
+        s->batch * s->out_h * s->out_w < MIN_OUTPUTS || s->out_h < 1 || s->out_w < 1)
         return 0;
     wino_plan p;
     plan_segments(lanes, s, &p);

@@ -8,10 +8,9 @@
  * product transformed back (Y = Aᵀ M A), with the bias and ReLU fused there.
  * 16 multiplies per 4 outputs and input channel where the direct method
  * takes 36. The transforms run a vector of tiles at a time (a segment: part
- * of a row of tiles, or several short rows); the tiles are taken in blocks of
- * segments whose
- * transforms stay in L2 while every output channel reads them, the blocks
- * shared by the threads. Each output's sums run in one order whatever the
+ * of a row of tiles, or several short rows); the tiles are taken in blocks
+ * of segments whose transforms stay in L2 while every output channel reads
+ * them, the blocks shared by the threads. Each output's sums run in one order whatever the
  * block or thread, so results do not depend on the thread count. */
 #ifndef PYNN_CONV_WINOGRAD_H
 #define PYNN_CONV_WINOGRAD_H

@@ -23,9 +23,9 @@ CASES = [
     (2, 24, 9, 61, 16, (0, 2)),
     (1, 64, 56, 56, 64, (1, 1)),
     (2, 32, 16, 16, 24, (1, 1)),   # rows of tiles grouped two or more to a vector
-    (3, 16, 8, 8, 20, (1, 1)),
-    (1, 20, 14, 14, 16, (1, 1)),   # the last group one row short
-    (2, 16, 7, 7, 18, (1, 1)),     # half tiles in a group
+    (4, 16, 8, 8, 20, (1, 1)),
+    (2, 20, 14, 14, 16, (1, 1)),   # the last group one row short
+    (6, 16, 7, 7, 18, (1, 1)),     # half tiles in a group
 ]
 
 
