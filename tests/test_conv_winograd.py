@@ -1,6 +1,6 @@
 """The Winograd F(2x2, 3x3) convolution (csrc/conv_winograd.c: 3x3 kernels at
-stride 1, 16 channels or more, rows of tiles filling 3/4 of the path's
-vectors), forward with bias and fused ReLU and the input gradient, against
+stride 1, 16 channels or more, 256 outputs a channel or more, tiles filling
+3/4 of the path's vectors), forward with bias and fused ReLU and the input gradient, against
 the float64 reference of test_ops_conv on every kernel path, at sizes that
 end tiles, segments of tiles and GEMM panels early; results the same on any
 thread count."""
