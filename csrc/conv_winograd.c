@@ -17,6 +17,8 @@
 #define BLOCK_FLOATS ((ptrdiff_t)1 << 15)
 /* Channels ahead whose rows the input transform asks for. */
 #define WINO_AHEAD 2
+/* Kernels from which their transform asks for a team. */
+#define PARALLEL_MIN_KERNELS 4096
 /* Multiply-adds from which a call asks for a team. */
 #define PARALLEL_MIN_PRODUCTS (1 << 21)
 
@@ -226,17 +228,21 @@ static ptrdiff_t plan_floats(const wino_plan *p, int threads)
     return p->u_floats + (threads > 1 ? threads : 1) * p->slot_floats;
 }
 
-/* U = G g Gᵀ of every kernel, in double, as the GEMM's packed A: position ξ
- * of output channel o and input channel c at ((o / mr) 16 + ξ) C a_stride +
- * c a_stride + o % mr, rows past the last channel zero. g is weight[o, c], or
- * with `transposed` weight[c, o] turned by 180 degrees (the input gradient's
- * kernel, weight [C, OC, 3, 3] of the shape's C = OC in and OC out). */
-static void transform_weights(const wino_plan *p, const float *weight, int transposed, float *u)
+/* U = G g Gᵀ of the kernels of output channels [op mr, op mr + mr), in
+ * double, as the GEMM's packed A: position ξ of output channel o and input
+ * channel c at ((o / mr) 16 + ξ) C a_stride + c a_stride + o % mr, rows past
+ * the last channel zero. g is weight[o, c], or with `transposed` weight[c, o]
+ * turned by 180 degrees (the input gradient's kernel, weight [C, OC, 3, 3]
+ * of the shape's C = OC in and OC out). */
+static void transform_weights(const wino_plan *p, const float *weight, int transposed,
+                              ptrdiff_t op, float *u)
 {
     const ptrdiff_t in = p->shape.in_channels, out = p->shape.out_channels;
     const ptrdiff_t mr = p->gemm->mr, a_stride = p->gemm->a_stride;
-    memset(u, 0, (size_t)p->u_floats * sizeof(float));
-    for (ptrdiff_t o = 0; o < out; o++)
+    const ptrdiff_t o0 = op * mr, o1 = o0 + mr < out ? o0 + mr : out;
+    float *panel = u + op * POSITIONS * in * a_stride;
+    memset(panel, 0, (size_t)(POSITIONS * in * a_stride) * sizeof(float));
+    for (ptrdiff_t o = o0; o < o1; o++)
         for (ptrdiff_t c = 0; c < in; c++) {
             double g[9], t[4][3];
             for (int k = 0; k < 9; k++)
@@ -247,7 +253,7 @@ static void transform_weights(const wino_plan *p, const float *weight, int trans
                 t[2][j] = 0.5 * (g[j] - g[3 + j] + g[6 + j]);
                 t[3][j] = g[6 + j];
             }
-            float *at = u + (o / mr) * POSITIONS * in * a_stride + c * a_stride + o % mr;
+            float *at = panel + c * a_stride + o - o0;
             for (int i = 0; i < 4; i++) {
                 const double row[4] = {t[i][0], 0.5 * (t[i][0] + t[i][1] + t[i][2]),
                                        0.5 * (t[i][0] - t[i][1] + t[i][2]), t[i][2]};
@@ -340,7 +346,11 @@ static int winograd_run(const pynn_context *ctx, const pynn_conv_shape *s, const
         if (!owned) return -1;
         workspace = owned;
     }
-    transform_weights(&p, weight, transposed, workspace);
+    const int panels_wanted = s->out_channels * s->in_channels >= PARALLEL_MIN_KERNELS
+                              ? ctx->num_threads : 1;
+    PYNN_TEAM_FOR(ctx, panels_wanted, op, p.channel_panels, {
+        transform_weights(&p, weight, transposed, op, workspace);
+    });
     const int relu = activation == PYNN_ACTIVATION_RELU;
     const double products = (double)s->batch * s->out_channels * s->out_h * s->out_w *
                             (double)(s->in_channels * 9);
