@@ -32,7 +32,7 @@ typedef struct {
  * segment's tiles for every input channel, position ξ of channel c at
  * v + ξ position_step + c channel_step; the output transform of a segment
  * for `channels` output channels. */
-struct wino_kernels {
+struct pynn_winograd_kernels {
     ptrdiff_t lanes;
     void (*input)(const pynn_conv_shape *s, const float *image, const wino_segment *g,
                   float *v, ptrdiff_t position_step, ptrdiff_t channel_step);
@@ -167,24 +167,13 @@ static inline PYNN_TARGET_AVX512 void store16(float *out, ptrdiff_t first, ptrdi
 #include "conv_winograd_tile.h"
 #endif
 
-/* A path's transforms: the vector width of its GEMM tiles. */
-static const struct wino_kernels *wino_for(pynn_isa isa)
-{
-#if defined(PYNN_X86_64)
-    if (isa == PYNN_ISA_AVX512) return &wino_avx512;
-    if (isa == PYNN_ISA_AVX2) return &wino_avx2;
-#endif
-    (void)isa;
-    return &wino_generic;
-}
-
 /* How one call splits its work: the shapes and the path's widths alone. A
  * segment is a vector of tiles: `lanes` tiles of one row of tiles, or where
  * rows hold half a vector or less, as many whole rows as fit (group rows).
  * A micro-panel of the GEMM's B holds nr / lanes segments, a block whole
  * micro-panels. */
 typedef struct {
-    const struct wino_kernels *wino;
+    const struct pynn_winograd_kernels *wino;
     const pynn_gemm_kernels *gemm;
     pynn_conv_shape shape;
     ptrdiff_t tiles_h, tiles_w, group, row_segments, image_segments, segments;
@@ -204,7 +193,7 @@ static void plan_segments(ptrdiff_t lanes, const pynn_conv_shape *s, wino_plan *
     p->image_segments = (p->tiles_h + p->group - 1) / p->group * p->row_segments;
 }
 
-static void plan_make(const pynn_gemm_kernels *gemm, const struct wino_kernels *wino,
+static void plan_make(const pynn_gemm_kernels *gemm, const struct pynn_winograd_kernels *wino,
                       const pynn_conv_shape *s, wino_plan *p)
 {
     p->wino = wino;
@@ -333,12 +322,13 @@ static int slot(void)
 
 /* The convolution of shape s through the plan's path: weights as
  * transform_weights reads them. */
-static int winograd_run(const pynn_context *ctx, const pynn_conv_shape *s, const float *x,
-                        const float *weight, int transposed, const float *bias,
-                        pynn_activation activation, float *y, float *workspace)
+static int winograd_run(const pynn_context *ctx, const struct pynn_winograd_kernels *kernels,
+                        const pynn_conv_shape *s, const float *x, const float *weight,
+                        int transposed, const float *bias, pynn_activation activation, float *y,
+                        float *workspace)
 {
     wino_plan p;
-    plan_make(ctx->kernels->gemm, wino_for(ctx->kernels->isa), s, &p);
+    plan_make(ctx->kernels->gemm, kernels, s, &p);
     if (p.segments == 0) return 0;
     float *owned = NULL;
     if (!workspace) {
@@ -382,9 +372,9 @@ static int applies_with(const pynn_conv_shape *s, ptrdiff_t lanes)
     return 4 * p.tiles_h * p.tiles_w >= 3 * p.image_segments * lanes;
 }
 
-int pynn_winograd_applies(const pynn_context *ctx, const pynn_conv_shape *s)
+int pynn_winograd_applies(const struct pynn_winograd_kernels *kernels, const pynn_conv_shape *s)
 {
-    return applies_with(s, wino_for(ctx->kernels->isa)->lanes);
+    return applies_with(s, kernels->lanes);
 }
 
 /* The input gradient as a forward convolution of dy (see the header). */
@@ -409,25 +399,27 @@ static int input_grad_applies_with(const pynn_conv_shape *s, ptrdiff_t lanes)
     return applies_with(&t, lanes);
 }
 
-int pynn_winograd_input_grad_applies(const pynn_context *ctx, const pynn_conv_shape *s)
+int pynn_winograd_input_grad_applies(const struct pynn_winograd_kernels *kernels,
+                                     const pynn_conv_shape *s)
 {
-    return input_grad_applies_with(s, wino_for(ctx->kernels->isa)->lanes);
+    return input_grad_applies_with(s, kernels->lanes);
 }
 
 size_t pynn_winograd_workspace_size(const pynn_conv_shape *s, int threads)
 {
 #if defined(PYNN_X86_64)
-    const pynn_isa paths[] = {PYNN_ISA_GENERIC, PYNN_ISA_AVX2, PYNN_ISA_AVX512};
+    const struct pynn_winograd_kernels *paths[] = {&pynn_winograd_generic, &pynn_winograd_avx2,
+                                                   &pynn_winograd_avx512};
     const struct pynn_gemm_kernels *gemms[] = {&pynn_gemm_generic, &pynn_gemm_avx2,
                                                &pynn_gemm_avx512};
 #else
-    const pynn_isa paths[] = {PYNN_ISA_GENERIC};
+    const struct pynn_winograd_kernels *paths[] = {&pynn_winograd_generic};
     const struct pynn_gemm_kernels *gemms[] = {&pynn_gemm_generic};
 #endif
     const pynn_conv_shape gradient = gradient_shape(s);
     ptrdiff_t size = 0;
     for (size_t k = 0; k < sizeof(paths) / sizeof(paths[0]); k++) {
-        const struct wino_kernels *wino = wino_for(paths[k]);
+        const struct pynn_winograd_kernels *wino = paths[k];
         wino_plan p;
         if (applies_with(s, wino->lanes)) {
             plan_make(gemms[k], wino, s, &p);
@@ -441,16 +433,19 @@ size_t pynn_winograd_workspace_size(const pynn_conv_shape *s, int threads)
     return (size_t)size;
 }
 
-int pynn_winograd_forward(const pynn_context *ctx, const pynn_conv_shape *s, const float *x,
-                          const float *weight, const float *bias, pynn_activation activation,
-                          float *y, float *workspace)
+int pynn_winograd_forward(const pynn_context *ctx, const struct pynn_winograd_kernels *kernels,
+                          const pynn_conv_shape *s, const float *x, const float *weight,
+                          const float *bias, pynn_activation activation, float *y,
+                          float *workspace)
 {
-    return winograd_run(ctx, s, x, weight, 0, bias, activation, y, workspace);
+    return winograd_run(ctx, kernels, s, x, weight, 0, bias, activation, y, workspace);
 }
 
-int pynn_winograd_input_grad(const pynn_context *ctx, const pynn_conv_shape *s, const float *dy,
-                             const float *weight, float *dx, float *workspace)
+int pynn_winograd_input_grad(const pynn_context *ctx, const struct pynn_winograd_kernels *kernels,
+                             const pynn_conv_shape *s, const float *dy, const float *weight,
+                             float *dx, float *workspace)
 {
     const pynn_conv_shape t = gradient_shape(s);
-    return winograd_run(ctx, &t, dy, weight, 1, NULL, PYNN_ACTIVATION_NONE, dx, workspace);
+    return winograd_run(ctx, kernels, &t, dy, weight, 1, NULL, PYNN_ACTIVATION_NONE, dx,
+                        workspace);
 }

@@ -18,28 +18,37 @@
 #include <stddef.h>
 #include "conv.h"
 
-/* Does the forward pass take this shape on the context's path: a 3x3
- * kernel, stride 1, dilation 1, groups of 1 and enough channels and columns
- * to repay the transforms. */
-int pynn_winograd_applies(const pynn_context *ctx, const pynn_conv_shape *s);
+/* One path's transforms (conv_winograd.c), the conv table's `winograd`. */
+struct pynn_winograd_kernels;
+extern const struct pynn_winograd_kernels pynn_winograd_generic, pynn_winograd_avx2,
+    pynn_winograd_avx512;
+
+/* Does the forward pass take this shape on the path of `kernels`: a 3x3
+ * kernel, stride 1, dilation 1, groups of 1 and enough channels, outputs and
+ * columns to repay the transforms. */
+int pynn_winograd_applies(const struct pynn_winograd_kernels *kernels, const pynn_conv_shape *s);
 
 /* Does the input gradient of this forward shape take it: the forward shape
  * applies and its padding is at most 2 (the gradient is then a convolution of
  * dy with the flipped, transposed kernel, padded by 2 - pad). */
-int pynn_winograd_input_grad_applies(const pynn_context *ctx, const pynn_conv_shape *s);
+int pynn_winograd_input_grad_applies(const struct pynn_winograd_kernels *kernels,
+                                     const pynn_conv_shape *s);
 
 /* Floats of workspace either call needs with this many threads on any
  * compiled path (0 where neither applies). */
 size_t pynn_winograd_workspace_size(const pynn_conv_shape *s, int threads);
 
-/* As pynn_conv2d_forward; workspace NULL allocates it. Returns 0 or -1. */
-int pynn_winograd_forward(const pynn_context *ctx, const pynn_conv_shape *s, const float *x,
-                          const float *weight, const float *bias, pynn_activation activation,
-                          float *y, float *workspace);
+/* As pynn_conv2d_forward, through `kernels`; workspace NULL allocates it.
+ * Returns 0 or -1. */
+int pynn_winograd_forward(const pynn_context *ctx, const struct pynn_winograd_kernels *kernels,
+                          const pynn_conv_shape *s, const float *x, const float *weight,
+                          const float *bias, pynn_activation activation, float *y,
+                          float *workspace);
 
-/* dx of pynn_conv2d_backward (written, not added); workspace NULL allocates
- * it. Returns 0 or -1. */
-int pynn_winograd_input_grad(const pynn_context *ctx, const pynn_conv_shape *s, const float *dy,
-                             const float *weight, float *dx, float *workspace);
+/* dx of pynn_conv2d_backward (written, not added), through `kernels`;
+ * workspace NULL allocates it. Returns 0 or -1. */
+int pynn_winograd_input_grad(const pynn_context *ctx, const struct pynn_winograd_kernels *kernels,
+                             const pynn_conv_shape *s, const float *dy, const float *weight,
+                             float *dx, float *workspace);
 
 #endif

@@ -140,7 +140,8 @@ static WINO_TARGET void WINO_OUTPUT(const pynn_conv_shape *s, const float *m,
     }
 }
 
-const struct wino_kernels WINO_JOIN(wino, WINO_SUFFIX) = {WINO_LANES, WINO_INPUT, WINO_OUTPUT};
+const struct pynn_winograd_kernels WINO_JOIN(pynn_winograd, WINO_SUFFIX) = {WINO_LANES, WINO_INPUT,
+                                                                          WINO_OUTPUT};
 
 #undef WINO_VEC
 #undef WINO_BITS
