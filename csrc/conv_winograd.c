@@ -178,7 +178,7 @@ typedef struct {
     pynn_conv_shape shape;
     ptrdiff_t tiles_h, tiles_w, group, row_segments, image_segments, segments;
     ptrdiff_t panel_segments, block_panels, block_segments, blocks, channel_panels;
-    ptrdiff_t u_floats, v_floats, slot_floats;
+    ptrdiff_t u_floats, position_floats, v_floats, slot_floats;
 } wino_plan;
 
 static ptrdiff_t round16(ptrdiff_t floats) { return (floats + 15) / 16 * 16; }
@@ -208,7 +208,10 @@ static void plan_make(const pynn_gemm_kernels *gemm, const struct pynn_winograd_
     p->blocks = (p->segments + p->block_segments - 1) / p->block_segments;
     p->channel_panels = (s->out_channels + gemm->mr - 1) / gemm->mr;
     p->u_floats = round16(p->channel_panels * POSITIONS * s->in_channels * gemm->a_stride);
-    p->v_floats = round16(p->block_panels * panel_floats);
+    /* the positions a cache line apart beyond whole lines, so the input
+     * transform's 16 streams of stores fall in different L1 sets */
+    p->position_floats = round16(p->block_panels * s->in_channels * gemm->nr) + 16;
+    p->v_floats = POSITIONS * p->position_floats;
     p->slot_floats = p->v_floats + round16(POSITIONS * gemm->mr * gemm->nr);
 }
 
@@ -264,9 +267,10 @@ static wino_segment segment_at(const wino_plan *p, ptrdiff_t index, ptrdiff_t *n
     return g;
 }
 
-/* One block: its segments' input transforms into v ([ξ][panel][C][nr]),
- * then per panel of output channels and micro-panel of tiles the 16 GEMMs
- * into m ([ξ][mr][nr]) and their output transforms. */
+/* One block: its segments' input transforms into v ([ξ][panel][C][nr], the
+ * positions position_floats apart), then per panel of output channels and
+ * micro-panel of tiles the 16 GEMMs into m ([ξ][mr][nr]) and their output
+ * transforms. */
 static void run_block(const wino_plan *p, const float *x, const float *u, const float *bias,
                       int relu, float *y, ptrdiff_t block, float *slot)
 {
@@ -276,7 +280,7 @@ static void run_block(const wino_plan *p, const float *x, const float *u, const 
     const ptrdiff_t first = block * p->block_segments;
     const ptrdiff_t count = p->segments - first < p->block_segments ? p->segments - first
                                                                     : p->block_segments;
-    const ptrdiff_t position_step = p->block_panels * in * nr;
+    const ptrdiff_t position_step = p->position_floats;
     const ptrdiff_t image_in = in * s->height * s->width;
     const ptrdiff_t plane_out = s->out_h * s->out_w, image_out = s->out_channels * plane_out;
     float *v = slot, *m = slot + p->v_floats;
