@@ -4,6 +4,7 @@
 #include <string.h>
 #include "conv.h"
 #include "conv_direct.h"
+#include "conv_winograd.h"
 #include "vmath.h"
 #ifdef _OPENMP
 #include <omp.h>
@@ -136,7 +137,8 @@ size_t pynn_conv2d_workspace_size(const pynn_conv_shape *s, int threads)
         size_t input = (size_t)weight_size(s) + pynn_direct_workspace_size(&t, threads);
         size = input > size ? input : size;
     }
-    return size;
+    size_t winograd = pynn_winograd_workspace_size(s, threads);
+    return winograd > size ? winograd : size;
 }
 
 /* For one kernel tap along one axis: the outputs [first, last) whose input
@@ -465,6 +467,7 @@ struct pynn_conv_kernels {
     void (*direct_image)(const pynn_conv_shape *s, const float *image, const float *weight,
                          const float *bias, int relu, float *y);
     const struct pynn_direct_kernels *direct;  /* conv_direct.h */
+    const struct pynn_winograd_kernels *winograd;  /* conv_winograd.h */
 };
 
 #define CHANNEL_VARIANT(suffix, attribute, moves)                                            \
@@ -805,7 +808,8 @@ static void direct_forward(const pynn_context *ctx, const pynn_conv_shape *s, co
 
 #define CONV_TABLE(suffix, direct)                                                           \
     const struct pynn_conv_kernels pynn_conv_##suffix = {                                    \
-        unfold_channel_##suffix, fold_channel_##suffix, direct, &pynn_direct_##suffix};
+        unfold_channel_##suffix, fold_channel_##suffix, direct, &pynn_direct_##suffix,      \
+        &pynn_winograd_##suffix};
 CONV_TABLE(generic, NULL)
 #if defined(PYNN_X86_64)
 CONV_TABLE(avx2, direct_image)
@@ -822,6 +826,9 @@ int pynn_conv2d_forward(const pynn_context *ctx, const pynn_conv_shape *s, const
         return 0;
     }
 #endif
+    if (pynn_winograd_applies(ctx->kernels->conv->winograd, s))
+        return pynn_winograd_forward(ctx, ctx->kernels->conv->winograd, s, x, weight, bias,
+                                     activation, y, workspace);
     float *owned;
     if (pynn_direct_applies(s)) {
         owned = workspace ? NULL : malloc(pynn_direct_workspace_size(s, ctx->num_threads) *
@@ -895,6 +902,12 @@ int pynn_conv2d_backward(const pynn_context *ctx, const pynn_conv_shape *s, cons
     if (dbias) bias_gradient(ctx, s, dy, dbias);
     if (dweight && s->batch == 0)
         memset(dweight, 0, (size_t)weight_size(s) * sizeof(float));
+    if (dx && pynn_winograd_input_grad_applies(ctx->kernels->conv->winograd, s)) {
+        if (pynn_winograd_input_grad(ctx, ctx->kernels->conv->winograd, s, dy, weight, dx,
+                                     workspace))
+            return -1;
+        dx = NULL;
+    }
     if (!dx && !dweight) return 0;
     float *direct_owned = NULL;
     pynn_conv_shape t;

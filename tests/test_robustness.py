@@ -391,6 +391,30 @@ def test_conv2d(batch, channels, height, width, out_channels, kernel, stride, pa
 
 
 @fuzz
+@given(st.integers(1, 3), st.integers(16, 20), st.integers(5, 40), st.integers(5, 40),
+       st.integers(16, 20), st.integers(0, 2), st.booleans(), st.data())
+def test_conv2d_winograd_shapes(batch, channels, height, width, out_channels, padding, with_bias,
+                                data):
+    """3x3 at stride 1 with 16 channels or more: the Winograd path where the
+    shape takes it, forward and input gradient (the full correlation of dy
+    with the flipped kernel, its channel axes swapped)."""
+    x = data.draw(values((batch, channels, height, width), specials=False)).astype(np.float32)
+    weight = data.draw(values((out_channels, channels, 3, 3), specials=False)).astype(np.float32)
+    bias = np.linspace(-1, 1, out_channels, dtype=np.float32) if with_bias else None
+    expected = conv2d_reference(x.astype(np.float64), weight.astype(np.float64), bias, 1,
+                                padding, 1, 1)
+    result = ops.conv2d(x, weight, bias, padding=padding)
+    scale = np.abs(x).max(initial=0) * np.abs(weight).sum(axis=(1, 2, 3)).max() + 1.0
+    np.testing.assert_allclose(result, expected, atol=1e-5 * scale, rtol=0)
+    dy = data.draw(values(expected.shape, specials=False)).astype(np.float32)
+    dx = ops.conv2d_backward(dy, x, weight, padding=padding)[0]
+    flipped = weight.astype(np.float64)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+    expected_dx = conv2d_reference(dy.astype(np.float64), flipped, None, 1, 2 - padding, 1, 1)
+    dscale = np.abs(dy).max(initial=0) * np.abs(weight).sum(axis=(0, 2, 3)).max() + 1.0
+    np.testing.assert_allclose(dx, expected_dx, atol=1e-5 * dscale, rtol=0)
+
+
+@fuzz
 @given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 7), st.integers(1, 7),
        st.integers(0, 4), st.sampled_from([None, 1, 2, 3, 0]), st.integers(0, 2),
        st.booleans(), st.sampled_from(["max", "avg"]), st.data())
