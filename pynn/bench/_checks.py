@@ -184,17 +184,23 @@ def predictions(model, x, actual, what):
     within(actual, expected, network_bound(expected), what)
 
 
-def first_sgd_step(build, x, target, lr, momentum, what):
-    """Check one SGD step of ``fit`` (a fresh model from ``build()``, one batch
-    of all of x): the first step moves each parameter by lr times its
-    gradient, which must match the float64 gradient."""
+def fit_step(model, x, target, loss, optimizer):
+    """One step of ``fit`` on the batch (x, target)."""
+    model.fit(x, target, loss=loss, batch_size=len(x), shuffle=False, optimizer=optimizer,
+              verbose=False)
+
+
+def first_sgd_step(build, x, target, lr, momentum, what, step=fit_step):
+    """Check one SGD step (``step(model, x, target, loss, optimizer)``, fit's by
+    default) of a fresh model from ``build()`` on one batch of all of x: the
+    first step moves each parameter by lr times its gradient, which must
+    match the float64 gradient."""
     from pynn import losses, optim
 
     model = build()
     spec = network(model)
     before = [{name: value.copy() for name, value in layer.params.items()} for layer in model.layers]
-    model.fit(x, target, loss=losses.CrossEntropyLoss(), batch_size=len(x), shuffle=False,
-              optimizer=optim.SGD(model, lr=lr, momentum=momentum), verbose=False)
+    step(model, x, target, losses.CrossEntropyLoss(), optim.SGD(model, lr=lr, momentum=momentum))
     expected = gradients(spec, x, target)
     for index, (dweight, dbias) in expected.items():
         layer = model.layers[index]

@@ -1,8 +1,12 @@
 """Training suite: samples/s of a 784-256-128-10 ReLU MLP with softmax
 cross-entropy and SGD momentum, one shuffled epoch per call, beside PyTorch
-eager and a hand-written numpy implementation of the same step; and at batch
+eager and a hand-written numpy implementation of the same step. pynn and
+PyTorch both run the loop their users write (pynn's: forward, the loss,
+``model.backward(loss.backward())``, ``optimizer.step()`` on the rows a numpy
+index picks); the same step through ``fit`` is a case of its own. At batch
 128 with Adam, plain and with a per-batch OneCycleLR and gradient clipping
-(whose cost over the plain step the pair shows), beside PyTorch.
+(whose cost over the plain step the pair shows), pynn trains through fit,
+beside PyTorch.
 
 All peers start from the same weights and train on the same data; each keeps
 training its own copy across calls (the work per call is identical)."""
@@ -106,6 +110,27 @@ class NumpyMLP:
             self.step(x_batch, y_batch, activations, deltas, rows)
 
 
+def hand_written_step(model, x, target, loss, optimizer):
+    """The training step a PyTorch user writes, in pynn."""
+    out = model.forward(x, training=True)
+    loss(out, target)
+    model.backward(loss.backward())
+    optimizer.step()
+
+
+def hand_written_epochs(model, x, y, loss, optimizer, batch):
+    """A runner: one shuffled epoch of ``hand_written_step`` per call, each
+    batch the rows of x and y a numpy index picks (new arrays, as a user's)."""
+    rng = np.random.default_rng(0)
+
+    def epoch():
+        order = rng.permutation(len(x))
+        for start in range(0, len(x), batch):
+            indices = order[start:start + batch]
+            hand_written_step(model, x[indices], y[indices], loss, optimizer)
+    return epoch
+
+
 def cases(quick, threads):
     from pynn import losses, optim
 
@@ -114,18 +139,22 @@ def cases(quick, threads):
     x, y = dataset(samples)
     found = []
     for batch in (32, 512) if quick else BATCHES:
-        model = build_mlp()
-        optimizer = optim.SGD(model, lr=LR, momentum=MOMENTUM)
-        runners = {"pynn": fit_epochs(model, x, y, losses.CrossEntropyLoss(), optimizer, batch)}
-        twin = NumpyMLP(model, batch)
-        numpy_rng = np.random.default_rng(0)
-        runners["numpy"] = lambda twin=twin, rng=numpy_rng: twin.epoch(x, y, rng)
-        if torch is not None:
-            runners["torch"] = _torch_runner(torch, model, x, y, batch)
-        name = f"784-256-128-10 batch {batch}"
-        found.append(Case("train", name, runners, work=samples, unit="samples/s",
-                          check=lambda batch=batch, name=name: _checks.first_sgd_step(
-                              build_mlp, x[:batch], y[:batch], LR, MOMENTUM, name)))
+        for through_fit in (False, True):
+            model = build_mlp()
+            optimizer = optim.SGD(model, lr=LR, momentum=MOMENTUM)
+            train = fit_epochs if through_fit else hand_written_epochs
+            runners = {"pynn": train(model, x, y, losses.CrossEntropyLoss(), optimizer, batch)}
+            if not through_fit:
+                twin = NumpyMLP(model, batch)
+                numpy_rng = np.random.default_rng(0)
+                runners["numpy"] = lambda twin=twin, rng=numpy_rng: twin.epoch(x, y, rng)
+            if torch is not None:
+                runners["torch"] = _torch_runner(torch, model, x, y, batch)
+            name = f"784-256-128-10 batch {batch}" + (" through fit" if through_fit else "")
+            step = _checks.fit_step if through_fit else hand_written_step
+            found.append(Case("train", name, runners, work=samples, unit="samples/s",
+                              check=lambda batch=batch, name=name, step=step: _checks.first_sgd_step(
+                                  build_mlp, x[:batch], y[:batch], LR, MOMENTUM, name, step)))
     for extras in (False, True):
         found.append(_adam_case(torch, x, y, extras))
     return found
