@@ -335,12 +335,11 @@ class Model:
         plan = self._backward_plans[key] = (wanted, runs[::-1])
         return plan
 
-    def backward(self, dy, input_grad=False):
+    def backward(self, dy, input_grad=True):
         """Back-propagate dL/d(outputs) of the last training forward (a list
-        with several outputs) and write every trainable layer's ``grads``.
-        With ``input_grad=True`` return dL/dx too (a list with several
-        inputs; None for int64 inputs); otherwise, as PyTorch for inputs that
-        do not require a gradient, nothing is returned and work that only
+        with several outputs), write every trainable layer's ``grads`` and
+        return dL/dx (a list with several inputs; None for int64 inputs).
+        With ``input_grad=False`` nothing is returned and work that only
         serves the input gradient is skipped."""
         given = list(dy) if self._many_outputs else [dy]
         if self._many_outputs and (not isinstance(dy, (list, tuple)) or len(dy) != len(self.outputs)):

@@ -151,14 +151,12 @@ class Sequential:
                 return index
         return len(self._steps)
 
-    def backward(self, dy, input_grad=False):
-        """Back-propagate dL/dy of the last ``forward(x, training=True)`` and
-        write every trainable layer's ``grads``. As PyTorch computes no
-        gradient for an input that does not require one, dL/dx is computed and
-        returned only with ``input_grad=True``; otherwise None is returned,
-        leading frozen or parameter-free layers are skipped and the first
-        trainable one skips its input-gradient product (in an MLP on 784
-        features, as costly as its forward)."""
+    def backward(self, dy, input_grad=True):
+        """Back-propagate dL/dy of the last ``forward(x, training=True)``, writing
+        every trainable layer's ``grads``, and return dL/dx. The training loop
+        passes ``input_grad=False``: then None is returned, leading frozen or
+        parameter-free layers are skipped and the first trainable one computes
+        no input gradient."""
         stop = 0 if input_grad else self._first_step_needing_gradients()
         for index in range(len(self._steps) - 1, stop - 1, -1):
             dy = self._steps[index].backward(dy, input_grad=input_grad or index > stop)

@@ -545,7 +545,7 @@ def test_signal_model_matches_torch_outputs_and_every_gradient():
     np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-4, atol=1e-5)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     yt.backward(torch.tensor(dy))
-    np.testing.assert_allclose(model.backward(dy, input_grad=True), xt.grad.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model.backward(dy), xt.grad.numpy(), rtol=1e-4, atol=1e-5)
     grads = {f"{i}.{k}": g for i, layer in enumerate(model.layers) for k, g in layer.grads.items()}
     for name, param in twin.named_parameters():
         np.testing.assert_allclose(grads[name], param.grad.numpy(), rtol=1e-4, atol=1e-5)
@@ -567,7 +567,7 @@ def test_adaptive_pool_model_matches_torch():
     np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-4, atol=1e-5)
     dy = np.ones(y.shape, np.float32)
     yt.backward(torch.tensor(dy))
-    np.testing.assert_allclose(model.backward(dy, input_grad=True), xt.grad.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model.backward(dy), xt.grad.numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_signal_model_gradients_match_finite_differences():
@@ -576,7 +576,7 @@ def test_signal_model_gradients_match_finite_differences():
     x = rng.standard_normal((2, 3, 23)).astype(np.float32)
     probe = rng.standard_normal((2, 4))
     model.forward(x, training=True)
-    dx = model.backward(probe.astype(np.float32), input_grad=True)
+    dx = model.backward(probe.astype(np.float32))
     check_gradient(lambda v: np.sum(model.forward(v) * probe), x, dx, eps=1e-3)
 
 

@@ -53,7 +53,7 @@ def assert_finite_differences(model, x, weights, array, grad, indices, label):
 
 def assert_gradients_match_finite_differences(model, x, weights):
     model.forward(x, training=True)
-    dx = model.backward(weights if len(weights) > 1 else weights[0], input_grad=True)
+    dx = model.backward(weights if len(weights) > 1 else weights[0])
     for name, param in model.named_parameters():
         layer, key = name.rsplit(".", 1)
         grad = model.get_layer(layer).grads[key]
@@ -121,11 +121,11 @@ def test_a_sequential_as_a_model_gives_the_same_outputs_and_gradients():
     np.testing.assert_array_equal(model.predict(data), seq.predict(data))
     dy = rng.standard_normal((7, 3)).astype(np.float32)
     seq.forward(data, training=True)
-    want_dx = seq.backward(dy, input_grad=True).copy()
+    want_dx = seq.backward(dy).copy()
     want = {(prefix, key): layer.grads[key].copy() for prefix, layer in seq.parameter_owners()
             for key in layer.grads}
     model.forward(data, training=True)
-    np.testing.assert_array_equal(model.backward(dy, input_grad=True), want_dx)
+    np.testing.assert_array_equal(model.backward(dy), want_dx)
     for prefix, layer in seq.parameter_owners():
         for key in layer.grads:
             np.testing.assert_array_equal(layer.grads[key], want[(prefix, key)])

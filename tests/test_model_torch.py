@@ -71,7 +71,7 @@ def test_training_outputs_and_every_gradient_match_torch(pair):
     x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
     dy = rng.standard_normal((4, 5)).astype(np.float32)
     y = model.forward(x, training=True)
-    dx = model.backward(dy, input_grad=True)
+    dx = model.backward(dy)
     tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     ty = twin(tx)
     ty.backward(torch.tensor(dy, dtype=torch.float64))
@@ -146,7 +146,7 @@ def test_two_outputs_give_torch_outputs_and_gradients():
     data = rng.standard_normal((5, 6)).astype(np.float32)
     dy = [rng.standard_normal((5, 3)).astype(np.float32), rng.standard_normal((5, 1)).astype(np.float32)]
     outputs = model.forward(data, training=True)
-    dx = model.backward(dy, input_grad=True)
+    dx = model.backward(dy)
     tx = torch.tensor(data, dtype=torch.float64, requires_grad=True)
     classes, value = twin(tx)
     ((classes * torch.tensor(dy[0], dtype=torch.float64)).sum()

@@ -159,10 +159,10 @@ def test_backward_without_input_gradient_returns_none_and_same_grads():
     x = np.random.default_rng(5).standard_normal((9, 5)).astype(np.float32)
     dy = np.ones((9, 3), np.float32)
     model.forward(x, training=True)
-    assert model.backward(dy, input_grad=True).shape == x.shape
+    assert model.backward(dy).shape == x.shape  # the API's default: dL/dx returned
     full = named_gradients(model)
     model.forward(x, training=True)
-    assert model.backward(dy) is None  # the default, as PyTorch for an input without requires_grad
+    assert model.backward(dy, input_grad=False) is None
     for name, grad in named_gradients(model).items():
         np.testing.assert_array_equal(grad, full[name])
 
@@ -268,7 +268,7 @@ def test_fused_conv_relu_equals_the_layers_run_one_by_one():
     x = rng.standard_normal((5, 2, 6, 6)).astype(np.float32)
     dy = rng.standard_normal((5, 2)).astype(np.float32)
     out = model.forward(x, training=True).copy()
-    dx = model.backward(dy, input_grad=True).copy()
+    dx = model.backward(dy).copy()
     grads = named_gradients(model)
     model[0].activation = model[3].activation = None
     h, grad = layer_by_layer(model, x, dy)
