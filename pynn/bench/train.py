@@ -2,8 +2,11 @@
 cross-entropy and SGD momentum, one shuffled epoch per call, beside PyTorch
 eager and a hand-written numpy implementation of the same step. pynn and
 PyTorch both run the loop their users write (pynn's: forward, the loss,
-``model.backward(loss.backward())``, ``optimizer.step()`` on the rows a numpy
-index picks); the same step through ``fit`` is a case of its own. At batch
+``model.backward(loss.backward(), input_grad=False)``, ``optimizer.step()``
+on the rows a numpy index picks; PyTorch computes no gradient for an input
+that does not require one, and ``input_grad=False`` says the same to pynn,
+whose backward otherwise returns dL/dx); the same step through ``fit`` is a
+case of its own. At batch
 128 with Adam, plain and with a per-batch OneCycleLR and gradient clipping
 (whose cost over the plain step the pair shows), pynn trains through fit,
 beside PyTorch.
@@ -111,10 +114,11 @@ class NumpyMLP:
 
 
 def hand_written_step(model, x, target, loss, optimizer):
-    """The training step a PyTorch user writes, in pynn."""
+    """The training step a PyTorch user writes, in pynn (no dL/dx, as
+    PyTorch computes none for an input that does not require it)."""
     out = model.forward(x, training=True)
     loss(out, target)
-    model.backward(loss.backward())
+    model.backward(loss.backward(), input_grad=False)
     optimizer.step()
 
 
