@@ -18,24 +18,42 @@
 #define DW_TARGET
 #define DW_LANES 4
 #define DW_ROWS 2
-#define DW_STORE_TAIL(out, v, count)                              \
-    do {                                                          \
+#define DW_STORE_TAIL(out, v, count)                                    \
+    do {                                                                \
         for (ptrdiff_t i_ = 0; i_ < (count); i_++) (out)[i_] = (v)[i_]; \
     } while (0)
+#define DW_EVEN_LANES 0, 2, 4, 6
+#define DW_LOW_SPREAD 0, 4, 1, 5
+#define DW_HIGH_SPREAD 2, 6, 3, 7
 #include "conv_depthwise_plane.h"
+#undef DW_EVEN_LANES
+#undef DW_LOW_SPREAD
+#undef DW_HIGH_SPREAD
 #if defined(PYNN_X86_64)
 #define DW_SUFFIX avx2
 #define DW_TARGET PYNN_TARGET_AVX2
 #define DW_LANES 8
 #define DW_ROWS 2
 #define DW_STORE_TAIL(out, v, count) _mm256_maskstore_ps((out), pynn_first_lanes8(count), (__m256)(v))
+#define DW_EVEN_LANES 0, 2, 4, 6, 8, 10, 12, 14
+#define DW_LOW_SPREAD 0, 8, 1, 9, 2, 10, 3, 11
+#define DW_HIGH_SPREAD 4, 12, 5, 13, 6, 14, 7, 15
 #include "conv_depthwise_plane.h"
+#undef DW_EVEN_LANES
+#undef DW_LOW_SPREAD
+#undef DW_HIGH_SPREAD
 #define DW_SUFFIX avx512
 #define DW_TARGET PYNN_TARGET_AVX512
 #define DW_LANES 16
 #define DW_ROWS 4
 #define DW_STORE_TAIL(out, v, count) _mm512_mask_storeu_ps((out), pynn_first_lanes16(count), (__m512)(v))
+#define DW_EVEN_LANES 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30
+#define DW_LOW_SPREAD 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23
+#define DW_HIGH_SPREAD 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31
 #include "conv_depthwise_plane.h"
+#undef DW_EVEN_LANES
+#undef DW_LOW_SPREAD
+#undef DW_HIGH_SPREAD
 #endif
 
 int pynn_depthwise_applies(const pynn_conv_shape *s)

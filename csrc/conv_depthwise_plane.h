@@ -3,7 +3,10 @@
  * conv_depthwise.c. The includer defines DW_SUFFIX, DW_TARGET (the path's
  * function attribute), DW_LANES (floats per vector), DW_ROWS (output rows a
  * step computes together, sharing their input rows' loads) and
- * DW_STORE_TAIL(out, v, count), which stores v's first count lanes. */
+ * DW_STORE_TAIL(out, v, count), which stores v's first count lanes, and the
+ * lane lists of __builtin_shufflevector: DW_EVEN_LANES (the even lanes of two
+ * vectors), DW_LOW_SPREAD and DW_HIGH_SPREAD (a vector's low and high halves
+ * with lanes of the second between them). */
 #define DW_JOIN2(a, b) a##_##b
 #define DW_JOIN(a, b) DW_JOIN2(a, b)
 #define DW_VEC DW_JOIN(dw_vec, DW_SUFFIX)
@@ -14,6 +17,7 @@
 #define DW_TAP_SUMS DW_JOIN(dw_tap_sums, DW_SUFFIX)
 #define DW_SUMS DW_JOIN(dw_sums, DW_SUFFIX)
 #define DW_PHASE_ROW DW_JOIN(dw_phase_row, DW_SUFFIX)
+#define DW_SPREAD_ROW DW_JOIN(dw_spread_row, DW_SUFFIX)
 #define DW_BUILD DW_JOIN(dw_build, DW_SUFFIX)
 
 typedef float DW_VEC __attribute__((vector_size(4 * DW_LANES), aligned(4), may_alias));
@@ -145,7 +149,8 @@ DW_TARGET static void DW_SUMS(const pynn_depthwise_plane *p, const float *grad, 
 }
 
 /* One phase of one buffer row: out[j] = in[j stride + offset] where that lies
- * in [0, width), zero elsewhere in [0, cols). */
+ * in [0, width), zero elsewhere in [0, cols). At stride 2 a vector's worth
+ * is the even lanes of two vectors from in + 2 j + offset. */
 static inline __attribute__((always_inline)) DW_TARGET void
 DW_PHASE_ROW(float *out, const float *in, ptrdiff_t cols, ptrdiff_t width, ptrdiff_t offset,
              const ptrdiff_t stride)
@@ -155,8 +160,33 @@ DW_PHASE_ROW(float *out, const float *in, ptrdiff_t cols, ptrdiff_t width, ptrdi
     if (last > cols) last = cols;
     if (first > last) first = last;
     for (ptrdiff_t j = 0; j < first; j++) out[j] = 0.0f;
-    for (ptrdiff_t j = first; j < last; j++) out[j] = in[j * stride + offset];
+    ptrdiff_t j = first;
+    if (stride == 2)
+        for (; j + DW_LANES <= last && 2 * (j + DW_LANES) + offset <= width; j += DW_LANES) {
+            const DW_VEC a = *(const DW_VEC *)(in + 2 * j + offset);
+            const DW_VEC b = *(const DW_VEC *)(in + 2 * j + offset + DW_LANES);
+            *(DW_VEC *)(out + j) = __builtin_shufflevector(a, b, DW_EVEN_LANES);
+        }
+    for (; j < last; j++) out[j] = in[j * stride + offset];
     for (ptrdiff_t j = last; j < cols; j++) out[j] = 0.0f;
+}
+
+/* A buffer row of the input gradient at column stride 2: out[lead + 2 j] =
+ * in[j] for j < width where that lies in [0, cols), zero elsewhere; a vector
+ * of in becomes two of out, its lanes between zeros. */
+static inline __attribute__((always_inline)) DW_TARGET void
+DW_SPREAD_ROW(float *out, const float *in, ptrdiff_t cols, ptrdiff_t width, ptrdiff_t lead,
+              ptrdiff_t up)
+{
+    for (ptrdiff_t j = 0; j < cols; j++) out[j] = 0.0f;
+    ptrdiff_t j = lead >= 0 ? 0 : (-lead + up - 1) / up;
+    if (up == 2)
+        for (; j + DW_LANES <= width && lead + 2 * (j + DW_LANES) <= cols; j += DW_LANES) {
+            const DW_VEC v = *(const DW_VEC *)(in + j), zero = {0};
+            *(DW_VEC *)(out + lead + 2 * j) = __builtin_shufflevector(v, zero, DW_LOW_SPREAD);
+            *(DW_VEC *)(out + lead + 2 * j + DW_LANES) = __builtin_shufflevector(v, zero, DW_HIGH_SPREAD);
+        }
+    for (; j < width && lead + j * up < cols; j++) out[lead + j * up] = in[j];
 }
 
 DW_TARGET static void DW_BUILD(const pynn_depthwise_source *w, const float *source, float *rows)
@@ -171,10 +201,7 @@ DW_TARGET static void DW_BUILD(const pynn_depthwise_source *w, const float *sour
         }
         const float *in = source + i / w->up_h * w->width;
         if (w->up_w > 1) {  /* one phase: the row spread out with zeros between */
-            for (ptrdiff_t j = 0; j < run; j++) row[j] = 0.0f;
-            ptrdiff_t first = w->lead_w >= 0 ? 0 : (-w->lead_w + w->up_w - 1) / w->up_w;
-            for (ptrdiff_t j = first; j < w->width && w->lead_w + j * w->up_w < w->cols; j++)
-                row[w->lead_w + j * w->up_w] = in[j];
+            DW_SPREAD_ROW(row, in, w->cols, w->width, w->lead_w, w->up_w);
             continue;
         }
         for (ptrdiff_t b = 0; b < w->phases; b++) {
@@ -205,4 +232,5 @@ const struct pynn_depthwise_kernels DW_JOIN(pynn_depthwise, DW_SUFFIX) = {DW_PLA
 #undef DW_TAP_SUMS
 #undef DW_SUMS
 #undef DW_PHASE_ROW
+#undef DW_SPREAD_ROW
 #undef DW_BUILD

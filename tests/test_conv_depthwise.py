@@ -35,6 +35,8 @@ CASES = [
     (1, 3, 5, 6, (2, 3), (1, 2), (0, 2)),       # unequal kernel, strides and pads
     (1, 2, 3, 3, (3, 3), (1, 1), (4, 3)),       # padding past the kernel's reach
     (2, 16, 33, 37, (3, 3), (1, 1), (1, 1)),    # rows of two vectors and a tail
+    (1, 3, 9, 71, (3, 3), (2, 2), (1, 1)),      # stride 2 rows of whole vectors on every path
+    (2, 2, 7, 68, (5, 5), (2, 2), (0, 0)),      # the same for 5x5, without padding
 ]
 
 
