@@ -7,8 +7,9 @@ finite differences, PyTorch's results, and the same bits on any thread count."""
 import numpy as np
 import pytest
 
-from pynn import ops
+from pynn import Sequential, ops
 from pynn._kernels import core as kernels
+from pynn.layers import BatchNorm2d, Conv2d, ReLU
 from tests.helpers import check_gradient
 from tests.test_ops_conv import assert_close_sum, reference_conv, reference_conv_backward
 
@@ -171,8 +172,6 @@ def test_matches_torch(isa, case):
 
 
 def test_conv2d_layer_trains_through_the_depthwise_path(isa):
-    from pynn.layers import Conv2d
-
     layer = Conv2d(4, 4, 3, stride=2, padding=1, groups=4)
     x = np.random.default_rng(9).standard_normal((2, 4, 9, 9)).astype(np.float32)
     geometry = dict(stride=(2, 2), padding=(1, 1), dilation=(1, 1), groups=4)
@@ -187,3 +186,22 @@ def test_conv2d_layer_trains_through_the_depthwise_path(isa):
     mx, mw, _ = reference_conv_backward(dy, np.abs(x), np.abs(weight), **geometry)
     assert_close_sum(dx, rx, mx, 9)
     assert_close_sum(layer.grads["weight"], rw, mw, 2 * 25)
+
+
+def test_inference_plan_folds_batchnorm_and_relu_into_the_depthwise_step(isa):
+    conv = Conv2d(6, 6, 3, stride=2, padding=1, groups=6)
+    norm = BatchNorm2d(6)
+    rng = np.random.default_rng(10)
+    norm.buffers["running_mean"][:] = rng.standard_normal(6)
+    norm.buffers["running_var"][:] = rng.uniform(0.5, 2.0, 6)
+    norm.params["weight"][:] = rng.uniform(0.5, 1.5, 6)
+    norm.params["bias"][:] = rng.standard_normal(6)
+    model = Sequential(conv, norm, ReLU())
+    x = rng.standard_normal((3, 6, 19, 21)).astype(np.float32)
+    geometry = dict(stride=(2, 2), padding=(1, 1), dilation=(1, 1), groups=6)
+    y = reference_conv(x, conv.params["weight"], conv.params["bias"], **geometry)
+    scale = norm.params["weight"] / np.sqrt(norm.buffers["running_var"].astype(np.float64) + 1e-5)
+    shift = norm.params["bias"] - norm.buffers["running_mean"] * scale
+    expected = np.maximum(y * scale[:, None, None] + shift[:, None, None], 0.0)
+    for _ in range(2):  # building the plan, then reusing it
+        np.testing.assert_allclose(model.predict(x), expected, rtol=1e-5, atol=1e-5)
