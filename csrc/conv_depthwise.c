@@ -130,7 +130,8 @@ static int team_wanted(const pynn_context *ctx, const pynn_conv_shape *s, ptrdif
 }
 
 /* The planes of a batch, each built into its thread's buffer (from
- * `slots` on) and convolved into out: the forward or the input gradient. */
+ * `slots` on, zeroed first) and convolved into out: the forward or the
+ * input gradient. */
 static void convolve_planes(const pynn_context *ctx, const pynn_conv_shape *s,
                             const pynn_depthwise_source *where, const float *source,
                             ptrdiff_t source_plane, const float *weight, const float *bias,
@@ -142,6 +143,7 @@ static void convolve_planes(const pynn_context *ctx, const pynn_conv_shape *s,
     const pynn_depthwise_plane shape = {NULL, where->phases * where->cols, where->cols, stride_h,
                                         stride_w, s->kernel_h, s->kernel_w, out_h, out_w,
                                         NULL, 0.0f, relu, NULL};
+    memset(slots, 0, (size_t)(ctx->num_threads * per_slot) * sizeof(float));
     PYNN_TEAM_FOR(ctx, team_wanted(ctx, s, out_h * out_w), i, s->batch * channels, {
         const ptrdiff_t c = i % channels;
         float *rows = slots + (team > 1 ? slot() : 0) * per_slot;
@@ -197,6 +199,7 @@ int pynn_depthwise_backward(const pynn_context *ctx, const pynn_conv_shape *s, c
         const pynn_depthwise_plane shape = {NULL, where.phases * where.cols, where.cols,
                                             s->stride_h, s->stride_w, s->kernel_h, s->kernel_w,
                                             s->out_h, s->out_w, NULL, 0.0f, 0, NULL};
+        memset(slots, 0, (size_t)(ctx->num_threads * per_slot) * sizeof(float));
         PYNN_TEAM_FOR(ctx, team_wanted(ctx, s, out_plane), i, s->batch * channels, {
             float *rows = slots + (team > 1 ? slot() : 0) * per_slot;
             kernels->build(&where, x + i * in_plane, rows);

@@ -43,7 +43,9 @@ typedef struct {
 
 /* One path's kernels: a plane's outputs, the weight-gradient sums of a
  * plane (sums[kh KW + kw] = Σ_{oh, ow} grad[oh out_w + ow] rows[tap (kh, kw)
- * of output (oh, ow)], the plane's out unused) and the buffer builder. */
+ * of output (oh, ow)], the plane's out unused) and the buffer builder, which
+ * writes the source's elements only: the caller zeroes a buffer once for
+ * all the planes of a call. */
 struct pynn_depthwise_kernels {
     void (*plane)(const pynn_depthwise_plane *p);
     void (*sums)(const pynn_depthwise_plane *p, const float *grad, float *sums);

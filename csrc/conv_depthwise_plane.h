@@ -60,35 +60,40 @@ DW_STEP(const pynn_depthwise_plane *p, const DW_VEC *weights, ptrdiff_t oh, cons
     }
 }
 
-/* Every output row, DW_ROWS at a time then one at a time. */
+/* Every output row, DW_ROWS at a time, the last block overlapping the one
+ * before it (its rows computed again, to the same bits) rather than taking
+ * the rows left one at a time, whose single sums would wait on each other. */
 static inline __attribute__((always_inline)) DW_TARGET void
-DW_ROWS_OF(const pynn_depthwise_plane *p, const DW_VEC *weights, const ptrdiff_t kernel_h,
-           const ptrdiff_t kernel_w, const ptrdiff_t stride_h, const ptrdiff_t stride_w)
+DW_ROWS_OF(const pynn_depthwise_plane *p, const ptrdiff_t kernel_h, const ptrdiff_t kernel_w,
+           const ptrdiff_t stride_h, const ptrdiff_t stride_w)
 {
-    ptrdiff_t oh = 0;
-    for (; oh + DW_ROWS <= p->out_h; oh += DW_ROWS)
-        DW_STEP(p, weights, oh, DW_ROWS, kernel_h, kernel_w, stride_h, stride_w);
-    for (; oh < p->out_h; oh++)
-        DW_STEP(p, weights, oh, 1, kernel_h, kernel_w, stride_h, stride_w);
+    DW_VEC weights[PYNN_DEPTHWISE_MAX_TAPS];
+#pragma GCC unroll 25
+    for (ptrdiff_t t = 0; t < kernel_h * kernel_w; t++) weights[t] = (DW_VEC){0} + p->weight[t];
+    if (p->out_h < DW_ROWS) {
+        for (ptrdiff_t oh = 0; oh < p->out_h; oh++)
+            DW_STEP(p, weights, oh, 1, kernel_h, kernel_w, stride_h, stride_w);
+        return;
+    }
+    for (ptrdiff_t oh = 0; oh < p->out_h; oh += DW_ROWS)
+        DW_STEP(p, weights, oh + DW_ROWS <= p->out_h ? oh : p->out_h - DW_ROWS, DW_ROWS, kernel_h,
+                kernel_w, stride_h, stride_w);
 }
 
 DW_TARGET static void DW_PLANE(const pynn_depthwise_plane *p)
 {
-    const ptrdiff_t taps = p->kernel_h * p->kernel_w;
-    DW_VEC weights[PYNN_DEPTHWISE_MAX_TAPS];
-    for (ptrdiff_t t = 0; t < taps; t++) weights[t] = (DW_VEC){0} + p->weight[t];
     /* MobileNet's kernels and strides with the shapes known, others as loops */
     const int square = p->kernel_h == p->kernel_w && p->stride_h == p->stride_w;
     if (square && p->kernel_h == 3 && p->stride_h == 1)
-        DW_ROWS_OF(p, weights, 3, 3, 1, 1);
+        DW_ROWS_OF(p, 3, 3, 1, 1);
     else if (square && p->kernel_h == 3 && p->stride_h == 2)
-        DW_ROWS_OF(p, weights, 3, 3, 2, 2);
+        DW_ROWS_OF(p, 3, 3, 2, 2);
     else if (square && p->kernel_h == 5 && p->stride_h == 1)
-        DW_ROWS_OF(p, weights, 5, 5, 1, 1);
+        DW_ROWS_OF(p, 5, 5, 1, 1);
     else if (square && p->kernel_h == 5 && p->stride_h == 2)
-        DW_ROWS_OF(p, weights, 5, 5, 2, 2);
+        DW_ROWS_OF(p, 5, 5, 2, 2);
     else
-        DW_ROWS_OF(p, weights, p->kernel_h, p->kernel_w, p->stride_h, p->stride_w);
+        DW_ROWS_OF(p, p->kernel_h, p->kernel_w, p->stride_h, p->stride_w);
 }
 
 /* sums[tap] of one plane (contract in conv_depthwise.h): a vector of
@@ -149,18 +154,15 @@ DW_TARGET static void DW_SUMS(const pynn_depthwise_plane *p, const float *grad, 
 }
 
 /* One phase of one buffer row: out[j] = in[j stride + offset] where that lies
- * in [0, width), zero elsewhere in [0, cols). At stride 2 a vector's worth
- * is the even lanes of two vectors from in + 2 j + offset. */
+ * in [0, width), for j in [0, cols). At stride 2 a vector's worth is the
+ * even lanes of two vectors from in + 2 j + offset. */
 static inline __attribute__((always_inline)) DW_TARGET void
 DW_PHASE_ROW(float *out, const float *in, ptrdiff_t cols, ptrdiff_t width, ptrdiff_t offset,
              const ptrdiff_t stride)
 {
-    ptrdiff_t first = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+    ptrdiff_t j = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
     ptrdiff_t last = width - offset > 0 ? (width - offset + stride - 1) / stride : 0;
     if (last > cols) last = cols;
-    if (first > last) first = last;
-    for (ptrdiff_t j = 0; j < first; j++) out[j] = 0.0f;
-    ptrdiff_t j = first;
     if (stride == 2)
         for (; j + DW_LANES <= last && 2 * (j + DW_LANES) + offset <= width; j += DW_LANES) {
             const DW_VEC a = *(const DW_VEC *)(in + 2 * j + offset);
@@ -168,17 +170,15 @@ DW_PHASE_ROW(float *out, const float *in, ptrdiff_t cols, ptrdiff_t width, ptrdi
             *(DW_VEC *)(out + j) = __builtin_shufflevector(a, b, DW_EVEN_LANES);
         }
     for (; j < last; j++) out[j] = in[j * stride + offset];
-    for (ptrdiff_t j = last; j < cols; j++) out[j] = 0.0f;
 }
 
 /* A buffer row of the input gradient at column stride 2: out[lead + 2 j] =
- * in[j] for j < width where that lies in [0, cols), zero elsewhere; a vector
- * of in becomes two of out, its lanes between zeros. */
+ * in[j] for j < width where that lies in [0, cols); a vector of in becomes
+ * two of out, its lanes between zeros. */
 static inline __attribute__((always_inline)) DW_TARGET void
 DW_SPREAD_ROW(float *out, const float *in, ptrdiff_t cols, ptrdiff_t width, ptrdiff_t lead,
               ptrdiff_t up)
 {
-    for (ptrdiff_t j = 0; j < cols; j++) out[j] = 0.0f;
     ptrdiff_t j = lead >= 0 ? 0 : (-lead + up - 1) / up;
     if (up == 2)
         for (; j + DW_LANES <= width && lead + 2 * (j + DW_LANES) <= cols; j += DW_LANES) {
@@ -189,16 +189,15 @@ DW_SPREAD_ROW(float *out, const float *in, ptrdiff_t cols, ptrdiff_t width, ptrd
     for (; j < width && lead + j * up < cols; j++) out[lead + j * up] = in[j];
 }
 
+/* The source's elements into a buffer whose other elements are zero already
+ * (they are the same for every plane of a shape). */
 DW_TARGET static void DW_BUILD(const pynn_depthwise_source *w, const float *source, float *rows)
 {
     const ptrdiff_t run = w->phases * w->cols;
     for (ptrdiff_t r = 0; r < w->rows; r++) {
-        float *row = rows + r * run;
         const ptrdiff_t i = r - w->lead_h;
-        if (i < 0 || i % w->up_h || i / w->up_h >= w->height) {
-            for (ptrdiff_t j = 0; j < run; j++) row[j] = 0.0f;
-            continue;
-        }
+        if (i < 0 || i % w->up_h || i / w->up_h >= w->height) continue;
+        float *row = rows + r * run;
         const float *in = source + i / w->up_h * w->width;
         if (w->up_w > 1) {  /* one phase: the row spread out with zeros between */
             DW_SPREAD_ROW(row, in, w->cols, w->width, w->lead_w, w->up_w);
