@@ -14,6 +14,14 @@
 /* Multiply-adds from which a call asks for a team. */
 #define DW_PARALLEL_MIN_PRODUCTS (1 << 18)
 
+typedef float dw_tail_generic __attribute__((vector_size(16)));
+static inline dw_tail_generic dw_load_tail_generic(const float *in, ptrdiff_t count)
+{
+    dw_tail_generic v = {0};
+    for (ptrdiff_t i = 0; i < count && i < 4; i++) v[i] = in[i];
+    return v;
+}
+
 #define DW_SUFFIX generic
 #define DW_TARGET
 #define DW_LANES 4
@@ -22,6 +30,7 @@
     do {                                                                \
         for (ptrdiff_t i_ = 0; i_ < (count); i_++) (out)[i_] = (v)[i_]; \
     } while (0)
+#define DW_LOAD_TAIL(in, count) (dw_vec_generic)dw_load_tail_generic((in), (count))
 #define DW_EVEN_LANES 0, 2, 4, 6
 #define DW_LOW_SPREAD 0, 4, 1, 5
 #define DW_HIGH_SPREAD 2, 6, 3, 7
@@ -30,11 +39,32 @@
 #undef DW_LOW_SPREAD
 #undef DW_HIGH_SPREAD
 #if defined(PYNN_X86_64)
+/* The first count < 8 lanes of v to out by halves, pairs and singles (plain
+ * stores: AMD microcodes AVX2's masked ones). */
+static inline PYNN_TARGET_AVX2 void dw_store_tail_avx2(float *out, __m256 v, ptrdiff_t count)
+{
+    __m128 part = _mm256_castps256_ps128(v);
+    if (count >= 4) {
+        _mm_storeu_ps(out, part);
+        out += 4;
+        count -= 4;
+        part = _mm256_extractf128_ps(v, 1);
+    }
+    if (count >= 2) {
+        _mm_storel_pi((__m64 *)out, part);
+        out += 2;
+        count -= 2;
+        part = _mm_movehl_ps(part, part);
+    }
+    if (count >= 1) _mm_store_ss(out, part);
+}
+
 #define DW_SUFFIX avx2
 #define DW_TARGET PYNN_TARGET_AVX2
 #define DW_LANES 8
 #define DW_ROWS 2
-#define DW_STORE_TAIL(out, v, count) _mm256_maskstore_ps((out), pynn_first_lanes8(count), (__m256)(v))
+#define DW_STORE_TAIL(out, v, count) dw_store_tail_avx2((out), (__m256)(v), (count))
+#define DW_LOAD_TAIL(in, count) (dw_vec_avx2)_mm256_maskload_ps((in), pynn_first_lanes8(count))
 #define DW_EVEN_LANES 0, 2, 4, 6, 8, 10, 12, 14
 #define DW_LOW_SPREAD 0, 8, 1, 9, 2, 10, 3, 11
 #define DW_HIGH_SPREAD 4, 12, 5, 13, 6, 14, 7, 15
@@ -47,6 +77,7 @@
 #define DW_LANES 16
 #define DW_ROWS 4
 #define DW_STORE_TAIL(out, v, count) _mm512_mask_storeu_ps((out), pynn_first_lanes16(count), (__m512)(v))
+#define DW_LOAD_TAIL(in, count) (dw_vec_avx512)_mm512_maskz_loadu_ps(pynn_first_lanes16(count), (in))
 #define DW_EVEN_LANES 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30
 #define DW_LOW_SPREAD 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23
 #define DW_HIGH_SPREAD 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31
@@ -93,11 +124,12 @@ static ptrdiff_t buffer_floats(const pynn_depthwise_source *w)
     return w->rows * w->phases * w->cols;
 }
 
+/* A buffer and its slack: a vector the builder's last store may run past it. */
 static ptrdiff_t slot_floats(const pynn_conv_shape *s)
 {
     const pynn_depthwise_source forward = forward_source(s), gradient = gradient_source(s);
     const ptrdiff_t a = buffer_floats(&forward), b = buffer_floats(&gradient);
-    return a > b ? a : b;
+    return (a > b ? a : b) + DW_MAX_LANES;
 }
 
 static ptrdiff_t taps_of(const pynn_conv_shape *s) { return s->kernel_h * s->kernel_w; }

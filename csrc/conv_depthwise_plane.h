@@ -3,7 +3,9 @@
  * conv_depthwise.c. The includer defines DW_SUFFIX, DW_TARGET (the path's
  * function attribute), DW_LANES (floats per vector), DW_ROWS (output rows a
  * step computes together, sharing their input rows' loads) and
- * DW_STORE_TAIL(out, v, count), which stores v's first count lanes, and the
+ * DW_STORE_TAIL(out, v, count), which stores v's first count lanes,
+ * DW_LOAD_TAIL(in, count), a vector of the first count floats from in (none
+ * for count <= 0, all from DW_LANES on) and zeros, reading no others, and the
  * lane lists of __builtin_shufflevector: DW_EVEN_LANES (the even lanes of two
  * vectors), DW_LOW_SPREAD and DW_HIGH_SPREAD (a vector's low and high halves
  * with lanes of the second between them). */
@@ -154,8 +156,12 @@ DW_TARGET static void DW_SUMS(const pynn_depthwise_plane *p, const float *grad, 
 }
 
 /* One phase of one buffer row: out[j] = in[j stride + offset] where that lies
- * in [0, width), for j in [0, cols). At stride 2 a vector's worth is the
- * even lanes of two vectors from in + 2 j + offset. */
+ * in [0, width), for j in [0, cols). At strides 1 and 2 a vector at a time,
+ * the last loaded through lane masks that read nothing past the row and
+ * stored whole, zero past the phase's last element: where it runs on into
+ * the next phase or row, or into the buffer's slack, it writes zeros that
+ * are padding there or are overwritten after (stride 2 pairs the even lanes
+ * of two vectors from in + 2 j + offset). */
 static inline __attribute__((always_inline)) DW_TARGET void
 DW_PHASE_ROW(float *out, const float *in, ptrdiff_t cols, ptrdiff_t width, ptrdiff_t offset,
              const ptrdiff_t stride)
@@ -163,11 +169,23 @@ DW_PHASE_ROW(float *out, const float *in, ptrdiff_t cols, ptrdiff_t width, ptrdi
     ptrdiff_t j = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
     ptrdiff_t last = width - offset > 0 ? (width - offset + stride - 1) / stride : 0;
     if (last > cols) last = cols;
+    DW_BITS lane;
+    for (int i = 0; i < DW_LANES; i++) lane[i] = i;
+    if (stride == 1)
+        for (; j < last; j += DW_LANES) {
+            const float *from = in + j + offset;
+            *(DW_VEC *)(out + j) = last - j >= DW_LANES ? *(const DW_VEC *)from
+                                                        : DW_LOAD_TAIL(from, last - j);
+        }
     if (stride == 2)
-        for (; j + DW_LANES <= last && 2 * (j + DW_LANES) + offset <= width; j += DW_LANES) {
-            const DW_VEC a = *(const DW_VEC *)(in + 2 * j + offset);
-            const DW_VEC b = *(const DW_VEC *)(in + 2 * j + offset + DW_LANES);
-            *(DW_VEC *)(out + j) = __builtin_shufflevector(a, b, DW_EVEN_LANES);
+        for (; j < last; j += DW_LANES) {
+            const float *from = in + 2 * j + offset;
+            const ptrdiff_t left = width - 2 * j - offset;
+            const DW_VEC a = left >= DW_LANES ? *(const DW_VEC *)from : DW_LOAD_TAIL(from, left);
+            const DW_VEC b = left >= 2 * DW_LANES ? *(const DW_VEC *)(from + DW_LANES)
+                                                  : DW_LOAD_TAIL(from + DW_LANES, left - DW_LANES);
+            const DW_VEC even = __builtin_shufflevector(a, b, DW_EVEN_LANES);
+            *(DW_VEC *)(out + j) = (DW_VEC)((DW_BITS)even & (lane < (DW_BITS){0} + (int32_t)(last - j)));
         }
     for (; j < last; j++) out[j] = in[j * stride + offset];
 }
@@ -223,6 +241,7 @@ const struct pynn_depthwise_kernels DW_JOIN(pynn_depthwise, DW_SUFFIX) = {DW_PLA
 #undef DW_LANES
 #undef DW_ROWS
 #undef DW_STORE_TAIL
+#undef DW_LOAD_TAIL
 #undef DW_VEC
 #undef DW_BITS
 #undef DW_STEP
