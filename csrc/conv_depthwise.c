@@ -14,6 +14,7 @@
 /* Multiply-adds from which a call asks for a team. */
 #define DW_PARALLEL_MIN_PRODUCTS (1 << 18)
 
+/* The first count floats from in, zeros after them (the portable DW_LOAD_TAIL). */
 typedef float dw_tail_generic __attribute__((vector_size(16)));
 static inline dw_tail_generic dw_load_tail_generic(const float *in, ptrdiff_t count)
 {
@@ -35,9 +36,6 @@ static inline dw_tail_generic dw_load_tail_generic(const float *in, ptrdiff_t co
 #define DW_LOW_SPREAD 0, 4, 1, 5
 #define DW_HIGH_SPREAD 2, 6, 3, 7
 #include "conv_depthwise_plane.h"
-#undef DW_EVEN_LANES
-#undef DW_LOW_SPREAD
-#undef DW_HIGH_SPREAD
 #if defined(PYNN_X86_64)
 /* The first count < 8 lanes of v to out by halves, pairs and singles (plain
  * stores: AMD microcodes AVX2's masked ones). */
@@ -69,9 +67,6 @@ static inline PYNN_TARGET_AVX2 void dw_store_tail_avx2(float *out, __m256 v, ptr
 #define DW_LOW_SPREAD 0, 8, 1, 9, 2, 10, 3, 11
 #define DW_HIGH_SPREAD 4, 12, 5, 13, 6, 14, 7, 15
 #include "conv_depthwise_plane.h"
-#undef DW_EVEN_LANES
-#undef DW_LOW_SPREAD
-#undef DW_HIGH_SPREAD
 #define DW_SUFFIX avx512
 #define DW_TARGET PYNN_TARGET_AVX512
 #define DW_LANES 16
@@ -82,9 +77,6 @@ static inline PYNN_TARGET_AVX2 void dw_store_tail_avx2(float *out, __m256 v, ptr
 #define DW_LOW_SPREAD 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23
 #define DW_HIGH_SPREAD 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31
 #include "conv_depthwise_plane.h"
-#undef DW_EVEN_LANES
-#undef DW_LOW_SPREAD
-#undef DW_HIGH_SPREAD
 #endif
 
 int pynn_depthwise_applies(const pynn_conv_shape *s)

@@ -242,6 +242,9 @@ const struct pynn_depthwise_kernels DW_JOIN(pynn_depthwise, DW_SUFFIX) = {DW_PLA
 #undef DW_ROWS
 #undef DW_STORE_TAIL
 #undef DW_LOAD_TAIL
+#undef DW_EVEN_LANES
+#undef DW_LOW_SPREAD
+#undef DW_HIGH_SPREAD
 #undef DW_VEC
 #undef DW_BITS
 #undef DW_STEP
