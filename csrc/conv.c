@@ -848,9 +848,9 @@ int pynn_conv2d_backward(const pynn_context *ctx, const pynn_conv_shape *s, cons
                          const float *x, const float *weight, float *dx, float *dweight,
                          float *dbias, float *workspace)
 {
-    if (dbias) bias_gradient(ctx, s, dy, dbias);
     if (pynn_depthwise_applies(s))
-        return pynn_depthwise_backward(ctx, s, dy, x, weight, dx, dweight, workspace);
+        return pynn_depthwise_backward(ctx, s, dy, x, weight, dx, dweight, dbias, workspace);
+    if (dbias) bias_gradient(ctx, s, dy, dbias);
     if (dweight && s->batch == 0)
         memset(dweight, 0, (size_t)weight_size(s) * sizeof(float));
     if (!dx && !dweight) return 0;

@@ -126,14 +126,15 @@ static ptrdiff_t slot_floats(const pynn_conv_shape *s)
 
 static ptrdiff_t taps_of(const pynn_conv_shape *s) { return s->kernel_h * s->kernel_w; }
 
+/* The flipped kernel, then per plane its taps' sums and dy's. */
 static ptrdiff_t shared_floats(const pynn_conv_shape *s)
 {
-    return (s->batch + 1) * s->in_channels * taps_of(s);
+    return s->in_channels * taps_of(s) + s->batch * s->in_channels * (taps_of(s) + 1);
 }
 
 size_t pynn_depthwise_workspace_size(const pynn_conv_shape *s, int threads)
 {
-    /* the flipped kernel, per plane its tap sums, then per thread a buffer */
+    /* the shared sums, then per thread a buffer */
     return (size_t)(shared_floats(s) + threads * slot_floats(s));
 }
 
@@ -198,11 +199,11 @@ int pynn_depthwise_forward(const pynn_context *ctx, const pynn_conv_shape *s, co
 
 int pynn_depthwise_backward(const pynn_context *ctx, const pynn_conv_shape *s, const float *dy,
                             const float *x, const float *weight, float *dx, float *dweight,
-                            float *workspace)
+                            float *dbias, float *workspace)
 {
     const ptrdiff_t channels = s->in_channels, taps = taps_of(s), weights = channels * taps;
     const ptrdiff_t out_plane = s->out_h * s->out_w, in_plane = s->height * s->width;
-    if (!dx && !dweight) return 0;
+    if (!dx && !dweight && !dbias) return 0;
     float *owned = workspace ? NULL
                              : malloc(pynn_depthwise_workspace_size(s, ctx->num_threads) * sizeof(float));
     if (!workspace && !owned) return -1;
@@ -216,10 +217,10 @@ int pynn_depthwise_backward(const pynn_context *ctx, const pynn_conv_shape *s, c
         convolve_planes(ctx, s, &where, dy, out_plane, flipped, NULL, 0, 1, 1, s->height,
                         s->width, dx, slots);
     }
-    if (dweight) {  /* per plane its tap sums, then dW = Σ_n in batch order */
+    if (dweight || dbias) {  /* per plane its sums, then dW and db = Σ_n in batch order */
         const struct pynn_depthwise_kernels *kernels = ctx->kernels->depthwise;
         const pynn_depthwise_source where = forward_source(s);
-        const ptrdiff_t per_slot = slot_floats(s);
+        const ptrdiff_t per_slot = slot_floats(s), per_plane = taps + 1;
         const pynn_depthwise_plane shape = {NULL, where.phases * where.cols, where.cols,
                                             s->stride_h, s->stride_w, s->kernel_h, s->kernel_w,
                                             s->out_h, s->out_w, NULL, 0.0f, 0, NULL};
@@ -229,13 +230,16 @@ int pynn_depthwise_backward(const pynn_context *ctx, const pynn_conv_shape *s, c
             kernels->build(&where, x + i * in_plane, rows);
             pynn_depthwise_plane p = shape;
             p.rows = rows;
-            kernels->sums(&p, dy + i * out_plane, sums + i * taps);
+            kernels->sums(&p, dy + i * out_plane, sums + i * per_plane);
         });
-        for (ptrdiff_t k = 0; k < weights; k++) {
-            float total = 0.0f;
-            for (ptrdiff_t n = 0; n < s->batch; n++) total += sums[n * weights + k];
-            dweight[k] = total;
-        }
+        for (ptrdiff_t c = 0; c < channels; c++)
+            for (ptrdiff_t t = 0; t < per_plane; t++) {
+                float total = 0.0f;
+                for (ptrdiff_t n = 0; n < s->batch; n++)
+                    total += sums[(n * channels + c) * per_plane + t];
+                if (t < taps && dweight) dweight[c * taps + t] = total;
+                if (t == taps && dbias) dbias[c] = total;
+            }
     }
     free(owned);
     return 0;

@@ -8,9 +8,9 @@
  * j stride_w + b), so tap (kh, kw) of a row of outputs reads one contiguous
  * run, and the outputs are computed a vector of columns at a time. The input
  * gradient is the same convolution of dy, spread out by the strides with
- * zeros between, with the kernel flipped; the weight gradient sums, per
- * plane, each tap's products of dy with the padded input, then adds the
- * planes' sums image by image in batch order. Threads take whole planes, so
+ * zeros between, with the kernel flipped; the weight and bias gradients
+ * sum, per plane, each tap's products of dy with the padded input and dy
+ * itself, then add the planes' sums image by image in batch order. Threads take whole planes, so
  * results do not depend on the thread count. */
 #ifndef PYNN_CONV_DEPTHWISE_H
 #define PYNN_CONV_DEPTHWISE_H
@@ -41,9 +41,10 @@ typedef struct {
     ptrdiff_t rows, phases, cols, stride_w;
 } pynn_depthwise_source;
 
-/* One path's kernels: a plane's outputs, the weight-gradient sums of a
- * plane (sums[kh KW + kw] = Σ_{oh, ow} grad[oh out_w + ow] rows[tap (kh, kw)
- * of output (oh, ow)], the plane's out unused) and the buffer builder, which
+/* One path's kernels: a plane's outputs, the gradient sums of a plane
+ * (sums[kh KW + kw] = Σ_{oh, ow} grad[oh out_w + ow] rows[tap (kh, kw) of
+ * output (oh, ow)] and sums[KH KW] = Σ grad, the plane's out unused) and the
+ * buffer builder, which
  * writes the source's elements only: the caller zeroes a buffer once for
  * all the planes of a call. */
 struct pynn_depthwise_kernels {
@@ -58,13 +59,14 @@ int pynn_depthwise_applies(const pynn_conv_shape *s);
 /* Floats of scratch the forward and backward need with this many threads. */
 size_t pynn_depthwise_workspace_size(const pynn_conv_shape *s, int threads);
 
-/* As pynn_conv2d_forward and pynn_conv2d_backward (without the bias
- * gradient); workspace NULL or pynn_depthwise_workspace_size floats. */
+/* As pynn_conv2d_forward and pynn_conv2d_backward; workspace NULL or
+ * pynn_depthwise_workspace_size floats. The bias gradient comes from the
+ * weight gradient's pass over dy, added image by image in batch order too. */
 int pynn_depthwise_forward(const pynn_context *ctx, const pynn_conv_shape *s, const float *x,
                            const float *weight, const float *bias, pynn_activation activation,
                            float *y, float *workspace);
 int pynn_depthwise_backward(const pynn_context *ctx, const pynn_conv_shape *s, const float *dy,
                             const float *x, const float *weight, float *dx, float *dweight,
-                            float *workspace);
+                            float *dbias, float *workspace);
 
 #endif

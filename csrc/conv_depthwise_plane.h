@@ -98,20 +98,20 @@ DW_TARGET static void DW_PLANE(const pynn_depthwise_plane *p)
         DW_ROWS_OF(p, p->kernel_h, p->kernel_w, p->stride_h, p->stride_w);
 }
 
-/* sums[tap] of one plane (contract in conv_depthwise.h): a vector of
- * partial sums per tap, its lanes added in lane order at the end. In a
- * row's last vector the lanes past out_w hold zero gradients and zeroed
+/* sums[tap] and sums[taps] of one plane (contract in conv_depthwise.h): a
+ * vector of partial sums each, its lanes added in lane order at the end. In
+ * a row's last vector the lanes past out_w hold zero gradients and zeroed
  * inputs, so what lies past the outputs (even an infinity) adds nothing. */
 static inline __attribute__((always_inline)) DW_TARGET void
 DW_TAP_SUMS(const pynn_depthwise_plane *p, const float *grad, float *sums,
             const ptrdiff_t kernel_h, const ptrdiff_t kernel_w, const ptrdiff_t stride_h,
             const ptrdiff_t stride_w)
 {
-    DW_VEC partial[PYNN_DEPTHWISE_MAX_TAPS];
+    DW_VEC partial[PYNN_DEPTHWISE_MAX_TAPS + 1];
     DW_BITS lane;
     for (int i = 0; i < DW_LANES; i++) lane[i] = i;
 #pragma GCC unroll 25
-    for (ptrdiff_t t = 0; t < kernel_h * kernel_w; t++) partial[t] = (DW_VEC){0};
+    for (ptrdiff_t t = 0; t <= kernel_h * kernel_w; t++) partial[t] = (DW_VEC){0};
     for (ptrdiff_t oh = 0; oh < p->out_h; oh++) {
         const float *base = p->rows + oh * stride_h * p->row_step;
         const float *grad_row = grad + oh * p->out_w;
@@ -126,6 +126,7 @@ DW_TAP_SUMS(const pynn_depthwise_plane *p, const float *grad, float *sums,
                 for (ptrdiff_t i = 0; i < count; i++) g[i] = grad_row[ow + i];
                 keep = lane < (DW_BITS){0} + (int32_t)count;
             }
+            partial[kernel_h * kernel_w] += g;
 #pragma GCC unroll 8
             for (ptrdiff_t kh = 0; kh < kernel_h; kh++) {
                 const float *row = base + kh * p->row_step + ow;
@@ -137,7 +138,7 @@ DW_TAP_SUMS(const pynn_depthwise_plane *p, const float *grad, float *sums,
             }
         }
     }
-    for (ptrdiff_t t = 0; t < kernel_h * kernel_w; t++) {
+    for (ptrdiff_t t = 0; t <= kernel_h * kernel_w; t++) {
         float total = 0.0f;
         for (int i = 0; i < DW_LANES; i++) total += partial[t][i];
         sums[t] = total;

@@ -205,3 +205,16 @@ def test_inference_plan_folds_batchnorm_and_relu_into_the_depthwise_step(isa):
     expected = np.maximum(y * scale[:, None, None] + shift[:, None, None], 0.0)
     for _ in range(2):  # building the plan, then reusing it
         np.testing.assert_allclose(model.predict(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("wanted", ["dx", "dweight", "dbias"])
+def test_each_gradient_alone_matches_all_three_together(isa, wanted):
+    x, weight, _, geometry = make(*CASES[6])
+    dy = np.random.default_rng(11).standard_normal(
+        ops.conv2d(x, weight, None, **geometry).shape).astype(np.float32)
+    together = dict(zip(("dx", "dweight", "dbias"), ops.conv2d_backward(dy, x, weight, **geometry)))
+    outputs = {"dx": None, "dweight": None, "dbias": None}
+    outputs[wanted] = np.full_like(together[wanted], np.nan)
+    kernels.conv2d_backward(dy, x, weight, outputs["dx"], outputs["dweight"], outputs["dbias"],
+                            geometry["stride"], geometry["padding"], (1, 1), x.shape[1])
+    np.testing.assert_array_equal(outputs[wanted], together[wanted])
