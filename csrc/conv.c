@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "conv.h"
+#include "conv_depthwise.h"
 #include "conv_direct.h"
 #include "conv_winograd.h"
 #include "vmath.h"
@@ -121,6 +122,7 @@ static void flip_weight(const pynn_conv_shape *s, const float *weight, float *fl
 
 size_t pynn_conv2d_workspace_size(const pynn_conv_shape *s, int threads)
 {
+    if (pynn_depthwise_applies(s)) return pynn_depthwise_workspace_size(s, threads);
     /* per slot a chunk's scratch; per chunk a partial weight gradient, summed
      * in chunk order so dW is the same for any thread count */
     ptrdiff_t chunks = chunk_count(s);
@@ -820,6 +822,8 @@ int pynn_conv2d_forward(const pynn_context *ctx, const pynn_conv_shape *s, const
                         const float *weight, const float *bias, pynn_activation activation,
                         float *y, float *workspace)
 {
+    if (pynn_depthwise_applies(s))
+        return pynn_depthwise_forward(ctx, s, x, weight, bias, activation, y, workspace);
 #if defined(PYNN_X86_64)
     if (direct_applies(ctx, s)) {
         direct_forward(ctx, s, x, weight, bias, activation, y);
@@ -899,6 +903,8 @@ int pynn_conv2d_backward(const pynn_context *ctx, const pynn_conv_shape *s, cons
                          const float *x, const float *weight, float *dx, float *dweight,
                          float *dbias, float *workspace)
 {
+    if (pynn_depthwise_applies(s))
+        return pynn_depthwise_backward(ctx, s, dy, x, weight, dx, dweight, dbias, workspace);
     if (dbias) bias_gradient(ctx, s, dy, dbias);
     if (dweight && s->batch == 0)
         memset(dweight, 0, (size_t)weight_size(s) * sizeof(float));

@@ -1,4 +1,5 @@
-/* 2-D convolution over NCHW float32 images: directly (conv_direct.h) for
+/* 2-D convolution over NCHW float32 images: plane by plane for depthwise
+ * convolutions (conv_depthwise.h), directly (conv_direct.h) for
  * groups of 1 and dilation 1 where an image's planes fit in L2 (the input
  * gradient so at stride 1), else as GEMMs over unfolded inputs.
  *

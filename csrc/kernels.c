@@ -5,7 +5,7 @@
     [isa] = {isa, &pynn_gemm_##suffix, &pynn_activation_##suffix, &pynn_loss_##suffix,       \
              &pynn_dense_##suffix, &pynn_conv_##suffix, &pynn_pool_##suffix,          \
              &pynn_optim_##suffix, &pynn_tensor_##suffix, &pynn_layernorm_##suffix,   \
-             &pynn_batchnorm_##suffix, &pynn_attention_##suffix}
+             &pynn_batchnorm_##suffix, &pynn_attention_##suffix, &pynn_depthwise_##suffix}
 
 static const pynn_kernels paths[PYNN_ISA_COUNT] = {
     PATH(PYNN_ISA_GENERIC, generic),

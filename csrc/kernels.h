@@ -25,6 +25,7 @@ struct pynn_kernels {
     const struct pynn_layernorm_kernels *layernorm; /* layernorm.c */
     const struct pynn_batchnorm_kernels *batchnorm; /* batchnorm.c */
     const struct pynn_attention_kernels *attention; /* attention.c */
+    const struct pynn_depthwise_kernels *depthwise; /* conv_depthwise.c */
 };
 
 /* The table of a path this build compiled (pynn_isa_compiled). */
@@ -55,5 +56,6 @@ PYNN_DECLARE_TABLES(tensor)
 PYNN_DECLARE_TABLES(layernorm)
 PYNN_DECLARE_TABLES(batchnorm)
 PYNN_DECLARE_TABLES(attention)
+PYNN_DECLARE_TABLES(depthwise)
 
 #endif

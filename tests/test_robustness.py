@@ -15,9 +15,11 @@ from hypothesis.extra import numpy as hnp
 
 import pynn
 from pynn import layers, ops
+from pynn._kernels import core as kernels
 from tests.helpers import assert_matmul_close, class_loss64, elementwise_loss64
 from tests.test_ops_attention import reference as attention_reference
 from tests.test_ops_attention import reference_backward as attention_reference_backward
+from tests.test_ops_conv import reference_conv, reference_conv_backward
 
 EXAMPLES = int(os.environ.get("PYNN_FUZZ_EXAMPLES", "600"))
 fuzz = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
@@ -597,6 +599,37 @@ def test_conv1d(batch, channels, length, out_channels, kernel, stride, padding, 
                                              dilation=dilation, groups=groups)
     assert dx.shape == x.shape and dweight.shape == weight.shape
     np.testing.assert_allclose(dbias, np.full(out_channels, batch * result.shape[2]))
+
+
+@fuzz
+@given(st.integers(0, 2), st.integers(2, 5), st.integers(1, 9), st.integers(1, 9),
+       st.integers(1, 5), st.integers(1, 5), st.integers(1, 3), st.integers(1, 3),
+       st.integers(0, 3), st.integers(0, 3), st.booleans(), st.data())
+def test_depthwise_conv2d(batch, channels, height, width, kernel_h, kernel_w, stride_h, stride_w,
+                          pad_h, pad_w, relu, data):
+    """groups == channels == out_channels: forward (with ReLU) and gradients against float64."""
+    x = data.draw(values((batch, channels, height, width), specials=False)).astype(np.float32)
+    weight = data.draw(values((channels, 1, kernel_h, kernel_w), specials=False)).astype(np.float32)
+    bias = np.linspace(-1, 1, channels, dtype=np.float32)
+    geometry = dict(stride=(stride_h, stride_w), padding=(pad_h, pad_w), dilation=(1, 1),
+                    groups=channels)
+    if height + 2 * pad_h < kernel_h or width + 2 * pad_w < kernel_w:
+        expect_refusal(lambda: ops.conv2d(x, weight, bias, **geometry), "conv2d")
+        return
+    expected = reference_conv(x, weight, bias, **geometry)
+    out = np.empty(expected.shape, np.float32)
+    kernels.conv2d_forward(x, weight, bias, out, geometry["stride"],
+                           geometry["padding"], (1, 1), channels, relu)
+    scale = np.abs(x).max(initial=0) * np.abs(weight).sum(axis=(1, 2, 3)).max() + 1.0
+    np.testing.assert_allclose(out, np.maximum(expected, 0) if relu else expected,
+                               atol=1e-5 * scale, rtol=0)
+    dy = data.draw(values(expected.shape, specials=False)).astype(np.float32)
+    dx, dweight, dbias = ops.conv2d_backward(dy, x, weight, **geometry)
+    rx, rw, rb = reference_conv_backward(dy, x, weight, **geometry)
+    np.testing.assert_allclose(dx, rx, atol=1e-5 * (np.abs(dy).max(initial=0) * scale + 1), rtol=0)
+    dy_scale = np.abs(dy).sum() * np.abs(x).max(initial=0) + 1.0
+    np.testing.assert_allclose(dweight, rw, atol=1e-5 * dy_scale, rtol=0)
+    np.testing.assert_allclose(dbias, rb, atol=1e-5 * (np.abs(dy).sum() + 1), rtol=0)
 
 
 @fuzz

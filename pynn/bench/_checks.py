@@ -68,6 +68,26 @@ def conv2d_backward(dy, x, weight, padding):
     return dx, dweight, dy.sum(axis=(0, 2, 3))
 
 
+def depthwise_conv2d(x, weight, bias, stride, padding):
+    """groups == channels: y[n, c] = Σ weight[c, 0] · window (every stride-th) + bias[c]."""
+    windows = _windows(x, weight.shape[2:], padding)[:, :, ::stride, ::stride]
+    return np.einsum("ncijhw,chw->ncij", windows, weight[:, 0]) + bias[None, :, None, None]
+
+
+def depthwise_conv2d_backward(dy, x, weight, stride, padding):
+    """(dx, dweight, dbias) of depthwise_conv2d."""
+    windows = _windows(x, weight.shape[2:], padding)[:, :, ::stride, ::stride]
+    dweight = np.einsum("ncij,ncijhw->chw", dy, windows)[:, None]
+    out_h, out_w = dy.shape[2:]
+    dpadded = np.zeros((x.shape[0], x.shape[1], x.shape[2] + 2 * padding, x.shape[3] + 2 * padding))
+    for kh in range(weight.shape[2]):
+        for kw in range(weight.shape[3]):
+            dpadded[:, :, kh:kh + stride * (out_h - 1) + 1:stride,
+                    kw:kw + stride * (out_w - 1) + 1:stride] += dy * weight[None, :, 0, kh, kw, None, None]
+    dx = dpadded[:, :, padding:padding + x.shape[2], padding:padding + x.shape[3]]
+    return dx, dweight, dy.sum(axis=(0, 2, 3))
+
+
 def max_pool2x2(x):
     """(y, routing): 2 x 2 windows at stride 2, the first maximum in scan order wins."""
     n, c, h, w = x.shape

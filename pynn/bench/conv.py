@@ -1,7 +1,9 @@
 """Convolution suite: a LeNet-5-like network (training samples/s at batch 64,
-inference latency at batch 1 and throughput at batch 256) and a single
-ResNet-like 3x3 convolution (64→64 channels, 56x56, batch 8), forward and
-backward, beside PyTorch eager on the same weights and inputs."""
+inference latency at batch 1 and throughput at batch 256), a single
+ResNet-like 3x3 convolution (64→64 channels, 56x56, batch 8) and MobileNetV2's
+depthwise 3x3 convolutions (144 channels 56x56 at stride 1, 96 channels
+112x112 at stride 2, batch 8), forward and backward, beside PyTorch eager on
+the same weights and inputs."""
 import numpy as np
 
 from pynn.bench import Case, _checks, fit_epochs, optional_import, torch_epochs
@@ -122,6 +124,69 @@ def _layer_cases(torch, quick):
                  check=check_step)]
 
 
+def _depthwise_cases(torch, quick):
+    """MobileNetV2's depthwise 3x3 convolutions (groups == channels, padding 1)."""
+    from pynn import ops
+
+    batch = 2 if quick else 8
+    rng = np.random.default_rng(5)
+    found = []
+    for channels, size, stride in ((144, 56, 1), (96, 112, 2)):
+        x = rng.standard_normal((batch, channels, size, size), dtype=np.float32)
+        weight = rng.standard_normal((channels, 1, 3, 3), dtype=np.float32) / 3
+        bias = rng.standard_normal(channels, dtype=np.float32)
+        out = size // stride
+        y = np.empty((batch, channels, out, out), np.float32)
+        dy = rng.standard_normal(y.shape, dtype=np.float32)
+        geometry = dict(stride=stride, padding=1, groups=channels)
+        forward = {"pynn": lambda x=x, weight=weight, bias=bias, y=y, geometry=geometry:
+                   ops.conv2d(x, weight, bias, out=y, **geometry)}
+
+        def pynn_step(x=x, weight=weight, bias=bias, y=y, dy=dy, geometry=geometry):
+            ops.conv2d(x, weight, bias, out=y, **geometry)
+            return ops.conv2d_backward(dy, x, weight, **geometry)
+        step = {"pynn": pynn_step}
+        if torch is not None:
+            x_t, w_t, b_t, dy_t = (torch.from_numpy(a) for a in (x, weight, bias, dy))
+
+            def torch_forward(x_t=x_t, w_t=w_t, b_t=b_t, geometry=geometry):
+                with torch.inference_mode():
+                    return torch.nn.functional.conv2d(x_t, w_t, b_t, **geometry)
+            x_g, w_g, b_g = (t.clone().requires_grad_() for t in (x_t, w_t, b_t))
+
+            def torch_step(x_g=x_g, w_g=w_g, b_g=b_g, dy_t=dy_t, geometry=geometry):
+                result = torch.nn.functional.conv2d(x_g, w_g, b_g, **geometry)
+                return torch.autograd.grad(result, (x_g, w_g, b_g), dy_t)
+            forward["torch"] = torch_forward
+            step["torch"] = torch_step
+        name = f"depthwise conv 3x3 {channels} channels {size}x{size} stride {stride} batch {batch}"
+        found += _depthwise_checked(name, forward, pynn_step, step, x, weight, bias, dy, stride)
+    return found
+
+
+def _depthwise_checked(name, forward, pynn_step, step, x, weight, bias, dy, stride):
+    """The forward and forward+backward cases of one depthwise layer, each
+    checked against float64 before it is timed."""
+    x64, w64, b64, dy64 = (a.astype(np.float64) for a in (x, weight, bias, dy))
+    positions = dy.shape[0] * dy.shape[2] * dy.shape[3]
+
+    def check_forward():
+        magnitude = _checks.depthwise_conv2d(np.abs(x64), np.abs(w64), np.abs(b64), stride, 1)
+        _checks.within(forward["pynn"](), _checks.depthwise_conv2d(x64, w64, b64, stride, 1),
+                       _checks.sums_bound(magnitude, 10), f"{name} forward")
+
+    def check_step():
+        expected = _checks.depthwise_conv2d_backward(dy64, x64, w64, stride, 1)
+        magnitudes = _checks.depthwise_conv2d_backward(np.abs(dy64), np.abs(x64), np.abs(w64), stride, 1)
+        for what, actual, reference, magnitude, count in zip(
+                ("dx", "dweight", "dbias"), pynn_step(), expected, magnitudes, (9, positions, positions)):
+            _checks.within(actual, reference, _checks.sums_bound(magnitude, count), f"{name} {what}")
+    flop = 2.0 * dy.size * 9
+    return [Case("conv", f"{name} forward", forward, work=flop, unit="GFLOP/s", check=check_forward),
+            Case("conv", f"{name} forward+backward", step, work=3 * flop, unit="GFLOP/s",
+                 check=check_step)]
+
+
 def _pool_cases(torch, quick):
     """LeNet's first pool: MaxPool2d(2) forward (keeping the arg-max) and backward."""
     from pynn.layers import MaxPool2d
@@ -191,4 +256,5 @@ def _signal_cases(torch, quick):
 def cases(quick, threads):
     torch = optional_import("torch")
     return (_training_cases(torch, quick) + _inference_cases(torch, quick)
-            + _layer_cases(torch, quick) + _pool_cases(torch, quick) + _signal_cases(torch, quick))
+            + _layer_cases(torch, quick) + _depthwise_cases(torch, quick)
+            + _pool_cases(torch, quick) + _signal_cases(torch, quick))
