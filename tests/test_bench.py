@@ -118,6 +118,18 @@ def test_other_kernel_paths_are_checked_and_timed_as_columns(monkeypatch):
     assert "| pynn[generic] | pynn[generic]/pynn |" in bench.table(records)
 
 
+def test_a_runner_that_keeps_its_own_path_gets_no_path_columns(monkeypatch):
+    from pynn._kernels import core as kernels
+
+    checks = []
+    case = bench.Case("fake", "C library", {"pynn": lambda: None},
+                      check=lambda: checks.append(kernels.chosen_isa()), follows_path=False)
+    monkeypatch.setattr(bench, "load_suite", lambda name: types.SimpleNamespace(
+        cases=lambda quick, threads: [case]))
+    records = bench.run("fake", [1], quick=True, paths=["avx2", "generic"])
+    assert checks == ["avx2"] and list(records[0]["seconds"]) == ["pynn"]
+
+
 @pytest.mark.parametrize("text, expected", [("all", None), ("generic", ["generic"]),
                                             (" AVX2 ,generic", ["avx2", "generic"])])
 def test_isa_option_names_paths(text, expected):

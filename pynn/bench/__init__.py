@@ -47,6 +47,10 @@ class Case:
     # calls of the work each runner makes per invocation (a loop kept out
     # of the harness's timing overhead); times are reported per call
     repeats: int = 1
+    # whether pynn's runner follows the kernel path chosen in Python, so that
+    # ``--isa`` can time it on other paths (the C API's library picks its
+    # path once, when it is first used)
+    follows_path: bool = True
 
 
 def verify(case):
@@ -245,13 +249,14 @@ def run(suite, thread_counts, quick=False, progress=None, paths=None):
     for threads in thread_counts:
         with pinned_threads(threads), kernel_path(paths[0]):
             for case in load_suite(suite).cases(quick=quick, threads=threads):
-                for path in paths:
+                others = paths[1:] if case.follows_path else []
+                for path in [paths[0], *others]:
                     with kernel_path(path):
                         verify(case)
                 runners = dict(case.runners)
                 pynn_runner = runners.pop("pynn")
                 runners = {"pynn": pynn_runner,
-                           **{path_column(path): pynn_runner for path in paths[1:]}, **runners}
+                           **{path_column(path): pynn_runner for path in others}, **runners}
                 timed = time_calls(runners, budget, threads, quick=quick,
                                    prepare=lambda name: kernels.choose_isa(path_of.get(name, paths[0])))
                 times = {name: seconds / case.repeats for name, seconds in timed.items()}

@@ -58,10 +58,15 @@ def _compiler():
 
 
 def _load_helper():
-    """The compiled helper as a ctypes library (its pynn_model_* are libpynn's), or None."""
+    """The compiled helper as a ctypes library (its pynn_model_* are libpynn's),
+    or None. The library takes its kernel path from PYNN_ISA when first used:
+    Python's chosen path, so that the two compute the same bits."""
     global _helper
     if _helper is not None:
         return _helper
+    from pynn._kernels import core as kernels
+
+    os.environ["PYNN_ISA"] = kernels.chosen_isa()
     compiler = _compiler()
     flags = subprocess.run([sys.executable, "-m", "pynn", "config", "--cflags", "--libs"],
                            capture_output=True, text=True)
@@ -156,7 +161,7 @@ def cases(quick, threads):
                 runners["onnxruntime"] = _onnx_runner(ort, onnx_path, x, threads, repeats)
             case = f"{name} batch 1 (C call latency)"
             found.append(Case("capi", case, runners, work=1, unit="samples/s", repeats=repeats,
-                              check=_check_bits(c_output, model, x, case)))
+                              check=_check_bits(c_output, model, x, case), follows_path=False))
     return found
 
 
