@@ -560,15 +560,6 @@ static float *prepare(const pynn_conv_shape *s, int threads, float *workspace, f
     return workspace;
 }
 
-static int slot(void)
-{
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
 /* Output rows per band when one image's unfolded input is too big for L2:
  * a function of the shapes alone. */
 static ptrdiff_t band_rows(const pynn_conv_shape *s)
@@ -858,7 +849,7 @@ int pynn_conv2d_forward(const pynn_context *ctx, const pynn_conv_shape *s, const
         ptrdiff_t first = c * images;
         ptrdiff_t count = s->batch - first < images ? s->batch - first : images;
         forward_chunk(inner, s, &plan, x, weight, bias, activation, y, first, count,
-                      scratch_space + (team > 1 ? slot() : 0) * per_slot);
+                      scratch_space + pynn_team_slot(team) * per_slot);
     });
     free(owned);
     plan_free(&plan);
@@ -961,7 +952,7 @@ int pynn_conv2d_backward(const pynn_context *ctx, const pynn_conv_shape *s, cons
         ptrdiff_t count = s->batch - first < images ? s->batch - first : images;
         float *share = !dweight ? NULL : chunks > 1 ? partials + c * wsize : dweight;
         backward_chunk(inner, s, &plan, dy, x, weight, dx, share, first, count,
-                       scratch_space + (team > 1 ? slot() : 0) * per_slot);
+                       scratch_space + pynn_team_slot(team) * per_slot);
     });
     if (dweight && chunks > 1) {
         /* dW = Σ over chunks in chunk order, whatever thread computed each */

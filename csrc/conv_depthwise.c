@@ -138,15 +138,6 @@ size_t pynn_depthwise_workspace_size(const pynn_conv_shape *s, int threads)
     return (size_t)(shared_floats(s) + threads * slot_floats(s));
 }
 
-static int slot(void)
-{
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
 static int team_wanted(const pynn_context *ctx, const pynn_conv_shape *s, ptrdiff_t plane)
 {
     const double products = (double)s->batch * s->in_channels * plane * taps_of(s);
@@ -171,7 +162,7 @@ static void convolve_planes(const pynn_context *ctx, const pynn_conv_shape *s,
     memset(slots, 0, (size_t)(ctx->num_threads * per_slot) * sizeof(float));
     PYNN_TEAM_FOR(ctx, team_wanted(ctx, s, out_h * out_w), i, s->batch * channels, {
         const ptrdiff_t c = i % channels;
-        float *rows = slots + (team > 1 ? slot() : 0) * per_slot;
+        float *rows = slots + pynn_team_slot(team) * per_slot;
         kernels->build(where, source + i * source_plane, rows);
         pynn_depthwise_plane p = shape;
         p.rows = rows;
@@ -226,7 +217,7 @@ int pynn_depthwise_backward(const pynn_context *ctx, const pynn_conv_shape *s, c
                                             s->out_h, s->out_w, NULL, 0.0f, 0, NULL};
         memset(slots, 0, (size_t)(ctx->num_threads * per_slot) * sizeof(float));
         PYNN_TEAM_FOR(ctx, team_wanted(ctx, s, out_plane), i, s->batch * channels, {
-            float *rows = slots + (team > 1 ? slot() : 0) * per_slot;
+            float *rows = slots + pynn_team_slot(team) * per_slot;
             kernels->build(&where, x + i * in_plane, rows);
             pynn_depthwise_plane p = shape;
             p.rows = rows;

@@ -168,15 +168,6 @@ static void run_block(const struct pynn_direct_kernels *kernels, const pynn_conv
         }
 }
 
-static int slot(void)
-{
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
 void pynn_direct_forward(const pynn_context *ctx, const struct pynn_direct_kernels *kernels,
                          const pynn_conv_shape *s, const float *x, const float *weight,
                          const float *bias, pynn_activation activation, float *y,
@@ -194,7 +185,7 @@ void pynn_direct_forward(const pynn_context *ctx, const struct pynn_direct_kerne
     const pynn_direct_planes where = forward_planes(s, &l);
     if (s->batch > 1) {  /* a thread per image, each in its own slot */
         PYNN_TEAM_FOR(ctx, wanted, n, s->batch, {
-            float *planes = workspace + (team > 1 ? slot() : 0) * per_slot;
+            float *planes = workspace + pynn_team_slot(team) * per_slot;
             kernels->planes(&where, x + n * image, planes);
             for (ptrdiff_t b = 0; b < blocks; b++)
                 run_block(kernels, s, &l, planes, weight, bias, relu, b, planes + planes_floats,
@@ -207,7 +198,7 @@ void pynn_direct_forward(const pynn_context *ctx, const struct pynn_direct_kerne
         kernels->planes(&where, x + n * image, workspace);
         PYNN_TEAM_FOR(ctx, blocks > 1 ? wanted : 1, b, blocks, {
             float *out = workspace + planes_floats +
-                         (team > 1 ? slot() : 0) * PYNN_DIRECT_CHANNELS * l.out_ld;
+                         pynn_team_slot(team) * PYNN_DIRECT_CHANNELS * l.out_ld;
             run_block(kernels, s, &l, workspace, weight, bias, relu, b, out, y + n * output);
         });
     }
@@ -341,7 +332,7 @@ void pynn_direct_weight_grad(const pynn_context *ctx, const struct pynn_direct_k
         const ptrdiff_t first = c * s->batch / g.chunks;
         const ptrdiff_t count = (c + 1) * s->batch / g.chunks - first;
         chunk_weight_grad(kernels, s, &g, dy, x, first, count,
-                          workspace + (team > 1 ? slot() : 0) * g.floats,
+                          workspace + pynn_team_slot(team) * g.floats,
                           g.chunks > 1 ? partials + c * weights : dweight);
     });
     if (g.chunks > 1) {  /* in chunk order, whatever thread computed each */

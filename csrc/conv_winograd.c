@@ -315,15 +315,6 @@ static void run_block(const wino_plan *p, const float *x, const float *u, const 
     }
 }
 
-static int slot(void)
-{
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
 /* The convolution of shape s through the plan's path: weights as
  * transform_weights reads them. */
 static int winograd_run(const pynn_context *ctx, const struct pynn_winograd_kernels *kernels,
@@ -352,7 +343,7 @@ static int winograd_run(const pynn_context *ctx, const struct pynn_winograd_kern
     float *slots = workspace + p.u_floats;
     PYNN_TEAM_FOR(ctx, wanted, b, p.blocks, {
         run_block(&p, x, workspace, bias, relu, y, b,
-                  slots + (team > 1 ? slot() : 0) * p.slot_floats);
+                  slots + pynn_team_slot(team) * p.slot_floats);
     });
     free(owned);
     return 0;

@@ -8,6 +8,9 @@
 #define PYNN_CPU_H
 
 #include <stdatomic.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 typedef enum {
     PYNN_ISA_GENERIC = 0,  /* portable C, any CPU */
@@ -46,6 +49,18 @@ static inline int pynn_team_begin(const pynn_context *ctx, int wanted)
 static inline void pynn_team_end(const pynn_context *ctx, int team)
 {
     if (team > 1) atomic_store_explicit(ctx->team_busy, 0, memory_order_release);
+}
+
+/* The calling thread's number within a team of `team` threads (0 for a team
+ * of one): its slot in per-thread scratch. */
+static inline int pynn_team_slot(int team)
+{
+#ifdef _OPENMP
+    return team > 1 ? omp_get_thread_num() : 0;
+#else
+    (void)team;
+    return 0;
+#endif
 }
 
 /* Parallel loops that cost nothing when they would run on one thread: an
