@@ -11,7 +11,8 @@ from pynn import Sequential, ops
 from pynn._kernels import core as kernels
 from pynn.layers import BatchNorm2d, Conv2d, ReLU
 from tests.helpers import check_gradient
-from tests.test_ops_conv import assert_close_sum, reference_conv, reference_conv_backward
+from tests.test_ops_conv import (assert_advertised_workspace_gives_same_bits, assert_close_sum,
+                                 assert_conv_close, reference_conv, reference_conv_backward)
 
 
 def make(n, c, h, w, kernel, stride, padding, seed=0):
@@ -44,11 +45,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES)
 def test_forward_matches_float64_reference(isa, case):
     x, weight, bias, geometry = make(*case)
-    expected = reference_conv(x, weight, bias, **geometry)
-    magnitude = reference_conv(np.abs(x), np.abs(weight), np.abs(bias), **geometry)
-    actual = ops.conv2d(x, weight, bias, **geometry)
-    assert actual.shape == expected.shape
-    assert_close_sum(actual, expected, magnitude, weight[0].size + 1)
+    assert_conv_close(ops.conv2d(x, weight, bias, **geometry), x, weight, bias, geometry)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -124,30 +121,14 @@ def test_thread_count_does_not_change_the_bits(isa, case, set_threads):
 
 @pytest.mark.parametrize("case", [CASES[1], CASES[6]])
 def test_a_workspace_of_the_advertised_size_gives_the_same_bits(case):
-    x, weight, bias, geometry = make(*case)
-    arguments = (geometry["stride"], geometry["padding"], (1, 1), x.shape[1])
-    size = kernels.conv2d_workspace_size(x.shape, weight.shape, *arguments)
-    y = ops.conv2d(x, weight, bias, **geometry)
-    out = np.empty_like(y)
-    kernels.conv2d_forward(x, weight, bias, out, *arguments, False,
-                           np.full(size, np.nan, np.float32))
-    np.testing.assert_array_equal(out, y)
-    dy = np.random.default_rng(3).standard_normal(y.shape).astype(np.float32)
-    dx, dweight = np.empty_like(x), np.empty_like(weight)
-    kernels.conv2d_backward(dy, x, weight, dx, dweight, None, *arguments,
-                            np.full(size, np.nan, np.float32))
-    expected_dx, expected_dweight, _ = ops.conv2d_backward(dy, x, weight, **geometry)
-    np.testing.assert_array_equal(dx, expected_dx)
-    np.testing.assert_array_equal(dweight, expected_dweight)
+    assert_advertised_workspace_gives_same_bits(*make(*case))
 
 
 def test_a_channel_multiplier_takes_the_grouped_path(isa):
     x, _, _, geometry = make(2, 3, 9, 9, (3, 3), (1, 1), (1, 1))
     weight = np.random.default_rng(7).standard_normal((6, 1, 3, 3)).astype(np.float32)
     bias = np.linspace(-1, 1, 6, dtype=np.float32)
-    expected = reference_conv(x, weight, bias, **geometry)
-    magnitude = reference_conv(np.abs(x), np.abs(weight), np.abs(bias), **geometry)
-    assert_close_sum(ops.conv2d(x, weight, bias, **geometry), expected, magnitude, 10)
+    assert_conv_close(ops.conv2d(x, weight, bias, **geometry), x, weight, bias, geometry, terms=10)
 
 
 @pytest.mark.parametrize("case", [CASES[1], CASES[6], (8, 32, 28, 28, (3, 3), (1, 1), (1, 1))])
@@ -177,9 +158,7 @@ def test_conv2d_layer_trains_through_the_depthwise_path(isa):
     geometry = dict(stride=(2, 2), padding=(1, 1), dilation=(1, 1), groups=4)
     weight, bias = layer.params["weight"], layer.params["bias"]
     y = layer.forward(x, training=True)
-    expected = reference_conv(x, weight, bias, **geometry)
-    magnitude = reference_conv(np.abs(x), np.abs(weight), np.abs(bias), **geometry)
-    assert_close_sum(y, expected, magnitude, 10)
+    assert_conv_close(y, x, weight, bias, geometry, terms=10)
     dy = np.ones_like(y)
     dx = layer.backward(dy)
     rx, rw, _ = reference_conv_backward(dy, x, weight, **geometry)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from pynn import ops
-from pynn._kernels import core as kernels
-from tests.test_ops_conv import assert_close_sum, make, reference_conv, reference_conv_backward
+from tests.test_ops_conv import (assert_advertised_workspace_gives_same_bits, assert_close_sum,
+                                 assert_conv_close, fused_relu_forward, make,
+                                 reference_conv_backward)
 
 # (N, C, H, W, OC, kernel, stride, padding, dilation, groups)
 CASES = [
@@ -28,21 +29,14 @@ CASES = [
 @pytest.mark.parametrize("case", CASES)
 def test_forward_matches_float64_reference(isa, case):
     x, weight, bias, geometry = make(case)
-    expected = reference_conv(x, weight, bias, **geometry)
-    magnitude = reference_conv(np.abs(x), np.abs(weight), np.abs(bias), **geometry)
-    actual = ops.conv2d(x, weight, bias, **geometry)
-    assert_close_sum(actual, expected, magnitude, weight[0].size + 1)
+    assert_conv_close(ops.conv2d(x, weight, bias, **geometry), x, weight, bias, geometry)
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_fused_relu_matches_the_reference(isa, case):
     x, weight, bias, geometry = make(case, seed=5)
-    expected = np.maximum(reference_conv(x, weight, bias, **geometry), 0.0)
-    magnitude = reference_conv(np.abs(x), np.abs(weight), np.abs(bias), **geometry)
-    out = np.full(expected.shape, np.nan, np.float32)
-    kernels.conv2d_forward(x, weight, bias, out, geometry["stride"], geometry["padding"],
-                           geometry["dilation"], 1, True)
-    assert_close_sum(out, expected, magnitude, weight[0].size + 1)
+    assert_conv_close(fused_relu_forward(x, weight, bias, geometry), x, weight, bias, geometry,
+                      relu=True)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -78,21 +72,7 @@ def test_thread_count_does_not_change_the_bits(isa, case, set_threads):
 
 @pytest.mark.parametrize("case", [CASES[1], CASES[2]])
 def test_a_workspace_of_the_advertised_size_gives_the_same_bits(case):
-    x, weight, bias, geometry = make(case)
-    arguments = (geometry["stride"], geometry["padding"], geometry["dilation"], 1)
-    size = kernels.conv2d_workspace_size(x.shape, weight.shape, *arguments)
-    y = ops.conv2d(x, weight, bias, **geometry)
-    out = np.empty_like(y)
-    kernels.conv2d_forward(x, weight, bias, out, *arguments, False,
-                           np.full(size, np.nan, np.float32))
-    np.testing.assert_array_equal(out, y)
-    dy = np.random.default_rng(3).standard_normal(y.shape).astype(np.float32)
-    dx, dweight = np.empty_like(x), np.empty_like(weight)
-    kernels.conv2d_backward(dy, x, weight, dx, dweight, None, *arguments,
-                            np.full(size, np.nan, np.float32))
-    expected_dx, expected_dweight, _ = ops.conv2d_backward(dy, x, weight, **geometry)
-    np.testing.assert_array_equal(dx, expected_dx)
-    np.testing.assert_array_equal(dweight, expected_dweight)
+    assert_advertised_workspace_gives_same_bits(*make(case))
 
 
 def test_many_images_share_the_capped_count_of_weight_gradient_chunks():
@@ -130,13 +110,9 @@ SINGLE_CHANNEL_CASES = [
 @pytest.mark.parametrize("case", SMALL_BLOCK_CASES + SINGLE_CHANNEL_CASES)
 def test_small_blocks_and_single_channels_match_float64(isa, case):
     x, weight, bias, geometry = make(case, seed=7)
-    expected = np.maximum(reference_conv(x, weight, bias, **geometry), 0.0)
-    magnitude = reference_conv(np.abs(x), np.abs(weight), np.abs(bias), **geometry)
-    out = np.full(expected.shape, np.nan, np.float32)
-    kernels.conv2d_forward(x, weight, bias, out, geometry["stride"], geometry["padding"],
-                           geometry["dilation"], 1, True)
-    assert_close_sum(out, expected, magnitude, weight[0].size + 1)
-    dy = np.random.default_rng(8).standard_normal(expected.shape).astype(np.float32)
+    out = fused_relu_forward(x, weight, bias, geometry)
+    assert_conv_close(out, x, weight, bias, geometry, relu=True)
+    dy = np.random.default_rng(8).standard_normal(out.shape).astype(np.float32)
     dx, dweight, dbias = ops.conv2d_backward(dy, x, weight, **geometry)
     rx, rw, rb = reference_conv_backward(dy, x, weight, **geometry)
     mx, mw, mb = reference_conv_backward(np.abs(dy), np.abs(x), np.abs(weight), **geometry)

@@ -9,7 +9,8 @@ import pytest
 
 from pynn import ops
 from pynn._kernels import core as kernels
-from tests.test_ops_conv import assert_close_sum, make, reference_conv, reference_conv_backward
+from tests.test_ops_conv import (assert_close_sum, assert_conv_close, fused_relu_forward, make,
+                                 reference_conv_backward)
 
 # (N, C, H, W, OC, padding): odd sizes (half tiles at the bottom and right
 # edges), paddings 0 to 2, channel counts off the GEMM's 12, 6 and 4 row
@@ -37,22 +38,14 @@ def geometry_of(case):
 @pytest.mark.parametrize("case", CASES)
 def test_forward_matches_float64_reference(isa, case):
     x, weight, bias, geometry = make(geometry_of(case))
-    expected = reference_conv(x, weight, bias, **geometry)
-    magnitude = reference_conv(np.abs(x), np.abs(weight), np.abs(bias), **geometry)
-    actual = ops.conv2d(x, weight, bias, **geometry)
-    assert actual.shape == expected.shape
-    assert_close_sum(actual, expected, magnitude, weight[0].size + 1)
+    assert_conv_close(ops.conv2d(x, weight, bias, **geometry), x, weight, bias, geometry)
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_fused_relu_matches_the_reference(isa, case):
     x, weight, bias, geometry = make(geometry_of(case), seed=5)
-    expected = np.maximum(reference_conv(x, weight, bias, **geometry), 0.0)
-    magnitude = reference_conv(np.abs(x), np.abs(weight), np.abs(bias), **geometry)
-    out = np.full(expected.shape, np.nan, np.float32)
-    kernels.conv2d_forward(x, weight, bias, out, geometry["stride"], geometry["padding"],
-                           geometry["dilation"], 1, True)
-    assert_close_sum(out, expected, magnitude, weight[0].size + 1)
+    out = fused_relu_forward(x, weight, bias, geometry)
+    assert_conv_close(out, x, weight, bias, geometry, relu=True)
     assert np.all(out >= 0.0)
 
 

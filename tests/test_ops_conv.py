@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from pynn import ops
+from pynn._kernels import core as kernels
 from tests.helpers import EPS32, check_gradient
 
 
@@ -103,14 +104,52 @@ def assert_close_sum(actual, expected, magnitude, terms):
     assert np.all(error <= bound), f"worst excess {np.max(error / bound):.3g}"
 
 
+def assert_conv_close(actual, x, weight, bias, geometry, relu=False, terms=None):
+    """``actual`` against the float64 convolution (then ReLU with ``relu``)
+    within the float32 bound of its sums (``terms``: a kernel's taps plus the bias)."""
+    expected = reference_conv(x, weight, bias, **geometry)
+    if relu:
+        expected = np.maximum(expected, 0.0)
+    magnitude = reference_conv(np.abs(x), np.abs(weight), np.abs(bias), **geometry)
+    assert actual.shape == expected.shape
+    assert_close_sum(actual, expected, magnitude, weight[0].size + 1 if terms is None else terms)
+
+
+def fused_relu_forward(x, weight, bias, geometry):
+    """The kernel's forward with the ReLU epilogue, into a NaN-filled output."""
+    geometry = {"dilation": (1, 1), "groups": 1, **geometry}
+    out = np.full(ops.conv2d(x, weight, bias, **geometry).shape, np.nan, np.float32)
+    kernels.conv2d_forward(x, weight, bias, out, geometry["stride"], geometry["padding"],
+                           geometry["dilation"], geometry["groups"], True)
+    return out
+
+
+def assert_advertised_workspace_gives_same_bits(x, weight, bias, geometry):
+    """Forward and backward in a NaN-filled workspace of the advertised size
+    give the bits of the ops, which size their own."""
+    geometry = {"dilation": (1, 1), "groups": 1, **geometry}
+    arguments = (geometry["stride"], geometry["padding"], geometry["dilation"], geometry["groups"])
+    size = kernels.conv2d_workspace_size(x.shape, weight.shape, *arguments)
+    y = ops.conv2d(x, weight, bias, **geometry)
+    out = np.empty_like(y)
+    kernels.conv2d_forward(x, weight, bias, out, *arguments, False,
+                           np.full(size, np.nan, np.float32))
+    np.testing.assert_array_equal(out, y)
+    dy = np.random.default_rng(3).standard_normal(y.shape).astype(np.float32)
+    dx, dweight = np.empty_like(x), np.empty_like(weight)
+    kernels.conv2d_backward(dy, x, weight, dx, dweight, None, *arguments,
+                            np.full(size, np.nan, np.float32))
+    expected_dx, expected_dweight, _ = ops.conv2d_backward(dy, x, weight, **geometry)
+    np.testing.assert_array_equal(dx, expected_dx)
+    np.testing.assert_array_equal(dweight, expected_dweight)
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_forward_matches_float64_reference(isa, case):
     x, weight, bias, geometry = make(case)
-    expected = reference_conv(x, weight, bias, **geometry)
-    magnitude = reference_conv(np.abs(x), np.abs(weight), np.abs(bias), **geometry)
     actual = ops.conv2d(x, weight, bias, **geometry)
-    assert actual.dtype == np.float32 and actual.shape == expected.shape
-    assert_close_sum(actual, expected, magnitude, weight[0].size + 1)
+    assert actual.dtype == np.float32
+    assert_conv_close(actual, x, weight, bias, geometry)
 
 
 @pytest.mark.parametrize("case", CASES)
