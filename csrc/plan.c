@@ -188,6 +188,17 @@ int pynn_plan_run(const pynn_context *ctx, const pynn_plan_step *steps, ptrdiff_
                 return -1;
         } else if (s->kind == PYNN_STEP_MEAN) {
             pynn_global_avg_pool2d_forward(ctx, s->m, s->n, slots[s->source], slots[s->target]);
+        } else if (s->kind == PYNN_STEP_MAX_POOL) {
+            pynn_max_pool2d_forward(ctx, &s->pool, slots[s->source], slots[s->target], NULL);
+        } else if (s->kind == PYNN_STEP_AVG_POOL) {
+            pynn_avg_pool2d_forward(ctx, &s->pool, s->n != 0, slots[s->source], slots[s->target]);
+        } else if (s->kind == PYNN_STEP_ADAPTIVE_POOL) {
+            pynn_adaptive_avg_pool2d_forward(ctx, s->pool.planes, s->pool.height, s->pool.width,
+                                             s->pool.out_h, s->pool.out_w, slots[s->source],
+                                             slots[s->target]);
+        } else if (s->kind == PYNN_STEP_BROADCAST) {
+            pynn_broadcast_binary(ctx, s->op, s->rank, s->out_shape, s->x_shape, slots[s->source],
+                                  s->other_shape, slots[s->other], slots[s->target]);
         } else if (s->kind == PYNN_STEP_ADD) {
             const float *x = slots[s->source], *other = slots[s->other];
             float *y = slots[s->target];

@@ -19,6 +19,8 @@
 #include "conv.h"
 #include "cpu.h"
 #include "gemm.h"
+#include "pool.h"
+#include "tensor.h"
 
 typedef enum {
     PYNN_STEP_GEMM,     /* y[m, n] = x[m, k] weight[n, k]ᵀ with the epilogue */
@@ -27,6 +29,10 @@ typedef enum {
     PYNN_STEP_CONV,     /* y = conv(x, weight) + bias, then the epilogue's activation */
     PYNN_STEP_ADD,      /* y[i] = x[i] + other[i] for n elements, then the activation */
     PYNN_STEP_MEAN,     /* y[p] = the mean of x's plane p, for m planes of n elements */
+    PYNN_STEP_MAX_POOL, /* y = the maximum of each of x's windows (pool) */
+    PYNN_STEP_AVG_POOL, /* y = the mean of each window (pool); n != 0: the divisor counts padding */
+    PYNN_STEP_ADAPTIVE_POOL, /* y = the mean of each adaptive window (pool's planes and sizes) */
+    PYNN_STEP_BROADCAST,     /* y = x op other, broadcast over `rank` axes as numpy does */
 } pynn_step_kind;
 
 /* The element-wise kernels' signature (activations.h). */
@@ -43,6 +49,11 @@ typedef struct {
     float parameter;
     pynn_conv_shape conv;
     float *workspace;                 /* CONV's scratch, owned by the plan */
+    pynn_pool_shape pool;
+    pynn_tensor_op op;                /* BROADCAST: its operation, rank and shapes */
+    int rank;
+    ptrdiff_t out_shape[PYNN_TENSOR_MAX_RANK], x_shape[PYNN_TENSOR_MAX_RANK],
+              other_shape[PYNN_TENSOR_MAX_RANK];
 } pynn_plan_step;
 
 /* Runs steps[0 .. count) over the slot table. Returns 0, or -1 when a

@@ -4,9 +4,11 @@ settings or wiring change after it was made."""
 import numpy as np
 import pytest
 
+import pynn
 from pynn import Sequential
-from pynn.layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Embedding, Flatten, LeakyReLU, Linear,
-                         MaxPool2d, ReLU, Softmax, Tanh)
+from pynn.layers import (AdaptiveAvgPool2d, Add, AvgPool1d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv1d,
+                         Conv2d, Dropout, Embedding, Flatten, GlobalAvgPool2d, LeakyReLU, Linear, MaxPool1d,
+                         MaxPool2d, Multiply, ReLU, Reshape, Sigmoid, Softmax, Tanh)
 
 
 def layer_by_layer(model, x):
@@ -61,6 +63,42 @@ def test_dense_layers_run_as_kernel_steps_without_calling_infer():
     for layer in model.layers:
         layer.infer = python_step
     np.testing.assert_allclose(model.predict(x), expected, rtol=1e-6, atol=1e-6)
+
+
+def refuse_python_steps(layers):
+    def python_step(*args):
+        raise AssertionError("a layer with a plan step ran as a Python step")
+    for layer in layers:
+        layer.infer = python_step
+
+
+@pytest.mark.parametrize("build, shape", [
+    (lambda: Sequential(Conv2d(2, 4, 3), MaxPool2d(2, padding=1), AvgPool2d(3, 1, 1, count_include_pad=False),
+                        AvgPool2d(2), AdaptiveAvgPool2d((2, 3))), (3, 2, 9, 11)),
+    (lambda: Sequential(Conv1d(3, 4, 3), MaxPool1d(3, 2, dilation=2), AvgPool1d(2, padding=1)), (2, 3, 17)),
+])
+def test_pooling_layers_run_as_kernel_steps_with_the_layers_bits(build, shape):
+    model = build()
+    x = random_input(shape)
+    expected = layer_by_layer(model, x)
+    refuse_python_steps(model.layers[1:])
+    for _ in range(2):
+        np.testing.assert_array_equal(model.predict(x), expected)
+
+
+def test_broadcasting_merges_run_as_kernel_steps_with_the_layers_bits():
+    """A squeeze-excite gate: [N, C, 1, 1] times [N, C, H, W], then a broadcast sum."""
+    image, bias = pynn.Input((4, 5, 6)), pynn.Input((6,))
+    gate = Sigmoid()(Reshape((4, 1, 1))(Linear(4, 4)(GlobalAvgPool2d()(image))))
+    merges = [Multiply(), Add(), Multiply()]
+    scaled = merges[0]([gate, image])
+    out = merges[2]([merges[1]([scaled, bias]), scaled])
+    model = pynn.Model([image, bias], out)
+    x, b = random_input((3, 4, 5, 6)), random_input((3, 6), seed=1)
+    expected = model.forward([x, b], training=False)
+    refuse_python_steps(merges)
+    for _ in range(2):
+        np.testing.assert_array_equal(model.predict([x, b]), expected)
 
 
 def test_a_replaced_weight_array_is_used_by_the_next_predict():

@@ -3,7 +3,8 @@
 #
 # Sequential and Model build a plan per thread and input shape and keep it.
 # Steps whose kind names a C kernel (GEMM, element-wise maps, softmax,
-# convolution with a folded BatchNorm, residual sums) run back to back in one
+# convolution with a folded BatchNorm, pooling, residual and broadcast sums
+# and products) run back to back in one
 # call without the GIL; every other step calls its layer's ``infer``. Steps
 # read and write slots: the caller's inputs and outputs, and buffers the plan
 # owns, shared by liveness, so threads never share one.
@@ -36,6 +37,10 @@ cdef extern from "plan.h" nogil:
         PYNN_STEP_CONV
         PYNN_STEP_ADD
         PYNN_STEP_MEAN
+        PYNN_STEP_MAX_POOL
+        PYNN_STEP_AVG_POOL
+        PYNN_STEP_ADAPTIVE_POOL
+        PYNN_STEP_BROADCAST
     ctypedef struct pynn_plan_step:
         pynn_step_kind kind
         Py_ssize_t source, other, target
@@ -46,6 +51,12 @@ cdef extern from "plan.h" nogil:
         float parameter
         pynn_conv_shape conv
         float *workspace
+        pynn_pool_shape pool
+        pynn_tensor_op op
+        int rank
+        Py_ssize_t out_shape[PYNN_TENSOR_MAX_RANK]
+        Py_ssize_t x_shape[PYNN_TENSOR_MAX_RANK]
+        Py_ssize_t other_shape[PYNN_TENSOR_MAX_RANK]
     int pynn_plan_run(const pynn_context *ctx, const pynn_plan_step *steps, Py_ssize_t count,
                       float **slots)
     void pynn_fold_batchnorm(Py_ssize_t channels, Py_ssize_t per_channel, const float *weight,
@@ -240,6 +251,22 @@ cdef class InferencePlan:
         elif kind == "conv":
             if not self.describe_conv(s, step):
                 return False
+        elif kind == "max_pool" or kind == "avg_pool":
+            planar_shape, out_hw, (size, stride, padding, dilation), count_include_pad = step.arguments
+            s.pool = pool_geometry(planar_shape, out_hw, size, stride, padding, dilation)
+            s.n = count_include_pad
+            s.kind = PYNN_STEP_MAX_POOL if kind == "max_pool" else PYNN_STEP_AVG_POOL
+        elif kind == "adaptive_pool":
+            s.pool.planes, s.pool.height, s.pool.width, s.pool.out_h, s.pool.out_w = step.arguments
+            s.kind = PYNN_STEP_ADAPTIVE_POOL
+        elif kind == "broadcast":
+            operation, out_shape, x_shape, other_shape = step.arguments
+            s.op = TENSOR_OPS[operation]
+            s.rank = tensor_shape(out_shape, s.out_shape, "InferencePlan")
+            tensor_shape(x_shape, s.x_shape, "InferencePlan")
+            tensor_shape(other_shape, s.other_shape, "InferencePlan")
+            s.other = step.sources[1]
+            s.kind = PYNN_STEP_BROADCAST
         else:
             raise ValueError(f"{type(step.layer).__name__}.kernel_step: unknown kind {kind!r}")
         for mapping, key in step.watched:
@@ -366,7 +393,9 @@ cdef class InferencePlan:
             while stop < self.count and self.python_steps[stop] is None:
                 stop += 1
             for position in range(index, stop):
-                if self.slots[self.steps[position].source] == NULL:
+                if self.slots[self.steps[position].source] == NULL or (
+                        self.steps[position].kind in (PYNN_STEP_ADD, PYNN_STEP_BROADCAST)
+                        and self.slots[self.steps[position].other] == NULL):
                     raise TypeError("InferencePlan.run: a kernel step reads an input that is not "
                                     "an aligned, C-contiguous float32 array")
             with nogil:

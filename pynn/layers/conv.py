@@ -148,6 +148,14 @@ class _Pool(Layer):
         self.output_shape(x.shape)
         return x
 
+    def _pool_step(self, kind, input_shape, count_include_pad):
+        """The plan's pooling step, on ``input_shape`` seen as [N, C, H, W]."""
+        shape = tuple(input_shape)
+        lead = (1,) * (4 - len(shape))
+        out_hw = lead + tuple(self.output_shape(shape)[2:])
+        window = self._window if kind == "max_pool" else self._window[:3] + ((1, 1),)
+        return kind, (shape[:2] + lead + shape[2:], out_hw, window, count_include_pad), ()
+
     def _gradient_arguments(self, dy):
         x = self._kept("_x")
         return self._checked_dy(dy, self.output_shape(x.shape)), x, self.workspace("dx", x.shape)
@@ -160,6 +168,9 @@ class _MaxPool(_Pool):
         return {"kernel_size": list(self.kernel_size), "stride": list(self.stride),
                 "padding": list(self.padding), "dilation": list(self.dilation),
                 "ceil_mode": self.ceil_mode}
+
+    def kernel_step(self, input_shape):
+        return self._pool_step("max_pool", input_shape, False)
 
     def infer(self, x, out):
         kernels.max_pool2d_forward(planar(x), planar(out), *self._window)
@@ -200,6 +211,9 @@ class _AvgPool(_Pool):
         return {"kernel_size": list(self.kernel_size), "stride": list(self.stride),
                 "padding": list(self.padding), "ceil_mode": self.ceil_mode,
                 "count_include_pad": self.count_include_pad}
+
+    def kernel_step(self, input_shape):
+        return self._pool_step("avg_pool", input_shape, self.count_include_pad)
 
     def infer(self, x, out):
         kernels.avg_pool2d_forward(planar(x), planar(out), *self._window[:3],
@@ -283,6 +297,11 @@ class AdaptiveAvgPool2d(Layer):
         x = as_float32(x, "AdaptiveAvgPool2d", "x")
         self.output_shape(x.shape)
         return x
+
+    def kernel_step(self, input_shape):
+        planes, height, width = input_shape[0] * input_shape[1], input_shape[2], input_shape[3]
+        out_h, out_w = self.output_shape(input_shape)[2:]
+        return "adaptive_pool", (planes, height, width, out_h, out_w), ()
 
     def infer(self, x, out):
         return kernels.adaptive_avg_pool2d_forward(x, out)

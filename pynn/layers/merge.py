@@ -99,9 +99,21 @@ class _Broadcasting(_Merge):
                                        f"address space holds")
         return shape
 
+    def _padded_shape(self, shape, rank):
+        """``shape`` with 1s after its batch axis, right-aligned to ``rank`` axes."""
+        return tuple(shape[:1]) + (1,) * (rank - len(shape)) + tuple(shape[1:])
+
     def _padded(self, x, rank):
-        """``x`` viewed with 1s after its batch axis, right-aligning it to ``rank`` axes."""
-        return x.reshape(x.shape[:1] + (1,) * (rank - x.ndim) + x.shape[1:])
+        """``x`` viewed with its padded shape."""
+        return x.reshape(self._padded_shape(x.shape, rank))
+
+    def kernel_step(self, input_shape):
+        """Two inputs run as the plan's broadcasting step."""
+        if len(input_shape) != 2:
+            return None
+        out_shape = self._output_shape(input_shape)
+        x_shape, other_shape = (self._padded_shape(shape, len(out_shape)) for shape in input_shape)
+        return "broadcast", (self.operation, out_shape, x_shape, other_shape), ()
 
     def infer(self, x, out):
         padded = [self._padded(item, out.ndim) for item in x]
@@ -122,7 +134,7 @@ class Add(_Broadcasting):
         """Two inputs of one shape (a residual connection) run as the plan's sum step."""
         if len(input_shape) == 2 and tuple(input_shape[0]) == tuple(input_shape[1]):
             return "add", (), ()
-        return None
+        return super().kernel_step(input_shape)
 
     def backward(self, dy, input_grad=True):
         """An input of the output's shape gets ``dy`` itself (no copy, as in a
