@@ -48,11 +48,15 @@ PYNN_INLINE double cross_entropy_row(ptrdiff_t classes, const float *restrict x,
     return loss;
 }
 
+typedef void (*cross_entropy_rows_fn)(ptrdiff_t first, ptrdiff_t last, ptrdiff_t classes,
+                                      const float *logits, const int64_t *target,
+                                      const pynn_class_loss_options *options, double weight_total,
+                                      float *grad, double inv_denominator, double *row_loss);
+
 struct pynn_loss_kernels {
-    void (*cross_entropy_rows)(ptrdiff_t first, ptrdiff_t last, ptrdiff_t classes,
-                               const float *logits, const int64_t *target,
-                               const pynn_class_loss_options *options, double weight_total,
-                               float *grad, double inv_denominator, double *row_loss);
+    cross_entropy_rows_fn rows;         /* rows of at least wide_from classes */
+    cross_entropy_rows_fn narrow_rows;  /* shorter rows */
+    ptrdiff_t wide_from;
 };
 
 #define CROSS_ENTROPY_VARIANT(suffix, attribute)                                                 \
@@ -72,10 +76,17 @@ struct pynn_loss_kernels {
                                                     options->weight, options->label_smoothing,   \
                                                     weight_total, grad_row, inv_denominator);    \
         }                                                                                        \
-    }                                                                                            \
-    const struct pynn_loss_kernels pynn_loss_##suffix = {cross_entropy_rows_##suffix};
+    }
 
 PYNN_EACH_ISA(CROSS_ENTROPY_VARIANT)
+
+const struct pynn_loss_kernels pynn_loss_generic = {cross_entropy_rows_generic, cross_entropy_rows_generic, 0};
+#if defined(PYNN_X86_64)
+const struct pynn_loss_kernels pynn_loss_avx2 = {cross_entropy_rows_avx2, cross_entropy_rows_avx2, 0};
+/* A row shorter than one 512-bit vector never enters the wide code's vector
+ * loops, only their scalar tails; the 256-bit code fills a vector with it. */
+const struct pynn_loss_kernels pynn_loss_avx512 = {cross_entropy_rows_avx512, cross_entropy_rows_avx2, 16};
+#endif
 
 /* The mean's denominator: the summed weights of the counted rows' targets. */
 static double counted_weight(ptrdiff_t n, const int64_t *target, const pynn_class_loss_options *options)
@@ -95,6 +106,7 @@ int pynn_cross_entropy(const pynn_context *ctx, ptrdiff_t n, ptrdiff_t classes,
     *loss = options->mean ? NAN : 0.0;
     if (n == 0) return 0;
     const struct pynn_loss_kernels *kernels = ctx->kernels->loss;
+    const cross_entropy_rows_fn rows = classes < kernels->wide_from ? kernels->narrow_rows : kernels->rows;
     double weight_total = (double)classes;
     if (options->weight) {
         weight_total = 0.0;
@@ -112,8 +124,8 @@ int pynn_cross_entropy(const pynn_context *ctx, ptrdiff_t n, ptrdiff_t classes,
     PYNN_TEAM_FOR(ctx, wanted, b, blocks, {
         ptrdiff_t first = b * ROWS_PER_BLOCK;
         ptrdiff_t last = first + ROWS_PER_BLOCK < n ? first + ROWS_PER_BLOCK : n;
-        kernels->cross_entropy_rows(first, last, classes, logits, target, options, weight_total, grad,
-                                    inv_denominator, row_loss + first);
+        rows(first, last, classes, logits, target, options, weight_total, grad,
+             inv_denominator, row_loss + first);
     });
     double total = 0.0;
     for (ptrdiff_t i = 0; i < n; i++) total += row_loss[i];
