@@ -131,6 +131,7 @@ struct pynn_pool_kernels {
                     ptrdiff_t count, float *best, ptrdiff_t *where);
     void (*plane_max_2x2)(const pynn_pool_shape *s, const float *image, float *out,
                           int64_t *index);
+    double (*run_sum)(const float *x, ptrdiff_t n);  /* pynn_row_sum, the same bits on every path */
 };
 
 /* One copy per ISA; stride 2 (the usual pool) compiled with the stride known. */
@@ -146,6 +147,11 @@ struct pynn_pool_kernels {
     }
 
 PYNN_EACH_ISA(ROW_MAX_VARIANT)
+
+#define RUN_SUM_VARIANT(suffix, attribute) \
+    attribute static double run_sum_##suffix(const float *x, ptrdiff_t n) { return pynn_row_sum(x, NULL, n); }
+
+PYNN_EACH_ISA(RUN_SUM_VARIANT)
 
 static void plane_max_2x2_generic(const pynn_pool_shape *s, const float *image, float *out,
                                   int64_t *index)
@@ -211,7 +217,8 @@ PYNN_TARGET_AVX512 static void plane_max_2x2_avx512(const pynn_pool_shape *s, co
 #endif
 
 #define POOL_TABLE(suffix, attribute) \
-    const struct pynn_pool_kernels pynn_pool_##suffix = {row_max_##suffix, plane_max_2x2_##suffix};
+    const struct pynn_pool_kernels pynn_pool_##suffix = {row_max_##suffix, plane_max_2x2_##suffix, \
+                                                         run_sum_##suffix};
 PYNN_EACH_ISA(POOL_TABLE)
 
 /* Output (oh, ow), whose window may reach into the padding. */
@@ -381,10 +388,7 @@ void pynn_global_avg_pool2d_forward(const pynn_context *ctx, ptrdiff_t planes, p
 {
     const int wanted = planes > 1 && planes * size >= PARALLEL_MIN_FLOATS ? ctx->num_threads : 1;
     PYNN_TEAM_FOR(ctx, wanted, p, planes, {
-        const float *image = x + p * size;
-        float sum = 0.0f;
-        for (ptrdiff_t i = 0; i < size; i++) sum += image[i];
-        y[p] = sum / (float)size;
+        y[p] = (float)(ctx->kernels->pool->run_sum(x + p * size, size) / (double)size);
     });
 }
 
@@ -423,11 +427,15 @@ void pynn_adaptive_avg_pool2d_forward(const pynn_context *ctx, ptrdiff_t planes,
             adaptive_window(oh, height, out_h, &h0, &h1);
             for (ptrdiff_t ow = 0; ow < out_w; ow++) {
                 adaptive_window(ow, width, out_w, &w0, &w1);
-                /* scan order, as global_avg_pool2d sums a whole plane */
-                float sum = 0.0f;
-                for (ptrdiff_t ih = h0; ih < h1; ih++)
-                    for (ptrdiff_t iw = w0; iw < w1; iw++) sum += image[ih * width + iw];
-                out[oh * out_w + ow] = sum / (float)((h1 - h0) * (w1 - w0));
+                const ptrdiff_t count = (h1 - h0) * (w1 - w0);
+                double sum = 0.0;
+                if (w1 - w0 == width) {  /* whole rows: one run, summed as global_avg_pool2d sums a plane */
+                    sum = ctx->kernels->pool->run_sum(image + h0 * width, count);
+                } else {
+                    for (ptrdiff_t ih = h0; ih < h1; ih++)
+                        for (ptrdiff_t iw = w0; iw < w1; iw++) sum += image[ih * width + iw];
+                }
+                out[oh * out_w + ow] = (float)(sum / (double)count);
             }
         }
     });

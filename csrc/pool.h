@@ -35,7 +35,8 @@ void pynn_avg_pool2d_forward(const pynn_context *ctx, const pynn_pool_shape *s,
 void pynn_avg_pool2d_backward(const pynn_context *ctx, const pynn_pool_shape *s,
                               int count_include_pad, const float *dy, float *dx);
 
-/* y[p] = mean of plane p (size elements);  dx[p, :] = dy[p] / size. */
+/* y[p] = mean of plane p (size elements), summed in double over 16 lanes
+ * combined in a fixed order;  dx[p, :] = dy[p] / size. */
 void pynn_global_avg_pool2d_forward(const pynn_context *ctx, ptrdiff_t planes, ptrdiff_t size,
                                     const float *x, float *y);
 void pynn_global_avg_pool2d_backward(const pynn_context *ctx, ptrdiff_t planes, ptrdiff_t size,
