@@ -34,8 +34,15 @@ int pynn_winograd_applies(const struct pynn_winograd_kernels *kernels, const pyn
 int pynn_winograd_input_grad_applies(const struct pynn_winograd_kernels *kernels,
                                      const pynn_conv_shape *s);
 
-/* Floats of workspace either call needs with this many threads on any
- * compiled path (0 where neither applies). */
+/* Does the weight gradient take this shape: the forward shape applies.
+ * dW = Gᵀ [Σ_tiles (A dy Aᵀ) ⊙ (Bᵀ d B)] G, the forward's transforms turned
+ * back (16 GEMMs over the tiles, per position), in fixed slices of the batch
+ * whose sums add in slice order. */
+int pynn_winograd_weight_grad_applies(const struct pynn_winograd_kernels *kernels,
+                                      const pynn_conv_shape *s);
+
+/* Floats of workspace any of these calls needs with this many threads on any
+ * compiled path (0 where none applies). */
 size_t pynn_winograd_workspace_size(const pynn_conv_shape *s, int threads);
 
 /* As pynn_conv2d_forward, through `kernels`; workspace NULL allocates it.
@@ -50,5 +57,12 @@ int pynn_winograd_forward(const pynn_context *ctx, const struct pynn_winograd_ke
 int pynn_winograd_input_grad(const pynn_context *ctx, const struct pynn_winograd_kernels *kernels,
                              const pynn_conv_shape *s, const float *dy, const float *weight,
                              float *dx, float *workspace);
+
+/* dweight of pynn_conv2d_backward (written, not added), through `kernels`;
+ * workspace NULL allocates it. Returns 0 or -1. */
+int pynn_winograd_weight_grad(const pynn_context *ctx,
+                              const struct pynn_winograd_kernels *kernels,
+                              const pynn_conv_shape *s, const float *dy, const float *x,
+                              float *dweight, float *workspace);
 
 #endif
