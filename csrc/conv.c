@@ -905,6 +905,12 @@ int pynn_conv2d_backward(const pynn_context *ctx, const pynn_conv_shape *s, cons
             return -1;
         dx = NULL;
     }
+    if (dweight && pynn_winograd_weight_grad_applies(ctx->kernels->conv->winograd, s)) {
+        if (pynn_winograd_weight_grad(ctx, ctx->kernels->conv->winograd, s, dy, x, dweight,
+                                      workspace))
+            return -1;
+        dweight = NULL;
+    }
     if (!dx && !dweight) return 0;
     float *direct_owned = NULL;
     pynn_conv_shape t;

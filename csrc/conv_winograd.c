@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "conv_winograd.h"
+#include "gemm.h"
 #include "gemm_kernels.h"
 #include "vmath.h"
 #ifdef _OPENMP
@@ -39,6 +40,11 @@ struct pynn_winograd_kernels {
     void (*output)(const pynn_conv_shape *s, const float *m, ptrdiff_t position_step,
                    ptrdiff_t row_step, ptrdiff_t channels, const float *bias, int relu,
                    float *y, const wino_segment *g);
+    /* the weight gradient's transform A dy Aᵀ of a segment's 2 x 2 gradient
+     * tiles for every output channel, position ξ of channel o at
+     * out + ξ position_step + o row_step, in the input transform's lanes */
+    void (*grads)(const pynn_conv_shape *s, const float *grad, const wino_segment *g,
+                  float *out, ptrdiff_t position_step, ptrdiff_t row_step);
 };
 
 typedef float wino_vec4 __attribute__((vector_size(16), aligned(4), may_alias));
@@ -354,6 +360,8 @@ static int winograd_run(const pynn_context *ctx, const struct pynn_winograd_kern
  * them the direct path is faster. */
 #define MIN_CHANNELS 16
 #define MIN_OUTPUTS 256
+/* Channels from which the weight gradient's GEMMs beat the direct path's sums. */
+#define MIN_GRAD_CHANNELS 32
 
 static int applies_with(const pynn_conv_shape *s, ptrdiff_t lanes)
 {
@@ -400,6 +408,151 @@ int pynn_winograd_input_grad_applies(const struct pynn_winograd_kernels *kernels
     return input_grad_applies_with(s, kernels->lanes);
 }
 
+/* The weight gradient's images split into this many slices (fewer with a
+ * smaller batch), each with its own sum in the workspace, added in slice
+ * order: the threads share the slices, whatever their count. */
+#define GRAD_SLICES 4
+/* A chunk's transformed inputs and gradients, read by the 16 GEMMs, stay in
+ * L2: at most this many floats of them, or one image's. */
+#define GRAD_CHUNK_FLOATS ((ptrdiff_t)1 << 17)
+/* Input channels whose kernels' gradients are turned back together. */
+#define GRAD_OUTPUT_BLOCK 32
+
+/* How the weight gradient splits its work: the shapes and the path's widths
+ * alone. A chunk of images has `tiles` transform columns, image_segments
+ * vectors of tiles an image. */
+typedef struct {
+    wino_plan p;
+    ptrdiff_t slices, images, tiles, sums_floats, slot_floats;
+} grad_plan;
+
+static void grad_plan_make(const struct pynn_winograd_kernels *wino, const pynn_conv_shape *s,
+                           grad_plan *g)
+{
+    g->p.wino = wino;
+    g->p.shape = *s;
+    plan_segments(wino->lanes, s, &g->p);
+    const ptrdiff_t per_image = g->p.image_segments * wino->lanes;
+    const ptrdiff_t channels = s->in_channels + s->out_channels;
+    g->slices = s->batch < GRAD_SLICES ? s->batch : GRAD_SLICES;
+    const ptrdiff_t most = g->slices > 0 ? (s->batch + g->slices - 1) / g->slices : 1;
+    g->images = GRAD_CHUNK_FLOATS / (POSITIONS * channels * per_image);
+    if (g->images > most) g->images = most;
+    if (g->images < 1) g->images = 1;
+    g->tiles = g->images * per_image;
+    g->sums_floats = POSITIONS * s->out_channels * s->in_channels;
+    g->slot_floats = POSITIONS * channels * g->tiles;
+}
+
+static ptrdiff_t grad_plan_floats(const grad_plan *g, int threads)
+{
+    return g->slices * g->sums_floats + (threads > 1 ? threads : 1) * g->slot_floats;
+}
+
+/* Slice `slice`'s share of the transformed weight gradient: per chunk of its
+ * images, the inputs' and the gradients' transforms, then for each position
+ * ξ sums_ξ [OC x C] += Ŷ_ξ V_ξᵀ over the chunk's tiles. */
+static void grad_slice(const pynn_context *single, const grad_plan *g, const float *dy,
+                       const float *x, ptrdiff_t slice, float *sums, float *slot)
+{
+    const pynn_conv_shape *s = &g->p.shape;
+    const ptrdiff_t in = s->in_channels, out = s->out_channels, lanes = g->p.wino->lanes;
+    const ptrdiff_t image_in = in * s->height * s->width;
+    const ptrdiff_t image_out = out * s->out_h * s->out_w;
+    const ptrdiff_t first = slice * s->batch / g->slices, last = (slice + 1) * s->batch / g->slices;
+    float *v = slot, *grads = slot + POSITIONS * in * g->tiles;
+    for (ptrdiff_t n0 = first; n0 < last; n0 += g->images) {
+        const ptrdiff_t count = last - n0 < g->images ? last - n0 : g->images;
+        const ptrdiff_t segments = count * g->p.image_segments;
+        for (ptrdiff_t j = 0; j < segments; j++) {
+            ptrdiff_t n;
+            const wino_segment seg = segment_at(&g->p, n0 * g->p.image_segments + j, &n);
+            g->p.wino->input(s, x + n * image_in, &seg, v + j * lanes, in * g->tiles, g->tiles);
+            g->p.wino->grads(s, dy + n * image_out, &seg, grads + j * lanes, out * g->tiles,
+                             g->tiles);
+        }
+        for (ptrdiff_t xi = 0; xi < POSITIONS; xi++)
+            pynn_sgemm(single, 0, 1, out, in, segments * lanes, 1.0f,
+                       grads + xi * out * g->tiles, g->tiles, v + xi * in * g->tiles, g->tiles,
+                       n0 == first ? 0.0f : 1.0f, sums + xi * out * in, in, NULL);
+    }
+}
+
+/* dW = Gᵀ (Σ_slices sums) G for the kernels of output channel o, in double,
+ * GRAD_OUTPUT_BLOCK input channels at a time. */
+static void grad_output(const grad_plan *g, const float *sums, ptrdiff_t o, float *dweight)
+{
+    const ptrdiff_t in = g->p.shape.in_channels, out = g->p.shape.out_channels;
+    for (ptrdiff_t c0 = 0; c0 < in; c0 += GRAD_OUTPUT_BLOCK) {
+        const ptrdiff_t width = in - c0 < GRAD_OUTPUT_BLOCK ? in - c0 : GRAD_OUTPUT_BLOCK;
+        double m[POSITIONS][GRAD_OUTPUT_BLOCK] = {{0.0}};
+        for (int xi = 0; xi < POSITIONS; xi++)
+            for (ptrdiff_t k = 0; k < g->slices; k++) {
+                const float *row = sums + k * g->sums_floats + (xi * out + o) * in + c0;
+                for (ptrdiff_t c = 0; c < width; c++) m[xi][c] += row[c];
+            }
+        for (ptrdiff_t c = 0; c < width; c++) {
+            double t[4][3];
+            for (int i = 0; i < 4; i++) {  /* Gᵀ along each row of positions */
+                const double m0 = m[4 * i][c], m1 = m[4 * i + 1][c];
+                const double m2 = m[4 * i + 2][c], m3 = m[4 * i + 3][c];
+                t[i][0] = m0 + 0.5 * (m1 + m2);
+                t[i][1] = 0.5 * (m1 - m2);
+                t[i][2] = 0.5 * (m1 + m2) + m3;
+            }
+            float *kernel = dweight + (o * in + c0 + c) * 9;
+            for (int j = 0; j < 3; j++) {  /* then down the columns */
+                kernel[j] = (float)(t[0][j] + 0.5 * (t[1][j] + t[2][j]));
+                kernel[3 + j] = (float)(0.5 * (t[1][j] - t[2][j]));
+                kernel[6 + j] = (float)(0.5 * (t[1][j] + t[2][j]) + t[3][j]);
+            }
+        }
+    }
+}
+
+int pynn_winograd_weight_grad_applies(const struct pynn_winograd_kernels *kernels,
+                                      const pynn_conv_shape *s)
+{
+    return applies_with(s, kernels->lanes) && s->in_channels >= MIN_GRAD_CHANNELS &&
+           s->out_channels >= MIN_GRAD_CHANNELS;
+}
+
+int pynn_winograd_weight_grad(const pynn_context *ctx,
+                              const struct pynn_winograd_kernels *kernels,
+                              const pynn_conv_shape *s, const float *dy, const float *x,
+                              float *dweight, float *workspace)
+{
+    grad_plan g;
+    grad_plan_make(kernels, s, &g);
+    if (g.slices == 0) {
+        memset(dweight, 0, (size_t)(s->out_channels * s->in_channels * 9) * sizeof(float));
+        return 0;
+    }
+    float *owned = NULL;
+    if (!workspace) {
+        owned = malloc((size_t)grad_plan_floats(&g, ctx->num_threads) * sizeof(float));
+        if (!owned) return -1;
+        workspace = owned;
+    }
+    pynn_context single = *ctx;
+    single.num_threads = 1;
+    const double products = (double)s->batch * s->out_channels * s->out_h * s->out_w *
+                            (double)(s->in_channels * 9);
+    const int wanted = products >= PARALLEL_MIN_PRODUCTS ? ctx->num_threads : 1;
+    float *slots = workspace + g.slices * g.sums_floats;
+    PYNN_TEAM_FOR(ctx, wanted, slice, g.slices, {
+        grad_slice(&single, &g, dy, x, slice, workspace + slice * g.sums_floats,
+                   slots + pynn_team_slot(team) * g.slot_floats);
+    });
+    const int outputs_wanted = s->out_channels * s->in_channels >= PARALLEL_MIN_KERNELS
+                               ? ctx->num_threads : 1;
+    PYNN_TEAM_FOR(ctx, outputs_wanted, o, s->out_channels, {
+        grad_output(&g, workspace, o, dweight);
+    });
+    free(owned);
+    return 0;
+}
+
 size_t pynn_winograd_workspace_size(const pynn_conv_shape *s, int threads)
 {
 #if defined(PYNN_X86_64)
@@ -423,6 +576,11 @@ size_t pynn_winograd_workspace_size(const pynn_conv_shape *s, int threads)
         if (input_grad_applies_with(s, wino->lanes)) {
             plan_make(gemms[k], wino, &gradient, &p);
             if (plan_floats(&p, threads) > size) size = plan_floats(&p, threads);
+        }
+        if (pynn_winograd_weight_grad_applies(wino, s)) {
+            grad_plan g;
+            grad_plan_make(wino, s, &g);
+            if (grad_plan_floats(&g, threads) > size) size = grad_plan_floats(&g, threads);
         }
     }
     return (size_t)size;

@@ -1,5 +1,6 @@
 /* Winograd F(2x2, 3x3) convolution for 3x3 kernels at stride 1, dilation 1
- * and groups of 1: the forward pass and the input gradient.
+ * and groups of 1: the forward pass, the input gradient and the weight
+ * gradient.
  *
  * Each output is computed as 2 x 2 tiles: a tile's 4 x 4 input patch d and
  * each 3 x 3 kernel g are transformed (V = Bᵀ d B, U = G g Gᵀ), the 16
@@ -34,8 +35,16 @@ int pynn_winograd_applies(const struct pynn_winograd_kernels *kernels, const pyn
 int pynn_winograd_input_grad_applies(const struct pynn_winograd_kernels *kernels,
                                      const pynn_conv_shape *s);
 
-/* Floats of workspace either call needs with this many threads on any
- * compiled path (0 where neither applies). */
+/* Does the weight gradient take this shape: the forward shape applies, with
+ * 32 channels or more on each side (fewer leave the GEMMs too narrow).
+ * dW = Gᵀ [Σ_tiles (A dy Aᵀ) ⊙ (Bᵀ d B)] G, the forward's transforms turned
+ * back (16 GEMMs over the tiles, per position), in fixed slices of the batch
+ * whose sums add in slice order. */
+int pynn_winograd_weight_grad_applies(const struct pynn_winograd_kernels *kernels,
+                                      const pynn_conv_shape *s);
+
+/* Floats of workspace any of these calls needs with this many threads on any
+ * compiled path (0 where none applies). */
 size_t pynn_winograd_workspace_size(const pynn_conv_shape *s, int threads);
 
 /* As pynn_conv2d_forward, through `kernels`; workspace NULL allocates it.
@@ -50,5 +59,12 @@ int pynn_winograd_forward(const pynn_context *ctx, const struct pynn_winograd_ke
 int pynn_winograd_input_grad(const pynn_context *ctx, const struct pynn_winograd_kernels *kernels,
                              const pynn_conv_shape *s, const float *dy, const float *weight,
                              float *dx, float *workspace);
+
+/* dweight of pynn_conv2d_backward (written, not added), through `kernels`;
+ * workspace NULL allocates it. Returns 0 or -1. */
+int pynn_winograd_weight_grad(const pynn_context *ctx,
+                              const struct pynn_winograd_kernels *kernels,
+                              const pynn_conv_shape *s, const float *dy, const float *x,
+                              float *dweight, float *workspace);
 
 #endif

@@ -13,6 +13,7 @@
 #define WINO_JOIN(a, b) WINO_JOIN2(a, b)
 #define WINO_INPUT WINO_JOIN(wino_input, WINO_SUFFIX)
 #define WINO_OUTPUT WINO_JOIN(wino_output, WINO_SUFFIX)
+#define WINO_GRADS WINO_JOIN(wino_grads, WINO_SUFFIX)
 
 /* A segment's tiles are `rows` rows of `count` tiles from (th0, t0): row k
  * in lanes [k count, (k + 1) count). Each of its four spans of lanes pairs
@@ -140,13 +141,74 @@ static WINO_TARGET void WINO_OUTPUT(const pynn_conv_shape *s, const float *m,
     }
 }
 
-const struct pynn_winograd_kernels WINO_JOIN(pynn_winograd, WINO_SUFFIX) = {WINO_LANES, WINO_INPUT,
-                                                                          WINO_OUTPUT};
+/* The weight gradient's A dy Aᵀ per 2 x 2 tile. As in the input transform,
+ * each row of tiles is a masked load of its two output rows' columns,
+ * shifted so that tile q of the segment lands in lane pair q, the rows
+ * combined, and the pairs split into even and odd lanes (zero past the
+ * segment's tiles and the output's edges). */
+static WINO_TARGET void WINO_GRADS(const pynn_conv_shape *s, const float *grad,
+                                   const wino_segment *g, float *out, ptrdiff_t position_step,
+                                   ptrdiff_t row_step)
+{
+    const ptrdiff_t lanes = WINO_LANES, plane = s->out_h * s->out_w, width = s->out_w;
+    WINO_MASK masks[WINO_LANES][2][2];
+    ptrdiff_t starts[WINO_LANES];
+    for (ptrdiff_t k = 0; k < g->rows; k++) {
+        const ptrdiff_t oh = 2 * (g->th0 + k), lo = 2 * k * g->count;
+        const ptrdiff_t hi = lo + 2 * g->count < width - 2 * g->t0 + lo ? lo + 2 * g->count
+                                                                        : width - 2 * g->t0 + lo;
+        const int below = oh + 1 < s->out_h;
+        starts[k] = oh * width + 2 * g->t0 - lo;
+        for (int h = 0; h < 2; h++) {
+            masks[k][0][h] = WINO_MASK_OF(lo - h * lanes, hi - h * lanes);
+            masks[k][1][h] = below ? WINO_MASK_OF(lo - h * lanes, hi - h * lanes)
+                                   : WINO_MASK_OF(0, 0);
+        }
+    }
+    for (ptrdiff_t o = 0; o < s->out_channels; o++, grad += plane, out += row_step) {
+        WINO_VEC v[2][2];
+#pragma GCC unroll 2
+        for (int i = 0; i < 2; i++)
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; h++)
+                v[i][h] = WINO_SPAN(grad + starts[0] + i * width + h * lanes, masks[0][i][h]);
+        for (ptrdiff_t k = 1; k < g->rows; k++)
+#pragma GCC unroll 2
+            for (int i = 0; i < 2; i++)
+#pragma GCC unroll 2
+                for (int h = 0; h < 2; h++)
+                    v[i][h] = (WINO_VEC)((WINO_BITS)v[i][h] |
+                                         (WINO_BITS)WINO_SPAN(grad + starts[k] + i * width +
+                                                                  h * lanes,
+                                                              masks[k][i][h]));
+        const WINO_VEC a = __builtin_shufflevector(v[0][0], v[0][1], WINO_EVEN);
+        const WINO_VEC b = __builtin_shufflevector(v[0][0], v[0][1], WINO_ODD);
+        const WINO_VEC c = __builtin_shufflevector(v[1][0], v[1][1], WINO_EVEN);
+        const WINO_VEC d = __builtin_shufflevector(v[1][0], v[1][1], WINO_ODD);
+        const WINO_VEC rows[4][2] = {{a, b}, {a + c, b + d}, {a - c, b - d}, {-c, -d}};
+        float *at = out;
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            *(WINO_VEC *)at = rows[i][0];
+            at += position_step;
+            *(WINO_VEC *)at = rows[i][0] + rows[i][1];
+            at += position_step;
+            *(WINO_VEC *)at = rows[i][0] - rows[i][1];
+            at += position_step;
+            *(WINO_VEC *)at = -rows[i][1];
+            at += position_step;
+        }
+    }
+}
+
+const struct pynn_winograd_kernels WINO_JOIN(pynn_winograd, WINO_SUFFIX) = {
+    WINO_LANES, WINO_INPUT, WINO_OUTPUT, WINO_GRADS};
 
 #undef WINO_VEC
 #undef WINO_BITS
 #undef WINO_INPUT
 #undef WINO_OUTPUT
+#undef WINO_GRADS
 #undef WINO_SUFFIX
 #undef WINO_TARGET
 #undef WINO_LANES

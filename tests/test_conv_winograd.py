@@ -1,6 +1,7 @@
 """The Winograd F(2x2, 3x3) convolution (csrc/conv_winograd.c: 3x3 kernels at
 stride 1, 16 channels or more, 256 outputs a channel or more, tiles filling
-3/4 of the path's vectors), forward with bias and fused ReLU and the input gradient, against
+3/4 of the path's vectors), forward with bias and fused ReLU, the input
+gradient and (32 channels or more each side) the weight gradient, against
 the float64 reference of test_ops_conv on every kernel path, at sizes that
 end tiles, segments of tiles and GEMM panels early; results the same on any
 thread count."""
@@ -27,6 +28,16 @@ CASES = [
     (4, 16, 8, 8, 20, (1, 1)),
     (2, 20, 14, 14, 16, (1, 1)),   # the last group one row short
     (6, 16, 7, 7, 18, (1, 1)),     # half tiles in a group
+]
+
+
+# The weight gradient's: batches across its 4 slices unevenly (5), slices of
+# several chunks (12 images of 64 tiles), odd sizes with paddings 0 and 2.
+GRAD_CASES = [
+    (5, 32, 8, 8, 40, (1, 1)),
+    (12, 32, 16, 16, 32, (1, 1)),
+    (2, 33, 11, 13, 32, (0, 2)),
+    (1, 64, 56, 56, 64, (1, 1)),
 ]
 
 
@@ -59,6 +70,36 @@ def test_input_gradient_matches_float64_reference(isa, case):
     mx, mw, _ = reference_conv_backward(np.abs(dy), np.abs(x), np.abs(weight), **geometry)
     assert_close_sum(dx, rx, mx, weight.shape[0] * 9)
     assert_close_sum(dweight, rw, mw, y.shape[0] * y.shape[2] * y.shape[3])
+
+
+@pytest.mark.parametrize("case", GRAD_CASES)
+def test_weight_gradient_matches_float64_reference(isa, case):
+    x, weight, _, geometry = make(geometry_of(case), seed=7)
+    y = ops.conv2d(x, weight, None, **geometry)
+    dy = np.random.default_rng(2).standard_normal(y.shape).astype(np.float32)
+    _, dweight, _ = ops.conv2d_backward(dy, x, weight, **geometry)
+    _, rw, _ = reference_conv_backward(dy, x, weight, **geometry)
+    _, mw, _ = reference_conv_backward(np.abs(dy), np.abs(x), np.abs(weight), **geometry)
+    assert_close_sum(dweight, rw, mw, y.shape[0] * y.shape[2] * y.shape[3])
+
+
+@pytest.mark.parametrize("case", GRAD_CASES[:3])
+def test_weight_gradient_is_the_same_on_any_thread_count(isa, set_threads, case):
+    x, weight, _, geometry = make(geometry_of(case), seed=8)
+    dy = np.random.default_rng(6).standard_normal(
+        ops.conv2d(x, weight, None, **geometry).shape).astype(np.float32)
+    results = []
+    for threads in (1, 2, 3):
+        set_threads(threads)
+        dweight = np.full(weight.shape, np.nan, np.float32)
+        workspace = np.full(kernels.conv2d_workspace_size(x.shape, weight.shape, (1, 1), case[5],
+                                                          (1, 1), 1), np.nan, np.float32)
+        kernels.conv2d_backward(dy, x, weight, None, dweight, None, (1, 1), case[5], (1, 1), 1,
+                                workspace)
+        results.append(dweight)
+    for dweight in results[1:]:
+        np.testing.assert_array_equal(dweight, results[0])
+    np.testing.assert_array_equal(results[0], ops.conv2d_backward(dy, x, weight, **geometry)[1])
 
 
 def test_a_given_workspace_is_large_enough(isa):
