@@ -101,7 +101,7 @@ PYNN_INLINE void scatter_block(int thread, int threads, ptrdiff_t count, ptrdiff
                                int64_t *restrict rows, unsigned char *restrict marks)
 {
     for (ptrdiff_t i = 0; i < count; i++) {
-        if (i + ROW_AHEAD < count) {
+        if (dim > 1 && i + ROW_AHEAD < count) {
             int64_t ahead = index[i + ROW_AHEAD];
             if (threads == 1 || ahead % threads == thread) {
                 PYNN_PREFETCH_ROW(dweight + ahead * dim, dim, 1);
@@ -133,7 +133,8 @@ PYNN_INLINE void zero_rows_block(ptrdiff_t first, ptrdiff_t last, ptrdiff_t coun
                                  const int64_t *restrict rows, float *restrict dweight)
 {
     for (ptrdiff_t r = first; r < last; r++) {
-        if (r + ROW_AHEAD < count) PYNN_PREFETCH_ROW(dweight + rows[r + ROW_AHEAD] * dim, dim, 1);
+        if (dim > 1 && r + ROW_AHEAD < count)
+            PYNN_PREFETCH_ROW(dweight + rows[r + ROW_AHEAD] * dim, dim, 1);
         if (dim == 1) dweight[rows[r]] = 0.0f;
         else zero_row(dweight + rows[r] * dim, dim);
     }
