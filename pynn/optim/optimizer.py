@@ -113,8 +113,13 @@ class Optimizer:
         None for every one when not ``wanted``."""
         if not wanted:
             return [None] * len(active)
-        return [self.state.setdefault(name, {}).setdefault(slot, aligned_zeros(param.shape))
-                for name, param, _ in active]
+        slots = []
+        for name, param, _ in active:
+            entry = self.state.setdefault(name, {})
+            if slot not in entry:
+                entry[slot] = aligned_zeros(param.shape)
+            slots.append(entry[slot])
+        return slots
 
     # -- persistence, as torch.optim: hyperparameters plus per-parameter state --
     def state_dict(self):
