@@ -82,6 +82,8 @@ struct pynn_tensor_kernels {
     double (*row_sum)(ptrdiff_t n, const float *x, const float *b);
     void (*transpose_tile)(ptrdiff_t rows, ptrdiff_t cols, const float *x, ptrdiff_t x_stride,
                            float *y, ptrdiff_t y_stride);
+    void (*row_dots)(ptrdiff_t first, ptrdiff_t last, ptrdiff_t length, const float *u,
+                     const float *v, float *y);
 };
 
 #define TENSOR_VARIANT(suffix, attribute)                                                   \
@@ -142,9 +144,46 @@ PYNN_TARGET_AVX2 static void transpose_tile_avx2(ptrdiff_t rows, ptrdiff_t cols,
 #define transpose_tile_avx512 transpose_tile_avx2
 #endif
 
+/* y[n] = u[n, :] . v[n, :] for rows [first, last), each sum exactly as
+ * pynn_row_sum's. */
+static void row_dots_generic(ptrdiff_t first, ptrdiff_t last, ptrdiff_t length, const float *u,
+                             const float *v, float *y)
+{
+    for (ptrdiff_t n = first; n < last; n++)
+        y[n] = (float)pynn_row_sum(u + n * length, v + n * length, length);
+}
+
+#if defined(PYNN_X86_64)
+/* row_dots_generic with pynn_row_sum's sixteen partial sums in four vectors
+ * of doubles (each float product is exact in double, so a fused multiply-add
+ * rounds as the separate add does), added up lane by lane in its order. The
+ * AVX-512 table points here too. */
+PYNN_TARGET_AVX2 static void row_dots_avx2(ptrdiff_t first, ptrdiff_t last, ptrdiff_t length,
+                                           const float *u, const float *v, float *y)
+{
+    for (ptrdiff_t n = first; n < last; n++) {
+        const float *a = u + n * length, *b = v + n * length;
+        __m256d partial[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(),
+                              _mm256_setzero_pd()};
+        ptrdiff_t i = 0;
+        for (; i + PYNN_LANES <= length; i += PYNN_LANES)
+            for (int k = 0; k < 4; k++)
+                partial[k] = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(a + i + 4 * k)),
+                                             _mm256_cvtps_pd(_mm_loadu_ps(b + i + 4 * k)), partial[k]);
+        double lanes[PYNN_LANES], sum = 0.0;
+        for (int k = 0; k < 4; k++) _mm256_storeu_pd(lanes + 4 * k, partial[k]);
+        for (int k = 0; k < PYNN_LANES; k++) sum += lanes[k];
+        for (; i < length; i++) sum += (double)a[i] * b[i];
+        y[n] = (float)sum;
+    }
+}
+#define row_dots_avx512 row_dots_avx2
+#endif
+
 #define TENSOR_TABLE(suffix, attribute)                                                     \
     const struct pynn_tensor_kernels pynn_tensor_##suffix = {                                \
-        binary_row_##suffix, accumulate_row_##suffix, row_sum_##suffix, transpose_tile_##suffix};
+        binary_row_##suffix, accumulate_row_##suffix, row_sum_##suffix, transpose_tile_##suffix, \
+        row_dots_##suffix};
 PYNN_EACH_ISA(TENSOR_TABLE)
 
 /* An iteration over the axes of an output, with up to three operands'
@@ -435,8 +474,10 @@ void pynn_row_dot(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t length, con
 {
     const struct pynn_tensor_kernels *kernels = ctx->kernels->tensor;
     const int wanted = rows > 1 && rows * length >= PARALLEL_MIN_ELEMENTS ? ctx->num_threads : 1;
-    PYNN_TEAM_FOR(ctx, wanted, n, rows, {
-        y[n] = (float)kernels->row_sum(length, u + n * length, v + n * length);
+    PYNN_TEAM(ctx, wanted, {
+        const ptrdiff_t share = (rows + team - 1) / team, first = pynn_team_slot(team) * share;
+        if (first < rows) kernels->row_dots(first, first + share < rows ? first + share : rows,
+                                            length, u, v, y);
     });
 }
 

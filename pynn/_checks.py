@@ -132,6 +132,13 @@ def aligned_empty(shape, dtype=np.float32):
     return buffer[start:start + count].reshape(shape)
 
 
+def aligned_zeros(shape, dtype=np.float32):
+    """``aligned_empty(shape)`` filled with zeros."""
+    array = aligned_empty(shape, dtype)
+    array.fill(0)
+    return array
+
+
 def empty_float32(shape, where, what):
     """``aligned_empty(shape)``, refusing first, by name, a size no address
     space can hold (numpy's own message would not say which layer asked)."""

@@ -157,8 +157,8 @@ class _Batches:
             # the threaded row gather: np.take copies rows one by one on one core
             embedding_gather(source.reshape(len(source), -1), indices,
                              buffer.reshape(len(indices), -1), where="fit")
-        else:
-            np.take(source, indices, axis=0, out=buffer)
+        else:  # indices from a permutation of the rows: "clip" never clips, and skips numpy's checked copy
+            source.take(indices, axis=0, out=buffer, mode="clip")
         return buffer
 
     def epoch(self, epoch):

@@ -149,6 +149,20 @@ def test_bit_identical_on_one_and_two_threads(set_threads):
         np.testing.assert_array_equal(first, second)
 
 
+def test_gradient_and_optimizer_state_start_on_cache_lines():
+    """As the table does: a row of 64 floats then spans 4 cache lines, not 5."""
+    layer = Embedding(1000, 64)
+    optimizer = optim.Adam(layer)
+    layer.forward(np.array([3, 7]), training=True)
+    layer.backward(np.ones((2, 64), np.float32))
+    optimizer.step()
+    state = optimizer.state_dict()["state"]["weight"]
+    for array in (layer.params["weight"], layer.grads["weight"], state["exp_avg"], state["exp_avg_sq"]):
+        assert array.ctypes.data % 64 == 0
+    twin, _ = layer._twin()
+    assert twin.grads["weight"].ctypes.data % 64 == 0 and not twin.grads["weight"].any()
+
+
 def test_frozen_embedding_leaves_grads_untouched():
     layer = Embedding(20, 4)
     layer.forward(np.array([1, 2]), training=True)

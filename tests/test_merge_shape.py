@@ -272,6 +272,38 @@ def test_dot_matches_float64_rows(isa):
     np.testing.assert_array_equal(dv, dy * u)
 
 
+def test_dot_is_the_same_bits_on_every_path_and_thread_count(set_threads):
+    """Each row is summed in one order (sixteen partial sums, then the tail)
+    whatever the path: the float products are exact in double."""
+    results, before = [], kernels.chosen_isa()
+    try:
+        for isa in kernels.supported_isas():
+            kernels.choose_isa(isa)
+            for threads in (1, 2):
+                set_threads(threads)
+                for length in (1, 15, 16, 17, 64, 100):
+                    rng = np.random.default_rng(length)
+                    rows = 4096 if length == 64 else 9  # 4096 x 64: the threaded split
+                    u = rng.standard_normal((rows, length), dtype=np.float32)
+                    v = rng.standard_normal((rows, length), dtype=np.float32)
+                    results.append((length, (isa, threads), layers.Dot().forward([u, v])))
+    finally:
+        kernels.choose_isa(before)
+    reference = {length: y for length, run, y in results if run == ("generic", 1)}
+    for length, run, y in results:
+        np.testing.assert_array_equal(y, reference[length], err_msg=f"path and threads {run}, "
+                                                                    f"length {length}")
+
+
+def test_add_of_inputs_of_one_shape_sums_them_in_order():
+    x = [normal(5, 3) for _ in range(3)]
+    layer = layers.Add()
+    y = layer.forward(x, training=True)
+    np.testing.assert_array_equal(y, (x[0] + x[1]) + x[2])
+    for dx in layer.backward(x[0]):
+        np.testing.assert_array_equal(dx, x[0])
+
+
 def test_reshape_is_a_view_and_backward_reshapes_back():
     x = normal(4, 3, 2, 5)
     layer = layers.Reshape((-1, 5))

@@ -4,7 +4,7 @@ import math
 import numpy as np
 
 from pynn import init
-from pynn._checks import as_count, as_float32, as_indices, as_real, empty_float32
+from pynn._checks import aligned_zeros, as_count, as_float32, as_indices, as_real, empty_float32
 from pynn._kernels import core as kernels
 from pynn.layers.base import Layer
 from pynn.ops.dense import _rows, gemm_into
@@ -179,7 +179,8 @@ class Embedding(Layer):
         self.params["weight"] = init.normal_(weight)  # PyTorch's default: N(0, 1)
         if self.padding_idx is not None:
             weight[self.padding_idx] = 0.0
-        self.grads["weight"] = np.zeros_like(weight)
+        # on a cache line, as the table: a row of 16k floats then spans k lines, not k + 1
+        self.grads["weight"] = aligned_zeros(weight.shape)
         self._indices = None
         self._marks = None           # one zero byte per row, the kernel's scratch
         self._rows = np.empty(0, dtype=np.int64)
@@ -236,7 +237,9 @@ class Embedding(Layer):
     def _twin(self):
         """A twin with its own record of the rows it writes."""
         twin, pairs = super()._twin()
+        twin.grads = {"weight": aligned_zeros(self.grads["weight"].shape)}
         twin._rows, twin._row_count, twin._marks = np.empty(0, dtype=np.int64), 0, None
+        twin._rows_written_into = twin.grads["weight"]
         return twin, pairs
 
     def touched_rows(self, key):

@@ -26,7 +26,7 @@ class _Merge(Layer):
         """``_output_shape``, remembered for the last few combinations of
         input shapes: a training forward asks for it twice per call."""
         try:
-            key = tuple(tuple(shape) for shape in input_shapes)
+            key = tuple(map(tuple, input_shapes))
             hash(key)
         except TypeError:  # not a list of shapes: _output_shape says what is wrong
             key = None
@@ -60,12 +60,24 @@ class _Merge(Layer):
         return shapes
 
     def check_input(self, x):
+        arrays = self._arrays(x)
+        self.output_shape([array.shape for array in arrays])
+        return arrays
+
+    def _arrays(self, x):
+        """``x`` as a list of float32 arrays, their shapes not yet checked."""
         where = type(self).__name__
         if not isinstance(x, (list, tuple)):
             raise TypeError(f"{where}: takes a list of arrays, got {type(x).__name__}")
-        arrays = [as_float32(item, where, f"input {position}") for position, item in enumerate(x)]
-        self.output_shape([array.shape for array in arrays])
-        return arrays
+        return [as_float32(item, where, f"input {position}") for position, item in enumerate(x)]
+
+    def forward(self, x, training=False):
+        """The template, asking for the output shape once (check_input's check)."""
+        x = self._arrays(x)
+        shape = self.output_shape([item.shape for item in x])
+        if not training:
+            return self.infer(x, np.empty(shape, dtype=np.float32))
+        return self._forward_training(x, self.workspace("y", shape))
 
     def backward(self, dy, input_grad=True):
         x = self._kept("_x")
@@ -129,6 +141,15 @@ class Add(_Broadcasting):
     """y = x₀ + x₁ + …, broadcasting the axes after the batch axis as numpy
     does; dxᵢ = dy summed over the axes xᵢ was broadcast along."""
     operation = "add"
+
+    def infer(self, x, out):
+        """Inputs of the output's shape add as flat arrays, one pass each."""
+        if len(x) > 1 and all(item.shape == out.shape for item in x):
+            kernels.add_into(x[0], x[1], out)
+            for item in x[2:]:
+                kernels.add_into(out, item, out)
+            return out
+        return super().infer(x, out)
 
     def kernel_step(self, input_shape):
         """Two inputs of one shape (a residual connection) run as the plan's sum step."""

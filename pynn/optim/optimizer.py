@@ -15,7 +15,7 @@ momentum until a batch touches it again (docs/embeddings.md)."""
 import numpy as np
 
 from pynn import _hooks
-from pynn._checks import as_real
+from pynn._checks import aligned_zeros, as_real
 from pynn._kernels.core import ParameterTable
 from pynn.layers.base import Layer
 
@@ -113,8 +113,13 @@ class Optimizer:
         None for every one when not ``wanted``."""
         if not wanted:
             return [None] * len(active)
-        return [self.state.setdefault(name, {}).setdefault(slot, np.zeros_like(param))
-                for name, param, _ in active]
+        slots = []
+        for name, param, _ in active:
+            entry = self.state.setdefault(name, {})
+            if slot not in entry:
+                entry[slot] = aligned_zeros(param.shape)
+            slots.append(entry[slot])
+        return slots
 
     # -- persistence, as torch.optim: hyperparameters plus per-parameter state --
     def state_dict(self):
