@@ -463,10 +463,11 @@ static void sgemm_on(const pynn_context *ctx, int trans_a, int trans_b,
         few_rows_dots(kern, threads, m, n, k, a, lda, b, ldb, c, ldc, &update);
         return;
     }
-    /* Products up to the middle table's in-place limits are its to compute
-     * (see the table's reason). */
+    /* Products up to the middle table's in-place limits are its to compute,
+     * but for a transposed A, which both tables pack (the table says why). */
     const pynn_gemm_kernels *middle = kern->middle;
-    if (middle && work <= (trans_b ? middle->in_place_trans_b_work : middle->in_place_work))
+    if (middle && !trans_a
+        && work <= (trans_b ? middle->in_place_trans_b_work : middle->in_place_work))
         kern = middle;
     /* Threads take disjoint slabs of C along its longer side, cut at the
      * table's split steps; each packs its own panels, so no barriers are needed, and

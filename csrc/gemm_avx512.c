@@ -22,7 +22,10 @@
  * from ever paying more than on the AVX2 path:
  * - products the AVX2 path reads in place (`middle`) run on its table, whose
  *   in-place kernels this tile does not match there; larger ones, which pack
- *   (this table's in-place limits lie below the AVX2 path's), run here;
+ *   (this table's in-place limits lie below the AVX2 path's), run here, and
+ *   so do those with A stored transposed (weight gradients), which both
+ *   paths pack from the same size on and this tile then multiplies with
+ *   fewer loads per FMA;
  * - edge tiles come in steps of two rows and threads' slabs in steps of
  *   MR / 3 rows or NR / 2 columns, so a tile pads and a thread idles no
  *   more than on the AVX2 path;
