@@ -111,8 +111,8 @@ typedef struct pynn_gemm_kernels {
     ptrdiff_t colliding_b_min_rows;  /* rows of A from which a B colliding in L1 is packed */
     ptrdiff_t b_chunk_floats;  /* B packed this many floats at a time beside one A block in L2 */
     int l1_sets, l1_ways;      /* L1d geometry, for telling when rows collide */
-    /* The table that computes the tiled products up to its own in-place
-     * limits, or NULL for this one. */
+    /* The table that computes the tiled products with A untransposed up to
+     * its own in-place limits, or NULL for this one. */
     const struct pynn_gemm_kernels *middle;
     pynn_microkernel packed;   /* A and B packed (a_row_step 1, a_k_step MR, b_k_step NR) */
     pynn_microkernel strided;  /* any steps: the small path over unpacked operands */
