@@ -472,9 +472,8 @@ static void sgemm_on(const pynn_context *ctx, int trans_a, int trans_b,
     /* Threads take disjoint slabs of C along its longer side, cut at the
      * table's split steps; each packs its own panels, so no barriers are
      * needed, and each element's sum is the same whichever thread computes
-     * it. An
-     * untransposed B read in place whose rows collide in L1 is cut into
-     * column slabs whatever the shape: row slabs would each pack all of it
+     * it. An untransposed B read in place whose rows collide in L1 is cut
+     * into column slabs whatever the shape: row slabs would each pack all of it
      * (or read it colliding, when too short to pack), column slabs pack only
      * their own columns. */
     const int split_rows = !trans_b && work <= kern->in_place_work && rows_collide(kern, ldb, k)
