@@ -450,7 +450,7 @@ static void sgemm_on(const pynn_context *ctx, int trans_a, int trans_b,
         rank_update(kern, threads, trans_a, m, n, k, a, lda, b, ldb, c, ldc, &update);
         return;
     }
-    if (trans_b && !trans_a && 2 * n <= kern->nr && (double)n * (double)k <= kern->narrow_b) {
+    if (trans_b && !trans_a && n <= kern->narrow_cols && (double)n * (double)k <= kern->narrow_b) {
         /* A few outputs per row (a classifier head): a tile would be mostly
          * padding, so each row of C is a GEMV over the rows of B instead,
          * which stay in L1 for every row. */
@@ -463,16 +463,23 @@ static void sgemm_on(const pynn_context *ctx, int trans_a, int trans_b,
         few_rows_dots(kern, threads, m, n, k, a, lda, b, ldb, c, ldc, &update);
         return;
     }
-    /* Threads take disjoint slabs of C along its longer side, cut at tile
-     * boundaries; each packs its own panels, so no barriers are needed, and
-     * each element's sum is the same whichever thread computes it. An
-     * untransposed B read in place whose rows collide in L1 is cut into
-     * column slabs whatever the shape: row slabs would each pack all of it
+    /* Products up to the middle table's in-place limits are its to compute,
+     * but for a transposed A, which both tables pack (the table says why). */
+    const pynn_gemm_kernels *middle = kern->middle;
+    if (middle && !trans_a
+        && work <= (trans_b ? middle->in_place_trans_b_work : middle->in_place_work))
+        kern = middle;
+    /* Threads take disjoint slabs of C along its longer side, cut at the
+     * table's split steps; each packs its own panels, so no barriers are
+     * needed, and each element's sum is the same whichever thread computes
+     * it. An untransposed B read in place whose rows collide in L1 is cut
+     * into column slabs whatever the shape: row slabs would each pack all of it
      * (or read it colliding, when too short to pack), column slabs pack only
      * their own columns. */
     const int split_rows = !trans_b && work <= kern->in_place_work && rows_collide(kern, ldb, k)
                            ? 0 : m >= n;
-    const ptrdiff_t extent = split_rows ? m : n, tile = split_rows ? kern->mr : kern->nr;
+    const ptrdiff_t extent = split_rows ? m : n;
+    const ptrdiff_t tile = split_rows ? kern->split_rows : kern->split_cols;
     ptrdiff_t parts = ctx->num_threads > 1 && work >= kern->parallel_work ? ctx->num_threads : 1;
     if (parts > (extent + tile - 1) / tile) parts = (extent + tile - 1) / tile;
     const ptrdiff_t slab = round_up((extent + parts - 1) / parts, tile);

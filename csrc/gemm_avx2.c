@@ -577,9 +577,11 @@ static TARGET void pack_straight_avx2(int width, int stride, const float *src, p
 }
 
 const struct pynn_gemm_kernels pynn_gemm_avx2 = {
-    .mr = MR, .nr = NR, .a_stride = A_STRIDE, .mc = 144, .kc = 256, .nc = 4080, .in_place_work = 1 << 25,
+    .mr = MR, .nr = NR, .a_stride = A_STRIDE, .split_rows = MR, .split_cols = NR,
+    .mc = 144, .kc = 256, .nc = 4080, .in_place_work = 1 << 25,
     .in_place_trans_b_work = 1 << 29,
     PYNN_GEMM_THRESHOLDS,
+    .narrow_cols = NR / 2,
     .packed = microkernel_avx2_6x16_packed,
     .strided = microkernel_avx2_6x16_strided,
     .dot = gemv_dot_avx2,

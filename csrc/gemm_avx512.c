@@ -15,9 +15,22 @@
  * 384 KiB, under half of the 1 MiB L2, so it survives the B traffic;
  * NC = 4096 makes the packed B panel 8 MiB, inside the 32 MiB L3 with room
  * for both cores' panels.
- * Up to 2^21 multiply-adds (about 128^3) the operands are read in place,
- * where packing is not repaid; from there on packing is, MLP shapes
- * included, so this limit sits far below the AVX2 path's 2^25. */
+ *
+ * Zen 4 runs a 512-bit FMA as two 256-bit halves, so there this tile does
+ * no more FMAs a cycle than the AVX2 path's 6 x 16, while cores with two
+ * 512-bit FMA pipes (many Xeons) do twice as many; the table keeps Zen 4
+ * from ever paying more than on the AVX2 path:
+ * - products the AVX2 path reads in place (`middle`) run on its table, whose
+ *   in-place kernels this tile does not match there; larger ones, which pack
+ *   (this table's in-place limits lie below the AVX2 path's), run here, and
+ *   so do those with A stored transposed (weight gradients), which both
+ *   paths pack from the same size on and this tile then multiplies with
+ *   fewer loads per FMA;
+ * - edge tiles come in steps of two rows and threads' slabs in steps of
+ *   MR / 3 rows or NR / 2 columns, so a tile pads and a thread idles no
+ *   more than on the AVX2 path;
+ * - a thin transposed B takes one GEMV per row only up to NR / 4 columns:
+ *   a 16-column tile costs what the AVX2 path's two 8-column vectors do. */
 #include "gemm_kernels.h"
 #include "vmath.h"
 
@@ -28,7 +41,7 @@
 enum { MR = 12, NR = 32 };
 
 
-/* rows (4, 8 or MR) and vectors (1 or 2 of 16 columns) are constants at every
+/* rows (2 to MR, even) and vectors (1 or 2 of 16 columns) are constants at every
  * call, so each combination compiles to its own register-resident loop: a
  * short or narrow edge tile runs only the FMAs it needs. */
 static inline __attribute__((always_inline)) TARGET void
@@ -114,7 +127,29 @@ tile_kernel(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_ste
     }
 }
 
-PYNN_MICROKERNELS(microkernel_avx512_12x32, )
+/* A tile of mr <= MR rows runs the variant of the next even row count, not
+ * of the next third of MR: the AVX2 tiles' granularity, so a ragged edge (a
+ * 10-row classifier head's weight gradient) pads no more rows here, where an
+ * FMA costs twice as much on cores that split 512-bit FMAs. */
+static inline __attribute__((always_inline)) TARGET void
+tile_by_shape(ptrdiff_t k, const float *a, ptrdiff_t a_row_step, ptrdiff_t a_k_step,
+              const float *b, ptrdiff_t b_k_step, float *c, ptrdiff_t ldc, ptrdiff_t mr,
+              ptrdiff_t nr, const pynn_tile_update *update, const int packed)
+{
+#define ROWS(rows) (nr > NR / 2 ? PYNN_TILE(rows, 2) : PYNN_TILE(rows, 1))
+    switch ((mr + 1) / 2) {
+    case 1: ROWS(2); break;
+    case 2: ROWS(4); break;
+    case 3: ROWS(6); break;
+    case 4: ROWS(8); break;
+    case 5: ROWS(10); break;
+    default: ROWS(MR); break;
+    }
+#undef ROWS
+}
+
+PYNN_MICROKERNEL(microkernel_avx512_12x32_packed, , 1)
+PYNN_MICROKERNEL(microkernel_avx512_12x32_strided, , 0)
 
 #define VEC __m512
 #define LANES 16
@@ -151,9 +186,12 @@ static TARGET void pack_straight_avx512(int width, int stride, const float *src,
 }
 
 const struct pynn_gemm_kernels pynn_gemm_avx512 = {
-    .mr = MR, .nr = NR, .a_stride = MR, .mc = 192, .kc = 512, .nc = 4096, .in_place_work = 1 << 21,
+    .mr = MR, .nr = NR, .a_stride = MR, .split_rows = MR / 3, .split_cols = NR / 2,
+    .mc = 192, .kc = 512, .nc = 4096, .in_place_work = 1 << 21,
     .in_place_trans_b_work = 1 << 21,
+    .middle = &pynn_gemm_avx2,
     PYNN_GEMM_THRESHOLDS,
+    .narrow_cols = NR / 4,
     .packed = microkernel_avx512_12x32_packed,
     .strided = microkernel_avx512_12x32_strided,
     .dot = gemv_dot_avx512,

@@ -141,9 +141,11 @@ static void pack_straight_generic(int width, int stride, const float *src, ptrdi
 }
 
 const struct pynn_gemm_kernels pynn_gemm_generic = {
-    .mr = MR, .nr = NR, .a_stride = MR, .mc = 128, .kc = 256, .nc = 4096, .in_place_work = 1 << 21,
+    .mr = MR, .nr = NR, .a_stride = MR, .split_rows = MR, .split_cols = NR,
+    .mc = 128, .kc = 256, .nc = 4096, .in_place_work = 1 << 21,
     .in_place_trans_b_work = 1 << 21,
     PYNN_GEMM_THRESHOLDS,
+    .narrow_cols = NR / 2,
     .packed = microkernel_generic_4x8,
     .strided = microkernel_generic_4x8,
     .dot = gemv_dot_generic,

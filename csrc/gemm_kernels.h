@@ -92,6 +92,7 @@ typedef void (*pynn_pack_straight)(int width, int stride, const float *src, ptrd
 typedef struct pynn_gemm_kernels {
     int mr, nr;                /* register tile */
     int a_stride;              /* floats per k step of a packed A micro-panel (>= mr) */
+    int split_rows, split_cols;  /* threads' slabs of C start at multiples of these */
     ptrdiff_t mc, kc, nc;      /* cache blocks: A is MC x KC in L2, B is KC x NC in L3 */
     double in_place_work;      /* up to this m * n * k the operands are read unpacked */
     double in_place_trans_b_work;  /* the same for a transposed B, packed whole */
@@ -100,6 +101,7 @@ typedef struct pynn_gemm_kernels {
     double gemv_parallel_work; /* a GEMV's team pays off from here; no team starts below */
     double rank_update_parallel;   /* elements of C from which a rank-k update is split */
     double narrow_b;           /* floats of a thin transposed B kept in L1 by one GEMV per row */
+    int narrow_cols;           /* ... for a C of at most this many columns */
     int few_rows;              /* C = A Bᵀ as dot products up to this many rows of A, */
     int few_rows_deep;         /* ... and up to this many when k >= deep_k */
     ptrdiff_t deep_k;
@@ -109,6 +111,9 @@ typedef struct pynn_gemm_kernels {
     ptrdiff_t colliding_b_min_rows;  /* rows of A from which a B colliding in L1 is packed */
     ptrdiff_t b_chunk_floats;  /* B packed this many floats at a time beside one A block in L2 */
     int l1_sets, l1_ways;      /* L1d geometry, for telling when rows collide */
+    /* The table that computes the tiled products with A untransposed up to
+     * its own in-place limits, or NULL for this one. */
+    const struct pynn_gemm_kernels *middle;
     pynn_microkernel packed;   /* A and B packed (a_row_step 1, a_k_step MR, b_k_step NR) */
     pynn_microkernel strided;  /* any steps: the small path over unpacked operands */
     pynn_gemv_dot dot;

@@ -96,6 +96,18 @@ def test_every_block_edge(isa, threads, m, n, k):
         assert_close(c, *reference(a, b, trans_a, trans_b))
 
 
+# Edge tiles of every row count up to one past the tallest tile (13), in place
+# and packed (a transposed A is packed beyond 2^18 multiply-adds).
+@pytest.mark.parametrize("m", range(1, 14))
+@pytest.mark.parametrize("n,k", [(33, 70), (1000, 300)])
+def test_every_edge_tile_height(isa, threads, m, n, k):
+    rng = np.random.default_rng(m * n + k)
+    for trans_a, trans_b in [(1, 0), (0, 0)]:
+        a, b = operands(rng, m, n, k, trans_a, trans_b)
+        c = matmul(a, b, trans_a=trans_a, trans_b=trans_b)
+        assert_close(c, *reference(a, b, trans_a, trans_b))
+
+
 # C = A Bᵀ with a few rows of A is computed as dot products (up to FEW_ROWS =
 # 12 rows, or FEW_ROWS_DEEP = 20 from DEEP_K = 512 on, in csrc/kernels.c), in
 # tiles of up to 4 x 3: shapes on both sides of each bound, and odd widths.
@@ -294,7 +306,10 @@ def test_relu_epilogue_keeps_nan(isa):
 @pytest.mark.parametrize("m,n,k,trans_a,trans_b", [
     (301, 257, 600, 0, 1), (150, 130, 257, 1, 0), (1, 700, 300, 0, 1), (1, 700, 300, 0, 0),
     (700, 1, 300, 1, 0), (700, 1, 300, 0, 0), (300, 10, 100, 0, 1), (256, 784, 1, 1, 0),
-    (300, 230, 4, 0, 0)])
+    (300, 230, 4, 0, 0),
+    # slabs cut inside a register tile: 64 of 128 rows, 392 of 784 columns, and
+    # the blocked path's 152 of 300 rows
+    (128, 128, 256, 0, 1), (128, 128, 256, 0, 0), (32, 784, 256, 0, 0), (300, 520, 520, 0, 0)])
 def test_same_result_on_one_and_two_threads(isa, m, n, k, trans_a, trans_b, set_threads):
     rng = np.random.default_rng(9)
     a, b = operands(rng, m, n, k, trans_a, trans_b)
