@@ -103,6 +103,9 @@ typedef struct pynn_gemm_kernels {
     int few_rows;              /* C = A Bᵀ as dot products up to this many rows of A, */
     int few_rows_deep;         /* ... and up to this many when k >= deep_k */
     ptrdiff_t deep_k;
+    /* C = A Bᵀ as (B Aᵀ)ᵀ, B's rows read in place, for this many rows of A */
+    int transposed_product_min_rows, transposed_product_max_rows;
+    ptrdiff_t transposed_product_max_k;  /* ... up to this k */
     double transposed_a_in_place_work;  /* beyond it an A stored transposed is packed */
     double ragged_b_in_place_work;  /* beyond it a B off its cache lines takes the blocked path */
     double in_place_packed_b;  /* the most floats of B the in-place path packs whole */
@@ -145,13 +148,21 @@ typedef struct pynn_gemm_kernels {
  * - b_chunk_floats: 96 KiB of B stays in a 512 KiB L2 beside an AVX2 A
  *   block of 2 MC x KC; larger chunks gain nothing.
  * - l1_sets, l1_ways: the L1d is 8 ways of 64 sets of 64-byte lines on
- *   Zen 3 and 4 and most x86 cores since. */
+ *   Zen 3 and 4 and most x86 cores since.
+ * - transposed_product_min_rows, _max_rows: from 8 to 32 rows of A against
+ *   a transposed B (a Linear layer's weight), the micro-kernel reading B's
+ *   rows in place beats both the dot products (fewer FMAs per load) and a
+ *   tile path that packs B first, most of all when B streams from memory.
+ * - transposed_product_max_k: the packed Aᵀ panels (32 x k floats at most)
+ *   stay in a 512 KiB L2, read again for every MR rows of B. */
 #define PYNN_GEMM_THRESHOLDS                                                          \
     .parallel_work = 64 * 64 * 64, .gemv_parallel_work = 1 << 17,                     \
     .rank_update_parallel = 1 << 16, .narrow_b = 1 << 13, .few_rows = 12,             \
     .few_rows_deep = 20, .deep_k = 512, .transposed_a_in_place_work = 1 << 18,        \
     .ragged_b_in_place_work = 1 << 21, .in_place_packed_b = 1 << 20,                  \
-    .colliding_b_min_rows = 128, .b_chunk_floats = 24 * 1024, .l1_sets = 64, .l1_ways = 8
+    .colliding_b_min_rows = 128, .b_chunk_floats = 24 * 1024, .l1_sets = 64, .l1_ways = 8,  \
+    .transposed_product_min_rows = 8, .transposed_product_max_rows = 32,             \
+    .transposed_product_max_k = 4096
 
 /* A SIMD path's two micro-kernels, `name`_packed and `name`_strided, over the
  * file's always-inline tile_kernel(..., packed, rows, vectors): a tile of
