@@ -384,10 +384,12 @@ static void few_rows_dots(const pynn_gemm_kernels *kern, int threads,
 }
 
 /* Columns j0 to j0 + cols of transposed_product below: Cᵀ tiles of MR of
- * B's rows by NR of A's, each stored transposed into C from a stack tile.
- * The micro-kernel's epilogue finishes the tile (a bias of C's columns is
- * one of Cᵀ's rows) unless C is read (beta != 0) or both biases are given,
- * whose sum Cᵀ's epilogue would add in the other order. */
+ * B's rows by NR of A's, each stored transposed into C from a stack tile,
+ * by the path's b_rows kernel (which fetches the next tile's rows as it
+ * goes) or else by the strided micro-kernel. The latter's epilogue finishes
+ * the tile (a bias of C's columns is one of Cᵀ's rows) unless C is read
+ * (beta != 0) or both biases are given, whose sum Cᵀ's epilogue would add
+ * in the other order; otherwise each element is finished as it is stored. */
 static void transposed_product_chunk(const pynn_gemm_kernels *kern, ptrdiff_t j0, ptrdiff_t cols,
                                      ptrdiff_t m, ptrdiff_t k, const float *a_packed,
                                      const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
@@ -395,20 +397,25 @@ static void transposed_product_chunk(const pynn_gemm_kernels *kern, ptrdiff_t j0
 {
     float tile[PYNN_GEMM_MAX_MR * PYNN_GEMM_MAX_NR];
     const int mr = kern->mr, nr = kern->nr;
-    const int fused = update->beta == 0.0f && !(update->col_bias && update->row_bias);
+    const pynn_gemm_b_rows b_rows = kern->b_rows;
+    const int fused = !b_rows && update->beta == 0.0f && !(update->col_bias && update->row_bias);
     for (ptrdiff_t jr = j0; jr < j0 + cols; jr += mr) {
         const ptrdiff_t width = min_size(mr, j0 + cols - jr);
         for (ptrdiff_t ir = 0; ir < m; ir += nr) {
             const ptrdiff_t height = min_size(nr, m - ir);
-            pynn_tile_update transposed = {1.0f, 0.0f, NULL, NULL, 0};
-            if (fused) {
-                transposed.alpha = update->alpha;
-                transposed.col_bias = update->row_bias ? update->row_bias + ir : NULL;
-                transposed.row_bias = update->col_bias ? update->col_bias + jr : NULL;
-                transposed.relu = update->relu;
+            if (b_rows) {
+                b_rows(k, b + jr * ldb, ldb, width, a_packed + ir * k, height, tile);
+            } else {
+                pynn_tile_update transposed = {1.0f, 0.0f, NULL, NULL, 0};
+                if (fused) {
+                    transposed.alpha = update->alpha;
+                    transposed.col_bias = update->row_bias ? update->row_bias + ir : NULL;
+                    transposed.row_bias = update->col_bias ? update->col_bias + jr : NULL;
+                    transposed.relu = update->relu;
+                }
+                kern->strided(k, b + jr * ldb, ldb, 1, a_packed + ir * k, nr, tile, nr, width,
+                              height, &transposed);
             }
-            kern->strided(k, b + jr * ldb, ldb, 1, a_packed + ir * k, nr, tile, nr, width, height,
-                          &transposed);
             float *c_tile = c + ir * ldc + jr;
             if (fused) {
                 for (ptrdiff_t i = 0; i < height; i++)

@@ -59,6 +59,15 @@ typedef void (*pynn_gemv_axpy)(ptrdiff_t cols, ptrdiff_t k, const float *x, ptrd
 typedef void (*pynn_gemm_dots)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a,
                                ptrdiff_t lda, const float *b, ptrdiff_t ldb, float *sums);
 
+/* sums[j * NR + i] = sum_p b[j * ldb + p] * panel[p * NR + i] for j < rows <=
+ * MR and i < cols <= NR, each sum over p in order from zero, as the
+ * micro-kernel's: MR rows of a transposed B read in place against a packed
+ * NR-column panel of Aᵀ (C = A Bᵀ as Cᵀ = B Aᵀ), zero-padded past cols,
+ * with sums[j * NR + i] for i >= cols written or not. The next MR rows of B are
+ * fetched into the caches meanwhile (a prefetch past B's end never faults). */
+typedef void (*pynn_gemm_b_rows)(ptrdiff_t k, const float *b, ptrdiff_t ldb, ptrdiff_t rows,
+                                 const float *panel, ptrdiff_t cols, float *sums);
+
 /* C[i, j] = update(sum_p A(i, p) * B(p, j)) for i < m, j < n and k <= 10, with
  * A(i, p) = a[i * a_row_step + p * a_k_step] and B(p, j) = b[p * ldb + j]:
  * the rank-k update (a batch-1 weight gradient is k = 1), written one row of
@@ -117,6 +126,7 @@ typedef struct pynn_gemm_kernels {
     pynn_gemv_dot dot;
     pynn_gemv_axpy axpy;
     pynn_gemm_dots dots;
+    pynn_gemm_b_rows b_rows;   /* NULL: the strided micro-kernel, without the prefetch */
     pynn_gemm_rank_update rank_update;
     pynn_pack_transposed pack_transposed;
     pynn_pack_straight pack_straight;
