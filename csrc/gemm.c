@@ -398,7 +398,8 @@ static void transposed_product_chunk(const pynn_gemm_kernels *kern, ptrdiff_t j0
     float tile[PYNN_GEMM_MAX_MR * PYNN_GEMM_MAX_NR];
     const int mr = kern->mr, nr = kern->nr;
     const pynn_gemm_b_rows b_rows = kern->b_rows;
-    const int fused = !b_rows && update->beta == 0.0f && !(update->col_bias && update->row_bias);
+    const pynn_tile_update whole = *update;  /* a copy C's stores cannot alias: read once */
+    const int fused = !b_rows && whole.beta == 0.0f && !(whole.col_bias && whole.row_bias);
     for (ptrdiff_t jr = j0; jr < j0 + cols; jr += mr) {
         const ptrdiff_t width = min_size(mr, j0 + cols - jr);
         for (ptrdiff_t ir = 0; ir < m; ir += nr) {
@@ -408,10 +409,10 @@ static void transposed_product_chunk(const pynn_gemm_kernels *kern, ptrdiff_t j0
             } else {
                 pynn_tile_update transposed = {1.0f, 0.0f, NULL, NULL, 0};
                 if (fused) {
-                    transposed.alpha = update->alpha;
-                    transposed.col_bias = update->row_bias ? update->row_bias + ir : NULL;
-                    transposed.row_bias = update->col_bias ? update->col_bias + jr : NULL;
-                    transposed.relu = update->relu;
+                    transposed.alpha = whole.alpha;
+                    transposed.col_bias = whole.row_bias ? whole.row_bias + ir : NULL;
+                    transposed.row_bias = whole.col_bias ? whole.col_bias + jr : NULL;
+                    transposed.relu = whole.relu;
                 }
                 kern->strided(k, b + jr * ldb, ldb, 1, a_packed + ir * k, nr, tile, nr, width,
                               height, &transposed);
@@ -425,7 +426,7 @@ static void transposed_product_chunk(const pynn_gemm_kernels *kern, ptrdiff_t j0
                 for (ptrdiff_t i = 0; i < height; i++)
                     for (ptrdiff_t j = 0; j < width; j++)
                         pynn_finish_element(c_tile + i * ldc + j, tile[j * nr + i], ir + i, jr + j,
-                                            update);
+                                            &whole);
             }
         }
     }

@@ -159,10 +159,12 @@ typedef struct pynn_gemm_kernels {
  *   block of 2 MC x KC; larger chunks gain nothing.
  * - l1_sets, l1_ways: the L1d is 8 ways of 64 sets of 64-byte lines on
  *   Zen 3 and 4 and most x86 cores since.
- * - transposed_product_min_rows, _max_rows: from 8 to 32 rows of A against
+ * - transposed_product_min_rows, _max_rows: from 13 to 32 rows of A against
  *   a transposed B (a Linear layer's weight), the micro-kernel reading B's
  *   rows in place beats both the dot products (fewer FMAs per load) and a
- *   tile path that packs B first, most of all when B streams from memory.
+ *   tile path that packs B first, most of all when B streams from memory;
+ *   up to 12 rows the dot products stay ahead when B is in cache (an
+ *   AVX-512 tile of Cᵀ then fills half its vectors or less).
  * - transposed_product_max_k: the packed Aᵀ panels (32 x k floats at most)
  *   stay in a 512 KiB L2, read again for every MR rows of B. */
 #define PYNN_GEMM_THRESHOLDS                                                          \
@@ -171,7 +173,7 @@ typedef struct pynn_gemm_kernels {
     .few_rows_deep = 20, .deep_k = 512, .transposed_a_in_place_work = 1 << 18,        \
     .ragged_b_in_place_work = 1 << 21, .in_place_packed_b = 1 << 20,                  \
     .colliding_b_min_rows = 128, .b_chunk_floats = 24 * 1024, .l1_sets = 64, .l1_ways = 8,  \
-    .transposed_product_min_rows = 8, .transposed_product_max_rows = 32,             \
+    .transposed_product_min_rows = 13, .transposed_product_max_rows = 32,            \
     .transposed_product_max_k = 4096
 
 /* A SIMD path's two micro-kernels, `name`_packed and `name`_strided, over the

@@ -96,7 +96,7 @@ def test_every_block_edge(isa, threads, m, n, k):
         assert_close(c, *reference(a, b, trans_a, trans_b))
 
 
-# C = A Bᵀ with 8 to 32 rows of A and k up to 4096 is computed as Cᵀ = B Aᵀ
+# C = A Bᵀ with 13 to 32 rows of A and k up to 4096 is computed as Cᵀ = B Aᵀ
 # (TRANSPOSED_PRODUCT_* in csrc/gemm_kernels.h); fewer rows, or up to 20 rows
 # beyond that k, as dot products (FEW_ROWS = 12, or FEW_ROWS_DEEP = 20 from
 # DEEP_K = 512 on), in tiles of up to 4 x 3: shapes on both sides of each
@@ -110,11 +110,11 @@ def test_few_rows_against_a_transposed_b(isa, threads, m, n, k):
     assert_close(matmul(a, b, trans_b=True), *reference(a, b, 0, 1))
 
 
-# Cᵀ = B Aᵀ for every row count around the paths' bounds (8 to 32 rows; the
+# Cᵀ = B Aᵀ for every row count around the paths' bounds (13 to 32 rows; the
 # tiles of B's rows are MR = 4, 6 or 12, Aᵀ's panels NR = 8, 16 or 32 wide),
 # finished by the micro-kernel (a bias of C's columns, ReLU) or element by
 # element (beta != 0, both biases); each sum the same on one or two threads,
-# and, from 8 to 32 rows, for any split of B's rows, as an inference plan's
+# and, from 13 to 32 rows, for any split of B's rows, as an inference plan's
 # threads split them (other row counts against 16 of B's rows take one GEMV
 # per row).
 @pytest.mark.parametrize("m", range(1, 66))
@@ -137,7 +137,7 @@ def test_transposed_product_for_every_row_count(isa, m, set_threads):
         set_threads(count)
         results.append(matmul(a, b, trans_b=True))
     np.testing.assert_array_equal(results[0], results[1])
-    if 8 <= m <= 32:
+    if 13 <= m <= 32:
         parts = [matmul(a, b[:16], trans_b=True), matmul(a, b[16:], trans_b=True)]
         np.testing.assert_array_equal(results[0], np.concatenate(parts, axis=1))
     assert_close(results[0], exact, bound)
