@@ -20,8 +20,9 @@
  *
  * Shortcuts skip packing where it would cost more than it saves: GEMV
  * (m == 1 or n == 1); the rank-k update for k <= 10, written row by row; one
- * GEMV per row when a transposed B has only a few rows; dot products for a
- * few rows of A against a transposed B; and small to middle problems, where
+ * GEMV per row when a transposed B has only a few rows; for a few rows of A
+ * against a large transposed B, C = A Bᵀ as (B Aᵀ)ᵀ, B read in place; dot
+ * products for a few rows of A against a smaller one; and small to middle problems, where
  * the micro-kernel reads A and B in place (B packed whole when transposed). */
 
 #include <stdint.h>
@@ -382,6 +383,79 @@ static void few_rows_dots(const pynn_gemm_kernels *kern, int threads,
     });
 }
 
+/* Columns j0 to j0 + cols of transposed_product below: Cᵀ tiles of MR of
+ * B's rows by NR of A's, each stored transposed into C from a stack tile,
+ * by the path's b_rows kernel (which fetches the next tile's rows as it
+ * goes) or else by the strided micro-kernel. The latter's epilogue finishes
+ * the tile (a bias of C's columns is one of Cᵀ's rows) unless C is read
+ * (beta != 0) or both biases are given, whose sum Cᵀ's epilogue would add
+ * in the other order; otherwise each element is finished as it is stored. */
+static void transposed_product_chunk(const pynn_gemm_kernels *kern, ptrdiff_t j0, ptrdiff_t cols,
+                                     ptrdiff_t m, ptrdiff_t k, const float *a_packed,
+                                     const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
+                                     const pynn_tile_update *update)
+{
+    float tile[PYNN_GEMM_MAX_MR * PYNN_GEMM_MAX_NR];
+    const int mr = kern->mr, nr = kern->nr;
+    const pynn_gemm_b_rows b_rows = kern->b_rows;
+    const pynn_tile_update whole = *update;  /* a copy C's stores cannot alias: read once */
+    const int fused = !b_rows && whole.beta == 0.0f && !(whole.col_bias && whole.row_bias);
+    for (ptrdiff_t jr = j0; jr < j0 + cols; jr += mr) {
+        const ptrdiff_t width = min_size(mr, j0 + cols - jr);
+        for (ptrdiff_t ir = 0; ir < m; ir += nr) {
+            const ptrdiff_t height = min_size(nr, m - ir);
+            if (b_rows) {
+                b_rows(k, b + jr * ldb, ldb, width, a_packed + ir * k, height, tile);
+            } else {
+                pynn_tile_update transposed = {1.0f, 0.0f, NULL, NULL, 0};
+                if (fused) {
+                    transposed.alpha = whole.alpha;
+                    transposed.col_bias = whole.row_bias ? whole.row_bias + ir : NULL;
+                    transposed.row_bias = whole.col_bias ? whole.col_bias + jr : NULL;
+                    transposed.relu = whole.relu;
+                }
+                kern->strided(k, b + jr * ldb, ldb, 1, a_packed + ir * k, nr, tile, nr, width,
+                              height, &transposed);
+            }
+            float *c_tile = c + ir * ldc + jr;
+            if (fused) {
+                for (ptrdiff_t i = 0; i < height; i++)
+                    for (ptrdiff_t j = 0; j < width; j++)
+                        c_tile[i * ldc + j] = tile[j * nr + i];
+            } else {
+                for (ptrdiff_t i = 0; i < height; i++)
+                    for (ptrdiff_t j = 0; j < width; j++)
+                        pynn_finish_element(c_tile + i * ldc + j, tile[j * nr + i], ir + i, jr + j,
+                                            &whole);
+            }
+        }
+    }
+}
+
+/* C = A Bᵀ for a few rows of A as Cᵀ = B Aᵀ: the micro-kernel reads MR of
+ * B's rows in place, each weight once, against Aᵀ packed once into NR-column
+ * panels that stay in L2, where a tile of C would first pack all of B. Each
+ * sum runs over k in order from zero, as in any tile of the in-place path,
+ * whatever the tiling. Threads take chunks of B's rows, multiples of MR. */
+static void transposed_product(const pynn_gemm_kernels *kern, int threads,
+                               ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                               const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb,
+                               float *c, ptrdiff_t ldc, const pynn_tile_update *update)
+{
+    float *a_packed = pynn_scratch(PYNN_SCRATCH_PACK_A, round_up(m, kern->nr) * k);
+    if (!a_packed) {
+        gemm_unblocked(0, 1, m, n, k, a, lda, b, ldb, c, ldc, update);
+        return;
+    }
+    kern->pack_transposed(kern->nr, kern->nr, a, lda, k, m, a_packed);
+    const ptrdiff_t chunk = round_up((n + threads - 1) / threads, kern->mr);
+    const ptrdiff_t chunks = (n + chunk - 1) / chunk;
+    PYNN_PARALLEL_FOR(chunks > 1 ? threads : 1, index, chunks, {
+        transposed_product_chunk(kern, index * chunk, min_size(chunk, n - index * chunk), m, k,
+                                 a_packed, b, ldb, c, ldc, update);
+    });
+}
+
 /* Rows i0 to i0 + rows of rank_update below. */
 static void rank_update_slab(const pynn_gemm_kernels *kern, ptrdiff_t i0, ptrdiff_t rows,
                              ptrdiff_t n, ptrdiff_t k, const float *a, ptrdiff_t a_row_step,
@@ -448,6 +522,14 @@ static void sgemm_on(const pynn_context *ctx, int trans_a, int trans_b,
         const int threads = ctx->num_threads > 1 && (double)m * (double)n >= kern->rank_update_parallel
                             ? ctx->num_threads : 1;
         rank_update(kern, threads, trans_a, m, n, k, a, lda, b, ldb, c, ldc, &update);
+        return;
+    }
+    /* Chosen by m and k alone: an inference plan's threads each take some of
+     * B's rows, and every part must add its sums as the whole product would. */
+    if (trans_b && !trans_a && m >= kern->transposed_product_min_rows
+        && m <= kern->transposed_product_max_rows && k <= kern->transposed_product_max_k) {
+        const int threads = ctx->num_threads > 1 && work >= kern->parallel_work ? ctx->num_threads : 1;
+        transposed_product(kern, threads, m, n, k, a, lda, b, ldb, c, ldc, &update);
         return;
     }
     if (trans_b && !trans_a && n <= kern->narrow_cols && (double)n * (double)k <= kern->narrow_b) {

@@ -576,6 +576,52 @@ static TARGET void pack_straight_avx2(int width, int stride, const float *src, p
     }
 }
 
+/* pynn_gemm_b_rows. The panel's NR columns are all read (zeros past cols).
+ * At k step p the line of the next tile's row p % MR at
+ * k = p / MR * 16 is prefetched: a tile's k steps cover the next tile's
+ * MR rows, each a stream too short for the hardware prefetcher to learn
+ * before it ends (k = 384 is 24 lines). */
+static inline __attribute__((always_inline)) TARGET void
+b_rows_kernel(ptrdiff_t k, const float *b, ptrdiff_t ldb, ptrdiff_t rows, const float *panel,
+              ptrdiff_t cols, float *sums, const int vectors)
+{
+    const float *row[MR];
+    __m256 acc[MR][2];
+    _Pragma("GCC unroll 16")
+    for (int j = 0; j < MR; j++) {
+        row[j] = b + (j < rows ? j : rows - 1) * ldb;  /* rows past `rows` repeat the last */
+        acc[j][0] = acc[j][1] = _mm256_setzero_ps();
+    }
+    const float *next = b + MR * ldb;
+    for (ptrdiff_t p = 0; p < k; p++, panel += NR) {
+        const ptrdiff_t ahead = p / MR * 16;
+        if (ahead < k) _mm_prefetch((const char *)(next + p % MR * ldb + ahead), _MM_HINT_T1);
+        const __m256 a0 = _mm256_loadu_ps(panel);
+        const __m256 a1 = vectors == 2 ? _mm256_loadu_ps(panel + 8) : a0;
+        _Pragma("GCC unroll 16")
+        for (int j = 0; j < MR; j++) {
+            const __m256 bv = _mm256_broadcast_ss(row[j] + p);
+            acc[j][0] = _mm256_fmadd_ps(bv, a0, acc[j][0]);
+            if (vectors == 2) acc[j][1] = _mm256_fmadd_ps(bv, a1, acc[j][1]);
+        }
+    }
+    _Pragma("GCC unroll 16")
+    for (int j = 0; j < MR; j++) {
+        if (j >= rows) break;
+        _mm256_storeu_ps(sums + j * NR, acc[j][0]);
+        if (vectors == 2) _mm256_storeu_ps(sums + j * NR + 8, acc[j][1]);
+    }
+}
+
+static TARGET void b_rows_avx2(ptrdiff_t k, const float *b, ptrdiff_t ldb, ptrdiff_t rows,
+                               const float *panel, ptrdiff_t cols, float *sums)
+{
+    if (cols > 8)
+        b_rows_kernel(k, b, ldb, rows, panel, cols, sums, 2);
+    else
+        b_rows_kernel(k, b, ldb, rows, panel, cols, sums, 1);
+}
+
 const struct pynn_gemm_kernels pynn_gemm_avx2 = {
     .mr = MR, .nr = NR, .a_stride = A_STRIDE, .split_rows = MR, .split_cols = NR,
     .mc = 144, .kc = 256, .nc = 4080, .in_place_work = 1 << 25,
@@ -587,6 +633,7 @@ const struct pynn_gemm_kernels pynn_gemm_avx2 = {
     .dot = gemv_dot_avx2,
     .axpy = gemv_axpy_avx2,
     .dots = pynn_gemm_dots_avx2,
+    .b_rows = b_rows_avx2,
     .rank_update = pynn_gemm_rank_update_avx2,
     .pack_transposed = pynn_pack_transposed_avx2,
     .pack_straight = pack_straight_avx2,

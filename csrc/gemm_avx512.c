@@ -185,6 +185,52 @@ static TARGET void pack_straight_avx512(int width, int stride, const float *src,
     }
 }
 
+/* pynn_gemm_b_rows. The panel's NR columns are all read (zeros past cols).
+ * At k step p the line of the next tile's row p % MR at
+ * k = p / MR * 16 is prefetched: a tile's k steps cover the next tile's
+ * MR rows, each a stream too short for the hardware prefetcher to learn
+ * before it ends (k = 384 is 24 lines). */
+static inline __attribute__((always_inline)) TARGET void
+b_rows_kernel(ptrdiff_t k, const float *b, ptrdiff_t ldb, ptrdiff_t rows, const float *panel,
+              ptrdiff_t cols, float *sums, const int vectors)
+{
+    const float *row[MR];
+    __m512 acc[MR][2];
+    _Pragma("GCC unroll 16")
+    for (int j = 0; j < MR; j++) {
+        row[j] = b + (j < rows ? j : rows - 1) * ldb;  /* rows past `rows` repeat the last */
+        acc[j][0] = acc[j][1] = _mm512_setzero_ps();
+    }
+    const float *next = b + MR * ldb;
+    for (ptrdiff_t p = 0; p < k; p++, panel += NR) {
+        const ptrdiff_t ahead = p / MR * 16;
+        if (ahead < k) _mm_prefetch((const char *)(next + p % MR * ldb + ahead), _MM_HINT_T1);
+        const __m512 a0 = _mm512_loadu_ps(panel);
+        const __m512 a1 = vectors == 2 ? _mm512_loadu_ps(panel + 16) : a0;
+        _Pragma("GCC unroll 16")
+        for (int j = 0; j < MR; j++) {
+            const __m512 bv = _mm512_set1_ps(row[j][p]);
+            acc[j][0] = _mm512_fmadd_ps(bv, a0, acc[j][0]);
+            if (vectors == 2) acc[j][1] = _mm512_fmadd_ps(bv, a1, acc[j][1]);
+        }
+    }
+    _Pragma("GCC unroll 16")
+    for (int j = 0; j < MR; j++) {
+        if (j >= rows) break;
+        _mm512_storeu_ps(sums + j * NR, acc[j][0]);
+        if (vectors == 2) _mm512_storeu_ps(sums + j * NR + 16, acc[j][1]);
+    }
+}
+
+static TARGET void b_rows_avx512(ptrdiff_t k, const float *b, ptrdiff_t ldb, ptrdiff_t rows,
+                                 const float *panel, ptrdiff_t cols, float *sums)
+{
+    if (cols > 16)
+        b_rows_kernel(k, b, ldb, rows, panel, cols, sums, 2);
+    else
+        b_rows_kernel(k, b, ldb, rows, panel, cols, sums, 1);
+}
+
 const struct pynn_gemm_kernels pynn_gemm_avx512 = {
     .mr = MR, .nr = NR, .a_stride = MR, .split_rows = MR / 3, .split_cols = NR / 2,
     .mc = 192, .kc = 512, .nc = 4096, .in_place_work = 1 << 21,
@@ -197,6 +243,7 @@ const struct pynn_gemm_kernels pynn_gemm_avx512 = {
     .dot = gemv_dot_avx512,
     .axpy = gemv_axpy_avx512,
     .dots = pynn_gemm_dots_avx2,
+    .b_rows = b_rows_avx512,
     .rank_update = pynn_gemm_rank_update_avx2,
     .pack_transposed = pynn_pack_transposed_avx2,
     .pack_straight = pack_straight_avx512,

@@ -59,6 +59,15 @@ typedef void (*pynn_gemv_axpy)(ptrdiff_t cols, ptrdiff_t k, const float *x, ptrd
 typedef void (*pynn_gemm_dots)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a,
                                ptrdiff_t lda, const float *b, ptrdiff_t ldb, float *sums);
 
+/* sums[j * NR + i] = sum_p b[j * ldb + p] * panel[p * NR + i] for j < rows <=
+ * MR and i < cols <= NR, each sum over p in order from zero, as the
+ * micro-kernel's: MR rows of a transposed B read in place against a packed
+ * NR-column panel of Aᵀ (C = A Bᵀ as Cᵀ = B Aᵀ), zero-padded past cols,
+ * with sums[j * NR + i] for i >= cols written or not. The next MR rows of B are
+ * fetched into the caches meanwhile (a prefetch past B's end never faults). */
+typedef void (*pynn_gemm_b_rows)(ptrdiff_t k, const float *b, ptrdiff_t ldb, ptrdiff_t rows,
+                                 const float *panel, ptrdiff_t cols, float *sums);
+
 /* C[i, j] = update(sum_p A(i, p) * B(p, j)) for i < m, j < n and k <= 10, with
  * A(i, p) = a[i * a_row_step + p * a_k_step] and B(p, j) = b[p * ldb + j]:
  * the rank-k update (a batch-1 weight gradient is k = 1), written one row of
@@ -105,6 +114,9 @@ typedef struct pynn_gemm_kernels {
     int few_rows;              /* C = A Bᵀ as dot products up to this many rows of A, */
     int few_rows_deep;         /* ... and up to this many when k >= deep_k */
     ptrdiff_t deep_k;
+    /* C = A Bᵀ as (B Aᵀ)ᵀ, B's rows read in place, for this many rows of A */
+    int transposed_product_min_rows, transposed_product_max_rows;
+    ptrdiff_t transposed_product_max_k;  /* ... up to this k */
     double transposed_a_in_place_work;  /* beyond it an A stored transposed is packed */
     double ragged_b_in_place_work;  /* beyond it a B off its cache lines takes the blocked path */
     double in_place_packed_b;  /* the most floats of B the in-place path packs whole */
@@ -119,6 +131,7 @@ typedef struct pynn_gemm_kernels {
     pynn_gemv_dot dot;
     pynn_gemv_axpy axpy;
     pynn_gemm_dots dots;
+    pynn_gemm_b_rows b_rows;   /* NULL: the strided micro-kernel, without the prefetch */
     pynn_gemm_rank_update rank_update;
     pynn_pack_transposed pack_transposed;
     pynn_pack_straight pack_straight;
@@ -150,13 +163,23 @@ typedef struct pynn_gemm_kernels {
  * - b_chunk_floats: 96 KiB of B stays in a 512 KiB L2 beside an AVX2 A
  *   block of 2 MC x KC; larger chunks gain nothing.
  * - l1_sets, l1_ways: the L1d is 8 ways of 64 sets of 64-byte lines on
- *   Zen 3 and 4 and most x86 cores since. */
+ *   Zen 3 and 4 and most x86 cores since.
+ * - transposed_product_min_rows, _max_rows: from 13 to 32 rows of A against
+ *   a transposed B (a Linear layer's weight), the micro-kernel reading B's
+ *   rows in place beats both the dot products (fewer FMAs per load) and a
+ *   tile path that packs B first, most of all when B streams from memory;
+ *   up to 12 rows the dot products stay ahead when B is in cache (an
+ *   AVX-512 tile of Cᵀ then fills half its vectors or less).
+ * - transposed_product_max_k: the packed Aᵀ panels (32 x k floats at most)
+ *   stay in a 512 KiB L2, read again for every MR rows of B. */
 #define PYNN_GEMM_THRESHOLDS                                                          \
     .parallel_work = 64 * 64 * 64, .gemv_parallel_work = 1 << 17,                     \
     .rank_update_parallel = 1 << 16, .narrow_b = 1 << 13, .few_rows = 12,             \
     .few_rows_deep = 20, .deep_k = 512, .transposed_a_in_place_work = 1 << 18,        \
     .ragged_b_in_place_work = 1 << 21, .in_place_packed_b = 1 << 20,                  \
-    .colliding_b_min_rows = 128, .b_chunk_floats = 24 * 1024, .l1_sets = 64, .l1_ways = 8
+    .colliding_b_min_rows = 128, .b_chunk_floats = 24 * 1024, .l1_sets = 64, .l1_ways = 8,  \
+    .transposed_product_min_rows = 13, .transposed_product_max_rows = 32,            \
+    .transposed_product_max_k = 4096
 
 /* A SIMD path's two micro-kernels, `name`_packed and `name`_strided, over the
  * file's always-inline tile_kernel(..., packed, rows, vectors): a tile of

@@ -108,15 +108,51 @@ def test_every_edge_tile_height(isa, threads, m, n, k):
         assert_close(c, *reference(a, b, trans_a, trans_b))
 
 
-# C = A Bᵀ with a few rows of A is computed as dot products (up to FEW_ROWS =
-# 12 rows, or FEW_ROWS_DEEP = 20 from DEEP_K = 512 on, in csrc/kernels.c), in
-# tiles of up to 4 x 3: shapes on both sides of each bound, and odd widths.
-@pytest.mark.parametrize("m,n,k", [(m, n, k) for m in (12, 13, 20, 21) for n in (10, 37)
-                                   for k in (511, 512)])
+# C = A Bᵀ with 13 to 32 rows of A and k up to 4096 is computed as Cᵀ = B Aᵀ
+# (TRANSPOSED_PRODUCT_* in csrc/gemm_kernels.h); fewer rows, or up to 20 rows
+# beyond that k, as dot products (FEW_ROWS = 12, or FEW_ROWS_DEEP = 20 from
+# DEEP_K = 512 on), in tiles of up to 4 x 3: shapes on both sides of each
+# bound, and odd widths.
+@pytest.mark.parametrize("m,n,k", [(m, n, k) for m in (7, 8, 12, 13, 20, 21, 32, 33) for n in (10, 37)
+                                   for k in (511, 512)]
+                         + [(m, n, k) for m in (7, 8, 20, 21) for n in (10, 37) for k in (4096, 4097)])
 def test_few_rows_against_a_transposed_b(isa, threads, m, n, k):
     rng = np.random.default_rng(m * n + k)
     a, b = operands(rng, m, n, k, 0, 1)
     assert_close(matmul(a, b, trans_b=True), *reference(a, b, 0, 1))
+
+
+# Cᵀ = B Aᵀ for every row count around the paths' bounds (13 to 32 rows; the
+# tiles of B's rows are MR = 4, 6 or 12, Aᵀ's panels NR = 8, 16 or 32 wide),
+# finished by the micro-kernel (a bias of C's columns, ReLU) or element by
+# element (beta != 0, both biases); each sum the same on one or two threads,
+# and, from 13 to 32 rows, for any split of B's rows, as an inference plan's
+# threads split them (at other row counts a share of B's rows may take
+# another path than the whole).
+@pytest.mark.parametrize("m", range(1, 66))
+def test_transposed_product_for_every_row_count(isa, m, set_threads):
+    rng = np.random.default_rng(m)
+    n, k = 37, 301
+    a, b = operands(rng, m, n, k, 0, 1)
+    col_bias = rng.standard_normal(n).astype(np.float32)
+    row_bias = rng.standard_normal(m).astype(np.float32)
+    c = rng.standard_normal((m, n)).astype(np.float32)
+    exact, bound = reference(a, b, 0, 1)
+    fused = kernels.gemm(a, b, None, False, True, 1.0, 0.0, col_bias, None, True)
+    with_bias, with_bias_bound = with_biases(exact, bound, col_bias, np.zeros(m))
+    assert_close(fused, np.maximum(with_bias, 0.0), with_bias_bound)
+    both, both_bound = with_biases(*reference(a, b, 0, 1, 0.5, -1.5, c), col_bias, row_bias)
+    assert kernels.gemm(a, b, c, False, True, 0.5, -1.5, col_bias, row_bias, False) is c
+    assert_close(c, both, both_bound)
+    results = []
+    for count in (1, 2):
+        set_threads(count)
+        results.append(matmul(a, b, trans_b=True))
+    np.testing.assert_array_equal(results[0], results[1])
+    if 13 <= m <= 32:
+        parts = [matmul(a, b[:16], trans_b=True), matmul(a, b[16:], trans_b=True)]
+        np.testing.assert_array_equal(results[0], np.concatenate(parts, axis=1))
+    assert_close(results[0], exact, bound)
 
 
 @pytest.mark.parametrize("width,ld", [(256, 256), (200, 512), (250, 256)])
@@ -221,7 +257,7 @@ def guarded(shape, rng):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses mprotect")
 @pytest.mark.parametrize("m,n,k", [(1, 4097, 3), (4097, 1, 3), (13, 35, 17), (3, 4097, 5), (37, 41, 300),
-                                   (37, 41, 2), (5, 4097, 1)])
+                                   (37, 41, 2), (5, 4097, 1), (29, 37, 301)])
 def test_never_reads_past_the_operands(isa, m, n, k):
     rng = np.random.default_rng(7)
     keep = []
@@ -309,7 +345,7 @@ def test_relu_epilogue_keeps_nan(isa):
     (300, 230, 4, 0, 0),
     # slabs cut inside a register tile: 64 of 128 rows, 392 of 784 columns, and
     # the blocked path's 152 of 300 rows
-    (128, 128, 256, 0, 1), (128, 128, 256, 0, 0), (32, 784, 256, 0, 0), (300, 520, 520, 0, 0)])
+    (128, 128, 256, 0, 1), (128, 128, 256, 0, 0), (32, 784, 256, 0, 0), (300, 520, 520, 0, 0), (16, 1152, 384, 0, 1), (32, 385, 1537, 0, 1)])
 def test_same_result_on_one_and_two_threads(isa, m, n, k, trans_a, trans_b, set_threads):
     rng = np.random.default_rng(9)
     a, b = operands(rng, m, n, k, trans_a, trans_b)

@@ -437,7 +437,11 @@ changed them.
   k (a weight gradient at batch 1 is an outer product, whose cost is writing
   C); one GEMV per row for a classifier head, whose tile would be mostly
   padding; dot products for a few rows against a transposed B (batch-8
-  inference), which read B once instead of packing all of it.
+  inference), which read B once instead of packing all of it; and from 13
+  to 32 rows against a transposed B (a text encoder's tokens against its
+  weights), Cᵀ = B Aᵀ, the rows of B read in place as the broadcast operand
+  of a kernel that fetches the next tile's rows while it multiplies, so each
+  weight streams from memory once, early enough.
 - **Cache lines decide several crossovers.** numpy's large arrays start part
   way into a cache line, so C's tiles would straddle two lines; the first
   micro-panel is made narrower so every other tile stores whole lines. A B
