@@ -546,10 +546,12 @@ static void sgemm_on(const pynn_context *ctx, int trans_a, int trans_b,
         return;
     }
     /* Products up to the middle table's in-place limits are its to compute,
-     * but for a transposed A, which both tables pack (the table says why). */
+     * but for a transposed A, which both tables pack (the table says why),
+     * and a transposed B too large to pack whole. */
     const pynn_gemm_kernels *middle = kern->middle;
     if (middle && !trans_a
-        && work <= (trans_b ? middle->in_place_trans_b_work : middle->in_place_work))
+        && work <= (trans_b ? middle->in_place_trans_b_work : middle->in_place_work)
+        && !(trans_b && (double)k * (double)n > kern->middle_trans_b_floats))
         kern = middle;
     /* Threads take disjoint slabs of C along its longer side, cut at the
      * table's split steps; each packs its own panels, so no barriers are

@@ -21,7 +21,9 @@
  * 512-bit FMA pipes (many Xeons) do twice as many; the table keeps Zen 4
  * from ever paying more than on the AVX2 path:
  * - products the AVX2 path reads in place (`middle`) run on its table, whose
- *   in-place kernels this tile does not match there; larger ones, which pack
+ *   in-place kernels this tile does not match there, unless a transposed B
+ *   (a layer's weights) outgrows the 1 MiB L2: the AVX2 path would pack it
+ *   whole, where this one packs it a chunk at a time; larger ones, which pack
  *   (this table's in-place limits lie below the AVX2 path's), run here, and
  *   so do those with A stored transposed (weight gradients), which both
  *   paths pack from the same size on and this tile then multiplies with
@@ -235,7 +237,7 @@ const struct pynn_gemm_kernels pynn_gemm_avx512 = {
     .mr = MR, .nr = NR, .a_stride = MR, .split_rows = MR / 3, .split_cols = NR / 2,
     .mc = 192, .kc = 512, .nc = 4096, .in_place_work = 1 << 21,
     .in_place_trans_b_work = 1 << 21,
-    .middle = &pynn_gemm_avx2,
+    .middle = &pynn_gemm_avx2, .middle_trans_b_floats = 1 << 18,
     PYNN_GEMM_THRESHOLDS,
     .narrow_cols = NR / 4,
     .packed = microkernel_avx512_12x32_packed,

@@ -126,6 +126,9 @@ typedef struct pynn_gemm_kernels {
     /* The table that computes the tiled products with A untransposed up to
      * its own in-place limits, or NULL for this one. */
     const struct pynn_gemm_kernels *middle;
+    /* The most floats of a transposed B the middle table takes: it packs such
+     * a B whole before the first tile, which pays only while B stays in L2. */
+    double middle_trans_b_floats;
     pynn_microkernel packed;   /* A and B packed (a_row_step 1, a_k_step MR, b_k_step NR) */
     pynn_microkernel strided;  /* any steps: the small path over unpacked operands */
     pynn_gemv_dot dot;
