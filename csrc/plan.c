@@ -72,9 +72,18 @@ static void run_share(const pynn_context *ctx, const pynn_plan_step *s, const fl
 {
     const ptrdiff_t count = s->kind == PYNN_STEP_GEMM ? s->n : s->kind == PYNN_STEP_MAP ? s->n : s->m;
     const ptrdiff_t grain = s->kind == PYNN_STEP_GEMM ? GEMM_GRAIN : s->kind == PYNN_STEP_MAP ? MAP_GRAIN : 1;
-    const ptrdiff_t per_part = ((count + parts - 1) / parts + grain - 1) / grain * grain;
-    const ptrdiff_t first = min_size(part * per_part, count);
-    const ptrdiff_t size = min_size(per_part, count - first);
+    ptrdiff_t per_part = ((count + parts - 1) / parts + grain - 1) / grain * grain;
+    ptrdiff_t first = min_size(part * per_part, count);
+    ptrdiff_t size = min_size(per_part, count - first);
+    if (s->kind == PYNN_STEP_GEMM && s->m > 1) {
+        /* Whole grains, the last share taking the rest: a share of a few
+         * columns would send the GEMM to a GEMV or one-row-at-a-time path,
+         * whose sums are not those of the whole product's kernel. */
+        const ptrdiff_t shares = count / grain < parts ? (count / grain > 0 ? count / grain : 1) : parts;
+        per_part = count / shares / grain * grain;
+        first = part < shares ? part * per_part : count;
+        size = part == shares - 1 ? count - first : part < shares ? per_part : 0;
+    }
     if (size <= 0)
         return;
     if (s->kind == PYNN_STEP_GEMM) {

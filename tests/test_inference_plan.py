@@ -180,6 +180,20 @@ def test_small_batches_shared_among_threads_equal_one_thread_bit_for_bit(batch, 
     np.testing.assert_allclose(alone, layer_by_layer(model, x), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("outputs", [9, 17, 20, 24, 40, 70])
+@pytest.mark.parametrize("batch", [2, 8, 12, 16])
+def test_narrow_heads_shared_among_threads_equal_one_thread_bit_for_bit(isa, outputs, batch,
+                                                                         set_threads):
+    # a head cut into 16-column shares must not leave a share so narrow that
+    # its GEMM takes another kernel than the whole head's
+    model = Sequential(Linear(512, 256), ReLU(), Linear(256, outputs))
+    x = random_input((batch, 512))
+    set_threads(1)
+    alone = model.predict(x)
+    set_threads(2)
+    np.testing.assert_array_equal(model.predict(x), alone)
+
+
 def test_a_batchnorm_after_a_convolutions_relu_normalises_the_relu_output():
     model = Sequential(Conv2d(1, 2, 3, padding=1), ReLU(), BatchNorm2d(2))
     norm = model.layers[2]
