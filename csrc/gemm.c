@@ -524,20 +524,21 @@ static void sgemm_on(const pynn_context *ctx, int trans_a, int trans_b,
         rank_update(kern, threads, trans_a, m, n, k, a, lda, b, ldb, c, ldc, &update);
         return;
     }
-    /* Chosen by m and k alone: an inference plan's threads each take some of
-     * B's rows, and every part must add its sums as the whole product would. */
-    if (trans_b && !trans_a && m >= kern->transposed_product_min_rows
-        && m <= kern->transposed_product_max_rows && k <= kern->transposed_product_max_k) {
-        const int threads = ctx->num_threads > 1 && work >= kern->parallel_work ? ctx->num_threads : 1;
-        transposed_product(kern, threads, m, n, k, a, lda, b, ldb, c, ldc, &update);
-        return;
-    }
     if (trans_b && !trans_a && n <= kern->narrow_cols && (double)n * (double)k <= kern->narrow_b) {
         /* A few outputs per row (a classifier head): a tile would be mostly
          * padding, so each row of C is a GEMV over the rows of B instead,
          * which stay in L1 for every row. */
         const int threads = ctx->num_threads > 1 && work >= kern->parallel_work ? ctx->num_threads : 1;
         narrow_rows(kern, threads, m, n, k, a, lda, b, ldb, c, ldc, &update);
+        return;
+    }
+    /* Chosen by m and k alone: an inference plan's threads each take some of
+     * B's rows (whole 16-row grains, never as few as the rule above takes),
+     * and every part must add its sums as the whole product would. */
+    if (trans_b && !trans_a && m >= kern->transposed_product_min_rows
+        && m <= kern->transposed_product_max_rows && k <= kern->transposed_product_max_k) {
+        const int threads = ctx->num_threads > 1 && work >= kern->parallel_work ? ctx->num_threads : 1;
+        transposed_product(kern, threads, m, n, k, a, lda, b, ldb, c, ldc, &update);
         return;
     }
     if (trans_b && !trans_a && (m <= kern->few_rows || (m <= kern->few_rows_deep && k >= kern->deep_k))) {
