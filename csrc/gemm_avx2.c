@@ -576,11 +576,7 @@ static TARGET void pack_straight_avx2(int width, int stride, const float *src, p
     }
 }
 
-/* pynn_gemm_b_rows. The panel's NR columns are all read (zeros past cols).
- * At k step p the line of the next tile's row p % MR at
- * k = p / MR * 16 is prefetched: a tile's k steps cover the next tile's
- * MR rows, each a stream too short for the hardware prefetcher to learn
- * before it ends (k = 384 is 24 lines). */
+/* pynn_gemm_b_rows in 256-bit vectors, prefetching as gemm_kernels.h says. */
 static inline __attribute__((always_inline)) TARGET void
 b_rows_kernel(ptrdiff_t k, const float *b, ptrdiff_t ldb, ptrdiff_t rows, const float *panel,
               ptrdiff_t cols, float *sums, const int vectors)

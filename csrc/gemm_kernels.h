@@ -64,7 +64,10 @@ typedef void (*pynn_gemm_dots)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const floa
  * micro-kernel's: MR rows of a transposed B read in place against a packed
  * NR-column panel of Aᵀ (C = A Bᵀ as Cᵀ = B Aᵀ), zero-padded past cols,
  * with sums[j * NR + i] for i >= cols written or not. The next MR rows of B are
- * fetched into the caches meanwhile (a prefetch past B's end never faults). */
+ * fetched into the caches meanwhile (a prefetch past B's end never faults):
+ * at k step p the line of the next tile's row p % MR at k = p / MR * 16, as
+ * each row is a stream too short for the hardware prefetcher to learn before
+ * it ends (k = 384 is 24 lines). */
 typedef void (*pynn_gemm_b_rows)(ptrdiff_t k, const float *b, ptrdiff_t ldb, ptrdiff_t rows,
                                  const float *panel, ptrdiff_t cols, float *sums);
 
