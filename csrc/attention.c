@@ -1,9 +1,10 @@
 /* Scaled dot-product attention (contracts in attention.h). A block of query
- * rows is one unit: its scores come from one GEMM into this thread's buffer
- * (or the kept probabilities' rows), the masked softmax runs over them in
- * place with the vector exp of vmath.h (one copy per ISA), and a second GEMM
- * multiplies by V. The GEMM calls run on one thread each; the threads split
- * the units. */
+ * rows is one unit: its scores come from one product into this thread's
+ * buffer (or the kept probabilities' rows), the masked softmax runs over them
+ * in place with the vector exp of vmath.h (one copy per ISA), and a second
+ * product multiplies by V. The products are the path's own register-tiled
+ * kernel where it has one (against the head's Kᵀ, packed once per head and
+ * thread), else GEMM calls on one thread each; the threads split the units. */
 #include <math.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -32,8 +33,14 @@ typedef struct {
 } attention_block;
 
 struct pynn_attention_kernels {
+    /* c[rows, cols] = alpha a[rows, depth] b[depth, cols], every matrix
+     * row-major with its own row stride, each sum in order of depth; NULL on
+     * paths that call the GEMM instead */
+    void (*product)(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t depth, float alpha, const float *a,
+                    ptrdiff_t lda, const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc);
     /* scores -> softmax(score + mask) in place, zeros past each row's keys;
-     * inverse_sums and log_sum_exp per row (0 and -inf for a row with no key) */
+     * inverse_sums and, unless NULL, log_sum_exp per row (0 and -inf for a
+     * row with no key) */
     void (*softmax_rows)(const attention_block *block, ptrdiff_t rows, float *scores,
                          ptrdiff_t ld, float *inverse_sums, float *log_sum_exp);
     /* scores -> exp(score + mask - log_sum_exp) in place: the forward's
@@ -105,26 +112,69 @@ static inline PYNN_TARGET_AVX512 float row_max_avx512(const float *restrict s, p
     lanes = _mm512_mask_max_ps(lanes, tail, _mm512_maskz_loadu_ps(tail, s + j), lanes);
     return _mm512_reduce_max_ps(lanes);
 }
+
+/* Eight rows by two vectors of c (columns masked by m0, m1) in registers, as
+ * the product field says; rows past `rows` repeat the last one unstored. */
+static inline PYNN_TARGET_AVX512 void product_tile_avx512(ptrdiff_t rows, __mmask16 m0, __mmask16 m1,
+                                                          ptrdiff_t depth, float alpha,
+                                                          const float *a, ptrdiff_t lda,
+                                                          const float *b, ptrdiff_t ldb, float *c,
+                                                          ptrdiff_t ldc)
+{
+    const float *row[8];
+    __m512 acc[8][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; r++) {
+        row[r] = a + (r < rows ? r : rows - 1) * lda;
+        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    }
+    for (ptrdiff_t p = 0; p < depth; p++) {
+        const __m512 b0 = _mm512_maskz_loadu_ps(m0, b + p * ldb);
+        const __m512 b1 = _mm512_maskz_loadu_ps(m1, b + p * ldb + 16);
+#pragma GCC unroll 8
+        for (int r = 0; r < 8; r++) {
+            const __m512 x = _mm512_set1_ps(row[r][p]);
+            acc[r][0] = _mm512_fmadd_ps(x, b0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(x, b1, acc[r][1]);
+        }
+    }
+    const __m512 scale = _mm512_set1_ps(alpha);
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; r++)
+        if (r < rows) {
+            _mm512_mask_storeu_ps(c + r * ldc, m0, _mm512_mul_ps(acc[r][0], scale));
+            _mm512_mask_storeu_ps(c + r * ldc + 16, m1, _mm512_mul_ps(acc[r][1], scale));
+        }
+}
+
+static PYNN_TARGET_AVX512 void product_avx512(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t depth,
+                                              float alpha, const float *a, ptrdiff_t lda,
+                                              const float *b, ptrdiff_t ldb, float *c,
+                                              ptrdiff_t ldc)
+{
+    for (ptrdiff_t j = 0; j < cols; j += 32) {
+        const __mmask16 m0 = pynn_first_lanes16(cols - j), m1 = pynn_first_lanes16(cols - j - 16);
+        for (ptrdiff_t i = 0; i < rows; i += 8)
+            product_tile_avx512(rows - i < 8 ? rows - i : 8, m0, m1, depth, alpha, a + i * lda, lda,
+                                b + j, ldb, c + i * ldc + j, ldc);
+    }
+}
 #endif
 
-/* s = exp(s - shift) over n scores; returns their sum, in double */
+/* s = exp(s - shift) over n scores; returns their sum, in double (the
+ * exponentials first, then the sum over PYNN_LANES partial sums folded in
+ * halves: loops the compiler vectorises, the fold a short dependency chain) */
 PYNN_INLINE double exponentials(float *restrict s, ptrdiff_t n, float shift)
 {
+    for (ptrdiff_t j = 0; j < n; j++) s[j] = pynn_exp_nonpositive_f(s[j] - shift);
     double partial[PYNN_LANES] = {0.0};
     ptrdiff_t j = 0;
     for (; j + PYNN_LANES <= n; j += PYNN_LANES)
-        for (int k = 0; k < PYNN_LANES; k++) {
-            const float e = pynn_exp_nonpositive_f(s[j + k] - shift);
-            s[j + k] = e;
-            partial[k] += (double)e;
-        }
-    double sum = 0.0;
-    for (int k = 0; k < PYNN_LANES; k++) sum += partial[k];
-    for (; j < n; j++) {
-        s[j] = pynn_exp_nonpositive_f(s[j] - shift);
-        sum += (double)s[j];
-    }
-    return sum;
+        for (int k = 0; k < PYNN_LANES; k++) partial[k] += (double)s[j + k];
+    for (; j < n; j++) partial[j % PYNN_LANES] += (double)s[j];
+    for (int half = PYNN_LANES / 2; half > 0; half /= 2)
+        for (int k = 0; k < half; k++) partial[k] += partial[k + half];
+    return partial[0];
 }
 
 /* The masked row's softmax from its maximum: -inf scores (masked keys) give
@@ -139,7 +189,8 @@ PYNN_INLINE void softmax_row(const attention_block *b, float *restrict s, ptrdif
         for (ptrdiff_t j = 0; j < width; j++) s[j] = hidden;
         for (ptrdiff_t j = width; j < b->keys; j++) s[j] = 0.0f;
         *inverse_sum = hidden;
-        *log_sum_exp = hidden != hidden ? hidden : -INFINITY;
+        if (log_sum_exp)
+            *log_sum_exp = hidden != hidden ? hidden : -INFINITY;
         return;
     }
     const double sum = exponentials(s, width, max);
@@ -147,7 +198,8 @@ PYNN_INLINE void softmax_row(const attention_block *b, float *restrict s, ptrdif
     for (ptrdiff_t j = 0; j < width; j++) s[j] *= inverse;
     for (ptrdiff_t j = width; j < b->keys; j++) s[j] = 0.0f;
     *inverse_sum = inverse;
-    *log_sum_exp = (float)((double)max + log(sum));
+    if (log_sum_exp)
+        *log_sum_exp = (float)((double)max + log(sum));
 }
 
 PYNN_INLINE void probability_row(const attention_block *b, ptrdiff_t i, float *restrict s,
@@ -170,7 +222,7 @@ PYNN_INLINE void probability_row(const attention_block *b, ptrdiff_t i, float *r
             const ptrdiff_t width = row_width(block, i);                                       \
             mask_row(block, i, s, width);                                                      \
             softmax_row(block, s, width, row_max_##suffix(s, width), inverse_sums + i,         \
-                        log_sum_exp + i);                                                      \
+                        log_sum_exp ? log_sum_exp + i : NULL);                                 \
         }                                                                                      \
     }                                                                                          \
     attribute static void probability_rows_##suffix(const attention_block *block,              \
@@ -193,8 +245,12 @@ PYNN_INLINE void probability_row(const attention_block *b, ptrdiff_t i, float *r
         }                                                                                      \
     }                                                                                          \
     const struct pynn_attention_kernels pynn_attention_##suffix = {                            \
-        softmax_rows_##suffix, probability_rows_##suffix, score_gradient_rows_##suffix};
+        PRODUCT_##suffix, softmax_rows_##suffix, probability_rows_##suffix,                    \
+        score_gradient_rows_##suffix};
 
+#define PRODUCT_generic NULL
+#define PRODUCT_avx2 NULL
+#define PRODUCT_avx512 product_avx512
 PYNN_EACH_ISA(ATTENTION_VARIANT)
 
 static ptrdiff_t round_up(ptrdiff_t x, ptrdiff_t step) { return (x + step - 1) / step * step; }
@@ -255,6 +311,33 @@ static int threads_for(const pynn_context *ctx, ptrdiff_t units, const pynn_atte
     return units > 1 && work >= PARALLEL_MIN_WORK ? ctx->num_threads : 1;
 }
 
+/* The head's Kᵀ [head_dim][keys], the product kernel's right operand. */
+static void pack_keys(const pynn_attention_shape *s, pynn_attention_input k, ptrdiff_t n,
+                      ptrdiff_t h, float *packed)
+{
+    const float *head = input_at(k, n, h, 0);
+    for (ptrdiff_t j = 0; j < s->keys; j++)
+        for (ptrdiff_t d = 0; d < s->head_dim; d++)
+            packed[d * s->keys + j] = head[j * k.token_stride + d];
+}
+
+/* scores[rows, keys] = scale Q Kᵀ for the query rows from `first`, against
+ * the packed Kᵀ where the path has a product kernel; forward and backward
+ * both take this one, so backward recomputes the forward's very scores. */
+static void block_scores(const pynn_context *one, const pynn_attention_shape *s,
+                         pynn_attention_input q, pynn_attention_input k, const float *packed_keys,
+                         ptrdiff_t n, ptrdiff_t h, ptrdiff_t first, ptrdiff_t rows, ptrdiff_t keys,
+                         float *scores, ptrdiff_t ld)
+{
+    const struct pynn_attention_kernels *kernels = one->kernels->attention;
+    if (kernels->product)
+        kernels->product(rows, keys, s->head_dim, s->scale, input_at(q, n, h, first), q.token_stride,
+                         packed_keys, s->keys, scores, ld);
+    else
+        pynn_sgemm(one, 0, 1, rows, keys, s->head_dim, s->scale, input_at(q, n, h, first),
+                   q.token_stride, input_at(k, n, h, 0), k.token_stride, 0.0f, scores, ld, NULL);
+}
+
 /* One block of query rows: scores, softmax, times V (a row with no key
  * written as zeros). The scores go to the kept probabilities' rows when
  * given (zeros past the block's keys), else to the scratch buffer. */
@@ -263,7 +346,7 @@ static void forward_block(const pynn_context *one, const pynn_attention_shape *s
                           pynn_attention_input v, const pynn_attention_mask *mask,
                           pynn_attention_output out, float *log_sum_exp, float *kept,
                           ptrdiff_t n, ptrdiff_t h, ptrdiff_t first, ptrdiff_t rows,
-                          float *scratch)
+                          const float *packed_keys, float *scratch)
 {
     const attention_block b = block_at(s, mask, n, h, first, rows);
     const ptrdiff_t ld = kept ? s->keys : round_up(b.keys, 16);
@@ -273,15 +356,19 @@ static void forward_block(const pynn_context *one, const pynn_attention_shape *s
             memset(kept + i * ld + b.keys, 0, (size_t)(s->keys - b.keys) * sizeof(float));
     if (b.keys == 0) {
         zero_rows(out, n, h, first, rows, s->value_dim);
-        for (ptrdiff_t i = 0; i < rows; i++) log_sum_exp[i] = -INFINITY;
+        for (ptrdiff_t i = 0; log_sum_exp && i < rows; i++) log_sum_exp[i] = -INFINITY;
         return;
     }
-    pynn_sgemm(one, 0, 1, rows, b.keys, s->head_dim, s->scale, input_at(q, n, h, first),
-               q.token_stride, input_at(k, n, h, 0), k.token_stride, 0.0f, scores, ld, NULL);
-    one->kernels->attention->softmax_rows(&b, rows, scores, ld, inverse_sums, log_sum_exp);
+    const struct pynn_attention_kernels *kernels = one->kernels->attention;
+    block_scores(one, s, q, k, packed_keys, n, h, first, rows, b.keys, scores, ld);
+    kernels->softmax_rows(&b, rows, scores, ld, inverse_sums, log_sum_exp);
     float *o = output_at(out, n, h, first);
-    pynn_sgemm(one, 0, 0, rows, s->value_dim, b.keys, 1.0f, scores, ld, input_at(v, n, h, 0),
-               v.token_stride, 0.0f, o, out.token_stride, NULL);
+    if (kernels->product)
+        kernels->product(rows, s->value_dim, b.keys, 1.0f, scores, ld, input_at(v, n, h, 0),
+                         v.token_stride, o, out.token_stride);
+    else
+        pynn_sgemm(one, 0, 0, rows, s->value_dim, b.keys, 1.0f, scores, ld, input_at(v, n, h, 0),
+                   v.token_stride, 0.0f, o, out.token_stride, NULL);
     for (ptrdiff_t i = 0; i < rows; i++)
         if (inverse_sums[i] == 0.0f)  /* no key: zeros even where V holds Inf */
             memset(o + i * out.token_stride, 0, (size_t)s->value_dim * sizeof(float));
@@ -295,25 +382,34 @@ int pynn_attention_forward(const pynn_context *ctx, const pynn_attention_shape *
     const ptrdiff_t heads = s->batch * s->heads;
     if (heads == 0 || s->queries == 0) return 0;
     const ptrdiff_t rows = block_rows(s->keys);
-    const ptrdiff_t blocks = (s->queries + rows - 1) / rows;
-    /* the scores' rows unless kept, then inverse sums and log-sum-exps */
-    const ptrdiff_t scratch_floats = (probabilities ? 0 : rows * round_up(s->keys, 16)) + 2 * rows;
+    const ptrdiff_t blocks = (s->queries + rows - 1) / rows, units = heads * blocks;
+    /* the packed Kᵀ, the scores' rows unless kept, then the inverse sums */
+    const ptrdiff_t packed_floats = ctx->kernels->attention->product ? s->head_dim * s->keys : 0;
+    const ptrdiff_t scratch_floats =
+        packed_floats + (probabilities ? 0 : rows * round_up(s->keys, 16)) + rows;
     const pynn_context one = one_thread(ctx);
+    const int parts = threads_for(ctx, units, s);
     atomic_int failed = 0;
-    PYNN_TEAM_FOR(ctx, threads_for(ctx, heads * blocks, s), unit, heads * blocks, {
-        float *scratch = pynn_scratch(PYNN_SCRATCH_ATTENTION, scratch_floats);
-        const ptrdiff_t head = unit / blocks, first = unit % blocks * rows;
-        const ptrdiff_t count = s->queries - first < rows ? s->queries - first : rows;
-        if (!scratch) {
-            atomic_store(&failed, 1);
-        } else {
-            float *row_log_sum_exp = log_sum_exp ? log_sum_exp + head * s->queries + first
-                                                 : scratch + scratch_floats - rows;
+    /* each part a run of consecutive units, so a head's blocks share its packed Kᵀ */
+    PYNN_TEAM_FOR(ctx, parts, part, parts, {
+        float *buffer = pynn_scratch(PYNN_SCRATCH_ATTENTION, scratch_floats);
+        float *packed = buffer, *scratch = buffer + packed_floats;
+        ptrdiff_t packed_head = -1;
+        for (ptrdiff_t unit = units * part / parts; buffer && unit < units * (part + 1) / parts; unit++) {
+            const ptrdiff_t head = unit / blocks, first = unit % blocks * rows;
+            const ptrdiff_t count = s->queries - first < rows ? s->queries - first : rows;
+            if (packed_floats && head != packed_head) {
+                pack_keys(s, k, head / s->heads, head % s->heads, packed);
+                packed_head = head;
+            }
+            float *row_log_sum_exp = log_sum_exp ? log_sum_exp + head * s->queries + first : NULL;
             float *kept = probabilities ? probabilities + (head * s->queries + first) * s->keys
                                         : NULL;
             forward_block(&one, s, q, k, v, mask, out, row_log_sum_exp, kept, head / s->heads,
-                          head % s->heads, first, count, scratch);
+                          head % s->heads, first, count, packed, scratch);
         }
+        if (!buffer)
+            atomic_store(&failed, 1);
     });
     return atomic_load(&failed) ? -1 : 0;
 }
@@ -326,11 +422,13 @@ static void backward_head(const pynn_context *one, const pynn_attention_shape *s
                           const float *kept, const pynn_attention_mask *mask,
                           pynn_attention_output dq, pynn_attention_output dk,
                           pynn_attention_output dv, ptrdiff_t n, ptrdiff_t h, ptrdiff_t rows,
-                          float *scratch)
+                          float *packed_keys, float *scratch)
 {
     const struct pynn_attention_kernels *kernels = one->kernels->attention;
     const ptrdiff_t capacity = rows * round_up(s->keys, 16);
     float *gradient = scratch, *deltas = scratch + capacity;
+    if (!kept && kernels->product)
+        pack_keys(s, k, n, h, packed_keys);
     zero_rows(dk, n, h, 0, s->keys, s->head_dim);
     zero_rows(dv, n, h, 0, s->keys, s->value_dim);
     const float *k_head = input_at(k, n, h, 0), *v_head = input_at(v, n, h, 0);
@@ -352,8 +450,7 @@ static void backward_head(const pynn_context *one, const pynn_attention_shape *s
         const ptrdiff_t p_ld = kept ? s->keys : ld;
         if (!kept) {
             float *recomputed = gradient + capacity + rows;
-            pynn_sgemm(one, 0, 1, count, b.keys, s->head_dim, s->scale, q_rows, q.token_stride,
-                       k_head, k.token_stride, 0.0f, recomputed, ld, NULL);
+            block_scores(one, s, q, k, packed_keys, n, h, first, count, b.keys, recomputed, ld);
             kernels->probability_rows(&b, count, recomputed, ld, log_sum_exp + row_at);
         }
         /* dV += Pᵀ dO */
@@ -383,8 +480,11 @@ int pynn_attention_backward(const pynn_context *ctx, const pynn_attention_shape 
     const ptrdiff_t heads = s->batch * s->heads;
     if (heads == 0) return 0;
     const ptrdiff_t rows = block_rows(s->keys);
-    /* dS's rows and δ; then, unless kept, P's rows */
-    const ptrdiff_t scratch_floats = (probabilities ? 1 : 2) * rows * round_up(s->keys, 16) + rows;
+    /* the packed Kᵀ unless P is kept, dS's rows and δ; then, unless kept, P's rows */
+    const ptrdiff_t packed_floats =
+        !probabilities && ctx->kernels->attention->product ? s->head_dim * s->keys : 0;
+    const ptrdiff_t scratch_floats =
+        packed_floats + (probabilities ? 1 : 2) * rows * round_up(s->keys, 16) + rows;
     const pynn_context one = one_thread(ctx);
     atomic_int failed = 0;
     PYNN_TEAM_FOR(ctx, threads_for(ctx, heads, s), head, heads, {
@@ -393,7 +493,8 @@ int pynn_attention_backward(const pynn_context *ctx, const pynn_attention_shape 
             atomic_store(&failed, 1);
         else
             backward_head(&one, s, dout, q, k, v, out, log_sum_exp, probabilities, mask, dq, dk, dv,
-                          head / s->heads, head % s->heads, rows, scratch);
+                          head / s->heads, head % s->heads, rows, scratch,
+                          scratch + packed_floats);
     });
     return atomic_load(&failed) ? -1 : 0;
 }
