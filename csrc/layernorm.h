@@ -18,6 +18,12 @@ void pynn_layer_norm_forward(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t 
 void pynn_layer_norm_forward_keeping(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t length,
                                      const float *x, const float *weight, const float *bias,
                                      double eps, float *y, double *stats);
+/* y = layer_norm(x + other): a residual connection's float sum normalised in
+ * the same pass, bit for bit layer_norm of the summed array; y must overlap
+ * neither x nor other. */
+void pynn_layer_norm_residual_forward(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t length,
+                                      const float *x, const float *other, const float *weight,
+                                      const float *bias, double eps, float *y);
 
 /* Back through the forward, with x̂ = (x - mean) invstd and g = dy weight,
  * mean and invstd from the forward's stats when not NULL (else recomputed

@@ -8,6 +8,10 @@ cdef extern from "layernorm.h" nogil:
     void pynn_layer_norm_forward_keeping(const pynn_context *ctx, Py_ssize_t rows,
                                          Py_ssize_t length, const float *x, const float *weight,
                                          const float *bias, double eps, float *y, double *stats)
+    void pynn_layer_norm_residual_forward(const pynn_context *ctx, Py_ssize_t rows,
+                                          Py_ssize_t length, const float *x, const float *other,
+                                          const float *weight, const float *bias, double eps,
+                                          float *y)
     int pynn_layer_norm_backward(const pynn_context *ctx, Py_ssize_t rows, Py_ssize_t length,
                                  const float *dy, const float *x, const float *weight,
                                  double eps, const double *stats, float *dx, float *dweight,
@@ -45,6 +49,26 @@ def layer_norm(x, weight, bias, double eps, y, Py_ssize_t rows, Py_ssize_t lengt
     cdef pynn_context ctx = current_context()
     with nogil:
         pynn_layer_norm_forward_keeping(&ctx, rows, length, input, scale, shift, eps, output, kept)
+    return y
+
+
+def layer_norm_residual(x, other, weight, bias, double eps, y, Py_ssize_t rows, Py_ssize_t length):
+    """y = layer_norm(x + other) over rows of length values, the sum a
+    residual connection's (in float, as add_into), in one pass; y must
+    overlap neither x nor other."""
+    cdef Py_ssize_t size = rows * length
+    cdef const float *input = float_input(x, size, "x")
+    cdef const float *residual = float_input(other, size, "other")
+    cdef const float *scale = optional_layer_norm_input(weight, length, "weight")
+    cdef const float *shift = optional_layer_norm_input(bias, length, "bias")
+    cdef float *output = float_output(y, size, "y")
+    if size and ((output < input + size and input < output + size)
+                 or (output < residual + size and residual < output + size)):
+        raise ValueError("layer_norm_residual: y must overlap neither x nor other")
+    cdef pynn_context ctx = current_context()
+    with nogil:
+        pynn_layer_norm_residual_forward(&ctx, rows, length, input, residual, scale, shift, eps,
+                                         output)
     return y
 
 

@@ -160,8 +160,28 @@ class TransformerEncoderLayer(Layer):
         return self._run(x, training)
 
     def infer(self, x, out):
-        out[...] = self._run(x, False)
+        """Post-norm inference sums each residual connection inside its
+        LayerNorm's pass and reuses the attention's buffer for the feed-forward
+        output; pre-norm, or an ``out`` that may share x's memory, runs as
+        training does."""
+        source = x[0] if isinstance(x, list) else x
+        if self.norm_first or np.may_share_memory(out, source):
+            out[...] = self._run(x, False)
+            return out
+        attended = self.self_attn.infer(x, np.empty(source.shape, dtype=np.float32))
+        residual = np.empty(source.shape, dtype=np.float32)
+        self._normalized_sum(self.norm1, source, attended, residual)
+        hidden = self.linear1.infer(residual, np.empty(source.shape[:-1] + (self.dim_feedforward,),
+                                                       dtype=np.float32))
+        if self.activation == "gelu":
+            self.gelu.infer(hidden, hidden)
+        self._normalized_sum(self.norm2, residual, self.linear2.infer(hidden, attended), out)
         return out
+
+    def _normalized_sum(self, norm, x, branch, out):
+        """out = norm(x + branch), bit for bit add_into then norm.infer."""
+        kernels.layer_norm_residual(x, branch, norm.params.get("weight"), norm.params.get("bias"),
+                                    norm.eps, out, x.size // self.d_model, self.d_model)
 
     # -- the computation ---------------------------------------------------------------
     @staticmethod
