@@ -113,60 +113,6 @@ static inline PYNN_TARGET_AVX512 float row_max_avx512(const float *restrict s, p
     return _mm512_reduce_max_ps(lanes);
 }
 
-/* Six rows by two vectors of c (columns masked by m0, m1 unless `whole`, a
- * constant: AMD's masked stores are slow): product_tile_avx512 at eight
- * lanes, in AVX2's sixteen registers. */
-PYNN_INLINE PYNN_TARGET_AVX2 void product_tile_avx2(int whole, ptrdiff_t rows, __m256i m0,
-                                                     __m256i m1, ptrdiff_t depth, float alpha,
-                                                     const float *a, ptrdiff_t lda, const float *b,
-                                                     ptrdiff_t ldb, float *c, ptrdiff_t ldc)
-{
-    const float *row[6];
-    __m256 acc[6][2];
-#pragma GCC unroll 6
-    for (int r = 0; r < 6; r++) {
-        row[r] = a + (r < rows ? r : rows - 1) * lda;
-        acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    }
-    for (ptrdiff_t p = 0; p < depth; p++) {
-        const __m256 b0 = whole ? _mm256_loadu_ps(b + p * ldb) : _mm256_maskload_ps(b + p * ldb, m0);
-        const __m256 b1 = whole ? _mm256_loadu_ps(b + p * ldb + 8)
-                                : _mm256_maskload_ps(b + p * ldb + 8, m1);
-#pragma GCC unroll 6
-        for (int r = 0; r < 6; r++) {
-            const __m256 x = _mm256_broadcast_ss(row[r] + p);
-            acc[r][0] = _mm256_fmadd_ps(x, b0, acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(x, b1, acc[r][1]);
-        }
-    }
-    const __m256 scale = _mm256_set1_ps(alpha);
-#pragma GCC unroll 6
-    for (int r = 0; r < 6; r++)
-        if (r < rows && whole) {
-            _mm256_storeu_ps(c + r * ldc, _mm256_mul_ps(acc[r][0], scale));
-            _mm256_storeu_ps(c + r * ldc + 8, _mm256_mul_ps(acc[r][1], scale));
-        } else if (r < rows) {
-            _mm256_maskstore_ps(c + r * ldc, m0, _mm256_mul_ps(acc[r][0], scale));
-            _mm256_maskstore_ps(c + r * ldc + 8, m1, _mm256_mul_ps(acc[r][1], scale));
-        }
-}
-
-static PYNN_TARGET_AVX2 void product_avx2(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t depth,
-                                          float alpha, const float *a, ptrdiff_t lda,
-                                          const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc)
-{
-    for (ptrdiff_t j = 0; j < cols; j += 16) {
-        const __m256i m0 = pynn_first_lanes8(cols - j), m1 = pynn_first_lanes8(cols - j - 8);
-        for (ptrdiff_t i = 0; i < rows; i += 6)
-            if (cols - j >= 16)
-                product_tile_avx2(1, rows - i < 6 ? rows - i : 6, m0, m1, depth, alpha, a + i * lda,
-                                  lda, b + j, ldb, c + i * ldc + j, ldc);
-            else
-                product_tile_avx2(0, rows - i < 6 ? rows - i : 6, m0, m1, depth, alpha, a + i * lda,
-                                  lda, b + j, ldb, c + i * ldc + j, ldc);
-    }
-}
-
 /* Eight rows by two vectors of c (columns masked by m0, m1) in registers, as
  * the product field says; rows past `rows` repeat the last one unstored. */
 static inline PYNN_TARGET_AVX512 void product_tile_avx512(ptrdiff_t rows, __mmask16 m0, __mmask16 m1,
@@ -215,20 +161,24 @@ static PYNN_TARGET_AVX512 void product_avx512(ptrdiff_t rows, ptrdiff_t cols, pt
 }
 #endif
 
-/* s = exp(s - shift) over n scores; returns their sum, in double (the
- * exponentials first, then the sum over PYNN_LANES partial sums folded in
- * halves: loops the compiler vectorises, the fold a short dependency chain) */
+/* s = exp(s - shift) over n scores; returns their sum, in double */
 PYNN_INLINE double exponentials(float *restrict s, ptrdiff_t n, float shift)
 {
-    for (ptrdiff_t j = 0; j < n; j++) s[j] = pynn_exp_nonpositive_f(s[j] - shift);
     double partial[PYNN_LANES] = {0.0};
     ptrdiff_t j = 0;
     for (; j + PYNN_LANES <= n; j += PYNN_LANES)
-        for (int k = 0; k < PYNN_LANES; k++) partial[k] += (double)s[j + k];
-    for (; j < n; j++) partial[j % PYNN_LANES] += (double)s[j];
-    for (int half = PYNN_LANES / 2; half > 0; half /= 2)
-        for (int k = 0; k < half; k++) partial[k] += partial[k + half];
-    return partial[0];
+        for (int k = 0; k < PYNN_LANES; k++) {
+            const float e = pynn_exp_nonpositive_f(s[j + k] - shift);
+            s[j + k] = e;
+            partial[k] += (double)e;
+        }
+    double sum = 0.0;
+    for (int k = 0; k < PYNN_LANES; k++) sum += partial[k];
+    for (; j < n; j++) {
+        s[j] = pynn_exp_nonpositive_f(s[j] - shift);
+        sum += (double)s[j];
+    }
+    return sum;
 }
 
 /* The masked row's softmax from its maximum: -inf scores (masked keys) give
@@ -303,7 +253,7 @@ PYNN_INLINE void probability_row(const attention_block *b, ptrdiff_t i, float *r
         score_gradient_rows_##suffix};
 
 #define PRODUCT_generic NULL
-#define PRODUCT_avx2 product_avx2
+#define PRODUCT_avx2 NULL
 #define PRODUCT_avx512 product_avx512
 PYNN_EACH_ISA(ATTENTION_VARIANT)
 

@@ -5,6 +5,7 @@
  * near the mean, low holds what high's rounding lost, which matters where
  * the mean is large beside the spread). One copy of the row loops per ISA. */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include "layernorm.h"
@@ -26,48 +27,27 @@
 
 struct pynn_layernorm_kernels {
     void (*forward_rows)(ptrdiff_t first, ptrdiff_t last, ptrdiff_t length, const float *x,
-                         const float *other, const float *weight, const float *bias, double eps,
-                         float *y, double *stats);
+                         const float *weight, const float *bias, double eps, float *y,
+                         double *stats);
     void (*backward_rows)(ptrdiff_t first, ptrdiff_t last, ptrdiff_t length, const float *dy,
                           const float *x, const float *weight, double eps, const double *stats,
                           float *dx, double *weight_sums, double *bias_sums, float *weight_group,
                           float *bias_group);
 };
 
-/* The row's value i: x[i], or the float x[i] + other[i] (a residual sum)
- * when other is not NULL. */
-#define ROW_VALUE(x, other, i) ((other) ? (x)[i] + (other)[i] : (x)[i])
-
-/* Σ values in double, as pynn_row_sum sums (the same partial sums in the same order) */
-PYNN_INLINE double values_sum(const float *restrict x, const float *restrict other, ptrdiff_t n)
-{
-    double partial[PYNN_LANES] = {0.0};
-    ptrdiff_t i = 0;
-    for (; i + PYNN_LANES <= n; i += PYNN_LANES)
-        for (int k = 0; k < PYNN_LANES; k++) partial[k] += (double)ROW_VALUE(x, other, i + k);
-    double sum = 0.0;
-    for (int k = 0; k < PYNN_LANES; k++) sum += partial[k];
-    for (; i < n; i++) sum += (double)ROW_VALUE(x, other, i);
-    return sum;
-}
-
-/* Σ (value - centre)² in double */
-PYNN_INLINE double centred_squares(const float *restrict x, const float *restrict other,
-                                   double centre, ptrdiff_t n)
+/* Σ (x - centre)² in double */
+PYNN_INLINE double centred_squares(const float *restrict x, double centre, ptrdiff_t n)
 {
     double partial[PYNN_LANES] = {0.0};
     ptrdiff_t i = 0;
     for (; i + PYNN_LANES <= n; i += PYNN_LANES)
         for (int k = 0; k < PYNN_LANES; k++) {
-            double c = (double)ROW_VALUE(x, other, i + k) - centre;
+            double c = (double)x[i + k] - centre;
             partial[k] += c * c;
         }
     double sum = 0.0;
     for (int k = 0; k < PYNN_LANES; k++) sum += partial[k];
-    for (; i < n; i++) {
-        const double c = (double)ROW_VALUE(x, other, i) - centre;
-        sum += c * c;
-    }
+    for (; i < n; i++) sum += ((double)x[i] - centre) * ((double)x[i] - centre);
     return sum;
 }
 
@@ -103,35 +83,33 @@ PYNN_INLINE void gradient_sums(const float *restrict dy, const float *restrict w
     *grad_dot = dot;
 }
 
-PYNN_INLINE void row_statistics(const float *restrict x, const float *restrict other, ptrdiff_t n,
-                                double eps, double *mean, double *invstd)
+PYNN_INLINE void row_statistics(const float *restrict x, ptrdiff_t n, double eps, double *mean,
+                                double *invstd)
 {
-    *mean = values_sum(x, other, n) / (double)n;
-    *invstd = 1.0 / sqrt(centred_squares(x, other, *mean, n) / (double)n + eps);
+    *mean = pynn_row_sum(x, NULL, n) / (double)n;
+    *invstd = 1.0 / sqrt(centred_squares(x, *mean, n) / (double)n + eps);
 }
 
-/* The row of values x (or x + other) normalised; stats, when not NULL,
- * receives the row's mean and 1 / √(var + eps) */
-PYNN_INLINE void forward_row(ptrdiff_t n, const float *restrict x, const float *restrict other,
-                             const float *restrict weight, const float *restrict bias, double eps,
-                             float *restrict y, double *restrict stats)
+/* stats, when not NULL, receives the row's mean and 1 / √(var + eps) */
+PYNN_INLINE void forward_row(ptrdiff_t n, const float *restrict x, const float *restrict weight,
+                             const float *restrict bias, double eps, float *restrict y,
+                             double *restrict stats)
 {
     double mean, invstd;
-    row_statistics(x, other, n, eps, &mean, &invstd);
+    row_statistics(x, n, eps, &mean, &invstd);
     if (stats) {
         stats[0] = mean;
         stats[1] = invstd;
     }
     const float high = (float)mean, low = (float)(mean - high), scale = (float)invstd;
     if (weight && bias)
-        for (ptrdiff_t i = 0; i < n; i++)
-            y[i] = (ROW_VALUE(x, other, i) - high - low) * scale * weight[i] + bias[i];
+        for (ptrdiff_t i = 0; i < n; i++) y[i] = (x[i] - high - low) * scale * weight[i] + bias[i];
     else if (weight)
-        for (ptrdiff_t i = 0; i < n; i++) y[i] = (ROW_VALUE(x, other, i) - high - low) * scale * weight[i];
+        for (ptrdiff_t i = 0; i < n; i++) y[i] = (x[i] - high - low) * scale * weight[i];
     else if (bias)
-        for (ptrdiff_t i = 0; i < n; i++) y[i] = (ROW_VALUE(x, other, i) - high - low) * scale + bias[i];
+        for (ptrdiff_t i = 0; i < n; i++) y[i] = (x[i] - high - low) * scale + bias[i];
     else
-        for (ptrdiff_t i = 0; i < n; i++) y[i] = (ROW_VALUE(x, other, i) - high - low) * scale;
+        for (ptrdiff_t i = 0; i < n; i++) y[i] = (x[i] - high - low) * scale;
 }
 
 /* dx = invstd g - invstd mean(g) - (x - mean) invstd³ mean(g (x - mean)),
@@ -148,7 +126,7 @@ PYNN_INLINE void backward_row(ptrdiff_t n, const float *restrict dy, const float
         mean = stats[0];
         invstd = stats[1];
     } else {
-        row_statistics(x, NULL, n, eps, &mean, &invstd);
+        row_statistics(x, n, eps, &mean, &invstd);
     }
     const float high = (float)mean, low = (float)(mean - high), scale = (float)invstd;
     float shift = 0.0f, tilt = 0.0f;
@@ -195,18 +173,14 @@ PYNN_INLINE void flush_group(ptrdiff_t n, float *restrict group, double *restric
 }
 
 #define LAYERNORM_VARIANT(suffix, attribute)                                                   \
-    attribute static void forward_rows_##suffix(                                               \
-        ptrdiff_t first, ptrdiff_t last, ptrdiff_t length, const float *x, const float *other, \
-        const float *weight, const float *bias, double eps, float *y, double *stats)           \
+    attribute static void forward_rows_##suffix(ptrdiff_t first, ptrdiff_t last,               \
+                                                ptrdiff_t length, const float *x,              \
+                                                const float *weight, const float *bias,        \
+                                                double eps, float *y, double *stats)           \
     {                                                                                          \
-        /* NULL spelt out, so each inlined copy knows its other and vectorises */              \
         for (ptrdiff_t r = first; r < last; r++)                                               \
-            if (other)                                                                         \
-                forward_row(length, x + r * length, other + r * length, weight, bias, eps,     \
-                            y + r * length, stats ? stats + 2 * r : NULL);                     \
-            else                                                                               \
-                forward_row(length, x + r * length, NULL, weight, bias, eps, y + r * length,   \
-                            stats ? stats + 2 * r : NULL);                                     \
+            forward_row(length, x + r * length, weight, bias, eps, y + r * length,             \
+                        stats ? stats + 2 * r : NULL);                                         \
     }                                                                                          \
     attribute static void backward_rows_##suffix(                                              \
         ptrdiff_t first, ptrdiff_t last, ptrdiff_t length, const float *dy, const float *x,    \
@@ -244,19 +218,6 @@ static int threads_for(const pynn_context *ctx, ptrdiff_t blocks, ptrdiff_t rows
     return blocks > 1 && rows * length >= min_floats ? ctx->num_threads : 1;
 }
 
-static void forward_pass(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t length, const float *x,
-                         const float *other, const float *weight, const float *bias, double eps,
-                         float *y, double *stats)
-{
-    const struct pynn_layernorm_kernels *kernels = ctx->kernels->layernorm;
-    if (rows == 0 || length == 0) return;
-    const ptrdiff_t blocks = block_count(rows);
-    PYNN_TEAM_FOR(ctx, threads_for(ctx, blocks, rows, length, FORWARD_PARALLEL_MIN_FLOATS), b, blocks, {
-        kernels->forward_rows(rows * b / blocks, rows * (b + 1) / blocks, length, x, other, weight,
-                              bias, eps, y, stats);
-    });
-}
-
 void pynn_layer_norm_forward(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t length,
                              const float *x, const float *weight, const float *bias, double eps,
                              float *y)
@@ -268,14 +229,34 @@ void pynn_layer_norm_forward_keeping(const pynn_context *ctx, ptrdiff_t rows, pt
                                      const float *x, const float *weight, const float *bias,
                                      double eps, float *y, double *stats)
 {
-    forward_pass(ctx, rows, length, x, NULL, weight, bias, eps, y, stats);
+    const struct pynn_layernorm_kernels *kernels = ctx->kernels->layernorm;
+    if (rows == 0 || length == 0) return;
+    const ptrdiff_t blocks = block_count(rows);
+    PYNN_TEAM_FOR(ctx, threads_for(ctx, blocks, rows, length, FORWARD_PARALLEL_MIN_FLOATS), b, blocks, {
+        kernels->forward_rows(rows * b / blocks, rows * (b + 1) / blocks, length, x, weight, bias,
+                              eps, y, stats);
+    });
 }
 
-void pynn_layer_norm_residual_forward(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t length,
-                                      const float *x, const float *other, const float *weight,
-                                      const float *bias, double eps, float *y)
+int pynn_layer_norm_residual_forward(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t length,
+                                     const float *x, const float *other, const float *weight,
+                                     const float *bias, double eps, float *y)
 {
-    forward_pass(ctx, rows, length, x, other, weight, bias, eps, y, NULL);
+    const struct pynn_layernorm_kernels *kernels = ctx->kernels->layernorm;
+    if (rows == 0 || length == 0) return 0;
+    const ptrdiff_t blocks = block_count(rows);
+    atomic_int failed = 0;
+    /* each row's sum in a buffer of the block's, then normalised from there */
+    PYNN_TEAM_FOR(ctx, threads_for(ctx, blocks, rows, length, FORWARD_PARALLEL_MIN_FLOATS), b, blocks, {
+        float *sum = malloc((size_t)length * sizeof(float));
+        for (ptrdiff_t r = rows * b / blocks; sum && r < rows * (b + 1) / blocks; r++) {
+            for (ptrdiff_t i = 0; i < length; i++) sum[i] = x[r * length + i] + other[r * length + i];
+            kernels->forward_rows(0, 1, length, sum, weight, bias, eps, y + r * length, NULL);
+        }
+        if (!sum) atomic_store(&failed, 1);
+        free(sum);
+    });
+    return atomic_load(&failed) ? -1 : 0;
 }
 
 int pynn_layer_norm_backward(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t length,

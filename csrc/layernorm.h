@@ -18,10 +18,11 @@ void pynn_layer_norm_forward(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t 
 void pynn_layer_norm_forward_keeping(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t length,
                                      const float *x, const float *weight, const float *bias,
                                      double eps, float *y, double *stats);
-/* y = layer_norm(x + other): a residual connection's float sum normalised in
- * the same pass, bit for bit layer_norm of the summed array; y must overlap
- * neither x nor other. */
-void pynn_layer_norm_residual_forward(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t length,
+/* y = layer_norm(x + other): a residual connection's float sum normalised
+ * row by row, bit for bit layer_norm of the summed array, without writing
+ * the sum out; y must overlap neither x nor other. Returns 0, or -1 when the
+ * rows' buffers find no memory. */
+int pynn_layer_norm_residual_forward(const pynn_context *ctx, ptrdiff_t rows, ptrdiff_t length,
                                       const float *x, const float *other, const float *weight,
                                       const float *bias, double eps, float *y);
 

@@ -1,4 +1,4 @@
-"""kernels.layer_norm_residual (a residual sum normalised in one pass) against
+"""kernels.layer_norm with other (a residual sum normalised row by row) against
 add_into then layer_norm, bit for bit, on every path and thread count; and the
 post-norm TransformerEncoderLayer inference that uses it against the layer's
 step-by-step computation."""
@@ -26,7 +26,7 @@ def test_equals_add_then_layer_norm(isa, set_threads, rows, length, affine):
     expected = _two_steps(x, other, weight, bias, 1e-12, rows, length)
     for threads in (1, 2):
         set_threads(threads)
-        y = kernels.layer_norm_residual(x, other, weight, bias, 1e-12, np.empty_like(x), rows, length)
+        y = kernels.layer_norm(x, weight, bias, 1e-12, np.empty_like(x), rows, length, None, other)
         np.testing.assert_array_equal(y, expected)
     if rows:
         summed = x.astype(np.float64) + other
@@ -36,13 +36,15 @@ def test_equals_add_then_layer_norm(isa, set_threads, rows, length, affine):
         np.testing.assert_allclose(y, reference, rtol=1e-5, atol=1e-5)
 
 
-def test_refuses_an_output_over_an_input():
+def test_refuses_an_output_over_an_input_and_kept_statistics():
     memory = np.ones(40, np.float32)
     x, shifted = memory[:32].reshape(4, 8), memory[8:].reshape(4, 8)
     other = np.zeros((4, 8), np.float32)
     for y in (x, other, shifted):
         with pytest.raises(ValueError, match="overlap"):
-            kernels.layer_norm_residual(x, other, None, None, 1e-5, y, 4, 8)
+            kernels.layer_norm(x, None, None, 1e-5, y, 4, 8, None, other)
+    with pytest.raises(ValueError, match="stats"):
+        kernels.layer_norm(x, None, None, 1e-5, np.empty_like(x), 4, 8, np.empty((4, 2)), other)
 
 
 @pytest.mark.parametrize("activation", ["gelu", "relu"])

@@ -8,10 +8,10 @@ cdef extern from "layernorm.h" nogil:
     void pynn_layer_norm_forward_keeping(const pynn_context *ctx, Py_ssize_t rows,
                                          Py_ssize_t length, const float *x, const float *weight,
                                          const float *bias, double eps, float *y, double *stats)
-    void pynn_layer_norm_residual_forward(const pynn_context *ctx, Py_ssize_t rows,
-                                          Py_ssize_t length, const float *x, const float *other,
-                                          const float *weight, const float *bias, double eps,
-                                          float *y)
+    int pynn_layer_norm_residual_forward(const pynn_context *ctx, Py_ssize_t rows,
+                                         Py_ssize_t length, const float *x, const float *other,
+                                         const float *weight, const float *bias, double eps,
+                                         float *y)
     int pynn_layer_norm_backward(const pynn_context *ctx, Py_ssize_t rows, Py_ssize_t length,
                                  const float *dy, const float *x, const float *weight,
                                  double eps, const double *stats, float *dx, float *dweight,
@@ -37,38 +37,36 @@ cdef double *optional_statistics(object stats, Py_ssize_t rows) except? NULL:
     return <double *>cnp.PyArray_DATA(a)
 
 
-def layer_norm(x, weight, bias, double eps, y, Py_ssize_t rows, Py_ssize_t length, stats=None):
+def layer_norm(x, weight, bias, double eps, y, Py_ssize_t rows, Py_ssize_t length, stats=None,
+               other=None):
     """y = layer_norm(x) over rows of length values; weight and bias may be
     None. stats (float64 [rows, 2], or None) receives each row's mean and
-    1 / sqrt(var + eps) for layer_norm_backward."""
+    1 / sqrt(var + eps) for layer_norm_backward. With ``other`` (a residual
+    branch, not with stats) y = layer_norm(x + other), the float sum (as
+    add_into's) kept row by row, never written out; y must then overlap
+    neither x nor other."""
     cdef const float *input = float_input(x, rows * length, "x")
     cdef const float *scale = optional_layer_norm_input(weight, length, "weight")
     cdef const float *shift = optional_layer_norm_input(bias, length, "bias")
     cdef float *output = float_output(y, rows * length, "y")
     cdef double *kept = optional_statistics(stats, rows)
+    cdef const float *branch = optional_layer_norm_input(other, rows * length, "other")
     cdef pynn_context ctx = current_context()
-    with nogil:
-        pynn_layer_norm_forward_keeping(&ctx, rows, length, input, scale, shift, eps, output, kept)
-    return y
-
-
-def layer_norm_residual(x, other, weight, bias, double eps, y, Py_ssize_t rows, Py_ssize_t length):
-    """y = layer_norm(x + other) over rows of length values, the sum a
-    residual connection's (in float, as add_into), in one pass; y must
-    overlap neither x nor other."""
     cdef Py_ssize_t size = rows * length
-    cdef const float *input = float_input(x, size, "x")
-    cdef const float *residual = float_input(other, size, "other")
-    cdef const float *scale = optional_layer_norm_input(weight, length, "weight")
-    cdef const float *shift = optional_layer_norm_input(bias, length, "bias")
-    cdef float *output = float_output(y, size, "y")
-    if size and ((output < input + size and input < output + size)
-                 or (output < residual + size and residual < output + size)):
-        raise ValueError("layer_norm_residual: y must overlap neither x nor other")
-    cdef pynn_context ctx = current_context()
+    cdef int status = 0
+    if branch != NULL and (kept != NULL or (output < input + size and input < output + size)
+                           or (output < branch + size and branch < output + size)):
+        raise ValueError("layer_norm: with other, y must overlap neither x nor other, and stats "
+                         "is not kept")
     with nogil:
-        pynn_layer_norm_residual_forward(&ctx, rows, length, input, residual, scale, shift, eps,
-                                         output)
+        if branch != NULL:
+            status = pynn_layer_norm_residual_forward(&ctx, rows, length, input, branch, scale,
+                                                      shift, eps, output)
+        else:
+            pynn_layer_norm_forward_keeping(&ctx, rows, length, input, scale, shift, eps, output,
+                                            kept)
+    if status:
+        raise MemoryError("layer_norm: no memory for the rows' sums")
     return y
 
 

@@ -180,8 +180,8 @@ class TransformerEncoderLayer(Layer):
 
     def _normalized_sum(self, norm, x, branch, out):
         """out = norm(x + branch), bit for bit add_into then norm.infer."""
-        kernels.layer_norm_residual(x, branch, norm.params.get("weight"), norm.params.get("bias"),
-                                    norm.eps, out, x.size // self.d_model, self.d_model)
+        kernels.layer_norm(x, norm.params.get("weight"), norm.params.get("bias"), norm.eps, out,
+                           x.size // self.d_model, self.d_model, None, branch)
 
     # -- the computation ---------------------------------------------------------------
     @staticmethod
