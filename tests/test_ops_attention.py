@@ -261,8 +261,9 @@ def test_log_sum_exp_is_kept_per_row():
 
 
 @pytest.mark.parametrize("kind", ["none", "key_padding", "causal"])
-def test_same_bits_on_one_and_two_threads(set_threads, kind):
-    shape = (2, 3, 70, 90, 24, 16)
+@pytest.mark.parametrize("batch", [2, 1])  # one batch: a head's two query blocks on two threads
+def test_same_bits_on_one_and_two_threads(set_threads, kind, batch):
+    shape = (batch, 3, 70, 90, 24, 16)
     q, k, v, dy = _rng_arrays(shape, seed=7)
     mask, causal = _mask(kind, shape)
     results = []
