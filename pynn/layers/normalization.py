@@ -42,6 +42,7 @@ class _BatchNorm(Layer):
         self.buffers["num_batches_tracked"] = np.zeros((), dtype=np.int64)
         self.activation = None
         self._x = None
+        self._relu = False  # whether the last training forward applied the ReLU
 
     def config(self):
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}
