@@ -20,11 +20,11 @@ struct pynn_batchnorm_kernels {
     /* y = x scale + shift, with `relu` max(that, 0) */
     void (*affine)(ptrdiff_t n, ptrdiff_t c, ptrdiff_t s, ptrdiff_t j, const float *x,
                    float scale, float shift, int relu, float *y);
-    /* Σ g and Σ g (x - centre) inverse, g = dy, or with `relu` dy where
+    /* Σ g and Σ g (x - centre), g = dy, or with `relu` dy where
      * x scale + shift > 0 and 0 elsewhere */
     void (*gradient_sums)(ptrdiff_t n, ptrdiff_t c, ptrdiff_t s, ptrdiff_t j, const float *dy,
-                          const float *x, double centre, double inverse, int relu, float scale,
-                          float shift, double *grad_sum, double *grad_dot);
+                          const float *x, double centre, int relu, float scale, float shift,
+                          double *grad_sum, double *grad_dot);
     /* dx = gain (g - mean_grad - (x - centre) slope), g as in gradient_sums */
     void (*input_gradient)(ptrdiff_t n, ptrdiff_t c, ptrdiff_t s, ptrdiff_t j, const float *dy,
                            const float *x, float centre, float gain, float mean_grad,
@@ -94,8 +94,8 @@ PYNN_INLINE void channel_affine(ptrdiff_t n, ptrdiff_t c, ptrdiff_t s, ptrdiff_t
 
 PYNN_INLINE void channel_gradient_sums(ptrdiff_t n, ptrdiff_t c, ptrdiff_t s, ptrdiff_t j,
                                        const float *dy, const float *x, double centre,
-                                       double inverse, int relu, float scale, float shift,
-                                       double *grad_sum, double *grad_dot)
+                                       int relu, float scale, float shift, double *grad_sum,
+                                       double *grad_dot)
 {
     double partial[PYNN_LANES] = {0.0}, partial_dot[PYNN_LANES] = {0.0};
     for (ptrdiff_t i = 0; i < n; i++) {
@@ -105,13 +105,13 @@ PYNN_INLINE void channel_gradient_sums(ptrdiff_t n, ptrdiff_t c, ptrdiff_t s, pt
             for (int lane = 0; lane < PYNN_LANES; lane++) {
                 const double grad = masked(g[k + lane], row[k + lane], relu, scale, shift);
                 partial[lane] += grad;
-                partial_dot[lane] += grad * ((row[k + lane] - centre) * inverse);
+                partial_dot[lane] += grad * (row[k + lane] - centre);
             }
         }
         for (; k < s; k++) {
             const double grad = masked(g[k], row[k], relu, scale, shift);
             partial[k % PYNN_LANES] += grad;
-            partial_dot[k % PYNN_LANES] += grad * ((row[k] - centre) * inverse);
+            partial_dot[k % PYNN_LANES] += grad * (row[k] - centre);
         }
     }
     *grad_sum = lanes_total(partial);
@@ -147,11 +147,10 @@ PYNN_INLINE void channel_input_gradient(ptrdiff_t n, ptrdiff_t c, ptrdiff_t s, p
     }                                                                                         \
     attribute static void gradient_sums_##suffix(                                             \
         ptrdiff_t n, ptrdiff_t c, ptrdiff_t s, ptrdiff_t j, const float *dy, const float *x,   \
-        double centre, double inverse, int relu, float scale, float shift, double *grad_sum,   \
-        double *grad_dot)                                                                      \
+        double centre, int relu, float scale, float shift, double *grad_sum, double *grad_dot) \
     {                                                                                         \
-        channel_gradient_sums(n, c, s, j, dy, x, centre, inverse, relu, scale, shift,         \
-                              grad_sum, grad_dot);                                             \
+        channel_gradient_sums(n, c, s, j, dy, x, centre, relu, scale, shift, grad_sum,        \
+                              grad_dot);                                                       \
     }                                                                                         \
     attribute static void input_gradient_##suffix(                                            \
         ptrdiff_t n, ptrdiff_t c, ptrdiff_t s, ptrdiff_t j, const float *dy, const float *x,   \
@@ -232,8 +231,9 @@ void pynn_batchnorm_backward(const pynn_context *ctx, ptrdiff_t n, ptrdiff_t c, 
         const double centre = mean[j], inverse = invstd[j];
         float scale = 0.0f, shift = 0.0f;
         if (relu) training_affine(weight, bias, mean, invstd, j, &scale, &shift);
-        kernels->gradient_sums(n, c, s, j, dy, x, centre, inverse, relu, scale, shift, &grad_sum,
+        kernels->gradient_sums(n, c, s, j, dy, x, centre, relu, scale, shift, &grad_sum,
                                &grad_dot);
+        grad_dot *= inverse;  /* Σ g x̂, the factor taken out of the sum */
         if (dbias) dbias[j] = (float)grad_sum;
         if (dweight) dweight[j] = (float)grad_dot;
         if (!dx || !count) continue;
