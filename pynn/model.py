@@ -24,7 +24,7 @@ import numpy as np
 from pynn import _hooks, schedule
 from pynn._checks import aligned_empty, as_count, as_float32, as_indices, as_mask
 from pynn._kernels import core as kernels
-from pynn.layers import BatchNorm1d, BatchNorm2d, ReLU
+from pynn.layers import ReLU
 from pynn.layers.base import Layer, checked_name
 from pynn.layers import symbolic
 from pynn.sequential import RELU_FUSING_LAYERS, Sequential, load_state_dict
@@ -32,9 +32,6 @@ from pynn.sequential import RELU_FUSING_LAYERS, Sequential, load_state_dict
 # Input shapes whose inference plans are kept per thread; beyond this they are
 # dropped and rebuilt.
 _SHAPES_REMEMBERED = 8
-# Layers that apply a ReLU that is their output's only reader: the GEMM
-# epilogue's, and batch norm's in its own passes (forward and backward).
-_RELU_FUSING = RELU_FUSING_LAYERS + (BatchNorm1d, BatchNorm2d)
 
 
 def _as_tensor_list(value, where, what):
@@ -170,7 +167,7 @@ class Model:
             for tensor in node.outputs:
                 slot[id(tensor)] = count
                 count += 1
-            if type(callee) in _RELU_FUSING:
+            if type(callee) in RELU_FUSING_LAYERS:
                 fused_into[id(node.outputs[0])] = _Wire(runner)
                 self._wiring.append(fused_into[id(node.outputs[0])])
             self._steps.append(step)
