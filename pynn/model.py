@@ -34,6 +34,7 @@ from pynn.sequential import RELU_FUSING_LAYERS, Sequential, load_state_dict
 _SHAPES_REMEMBERED = 8
 
 
+
 def _as_tensor_list(value, where, what):
     """``(list of symbolic tensors, given as a list)``."""
     many = isinstance(value, (list, tuple))
