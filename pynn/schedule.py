@@ -91,9 +91,10 @@ def build(calls, slot_shapes, input_slots, output_slots):
                 if (type(layer) is BatchNorm2d and before.kind == "conv" and before.batchnorm is None
                         and not before.relu and not before.arguments[2]):
                     before.batchnorm = layer
+                    before.relu = layer.activation == "relu"  # a ReLU the model fused into it
                     before.watched += [(layer.params, "weight"), (layer.params, "bias"),
                                        (layer.buffers, "running_mean"), (layer.buffers, "running_var"),
-                                       (vars(layer), "eps")]
+                                       (vars(layer), "eps"), (vars(layer), "activation")]
                     view(target, source)
                     continue
                 if type(layer) is ReLU and before.kind in _TAKES_RELU and not before.relu:

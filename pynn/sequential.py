@@ -14,7 +14,7 @@ import numpy as np
 from pynn import _hooks, schedule
 from pynn._checks import as_count
 from pynn._kernels import core as kernels
-from pynn.layers import Conv1d, Conv2d, Linear, ReLU
+from pynn.layers import BatchNorm1d, BatchNorm2d, Conv1d, Conv2d, Linear, ReLU
 from pynn.layers import symbolic
 from pynn.layers.base import Layer, checked_name
 
@@ -58,15 +58,17 @@ def load_state_dict(model, state_dict, strict, where):
     return LoadResult(missing, unexpected)
 
 
-# layers whose GEMM epilogue can apply a following ReLU
-RELU_FUSING_LAYERS = (Linear, Conv1d, Conv2d)
+# layers that can apply a following ReLU: in their GEMM epilogue, or in
+# batch norm's own passes (forward and backward)
+RELU_FUSING_LAYERS = (Linear, Conv1d, Conv2d, BatchNorm1d, BatchNorm2d)
 
 
 def _fusion_plan(layers):
-    """The layers to run, and the activation each Linear or convolution must carry.
+    """The layers to run, and the activation each Linear, convolution or batch
+    norm must carry.
 
-    A ReLU right after a Linear, Conv1d or Conv2d runs inside that layer's GEMM
-    epilogue (one pass over the output instead of two): it stays in
+    A ReLU right after a Linear, Conv1d, Conv2d or batch norm runs inside that
+    layer (one pass over the output instead of two): it stays in
     ``layers`` (indices and state-dict keys are PyTorch's) but is not run.
     ``activation`` is the model's wiring, so a layer shared with another
     model is rewired before each use (``_wire``)."""

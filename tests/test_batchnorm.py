@@ -109,6 +109,58 @@ def test_gradients_match_finite_differences(cls, shape):
     check_gradient(loss, weight, analytic_weight, eps=1e-2)
 
 
+@pytest.mark.parametrize("cls, shape", SHAPES)
+def test_a_fused_relu_gives_the_bits_of_batch_norm_then_relu(cls, shape, isa):
+    """Forward max(y, 0); backward masks dy by the forward's y > 0 inside its
+    own passes: dx, dweight and dbias equal the two layers' bit for bit."""
+    from pynn._kernels import core as kernels
+
+    rng = np.random.default_rng(6)
+    plain, fused = layer_with_parameters(cls, shape, rng), cls(shape[1])
+    for key in ("weight", "bias"):
+        fused.params[key][...] = plain.params[key]
+    fused.activation = "relu"
+    x = (rng.standard_normal(shape) + 0.3).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    y = plain.forward(x, training=True)
+    relu_y = np.maximum(y, 0.0)
+    np.testing.assert_array_equal(fused.forward(x, training=True), relu_y)
+    expected_dx = plain.backward(kernels.elementwise("relu_backward", dy, relu_y, np.empty_like(dy)))
+    np.testing.assert_array_equal(fused.backward(dy), expected_dx)
+    for key in ("weight", "bias"):
+        np.testing.assert_array_equal(fused.grads[key], plain.grads[key])
+    np.testing.assert_array_equal(fused.forward(x), np.maximum(plain.forward(x), 0.0))
+
+
+def test_statistics_of_channels_far_from_zero_keep_their_precision(isa):
+    """One pass about each channel's first value: a mean of 1000 over a
+    spread of 0.01 loses no digits to cancellation."""
+    rng = np.random.default_rng(7)
+    x = (1000.0 + 0.01 * rng.standard_normal((16, 3, 8, 8))).astype(np.float32)
+    x[0, 1, 0, 0] = 1000.05  # a first value five deviations out
+    layer = BatchNorm2d(3, eps=1e-12)
+    layer.forward(x, training=True)
+    _, mean, var = reference_train(x, layer.params["weight"], layer.params["bias"], 1e-12)
+    np.testing.assert_allclose(layer._mean, mean, rtol=1e-7)
+    np.testing.assert_allclose(layer._invstd, 1.0 / np.sqrt(var), rtol=1e-6)
+
+
+def test_fused_training_gives_the_same_bits_on_one_and_two_threads(set_threads):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((8, 16, 32, 32)).astype(np.float32)  # large enough to split channels
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        set_threads(threads)
+        layer = BatchNorm2d(16)
+        layer.activation = "relu"
+        y = layer.forward(x, training=True).copy()
+        results.append((y, layer.backward(dy).copy(), layer.grads["weight"].copy(),
+                        layer.grads["bias"].copy(), layer.buffers["running_var"].copy()))
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
+
+
 def test_momentum_none_is_the_cumulative_average():
     rng = np.random.default_rng(3)
     layer = BatchNorm1d(2, momentum=None)

@@ -193,6 +193,62 @@ def test_a_graph_training_step_allocates_under_64_kib_in_steady_state():
     assert peak_bytes_of(step) < 64 * 1024
 
 
+def normalised_block_layers(seed=4):
+    """Conv, BatchNorm, ReLU (the ReLU the norm's only reader), then a second
+    BatchNorm read by a ReLU and by the residual sum (not fused)."""
+    pynn.init.manual_seed(seed)
+    return (layers.Conv2d(3, 4, 3, padding=1, bias=False), layers.BatchNorm2d(4), layers.ReLU(),
+            layers.BatchNorm2d(4), layers.ReLU(), layers.Add(), layers.GlobalAvgPool2d())
+
+
+def normalised_block():
+    conv, norm, relu, second, second_relu, add, pool = normalised_block_layers()
+    x = pynn.Input((3, 6, 6))
+    z = second(relu(norm(conv(x))))
+    return pynn.Model(x, pool(add([second_relu(z), z])))
+
+
+def test_a_batch_norm_carries_the_relu_that_alone_reads_it_with_the_bits_of_both_layers():
+    model = normalised_block()
+    conv, norm, relu, second, second_relu, add, pool = normalised_block_layers()
+    x = rng.standard_normal((5, 3, 6, 6)).astype(np.float32)
+    dy = rng.standard_normal((5, 4)).astype(np.float32)
+    z = second.forward(relu.forward(norm.forward(conv.forward(x, True), True), True), True)
+    expected = pool.forward(add.forward([second_relu.forward(z, True), z], True), True)
+    np.testing.assert_array_equal(model.forward(x, training=True), expected)
+    norms = [layer for _, layer in model.named_layers() if isinstance(layer, layers.BatchNorm2d)]
+    assert [norm.activation for norm in norms] == ["relu", None]
+    assert sum(type(step.runner) is layers.ReLU for step in model._steps) == 1
+    through_relu, direct = add.backward(pool.backward(dy))
+    dz = second_relu.backward(through_relu) + direct
+    dx = conv.backward(norm.backward(relu.backward(second.backward(dz))))
+    np.testing.assert_array_equal(model.backward(dy), dx)
+    for name, layer in model.named_layers():
+        eager = {"conv2d_1": conv, "batch_norm2d_1": norm, "batch_norm2d_2": second}.get(name)
+        for key, grad in layer.grads.items():
+            np.testing.assert_array_equal(grad, eager.grads[key], err_msg=f"{name}.{key}")
+    z = second.forward(relu.forward(norm.forward(conv.forward(x))))
+    expected = pool.forward(add.forward([second_relu.forward(z), z]))
+    np.testing.assert_allclose(model.predict(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_training_step_through_fused_batch_norms_allocates_under_64_kib():
+    model = normalised_block()
+    optimizer = pynn.optim.SGD(model, lr=0.1, momentum=0.9)
+    loss = MSELoss()
+    x = rng.standard_normal((16, 3, 6, 6)).astype(np.float32)
+    target = rng.standard_normal((16, 4)).astype(np.float32)
+
+    def step():
+        loss(model.forward(x, training=True), target)
+        model.backward(loss.backward(), input_grad=False)
+        optimizer.step()
+
+    step()
+    step()
+    assert peak_bytes_of(step) < 64 * 1024
+
+
 def test_a_resnet_plan_keeps_peak_activation_memory_near_the_largest_tensors():
     x = pynn.Input((16, 32, 32))
     h = x

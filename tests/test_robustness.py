@@ -709,6 +709,13 @@ def test_adaptive_avg_pool2d(batch, channels, height, width, output_size, kind, 
                        dx, rtol=2e-6, atol=1e-6)
 
 
+def fused_batch_norm():
+    """A BatchNorm1d carrying the ReLU after it, as a model wires one."""
+    layer = layers.BatchNorm1d(4)
+    layer.activation = "relu"
+    return layer
+
+
 LAYERS = [
     lambda: layers.Linear(4, 3), lambda: layers.ReLU(), lambda: layers.Tanh(),
     lambda: layers.Softmax(), lambda: layers.Flatten(), lambda: layers.Dropout(0.3, seed=0),
@@ -724,6 +731,7 @@ LAYERS = [
     lambda: layers.PositionalEmbedding(4, 5), lambda: layers.PaddingMask(),
     lambda: layers.LogSoftmax(), lambda: layers.Affine((2, 1)),
     lambda: layers.Affine((5,), shift=False), lambda: layers.Affine((), scale=False),
+    lambda: fused_batch_norm(),
 ]
 
 

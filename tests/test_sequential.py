@@ -279,6 +279,26 @@ def test_fused_conv_relu_equals_the_layers_run_one_by_one():
     np.testing.assert_array_equal(model.predict(x), out)
 
 
+def test_fused_batch_norm_relu_gives_the_bits_of_the_layers_run_one_by_one():
+    from pynn.layers import BatchNorm2d, Conv2d, Flatten
+
+    model = Sequential(Conv2d(2, 4, 3, padding=1, bias=False), BatchNorm2d(4), ReLU(), Flatten(),
+                       Linear(4 * 6 * 6, 3))
+    assert model[1].activation == "relu" and model[0].activation is None
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((5, 2, 6, 6)).astype(np.float32)
+    dy = rng.standard_normal((5, 3)).astype(np.float32)
+    out = model.forward(x, training=True).copy()
+    dx = model.backward(dy).copy()
+    grads = named_gradients(model)
+    model[1].activation = None
+    h, grad = layer_by_layer(model, x, dy)
+    np.testing.assert_array_equal(h, out)
+    np.testing.assert_array_equal(grad, dx)
+    for name, value in named_gradients(model).items():
+        np.testing.assert_array_equal(value, grads[name], err_msg=name)
+
+
 def test_a_linear_shared_with_another_model_keeps_both_correct():
     model = mlp()
     x = np.random.default_rng(9).standard_normal((6, 5)).astype(np.float32)

@@ -6,15 +6,16 @@ cdef extern from "batchnorm.h" nogil:
                                       Py_ssize_t s, const float *x, const float *weight,
                                       const float *bias, float eps, float factor,
                                       float *running_mean, float *running_var,
-                                      float *mean, float *invstd, float *y)
+                                      float *mean, float *invstd, bint relu, float *y)
     void pynn_batchnorm_eval_forward(const pynn_context *ctx, Py_ssize_t n, Py_ssize_t c,
                                      Py_ssize_t s, const float *x, const float *weight,
                                      const float *bias, float eps, const float *running_mean,
                                      const float *running_var, float *y)
     void pynn_batchnorm_backward(const pynn_context *ctx, Py_ssize_t n, Py_ssize_t c,
                                  Py_ssize_t s, const float *dy, const float *x,
-                                 const float *weight, const float *mean, const float *invstd,
-                                 float *dx, float *dweight, float *dbias)
+                                 const float *weight, const float *bias, const float *mean,
+                                 const float *invstd, bint relu, float *dx, float *dweight,
+                                 float *dbias)
 
 
 cdef inline Py_ssize_t spatial(tuple shape):
@@ -25,9 +26,10 @@ cdef inline Py_ssize_t spatial(tuple shape):
 
 
 def batchnorm_train_forward(x, weight, bias, float eps, float factor, running_mean, running_var,
-                  mean, invstd, y):
-    """Normalise with batch statistics (saved into mean, invstd); running
-    statistics move by factor unless running_mean is None."""
+                  mean, invstd, y, bint relu=False):
+    """Normalise with batch statistics (saved into mean, invstd), then with
+    relu max(., 0); running statistics move by factor unless running_mean is
+    None."""
     cdef Py_ssize_t n = x.shape[0], c = x.shape[1], s = spatial(x.shape), total = x.size
     cdef const float *input = float_input(x, total, "x")
     cdef const float *scale = float_input(weight, c, "weight")
@@ -43,7 +45,7 @@ def batchnorm_train_forward(x, weight, bias, float eps, float factor, running_me
     cdef pynn_context ctx = current_context()
     with nogil:
         pynn_batchnorm_train_forward(&ctx, n, c, s, input, scale, shift, eps, factor, r_mean,
-                                     r_var, saved_mean, saved_invstd, output)
+                                     r_var, saved_mean, saved_invstd, relu, output)
     return y
 
 
@@ -62,12 +64,14 @@ def batchnorm_eval_forward(x, weight, bias, float eps, running_mean, running_var
     return y
 
 
-def batchnorm_backward(dy, x, weight, mean, invstd, dx, dweight, dbias):
-    """Writes dx, dweight, dbias (each skipped when None)."""
+def batchnorm_backward(dy, x, weight, bias, mean, invstd, dx, dweight, dbias, bint relu=False):
+    """Writes dx, dweight, dbias (each skipped when None); with relu, dy is
+    the gradient of the forward's ReLU output."""
     cdef Py_ssize_t n = x.shape[0], c = x.shape[1], s = spatial(x.shape), total = x.size
     cdef const float *grad = float_input(dy, total, "dy")
     cdef const float *input = float_input(x, total, "x")
     cdef const float *scale = float_input(weight, c, "weight")
+    cdef const float *shift = float_input(bias, c, "bias")
     cdef const float *centre = float_input(mean, c, "mean")
     cdef const float *inverse = float_input(invstd, c, "invstd")
     cdef float *input_grad = NULL
@@ -81,5 +85,5 @@ def batchnorm_backward(dy, x, weight, mean, invstd, dx, dweight, dbias):
         bias_grad = float_output(dbias, c, "dbias")
     cdef pynn_context ctx = current_context()
     with nogil:
-        pynn_batchnorm_backward(&ctx, n, c, s, grad, input, scale, centre, inverse, input_grad,
-                                weight_grad, bias_grad)
+        pynn_batchnorm_backward(&ctx, n, c, s, grad, input, scale, shift, centre, inverse, relu,
+                                input_grad, weight_grad, bias_grad)

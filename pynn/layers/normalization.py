@@ -15,7 +15,11 @@ class _BatchNorm(Layer):
     mean and biased variance; the running statistics move by ``momentum``
     (r = (1 - momentum) r + momentum s, the unbiased variance for
     running_var; momentum None: the cumulative average, as PyTorch).
-    Inference uses the running statistics."""
+    Inference uses the running statistics.
+
+    ``activation`` (None or "relu") fuses a following ReLU, as
+    ``Conv2d.activation``: backward then expects dL/d(relu output), and
+    masks it inside its own passes."""
     _ranks = ()
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, name=None):
@@ -36,7 +40,9 @@ class _BatchNorm(Layer):
         self.buffers["running_mean"] = np.zeros(c, dtype=np.float32)
         self.buffers["running_var"] = np.ones(c, dtype=np.float32)
         self.buffers["num_batches_tracked"] = np.zeros((), dtype=np.int64)
+        self.activation = None
         self._x = None
+        self._relu = False  # whether the last training forward applied the ReLU
 
     def config(self):
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}
@@ -55,9 +61,11 @@ class _BatchNorm(Layer):
         return x
 
     def infer(self, x, out):
-        return kernels.batchnorm_eval_forward(x, self.params["weight"], self.params["bias"], self.eps,
-                                     self.buffers["running_mean"], self.buffers["running_var"],
-                                     out)
+        kernels.batchnorm_eval_forward(x, self.params["weight"], self.params["bias"], self.eps,
+                                       self.buffers["running_mean"], self.buffers["running_var"], out)
+        if self.activation == "relu":
+            kernels.elementwise("relu", out, None, out)
+        return out
 
     def _forward_training(self, x, out):
         """Normalise by the batch's statistics and move the running ones."""
@@ -71,19 +79,22 @@ class _BatchNorm(Layer):
         self._mean = self.workspace("mean", (c,))
         self._invstd = self.workspace("invstd", (c,))
         self._x = x
+        self._relu = self.activation == "relu"
         return kernels.batchnorm_train_forward(x, self.params["weight"], self.params["bias"], self.eps,
-                                      factor, self.buffers["running_mean"],
-                                      self.buffers["running_var"], self._mean, self._invstd, out)
+                                               factor, self.buffers["running_mean"],
+                                               self.buffers["running_var"], self._mean, self._invstd,
+                                               out, self._relu)
 
     def backward(self, dy, input_grad=True):
-        """dbias = Σ dy,  dweight = Σ dy x̂,  dx = weight/σ (dy - mean(dy) - x̂ mean(dy x̂))."""
+        """dbias = Σ g,  dweight = Σ g x̂,  dx = weight/σ (g - mean(g) - x̂ mean(g x̂)), with
+        g = dy, or with a fused ReLU dy masked by the forward's output > 0."""
         x = self._kept("_x")
         dy = self._checked_dy(dy, x.shape)
         dx = self.workspace("dx", x.shape) if input_grad else None
         trainable = self.trainable
-        kernels.batchnorm_backward(dy, x, self.params["weight"], self._mean, self._invstd, dx,
-                          self.grads["weight"] if trainable else None,
-                          self.grads["bias"] if trainable else None)
+        kernels.batchnorm_backward(dy, x, self.params["weight"], self.params["bias"], self._mean,
+                                   self._invstd, dx, self.grads["weight"] if trainable else None,
+                                   self.grads["bias"] if trainable else None, self._relu)
         return dx
 
 
