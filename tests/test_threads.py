@@ -428,12 +428,17 @@ def test_the_caller_runs_a_held_helpers_convolution_share(kind, set_threads, hel
 
 
 @needs_openmp
-def test_lenet_batch_one_predict_keeps_one_threads_bits(set_threads):
+@pytest.mark.parametrize("rows", [1, 5, 16])
+def test_lenet_small_batch_predict_keeps_one_threads_bits(rows, set_threads):
+    # the convolutions shared with the helpers at batch 1, and the classifier's
+    # Linear layers run by them as a team, a phase per layer but the last one
+    # when it is too small to share (2 chunks per thread and phase)
     model = lenet()
-    x = np.random.default_rng(9).standard_normal((1, 1, 28, 28), dtype=np.float32)
+    x = np.random.default_rng(9).standard_normal((rows, 1, 28, 28), dtype=np.float32)
     set_threads(1)
     alone = model.predict(x).tobytes()
     for threads in (2, 3, 2):
         set_threads(threads)
         for _ in range(20):
             assert model.predict(x).tobytes() == alone
+            assert kernels.last_team_run()[1] == (2 if rows < 16 else 3) * threads * 2
