@@ -37,7 +37,17 @@ def cnn():
                            layers.Linear(16, 10))
 
 
-@pytest.mark.parametrize("build,shape", [(mlp, (64,)), (cnn, (1, 8, 8)), (batch_one_mlp, (784,))])
+def lenet():
+    """Its convolutions shared with the helpers at batch 1, then its classifier."""
+    pynn.init.manual_seed(0)
+    return pynn.Sequential(layers.Conv2d(1, 6, 5, padding=2), layers.ReLU(), layers.MaxPool2d(2),
+                           layers.Conv2d(6, 16, 5), layers.ReLU(), layers.MaxPool2d(2),
+                           layers.Flatten(), layers.Linear(400, 120), layers.ReLU(),
+                           layers.Linear(120, 84), layers.ReLU(), layers.Linear(84, 10))
+
+
+@pytest.mark.parametrize("build,shape", [(mlp, (64,)), (cnn, (1, 8, 8)), (batch_one_mlp, (784,)),
+                                         (lenet, (1, 28, 28))])
 @pytest.mark.parametrize("kernel_threads", [1, 2])
 def test_eight_threads_predicting_match_serial(build, shape, kernel_threads, set_threads):
     model = build()
@@ -378,14 +388,6 @@ def test_a_forked_child_starts_its_own_helpers(set_threads):
 
 
 # -- one image's convolutions shared with the helper threads ---------------------
-
-def lenet():
-    pynn.init.manual_seed(0)
-    return pynn.Sequential(layers.Conv2d(1, 6, 5, padding=2), layers.ReLU(), layers.MaxPool2d(2),
-                           layers.Conv2d(6, 16, 5), layers.ReLU(), layers.MaxPool2d(2),
-                           layers.Flatten(), layers.Linear(400, 120), layers.ReLU(),
-                           layers.Linear(120, 84), layers.ReLU(), layers.Linear(84, 10))
-
 
 def _one_image_convolutions():
     """Batch-1 convolutions small enough for the helpers, large enough to share:
