@@ -13,16 +13,15 @@
  * kernels run 16-float vectors. */
 #define GEMM_GRAIN 16
 #define MAP_GRAIN 64
-/* One team for the plan's splittable steps after its last other one (all of
- * an MLP's; this thread and helper threads, helpers.h) pays off only for
- * small batches (at most this many rows per GEMM; larger
+/* One team for the whole plan (this thread and helper threads, helpers.h)
+ * pays off only for small batches (at most this many rows per GEMM; larger
  * ones are split by the GEMM itself, over rows) with at least this many
  * multiply-adds: there a team per GEMM would start and end once per layer,
  * at a cost comparable to the layer's own work, where one team for the plan
  * pays that once, and helper threads, unlike an OpenMP team, pay it in a
  * cache line transfer. */
 #define TEAM_MAX_ROWS 16
-#define TEAM_MIN_WORK (1 << 15)
+#define TEAM_MIN_WORK (1 << 16)
 /* Steps smaller than this many multiply-adds or elements are one chunk, run
  * by one thread of the team while the others wait for it. */
 #define SHARED_STEP_WORK (1 << 13)
@@ -112,7 +111,7 @@ static int step_is_splittable(const pynn_plan_step *s)
     return s->kind == PYNN_STEP_GEMM || s->kind == PYNN_STEP_MAP || s->kind == PYNN_STEP_SOFTMAX;
 }
 
-/* One team for these steps: small batches with enough work, every step splittable. */
+/* One team for the whole plan: small batches with enough work, every step splittable. */
 static int team_pays_off(const pynn_context *ctx, const pynn_plan_step *steps, ptrdiff_t count)
 {
     if (ctx->num_threads < 2)
@@ -163,11 +162,34 @@ static void run_chunk(void *arg, int phase, int share, int chunk)
 }
 #endif
 
-/* Steps [from, to) on this thread, each kernel taking the threads ctx gives it. */
-static int run_alone(const pynn_context *ctx, const pynn_plan_step *steps, ptrdiff_t from,
-                     ptrdiff_t to, float *const *slots)
+int pynn_plan_run(const pynn_context *ctx, const pynn_plan_step *steps, ptrdiff_t count,
+                  float *const *slots)
 {
-    for (ptrdiff_t i = from; i < to; i++) {
+    ptrdiff_t done = 0;
+#ifdef _OPENMP
+    pynn_context alone = *ctx;
+    alone.num_threads = 1;
+    if (team_pays_off(ctx, steps, count)) {
+        /* A second Python thread predicting meanwhile runs alone (cpu.h) */
+        const int team = pynn_team_begin(ctx, ctx->num_threads < PYNN_HELPERS_MAX_PARTS
+                                                  ? ctx->num_threads : PYNN_HELPERS_MAX_PARTS);
+        if (team > 1) {
+            /* Steps after the last shared one (a classifier head) run on this
+             * thread once the team has ended: the team's end is the barrier
+             * they need, one fewer. */
+            ptrdiff_t in_team = count;
+            while (in_team > 1 && !step_is_shared(&steps[in_team - 1]))
+                in_team--;
+            team_call call = {&alone, steps, slots, team, TEAM_CHUNKS};
+            if (in_team <= PYNN_HELPERS_MAX_PHASES &&
+                pynn_helpers_run(team, (int)in_team, TEAM_CHUNKS, run_chunk, &call))
+                done = in_team;
+            pynn_team_end(ctx, team);
+        }
+        ctx = &alone;  /* the team has ended, or another call's team has the cores */
+    }
+#endif
+    for (ptrdiff_t i = done; i < count; i++) {
         const pynn_plan_step *s = &steps[i];
         if (s->kind == PYNN_STEP_CONV) {
             if (pynn_conv2d_forward(ctx, &s->conv, slots[s->source], s->weight, s->epilogue.col_bias,
@@ -201,41 +223,4 @@ static int run_alone(const pynn_context *ctx, const pynn_plan_step *steps, ptrdi
         }
     }
     return 0;
-}
-
-int pynn_plan_run(const pynn_context *ctx, const pynn_plan_step *steps, ptrdiff_t count,
-                  float *const *slots)
-{
-#ifdef _OPENMP
-    /* the splittable steps after the last that is not (a CNN's classifier) */
-    ptrdiff_t start = count;
-    while (start > 0 && step_is_splittable(&steps[start - 1]))
-        start--;
-    if (team_pays_off(ctx, steps + start, count - start)) {
-        if (run_alone(ctx, steps, 0, start, slots))
-            return -1;
-        pynn_context alone = *ctx;
-        alone.num_threads = 1;
-        ptrdiff_t done = start;
-        /* A second Python thread predicting meanwhile runs alone (cpu.h) */
-        const int team = pynn_team_begin(ctx, ctx->num_threads < PYNN_HELPERS_MAX_PARTS
-                                                  ? ctx->num_threads : PYNN_HELPERS_MAX_PARTS);
-        if (team > 1) {
-            /* Steps after the last shared one (a classifier head) run on this
-             * thread once the team has ended: the team's end is the barrier
-             * they need, one fewer. */
-            ptrdiff_t in_team = count - start;
-            while (in_team > 1 && !step_is_shared(&steps[start + in_team - 1]))
-                in_team--;
-            team_call call = {&alone, steps + start, slots, team, TEAM_CHUNKS};
-            if (in_team <= PYNN_HELPERS_MAX_PHASES &&
-                pynn_helpers_run(team, (int)in_team, TEAM_CHUNKS, run_chunk, &call))
-                done = start + in_team;
-            pynn_team_end(ctx, team);
-        }
-        /* the team has ended, or another call's team has the cores */
-        return run_alone(&alone, steps, done, count, slots);
-    }
-#endif
-    return run_alone(ctx, steps, 0, count, slots);
 }

@@ -6,8 +6,7 @@
  *
  * A small batch spends its time streaming the weights. With several threads,
  * the calling thread and helper threads (helpers.h) then each take a share of
- * every step's outputs (the steps after the last that cannot be split, such
- * as a CNN's classifier; a step starts once the one before has finished; small
+ * every step's outputs (a step starts once the one before has finished; small
  * steps after the last shared one run on the calling thread afterwards), so
  * each core streams only its share of the weights, and keeps it in its own
  * L2 from call to call. Shares are claimed in chunks, so the calling thread

@@ -38,7 +38,7 @@ def cnn():
 
 
 def lenet():
-    """Its convolutions shared with the helpers at batch 1, then its classifier."""
+    """Its convolutions shared with the helper threads at batch 1."""
     pynn.init.manual_seed(0)
     return pynn.Sequential(layers.Conv2d(1, 6, 5, padding=2), layers.ReLU(), layers.MaxPool2d(2),
                            layers.Conv2d(6, 16, 5), layers.ReLU(), layers.MaxPool2d(2),
@@ -432,9 +432,6 @@ def test_the_caller_runs_a_held_helpers_convolution_share(kind, set_threads, hel
 @needs_openmp
 @pytest.mark.parametrize("rows", [1, 5, 16])
 def test_lenet_small_batch_predict_keeps_one_threads_bits(rows, set_threads):
-    # the convolutions shared with the helpers at batch 1, and the classifier's
-    # Linear layers run by them as a team, a phase per layer but the last one
-    # when it is too small to share (2 chunks per thread and phase)
     model = lenet()
     x = np.random.default_rng(9).standard_normal((rows, 1, 28, 28), dtype=np.float32)
     set_threads(1)
@@ -443,4 +440,3 @@ def test_lenet_small_batch_predict_keeps_one_threads_bits(rows, set_threads):
         set_threads(threads)
         for _ in range(20):
             assert model.predict(x).tobytes() == alone
-            assert kernels.last_team_run()[1] == (2 if rows < 16 else 3) * threads * 2
