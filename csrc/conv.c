@@ -818,7 +818,9 @@ static void direct_rows_with_helpers(const pynn_context *ctx, direct_rows *call)
 {
     int done = 0;
 #ifdef _OPENMP
-    const int team = pynn_team_begin(ctx, ctx->num_threads < 2 ? ctx->num_threads : 2);
+    ptrdiff_t wanted = ctx->num_threads < call->s->out_h ? ctx->num_threads : call->s->out_h;
+    if (wanted > PYNN_HELPERS_MAX_PARTS) wanted = PYNN_HELPERS_MAX_PARTS;
+    const int team = pynn_team_begin(ctx, (int)wanted);
     if (team > 1) {
         call->parts = team;
         done = pynn_helpers_run(team, 1, 1, direct_rows_share, call);
@@ -841,7 +843,8 @@ static void direct_forward(const pynn_context *ctx, const pynn_conv_shape *s, co
     const int relu = activation == PYNN_ACTIVATION_RELU;
     const int wanted = s->batch > 1 && s->batch * out_size >= PARALLEL_MIN_FLOATS
                        ? ctx->num_threads : 1;
-    if (s->batch == 1 && wanted == 1 && out_size * s->kernel_h * s->kernel_w >= DIRECT_HELPERS_MIN_PRODUCTS) {
+    const ptrdiff_t products = out_size * s->kernel_h * s->kernel_w;
+    if (s->batch == 1 && wanted == 1 && products >= DIRECT_HELPERS_MIN_PRODUCTS) {
         direct_rows call = {ctx->kernels->conv, s, x, weight, bias, relu, y, 1};
         direct_rows_with_helpers(ctx, &call);
         return;
