@@ -6,6 +6,7 @@
 #include "conv_depthwise.h"
 #include "conv_direct.h"
 #include "conv_winograd.h"
+#include "helpers.h"
 #include "vmath.h"
 #ifdef _OPENMP
 #include <omp.h>
@@ -467,7 +468,7 @@ struct pynn_conv_kernels {
     void (*fold_channel)(const pynn_conv_shape *s, const unfold_plan *plan, const float *col,
                          ptrdiff_t ld, float *image);
     void (*direct_image)(const pynn_conv_shape *s, const float *image, const float *weight,
-                         const float *bias, int relu, float *y);
+                         const float *bias, int relu, ptrdiff_t oh0, ptrdiff_t oh1, float *y);
     const struct pynn_direct_kernels *direct;  /* conv_direct.h */
     const struct pynn_winograd_kernels *winograd;  /* conv_winograd.h */
 };
@@ -750,9 +751,9 @@ direct_chunk(const pynn_conv_shape *s, const float *padded, ptrdiff_t ld, const 
 static PYNN_TARGET_AVX2 void direct_channels(const pynn_conv_shape *s, const float *padded,
                                              ptrdiff_t ld, const float *weights,
                                              const float *biases, int relu, float *y,
-                                             ptrdiff_t count)
+                                             ptrdiff_t count, ptrdiff_t oh0, ptrdiff_t oh1)
 {
-    for (ptrdiff_t oh = 0; oh < s->out_h; oh++) {
+    for (ptrdiff_t oh = oh0; oh < oh1; oh++) {
         ptrdiff_t ow = 0;
         for (; ow + 8 < s->out_w; ow += 16)
             direct_chunk(s, padded, ld, weights, biases, relu, y, count, oh, ow, 2);
@@ -760,9 +761,10 @@ static PYNN_TARGET_AVX2 void direct_channels(const pynn_conv_shape *s, const flo
     }
 }
 
+/* Output rows [oh0, oh1) of one image. */
 static PYNN_TARGET_AVX2 void direct_image(const pynn_conv_shape *s, const float *image,
                                           const float *weight, const float *bias, int relu,
-                                          float *y)
+                                          ptrdiff_t oh0, ptrdiff_t oh1, float *y)
 {
     float padded[DIRECT_MAX_FLOATS];
     const ptrdiff_t ld = direct_row_floats(s), rows = s->height + 2 * s->pad_h;
@@ -780,7 +782,56 @@ static PYNN_TARGET_AVX2 void direct_image(const pynn_conv_shape *s, const float 
             for (ptrdiff_t t = 0; t < taps; t++) weights[c * taps + t] = weight[(o0 + c) * taps + t];
             biases[c] = bias ? bias[o0 + c] : 0.0f;
         }
-        direct_channels(s, padded, ld, weights, biases, relu, y + o0 * plane(s), count);
+        direct_channels(s, padded, ld, weights, biases, relu, y + o0 * plane(s), count, oh0, oh1);
+    }
+}
+
+/* Multiply-adds from which one image's rows are shared with the helper
+ * threads (helpers.h), whose hand-over costs a cache line transfer where an
+ * OpenMP region's start and end cost as much as such a convolution. */
+#define DIRECT_HELPERS_MIN_PRODUCTS (1 << 16)
+
+/* One image's output rows shared among `parts` threads, share i taking
+ * rows [i out_h / parts, (i + 1) out_h / parts). */
+typedef struct {
+    const struct pynn_conv_kernels *kernels;
+    const pynn_conv_shape *s;
+    const float *x, *weight, *bias;
+    int relu;
+    float *y;
+    int parts;
+} direct_rows;
+
+static void direct_rows_share(void *arg, int phase, int share, int chunk)
+{
+    const direct_rows *call = arg;
+    const ptrdiff_t rows = call->s->out_h;
+    (void)phase;
+    (void)chunk;
+    call->kernels->direct_image(call->s, call->x, call->weight, call->bias, call->relu,
+                                share * rows / call->parts, (share + 1) * rows / call->parts, call->y);
+}
+
+/* The rows on the helper threads and this one, or on this one alone when
+ * another call holds the team or the helpers cannot start. */
+static void direct_rows_with_helpers(const pynn_context *ctx, direct_rows *call)
+{
+    int done = 0;
+#ifdef _OPENMP
+    ptrdiff_t wanted = ctx->num_threads < call->s->out_h ? ctx->num_threads : call->s->out_h;
+    if (wanted > PYNN_HELPERS_MAX_PARTS) wanted = PYNN_HELPERS_MAX_PARTS;
+    const int team = pynn_team_begin(ctx, (int)wanted);
+    if (team > 1) {
+        call->parts = team;
+        done = pynn_helpers_run(team, 1, 1, direct_rows_share, call);
+    }
+    pynn_team_end(ctx, team);
+#else
+    (void)ctx;
+#endif
+    if (!done) {
+        call->parts = 1;
+        direct_rows_share(call, 0, 0, 0);
     }
 }
 
@@ -792,8 +843,14 @@ static void direct_forward(const pynn_context *ctx, const pynn_conv_shape *s, co
     const int relu = activation == PYNN_ACTIVATION_RELU;
     const int wanted = s->batch > 1 && s->batch * out_size >= PARALLEL_MIN_FLOATS
                        ? ctx->num_threads : 1;
+    const ptrdiff_t products = out_size * s->kernel_h * s->kernel_w;
+    if (s->batch == 1 && wanted == 1 && products >= DIRECT_HELPERS_MIN_PRODUCTS) {
+        direct_rows call = {ctx->kernels->conv, s, x, weight, bias, relu, y, 1};
+        direct_rows_with_helpers(ctx, &call);
+        return;
+    }
     PYNN_TEAM_FOR(ctx, wanted, n, s->batch, {
-        ctx->kernels->conv->direct_image(s, x + n * image_size, weight, bias, relu,
+        ctx->kernels->conv->direct_image(s, x + n * image_size, weight, bias, relu, 0, s->out_h,
                                          y + n * out_size);
     });
 }

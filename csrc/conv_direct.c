@@ -2,6 +2,7 @@
 #include <stdint.h>
 #include <string.h>
 #include "conv_direct.h"
+#include "helpers.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -11,6 +12,11 @@
 #define DIRECT_MAX_PLANE_FLOATS ((ptrdiff_t)1 << 17)
 /* Multiply-adds from which a call asks for a team. */
 #define DIRECT_PARALLEL_MIN_PRODUCTS (1 << 21)
+/* Multiply-adds from which one image's channel blocks below
+ * DIRECT_PARALLEL_MIN_PRODUCTS are shared with the helper threads
+ * (helpers.h), whose hand-over costs a cache line transfer where an OpenMP
+ * region's start and end cost as much as such a layer. */
+#define DIRECT_HELPERS_MIN_PRODUCTS (1 << 16)
 /* Partial sums from which their total asks for a team. */
 #define DIRECT_PARALLEL_MIN_SUMS (1 << 17)
 
@@ -168,6 +174,64 @@ static void run_block(const struct pynn_direct_kernels *kernels, const pynn_conv
         }
 }
 
+/* One image's channel blocks from its planes, shared among `parts` threads: share
+ * i takes blocks [i blocks / parts, (i + 1) blocks / parts),
+ * through its own output tile after the planes. */
+typedef struct {
+    const struct pynn_direct_kernels *kernels;
+    const pynn_conv_shape *s;
+    const direct_layout *l;
+    float *workspace;
+    const float *weight, *bias;
+    int relu;
+    ptrdiff_t blocks;
+    float *y;
+    int parts;
+} image_blocks;
+
+static void run_image_share(const image_blocks *call, int share)
+{
+    const int parts = call->parts;
+    const direct_layout *l = call->l;
+    float *out = call->workspace + call->s->in_channels * l->channel_step +
+                 share * PYNN_DIRECT_CHANNELS * l->out_ld;
+    for (ptrdiff_t b = share * call->blocks / parts; b < (share + 1) * call->blocks / parts; b++)
+        run_block(call->kernels, call->s, l, call->workspace, call->weight, call->bias, call->relu,
+                  b, out, call->y);
+}
+
+#ifdef _OPENMP
+static void image_chunk(void *arg, int phase, int share, int chunk)
+{
+    (void)phase;
+    (void)chunk;
+    run_image_share(arg, share);
+}
+#endif
+
+/* The blocks on the helper threads and this one, or on this one alone when
+ * another call holds the team or the helpers cannot start. */
+static void run_blocks_with_helpers(const pynn_context *ctx, image_blocks *call)
+{
+#ifdef _OPENMP
+    const int wanted = call->blocks < ctx->num_threads ? (int)call->blocks : ctx->num_threads;
+    const int team = pynn_team_begin(ctx, wanted < PYNN_HELPERS_MAX_PARTS ? wanted
+                                                                          : PYNN_HELPERS_MAX_PARTS);
+    int done = 0;
+    if (team > 1) {
+        call->parts = team;
+        done = pynn_helpers_run(team, 1, 1, image_chunk, call);
+    }
+    pynn_team_end(ctx, team);
+    if (done)
+        return;
+#else
+    (void)ctx;
+#endif
+    call->parts = 1;
+    run_image_share(call, 0);
+}
+
 void pynn_direct_forward(const pynn_context *ctx, const struct pynn_direct_kernels *kernels,
                          const pynn_conv_shape *s, const float *x, const float *weight,
                          const float *bias, pynn_activation activation, float *y,
@@ -194,6 +258,12 @@ void pynn_direct_forward(const pynn_context *ctx, const struct pynn_direct_kerne
         return;
     }
     /* one image: the planes once, the channel blocks shared by the threads */
+    if (s->batch == 1 && blocks > 1 && wanted == 1 && products >= DIRECT_HELPERS_MIN_PRODUCTS) {
+        kernels->planes(&where, x, workspace);
+        image_blocks call = {kernels, s, &l, workspace, weight, bias, relu, blocks, y, 1};
+        run_blocks_with_helpers(ctx, &call);
+        return;
+    }
     for (ptrdiff_t n = 0; n < s->batch; n++) {
         kernels->planes(&where, x + n * image, workspace);
         PYNN_TEAM_FOR(ctx, blocks > 1 ? wanted : 1, b, blocks, {

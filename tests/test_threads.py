@@ -37,7 +37,17 @@ def cnn():
                            layers.Linear(16, 10))
 
 
-@pytest.mark.parametrize("build,shape", [(mlp, (64,)), (cnn, (1, 8, 8)), (batch_one_mlp, (784,))])
+def lenet():
+    """Its convolutions shared with the helper threads at batch 1."""
+    pynn.init.manual_seed(0)
+    return pynn.Sequential(layers.Conv2d(1, 6, 5, padding=2), layers.ReLU(), layers.MaxPool2d(2),
+                           layers.Conv2d(6, 16, 5), layers.ReLU(), layers.MaxPool2d(2),
+                           layers.Flatten(), layers.Linear(400, 120), layers.ReLU(),
+                           layers.Linear(120, 84), layers.ReLU(), layers.Linear(84, 10))
+
+
+@pytest.mark.parametrize("build,shape", [(mlp, (64,)), (cnn, (1, 8, 8)), (batch_one_mlp, (784,)),
+                                         (lenet, (1, 28, 28))])
 @pytest.mark.parametrize("kernel_threads", [1, 2])
 def test_eight_threads_predicting_match_serial(build, shape, kernel_threads, set_threads):
     model = build()
@@ -375,3 +385,63 @@ def test_a_forked_child_starts_its_own_helpers(set_threads):
         if child.is_alive():
             child.kill()
     assert child.exitcode == 0
+
+
+# -- one image's convolutions shared with the helper threads ---------------------
+
+def _one_image_convolutions():
+    """Batch-1 convolutions small enough for the helpers, large enough to share:
+    one input channel (rows shared), six (channel blocks shared)."""
+    rng = np.random.default_rng(8)
+    grey, grey_kernels = rng.standard_normal((1, 1, 28, 28), dtype=np.float32), \
+        rng.standard_normal((6, 1, 5, 5), dtype=np.float32)
+    planes, plane_kernels = rng.standard_normal((1, 6, 14, 14), dtype=np.float32), \
+        rng.standard_normal((16, 6, 5, 5), dtype=np.float32)
+    bias = rng.standard_normal(16, dtype=np.float32)
+    return {"one channel": lambda: ops.conv2d(grey, grey_kernels, bias[:6], padding=2),
+            "six channels": lambda: ops.conv2d(planes, plane_kernels, bias)}
+
+
+def _one_image_shares(kind, threads):
+    """Threads sharing the convolution: its 28 rows among all, its 2 blocks of 8 channels."""
+    return threads if kind == "one channel" else min(threads, 2)
+
+
+@needs_openmp
+@pytest.mark.parametrize("kind", list(_one_image_convolutions()))
+@pytest.mark.parametrize("threads", [2, 3])
+def test_one_image_convolution_shared_with_helpers_keeps_one_threads_bits(kind, threads,
+                                                                          set_threads):
+    call = _one_image_convolutions()[kind]
+    set_threads(1)
+    alone = call().tobytes()
+    set_threads(threads)
+    for _ in range(20):
+        assert call().tobytes() == alone
+        by_caller, total = kernels.last_team_run()
+        assert total == _one_image_shares(kind, threads) and 0 <= by_caller <= total
+
+
+@needs_openmp
+@pytest.mark.parametrize("kind", list(_one_image_convolutions()))
+def test_the_caller_runs_a_held_helpers_convolution_share(kind, set_threads, held_helpers):
+    call = _one_image_convolutions()[kind]
+    set_threads(1)
+    alone = call().tobytes()
+    set_threads(2)
+    for _ in range(5):
+        assert call().tobytes() == alone
+        assert kernels.last_team_run() == (2, 2)
+
+
+@needs_openmp
+@pytest.mark.parametrize("rows", [1, 5, 16])
+def test_lenet_small_batch_predict_keeps_one_threads_bits(rows, set_threads):
+    model = lenet()
+    x = np.random.default_rng(9).standard_normal((rows, 1, 28, 28), dtype=np.float32)
+    set_threads(1)
+    alone = model.predict(x).tobytes()
+    for threads in (2, 3, 2):
+        set_threads(threads)
+        for _ in range(20):
+            assert model.predict(x).tobytes() == alone
