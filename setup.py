@@ -33,7 +33,11 @@ C_SOURCES = sorted(glob.glob("csrc/*.c"))
 # The C API (include/pynn.h) over the same kernels: package data, pynn/lib/libpynn.so.
 CAPI_SOURCES = sorted(glob.glob("csrc/capi/*.c"))
 
-BASE_FLAGS = ["-O3", "-g0", "-fno-math-errno", "-fno-trapping-math", "-fvisibility=hidden"]
+# Each function and datum in its own section, so the linker drops what the C
+# library never reaches (training kernels) with --gc-sections.
+BASE_FLAGS = ["-O3", "-g0", "-fno-math-errno", "-fno-trapping-math", "-fvisibility=hidden",
+              "-ffunction-sections", "-fdata-sections"]
+GC_SECTIONS = ["-Wl,-dead_strip"] if sys.platform == "darwin" else ["-Wl,--gc-sections"]
 
 
 def emulation_flags():
@@ -78,7 +82,7 @@ class BuildExtWithOpenMP(build_ext):
         openmp = self.openmp_flags()
         sanitize_compile, sanitize_link = sanitizer_flags()
         compile_flags = list(BASE_FLAGS) + sanitize_compile + emulation_flags()
-        link_flags = list(sanitize_link)
+        link_flags = list(sanitize_link) + GC_SECTIONS
         if openmp:
             compile_flags += openmp[0]
             link_flags += openmp[1]
