@@ -799,40 +799,14 @@ typedef struct {
     const float *x, *weight, *bias;
     int relu;
     float *y;
-    int parts;
 } direct_rows;
 
-static void direct_rows_share(void *arg, int phase, int share, int chunk)
+static void direct_rows_share(void *arg, int share, int parts)
 {
     const direct_rows *call = arg;
     const ptrdiff_t rows = call->s->out_h;
-    (void)phase;
-    (void)chunk;
     call->kernels->direct_image(call->s, call->x, call->weight, call->bias, call->relu,
-                                share * rows / call->parts, (share + 1) * rows / call->parts, call->y);
-}
-
-/* The rows on the helper threads and this one, or on this one alone when
- * another call holds the team or the helpers cannot start. */
-static void direct_rows_with_helpers(const pynn_context *ctx, direct_rows *call)
-{
-    int done = 0;
-#ifdef _OPENMP
-    ptrdiff_t wanted = ctx->num_threads < call->s->out_h ? ctx->num_threads : call->s->out_h;
-    if (wanted > PYNN_HELPERS_MAX_PARTS) wanted = PYNN_HELPERS_MAX_PARTS;
-    const int team = pynn_team_begin(ctx, (int)wanted);
-    if (team > 1) {
-        call->parts = team;
-        done = pynn_helpers_run(team, 1, 1, direct_rows_share, call);
-    }
-    pynn_team_end(ctx, team);
-#else
-    (void)ctx;
-#endif
-    if (!done) {
-        call->parts = 1;
-        direct_rows_share(call, 0, 0, 0);
-    }
+                                share * rows / parts, (share + 1) * rows / parts, call->y);
 }
 
 static void direct_forward(const pynn_context *ctx, const pynn_conv_shape *s, const float *x,
@@ -845,8 +819,9 @@ static void direct_forward(const pynn_context *ctx, const pynn_conv_shape *s, co
                        ? ctx->num_threads : 1;
     const ptrdiff_t products = out_size * s->kernel_h * s->kernel_w;
     if (s->batch == 1 && wanted == 1 && products >= DIRECT_HELPERS_MIN_PRODUCTS) {
-        direct_rows call = {ctx->kernels->conv, s, x, weight, bias, relu, y, 1};
-        direct_rows_with_helpers(ctx, &call);
+        direct_rows call = {ctx->kernels->conv, s, x, weight, bias, relu, y};
+        pynn_helpers_split(ctx, (int)(ctx->num_threads < s->out_h ? ctx->num_threads : s->out_h),
+                           direct_rows_share, &call);
         return;
     }
     PYNN_TEAM_FOR(ctx, wanted, n, s->batch, {

@@ -186,50 +186,17 @@ typedef struct {
     int relu;
     ptrdiff_t blocks;
     float *y;
-    int parts;
 } image_blocks;
 
-static void run_image_share(const image_blocks *call, int share)
+static void run_image_share(void *arg, int share, int parts)
 {
-    const int parts = call->parts;
+    const image_blocks *call = arg;
     const direct_layout *l = call->l;
     float *out = call->workspace + call->s->in_channels * l->channel_step +
                  share * PYNN_DIRECT_CHANNELS * l->out_ld;
     for (ptrdiff_t b = share * call->blocks / parts; b < (share + 1) * call->blocks / parts; b++)
         run_block(call->kernels, call->s, l, call->workspace, call->weight, call->bias, call->relu,
                   b, out, call->y);
-}
-
-#ifdef _OPENMP
-static void image_chunk(void *arg, int phase, int share, int chunk)
-{
-    (void)phase;
-    (void)chunk;
-    run_image_share(arg, share);
-}
-#endif
-
-/* The blocks on the helper threads and this one, or on this one alone when
- * another call holds the team or the helpers cannot start. */
-static void run_blocks_with_helpers(const pynn_context *ctx, image_blocks *call)
-{
-#ifdef _OPENMP
-    const int wanted = call->blocks < ctx->num_threads ? (int)call->blocks : ctx->num_threads;
-    const int team = pynn_team_begin(ctx, wanted < PYNN_HELPERS_MAX_PARTS ? wanted
-                                                                          : PYNN_HELPERS_MAX_PARTS);
-    int done = 0;
-    if (team > 1) {
-        call->parts = team;
-        done = pynn_helpers_run(team, 1, 1, image_chunk, call);
-    }
-    pynn_team_end(ctx, team);
-    if (done)
-        return;
-#else
-    (void)ctx;
-#endif
-    call->parts = 1;
-    run_image_share(call, 0);
 }
 
 void pynn_direct_forward(const pynn_context *ctx, const struct pynn_direct_kernels *kernels,
@@ -260,8 +227,9 @@ void pynn_direct_forward(const pynn_context *ctx, const struct pynn_direct_kerne
     /* one image: the planes once, the channel blocks shared by the threads */
     if (s->batch == 1 && blocks > 1 && wanted == 1 && products >= DIRECT_HELPERS_MIN_PRODUCTS) {
         kernels->planes(&where, x, workspace);
-        image_blocks call = {kernels, s, &l, workspace, weight, bias, relu, blocks, y, 1};
-        run_blocks_with_helpers(ctx, &call);
+        image_blocks call = {kernels, s, &l, workspace, weight, bias, relu, blocks, y};
+        pynn_helpers_split(ctx, (int)(blocks < ctx->num_threads ? blocks : ctx->num_threads),
+                           run_image_share, &call);
         return;
     }
     for (ptrdiff_t n = 0; n < s->batch; n++) {

@@ -317,6 +317,42 @@ int pynn_helpers_run(int parts, int phases, int chunks, pynn_helpers_chunk body,
     return 1;
 }
 
+#ifdef _OPENMP
+typedef struct {
+    pynn_helpers_share body;
+    void *arg;
+    int parts;
+} split_call;
+
+static void split_chunk(void *arg, int phase, int share, int chunk)
+{
+    const split_call *call = arg;
+    (void)phase;
+    (void)chunk;
+    call->body(call->arg, share, call->parts);
+}
+#endif
+
+void pynn_helpers_split(const pynn_context *ctx, int wanted, pynn_helpers_share body, void *arg)
+{
+#ifdef _OPENMP
+    const int team = pynn_team_begin(ctx, wanted < PYNN_HELPERS_MAX_PARTS ? wanted
+                                                                          : PYNN_HELPERS_MAX_PARTS);
+    int done = 0;
+    if (team > 1) {
+        split_call call = {body, arg, team};
+        done = pynn_helpers_run(team, 1, 1, split_chunk, &call);
+    }
+    pynn_team_end(ctx, team);
+    if (done)
+        return;
+#else
+    (void)ctx;
+    (void)wanted;
+#endif
+    body(arg, 0, 1);
+}
+
 void pynn_helpers_hold(int hold) { atomic_store(&held, hold); }
 
 void pynn_helpers_last_run(int *by_caller, int *total)

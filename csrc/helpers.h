@@ -13,6 +13,8 @@
 #ifndef PYNN_HELPERS_H
 #define PYNN_HELPERS_H
 
+#include "cpu.h"
+
 /* The most threads a run may use, the calling one included; the most phases
  * and chunks per share a run may have. */
 #define PYNN_HELPERS_MAX_PARTS 64
@@ -40,6 +42,16 @@ typedef void (*pynn_helpers_chunk)(void *arg, int phase, int share, int chunk);
  * the counts are out of range or a helper thread cannot be started; the
  * caller then runs alone. */
 int pynn_helpers_run(int parts, int phases, int chunks, pynn_helpers_chunk body, void *arg);
+
+/* Computes share `share` of `parts` shares of a call's work. */
+typedef void (*pynn_helpers_share)(void *arg, int share, int parts);
+
+/* One call's work in shares: body(arg, share, parts) for every share < parts,
+ * on up to `wanted` threads of the helper team when this call can take the
+ * team (pynn_team_begin) and OpenMP is on; otherwise body(arg, 0, 1) on this
+ * thread alone. A share's outputs must not depend on `parts`, so the result
+ * is the same bits on any thread count. */
+void pynn_helpers_split(const pynn_context *ctx, int wanted, pynn_helpers_share body, void *arg);
 
 /* For tests: while held, helpers take no chunk (as if descheduled), so the
  * caller runs every chunk itself. */
