@@ -258,6 +258,19 @@ def test_fused_linear_relu_equals_the_layers_run_one_by_one():
     np.testing.assert_array_equal(model.predict(x), out)  # predict rewires the fusion
 
 
+def fused_then_one_by_one(model, fused, x, dy):
+    """A training step with the ReLUs fused into ``fused``, then (those layers
+    unfused) the layers run one by one: output, dx, the named gradients, and
+    the one-by-one output and dx."""
+    out = model.forward(x, training=True).copy()
+    dx = model.backward(dy).copy()
+    grads = named_gradients(model)
+    for layer in fused:
+        layer.activation = None
+    h, grad = layer_by_layer(model, x, dy)
+    return out, dx, grads, h, grad
+
+
 def test_fused_conv_relu_equals_the_layers_run_one_by_one():
     from pynn.layers import Conv2d, Flatten, MaxPool2d
 
@@ -267,11 +280,7 @@ def test_fused_conv_relu_equals_the_layers_run_one_by_one():
     rng = np.random.default_rng(12)
     x = rng.standard_normal((5, 2, 6, 6)).astype(np.float32)
     dy = rng.standard_normal((5, 2)).astype(np.float32)
-    out = model.forward(x, training=True).copy()
-    dx = model.backward(dy).copy()
-    grads = named_gradients(model)
-    model[0].activation = model[3].activation = None
-    h, grad = layer_by_layer(model, x, dy)
+    out, dx, grads, h, grad = fused_then_one_by_one(model, [model[0], model[3]], x, dy)
     np.testing.assert_array_equal(h, out)
     np.testing.assert_allclose(grad, dx, rtol=1e-6, atol=1e-6)
     for name, value in named_gradients(model).items():
@@ -288,11 +297,7 @@ def test_fused_batch_norm_relu_gives_the_bits_of_the_layers_run_one_by_one():
     rng = np.random.default_rng(13)
     x = rng.standard_normal((5, 2, 6, 6)).astype(np.float32)
     dy = rng.standard_normal((5, 3)).astype(np.float32)
-    out = model.forward(x, training=True).copy()
-    dx = model.backward(dy).copy()
-    grads = named_gradients(model)
-    model[1].activation = None
-    h, grad = layer_by_layer(model, x, dy)
+    out, dx, grads, h, grad = fused_then_one_by_one(model, [model[1]], x, dy)
     np.testing.assert_array_equal(h, out)
     np.testing.assert_array_equal(grad, dx)
     for name, value in named_gradients(model).items():
